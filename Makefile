@@ -1,0 +1,38 @@
+# The two quick-start commands: `make demo` and `make test` (Debian 12, as root).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+APT    := python3 python3-venv python3-dev gcc libssl-dev make iproute2 \
+          knot knot-dnsutils strongswan-charon strongswan-swanctl libcharon-extra-plugins \
+          iperf3 tcpdump
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: setup apt venv build test demo bench clean
+
+setup: apt venv build
+
+apt:
+	@if ! dpkg -s $(APT) >/dev/null 2>&1; then \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT) >/dev/null; \
+	fi
+	@# charon is started by the tests, never as a system service
+	@systemctl disable --now strongswan-starter strongswan knot >/dev/null 2>&1 || true
+
+venv:
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip setuptools wheel Cython
+	@$(PY) -m pip install -q -e '.[test]' --no-build-isolation
+
+build:
+	@$(PY) setup.py -q build_ext --inplace
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/oe demo
+
+bench: setup
+	$(PY) bench/eroute.py
+
+clean:
+	rm -rf build $(VENV) oe/*.so oe/datapath.c *.egg-info

@@ -1,0 +1,3 @@
+from oe.cli import main
+
+raise SystemExit(main())

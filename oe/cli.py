@@ -1,0 +1,256 @@
+"""The `oe` command: argument parsing and output formatting only.
+
+Each command is a thin `cmd_<name>(args) -> int` over the library. Every error is one line on
+stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from pathlib import Path
+
+from oe import net
+from oe.config import DEFAULT_CONFDIR, DEFAULT_RUNDIR
+from oe.eroute import PROTOCOL_NAMES, PROTOCOLS, Eroute, ErouteTable, Selector
+from oe.errors import OeError
+from oe.policygroups import SEMANTICS, prospective_table
+from oe.policygroups.loader import load_policy
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise OeError(f"{self.prog}: {message}")
+
+
+def _warn(message: str) -> None:
+    print(f"oe: warning: {message}", file=sys.stderr)
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2))
+
+
+# ---------------------------------------------------------------- policy, trace, status
+
+
+def _load_table(args) -> ErouteTable:
+    policy = load_policy(args.confdir)
+    for warning in policy.warnings:
+        _warn(warning)
+    return prospective_table(policy)
+
+
+def _selector_json(selector: Selector) -> dict:
+    return {
+        "src": str(selector.src),
+        "dst": str(selector.dst),
+        "proto": selector.proto,
+        "sport": selector.sport,
+        "dport": selector.dport,
+    }
+
+
+def _prio_text(selector: Selector) -> str:
+    """FreeS/WAN shows priority as "srcbits,dstbits"; narrowing is added as +proto/+ports."""
+    text = f"{selector.src.prefixlen},{selector.dst.prefixlen}"
+    narrowing = [n for n, on in (("proto", selector.proto), ("sport", selector.sport),
+                                 ("dport", selector.dport)) if on]
+    return text + "".join(f"+{n}" for n in narrowing)
+
+
+def cmd_policy(args) -> int:
+    table = _load_table(args)
+    # Listed in group then file order, the way the user wrote them.
+    policy_entries = sorted(table.entries, key=lambda e: (e.origin.split(":")[0],
+                                                         int(e.origin.split(":")[1])))
+    if args.json:
+        _print_json([
+            {
+                "group": e.group,
+                "selector": _selector_json(e.selector),
+                "text": str(e.selector),
+                "action": str(e.action),
+                "origin": e.origin,
+                "priority": e.selector.priority,
+                "prio": _prio_text(e.selector),
+            }
+            for e in policy_entries
+        ])
+        return 0
+    if not policy_entries:
+        print(f"no policy: {args.confdir}/policies holds no entries")
+        return 0
+    print(f"{'group':<17} {'selector':<40} {'action':<8} {'prio':<14} origin")
+    for e in policy_entries:
+        print(f"{e.group:<17} {str(e.selector):<40} {str(e.action):<8} "
+              f"{_prio_text(e.selector):<14} {e.origin}")
+    return 0
+
+
+def _address(text: str, what: str):
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise OeError(f"{what}: '{text}' is not an IPv4 or IPv6 address") from None
+
+
+def _proto(text: str) -> int:
+    proto = PROTOCOLS.get(text.lower())
+    if proto is None and text.isdigit() and int(text) <= 255:
+        proto = int(text)
+    if proto is None:
+        raise argparse.ArgumentTypeError(f"bad protocol '{text}' (a name such as tcp, or 0-255)")
+    return proto
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"bad port '{text}' (0-65535)")
+    return int(text)
+
+
+def cmd_trace(args) -> int:
+    dst = _address(args.dst, "DST")
+    if args.src is not None:
+        src = _address(args.src, "--src")
+    else:
+        found = net.default_source(dst.version)
+        src = ipaddress.ip_address(found) if found else Selector.any_source(dst.version)[0]
+    if src.version != dst.version:
+        raise OeError(f"--src {src} and DST {dst} are not the same address family")
+    table = _load_table(args)
+    matches = table.matches(src, dst, args.proto, args.sport, args.dport)
+    best: Eroute | None = matches[0] if matches else None
+    if best is None:
+        why = "no policy group covers the destination: not steered into oe, sent in clear"
+        action, failure = "%pass", None
+    else:
+        semantics = SEMANTICS[best.group]
+        action = str(best.action)
+        failure = str(semantics.failure) if semantics.failure else None
+        why = f"most specific of {len(matches)} matching entr{'y' if len(matches) == 1 else 'ies'}"
+        if len(matches) > 1:
+            others = ", ".join(f"{e.origin} ({e.selector}, prio {_prio_text(e.selector)})"
+                               for e in matches[1:])
+            why += f"; less specific: {others}"
+    result = {
+        "src": str(src),
+        "dst": str(dst),
+        "proto": args.proto,
+        "sport": args.sport,
+        "dport": args.dport,
+        "group": best.group if best else None,
+        "action": action,
+        "failure": failure,
+        "inbound_oe": SEMANTICS[best.group].inbound_oe if best else False,
+        "match": str(best.selector) if best else None,
+        "origin": best.origin if best else None,
+        "priority": best.selector.priority if best else None,
+        "why": why,
+    }
+    if args.json:
+        _print_json(result)
+        return 0
+    packet = f"{src} -> {dst}"
+    if args.proto:
+        packet += f" {PROTOCOL_NAMES.get(args.proto, args.proto)} {args.sport} -> {args.dport}"
+    print(f"packet  {packet}")
+    print(f"group   {result['group'] or '(none)'}")
+    print(f"action  {action}" + (f" (on failure {failure})" if failure else ""))
+    if best:
+        print(f"match   {best.selector}  prio {_prio_text(best.selector)}")
+        print(f"origin  {best.origin}")
+        print(f"inbound OE {'accepted' if result['inbound_oe'] else 'refused'}")
+    print(f"why     {why}")
+    return 0
+
+
+def _eroute_side(network, port: int) -> str:
+    return f"{network}:{port}" if port else str(network)
+
+
+def _klips_line(packets: int, eroute: Eroute) -> str:
+    """KLIPS ipsec_rj_walker_procprint: "%-10d %-18s -> %-18s => %s%s"."""
+    sel = eroute.selector
+    said = str(eroute.action) + (f":{sel.proto}" if sel.proto else "")
+    return (f"{packets:<10d} {_eroute_side(sel.src, sel.sport):<18} -> "
+            f"{_eroute_side(sel.dst, sel.dport):<18} => {said}")
+
+
+def cmd_status(args) -> int:
+    table = _load_table(args)
+    order = sorted(range(len(table)), key=lambda i: (
+        table.entries[i].selector.version,
+        table.entries[i].selector.dst.network_address,
+        table.entries[i].selector.dst.prefixlen,
+        table.entries[i].selector.priority,
+    ))
+    if args.json:
+        _print_json({
+            "eroutes": [
+                {
+                    "packets": table.packets[i],
+                    "bytes": table.bytes[i],
+                    **_selector_json(table.entries[i].selector),
+                    "said": str(table.entries[i].action),
+                    "origin": table.entries[i].origin,
+                }
+                for i in order
+            ],
+            "sas": [],
+            "shunts": [],
+        })
+        return 0
+    for i in order:
+        print(_klips_line(table.packets[i], table.entries[i]))
+    return 0
+
+
+# ---------------------------------------------------------------- the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="oe", description="Opportunistic Encryption (IKEv2 + ESP) for this host.")
+    parser.add_argument("--confdir", type=Path, default=DEFAULT_CONFDIR,
+                        help=f"configuration directory (default {DEFAULT_CONFDIR})")
+    parser.add_argument("--rundir", type=Path, default=DEFAULT_RUNDIR,
+                        help=f"run directory for the control socket (default {DEFAULT_RUNDIR})")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+
+    p = sub.add_parser("policy", help="list the loaded policy groups")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("trace", help="say which group and action apply to a packet, and why")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument("--src", help="source address (default: this host's on the default route)")
+    p.add_argument("--proto", type=_proto, default=0, help="protocol name or number")
+    p.add_argument("--sport", type=_port, default=0)
+    p.add_argument("--dport", type=_port, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("status", help="show the eroute table, SAs and shunts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except OeError as exc:
+        print(f"oe: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

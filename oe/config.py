@@ -1,0 +1,122 @@
+"""oe.conf (TOML) -> frozen dataclasses with defaults.
+
+Every key is optional. Tables map to the nested dataclasses below; an unknown table or key, or a
+value of the wrong type, is an error naming the file and the key, and nothing is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oe.errors import OeError
+
+DEFAULT_CONFDIR = Path("/etc/oe")
+DEFAULT_RUNDIR = Path("/run/oe")
+
+
+class ConfigError(OeError):
+    """oe.conf is not valid."""
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = ()
+    """Resolvers to ask; empty means those in /etc/resolv.conf. Always exempt from trapping."""
+    port: int = 53
+    """UDP/TCP port of the nameservers (tests run knotd on a loopback port)."""
+    query_timeout: float = 1.0
+    """Seconds to wait for one answer (FreeS/WAN FAQ: "It takes forever" came from DNS)."""
+    total_timeout: float = 3.0
+    """Seconds one key lookup may take in all, whatever the number of queries."""
+    keysource: str = "dns"
+    """Where peers' keys come from: "dns", or "zonefiles" (master files read from zonefiles_dir)."""
+    zonefiles_dir: str = ""
+    """Directory of master files for keysource = "zonefiles"."""
+    allow_unsigned_delegation: bool = False
+    """Accept a gateway other than the target from answers without DNSSEC (RFC 4322 3.2.4.1)."""
+    min_key_bits: int = 2048
+    """RSA keys shorter than this are refused."""
+    cache_size: int = 4096
+    """Most names kept in the answer cache."""
+
+
+@dataclass(frozen=True)
+class Config:
+    tun_name: str = "oe0"
+    """Name of the TUN device that trapped traffic is routed into."""
+    shunt_lifetime: float = 900.0
+    """Seconds a failure shunt (%pass/%drop) lasts before OE is tried again."""
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    """[dns] table."""
+
+
+def parse(text: str, origin: str = "oe.conf") -> Config:
+    """Parse oe.conf text; raise ConfigError naming `origin` and the key at fault."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    return _build(Config, data, origin, "")
+
+
+def load(confdir: Path) -> Config:
+    """Read <confdir>/oe.conf; a missing file means all defaults."""
+    path = confdir / "oe.conf"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return Config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse(text, str(path))
+
+
+def _build(cls: type, data: dict, origin: str, table: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        where = f"{origin}: {table}{key}"
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a table [{key}]")
+            values[key] = _build(hint, value, origin, f"[{key}] ")
+        else:
+            values[key] = _convert(hint, value, where)
+    return cls(**values)
+
+
+def _convert(hint, value, where: str):
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif typing.get_origin(hint) is tuple:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"unsupported config type {hint!r}")
+    if not ok:
+        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is tuple:
+        return "a list of strings"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+
+
+__all__ = ["Config", "DnsConfig", "ConfigError", "parse", "load", "DEFAULT_CONFDIR", "DEFAULT_RUNDIR"]
