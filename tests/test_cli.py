@@ -1,0 +1,140 @@
+"""The `oe` CLI for policy, trace and status: JSON contracts and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from oe.cli import main
+
+
+@pytest.fixture
+def confdir(tmp_path):
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "private-or-clear").write_text("# OE wherever possible\n0.0.0.0/0\n::/0\n")
+    (policies / "private").write_text("192.0.2.0/24\n2001:db8:1::/48 tcp 0 22\n")
+    (policies / "clear").write_text("192.0.2.53\n")
+    (policies / "block").write_text("203.0.113.0/24\n")
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_trace_json_contract(confdir, capsys):
+    code, out, err = run(capsys, "--confdir", confdir, "trace", "192.0.2.7", "--src", "198.51.100.1",
+                         "--json")
+    assert code == 0 and err == ""
+    result = json.loads(out)
+    assert {k: result[k] for k in ("src", "dst", "group", "action", "match", "origin")} == {
+        "src": "198.51.100.1", "dst": "192.0.2.7", "group": "private", "action": "%trap",
+        "match": "192.0.2.0/24", "origin": "policies/private:1",
+    }
+    assert result["failure"] == "%drop"
+
+
+@pytest.mark.parametrize("argv, group, action, origin", [
+    (["192.0.2.53"], "clear", "%pass", "policies/clear:1"),
+    (["203.0.113.9"], "block", "%reject", "policies/block:1"),
+    (["198.51.100.9"], "private-or-clear", "%trap", "policies/private-or-clear:2"),
+    (["2001:db8:1::5", "--proto", "tcp", "--dport", "22"], "private", "%trap", "policies/private:2"),
+    (["2001:db8:1::5", "--proto", "6", "--dport", "80"], "private-or-clear", "%trap",
+     "policies/private-or-clear:3"),
+])
+def test_trace_overlapping_groups(confdir, capsys, argv, group, action, origin):
+    src = ["--src", "2001:db8::2"] if ":" in argv[0] else ["--src", "192.0.2.2"]
+    code, out, _ = run(capsys, "--confdir", confdir, "trace", *argv, *src, "--json")
+    result = json.loads(out)
+    assert code == 0
+    assert (result["group"], result["action"], result["origin"]) == (group, action, origin)
+
+
+def test_trace_outside_every_group_is_not_steered(tmp_path, capsys):
+    code, out, _ = run(capsys, "--confdir", tmp_path, "trace", "192.0.2.7", "--src", "192.0.2.2",
+                       "--json")
+    result = json.loads(out)
+    assert code == 0
+    assert result["group"] is None and result["match"] is None and result["origin"] is None
+    assert result["action"] == "%pass" and "not steered into oe" in result["why"]
+
+
+def test_trace_text_says_why(confdir, capsys):
+    code, out, _ = run(capsys, "--confdir", confdir, "trace", "192.0.2.7", "--src", "192.0.2.2")
+    assert code == 0
+    assert "group   private" in out and "on failure %drop" in out
+    assert "less specific: policies/private-or-clear:2" in out
+
+
+def test_policy_json_lists_group_selector_origin_priority(confdir, capsys):
+    code, out, _ = run(capsys, "--confdir", confdir, "policy", "--json")
+    rows = json.loads(out)
+    assert code == 0
+    assert [(r["group"], r["text"], r["origin"], r["prio"]) for r in rows] == [
+        ("block", "203.0.113.0/24", "policies/block:1", "0,24"),
+        ("clear", "192.0.2.53/32", "policies/clear:1", "0,32"),
+        ("private", "192.0.2.0/24", "policies/private:1", "0,24"),
+        ("private", "2001:db8:1::/48 tcp 0 22", "policies/private:2", "0,48+proto+dport"),
+        ("private-or-clear", "0.0.0.0/0", "policies/private-or-clear:2", "0,0"),
+        ("private-or-clear", "::/0", "policies/private-or-clear:3", "0,0"),
+    ]
+    assert rows[2]["priority"] == 24 << 8
+
+
+def test_status_prints_klips_eroute_lines(confdir, capsys):
+    code, out, _ = run(capsys, "--confdir", confdir, "status")
+    assert code == 0
+    lines = out.splitlines()
+    assert "0          0.0.0.0/0          -> 192.0.2.0/24       => %trap" in lines
+    assert "0          0.0.0.0/0          -> 192.0.2.53/32      => %pass" in lines
+    assert "0          0.0.0.0/0          -> 203.0.113.0/24     => %reject" in lines
+    assert "0          ::/0               -> 2001:db8:1::/48:22 => %trap:6" in lines
+    code, out, _ = run(capsys, "--confdir", confdir, "status", "--json")
+    status = json.loads(out)
+    assert set(status) == {"eroutes", "sas", "shunts"}
+    rejected = [e for e in status["eroutes"] if e["said"] == "%reject"]
+    assert [(e["dst"], e["origin"], e["packets"]) for e in rejected] == [
+        ("203.0.113.0/24", "policies/block:1", 0)]
+
+
+def test_policy_warnings_go_to_stderr(tmp_path, capsys):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "private").write_text("192.0.2.9/24\n")
+    code, out, err = run(capsys, "--confdir", tmp_path, "policy")
+    assert code == 0 and "192.0.2.0/24" in out
+    assert err.strip() == (f"oe: warning: {tmp_path}/policies/private:1: host bits set in "
+                           "'192.0.2.9/24', using 192.0.2.0/24")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["trace", "not-an-address"], "DST: 'not-an-address' is not an IPv4 or IPv6 address"),
+    (["trace", "192.0.2.1", "--src", "2001:db8::1"], "not the same address family"),
+    (["trace", "192.0.2.1", "--proto", "bogus"], "bad protocol 'bogus'"),
+    (["trace", "192.0.2.1", "--dport", "70000"], "bad port '70000'"),
+    (["trace"], "the following arguments are required: DST"),
+    (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
+    (["policy"], "policies/private:1: bad address or CIDR '192.0.2.0/40'"),
+])
+def test_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "private").write_text("192.0.2.0/40\n")
+    if argv[0] == "trace":
+        (tmp_path / "policies" / "private").write_text("192.0.2.0/24\n")
+    code, out, err = run(capsys, "--confdir", tmp_path, *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("oe: ") and message in err
+
+
+def test_python_dash_m_oe_runs_without_traceback(tmp_path):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "block").write_text("example.org\n")
+    proc = subprocess.run([sys.executable, "-m", "oe", "--confdir", str(tmp_path), "status"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"oe: {tmp_path}/policies/block:1: host name 'example.org' is not "
+                           "allowed: write an address or CIDR (names are not resolved when "
+                           "policy loads)\n")
