@@ -1,0 +1,38 @@
+"""oe.conf: defaults, typed values, and one-line errors naming the key."""
+
+import pytest
+
+from oe import config
+from oe.config import Config, ConfigError
+
+
+def test_missing_file_means_defaults(tmp_path):
+    assert config.load(tmp_path) == Config()
+    assert Config().dns.query_timeout == 1.0 and Config().dns.total_timeout == 3.0
+    assert Config().shunt_lifetime == 900.0 and Config().tun_name == "oe0"
+
+
+def test_values_are_read_and_converted(tmp_path):
+    (tmp_path / "oe.conf").write_text(
+        'tun_name = "oe7"\nshunt_lifetime = 60\n'
+        '[dns]\nnameservers = ["192.0.2.53", "2001:db8::53"]\nquery_timeout = 0.5\n'
+    )
+    conf = config.load(tmp_path)
+    assert conf.tun_name == "oe7" and conf.shunt_lifetime == 60.0
+    assert conf.dns.nameservers == ("192.0.2.53", "2001:db8::53")
+    assert conf.dns.query_timeout == 0.5 and conf.dns.total_timeout == 3.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tun_nme = 'x'", "oe.conf: tun_nme: unknown key"),
+    ("[dns]\nquery_timeout = 'soon'", "oe.conf: [dns] query_timeout: expected a number, got 'soon'"),
+    ("[dns]\nnameservers = '192.0.2.53'", "[dns] nameservers: expected a list of strings"),
+    ("[dns]\nmin_key_bits = 2048.5", "[dns] min_key_bits: expected an integer"),
+    ("[dns]\nallow_unsigned_delegation = 1", "expected true or false"),
+    ("dns = 3", "oe.conf: dns: expected a table [dns]"),
+    ("[dns\n", "oe.conf: "),
+])
+def test_errors_name_the_key(text, message):
+    with pytest.raises(ConfigError) as info:
+        config.parse(text)
+    assert message in str(info.value) and "\n" not in str(info.value)

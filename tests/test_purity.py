@@ -1,0 +1,28 @@
+"""Pure modules import no I/O: no sockets, event loop, clock or select (design.md section 2)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "oe"
+IO_MODULES = {"socket", "asyncio", "time", "select", "selectors", "subprocess", "threading"}
+# Modules whose job is I/O, by name (design.md: net, tun, fetcher, loader, daemon, runner, cli).
+IO_NAMES = {"cli.py", "net.py", "tun.py", "daemon.py", "loader.py", "fetcher.py", "runner.py",
+            "hostkey.py", "__main__.py", "demo.py", "control.py"}
+
+
+def pure_modules():
+    return sorted(p for p in ROOT.rglob("*.py") if p.name not in IO_NAMES)
+
+
+@pytest.mark.parametrize("path", pure_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_pure_module_imports_no_io(path):
+    tree = ast.parse(path.read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert not imported & IO_MODULES, f"{path.name} imports {imported & IO_MODULES}"
