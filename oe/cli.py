@@ -7,12 +7,16 @@ stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import sys
 from pathlib import Path
 
-from oe import net
+from oe import dnskeys, hostkey, net
+from oe.config import load as load_config
+from oe.dnskeys import records as dnsrecords
+from oe.dnskeys.fetcher import KeyFetcher
 from oe.config import DEFAULT_CONFDIR, DEFAULT_RUNDIR
 from oe.eroute import PROTOCOL_NAMES, PROTOCOLS, Eroute, ErouteTable, Selector
 from oe.errors import OeError
@@ -211,6 +215,91 @@ def cmd_status(args) -> int:
     return 0
 
 
+# ------------------------------------------------ DNS keys: keygen, showhostkey, dnskey, verify
+
+
+def _own_address(args) -> str:
+    """--address, else this host's source address on the default route (IPv4 first)."""
+    if args.address is not None:
+        return str(_address(args.address, "--address"))
+    for version in (4, 6):
+        found = net.default_source(version)
+        if found:
+            return found
+    raise OeError("cannot tell this host's address (no default route); give --address")
+
+
+def cmd_keygen(args) -> int:
+    path = hostkey.hostkey_path(args.confdir)
+    blob = hostkey.public_blob(hostkey.keygen(path, args.bits, args.force))
+    result = {"path": str(path), "bits": args.bits, "key_id": dnsrecords.key_id(blob),
+              "sha256": dnsrecords.fingerprint(blob)}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"wrote {path}: RSA {args.bits} bits, key id {result['key_id']}, "
+              f"{result['sha256']}")
+    return 0
+
+
+def cmd_showhostkey(args) -> int:
+    blob = hostkey.public_blob(hostkey.load(hostkey.hostkey_path(args.confdir)))
+    kind = args.kind
+    try:
+        gateway = dnsrecords.parse_gateway(args.gateway) if args.gateway else None
+        if kind == dnsrecords.TXT and gateway is None:
+            gateway = dnsrecords.parse_gateway(_own_address(args))
+        owner = dnsrecords.owner_for(args.owner if args.owner else _own_address(args))
+        lines = dnsrecords.publication(kind, blob, owner, gateway, args.precedence)
+    except (ValueError, dnsrecords.RecordError) as exc:
+        raise OeError(f"showhostkey --{kind.lower()}: {exc}") from None
+    print("\n".join(lines))
+    return 0
+
+
+def _lookup_text(lookup: dnskeys.KeyLookup) -> list[str]:
+    data = lookup.as_json()
+    lines = [f"target   {data['target']}", f"name     {data['name']}"]
+    if lookup.record is not None:
+        lines += [f"source   {data['source']}  {data['record']}",
+                  f"gateway  {data['gateway']}",
+                  f"key id   {data['key_id']}  ({data['bits']} bits, {data['sha256']})",
+                  f"ttl      {data['ttl']} s"]
+    lines.append(f"why      {data['why'] or data['error']}")
+    return lines
+
+
+def cmd_dnskey(args) -> int:
+    config = load_config(args.confdir)
+    fetcher = KeyFetcher.from_config(config.dns, args.confdir)
+    lookup = asyncio.run(fetcher.fetch(args.target))
+    if args.json:
+        _print_json(lookup.as_json())
+    elif lookup.error is None:
+        print("\n".join(_lookup_text(lookup)))
+    if lookup.error is not None:
+        raise OeError(f"{lookup.verdict.value}: {lookup.error}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    blob = hostkey.public_blob(hostkey.load(hostkey.hostkey_path(args.confdir)))
+    config = load_config(args.confdir)
+    fetcher = KeyFetcher.from_config(config.dns, args.confdir)
+    lookup = asyncio.run(fetcher.fetch(_own_address(args)))
+    problems = dnskeys.check_own(lookup, blob)
+    if args.json:
+        _print_json({**lookup.as_json(), "hostkey_key_id": dnsrecords.key_id(blob),
+                     "problems": problems})
+    elif not problems:
+        print(f"ok: {lookup.target.name} publishes hostkey.pem's key {lookup.key_id} "
+              f"({lookup.key.bits} bits) in {lookup.record.kind}, gateway "
+              f"{dnsrecords.gateway_text(lookup.gateway)}")
+    for problem in problems:
+        print(f"oe: {problem}", file=sys.stderr)
+    return 2 if problems else 0
+
+
 # ---------------------------------------------------------------- the parser
 
 
@@ -239,6 +328,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the eroute table, SAs and shunts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("keygen", help="make this host's RSA key (<confdir>/hostkey.pem)")
+    p.add_argument("--bits", type=int, default=hostkey.DEFAULT_BITS,
+                   help=f"modulus length (default {hostkey.DEFAULT_BITS}, "
+                        f"minimum {hostkey.MIN_BITS})")
+    p.add_argument("--force", action="store_true", help="replace an existing hostkey.pem")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("showhostkey", help="print the DNS record that publishes hostkey.pem")
+    kinds = p.add_mutually_exclusive_group(required=True)
+    for kind in dnsrecords.KINDS:
+        kinds.add_argument(f"--{kind.lower()}", dest="kind", action="store_const", const=kind,
+                           help=f"a {kind} record")
+    p.add_argument("--gateway", metavar="ADDR|@FQDN",
+                   help="gateway to name (IPSECKEY: none by default; TXT: our address)")
+    p.add_argument("--precedence", type=int, help="lower is preferred (default 10)")
+    p.add_argument("--owner", metavar="NAME",
+                   help="owner name, or an address for its reverse name (default: ours)")
+    p.add_argument("--address", help="this host's address (default: on the default route)")
+    p.set_defaults(func=cmd_showhostkey)
+
+    p = sub.add_parser("dnskey", help="fetch the key a target publishes in DNS, and say why")
+    p.add_argument("target", metavar="TARGET", help="IPv4/IPv6 address or domain name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dnskey)
+
+    p = sub.add_parser("verify", help="check that DNS publishes hostkey.pem for our address")
+    p.add_argument("--address", help="our address (default: on the default route)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
 
     return parser
 

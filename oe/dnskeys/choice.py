@@ -1,0 +1,209 @@
+"""Which key a target publishes: the decision RFC 4322 section 3.2 makes from DNS answers.
+
+Pure: the fetcher hands over the IPSECKEY, TXT and KEY rdata found at the target's name and
+gets back a `KeyLookup` with one of three verdicts (RFC 4322 3.2, "potential OE"):
+
+  KEY          a usable key: go on to IKE with the gateway
+  NOT_CAPABLE  no record, or DNS gave no answer: the group's failure shunt (clear or drop)
+  DENY         a malformed or unusable record: drop, whatever the group
+
+Order of choice: IPSECKEY before TXT before KEY; within a kind, lower precedence first. A record
+naming no key (TXT without one, IPSECKEY algorithm 0) takes the KEY at the same name. Any
+malformed record at the name denies the target (FreeS/WAN failed the whole lookup on one bad
+TXT); a well-formed record that cannot be used (short key, refused delegation) is skipped, and
+the target is denied with its reason only when nothing usable remains.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import dns.name
+import dns.rdata
+
+from oe.dnskeys import records
+from oe.dnskeys.records import KEY, KINDS, Gateway, KeyRecord, RecordError, RsaPublicKey
+
+
+class Verdict(enum.Enum):
+    KEY = "key"
+    NOT_CAPABLE = "not-capable"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A peer named by address (key at its reverse name) or by ID_FQDN (forward name)."""
+
+    text: str
+    """As the user or the IKE ID gave it."""
+    name: dns.name.Name
+    """Where its key records live."""
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    """The address, for an address target."""
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """An IPv4/IPv6 address or a domain name (optionally @name); ValueError otherwise."""
+        name = records.owner_for(text)
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            return cls(text, name, None)
+        return cls(str(address), name, address)
+
+    @property
+    def self_gateway(self) -> Gateway:
+        """The gateway meaning "the target itself"."""
+        return self.address if self.address is not None else self.name
+
+    def is_self(self, gateway: Gateway | None) -> bool:
+        """RFC 4322 3.2.4.1: does the record name the target's own host as its gateway?"""
+        if gateway is None:
+            return True
+        if self.address is not None:
+            return gateway == self.address
+        return isinstance(gateway, dns.name.Name) and gateway == self.name
+
+
+@dataclass(frozen=True)
+class KeyLookup:
+    """What DNS says about one target's key, and why."""
+
+    target: Target
+    verdict: Verdict
+    record: KeyRecord | None = None
+    """The chosen record (its kind is the JSON "source")."""
+    key: RsaPublicKey | None = None
+    blob: bytes | None = None
+    """The RFC 3110 blob of the key: the record's own, or the KEY fallback's."""
+    gateway: Gateway | None = None
+    """Where IKE goes: the record's gateway, or the target itself."""
+    error: str | None = None
+    """None with a key, else the reason (the shunt's reason, the CLI's error line)."""
+    why: str = ""
+    """How the record was chosen."""
+    records: tuple[KeyRecord, ...] = ()
+    """Every well-formed OE record at the name."""
+    ttl: int = 0
+    """Seconds the answers stay valid (RFC 4322 3.2: a failure lives as long as the DNS data)."""
+
+    @property
+    def key_id(self) -> str | None:
+        return records.key_id(self.blob) if self.blob is not None else None
+
+    def as_json(self) -> dict:
+        """The `oe dnskey --json` object (design.md section 3)."""
+        return {
+            "target": self.target.text,
+            "name": self.target.name.to_text(),
+            "verdict": self.verdict.value,
+            "source": self.record.kind if self.record else None,
+            "record": self.record.text if self.record else None,
+            "precedence": self.record.precedence if self.record else None,
+            "gateway": records.gateway_text(self.gateway) if self.gateway is not None else None,
+            "key_id": self.key_id,
+            "bits": self.key.bits if self.key else None,
+            "sha256": records.fingerprint(self.blob) if self.blob is not None else None,
+            "ttl": self.ttl,
+            "why": self.why,
+            "error": self.error,
+        }
+
+
+def not_capable(target: Target, reason: str, ttl: int = 0) -> KeyLookup:
+    """No key: no record, or no answer within the budget (RFC 4322 3.2, "not OE capable")."""
+    return KeyLookup(target, Verdict.NOT_CAPABLE, error=reason, ttl=ttl)
+
+
+def choose(target: Target, rdatas: Mapping[str, Sequence[dns.rdata.Rdata]], *,
+           min_key_bits: int, allow_unsigned_delegation: bool, dnssec_validated: bool = False,
+           ttl: int = 0) -> KeyLookup:
+    """Pick the record and key for `target` from the rdata of each kind found at its name."""
+    decoded: list[KeyRecord] = []
+    for kind in KINDS:
+        for rdata in rdatas.get(kind, ()):
+            if kind == records.TXT and not records.is_x_ipsec_server(rdata):
+                continue
+            try:
+                decoded.append(records.decode(target.name, rdata))
+            except RecordError as exc:
+                # RFC 4322 3.2: a malformed record means deny, whatever the policy group.
+                return KeyLookup(target, Verdict.DENY, error=str(exc), ttl=ttl,
+                                 why="malformed record")
+    if not decoded:
+        return not_capable(target, f"no IPSECKEY, TXT X-IPsec-Server or KEY record at "
+                                   f"{target.name}", ttl)
+    # Stable sort: equal precedences keep answer order (RFC 4025 2.1 leaves ties open).
+    candidates = sorted(decoded, key=lambda r: (KINDS.index(r.kind), r.precedence))
+    key_records = [r for r in candidates if r.kind == KEY]
+    skipped: list[str] = []
+    for record in candidates:
+        where = f"{record.kind} at {record.owner}"
+        if not (target.is_self(record.gateway) or dnssec_validated
+                or allow_unsigned_delegation):
+            skipped.append(
+                f"{where} names gateway {records.gateway_text(record.gateway)}, not "
+                f"{target.text} itself, and the answer is not DNSSEC-validated "
+                f"(RFC 4322 3.2.4.1; allow_unsigned_delegation = true accepts it)")
+            continue
+        key, blob, via = record.key, record.blob, ""
+        if key is None:
+            usable = [k for k in key_records if k.key.bits >= min_key_bits]
+            if not usable:
+                skipped.append(f"{where} carries no key and there is no usable KEY record at "
+                               f"{record.owner}")
+                continue
+            key, blob, via = usable[0].key, usable[0].blob, "; key from the KEY record"
+        if key.bits < min_key_bits:
+            skipped.append(f"{where}: RSA key of {key.bits} bits is shorter than "
+                           f"min_key_bits {min_key_bits}")
+            continue
+        return KeyLookup(target, Verdict.KEY, record, key, blob,
+                         record.gateway if record.gateway is not None else target.self_gateway,
+                         why=_why(record, decoded, skipped) + via, records=tuple(decoded),
+                         ttl=ttl)
+    return KeyLookup(target, Verdict.DENY, error=skipped[0], records=tuple(decoded), ttl=ttl,
+                     why="; ".join(skipped))
+
+
+def _why(record: KeyRecord, decoded: list[KeyRecord], skipped: list[str]) -> str:
+    same = [r for r in decoded if r.kind == record.kind]
+    others = sorted({r.kind for r in decoded} - {record.kind}, key=KINDS.index)
+    if record.kind == KEY:
+        why = "KEY record" if len(same) == 1 else f"first of {len(same)} KEY records"
+    elif len(same) == 1:
+        why = f"the only {record.kind} record (precedence {record.precedence})"
+    else:
+        why = f"lowest precedence ({record.precedence}) of {len(same)} {record.kind} records"
+    if others:
+        preferred = [k for k in others if KINDS.index(k) > KINDS.index(record.kind)]
+        if preferred:
+            why += f"; {record.kind} is preferred over {' and '.join(preferred)}"
+    if skipped:
+        why += "; skipped: " + "; ".join(skipped)
+    return why
+
+
+def check_own(lookup: KeyLookup, own_blob: bytes) -> list[str]:
+    """What is wrong with what DNS publishes for our own address, given our key; [] if all right."""
+    target = lookup.target
+    if lookup.verdict is Verdict.NOT_CAPABLE:
+        return [f"DNS publishes no key for {target.text}: {lookup.error}"]
+    if lookup.verdict is Verdict.DENY:
+        return [f"peers would refuse our record: {lookup.error}"]
+    problems = []
+    if not target.is_self(lookup.gateway):
+        problems.append(f"{lookup.record.kind} at {target.name} names gateway "
+                        f"{records.gateway_text(lookup.gateway)}, not {target.text} itself")
+    ours = records.key_id(own_blob)
+    for record in lookup.records:
+        if record.blob is not None and record.blob != own_blob:
+            problems.append(
+                f"{record.kind} at {record.owner} publishes key id {record.key_id} "
+                f"({records.fingerprint(record.blob)}) but hostkey.pem has key id {ours} "
+                f"({records.fingerprint(own_blob)})")
+    return problems

@@ -1,0 +1,262 @@
+"""Fetching peers' keys: the DNS I/O around oe.dnskeys.choice.
+
+One lookup asks for IPSECKEY, TXT and KEY at the target's name at once, within a total budget
+(default 3 s; the FreeS/WAN FAQ's "It takes forever" was long DNS timeouts), each query
+attempt within query_timeout (default 1 s). Answers are cached per (name, type): positive ones
+for their TTL, negative ones for the SOA minimum (RFC 2308 section 5; none without an SOA).
+The cache is an LRU bounded by cache_size. Concurrent lookups of one (name, type) share one
+query. Failed queries (timeout, SERVFAIL, REFUSED) are not cached.
+
+Sources answer `query(name, rdtype, lifetime) -> Answer`:
+  DnsSource       dnspython's async resolver, nameservers from oe.conf or /etc/resolv.conf
+  ZoneFileSource  master files read with dnspython (keysource = "zonefiles": air-gapped, demo)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import dns.asyncresolver
+import dns.exception
+import dns.message
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rcode
+import dns.rdatatype
+import dns.resolver
+import dns.zone
+
+from oe.config import DnsConfig
+from oe.dnskeys.choice import KeyLookup, Target, choose, not_capable
+from oe.dnskeys.records import KINDS
+from oe.errors import OeError
+
+KEYSOURCES = ("dns", "zonefiles")
+EDNS_PAYLOAD = 1232  # DNS flag day 2020: fits unfragmented; longer answers retry over TCP
+
+
+class DnsKeyError(OeError):
+    """The key source cannot be set up (no resolvers, unreadable zone files)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One (name, type) answer as the cache keeps it."""
+
+    rdatas: tuple[dns.rdata.Rdata, ...]
+    """Empty for NXDOMAIN or NODATA."""
+    ttl: int
+    """Seconds it may be cached: the RRset TTL, or the negative TTL (RFC 2308 section 5)."""
+    error: str | None = None
+    """Why there is no answer (timeout, SERVFAIL...); such answers are never cached."""
+
+
+class Source(Protocol):
+    async def query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+                    lifetime: float) -> Answer: ...
+
+
+def negative_ttl(response: dns.message.Message) -> int:
+    """RFC 2308 section 5: min(SOA TTL, SOA MINIMUM) of the authority SOA; 0 (no caching)
+    when the response has none."""
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return min(rrset.ttl, rrset[0].minimum)
+    return 0
+
+
+class DnsSource:
+    """Queries nameservers with dnspython's async resolver."""
+
+    def __init__(self, nameservers: tuple[str, ...], port: int, query_timeout: float):
+        if nameservers:
+            self.resolver = dns.asyncresolver.Resolver(configure=False)
+            self.resolver.port = port  # before nameservers: they take the port when set
+            self.resolver.nameservers = list(nameservers)
+        else:
+            try:
+                self.resolver = dns.asyncresolver.Resolver()
+            except dns.exception.DNSException as exc:
+                raise DnsKeyError(f"no nameservers in oe.conf [dns] and none usable in "
+                                  f"/etc/resolv.conf: {exc}") from None
+        self.resolver.timeout = query_timeout
+        self.resolver.use_edns(0, 0, EDNS_PAYLOAD)
+
+    async def query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+                    lifetime: float) -> Answer:
+        try:
+            answer = await self.resolver.resolve(name, rdtype, raise_on_no_answer=False,
+                                                 lifetime=lifetime, search=False)
+        except dns.resolver.NXDOMAIN as exc:
+            return Answer((), negative_ttl(exc.response(name)))
+        except dns.resolver.LifetimeTimeout:
+            return Answer((), 0, f"no answer within {lifetime:g} s")
+        except dns.resolver.NoNameservers as exc:
+            return Answer((), 0, _nameserver_errors(exc))
+        except dns.exception.DNSException as exc:
+            return Answer((), 0, str(exc))
+        if answer.rrset is None:
+            return Answer((), negative_ttl(answer.response))
+        return Answer(tuple(answer.rrset), answer.chaining_result.minimum_ttl)
+
+
+def _nameserver_errors(exc: dns.resolver.NoNameservers) -> str:
+    """"SERVFAIL from 127.0.0.1@5300" rather than dnspython's paragraph."""
+    errors = exc.kwargs.get("errors") or []
+    parts = []
+    for nameserver, _tcp, port, error, response in errors:
+        what = dns.rcode.to_text(response.rcode()) if response is not None else str(error)
+        parts.append(f"{what} from {nameserver}@{port}")
+    return "; ".join(parts) or str(exc)
+
+
+class ZoneFileSource:
+    """Answers from master files `<origin>.zone` in one directory, read with dnspython."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.zones: dict[dns.name.Name, dns.zone.Zone] = {}
+        try:
+            paths = sorted(directory.glob("*.zone"))
+        except OSError as exc:
+            raise DnsKeyError(f"cannot read zone directory {directory}: {exc.strerror}") from None
+        if not paths:
+            raise DnsKeyError(f"no zone files (*.zone) in {directory}")
+        for path in paths:
+            origin = dns.name.from_text(path.name[:-len(".zone")])
+            try:
+                self.zones[origin] = dns.zone.from_file(str(path), origin=origin,
+                                                        relativize=False)
+            except (OSError, dns.exception.DNSException) as exc:
+                raise DnsKeyError(f"{path}: {exc}") from None
+
+    def lookup(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> Answer:
+        """As an authoritative server would answer: data, NODATA or NXDOMAIN with the SOA."""
+        origins = [o for o in self.zones if name.is_subdomain(o)]
+        if not origins:
+            return Answer((), 0, f"no zone file in {self.directory} covers {name}")
+        zone = self.zones[max(origins, key=len)]  # the most specific zone holds the name
+        soa = zone.find_rdataset(zone.origin, dns.rdatatype.SOA)
+        negative = min(soa.ttl, soa[0].minimum)
+        node = zone.get_node(name)
+        rdataset = node.get_rdataset(dns.rdataclass.IN, rdtype) if node is not None else None
+        if rdataset is None:
+            return Answer((), negative)
+        return Answer(tuple(rdataset), rdataset.ttl)
+
+    async def query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+                    lifetime: float) -> Answer:
+        return self.lookup(name, rdtype)
+
+
+def make_source(config: DnsConfig, confdir: Path) -> Source:
+    """The key source oe.conf asks for; a relative zonefiles_dir is taken from confdir."""
+    if config.keysource == "dns":
+        return DnsSource(config.nameservers, config.port, config.query_timeout)
+    if config.keysource == "zonefiles":
+        if not config.zonefiles_dir:
+            raise DnsKeyError('[dns] keysource = "zonefiles" needs zonefiles_dir')
+        return ZoneFileSource(confdir / config.zonefiles_dir)
+    raise DnsKeyError(f"[dns] keysource = {config.keysource!r}: expected one of "
+                      f"{', '.join(repr(k) for k in KEYSOURCES)}")
+
+
+@dataclass
+class FetcherStats:
+    """Counters for `oe status` and the tests."""
+
+    queries: int = 0
+    """Queries handed to the source (after cache and coalescing)."""
+    cache_hits: int = 0
+    coalesced: int = 0
+    """Lookups that joined a query already under way."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    answer: Answer
+    expires: float
+
+
+class KeyFetcher:
+    """Looks up targets' keys with a cache; one instance per daemon (or CLI run)."""
+
+    def __init__(self, config: DnsConfig, source: Source, *,
+                 clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.source = source
+        self.clock = clock
+        self.stats = FetcherStats()
+        self._cache: OrderedDict[tuple[dns.name.Name, int], _Entry] = OrderedDict()
+        self._inflight: dict[tuple[dns.name.Name, int], asyncio.Task[Answer]] = {}
+
+    @classmethod
+    def from_config(cls, config: DnsConfig, confdir: Path) -> KeyFetcher:
+        return cls(config, make_source(config, confdir))
+
+    async def fetch(self, target: Target | str) -> KeyLookup:
+        """The key `target` publishes, or why there is none (never raises for DNS trouble)."""
+        if isinstance(target, str):
+            try:
+                target = Target.parse(target)
+            except ValueError as exc:
+                raise DnsKeyError(str(exc)) from None
+        budget = self.config.total_timeout
+        rdtypes = [dns.rdatatype.from_text(kind) for kind in KINDS]
+        try:
+            async with asyncio.timeout(budget):
+                answers = await asyncio.gather(*(self._answer(target.name, t) for t in rdtypes))
+        except TimeoutError:
+            return not_capable(target, f"DNS timeout: no answer for {target.name} within the "
+                                       f"{budget:g} s budget")
+        for kind, answer in zip(KINDS, answers):
+            if answer.error is not None:
+                # RFC 4322 3.2: a DNS timeout means "not OE capable", like no record.
+                return not_capable(target, f"DNS lookup of {kind} at {target.name} failed: "
+                                           f"{answer.error}")
+        return choose(target, {kind: a.rdatas for kind, a in zip(KINDS, answers)},
+                      min_key_bits=self.config.min_key_bits,
+                      allow_unsigned_delegation=self.config.allow_unsigned_delegation,
+                      ttl=min(a.ttl for a in answers))
+
+    async def _answer(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> Answer:
+        key = (name, int(rdtype))
+        entry = self._cache.get(key)
+        now = self.clock()
+        if entry is not None:
+            if entry.expires > now:
+                self._cache.move_to_end(key)
+                self.stats.cache_hits += 1
+                return replace(entry.answer, ttl=int(entry.expires - now))
+            del self._cache[key]
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._query(key, name, rdtype))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        else:
+            self.stats.coalesced += 1
+        # Shielded: one caller running out of budget must not cancel the others' query.
+        return await asyncio.shield(task)
+
+    async def _query(self, key: tuple[dns.name.Name, int], name: dns.name.Name,
+                     rdtype: dns.rdatatype.RdataType) -> Answer:
+        self.stats.queries += 1
+        answer = await self.source.query(name, rdtype, self.config.total_timeout)
+        if answer.error is None and answer.ttl > 0:
+            self._cache[key] = _Entry(answer, self.clock() + answer.ttl)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.config.cache_size:
+                self._cache.popitem(last=False)
+        return answer
+
+    def cached(self) -> int:
+        """How many (name, type) answers the cache holds."""
+        return len(self._cache)
