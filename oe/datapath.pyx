@@ -117,6 +117,7 @@ cdef struct CTable:
     int nentries
     CEntry *entries     # grouped: by (version, src_len desc, dst_len desc), runs, narrowing desc
     int ngroups
+    int ngroups4        # groups[0:ngroups4] are IPv4, the rest IPv6
     CGroup *groups      # in lookup order
     int32_t *by_index   # Python table index -> position in entries
     FlowSlot *cache
@@ -150,10 +151,10 @@ cdef int32_t _search(const CTable *t, int version, const uint8_t *src, const uin
     cdef uint32_t slot
     cdef const CGroup *grp
     cdef const CEntry *e
-    for g in range(t.ngroups):
+    cdef int first = 0 if version == 4 else t.ngroups4
+    cdef int last = t.ngroups4 if version == 4 else t.ngroups
+    for g in range(first, last):
         grp = &t.groups[g]
-        if grp.version != version:
-            continue
         for i in range(alen):
             msrc[i] = src[i] & grp.src_mask[i]
             mdst[i] = dst[i] & grp.dst_mask[i]
@@ -291,6 +292,7 @@ cdef CTable *_compile(table) except NULL:
     # Groups: contiguous ranges of equal (version, src_len, dst_len).
     bounds = [p for p in range(n) if p == 0 or keys[p] != keys[p - 1]] + [n]
     t.ngroups = len(bounds) - 1
+    t.ngroups4 = sum(1 for g in range(t.ngroups) if keys[bounds[g]][0] == 4)
     t.groups = <CGroup *>calloc(t.ngroups if t.ngroups else 1, sizeof(CGroup))
     if t.groups == NULL:
         _free_table(t)
