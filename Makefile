@@ -29,7 +29,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/oe demo
+	OE=$(VENV)/bin/oe bash examples/policy-walkthrough.sh
 
 bench: setup
 	$(PY) bench/eroute.py
