@@ -103,7 +103,8 @@ class KeyLookup:
             "verdict": self.verdict.value,
             "source": self.record.kind if self.record else None,
             "record": self.record.text if self.record else None,
-            "precedence": self.record.precedence if self.record else None,
+            "precedence": (self.record.precedence
+                           if self.record and self.record.kind != KEY else None),
             "gateway": records.gateway_text(self.gateway) if self.gateway is not None else None,
             "key_id": self.key_id,
             "bits": self.key.bits if self.key else None,
