@@ -1,0 +1,145 @@
+"""What the IKE engine tells its user: frozen dataclasses, one per kind of news.
+
+Every event names the negotiation by ``sa_id``: a small integer the engine gives each IKE SA
+and keeps across IKE SA rekeys, so the daemon can follow one peer's SAs without looking inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from oe.ike.ts import TrafficSelector
+
+
+@dataclass(frozen=True)
+class ChildSa:
+    """The ESP SA pair the datapath installs (RFC 7296 section 2.17 for the keys)."""
+
+    spi_in: int
+    """SPI we chose: the peer sends ESP to it."""
+    spi_out: int
+    """SPI the peer chose: we send ESP to it."""
+    encr: int
+    """ENCR transform id (EncrId.AES_GCM_16 = 20)."""
+    key_bits: int
+    """AES key size in bits."""
+    integ: int
+    """INTEG transform id (0 for AEAD)."""
+    esn: bool
+    """Extended sequence numbers negotiated."""
+    key_in: bytes
+    """Decryption key of the inbound SA; for GCM the 4-byte salt is appended (RFC 4106 8.1)."""
+    key_out: bytes
+    """Encryption key of the outbound SA, salt appended for GCM."""
+    integ_key_in: bytes
+    """Integrity key inbound (empty for AEAD)."""
+    integ_key_out: bytes
+    """Integrity key outbound (empty for AEAD)."""
+    local_ts: tuple[TrafficSelector, ...]
+    """Our side's traffic selectors."""
+    remote_ts: tuple[TrafficSelector, ...]
+    """The peer's side's traffic selectors."""
+    local_addr: str
+    """Our outer address."""
+    remote_addr: str
+    """The peer's outer address."""
+    udp_encap: bool
+    """ESP in UDP (RFC 3948): NAT detected, or a peer that fakes it (charon + kernel-libipsec)."""
+    local_port: int
+    """Our UDP port for ESP-in-UDP (4500), or 0 for raw ESP."""
+    remote_port: int
+    """The peer's UDP port for ESP-in-UDP, or 0 for raw ESP."""
+    dh: int
+    """DH group used for PFS when it was created by CREATE_CHILD_SA, else 0."""
+
+
+@dataclass(frozen=True)
+class IkeSaEstablished:
+    """IKE_AUTH finished: the peer is authenticated."""
+
+    sa_id: int
+    spi_i: bytes
+    spi_r: bytes
+    initiator: bool
+    """We were the initiator of this IKE SA."""
+    local_addr: str
+    remote_addr: str
+    remote_port: int
+    remote_id: str
+    """The peer's authenticated identity, printed (an address or a name)."""
+    nat_detected: bool
+
+
+@dataclass(frozen=True)
+class ChildSaEstablished:
+    """A new CHILD SA (from IKE_AUTH or CREATE_CHILD_SA without REKEY_SA)."""
+
+    sa_id: int
+    child: ChildSa
+
+
+@dataclass(frozen=True)
+class ChildSaRekeyed:
+    """A CHILD SA was rekeyed: install ``child``; the old SPIs stay valid until deleted."""
+
+    sa_id: int
+    old_spi_in: int
+    old_spi_out: int
+    child: ChildSa
+
+
+@dataclass(frozen=True)
+class ChildSaDeleted:
+    """A CHILD SA is gone (DELETE either way, IKE SA deleted, or rekeyed and retired)."""
+
+    sa_id: int
+    spi_in: int
+    spi_out: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChildSaFailed:
+    """A CHILD SA could not be created or rekeyed; the IKE SA stays."""
+
+    sa_id: int
+    notify: int | None
+    """The notify type received or sent (e.g. TS_UNACCEPTABLE = 38), or None."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class IkeSaRekeyed:
+    """The IKE SA was replaced by a new one with fresh SPIs and keys (RFC 7296 section 2.18)."""
+
+    sa_id: int
+    old_spi_i: bytes
+    old_spi_r: bytes
+    spi_i: bytes
+    spi_r: bytes
+
+
+@dataclass(frozen=True)
+class IkeSaDeleted:
+    """An established IKE SA is gone; its CHILD SAs were reported deleted just before."""
+
+    sa_id: int
+    remote_addr: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IkeSaFailed:
+    """The negotiation failed before IKE_AUTH completed (or IKE_AUTH itself failed)."""
+
+    sa_id: int
+    remote_addr: str
+    notify: int | None
+    """The notify type that ended it (sent or received), None for a timeout."""
+    reason: str
+    local: bool
+    """True when we detected the failure, False when the peer reported it."""
+
+
+Event = (IkeSaEstablished | ChildSaEstablished | ChildSaRekeyed | ChildSaDeleted | ChildSaFailed
+         | IkeSaRekeyed | IkeSaDeleted | IkeSaFailed)
