@@ -108,12 +108,12 @@ class DnsSource:
 
 
 def _nameserver_errors(exc: dns.resolver.NoNameservers) -> str:
-    """"SERVFAIL from 127.0.0.1@5300" rather than dnspython's paragraph."""
+    """"SERVFAIL from Do53:127.0.0.1@53" rather than dnspython's paragraph."""
     errors = exc.kwargs.get("errors") or []
     parts = []
-    for nameserver, _tcp, port, error, response in errors:
+    for nameserver, _tcp, _port, error, response in errors:
         what = dns.rcode.to_text(response.rcode()) if response is not None else str(error)
-        parts.append(f"{what} from {nameserver}@{port}")
+        parts.append(f"{what} from {nameserver}")  # "Do53:127.0.0.1@53"
     return "; ".join(parts) or str(exc)
 
 
@@ -249,7 +249,9 @@ class KeyFetcher:
     async def _query(self, key: tuple[dns.name.Name, int], name: dns.name.Name,
                      rdtype: dns.rdatatype.RdataType) -> Answer:
         self.stats.queries += 1
-        answer = await self.source.query(name, rdtype, self.config.total_timeout)
+        # The callers' budget ends first; this lifetime only stops a query nobody waits for.
+        lifetime = self.config.total_timeout + self.config.query_timeout
+        answer = await self.source.query(name, rdtype, lifetime)
         if answer.error is None and answer.ttl > 0:
             self._cache[key] = _Entry(answer, self.clock() + answer.ttl)
             self._cache.move_to_end(key)
