@@ -1,0 +1,356 @@
+"""The OE control plane's decisions, sans-IO (RFC 4322 section 3.2; FreeS/WAN pluto).
+
+Theory of operation
+-------------------
+One object owns the policy, the bare shunts, the tunnels and their timers (seeds/003: the
+racoon/kernel split, where two processes each held half of this state, is what we avoid). The
+daemon feeds it what happened and carries out the commands it returns; it never reads a clock
+or a socket itself.
+
+    acquire(src, dst)                       the datapath trapped a packet, put a /32 %hold
+      -> policy: the most specific group    not trapping any more (reload)? drop the hold
+      -> FetchKey(dst)                      the daemon asks DNS (oe.dnskeys)
+    key_found(pair, lookup)
+      -> usable key: Initiate(gateway)      the daemon starts IKE (oe.ike)
+      -> no key / refused: failure shunt    private-or-clear: %pass, private: %drop
+      -> malformed record: %drop            RFC 4322: malformed means deny, whatever the group
+    tunnel_up(...)                          CHILD SA established (either side initiated)
+      -> InstallSa, the SA eroute replaces the %hold, held packets go out encrypted
+    negotiation_failed(pair, reason)        IKE timeout, AUTHENTICATION_FAILED, ...
+      -> the failure shunt, with the reason, for shunt_lifetime seconds
+    tunnel_down(...)                        DELETE, dead peer, idle: the %trap is back
+
+Rule 1: at most one negotiation per (src, dst) at a time; a second acquire for a pair that is
+negotiating is ignored (the %hold is already there). Rule 2: acquires beyond a global rate are
+queued and started as the rate allows, so a scan of many addresses cannot start a negotiation
+storm (seeds/003: racoon's acquire floods). Rule 3: every decision yields one log line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from dataclasses import dataclass
+from typing import Union
+
+from oe.eroute import Eroute, ErouteTable, IPAddress, SaAction, Selector, Shunt
+from oe.policygroups.groups import SEMANTICS
+
+
+@dataclass(frozen=True, order=True)
+class Pair:
+    """A host-to-host flow: OE's unit of policy, shunts and SAs."""
+
+    src: IPAddress
+    dst: IPAddress
+
+    @classmethod
+    def of(cls, src: str | IPAddress, dst: str | IPAddress) -> "Pair":
+        return cls(ipaddress.ip_address(src), ipaddress.ip_address(dst))
+
+    @property
+    def selector(self) -> Selector:
+        width = self.src.max_prefixlen
+        return Selector(ipaddress.ip_network((self.src, width)),
+                        ipaddress.ip_network((self.dst, width)))
+
+    def __str__(self) -> str:
+        return f"{self.src} -> {self.dst}"
+
+
+@dataclass
+class BareShunt:
+    """A %hold while negotiating, or a failure shunt (%pass / %drop) with why it is there."""
+
+    pair: Pair
+    action: Shunt
+    reason: str
+    group: str | None
+    created: float
+    expires: float | None
+    """When the shunt goes away and the %trap is back; None for a %hold."""
+
+
+@dataclass
+class Tunnel:
+    """An installed OE SA pair between us and a peer."""
+
+    pair: Pair
+    peer: IPAddress
+    """Where ESP goes: the destination itself, or the gateway it delegates to."""
+    sa_id: int
+    """The IKE SA (oe.ike event sa_id)."""
+    spi_in: int
+    spi_out: int
+    algorithm: str
+    udp_encap: bool
+    initiator: bool
+    created: float
+    last_rekey: float
+
+
+# Commands for the daemon --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FetchKey:
+    """Look up the public key of `target` in DNS, then call key_found(pair, lookup)."""
+
+    pair: Pair
+    target: str
+
+
+@dataclass(frozen=True)
+class Initiate:
+    """Start IKE with `peer` for host-to-host selectors of `pair`."""
+
+    pair: Pair
+    peer: IPAddress
+
+
+@dataclass(frozen=True)
+class InstallSa:
+    """Give the datapath the CHILD SA (sa_id, spi_in) before the eroute points at it."""
+
+    pair: Pair
+    sa_id: int
+    spi_in: int
+
+
+@dataclass(frozen=True)
+class RemoveSa:
+    """Take the SA pair out of the datapath."""
+
+    pair: Pair
+    spi_in: int
+    spi_out: int
+
+
+@dataclass(frozen=True)
+class DeleteIke:
+    """Send DELETE for an IKE SA (its CHILD SAs go with it)."""
+
+    sa_id: int
+
+
+Command = Union[FetchKey, Initiate, InstallSa, RemoveSa, DeleteIke]
+
+
+@dataclass(frozen=True)
+class Limits:
+    shunt_lifetime: float = 900.0
+    """Seconds a failure shunt lasts (FreeS/WAN SHUNT_PATIENCE)."""
+    acquire_rate: float = 20.0
+    """Negotiations started per second at most, across all peers."""
+    acquire_burst: int = 40
+    """Negotiations that may start at once before the rate applies."""
+    pending_max: int = 1024
+    """Acquires waiting for the rate limit; beyond this the oldest gets its failure shunt."""
+
+
+@dataclass
+class _Negotiation:
+    pair: Pair
+    group: str
+    stage: str  # "queued", "dns", "ike"
+    started: float
+    peer: IPAddress | None = None
+
+
+class Opportunist:
+    """Policy, bare shunts and tunnels of one host, and what to do when things happen."""
+
+    def __init__(self, base: ErouteTable, limits: Limits = Limits()) -> None:
+        self.base = base
+        self.limits = limits
+        self.shunts: dict[Pair, BareShunt] = {}
+        self.tunnels: dict[Pair, Tunnel] = {}
+        self.negotiations: dict[Pair, _Negotiation] = {}
+        self._pending: deque[Pair] = deque()
+        self._tokens = float(limits.acquire_burst)
+        self._tokens_at: float | None = None
+        self.log: list[str] = []
+        """Log lines not yet taken by the daemon (take_log)."""
+
+    # --- what the datapath sees -------------------------------------------------------------
+
+    def table(self) -> ErouteTable:
+        """Policy, then bare shunts and SA eroutes (/32, so more specific than any policy)."""
+        extra = [Eroute(p.selector, s.action, None, s.group) for p, s in self.shunts.items()]
+        extra += [Eroute(p.selector, SaAction(t.peer, t.spi_out), None, self.group_of(p))
+                  for p, t in self.tunnels.items()]
+        return self.base.replace(*extra)
+
+    def group_of(self, pair: Pair) -> str | None:
+        """The policy group of the most specific policy entry for this flow, if any."""
+        index = self.base.lookup(pair.src, pair.dst)
+        return None if index is None else self.base.entries[index].group
+
+    # --- events ---------------------------------------------------------------------------
+
+    def acquire(self, pair: Pair, now: float) -> list[Command]:
+        """The datapath trapped a packet of `pair` and holds it."""
+        if pair in self.negotiations or pair in self.tunnels:
+            return []
+        group = self.group_of(pair)
+        if group is None or SEMANTICS[group].outbound is not Shunt.TRAP:
+            # Policy changed since the packet was trapped: nothing to negotiate.
+            self.shunts.pop(pair, None)
+            return []
+        shunt = self.shunts.get(pair)
+        if shunt is not None and shunt.action is not Shunt.HOLD:
+            return []  # a failure shunt is in force until it expires or `oe initiate`
+        self.shunts[pair] = BareShunt(pair, Shunt.HOLD, "negotiating", group, now, None)
+        self.negotiations[pair] = _Negotiation(pair, group, "queued", now)
+        self._pending.append(pair)
+        return self._start_pending(now)
+
+    def initiate(self, pair: Pair, now: float) -> list[Command]:
+        """`oe initiate`: forget a failure shunt and try at once."""
+        shunt = self.shunts.get(pair)
+        if shunt is not None and shunt.action is not Shunt.HOLD:
+            del self.shunts[pair]
+        return self.acquire(pair, now)
+
+    def key_found(self, pair: Pair, lookup, now: float) -> list[Command]:
+        """The DNS answer for a FetchKey: an oe.dnskeys KeyLookup."""
+        negotiation = self.negotiations.get(pair)
+        if negotiation is None or negotiation.stage != "dns":
+            return []
+        if lookup.error is not None:
+            # RFC 4322 3.2: a malformed record denies whatever the group; no record means the
+            # peer is not OE-capable and the group's failure shunt applies.
+            return self._fail(pair, lookup.error, now, deny=lookup.verdict.value == "deny")
+        gateway = lookup.gateway if lookup.gateway is not None else pair.dst
+        if not isinstance(gateway, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            return self._fail(pair, f"gateway {gateway} is a name; oe needs an address", now)
+        if gateway.version != pair.dst.version:
+            return self._fail(pair, f"gateway {gateway} is not of the flow's address family", now)
+        negotiation.stage, negotiation.peer = "ike", gateway
+        return [Initiate(pair, gateway)]
+
+    def negotiation_failed(self, pair: Pair, reason: str, now: float) -> list[Command]:
+        """IKE could not set up the CHILD SA we asked for."""
+        if pair not in self.negotiations:
+            return []
+        return self._fail(pair, reason, now)
+
+    def tunnel_up(self, pair: Pair, peer: IPAddress, sa_id: int, spi_in: int, spi_out: int,
+                  algorithm: str, udp_encap: bool, initiator: bool, now: float) -> list[Command]:
+        """A CHILD SA for `pair` exists (we initiated, or the peer did and policy allowed it)."""
+        commands: list[Command] = []
+        old = self.tunnels.get(pair)
+        if old is not None and old.spi_in != spi_in:
+            commands.append(RemoveSa(pair, old.spi_in, old.spi_out))
+        self.negotiations.pop(pair, None)
+        self.shunts.pop(pair, None)
+        self.tunnels[pair] = Tunnel(pair, peer, sa_id, spi_in, spi_out, algorithm, udp_encap,
+                                    initiator, now, now)
+        how = "initiated" if initiator else "responded to"
+        self.log.append(f"{how} OE to {pair.dst} via {peer}: ESP {algorithm}"
+                        + (" in UDP" if udp_encap else ""))
+        return [InstallSa(pair, sa_id, spi_in)] + commands
+
+    def tunnel_rekeyed(self, pair: Pair, spi_in: int, spi_out: int, now: float) -> list[Command]:
+        tunnel = self.tunnels.get(pair)
+        if tunnel is None:
+            return []
+        old_in, old_out = tunnel.spi_in, tunnel.spi_out
+        tunnel.spi_in, tunnel.spi_out, tunnel.last_rekey = spi_in, spi_out, now
+        return [InstallSa(pair, tunnel.sa_id, spi_in), RemoveSa(pair, old_in, old_out)]
+
+    def tunnel_down(self, pair: Pair, spi_in: int, reason: str, now: float) -> list[Command]:
+        """The CHILD SA is gone: the pair falls back to its policy (%trap for OE groups)."""
+        tunnel = self.tunnels.get(pair)
+        if tunnel is None or tunnel.spi_in != spi_in:
+            return []
+        del self.tunnels[pair]
+        self.log.append(f"OE to {pair.dst} via {tunnel.peer} ended: {reason}")
+        return [RemoveSa(pair, tunnel.spi_in, tunnel.spi_out)]
+
+    def ike_gone(self, sa_id: int, reason: str, now: float) -> list[Command]:
+        """An IKE SA died (dead peer, DELETE, failed): its tunnels and negotiations end."""
+        commands: list[Command] = []
+        for pair, tunnel in list(self.tunnels.items()):
+            if tunnel.sa_id == sa_id:
+                commands += self.tunnel_down(pair, tunnel.spi_in, reason, now)
+        return commands
+
+    def tick(self, now: float) -> list[Command]:
+        """Expire failure shunts (the %trap returns) and start rate-limited acquires."""
+        for pair, shunt in list(self.shunts.items()):
+            if shunt.expires is not None and shunt.expires <= now:
+                del self.shunts[pair]
+        return self._start_pending(now)
+
+    def next_timer(self) -> float | None:
+        times = [s.expires for s in self.shunts.values() if s.expires is not None]
+        if self._pending and self._tokens_at is not None:
+            times.append(self._tokens_at + (1 - self._tokens) / self.limits.acquire_rate)
+        return min(times) if times else None
+
+    def reload(self, base: ErouteTable, now: float) -> list[Command]:
+        """New policy: tunnels and shunts that no longer fit it go; the rest stay."""
+        self.base = base
+        commands: list[Command] = []
+        for pair, tunnel in list(self.tunnels.items()):
+            group = self.group_of(pair)
+            if group is None or not SEMANTICS[group].inbound_oe:
+                del self.tunnels[pair]
+                self.log.append(f"OE to {pair.dst} via {tunnel.peer} ended: policy now "
+                                f"{group or 'none'}")
+                commands += [RemoveSa(pair, tunnel.spi_in, tunnel.spi_out), DeleteIke(tunnel.sa_id)]
+        for pair, shunt in list(self.shunts.items()):
+            if self.group_of(pair) != shunt.group:
+                del self.shunts[pair]
+                self.negotiations.pop(pair, None)
+        return commands
+
+    def inbound_allowed(self, local: IPAddress, peer: IPAddress) -> str | None:
+        """None if IKE from `peer` may be answered, else why not (clear, block, no policy)."""
+        group = self.group_of(Pair(local, peer))
+        if group is None:
+            return f"no policy group covers {peer}"
+        if not SEMANTICS[group].inbound_oe:
+            return f"{peer} is in group {group}, which refuses OE"
+        return None
+
+    def take_log(self) -> list[str]:
+        lines, self.log = self.log, []
+        return lines
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _fail(self, pair: Pair, why: str, now: float, deny: bool = False) -> list[Command]:
+        negotiation = self.negotiations.pop(pair)
+        failure = Shunt.DROP if deny else SEMANTICS[negotiation.group].failure
+        assert failure is not None  # only trapping groups negotiate
+        self.shunts[pair] = BareShunt(pair, failure, why, negotiation.group, now,
+                                      now + self.limits.shunt_lifetime)
+        self.log.append(f"can't opportunistically initiate for {pair.src} to {pair.dst}: {why}; "
+                        f"{failure} for {self.limits.shunt_lifetime:g} s")
+        return []
+
+    def _start_pending(self, now: float) -> list[Command]:
+        if self._tokens_at is not None:
+            self._tokens = min(float(self.limits.acquire_burst),
+                               self._tokens + (now - self._tokens_at) * self.limits.acquire_rate)
+        self._tokens_at = now
+        commands: list[Command] = []
+        while self._pending and self._tokens >= 1:
+            pair = self._pending.popleft()
+            negotiation = self.negotiations.get(pair)
+            if negotiation is None or negotiation.stage != "queued":
+                continue
+            self._tokens -= 1
+            negotiation.stage = "dns"
+            commands.append(FetchKey(pair, str(pair.dst)))
+        while len(self._pending) > self.limits.pending_max:
+            commands += self._fail(self._pending.popleft(), "too many negotiations waiting", now)
+        return commands
+
+
+__all__ = [
+    "Pair", "BareShunt", "Tunnel", "FetchKey", "Initiate", "InstallSa", "RemoveSa", "DeleteIke",
+    "Command", "Limits", "Opportunist",
+]

@@ -1,0 +1,155 @@
+"""The OE decisions (oe.opportunist), driven in memory: acquire -> key -> IKE -> SA or shunt."""
+
+import ipaddress
+
+import pytest
+
+from oe.dnskeys.choice import KeyLookup, Target, Verdict, not_capable
+from oe.eroute import SaAction, Shunt
+from oe.opportunist import (
+    DeleteIke, FetchKey, Initiate, InstallSa, Limits, Opportunist, Pair, RemoveSa,
+)
+from oe.policygroups import combine, parse_group, prospective_table
+
+ME = "192.0.2.10"
+
+
+def opportunist(limits=Limits(), **groups):
+    parsed = [parse_group(g.replace("_", "-"), text, f"policies/{g}") for g, text in groups.items()]
+    return Opportunist(prospective_table(combine(parsed)), limits)
+
+
+def fate(oe, dst, src=ME):
+    """The action the current table gives a packet from src to dst (None: no eroute)."""
+    table = oe.table()
+    index = table.lookup(ipaddress.ip_address(src), ipaddress.ip_address(dst))
+    return None if index is None else table.entries[index].action
+
+
+def key(dst, gateway=None, verdict=Verdict.KEY, error=None):
+    target = Target.parse(dst)
+    return KeyLookup(target, verdict, gateway=ipaddress.ip_address(gateway or dst), error=error)
+
+
+def test_acquire_holds_and_fetches_the_key_once():
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    assert oe.acquire(pair, now=0) == [FetchKey(pair, "192.0.2.20")]
+    assert fate(oe, "192.0.2.20") is Shunt.HOLD
+    assert fate(oe, "192.0.2.21") is Shunt.TRAP          # only the pair is held
+    assert oe.acquire(pair, now=0.1) == []               # one negotiation per pair
+
+
+def test_key_then_tunnel_replaces_the_hold_with_the_sa():
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    oe.acquire(pair, 0)
+    assert oe.key_found(pair, key("192.0.2.20"), 0.2) == [
+        Initiate(pair, ipaddress.ip_address("192.0.2.20"))]
+    commands = oe.tunnel_up(pair, ipaddress.ip_address("192.0.2.20"), sa_id=1, spi_in=0x1001,
+                            spi_out=0xc0de, algorithm="AES_GCM_16_128", udp_encap=False,
+                            initiator=True, now=0.5)
+    assert commands == [InstallSa(pair, 1, 0x1001)]
+    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0xc0de)
+    assert oe.shunts == {}
+    assert oe.take_log() == ["initiated OE to 192.0.2.20 via 192.0.2.20: ESP AES_GCM_16_128"]
+
+
+def test_delegation_initiates_to_the_gateway():
+    oe = opportunist(private="198.51.100.0/24\n")
+    pair = Pair.of(ME, "198.51.100.7")
+    oe.acquire(pair, 0)
+    assert oe.key_found(pair, key("198.51.100.7", gateway="198.51.100.1"), 0) == [
+        Initiate(pair, ipaddress.ip_address("198.51.100.1"))]
+
+
+@pytest.mark.parametrize("group, verdict, expected", [
+    ("private_or_clear", Verdict.NOT_CAPABLE, Shunt.PASS),
+    ("private", Verdict.NOT_CAPABLE, Shunt.DROP),
+    ("private_or_clear", Verdict.DENY, Shunt.DROP),   # malformed record: deny whatever the group
+])
+def test_no_usable_key_installs_the_failure_shunt_with_its_reason(group, verdict, expected):
+    oe = opportunist(**{group: "192.0.2.0/24\n"})
+    pair = Pair.of(ME, "192.0.2.30")
+    oe.acquire(pair, 0)
+    reason = "no key in DNS for 30.2.0.192.in-addr.arpa"
+    lookup = (not_capable(Target.parse("192.0.2.30"), reason) if verdict is Verdict.NOT_CAPABLE
+              else KeyLookup(Target.parse("192.0.2.30"), Verdict.DENY, error=reason))
+    assert oe.key_found(pair, lookup, 1.0) == []
+    assert fate(oe, "192.0.2.30") is expected
+    assert oe.shunts[pair].reason == reason and oe.shunts[pair].expires == 901.0
+    assert oe.take_log() == [f"can't opportunistically initiate for {ME} to 192.0.2.30: "
+                             f"{reason}; {expected} for 900 s"]
+    assert oe.acquire(pair, 2.0) == []                   # the shunt stands: no new negotiation
+    oe.tick(901.0)
+    assert fate(oe, "192.0.2.30") is Shunt.TRAP          # expired: the %trap is back
+    assert oe.acquire(pair, 902.0) == [FetchKey(pair, "192.0.2.30")]
+
+
+def test_ike_failure_and_oe_initiate_retry():
+    oe = opportunist(private="192.0.2.0/24\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    oe.acquire(pair, 0)
+    oe.key_found(pair, key("192.0.2.20"), 0)
+    oe.negotiation_failed(pair, "IKE timeout", 8.0)
+    assert fate(oe, "192.0.2.20") is Shunt.DROP and oe.shunts[pair].reason == "IKE timeout"
+    assert oe.initiate(pair, 9.0) == [FetchKey(pair, "192.0.2.20")]
+    assert fate(oe, "192.0.2.20") is Shunt.HOLD
+
+
+def test_tunnel_down_brings_back_the_trap():
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    peer = ipaddress.ip_address("192.0.2.20")
+    oe.tunnel_up(pair, peer, 3, 0x11, 0x22, "AES_GCM_16_128", True, False, 0)
+    assert oe.tunnel_down(pair, 0x99, "DELETE", 1) == []      # not our SPI: ignored
+    assert oe.ike_gone(3, "peer dead", 5) == [RemoveSa(pair, 0x11, 0x22)]
+    assert fate(oe, "192.0.2.20") is Shunt.TRAP
+
+
+def test_rekey_installs_new_then_removes_old():
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    oe.tunnel_up(pair, ipaddress.ip_address("192.0.2.20"), 3, 0x11, 0x22, "x", False, True, 0)
+    assert oe.tunnel_rekeyed(pair, 0x33, 0x44, 100) == [InstallSa(pair, 3, 0x33),
+                                                         RemoveSa(pair, 0x11, 0x22)]
+    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0x44)
+
+
+def test_acquires_are_rate_limited_not_dropped():
+    oe = opportunist(Limits(acquire_rate=1.0, acquire_burst=2), private_or_clear="0.0.0.0/0\n")
+    pairs = [Pair.of(ME, f"198.51.100.{i}") for i in range(1, 6)]
+    started = [c for p in pairs for c in oe.acquire(p, 0.0)]
+    assert [c.pair for c in started] == pairs[:2]
+    assert all(fate(oe, str(p.dst)) is Shunt.HOLD for p in pairs)
+    assert oe.next_timer() == pytest.approx(1.0)
+    assert [c.pair for c in oe.tick(1.0)] == pairs[2:3]
+    assert [c.pair for c in oe.tick(3.0)] == pairs[3:5]
+
+
+def test_inbound_oe_follows_the_group():
+    oe = opportunist(clear="192.0.2.53\n", clear_or_private="192.0.2.0/24\n",
+                     block="203.0.113.0/24\n", private="198.51.100.0/24\n")
+    me = ipaddress.ip_address(ME)
+    assert oe.inbound_allowed(me, ipaddress.ip_address("192.0.2.20")) is None
+    assert oe.inbound_allowed(me, ipaddress.ip_address("198.51.100.1")) is None
+    assert "group clear, which refuses OE" in oe.inbound_allowed(me, ipaddress.ip_address("192.0.2.53"))
+    assert "group block" in oe.inbound_allowed(me, ipaddress.ip_address("203.0.113.1"))
+    assert "no policy group" in oe.inbound_allowed(me, ipaddress.ip_address("233.252.0.1"))
+
+
+def test_clear_or_private_never_initiates():
+    oe = opportunist(clear_or_private="192.0.2.0/24\n")
+    assert oe.acquire(Pair.of(ME, "192.0.2.20"), 0) == []
+    assert fate(oe, "192.0.2.20") is Shunt.PASS
+
+
+def test_reload_keeps_fitting_tunnels_and_ends_the_others():
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    keep, end = Pair.of(ME, "192.0.2.20"), Pair.of(ME, "198.51.100.20")
+    oe.tunnel_up(keep, keep.dst, 1, 0x11, 0x12, "x", False, True, 0)
+    oe.tunnel_up(end, end.dst, 2, 0x21, 0x22, "x", False, True, 0)
+    new = opportunist(private_or_clear="0.0.0.0/0\n", clear="198.51.100.0/24\n").base
+    assert oe.reload(new, 10) == [RemoveSa(end, 0x21, 0x22), DeleteIke(2)]
+    assert set(oe.tunnels) == {keep}
+    assert fate(oe, "198.51.100.20") is Shunt.PASS
