@@ -31,6 +31,7 @@ CASES = {
     "203.0.113.4": (Verdict.KEY, "TXT", "203.0.113.4", K4),
     "203.0.113.5": (Verdict.KEY, "IPSECKEY", "203.0.113.5", K2),
     "203.0.113.6": (Verdict.KEY, "TXT", "203.0.113.6", K3),
+    "203.0.113.28": (Verdict.KEY, "IPSECKEY", "203.0.113.28", "AwEAAdZjC"),  # over TCP
     "2001:db8:bad::1": (Verdict.KEY, "IPSECKEY", "2001:db8:bad::1", K1),
     "2001:db8:bad::2": (Verdict.KEY, "TXT", "2001:db8:bad::2", K2),
     "2001:db8:bad::3": (Verdict.KEY, "KEY", "2001:db8:bad::3", K3),
