@@ -52,12 +52,14 @@ def write(path: Path, key: rsa.RSAPrivateKey, force: bool = False) -> None:
     """Write `key` as unencrypted PKCS#8 PEM, mode 0600; an existing file only with `force`."""
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
+    exists = HostKeyError(f"{path} exists; use --force to replace it")
     if path.exists() and not force:
-        raise HostKeyError(f"{path} exists; use --force to replace it")
+        raise exists
+    # Written beside the final name, then renamed (--force) or hard-linked (never replaces a
+    # file that appeared meanwhile) into place: a crash leaves one whole key or none.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Written beside the old one and renamed over it, so a crash leaves one whole key.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchmod(fd, 0o600)  # whatever the umask
@@ -65,9 +67,16 @@ def write(path: Path, key: rsa.RSAPrivateKey, force: bool = False) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if force:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        raise exists from None
     except OSError as exc:
         raise HostKeyError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load(path: Path) -> rsa.RSAPrivateKey:

@@ -388,3 +388,14 @@ def test_check_own_says_what_is_wrong(keys):
                      allow_unsigned_delegation=True)
     assert check_own(delegated, ours) == [
         "IPSECKEY at 7.2.0.192.in-addr.arpa. names gateway 192.0.2.1, not 192.0.2.7 itself"]
+
+
+def test_a_fetched_key_verifies_the_host_key_s_signature():
+    """The blob in DNS gives back the very key hostkey.pem signs with (RFC 7427 sha256WithRSA)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    signature = private.sign(b"IKE_AUTH octets", padding.PKCS1v15(), hashes.SHA256())
+    key = records.decode_rsa_blob(hostkey.public_blob(private))
+    key.public_key().verify(signature, b"IKE_AUTH octets", padding.PKCS1v15(), hashes.SHA256())

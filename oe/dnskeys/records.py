@@ -29,6 +29,7 @@ import dns.rdtypes.ANY.KEY
 import dns.rdtypes.ANY.TXT
 import dns.rdtypes.IN.IPSECKEY
 import dns.reversename
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 IPSECKEY = "IPSECKEY"
 TXT = "TXT"
@@ -78,6 +79,10 @@ class RsaPublicKey:
     @property
     def bits(self) -> int:
         return self.n.bit_length()
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        """The key as `cryptography` uses it, to verify IKE AUTH signatures."""
+        return rsa.RSAPublicNumbers(self.e, self.n).public_key()
 
 
 def encode_rsa_blob(e: int, n: int) -> bytes:
