@@ -165,13 +165,13 @@ def choose(target: Target, rdatas: Mapping[str, Sequence[dns.rdata.Rdata]], *,
             continue
         return KeyLookup(target, Verdict.KEY, record, key, blob,
                          record.gateway if record.gateway is not None else target.self_gateway,
-                         why=_why(record, decoded, skipped) + via, records=tuple(decoded),
+                         why=_why(record, decoded, via, skipped), records=tuple(decoded),
                          ttl=ttl)
     return KeyLookup(target, Verdict.DENY, error=skipped[0], records=tuple(decoded), ttl=ttl,
                      why="; ".join(skipped))
 
 
-def _why(record: KeyRecord, decoded: list[KeyRecord], skipped: list[str]) -> str:
+def _why(record: KeyRecord, decoded: list[KeyRecord], via: str, skipped: list[str]) -> str:
     same = [r for r in decoded if r.kind == record.kind]
     others = sorted({r.kind for r in decoded} - {record.kind}, key=KINDS.index)
     if record.kind == KEY:
@@ -184,6 +184,7 @@ def _why(record: KeyRecord, decoded: list[KeyRecord], skipped: list[str]) -> str
         preferred = [k for k in others if KINDS.index(k) > KINDS.index(record.kind)]
         if preferred:
             why += f"; {record.kind} is preferred over {' and '.join(preferred)}"
+    why += via
     if skipped:
         why += "; skipped: " + "; ".join(skipped)
     return why

@@ -221,6 +221,7 @@ class KeyFetcher:
                 # RFC 4322 3.2: a DNS timeout means "not OE capable", like no record.
                 return not_capable(target, f"DNS lookup of {kind} at {target.name} failed: "
                                            f"{answer.error}")
+        # No DNSSEC validation here yet: every answer counts as unsigned (RFC 4322 3.2.4.1).
         return choose(target, {kind: a.rdatas for kind, a in zip(KINDS, answers)},
                       min_key_bits=self.config.min_key_bits,
                       allow_unsigned_delegation=self.config.allow_unsigned_delegation,
