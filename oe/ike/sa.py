@@ -616,7 +616,7 @@ class IkeSa:
         try:
             _, suite = accept(msg.first(SA).proposals, self.config.esp_suites(), ProtocolId.ESP,
                               ignore_dh=True)
-            local_ts, remote_ts = self._check_narrowed(msg)
+            local_ts, remote_ts = self._check_narrowed(msg, self.local_ts, self.remote_ts)
         except IkeError as e:
             self._emit(ChildSaFailed(self.sa_id, e.notify, e.reason))
             return self._start_delete_child_spi(self.auth_spi_in, msg.first(SA).proposals[0].spi,
@@ -627,7 +627,8 @@ class IkeSa:
         self.children.append(child)
         self._emit(ChildSaEstablished(self.sa_id, child.sa))
 
-    def _check_narrowed(self, msg: Message) -> tuple[tuple[TrafficSelector, ...], ...]:
+    def _check_narrowed(self, msg: Message, ours_l: tuple[TrafficSelector, ...],
+                        ours_r: tuple[TrafficSelector, ...]) -> tuple[tuple[TrafficSelector, ...], ...]:
         """The responder's TS must lie inside what we offered (section 2.9)."""
         tsi = next((p for p in msg.get(TS) if p.is_initiator), None)
         tsr = next((p for p in msg.get(TS) if not p.is_initiator), None)
@@ -635,7 +636,6 @@ class IkeSa:
             raise IkeError(NotifyType.TS_UNACCEPTABLE, "response lacks TSi or TSr")
         local = tuple(TrafficSelector.from_wire(w) for w in tsi.selectors)
         remote = tuple(TrafficSelector.from_wire(w) for w in tsr.selectors)
-        ours_l, ours_r = self.local_ts, self.remote_ts
         if not all(any(t.is_subset_of(o) for o in ours_l) for t in local) or not all(
             any(t.is_subset_of(o) for o in ours_r) for t in remote
         ):
@@ -784,7 +784,7 @@ class IkeSa:
                                          f"peer answered {notify_name(err.notify_type)}"))
                 return
             try:
-                new = self._child_from_response(msg, suites, spi_in, nonce, dh)
+                new = self._child_from_response(msg, suites, spi_in, nonce, dh, child.sa)
             except IkeError as e:
                 self._emit(ChildSaFailed(self.sa_id, e.notify, e.reason))
                 return
@@ -798,7 +798,7 @@ class IkeSa:
         self._send_request(ExchangeType.CREATE_CHILD_SA, payloads, done, now)
 
     def _child_from_response(self, msg: Message, suites: list[Suite], spi_in: bytes,
-                             nonce_i: bytes, dh: DhExchange | None) -> _Child:
+                             nonce_i: bytes, dh: DhExchange | None, old: ChildSa) -> _Child:
         sa, nonce = msg.first(SA), msg.first(Nonce)
         if sa is None or nonce is None:
             raise IkeError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA response lacks SA or Nr")
@@ -809,7 +809,7 @@ class IkeSa:
             if dh is None or ke is None or ke.group != dh.group or suite.dh != dh.group:
                 raise IkeError(NotifyType.INVALID_KE_PAYLOAD, "KEr does not match the proposal")
             shared = dh.shared(ke.data)
-        local_ts, remote_ts = self._check_narrowed(msg)
+        local_ts, remote_ts = self._check_narrowed(msg, old.local_ts, old.remote_ts)
         return self._make_child(suite, spi_in, sa.proposals[0].spi, nonce_i, nonce.data, shared,
                                 local_ts, remote_ts, we_initiated=True)
 

@@ -1,0 +1,434 @@
+"""oe's IKEv2 engine against strongSwan charon 5.9 (kernel-libipsec), in network namespaces.
+
+Topology (both namespaces created here, joined by one veth pair; nothing in the root namespace):
+
+    [ns oei<pid>] oe: tests/netns/ike_peer.py   203.0.113.1 --veth-- 203.0.113.2   charon [ns oec<pid>]
+                  tcpdump on the veth (udp 4500)
+
+Each test negotiates with one proposal set, oe as initiator or as responder, then proves the
+ESP keys from oe's CHILD SA event both ways: charon's ESP, captured on the veth, decrypts with
+oe's inbound key in scapy's ESP; ESP that scapy seals with oe's outbound key is accepted by
+charon (its echo replies come back, and decrypt too). Then a CHILD SA rekey and an IKE SA rekey
+started by each side, the ESP proof again with the newest keys, and DELETEs.
+charon 5.9.8 + kernel-libipsec never initiates from a trap and always forces ESP-in-UDP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(not Path("/usr/lib/ipsec/charon").exists() or not shutil.which("swanctl"),
+                       reason="strongSwan charon/swanctl not installed (make apt)"),
+    pytest.mark.skipif(not shutil.which("tcpdump"), reason="tcpdump not installed (make apt)"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+OE_ADDR = "203.0.113.1"
+CHARON_ADDR = "203.0.113.2"
+CHARON_PROBE = b"cleartext-from-charon"
+WAIT = 20.0  # seconds for one expected event; only a bound for failures, never a measurement
+
+PROPOSAL_SETS = {
+    "aes128-sha256-x25519": ("aes128-sha256-x25519", "aes128gcm16"),
+    "aes256gcm16-prfsha384-ecp256": ("aes256gcm16-prfsha384-ecp256", "aes256gcm16-modp2048"),
+}
+
+STRONGSWAN_CONF = """charon {{
+  load = random nonce openssl pem pkcs1 pkcs8 pubkey sha1 sha2 hmac gcm aes kdf gmp kernel-libipsec kernel-netlink socket-default vici
+  retransmit_timeout = 1.0
+  retransmit_tries = 3
+  filelog {{
+    log {{
+      path = {d}/charon.log
+      time_format = %T
+      default = 1
+      ike = 2
+      cfg = 2
+      enc = 1
+    }}
+  }}
+  plugins {{
+    vici {{
+      socket = unix://{d}/charon.vici
+    }}
+    socket-default {{
+      fwmark = 0x42
+    }}
+    kernel-libipsec {{
+      allow_peer_ts = yes
+    }}
+    kernel-netlink {{
+      fwmark = !0x42
+    }}
+  }}
+}}
+swanctl {{
+  socket = unix://{d}/charon.vici
+}}
+"""
+
+SWANCTL_CONF = """connections {{
+  hh {{
+    version = 2
+    local_addrs = {me}
+    remote_addrs = {peer}
+    proposals = {ike}
+    local {{
+      auth = pubkey
+      pubkeys = me.pub
+      id = {me}
+    }}
+    remote {{
+      auth = pubkey
+      pubkeys = peer.pub
+      id = {peer}
+    }}
+    children {{
+      hh {{
+        esp_proposals = {esp}
+        start_action = none
+        mode = tunnel
+      }}
+    }}
+  }}
+}}
+"""
+
+
+def run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def pem_private(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def pem_public(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+class OePeer:
+    """tests/netns/ike_peer.py in the oe namespace: JSON events out, JSON commands in."""
+
+    def __init__(self, ns: str, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(ROOT / "tests/netns/ike_peer.py"),
+             *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+        )
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def send(self, cmd: str, **kw) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, event: str, **match) -> dict:
+        """The next event named ``event`` (with fields equal to ``match``); others are kept."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            for ev in self.seen:
+                if ev["event"] == event and all(ev.get(k) == v for k, v in match.items()):
+                    self.seen.remove(ev)
+                    return ev
+            left = deadline - time.monotonic()
+            try:
+                ev = self.lines.get(timeout=max(left, 0.01))
+            except queue.Empty:
+                ev = None
+            if ev is None:
+                stderr = ""
+                if self.proc.poll() is not None and self.proc.stderr is not None:
+                    stderr = self.proc.stderr.read()
+                raise AssertionError(f"no {event} {match} from oe; got {self.seen} {stderr}")
+            if ev["event"] == "error":
+                raise AssertionError(f"oe driver error: {ev}")
+            self.seen.append(ev)
+
+    def command(self, cmd: str, **kw) -> None:
+        self.send(cmd, **kw)
+        self.expect("ok", cmd=cmd)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send("quit")
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Topology:
+    def __init__(self, tmp: Path, ike: str, esp: str) -> None:
+        pid = os.getpid()
+        self.tmp = tmp
+        self.ns_oe, self.ns_charon = f"oei{pid}", f"oec{pid}"
+        self.veth_oe, self.veth_charon = f"oei{pid}", f"oec{pid}"
+        self.d = tmp / "charon"
+        self.ike, self.esp = ike, esp
+        self.charon: subprocess.Popen | None = None
+        self.tcpdump: subprocess.Popen | None = None
+        self.oe: OePeer | None = None
+        self.pcap = tmp / "esp.pcap"
+
+    # --- setup / teardown -----------------------------------------------------------------
+
+    def up(self) -> None:
+        run("ip", "netns", "add", self.ns_oe)
+        run("ip", "netns", "add", self.ns_charon)
+        run("ip", "link", "add", self.veth_oe, "netns", self.ns_oe, "type", "veth", "peer",
+            "name", self.veth_charon, "netns", self.ns_charon)
+        for ns, dev, addr in ((self.ns_oe, self.veth_oe, OE_ADDR),
+                              (self.ns_charon, self.veth_charon, CHARON_ADDR)):
+            run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+            run("ip", "-n", ns, "link", "set", dev, "up")
+        oe_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        charon_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        sw = self.d / "swanctl"
+        for sub in ("private", "pubkey"):
+            (sw / sub).mkdir(parents=True)
+        (self.d / "run").mkdir()
+        (sw / "private/key.pem").write_bytes(pem_private(charon_key))
+        (sw / "pubkey/me.pub").write_bytes(pem_public(charon_key))
+        (sw / "pubkey/peer.pub").write_bytes(pem_public(oe_key))
+        (self.tmp / "oe.pem").write_bytes(pem_private(oe_key))
+        (self.tmp / "charon.pub").write_bytes(pem_public(charon_key))
+        (self.d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(d=self.d))
+        (sw / "swanctl.conf").write_text(SWANCTL_CONF.format(
+            me=CHARON_ADDR, peer=OE_ADDR, ike=self.ike, esp=self.esp))
+        self.charon = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns_charon, "unshare", "-m", "sh", "-c",
+             f"mount --bind {self.d}/run /run && mount --bind {sw} /etc/swanctl && "
+             f"STRONGSWAN_CONF={self.d}/strongswan.conf exec /usr/lib/ipsec/charon"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + WAIT
+        while not (self.d / "charon.vici").exists():
+            assert time.monotonic() < deadline and self.charon.poll() is None, "charon did not start"
+            time.sleep(0.05)
+        self.swanctl("--load-all")
+        self.oe = OePeer(self.ns_oe, [
+            "--local", OE_ADDR, "--peer", CHARON_ADDR, "--key", str(self.tmp / "oe.pem"),
+            "--peer-pub", str(self.tmp / "charon.pub"), "--ike", self.ike, "--esp", self.esp])
+        self.oe.expect("ready")
+
+    def down(self) -> None:
+        if self.oe is not None:
+            self.oe.stop()
+        for p in (self.tcpdump, self.charon):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        for ns in (self.ns_oe, self.ns_charon):
+            run("ip", "netns", "del", ns, check=False)
+
+    # --- charon ---------------------------------------------------------------------------
+
+    def swanctl(self, *args: str) -> str:
+        sw = self.d / "swanctl"
+        r = run("ip", "netns", "exec", self.ns_charon, "unshare", "-m", "sh", "-c",
+                f"mount --bind {sw} /etc/swanctl && STRONGSWAN_CONF={self.d}/strongswan.conf "
+                f"swanctl {' '.join(args)}", check=False)
+        assert r.returncode == 0, f"swanctl {args}: {r.stdout} {r.stderr}\n{self.charon_log()}"
+        return r.stdout
+
+    def charon_log(self) -> str:
+        log = self.d / "charon.log"
+        return log.read_text()[-6000:] if log.exists() else ""
+
+    def charon_send(self, count: int = 2) -> None:
+        """Cleartext UDP datagrams from charon's namespace to oe: libipsec seals them."""
+        run("ip", "netns", "exec", self.ns_charon, sys.executable, "-c",
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"[s.sendto(b'{CHARON_PROBE.decode()}', ('{OE_ADDR}', 7777)) for _ in range({count})]")
+
+    def captured(self) -> list:
+        """The packets tcpdump has written so far (a torn last record is left for later)."""
+        import scapy.layers.inet  # noqa: F401  (registers Ether/IP/UDP for the reader)
+        import scapy.layers.l2  # noqa: F401
+        from scapy.utils import PcapReader
+
+        out = []
+        try:
+            with PcapReader(str(self.pcap)) as reader:
+                for p in reader:
+                    out.append(p)
+        except Exception:  # noqa: BLE001  (a record still being written)
+            pass
+        return out
+
+    def restart_capture(self, name: str) -> None:
+        if self.tcpdump is not None:
+            self.tcpdump.terminate()
+            self.tcpdump.wait(timeout=5)
+        self.pcap = self.tmp / name
+        self.tcpdump = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns_oe, "tcpdump", "--immediate-mode", "-i",
+             self.veth_oe, "-U", "-n", "-w", str(self.pcap), "udp", "port", "4500"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        assert self.tcpdump.stderr is not None
+        self.tcpdump.stderr.readline()  # "listening on ...": the capture is running
+
+
+@pytest.fixture
+def topology_factory(tmp_path):
+    made: list[Topology] = []
+
+    def make(ike: str, esp: str) -> Topology:
+        t = Topology(tmp_path, ike, esp)
+        made.append(t)
+        t.up()
+        return t
+
+    try:
+        yield make
+    finally:
+        for t in made:
+            t.down()
+
+
+def decrypt_all(packets: list, child: dict) -> list:
+    """Every captured ESP-in-UDP packet to ``child``'s inbound SPI, opened with scapy's ESP
+    and oe's inbound key (RFC 4106: key | 4-byte salt)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.ipsec import ESP, SecurityAssociation
+
+    sa = SecurityAssociation(ESP, spi=child["spi_in"], crypt_algo="AES-GCM",
+                             crypt_key=bytes.fromhex(child["key_in"]))
+    out = []
+    for p in packets:
+        if not p.haslayer(UDP) or p[IP].src != CHARON_ADDR:
+            continue
+        payload = bytes(p[UDP].payload)
+        if len(payload) < 8 or payload[:4] == b"\x00\x00\x00\x00":
+            continue  # IKE behind the non-ESP marker, or a keepalive
+        if int.from_bytes(payload[:4], "big") != child["spi_in"]:
+            continue
+        esp = IP(src=p[IP].src, dst=p[IP].dst, proto=50) / ESP(payload)
+        out.append(sa.decrypt(esp))
+    return out
+
+
+def prove_esp(t: Topology, child: dict, first_seq: int) -> None:
+    """charon's ESP decrypts with oe's inbound key; scapy's ESP with oe's outbound key is
+    accepted by charon (echo replies come back, sealed by charon, and decrypt)."""
+    from scapy.layers.inet import ICMP, IP, UDP
+
+    assert t.oe is not None
+    t.restart_capture(f"esp{first_seq}.pcap")
+    t.charon_send()
+    seqs = set(range(first_seq, first_seq + 3))
+    for seq in sorted(seqs):
+        t.oe.command("ping", seq=seq)
+        t.oe.expect("esp")  # the echo reply, still sealed, at oe's 4500 socket
+    deadline = time.monotonic() + WAIT
+    while True:  # until tcpdump has written what oe already received
+        inner = decrypt_all(t.captured(), child)
+        from_charon = [p for p in inner if p.haslayer(UDP) and p[IP].src == CHARON_ADDR
+                       and bytes(p[UDP].payload) == CHARON_PROBE]
+        replies = {p[ICMP].seq for p in inner if p.haslayer(ICMP) and p[ICMP].type == 0
+                   and p[ICMP].id == 0x4F45}
+        if (from_charon and replies >= seqs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert from_charon, "no datagram from charon decrypted with oe's inbound key"
+    assert replies >= seqs, f"echo replies decrypted: {replies}"
+
+
+def charon_sas(t: Topology) -> str:
+    return t.swanctl("--list-sas")
+
+
+@pytest.mark.parametrize("proposals", list(PROPOSAL_SETS))
+@pytest.mark.parametrize("oe_role", ["initiator", "responder"])
+def test_charon_interop(topology_factory, proposals: str, oe_role: str) -> None:
+    """oe and charon establish, rekey CHILD and IKE SAs each way, delete, and the ESP keys from
+    oe's events work in scapy's ESP against charon's libipsec."""
+    ike, esp = PROPOSAL_SETS[proposals]
+    t = topology_factory(ike, esp)
+    oe = t.oe
+    assert oe is not None
+
+    # IKE_SA_INIT { SA, KE, Nonce, N(NATD)... } <--> ; charon fakes NAT-D: IKE floats to 4500
+    # IKE_AUTH { IDi, AUTH, SA, TSi, TSr } <-->
+    if oe_role == "initiator":
+        oe.command("initiate")
+    else:
+        t.swanctl("--initiate", "--child", "hh")
+    ike_sa = oe.expect("IkeSaEstablished")
+    assert ike_sa["nat_detected"] and ike_sa["remote_id"] == CHARON_ADDR
+    child = oe.expect("ChildSaEstablished")["child"]
+    assert child["udp_encap"] and child["remote_port"] == 4500
+    assert f"{child['spi_out']:08x}" in charon_sas(t)
+    prove_esp(t, child, first_seq=1)
+
+    # CREATE_CHILD_SA { N(REKEY_SA), SA, Ni, [KEi,] TSi, TSr } --> (oe), then the old is deleted
+    oe.command("rekey_child")
+    child = oe.expect("ChildSaRekeyed", old_spi_in=child["spi_in"])["child"]
+    oe.expect("ChildSaDeleted")
+    if "modp2048" in esp:
+        assert child["dh"] == 14  # PFS
+    # <-- CREATE_CHILD_SA { N(REKEY_SA), SA, Ni, [KEi,] TSi, TSr } (charon)
+    t.swanctl("--rekey", "--child", "hh")
+    child = oe.expect("ChildSaRekeyed", old_spi_in=child["spi_in"])["child"]
+    oe.expect("ChildSaDeleted")
+    assert f"{child['spi_out']:08x}" in charon_sas(t)
+
+    # CREATE_CHILD_SA { SA, Ni, KEi } --> rekeys the IKE SA (oe), then <-- (charon)
+    oe.command("rekey_ike")
+    r1 = oe.expect("IkeSaRekeyed")
+    t.swanctl("--rekey", "--ike", "hh")
+    r2 = oe.expect("IkeSaRekeyed", old_spi_i=r1["spi_i"])
+    sas = charon_sas(t)
+    assert f"{r2['spi_i']}_i" in sas and f"{r2['spi_r']}_r" in sas, sas
+
+    # a CHILD SA rekey under the rekeyed IKE SA (its SK_d) and the ESP proof with those keys
+    oe.command("rekey_child")
+    child = oe.expect("ChildSaRekeyed", old_spi_in=child["spi_in"])["child"]
+    oe.expect("ChildSaDeleted")
+    prove_esp(t, child, first_seq=10)
+
+    # INFORMATIONAL { D(ESP) } and { D(IKE) }, each way across the two roles
+    if oe_role == "initiator":
+        oe.command("delete_child")
+        oe.expect("ChildSaDeleted", spi_in=child["spi_in"])
+        t.swanctl("--terminate", "--ike", "hh")
+        oe.expect("IkeSaDeleted", reason="deleted by peer")
+    else:
+        t.swanctl("--terminate", "--child", "hh")
+        oe.expect("ChildSaDeleted", spi_in=child["spi_in"], reason="deleted by peer")
+        oe.command("delete_ike")
+        oe.expect("IkeSaDeleted", reason="deleted by us")
+    assert "hh:" not in charon_sas(t)
