@@ -246,12 +246,12 @@ def cmd_showhostkey(args) -> int:
     blob = hostkey.public_blob(hostkey.load(hostkey.hostkey_path(args.confdir)))
     kind = args.kind
     try:
+        owner = dnskeys.Target.parse(args.owner or _own_address(args))
         gateway = dnsrecords.parse_gateway(args.gateway) if args.gateway else None
         if kind == dnsrecords.TXT and gateway is None:
-            gateway = dnsrecords.parse_gateway(_own_address(args))
-        owner = dnsrecords.owner_for(args.owner if args.owner else _own_address(args))
-        lines = dnsrecords.publication(kind, blob, owner, gateway, args.precedence)
-    except (ValueError, dnsrecords.RecordError) as exc:
+            gateway = owner.self_gateway  # X-IPsec-Server always names one: the owner's host
+        lines = dnsrecords.publication(kind, blob, owner.name, gateway, args.precedence)
+    except ValueError as exc:
         raise OeError(f"showhostkey --{kind.lower()}: {exc}") from None
     print("\n".join(lines))
     return 0
@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         kinds.add_argument(f"--{kind.lower()}", dest="kind", action="store_const", const=kind,
                            help=f"a {kind} record")
     p.add_argument("--gateway", metavar="ADDR|@FQDN",
-                   help="gateway to name (IPSECKEY: none by default; TXT: our address)")
+                   help="gateway to name (IPSECKEY: none by default; TXT: the owner's host)")
     p.add_argument("--precedence", type=int, help="lower is preferred (default 10)")
     p.add_argument("--owner", metavar="NAME",
                    help="owner name, or an address for its reverse name (default: ours)")

@@ -113,6 +113,9 @@ zone:
         return True
 
     def start(self, wait: float = 15.0) -> None:
+        if not Path(KNOTD).exists():
+            raise RuntimeError(f"{KNOTD} not found: install the Debian package knot "
+                               f"(`make setup` does)")
         for _attempt in range(3):  # another process may take the port between probe and bind
             self.port = free_port()
             conf = self._write_config()

@@ -34,8 +34,8 @@ PUBLISHED = [
      "1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"),
     ("ipseckey-fqdn", ["--ipseckey", "--owner", "rt.roundtrip.example", "--gateway",
                        "@rt.roundtrip.example"], "rt.roundtrip.example", "roundtrip.example"),
-    ("txt-fqdn", ["--txt", "--owner", "tx.roundtrip.example", "--gateway",
-                  "@tx.roundtrip.example"], "@tx.roundtrip.example", "roundtrip.example"),
+    ("txt-fqdn", ["--txt", "--owner", "tx.roundtrip.example"], "@tx.roundtrip.example",
+     "roundtrip.example"),
 ]
 
 

@@ -6,7 +6,7 @@ ANY.KEY), so the zone-file text we emit is checked by the parser every resolver 
 
 Three record kinds carry an OE key, oldest last:
   IPSECKEY (RFC 4025)  precedence gateway-type algorithm gateway key
-  TXT (FreeS/WAN)      "X-IPsec-Server(nnn)=gateway key"        (draft-richardson-ipsec-opportunistic)
+  TXT (FreeS/WAN)      "X-IPsec-Server(nnn)=gateway key"   (draft-richardson-ipsec-opportunistic)
   KEY (RFC 2535)       16896 4 1 key      flags 0x4200, protocol 4 = IPsec, algorithm 1 = RSA
 """
 
