@@ -470,3 +470,9 @@ cdef class Classifier:
             result.append((oe_load64(&e.packets), oe_load64(&e.nbytes)))
         pthread_rwlock_unlock(&self._lock)
         return result
+
+
+# The ESP datapath (issue 6): replay window, ESP seal/open, holds, loops and the Python API.
+include "replay.pxi"
+include "esp.pxi"
+include "loops.pxi"

@@ -1,0 +1,87 @@
+"""Events the datapath raises for the control plane (read with Datapath.read_events()).
+
+Pure: frozen dataclasses only. The daemon reacts to them; it never looks inside the datapath.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+@dataclass(frozen=True)
+class Acquire:
+    """A packet hit a %trap: negotiate for (src, dst). A /32 %hold is already in place."""
+
+    src: IPAddress
+    """Source address of the packet that was trapped (this host)."""
+    dst: IPAddress
+    """Destination address: the would-be peer."""
+    proto: int
+    """IP protocol of the trapped packet."""
+    sport: int
+    """Its source port (0 when the protocol has none)."""
+    dport: int
+    """Its destination port (0 when the protocol has none)."""
+
+
+@dataclass(frozen=True)
+class SaSoftLimit:
+    """An SA passed a soft lifetime (or neared sequence number exhaustion): rekey it."""
+
+    spi: int
+    """SPI of the SA."""
+    direction: str
+    """"in" or "out"."""
+    reason: str
+    """"bytes", "packets", "time" or "sequence"."""
+
+
+@dataclass(frozen=True)
+class SaExpired:
+    """An SA reached a hard limit: the datapath no longer uses it; delete it."""
+
+    spi: int
+    """SPI of the SA."""
+    direction: str
+    """"in" or "out"."""
+    reason: str
+    """"bytes", "packets", "time" or "sequence" (RFC 4303 3.3.3: no cycling)."""
+
+
+@dataclass(frozen=True)
+class ReplayFailure:
+    """Packets on an inbound SA were replayed or too old (RFC 4303 3.4.3); coalesced."""
+
+    spi: int
+    """SPI of the inbound SA."""
+    total: int
+    """Replayed packets on this SA so far."""
+
+
+@dataclass(frozen=True)
+class AuthFailure:
+    """Packets on an inbound SA failed the ICV check (RFC 4303 3.4.4); coalesced."""
+
+    spi: int
+    """SPI of the inbound SA."""
+    total: int
+    """Packets that failed authentication on this SA so far."""
+
+
+@dataclass(frozen=True)
+class IkeMessage:
+    """An IKE message arrived on the UDP 4500 socket (non-ESP marker stripped, RFC 3948 2.2)."""
+
+    src: IPAddress
+    """Sender's address."""
+    sport: int
+    """Sender's UDP port."""
+    data: bytes
+    """The IKE message, from its header on."""
+
+
+DatapathEvent = Union[Acquire, SaSoftLimit, SaExpired, ReplayFailure, AuthFailure, IkeMessage]

@@ -1,0 +1,1526 @@
+# Included by oe/datapath.pyx (after esp.pxi).
+#
+# The packet engine around ESP: holds, per-packet decisions, the native loop threads and the
+# Python API (class Datapath).
+#
+# Outbound, per packet read from the TUN device (one thread, CTX_LOOP contexts):
+#   1. parse the IP header (IPv4 options and fragments pass untouched);
+#   2. a pair with a %hold in the C-side hold table is queued at once (so a trap raises one
+#      acquire, never one per packet: seeds/003);
+#   3. classify on the compiled eroute table, then by action:
+#      SA      -> MSS clamp, too-big check (ICMP back if DF), seal, batch for sendmmsg
+#      %trap   -> new hold + one Acquire event;  %hold -> queue
+#      %pass   -> raw socket (bypass mark) in clear;  %drop -> discard
+#      %reject -> ICMP administratively prohibited written back into the TUN
+# Inbound, per datagram (one thread): UDP 4500 demux (RFC 3948: 0xFF keepalive, non-ESP marker
+# -> IKE event) or raw ESP -> SPI -> replay check -> ICV -> window update -> selectors (RFC 4322
+# 12.1) -> TUN write.
+#
+# Holds: replace_eroutes() swaps the classifier's table and flags every hold for a recheck; the
+# outbound thread (the only one that seals with CTX_LOOP) re-classifies each hold and, when the
+# pair is no longer %trap/%hold, sends its queue in order under the new verdict.
+
+from cpython.ref cimport PyObject
+
+import ipaddress as _ipaddress
+
+from oe.dpevents import (Acquire, AuthFailure, IkeMessage, ReplayFailure, SaExpired,
+                         SaSoftLimit)
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <poll.h>
+    #include <string.h>
+    #include <netinet/in.h>
+    #include <sys/socket.h>
+
+    #define DP_BATCH 64
+
+    /* sendmmsg() a run of datagrams to (addr, port) pairs; returns how many went out. */
+    static int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens,
+                           uint8_t (*addrs)[16], uint16_t *ports, int n) {
+        struct mmsghdr msgs[DP_BATCH];
+        struct iovec iov[DP_BATCH];
+        union { struct sockaddr_in v4; struct sockaddr_in6 v6; } sa[DP_BATCH];
+        int i, sent = 0, r;
+        if (n > DP_BATCH) n = DP_BATCH;
+        memset(msgs, 0, sizeof(struct mmsghdr) * n);
+        memset(sa, 0, sizeof(sa[0]) * n);
+        for (i = 0; i < n; i++) {
+            iov[i].iov_base = bufs[i];
+            iov[i].iov_len = lens[i];
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_name = &sa[i];
+            if (family == 4) {
+                sa[i].v4.sin_family = AF_INET;
+                sa[i].v4.sin_port = htons(ports[i]);
+                memcpy(&sa[i].v4.sin_addr, addrs[i], 4);
+                msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+            } else {
+                sa[i].v6.sin6_family = AF_INET6;
+                sa[i].v6.sin6_port = htons(ports[i]);
+                memcpy(&sa[i].v6.sin6_addr, addrs[i], 16);
+                msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in6);
+            }
+        }
+        while (sent < n) {
+            r = sendmmsg(fd, msgs + sent, n - sent, 0);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                if (errno == EAGAIN || errno == ENOBUFS) {
+                    struct pollfd p = { fd, POLLOUT, 0 };
+                    poll(&p, 1, 10);
+                    continue;
+                }
+                sent++;             /* skip the datagram the kernel refused (e.g. EMSGSIZE) */
+                continue;
+            }
+            sent += r;
+        }
+        return sent;
+    }
+
+    /* recvmmsg() up to n datagrams; fills lengths and source (addr, port). */
+    static int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
+                           uint8_t (*addrs)[16], uint16_t *ports, int n) {
+        struct mmsghdr msgs[DP_BATCH];
+        struct iovec iov[DP_BATCH];
+        union { struct sockaddr_in v4; struct sockaddr_in6 v6; } sa[DP_BATCH];
+        int i, r;
+        if (n > DP_BATCH) n = DP_BATCH;
+        memset(msgs, 0, sizeof(struct mmsghdr) * n);
+        for (i = 0; i < n; i++) {
+            iov[i].iov_base = bufs[i];
+            iov[i].iov_len = size;
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_name = &sa[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof(sa[i]);
+        }
+        r = recvmmsg(fd, msgs, n, MSG_DONTWAIT, NULL);
+        for (i = 0; i < r; i++) {
+            lens[i] = msgs[i].msg_len;
+            memset(addrs[i], 0, 16);
+            if (family == 4) {
+                memcpy(addrs[i], &sa[i].v4.sin_addr, 4);
+                ports[i] = ntohs(sa[i].v4.sin_port);
+            } else {
+                memcpy(addrs[i], &sa[i].v6.sin6_addr, 16);
+                ports[i] = ntohs(sa[i].v6.sin6_port);
+            }
+        }
+        return r;
+    }
+
+    /* Wait for any of n fds to be readable; sets bit i of *ready for fd i. */
+    static int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready) {
+        struct pollfd p[8];
+        int i, r;
+        for (i = 0; i < n; i++) { p[i].fd = fds[i]; p[i].events = POLLIN; p[i].revents = 0; }
+        r = poll(p, n, timeout_ms);
+        *ready = 0;
+        for (i = 0; i < n && r > 0; i++)
+            if (p[i].revents & (POLLIN | POLLERR | POLLHUP)) *ready |= 1u << i;
+        return r;
+    }
+    """
+    int DP_BATCH
+    int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*addrs)[16],
+                    uint16_t *ports, int n) nogil
+    int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
+                    uint8_t (*addrs)[16], uint16_t *ports, int n) nogil
+    int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready) nogil
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long esp_thread_t "pthread_t"
+    int esp_thread_create "pthread_create"(esp_thread_t *t, void *attr,
+                                           void *(*start)(void *) noexcept nogil, void *arg)
+    int esp_thread_join "pthread_join"(esp_thread_t t, void **ret)
+
+
+cdef enum:
+    BATCH = 64
+    SLOT = 65536 + 128          # one datagram, with headroom for a rebuilt transport header
+    HEADROOM = 64
+    HOLD_BUCKETS = 256
+    OUT_UDP = 0
+    OUT_RAW = 1
+    OUT_PASS = 2
+    OUT_TUN = 3
+
+OUT_KINDS = ("udp", "esp", "pass", "tun")
+
+
+cdef struct OutItem:
+    uint8_t kind
+    uint8_t family
+    uint16_t port
+    uint8_t addr[16]
+    uint32_t length
+    uint8_t *data
+
+
+cdef struct OutBatch:
+    int n
+    OutItem items[64]
+    uint8_t *arena              # BATCH slots of SLOT bytes
+    PyObject *pylist            # API mode: flushed items are appended here (GIL held)
+
+
+cdef struct HeldPkt:
+    HeldPkt *next
+    uint32_t length
+    uint8_t *data
+
+
+cdef struct Hold:
+    Hold *next
+    uint8_t version
+    uint8_t src[16]
+    uint8_t dst[16]
+    HeldPkt *head
+    HeldPkt *tail
+    uint32_t npkts
+    uint32_t nbytes
+    double created
+
+
+cdef struct DpCore:
+    # events for the control plane
+    esp_mutex_t ev_lock
+    DpEvent *events
+    uint32_t ev_head
+    uint32_t ev_count
+    int ev_fd
+    # SAs
+    esp_rwlock_t sa_lock
+    SaTable sa_out
+    SaTable sa_in
+    # holds
+    esp_mutex_t hold_lock
+    Hold *holds[256]
+    int nholds
+    int recheck
+    uint32_t hold_packets
+    uint32_t hold_bytes
+    double hold_timeout
+    # configuration and loops
+    uint64_t replay_window
+    uint32_t tun_mtu
+    int running
+    int wake_fd
+    int tun_fd
+    int fds[6]                  # udp4, udp6, esp4, esp6, pass4, pass6 (-1: absent)
+    double last_sweep
+    uint64_t counters[64]
+
+
+cdef inline void dp_count(DpCore *c, int which) noexcept nogil:
+    esp_fetch_add64(&c.counters[which], 1)
+
+
+# ----------------------------------------------------------------------------- events
+
+cdef void ev_push(DpCore *c, DpEvent *e) noexcept nogil:
+    cdef uint64_t one = 1
+    esp_mutex_lock(&c.ev_lock)
+    if c.ev_count == EV_CAP:
+        esp_mutex_unlock(&c.ev_lock)
+        dp_count(c, C_EVENTS_LOST)
+        free(e.data)
+        return
+    c.events[(c.ev_head + c.ev_count) % EV_CAP] = e[0]
+    c.ev_count += 1
+    esp_mutex_unlock(&c.ev_lock)
+    esp_sys_write(c.ev_fd, &one, 8)
+
+
+cdef void ev_sa(DpCore *c, int kind, const EspSa *sa, int reason, uint64_t n) noexcept nogil:
+    cdef DpEvent e
+    memset(&e, 0, sizeof(DpEvent))
+    e.kind = kind
+    e.spi = sa.spi
+    e.direction = sa.direction
+    e.reason = reason
+    e.count = n
+    ev_push(c, &e)
+
+
+cdef void sa_fire(DpCore *c, EspSa *sa, int hard, int reason) noexcept nogil:
+    """Raise the soft or hard limit event of an SA, once."""
+    cdef uint32_t bit = FIRED_HARD if hard else FIRED_SOFT
+    if (esp_fetch_or32(&sa.fired, bit) & bit) == 0:
+        ev_sa(c, EV_HARD if hard else EV_SOFT, sa, reason, 0)
+
+
+cdef bint sa_admit(DpCore *c, EspSa *sa, size_t n, double now) noexcept nogil:
+    """May one more packet of n bytes use this SA? False (and the hard event) past a hard limit."""
+    cdef int reason = 0
+    if sa.fired & FIRED_HARD:
+        return False
+    if sa.hard_packets and esp_get64(&sa.packets) + 1 > sa.hard_packets:
+        reason = R_PACKETS
+    elif sa.hard_bytes and esp_get64(&sa.nbytes) + n > sa.hard_bytes:
+        reason = R_BYTES
+    elif sa.hard_time and now >= sa.hard_time:
+        reason = R_TIME
+    if reason:
+        sa_fire(c, sa, 1, reason)
+        return False
+    return True
+
+
+cdef void sa_account(DpCore *c, EspSa *sa, size_t n, uint64_t seq, double now) noexcept nogil:
+    cdef uint64_t p = esp_fetch_add64(&sa.packets, 1) + 1
+    cdef uint64_t b = esp_fetch_add64(&sa.nbytes, n) + n
+    if sa.fired & FIRED_SOFT:
+        return
+    if sa.soft_packets and p >= sa.soft_packets:
+        sa_fire(c, sa, 0, R_PACKETS)
+    elif sa.soft_bytes and b >= sa.soft_bytes:
+        sa_fire(c, sa, 0, R_BYTES)
+    elif sa.soft_time and now >= sa.soft_time:
+        sa_fire(c, sa, 0, R_TIME)
+    elif sa.direction == DIR_OUT and not sa.esn and seq >= SEQ_SOFT_32:
+        sa_fire(c, sa, 0, R_SEQUENCE)
+
+
+cdef void sa_failure(DpCore *c, EspSa *sa, int reason) noexcept nogil:
+    """Count a replayed or forged packet; one event at a time per SA and kind (coalesced)."""
+    cdef uint32_t bit
+    cdef uint64_t total
+    if reason == R_REPLAY:
+        total = esp_fetch_add64(&sa.err_replay, 1) + 1
+        dp_count(c, C_REPLAY)
+        bit = PENDING_REPLAY
+    else:
+        total = esp_fetch_add64(&sa.err_auth, 1) + 1
+        dp_count(c, C_AUTH)
+        bit = PENDING_AUTH
+    if (esp_fetch_or32(&sa.pending, bit) & bit) == 0:
+        ev_sa(c, EV_REPLAY if reason == R_REPLAY else EV_AUTH, sa, reason, total)
+
+
+cdef void dp_sweep(DpCore *c, double now) noexcept nogil:
+    """Time lifetimes fire even on idle SAs."""
+    esp_rd_lock(&c.sa_lock)
+    _sweep_table(c, &c.sa_out, now)
+    _sweep_table(c, &c.sa_in, now)
+    esp_rw_unlock(&c.sa_lock)
+    c.last_sweep = now
+
+
+cdef void _sweep_table(DpCore *c, SaTable *t, double now) noexcept nogil:
+    cdef uint32_t i
+    cdef EspSa *sa
+    for i in range(t.cap):
+        sa = t.slots[i]
+        if sa == NULL:
+            continue
+        if sa.hard_time and now >= sa.hard_time:
+            sa_fire(c, sa, 1, R_TIME)
+        elif sa.soft_time and now >= sa.soft_time:
+            sa_fire(c, sa, 0, R_TIME)
+
+
+# ---------------------------------------------------------------------------- batches
+
+cdef void batch_flush(DpCore *c, OutBatch *b) noexcept nogil:
+    cdef uint8_t *bufs[64]
+    cdef uint32_t lens[64]
+    cdef uint8_t addrs[64][16]
+    cdef uint16_t ports[64]
+    cdef int i, k, m, fd, kind, fam
+    if b.n == 0:
+        return
+    if b.pylist != NULL:
+        with gil:
+            _flush_to_list(b)
+        b.n = 0
+        return
+    i = 0
+    while i < b.n:
+        kind = b.items[i].kind
+        fam = b.items[i].family
+        if kind == OUT_TUN:
+            if esp_sys_write(c.tun_fd, b.items[i].data, b.items[i].length) < 0:
+                dp_count(c, C_SEND_ERRORS)
+            else:
+                dp_count(c, C_TUN_WRITE)
+            i += 1
+            continue
+        # A run of consecutive items for one socket goes out in one sendmmsg().
+        m = 0
+        while i + m < b.n and b.items[i + m].kind == kind and b.items[i + m].family == fam:
+            k = i + m
+            bufs[m] = b.items[k].data
+            lens[m] = b.items[k].length
+            memcpy(addrs[m], b.items[k].addr, 16)
+            ports[m] = b.items[k].port
+            m += 1
+        fd = c.fds[(kind * 2) + (0 if fam == 4 else 1)]
+        if fd < 0 or dp_sendmany(fd, fam, bufs, lens, addrs, ports, m) < m:
+            esp_fetch_add64(&c.counters[C_SEND_ERRORS], m)
+        i += m
+    b.n = 0
+
+
+cdef void _flush_to_list(OutBatch *b) noexcept:
+    cdef int i
+    cdef OutItem *it
+    lst = <list>b.pylist
+    for i in range(b.n):
+        it = &b.items[i]
+        addr = None
+        if it.kind != OUT_TUN:
+            addr = _ipaddress.ip_address((<char *>it.addr)[:4 if it.family == 4 else 16])
+        lst.append((OUT_KINDS[it.kind], addr, it.port, (<char *>it.data)[:it.length]))
+
+
+cdef inline uint8_t *batch_slot(DpCore *c, OutBatch *b) noexcept nogil:
+    if b.n == BATCH:
+        batch_flush(c, b)
+    return b.arena + <size_t>b.n * SLOT
+
+
+cdef inline void batch_commit(OutBatch *b, int kind, int family, const uint8_t *addr,
+                              uint16_t port, uint8_t *data, uint32_t length) noexcept nogil:
+    cdef OutItem *it = &b.items[b.n]
+    it.kind = kind
+    it.family = family
+    it.port = port
+    memset(it.addr, 0, 16)
+    if addr != NULL:
+        memcpy(it.addr, addr, 4 if family == 4 else 16)
+    it.data = data
+    it.length = length
+    b.n += 1
+
+
+# ------------------------------------------------------------------- ICMP and MSS clamp
+
+cdef int icmp_error(uint8_t *out, const uint8_t *pkt, const PktInfo *info, int type4, int code4,
+                    int type6, int code6, uint32_t mtu) noexcept nogil:
+    """An ICMP error about `pkt`, from its destination back to its source; length or 0."""
+    cdef size_t quote, total
+    cdef uint32_t s
+    cdef const uint8_t *l4 = pkt + info.hlen
+    if info.version == 4:
+        if not info.first_fragment:
+            return 0            # RFC 1122 3.2.2: never about a non-initial fragment
+        if info.proto == PROTO_ICMP and info.total > info.hlen and l4[0] in (3, 4, 5, 11, 12):
+            return 0            # ... nor about an ICMP error
+        quote = info.total if info.total < 548 else 548
+        total = 28 + quote
+        memset(out, 0, 28)
+        out[0] = 0x45
+        esp_wr16(out + 2, <uint16_t>total)
+        out[8] = 64
+        out[9] = PROTO_ICMP
+        memcpy(out + 12, info.dst, 4)
+        memcpy(out + 16, info.src, 4)
+        esp_wr16(out + 10, csum_fold(csum_add(0, out, 20)))
+        out[20] = type4
+        out[21] = code4
+        if mtu:
+            esp_wr16(out + 26, <uint16_t>mtu)    # RFC 1191 4: next-hop MTU
+        memcpy(out + 28, pkt, quote)
+        esp_wr16(out + 22, csum_fold(csum_add(0, out + 20, 8 + quote)))
+        return <int>total
+    if info.proto == PROTO_ICMPV6 and info.total > 40 and l4[0] < 128:
+        return 0                # RFC 4443 2.4 (e.1): never about an ICMPv6 error
+    quote = info.total if info.total < 1280 - 48 else 1280 - 48
+    total = 48 + quote
+    memset(out, 0, 48)
+    out[0] = 0x60
+    esp_wr16(out + 4, <uint16_t>(8 + quote))
+    out[6] = PROTO_ICMPV6
+    out[7] = 64
+    memcpy(out + 8, info.dst, 16)
+    memcpy(out + 24, info.src, 16)
+    out[40] = type6
+    out[41] = code6
+    if mtu:
+        esp_wr32(out + 44, mtu)                  # RFC 4443 3.2
+    memcpy(out + 48, pkt, quote)
+    s = csum_add(0, out + 8, 32)              # pseudo-header (RFC 8200 8.1)
+    s += <uint32_t>(8 + quote) + PROTO_ICMPV6
+    s = csum_add(s, out + 40, 8 + quote)
+    esp_wr16(out + 42, csum_fold(s))
+    return <int>total
+
+
+cdef bint mss_clamp(uint8_t *pkt, const PktInfo *info, uint32_t mtu) noexcept nogil:
+    """Lower the MSS option of a TCP SYN to fit `mtu` (RFC 879, RFC 6691); True if changed."""
+    cdef int off = info.hlen
+    cdef uint8_t *tcp
+    cdef int doff, i, kind, olen
+    cdef uint32_t mss, limit, s
+    if info.proto != PROTO_TCP or not info.first_fragment:
+        return False
+    if info.version == 6 and pkt[6] == 44:
+        off = 48
+    if info.total < off + 20:
+        return False
+    tcp = pkt + off
+    if (tcp[13] & 0x02) == 0:                 # SYN
+        return False
+    doff = (tcp[12] >> 4) * 4
+    if doff < 20 or off + doff > info.total:
+        return False
+    limit = mtu - (40 if info.version == 4 else 60)
+    i = 20
+    while i < doff:
+        kind = tcp[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= doff:
+            break
+        olen = tcp[i + 1]
+        if olen < 2 or i + olen > doff:
+            break
+        if kind == 2 and olen == 4:
+            mss = esp_rd16(tcp + i + 2)
+            if mss <= limit:
+                return False
+            # RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')
+            s = (~esp_rd16(tcp + 16)) & 0xFFFF
+            s += (~mss) & 0xFFFF
+            s += limit
+            esp_wr16(tcp + i + 2, <uint16_t>limit)
+            while s >> 16:
+                s = (s & 0xFFFF) + (s >> 16)
+            esp_wr16(tcp + 16, <uint16_t>(~s & 0xFFFF))
+            return True
+        i += olen
+    return False
+
+
+# ------------------------------------------------------------------------------ holds
+
+cdef inline uint32_t hold_hash(int version, const uint8_t *src, const uint8_t *dst) noexcept nogil:
+    cdef int alen = 4 if version == 4 else 16
+    cdef uint32_t h = 2166136261u
+    cdef int i
+    for i in range(alen):
+        h = (h ^ src[i]) * 16777619u
+    for i in range(alen):
+        h = (h ^ dst[i]) * 16777619u
+    return (h ^ (h >> 16)) & (HOLD_BUCKETS - 1)
+
+
+cdef Hold *hold_find(DpCore *c, int version, const uint8_t *src, const uint8_t *dst) noexcept nogil:
+    cdef int alen = 4 if version == 4 else 16
+    cdef Hold *h = c.holds[hold_hash(version, src, dst)]
+    while h != NULL:
+        if h.version == version and memcmp(h.src, src, alen) == 0 and memcmp(h.dst, dst, alen) == 0:
+            return h
+        h = h.next
+    return NULL
+
+
+cdef Hold *hold_create(DpCore *c, int version, const uint8_t *src, const uint8_t *dst,
+                       double now) noexcept nogil:
+    cdef int alen = 4 if version == 4 else 16
+    cdef uint32_t k = hold_hash(version, src, dst)
+    cdef Hold *h = <Hold *>calloc(1, sizeof(Hold))
+    if h == NULL:
+        return NULL
+    h.version = version
+    memcpy(h.src, src, alen)
+    memcpy(h.dst, dst, alen)
+    h.created = now
+    h.next = c.holds[k]
+    c.holds[k] = h
+    c.nholds += 1
+    return h
+
+
+cdef void hold_enqueue(DpCore *c, Hold *h, const uint8_t *pkt, size_t n) noexcept nogil:
+    """Queue a copy; beyond the bounds the oldest packets go (design.md 4)."""
+    cdef HeldPkt *p
+    cdef HeldPkt *old
+    if n > c.hold_bytes:
+        dp_count(c, C_HOLD_OVERFLOW)
+        return
+    p = <HeldPkt *>malloc(sizeof(HeldPkt) + n)
+    if p == NULL:
+        dp_count(c, C_HOLD_OVERFLOW)
+        return
+    p.next = NULL
+    p.length = <uint32_t>n
+    p.data = (<uint8_t *>p) + sizeof(HeldPkt)
+    memcpy(p.data, pkt, n)
+    while h.head != NULL and (h.npkts + 1 > c.hold_packets or h.nbytes + n > c.hold_bytes):
+        old = h.head
+        h.head = old.next
+        h.npkts -= 1
+        h.nbytes -= old.length
+        free(old)
+        dp_count(c, C_HOLD_OVERFLOW)
+    if h.head == NULL:
+        h.tail = NULL
+    if h.tail != NULL:
+        h.tail.next = p
+    else:
+        h.head = p
+    h.tail = p
+    h.npkts += 1
+    h.nbytes += <uint32_t>n
+    dp_count(c, C_HELD)
+
+
+cdef void hold_free(Hold *h) noexcept nogil:
+    cdef HeldPkt *p = h.head
+    cdef HeldPkt *q
+    while p != NULL:
+        q = p.next
+        free(p)
+        p = q
+    free(h)
+
+
+# ------------------------------------------------------------------- per-packet: outbound
+
+cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t n, OutBatch *b,
+                      bint from_hold, double now) noexcept nogil:
+    cdef PktInfo info
+    cdef Verdict v
+    cdef Hold *h
+    cdef EspSa *sa
+    cdef uint8_t *slot
+    cdef uint64_t seq
+    cdef int r, kind
+    cdef bint created
+    if parse_ip(pkt, n, &info) < 0:
+        dp_count(c, C_MALFORMED)
+        return
+    n = info.total              # ignore anything the TUN gave beyond the IP datagram
+    if not from_hold and esp_load_int(&c.nholds) > 0:
+        esp_mutex_lock(&c.hold_lock)
+        h = hold_find(c, info.version, info.src, info.dst)
+        if h != NULL:
+            hold_enqueue(c, h, pkt, n)
+            esp_mutex_unlock(&c.hold_lock)
+            return
+        esp_mutex_unlock(&c.hold_lock)
+    v = cls.classify(info.version, info.src, info.dst, info.proto, info.sport, info.dport, n)
+    if v.action == ACT_SA:
+        esp_rd_lock(&c.sa_lock)
+        sa = sa_find(&c.sa_out, v.spi)
+        if sa == NULL:
+            esp_rw_unlock(&c.sa_lock)
+            dp_count(c, C_NO_SA)
+            return
+        if n > sa.mtu and info.df:
+            # Path MTU discovery instead of a black hole (seeds/000, seeds/004).
+            esp_rw_unlock(&c.sa_lock)
+            slot = batch_slot(c, b)
+            r = icmp_error(slot, pkt, &info, 3, 4, 2, 0, sa.mtu)
+            if r > 0:
+                batch_commit(b, OUT_TUN, info.version, NULL, 0, slot, r)
+            dp_count(c, C_TOO_BIG)
+            return
+        if not sa_admit(c, sa, n, now):
+            esp_rw_unlock(&c.sa_lock)
+            esp_fetch_add64(&sa.err_expired, 1)
+            dp_count(c, C_EXPIRED)
+            return
+        if mss_clamp(pkt, &info, sa.mtu):
+            dp_count(c, C_MSS_CLAMPED)
+        slot = batch_slot(c, b)
+        r = esp_seal(sa, ctxi, pkt, n, slot, SLOT, &seq)
+        if r < 0:
+            if -r == R_SEQUENCE:
+                sa_fire(c, sa, 1, R_SEQUENCE)
+            esp_fetch_add64(&sa.err_expired, 1)
+            dp_count(c, C_EXPIRED)
+            esp_rw_unlock(&c.sa_lock)
+            return
+        sa_account(c, sa, n, seq, now)
+        batch_commit(b, OUT_UDP if sa.encap == ENCAP_UDP else OUT_RAW, sa.family, sa.peer,
+                     sa.peer_port, slot, r)
+        esp_rw_unlock(&c.sa_lock)
+        dp_count(c, C_ESP_OUT)
+    elif v.action == ACT_TRAP or v.action == ACT_HOLD:
+        if from_hold:
+            dp_count(c, C_HOLD_DISCARDED)
+            return
+        created = False
+        esp_mutex_lock(&c.hold_lock)
+        h = hold_find(c, info.version, info.src, info.dst)
+        if h == NULL:
+            h = hold_create(c, info.version, info.src, info.dst, now)
+            created = h != NULL
+        if h != NULL:
+            hold_enqueue(c, h, pkt, n)
+        esp_mutex_unlock(&c.hold_lock)
+        if created and v.action == ACT_TRAP:
+            _acquire(c, &info)
+    elif v.action == ACT_PASS:
+        slot = batch_slot(c, b)
+        memcpy(slot, pkt, n)
+        batch_commit(b, OUT_PASS, info.version, info.dst, 0, slot, n)
+        dp_count(c, C_PASSED)
+    elif v.action == ACT_REJECT:
+        slot = batch_slot(c, b)
+        # ICMP destination unreachable, communication administratively prohibited:
+        # IPv4 type 3 code 13 (RFC 1812 5.2.7.1), IPv6 type 1 code 1 (RFC 4443 3.1).
+        r = icmp_error(slot, pkt, &info, 3, 13, 1, 1, 0)
+        if r > 0:
+            batch_commit(b, OUT_TUN, info.version, NULL, 0, slot, r)
+        dp_count(c, C_REJECTED)
+    elif v.action == ACT_DROP:
+        dp_count(c, C_DROPPED)
+    else:
+        # No eroute: e.g. the kernel's IPv6 link-local chatter on the TUN. Quietly dropped.
+        dp_count(c, C_NO_POLICY)
+
+
+cdef void _acquire(DpCore *c, const PktInfo *info) noexcept nogil:
+    cdef DpEvent e
+    cdef int alen = 4 if info.version == 4 else 16
+    memset(&e, 0, sizeof(DpEvent))
+    e.kind = EV_ACQUIRE
+    e.version = info.version
+    memcpy(e.src, info.src, alen)
+    memcpy(e.dst, info.dst, alen)
+    e.proto = info.proto
+    e.sport = info.sport
+    e.dport = info.dport
+    dp_count(c, C_ACQUIRES)
+    ev_push(c, &e)
+
+
+cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double now) noexcept nogil:
+    """Release, in order, every hold whose pair the eroute table no longer traps or holds."""
+    cdef Hold *released = NULL
+    cdef Hold **link
+    cdef Hold *h
+    cdef Hold *nxt
+    cdef HeldPkt *p
+    cdef HeldPkt *q
+    cdef PktInfo info
+    cdef Verdict v
+    cdef int k
+    cdef bint keep
+    esp_mutex_lock(&c.hold_lock)
+    esp_store_int(&c.recheck, 0)
+    for k in range(HOLD_BUCKETS):
+        link = &c.holds[k]
+        while link[0] != NULL:
+            h = link[0]
+            keep = now - h.created < c.hold_timeout
+            if keep and h.head != NULL and parse_ip(h.head.data, h.head.length, &info) == 0:
+                v = cls.classify(info.version, info.src, info.dst, info.proto, info.sport,
+                                 info.dport, 0)
+                keep = v.action == ACT_TRAP or v.action == ACT_HOLD
+            if keep:
+                link = &h.next
+                continue
+            link[0] = h.next
+            c.nholds -= 1
+            if now - h.created >= c.hold_timeout:
+                esp_fetch_add64(&c.counters[C_HOLD_DISCARDED], h.npkts)
+                hold_free(h)
+                continue
+            h.next = released
+            released = h
+    esp_mutex_unlock(&c.hold_lock)
+    while released != NULL:
+        h = released
+        released = h.next
+        p = h.head
+        while p != NULL:
+            q = p.next
+            dp_count(c, C_HOLD_RELEASED)
+            dp_outbound(c, cls, ctxi, p.data, p.length, b, True, now)
+            free(p)
+            p = q
+        free(h)
+
+
+# -------------------------------------------------------------------- per-packet: inbound
+
+cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int family,
+                     const uint8_t *src, uint16_t sport, int encap, OutBatch *b,
+                     double now) noexcept nogil:
+    cdef DpEvent e
+    cdef EspSa *sa
+    cdef uint8_t *slot
+    cdef uint8_t *inner
+    cdef int r, nh, alen
+    cdef uint64_t seq
+    cdef PktInfo info
+    cdef size_t length
+    if encap == ENCAP_UDP:
+        if n == 1 and data[0] == 0xFF:        # RFC 3948 2.3: NAT-keepalive
+            dp_count(c, C_KEEPALIVES)
+            return
+        if n >= 4 and esp_rd32(data) == 0:       # RFC 3948 2.2: non-ESP marker, IKE follows
+            memset(&e, 0, sizeof(DpEvent))
+            e.kind = EV_IKE
+            e.version = family
+            memcpy(e.src, src, 4 if family == 4 else 16)
+            e.sport = sport
+            e.length = <uint32_t>(n - 4)
+            e.data = <uint8_t *>malloc(n - 4 if n > 4 else 1)
+            if e.data == NULL:
+                return
+            memcpy(e.data, data + 4, n - 4)
+            dp_count(c, C_IKE)
+            ev_push(c, &e)
+            return
+    if n < ESP_HDR:
+        dp_count(c, C_MALFORMED)
+        return
+    esp_rd_lock(&c.sa_lock)
+    sa = sa_find(&c.sa_in, esp_rd32(data))
+    if sa == NULL:
+        esp_rw_unlock(&c.sa_lock)
+        dp_count(c, C_UNKNOWN_SPI)         # RFC 4303 3.4.2: discard, auditable event
+        return
+    if not sa_admit(c, sa, n, now):
+        esp_fetch_add64(&sa.err_expired, 1)
+        esp_rw_unlock(&c.sa_lock)
+        dp_count(c, C_EXPIRED)
+        return
+    slot = batch_slot(c, b)
+    inner = slot + HEADROOM
+    r = esp_open(sa, ctxi, data, n, inner, SLOT - HEADROOM, &nh, &seq)
+    if r < 0:
+        r = -r
+        if r == R_REPLAY or r == R_AUTH:
+            sa_failure(c, sa, r)
+        elif r == R_PADDING:
+            esp_fetch_add64(&sa.err_malformed, 1)
+            dp_count(c, C_PADDING)
+        elif r == R_EXPIRED:
+            dp_count(c, C_EXPIRED)
+        else:
+            esp_fetch_add64(&sa.err_malformed, 1)
+            dp_count(c, C_MALFORMED)
+        esp_rw_unlock(&c.sa_lock)
+        return
+    length = r
+    if nh == NH_NONE:
+        esp_rw_unlock(&c.sa_lock)
+        dp_count(c, C_DUMMY)
+        return
+    if sa.tunnel:
+        if (nh != NH_IPV4 and nh != NH_IPV6) or parse_ip(inner, length, &info) < 0 \
+                or info.version != (4 if nh == NH_IPV4 else 6):
+            esp_fetch_add64(&sa.err_malformed, 1)
+            esp_rw_unlock(&c.sa_lock)
+            dp_count(c, C_MALFORMED)
+            return
+        length = info.total     # RFC 4303 2.7: TFC padding after the inner datagram
+    else:
+        # Transport mode: rebuild the IP header from the SA's addresses (the outer ones).
+        alen = 4 if sa.family == 4 else 16
+        if sa.family == 4:
+            inner -= 20
+            memset(inner, 0, 20)
+            inner[0] = 0x45
+            esp_wr16(inner + 2, <uint16_t>(length + 20))
+            inner[8] = 64
+            inner[9] = nh
+            memcpy(inner + 12, sa.peer, 4)
+            memcpy(inner + 16, sa.local, 4)
+            esp_wr16(inner + 10, csum_fold(csum_add(0, inner, 20)))
+            length += 20
+        else:
+            inner -= 40
+            memset(inner, 0, 40)
+            inner[0] = 0x60
+            esp_wr16(inner + 4, <uint16_t>length)
+            inner[6] = nh
+            inner[7] = 64
+            memcpy(inner + 8, sa.peer, 16)
+            memcpy(inner + 24, sa.local, 16)
+            length += 40
+        if parse_ip(inner, length, &info) < 0:
+            esp_fetch_add64(&sa.err_malformed, 1)
+            esp_rw_unlock(&c.sa_lock)
+            dp_count(c, C_MALFORMED)
+            return
+    if not ts_allows(sa, &info):
+        # RFC 4322 12.1: what arrives under an SA must be what the SA was negotiated for.
+        esp_fetch_add64(&sa.err_policy, 1)
+        esp_rw_unlock(&c.sa_lock)
+        dp_count(c, C_POLICY)
+        return
+    sa_account(c, sa, length, seq, now)
+    esp_rw_unlock(&c.sa_lock)
+    if mss_clamp(inner, &info, c.tun_mtu):
+        dp_count(c, C_MSS_CLAMPED)
+    batch_commit(b, OUT_TUN, info.version, NULL, 0, inner, <uint32_t>length)
+    dp_count(c, C_ESP_IN)
+
+
+# ------------------------------------------------------------------------------ loops
+
+cdef void dp_out_loop(DpCore *c, Classifier cls) noexcept nogil:
+    cdef OutBatch *b = <OutBatch *>calloc(1, sizeof(OutBatch))
+    cdef uint8_t *buf = <uint8_t *>malloc(SLOT)
+    cdef int fds[2]
+    cdef unsigned ready
+    cdef ssize_t n
+    cdef int k
+    cdef uint64_t junk
+    cdef double now
+    if b == NULL or buf == NULL:
+        free(b)
+        free(buf)
+        return
+    b.arena = <uint8_t *>malloc(<size_t>BATCH * SLOT)
+    if b.arena == NULL:
+        free(b)
+        free(buf)
+        return
+    fds[0] = c.tun_fd
+    fds[1] = c.wake_fd
+    while esp_load_int(&c.running):
+        dp_wait(fds, 2, 500, &ready)
+        now = esp_now()
+        if ready & 2:
+            esp_sys_read(c.wake_fd, &junk, 8)
+        if esp_load_int(&c.recheck) or (c.nholds > 0 and now - c.last_sweep >= 0.5):
+            hold_recheck(c, cls, CTX_LOOP, b, now)
+        if now - c.last_sweep >= 0.5:
+            dp_sweep(c, now)
+        if ready & 1:
+            for k in range(BATCH):
+                n = esp_sys_read(c.tun_fd, buf, SLOT)
+                if n <= 0:
+                    break
+                dp_count(c, C_TUN_READ)
+                dp_outbound(c, cls, CTX_LOOP, buf, n, b, False, now)
+        batch_flush(c, b)
+    free(b.arena)
+    free(b)
+    free(buf)
+
+
+cdef void dp_in_loop(DpCore *c) noexcept nogil:
+    cdef OutBatch *b = <OutBatch *>calloc(1, sizeof(OutBatch))
+    cdef uint8_t *bufs[64]
+    cdef uint32_t lens[64]
+    cdef uint8_t addrs[64][16]
+    cdef uint16_t ports[64]
+    cdef uint8_t *arena = <uint8_t *>malloc(<size_t>BATCH * SLOT)
+    cdef int fds[5]
+    cdef int which[5]
+    cdef int nfds = 0
+    cdef int i, k, r, fam, hl
+    cdef unsigned ready
+    cdef uint64_t junk
+    cdef double now
+    if b == NULL or arena == NULL:
+        free(b)
+        free(arena)
+        return
+    b.arena = <uint8_t *>malloc(<size_t>BATCH * SLOT)
+    if b.arena == NULL:
+        free(b)
+        free(arena)
+        return
+    for i in range(BATCH):
+        bufs[i] = arena + <size_t>i * SLOT
+    for k in range(4):                      # udp4, udp6, esp4, esp6
+        if c.fds[k] >= 0:
+            fds[nfds] = c.fds[k]
+            which[nfds] = k
+            nfds += 1
+    fds[nfds] = c.wake_fd
+    while esp_load_int(&c.running):
+        dp_wait(fds, nfds + 1, 500, &ready)
+        now = esp_now()
+        for i in range(nfds):
+            if not (ready & (1u << i)):
+                continue
+            fam = 4 if which[i] % 2 == 0 else 6
+            while True:
+                r = dp_recvmany(fds[i], fam, bufs, SLOT, lens, addrs, ports, BATCH)
+                if r <= 0:
+                    break
+                for k in range(r):
+                    if which[i] == 2:
+                        # A raw IPv4 socket hands over the IP header too; IPv6 does not.
+                        hl = (bufs[k][0] & 0x0F) * 4 if lens[k] >= 20 else <int>lens[k]
+                        dp_inbound(c, CTX_LOOP, bufs[k] + hl, lens[k] - hl, 4, addrs[k],
+                                   ports[k], ENCAP_RAW, b, now)
+                    else:
+                        dp_inbound(c, CTX_LOOP, bufs[k], lens[k], fam, addrs[k], ports[k],
+                                   ENCAP_UDP if which[i] < 2 else ENCAP_RAW, b, now)
+                batch_flush(c, b)
+                if r < BATCH:
+                    break
+        if ready & (1u << nfds):
+            esp_sys_read(c.wake_fd, &junk, 8)
+    free(b.arena)
+    free(b)
+    free(arena)
+
+
+cdef void *_out_thread(void *arg) noexcept nogil:
+    with gil:
+        (<Datapath>arg)._run_out()
+    return NULL
+
+
+cdef void *_in_thread(void *arg) noexcept nogil:
+    with gil:
+        (<Datapath>arg)._run_in()
+    return NULL
+
+
+# -------------------------------------------------------------------------- Python API
+
+def _net_bytes(address, int version):
+    packed = _ipaddress.ip_address(address).packed
+    if len(packed) != (4 if version == 4 else 16):
+        raise ValueError(f"{address} is not an IPv{version} address")
+    return packed
+
+
+def _prefix(network, int version):
+    net = _ipaddress.ip_network(network, strict=False)
+    if net.version != version:
+        raise ValueError(f"traffic selector {net} is not IPv{version}")
+    return net.network_address.packed, net.prefixlen
+
+
+def esp_overhead(int family, str encap="udp", bint tunnel=True) -> int:
+    """Worst-case bytes ESP adds to an inner packet (outer IP, UDP, ESP, IV, pad, ICV)."""
+    cdef int n = ESP_HDR + ESP_IV + 3 + ESP_TRAILER + ESP_ICV
+    if tunnel:
+        n += 20 if family == 4 else 40
+    if encap == "udp":
+        n += 8
+    return n
+
+
+cdef class Datapath:
+    """ESP SAs, holds, events and the native loops around one compiled Classifier.
+
+    Without start() every packet function works from Python (tests, tools); start() runs the
+    outbound (TUN) and inbound (sockets) threads, which release the GIL for good.
+    """
+
+    cdef DpCore *c
+    cdef readonly Classifier classifier
+    cdef esp_thread_t _threads[2]
+    cdef bint _started
+    cdef object _files
+
+    def __cinit__(self, *, uint64_t replay_window=4096, uint32_t hold_packets=64,
+                  uint32_t hold_bytes=256 * 1024, double hold_timeout=60.0,
+                  Classifier classifier=None):
+        _fetch_ciphers()
+        if replay_window < 1 or replay_window > 0x7FFFFFFF:
+            raise ValueError("the replay window is 1 to 2^31 - 1 packets")
+        self.c = <DpCore *>calloc(1, sizeof(DpCore))
+        if self.c == NULL:
+            raise MemoryError()
+        self.c.events = <DpEvent *>calloc(EV_CAP, sizeof(DpEvent))
+        if self.c.events == NULL:
+            raise MemoryError()
+        esp_mutex_init(&self.c.ev_lock)
+        esp_mutex_init(&self.c.hold_lock)
+        esp_rwlock_init(&self.c.sa_lock)
+        self.c.ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.c.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.c.ev_fd < 0 or self.c.wake_fd < 0:
+            raise OSError("eventfd failed")
+        self.c.replay_window = replay_window
+        self.c.hold_packets = hold_packets
+        self.c.hold_bytes = hold_bytes
+        self.c.hold_timeout = hold_timeout
+        self.c.tun_mtu = 1400
+        self.c.tun_fd = -1
+        for k in range(6):
+            self.c.fds[k] = -1
+        self.classifier = classifier if classifier is not None else Classifier()
+
+    def __dealloc__(self):
+        cdef uint32_t i
+        cdef int k
+        cdef Hold *h
+        if self.c == NULL:
+            return
+        if self._started:
+            esp_store_int(&self.c.running, 0)
+            self._wake()
+            with nogil:
+                esp_thread_join(self._threads[0], NULL)
+                esp_thread_join(self._threads[1], NULL)
+        for i in range(self.c.sa_out.cap):
+            sa_free(self.c.sa_out.slots[i])
+        for i in range(self.c.sa_in.cap):
+            sa_free(self.c.sa_in.slots[i])
+        free(self.c.sa_out.slots)
+        free(self.c.sa_in.slots)
+        for k in range(HOLD_BUCKETS):
+            while self.c.holds[k] != NULL:
+                h = self.c.holds[k]
+                self.c.holds[k] = h.next
+                hold_free(h)
+        while self.c.ev_count:
+            free(self.c.events[self.c.ev_head].data)
+            self.c.ev_head = (self.c.ev_head + 1) % EV_CAP
+            self.c.ev_count -= 1
+        free(self.c.events)
+        if self.c.ev_fd >= 0:
+            esp_sys_close(self.c.ev_fd)
+        if self.c.wake_fd >= 0:
+            esp_sys_close(self.c.wake_fd)
+        esp_mutex_destroy(&self.c.ev_lock)
+        esp_mutex_destroy(&self.c.hold_lock)
+        esp_rwlock_destroy(&self.c.sa_lock)
+        free(self.c)
+        self.c = NULL
+
+    cdef void _wake(self) noexcept:
+        cdef uint64_t one = 1
+        esp_sys_write(self.c.wake_fd, &one, 8)
+
+    # ------------------------------------------------------------------------- SAs
+
+    def add_sa(self, uint32_t spi, str direction, bytes key, *, local, peer, bint tunnel=True,
+               bint esn=False, str encap="udp", int local_port=4500, int peer_port=4500,
+               src_ts=None, dst_ts=None, int proto=0, sport=(0, 65535), dport=(0, 65535),
+               int path_mtu=1500, replay_window=None, uint64_t soft_bytes=0,
+               uint64_t hard_bytes=0, uint64_t soft_packets=0, uint64_t hard_packets=0,
+               double soft_time=0.0, double hard_time=0.0, uint64_t seq=0, now=None) -> None:
+        """Install (or replace) an SA. `key` is KEYMAT: AES key || 4-byte salt (RFC 4106 8.1).
+
+        direction "out" seals towards `peer`; "in" opens what `peer` sends. Traffic selectors
+        (src_ts/dst_ts, proto, port ranges) say which inner packets the SA carries; they default
+        to peer -> local for "in" (checked on every packet) and local -> peer for "out".
+        Lifetimes are counted from now (seconds; `now` is CLOCK_MONOTONIC, default: the clock).
+        `seq` is the last sequence number sent ("out") or the top of the window ("in"): 0 for a
+        new SA; tests start near a 32-bit boundary with it.
+        """
+        cdef EspSa *sa
+        cdef EspSa *old
+        cdef int k
+        cdef SaTable *table
+        cdef double t0 = esp_now() if now is None else now
+        if spi < 256:
+            raise ValueError("SPIs 0 to 255 are reserved (RFC 4303 2.1)")
+        if direction not in ("in", "out"):
+            raise ValueError("direction is 'in' or 'out'")
+        if encap not in ("udp", "esp"):
+            raise ValueError("encap is 'udp' (RFC 3948) or 'esp' (IP protocol 50)")
+        if len(key) not in (20, 36):
+            raise ValueError("KEYMAT is 20 (AES-128-GCM) or 36 (AES-256-GCM) bytes")
+        local_b = _ipaddress.ip_address(local).packed
+        peer_b = _ipaddress.ip_address(peer).packed
+        if len(local_b) != len(peer_b):
+            raise ValueError("local and peer are not of one address family")
+        family = 4 if len(peer_b) == 4 else 6
+        inbound = direction == "in"
+        if src_ts is None:
+            src_ts = _ipaddress.ip_address(peer if inbound else local)
+        if dst_ts is None:
+            dst_ts = _ipaddress.ip_address(local if inbound else peer)
+        src_net = _ipaddress.ip_network(src_ts, strict=False)
+        dst_net = _ipaddress.ip_network(dst_ts, strict=False)
+        if src_net.version != dst_net.version:
+            raise ValueError("traffic selectors mix address families")
+        if not tunnel and src_net.version != family:
+            raise ValueError("transport mode carries the outer address family only")
+        window = self.c.replay_window if replay_window is None else replay_window
+        if window < 1 or window > 0x7FFFFFFF:
+            raise ValueError("the replay window is 1 to 2^31 - 1 packets")
+        mtu = path_mtu - esp_overhead(family, encap, tunnel)
+        if mtu < 68:
+            raise ValueError(f"path MTU {path_mtu} leaves no room for ESP")
+        sa = <EspSa *>calloc(1, sizeof(EspSa))
+        if sa == NULL:
+            raise MemoryError()
+        try:
+            sa.spi = spi
+            sa.direction = DIR_IN if inbound else DIR_OUT
+            sa.tunnel = tunnel
+            sa.esn = esn
+            sa.encap = ENCAP_UDP if encap == "udp" else ENCAP_RAW
+            sa.family = family
+            memcpy(sa.local, <const char *>local_b, len(local_b))
+            memcpy(sa.peer, <const char *>peer_b, len(peer_b))
+            sa.local_port = local_port
+            sa.peer_port = peer_port
+            memcpy(sa.salt, (<const char *>key) + len(key) - 4, 4)
+            if replay_init(&sa.replay, window) != 0:
+                raise MemoryError()
+            if inbound:
+                sa.replay.top = seq
+            else:
+                sa.seq = seq
+            for k in range(NCTX):
+                sa.ctx[k] = aead_context(key, not inbound)
+            sa.ts_version = src_net.version
+            memcpy(sa.ts_src, <const char *>src_net.network_address.packed, len(src_net.network_address.packed))
+            memcpy(sa.ts_dst, <const char *>dst_net.network_address.packed, len(dst_net.network_address.packed))
+            sa.ts_src_len = src_net.prefixlen
+            sa.ts_dst_len = dst_net.prefixlen
+            sa.ts_proto = proto
+            sa.ts_sport_lo = sport[0]
+            sa.ts_sport_hi = sport[1]
+            sa.ts_dport_lo = dport[0]
+            sa.ts_dport_hi = dport[1]
+            sa.soft_bytes = soft_bytes
+            sa.hard_bytes = hard_bytes
+            sa.soft_packets = soft_packets
+            sa.hard_packets = hard_packets
+            sa.soft_time = t0 + soft_time if soft_time > 0 else 0.0
+            sa.hard_time = t0 + hard_time if hard_time > 0 else 0.0
+            sa.mtu = mtu
+        except BaseException:
+            sa_free(sa)
+            raise
+        with nogil:
+            esp_wr_lock(&self.c.sa_lock)
+        table = &self.c.sa_in if inbound else &self.c.sa_out
+        old = sa_table_remove(table, spi)
+        k = sa_table_put(table, sa)
+        esp_rw_unlock(&self.c.sa_lock)
+        sa_free(old)
+        if k != 0:
+            sa_free(sa)
+            raise MemoryError()
+
+    def del_sa(self, uint32_t spi, str direction) -> bool:
+        """Remove an SA; True if it existed. Packets in flight finish under the read lock."""
+        cdef EspSa *sa
+        if direction not in ("in", "out"):
+            raise ValueError("direction is 'in' or 'out'")
+        with nogil:
+            esp_wr_lock(&self.c.sa_lock)
+        sa = sa_table_remove(&self.c.sa_in if direction == "in" else &self.c.sa_out, spi)
+        esp_rw_unlock(&self.c.sa_lock)
+        sa_free(sa)
+        return sa != NULL
+
+    def sa_stats(self, uint32_t spi, str direction) -> dict | None:
+        """Counters of one SA, or None."""
+        cdef EspSa *sa
+        with nogil:
+            esp_rd_lock(&self.c.sa_lock)
+        sa = sa_find(&self.c.sa_in if direction == "in" else &self.c.sa_out, spi)
+        result = None if sa == NULL else _sa_dict(sa)
+        esp_rw_unlock(&self.c.sa_lock)
+        return result
+
+    def sas(self) -> list:
+        """Every SA with its counters."""
+        cdef uint32_t i
+        result = []
+        with nogil:
+            esp_rd_lock(&self.c.sa_lock)
+        for i in range(self.c.sa_out.cap):
+            if self.c.sa_out.slots[i] != NULL:
+                result.append(_sa_dict(self.c.sa_out.slots[i]))
+        for i in range(self.c.sa_in.cap):
+            if self.c.sa_in.slots[i] != NULL:
+                result.append(_sa_dict(self.c.sa_in.slots[i]))
+        esp_rw_unlock(&self.c.sa_lock)
+        return result
+
+    def check_lifetimes(self, now=None) -> None:
+        """Fire time-based soft/hard events due at `now` (the loops do this twice a second)."""
+        dp_sweep(self.c, esp_now() if now is None else now)
+
+    # ------------------------------------------------------------------ eroutes and holds
+
+    def replace_eroutes(self, table) -> None:
+        """Swap in an oe.eroute.ErouteTable atomically; holds it no longer traps are released."""
+        self.classifier.replace(table)
+        esp_store_int(&self.c.recheck, 1)
+        self._wake()
+
+    def release_holds(self, now=None) -> list:
+        """Without the loops: recheck holds now and return what their release produced."""
+        cdef double t = esp_now() if now is None else now
+        result = []
+        cdef OutBatch *b = _api_batch(result)
+        try:
+            hold_recheck(self.c, self.classifier, CTX_API, b, t)
+            batch_flush(self.c, b)
+        finally:
+            _api_batch_free(b)
+        return result
+
+    def holds(self) -> list:
+        """(src, dst, packets queued) for every %hold the datapath keeps."""
+        cdef Hold *h
+        cdef int k
+        result = []
+        esp_mutex_lock(&self.c.hold_lock)
+        try:
+            for k in range(HOLD_BUCKETS):
+                h = self.c.holds[k]
+                while h != NULL:
+                    alen = 4 if h.version == 4 else 16
+                    result.append((_ipaddress.ip_address((<char *>h.src)[:alen]),
+                                   _ipaddress.ip_address((<char *>h.dst)[:alen]), h.npkts))
+                    h = h.next
+        finally:
+            esp_mutex_unlock(&self.c.hold_lock)
+        return result
+
+    # ---------------------------------------------------------------------- events
+
+    @property
+    def events_fd(self) -> int:
+        """Readable when events are waiting (an eventfd: loop.add_reader(fd, ...))."""
+        return self.c.ev_fd
+
+    def read_events(self) -> list:
+        """Drain the events (oe.dpevents dataclasses), oldest first."""
+        cdef uint64_t junk
+        cdef DpEvent e
+        cdef EspSa *sa
+        esp_sys_read(self.c.ev_fd, &junk, 8)
+        result = []
+        while True:
+            esp_mutex_lock(&self.c.ev_lock)
+            if self.c.ev_count == 0:
+                esp_mutex_unlock(&self.c.ev_lock)
+                break
+            e = self.c.events[self.c.ev_head]
+            self.c.ev_head = (self.c.ev_head + 1) % EV_CAP
+            self.c.ev_count -= 1
+            esp_mutex_unlock(&self.c.ev_lock)
+            result.append(self._event(&e))
+        return result
+
+    cdef object _event(self, DpEvent *e):
+        cdef EspSa *sa
+        direction = "in" if e.direction == DIR_IN else "out"
+        if e.kind == EV_ACQUIRE:
+            alen = 4 if e.version == 4 else 16
+            return Acquire(src=_ipaddress.ip_address((<char *>e.src)[:alen]),
+                           dst=_ipaddress.ip_address((<char *>e.dst)[:alen]),
+                           proto=e.proto, sport=e.sport, dport=e.dport)
+        if e.kind == EV_IKE:
+            alen = 4 if e.version == 4 else 16
+            data = (<char *>e.data)[:e.length]
+            free(e.data)
+            return IkeMessage(src=_ipaddress.ip_address((<char *>e.src)[:alen]), sport=e.sport,
+                              data=data)
+        if e.kind == EV_SOFT:
+            return SaSoftLimit(spi=e.spi, direction=direction, reason=REASONS[e.reason])
+        if e.kind == EV_HARD:
+            return SaExpired(spi=e.spi, direction=direction, reason=REASONS[e.reason])
+        # Failure events are coalesced: re-arm so the next failure raises a new one.
+        with nogil:
+            esp_rd_lock(&self.c.sa_lock)
+        sa = sa_find(&self.c.sa_in, e.spi)
+        if sa != NULL:
+            esp_fetch_and32(&sa.pending, <uint32_t>~(PENDING_REPLAY if e.kind == EV_REPLAY else PENDING_AUTH))
+        esp_rw_unlock(&self.c.sa_lock)
+        if e.kind == EV_REPLAY:
+            return ReplayFailure(spi=e.spi, total=e.count)
+        return AuthFailure(spi=e.spi, total=e.count)
+
+    def stats(self) -> dict:
+        """Global counters by name."""
+        return {name: esp_get64(&self.c.counters[i]) for i, name in enumerate(COUNTER_NAMES)}
+
+    # ------------------------------------------------------ packet functions from Python
+
+    def seal(self, uint32_t spi, packet) -> bytes:
+        """ESP-encapsulate one IP packet on outbound SA `spi` (no eroute, no hold, no MTU)."""
+        cdef EspSa *sa
+        cdef uint64_t seq
+        cdef int r
+        cdef bytes data = bytes(packet)
+        out = bytearray(len(data) + 64)
+        cdef uint8_t[::1] view = out
+        with nogil:
+            esp_rd_lock(&self.c.sa_lock)
+        try:
+            sa = sa_find(&self.c.sa_out, spi)
+            if sa == NULL:
+                raise EspError(REASONS[R_UNKNOWN_SPI])
+            if not sa_admit(self.c, sa, len(data), esp_now()):
+                raise EspError(REASONS[R_EXPIRED])
+            r = esp_seal(sa, CTX_API, <const uint8_t *><const char *>data, len(data), &view[0],
+                         len(out), &seq)
+            if r == -R_SEQUENCE:
+                sa_fire(self.c, sa, 1, R_SEQUENCE)
+            if r < 0:
+                raise EspError(REASONS[-r])
+            sa_account(self.c, sa, len(data), seq, esp_now())
+        finally:
+            esp_rw_unlock(&self.c.sa_lock)
+        return bytes(out[:r])
+
+    def open(self, esp) -> tuple:
+        """Decapsulate one ESP packet: (spi, next header, payload); raise EspError if refused.
+
+        Counts like the loops, but does not check selectors (see inbound() for the full path).
+        """
+        cdef EspSa *sa
+        cdef uint64_t seq
+        cdef int r, nh
+        cdef bytes data = bytes(esp)
+        out = bytearray(max(len(data), 16))
+        cdef uint8_t[::1] view = out
+        if len(data) < ESP_HDR:
+            dp_count(self.c, C_MALFORMED)
+            raise EspError(REASONS[R_MALFORMED])
+        with nogil:
+            esp_rd_lock(&self.c.sa_lock)
+        try:
+            spi = esp_rd32(<const uint8_t *><const char *>data)
+            sa = sa_find(&self.c.sa_in, spi)
+            if sa == NULL:
+                dp_count(self.c, C_UNKNOWN_SPI)
+                raise EspError(REASONS[R_UNKNOWN_SPI])
+            r = esp_open(sa, CTX_API, <const uint8_t *><const char *>data, len(data), &view[0],
+                         len(out), &nh, &seq)
+            if r == -R_REPLAY or r == -R_AUTH:
+                sa_failure(self.c, sa, -r)
+            elif r == -R_PADDING:
+                esp_fetch_add64(&sa.err_malformed, 1)
+                dp_count(self.c, C_PADDING)
+            elif r < 0:
+                esp_fetch_add64(&sa.err_malformed, 1)
+                dp_count(self.c, C_MALFORMED)
+            if r < 0:
+                raise EspError(REASONS[-r])
+            sa_account(self.c, sa, r, seq, esp_now())
+        finally:
+            esp_rw_unlock(&self.c.sa_lock)
+        return spi, nh, bytes(out[:r])
+
+    def outbound(self, packet, now=None) -> list:
+        """Process one packet as if read from the TUN: [(kind, address, port, bytes)].
+
+        kind is "udp" (ESP-in-UDP to address:port), "esp" (raw ESP to address), "pass" (clear,
+        to address) or "tun" (an ICMP error written back to the host).
+        """
+        cdef bytearray buf = bytearray(packet)
+        cdef double t = esp_now() if now is None else now
+        if len(buf) == 0:
+            dp_count(self.c, C_MALFORMED)
+            return []
+        dp_count(self.c, C_TUN_READ)
+        cdef uint8_t[::1] view = buf
+        result = []
+        cdef OutBatch *b = _api_batch(result)
+        try:
+            dp_outbound(self.c, self.classifier, CTX_API, &view[0], len(buf), b, False, t)
+            batch_flush(self.c, b)
+        finally:
+            _api_batch_free(b)
+        return result
+
+    def inbound(self, data, src, int sport=4500, str encap="udp", now=None) -> list:
+        """Process one datagram as if received from `src` (UDP payload or raw ESP)."""
+        cdef bytes d = bytes(data)
+        cdef double t = esp_now() if now is None else now
+        cdef bytes srcb = _ipaddress.ip_address(src).packed
+        cdef int fam = 4 if len(srcb) == 4 else 6
+        cdef bytes padded = srcb + bytes(16 - len(srcb))
+        result = []
+        cdef OutBatch *b = _api_batch(result)
+        try:
+            dp_inbound(self.c, CTX_API, <const uint8_t *><const char *>d, len(d), fam,
+                       <const uint8_t *><const char *>padded, sport,
+                       ENCAP_UDP if encap == "udp" else ENCAP_RAW, b, t)
+            batch_flush(self.c, b)
+        finally:
+            _api_batch_free(b)
+        return result
+
+    # ------------------------------------------------------------------------ loops
+
+    def start(self, int tun_fd, *, int udp4=-1, int udp6=-1, int esp4=-1, int esp6=-1,
+              int pass4=-1, int pass6=-1, int tun_mtu=1400) -> None:
+        """Run the loops on these non-blocking file descriptors (owned by the caller)."""
+        if self._started:
+            raise RuntimeError("the datapath is already running")
+        self.c.tun_fd = tun_fd
+        self.c.tun_mtu = tun_mtu
+        for k, fd in enumerate((udp4, udp6, esp4, esp6, pass4, pass6)):
+            self.c.fds[k] = fd
+        esp_store_int(&self.c.running, 1)
+        if esp_thread_create(&self._threads[0], NULL, _out_thread, <void *>self) != 0:
+            raise OSError("cannot start the outbound thread")
+        if esp_thread_create(&self._threads[1], NULL, _in_thread, <void *>self) != 0:
+            esp_store_int(&self.c.running, 0)
+            self._wake()
+            with nogil:
+                esp_thread_join(self._threads[0], NULL)
+            raise OSError("cannot start the inbound thread")
+        self._started = True
+
+    def stop(self) -> None:
+        """Stop the loops and wait for them."""
+        if not self._started:
+            return
+        esp_store_int(&self.c.running, 0)
+        self._wake()
+        self._wake()
+        with nogil:
+            esp_thread_join(self._threads[0], NULL)
+            esp_thread_join(self._threads[1], NULL)
+        self._started = False
+
+    cdef _run_out(self):
+        with nogil:
+            dp_out_loop(self.c, self.classifier)
+
+    cdef _run_in(self):
+        with nogil:
+            dp_in_loop(self.c)
+
+
+cdef OutBatch *_api_batch(list result) except NULL:
+    cdef OutBatch *b = <OutBatch *>calloc(1, sizeof(OutBatch))
+    if b == NULL:
+        raise MemoryError()
+    b.arena = <uint8_t *>malloc(<size_t>BATCH * SLOT)
+    if b.arena == NULL:
+        free(b)
+        raise MemoryError()
+    b.pylist = <PyObject *>result
+    return b
+
+
+cdef void _api_batch_free(OutBatch *b) noexcept:
+    free(b.arena)
+    free(b)
+
+
+cdef dict _sa_dict(EspSa *sa):
+    alen = 4 if sa.family == 4 else 16
+    return {
+        "spi": sa.spi,
+        "direction": "in" if sa.direction == DIR_IN else "out",
+        "peer": _ipaddress.ip_address((<char *>sa.peer)[:alen]),
+        "local": _ipaddress.ip_address((<char *>sa.local)[:alen]),
+        "mode": "tunnel" if sa.tunnel else "transport",
+        "encap": "udp" if sa.encap == ENCAP_UDP else "esp",
+        "esn": bool(sa.esn),
+        "mtu": sa.mtu,
+        "packets": esp_get64(&sa.packets),
+        "bytes": esp_get64(&sa.nbytes),
+        "seq": esp_get64(&sa.seq) if sa.direction == DIR_OUT else sa.replay.top,
+        "replay": esp_get64(&sa.err_replay),
+        "authentication": esp_get64(&sa.err_auth),
+        "policy": esp_get64(&sa.err_policy),
+        "malformed": esp_get64(&sa.err_malformed),
+        "expired": esp_get64(&sa.err_expired),
+        "soft_fired": bool(sa.fired & FIRED_SOFT),
+        "hard_fired": bool(sa.fired & FIRED_HARD),
+    }
