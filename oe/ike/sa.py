@@ -171,6 +171,10 @@ class _Child:
     sa: ChildSa
     suite: Suite
     rekeying: bool = False
+    own_rekey: tuple[bytes, "_Child"] | None = None
+    """Lowest nonce of our rekey exchange of this SA, and the SA it made."""
+    peer_rekey: tuple[bytes, "_Child"] | None = None
+    """The same for the peer's rekey of this SA, when both rekeyed it at once."""
 
 
 def _natd_hash(spi_i: bytes, spi_r: bytes, addr: str, port: int) -> bytes:
@@ -790,10 +794,12 @@ class IkeSa:
                 return
             self.children.append(new)
             self._emit(ChildSaRekeyed(self.sa_id, child.sa.spi_in, child.sa.spi_out, new.sa))
+            child.own_rekey = (min(nonce, msg.first(Nonce).data), new)
+            redundant = self._rekey_collision(child)
             if child not in self.children:
                 return  # the peer deleted the old one while we rekeyed
             # section 2.8: the initiator of the rekey deletes the old CHILD SA
-            self._start_delete_children([child], t, front=True)
+            self._start_delete_children([child] + redundant, t, front=True)
 
         self._send_request(ExchangeType.CREATE_CHILD_SA, payloads, done, now)
 
@@ -862,8 +868,23 @@ class IkeSa:
         self.children.append(child)
         if old is None:
             self._emit(ChildSaEstablished(self.sa_id, child.sa))
-        else:
-            self._emit(ChildSaRekeyed(self.sa_id, old.sa.spi_in, old.sa.spi_out, child.sa))
+            return
+        self._emit(ChildSaRekeyed(self.sa_id, old.sa.spi_in, old.sa.spi_out, child.sa))
+        if old.rekeying or old.own_rekey is not None:
+            old.peer_rekey = (min(nonce.data, nonce_r), child)
+            redundant = self._rekey_collision(old)
+            if redundant:
+                self._start(lambda t: self._start_delete_children(redundant, t), now)
+
+    def _rekey_collision(self, old: _Child) -> list[_Child]:
+        """Section 2.8.1: both sides rekeyed ``old``; the SA made by the exchange with the
+        lowest of the four nonces is redundant and its creator deletes it. Returns the SAs
+        we must delete (ours, if our exchange had the lowest nonce)."""
+        if old.own_rekey is None or old.peer_rekey is None:
+            return []
+        if old.own_rekey[0] < old.peer_rekey[0]:
+            return [old.own_rekey[1]]
+        return []
 
     # --- IKE SA rekey (section 2.18) ------------------------------------------------------
 

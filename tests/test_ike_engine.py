@@ -1,0 +1,479 @@
+"""Two IkeEngines in memory: every exchange, loss, retransmission, crossing rekeys, failures.
+
+Each step is labelled in RFC 7296 notation (strongSwan's exchange tests). A is the
+initiator unless said otherwise; ``Link`` moves datagrams and can drop them or put A behind NAT.
+"""
+
+from __future__ import annotations
+
+import pytest
+from ike_helpers import ADDR_A, ADDR_B, Link, events, ike_pair, make_engine
+
+from oe.ike.constants import DhId, EncrId, NotifyType
+from oe.ike.errors import LocalProtocolError
+from oe.ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    ChildSaRekeyed,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    IkeSaRekeyed,
+)
+from oe.ike.ts import TrafficSelector
+
+
+def of(evs, kind):
+    return [e for e in evs if isinstance(e, kind)]
+
+
+def establish(link: Link, **initiate):
+    """IKE_SA_INIT and IKE_AUTH; returns (sa_id at A, sa_id at B, child at A, child at B)."""
+    a, b = link.a, link.b
+    sid = a.initiate(ADDR_B, link.now, **initiate)
+    # IKE_SA_INIT { SA, KEi, Ni, N(NATD_S_IP), N(NATD_D_IP), N(HASH_ALG) } -->
+    assert len(link.transfer(a)) == 1
+    # <-- IKE_SA_INIT { SA, KEr, Nr, N(NATD_S_IP), N(NATD_D_IP), N(HASH_ALG) }
+    assert len(link.transfer(b)) == 1
+    # IKE_AUTH { IDi, AUTH, SA, TSi, TSr } -->
+    assert len(link.transfer(a)) == 1
+    # <-- IKE_AUTH { IDr, AUTH, SA, TSi, TSr }
+    assert len(link.transfer(b)) == 1
+    ea, eb = events(a), events(b)
+    assert [type(e) for e in ea] == [IkeSaEstablished, ChildSaEstablished], ea
+    assert [type(e) for e in eb] == [IkeSaEstablished, ChildSaEstablished], eb
+    return sid, eb[0].sa_id, ea[1].child, eb[1].child
+
+
+def assert_pair(ca, cb):
+    """The two ends of one CHILD SA: SPIs and keys cross over."""
+    assert (ca.spi_in, ca.spi_out) == (cb.spi_out, cb.spi_in)
+    assert (ca.key_in, ca.key_out) == (cb.key_out, cb.key_in)
+    assert (ca.integ_key_in, ca.integ_key_out) == (cb.integ_key_out, cb.integ_key_in)
+    assert ca.key_in != ca.key_out
+
+
+@pytest.mark.parametrize("ike,esp", [
+    ("aes128-sha256-x25519", "aes128gcm16"),
+    ("aes256-sha512-modp3072", "aes256gcm16-esn"),
+    ("aes128gcm16-prfsha256-ecp256", "aes128gcm16-noesn"),
+    ("aes256gcm16-prfsha384-modp2048", "aes256gcm16-modp2048"),
+    ("aes256-sha384-ecp256", "aes128gcm16"),
+])
+def test_establish_with_each_suite(ike, esp):
+    """IKE_SA_INIT + IKE_AUTH agree on keys for every supported transform family."""
+    a, b = ike_pair(cfg_a={"ike_proposals": (ike,), "esp_proposals": (esp,)},
+                    cfg_b={"ike_proposals": (ike,), "esp_proposals": (esp,)})
+    link = Link(a, b)
+    _, _, ca, cb = establish(link)
+    assert_pair(ca, cb)
+    assert ca.esn == ("-esn" in esp)
+    assert len(ca.key_in) == (16 if "128gcm" in esp else 32) + 4
+    assert ca.local_ts == (TrafficSelector.host(ADDR_A),)
+    assert ca.remote_ts == (TrafficSelector.host(ADDR_B),)
+    assert not ca.udp_encap and ca.remote_port == 0
+
+
+def test_responder_picks_initiators_first_acceptable_proposal():
+    """The responder takes the initiator's first proposal it allows, in the initiator's order."""
+    a, b = ike_pair(cfg_a={"ike_proposals": ("aes128-sha256-x25519", "aes256-sha512-x25519")},
+                    cfg_b={"ike_proposals": ("aes256-sha512-x25519", "aes128-sha256-x25519")})
+    link = Link(a, b)
+    establish(link)
+    assert b._by_id[1].suite.key_bits == 128
+
+
+def test_no_proposal_chosen():
+    """<-- IKE_SA_INIT { N(NO_PROPOSAL_CHOSEN) } ends the negotiation at the initiator."""
+    a, b = ike_pair(cfg_b={"ike_proposals": ("aes256gcm16-prfsha512-ecp256",)})
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    link.roundtrip(a)
+    [fail] = events(a)
+    assert isinstance(fail, IkeSaFailed) and fail.notify == NotifyType.NO_PROPOSAL_CHOSEN
+    assert not fail.local and events(b) == []
+
+
+def test_invalid_ke_payload_retry():
+    """IKE_SA_INIT { KEi(31) } --> <-- N(INVALID_KE_PAYLOAD, 19); the retry with 19 succeeds."""
+    a, b = ike_pair(cfg_a={"ike_proposals": ("aes128-sha256-x25519-ecp256",)},
+                    cfg_b={"ike_proposals": ("aes128-sha256-ecp256",)})
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    link.transfer(a)
+    [refusal] = link.transfer(b)
+    assert (NotifyType.INVALID_KE_PAYLOAD).to_bytes(2, "big") in refusal
+    link.roundtrip(a)
+    assert [type(e) for e in events(a)] == [IkeSaEstablished, ChildSaEstablished]
+    assert b._by_id[1].suite.dh == DhId.ECP_256
+
+
+def test_cookie_above_half_open_threshold():
+    """With cookie_threshold 0 the responder answers N(COOKIE) and keeps no state; the
+    initiator repeats IKE_SA_INIT { N(COOKIE), SA, KEi, Ni, ... } and succeeds."""
+    a, b = ike_pair(cfg_b={"cookie_threshold": 0})
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    link.transfer(a)
+    [cookie] = link.transfer(b)
+    assert len(cookie) < 100 and b._sas == {}
+    link.roundtrip(a)
+    assert [type(e) for e in events(a)] == [IkeSaEstablished, ChildSaEstablished]
+
+
+def test_nat_floats_to_4500_and_encapsulates():
+    """A behind NAT: NAT-D mismatch, IKE_AUTH on 4500 with the non-ESP marker, ESP in UDP."""
+    a, b = ike_pair()
+    link = Link(a, b, nat="203.0.113.77")
+    _, _, ca, cb = establish(link)
+    assert ca.udp_encap and cb.udp_encap
+    assert (ca.local_port, ca.remote_port) == (4500, 4500)
+    assert cb.remote_port == Link.NAT_PORTS[4500] and cb.remote_addr == "203.0.113.77"
+    assert_pair(ca, cb)
+
+
+def test_nat_keepalive_and_esp_on_4500_are_ignored():
+    a, b = ike_pair()
+    link = Link(a, b)
+    establish(link)
+    b.receive_datagram(b"\xff", (ADDR_A, 4500), 1.0, local_port=4500)
+    b.receive_datagram(b"\x12\x34\x56\x78" + bytes(40), (ADDR_A, 4500), 1.0, local_port=4500)
+    assert b.datagrams_to_send(1.0) == [] and events(b) == []
+
+
+def test_retransmission_after_loss():
+    """A lost IKE_SA_INIT request is retransmitted after 0.5 s; a lost IKE_AUTH response is
+    answered again from the responder's cache, byte for byte."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    link.transfer(a, drop=True)
+    assert a.get_timer() == 0.5
+    link.advance(0.5)
+    link.transfer(a)
+    link.transfer(b)
+    link.transfer(a)
+    [lost] = link.transfer(b, drop=True)
+    link.advance(1.0)
+    link.transfer(a)  # the retransmitted IKE_AUTH request
+    [again] = link.transfer(b)
+    assert again == lost
+    assert [type(e) for e in events(a)] == [IkeSaEstablished, ChildSaEstablished]
+    assert [type(e) for e in events(b)] == [IkeSaEstablished, ChildSaEstablished]
+
+
+def test_retransmission_budget_exhausted():
+    """No answer at all: retransmits at 0.5, 1.5, 3.5, 7.5 s, then failure at 8 s."""
+    a, b = ike_pair()
+    a.initiate(ADDR_B, 0)
+    sends = [t for t in [0.0] if a.datagrams_to_send(0)]
+    now = 0.0
+    while (t := a.get_timer()) is not None:
+        now = t
+        a.handle_timer(now)
+        if a.datagrams_to_send(now):
+            sends.append(now)
+    assert sends == [0.0, 0.5, 1.5, 3.5, 7.5]
+    [fail] = events(a)
+    assert isinstance(fail, IkeSaFailed) and fail.notify is None and now == 8.0
+
+
+def test_half_open_responder_sa_expires():
+    a, b = ike_pair()
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    link.transfer(a)
+    link.transfer(b)
+    assert len(b._sas) == 1
+    link.now = b.get_timer()
+    b.handle_timer(link.now)
+    assert b._sas == {} and events(b) == []
+
+
+def test_bad_signature_fails_authentication():
+    """B knows a different key for A: <-- IKE_AUTH { N(AUTHENTICATION_FAILED) }."""
+    a = make_engine(ADDR_A, "a", {ADDR_B: "b"}, 1)
+    b = make_engine(ADDR_B, "b", {ADDR_A: "mallory"}, 2)
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    link.roundtrip(a)
+    [fa], [fb] = events(a), events(b)
+    assert fa.notify == fb.notify == NotifyType.AUTHENTICATION_FAILED
+    assert "signature does not verify" in fb.reason and fb.local and not fa.local
+    assert a._sas == {} and b._sas == {}
+
+
+def test_unknown_id_fails_authentication():
+    a = make_engine(ADDR_A, "a", {ADDR_B: "b"}, 1)
+    b = make_engine(ADDR_B, "b", {}, 2)
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    link.roundtrip(a)
+    [fb] = events(b)
+    assert fb.notify == NotifyType.AUTHENTICATION_FAILED and "no public key" in fb.reason
+    assert isinstance(events(a)[0], IkeSaFailed)
+
+
+def test_initiator_rejects_responder_with_wrong_key():
+    """The responder signs with a key the initiator does not know for its ID."""
+    a = make_engine(ADDR_A, "a", {ADDR_B: "mallory"}, 1)
+    b = make_engine(ADDR_B, "b", {ADDR_A: "a"}, 2)
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    link.roundtrip(a)
+    [fa] = events(a)
+    assert fa.notify == NotifyType.AUTHENTICATION_FAILED and fa.local
+
+
+def test_ts_policy_refusal_gives_ts_unacceptable():
+    """The IKE SA comes up, the CHILD SA fails with TS_UNACCEPTABLE on both sides."""
+    a, b = ike_pair(cfg_b={"ts_policy": lambda peer, local, remote: False})
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    link.roundtrip(a)
+    ea, eb = events(a), events(b)
+    assert [type(e) for e in ea] == [IkeSaEstablished, ChildSaFailed]
+    assert ea[1].notify == eb[1].notify == NotifyType.TS_UNACCEPTABLE
+
+
+def test_responder_narrows_port_selectors():
+    """TSi/TSr for one protocol and port are kept as offered (host-to-host)."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    _, _, ca, cb = establish(link, local_ts=[TrafficSelector.host(ADDR_A, 6)],
+                             remote_ts=[TrafficSelector.host(ADDR_B, 6, 443)])
+    assert ca.remote_ts == (TrafficSelector.host(ADDR_B, 6, 443),)
+    assert cb.local_ts == ca.remote_ts
+
+
+def test_child_rekey_by_either_side():
+    """CREATE_CHILD_SA { N(REKEY_SA), SA, Ni, TSi, TSr } --> <-- { SA, Nr, TSi, TSr },
+    then INFORMATIONAL { D(ESP) } retires the old SA, by A and then by B."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, sb, ca, cb = establish(link)
+    a.rekey_child(sa, ca.spi_in, link.now)
+    link.roundtrip(a)
+    ea, eb = events(a), events(b)
+    assert [type(e) for e in ea] == [ChildSaRekeyed, ChildSaDeleted]
+    assert [type(e) for e in eb] == [ChildSaRekeyed, ChildSaDeleted]
+    assert_pair(ea[0].child, eb[0].child)
+    assert ea[0].child.key_in != ca.key_in and ea[1].spi_in == ca.spi_in
+    b.rekey_child(sb, eb[0].child.spi_in, link.now)
+    link.roundtrip(b)
+    ea, eb = events(a), events(b)
+    assert [type(e) for e in eb] == [ChildSaRekeyed, ChildSaDeleted]
+    assert_pair(ea[0].child, eb[0].child)
+    assert len(a.children(sa)) == len(b.children(sb)) == 1
+
+
+def test_child_rekey_with_pfs():
+    """CREATE_CHILD_SA { N(REKEY_SA), SA, Ni, KEi, TSi, TSr } with MODP-2048 (PFS)."""
+    cfg = {"esp_proposals": ("aes256gcm16-modp2048",)}
+    a, b = ike_pair(cfg_a=cfg, cfg_b=cfg)
+    link = Link(a, b)
+    sa, _, ca, _ = establish(link)
+    assert ca.dh == 0  # no KE in IKE_AUTH (section 1.2)
+    a.rekey_child(sa, ca.spi_in, link.now)
+    link.roundtrip(a)
+    new_a, new_b = events(a)[0].child, events(b)[0].child
+    assert new_a.dh == DhId.MODP_2048
+    assert_pair(new_a, new_b)
+
+
+def test_crossing_child_rekeys_converge():
+    """Both sides rekey the same CHILD SA at once (section 2.8.1): both exchanges complete,
+    the old SA is deleted, and both ends hold the same set of SA pairs."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, sb, ca, cb = establish(link)
+    a.rekey_child(sa, ca.spi_in, link.now)
+    b.rekey_child(sb, cb.spi_in, link.now)
+    link.transfer(a)
+    link.transfer(b)
+    link.roundtrip(a)
+    pairs_a = {(c.spi_in, c.spi_out) for c in a.children(sa)}
+    pairs_b = {(c.spi_out, c.spi_in) for c in b.children(sb)}
+    assert pairs_a == pairs_b and (ca.spi_in, ca.spi_out) not in pairs_a
+    assert len(pairs_a) == 1
+
+
+def test_ike_rekey_by_either_side_keeps_children():
+    """CREATE_CHILD_SA { SA, Ni, KEi } --> <-- { SA, Nr, KEr }; then INFORMATIONAL { D(IKE) }
+    on the old IKE SA. The CHILD SA lives on; a later CHILD rekey uses the new SK_d."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, sb, ca, _ = establish(link)
+    old = a._by_id[sa]
+    a.rekey_ike(sa, link.now)
+    link.roundtrip(a)
+    [ra], [rb] = events(a), events(b)
+    assert isinstance(ra, IkeSaRekeyed) and (ra.spi_i, ra.spi_r) == (rb.spi_i, rb.spi_r)
+    assert old.our_spi not in a._sas and len(a._sas) == len(b._sas) == 1
+    assert a.children(sa)[0].spi_in == ca.spi_in
+    b.rekey_ike(sb, link.now)  # and back the other way
+    link.roundtrip(b)
+    assert isinstance(events(a)[0], IkeSaRekeyed) and isinstance(events(b)[0], IkeSaRekeyed)
+    a.rekey_child(sa, ca.spi_in, link.now)
+    link.roundtrip(a)
+    ea, eb = events(a), events(b)
+    assert_pair(ea[0].child, eb[0].child)
+
+
+def test_delete_child_and_ike_each_way():
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, sb, ca, cb = establish(link)
+    # INFORMATIONAL { D(ESP, SPI) } --> <-- { D(ESP, SPI) }
+    b.delete_child(sb, cb.spi_in, link.now)
+    link.roundtrip(b)
+    [da], [db] = events(a), events(b)
+    assert (da.spi_in, db.spi_in) == (ca.spi_in, cb.spi_in)
+    assert da.reason == "deleted by peer" and db.reason == "deleted by us"
+    # INFORMATIONAL { D(IKE) } --> <-- { }
+    a.delete_ike(sa, link.now)
+    link.roundtrip(a)
+    assert [type(e) for e in events(a)] == [IkeSaDeleted]
+    assert [type(e) for e in events(b)] == [IkeSaDeleted]
+    assert a._sas == {} and b._sas == {}
+    with pytest.raises(LocalProtocolError):
+        a.rekey_ike(sa, link.now)
+
+
+def test_delete_ike_reports_its_children():
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, _, ca, _ = establish(link)
+    a.delete_ike(sa, link.now)
+    link.roundtrip(a)
+    eb = events(b)
+    assert [type(e) for e in eb] == [ChildSaDeleted, IkeSaDeleted]
+    assert eb[0].spi_out == ca.spi_in
+
+
+def test_liveness_check_and_dead_peer():
+    """INFORMATIONAL { } --> <-- { }; without an answer the IKE SA is deleted after ~8 s."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, _, _, _ = establish(link)
+    a.check_liveness(sa, link.now)
+    link.roundtrip(a)
+    assert events(a) == [] and events(b) == []
+    a.check_liveness(sa, link.now)
+    link.transfer(a, drop=True)
+    while (t := a.get_timer()) is not None:
+        link.now = t
+        a.handle_timer(t)
+        link.transfer(a, drop=True)
+    ea = events(a)
+    assert [type(e) for e in ea] == [ChildSaDeleted, IkeSaDeleted]
+    assert "retransmits exhausted" in ea[1].reason
+
+
+def test_requests_queue_behind_the_one_in_flight():
+    """Window size 1 (section 2.3): a second request waits for the first answer."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, _, ca, _ = establish(link)
+    a.check_liveness(sa, link.now)
+    a.rekey_child(sa, ca.spi_in, link.now)
+    assert len(link.transfer(a)) == 1
+    link.roundtrip(b)
+    assert [type(e) for e in events(a)] == [ChildSaRekeyed, ChildSaDeleted]
+
+
+def test_retransmitted_request_gets_cached_response_without_reprocessing():
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, _, ca, _ = establish(link)
+    a.rekey_child(sa, ca.spi_in, link.now)
+    [req] = link.transfer(a)
+    [resp] = link.transfer(b, drop=True)
+    assert len(events(b)) == 1
+    b.receive_datagram(req, (ADDR_A, 500), link.now)
+    [(again, _, _)] = b.datagrams_to_send(link.now)
+    assert again == resp and events(b) == []
+
+
+def test_malformed_protected_request_is_answered_invalid_syntax():
+    """A request that passes the integrity check but does not parse: N(INVALID_SYNTAX)."""
+    from oe.ike.constants import ExchangeType
+    from oe.ike.message import Header
+
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa_id, _, _, _ = establish(link)
+    sa = a._by_id[sa_id]
+    header = Header(sa.spi_i, sa.spi_r, 0, ExchangeType.INFORMATIONAL, 0x08,
+                    sa.next_message_id, 0).encode()
+    # an inner chain whose first payload claims 200 bytes
+    bad = sa.keys.cipher(True).seal(header, 41, b"\x00\x00\x00\xc8", a.rng)
+    b.receive_datagram(bad, (ADDR_A, 500), link.now)
+    [(resp, _, _)] = b.datagrams_to_send(link.now)
+    peer = b._by_id[2 - 1]
+    plain = peer.keys.cipher(False).open(resp, 28 + 4, len(resp) - 32)
+    assert plain[4:8] == b"\x00\x00\x00\x07"  # Notify, protocol 0, INVALID_SYNTAX (7)
+
+
+def test_unknown_critical_payload_in_ike_sa_init():
+    """IKE_SA_INIT with an unknown critical payload: N(UNSUPPORTED_CRITICAL_PAYLOAD, type)."""
+    a, b = ike_pair()
+    a.initiate(ADDR_B, 0)
+    [(req, _, _)] = a.datagrams_to_send(0)
+    # append payload type 200, critical, after the last one
+    first, chain = req[16], bytearray(req[28:])
+    pos, ptype = 0, first
+    while chain[pos] != 0:
+        pos += int.from_bytes(chain[pos + 2 : pos + 4], "big")
+    chain[pos] = 200
+    data = bytearray(req[:28]) + chain + bytes([0, 0x80, 0, 8, 1, 2, 3, 4])
+    data[24:28] = len(data).to_bytes(4, "big")
+    b.receive_datagram(bytes(data), (ADDR_A, 500), 0)
+    [(resp, _, _)] = b.datagrams_to_send(0)
+    assert resp[-3:] == b"\x00\x01\xc8"  # notify type 1, data = the payload type
+    assert b._sas == {}
+    del ptype
+
+
+def test_unknown_noncritical_payload_and_status_notify_are_skipped():
+    from oe.ike import message as m
+
+    a, b = ike_pair()
+    a.initiate(ADDR_B, 0)
+    [(req, _, _)] = a.datagrams_to_send(0)
+    header, msg = m.parse_message(req)
+    extra = m.Message(msg.spi_i, msg.spi_r, msg.exchange, 0, False, True,
+                      msg.payloads + (m.Notify(40000, b"??"), m.Opaque(222, b"vendor stuff")))
+    b.receive_datagram(extra.encode(), (ADDR_A, 500), 0)
+    [(resp, _, _)] = b.datagrams_to_send(0)
+    assert m.parse_message(resp)[1].first(m.SA) is not None
+    del header
+
+
+def test_user_errors_are_local_protocol_errors():
+    a, b = ike_pair()
+    with pytest.raises(LocalProtocolError):
+        a.rekey_child(99, 1, 0)
+    link = Link(a, b)
+    sa, _, _, _ = establish(link)
+    with pytest.raises(LocalProtocolError):
+        a.rekey_child(sa, 12345, 0)
+
+
+def test_gcm_ike_encryption_with_nat_and_rekeys():
+    """AES-GCM for IKE itself, over NAT on 4500, through CHILD and IKE rekeys."""
+    cfg = {"ike_proposals": ("aes256gcm16-prfsha512-x25519",),
+           "esp_proposals": ("aes256gcm16",)}
+    a, b = ike_pair(cfg_a=cfg, cfg_b=cfg)
+    link = Link(a, b, nat="203.0.113.9")
+    sa, sb, ca, _ = establish(link)
+    assert a._by_id[sa].suite.encr == EncrId.AES_GCM_16
+    b.rekey_ike(sb, link.now)
+    link.roundtrip(b)
+    a.rekey_child(sa, ca.spi_in, link.now)
+    link.roundtrip(a)
+    ea, eb = events(a), events(b)
+    assert [type(e) for e in ea] == [IkeSaRekeyed, ChildSaRekeyed, ChildSaDeleted]
+    assert ea[1].child.udp_encap
+    assert_pair(ea[1].child, eb[1].child)
