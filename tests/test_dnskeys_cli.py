@@ -119,7 +119,7 @@ def test_verify_when_dns_has_no_record_or_a_broken_one(world, capsys):
     code, out, err = run(capsys, "--confdir", confdir, "verify", "--address", "198.51.100.77")
     assert code == 2
     assert err == ("oe: DNS publishes no key for 198.51.100.77: no IPSECKEY, TXT X-IPsec-Server "
-                   "or KEY record at 77.100.51.198.in-addr.arpa.\n")
+                   "or KEY record at 77.100.51.198.in-addr.arpa. (the name does not exist)\n")
     code, out, err = run(capsys, "--confdir", confdir, "verify", "--address", "203.0.113.12")
     assert err == ("oe: peers would refuse our record: KEY at 12.113.0.203.in-addr.arpa.: "
                    "KEY protocol 3 is not IPsec (4)\n")

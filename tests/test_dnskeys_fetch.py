@@ -84,7 +84,8 @@ CASES = {
     "203.0.113.27": (Verdict.DENY, "TXT at 27.113.0.203.in-addr.arpa.: malformed key data: "
                                    "bad base64 (Only base64 data is allowed)"),
     "203.0.113.200": (Verdict.NOT_CAPABLE, "no IPSECKEY, TXT X-IPsec-Server or KEY record at "
-                                           "200.113.0.203.in-addr.arpa."),
+                                           "200.113.0.203.in-addr.arpa. (the name does not "
+                                           "exist)"),
     "2001:db8:bad::10": (Verdict.DENY, f"TXT at 0.1.{BAD6}: gateway address must not be "
                                        "0.0.0.0 or 0::0"),
     "2001:db8:bad::11": (Verdict.DENY, f"IPSECKEY at 1.1.{BAD6}: gateway address must not be "

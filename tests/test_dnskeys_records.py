@@ -399,3 +399,42 @@ def test_a_fetched_key_verifies_the_host_key_s_signature():
     signature = private.sign(b"IKE_AUTH octets", padding.PKCS1v15(), hashes.SHA256())
     key = records.decode_rsa_blob(hostkey.public_blob(private))
     key.public_key().verify(signature, b"IKE_AUTH octets", padding.PKCS1v15(), hashes.SHA256())
+
+
+POOL_TEXTS = {
+    IPSECKEY: ["10 0 2 . {k0}", "20 1 2 192.0.2.7 {k1}", "5 1 2 192.0.2.99 {k2}",
+               "1 0 2 . {short}", "7 0 3 . {k0}", "3 0 2 . AQID"],
+    TXT: ["X-IPsec-Server(10)=192.0.2.7 {k0}", "X-IPsec-Server(1)=192.0.2.7",
+          "X-IPsec-Server(2=192.0.2.7", "v=spf1 -all", "X-IPsec-Server(0x10)=@gw.example {k1}"],
+    KEY: ["16896 4 1 {k2}", "16896 3 1 {k0}", "16896 4 5 {short}"],
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([(k, i) for k, texts in POOL_TEXTS.items()
+                                 for i in range(len(texts))]), max_size=6),
+       st.booleans())
+def test_any_mix_of_records_gives_a_consistent_verdict(keys, picks, allow):
+    """Random mixes of good and broken records: always a verdict, never an exception."""
+    values = {"k0": b64(keys[0]), "k1": b64(keys[1]), "k2": b64(keys[2]), "short": b64(keys[3])}
+    found = {}
+    for kind, i in picks:
+        text = POOL_TEXTS[kind][i].format(**values)
+        found.setdefault(kind, []).append(q(text) if kind == TXT else text)
+    lookup = pick(V4, found, allow_unsigned_delegation=allow)
+    if lookup.verdict is Verdict.KEY:
+        assert lookup.error is None and lookup.key.bits >= 2048
+        assert lookup.blob in {keys[0], keys[1], keys[2]}
+        assert allow or V4.is_self(lookup.record.gateway)
+    else:
+        assert lookup.error and lookup.blob is None
+
+
+def test_ipseckey_without_key_takes_the_key_record(keys):
+    """RFC 4025 algorithm 0: no key in the record (dnspython's text parser refuses an empty one)."""
+    keyless = dns.rdtypes.IN.IPSECKEY.IPSECKEY(dns.rdataclass.IN, dns.rdatatype.IPSECKEY, 10, 0,
+                                               0, None, b"")
+    lookup = choose(V4, {IPSECKEY: [_wire_round_trip(keyless)],
+                         KEY: [rd(KEY, f"16896 4 1 {b64(keys[1])}")]},
+                    min_key_bits=2048, allow_unsigned_delegation=False)
+    assert (lookup.verdict, lookup.record.kind, lookup.blob) == (Verdict.KEY, IPSECKEY, keys[1])

@@ -122,8 +122,9 @@ def not_capable(target: Target, reason: str, ttl: int = 0) -> KeyLookup:
 
 def choose(target: Target, rdatas: Mapping[str, Sequence[dns.rdata.Rdata]], *,
            min_key_bits: int, allow_unsigned_delegation: bool, dnssec_validated: bool = False,
-           ttl: int = 0) -> KeyLookup:
-    """Pick the record and key for `target` from the rdata of each kind found at its name."""
+           name_exists: bool = True, ttl: int = 0) -> KeyLookup:
+    """Pick the record and key for `target` from the rdata of each kind found at its name
+    (`name_exists` False: the answers were NXDOMAIN)."""
     decoded: list[KeyRecord] = []
     for kind in KINDS:
         for rdata in rdatas.get(kind, ()):
@@ -137,7 +138,8 @@ def choose(target: Target, rdatas: Mapping[str, Sequence[dns.rdata.Rdata]], *,
                                  why="malformed record")
     if not decoded:
         return not_capable(target, f"no IPSECKEY, TXT X-IPsec-Server or KEY record at "
-                                   f"{target.name}", ttl)
+                                   f"{target.name}"
+                                   + ("" if name_exists else " (the name does not exist)"), ttl)
     # Stable sort: equal precedences keep answer order (RFC 4025 2.1 leaves ties open).
     candidates = sorted(decoded, key=lambda r: (KINDS.index(r.kind), r.precedence))
     key_records = [r for r in candidates if r.kind == KEY]

@@ -56,6 +56,8 @@ class Answer:
     """Seconds it may be cached: the RRset TTL, or the negative TTL (RFC 2308 section 5)."""
     error: str | None = None
     """Why there is no answer (timeout, SERVFAIL...); such answers are never cached."""
+    nxdomain: bool = False
+    """The name does not exist (RCODE NXDOMAIN), as opposed to NODATA."""
 
 
 class Source(Protocol):
@@ -95,7 +97,7 @@ class DnsSource:
             answer = await self.resolver.resolve(name, rdtype, raise_on_no_answer=False,
                                                  lifetime=lifetime, search=False)
         except dns.resolver.NXDOMAIN as exc:
-            return Answer((), negative_ttl(exc.response(name)))
+            return Answer((), negative_ttl(exc.response(name)), nxdomain=True)
         except dns.resolver.LifetimeTimeout:
             return Answer((), 0, f"no answer within {lifetime:g} s")
         except dns.resolver.NoNameservers as exc:
@@ -146,6 +148,8 @@ class ZoneFileSource:
         soa = zone.find_rdataset(zone.origin, dns.rdatatype.SOA)
         negative = min(soa.ttl, soa[0].minimum)
         node = zone.get_node(name)
+        if node is None and not any(n.is_subdomain(name) for n in zone.nodes):
+            return Answer((), negative, nxdomain=True)  # not even an empty non-terminal
         rdataset = node.get_rdataset(dns.rdataclass.IN, rdtype) if node is not None else None
         if rdataset is None:
             return Answer((), negative)
@@ -225,6 +229,7 @@ class KeyFetcher:
         return choose(target, {kind: a.rdatas for kind, a in zip(KINDS, answers)},
                       min_key_bits=self.config.min_key_bits,
                       allow_unsigned_delegation=self.config.allow_unsigned_delegation,
+                      name_exists=not all(a.nxdomain for a in answers),
                       ttl=min(a.ttl for a in answers))
 
     async def _answer(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> Answer:
