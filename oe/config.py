@@ -45,11 +45,36 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class IkeSettings:
+    proposals: tuple[str, ...] = ("aes128-sha256-x25519", "aes256gcm16-prfsha384-ecp256")
+    """IKE SA proposals in strongSwan syntax, most preferred first."""
+    esp_proposals: tuple[str, ...] = ("aes128gcm16", "aes256gcm16")
+    """CHILD SA proposals; a DH group in one (e.g. aes256gcm16-modp2048) means PFS on rekey."""
+    sa_lifetime: float = 3600.0
+    """Seconds an ESP SA lives (FreeS/WAN's OE keylife: one hour)."""
+    rekey_margin: float = 300.0
+    """Seconds before the end of its life an SA is rekeyed, if it carried traffic lately."""
+    dpd_delay: float = 30.0
+    """Seconds of silence from a peer after which a liveness check is sent (RFC 7296 2.4)."""
+
+
+@dataclass(frozen=True)
 class Config:
     tun_name: str = "oe0"
     """Name of the TUN device that trapped traffic is routed into."""
+    addresses: tuple[str, ...] = ()
+    """This host's addresses for IKE and ESP; empty: the source address of the default route,
+    else the first global address of the host, per address family."""
     shunt_lifetime: float = 900.0
     """Seconds a failure shunt (%pass/%drop) lasts before OE is tried again."""
+    route_table: int = 4322
+    """The routing table oe's steering routes live in (RFC 4322, for want of a better number)."""
+    rule_priority: int = 4322
+    """Priority of the rule that sends unmarked packets through that table."""
+    bypass_mark: int = 0x4F45
+    """Firewall mark of oe's own IKE, ESP and %pass packets: they skip oe's table ("OE")."""
+    ike: IkeSettings = field(default_factory=IkeSettings)
+    """[ike] table."""
     dns: DnsConfig = field(default_factory=DnsConfig)
     """[dns] table."""
 
@@ -119,4 +144,4 @@ def _type_name(hint) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
 
 
-__all__ = ["Config", "DnsConfig", "ConfigError", "parse", "load", "DEFAULT_CONFDIR", "DEFAULT_RUNDIR"]
+__all__ = ["Config", "DnsConfig", "IkeSettings", "ConfigError", "parse", "load", "DEFAULT_CONFDIR", "DEFAULT_RUNDIR"]
