@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+
+from pyroute2 import IPRoute
 
 # Documentation addresses (RFC 5737, RFC 3849): connecting a UDP socket to one sends nothing,
 # it only makes the kernel pick the source address it would use on the default route.
@@ -18,3 +21,54 @@ def default_source(version: int) -> str | None:
         except OSError:
             return None
         return sock.getsockname()[0]
+
+
+def udp_socket(family: int, address: str, port: int, mark: int) -> socket.socket:
+    """A non-blocking UDP socket bound to address:port whose packets carry the bypass mark."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        sock.bind((address, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def raw_socket(family: int, proto: int, mark: int) -> socket.socket:
+    """A non-blocking raw socket (ESP: protocol 50; clear: IPPROTO_RAW) with the bypass mark."""
+    sock = socket.socket(family, socket.SOCK_RAW, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def interface_names(exclude: str = "") -> list[str]:
+    """Names of the host's interfaces, loopback and `exclude` left out."""
+    return [name for _, name in socket.if_nameindex() if name not in ("lo", exclude)]
+
+
+def host_addresses(configured: tuple[str, ...], exclude: str = "") -> dict[int, str]:
+    """This host's address per family (4, 6): as configured, else the default route's source,
+    else the first global-scope address on an interface other than `exclude`."""
+    found: dict[int, str] = {}
+    for text in configured:
+        found.setdefault(ipaddress.ip_address(text).version, text)
+    for version in (4, 6):
+        if version not in found and (source := default_source(version)) is not None:
+            found[version] = source
+    if len(found) < 2:
+        with IPRoute() as ipr:
+            skip = set(ipr.link_lookup(ifname=exclude)) if exclude else set()
+            for message in ipr.get_addr():
+                address = message.get_attr("IFA_ADDRESS")
+                if message["scope"] != 0 or message["index"] in skip or address is None:
+                    continue
+                found.setdefault(ipaddress.ip_address(address).version, address)
+    return found
