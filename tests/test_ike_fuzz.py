@@ -1,0 +1,118 @@
+"""Hypothesis against the engine's receive path: random and mutated datagrams end in a defined
+answer or are ignored; never an exception, never an event or a state change on an established
+IKE SA without a message that passed its integrity check."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ike_helpers import ADDR_A, ADDR_B, Link, events, ike_pair
+
+from oe.ike.constants import NON_ESP_MARKER
+
+SUITES = {
+    "cbc": {"ike_proposals": ("aes128-sha256-x25519",)},
+    "gcm": {"ike_proposals": ("aes256gcm16-prfsha384-ecp256",)},
+}
+
+
+@lru_cache(maxsize=None)
+def established(kind: str):
+    """An established pair and one protected request of A's that B has not seen yet
+    (CREATE_CHILD_SA { N(REKEY_SA), SA, Ni, TSi, TSr }), so its Message ID is the one B
+    expects: only the integrity check stands between a mutation and a state change."""
+    a, b = ike_pair(seed=7, cfg_a=SUITES[kind], cfg_b=SUITES[kind])
+    link = Link(a, b)
+    sid = a.initiate(ADDR_B, 0)
+    link.roundtrip(a)
+    events(a), events(b)
+    child = a.children(sid)[0]
+    a.rekey_child(sid, child.spi_in, 0)
+    [(request, _, _)] = a.datagrams_to_send(0)
+    return b, request
+
+
+def snapshot(engine):
+    return sorted(
+        (sa.our_spi, sa.state, sa.expected_message_id, sa.next_message_id,
+         tuple((c.sa.spi_in, c.sa.spi_out) for c in sa.children), sa.peer_addr, sa.peer_port,
+         sa.local_port)
+        for sa in engine._sas.values()
+    )
+
+
+def mutate(data: bytes, pos: int, value: int, cut: int) -> bytes:
+    out = bytearray(data)
+    out[pos % len(out)] ^= value or 1
+    return bytes(out[: max(len(out) - cut, 0)])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(SUITES)), st.integers(0, 10_000), st.integers(0, 255),
+       st.integers(0, 40), st.booleans())
+def test_mutated_protected_request_changes_nothing(kind, pos, value, cut, on_4500):
+    b, request = established(kind)
+    before = snapshot(b)
+    data = mutate(request, pos, value, cut)
+    if on_4500:
+        b.receive_datagram(NON_ESP_MARKER + data, (ADDR_A, 4500), 1.0, local_port=4500)
+    else:
+        b.receive_datagram(data, (ADDR_A, 500), 1.0)
+    assert b.datagrams_to_send(1.0) == []
+    assert b.next_event() is None
+    assert snapshot(b) == before
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(SUITES)), st.binary(max_size=400), st.sampled_from([500, 4500]),
+       st.booleans())
+def test_random_datagrams_never_touch_established_sas(kind, data, port, keep_spis):
+    b, request = established(kind)
+    if keep_spis:  # aim at the established SA: its real SPIs in front of random bytes
+        data = request[:16] + data
+    if port == 4500 and keep_spis:
+        data = NON_ESP_MARKER + data
+    before = snapshot(b)
+    b.receive_datagram(data, (ADDR_A, port), 1.0, local_port=port)
+    b.datagrams_to_send(1.0)
+    assert b.next_event() is None
+    established_before = [s for s in before if s[1].name == "ESTABLISHED"]
+    established_after = [s for s in snapshot(b) if s[1].name == "ESTABLISHED"]
+    assert established_after == established_before
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10_000), st.integers(0, 255), st.integers(0, 30))
+def test_mutated_handshake_ends_defined(pos, value, cut):
+    """Mutate one datagram of a fresh handshake, then run it to the end: it either completes
+    or fails with events; the engines never raise."""
+    a, b = ike_pair(seed=pos)
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    step = pos % 4
+    for i in range(6):
+        sender = a if i % 2 == 0 else b
+        receiver = b if sender is a else a
+        for data, addr, lport in sender.datagrams_to_send(link.now):
+            if i == step:
+                data = mutate(data, pos // 4, value, cut)
+            src = (sender.config.local_addr, lport)
+            receiver.receive_datagram(data, src, link.now, local_port=addr[1])
+    while (t := a.get_timer()) is not None and t < 100:
+        link.advance(t - link.now)
+        link.roundtrip(a)
+    kinds = {type(e).__name__ for e in events(a)}
+    assert kinds & {"IkeSaEstablished", "IkeSaFailed"}, kinds
+
+
+def test_control_the_unmutated_request_is_accepted():
+    """The fuzzed request is one B would act on: delivered intact, it rekeys the CHILD SA."""
+    established.cache_clear()
+    b, request = established("cbc")
+    before = snapshot(b)
+    b.receive_datagram(request, (ADDR_A, 500), 1.0)
+    assert b.datagrams_to_send(1.0) and b.next_event() is not None
+    assert snapshot(b) != before
+    established.cache_clear()
