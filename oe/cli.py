@@ -258,15 +258,15 @@ def cmd_showhostkey(args) -> int:
 
 
 def _lookup_text(lookup: dnskeys.KeyLookup) -> list[str]:
+    """A found key, one field a line (a lookup without one is an error line instead)."""
     data = lookup.as_json()
-    lines = [f"target   {data['target']}", f"name     {data['name']}"]
-    if lookup.record is not None:
-        lines += [f"source   {data['source']}  {data['record']}",
-                  f"gateway  {data['gateway']}",
-                  f"key id   {data['key_id']}  ({data['bits']} bits, {data['sha256']})",
-                  f"ttl      {data['ttl']} s"]
-    lines.append(f"why      {data['why'] or data['error']}")
-    return lines
+    return [f"target   {data['target']}",
+            f"name     {data['name']}",
+            f"source   {data['source']}  {data['record']}",
+            f"gateway  {data['gateway']}",
+            f"key id   {data['key_id']}  ({data['bits']} bits, {data['sha256']})",
+            f"ttl      {data['ttl']} s",
+            f"why      {data['why']}"]
 
 
 def cmd_dnskey(args) -> int:
