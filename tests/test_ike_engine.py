@@ -477,3 +477,98 @@ def test_gcm_ike_encryption_with_nat_and_rekeys():
     assert [type(e) for e in ea] == [IkeSaRekeyed, ChildSaRekeyed, ChildSaDeleted]
     assert ea[1].child.udp_encap
     assert_pair(ea[1].child, eb[1].child)
+
+
+def test_ipv6_hosts_use_id_ipv6_addr_and_128_selectors():
+    a = make_engine("2001:db8::1", "a", {"2001:db8::2": "b"}, 1)
+    b = make_engine("2001:db8::2", "b", {"2001:db8::1": "a"}, 2)
+    link = Link(a, b)
+    a.initiate("2001:db8::2", 0)
+    link.roundtrip(a)
+    ea, eb = events(a), events(b)
+    assert ea[0].remote_id == "2001:db8::2" and eb[0].remote_id == "2001:db8::1"
+    assert ea[1].child.remote_ts == (TrafficSelector.host("2001:db8::2"),)
+    assert_pair(ea[1].child, eb[1].child)
+
+
+def test_fqdn_identity():
+    """IDi of type ID_FQDN: the responder's key lookup gets the name."""
+    from oe.ike.auth import Identity
+    from oe.ike.sa import IkeConfig, IkeEngine
+    from ike_helpers import host_key, seeded_rng
+
+    name = Identity.fqdn("a.example.org")
+    a = IkeEngine(IkeConfig(local_addr=ADDR_A, private_key=host_key("a"), local_id=name),
+                  rng=seeded_rng(1),
+                  lookup_key={Identity.from_address(ADDR_B): host_key("b").public_key()}.get)
+    asked = []
+
+    def lookup(ident):
+        asked.append(ident)
+        return host_key("a").public_key() if ident == name else None
+
+    b = IkeEngine(IkeConfig(local_addr=ADDR_B, private_key=host_key("b")), rng=seeded_rng(2),
+                  lookup_key=lookup)
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    link.roundtrip(a)
+    eb = events(b)
+    assert asked == [name] and eb[0].remote_id == "a.example.org"
+    assert eb[1].child.remote_ts == (TrafficSelector.host(ADDR_A),)
+
+
+def test_method_1_with_a_peer_that_does_not_announce_hash_algorithms(monkeypatch):
+    """A peer without SIGNATURE_HASH_ALGORITHMS gets AUTH method 1 (RSA, SHA-1) and its own
+    method 1 signature is accepted (RFC 7427 section 4)."""
+    from oe.ike import sa as sa_mod
+    from oe.ike.message import Auth, Notify
+
+    a, b = ike_pair()
+    link = Link(a, b)
+    real_notify, real_hashes = sa_mod._hash_algorithms_notify, sa_mod.IkeSa._hashes_of
+    monkeypatch.setattr(sa_mod, "_hash_algorithms_notify", lambda: Notify(40001, b""))
+    a.initiate(ADDR_B, 0)  # A plays the legacy peer: no notify ...
+    monkeypatch.setattr(sa_mod, "_hash_algorithms_notify", real_notify)
+    link.transfer(a)
+    monkeypatch.setattr(sa_mod.IkeSa, "_hashes_of", staticmethod(lambda msg: set()))
+    link.transfer(b)  # ... and ignores B's, so it signs with method 1
+    monkeypatch.setattr(sa_mod.IkeSa, "_hashes_of", staticmethod(real_hashes))
+    [auth_req] = link.transfer(a)
+    link.transfer(b)
+    assert [type(e) for e in events(a)] == [IkeSaEstablished, ChildSaEstablished]
+    assert [type(e) for e in events(b)] == [IkeSaEstablished, ChildSaEstablished]
+    sa_b = b._by_id[1]
+    from oe.ike.message import parse_message
+    header, msg = parse_message(auth_req)
+    sa_b._raw = auth_req
+    inner = sa_b._open(header, msg)
+    assert inner.first(Auth).method == 1
+
+
+def test_create_child_sa_for_one_more_selector_pair():
+    """CREATE_CHILD_SA { SA, Ni, TSi, TSr } --> <-- { SA, Nr, TSi, TSr }: a second CHILD SA."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, sb, _, _ = establish(link)
+    a.create_child(sa, link.now, local_ts=[TrafficSelector.host(ADDR_A, 17)],
+                   remote_ts=[TrafficSelector.host(ADDR_B, 17, 53)])
+    link.roundtrip(a)
+    [ea], [eb] = events(a), events(b)
+    assert isinstance(ea, ChildSaEstablished) and isinstance(eb, ChildSaEstablished)
+    assert_pair(ea.child, eb.child)
+    assert ea.child.remote_ts == (TrafficSelector.host(ADDR_B, 17, 53),)
+    assert len(a.children(sa)) == len(b.children(sb)) == 2
+
+
+def test_child_rekey_invalid_ke_retry():
+    """PFS groups differ: <-- N(INVALID_KE_PAYLOAD, 14), the retry with MODP-2048 succeeds."""
+    a, b = ike_pair(cfg_a={"esp_proposals": ("aes128gcm16-ecp256-modp2048",)},
+                    cfg_b={"esp_proposals": ("aes128gcm16-modp2048",)})
+    link = Link(a, b)
+    sa, _, ca, _ = establish(link)
+    a.rekey_child(sa, ca.spi_in, link.now)
+    link.roundtrip(a)
+    ea, eb = events(a), events(b)
+    assert [type(e) for e in ea] == [ChildSaRekeyed, ChildSaDeleted]
+    assert [type(e) for e in eb] == [ChildSaRekeyed, ChildSaDeleted]
+    assert ea[0].child.dh == DhId.MODP_2048

@@ -750,13 +750,21 @@ class IkeSa:
         child = self._find_child(spi_in=spi_in)
         if child is None:
             raise LocalProtocolError(f"no CHILD SA with inbound SPI {spi_in:#x}")
-        self._start(lambda t: self._start_rekey_child(child, t, group=None), now)
+        self._start(lambda t: self._start_create_child(child, child.sa.local_ts,
+                                                       child.sa.remote_ts, t, None), now)
 
-    def _start_rekey_child(self, child: _Child, now: float, group: int | None) -> None:
-        """CREATE_CHILD_SA { N(REKEY_SA), SA, Ni, [KEi,] TSi, TSr } -->"""
-        if child not in self.children:
-            return
-        child.rekeying = True
+    def create_child(self, local_ts: tuple[TrafficSelector, ...],
+                     remote_ts: tuple[TrafficSelector, ...], now: float) -> None:
+        self._start(lambda t: self._start_create_child(None, local_ts, remote_ts, t, None), now)
+
+    def _start_create_child(self, old: _Child | None, local_ts: tuple[TrafficSelector, ...],
+                            remote_ts: tuple[TrafficSelector, ...], now: float,
+                            group: int | None) -> None:
+        """CREATE_CHILD_SA { [N(REKEY_SA),] SA, Ni, [KEi,] TSi, TSr } -->"""
+        if old is not None:
+            if old not in self.children:
+                return self._request_done(now)  # deleted while the rekey waited in the queue
+            old.rekeying = True
         suites = self.config.esp_suites()
         if group is None:
             group = suites[0].dh
@@ -764,47 +772,54 @@ class IkeSa:
         nonce = self.engine.rng(NONCE_LEN)
         spi_in = _new_spi(self.engine.rng, 4)
         ordered = [s for s in suites if s.dh == group] + [s for s in suites if s.dh != group]
-        payloads: list[Payload] = [
-            Notify(NotifyType.REKEY_SA, protocol=ProtocolId.ESP,
-                   spi=child.sa.spi_in.to_bytes(4, "big")),
-            SA(offer(ordered, spi_in)),
-            Nonce(nonce),
-        ]
+        payloads: list[Payload] = []
+        if old is not None:
+            payloads.append(Notify(NotifyType.REKEY_SA, protocol=ProtocolId.ESP,
+                                   spi=old.sa.spi_in.to_bytes(4, "big")))
+        payloads += [SA(offer(ordered, spi_in)), Nonce(nonce)]
         if dh is not None:
             payloads.append(KE(dh.group, dh.public))
-        payloads += [TS(True, tuple(t.to_wire() for t in child.sa.local_ts)),
-                     TS(False, tuple(t.to_wire() for t in child.sa.remote_ts))]
+        payloads += [TS(True, tuple(t.to_wire() for t in local_ts)),
+                     TS(False, tuple(t.to_wire() for t in remote_ts))]
 
         def done(msg: Message, t: float) -> None:
             """<-- CREATE_CHILD_SA { SA, Nr, [KEr,] TSi, TSr }"""
-            child.rekeying = False
+            if old is not None:
+                old.rekeying = False
             err = _error_notify(msg)
             if err is not None and err.notify_type == NotifyType.INVALID_KE_PAYLOAD:
                 want = int.from_bytes(err.data[:2], "big")
                 if want != group and want in {s.dh for s in suites}:
-                    return self._start_rekey_child(child, t, group=want)
+                    # section 1.3: retry with the group the responder asked for
+                    return self._start_create_child(old, local_ts, remote_ts, t, want)
             if err is not None:
                 self._emit(ChildSaFailed(self.sa_id, err.notify_type,
                                          f"peer answered {notify_name(err.notify_type)}"))
                 return
             try:
-                new = self._child_from_response(msg, suites, spi_in, nonce, dh, child.sa)
+                new = self._child_from_response(msg, suites, spi_in, nonce, dh, local_ts,
+                                                remote_ts)
             except IkeError as e:
                 self._emit(ChildSaFailed(self.sa_id, e.notify, e.reason))
                 return
             self.children.append(new)
-            self._emit(ChildSaRekeyed(self.sa_id, child.sa.spi_in, child.sa.spi_out, new.sa))
-            child.own_rekey = (min(nonce, msg.first(Nonce).data), new)
-            redundant = self._rekey_collision(child)
-            if child not in self.children:
+            if old is None:
+                self._emit(ChildSaEstablished(self.sa_id, new.sa))
+                return
+            self._emit(ChildSaRekeyed(self.sa_id, old.sa.spi_in, old.sa.spi_out, new.sa))
+            old.own_rekey = (min(nonce, msg.first(Nonce).data), new)
+            redundant = self._rekey_collision(old)
+            if old not in self.children:
                 return  # the peer deleted the old one while we rekeyed
             # section 2.8: the initiator of the rekey deletes the old CHILD SA
-            self._start_delete_children([child] + redundant, t, front=True)
+            self._start_delete_children([old] + redundant, t, front=True)
 
         self._send_request(ExchangeType.CREATE_CHILD_SA, payloads, done, now)
 
     def _child_from_response(self, msg: Message, suites: list[Suite], spi_in: bytes,
-                             nonce_i: bytes, dh: DhExchange | None, old: ChildSa) -> _Child:
+                             nonce_i: bytes, dh: DhExchange | None,
+                             local_ts: tuple[TrafficSelector, ...],
+                             remote_ts: tuple[TrafficSelector, ...]) -> _Child:
         sa, nonce = msg.first(SA), msg.first(Nonce)
         if sa is None or nonce is None:
             raise IkeError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA response lacks SA or Nr")
@@ -815,7 +830,7 @@ class IkeSa:
             if dh is None or ke is None or ke.group != dh.group or suite.dh != dh.group:
                 raise IkeError(NotifyType.INVALID_KE_PAYLOAD, "KEr does not match the proposal")
             shared = dh.shared(ke.data)
-        local_ts, remote_ts = self._check_narrowed(msg, old.local_ts, old.remote_ts)
+        local_ts, remote_ts = self._check_narrowed(msg, local_ts, remote_ts)
         return self._make_child(suite, spi_in, sa.proposals[0].spi, nonce_i, nonce.data, shared,
                                 local_ts, remote_ts, we_initiated=True)
 
@@ -853,7 +868,8 @@ class IkeSa:
             local_ts, remote_ts = self._narrow_as_responder(msg)
         except IkeError as e:
             self._respond(ExchangeType.CREATE_CHILD_SA, mid, [Notify(e.notify, e.data)])
-            self._emit(ChildSaFailed(self.sa_id, e.notify, e.reason))
+            if e.notify != NotifyType.INVALID_KE_PAYLOAD:  # that one is retried (1.3)
+                self._emit(ChildSaFailed(self.sa_id, e.notify, e.reason))
             return
         spi_in = _new_spi(self.engine.rng, 4)
         nonce_r = self.engine.rng(NONCE_LEN)
@@ -1145,6 +1161,11 @@ class IkeEngine:
     def rekey_child(self, sa_id: int, spi_in: int, now: float) -> None:
         """CREATE_CHILD_SA with N(REKEY_SA) for the CHILD SA whose inbound SPI is ``spi_in``."""
         self._sa(sa_id).rekey_child(spi_in, now)
+
+    def create_child(self, sa_id: int, now: float, *, local_ts: list[TrafficSelector],
+                     remote_ts: list[TrafficSelector]) -> None:
+        """CREATE_CHILD_SA for one more CHILD SA with these selectors (e.g. one protocol)."""
+        self._sa(sa_id).create_child(tuple(local_ts), tuple(remote_ts), now)
 
     def rekey_ike(self, sa_id: int, now: float) -> None:
         self._sa(sa_id).rekey_ike(now)
