@@ -37,13 +37,13 @@ cdef extern from *:
 
     #define DP_BATCH 64
 
-    /* sendmmsg() a run of datagrams to (addr, port) pairs; returns how many went out. */
+    /* sendmmsg() a run of datagrams to (addr, port) pairs; returns how many the kernel took. */
     static int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens,
                            uint8_t (*addrs)[16], uint16_t *ports, int n) {
         struct mmsghdr msgs[DP_BATCH];
         struct iovec iov[DP_BATCH];
         union { struct sockaddr_in v4; struct sockaddr_in6 v6; } sa[DP_BATCH];
-        int i, sent = 0, r;
+        int i, sent = 0, ok = 0, r;
         if (n > DP_BATCH) n = DP_BATCH;
         memset(msgs, 0, sizeof(struct mmsghdr) * n);
         memset(sa, 0, sizeof(sa[0]) * n);
@@ -78,8 +78,9 @@ cdef extern from *:
                 continue;
             }
             sent += r;
+            ok += r;
         }
-        return sent;
+        return ok;
     }
 
     /* recvmmsg() up to n datagrams; fills lengths and source (addr, port). */
@@ -361,8 +362,9 @@ cdef void batch_flush(DpCore *c, OutBatch *b) noexcept nogil:
             ports[m] = b.items[k].port
             m += 1
         fd = c.fds[(kind * 2) + (0 if fam == 4 else 1)]
-        if fd < 0 or dp_sendmany(fd, fam, bufs, lens, addrs, ports, m) < m:
-            esp_fetch_add64(&c.counters[C_SEND_ERRORS], m)
+        k = dp_sendmany(fd, fam, bufs, lens, addrs, ports, m) if fd >= 0 else 0
+        if k < m:
+            esp_fetch_add64(&c.counters[C_SEND_ERRORS], m - k)
         i += m
     b.n = 0
 
@@ -643,8 +645,9 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
             esp_rw_unlock(&c.sa_lock)
             return
         sa_account(c, sa, n, seq, now)
+        # Raw sockets take no port (IPv6 refuses any but the protocol's).
         batch_commit(b, OUT_UDP if sa.encap == ENCAP_UDP else OUT_RAW, sa.family, sa.peer,
-                     sa.peer_port, slot, r)
+                     sa.peer_port if sa.encap == ENCAP_UDP else 0, slot, r)
         esp_rw_unlock(&c.sa_lock)
         dp_count(c, C_ESP_OUT)
     elif v.action == ACT_TRAP or v.action == ACT_HOLD:

@@ -1,0 +1,51 @@
+"""The TUN device trapped traffic is routed into: the only TUN code (design.md section 2).
+
+The device is opened without packet information (IFF_NO_PI), so each read() is one bare IP
+packet and each write() one packet for the kernel to deliver, which is what the datapath's
+loops expect. The file descriptor is non-blocking: the loops poll() it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+from pyroute2 import IPRoute
+
+from oe.errors import OeError
+
+# linux/if_tun.h
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFNAMSIZ = 16
+
+
+class TunError(OeError):
+    """The TUN device could not be created or configured."""
+
+
+def open_tun(name: str) -> int:
+    """Create (or attach to) TUN device `name`; a non-blocking, close-on-exec descriptor."""
+    if not name or len(name.encode()) >= IFNAMSIZ:
+        raise TunError(f"TUN device name {name!r} must be 1 to {IFNAMSIZ - 1} bytes")
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TunError(f"cannot open /dev/net/tun: {exc.strerror}") from None
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    except OSError as exc:
+        os.close(fd)
+        raise TunError(f"cannot create TUN device {name}: {exc.strerror}") from None
+    return fd
+
+
+def set_up(name: str, mtu: int) -> None:
+    """Give the device its MTU (the path MTU minus the ESP overhead) and bring it up."""
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=name)
+        if not index:
+            raise TunError(f"no such device: {name}")
+        ipr.link("set", index=index[0], mtu=mtu, state="up")

@@ -1,0 +1,250 @@
+"""The datapath end to end: two namespaces, each running tests/netns/esp_node.py (static keys).
+
+    [ns oeda<pid>] oe0 (TUN)  198.51.100.1/24  2001:db8::1/64
+                       |  veth: ESP-in-UDP 4500 (IPv4), raw ESP (IPv6)
+    [ns oedb<pid>] oe0 (TUN)  198.51.100.2/24 (+ .3, .4)  2001:db8::2/64
+
+A routes .2, .3, .4, .5 and 2001:db8::2 into its TUN; B routes .1 and 2001:db8::1 into its TUN.
+A's eroutes: .2 -> SA, 2001:db8::2 -> SA (raw ESP over IPv6), .3 -> %trap, .4 -> %pass,
+.5 -> %reject. A's IPv4 SA is told the path MTU is 1400 while A's TUN MTU is 1435, so a DF
+packet between the two gets ICMP fragmentation-needed from the datapath itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE = Path(__file__).with_name("esp_node.py")
+A4, B4, B4_TRAP, B4_PASS, B4_REJECT = ("198.51.100.1", "198.51.100.2", "198.51.100.3",
+                                       "198.51.100.4", "198.51.100.5")
+A6, B6 = "2001:db8::1", "2001:db8::2"
+KEYS = {n: os.urandom(20).hex() for n in ("a4", "b4", "a6", "b6")}
+WAIT = 20.0  # a bound for failures only, never a measurement
+TRANSFER = 50 * 1024 * 1024
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, check=check)
+
+
+class Node:
+    """esp_node.py in a namespace: JSON commands in, events out."""
+
+    def __init__(self, ns: str, config: dict, workdir: Path) -> None:
+        self.ns = ns
+        path = workdir / f"{ns}.json"
+        path.write_text(json.dumps(config))
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(NODE), str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        first = self.next(lambda m: "ready" in m)
+        assert first is not None, self.proc.stderr.read() if self.proc.poll() is not None else ""
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def next(self, want, timeout: float = WAIT) -> dict | None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                message = self.lines.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                return None
+            if message is None:
+                return None
+            if want(message):
+                return message
+        return None
+
+    def send(self, command: dict) -> None:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+
+    def stats(self) -> dict:
+        self.send({"stats": True})
+        return self.next(lambda m: "stats" in m)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"quit": True})
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def sa(spi, direction, key, local, peer, **kw):
+    return {"spi": spi, "direction": direction, "key": KEYS[key], "local": local, "peer": peer,
+            **kw}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    pid = os.getpid()
+    a, b = f"oeda{pid}", f"oedb{pid}"
+    va, vb = f"oeva{pid}"[:15], f"oevb{pid}"[:15]
+    nodes = []
+    try:
+        sh("ip", "netns", "add", a)
+        sh("ip", "netns", "add", b)
+        sh("ip", "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb, "netns", b)
+        for ns, dev, v4, v6 in ((a, va, A4, A6), (b, vb, B4, B6)):
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
+            sh("ip", "-n", ns, "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2")
+        for extra in (B4_TRAP, B4_PASS):
+            sh("ip", "-n", b, "addr", "add", f"{extra}/32", "dev", vb)
+        work = tmp_path_factory.mktemp("espnetns")
+        node_a = Node(a, {
+            "mtu": 1435, "addresses": [A4, A6],
+            "trap": [f"{x}/32" for x in (B4, B4_TRAP, B4_PASS, B4_REJECT)] + [f"{B6}/128"],
+            "sas": [sa(0x1001, "out", "a4", A4, B4, path_mtu=1400),
+                    sa(0x2001, "in", "b4", A4, B4, src_ts="198.51.100.0/24"),
+                    sa(0x1002, "out", "a6", A6, B6, encap="esp"),
+                    sa(0x2002, "in", "b6", A6, B6, encap="esp")],
+            "eroutes": [[f"{B4}/32", {"spi": 0x1001, "peer": B4}],
+                        [f"{B6}/128", {"spi": 0x1002, "peer": B6}],
+                        [f"{B4_TRAP}/32", "%trap"], [f"{B4_PASS}/32", "%pass"],
+                        [f"{B4_REJECT}/32", "%reject"]],
+        }, work)
+        nodes.append(node_a)
+        node_b = Node(b, {
+            "mtu": 1435, "addresses": [B4, B6], "trap": [f"{A4}/32", f"{A6}/128"],
+            "sas": [sa(0x1001, "in", "a4", B4, A4, dst_ts="198.51.100.0/24"),
+                    sa(0x2001, "out", "b4", B4, A4),
+                    sa(0x1002, "in", "a6", B6, A6, encap="esp"),
+                    sa(0x2002, "out", "b6", B6, A6, encap="esp")],
+            "eroutes": [[f"{A4}/32", {"spi": 0x2001, "peer": A4}],
+                        [f"{A6}/128", {"spi": 0x2002, "peer": A6}]],
+        }, work)
+        nodes.append(node_b)
+        yield a, b, node_a, node_b
+    finally:
+        for node in nodes:
+            node.close()
+        for ns in (a, b):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def in_ns(ns: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_ping_ipv4_through_esp_in_udp(pair):
+    a, b, node_a, node_b = pair
+    result = in_ns(a, "ping", "-c", "3", "-i", "0.2", "-W", "5", B4)
+    assert result.returncode == 0, result.stdout + result.stderr
+    stats_a, stats_b = node_a.stats(), node_b.stats()
+    assert stats_a["stats"]["esp_out"] >= 3 and stats_a["stats"]["esp_in"] >= 3
+    assert stats_b["stats"]["esp_in"] >= 3
+    assert stats_b["stats"]["authentication"] == stats_b["stats"]["replay"] == 0
+
+
+def test_ping_ipv6_through_raw_esp(pair):
+    a, b, node_a, node_b = pair
+    result = in_ns(a, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "5", B6)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sas = {(s["spi"], s["direction"]): s for s in node_b.stats()["sas"]}
+    assert sas[(0x1002, "in")]["packets"] >= 3
+
+
+def test_50_mb_tcp_transfer_is_byte_exact(pair):
+    a, b, node_a, node_b = pair
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", b, sys.executable, "-c",
+         "import hashlib, socket\n"
+         "s = socket.create_server(('198.51.100.2', 5001))\n"
+         "print('listening', flush=True)\n"
+         "c, _ = s.accept(); h = hashlib.sha256(); n = 0\n"
+         "while (d := c.recv(1 << 20)):\n"
+         "    h.update(d); n += len(d)\n"
+         "print(n, h.hexdigest(), flush=True)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        data = random.Random(6).randbytes(TRANSFER)
+        client = in_ns(a, sys.executable, "-c",
+                       "import socket, sys, random\n"
+                       f"data = random.Random(6).randbytes({TRANSFER})\n"
+                       "s = socket.create_connection(('198.51.100.2', 5001), timeout=60)\n"
+                       "s.sendall(data); s.close()\n", timeout=120)
+        assert client.returncode == 0, client.stderr
+        line = server.communicate(timeout=60)[0].strip()
+        assert line == f"{TRANSFER} {hashlib.sha256(data).hexdigest()}"
+    finally:
+        server.kill()
+        server.wait()
+    stats = node_a.stats()["stats"]
+    assert stats["mss_clamped"] >= 1        # the SYN got the tunnel's MSS
+
+
+def test_df_packet_too_big_for_the_path_gets_icmp(pair):
+    """A's SA has room for 1400 - 20 - 8 - 37 = 1335 bytes; the TUN allows 1435."""
+    a, b, node_a, node_b = pair
+    result = in_ns(a, "ping", "-M", "do", "-s", "1380", "-c", "2", "-i", "0.3", "-W", "2", B4)
+    assert result.returncode != 0
+    assert "mtu = 1335" in result.stdout or "mtu=1335" in result.stdout + result.stderr, \
+        result.stdout + result.stderr
+    assert node_a.stats()["stats"]["too_big"] >= 1
+    # Without DF the packet is sealed and the outer one fragmented: it gets through.
+    result = in_ns(a, "ping", "-M", "dont", "-s", "1380", "-c", "1", "-W", "5", B4)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_trap_acquire_hold_release(pair):
+    """One acquire, the packet held, then released in order once the SA eroute is in."""
+    a, b, node_a, node_b = pair
+    ping = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-c", "3", "-i", "0.2", "-W", "15",
+                             B4_TRAP], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        acquire = node_a.next(lambda m: m.get("event") == "Acquire")
+        assert acquire is not None and acquire["dst"] == B4_TRAP and acquire["proto"] == 1
+        held = node_a.stats()
+        assert [h[:2] for h in held["holds"]] == [[A4, B4_TRAP]]
+        node_a.send({"eroutes": [[f"{B4}/32", {"spi": 0x1001, "peer": B4}],
+                                 [f"{B6}/128", {"spi": 0x1002, "peer": B6}],
+                                 [f"{B4_TRAP}/32", {"spi": 0x1001, "peer": B4}],
+                                 [f"{B4_PASS}/32", "%pass"], [f"{B4_REJECT}/32", "%reject"]]})
+        out = ping.communicate(timeout=WAIT)[0]
+        assert ping.returncode == 0, out
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+            ping.wait()
+    stats = node_a.stats()
+    assert stats["holds"] == [] and stats["stats"]["acquires"] == 1
+    assert stats["stats"]["hold_released"] >= 1
+
+
+def test_pass_goes_out_in_clear_and_reject_answers_prohibited(pair):
+    a, b, node_a, node_b = pair
+    result = in_ns(a, "ping", "-c", "2", "-i", "0.2", "-W", "5", B4_PASS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert node_a.stats()["stats"]["passed"] >= 2
+    result = in_ns(a, "ping", "-c", "1", "-W", "2", B4_REJECT)
+    assert result.returncode != 0
+    assert "filtered" in result.stdout.lower() or "prohibited" in result.stdout.lower(), \
+        result.stdout
+    assert node_a.stats()["stats"]["rejected"] >= 1
