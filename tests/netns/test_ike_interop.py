@@ -185,13 +185,14 @@ class OePeer:
 
 
 class Topology:
-    def __init__(self, tmp: Path, ike: str, esp: str) -> None:
+    def __init__(self, tmp: Path, ike: str, esp: str, oe_ike: str | None = None) -> None:
         pid = os.getpid()
         self.tmp = tmp
         self.ns_oe, self.ns_charon = f"oei{pid}", f"oec{pid}"
         self.veth_oe, self.veth_charon = f"oei{pid}", f"oec{pid}"
         self.d = tmp / "charon"
         self.ike, self.esp = ike, esp
+        self.oe_ike = oe_ike or ike
         self.charon: subprocess.Popen | None = None
         self.tcpdump: subprocess.Popen | None = None
         self.oe: OePeer | None = None
@@ -236,7 +237,7 @@ class Topology:
         self.swanctl("--load-all")
         self.oe = OePeer(self.ns_oe, [
             "--local", OE_ADDR, "--peer", CHARON_ADDR, "--key", str(self.tmp / "oe.pem"),
-            "--peer-pub", str(self.tmp / "charon.pub"), "--ike", self.ike, "--esp", self.esp])
+            "--peer-pub", str(self.tmp / "charon.pub"), "--ike", self.oe_ike, "--esp", self.esp])
         self.oe.expect("ready")
 
     def down(self) -> None:
@@ -306,8 +307,8 @@ class Topology:
 def topology_factory(tmp_path):
     made: list[Topology] = []
 
-    def make(ike: str, esp: str) -> Topology:
-        t = Topology(tmp_path, ike, esp)
+    def make(ike: str, esp: str, oe_ike: str | None = None) -> Topology:
+        t = Topology(tmp_path, ike, esp, oe_ike)
         made.append(t)
         t.up()
         return t
@@ -432,3 +433,23 @@ def test_charon_interop(topology_factory, proposals: str, oe_role: str) -> None:
         oe.command("delete_ike")
         oe.expect("IkeSaDeleted", reason="deleted by us")
     assert "hh:" not in charon_sas(t)
+
+
+@pytest.mark.parametrize("oe_role", ["initiator", "responder"])
+def test_charon_invalid_ke_payload_retry(topology_factory, oe_role: str) -> None:
+    """The initiator's KE is for a group the responder does not take:
+    <-- IKE_SA_INIT { N(INVALID_KE_PAYLOAD, group) }, and the retry with that group works."""
+    if oe_role == "initiator":  # oe sends KE(x25519); charon wants ECP-256
+        t = topology_factory("aes128-sha256-ecp256", "aes128gcm16",
+                             oe_ike="aes128-sha256-x25519-ecp256")
+        assert t.oe is not None
+        t.oe.command("initiate")
+    else:  # charon sends KE(x25519); oe takes only ECP-256
+        t = topology_factory("aes128-sha256-x25519-ecp256", "aes128gcm16",
+                             oe_ike="aes128-sha256-ecp256")
+        t.swanctl("--initiate", "--child", "hh")
+    assert t.oe is not None
+    t.oe.expect("IkeSaEstablished")
+    child = t.oe.expect("ChildSaEstablished")["child"]
+    assert "ECP_256" in charon_sas(t)
+    prove_esp(t, child, first_seq=1)
