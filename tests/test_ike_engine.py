@@ -572,3 +572,18 @@ def test_child_rekey_invalid_ke_retry():
     assert [type(e) for e in ea] == [ChildSaRekeyed, ChildSaDeleted]
     assert [type(e) for e in eb] == [ChildSaRekeyed, ChildSaDeleted]
     assert ea[0].child.dh == DhId.MODP_2048
+
+
+def test_old_ike_sa_is_forgotten_when_the_peer_never_deletes_it():
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, _, _, _ = establish(link)
+    a.rekey_ike(sa, link.now)
+    link.transfer(a)
+    link.transfer(b)  # <-- CREATE_CHILD_SA { SA, Nr, KEr }
+    link.transfer(a, drop=True)  # INFORMATIONAL { D(IKE) } is lost, every time
+    assert len(b._sas) == 2
+    while (t := b.get_timer()) is not None:
+        link.now = t
+        b.handle_timer(t)
+    assert len(b._sas) == 1 and [type(e) for e in events(b)] == [IkeSaRekeyed]

@@ -40,7 +40,7 @@ import hashlib
 import hmac
 import ipaddress
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Callable
 
@@ -61,7 +61,6 @@ from oe.ike.constants import (
     RETRANSMIT_BUDGET,
     RETRANSMIT_TIMEOUT,
     AuthMethod,
-    DhId,
     EsnId,
     ExchangeType,
     HashId,
@@ -70,7 +69,7 @@ from oe.ike.constants import (
     notify_name,
 )
 from oe.ike.crypto import DhExchange, Prf, Rng
-from oe.ike.errors import IkeError, IntegrityError, LocalProtocolError, ParseError
+from oe.ike.errors import IkeError, IntegrityError, LocalProtocolError
 from oe.ike.events import (
     ChildSa,
     ChildSaDeleted,
@@ -229,7 +228,8 @@ class IkeSa:
         self.queue: deque[Callable[[float], None]] = deque()
         self.last_response: tuple[int, bytes] | None = None
         self.created = 0.0
-        self.established_reported = False
+        self.retired_at = 0.0  # when a rekey replaced this IKE SA
+        self._raw = b""  # the datagram being processed (AUTH and the ICV cover it whole)
         # IKE_SA_INIT / IKE_AUTH scratch
         self.nonce_i = b""
         self.nonce_r = b""
@@ -315,11 +315,17 @@ class IkeSa:
                               self.request.first_sent + self.config.retransmit_budget))
         if self.state == State.EXPECT_AUTH_REQUEST:
             timers.append(self.created + self.config.half_open_lifetime)
+        if self.state == State.REKEYED and self.request is None:
+            timers.append(self.retired_at + self.config.retransmit_budget)
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
         if self.state == State.EXPECT_AUTH_REQUEST and now >= self.created + self.config.half_open_lifetime:
             self.engine._remove(self)  # half-open and never authenticated: nobody to tell
+            return
+        if self.state == State.REKEYED and self.request is None and (
+                now >= self.retired_at + self.config.retransmit_budget):
+            self.engine._remove(self)  # the peer never deleted the old IKE SA (2.18): forget it
             return
         req = self.request
         if req is None:
@@ -623,8 +629,7 @@ class IkeSa:
             local_ts, remote_ts = self._check_narrowed(msg, self.local_ts, self.remote_ts)
         except IkeError as e:
             self._emit(ChildSaFailed(self.sa_id, e.notify, e.reason))
-            return self._start_delete_child_spi(self.auth_spi_in, msg.first(SA).proposals[0].spi,
-                                                now)
+            return self._start_delete_child_spi(self.auth_spi_in, now)
         child = self._make_child(suite, self.auth_spi_in, msg.first(SA).proposals[0].spi,
                                  self.nonce_i, self.nonce_r, b"", local_ts, remote_ts,
                                  we_initiated=True)
@@ -988,6 +993,7 @@ class IkeSa:
         self.children = []
         self.queue = deque()
         self.state = State.REKEYED
+        self.retired_at = now
         self.engine._add(new)
         self._emit(IkeSaRekeyed(self.sa_id, self.spi_i, self.spi_r, spi_i, spi_r))
         new._request_done(now)  # start what was queued on the old IKE SA
@@ -1000,7 +1006,7 @@ class IkeSa:
             raise LocalProtocolError(f"no CHILD SA with inbound SPI {spi_in:#x}")
         self._start(lambda t: self._start_delete_children([child], t), now)
 
-    def _start_delete_child_spi(self, spi_in: bytes, spi_out: bytes, now: float) -> None:
+    def _start_delete_child_spi(self, spi_in: bytes, now: float) -> None:
         """Delete a CHILD SA the peer made but we refused (section 2.9: TS we cannot accept)."""
         self._start(lambda t: self._send_request(
             ExchangeType.INFORMATIONAL, [Delete(ProtocolId.ESP, (spi_in,))],
