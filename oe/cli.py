@@ -10,10 +10,11 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
 import sys
 from pathlib import Path
 
-from oe import dnskeys, hostkey, net
+from oe import control, dnskeys, hostkey, net
 from oe.config import load as load_config
 from oe.dnskeys import records as dnsrecords
 from oe.dnskeys.fetcher import KeyFetcher
@@ -174,45 +175,81 @@ def cmd_trace(args) -> int:
     return 0
 
 
-def _eroute_side(network, port: int) -> str:
-    return f"{network}:{port}" if port else str(network)
+def _eroute_side(network: str, port: int) -> str:
+    return f"{network}:{port}" if port else network
 
 
-def _klips_line(packets: int, eroute: Eroute) -> str:
+def _klips_line(row: dict) -> str:
     """KLIPS ipsec_rj_walker_procprint: "%-10d %-18s -> %-18s => %s%s"."""
-    sel = eroute.selector
-    said = str(eroute.action) + (f":{sel.proto}" if sel.proto else "")
-    return (f"{packets:<10d} {_eroute_side(sel.src, sel.sport):<18} -> "
-            f"{_eroute_side(sel.dst, sel.dport):<18} => {said}")
+    said = row["said"] + (f":{row['proto']}" if row["proto"] else "")
+    return (f"{row['packets']:<10d} {_eroute_side(row['src'], row['sport']):<18} -> "
+            f"{_eroute_side(row['dst'], row['dport']):<18} => {said}")
+
+
+def _eroute_order(row: dict):
+    dst = ipaddress.ip_network(row["dst"])
+    src = ipaddress.ip_network(row["src"])
+    return (dst.version, dst.network_address, dst.prefixlen, src.prefixlen, row["proto"],
+            row["sport"], row["dport"])
 
 
 def cmd_status(args) -> int:
-    table = _load_table(args)
-    order = sorted(range(len(table)), key=lambda i: (
-        table.entries[i].selector.version,
-        table.entries[i].selector.dst.network_address,
-        table.entries[i].selector.dst.prefixlen,
-        table.entries[i].selector.priority,
-    ))
+    if control.daemon_running(args.rundir):
+        status = control.request(args.rundir, "status")
+    else:
+        # No daemon: the prospective table, what `oe start` would install.
+        table = _load_table(args)
+        status = {"eroutes": [e.as_json() for e in table.entries], "sas": [], "shunts": []}
+    status["eroutes"].sort(key=_eroute_order)
     if args.json:
-        _print_json({
-            "eroutes": [
-                {
-                    "packets": table.packets[i],
-                    "bytes": table.bytes[i],
-                    **_selector_json(table.entries[i].selector),
-                    "said": str(table.entries[i].action),
-                    "origin": table.entries[i].origin,
-                }
-                for i in order
-            ],
-            "sas": [],
-            "shunts": [],
-        })
+        _print_json(status)
         return 0
-    for i in order:
-        print(_klips_line(table.packets[i], table.entries[i]))
+    for row in status["eroutes"]:
+        print(_klips_line(row))
+    if status["sas"]:
+        print("\nSAs:")
+    for sa in status["sas"]:
+        role = "initiator" if sa["initiator"] else "responder"
+        print(f"{sa['said']:<28} {sa['src']} -> {sa['dst']}  {sa['algorithm']} {sa['encap']}  "
+              f"in {sa['bytes_in']}B/{sa['packets_in']}p out {sa['bytes_out']}B/"
+              f"{sa['packets_out']}p  age {sa['age']:g}s  {role}")
+    if status["shunts"]:
+        print("\nShunts:")
+    for shunt in status["shunts"]:
+        left = "negotiating" if shunt["expires_in"] is None else f"{shunt['expires_in']:g}s left"
+        print(f"{shunt['said']:<8} {shunt['src']} -> {shunt['dst']}  {shunt['group']}: "
+              f"{shunt['reason']} ({left})")
     return 0
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+def cmd_start(args) -> int:
+    from oe import daemon  # the daemon's imports (datapath threads, pyroute2) only when needed
+
+    return daemon.start(args.confdir, args.rundir)
+
+
+def cmd_stop(args) -> int:
+    print(control.request(args.rundir, "stop"))
+    return 0
+
+
+def cmd_reload(args) -> int:
+    print(control.request(args.rundir, "reload"))
+    return 0
+
+
+def cmd_initiate(args) -> int:
+    print(control.request(args.rundir, "initiate", dst=args.dst, src=args.src))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from oe import demo
+
+    return demo.main(keep=args.keep)
 
 
 # ------------------------------------------------ DNS keys: keygen, showhostkey, dnskey, verify
@@ -329,6 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("start", help="run the OE daemon in the foreground")
+    p.set_defaults(func=cmd_start)
+    p = sub.add_parser("stop", help="stop the daemon: DELETE every SA, remove routes and TUN")
+    p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("reload", help="re-read policy groups and oe.conf (all or nothing)")
+    p.set_defaults(func=cmd_reload)
+    p = sub.add_parser("initiate", help="negotiate OE with DST now, ignoring a failure shunt")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument("--src", help="our address (default: the daemon's)")
+    p.set_defaults(func=cmd_initiate)
+    p = sub.add_parser("demo", help="alice, bob and carol in namespaces: OE shown working")
+    p.add_argument("--keep", action="store_true", help="leave the world up until Ctrl-C")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("keygen", help="make this host's RSA key (<confdir>/hostkey.pem)")
     p.add_argument("--bits", type=int, default=hostkey.DEFAULT_BITS,
                    help=f"modulus length (default {hostkey.DEFAULT_BITS}, "
@@ -374,3 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # a bug: still one line (OE_DEBUG=1 shows the traceback)
+        if os.environ.get("OE_DEBUG"):
+            raise
+        print(f"oe: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2

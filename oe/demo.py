@@ -10,6 +10,7 @@ All on one bridge in a switch namespace, where tcpdump watches the wire.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import dns.name
 
 from oe import hostkey
+from oe.errors import OeError
 from oe.dnskeys import records
 from oe.knotd import Knotd, soa_ns_header
 from oe.netns import Host, World
@@ -37,7 +39,8 @@ class OeWorld:
     world: World
     hosts: dict[str, Host]
     knotd: Knotd
-    oe_hosts: list[str] = field(default_factory=list)
+    daemons: dict[str, subprocess.Popen] = field(default_factory=dict)
+    """`oe start` processes by host name."""
 
     def confdir(self, name: str) -> Path:
         return self.hosts[name].dir / "conf"
@@ -106,3 +109,182 @@ def _serves(world: World, host: Host) -> bool:
     return world.run(host, sys.executable, "-c", probe, ADDRESSES["dns"][0],
                      check=False).returncode == 0
 
+
+
+# ---------------------------------------------------------------- running oe in the world
+
+OE = (sys.executable, "-m", "oe")
+
+
+def start_oe(oe_world: OeWorld, name: str) -> None:
+    """`oe start` inside the host's namespace; returns once its control socket answers."""
+    from oe import control
+    from oe.netns import wait_for
+
+    host = oe_world.hosts[name]
+    rundir = oe_world.rundir(name)
+    proc = oe_world.world.spawn(host, *OE, "--confdir", str(oe_world.confdir(name)),
+                                "--rundir", str(rundir), "start", log="oe.log")
+    oe_world.daemons[name] = proc
+    if not wait_for(lambda: control.daemon_running(rundir) or proc.poll() is not None, 20) \
+            or proc.poll() is not None:
+        raise OeError(f"oe on {name} did not start: {tail(host.dir / 'oe.log')}")
+
+
+def oe_cmd(oe_world: OeWorld, name: str, *argv: str, check: bool = True):
+    return oe_world.world.run(oe_world.hosts[name], *OE, "--confdir",
+                              str(oe_world.confdir(name)), "--rundir",
+                              str(oe_world.rundir(name)), *argv, check=check)
+
+
+def stop_oe(oe_world: OeWorld, name: str) -> None:
+    """`oe stop`, then wait for the daemon to exit (it sends DELETEs and removes its routes)."""
+    proc = oe_world.daemons.pop(name)
+    oe_cmd(oe_world, name, "stop", check=False)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        World.stop(proc)
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text().strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+_TCP_SERVER = """
+import hashlib, socket, sys
+srv = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(1)
+conn, _ = srv.accept(); digest = hashlib.sha256(); total = 0
+while chunk := conn.recv(65536):
+    digest.update(chunk); total += len(chunk)
+conn.sendall(f"{total} {digest.hexdigest()}".encode()); conn.close()
+"""
+
+_TCP_CLIENT = """
+import hashlib, os, socket, sys
+data = os.urandom(int(sys.argv[3]))
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+sock.sendall(data); sock.shutdown(socket.SHUT_WR)
+answer = sock.makefile().read()
+print(answer, hashlib.sha256(data).hexdigest())
+"""
+
+
+def tcp_transfer(oe_world: OeWorld, client: str, server: str, nbytes: int,
+                 port: int = 5001) -> tuple[bool, str]:
+    """Send nbytes of random data over TCP; True if the server got exactly those bytes."""
+    from oe.netns import wait_for
+
+    world, hosts = oe_world.world, oe_world.hosts
+    address = hosts[server].address
+    proc = world.spawn(hosts[server], sys.executable, "-c", _TCP_SERVER, address, str(port))
+    wait_for(lambda: world.run(hosts[server], "ss", "-ltn", check=False).stdout.count(
+        f":{port} ") > 0, 10)
+    out = world.run(hosts[client], sys.executable, "-c", _TCP_CLIENT, address, str(port),
+                    str(nbytes), check=False, timeout=120)
+    World.stop(proc)
+    fields = out.stdout.split()
+    ok = len(fields) == 3 and fields[0] == str(nbytes) and fields[1] == fields[2]
+    return ok, (f"{nbytes} bytes, sha256 matches" if ok
+                else f"transfer failed: {(out.stdout + out.stderr).strip()[-300:]}")
+
+
+def start_capture(oe_world: OeWorld) -> tuple:
+    """tcpdump on the bridge, where every packet between the hosts passes."""
+    pcap = oe_world.world.workdir / "wire.pcap"
+    proc = subprocess.Popen(["ip", "netns", "exec", oe_world.world.switch, "tcpdump", "-i", "br0",
+                             "-U", "-n", "-w", str(pcap), "ip or ip6"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    oe_world.world._processes.append(proc)
+    # tcpdump says "listening on" once it captures
+    proc.stderr.readline()
+    return proc, pcap
+
+
+def wire_summary(pcap: Path, a: str, b: str) -> dict[str, int]:
+    """Packets between a and b on the wire, by kind: what OE must leave visible is IKE and ESP."""
+    from scapy.all import ESP, ICMP, IP, TCP, UDP, IPv6, rdpcap  # scapy is slow to import
+
+    kinds: dict[str, int] = {}
+    for packet in rdpcap(str(pcap)):
+        ip = packet.getlayer(IP) or packet.getlayer(IPv6)
+        if ip is None or {ip.src, ip.dst} != {a, b}:
+            continue
+        if packet.haslayer(UDP) and packet[UDP].dport in (500, 4500) | {packet[UDP].sport}:
+            port = 500 if 500 in (packet[UDP].sport, packet[UDP].dport) else 4500
+            kind = "IKE (udp 500)" if port == 500 else "IKE/ESP-in-UDP (udp 4500)"
+        elif packet.haslayer(ESP):
+            kind = "ESP"
+        elif packet.haslayer(TCP):
+            kind = "TCP in clear"
+        elif packet.haslayer(ICMP) or (ip.version == 6 and ip.nh == 58):
+            kind = "ICMP in clear"
+        else:
+            kind = "other in clear"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def main(keep: bool = False) -> int:
+    """The whole demo; everything is torn down at the end, also on Ctrl-C."""
+    import os
+    import tempfile
+
+    if os.geteuid() != 0:
+        raise OeError("oe demo needs root (network namespaces)")
+    with tempfile.TemporaryDirectory(prefix="oe-demo-") as tmp:
+        say("building the world: dns (knotd), alice, bob, carol in network namespaces")
+        oe_world = build(Path(tmp))
+        try:
+            for name in ("alice", "bob"):
+                start_oe(oe_world, name)
+            say("oe running on alice and bob (private-or-clear 0.0.0.0/0 and ::/0); "
+                "their keys are in DNS as IPSECKEY, carol publishes none")
+            capture, pcap = start_capture(oe_world)
+            hosts, world = oe_world.hosts, oe_world.world
+            bob, carol = hosts["bob"].address, hosts["carol"].address
+            shown = world.run(hosts["alice"], "ping", "-c", "4", "-i", "0.3", "-W", "3", bob,
+                              check=False)
+            say(f"alice$ ping {bob}\n" + indent(shown.stdout.strip().splitlines()[-2:]))
+            ok, what = tcp_transfer(oe_world, "alice", "bob", 4 << 20)
+            say(f"alice -> bob TCP: {what}")
+            shown = world.run(hosts["alice"], "ping", "-c", "3", "-i", "0.3", "-W", "3", carol,
+                              check=False)
+            say(f"alice$ ping {carol}   (no key in DNS: private-or-clear falls back to clear)\n"
+                + indent(shown.stdout.strip().splitlines()[-2:]))
+            for name in ("alice", "bob"):
+                say(f"{name}$ oe status\n" + indent(oe_cmd(oe_world, name, "status")
+                                                      .stdout.rstrip().splitlines()))
+            World.stop(capture)
+            wire = wire_summary(pcap, hosts["alice"].address, bob)
+            say("on the wire between alice and bob: " + ", ".join(
+                f"{n} {k}" for k, n in sorted(wire.items())))
+            clear = sum(n for k, n in wire.items() if "clear" in k)
+            verdict = "encrypted: only IKE and ESP" if ok and not clear else "NOT ENCRYPTED"
+            say(f"verdict: {verdict}")
+            if keep:
+                say(f"the world stays up (namespaces {world.prefix}-*); Ctrl-C ends it")
+                import signal
+                signal.pause()
+            return 0 if ok and not clear else 1
+        except KeyboardInterrupt:
+            say("interrupted: tearing down")
+            return 130
+        finally:
+            for name in list(oe_world.daemons):
+                stop_oe(oe_world, name)
+            oe_world.close()
+            say("world torn down")
+
+
+def say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def indent(lines) -> str:
+    return "\n".join(f"   {line}" for line in lines)

@@ -122,6 +122,13 @@ class Eroute:
     group: str | None = None
     """The policy group whose rule made this eroute, if any."""
 
+    def as_json(self, packets: int = 0, nbytes: int = 0) -> dict:
+        """One row of `oe status --json`'s "eroutes"."""
+        sel = self.selector
+        return {"packets": packets, "bytes": nbytes, "src": str(sel.src), "dst": str(sel.dst),
+                "proto": sel.proto, "sport": sel.sport, "dport": sel.dport,
+                "said": str(self.action), "group": self.group, "origin": self.origin}
+
 
 class ErouteTable:
     """An immutable set of eroutes, most specific first, with per-entry counters.

@@ -192,6 +192,12 @@ class Opportunist:
         """The datapath trapped a packet of `pair` and holds it."""
         if pair in self.negotiations or pair in self.tunnels:
             return []
+        dst = pair.dst
+        if dst.is_multicast or dst.is_link_local or dst.is_unspecified or dst.is_loopback:
+            # The TUN's own link-local chatter (router solicitations, MLD): never negotiate.
+            self.shunts[pair] = BareShunt(pair, Shunt.DROP, "not a unicast destination", None,
+                                          now, now + self.limits.shunt_lifetime)
+            return []
         group = self.group_of(pair)
         if group is None or SEMANTICS[group].outbound is not Shunt.TRAP:
             # Policy changed since the packet was trapped: nothing to negotiate.

@@ -153,3 +153,12 @@ def test_reload_keeps_fitting_tunnels_and_ends_the_others():
     assert oe.reload(new, 10) == [RemoveSa(end, 0x21, 0x22), DeleteIke(2)]
     assert set(oe.tunnels) == {keep}
     assert fate(oe, "198.51.100.20") is Shunt.PASS
+
+
+def test_link_local_and_multicast_are_never_negotiated():
+    """The TUN's own IPv6 chatter (router solicitations to ff02::2) is dropped, not acquired."""
+    oe = opportunist(private_or_clear="::/0\n")
+    pair = Pair.of("fe80::1", "ff02::2")
+    assert oe.acquire(pair, 0) == []
+    assert fate(oe, "ff02::2", src="fe80::1") is Shunt.DROP
+    assert oe.negotiations == {}

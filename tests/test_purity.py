@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent / "oe"
 IO_MODULES = {"socket", "asyncio", "time", "select", "selectors", "subprocess", "threading"}
 # Modules whose job is I/O, by name (design.md: net, tun, fetcher, loader, daemon, runner, cli).
 IO_NAMES = {"cli.py", "net.py", "tun.py", "daemon.py", "loader.py", "fetcher.py", "runner.py",
-            "hostkey.py", "__main__.py", "demo.py", "control.py"}
+            "hostkey.py", "__main__.py", "demo.py", "control.py", "knotd.py", "netns.py",
+            "routing.py"}
 
 
 def pure_modules():

@@ -201,6 +201,11 @@ class KeyFetcher:
         self._cache: OrderedDict[tuple[dns.name.Name, int], _Entry] = OrderedDict()
         self._inflight: dict[tuple[dns.name.Name, int], asyncio.Task[Answer]] = {}
 
+    def nameservers(self) -> list[str]:
+        """Addresses of the nameservers asked (none for zone files): exempt from trapping."""
+        resolver = getattr(self.source, "resolver", None)
+        return [str(ns) for ns in resolver.nameservers] if resolver is not None else []
+
     @classmethod
     def from_config(cls, config: DnsConfig, confdir: Path) -> KeyFetcher:
         return cls(config, make_source(config, confdir))

@@ -12,7 +12,9 @@ import asyncio
 import socket
 from typing import Callable
 
-from oe.ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
+from oe.ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER, ExchangeType
+from oe.ike.errors import IkeError
+from oe.ike.message import parse_header
 from oe.ike.events import Event
 from oe.ike.sa import IkeEngine
 
@@ -39,17 +41,27 @@ class IkeRunner:
     :param on_event: called with every engine event, in order.
     :param on_esp: called with ``(esp_bytes, addr)`` for ESP-in-UDP arriving on 4500.
     :param fwmark: SO_MARK for both sockets (so oe's own IKE never loops into its TUN).
+    :param nat_t_socket: a bound UDP 4500 socket that someone else reads (the datapath, which
+        hands IKE up through ``receive``); the runner only sends on it.
+    :param admit_init: called with ``(data, addr, local_port)`` for each IKE_SA_INIT request
+        that would create a responder SA; False keeps it from the engine (refused by policy,
+        or held while the peer's key is fetched; the caller may ``receive`` it again later).
     """
 
     def __init__(self, engine: IkeEngine, local_addr: str, on_event: Callable[[Event], None],
                  on_esp: Callable[[bytes, Addr], None] | None = None,
-                 fwmark: int | None = None, ports: tuple[int, int] = (IKE_PORT, NAT_T_PORT)) -> None:
+                 fwmark: int | None = None, ports: tuple[int, int] = (IKE_PORT, NAT_T_PORT),
+                 nat_t_socket: socket.socket | None = None,
+                 admit_init: Callable[[bytes, Addr, int], bool] | None = None) -> None:
         self.engine = engine
         self.local_addr = local_addr
         self.on_event = on_event
         self.on_esp = on_esp
         self.fwmark = fwmark
         self.ports = ports
+        self.nat_t_sender = nat_t_sender
+        self.nat_t_socket = nat_t_socket
+        self.admit_init = admit_init
         self.transports: dict[int, asyncio.DatagramTransport] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -59,6 +71,8 @@ class IkeRunner:
         self._loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in self.local_addr else socket.AF_INET
         for engine_port, port in zip((IKE_PORT, NAT_T_PORT), self.ports):
+            if engine_port == NAT_T_PORT and self.nat_t_socket is not None:
+                continue
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.fwmark is not None:
@@ -80,12 +94,29 @@ class IkeRunner:
 
     def send_esp(self, esp: bytes, addr: Addr) -> None:
         """Send ESP-in-UDP from our 4500 socket (RFC 3948: no marker, the SPI comes first)."""
-        self.transports[NAT_T_PORT].sendto(esp, addr)
+        self._send(esp, addr, NAT_T_PORT)
+
+    def _send(self, data: bytes, addr: Addr, local_port: int) -> None:
+        if local_port == NAT_T_PORT and self.nat_t_sender is not None:
+            self.nat_t_sender(data, addr)
+        else:
+            self.transports[local_port].sendto(data, addr)
+
+    def feed(self, data: bytes, addr: Addr, local_port: int) -> None:
+        """A datagram for IKE that arrived on our port ``local_port`` (500 or 4500)."""
+        self._received(data, addr, local_port)
 
     def _received(self, data: bytes, addr: Addr, local_port: int) -> None:
         if local_port == NAT_T_PORT and data != NAT_KEEPALIVE and data[:4] != NON_ESP_MARKER:
             if self.on_esp is not None and len(data) >= 8:
                 self.on_esp(data, addr)
+            return
+        self.receive(data, addr, local_port)
+
+    def receive(self, data: bytes, addr: Addr, local_port: int) -> None:
+        """One IKE datagram (on 4500 with its non-ESP marker) for the engine."""
+        if self.admit_init is not None and _creates_responder_sa(data, local_port) \
+                and not self.admit_init(data, addr, local_port):
             return
         self.engine.receive_datagram(data, addr, self.now(), local_port=local_port)
         self.transmit()
@@ -99,6 +130,12 @@ class IkeRunner:
     def transmit(self) -> None:
         """Send what the engine has, re-arm the timer, deliver the events."""
         for data, addr, local_port in self.engine.datagrams_to_send(self.now()):
+            if local_port == NAT_T_PORT and self.nat_t_socket is not None:
+                try:
+                    self.nat_t_socket.sendto(data, addr)
+                except OSError:  # a full buffer or an ICMP error: retransmission copes
+                    pass
+                continue
             self.transports[local_port].sendto(data, addr)
         timer_at = self.engine.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
@@ -110,3 +147,15 @@ class IkeRunner:
             self._timer = self._loop.call_at(timer_at, self._handle_timer)
         while (event := self.engine.next_event()) is not None:
             self.on_event(event)
+
+
+def _creates_responder_sa(data: bytes, local_port: int) -> bool:
+    """An IKE_SA_INIT request with a zero responder SPI (section 2.6): a new peer's first word."""
+    if local_port == NAT_T_PORT:
+        data = data[len(NON_ESP_MARKER):]
+    try:
+        header = parse_header(data)
+    except IkeError:
+        return False
+    return (header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response
+            and header.spi_r == bytes(8))

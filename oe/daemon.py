@@ -1,0 +1,539 @@
+"""`oe start`: the daemon. asyncio glue that owns the clock, the timers, the signals and the
+control socket, and reacts to events; every decision is made by oe.opportunist.
+
+The packet's way (design.md section 1):
+
+1. The kernel routes a packet for a trapping group's CIDR into the TUN (oe.routing).
+2. The datapath's outbound thread classifies it (oe.datapath) and, by its eroute: seals it on
+   an SA; on %trap raises an Acquire and holds it under a /32 %hold; passes, drops or rejects.
+3. Acquire -> Opportunist -> FetchKey (oe.dnskeys, async) -> Initiate (oe.ike) -> the CHILD SA
+   goes into the datapath and the table now says SA where it said %hold: the held packets leave
+   encrypted. A failure turns the %hold into the group's failure shunt, with its reason.
+4. Inbound ESP is opened by the datapath's inbound thread and written to the TUN; IKE on 4500
+   comes up as an event, IKE on 500 arrives on our own socket.
+
+Rule 1: only this process changes policy, shunts, SAs and their timers (seeds/003). Rule 2:
+everything installed in the system (TUN, routes, rule, sockets, control socket, pid file) is
+recorded and removed on stop, also after an error half-way through start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from oe import config as oeconfig
+from oe import control, hostkey, net, routing, tun
+from oe.datapath import Datapath, esp_overhead
+from oe.dnskeys.fetcher import KeyFetcher
+from oe.dnskeys.choice import Target
+from oe.dpevents import Acquire, IkeMessage, SaExpired, SaSoftLimit
+from oe.errors import OeError
+from oe.eroute import SaAction
+from oe.ike import events as ike_events
+from oe.ike.auth import Identity
+from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT
+from oe.ike.runner import IkeRunner
+from oe.ike.sa import IkeConfig, IkeEngine
+from oe.ike.ts import TrafficSelector
+from oe.opportunist import DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair
+from oe.policygroups import SEMANTICS, prospective_table
+from oe.policygroups.loader import load_policy
+
+log = logging.getLogger("oe")
+
+PID_NAME = "oe.pid"
+HOUSEKEEPING = 1.0  # seconds between lifetime, liveness and shunt checks
+
+
+class StartError(OeError):
+    """oe cannot start: privileges, host key, TUN or addresses."""
+
+
+@dataclass
+class _IkeSide:
+    """One address family's IKE engine, its sockets and the flows each IKE SA serves."""
+
+    version: int
+    address: str
+    engine: IkeEngine
+    runner: IkeRunner
+    nat_t: socket.socket
+
+
+class Daemon:
+    def __init__(self, confdir: Path, rundir: Path) -> None:
+        self.confdir = confdir
+        self.rundir = rundir
+        self.config = oeconfig.load(confdir)
+        policy = load_policy(confdir)
+        for warning in policy.warnings:
+            log.warning("%s", warning)
+        self.key = hostkey.load(hostkey.hostkey_path(confdir))
+        self.opportunist = Opportunist(prospective_table(policy),
+                                       Limits(shunt_lifetime=self.config.shunt_lifetime))
+        self.fetcher = KeyFetcher.from_config(self.config.dns, confdir)
+        self.peer_keys: dict[str, object] = {}  # IKE ID text -> RSA public key, from DNS
+        self.sides: dict[int, _IkeSide] = {}
+        self.sa_pairs: dict[tuple[int, int], Pair] = {}  # (family, sa_id) -> pair
+        self.pending_init: dict[str, list] = {}  # peer -> IKE_SA_INITs waiting for its key
+        self.datapath: Datapath | None = None
+        self.steering: routing.Steering | None = None
+        self.tun_fd = -1
+        self.sockets: list[socket.socket] = []
+        self.stopping = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.started = time.monotonic()
+        self.sa_created: dict[int, float] = {}
+        self.sa_used: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ start and stop
+
+    async def run(self) -> None:
+        if os.geteuid() != 0:
+            raise StartError("oe start needs root (CAP_NET_ADMIN for the TUN device and routes)")
+        self.loop = asyncio.get_running_loop()
+        try:
+            await self._start()
+            log.info("oe started: %s, policy %d entries, table %d", ", ".join(
+                s.address for s in self.sides.values()), len(self.opportunist.base),
+                self.config.route_table)
+            await self.stopping.wait()
+        finally:
+            await self._shutdown()
+
+    async def _start(self) -> None:
+        if control.daemon_running(self.rundir):
+            raise StartError(f"another oe is running with run dir {self.rundir}")
+        # pyroute2's synchronous API runs its own event loop: give it a thread.
+        addresses = await asyncio.to_thread(net.host_addresses, self.config.addresses,
+                                            self.config.tun_name)
+        if not addresses:
+            raise StartError("no address to run IKE on: set addresses in oe.conf")
+        self.tun_fd = tun.open_tun(self.config.tun_name)
+        mtu = 1500 - esp_overhead(6 if 6 in addresses else 4, "udp")
+        await asyncio.to_thread(tun.set_up, self.config.tun_name, mtu)
+        self.datapath = Datapath()
+        self.datapath.replace_eroutes(self.opportunist.table())
+        fds = {}
+        for version, address in sorted(addresses.items()):
+            fds.update(self._open_side(version, address))
+        await asyncio.gather(*(side.runner.start() for side in self.sides.values()))
+        self.datapath.start(self.tun_fd, tun_mtu=mtu, **fds)
+        self.loop.add_reader(self.datapath.events_fd, self._datapath_events)
+        await self._install_routes()
+        self.control = await control.serve(self.rundir, self._control)
+        (self.rundir / PID_NAME).write_text(f"{os.getpid()}\n")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self.stopping.set)
+        self.loop.add_signal_handler(
+            signal.SIGHUP, lambda: self.loop.create_task(self._reload_logged()))
+        self._housekeeping = self.loop.create_task(self._housekeep())
+
+    def _open_side(self, version: int, address: str) -> dict[str, int]:
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        mark = self.config.bypass_mark
+        nat_t = net.udp_socket(family, address, NAT_T_PORT, mark)
+        esp = net.raw_socket(family, socket.IPPROTO_ESP if hasattr(socket, "IPPROTO_ESP") else 50,
+                             mark)
+        clear = net.raw_socket(family, socket.IPPROTO_RAW, mark)
+        self.sockets += [nat_t, esp, clear]
+        ike = IkeConfig(local_addr=address, private_key=self.key,
+                        ike_proposals=self.config.ike.proposals,
+                        esp_proposals=self.config.ike.esp_proposals)
+        engine = IkeEngine(ike, rng=os.urandom, lookup_key=self._lookup_key,
+                           ts_policy=lambda peer_id, local_ts, remote_ts, v=version:
+                           self._ts_allowed(v, peer_id, local_ts, remote_ts))
+        runner = IkeRunner(engine, address, lambda event, v=version: self._ike_event(v, event),
+                           fwmark=mark, nat_t_socket=nat_t, admit_init=self._admit_init)
+        self.sides[version] = _IkeSide(version, address, engine, runner, nat_t)
+        suffix = "4" if version == 4 else "6"
+        return {f"udp{suffix}": nat_t.fileno(), f"esp{suffix}": esp.fileno(),
+                f"pass{suffix}": clear.fileno()}
+
+    async def _install_routes(self) -> None:
+        base = self.opportunist.base
+        trap, exempt = [], []
+        for eroute in base.entries:
+            group = eroute.group
+            if group is None:
+                continue
+            (trap if SEMANTICS[group].outbound.value in ("%trap", "%reject") else exempt).append(
+                str(eroute.selector.dst))
+        exempt += [str(ipaddress.ip_network(ns)) for ns in self.fetcher.nameservers()
+                   if _is_address(ns)]
+        self.steering = await asyncio.to_thread(
+            routing.install, self.config.tun_name, trap, exempt, table=self.config.route_table,
+            priority=self.config.rule_priority, mark=self.config.bypass_mark)
+        for name in routing.loosen_rp_filter(net.interface_names(exclude=self.config.tun_name)):
+            log.info("set %s = 2 (loose): replies to trapped peers arrive on the real interface",
+                     name)
+
+    async def _shutdown(self) -> None:
+        """Send DELETEs, then take out everything start() put in place, in reverse."""
+        for side in self.sides.values():
+            for sa_id in {sa_id for (v, sa_id) in self.sa_pairs if v == side.version}:
+                try:
+                    side.engine.delete_ike(sa_id, self.loop.time())
+                except OeError:
+                    pass
+            side.runner.transmit()
+        if self.sides:
+            await asyncio.sleep(0.2)  # let the DELETEs leave before the sockets close
+        if getattr(self, "_housekeeping", None) is not None:
+            self._housekeeping.cancel()
+        if getattr(self, "control", None) is not None:
+            self.control.close()
+        for path in (control.socket_path(self.rundir), self.rundir / PID_NAME):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        if self.steering is not None:
+            await asyncio.to_thread(routing.remove, self.steering)
+        if self.datapath is not None:
+            self.loop.remove_reader(self.datapath.events_fd)
+            self.datapath.stop()
+        for side in self.sides.values():
+            side.runner.close()
+        for sock in self.sockets:
+            sock.close()
+        if self.tun_fd >= 0:
+            os.close(self.tun_fd)
+        log.info("oe stopped")
+
+    # ------------------------------------------------------------------ datapath events
+
+    def _datapath_events(self) -> None:
+        now = self.loop.time()
+        for event in self.datapath.read_events():
+            if isinstance(event, Acquire):
+                self._run(self.opportunist.acquire(Pair(event.src, event.dst), now))
+            elif isinstance(event, IkeMessage):
+                side = self.sides.get(event.src.version)
+                if side is not None:
+                    side.runner.receive(NON_ESP_MARKER + event.data, (str(event.src), event.sport),
+                                        NAT_T_PORT)
+            elif isinstance(event, SaSoftLimit) and event.direction == "out":
+                self._rekey_or_retire(event.spi, f"soft limit ({event.reason})")
+            elif isinstance(event, SaExpired):
+                self._expire(event.spi, event.direction, event.reason)
+            else:
+                log.warning("datapath: %s", event)
+        self._apply()
+
+    # ------------------------------------------------------------------ opportunist commands
+
+    def _run(self, commands) -> None:
+        for command in commands:
+            if isinstance(command, FetchKey):
+                self.loop.create_task(self._fetch(command))
+            elif isinstance(command, Initiate):
+                self._initiate(command)
+            elif isinstance(command, DeleteIke):
+                self._delete_ike(command.sa_id)
+
+    def _apply(self) -> None:
+        """Push the current table to the datapath and write the decisions to the log."""
+        self.datapath.replace_eroutes(self.opportunist.table())
+        for line in self.opportunist.take_log():
+            log.info("%s", line)
+
+    async def _fetch(self, command: FetchKey) -> None:
+        lookup = await self.fetcher.fetch(command.target)
+        if lookup.key is not None:
+            self.peer_keys[command.target] = lookup.key.public_key()
+        self._run(self.opportunist.key_found(command.pair, lookup, self.loop.time()))
+        self._apply()
+
+    def _initiate(self, command: Initiate) -> None:
+        side = self.sides.get(command.peer.version)
+        if side is None:
+            self._run(self.opportunist.negotiation_failed(
+                command.pair, f"no IPv{command.peer.version} address of ours", self.loop.time()))
+            return
+        sa_id = side.engine.initiate(
+            str(command.peer), self.loop.time(),
+            local_ts=[TrafficSelector.host(str(command.pair.src))],
+            remote_ts=[TrafficSelector.host(str(command.pair.dst))])
+        self.sa_pairs[(side.version, sa_id)] = command.pair
+        side.runner.transmit()
+
+    def _delete_ike(self, sa_id: int) -> None:
+        for side in self.sides.values():
+            if (side.version, sa_id) in self.sa_pairs:
+                try:
+                    side.engine.delete_ike(sa_id, self.loop.time())
+                except OeError:
+                    continue
+                side.runner.transmit()
+
+    # ------------------------------------------------------------------ IKE
+
+    def _lookup_key(self, identity: Identity):
+        return self.peer_keys.get(str(identity))
+
+    def _ts_allowed(self, version: int, peer_id: Identity, local_ts, remote_ts) -> bool:
+        local = ipaddress.ip_address(self.sides[version].address)
+        for ts in remote_ts:
+            peer = ipaddress.ip_address(ts.start)
+            if ts.start != ts.end or self.opportunist.inbound_allowed(local, peer) is not None:
+                return False
+        return True
+
+    def _admit_init(self, data: bytes, addr, local_port: int) -> bool:
+        """An IKE_SA_INIT from a peer: refuse it by policy, or fetch its key before answering.
+
+        Returns True when the runner may hand it to the engine now. The peer's ID is its
+        address (RFC 4322), so the key is looked up by the source address while the message
+        waits; its retransmissions wait with it.
+        """
+        peer = ipaddress.ip_address(addr[0])
+        side = self.sides.get(peer.version)
+        if side is None:
+            return False
+        why = self.opportunist.inbound_allowed(ipaddress.ip_address(side.address), peer)
+        if why is not None:
+            log.info("refused IKE from %s: %s", peer, why)
+            return False
+        if str(peer) in self.peer_keys:
+            return True
+        waiting = self.pending_init.setdefault(str(peer), [])
+        waiting.append((data, addr, local_port))
+        if len(waiting) == 1:
+            self.loop.create_task(self._fetch_for_responder(side, str(peer)))
+        return False
+
+    async def _fetch_for_responder(self, side: _IkeSide, peer: str) -> None:
+        lookup = await self.fetcher.fetch(Target.parse(peer))
+        waiting = self.pending_init.pop(peer, [])
+        if lookup.key is None:
+            log.info("refused IKE from %s: %s", peer, lookup.error)
+            return
+        self.peer_keys[peer] = lookup.key.public_key()
+        for data, addr, local_port in waiting[-1:]:  # the newest retransmission is enough
+            side.runner.receive(data, addr, local_port)
+
+    def _ike_event(self, version: int, event) -> None:
+        now = self.loop.time()
+        side = self.sides[version]
+        if isinstance(event, ike_events.ChildSaEstablished):
+            child = event.child
+            pair = Pair(ipaddress.ip_address(child.local_ts[0].start),
+                        ipaddress.ip_address(child.remote_ts[0].start))
+            self._install_child(child)
+            self.sa_pairs[(version, event.sa_id)] = pair
+            initiator = self._initiated(version, event.sa_id)
+            self._run(self.opportunist.tunnel_up(
+                pair, ipaddress.ip_address(child.remote_addr), event.sa_id, child.spi_in,
+                child.spi_out, _algorithm(child), child.udp_encap, initiator, now))
+        elif isinstance(event, ike_events.ChildSaRekeyed):
+            self._install_child(event.child)
+            pair = self.sa_pairs.get((version, event.sa_id))
+            if pair is not None:
+                self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out, now)
+        elif isinstance(event, ike_events.ChildSaDeleted):
+            self.datapath.del_sa(event.spi_in, "in")
+            self.datapath.del_sa(event.spi_out, "out")
+            pair = self.sa_pairs.get((version, event.sa_id))
+            if pair is not None:
+                self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
+        elif isinstance(event, ike_events.IkeSaFailed):
+            pair = self.sa_pairs.pop((version, event.sa_id), None)
+            if pair is not None:
+                self._run(self.opportunist.negotiation_failed(pair, event.reason, now))
+            else:
+                log.info("IKE with %s failed: %s", event.remote_addr, event.reason)
+        elif isinstance(event, ike_events.IkeSaDeleted):
+            self.sa_pairs.pop((version, event.sa_id), None)
+            self._run(self.opportunist.ike_gone(event.sa_id, event.reason, now))
+        elif isinstance(event, ike_events.ChildSaFailed):
+            pair = self.sa_pairs.get((version, event.sa_id))
+            if pair is not None:
+                self._run(self.opportunist.negotiation_failed(pair, event.reason, now))
+        self._apply()
+        side.runner.transmit()
+
+    def _initiated(self, version: int, sa_id: int) -> bool:
+        pair = self.sa_pairs.get((version, sa_id))
+        return pair is not None and pair in self.opportunist.negotiations
+
+    def _install_child(self, child) -> None:
+        encap = "udp" if child.udp_encap else "esp"
+        lifetime = self.config.ike.sa_lifetime
+        soft = max(lifetime - self.config.ike.rekey_margin, lifetime / 2)
+        common = dict(local=child.local_addr, peer=child.remote_addr, encap=encap,
+                      local_port=child.local_port or NAT_T_PORT,
+                      peer_port=child.remote_port or NAT_T_PORT, esn=child.esn)
+        local_ts = child.local_ts[0]
+        remote_ts = child.remote_ts[0]
+        self.datapath.add_sa(child.spi_in, "in", child.key_in,
+                             src_ts=remote_ts.start, dst_ts=local_ts.start,
+                             hard_time=lifetime + 60, **common)
+        self.datapath.add_sa(child.spi_out, "out", child.key_out,
+                             src_ts=local_ts.start, dst_ts=remote_ts.start,
+                             soft_time=soft, hard_time=lifetime, **common)
+        self.sa_created[child.spi_out] = self.loop.time()
+
+    def _tunnel_by_spi_out(self, spi_out: int):
+        for tunnel in self.opportunist.tunnels.values():
+            if tunnel.spi_out == spi_out:
+                return tunnel
+        return None
+
+    def _rekey_or_retire(self, spi_out: int, why: str) -> None:
+        """FreeS/WAN's OE rule: rekey only if the SA was used lately; idle ones go away."""
+        tunnel = self._tunnel_by_spi_out(spi_out)
+        if tunnel is None:
+            return
+        side = self.sides[tunnel.peer.version]
+        stats = self.datapath.sa_stats(spi_out, "out") or {}
+        used = stats.get("packets", 0)
+        recently = used != self.sa_used.get(spi_out, 0)
+        self.sa_used[spi_out] = used
+        try:
+            if recently:
+                side.engine.rekey_child(tunnel.sa_id, tunnel.spi_in, self.loop.time())
+            else:
+                log.info("OE to %s idle, deleting at %s", tunnel.pair.dst, why)
+                side.engine.delete_ike(tunnel.sa_id, self.loop.time())
+        except OeError:
+            return
+        side.runner.transmit()
+
+    def _expire(self, spi: int, direction: str, reason: str) -> None:
+        for tunnel in list(self.opportunist.tunnels.values()):
+            if (direction == "out" and tunnel.spi_out == spi) or (
+                    direction == "in" and tunnel.spi_in == spi):
+                log.info("SA %x %s expired (%s)", spi, direction, reason)
+                self._delete_ike(tunnel.sa_id)
+
+    async def _housekeep(self) -> None:
+        """Shunt expiry, rate-limited acquires, liveness checks of quiet peers."""
+        last_in: dict[int, int] = {}
+        next_dpd = self.loop.time() + self.config.ike.dpd_delay
+        while True:
+            await asyncio.sleep(HOUSEKEEPING)
+            now = self.loop.time()
+            self._run(self.opportunist.tick(now))
+            if now >= next_dpd:
+                next_dpd = now + self.config.ike.dpd_delay
+                for tunnel in list(self.opportunist.tunnels.values()):
+                    stats = self.datapath.sa_stats(tunnel.spi_in, "in") or {}
+                    packets = stats.get("packets", 0)
+                    if packets == last_in.get(tunnel.spi_in):
+                        side = self.sides[tunnel.peer.version]
+                        try:
+                            side.engine.check_liveness(tunnel.sa_id, now)
+                        except OeError:
+                            continue
+                        side.runner.transmit()
+                    last_in[tunnel.spi_in] = packets
+            self._apply()
+
+    # ------------------------------------------------------------------ control
+
+    async def _control(self, command: str, args: dict):
+        if command == "status":
+            return self.status()
+        if command == "stop":
+            self.stopping.set()
+            return "stopping"
+        if command == "reload":
+            return await self.reload()
+        if command == "initiate":
+            return self.initiate(args.get("dst", ""), args.get("src"))
+        raise OeError(f"unknown control command '{command}'")
+
+    async def reload(self) -> str:
+        """Re-read policy and oe.conf; a bad file changes nothing (the error names it)."""
+        policy = load_policy(self.confdir)
+        oeconfig.load(self.confdir)  # validate; settings that need a restart are not applied
+        for warning in policy.warnings:
+            log.warning("%s", warning)
+        self._run(self.opportunist.reload(prospective_table(policy), self.loop.time()))
+        await self._install_routes()
+        self._apply()
+        return f"reloaded: {len(self.opportunist.base)} policy entries"
+
+    async def _reload_logged(self) -> None:
+        try:
+            log.info("%s", await self.reload())
+        except OeError as exc:
+            log.error("reload refused: %s", exc)
+
+    def initiate(self, dst: str, src: str | None) -> str:
+        try:
+            peer = ipaddress.ip_address(dst)
+        except ValueError:
+            raise OeError(f"'{dst}' is not an IPv4 or IPv6 address") from None
+        side = self.sides.get(peer.version)
+        if side is None:
+            raise OeError(f"no IPv{peer.version} address of ours to initiate from")
+        pair = Pair(ipaddress.ip_address(src or side.address), peer)
+        if self.opportunist.group_of(pair) is None:
+            raise OeError(f"{peer} is in no policy group")
+        self._run(self.opportunist.initiate(pair, self.loop.time()))
+        self._apply()
+        return f"initiating OE for {pair}"
+
+    def status(self) -> dict:
+        table = self.datapath.classifier.table
+        counters = self.datapath.classifier.counters()
+        now = self.loop.time()
+        eroutes = [eroute.as_json(packets, nbytes)
+                   for eroute, (packets, nbytes) in zip(table.entries, counters)]
+        sas = []
+        for tunnel in self.opportunist.tunnels.values():
+            stats_in = self.datapath.sa_stats(tunnel.spi_in, "in") or {}
+            stats_out = self.datapath.sa_stats(tunnel.spi_out, "out") or {}
+            sas.append({
+                "src": str(tunnel.pair.src), "dst": str(tunnel.pair.dst),
+                "peer": str(tunnel.peer), "spi_in": f"{tunnel.spi_in:08x}",
+                "spi_out": f"{tunnel.spi_out:08x}", "said": str(SaAction(tunnel.peer,
+                                                                          tunnel.spi_out)),
+                "algorithm": tunnel.algorithm,
+                "encap": "ESP-in-UDP" if tunnel.udp_encap else "ESP",
+                "bytes_in": stats_in.get("bytes", 0), "bytes_out": stats_out.get("bytes", 0),
+                "packets_in": stats_in.get("packets", 0),
+                "packets_out": stats_out.get("packets", 0),
+                "age": round(now - tunnel.created, 1),
+                "initiator": tunnel.initiator,
+            })
+        shunts = [{"src": str(s.pair.src), "dst": str(s.pair.dst), "said": str(s.action),
+                   "group": s.group, "reason": s.reason,
+                   "expires_in": None if s.expires is None else round(s.expires - now, 1)}
+                  for s in self.opportunist.shunts.values()]
+        return {"eroutes": eroutes, "sas": sas, "shunts": shunts,
+                "datapath": self.datapath.stats()}
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False  # a DoH/DoT nameserver URL: nothing to exempt by address
+    return True
+
+
+def _algorithm(child) -> str:
+    name = {20: "AES_GCM_16"}.get(child.encr, f"ENCR_{child.encr}")
+    return f"{name}_{child.key_bits}" + ("_ESN" if child.esn else "")
+
+
+def start(confdir: Path, rundir: Path) -> int:
+    """`oe start` in the foreground: log to stderr, run until SIGTERM, SIGINT or `oe stop`."""
+    logging.basicConfig(format="%(asctime)s oe[%(process)d]: %(message)s", level=logging.INFO)
+    daemon = Daemon(confdir, rundir)
+    asyncio.run(daemon.run())
+    return 0
+
+
+__all__ = ["Daemon", "StartError", "start"]
