@@ -1,0 +1,289 @@
+"""Tunnel throughput and latency: plain veth, oe's datapath, strongSwan kernel-libipsec.
+
+Not a test: prints figures measured in this run and the ratios oe/strongSwan and oe/plain.
+Needs root, iperf3 and strongSwan (charon, swanctl, libcharon-extra-plugins). Usage:
+
+    python bench/throughput.py [--seconds 8] [--only plain,oe,swan]
+
+Each setup is two fresh network namespaces joined by one veth pair (unique names, removed at
+the end), 198.51.100.1 <-> 198.51.100.2:
+  plain  the veth alone;
+  oe     tests/netns/esp_node.py in each namespace: AES-128-GCM, ESP-in-UDP 4500, static keys;
+  swan   charon 5.9 with kernel-libipsec in each namespace (a TUN, userspace ESP, always
+         ESP-in-UDP), IKEv2 with raw RSA keys and esp_proposals = aes128gcm16, as in
+         shared/anchors/swan-pair.sh, initiated explicitly (5.9.8 raises no acquires).
+Measured in each: iperf3 TCP, one stream; iperf3 UDP, 1400-byte datagrams, unlimited rate
+(what arrives counts); ping RTT (50 pings, 20 ms apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE = ROOT / "tests" / "netns" / "esp_node.py"
+A, B = "198.51.100.1", "198.51.100.2"
+TAG = f"{os.getpid() % 100000}"
+
+
+def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, check=check, **kw)
+
+
+def in_ns(ns: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    return sh("ip", "netns", "exec", ns, *args, **kw)
+
+
+@contextmanager
+def namespaces(name: str):
+    """Two namespaces and a veth pair; yields (a, b)."""
+    a, b = f"tp{name}a{TAG}", f"tp{name}b{TAG}"
+    va, vb = f"tp{name}va{TAG}"[:15], f"tp{name}vb{TAG}"[:15]
+    try:
+        sh("ip", "netns", "add", a)
+        sh("ip", "netns", "add", b)
+        sh("ip", "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb, "netns", b)
+        for ns, dev, addr in ((a, va, A), (b, vb, B)):
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            in_ns(ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2")
+        yield a, b
+    finally:
+        for ns in (a, b):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+@contextmanager
+def processes():
+    procs: list[subprocess.Popen] = []
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+# ------------------------------------------------------------------------------ setups
+
+@contextmanager
+def plain():
+    with namespaces("p") as (a, b):
+        yield a, b
+
+
+@contextmanager
+def oe():
+    key_ab, key_ba = os.urandom(20).hex(), os.urandom(20).hex()
+    with namespaces("o") as (a, b), processes() as procs, tempfile.TemporaryDirectory() as work:
+        for ns, me, peer, out_key, in_key in ((a, A, B, key_ab, key_ba), (b, B, A, key_ba, key_ab)):
+            spi_out, spi_in = (0x1001, 0x2001) if ns == a else (0x2001, 0x1001)
+            config = {
+                "mtu": 1500 - 65, "addresses": [me], "trap": [f"{peer}/32"],
+                "sas": [{"spi": spi_out, "direction": "out", "key": out_key, "local": me,
+                         "peer": peer},
+                        {"spi": spi_in, "direction": "in", "key": in_key, "local": me,
+                         "peer": peer}],
+                "eroutes": [[f"{peer}/32", {"spi": spi_out, "peer": peer}]],
+            }
+            path = Path(work) / f"{ns}.json"
+            path.write_text(json.dumps(config))
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(NODE),
+                                     str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True)
+            procs.append(proc)
+            if "ready" not in proc.stdout.readline():
+                raise RuntimeError(f"esp_node did not start in {ns}")
+        yield a, b
+
+
+STRONGSWAN_CONF = """charon {{
+  load = random nonce openssl pem pkcs1 pkcs8 pubkey sha1 sha2 hmac gcm aes kdf curve25519 kernel-libipsec kernel-netlink socket-default vici
+  filelog {{
+    log {{
+      path = {d}/charon.log
+      default = 1
+    }}
+  }}
+  plugins {{
+    vici {{
+      socket = unix://{d}/charon.vici
+    }}
+    socket-default {{
+      fwmark = 0x42
+    }}
+    kernel-libipsec {{
+      allow_peer_ts = yes
+    }}
+    kernel-netlink {{
+      fwmark = !0x42
+    }}
+  }}
+}}
+swanctl {{
+  socket = unix://{d}/charon.vici
+}}
+"""
+
+SWANCTL_CONF = """connections {{
+  hh {{
+    version = 2
+    local_addrs = {me}
+    remote_addrs = {peer}
+    proposals = aes128-sha256-x25519
+    local {{
+      auth = pubkey
+      pubkeys = me.pub
+      id = {me}
+    }}
+    remote {{
+      auth = pubkey
+      pubkeys = peer.pub
+      id = {peer}
+    }}
+    children {{
+      hh {{
+        esp_proposals = aes128gcm16
+        start_action = none
+        mode = tunnel
+      }}
+    }}
+  }}
+}}
+"""
+
+
+@contextmanager
+def swan():
+    with namespaces("s") as (a, b), processes() as procs, tempfile.TemporaryDirectory() as work:
+        dirs = {}
+        for ns in (a, b):
+            d = Path(work) / ns
+            (d / "swanctl" / "private").mkdir(parents=True)
+            (d / "swanctl" / "pubkey").mkdir()
+            (d / "run").mkdir()
+            sh("openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+               "-out", str(d / "swanctl" / "private" / "key.pem"))
+            sh("openssl", "pkey", "-in", str(d / "swanctl" / "private" / "key.pem"), "-pubout",
+               "-out", str(Path(work) / f"{ns}.pub"))
+            dirs[ns] = d
+        for ns, me, peer, other in ((a, A, B, b), (b, B, A, a)):
+            d = dirs[ns]
+            shutil.copy(Path(work) / f"{ns}.pub", d / "swanctl" / "pubkey" / "me.pub")
+            shutil.copy(Path(work) / f"{other}.pub", d / "swanctl" / "pubkey" / "peer.pub")
+            (d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(d=d))
+            (d / "swanctl" / "swanctl.conf").write_text(SWANCTL_CONF.format(me=me, peer=peer))
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, "unshare", "-m", "sh", "-c",
+                 f"mount --bind {d}/run /run && mount --bind {d}/swanctl /etc/swanctl && "
+                 f"STRONGSWAN_CONF={d}/strongswan.conf exec /usr/lib/ipsec/charon"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+        def swanctl(ns: str, *args: str) -> subprocess.CompletedProcess:
+            d = dirs[ns]
+            return in_ns(ns, "unshare", "-m", "sh", "-c",
+                         f"mount --bind {d}/swanctl /etc/swanctl && "
+                         f"STRONGSWAN_CONF={d}/strongswan.conf swanctl {' '.join(args)}",
+                         check=False)
+
+        for ns in (a, b):
+            for _ in range(50):
+                if (dirs[ns] / "charon.vici").exists() and swanctl(ns, "--load-all").returncode == 0:
+                    break
+                time.sleep(0.2)
+            else:
+                raise RuntimeError(f"charon did not come up in {ns}")
+        result = swanctl(a, "--initiate", "--child", "hh")
+        if result.returncode != 0:
+            raise RuntimeError(f"swanctl --initiate failed: {result.stdout}{result.stderr}")
+        yield a, b
+
+
+SETUPS = {"plain": plain, "oe": oe, "swan": swan}
+TITLES = {"plain": "plain veth", "oe": "oe AES-128-GCM", "swan": "strongSwan libipsec"}
+
+
+# ---------------------------------------------------------------------------- measures
+
+def iperf(a: str, b: str, seconds: int, udp: bool) -> tuple[float, str]:
+    server = subprocess.Popen(["ip", "netns", "exec", b, "iperf3", "-s", "-1", "-B", B],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        args = ["iperf3", "-c", B, "-t", str(seconds), "-J"]
+        if udp:
+            args += ["-u", "-l", "1400", "-b", "0"]
+        result = in_ns(a, *args, check=False, timeout=seconds + 30)
+        data = json.loads(result.stdout)
+        if "error" in data:
+            return 0.0, data["error"]
+        end = data["end"]
+        if udp:
+            summary = end.get("sum_received") or end["sum"]
+            lost = end["sum"].get("lost_percent", 0.0)
+            return summary["bits_per_second"] / 1e6, f"{lost:.1f} % lost"
+        retransmits = end["sum_sent"].get("retransmits", 0)
+        return end["sum_received"]["bits_per_second"] / 1e6, f"{retransmits} retransmits"
+    finally:
+        server.wait(timeout=seconds + 30) if server.poll() is None else None
+
+
+def ping_rtt(a: str) -> float:
+    in_ns(a, "ping", "-c", "3", "-W", "2", B, check=False)                # warm up (ARP, SAs)
+    result = in_ns(a, "ping", "-c", "50", "-i", "0.02", "-W", "2", B, check=False)
+    for line in result.stdout.splitlines():
+        if "min/avg/max" in line:
+            return float(line.split("=")[1].split("/")[1])
+    return float("nan")
+
+
+def measure(name: str, seconds: int) -> dict:
+    with SETUPS[name]() as (a, b):
+        rtt = ping_rtt(a)
+        tcp, tcp_note = iperf(a, b, seconds, udp=False)
+        udp, udp_note = iperf(a, b, seconds, udp=True)
+    return {"tcp": tcp, "tcp_note": tcp_note, "udp": udp, "udp_note": udp_note, "rtt": rtt}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--only", default="plain,oe,swan")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/throughput.py needs root (network namespaces)")
+    results = {}
+    for name in args.only.split(","):
+        print(f"measuring {TITLES[name]} ...", file=sys.stderr, flush=True)
+        results[name] = measure(name, args.seconds)
+    print(f"{'setup':<22}{'TCP Mbit/s':>12}  {'':<18}{'UDP 1400 B Mbit/s':>19}  {'':<12}"
+          f"{'ping RTT ms':>12}")
+    for name, r in results.items():
+        print(f"{TITLES[name]:<22}{r['tcp']:>12.0f}  {r['tcp_note']:<18}{r['udp']:>19.0f}  "
+              f"{r['udp_note']:<12}{r['rtt']:>12.3f}")
+    if "oe" in results:
+        oe_r = results["oe"]
+        for ref in ("swan", "plain"):
+            if ref in results:
+                r = results[ref]
+                print(f"oe/{ref}: TCP x{oe_r['tcp'] / r['tcp']:.2f}, UDP x{oe_r['udp'] / r['udp']:.2f}, "
+                      f"RTT {oe_r['rtt'] - r['rtt']:+.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
