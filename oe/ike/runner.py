@@ -59,7 +59,6 @@ class IkeRunner:
         self.on_esp = on_esp
         self.fwmark = fwmark
         self.ports = ports
-        self.nat_t_sender = nat_t_sender
         self.nat_t_socket = nat_t_socket
         self.admit_init = admit_init
         self.transports: dict[int, asyncio.DatagramTransport] = {}
@@ -97,14 +96,13 @@ class IkeRunner:
         self._send(esp, addr, NAT_T_PORT)
 
     def _send(self, data: bytes, addr: Addr, local_port: int) -> None:
-        if local_port == NAT_T_PORT and self.nat_t_sender is not None:
-            self.nat_t_sender(data, addr)
+        if local_port == NAT_T_PORT and self.nat_t_socket is not None:
+            try:
+                self.nat_t_socket.sendto(data, addr)
+            except OSError:  # a full buffer or an ICMP error: retransmission copes
+                pass
         else:
             self.transports[local_port].sendto(data, addr)
-
-    def feed(self, data: bytes, addr: Addr, local_port: int) -> None:
-        """A datagram for IKE that arrived on our port ``local_port`` (500 or 4500)."""
-        self._received(data, addr, local_port)
 
     def _received(self, data: bytes, addr: Addr, local_port: int) -> None:
         if local_port == NAT_T_PORT and data != NAT_KEEPALIVE and data[:4] != NON_ESP_MARKER:
