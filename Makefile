@@ -6,7 +6,7 @@ APT    := python3 python3-venv python3-dev gcc libssl-dev make iproute2 iputils-
           libstrongswan-standard-plugins iperf3 tcpdump
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup apt venv build test demo bench clean
+.PHONY: setup apt venv build test demo walkthrough bench clean
 
 setup: apt venv build
 
@@ -29,6 +29,9 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
+	$(VENV)/bin/oe demo
+
+walkthrough: setup
 	OE=$(VENV)/bin/oe bash examples/policy-walkthrough.sh
 
 bench: setup

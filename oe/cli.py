@@ -217,7 +217,7 @@ def cmd_status(args) -> int:
         print("\nShunts:")
     for shunt in status["shunts"]:
         left = "negotiating" if shunt["expires_in"] is None else f"{shunt['expires_in']:g}s left"
-        print(f"{shunt['said']:<8} {shunt['src']} -> {shunt['dst']}  {shunt['group']}: "
+        print(f"{shunt['said']:<8} {shunt['src']} -> {shunt['dst']}  {shunt['group'] or '-'}: "
               f"{shunt['reason']} ({left})")
     return 0
 

@@ -215,9 +215,11 @@ def wire_summary(pcap: Path, a: str, b: str) -> dict[str, int]:
         ip = packet.getlayer(IP) or packet.getlayer(IPv6)
         if ip is None or {ip.src, ip.dst} != {a, b}:
             continue
-        if packet.haslayer(UDP) and packet[UDP].dport in (500, 4500) | {packet[UDP].sport}:
-            port = 500 if 500 in (packet[UDP].sport, packet[UDP].dport) else 4500
-            kind = "IKE (udp 500)" if port == 500 else "IKE/ESP-in-UDP (udp 4500)"
+        ports = {packet[UDP].sport, packet[UDP].dport} if packet.haslayer(UDP) else set()
+        if 500 in ports:
+            kind = "IKE (udp 500)"
+        elif 4500 in ports:
+            kind = "IKE or ESP-in-UDP (udp 4500)"
         elif packet.haslayer(ESP):
             kind = "ESP"
         elif packet.haslayer(TCP):
