@@ -587,3 +587,21 @@ def test_old_ike_sa_is_forgotten_when_the_peer_never_deletes_it():
         link.now = t
         b.handle_timer(t)
     assert len(b._sas) == 1 and [type(e) for e in events(b)] == [IkeSaRekeyed]
+
+
+def test_initiator_insists_on_the_peer_it_asked_for():
+    """B authenticates fine, but as the wrong ID: A refuses (a key that DNS vouches for is
+    not enough, it must be the key of the peer A wanted)."""
+    from oe.ike.auth import Identity
+
+    a, b = ike_pair()
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0, remote_id=Identity.fqdn("b.example.org"))
+    link.roundtrip(a)
+    [fa] = events(a)
+    assert fa.notify == NotifyType.AUTHENTICATION_FAILED and "expected b.example.org" in fa.reason
+    a, b = ike_pair()
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0, any_remote_id=True)
+    link.roundtrip(a)
+    assert [type(e) for e in events(a)] == [IkeSaEstablished, ChildSaEstablished]

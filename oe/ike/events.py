@@ -100,7 +100,8 @@ class ChildSaDeleted:
 
 @dataclass(frozen=True)
 class ChildSaFailed:
-    """A CHILD SA could not be created or rekeyed; the IKE SA stays."""
+    """A CHILD SA could not be created or rekeyed (or an IKE SA rekey was refused); the IKE
+    SA stays."""
 
     sa_id: int
     notify: int | None

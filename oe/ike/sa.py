@@ -240,6 +240,7 @@ class IkeSa:
         self.local_ts: tuple[TrafficSelector, ...] = ()
         self.remote_ts: tuple[TrafficSelector, ...] = ()
         self.auth_spi_in = b""
+        self.expected_peer_id: Identity | None = None  # as initiator: who must answer
 
     # --- small helpers --------------------------------------------------------------------
 
@@ -574,6 +575,9 @@ class IkeSa:
         if id_payload is None or auth is None:
             raise IkeError(fail, "IKE_AUTH lacks ID or AUTH")
         peer = Identity(id_payload.id_type, id_payload.data)
+        if self.initiator and self.expected_peer_id not in (None, peer):
+            # a valid key for another ID is no proof of being the peer we asked for
+            raise IkeError(fail, f"peer identified as {peer}, expected {self.expected_peer_id}")
         key = self.engine.lookup_key(peer)
         if key is None:
             raise IkeError(fail, f"no public key known for peer ID {peer}")
@@ -591,11 +595,13 @@ class IkeSa:
         self.peer_id = peer
 
     def _start_auth(self, now: float) -> None:
-        """IKE_AUTH { IDi, AUTH, SA, TSi, TSr } -->  (no IDr: OE takes whoever answers)"""
+        """IKE_AUTH { IDi, [IDr,] AUTH, SA, TSi, TSr } -->"""
         idi = ID(True, self.config.identity.id_type, self.config.identity.data)
         self.auth_spi_in = _new_spi(self.engine.rng, 4)
-        payloads: list[Payload] = [
-            idi,
+        payloads: list[Payload] = [idi]
+        if self.expected_peer_id is not None:
+            payloads.append(ID(False, self.expected_peer_id.id_type, self.expected_peer_id.data))
+        payloads += [
             self._auth_payload(idi),
             SA(offer(self.config.esp_suites(), self.auth_spi_in, with_dh=False)),
             TS(True, tuple(t.to_wire() for t in self.local_ts)),
@@ -986,6 +992,7 @@ class IkeSa:
                                    suite.encr, suite.key_bits, suite.integ)
         new.nat_detected = self.nat_detected
         new.peer_id = self.peer_id
+        new.expected_peer_id = self.expected_peer_id
         new.peer_hashes = self.peer_hashes
         new.children = self.children
         new.local_ts, new.remote_ts = self.local_ts, self.remote_ts
@@ -1147,13 +1154,21 @@ class IkeEngine:
     # --- what the user starts -------------------------------------------------------------
 
     def initiate(self, peer: str, now: float, *, local_ts: list[TrafficSelector] | None = None,
-                 remote_ts: list[TrafficSelector] | None = None, peer_port: int = IKE_PORT) -> int:
-        """Start IKE_SA_INIT towards ``peer``; returns the ``sa_id`` its events will carry."""
+                 remote_ts: list[TrafficSelector] | None = None, peer_port: int = IKE_PORT,
+                 remote_id: Identity | None = None, any_remote_id: bool = False) -> int:
+        """Start IKE_SA_INIT towards ``peer``; returns the ``sa_id`` its events will carry.
+
+        The responder must authenticate as ``remote_id`` (default: the ID_IPV4_ADDR or
+        ID_IPV6_ADDR of ``peer``), which is also sent as IDr; ``any_remote_id`` accepts
+        whichever ID the key lookup vouches for and sends no IDr.
+        """
         sa = IkeSa(self, self._new_id(), True, _new_spi(self.rng, 8), bytes(8), (peer, peer_port),
                    IKE_PORT, State.EXPECT_SA_INIT_RESPONSE)
         sa.local_ts = tuple(local_ts or [TrafficSelector.host(self.config.local_addr)])
         sa.remote_ts = tuple(remote_ts or [TrafficSelector.host(peer)])
         sa.created = now
+        if not any_remote_id:
+            sa.expected_peer_id = remote_id or Identity.from_address(peer)
         self._add(sa)
         sa.start_init(now)
         return sa.sa_id
