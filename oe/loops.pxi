@@ -115,6 +115,15 @@ cdef extern from *:
         return r;
     }
 
+    /* Deep socket buffers: a burst the loop has not drained yet must not be dropped, or TCP
+       inside the tunnel takes it for congestion. FORCE variants need CAP_NET_ADMIN. */
+    static void dp_deepen(int fd, int bytes) {
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) < 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+        if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof(bytes)) < 0)
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+    }
+
     /* Wait for any of n fds to be readable; sets bit i of *ready for fd i. */
     static int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready) {
         struct pollfd p[8];
@@ -133,6 +142,7 @@ cdef extern from *:
     int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
                     uint8_t (*addrs)[16], uint16_t *ports, int n) nogil
     int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready) nogil
+    void dp_deepen(int fd, int nbytes) nogil
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long esp_thread_t "pthread_t"
@@ -146,6 +156,7 @@ cdef enum:
     SLOT = 65536 + 128          # one datagram, with headroom for a rebuilt transport header
     HEADROOM = 64
     HOLD_BUCKETS = 256
+    SOCKET_BUFFER = 8 * 1024 * 1024
     OUT_UDP = 0
     OUT_RAW = 1
     OUT_PASS = 2
@@ -1456,6 +1467,8 @@ cdef class Datapath:
         self.c.tun_mtu = tun_mtu
         for k, fd in enumerate((udp4, udp6, esp4, esp6, pass4, pass6)):
             self.c.fds[k] = fd
+            if fd >= 0:
+                dp_deepen(fd, SOCKET_BUFFER)
         esp_store_int(&self.c.running, 1)
         if esp_thread_create(&self._threads[0], NULL, _out_thread, <void *>self) != 0:
             raise OSError("cannot start the outbound thread")

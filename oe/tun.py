@@ -42,10 +42,13 @@ def open_tun(name: str) -> int:
     return fd
 
 
-def set_up(name: str, mtu: int) -> None:
-    """Give the device its MTU (the path MTU minus the ESP overhead) and bring it up."""
+def set_up(name: str, mtu: int, txqlen: int = 1000) -> None:
+    """Give the device its MTU (the path MTU minus the ESP overhead) and bring it up.
+
+    txqlen: packets the kernel queues for the datapath to read before it drops (default 500).
+    """
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=name)
         if not index:
             raise TunError(f"no such device: {name}")
-        ipr.link("set", index=index[0], mtu=mtu, state="up")
+        ipr.link("set", index=index[0], mtu=mtu, txqlen=txqlen, state="up")
