@@ -605,3 +605,28 @@ def test_initiator_insists_on_the_peer_it_asked_for():
     a.initiate(ADDR_B, 0, any_remote_id=True)
     link.roundtrip(a)
     assert [type(e) for e in events(a)] == [IkeSaEstablished, ChildSaEstablished]
+
+
+@pytest.mark.parametrize("order", ["crossing", "a_answered_first"])
+def test_simultaneous_ike_rekeys_stay_consistent(order):
+    """Both sides rekey the IKE SA at once (section 2.8.2): each answers the other with
+    TEMPORARY_FAILURE while its own rekey is in flight, so both keep one and the same IKE SA
+    and the CHILD SA stays with it."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, sb, ca, _ = establish(link)
+    a.rekey_ike(sa, link.now)
+    b.rekey_ike(sb, link.now)
+    if order == "crossing":
+        link.transfer(a)
+        link.transfer(b)
+    link.roundtrip(a)
+    assert {(s.spi_i, s.spi_r) for s in a._sas.values()} == \
+        {(s.spi_i, s.spi_r) for s in b._sas.values()}
+    assert len(a._sas) == len(b._sas) == 1
+    assert [c.spi_in for c in a.children(sa)] == [ca.spi_in]
+    assert [c.spi_out for c in b.children(sb)] == [ca.spi_in]
+    events(a), events(b)
+    a.rekey_child(sa, ca.spi_in, link.now)  # the survivors still work together
+    link.roundtrip(a)
+    assert [type(e) for e in events(b)] == [ChildSaRekeyed, ChildSaDeleted]
