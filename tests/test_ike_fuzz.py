@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from ike_helpers import ADDR_A, ADDR_B, Link, events, ike_pair
 
 from oe.ike.constants import NON_ESP_MARKER
+from oe.ike.ts import TrafficSelector
 
 SUITES = {
     "cbc": {"ike_proposals": ("aes128-sha256-x25519",)},
@@ -116,3 +117,81 @@ def test_control_the_unmutated_request_is_accepted():
     assert b.datagrams_to_send(1.0) and b.next_event() is not None
     assert snapshot(b) != before
     established.cache_clear()
+
+
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule  # noqa: E402
+
+from oe.ike.errors import LocalProtocolError  # noqa: E402
+
+
+class TwoPeers(RuleBasedStateMachine):
+    """Random interleavings of CHILD/IKE rekeys, new CHILD SAs and liveness checks started by
+    either side, with datagrams delivered in random order and retransmissions: after
+    everything is delivered, both ends agree on the IKE SA and on every CHILD SA's keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = ike_pair(seed=3)
+        self.link = Link(self.a, self.b)
+        self.sid = {self.a: self.a.initiate(ADDR_B, 0), self.b: 1}
+        self.link.roundtrip(self.a)
+        self.ticks = 0
+
+    def _do(self, side: str, action) -> None:
+        engine = self.a if side == "a" else self.b
+        try:
+            action(engine, self.sid[engine], self.link.now)
+        except LocalProtocolError:
+            pass
+
+    @rule(side=st.sampled_from("ab"), newest=st.booleans())
+    def rekey_child(self, side, newest):
+        def act(e, sid, now):
+            children = e.children(sid)
+            if children:
+                e.rekey_child(sid, children[-1 if newest else 0].spi_in, now)
+        self._do(side, act)
+
+    @rule(side=st.sampled_from("ab"))
+    def rekey_ike(self, side):
+        self._do(side, lambda e, sid, now: e.rekey_ike(sid, now))
+
+    @rule(side=st.sampled_from("ab"))
+    def liveness(self, side):
+        self._do(side, lambda e, sid, now: e.check_liveness(sid, now))
+
+    @rule(side=st.sampled_from("ab"), port=st.integers(1, 3))
+    def new_child(self, side, port):
+        def act(e, sid, now):
+            me, peer = e.config.local_addr, (ADDR_B if e is self.a else ADDR_A)
+            e.create_child(sid, now, local_ts=[TrafficSelector.host(me, 17)],
+                           remote_ts=[TrafficSelector.host(peer, 17, port)])
+        self._do(side, act)
+
+    @rule(side=st.sampled_from("ab"))
+    def deliver(self, side):
+        self.link.transfer(self.a if side == "a" else self.b)
+
+    @precondition(lambda self: self.ticks < 5)
+    @rule()
+    def tick(self):
+        self.ticks += 1
+        self.link.advance(0.6)
+
+    def teardown(self) -> None:
+        for _ in range(50):
+            self.link.roundtrip(self.a)
+            self.link.roundtrip(self.b)
+        kinds = {type(ev).__name__ for e in (self.a, self.b) for ev in events(e)}
+        assert not kinds & {"IkeSaDeleted", "IkeSaFailed"}, kinds
+        ike_a = {(s.spi_i, s.spi_r) for s in self.a._sas.values()}
+        ike_b = {(s.spi_i, s.spi_r) for s in self.b._sas.values()}
+        assert ike_a == ike_b and len(ike_a) == 1
+        pairs_a = {(c.spi_in, c.spi_out, c.key_in, c.key_out) for c in self.a.children(1)}
+        pairs_b = {(c.spi_out, c.spi_in, c.key_out, c.key_in) for c in self.b.children(1)}
+        assert pairs_a == pairs_b and pairs_a
+
+
+TwoPeers.TestCase.settings = settings(max_examples=150, stateful_step_count=25, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])
+test_two_peers_agree_after_random_exchanges = TwoPeers.TestCase

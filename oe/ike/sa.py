@@ -225,7 +225,9 @@ class IkeSa:
         self.next_message_id = 0  # of our next request
         self.expected_message_id = 0  # of the peer's next request
         self.request: _Request | None = None
-        self.queue: deque[Callable[[float], None]] = deque()
+        # exchanges waiting for the one in flight; each takes the IKE SA it runs on, since
+        # an IKE SA rekey hands the queue to the new IKE SA
+        self.queue: deque[Callable[[IkeSa, float], None]] = deque()
         self.last_response: tuple[int, bytes] | None = None
         self.created = 0.0
         self.retired_at = 0.0  # when a rekey replaced this IKE SA
@@ -242,8 +244,16 @@ class IkeSa:
         self.auth_spi_in = b""
         self.expected_peer_id: Identity | None = None  # as initiator: who must answer
         self.rekeying_ike = False  # our CREATE_CHILD_SA rekeying this IKE SA is in flight
+        self.successor: IkeSa | None = None  # the IKE SA that replaced this one (2.18)
 
     # --- small helpers --------------------------------------------------------------------
+
+    def _live(self) -> "IkeSa":
+        """This IKE SA, or the one that replaced it: where follow-up exchanges must go."""
+        sa = self
+        while sa.successor is not None:
+            sa = sa.successor
+        return sa
 
     @property
     def our_spi(self) -> bytes:
@@ -286,10 +296,10 @@ class IkeSa:
 
     # --- requests of ours -----------------------------------------------------------------
 
-    def _start(self, starter: Callable[[float], None], now: float) -> None:
+    def _start(self, starter: "Callable[[IkeSa, float], None]", now: float) -> None:
         """Run an exchange now, or after the one in flight (window size 1, section 2.3)."""
         if self.request is None and self.state in (State.ESTABLISHED, State.REKEYED):
-            starter(now)
+            starter(self, now)
         else:
             self.queue.append(starter)
 
@@ -308,7 +318,7 @@ class IkeSa:
         self.request = None
         while self.queue and self.request is None and self.state in (State.ESTABLISHED,
                                                                      State.REKEYED):
-            self.queue.popleft()(now)
+            self.queue.popleft()(self, now)
 
     def get_timer(self) -> float | None:
         timers = []
@@ -762,12 +772,13 @@ class IkeSa:
         child = self._find_child(spi_in=spi_in)
         if child is None:
             raise LocalProtocolError(f"no CHILD SA with inbound SPI {spi_in:#x}")
-        self._start(lambda t: self._start_create_child(child, child.sa.local_ts,
-                                                       child.sa.remote_ts, t, None), now)
+        self._start(lambda sa, t: sa._start_create_child(child, child.sa.local_ts,
+                                                         child.sa.remote_ts, t, None), now)
 
     def create_child(self, local_ts: tuple[TrafficSelector, ...],
                      remote_ts: tuple[TrafficSelector, ...], now: float) -> None:
-        self._start(lambda t: self._start_create_child(None, local_ts, remote_ts, t, None), now)
+        self._start(lambda sa, t: sa._start_create_child(None, local_ts, remote_ts, t, None),
+                    now)
 
     def _start_create_child(self, old: _Child | None, local_ts: tuple[TrafficSelector, ...],
                             remote_ts: tuple[TrafficSelector, ...], now: float,
@@ -823,8 +834,9 @@ class IkeSa:
             redundant = self._rekey_collision(old)
             if old not in self.children:
                 return  # the peer deleted the old one while we rekeyed
-            # section 2.8: the initiator of the rekey deletes the old CHILD SA
-            self._start_delete_children([old] + redundant, t, front=True)
+            # section 2.8: the initiator of the rekey deletes the old CHILD SA (on the IKE SA
+            # that now holds it, should an IKE rekey have overtaken this exchange)
+            self._live()._start_delete_children([old] + redundant, t, front=True)
 
         self._send_request(ExchangeType.CREATE_CHILD_SA, payloads, done, now)
 
@@ -902,7 +914,7 @@ class IkeSa:
             old.peer_rekey = (min(nonce.data, nonce_r), child)
             redundant = self._rekey_collision(old)
             if redundant:
-                self._start(lambda t: self._start_delete_children(redundant, t), now)
+                self._start(lambda sa, t: sa._start_delete_children(redundant, t), now)
 
     def _rekey_collision(self, old: _Child) -> list[_Child]:
         """Section 2.8.1: both sides rekeyed ``old``; the SA made by the exchange with the
@@ -917,7 +929,7 @@ class IkeSa:
     # --- IKE SA rekey (section 2.18) ------------------------------------------------------
 
     def rekey_ike(self, now: float) -> None:
-        self._start(self._start_rekey_ike, now)
+        self._start(lambda sa, t: sa._start_rekey_ike(t), now)
 
     def _start_rekey_ike(self, now: float, group: int | None = None) -> None:
         """CREATE_CHILD_SA { SA, Ni, KEi } -->"""
@@ -1002,11 +1014,12 @@ class IkeSa:
         new.peer_id = self.peer_id
         new.expected_peer_id = self.expected_peer_id
         new.peer_hashes = self.peer_hashes
+        # shared, so that exchanges still finishing on this IKE SA update the new one's list
         new.children = self.children
         new.local_ts, new.remote_ts = self.local_ts, self.remote_ts
         new.queue = self.queue
-        self.children = []
         self.queue = deque()
+        self.successor = new
         self.state = State.REKEYED
         self.retired_at = now
         self.engine._add(new)
@@ -1019,11 +1032,11 @@ class IkeSa:
         child = self._find_child(spi_in=spi_in)
         if child is None:
             raise LocalProtocolError(f"no CHILD SA with inbound SPI {spi_in:#x}")
-        self._start(lambda t: self._start_delete_children([child], t), now)
+        self._start(lambda sa, t: sa._start_delete_children([child], t), now)
 
     def _start_delete_child_spi(self, spi_in: bytes, now: float) -> None:
         """Delete a CHILD SA the peer made but we refused (section 2.9: TS we cannot accept)."""
-        self._start(lambda t: self._send_request(
+        self._start(lambda sa, t: sa._send_request(
             ExchangeType.INFORMATIONAL, [Delete(ProtocolId.ESP, (spi_in,))],
             lambda m, t2: None, t), now)
 
@@ -1031,7 +1044,7 @@ class IkeSa:
                                front: bool = False) -> None:
         """INFORMATIONAL { D(ESP, SPI...) } -->  <-- { D(ESP, SPI...) }"""
         if front and self.request is not None:
-            self.queue.appendleft(lambda t: self._start_delete_children(children, t))
+            self.queue.appendleft(lambda sa, t: sa._start_delete_children(children, t))
             return
         live = [c for c in children if c in self.children]
         if not live:
@@ -1048,16 +1061,16 @@ class IkeSa:
         self._send_request(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.ESP, spis)], done, now)
 
     def delete_ike(self, now: float) -> None:
-        def start(t: float) -> None:
+        def start(sa: IkeSa, t: float) -> None:
             """INFORMATIONAL { D(IKE) } -->"""
-            self._send_request(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.IKE, ())],
-                               lambda m, t2: self._delete_local("deleted by us"), t)
+            sa._send_request(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.IKE, ())],
+                             lambda m, t2: sa._delete_local("deleted by us"), t)
         self._start(start, now)
 
     def check_liveness(self, now: float) -> None:
         """INFORMATIONAL { } -->  (section 1.4: an empty request; no answer means dead)"""
-        self._start(lambda t: self._send_request(ExchangeType.INFORMATIONAL, [],
-                                                 lambda m, t2: None, t), now)
+        self._start(lambda sa, t: sa._send_request(ExchangeType.INFORMATIONAL, [],
+                                                   lambda m, t2: None, t), now)
 
     def _process_r_informational(self, msg: Message, now: float) -> None:
         """INFORMATIONAL { [D(...)], [N(...)] } --> answered"""
