@@ -86,6 +86,8 @@ class Daemon:
         self.pending_init: dict[str, list] = {}  # peer -> IKE_SA_INITs waiting for its key
         self.datapath: Datapath | None = None
         self.steering: routing.Steering | None = None
+        self._routed_peers: set[str] = set()
+        self._routes_lock = asyncio.Lock()
         self.tun_fd = -1
         self.sockets: list[socket.socket] = []
         self.stopping = asyncio.Event()
@@ -158,20 +160,28 @@ class Daemon:
         return {f"udp{suffix}": nat_t.fileno(), f"esp{suffix}": esp.fileno(),
                 f"pass{suffix}": clear.fileno()}
 
-    async def _install_routes(self) -> None:
-        base = self.opportunist.base
-        trap, exempt = [], []
-        for eroute in base.entries:
-            group = eroute.group
-            if group is None:
+    def _route_sets(self) -> tuple[list[str], list[str], list[str]]:
+        """CIDRs to trap into the TUN, to exempt, and (on stop) to keep prohibited."""
+        trap, exempt, private = sorted(self._routed_peers), [], []
+        for eroute in self.opportunist.base.entries:
+            if eroute.group is None:
                 continue
-            (trap if SEMANTICS[group].outbound.value in ("%trap", "%reject") else exempt).append(
-                str(eroute.selector.dst))
+            dst = str(eroute.selector.dst)
+            outbound = SEMANTICS[eroute.group].outbound.value
+            (trap if outbound in ("%trap", "%reject") else exempt).append(dst)
+            if eroute.group == "private":
+                private.append(dst)
         exempt += [str(ipaddress.ip_network(ns)) for ns in self.fetcher.nameservers()
                    if _is_address(ns)]
-        self.steering = await asyncio.to_thread(
-            routing.install, self.config.tun_name, trap, exempt, table=self.config.route_table,
-            priority=self.config.rule_priority, mark=self.config.bypass_mark)
+        return trap, exempt, private
+
+    async def _install_routes(self) -> None:
+        async with self._routes_lock:  # one netlink writer at a time, latest state wins
+            trap, exempt, _ = self._route_sets()
+            self.steering = await asyncio.to_thread(
+                routing.install, self.config.tun_name, trap, exempt,
+                table=self.config.route_table, priority=self.config.rule_priority,
+                mark=self.config.bypass_mark)
         for name in routing.loosen_rp_filter(net.interface_names(exclude=self.config.tun_name)):
             log.info("set %s = 2 (loose): replies to trapped peers arrive on the real interface",
                      name)
@@ -197,7 +207,11 @@ class Daemon:
             except FileNotFoundError:
                 pass
         if self.steering is not None:
-            await asyncio.to_thread(routing.remove, self.steering)
+            _, exempt, private = self._route_sets()
+            await asyncio.to_thread(routing.fail_closed, self.steering, private, exempt)
+            if private:
+                log.info("private destinations stay unreachable until oe starts again: %s",
+                         ", ".join(private))
         if self.datapath is not None:
             self.loop.remove_reader(self.datapath.events_fd)
             self.datapath.stop()
@@ -245,6 +259,12 @@ class Daemon:
         self.datapath.replace_eroutes(self.opportunist.table())
         for line in self.opportunist.take_log():
             log.info("%s", line)
+        # A tunnel to a peer whose group passes (clear-or-private responder) needs a host route
+        # into the TUN, or replies would go around it in clear.
+        peers = {str(p.selector.dst) for p in self.opportunist.tunnels}
+        if peers != self._routed_peers and self.steering is not None:
+            self._routed_peers = peers
+            self.loop.create_task(self._install_routes())
 
     async def _fetch(self, command: FetchKey) -> None:
         lookup = await self.fetcher.fetch(command.target)
@@ -347,10 +367,11 @@ class Daemon:
                 self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
         elif isinstance(event, ike_events.IkeSaFailed):
             pair = self.sa_pairs.pop((version, event.sa_id), None)
+            why = f"IKE timeout: {event.reason}" if event.notify is None else event.reason
             if pair is not None:
-                self._run(self.opportunist.negotiation_failed(pair, event.reason, now))
+                self._run(self.opportunist.negotiation_failed(pair, why, now))
             else:
-                log.info("IKE with %s failed: %s", event.remote_addr, event.reason)
+                log.info("IKE with %s failed: %s", event.remote_addr, why)
         elif isinstance(event, ike_events.IkeSaDeleted):
             self.sa_pairs.pop((version, event.sa_id), None)
             self._run(self.opportunist.ike_gone(event.sa_id, event.reason, now))

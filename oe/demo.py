@@ -67,15 +67,17 @@ def zone_texts(keys: dict[str, bytes], ttl: int = 60) -> dict[str, str]:
     return zones
 
 
-def policy_conf(confdir: Path, nameserver: str, groups: dict[str, str]) -> None:
+def policy_conf(confdir: Path, nameserver: str, groups: dict[str, str], extra: str = "") -> None:
+    """policies/<group> files and an oe.conf naming the world's nameserver (+ extra TOML)."""
     (confdir / "policies").mkdir(parents=True, exist_ok=True)
     for group, text in groups.items():
         (confdir / "policies" / group).write_text(text)
-    (confdir / "oe.conf").write_text(f'[dns]\nnameservers = ["{nameserver}"]\n')
+    (confdir / "oe.conf").write_text(f'{extra}\n[dns]\nnameservers = ["{nameserver}"]\n')
 
 
 def build(workdir: Path, *, key_bits: int = 2048, keyed=("alice", "bob"),
-          groups: dict[str, dict[str, str]] | None = None) -> OeWorld:
+          groups: dict[str, dict[str, str]] | None = None,
+          conf: dict[str, str] | None = None) -> OeWorld:
     """Namespaces, addresses, host keys, zones and knotd; the daemons are started by the caller."""
     world = World("oe", workdir)
     world.open()
@@ -89,7 +91,8 @@ def build(workdir: Path, *, key_bits: int = 2048, keyed=("alice", "bob"),
             blobs[name] = hostkey.public_blob(key)
         for name in ("alice", "bob", "carol"):
             policy_conf(hosts[name].dir / "conf", ADDRESSES["dns"][0],
-                        (groups or {}).get(name, {"private-or-clear": "0.0.0.0/0\n::/0\n"}))
+                        (groups or {}).get(name, {"private-or-clear": "0.0.0.0/0\n::/0\n"}),
+                        (conf or {}).get(name, ""))
         dns_host = hosts["dns"]
         knotd = Knotd(dns_host.dir / "knot", zone_texts(blobs),
                       listen=[(ADDRESSES["dns"][0], 53), (ADDRESSES["dns"][1], 53)],
@@ -194,15 +197,19 @@ def tcp_transfer(oe_world: OeWorld, client: str, server: str, nbytes: int,
                 else f"transfer failed: {(out.stdout + out.stderr).strip()[-300:]}")
 
 
-def start_capture(oe_world: OeWorld) -> tuple:
-    """tcpdump on the bridge, where every packet between the hosts passes."""
-    pcap = oe_world.world.workdir / "wire.pcap"
-    proc = subprocess.Popen(["ip", "netns", "exec", oe_world.world.switch, "tcpdump", "-i", "br0",
-                             "-U", "-n", "-w", str(pcap), "ip or ip6"],
+def start_capture(oe_world: OeWorld, host: str = "alice") -> tuple:
+    """tcpdump on the host's bridge port, where every packet it sends or receives passes.
+
+    (Not on the bridge device itself: frames switched between ports never reach it.)
+    """
+    pcap = oe_world.world.workdir / f"wire-{host}.pcap"
+    # --immediate-mode: packets still in the kernel's ring when tcpdump stops would be lost
+    proc = subprocess.Popen(["ip", "netns", "exec", oe_world.world.switch, "tcpdump", "-i",
+                             oe_world.hosts[host].port, "--immediate-mode", "-U", "-n", "-w",
+                             str(pcap), "ip or ip6"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     oe_world.world._processes.append(proc)
-    # tcpdump says "listening on" once it captures
-    proc.stderr.readline()
+    proc.stderr.readline()  # "listening on ...": capturing from now on
     return proc, pcap
 
 
@@ -224,6 +231,8 @@ def wire_summary(pcap: Path, a: str, b: str) -> dict[str, int]:
             kind = "ESP"
         elif packet.haslayer(TCP):
             kind = "TCP in clear"
+        elif ip.version == 6 and ip.nh == 58 and 133 <= bytes(ip.payload)[0] <= 137:
+            kind = "neighbour discovery"  # the link's own business (RFC 4861), never a flow's
         elif packet.haslayer(ICMP) or (ip.version == 6 and ip.nh == 58):
             kind = "ICMP in clear"
         else:

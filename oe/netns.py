@@ -42,6 +42,8 @@ class Host:
     """Interface addresses with their prefix length."""
     dir: Path
     """A directory for this host's files (config, run dir, logs)."""
+    port: str = ""
+    """Its veth's other end on the bridge, in the switch namespace: where to watch its wire."""
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -90,7 +92,7 @@ class World:
             extra = ["nodad"] if ":" in address else []
             _ip("-n", name, "addr", "add", address, "dev", "eth0", *extra)
         _ip("-n", name, "link", "set", "eth0", "mtu", str(mtu), "up")
-        host = Host(name, short, tuple(addresses), self.workdir / short)
+        host = Host(name, short, tuple(addresses), self.workdir / short, outer)
         host.dir.mkdir(parents=True, exist_ok=True)
         self.hosts[short] = host
         return host

@@ -7,8 +7,9 @@ key), link-local and multicast. One rule, "not fwmark BYPASS lookup TABLE", send
 unmarked packet through that table; oe's own IKE, ESP and %pass sockets carry the mark and
 take the main table.
 
-Everything installed is recorded, and remove() takes out exactly that; install() first clears
-what a previous instance that died may have left in the same table and rule priority.
+install() is idempotent: it replaces routes in place and drops those no longer wanted (also
+what an instance that died left in the same table), so reloads leave no gap. remove() takes
+the table's routes and the rule out; fail_closed() leaves prohibit routes for private CIDRs.
 """
 
 from __future__ import annotations
@@ -59,53 +60,84 @@ def plan(trap: list, exempt: list) -> list[tuple[ipaddress._BaseNetwork, str]]:
 
 
 def install(tun_name: str, trap: list, exempt: list, *, table: int, priority: int,
-            mark: int) -> Steering:
-    """Route `trap` CIDRs into the TUN, `exempt` ones around it, and add the rule(s)."""
+            mark: int, prohibit: tuple = ()) -> Steering:
+    """Route `trap` CIDRs into the TUN, `exempt` ones around it, and make sure the rule is there.
+
+    Idempotent and without a gap: every wanted route is replaced in place, then routes no longer
+    wanted go, so a reload never leaves a trapped CIDR to the main table for a moment (a private
+    flow would leak in clear). `prohibit` CIDRs get prohibit routes (fail closed).
+    """
     steering = Steering(table, priority, mark)
     with IPRoute() as ipr:
-        _clear(ipr, table, priority)
-        links = ipr.link_lookup(ifname=tun_name)
+        links = ipr.link_lookup(ifname=tun_name) if trap else [0]
         if not links:
             raise RoutingError(f"no device {tun_name} to route into")
-        oif = links[0]
         routes = plan(trap, exempt)
+        routes += [(ipaddress.ip_network(c), "prohibit") for c in prohibit]
         try:
             for network, kind in routes:
                 args = {"dst": str(network), "table": table, "family": _family(network)}
                 if kind == "tun":
-                    ipr.route("replace", oif=oif, **args)
+                    ipr.route("replace", oif=links[0], **args)
                 else:
-                    ipr.route("replace", type="throw", **args)
+                    ipr.route("replace", type=kind, **args)
                 steering.routes.append((str(network), kind))
-            for family in sorted({_family(n) for n, kind in routes if kind == "tun"}):
-                ipr.rule("add", family=family, table=table, priority=priority, fwmark=mark,
-                         fwmask=mark, flags=FIB_RULE_INVERT)
-                steering.rules.append(family)
+            _drop_stale(ipr, table, {ipaddress.ip_network(d) for d, _ in steering.routes})
+            families = {_family(n) for n, kind in routes if kind != "throw"}
+            for family in (2, 10):
+                present = _has_rule(ipr, family, table, priority)
+                if family in families and not present:
+                    ipr.rule("add", family=family, table=table, priority=priority, fwmark=mark,
+                             fwmask=mark, flags=FIB_RULE_INVERT)
+                elif family not in families and present:
+                    ipr.rule("del", family=family, table=table, priority=priority)
+            steering.rules = sorted(families)
         except NetlinkError as exc:
-            _clear(ipr, table, priority)
             raise RoutingError(f"cannot install oe's routes in table {table}: {exc.args[-1]}") \
                 from None
     return steering
 
 
+def fail_closed(steering: Steering, prohibit: list, exempt: list) -> Steering:
+    """On stop: `prohibit` CIDRs (the private group's) stay unreachable, everything else goes.
+
+    A private destination must never be reached in clear, also when oe is not running; the
+    next `oe start` replaces these routes.
+    """
+    if not prohibit:
+        remove(steering)
+        return steering
+    return install("", [], exempt, table=steering.table, priority=steering.priority,
+                   mark=steering.mark, prohibit=tuple(prohibit))
+
+
 def remove(steering: Steering) -> None:
     """Take out the rule(s) and routes install() made."""
     with IPRoute() as ipr:
-        _clear(ipr, steering.table, steering.priority)
+        for family in (2, 10):
+            if _has_rule(ipr, family, steering.table, steering.priority):
+                ipr.rule("del", family=family, table=steering.table, priority=steering.priority)
+        _drop_stale(ipr, steering.table, set())
 
 
-def _clear(ipr: IPRoute, table: int, priority: int) -> None:
+def _has_rule(ipr: IPRoute, family: int, table: int, priority: int) -> bool:
+    return any(rule.get_attr("FRA_PRIORITY") == priority and rule.get_attr("FRA_TABLE") == table
+               for rule in ipr.get_rules(family=family))
+
+
+def _drop_stale(ipr: IPRoute, table: int, wanted: set) -> None:
     for family in (2, 10):
-        for rule in ipr.get_rules(family=family):
-            if rule.get_attr("FRA_PRIORITY") == priority and rule.get_attr("FRA_TABLE") == table:
+        for route in ipr.get_routes(family=family, table=table):
+            if route.get_attr("RTA_TABLE") != table:
+                continue
+            dst = route.get_attr("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
+            network = ipaddress.ip_network(f"{dst}/{route['dst_len']}")
+            if network not in wanted:
                 try:
-                    ipr.rule("del", family=family, table=table, priority=priority)
+                    ipr.route("del", table=table, family=family, dst=str(network),
+                              type=route["type"])
                 except NetlinkError:
                     pass
-        try:
-            ipr.flush_routes(table=table, family=family)
-        except NetlinkError:
-            pass
 
 
 def loosen_rp_filter(interfaces: list[str]) -> list[str]:
