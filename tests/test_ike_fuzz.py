@@ -126,8 +126,8 @@ from oe.ike.errors import LocalProtocolError  # noqa: E402
 
 class TwoPeers(RuleBasedStateMachine):
     """Random interleavings of CHILD/IKE rekeys, new CHILD SAs and liveness checks started by
-    either side, with datagrams delivered in random order and retransmissions: after
-    everything is delivered, both ends agree on the IKE SA and on every CHILD SA's keys."""
+    either side, with datagrams delivered in random order, a few lost, and retransmissions:
+    after everything is delivered, both ends agree on the IKE SA and every CHILD SA's keys."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -136,6 +136,7 @@ class TwoPeers(RuleBasedStateMachine):
         self.sid = {self.a: self.a.initiate(ADDR_B, 0), self.b: 1}
         self.link.roundtrip(self.a)
         self.ticks = 0
+        self.losses = 0
 
     def _do(self, side: str, action) -> None:
         engine = self.a if side == "a" else self.b
@@ -172,6 +173,12 @@ class TwoPeers(RuleBasedStateMachine):
     def deliver(self, side):
         self.link.transfer(self.a if side == "a" else self.b)
 
+    @precondition(lambda self: self.losses < 3)
+    @rule(side=st.sampled_from("ab"))
+    def lose(self, side):
+        self.losses += 1
+        self.link.transfer(self.a if side == "a" else self.b, drop=True)
+
     @precondition(lambda self: self.ticks < 5)
     @rule()
     def tick(self):
@@ -179,9 +186,14 @@ class TwoPeers(RuleBasedStateMachine):
         self.link.advance(0.6)
 
     def teardown(self) -> None:
+        # deliver everything; let retransmissions repair losses (within the 8 s budget)
         for _ in range(50):
             self.link.roundtrip(self.a)
             self.link.roundtrip(self.b)
+            timers = [t for t in (self.a.get_timer(), self.b.get_timer()) if t is not None]
+            if not timers:
+                break
+            self.link.advance(min(timers) - self.link.now)
         kinds = {type(ev).__name__ for e in (self.a, self.b) for ev in events(e)}
         assert not kinds & {"IkeSaDeleted", "IkeSaFailed"}, kinds
         ike_a = {(s.spi_i, s.spi_r) for s in self.a._sas.values()}

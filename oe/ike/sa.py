@@ -243,7 +243,6 @@ class IkeSa:
         self.remote_ts: tuple[TrafficSelector, ...] = ()
         self.auth_spi_in = b""
         self.expected_peer_id: Identity | None = None  # as initiator: who must answer
-        self.rekeying_ike = False  # our CREATE_CHILD_SA rekeying this IKE SA is in flight
         self.successor: IkeSa | None = None  # the IKE SA that replaced this one (2.18)
 
     # --- small helpers --------------------------------------------------------------------
@@ -942,11 +941,9 @@ class IkeSa:
         new_spi = _new_spi(self.engine.rng, 8)
         ordered = [s for s in suites if s.dh == group] + [s for s in suites if s.dh != group]
         payloads: list[Payload] = [SA(offer(ordered, new_spi)), Nonce(nonce), KE(group, dh.public)]
-        self.rekeying_ike = True
 
         def done(msg: Message, t: float) -> None:
             """<-- CREATE_CHILD_SA { SA, Nr, KEr }"""
-            self.rekeying_ike = False
             err = _error_notify(msg)
             if err is not None and err.notify_type == NotifyType.INVALID_KE_PAYLOAD:
                 want = int.from_bytes(err.data[:2], "big")
@@ -977,9 +974,10 @@ class IkeSa:
     def _process_r_rekey_ike(self, msg: Message, sa: SA, nonce: Nonce, ke: KE | None,
                              now: float) -> None:
         mid = msg.message_id
-        if self.rekeying_ike:
-            # simultaneous IKE SA rekeys (section 2.8.2): rather than keep two new IKE SAs and
-            # pick one by nonces, refuse; both sides fail alike and try again later (2.25)
+        if self.request is not None:
+            # A request of ours is in flight on this IKE SA: its answer could be lost with the
+            # old SA, and if it is our own IKE rekey (simultaneous rekeys, section 2.8.2) both
+            # sides would make a new IKE SA. Refuse; the peer tries again later (2.25).
             return self._respond(ExchangeType.CREATE_CHILD_SA, mid,
                                  [Notify(NotifyType.TEMPORARY_FAILURE)])
         try:
