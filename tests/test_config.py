@@ -36,3 +36,11 @@ def test_errors_name_the_key(text, message):
     with pytest.raises(ConfigError) as info:
         config.parse(text)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_example_config_in_contrib_loads_and_matches_the_defaults():
+    """contrib/etc-oe/oe.conf documents every key with its default value."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "contrib" / "etc-oe"
+    assert config.load(example) == Config()
