@@ -71,7 +71,8 @@ class Link:
     def roundtrip(self, sender: IkeEngine) -> None:
         """Deliver until both sides are quiet."""
         for _ in range(20):
-            n = len(self.transfer(sender)) + len(self.transfer(self.b if sender is self.a else self.a))
+            other = self.b if sender is self.a else self.a
+            n = len(self.transfer(sender)) + len(self.transfer(other))
             if n == 0:
                 return
 

@@ -124,7 +124,8 @@ def _scheme(alg_id: bytes) -> tuple[padding.AsymmetricPadding, hashes.HashAlgori
     raise ValueError("unsupported RSA signature algorithm")
 
 
-def sign(key: rsa.RSAPrivateKey, octets: bytes, method: int = AuthMethod.DIGITAL_SIGNATURE) -> bytes:
+def sign(key: rsa.RSAPrivateKey, octets: bytes,
+         method: int = AuthMethod.DIGITAL_SIGNATURE) -> bytes:
     """AUTH data for ``method``: RFC 7427 (length | AlgorithmIdentifier | signature) or method 1."""
     if method == AuthMethod.RSA_SIG:
         return key.sign(octets, padding.PKCS1v15(), hashes.SHA1())

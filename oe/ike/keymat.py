@@ -48,7 +48,8 @@ def skeyseed(prf: Prf, nonce_i: bytes, nonce_r: bytes, shared: bytes) -> bytes:
     return prf(nonce_i + nonce_r, shared)
 
 
-def rekey_skeyseed(prf: Prf, old_sk_d: bytes, shared: bytes, nonce_i: bytes, nonce_r: bytes) -> bytes:
+def rekey_skeyseed(prf: Prf, old_sk_d: bytes, shared: bytes, nonce_i: bytes,
+                   nonce_r: bytes) -> bytes:
     """SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) (section 2.18)."""
     return prf(old_sk_d, shared + nonce_i + nonce_r)
 

@@ -114,7 +114,8 @@ def parse_proposal(text: str, protocol: int) -> list[Suite]:
     suites = []
     for encr, bits in encrs:
         aead = encr in AEAD_IDS
-        for integ in ([IntegId.NONE] if aead else [i for i, _ in integs] or [IntegId.HMAC_SHA2_256_128]):
+        integ_ids = [i for i, _ in integs] or [IntegId.HMAC_SHA2_256_128]
+        for integ in [IntegId.NONE] if aead else integ_ids:
             for prf in prfs if protocol == ProtocolId.IKE else [0]:
                 for dh in dhs or [DhId.NONE]:
                     for esn in esns or [EsnId.NO_ESN]:

@@ -282,9 +282,9 @@ class IkeSa:
     def _open(self, header: Header, msg: Message) -> Message:
         """Check and decrypt an SK-protected message (section 3.14). Raises IntegrityError for
         anything that fails before the integrity check, ParseError/IkeError after it."""
-        if self.keys is None or len(msg.payloads) != 1 or not isinstance(msg.payloads[0], Encrypted):
+        enc = msg.payloads[0] if len(msg.payloads) == 1 else None
+        if self.keys is None or not isinstance(enc, Encrypted):
             raise IntegrityError("expected exactly one SK payload")
-        enc = msg.payloads[0]
         raw = self._raw
         inner = self.keys.cipher(not self.initiator).open(
             raw, len(raw) - len(enc.body), len(enc.body)
@@ -331,7 +331,8 @@ class IkeSa:
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
-        if self.state == State.EXPECT_AUTH_REQUEST and now >= self.created + self.config.half_open_lifetime:
+        if self.state == State.EXPECT_AUTH_REQUEST and (
+                now >= self.created + self.config.half_open_lifetime):
             self.engine._remove(self)  # half-open and never authenticated: nobody to tell
             return
         if self.state == State.REKEYED and self.request is None and (
@@ -653,7 +654,8 @@ class IkeSa:
         self._emit(ChildSaEstablished(self.sa_id, child.sa))
 
     def _check_narrowed(self, msg: Message, ours_l: tuple[TrafficSelector, ...],
-                        ours_r: tuple[TrafficSelector, ...]) -> tuple[tuple[TrafficSelector, ...], ...]:
+                        ours_r: tuple[TrafficSelector, ...]
+                        ) -> tuple[tuple[TrafficSelector, ...], ...]:
         """The responder's TS must lie inside what we offered (section 2.9)."""
         tsi = next((p for p in msg.get(TS) if p.is_initiator), None)
         tsr = next((p for p in msg.get(TS) if not p.is_initiator), None)
@@ -682,7 +684,10 @@ class IkeSa:
         assert self.keys is not None
         ei, ai, er, ar = child_keymat(self.keys.prf, self.keys.sk_d, nonce_i, nonce_r, shared,
                                       suite.encr, suite.key_bits, suite.integ)
-        key_out, integ_out, key_in, integ_in = (ei, ai, er, ar) if we_initiated else (er, ar, ei, ai)
+        if we_initiated:
+            key_out, integ_out, key_in, integ_in = ei, ai, er, ar
+        else:
+            key_out, integ_out, key_in, integ_in = er, ar, ei, ai
         encap = self.nat_detected
         return _Child(ChildSa(
             spi_in=int.from_bytes(spi_in, "big"), spi_out=int.from_bytes(spi_out, "big"),
@@ -1148,7 +1153,8 @@ class IkeEngine:
             return  # section 2.21.4: INVALID_IKE_SPI is optional; we stay silent
         if not sa.initiator and header.spi_i != sa.spi_i:
             return
-        if sa.initiator and header.exchange != ExchangeType.IKE_SA_INIT and header.spi_r != sa.spi_r:
+        if sa.initiator and header.exchange != ExchangeType.IKE_SA_INIT and (
+                header.spi_r != sa.spi_r):
             return
         sa.receive(header, msg, data, addr, local_port, now)
 

@@ -118,15 +118,17 @@ async def main() -> None:
 def send_ping(runner: IkeRunner, child, seq: int) -> None:
     """An ICMP echo request, tunnel mode, sealed by scapy with our outbound key."""
     from scapy.layers.inet import ICMP, IP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
     from scapy.layers.ipsec import ESP, SecurityAssociation
 
+    ip = IPv6 if ":" in child.local_addr else IP
     sa = SecurityAssociation(
         ESP, spi=child.spi_out, seq_num=seq, crypt_algo="AES-GCM", crypt_key=child.key_out,
-        tunnel_header=IP(src=child.local_addr, dst=child.remote_addr),
+        tunnel_header=ip(src=child.local_addr, dst=child.remote_addr),
         nat_t_header=UDP(sport=4500, dport=child.remote_port or 4500),
     )
-    inner = IP(src=child.local_addr, dst=child.remote_addr) / ICMP(id=0x4F45, seq=seq) / (
-        b"oe-interop" * 4)
+    echo = ICMPv6EchoRequest(id=0x4F45, seq=seq) if ip is IPv6 else ICMP(id=0x4F45, seq=seq)
+    inner = ip(src=child.local_addr, dst=child.remote_addr) / echo / (b"oe-interop" * 4)
     pkt = sa.encrypt(inner)
     runner.send_esp(bytes(pkt[UDP].payload), (child.remote_addr, child.remote_port or 4500))
 

@@ -37,8 +37,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-OE_ADDR = "203.0.113.1"
-CHARON_ADDR = "203.0.113.2"
+ADDRS = {4: ("203.0.113.1", "203.0.113.2", 24), 6: ("2001:db8:5::1", "2001:db8:5::2", 64)}
 CHARON_PROBE = b"cleartext-from-charon"
 WAIT = 20.0  # seconds for one expected event; only a bound for failures, never a measurement
 
@@ -185,7 +184,8 @@ class OePeer:
 
 
 class Topology:
-    def __init__(self, tmp: Path, ike: str, esp: str, oe_ike: str | None = None) -> None:
+    def __init__(self, tmp: Path, ike: str, esp: str, oe_ike: str | None = None,
+                 family: int = 4) -> None:
         pid = os.getpid()
         self.tmp = tmp
         self.ns_oe, self.ns_charon = f"oei{pid}", f"oec{pid}"
@@ -193,6 +193,7 @@ class Topology:
         self.d = tmp / "charon"
         self.ike, self.esp = ike, esp
         self.oe_ike = oe_ike or ike
+        self.oe_addr, self.charon_addr, self.prefix = ADDRS[family]
         self.charon: subprocess.Popen | None = None
         self.tcpdump: subprocess.Popen | None = None
         self.oe: OePeer | None = None
@@ -205,9 +206,11 @@ class Topology:
         run("ip", "netns", "add", self.ns_charon)
         run("ip", "link", "add", self.veth_oe, "netns", self.ns_oe, "type", "veth", "peer",
             "name", self.veth_charon, "netns", self.ns_charon)
-        for ns, dev, addr in ((self.ns_oe, self.veth_oe, OE_ADDR),
-                              (self.ns_charon, self.veth_charon, CHARON_ADDR)):
-            run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+        for ns, dev, addr in ((self.ns_oe, self.veth_oe, self.oe_addr),
+                              (self.ns_charon, self.veth_charon, self.charon_addr)):
+            # nodad: an IPv6 address is usable at once, not after duplicate detection
+            extra = ["nodad"] if ":" in addr else []
+            run("ip", "-n", ns, "addr", "add", f"{addr}/{self.prefix}", "dev", dev, *extra)
             run("ip", "-n", ns, "link", "set", "lo", "up")
             run("ip", "-n", ns, "link", "set", dev, "up")
         oe_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -223,7 +226,7 @@ class Topology:
         (self.tmp / "charon.pub").write_bytes(pem_public(charon_key))
         (self.d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(d=self.d))
         (sw / "swanctl.conf").write_text(SWANCTL_CONF.format(
-            me=CHARON_ADDR, peer=OE_ADDR, ike=self.ike, esp=self.esp))
+            me=self.charon_addr, peer=self.oe_addr, ike=self.ike, esp=self.esp))
         self.charon = subprocess.Popen(
             ["ip", "netns", "exec", self.ns_charon, "unshare", "-m", "sh", "-c",
              f"mount --bind {self.d}/run /run && mount --bind {sw} /etc/swanctl && "
@@ -232,11 +235,12 @@ class Topology:
         )
         deadline = time.monotonic() + WAIT
         while not (self.d / "charon.vici").exists():
-            assert time.monotonic() < deadline and self.charon.poll() is None, "charon did not start"
+            assert time.monotonic() < deadline and self.charon.poll() is None, (
+                "charon did not start")
             time.sleep(0.05)
         self.swanctl("--load-all")
         self.oe = OePeer(self.ns_oe, [
-            "--local", OE_ADDR, "--peer", CHARON_ADDR, "--key", str(self.tmp / "oe.pem"),
+            "--local", self.oe_addr, "--peer", self.charon_addr, "--key", str(self.tmp / "oe.pem"),
             "--peer-pub", str(self.tmp / "charon.pub"), "--ike", self.oe_ike, "--esp", self.esp])
         self.oe.expect("ready")
 
@@ -271,8 +275,10 @@ class Topology:
     def charon_send(self, count: int = 2) -> None:
         """Cleartext UDP datagrams from charon's namespace to oe: libipsec seals them."""
         run("ip", "netns", "exec", self.ns_charon, sys.executable, "-c",
-            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-            f"[s.sendto(b'{CHARON_PROBE.decode()}', ('{OE_ADDR}', 7777)) for _ in range({count})]")
+            f"import socket; s = socket.socket(socket.AF_INET{'6' if ':' in self.oe_addr else ''}, "
+            "socket.SOCK_DGRAM); "
+            f"[s.sendto(b'{CHARON_PROBE.decode()}', ('{self.oe_addr}', 7777)) "
+            f"for _ in range({count})]")
 
     def captured(self) -> list:
         """The packets tcpdump has written so far (a torn last record is left for later)."""
@@ -307,8 +313,8 @@ class Topology:
 def topology_factory(tmp_path):
     made: list[Topology] = []
 
-    def make(ike: str, esp: str, oe_ike: str | None = None) -> Topology:
-        t = Topology(tmp_path, ike, esp, oe_ike)
+    def make(ike: str, esp: str, oe_ike: str | None = None, family: int = 4) -> Topology:
+        t = Topology(tmp_path, ike, esp, oe_ike, family)
         made.append(t)
         t.up()
         return t
@@ -324,20 +330,25 @@ def decrypt_all(packets: list, child: dict) -> list:
     """Every captured ESP-in-UDP packet to ``child``'s inbound SPI, opened with scapy's ESP
     and oe's inbound key (RFC 4106: key | 4-byte salt)."""
     from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import IPv6
     from scapy.layers.ipsec import ESP, SecurityAssociation
 
     sa = SecurityAssociation(ESP, spi=child["spi_in"], crypt_algo="AES-GCM",
                              crypt_key=bytes.fromhex(child["key_in"]))
     out = []
     for p in packets:
-        if not p.haslayer(UDP) or p[IP].src != CHARON_ADDR:
+        outer = p[IP] if p.haslayer(IP) else p[IPv6] if p.haslayer(IPv6) else None
+        if outer is None or not p.haslayer(UDP) or outer.src != child["remote_addr"]:
             continue
         payload = bytes(p[UDP].payload)
         if len(payload) < 8 or payload[:4] == b"\x00\x00\x00\x00":
             continue  # IKE behind the non-ESP marker, or a keepalive
         if int.from_bytes(payload[:4], "big") != child["spi_in"]:
             continue
-        esp = IP(src=p[IP].src, dst=p[IP].dst, proto=50) / ESP(payload)
+        if isinstance(outer, IP):
+            esp = IP(src=outer.src, dst=outer.dst, proto=50) / ESP(payload)
+        else:
+            esp = IPv6(src=outer.src, dst=outer.dst, nh=50) / ESP(payload)
         out.append(sa.decrypt(esp))
     return out
 
@@ -345,7 +356,8 @@ def decrypt_all(packets: list, child: dict) -> list:
 def prove_esp(t: Topology, child: dict, first_seq: int) -> None:
     """charon's ESP decrypts with oe's inbound key; scapy's ESP with oe's outbound key is
     accepted by charon (echo replies come back, sealed by charon, and decrypt)."""
-    from scapy.layers.inet import ICMP, IP, UDP
+    from scapy.layers.inet import ICMP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoReply
 
     assert t.oe is not None
     t.restart_capture(f"esp{first_seq}.pcap")
@@ -357,10 +369,12 @@ def prove_esp(t: Topology, child: dict, first_seq: int) -> None:
     deadline = time.monotonic() + WAIT
     while True:  # until tcpdump has written what oe already received
         inner = decrypt_all(t.captured(), child)
-        from_charon = [p for p in inner if p.haslayer(UDP) and p[IP].src == CHARON_ADDR
+        from_charon = [p for p in inner if p.haslayer(UDP)
                        and bytes(p[UDP].payload) == CHARON_PROBE]
         replies = {p[ICMP].seq for p in inner if p.haslayer(ICMP) and p[ICMP].type == 0
                    and p[ICMP].id == 0x4F45}
+        replies |= {p[ICMPv6EchoReply].seq for p in inner if p.haslayer(ICMPv6EchoReply)
+                    and p[ICMPv6EchoReply].id == 0x4F45}
         if (from_charon and replies >= seqs) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -389,7 +403,7 @@ def test_charon_interop(topology_factory, proposals: str, oe_role: str) -> None:
     else:
         t.swanctl("--initiate", "--child", "hh")
     ike_sa = oe.expect("IkeSaEstablished")
-    assert ike_sa["nat_detected"] and ike_sa["remote_id"] == CHARON_ADDR
+    assert ike_sa["nat_detected"] and ike_sa["remote_id"] == t.charon_addr
     child = oe.expect("ChildSaEstablished")["child"]
     assert child["udp_encap"] and child["remote_port"] == 4500
     assert f"{child['spi_out']:08x}" in charon_sas(t)
@@ -453,3 +467,22 @@ def test_charon_invalid_ke_payload_retry(topology_factory, oe_role: str) -> None
     child = t.oe.expect("ChildSaEstablished")["child"]
     assert "ECP_256" in charon_sas(t)
     prove_esp(t, child, first_seq=1)
+
+
+def test_charon_interop_ipv6(topology_factory) -> None:
+    """IPv6 hosts: ID_IPV6_ADDR, TS_IPV6_ADDR_RANGE /128, NAT-D over IPv6, ESP-in-UDP over
+    IPv6 proven both ways with scapy; then a CHILD SA rekey by charon and a DELETE by oe."""
+    t = topology_factory("aes128-sha256-x25519", "aes128gcm16", family=6)
+    assert t.oe is not None
+    t.oe.command("initiate")
+    assert t.oe.expect("IkeSaEstablished")["remote_id"] == t.charon_addr
+    child = t.oe.expect("ChildSaEstablished")["child"]
+    assert child["remote_ts"] == [{"start": t.charon_addr, "end": t.charon_addr, "protocol": 0,
+                                   "start_port": 0, "end_port": 65535}]
+    prove_esp(t, child, first_seq=1)
+    t.swanctl("--rekey", "--child", "hh")
+    child = t.oe.expect("ChildSaRekeyed", old_spi_in=child["spi_in"])["child"]
+    prove_esp(t, child, first_seq=5)
+    t.oe.command("delete_ike")
+    t.oe.expect("IkeSaDeleted", reason="deleted by us")
+    assert "hh:" not in charon_sas(t)
