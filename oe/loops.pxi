@@ -222,7 +222,7 @@ cdef struct DpCore:
     uint64_t replay_window
     uint32_t tun_mtu
     int running
-    int wake_fd
+    int wake_fds[2]             # one eventfd per loop thread: stop, hold recheck
     int tun_fd
     int fds[6]                  # udp4, udp6, esp4, esp6, pass4, pass6 (-1: absent)
     double last_sweep
@@ -879,119 +879,105 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
 
 # ------------------------------------------------------------------------------ loops
 
-cdef void dp_out_loop(DpCore *c, Classifier cls) noexcept nogil:
-    cdef OutBatch *b = <OutBatch *>calloc(1, sizeof(OutBatch))
-    cdef uint8_t *buf = <uint8_t *>malloc(SLOT)
-    cdef int fds[2]
-    cdef unsigned ready
-    cdef ssize_t n
-    cdef int k
-    cdef uint64_t junk
-    cdef double now
-    if b == NULL or buf == NULL:
-        free(b)
-        free(buf)
-        return
-    b.arena = <uint8_t *>malloc(<size_t>BATCH * SLOT)
-    if b.arena == NULL:
-        free(b)
-        free(buf)
-        return
-    fds[0] = c.tun_fd
-    fds[1] = c.wake_fd
-    while esp_load_int(&c.running):
-        dp_wait(fds, 2, 500, &ready)
-        now = esp_now()
-        if ready & 2:
-            esp_sys_read(c.wake_fd, &junk, 8)
-        if esp_load_int(&c.recheck) or (c.nholds > 0 and now - c.last_sweep >= 0.5):
-            hold_recheck(c, cls, CTX_LOOP, b, now)
-        if now - c.last_sweep >= 0.5:
-            dp_sweep(c, now)
-        if ready & 1:
-            for k in range(BATCH):
-                n = esp_sys_read(c.tun_fd, buf, SLOT)
-                if n <= 0:
-                    break
-                dp_count(c, C_TUN_READ)
-                dp_outbound(c, cls, CTX_LOOP, buf, n, b, False, now)
-        batch_flush(c, b)
-    free(b.arena)
-    free(b)
-    free(buf)
+cdef enum:
+    LOOP_OUT = 1                # reads the TUN, seals, sends
+    LOOP_IN = 2                 # reads the sockets, opens, writes the TUN
 
 
-cdef void dp_in_loop(DpCore *c) noexcept nogil:
+cdef void dp_loop(DpCore *c, Classifier cls, int role) noexcept nogil:
+    """One loop thread: outbound, inbound or both (one thread per direction or one for all)."""
     cdef OutBatch *b = <OutBatch *>calloc(1, sizeof(OutBatch))
+    cdef uint8_t *arena = <uint8_t *>malloc(<size_t>BATCH * SLOT)
     cdef uint8_t *bufs[64]
     cdef uint32_t lens[64]
     cdef uint8_t addrs[64][16]
     cdef uint16_t ports[64]
-    cdef uint8_t *arena = <uint8_t *>malloc(<size_t>BATCH * SLOT)
-    cdef int fds[5]
-    cdef int which[5]
+    cdef int fds[7]
+    cdef int which[7]           # socket index 0-3 (udp4, udp6, esp4, esp6), 4 = TUN, 5 = wake
     cdef int nfds = 0
     cdef int i, k, r, fam, hl
+    cdef int wake = c.wake_fds[0 if role & LOOP_OUT else 1]
+    cdef ssize_t n
     cdef unsigned ready
     cdef uint64_t junk
     cdef double now
-    if b == NULL or arena == NULL:
-        free(b)
-        free(arena)
-        return
-    b.arena = <uint8_t *>malloc(<size_t>BATCH * SLOT)
-    if b.arena == NULL:
+    if b != NULL:
+        b.arena = <uint8_t *>malloc(<size_t>BATCH * SLOT)
+    if b == NULL or arena == NULL or b.arena == NULL:
+        if b != NULL:
+            free(b.arena)
         free(b)
         free(arena)
         return
     for i in range(BATCH):
         bufs[i] = arena + <size_t>i * SLOT
-    for k in range(4):                      # udp4, udp6, esp4, esp6
-        if c.fds[k] >= 0:
-            fds[nfds] = c.fds[k]
-            which[nfds] = k
-            nfds += 1
-    fds[nfds] = c.wake_fd
+    if role & LOOP_IN:
+        for k in range(4):
+            if c.fds[k] >= 0:
+                fds[nfds] = c.fds[k]
+                which[nfds] = k
+                nfds += 1
+    if role & LOOP_OUT:
+        fds[nfds] = c.tun_fd
+        which[nfds] = 4
+        nfds += 1
+    fds[nfds] = wake
+    which[nfds] = 5
+    nfds += 1
     while esp_load_int(&c.running):
-        dp_wait(fds, nfds + 1, 500, &ready)
+        dp_wait(fds, nfds, 500, &ready)
         now = esp_now()
+        if role & LOOP_OUT:
+            if esp_load_int(&c.recheck) or (c.nholds > 0 and now - c.last_sweep >= 0.5):
+                hold_recheck(c, cls, CTX_LOOP, b, now)
+            if now - c.last_sweep >= 0.5:
+                dp_sweep(c, now)
         for i in range(nfds):
             if not (ready & (1u << i)):
                 continue
-            fam = 4 if which[i] % 2 == 0 else 6
-            while True:
-                r = dp_recvmany(fds[i], fam, bufs, SLOT, lens, addrs, ports, BATCH)
-                if r <= 0:
-                    break
-                for k in range(r):
-                    if which[i] == 2:
-                        # A raw IPv4 socket hands over the IP header too; IPv6 does not.
-                        hl = (bufs[k][0] & 0x0F) * 4 if lens[k] >= 20 else <int>lens[k]
-                        dp_inbound(c, CTX_LOOP, bufs[k] + hl, lens[k] - hl, 4, addrs[k],
-                                   ports[k], ENCAP_RAW, b, now)
-                    else:
-                        dp_inbound(c, CTX_LOOP, bufs[k], lens[k], fam, addrs[k], ports[k],
-                                   ENCAP_UDP if which[i] < 2 else ENCAP_RAW, b, now)
-                batch_flush(c, b)
-                if r < BATCH:
-                    break
-        if ready & (1u << nfds):
-            esp_sys_read(c.wake_fd, &junk, 8)
+            if which[i] == 5:
+                esp_sys_read(wake, &junk, 8)
+            elif which[i] == 4:
+                for k in range(BATCH):
+                    n = esp_sys_read(c.tun_fd, bufs[0], SLOT)
+                    if n <= 0:
+                        break
+                    dp_count(c, C_TUN_READ)
+                    dp_outbound(c, cls, CTX_LOOP, bufs[0], n, b, False, now)
+            else:
+                fam = 4 if which[i] % 2 == 0 else 6
+                while True:
+                    r = dp_recvmany(fds[i], fam, bufs, SLOT, lens, addrs, ports, BATCH)
+                    if r <= 0:
+                        break
+                    for k in range(r):
+                        if which[i] == 2:
+                            # A raw IPv4 socket hands over the IP header too; IPv6 does not.
+                            hl = (bufs[k][0] & 0x0F) * 4 if lens[k] >= 20 else <int>lens[k]
+                            dp_inbound(c, CTX_LOOP, bufs[k] + hl, lens[k] - hl, 4, addrs[k],
+                                       ports[k], ENCAP_RAW, b, now)
+                        else:
+                            dp_inbound(c, CTX_LOOP, bufs[k], lens[k], fam, addrs[k], ports[k],
+                                       ENCAP_UDP if which[i] < 2 else ENCAP_RAW, b, now)
+                    batch_flush(c, b)
+                    if r < BATCH:
+                        break
+        batch_flush(c, b)
     free(b.arena)
     free(b)
     free(arena)
 
 
-cdef void *_out_thread(void *arg) noexcept nogil:
+cdef void *_loop_thread(void *arg) noexcept nogil:
+    cdef LoopArg *la = <LoopArg *>arg
     with gil:
-        (<Datapath>arg)._run_out()
+        (<Datapath>la.datapath)._run(la.role)
     return NULL
 
 
-cdef void *_in_thread(void *arg) noexcept nogil:
-    with gil:
-        (<Datapath>arg)._run_in()
-    return NULL
+cdef struct LoopArg:
+    void *datapath
+    int role
 
 
 # -------------------------------------------------------------------------- Python API
@@ -1030,7 +1016,8 @@ cdef class Datapath:
     cdef DpCore *c
     cdef readonly Classifier classifier
     cdef esp_thread_t _threads[2]
-    cdef bint _started
+    cdef LoopArg _args[2]
+    cdef int _nthreads
     cdef object _files
 
     def __cinit__(self, *, uint64_t replay_window=4096, uint32_t hold_packets=64,
@@ -1049,8 +1036,9 @@ cdef class Datapath:
         esp_mutex_init(&self.c.hold_lock)
         esp_rwlock_init(&self.c.sa_lock)
         self.c.ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        self.c.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if self.c.ev_fd < 0 or self.c.wake_fd < 0:
+        self.c.wake_fds[0] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.c.wake_fds[1] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.c.ev_fd < 0 or self.c.wake_fds[0] < 0 or self.c.wake_fds[1] < 0:
             raise OSError("eventfd failed")
         self.c.replay_window = replay_window
         self.c.hold_packets = hold_packets
@@ -1068,12 +1056,7 @@ cdef class Datapath:
         cdef Hold *h
         if self.c == NULL:
             return
-        if self._started:
-            esp_store_int(&self.c.running, 0)
-            self._wake()
-            with nogil:
-                esp_thread_join(self._threads[0], NULL)
-                esp_thread_join(self._threads[1], NULL)
+        self.stop()
         for i in range(self.c.sa_out.cap):
             sa_free(self.c.sa_out.slots[i])
         for i in range(self.c.sa_in.cap):
@@ -1092,8 +1075,9 @@ cdef class Datapath:
         free(self.c.events)
         if self.c.ev_fd >= 0:
             esp_sys_close(self.c.ev_fd)
-        if self.c.wake_fd >= 0:
-            esp_sys_close(self.c.wake_fd)
+        for k in range(2):
+            if self.c.wake_fds[k] >= 0:
+                esp_sys_close(self.c.wake_fds[k])
         esp_mutex_destroy(&self.c.ev_lock)
         esp_mutex_destroy(&self.c.hold_lock)
         esp_rwlock_destroy(&self.c.sa_lock)
@@ -1102,7 +1086,8 @@ cdef class Datapath:
 
     cdef void _wake(self) noexcept:
         cdef uint64_t one = 1
-        esp_sys_write(self.c.wake_fd, &one, 8)
+        esp_sys_write(self.c.wake_fds[0], &one, 8)
+        esp_sys_write(self.c.wake_fds[1], &one, 8)
 
     # ------------------------------------------------------------------------- SAs
 
@@ -1459,10 +1444,17 @@ cdef class Datapath:
     # ------------------------------------------------------------------------ loops
 
     def start(self, int tun_fd, *, int udp4=-1, int udp6=-1, int esp4=-1, int esp6=-1,
-              int pass4=-1, int pass6=-1, int tun_mtu=1400) -> None:
-        """Run the loops on these non-blocking file descriptors (owned by the caller)."""
-        if self._started:
+              int pass4=-1, int pass6=-1, int tun_mtu=1400, int threads=2) -> None:
+        """Run the loops on these non-blocking file descriptors (owned by the caller).
+
+        threads=1: one thread does both directions; a packet and its answer then need one
+        thread wake-up fewer on each host. threads=2: one thread per direction.
+        """
+        cdef int k
+        if self._nthreads:
             raise RuntimeError("the datapath is already running")
+        if threads not in (1, 2):
+            raise ValueError("threads is 1 or 2")
         self.c.tun_fd = tun_fd
         self.c.tun_mtu = tun_mtu
         for k, fd in enumerate((udp4, udp6, esp4, esp6, pass4, pass6)):
@@ -1470,35 +1462,30 @@ cdef class Datapath:
             if fd >= 0:
                 dp_deepen(fd, SOCKET_BUFFER)
         esp_store_int(&self.c.running, 1)
-        if esp_thread_create(&self._threads[0], NULL, _out_thread, <void *>self) != 0:
-            raise OSError("cannot start the outbound thread")
-        if esp_thread_create(&self._threads[1], NULL, _in_thread, <void *>self) != 0:
-            esp_store_int(&self.c.running, 0)
-            self._wake()
-            with nogil:
-                esp_thread_join(self._threads[0], NULL)
-            raise OSError("cannot start the inbound thread")
-        self._started = True
+        roles = [LOOP_OUT | LOOP_IN] if threads == 1 else [LOOP_OUT, LOOP_IN]
+        for k, role in enumerate(roles):
+            self._args[k].datapath = <void *>self
+            self._args[k].role = role
+            if esp_thread_create(&self._threads[k], NULL, _loop_thread, &self._args[k]) != 0:
+                self.stop()
+                raise OSError("cannot start a datapath thread")
+            self._nthreads += 1
 
     def stop(self) -> None:
         """Stop the loops and wait for them."""
-        if not self._started:
+        cdef int k
+        if not self._nthreads:
             return
         esp_store_int(&self.c.running, 0)
         self._wake()
-        self._wake()
         with nogil:
-            esp_thread_join(self._threads[0], NULL)
-            esp_thread_join(self._threads[1], NULL)
-        self._started = False
+            for k in range(self._nthreads):
+                esp_thread_join(self._threads[k], NULL)
+        self._nthreads = 0
 
-    cdef _run_out(self):
+    cdef _run(self, int role):
         with nogil:
-            dp_out_loop(self.c, self.classifier)
-
-    cdef _run_in(self):
-        with nogil:
-            dp_in_loop(self.c)
+            dp_loop(self.c, self.classifier, role)
 
 
 cdef OutBatch *_api_batch(list result) except NULL:

@@ -74,7 +74,7 @@ def main() -> None:
     for sa in config.get("sas", []):
         add_sa(dp, sa)
     dp.replace_eroutes(table_of(config.get("eroutes", [])))
-    dp.start(fd, tun_mtu=config["mtu"], **fds)
+    dp.start(fd, tun_mtu=config["mtu"], threads=config.get("threads", 2), **fds)
     steering = routing.install(name, config["trap"], [], table=config.get("table", 100),
                                priority=config.get("priority", 100), mark=mark)
     say({"ready": True})

@@ -5,6 +5,7 @@
     [ns oedb<pid>] oe0 (TUN)  198.51.100.2/24 (+ .3, .4)  2001:db8::2/64
 
 A routes .2, .3, .4, .5 and 2001:db8::2 into its TUN; B routes .1 and 2001:db8::1 into its TUN.
+A runs a loop thread per direction, B one thread for both.
 A's eroutes: .2 -> SA, 2001:db8::2 -> SA (raw ESP over IPv6), .3 -> %trap, .4 -> %pass,
 .5 -> %reject. A's IPv4 SA is told the path MTU is 1400 while A's TUN MTU is 1435, so a DF
 packet between the two gets ICMP fragmentation-needed from the datapath itself.
@@ -131,6 +132,7 @@ def pair(tmp_path_factory):
         nodes.append(node_a)
         node_b = Node(b, {
             "mtu": 1435, "addresses": [B4, B6], "trap": [f"{A4}/32", f"{A6}/128"],
+            "threads": 1,                   # B runs both directions in one loop thread
             "sas": [sa(0x1001, "in", "a4", B4, A4, dst_ts="198.51.100.0/24"),
                     sa(0x2001, "out", "b4", B4, A4),
                     sa(0x1002, "in", "a6", B6, A6, encap="esp"),
