@@ -374,7 +374,7 @@ class Daemon:
                 log.info("IKE with %s failed: %s", event.remote_addr, why)
         elif isinstance(event, ike_events.IkeSaDeleted):
             self.sa_pairs.pop((version, event.sa_id), None)
-            self._run(self.opportunist.ike_gone(event.sa_id, event.reason, now))
+            self.opportunist.ike_gone(event.sa_id, event.reason, now)
         elif isinstance(event, ike_events.ChildSaFailed):
             pair = self.sa_pairs.get((version, event.sa_id))
             if pair is not None:

@@ -14,8 +14,8 @@ or a socket itself.
       -> usable key: Initiate(gateway)      the daemon starts IKE (oe.ike)
       -> no key / refused: failure shunt    private-or-clear: %pass, private: %drop
       -> malformed record: %drop            RFC 4322: malformed means deny, whatever the group
-    tunnel_up(...)                          CHILD SA established (either side initiated)
-      -> InstallSa, the SA eroute replaces the %hold, held packets go out encrypted
+    tunnel_up(...)                          CHILD SA established (either side initiated) and
+      -> the SA eroute replaces the %hold      in the datapath: held packets go out encrypted
     negotiation_failed(pair, reason)        IKE timeout, AUTHENTICATION_FAILED, ...
       -> the failure shunt, with the reason, for shunt_lifetime seconds
     tunnel_down(...)                        DELETE, dead peer, idle: the %trap is back
@@ -109,31 +109,13 @@ class Initiate:
 
 
 @dataclass(frozen=True)
-class InstallSa:
-    """Give the datapath the CHILD SA (sa_id, spi_in) before the eroute points at it."""
-
-    pair: Pair
-    sa_id: int
-    spi_in: int
-
-
-@dataclass(frozen=True)
-class RemoveSa:
-    """Take the SA pair out of the datapath."""
-
-    pair: Pair
-    spi_in: int
-    spi_out: int
-
-
-@dataclass(frozen=True)
 class DeleteIke:
     """Send DELETE for an IKE SA (its CHILD SAs go with it)."""
 
     sa_id: int
 
 
-Command = Union[FetchKey, Initiate, InstallSa, RemoveSa, DeleteIke]
+Command = Union[FetchKey, Initiate, DeleteIke]
 
 
 @dataclass(frozen=True)
@@ -243,11 +225,13 @@ class Opportunist:
 
     def tunnel_up(self, pair: Pair, peer: IPAddress, sa_id: int, spi_in: int, spi_out: int,
                   algorithm: str, udp_encap: bool, initiator: bool, now: float) -> list[Command]:
-        """A CHILD SA for `pair` exists (we initiated, or the peer did and policy allowed it)."""
+        """A CHILD SA for `pair` is in the datapath (we initiated, or the peer did and policy
+        allowed it). A tunnel of another IKE SA for the pair is stale: the peer restarted and
+        negotiated afresh (what INITIAL_CONTACT says, RFC 7296 2.4), so that IKE SA goes."""
         commands: list[Command] = []
         old = self.tunnels.get(pair)
-        if old is not None and old.spi_in != spi_in:
-            commands.append(RemoveSa(pair, old.spi_in, old.spi_out))
+        if old is not None and old.sa_id != sa_id:
+            commands.append(DeleteIke(old.sa_id))
         self.negotiations.pop(pair, None)
         self.shunts.pop(pair, None)
         self.tunnels[pair] = Tunnel(pair, peer, sa_id, spi_in, spi_out, algorithm, udp_encap,
@@ -255,32 +239,27 @@ class Opportunist:
         how = "initiated" if initiator else "responded to"
         self.log.append(f"{how} OE to {pair.dst} via {peer}: ESP {algorithm}"
                         + (" in UDP" if udp_encap else ""))
-        return [InstallSa(pair, sa_id, spi_in)] + commands
+        return commands
 
-    def tunnel_rekeyed(self, pair: Pair, spi_in: int, spi_out: int, now: float) -> list[Command]:
+    def tunnel_rekeyed(self, pair: Pair, spi_in: int, spi_out: int, now: float) -> None:
+        """The CHILD SA was replaced; the SA eroute points at the new outbound SPI."""
         tunnel = self.tunnels.get(pair)
-        if tunnel is None:
-            return []
-        old_in, old_out = tunnel.spi_in, tunnel.spi_out
-        tunnel.spi_in, tunnel.spi_out, tunnel.last_rekey = spi_in, spi_out, now
-        return [InstallSa(pair, tunnel.sa_id, spi_in), RemoveSa(pair, old_in, old_out)]
+        if tunnel is not None:
+            tunnel.spi_in, tunnel.spi_out, tunnel.last_rekey = spi_in, spi_out, now
 
-    def tunnel_down(self, pair: Pair, spi_in: int, reason: str, now: float) -> list[Command]:
+    def tunnel_down(self, pair: Pair, spi_in: int, reason: str, now: float) -> None:
         """The CHILD SA is gone: the pair falls back to its policy (%trap for OE groups)."""
         tunnel = self.tunnels.get(pair)
         if tunnel is None or tunnel.spi_in != spi_in:
-            return []
+            return  # an SA already replaced by a rekey
         del self.tunnels[pair]
         self.log.append(f"OE to {pair.dst} via {tunnel.peer} ended: {reason}")
-        return [RemoveSa(pair, tunnel.spi_in, tunnel.spi_out)]
 
-    def ike_gone(self, sa_id: int, reason: str, now: float) -> list[Command]:
-        """An IKE SA died (dead peer, DELETE, failed): its tunnels and negotiations end."""
-        commands: list[Command] = []
+    def ike_gone(self, sa_id: int, reason: str, now: float) -> None:
+        """An IKE SA died (dead peer, DELETE, failed): its tunnels end."""
         for pair, tunnel in list(self.tunnels.items()):
             if tunnel.sa_id == sa_id:
-                commands += self.tunnel_down(pair, tunnel.spi_in, reason, now)
-        return commands
+                self.tunnel_down(pair, tunnel.spi_in, reason, now)
 
     def tick(self, now: float) -> list[Command]:
         """Expire failure shunts (the %trap returns) and start rate-limited acquires."""
@@ -305,7 +284,7 @@ class Opportunist:
                 del self.tunnels[pair]
                 self.log.append(f"OE to {pair.dst} via {tunnel.peer} ended: policy now "
                                 f"{group or 'none'}")
-                commands += [RemoveSa(pair, tunnel.spi_in, tunnel.spi_out), DeleteIke(tunnel.sa_id)]
+                commands.append(DeleteIke(tunnel.sa_id))
         for pair, shunt in list(self.shunts.items()):
             if self.group_of(pair) != shunt.group:
                 del self.shunts[pair]
@@ -357,6 +336,6 @@ class Opportunist:
 
 
 __all__ = [
-    "Pair", "BareShunt", "Tunnel", "FetchKey", "Initiate", "InstallSa", "RemoveSa", "DeleteIke",
+    "Pair", "BareShunt", "Tunnel", "FetchKey", "Initiate", "DeleteIke",
     "Command", "Limits", "Opportunist",
 ]

@@ -7,7 +7,7 @@ import pytest
 from oe.dnskeys.choice import KeyLookup, Target, Verdict, not_capable
 from oe.eroute import SaAction, Shunt
 from oe.opportunist import (
-    DeleteIke, FetchKey, Initiate, InstallSa, Limits, Opportunist, Pair, RemoveSa,
+    DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair,
 )
 from oe.policygroups import combine, parse_group, prospective_table
 
@@ -49,7 +49,7 @@ def test_key_then_tunnel_replaces_the_hold_with_the_sa():
     commands = oe.tunnel_up(pair, ipaddress.ip_address("192.0.2.20"), sa_id=1, spi_in=0x1001,
                             spi_out=0xc0de, algorithm="AES_GCM_16_128", udp_encap=False,
                             initiator=True, now=0.5)
-    assert commands == [InstallSa(pair, 1, 0x1001)]
+    assert commands == []
     assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0xc0de)
     assert oe.shunts == {}
     assert oe.take_log() == ["initiated OE to 192.0.2.20 via 192.0.2.20: ESP AES_GCM_16_128"]
@@ -102,18 +102,30 @@ def test_tunnel_down_brings_back_the_trap():
     pair = Pair.of(ME, "192.0.2.20")
     peer = ipaddress.ip_address("192.0.2.20")
     oe.tunnel_up(pair, peer, 3, 0x11, 0x22, "AES_GCM_16_128", True, False, 0)
-    assert oe.tunnel_down(pair, 0x99, "DELETE", 1) == []      # not our SPI: ignored
-    assert oe.ike_gone(3, "peer dead", 5) == [RemoveSa(pair, 0x11, 0x22)]
+    oe.tunnel_down(pair, 0x99, "DELETE", 1)                  # not our SPI: ignored
+    assert fate(oe, "192.0.2.20") == SaAction(peer, 0x22)
+    oe.ike_gone(3, "peer dead", 5)
     assert fate(oe, "192.0.2.20") is Shunt.TRAP
 
 
-def test_rekey_installs_new_then_removes_old():
+def test_rekey_moves_the_eroute_and_the_old_sas_delete_is_ignored():
     oe = opportunist(private_or_clear="0.0.0.0/0\n")
     pair = Pair.of(ME, "192.0.2.20")
     oe.tunnel_up(pair, ipaddress.ip_address("192.0.2.20"), 3, 0x11, 0x22, "x", False, True, 0)
-    assert oe.tunnel_rekeyed(pair, 0x33, 0x44, 100) == [InstallSa(pair, 3, 0x33),
-                                                         RemoveSa(pair, 0x11, 0x22)]
+    oe.tunnel_rekeyed(pair, 0x33, 0x44, 100)
     assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0x44)
+    oe.tunnel_down(pair, 0x11, "rekeyed", 101)               # the old CHILD SA's DELETE
+    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0x44)
+
+
+def test_a_new_ike_sa_for_a_pair_replaces_a_stale_one():
+    """A restarted peer negotiates afresh: the IKE SA of the old tunnel is deleted."""
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    peer = ipaddress.ip_address("192.0.2.20")
+    oe.tunnel_up(pair, peer, 3, 0x11, 0x22, "x", False, True, 0)
+    assert oe.tunnel_up(pair, peer, 4, 0x55, 0x66, "x", False, False, 50) == [DeleteIke(3)]
+    assert fate(oe, "192.0.2.20") == SaAction(peer, 0x66)
 
 
 def test_acquires_are_rate_limited_not_dropped():
@@ -150,7 +162,7 @@ def test_reload_keeps_fitting_tunnels_and_ends_the_others():
     oe.tunnel_up(keep, keep.dst, 1, 0x11, 0x12, "x", False, True, 0)
     oe.tunnel_up(end, end.dst, 2, 0x21, 0x22, "x", False, True, 0)
     new = opportunist(private_or_clear="0.0.0.0/0\n", clear="198.51.100.0/24\n").base
-    assert oe.reload(new, 10) == [RemoveSa(end, 0x21, 0x22), DeleteIke(2)]
+    assert oe.reload(new, 10) == [DeleteIke(2)]
     assert set(oe.tunnels) == {keep}
     assert fate(oe, "198.51.100.20") is Shunt.PASS
 

@@ -184,3 +184,20 @@ def test_oe_start_errors_are_one_line(tmp_path):
                            "start"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "hostkey.pem" in proc.stderr
+
+
+def test_sas_in_use_are_rekeyed_and_idle_ones_deleted(make_world):
+    """Short lifetimes: a busy SA is rekeyed at its soft limit, an idle one deleted (both ends),
+    after which the %trap is back and the next packet negotiates again."""
+    world = make_world(conf={"alice": "[ike]\nsa_lifetime = 6.0\nrekey_margin = 3.0\n"})
+    pinger = world.world.spawn(world.hosts["alice"], "ping", "-i", "0.2", BOB, log="ping.log")
+    assert wait_for(lambda: status(world, "alice")["sas"], 10)
+    first = status(world, "alice")["sas"][0]["spi_out"]
+    assert wait_for(lambda: status(world, "alice")["sas"][0]["spi_out"] != first, 15)
+    World.stop(pinger, sig=2)
+    assert wait_for(lambda: status(world, "alice")["sas"] == [], 15)   # idle: deleted
+    assert wait_for(lambda: status(world, "bob")["sas"] == [], 5)      # bob honoured the DELETE
+    log = (world.hosts["alice"].dir / "oe.log").read_text()
+    assert "idle, deleting" in log
+    ping(world, "alice", BOB)                                          # %trap again: renegotiated
+    assert len(status(world, "alice")["sas"]) == 1
