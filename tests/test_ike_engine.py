@@ -133,6 +133,17 @@ def test_nat_floats_to_4500_and_encapsulates():
     assert_pair(ca, cb)
 
 
+def test_nat_keepalives_from_the_side_behind_nat():
+    """Only A (whose own NAT-D hash mismatched) sends 0xFF to 4500 every 20 s (RFC 3948 4)."""
+    a, b = ike_pair()
+    link = Link(a, b, nat="203.0.113.77")
+    establish(link)
+    assert b.get_timer() is None and a.get_timer() == 20.0
+    link.advance(20.0)
+    assert a.datagrams_to_send(link.now) == [(b"\xff", (ADDR_B, 4500), 4500)]
+    assert a.get_timer() == 40.0
+
+
 def test_nat_keepalive_and_esp_on_4500_are_ignored():
     a, b = ike_pair()
     link = Link(a, b)

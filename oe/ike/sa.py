@@ -55,6 +55,7 @@ from oe.ike.constants import (
     HEADER_LEN,
     IKE_PORT,
     NAT_KEEPALIVE,
+    NAT_KEEPALIVE_INTERVAL,
     NAT_T_PORT,
     NON_ESP_MARKER,
     NONCE_LEN,
@@ -130,6 +131,8 @@ class IkeConfig:
     """Half-open responder SAs at or above which IKE_SA_INIT must carry a COOKIE (2.6)."""
     half_open_lifetime: float = HALF_OPEN_LIFETIME
     """Seconds a responder waits for IKE_AUTH after IKE_SA_INIT."""
+    nat_keepalive_interval: float = NAT_KEEPALIVE_INTERVAL
+    """Seconds between NAT keepalives (RFC 3948 section 4) while we are behind a NAT."""
 
     @property
     def identity(self) -> Identity:
@@ -219,6 +222,8 @@ class IkeSa:
         self.suite: Suite | None = None
         self.keys: IkeKeys | None = None
         self.nat_detected = False
+        self.behind_nat = False  # our own address is translated: we keep the mapping open
+        self.next_keepalive: float | None = None
         self.peer_id: Identity | None = None
         self.peer_hashes: set[int] = set()
         self.children: list[_Child] = []
@@ -328,6 +333,8 @@ class IkeSa:
             timers.append(self.created + self.config.half_open_lifetime)
         if self.state == State.REKEYED and self.request is None:
             timers.append(self.retired_at + self.config.retransmit_budget)
+        if self.next_keepalive is not None and self.state == State.ESTABLISHED:
+            timers.append(self.next_keepalive)
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
@@ -339,6 +346,11 @@ class IkeSa:
                 now >= self.retired_at + self.config.retransmit_budget):
             self.engine._remove(self)  # the peer never deleted the old IKE SA (2.18): forget it
             return
+        if self.next_keepalive is not None and now >= self.next_keepalive:
+            # RFC 3948 section 2.3: one 0xFF octet, no non-ESP marker
+            self.engine._out.append((NAT_KEEPALIVE, (self.peer_addr, self.peer_port),
+                                     NAT_T_PORT))
+            self.next_keepalive = now + self.config.nat_keepalive_interval
         req = self.request
         if req is None:
             return
@@ -497,6 +509,7 @@ class IkeSa:
         peer_behind_nat = all(n.data != peer_hash for n in src)
         we_behind_nat = all(n.data != our_hash for n in dst)
         self.nat_detected = peer_behind_nat or we_behind_nat
+        self.behind_nat = we_behind_nat
 
     def _process_i_init(self, msg: Message, now: float) -> None:
         """<-- IKE_SA_INIT { SA, KEr, Nr, N(NATD_S), N(NATD_D), ... } (or COOKIE / INVALID_KE)"""
@@ -634,7 +647,7 @@ class IkeSa:
         except IkeError as e:
             # section 2.21.2: we cannot tell an authenticated peer; delete the IKE SA
             return self._fail(e.notify, e.reason, local=True)
-        self._established()
+        self._established(now)
         if err is not None or msg.first(SA) is None:
             notify = err.notify_type if err is not None else None
             self._emit(ChildSaFailed(self.sa_id, notify,
@@ -669,9 +682,11 @@ class IkeSa:
             raise IkeError(NotifyType.TS_UNACCEPTABLE, "responder widened the traffic selectors")
         return local, remote
 
-    def _established(self) -> None:
+    def _established(self, now: float) -> None:
         self.state = State.ESTABLISHED
         self.dh = None
+        if self.behind_nat:
+            self.next_keepalive = now + self.config.nat_keepalive_interval
         self._emit(IkeSaEstablished(
             self.sa_id, self.spi_i, self.spi_r, self.initiator, self.config.local_addr,
             self.peer_addr, self.peer_port, str(self.peer_id), self.nat_detected,
@@ -734,7 +749,7 @@ class IkeSa:
                 payloads.append(Notify(e.notify))
         self._respond(ExchangeType.IKE_AUTH, mid, payloads)
         self.engine._half_open_done(self)
-        self._established()
+        self._established(now)
         if child is not None:
             self.children.append(child)
             self._emit(ChildSaEstablished(self.sa_id, child.sa))
@@ -1014,6 +1029,7 @@ class IkeSa:
         new.keys = derive_ike_keys(Prf(suite.prf), seed, nonce_i, nonce_r, spi_i, spi_r,
                                    suite.encr, suite.key_bits, suite.integ)
         new.nat_detected = self.nat_detected
+        new.behind_nat, new.next_keepalive = self.behind_nat, self.next_keepalive
         new.peer_id = self.peer_id
         new.expected_peer_id = self.expected_peer_id
         new.peer_hashes = self.peer_hashes
