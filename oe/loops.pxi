@@ -1029,6 +1029,7 @@ cdef class Datapath:
         self.c = <DpCore *>calloc(1, sizeof(DpCore))
         if self.c == NULL:
             raise MemoryError()
+        self.c.ev_fd = self.c.wake_fds[0] = self.c.wake_fds[1] = -1
         self.c.events = <DpEvent *>calloc(EV_CAP, sizeof(DpEvent))
         if self.c.events == NULL:
             raise MemoryError()
