@@ -8,6 +8,8 @@ on stdout (keys as hex), and obeys JSON commands on stdin:
   {"cmd": "rekey_ike"}           CREATE_CHILD_SA rekeying the IKE SA
   {"cmd": "delete_child"}        INFORMATIONAL { D(ESP) } for the newest CHILD SA
   {"cmd": "delete_ike"}          INFORMATIONAL { D(IKE) }
+  {"cmd": "liveness"}            INFORMATIONAL { }; {"event": "idle"} follows once no request
+                                 of ours is in flight any more
   {"cmd": "ping", "seq": N}      ESP-in-UDP echo request built by scapy with the newest
                                  CHILD SA's outbound keys, sent from our 4500 socket
   {"cmd": "quit"}
@@ -106,6 +108,9 @@ async def main() -> None:
                 engine.delete_child(state["sa_id"], state["children"][-1].spi_in, now)
             elif name == "delete_ike":
                 engine.delete_ike(state["sa_id"], now)
+            elif name == "liveness":
+                engine.check_liveness(state["sa_id"], now)
+                wait_idle(engine, state["sa_id"])
             elif name == "ping":
                 send_ping(runner, state["children"][-1], cmd["seq"])
             emit({"event": "ok", "cmd": name})
@@ -113,6 +118,20 @@ async def main() -> None:
             emit({"event": "error", "cmd": name, "error": repr(e)})
         runner.transmit()
     runner.close()
+
+
+def wait_idle(engine: IkeEngine, sa_id: int) -> None:
+    """Report {"event": "idle"} once the IKE SA has no request in flight (polled on the loop)."""
+    loop = asyncio.get_running_loop()
+
+    def check() -> None:
+        sa = engine._by_id.get(sa_id)
+        if sa is not None and sa.request is None and not sa.queue:
+            emit({"event": "idle"})
+        else:
+            loop.call_later(0.05, check)
+
+    loop.call_later(0.05, check)
 
 
 def send_ping(runner: IkeRunner, child, seq: int) -> None:

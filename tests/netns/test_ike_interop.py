@@ -83,6 +83,7 @@ swanctl {{
 SWANCTL_CONF = """connections {{
   hh {{
     version = 2
+    dpd_delay = {dpd}
     local_addrs = {me}
     remote_addrs = {peer}
     proposals = {ike}
@@ -185,7 +186,7 @@ class OePeer:
 
 class Topology:
     def __init__(self, tmp: Path, ike: str, esp: str, oe_ike: str | None = None,
-                 family: int = 4) -> None:
+                 family: int = 4, dpd: str = "0s") -> None:
         pid = os.getpid()
         self.tmp = tmp
         self.ns_oe, self.ns_charon = f"oei{pid}", f"oec{pid}"
@@ -193,6 +194,7 @@ class Topology:
         self.d = tmp / "charon"
         self.ike, self.esp = ike, esp
         self.oe_ike = oe_ike or ike
+        self.dpd = dpd
         self.oe_addr, self.charon_addr, self.prefix = ADDRS[family]
         self.charon: subprocess.Popen | None = None
         self.tcpdump: subprocess.Popen | None = None
@@ -226,7 +228,7 @@ class Topology:
         (self.tmp / "charon.pub").write_bytes(pem_public(charon_key))
         (self.d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(d=self.d))
         (sw / "swanctl.conf").write_text(SWANCTL_CONF.format(
-            me=self.charon_addr, peer=self.oe_addr, ike=self.ike, esp=self.esp))
+            me=self.charon_addr, peer=self.oe_addr, ike=self.ike, esp=self.esp, dpd=self.dpd))
         self.charon = subprocess.Popen(
             ["ip", "netns", "exec", self.ns_charon, "unshare", "-m", "sh", "-c",
              f"mount --bind {self.d}/run /run && mount --bind {sw} /etc/swanctl && "
@@ -313,8 +315,9 @@ class Topology:
 def topology_factory(tmp_path):
     made: list[Topology] = []
 
-    def make(ike: str, esp: str, oe_ike: str | None = None, family: int = 4) -> Topology:
-        t = Topology(tmp_path, ike, esp, oe_ike, family)
+    def make(ike: str, esp: str, oe_ike: str | None = None, family: int = 4,
+             dpd: str = "0s") -> Topology:
+        t = Topology(tmp_path, ike, esp, oe_ike, family, dpd)
         made.append(t)
         t.up()
         return t
@@ -486,3 +489,20 @@ def test_charon_interop_ipv6(topology_factory) -> None:
     t.oe.command("delete_ike")
     t.oe.expect("IkeSaDeleted", reason="deleted by us")
     assert "hh:" not in charon_sas(t)
+
+
+def test_charon_liveness_checks_both_ways(topology_factory) -> None:
+    """INFORMATIONAL { } --> <-- { }: oe's liveness check is answered by charon, and charon's
+    DPD (dpd_delay 1 s, sent while no ESP arrives) is answered by oe."""
+    t = topology_factory("aes128-sha256-x25519", "aes128gcm16", dpd="1s")
+    assert t.oe is not None
+    t.oe.command("initiate")
+    t.oe.expect("ChildSaEstablished")
+    t.oe.command("liveness")
+    t.oe.expect("idle")  # our request was answered: nothing in flight any more
+    deadline = time.monotonic() + WAIT
+    while "parsed INFORMATIONAL response" not in t.charon_log():  # charon's DPD, answered
+        assert time.monotonic() < deadline, t.charon_log()
+        time.sleep(0.1)
+    assert "parsed INFORMATIONAL request" in t.charon_log()  # and oe's check reached charon
+    assert "hh:" in charon_sas(t)
