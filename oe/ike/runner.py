@@ -126,7 +126,14 @@ class IkeRunner:
         self.transmit()
 
     def transmit(self) -> None:
-        """Send what the engine has, re-arm the timer, deliver the events."""
+        """Deliver the events, send what the engine has, re-arm the timer.
+
+        Events first: a responder's CHILD SA must be in the datapath before the IKE_AUTH
+        response leaves, or the initiator's first ESP packets (its held ones) would meet an
+        unknown SPI.
+        """
+        while (event := self.engine.next_event()) is not None:
+            self.on_event(event)
         for data, addr, local_port in self.engine.datagrams_to_send(self.now()):
             if local_port == NAT_T_PORT and self.nat_t_socket is not None:
                 try:
@@ -143,9 +150,6 @@ class IkeRunner:
             assert self._loop is not None
             self._timer_at = timer_at
             self._timer = self._loop.call_at(timer_at, self._handle_timer)
-        while (event := self.engine.next_event()) is not None:
-            self.on_event(event)
-
 
 def _creates_responder_sa(data: bytes, local_port: int) -> bool:
     """An IKE_SA_INIT request with a zero responder SPI (section 2.6): a new peer's first word."""
