@@ -308,7 +308,11 @@ class Topology:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         assert self.tcpdump.stderr is not None
-        self.tcpdump.stderr.readline()  # "listening on ...": the capture is running
+        for _ in range(10):  # "listening on ...": the capture is running
+            line = self.tcpdump.stderr.readline()
+            if "listening on" in line or not line:
+                break
+        assert self.tcpdump.poll() is None, "tcpdump did not start"
 
 
 @pytest.fixture
