@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import random
 import sys
 
 from cryptography.hazmat.primitives import serialization
@@ -59,6 +60,7 @@ async def main() -> None:
     ap.add_argument("--peer-pub", required=True, help="the peer's public key, PEM")
     ap.add_argument("--ike", default="aes128-sha256-x25519")
     ap.add_argument("--esp", default="aes128gcm16")
+    ap.add_argument("--seed", type=int, help="draw randomness from random.Random(seed) (replays)")
     args = ap.parse_args()
 
     with open(args.key, "rb") as f:
@@ -68,7 +70,8 @@ async def main() -> None:
     peer_id = Identity.from_address(args.peer)
     config = IkeConfig(local_addr=args.local, private_key=key, ike_proposals=(args.ike,),
                        esp_proposals=(args.esp,))
-    engine = IkeEngine(config, rng=os.urandom,
+    rng = os.urandom if args.seed is None else random.Random(args.seed).randbytes
+    engine = IkeEngine(config, rng=rng,
                        lookup_key=lambda ident: peer_pub if ident == peer_id else None)
     state: dict = {"sa_id": None, "children": []}
 

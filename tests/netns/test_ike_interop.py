@@ -186,7 +186,7 @@ class OePeer:
 
 class Topology:
     def __init__(self, tmp: Path, ike: str, esp: str, oe_ike: str | None = None,
-                 family: int = 4, dpd: str = "0s") -> None:
+                 family: int = 4, dpd: str = "0s", seed: int | None = None) -> None:
         pid = os.getpid()
         self.tmp = tmp
         self.ns_oe, self.ns_charon = f"oei{pid}", f"oec{pid}"
@@ -195,6 +195,7 @@ class Topology:
         self.ike, self.esp = ike, esp
         self.oe_ike = oe_ike or ike
         self.dpd = dpd
+        self.seed = seed
         self.oe_addr, self.charon_addr, self.prefix = ADDRS[family]
         self.charon: subprocess.Popen | None = None
         self.tcpdump: subprocess.Popen | None = None
@@ -243,7 +244,8 @@ class Topology:
         self.swanctl("--load-all")
         self.oe = OePeer(self.ns_oe, [
             "--local", self.oe_addr, "--peer", self.charon_addr, "--key", str(self.tmp / "oe.pem"),
-            "--peer-pub", str(self.tmp / "charon.pub"), "--ike", self.oe_ike, "--esp", self.esp])
+            "--peer-pub", str(self.tmp / "charon.pub"), "--ike", self.oe_ike, "--esp", self.esp,
+            *(["--seed", str(self.seed)] if self.seed is not None else [])])
         self.oe.expect("ready")
 
     def down(self) -> None:
