@@ -25,7 +25,8 @@ FIXTURES = sorted((Path(__file__).parent / "data").glob("charon_replay_*.json"))
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem.removeprefix("charon_replay_"))
 def test_replay_of_charon_exchange(path):
-    """IKE_SA_INIT <--> (charon fakes NAT-D, both float to 4500), IKE_AUTH <-->, byte for byte."""
+    """IKE_SA_INIT <--> (charon fakes NAT-D, both float to 4500), IKE_AUTH <-->, byte for byte,
+    with oe as initiator and as responder."""
     rec = json.loads(path.read_text())
     key = serialization.load_pem_private_key(rec["oe_key"].encode(), None)
     charon_pub = serialization.load_pem_public_key(rec["charon_pub"].encode())
@@ -36,7 +37,8 @@ def test_replay_of_charon_exchange(path):
         rng=random.Random(rec["seed"]).randbytes,
         lookup_key=lambda ident: charon_pub if ident == charon_id else None,
     )
-    engine.initiate(rec["charon_addr"], 0.0)
+    if rec["role"] == "initiator":
+        engine.initiate(rec["charon_addr"], 0.0)
     now = 0.0
     for d in rec["datagrams"]:
         data = bytes.fromhex(d["data"])

@@ -1,7 +1,7 @@
 """Regenerate tests/data/charon_replay_*.json: one real IKE_SA_INIT + IKE_AUTH with charon.
 
-Run as root: ``.venv/bin/python tests/netns/make_charon_replay.py``. oe initiates with a seeded
-rng; tcpdump records every IKE datagram on the veth. The file keeps oe's (throwaway, test-only)
+Run as root: ``.venv/bin/python tests/netns/make_charon_replay.py``. oe runs with a seeded rng,
+as initiator and as responder; tcpdump records every IKE datagram on the veth. The file keeps oe's (throwaway, test-only)
 private key, charon's public key, the seed, the datagrams and the CHILD SA oe derived, so that
 tests/test_ike_replay.py can replay charon's answers into a fresh engine without charon.
 """
@@ -25,7 +25,8 @@ OUT = Path(__file__).resolve().parents[1] / "data"
 def main() -> None:
     from scapy.layers.inet import IP, UDP
 
-    for name, (ike, esp) in PROPOSAL_SETS.items():
+    for (ike, esp), role in [(p, r) for p in PROPOSAL_SETS.values()
+                             for r in ("initiator", "responder")]:
         tmp = Path(tempfile.mkdtemp())
         t = Topology(tmp, ike, esp, seed=SEED)
         try:
@@ -39,7 +40,10 @@ def main() -> None:
             while "listening on" not in dump.stderr.readline():
                 pass
             assert t.oe is not None
-            t.oe.command("initiate")
+            if role == "initiator":
+                t.oe.command("initiate")
+            else:
+                t.swanctl("--initiate", "--child", "hh")
             child = t.oe.expect("ChildSaEstablished")["child"]
             while len(t.captured()) < 4:
                 pass
@@ -51,13 +55,13 @@ def main() -> None:
                 for p in t.captured()
             ]
             record = {
-                "ike": ike, "esp": esp, "seed": SEED, "oe_addr": t.oe_addr,
+                "ike": ike, "esp": esp, "seed": SEED, "role": role, "oe_addr": t.oe_addr,
                 "charon_addr": t.charon_addr,
                 "oe_key": (tmp / "oe.pem").read_text(),
                 "charon_pub": (tmp / "charon.pub").read_text(),
                 "datagrams": datagrams, "child": child,
             }
-            (OUT / f"charon_replay_{ike}.json").write_text(json.dumps(record, indent=1) + "\n")
+            (OUT / f"charon_replay_{role}_{ike}.json").write_text(json.dumps(record, indent=1) + "\n")
         finally:
             t.down()
 
