@@ -271,3 +271,16 @@ def test_pss_is_accepted_and_method_1_only_without_hash_notify():
 def test_auth_verify_on_garbage_fails_cleanly(data):
     with pytest.raises(IkeError):
         auth.verify(host_key("a").public_key(), AuthMethod.DIGITAL_SIGNATURE, data, b"x", False)
+
+
+def test_pss_with_impossible_salt_length_is_an_authentication_failure():
+    key = host_key("a")
+    good = auth.sign_pss(key, b"x")
+    bad = good.replace(bytes.fromhex("a203020120"), bytes.fromhex("a2040202ffff"))
+    bad = bytearray(bad)
+    for pos in (0, 2, 15):  # AUTH's length octet, AlgorithmIdentifier, RSASSA-PSS-params
+        bad[pos] += 1
+    with pytest.raises(IkeError) as e:
+        auth.verify(key.public_key(), AuthMethod.DIGITAL_SIGNATURE, bytes(bad), b"x", False)
+    assert e.value.notify == NotifyType.AUTHENTICATION_FAILED
+    assert e.value.reason == "signature does not verify"  # it parsed; the salt cannot fit

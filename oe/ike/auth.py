@@ -166,5 +166,5 @@ def verify(key: rsa.RSAPublicKey, method: int, data: bytes, octets: bytes,
             key.verify(data, octets, padding.PKCS1v15(), hashes.SHA1())
         else:
             raise IkeError(fail, f"unsupported AUTH method {method}")
-    except InvalidSignature as e:
+    except (InvalidSignature, ValueError) as e:  # ValueError: e.g. a PSS salt longer than fits
         raise IkeError(fail, "signature does not verify") from e

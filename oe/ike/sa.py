@@ -65,6 +65,7 @@ from oe.ike.constants import (
     EsnId,
     ExchangeType,
     HashId,
+    IdType,
     NotifyType,
     ProtocolId,
     notify_name,
@@ -763,8 +764,10 @@ class IkeSa:
         if tsi is None or tsr is None:
             raise IkeError(NotifyType.TS_UNACCEPTABLE, "request lacks TSi or TSr")
         peer = self.peer_id
-        peer_host = (str(peer) if peer is not None and peer.id_type in (1, 5)
-                     else self.peer_addr)
+        peer_host = self.peer_addr  # OE: an address ID names the host, anything else the sender
+        if peer is not None and peer.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR) \
+                and len(peer.data) in (4, 16):
+            peer_host = str(ipaddress.ip_address(peer.data))
         remote = narrow([TrafficSelector.from_wire(w) for w in tsi.selectors],
                         [TrafficSelector.host(peer_host)])
         local = narrow([TrafficSelector.from_wire(w) for w in tsr.selectors],
