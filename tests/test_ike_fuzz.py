@@ -215,3 +215,54 @@ class TwoPeers(RuleBasedStateMachine):
 TwoPeers.TestCase.settings = settings(max_examples=150, stateful_step_count=25, deadline=None,
                                       suppress_health_check=[HealthCheck.too_slow])
 test_two_peers_agree_after_random_exchanges = TwoPeers.TestCase
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(SUITES)), st.sampled_from([35, 36, 37]),
+       st.lists(__import__("test_ike_message")._payload, max_size=6))
+def test_authentic_requests_with_random_payloads_are_answered(kind, exchange, payloads):
+    """A request that passes the integrity check but carries any payloads at all gets exactly
+    one answer (an exchange's result or an error notify) and never an exception."""
+    from oe.ike.message import Header, encode_payloads
+
+    a, b = ike_pair(seed=11, cfg_a=SUITES[kind], cfg_b=SUITES[kind])
+    link = Link(a, b)
+    sid = a.initiate(ADDR_B, 0)
+    link.roundtrip(a)
+    sa = a._by_id[sid]
+    header = Header(sa.spi_i, sa.spi_r, 0, exchange, 0x08, sa.next_message_id, 0).encode()
+    first, inner = encode_payloads(payloads)
+    b.receive_datagram(sa.keys.cipher(True).seal(header, first, inner, a.rng), (ADDR_A, 500), 1.0)
+    assert len(b.datagrams_to_send(1.0)) == 1
+    while b.next_event() is not None:
+        pass
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(SUITES)),
+       st.lists(__import__("test_ike_message")._payload, max_size=6), st.booleans())
+def test_authentic_ike_auth_with_random_payloads_is_answered(kind, payloads, with_real_auth):
+    """The half-open responder gets an IKE_AUTH that passes the integrity check but holds
+    random payloads (optionally after a real IDi and AUTH): one answer, then either an
+    established IKE SA or a failure event, never an exception."""
+    from oe.ike.message import ID, Auth, Header, encode_payloads
+
+    a, b = ike_pair(seed=13, cfg_a=SUITES[kind], cfg_b=SUITES[kind])
+    link = Link(a, b)
+    sid = a.initiate(ADDR_B, 0)
+    link.transfer(a)
+    link.transfer(b)
+    a.datagrams_to_send(0)  # the real IKE_AUTH request, never delivered
+    sa = a._by_id[sid]
+    if with_real_auth:
+        idi = ID(True, sa.config.identity.id_type, sa.config.identity.data)
+        payloads = [idi, sa._auth_payload(idi)] + [p for p in payloads
+                                                   if not isinstance(p, (ID, Auth))]
+    header = Header(sa.spi_i, sa.spi_r, 0, 35, 0x08, 1, 0).encode()
+    first, inner = encode_payloads(payloads)
+    b.receive_datagram(sa.keys.cipher(True).seal(header, first, inner, a.rng), (ADDR_A, 500), 1.0)
+    assert len(b.datagrams_to_send(1.0)) == 1
+    kinds = []
+    while (ev := b.next_event()) is not None:
+        kinds.append(type(ev).__name__)
+    assert kinds[:1] in (["IkeSaEstablished"], ["IkeSaFailed"]), kinds
