@@ -83,12 +83,104 @@ cdef extern from *:
         return ok;
     }
 
-    /* recvmmsg() up to n datagrams; fills lengths and source (addr, port). */
+    /* UDP segmentation offload (Linux 4.18+): one sendmsg() carries a run of equal-sized
+       datagrams to one peer, cut by the kernel (or the NIC); GRO (5.0+) hands such runs up
+       as one buffer. Both save the per-datagram route lookup and skb work. */
+    #include <netinet/udp.h>
+    #ifndef UDP_SEGMENT
+    #define UDP_SEGMENT 103
+    #endif
+    #ifndef UDP_GRO
+    #define UDP_GRO 104
+    #endif
+    #ifndef SOL_UDP
+    #define SOL_UDP 17
+    #endif
+    #define DP_GSO_MAX 65000
+
+    static int dp_send_gso(int fd, int family, uint8_t **bufs, uint32_t *lens, int n,
+                           const uint8_t *addr, uint16_t port) {
+        struct msghdr m;
+        struct iovec iov[DP_BATCH];
+        union { struct sockaddr_in v4; struct sockaddr_in6 v6; } sa;
+        union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctrl;
+        struct cmsghdr *cm;
+        int i;
+        memset(&m, 0, sizeof(m));
+        memset(&sa, 0, sizeof(sa));
+        memset(&ctrl, 0, sizeof(ctrl));
+        for (i = 0; i < n; i++) { iov[i].iov_base = bufs[i]; iov[i].iov_len = lens[i]; }
+        if (family == 4) {
+            sa.v4.sin_family = AF_INET; sa.v4.sin_port = htons(port);
+            memcpy(&sa.v4.sin_addr, addr, 4); m.msg_namelen = sizeof(sa.v4);
+        } else {
+            sa.v6.sin6_family = AF_INET6; sa.v6.sin6_port = htons(port);
+            memcpy(&sa.v6.sin6_addr, addr, 16); m.msg_namelen = sizeof(sa.v6);
+        }
+        m.msg_name = &sa;
+        m.msg_iov = iov;
+        m.msg_iovlen = n;
+        m.msg_control = ctrl.buf;
+        m.msg_controllen = sizeof(ctrl.buf);
+        cm = CMSG_FIRSTHDR(&m);
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        *(uint16_t *)CMSG_DATA(cm) = (uint16_t)lens[0];
+        for (;;) {
+            if (sendmsg(fd, &m, 0) >= 0) return 0;
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == ENOBUFS) {
+                struct pollfd p = { fd, POLLOUT, 0 };
+                poll(&p, 1, 10);
+                continue;
+            }
+            return -errno;
+        }
+    }
+
+    /* Send a run of datagrams: equal-sized ones to one peer together (GSO), others with
+       sendmmsg(). *gso drops to 0 for good if the kernel or the device refuses GSO. */
+    static int dp_sendrun(int fd, int family, uint8_t **bufs, uint32_t *lens,
+                          uint8_t (*addrs)[16], uint16_t *ports, int n, int *gso) {
+        int i = 0, j, r, ok = 0;
+        uint32_t total;
+        while (i < n) {
+            j = i + 1;
+            total = lens[i];
+            while (*gso && j < n && j - i < DP_BATCH && ports[j] == ports[i]
+                   && memcmp(addrs[j], addrs[i], 16) == 0 && lens[j] <= lens[i]
+                   && total + lens[j] <= DP_GSO_MAX) {
+                total += lens[j];
+                j++;
+                if (lens[j - 1] < lens[i]) break;      /* only the last may be shorter */
+            }
+            if (j - i >= 2) {
+                r = dp_send_gso(fd, family, bufs + i, lens + i, j - i, addrs[i], ports[i]);
+                if (r == 0) { ok += j - i; i = j; continue; }
+                if (r == -EIO || r == -EINVAL || r == -ENOPROTOOPT || r == -EOPNOTSUPP)
+                    *gso = 0;
+            }
+            ok += dp_sendmany(fd, family, bufs + i, lens + i, addrs + i, ports + i, j - i);
+            i = j;
+        }
+        return ok;
+    }
+
+    static void dp_udp_gro(int fd) {
+        int one = 1;
+        setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one));
+    }
+
+    /* recvmmsg() up to n datagrams; fills lengths, source (addr, port) and, for UDP GRO
+       buffers holding several datagrams, their size (segs[i], else 0). */
     static int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
-                           uint8_t (*addrs)[16], uint16_t *ports, int n) {
+                           uint8_t (*addrs)[16], uint16_t *ports, uint16_t *segs, int n) {
         struct mmsghdr msgs[DP_BATCH];
         struct iovec iov[DP_BATCH];
         union { struct sockaddr_in v4; struct sockaddr_in6 v6; } sa[DP_BATCH];
+        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctrl[DP_BATCH];
+        struct cmsghdr *cm;
         int i, r;
         if (n > DP_BATCH) n = DP_BATCH;
         memset(msgs, 0, sizeof(struct mmsghdr) * n);
@@ -99,10 +191,16 @@ cdef extern from *:
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_name = &sa[i];
             msgs[i].msg_hdr.msg_namelen = sizeof(sa[i]);
+            msgs[i].msg_hdr.msg_control = ctrl[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof(ctrl[i].buf);
         }
         r = recvmmsg(fd, msgs, n, MSG_DONTWAIT, NULL);
         for (i = 0; i < r; i++) {
             lens[i] = msgs[i].msg_len;
+            segs[i] = 0;
+            for (cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm))
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO)
+                    segs[i] = (uint16_t)*(int *)CMSG_DATA(cm);
             memset(addrs[i], 0, 16);
             if (family == 4) {
                 memcpy(addrs[i], &sa[i].v4.sin_addr, 4);
@@ -113,6 +211,191 @@ cdef extern from *:
             }
         }
         return r;
+    }
+
+    /* ---- TUN offloads (IFF_VNET_HDR): every read and write carries a virtio_net_hdr.
+       Reads may be TCP superframes (TSO) to cut into MSS-sized segments here; writes coalesce
+       runs of one TCP flow's segments into one superframe (GRO), so the kernel's TCP stack
+       handles them once. The scheme is wireguard-go's tun/offload_linux.go. */
+    #include <sys/uio.h>
+    #define DP_VNET_LEN 10
+    #define DP_F_NEEDS_CSUM 1
+    #define DP_GSO_NONE 0
+    #define DP_GSO_TCPV4 1
+    #define DP_GSO_TCPV6 4
+    #define DP_GSO_ECN 0x80
+    #define DP_TCP_FIN 0x01
+    #define DP_TCP_PSH 0x08
+    #define DP_TCP_ACK 0x10
+    #define DP_TCP_CWR 0x80
+
+    static inline uint16_t dp_rd16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+    static inline void dp_wr16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xFF; }
+    static inline uint32_t dp_rd32(const uint8_t *p) {
+        return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+    }
+    static inline void dp_wr32(uint8_t *p, uint32_t v) {
+        p[0] = v >> 24; p[1] = (v >> 16) & 0xFF; p[2] = (v >> 8) & 0xFF; p[3] = v & 0xFF;
+    }
+
+    /* Ones' complement sum of n bytes (RFC 1071), 32 bits at a time into 64. */
+    static uint64_t dp_sum(const uint8_t *p, size_t n, uint64_t s) {
+        while (n >= 4) { s += dp_rd32(p); p += 4; n -= 4; }
+        if (n >= 2) { s += dp_rd16(p); p += 2; n -= 2; }
+        if (n) s += (uint64_t)p[0] << 8;
+        return s;
+    }
+    static uint16_t dp_fold(uint64_t s) {
+        while (s >> 16) s = (s & 0xFFFF) + (s >> 16);
+        return (uint16_t)s;
+    }
+    static uint64_t dp_pseudo(const uint8_t *ip, int version, uint32_t l4len) {
+        if (version == 4) return dp_sum(ip + 12, 8, 0) + 6 + l4len;
+        return dp_sum(ip + 8, 32, 0) + 6 + l4len;
+    }
+
+    /* Finish a checksum the kernel left partial: the field holds the pseudo-header sum. */
+    static void dp_finish_csum(uint8_t *pkt, size_t n, unsigned start, unsigned offset) {
+        if (start + offset + 2 > n) return;
+        dp_wr16(pkt + start + offset, (uint16_t)~dp_fold(dp_sum(pkt + start, n - start, 0)));
+    }
+
+    /* Segment k of a TCP superframe, written to out: its length, 0 after the last, -1 bad. */
+    static int dp_tso_segment(const uint8_t *pkt, int n, int mss, int k, uint8_t *out) {
+        int version = pkt[0] >> 4, ihl, thl, hl, total, payload, start, len, last;
+        uint8_t *tcp;
+        if (version == 4) { ihl = (pkt[0] & 0x0F) * 4; total = dp_rd16(pkt + 2); }
+        else if (version == 6) { ihl = 40; total = 40 + dp_rd16(pkt + 4); if (pkt[6] != 6) return -1; }
+        else return -1;
+        if (total > n || total < ihl + 20 || mss <= 0) return -1;
+        thl = (pkt[ihl + 12] >> 4) * 4;
+        hl = ihl + thl;
+        if (thl < 20 || hl > total) return -1;
+        payload = total - hl;
+        start = k * mss;
+        if (start >= payload) return 0;
+        len = payload - start < mss ? payload - start : mss;
+        last = start + len >= payload;
+        memcpy(out, pkt, hl);
+        memcpy(out + hl, pkt + hl + start, len);
+        if (version == 4) {
+            dp_wr16(out + 2, (uint16_t)(hl + len));
+            dp_wr16(out + 4, (uint16_t)(dp_rd16(pkt + 4) + k));
+            dp_wr16(out + 10, 0);
+            dp_wr16(out + 10, (uint16_t)~dp_fold(dp_sum(out, ihl, 0)));
+        } else {
+            dp_wr16(out + 4, (uint16_t)(thl + len));
+        }
+        tcp = out + ihl;
+        dp_wr32(tcp + 4, dp_rd32(pkt + ihl + 4) + (uint32_t)start);
+        if (!last) tcp[13] &= ~(DP_TCP_FIN | DP_TCP_PSH);
+        if (k) tcp[13] &= ~DP_TCP_CWR;
+        dp_wr16(tcp + 16, 0);
+        dp_wr16(tcp + 16, (uint16_t)~dp_fold(dp_sum(tcp, thl + len,
+                                                    dp_pseudo(out, version, thl + len))));
+        return hl + len;
+    }
+
+    /* Header length if pkt is a TCP segment GRO may merge (ACK, maybe PSH, with data), else 0. */
+    static int dp_gro_header(const uint8_t *p, uint32_t n) {
+        int ihl, thl;
+        if (n < 40) return 0;
+        if ((p[0] >> 4) == 4) {
+            if (p[0] != 0x45 || p[9] != 6 || (dp_rd16(p + 6) & 0x3FFF) || dp_rd16(p + 2) != n)
+                return 0;
+            ihl = 20;
+        } else if ((p[0] >> 4) == 6) {
+            if (n < 60 || p[6] != 6 || 40u + dp_rd16(p + 4) != n) return 0;
+            ihl = 40;
+        } else return 0;
+        thl = (p[ihl + 12] >> 4) * 4;
+        if (thl < 20 || (uint32_t)(ihl + thl) >= n) return 0;
+        if ((p[ihl + 13] & ~DP_TCP_PSH) != DP_TCP_ACK) return 0;
+        return ihl + thl;
+    }
+
+    #define DP_IHL(p) (((p)[0] >> 4) == 4 ? 20 : 40)   /* of a dp_gro_header() packet */
+
+    /* Same flow and same headers apart from lengths, IPv4 id and checksum, seq and PSH? */
+    static int dp_gro_same(const uint8_t *a, const uint8_t *b, int hl) {
+        int ihl = (a[0] >> 4) == 4 ? 20 : 40;
+        if ((a[0] >> 4) == 4) {
+            if (a[1] != b[1] || a[8] != b[8] || (a[6] & 0x40) != (b[6] & 0x40)
+                    || memcmp(a + 12, b + 12, 8)) return 0;
+        } else if (memcmp(a, b, 4) || a[7] != b[7] || memcmp(a + 8, b + 8, 32)) return 0;
+        a += ihl; b += ihl;
+        return memcmp(a, b, 4) == 0 && memcmp(a + 8, b + 8, 5) == 0
+            && (a[13] & ~DP_TCP_PSH) == (b[13] & ~DP_TCP_PSH) && memcmp(a + 14, b + 14, 2) == 0
+            && memcmp(a + 20, b + 20, hl - ihl - 20) == 0;
+    }
+
+    /* Write n packets to the TUN, each behind a virtio_net_hdr, coalescing runs of one TCP
+       flow into superframes. Returns the number of packets the kernel refused. */
+    static int dp_tun_write(int fd, uint8_t **pkts, uint32_t *lens, int n, uint8_t *scratch,
+                            size_t scratch_size, uint64_t *writes) {
+        uint8_t hdr[DP_VNET_LEN];
+        struct iovec iov[2];
+        int i = 0, j, hl, mss, failed = 0, ihl, version;
+        uint32_t total, seq, pl;
+        while (i < n) {
+            j = i + 1;
+            hl = dp_gro_header(pkts[i], lens[i]);
+            if (hl) {
+                mss = lens[i] - hl;
+                total = lens[i];
+                seq = dp_rd32(pkts[i] + DP_IHL(pkts[i]) + 4) + mss;
+                while (j < n && !(pkts[j - 1][DP_IHL(pkts[j - 1]) + 13] & DP_TCP_PSH)
+                       && dp_gro_header(pkts[j], lens[j]) == hl && dp_gro_same(pkts[i], pkts[j], hl)
+                       && dp_rd32(pkts[j] + DP_IHL(pkts[j]) + 4) == seq
+                       && (pl = lens[j] - hl) <= (uint32_t)mss
+                       && DP_VNET_LEN + total + pl <= scratch_size && total + pl <= 65535) {
+                    total += pl;
+                    seq += pl;
+                    j++;
+                    if (pl < (uint32_t)mss) break;      /* a short segment ends the run */
+                }
+            }
+            memset(hdr, 0, DP_VNET_LEN);
+            if (j == i + 1) {
+                iov[0].iov_base = hdr; iov[0].iov_len = DP_VNET_LEN;
+                iov[1].iov_base = pkts[i]; iov[1].iov_len = lens[i];
+                if (writev(fd, iov, 2) < 0) failed++;
+                (*writes)++;
+                i = j;
+                continue;
+            }
+            /* The superframe: the first segment's headers, every payload, fixed lengths. */
+            version = pkts[i][0] >> 4;
+            ihl = version == 4 ? 20 : 40;
+            uint8_t *sf = scratch + DP_VNET_LEN;
+            uint32_t off = lens[i];
+            int k;
+            memcpy(sf, pkts[i], lens[i]);
+            for (k = i + 1; k < j; k++) {
+                memcpy(sf + off, pkts[k] + hl, lens[k] - hl);
+                off += lens[k] - hl;
+            }
+            sf[ihl + 13] |= pkts[j - 1][ihl + 13] & DP_TCP_PSH;
+            if (version == 4) {
+                dp_wr16(sf + 2, (uint16_t)total);
+                dp_wr16(sf + 10, 0);
+                dp_wr16(sf + 10, (uint16_t)~dp_fold(dp_sum(sf, 20, 0)));
+            } else {
+                dp_wr16(sf + 4, (uint16_t)(total - 40));
+            }
+            /* CHECKSUM_PARTIAL: the TCP field holds the pseudo-header sum (not inverted). */
+            dp_wr16(sf + ihl + 16, dp_fold(dp_pseudo(sf, version, total - ihl)));
+            scratch[0] = DP_F_NEEDS_CSUM;
+            scratch[1] = version == 4 ? DP_GSO_TCPV4 : DP_GSO_TCPV6;
+            *(uint16_t *)(scratch + 2) = (uint16_t)hl;           /* host order: little endian */
+            *(uint16_t *)(scratch + 4) = (uint16_t)mss;
+            *(uint16_t *)(scratch + 6) = (uint16_t)ihl;
+            *(uint16_t *)(scratch + 8) = 16;
+            if (write(fd, scratch, DP_VNET_LEN + total) < 0) failed += j - i;
+            (*writes)++;
+            i = j;
+        }
+        return failed;
     }
 
     /* Deep socket buffers: a burst the loop has not drained yet must not be dropped, or TCP
@@ -140,9 +423,22 @@ cdef extern from *:
     int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*addrs)[16],
                     uint16_t *ports, int n) nogil
     int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
-                    uint8_t (*addrs)[16], uint16_t *ports, int n) nogil
+                    uint8_t (*addrs)[16], uint16_t *ports, uint16_t *segs, int n) nogil
+    int dp_sendrun(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*addrs)[16],
+                   uint16_t *ports, int n, int *gso) nogil
+    void dp_udp_gro(int fd) nogil
     int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready) nogil
     void dp_deepen(int fd, int nbytes) nogil
+    int DP_VNET_LEN
+    int DP_F_NEEDS_CSUM
+    int DP_GSO_NONE
+    int DP_GSO_TCPV4
+    int DP_GSO_TCPV6
+    int DP_GSO_ECN
+    void dp_finish_csum(uint8_t *pkt, size_t n, unsigned start, unsigned offset) nogil
+    int dp_tso_segment(const uint8_t *pkt, int n, int mss, int k, uint8_t *out) nogil
+    int dp_tun_write(int fd, uint8_t **pkts, uint32_t *lens, int n, uint8_t *scratch,
+                     size_t scratch_size, uint64_t *writes) nogil
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long esp_thread_t "pthread_t"
@@ -178,6 +474,7 @@ cdef struct OutBatch:
     int n
     OutItem items[64]
     uint8_t *arena              # BATCH slots of SLOT bytes
+    uint8_t *scratch            # SLOT bytes: a TUN superframe being built (loops only)
     PyObject *pylist            # API mode: flushed items are appended here (GIL held)
 
 
@@ -224,6 +521,8 @@ cdef struct DpCore:
     int running
     int wake_fds[2]             # one eventfd per loop thread: stop, hold recheck
     int tun_fd
+    int vnet                    # the TUN carries a virtio_net_hdr (offloads on)
+    int udp_gso                 # send runs of ESP-in-UDP with UDP_SEGMENT
     int fds[6]                  # udp4, udp6, esp4, esp6, pass4, pass6 (-1: absent)
     double last_sweep
     uint64_t counters[64]
@@ -345,6 +644,7 @@ cdef void batch_flush(DpCore *c, OutBatch *b) noexcept nogil:
     cdef uint8_t addrs[64][16]
     cdef uint16_t ports[64]
     cdef int i, k, m, fd, kind, fam
+    cdef uint64_t writes
     if b.n == 0:
         return
     if b.pylist != NULL:
@@ -356,6 +656,20 @@ cdef void batch_flush(DpCore *c, OutBatch *b) noexcept nogil:
     while i < b.n:
         kind = b.items[i].kind
         fam = b.items[i].family
+        if kind == OUT_TUN and c.vnet:
+            # A run of packets for the TUN: TCP segments of one flow coalesce (GRO).
+            m = 0
+            while i + m < b.n and b.items[i + m].kind == OUT_TUN:
+                bufs[m] = b.items[i + m].data
+                lens[m] = b.items[i + m].length
+                m += 1
+            writes = 0
+            k = dp_tun_write(c.tun_fd, bufs, lens, m, b.scratch, SLOT, &writes)
+            esp_fetch_add64(&c.counters[C_TUN_WRITE], writes)
+            if k:
+                esp_fetch_add64(&c.counters[C_SEND_ERRORS], k)
+            i += m
+            continue
         if kind == OUT_TUN:
             if esp_sys_write(c.tun_fd, b.items[i].data, b.items[i].length) < 0:
                 dp_count(c, C_SEND_ERRORS)
@@ -373,7 +687,12 @@ cdef void batch_flush(DpCore *c, OutBatch *b) noexcept nogil:
             ports[m] = b.items[k].port
             m += 1
         fd = c.fds[(kind * 2) + (0 if fam == 4 else 1)]
-        k = dp_sendmany(fd, fam, bufs, lens, addrs, ports, m) if fd >= 0 else 0
+        if fd < 0:
+            k = 0
+        elif kind == OUT_UDP:
+            k = dp_sendrun(fd, fam, bufs, lens, addrs, ports, m, &c.udp_gso)
+        else:
+            k = dp_sendmany(fd, fam, bufs, lens, addrs, ports, m)
         if k < m:
             esp_fetch_add64(&c.counters[C_SEND_ERRORS], m - k)
         i += m
@@ -892,6 +1211,8 @@ cdef void dp_loop(DpCore *c, Classifier cls, int role) noexcept nogil:
     cdef uint32_t lens[64]
     cdef uint8_t addrs[64][16]
     cdef uint16_t ports[64]
+    cdef uint16_t segs[64]
+    cdef uint32_t off, piece
     cdef int fds[7]
     cdef int which[7]           # socket index 0-3 (udp4, udp6, esp4, esp6), 4 = TUN, 5 = wake
     cdef int nfds = 0
@@ -901,11 +1222,15 @@ cdef void dp_loop(DpCore *c, Classifier cls, int role) noexcept nogil:
     cdef unsigned ready
     cdef uint64_t junk
     cdef double now
+    cdef int seg, gso, mss, seglen
+    cdef uint8_t *pkt
     if b != NULL:
         b.arena = <uint8_t *>malloc(<size_t>BATCH * SLOT)
-    if b == NULL or arena == NULL or b.arena == NULL:
+        b.scratch = <uint8_t *>malloc(SLOT)
+    if b == NULL or arena == NULL or b.arena == NULL or b.scratch == NULL:
         if b != NULL:
             free(b.arena)
+            free(b.scratch)
         free(b)
         free(arena)
         return
@@ -943,15 +1268,50 @@ cdef void dp_loop(DpCore *c, Classifier cls, int role) noexcept nogil:
                     if n <= 0:
                         break
                     dp_count(c, C_TUN_READ)
-                    dp_outbound(c, cls, CTX_LOOP, bufs[0], n, b, False, now)
+                    if not c.vnet:
+                        dp_outbound(c, cls, CTX_LOOP, bufs[0], n, b, False, now)
+                        continue
+                    if n <= DP_VNET_LEN:
+                        dp_count(c, C_MALFORMED)
+                        continue
+                    pkt = bufs[0] + DP_VNET_LEN
+                    n -= DP_VNET_LEN
+                    gso = bufs[0][1] & ~DP_GSO_ECN
+                    if gso == DP_GSO_NONE:
+                        if bufs[0][0] & DP_F_NEEDS_CSUM:
+                            dp_finish_csum(pkt, n, bufs[0][6] | (bufs[0][7] << 8),
+                                           bufs[0][8] | (bufs[0][9] << 8))
+                        dp_outbound(c, cls, CTX_LOOP, pkt, n, b, False, now)
+                    elif gso == DP_GSO_TCPV4 or gso == DP_GSO_TCPV6:
+                        # A TCP superframe (TSO): cut here into segments of gso_size.
+                        mss = bufs[0][4] | (bufs[0][5] << 8)
+                        seg = 0
+                        while True:
+                            seglen = dp_tso_segment(pkt, <int>n, mss, seg, bufs[1])
+                            if seglen <= 0:
+                                if seglen < 0:
+                                    dp_count(c, C_MALFORMED)
+                                break
+                            dp_outbound(c, cls, CTX_LOOP, bufs[1], seglen, b, False, now)
+                            seg += 1
+                    else:
+                        dp_count(c, C_MALFORMED)
             else:
                 fam = 4 if which[i] % 2 == 0 else 6
                 while True:
-                    r = dp_recvmany(fds[i], fam, bufs, SLOT, lens, addrs, ports, BATCH)
+                    r = dp_recvmany(fds[i], fam, bufs, SLOT, lens, addrs, ports, segs, BATCH)
                     if r <= 0:
                         break
                     for k in range(r):
-                        if which[i] == 2:
+                        if segs[k] and lens[k] > segs[k]:
+                            # UDP GRO: several ESP datagrams of segs[k] bytes back to back.
+                            off = 0
+                            while off < lens[k]:
+                                piece = min(<uint32_t>segs[k], lens[k] - off)
+                                dp_inbound(c, CTX_LOOP, bufs[k] + off, piece, fam, addrs[k],
+                                           ports[k], ENCAP_UDP, b, now)
+                                off += piece
+                        elif which[i] == 2:
                             # A raw IPv4 socket hands over the IP header too; IPv6 does not.
                             hl = (bufs[k][0] & 0x0F) * 4 if lens[k] >= 20 else <int>lens[k]
                             dp_inbound(c, CTX_LOOP, bufs[k] + hl, lens[k] - hl, 4, addrs[k],
@@ -964,6 +1324,7 @@ cdef void dp_loop(DpCore *c, Classifier cls, int role) noexcept nogil:
                         break
         batch_flush(c, b)
     free(b.arena)
+    free(b.scratch)
     free(b)
     free(arena)
 
@@ -1445,11 +1806,14 @@ cdef class Datapath:
     # ------------------------------------------------------------------------ loops
 
     def start(self, int tun_fd, *, int udp4=-1, int udp6=-1, int esp4=-1, int esp6=-1,
-              int pass4=-1, int pass6=-1, int tun_mtu=1400, int threads=2) -> None:
+              int pass4=-1, int pass6=-1, int tun_mtu=1400, int threads=2,
+              bint vnet_hdr=True) -> None:
         """Run the loops on these non-blocking file descriptors (owned by the caller).
 
         threads=1: one thread does both directions; a packet and its answer then need one
         thread wake-up fewer on each host. threads=2: one thread per direction.
+        vnet_hdr: the TUN was opened with offloads (oe.tun.open_tun(offload=True)): reads may
+        be TCP superframes, cut into segments here; writes coalesce segments of a flow.
         """
         cdef int k
         if self._nthreads:
@@ -1458,10 +1822,14 @@ cdef class Datapath:
             raise ValueError("threads is 1 or 2")
         self.c.tun_fd = tun_fd
         self.c.tun_mtu = tun_mtu
+        self.c.vnet = vnet_hdr
         for k, fd in enumerate((udp4, udp6, esp4, esp6, pass4, pass6)):
             self.c.fds[k] = fd
             if fd >= 0:
                 dp_deepen(fd, SOCKET_BUFFER)
+            if fd >= 0 and k < 2:
+                dp_udp_gro(fd)
+        self.c.udp_gso = 1
         esp_store_int(&self.c.running, 1)
         roles = [LOOP_OUT | LOOP_IN] if threads == 1 else [LOOP_OUT, LOOP_IN]
         for k, role in enumerate(roles):
