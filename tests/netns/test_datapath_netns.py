@@ -172,12 +172,15 @@ def test_ping_ipv6_through_raw_esp(pair):
     assert sas[(0x1002, "in")]["packets"] >= 3
 
 
-def test_50_mb_tcp_transfer_is_byte_exact(pair):
+@pytest.mark.parametrize("server,size", [(B4, TRANSFER), (B6, TRANSFER // 5)], ids=["ipv4", "ipv6"])
+def test_tcp_transfer_is_byte_exact(pair, server, size):
+    """50 MB over IPv4 (ESP-in-UDP), 10 MB over IPv6 (raw ESP): TSO in, GRO out, both ways."""
     a, b, node_a, node_b = pair
-    server = subprocess.Popen(
+    family = "socket.AF_INET6" if ":" in server else "socket.AF_INET"
+    server_proc = subprocess.Popen(
         ["ip", "netns", "exec", b, sys.executable, "-c",
          "import hashlib, socket\n"
-         "s = socket.create_server(('198.51.100.2', 5001))\n"
+         f"s = socket.create_server(('{server}', 5001), family={family})\n"
          "print('listening', flush=True)\n"
          "c, _ = s.accept(); h = hashlib.sha256(); n = 0\n"
          "while (d := c.recv(1 << 20)):\n"
@@ -185,21 +188,22 @@ def test_50_mb_tcp_transfer_is_byte_exact(pair):
          "print(n, h.hexdigest(), flush=True)\n"],
         stdout=subprocess.PIPE, text=True)
     try:
-        assert server.stdout.readline().strip() == "listening"
-        data = random.Random(6).randbytes(TRANSFER)
+        assert server_proc.stdout.readline().strip() == "listening"
+        data = random.Random(6).randbytes(size)
         client = in_ns(a, sys.executable, "-c",
                        "import socket, sys, random\n"
-                       f"data = random.Random(6).randbytes({TRANSFER})\n"
-                       "s = socket.create_connection(('198.51.100.2', 5001), timeout=60)\n"
+                       f"data = random.Random(6).randbytes({size})\n"
+                       f"s = socket.create_connection(('{server}', 5001), timeout=60)\n"
                        "s.sendall(data); s.close()\n", timeout=120)
         assert client.returncode == 0, client.stderr
-        line = server.communicate(timeout=60)[0].strip()
-        assert line == f"{TRANSFER} {hashlib.sha256(data).hexdigest()}"
+        line = server_proc.communicate(timeout=60)[0].strip()
+        assert line == f"{size} {hashlib.sha256(data).hexdigest()}"
     finally:
-        server.kill()
-        server.wait()
+        server_proc.kill()
+        server_proc.wait()
     stats = node_a.stats()["stats"]
     assert stats["mss_clamped"] >= 1        # the SYN got the tunnel's MSS
+    assert stats["malformed"] == node_b.stats()["stats"]["malformed"] == 0
 
 
 def test_df_packet_too_big_for_the_path_gets_icmp(pair):
