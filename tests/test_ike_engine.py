@@ -641,3 +641,23 @@ def test_simultaneous_ike_rekeys_stay_consistent(order):
     a.rekey_child(sa, ca.spi_in, link.now)  # the survivors still work together
     link.roundtrip(a)
     assert [type(e) for e in events(b)] == [ChildSaRekeyed, ChildSaDeleted]
+
+
+def test_child_deleted_by_peer_before_its_creation_answer_arrives():
+    """B: CREATE_CHILD_SA --> A answers, the answer is lost; A deletes the new SA at once
+    (INFORMATIONAL { D(ESP) } --> B, which does not know it yet); B's retransmission fetches
+    the cached answer. The SA must not come to life at B alone."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, sb, _, _ = establish(link)
+    b.create_child(sb, link.now, local_ts=[TrafficSelector.host(ADDR_B, 17)],
+                   remote_ts=[TrafficSelector.host(ADDR_A, 17, 53)])
+    link.transfer(b)
+    link.transfer(a, drop=True)  # <-- CREATE_CHILD_SA { SA, Nr, TSi, TSr } lost
+    [new] = [e.child for e in events(a)]
+    a.delete_child(sa, new.spi_in, link.now)
+    link.roundtrip(a)
+    link.advance(0.5)  # B retransmits and gets the cached answer
+    link.roundtrip(b)
+    assert [type(e) for e in events(b)] == [ChildSaFailed]
+    assert {c.spi_in for c in a.children(sa)} == {c.spi_out for c in b.children(sb)}

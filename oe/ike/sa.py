@@ -250,6 +250,7 @@ class IkeSa:
         self.auth_spi_in = b""
         self.expected_peer_id: Identity | None = None  # as initiator: who must answer
         self.successor: IkeSa | None = None  # the IKE SA that replaced this one (2.18)
+        self.early_deletes: set[int] = set()  # unknown SPIs the peer deleted meanwhile
 
     # --- small helpers --------------------------------------------------------------------
 
@@ -321,6 +322,7 @@ class IkeSa:
 
     def _request_done(self, now: float) -> None:
         self.request = None
+        self.early_deletes.clear()
         while self.queue and self.request is None and self.state in (State.ESTABLISHED,
                                                                      State.REKEYED):
             self.queue.popleft()(self, now)
@@ -847,6 +849,11 @@ class IkeSa:
             except IkeError as e:
                 self._emit(ChildSaFailed(self.sa_id, e.notify, e.reason))
                 return
+            if new.sa.spi_out in self.early_deletes:
+                # the peer answered, lost the answer, then deleted the SA before our
+                # retransmission fetched that answer again: it never comes to life
+                self._emit(ChildSaFailed(self.sa_id, None, "deleted by peer before it was up"))
+                return
             self.children.append(new)
             if old is None:
                 self._emit(ChildSaEstablished(self.sa_id, new.sa))
@@ -1109,7 +1116,11 @@ class IkeSa:
             for spi in d.spis:
                 child = self._find_child(spi_out=int.from_bytes(spi, "big"))
                 if child is None:
-                    continue  # already gone, e.g. both sides deleted at once (1.4.1)
+                    # already gone (both sides deleted at once, 1.4.1), or made by our
+                    # CREATE_CHILD_SA whose answer we have not seen yet: remember it
+                    if self.request is not None:
+                        self.early_deletes.add(int.from_bytes(spi, "big"))
+                    continue
                 self.children.remove(child)
                 ours.append(child.sa.spi_in.to_bytes(4, "big"))
                 self._emit(ChildSaDeleted(self.sa_id, child.sa.spi_in, child.sa.spi_out,
