@@ -61,6 +61,7 @@ async def main() -> None:
     ap.add_argument("--ike", default="aes128-sha256-x25519")
     ap.add_argument("--esp", default="aes128gcm16")
     ap.add_argument("--seed", type=int, help="draw randomness from random.Random(seed) (replays)")
+    ap.add_argument("--cookie-threshold", type=int, default=32)
     args = ap.parse_args()
 
     with open(args.key, "rb") as f:
@@ -69,7 +70,7 @@ async def main() -> None:
         peer_pub = serialization.load_pem_public_key(f.read())
     peer_id = Identity.from_address(args.peer)
     config = IkeConfig(local_addr=args.local, private_key=key, ike_proposals=(args.ike,),
-                       esp_proposals=(args.esp,))
+                       esp_proposals=(args.esp,), cookie_threshold=args.cookie_threshold)
     rng = os.urandom if args.seed is None else random.Random(args.seed).randbytes
     engine = IkeEngine(config, rng=rng,
                        lookup_key=lambda ident: peer_pub if ident == peer_id else None)

@@ -186,7 +186,8 @@ class OePeer:
 
 class Topology:
     def __init__(self, tmp: Path, ike: str, esp: str, oe_ike: str | None = None,
-                 family: int = 4, dpd: str = "0s", seed: int | None = None) -> None:
+                 family: int = 4, dpd: str = "0s", seed: int | None = None,
+                 oe_esp: str | None = None, oe_args: tuple[str, ...] = ()) -> None:
         pid = os.getpid()
         self.tmp = tmp
         self.ns_oe, self.ns_charon = f"oei{pid}", f"oec{pid}"
@@ -196,6 +197,8 @@ class Topology:
         self.oe_ike = oe_ike or ike
         self.dpd = dpd
         self.seed = seed
+        self.oe_esp = oe_esp or esp
+        self.oe_args = oe_args
         self.oe_addr, self.charon_addr, self.prefix = ADDRS[family]
         self.charon: subprocess.Popen | None = None
         self.tcpdump: subprocess.Popen | None = None
@@ -244,8 +247,8 @@ class Topology:
         self.swanctl("--load-all")
         self.oe = OePeer(self.ns_oe, [
             "--local", self.oe_addr, "--peer", self.charon_addr, "--key", str(self.tmp / "oe.pem"),
-            "--peer-pub", str(self.tmp / "charon.pub"), "--ike", self.oe_ike, "--esp", self.esp,
-            *(["--seed", str(self.seed)] if self.seed is not None else [])])
+            "--peer-pub", str(self.tmp / "charon.pub"), "--ike", self.oe_ike, "--esp", self.oe_esp,
+            *(["--seed", str(self.seed)] if self.seed is not None else []), *self.oe_args])
         self.oe.expect("ready")
 
     def down(self) -> None:
@@ -269,12 +272,13 @@ class Topology:
         r = run("ip", "netns", "exec", self.ns_charon, "unshare", "-m", "sh", "-c",
                 f"mount --bind {sw} /etc/swanctl && STRONGSWAN_CONF={self.d}/strongswan.conf "
                 f"swanctl {' '.join(args)}", check=False)
-        assert r.returncode == 0, f"swanctl {args}: {r.stdout} {r.stderr}\n{self.charon_log()}"
+        assert r.returncode == 0, (
+            f"swanctl {args}: {r.stdout} {r.stderr}\n{self.charon_log()[-6000:]}")
         return r.stdout
 
     def charon_log(self) -> str:
         log = self.d / "charon.log"
-        return log.read_text()[-6000:] if log.exists() else ""
+        return log.read_text() if log.exists() else ""
 
     def charon_send(self, count: int = 2) -> None:
         """Cleartext UDP datagrams from charon's namespace to oe: libipsec seals them."""
@@ -322,8 +326,8 @@ def topology_factory(tmp_path):
     made: list[Topology] = []
 
     def make(ike: str, esp: str, oe_ike: str | None = None, family: int = 4,
-             dpd: str = "0s") -> Topology:
-        t = Topology(tmp_path, ike, esp, oe_ike, family, dpd)
+             dpd: str = "0s", **kw) -> Topology:
+        t = Topology(tmp_path, ike, esp, oe_ike, family, dpd, **kw)
         made.append(t)
         t.up()
         return t
@@ -508,7 +512,35 @@ def test_charon_liveness_checks_both_ways(topology_factory) -> None:
     t.oe.expect("idle")  # our request was answered: nothing in flight any more
     deadline = time.monotonic() + WAIT
     while "parsed INFORMATIONAL response" not in t.charon_log():  # charon's DPD, answered
-        assert time.monotonic() < deadline, t.charon_log()
+        assert time.monotonic() < deadline, t.charon_log()[-6000:]
         time.sleep(0.1)
     assert "parsed INFORMATIONAL request" in t.charon_log()  # and oe's check reached charon
     assert "hh:" in charon_sas(t)
+
+
+def test_charon_answers_our_cookie(topology_factory) -> None:
+    """oe demands a COOKIE from every initiator (threshold 0): charon repeats IKE_SA_INIT
+    { N(COOKIE), SA, KE, Ni, ... } (section 2.6) and the SAs come up."""
+    t = topology_factory("aes128-sha256-x25519", "aes128gcm16",
+                         oe_args=("--cookie-threshold", "0"))
+    assert t.oe is not None
+    t.swanctl("--initiate", "--child", "hh")
+    child = t.oe.expect("ChildSaEstablished")["child"]
+    assert f"{child['spi_out']:08x}" in charon_sas(t)
+    log = t.charon_log()
+    assert "parsed IKE_SA_INIT response 0 [ N(COOKIE) ]" in log, log[-6000:]
+
+
+def test_charon_child_rekey_invalid_ke_retry(topology_factory) -> None:
+    """oe's PFS rekey carries KEi(ECP-256); charon wants MODP-2048: <-- N(INVALID_KE_PAYLOAD)
+    and oe's second CREATE_CHILD_SA with KEi(MODP-2048) rekeys the CHILD SA."""
+    t = topology_factory("aes128-sha256-x25519", "aes128gcm16-modp2048",
+                         oe_esp="aes128gcm16-ecp256-modp2048")
+    assert t.oe is not None
+    t.oe.command("initiate")
+    child = t.oe.expect("ChildSaEstablished")["child"]
+    t.oe.command("rekey_child")
+    child = t.oe.expect("ChildSaRekeyed", old_spi_in=child["spi_in"])["child"]
+    assert child["dh"] == 14
+    t.oe.expect("ChildSaDeleted")
+    prove_esp(t, child, first_seq=1)
