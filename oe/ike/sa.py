@@ -32,6 +32,17 @@ with exponential backoff until a budget runs out (section 2.1); requests we rece
 answered once and the answer is replayed for retransmits (section 2.1, the responder's cache).
 Rule 3: at most one request of ours is in flight per IKE SA (window size 1, section 2.3);
 further exchanges wait in a queue.
+
+Collisions (found by the hypothesis state machine in tests/test_ike_fuzz.py):
+
+- both sides rekey one CHILD SA: both exchanges complete, and the SA made by the exchange
+  with the lowest of the four nonces is deleted by its initiator (section 2.8.1);
+- a peer's IKE SA rekey while a request of ours is in flight (its own IKE rekey, or anything
+  whose answer could die with the old IKE SA): TEMPORARY_FAILURE, it tries again later;
+- an IKE SA rekey overtaking a CHILD SA exchange: the CHILD SA list is shared with the new
+  IKE SA and follow-up exchanges go to whichever IKE SA is alive;
+- a DELETE for a CHILD SA whose CREATE_CHILD_SA answer we have not seen yet: remembered, and
+  that SA is dropped when the (retransmitted) answer arrives.
 """
 
 from __future__ import annotations
