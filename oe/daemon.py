@@ -267,7 +267,14 @@ class Daemon:
             self.loop.create_task(self._install_routes())
 
     async def _fetch(self, command: FetchKey) -> None:
-        lookup = await self.fetcher.fetch(command.target)
+        try:
+            lookup = await self.fetcher.fetch(command.target)
+        except Exception as exc:  # a bug in a lookup must not leave the %hold for ever
+            log.exception("key lookup for %s", command.target)
+            self._run(self.opportunist.negotiation_failed(
+                command.pair, f"key lookup failed: {exc}", self.loop.time()))
+            self._apply()
+            return
         if lookup.key is not None:
             self.peer_keys[command.target] = lookup.key.public_key()
         self._run(self.opportunist.key_found(command.pair, lookup, self.loop.time()))
@@ -332,8 +339,10 @@ class Daemon:
         return False
 
     async def _fetch_for_responder(self, side: _IkeSide, peer: str) -> None:
-        lookup = await self.fetcher.fetch(Target.parse(peer))
-        waiting = self.pending_init.pop(peer, [])
+        try:
+            lookup = await self.fetcher.fetch(Target.parse(peer))
+        finally:
+            waiting = self.pending_init.pop(peer, [])
         if lookup.key is None:
             log.info("refused IKE from %s: %s", peer, lookup.error)
             return
