@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +58,12 @@ class StartError(OeError):
 
 @dataclass
 class _IkeSide:
-    """One address family's IKE engine, its sockets and the flows each IKE SA serves."""
+    """One address family's IKE engine and its asyncio runner."""
 
     version: int
     address: str
     engine: IkeEngine
     runner: IkeRunner
-    nat_t: socket.socket
 
 
 class Daemon:
@@ -92,9 +90,7 @@ class Daemon:
         self.sockets: list[socket.socket] = []
         self.stopping = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.started = time.monotonic()
-        self.sa_created: dict[int, float] = {}
-        self.sa_used: dict[int, int] = {}
+        self.sa_used: dict[int, int] = {}  # outbound SPI -> packets at its last soft limit
 
     # ------------------------------------------------------------------ start and stop
 
@@ -120,7 +116,10 @@ class Daemon:
         if not addresses:
             raise StartError("no address to run IKE on: set addresses in oe.conf")
         self.tun_fd = tun.open_tun(self.config.tun_name)
-        mtu = 1500 - esp_overhead(6 if 6 in addresses else 4, "udp")
+        # The TUN's MTU: the smallest path MTU of our interfaces minus the worst-case ESP
+        # overhead (outer IPv6 + UDP encapsulation), so inner packets always fit.
+        path_mtu = min(await asyncio.to_thread(net.address_mtu, a) for a in addresses.values())
+        mtu = path_mtu - esp_overhead(6 if 6 in addresses else 4, "udp")
         await asyncio.to_thread(tun.set_up, self.config.tun_name, mtu)
         self.datapath = Datapath()
         self.datapath.replace_eroutes(self.opportunist.table())
@@ -155,7 +154,7 @@ class Daemon:
                            self._ts_allowed(v, peer_id, local_ts, remote_ts))
         runner = IkeRunner(engine, address, lambda event, v=version: self._ike_event(v, event),
                            fwmark=mark, nat_t_socket=nat_t, admit_init=self._admit_init)
-        self.sides[version] = _IkeSide(version, address, engine, runner, nat_t)
+        self.sides[version] = _IkeSide(version, address, engine, runner)
         suffix = "4" if version == 4 else "6"
         return {f"udp{suffix}": nat_t.fileno(), f"esp{suffix}": esp.fileno(),
                 f"pass{suffix}": clear.fileno()}
@@ -410,7 +409,6 @@ class Daemon:
         self.datapath.add_sa(child.spi_out, "out", child.key_out,
                              src_ts=local_ts.start, dst_ts=remote_ts.start,
                              soft_time=soft, hard_time=lifetime, **common)
-        self.sa_created[child.spi_out] = self.loop.time()
 
     def _tunnel_by_spi_out(self, spi_out: int):
         for tunnel in self.opportunist.tunnels.values():

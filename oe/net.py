@@ -72,3 +72,12 @@ def host_addresses(configured: tuple[str, ...], exclude: str = "") -> dict[int, 
                     continue
                 found.setdefault(ipaddress.ip_address(address).version, address)
     return found
+
+
+def address_mtu(address: str, default: int = 1500) -> int:
+    """The MTU of the interface that holds `address` (the path MTU we can know of)."""
+    with IPRoute() as ipr:
+        for message in ipr.get_addr(address=address):
+            for link in ipr.get_links(message["index"]):
+                return link.get_attr("IFLA_MTU") or default
+    return default
