@@ -7,6 +7,8 @@ does with one datagram; they return [(kind, address, port, bytes)] instead of se
 import ipaddress
 import select
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6PacketTooBig, IPv6
 from scapy.packet import raw
@@ -222,3 +224,29 @@ def test_inbound_through_the_sa_writes_the_inner_packet_to_the_tun():
     [(kind, address, port, packet)] = dp.inbound(sender.seal(SPI_IN, reply), PEER)
     assert (kind, address, packet) == ("tun", None, reply)
     assert dp.sa_stats(SPI_IN, "in")["packets"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=120), st.sampled_from([4, 6]))
+def test_random_packets_from_the_tun_never_crash(tail, version):
+    """Whatever the host writes into the TUN is classified, sealed, held or dropped, never more."""
+    dp = datapath(eroute("0.0.0.0/0", Shunt.REJECT), eroute("::/0", Shunt.REJECT),
+                  sa_eroute(PEER + "/32"))
+    dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER)
+    header = raw(IP(src=ME, dst=PEER)) if version == 4 else raw(IPv6(src=ME6, dst=PEER6))
+    for packet in (tail, header[:1] + tail, header + tail):
+        for kind, _, _, data in dp.outbound(packet):
+            assert kind in ("udp", "tun") and len(data) < 2000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=200))
+def test_authentic_garbage_inside_esp_is_dropped(inner):
+    """A peer that seals garbage gets it counted as malformed, not written to the TUN."""
+    dp = Datapath()
+    dp.add_sa(SPI_IN, "in", KEY, local=ME, peer=PEER)
+    sender = Datapath()
+    sender.add_sa(SPI_IN, "out", KEY, local=PEER, peer=ME)
+    sealed = sender.seal(SPI_IN, b"\x45" + inner.ljust(19, b"\0"))   # tunnel mode, IPv4 next header
+    for kind, _, _, packet in dp.inbound(sealed, PEER):
+        assert kind == "tun" and IP(packet).src == PEER and IP(packet).dst == ME
