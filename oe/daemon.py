@@ -118,7 +118,7 @@ class Daemon:
         self.tun_fd = tun.open_tun(self.config.tun_name)
         # The TUN's MTU: the smallest path MTU of our interfaces minus the worst-case ESP
         # overhead (outer IPv6 + UDP encapsulation), so inner packets always fit.
-        path_mtu = min(await asyncio.to_thread(net.address_mtu, a) for a in addresses.values())
+        path_mtu = min([await asyncio.to_thread(net.address_mtu, a) for a in addresses.values()])
         mtu = path_mtu - esp_overhead(6 if 6 in addresses else 4, "udp")
         await asyncio.to_thread(tun.set_up, self.config.tun_name, mtu)
         self.datapath = Datapath()
