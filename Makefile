@@ -36,6 +36,7 @@ walkthrough: setup
 
 bench: setup
 	$(PY) bench/eroute.py
+	$(PY) bench/throughput.py
 
 clean:
 	rm -rf build $(VENV) oe/*.so oe/datapath.c *.egg-info
