@@ -140,7 +140,8 @@ cdef extern from *:
     }
 
     /* Send a run of datagrams: equal-sized ones to one peer together (GSO), others with
-       sendmmsg(). *gso drops to 0 for good if the kernel or the device refuses GSO. */
+       sendmmsg(); what GSO refuses goes out one by one. *gso drops to 0 for good if the
+       kernel or the device cannot do it at all. */
     static int dp_sendrun(int fd, int family, uint8_t **bufs, uint32_t *lens,
                           uint8_t (*addrs)[16], uint16_t *ports, int n, int *gso) {
         int i = 0, j, r, ok = 0;
@@ -158,7 +159,9 @@ cdef extern from *:
             if (j - i >= 2) {
                 r = dp_send_gso(fd, family, bufs + i, lens + i, j - i, addrs[i], ports[i]);
                 if (r == 0) { ok += j - i; i = j; continue; }
-                if (r == -EIO || r == -EINVAL || r == -ENOPROTOOPT || r == -EOPNOTSUPP)
+                /* EIO: the device cannot checksum (wireguard-go's test); the others: no GSO in
+                   this kernel. EINVAL (e.g. datagrams over the path MTU) only for this run. */
+                if (r == -EIO || r == -ENOPROTOOPT || r == -EOPNOTSUPP)
                     *gso = 0;
             }
             ok += dp_sendmany(fd, family, bufs + i, lens + i, addrs + i, ports + i, j - i);
