@@ -661,3 +661,18 @@ def test_child_deleted_by_peer_before_its_creation_answer_arrives():
     link.roundtrip(b)
     assert [type(e) for e in events(b)] == [ChildSaFailed]
     assert {c.spi_in for c in a.children(sa)} == {c.spi_out for c in b.children(sb)}
+
+
+def test_late_ike_sa_init_retransmit_gets_the_same_answer_after_auth():
+    """A retransmitted IKE_SA_INIT request that arrives after IKE_AUTH is answered from the
+    IKE SA it made (section 2.1), and makes no new half-open SA."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    [init] = link.transfer(a)
+    [answer] = link.transfer(b)
+    link.roundtrip(a)
+    assert b.half_open() == 0 and len(b._sas) == 1
+    b.receive_datagram(init, (ADDR_A, 500), 1.0)
+    assert b.datagrams_to_send(1.0) == [(answer, (ADDR_A, 500), 500)]
+    assert len(b._sas) == 1 and b.half_open() == 0

@@ -262,6 +262,7 @@ class IkeSa:
         self.expected_peer_id: Identity | None = None  # as initiator: who must answer
         self.successor: IkeSa | None = None  # the IKE SA that replaced this one (2.18)
         self.early_deletes: set[int] = set()  # unknown SPIs the peer deleted meanwhile
+        self.init_addr: Addr = peer  # where a responder's IKE_SA_INIT request came from
 
     # --- small helpers --------------------------------------------------------------------
 
@@ -762,7 +763,6 @@ class IkeSa:
                 child_error = e
                 payloads.append(Notify(e.notify))
         self._respond(ExchangeType.IKE_AUTH, mid, payloads)
-        self.engine._half_open_done(self)
         self._established(now)
         if child is not None:
             self.children.append(child)
@@ -1157,7 +1157,9 @@ class IkeEngine:
         self.lookup_key = lookup_key
         self.ts_policy = ts_policy
         self._sas: dict[bytes, IkeSa] = {}
-        self._half_open: dict[tuple[bytes, Addr], IkeSa] = {}
+        # responder IKE SAs by the initiator's SPI and address, to recognise a retransmitted
+        # IKE_SA_INIT request (section 2.1), for as long as the IKE SA lives
+        self._by_init: dict[tuple[bytes, Addr], IkeSa] = {}
         self._by_id: dict[int, IkeSa] = {}
         self._out: list[tuple[bytes, Addr, int]] = []
         self._events: deque[Event] = deque()
@@ -1291,12 +1293,13 @@ class IkeEngine:
             del self._sas[sa.our_spi]
         if self._by_id.get(sa.sa_id) is sa:
             del self._by_id[sa.sa_id]
-        self._half_open_done(sa)
+        key = (sa.spi_i, sa.init_addr)
+        if self._by_init.get(key) is sa:
+            del self._by_init[key]
 
-    def _half_open_done(self, sa: IkeSa) -> None:
-        for k, v in list(self._half_open.items()):
-            if v is sa:
-                del self._half_open[k]
+    def half_open(self) -> int:
+        """Responder IKE SAs waiting for IKE_AUTH (what the COOKIE threshold counts)."""
+        return sum(1 for sa in self._by_init.values() if sa.state == State.EXPECT_AUTH_REQUEST)
 
     def _transmit(self, data: bytes, addr: Addr, local_port: int) -> None:
         if local_port == NAT_T_PORT:
@@ -1325,10 +1328,10 @@ class IkeEngine:
     def _process_r_init(self, header: Header, msg: Message, data: bytes, addr: Addr,
                         local_port: int, now: float) -> None:
         """IKE_SA_INIT { [N(COOKIE),] SA, KEi, Ni, N(NATD)... } --> answered, stateless on error"""
-        known = self._half_open.get((header.spi_i, addr))
+        known = self._by_init.get((header.spi_i, addr))
         if known is not None:
-            if known.init_request == data:
-                known._send(known.init_response)  # retransmitted request: same answer
+            if known.init_request == data:  # retransmitted request: the same answer, same way
+                self._transmit(known.init_response, addr, local_port)
             return
 
         def refuse(notify: Notify) -> None:
@@ -1338,7 +1341,7 @@ class IkeEngine:
         sa_p, ke, nonce = msg.first(SA), msg.first(KE), msg.first(Nonce)
         if sa_p is None or ke is None or nonce is None:
             return refuse(Notify(NotifyType.INVALID_SYNTAX))
-        if len(self._half_open) >= self.config.cookie_threshold:
+        if self.half_open() >= self.config.cookie_threshold:
             want = self._cookie(header.spi_i, nonce.data, addr)
             got = msg.payloads[0]
             if not (isinstance(got, Notify) and got.notify_type == NotifyType.COOKIE
@@ -1380,5 +1383,6 @@ class IkeEngine:
                                    tuple(payloads)).encode()
         sa.expected_message_id = 1
         self._add(sa)
-        self._half_open[(header.spi_i, addr)] = sa
+        sa.init_addr = addr
+        self._by_init[(header.spi_i, addr)] = sa
         sa._send(sa.init_response)
