@@ -676,3 +676,13 @@ def test_late_ike_sa_init_retransmit_gets_the_same_answer_after_auth():
     b.receive_datagram(init, (ADDR_A, 500), 1.0)
     assert b.datagrams_to_send(1.0) == [(answer, (ADDR_A, 500), 500)]
     assert len(b._sas) == 1 and b.half_open() == 0
+
+
+def test_responder_prefers_a_group_that_fits_the_initiators_ke():
+    """Both groups are allowed on both sides: no INVALID_KE_PAYLOAD round trip, even though
+    the responder lists the other group first."""
+    a, b = ike_pair(cfg_a={"ike_proposals": ("aes128-sha256-x25519-ecp256",)},
+                    cfg_b={"ike_proposals": ("aes128-sha256-ecp256-x25519",)})
+    link = Link(a, b)
+    establish(link)  # asserts one datagram per step: no retry
+    assert b._by_id[1].suite.dh == DhId.CURVE25519

@@ -210,6 +210,18 @@ def _error_notify(msg: Message) -> Notify | None:
     return None
 
 
+def _choose_for_ke(offered: tuple, suites: list[Suite], protocol: int,
+                   ke: KE | None) -> tuple:
+    """choose(), preferring what the initiator's KE already fits: a different group than its
+    KE would cost a round trip through INVALID_KE_PAYLOAD (section 1.2)."""
+    if ke is not None:
+        try:
+            return choose(offered, [s for s in suites if s.dh == ke.group], protocol)
+        except IkeError:
+            pass
+    return choose(offered, suites, protocol)
+
+
 def _new_spi(rng: Rng, size: int) -> bytes:
     while True:
         spi = rng(size)
@@ -920,7 +932,8 @@ class IkeSa:
                                      [Notify(NotifyType.CHILD_SA_NOT_FOUND, protocol=rekey.protocol,
                                              spi=rekey.spi)])
         try:
-            prop, suite = choose(sa.proposals, self.config.esp_suites(), ProtocolId.ESP)
+            prop, suite = _choose_for_ke(sa.proposals, self.config.esp_suites(),
+                                         ProtocolId.ESP, ke)
             shared = b""
             dh = None
             if suite.dh:
@@ -1022,7 +1035,8 @@ class IkeSa:
             return self._respond(ExchangeType.CREATE_CHILD_SA, mid,
                                  [Notify(NotifyType.TEMPORARY_FAILURE)])
         try:
-            prop, suite = choose(sa.proposals, self.config.ike_suites(), ProtocolId.IKE)
+            prop, suite = _choose_for_ke(sa.proposals, self.config.ike_suites(),
+                                         ProtocolId.IKE, ke)
             if len(prop.spi) != 8:
                 raise IkeError(NotifyType.INVALID_SYNTAX, "IKE rekey without an 8-byte SPI")
             if ke is None or ke.group != suite.dh:
@@ -1348,7 +1362,8 @@ class IkeEngine:
                     and hmac.compare_digest(got.data, want)):
                 return refuse(Notify(NotifyType.COOKIE, want))
         try:
-            prop, suite = choose(sa_p.proposals, self.config.ike_suites(), ProtocolId.IKE)
+            prop, suite = _choose_for_ke(sa_p.proposals, self.config.ike_suites(),
+                                         ProtocolId.IKE, ke)
         except IkeError as e:
             return refuse(Notify(e.notify))
         if ke.group != suite.dh:
