@@ -544,3 +544,24 @@ def test_charon_child_rekey_invalid_ke_retry(topology_factory) -> None:
     assert child["dh"] == 14
     t.oe.expect("ChildSaDeleted")
     prove_esp(t, child, first_seq=1)
+
+
+@pytest.mark.parametrize("ike", [
+    "aes256-sha512-modp3072",
+    "aes128gcm16-prfsha512-x25519",
+    "aes256-sha384-ecp256",
+    "aes128-sha256-modp2048",
+])
+def test_charon_more_ike_suites(topology_factory, ike: str) -> None:
+    """More IKE transforms against charon (AES-CBC-256, HMAC-SHA2-384/512, PRF-SHA512,
+    MODP-2048/3072), charon initiating; the ESP keys still check out in scapy."""
+    t = topology_factory(ike, "aes256gcm16")
+    assert t.oe is not None
+    t.swanctl("--initiate", "--child", "hh")
+    child = t.oe.expect("ChildSaEstablished")["child"]
+    assert child["key_bits"] == 256
+    t.swanctl("--rekey", "--ike", "hh")  # the rekeyed IKE SA's SK_d makes the next CHILD SA
+    t.oe.expect("IkeSaRekeyed")
+    t.oe.command("rekey_child")
+    child = t.oe.expect("ChildSaRekeyed", old_spi_in=child["spi_in"])["child"]
+    prove_esp(t, child, first_seq=1)
