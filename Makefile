@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 APT    := python3 python3-venv python3-dev gcc libssl-dev make iproute2 iputils-ping \
           knot knot-dnsutils strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-          libstrongswan-standard-plugins iperf3 tcpdump
+          libstrongswan-standard-plugins iperf3 tcpdump nftables
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: setup apt venv build test demo walkthrough bench clean

@@ -35,9 +35,11 @@ pytestmark = [
                        reason="strongSwan charon/swanctl not installed (make apt)"),
     pytest.mark.skipif(not shutil.which("tcpdump"), reason="tcpdump not installed (make apt)"),
 ]
+needs_nft = pytest.mark.skipif(not shutil.which("nft"), reason="nftables not installed (make apt)")
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDRS = {4: ("203.0.113.1", "203.0.113.2", 24), 6: ("2001:db8:5::1", "2001:db8:5::2", 64)}
+NAT_INSIDE, NAT_OUTSIDE = "198.51.100.1", "203.0.113.254"
 CHARON_PROBE = b"cleartext-from-charon"
 WAIT = 20.0  # seconds for one expected event; only a bound for failures, never a measurement
 
@@ -85,7 +87,7 @@ SWANCTL_CONF = """connections {{
     version = 2
     dpd_delay = {dpd}
     local_addrs = {me}
-    remote_addrs = {peer}
+    remote_addrs = {remote_addrs}
     proposals = {ike}
     local {{
       auth = pubkey
@@ -101,7 +103,7 @@ SWANCTL_CONF = """connections {{
       hh {{
         esp_proposals = {esp}
         start_action = none
-        mode = tunnel
+        mode = tunnel{child_extra}
       }}
     }}
   }}
@@ -187,7 +189,8 @@ class OePeer:
 class Topology:
     def __init__(self, tmp: Path, ike: str, esp: str, oe_ike: str | None = None,
                  family: int = 4, dpd: str = "0s", seed: int | None = None,
-                 oe_esp: str | None = None, oe_args: tuple[str, ...] = ()) -> None:
+                 oe_esp: str | None = None, oe_args: tuple[str, ...] = (),
+                 nat: bool = False) -> None:
         pid = os.getpid()
         self.tmp = tmp
         self.ns_oe, self.ns_charon = f"oei{pid}", f"oec{pid}"
@@ -204,21 +207,18 @@ class Topology:
         self.tcpdump: subprocess.Popen | None = None
         self.oe: OePeer | None = None
         self.pcap = tmp / "esp.pcap"
+        self.nat = nat
+        self.ns_nat = f"oen{pid}"
+        if nat:  # oe on a private side, behind a NAT that also changes ports (below)
+            self.oe_addr = NAT_INSIDE
 
     # --- setup / teardown -----------------------------------------------------------------
 
     def up(self) -> None:
-        run("ip", "netns", "add", self.ns_oe)
-        run("ip", "netns", "add", self.ns_charon)
-        run("ip", "link", "add", self.veth_oe, "netns", self.ns_oe, "type", "veth", "peer",
-            "name", self.veth_charon, "netns", self.ns_charon)
-        for ns, dev, addr in ((self.ns_oe, self.veth_oe, self.oe_addr),
-                              (self.ns_charon, self.veth_charon, self.charon_addr)):
-            # nodad: an IPv6 address is usable at once, not after duplicate detection
-            extra = ["nodad"] if ":" in addr else []
-            run("ip", "-n", ns, "addr", "add", f"{addr}/{self.prefix}", "dev", dev, *extra)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-            run("ip", "-n", ns, "link", "set", dev, "up")
+        if self.nat:
+            self._nat_network()
+        else:
+            self._network()
         oe_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         charon_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         sw = self.d / "swanctl"
@@ -232,7 +232,10 @@ class Topology:
         (self.tmp / "charon.pub").write_bytes(pem_public(charon_key))
         (self.d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(d=self.d))
         (sw / "swanctl.conf").write_text(SWANCTL_CONF.format(
-            me=self.charon_addr, peer=self.oe_addr, ike=self.ike, esp=self.esp, dpd=self.dpd))
+            me=self.charon_addr, peer=self.oe_addr, ike=self.ike, esp=self.esp, dpd=self.dpd,
+            # behind the NAT oe shows up from the NAT's address; its selector stays private
+            remote_addrs="%any" if self.nat else self.oe_addr,
+            child_extra=f"\n        remote_ts = {self.oe_addr}/32" if self.nat else ""))
         self.charon = subprocess.Popen(
             ["ip", "netns", "exec", self.ns_charon, "unshare", "-m", "sh", "-c",
              f"mount --bind {self.d}/run /run && mount --bind {sw} /etc/swanctl && "
@@ -262,8 +265,48 @@ class Topology:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        for ns in (self.ns_oe, self.ns_charon):
+        for ns in (self.ns_oe, self.ns_charon, self.ns_nat):
             run("ip", "netns", "del", ns, check=False)
+
+    def _network(self) -> None:
+        """oe --veth-- charon, one subnet."""
+        run("ip", "netns", "add", self.ns_oe)
+        run("ip", "netns", "add", self.ns_charon)
+        run("ip", "link", "add", self.veth_oe, "netns", self.ns_oe, "type", "veth", "peer",
+            "name", self.veth_charon, "netns", self.ns_charon)
+        for ns, dev, addr in ((self.ns_oe, self.veth_oe, self.oe_addr),
+                              (self.ns_charon, self.veth_charon, self.charon_addr)):
+            # nodad: an IPv6 address is usable at once, not after duplicate detection
+            extra = ["nodad"] if ":" in addr else []
+            run("ip", "-n", ns, "addr", "add", f"{addr}/{self.prefix}", "dev", dev, *extra)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+            run("ip", "-n", ns, "link", "set", dev, "up")
+
+    def _nat_network(self) -> None:
+        """oe 198.51.100.1 --veth-- [NAT 198.51.100.254 | 203.0.113.254] --veth-- charon
+        203.0.113.2; the NAT rewrites oe's UDP source to 203.0.113.254:40000-40999."""
+        pid = os.getpid()
+        for ns in (self.ns_oe, self.ns_nat, self.ns_charon):
+            run("ip", "netns", "add", ns)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        nat_in, nat_out = f"oea{pid}", f"oeb{pid}"
+        run("ip", "link", "add", self.veth_oe, "netns", self.ns_oe, "type", "veth", "peer",
+            "name", nat_in, "netns", self.ns_nat)
+        run("ip", "link", "add", nat_out, "netns", self.ns_nat, "type", "veth", "peer",
+            "name", self.veth_charon, "netns", self.ns_charon)
+        for ns, dev, addr in ((self.ns_oe, self.veth_oe, f"{NAT_INSIDE}/24"),
+                              (self.ns_nat, nat_in, "198.51.100.254/24"),
+                              (self.ns_nat, nat_out, f"{NAT_OUTSIDE}/24"),
+                              (self.ns_charon, self.veth_charon, f"{self.charon_addr}/24")):
+            run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+        run("ip", "-n", self.ns_oe, "route", "add", "default", "via", "198.51.100.254")
+        run("ip", "netns", "exec", self.ns_nat, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for rule in ("add table ip nat",
+                     "add chain ip nat post { type nat hook postrouting priority 100 ; }",
+                     f"add rule ip nat post oifname {nat_out} meta l4proto udp "
+                     f"snat to {NAT_OUTSIDE}:40000-40999"):
+            run("ip", "netns", "exec", self.ns_nat, "nft", rule)
 
     # --- charon ---------------------------------------------------------------------------
 
@@ -565,3 +608,22 @@ def test_charon_more_ike_suites(topology_factory, ike: str) -> None:
     t.oe.command("rekey_child")
     child = t.oe.expect("ChildSaRekeyed", old_spi_in=child["spi_in"])["child"]
     prove_esp(t, child, first_seq=1)
+
+
+@needs_nft
+def test_charon_through_a_real_nat(topology_factory) -> None:
+    """oe behind a NAT that rewrites addresses and ports: NAT-D sees the truth, IKE_AUTH and
+    ESP ride UDP 4500 through the mapping, charon's answers find their way back, and the
+    CHILD SA rekeys and keys check out; oe, being behind the NAT, owns the keepalives."""
+    t = topology_factory("aes128-sha256-x25519", "aes128gcm16", nat=True)
+    assert t.oe is not None
+    t.oe.command("initiate")
+    assert t.oe.expect("IkeSaEstablished")["nat_detected"]
+    child = t.oe.expect("ChildSaEstablished")["child"]
+    assert child["udp_encap"] and child["local_ts"][0]["start"] == NAT_INSIDE
+    sas = charon_sas(t)
+    assert f"{NAT_OUTSIDE}[" in sas and "[500]" not in sas.split(NAT_OUTSIDE)[1][:10], sas
+    prove_esp(t, child, first_seq=1)
+    t.swanctl("--rekey", "--child", "hh")
+    child = t.oe.expect("ChildSaRekeyed", old_spi_in=child["spi_in"])["child"]
+    prove_esp(t, child, first_seq=5)
