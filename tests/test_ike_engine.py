@@ -686,3 +686,22 @@ def test_responder_prefers_a_group_that_fits_the_initiators_ke():
     link = Link(a, b)
     establish(link)  # asserts one datagram per step: no retry
     assert b._by_id[1].suite.dh == DhId.CURVE25519
+
+
+def test_unknown_critical_payload_in_a_protected_request():
+    """INFORMATIONAL { <222, critical> } --> <-- { N(UNSUPPORTED_CRITICAL_PAYLOAD, 222) }"""
+    from oe.ike.constants import ExchangeType
+    from oe.ike.message import Header, Notify, Opaque, encode_payloads, parse_payloads
+
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa_id, _, _, _ = establish(link)
+    sa = a._by_id[sa_id]
+    header = Header(sa.spi_i, sa.spi_r, 0, ExchangeType.INFORMATIONAL, 0x08,
+                    sa.next_message_id, 0).encode()
+    first, inner = encode_payloads([Opaque(222, b"??", critical=True)])
+    b.receive_datagram(sa.keys.cipher(True).seal(header, first, inner, a.rng), (ADDR_A, 500), 0)
+    [(resp, _, _)] = b.datagrams_to_send(0)
+    plain = sa.keys.cipher(False).open(resp, 32, len(resp) - 32)
+    [notify] = parse_payloads(resp[32 - 4], plain)
+    assert notify == Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, b"\xde")
