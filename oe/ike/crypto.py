@@ -138,12 +138,6 @@ class DhExchange:
         return pow(y, self._priv, self._p).to_bytes(self._len, "big")
 
 
-def ke_length(group: int) -> int:
-    return {DhId.CURVE25519: 32, DhId.ECP_256: 64, DhId.MODP_2048: 256, DhId.MODP_3072: 384}[
-        DhId(group)
-    ]
-
-
 # --- the SK payload -----------------------------------------------------------------------
 
 
