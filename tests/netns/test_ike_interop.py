@@ -52,10 +52,12 @@ STRONGSWAN_CONF = """charon {{
   load = random nonce openssl pem pkcs1 pkcs8 pubkey sha1 sha2 hmac gcm aes kdf gmp kernel-libipsec kernel-netlink socket-default vici
   retransmit_timeout = 1.0
   retransmit_tries = 3
+  rsa_pss = {rsa_pss}
   filelog {{
     log {{
       path = {d}/charon.log
       time_format = %T
+      flush_line = yes
       default = 1
       ike = 2
       cfg = 2
@@ -190,7 +192,7 @@ class Topology:
     def __init__(self, tmp: Path, ike: str, esp: str, oe_ike: str | None = None,
                  family: int = 4, dpd: str = "0s", seed: int | None = None,
                  oe_esp: str | None = None, oe_args: tuple[str, ...] = (),
-                 nat: bool = False) -> None:
+                 nat: bool = False, rsa_pss: bool = False) -> None:
         pid = os.getpid()
         self.tmp = tmp
         self.ns_oe, self.ns_charon = f"oei{pid}", f"oec{pid}"
@@ -208,6 +210,7 @@ class Topology:
         self.oe: OePeer | None = None
         self.pcap = tmp / "esp.pcap"
         self.nat = nat
+        self.rsa_pss = rsa_pss
         self.ns_nat = f"oen{pid}"
         if nat:  # oe on a private side, behind a NAT that also changes ports (below)
             self.oe_addr = NAT_INSIDE
@@ -230,7 +233,8 @@ class Topology:
         (sw / "pubkey/peer.pub").write_bytes(pem_public(oe_key))
         (self.tmp / "oe.pem").write_bytes(pem_private(oe_key))
         (self.tmp / "charon.pub").write_bytes(pem_public(charon_key))
-        (self.d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(d=self.d))
+        (self.d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(
+            d=self.d, rsa_pss="yes" if self.rsa_pss else "no"))
         (sw / "swanctl.conf").write_text(SWANCTL_CONF.format(
             me=self.charon_addr, peer=self.oe_addr, ike=self.ike, esp=self.esp, dpd=self.dpd,
             # behind the NAT oe shows up from the NAT's address; its selector stays private
@@ -627,3 +631,18 @@ def test_charon_through_a_real_nat(topology_factory) -> None:
     t.swanctl("--rekey", "--child", "hh")
     child = t.oe.expect("ChildSaRekeyed", old_spi_in=child["spi_in"])["child"]
     prove_esp(t, child, first_seq=5)
+
+
+@pytest.mark.parametrize("oe_role", ["initiator", "responder"])
+def test_charon_signs_with_rsassa_pss(topology_factory, oe_role: str) -> None:
+    """charon with rsa_pss = yes signs AUTH with RSASSA-PSS (RFC 7427, method 14): oe verifies
+    it, while charon checks oe's sha256WithRSAEncryption."""
+    t = topology_factory("aes128-sha256-x25519", "aes128gcm16", rsa_pss=True)
+    assert t.oe is not None
+    if oe_role == "initiator":
+        t.oe.command("initiate")
+    else:
+        t.swanctl("--initiate", "--child", "hh")
+    t.oe.expect("ChildSaEstablished")
+    auth = [line for line in t.charon_log().splitlines() if "authentication of" in line]
+    assert any("(myself) with RSA_EMSA_PSS" in line for line in auth), auth
