@@ -451,6 +451,7 @@ cdef inline bint prefix_match(const uint8_t *addr, const uint8_t *prefix, int bi
 cdef struct PktInfo:
     int version
     int hlen                    # bytes of IP header (IPv6: fixed header only)
+    int l4off                   # where the transport header starts (after a Fragment header)
     int proto                   # IPv4 protocol / IPv6 next header (after the fixed header)
     int sport
     int dport
@@ -501,6 +502,7 @@ cdef int parse_ip(const uint8_t *p, size_t n, PktInfo *info) noexcept nogil:
             off = 48
     else:
         return -1
+    info.l4off = off
     if info.first_fragment and (info.proto == PROTO_TCP or info.proto == PROTO_UDP
                                 or info.proto == 132) and info.total >= off + 4:
         info.sport = esp_rd16(p + off)

@@ -741,11 +741,11 @@ cdef int icmp_error(uint8_t *out, const uint8_t *pkt, const PktInfo *info, int t
     """An ICMP error about `pkt`, from its destination back to its source; length or 0."""
     cdef size_t quote, total
     cdef uint32_t s
-    cdef const uint8_t *l4 = pkt + info.hlen
+    cdef const uint8_t *l4 = pkt + info.l4off
     if info.version == 4:
         if not info.first_fragment:
             return 0            # RFC 1122 3.2.2: never about a non-initial fragment
-        if info.proto == PROTO_ICMP and info.total > info.hlen and l4[0] in (3, 4, 5, 11, 12):
+        if info.proto == PROTO_ICMP and info.total > info.l4off and l4[0] in (3, 4, 5, 11, 12):
             return 0            # ... nor about an ICMP error
         quote = info.total if info.total < 548 else 548
         total = 28 + quote
@@ -764,7 +764,8 @@ cdef int icmp_error(uint8_t *out, const uint8_t *pkt, const PktInfo *info, int t
         memcpy(out + 28, pkt, quote)
         esp_wr16(out + 22, csum_fold(csum_add(0, out + 20, 8 + quote)))
         return <int>total
-    if info.proto == PROTO_ICMPV6 and info.total > 40 and l4[0] < 128:
+    if (info.proto == PROTO_ICMPV6 and info.first_fragment and info.total > info.l4off
+            and l4[0] < 128):
         return 0                # RFC 4443 2.4 (e.1): never about an ICMPv6 error
     quote = info.total if info.total < 1280 - 48 else 1280 - 48
     total = 48 + quote

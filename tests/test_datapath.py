@@ -250,3 +250,14 @@ def test_authentic_garbage_inside_esp_is_dropped(inner):
     sealed = sender.seal(SPI_IN, b"\x45" + inner.ljust(19, b"\0"))   # tunnel mode, IPv4 next header
     for kind, _, _, packet in dp.inbound(sealed, PEER):
         assert kind == "tun" and IP(packet).src == PEER and IP(packet).dst == ME
+
+
+def test_packet_too_big_about_an_ipv6_fragment():
+    """The Fragment header is skipped to find the ICMPv6 type (it is not an ICMPv6 error)."""
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6ExtHdrFragment, fragment6
+    dp = datapath(sa_eroute(PEER6 + "/128", peer=PEER6))
+    dp.add_sa(SPI_OUT, "out", KEY, local=ME6, peer=PEER6, path_mtu=1300)
+    big = IPv6(src=ME6, dst=PEER6) / IPv6ExtHdrFragment() / ICMPv6EchoRequest(data=b"e" * 3000)
+    first = raw(fragment6(big, 1400)[0])
+    [(kind, _, _, answer)] = dp.outbound(first)
+    assert kind == "tun" and IPv6(answer)[ICMPv6PacketTooBig].mtu == 1300 - 40 - 8 - 37

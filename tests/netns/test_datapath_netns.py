@@ -254,3 +254,17 @@ def test_pass_goes_out_in_clear_and_reject_answers_prohibited(pair):
     assert "filtered" in result.stdout.lower() or "prohibited" in result.stdout.lower(), \
         result.stdout
     assert node_a.stats()["stats"]["rejected"] >= 1
+
+
+def test_fragments_and_ip_options_cross_intact(pair):
+    """seeds/001 (NRL corrupted fragments), seeds/000 (KLIPS could not carry IP options)."""
+    a, b, node_a, node_b = pair
+    result = in_ns(a, "ping", "-c", "2", "-i", "0.2", "-W", "5", "-s", "4000", B4)
+    assert result.returncode == 0, result.stdout + result.stderr     # 3 fragments each way
+    # Raw ESP over IPv6 leaves 1500 - 40 - 37 = 1423 bytes, less than the TUN's 1435: the
+    # first fragment each way gets Packet Too Big from the datapath, then PMTU is learnt.
+    result = in_ns(a, "ping", "-6", "-c", "4", "-i", "0.2", "-W", "5", "-s", "4000", B6)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mtu=1423" in result.stdout and " 0 received" not in result.stdout
+    result = in_ns(a, "ping", "-R", "-c", "1", "-W", "5", B4)          # record-route option
+    assert result.returncode == 0 and "RR:" in result.stdout, result.stdout + result.stderr
