@@ -3,22 +3,29 @@
 # The packet engine around ESP: holds, per-packet decisions, the native loop threads and the
 # Python API (class Datapath).
 #
-# Outbound, per packet read from the TUN device (one thread, CTX_LOOP contexts):
+# Outbound, per packet read from the TUN device:
+#   0. with offloads (IFF_VNET_HDR) a read may be a TCP superframe: it is cut into MSS-sized
+#      segments first (TSO done here), and partial checksums are finished;
 #   1. parse the IP header (IPv4 options and fragments pass untouched);
 #   2. a pair with a %hold in the C-side hold table is queued at once (so a trap raises one
 #      acquire, never one per packet: seeds/003);
 #   3. classify on the compiled eroute table, then by action:
-#      SA      -> MSS clamp, too-big check (ICMP back if DF), seal, batch for sendmmsg
+#      SA      -> MSS clamp, too-big check (ICMP back if DF), seal, batch; runs of ESP-in-UDP
+#                 to one peer leave in one sendmsg() with UDP GSO, the rest with sendmmsg()
 #      %trap   -> new hold + one Acquire event;  %hold -> queue
 #      %pass   -> raw socket (bypass mark) in clear;  %drop -> discard
 #      %reject -> ICMP administratively prohibited written back into the TUN
-# Inbound, per datagram (one thread): UDP 4500 demux (RFC 3948: 0xFF keepalive, non-ESP marker
-# -> IKE event) or raw ESP -> SPI -> replay check -> ICV -> window update -> selectors (RFC 4322
-# 12.1) -> TUN write.
+# Inbound, per datagram (recvmmsg, UDP GRO buffers split): UDP 4500 demux (RFC 3948: 0xFF
+# keepalive, non-ESP marker -> IKE event) or raw ESP -> SPI -> replay check -> ICV -> window
+# update -> selectors (RFC 4322 12.1) -> TUN write, where TCP segments of one flow are
+# coalesced into one GRO superframe.
+#
+# Threads: one per direction (default) or one for both. Each SA has a cipher context for the
+# loop thread that uses it (CTX_LOOP) and one for Python callers (CTX_API).
 #
 # Holds: replace_eroutes() swaps the classifier's table and flags every hold for a recheck; the
-# outbound thread (the only one that seals with CTX_LOOP) re-classifies each hold and, when the
-# pair is no longer %trap/%hold, sends its queue in order under the new verdict.
+# outbound loop re-classifies each hold and, when the pair is no longer %trap/%hold, sends its
+# queue in order under the new verdict.
 
 from cpython.ref cimport PyObject
 
