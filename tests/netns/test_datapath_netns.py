@@ -1,13 +1,13 @@
 """The datapath end to end: two namespaces, each running tests/netns/esp_node.py (static keys).
 
     [ns oeda<pid>] oe0 (TUN)  198.51.100.1/24  2001:db8::1/64
-                       |  veth: ESP-in-UDP 4500 (IPv4), raw ESP (IPv6)
-    [ns oedb<pid>] oe0 (TUN)  198.51.100.2/24 (+ .3, .4)  2001:db8::2/64
+                       |  veth: ESP-in-UDP 4500 (IPv4, IPv6), raw ESP (IPv6)
+    [ns oedb<pid>] oe0 (TUN)  198.51.100.2/24 (+ .3, .4)  2001:db8::2/64 (+ ::3)
 
-A routes .2, .3, .4, .5 and 2001:db8::2 into its TUN; B routes .1 and 2001:db8::1 into its TUN.
-A runs a loop thread per direction, B one thread for both.
-A's eroutes: .2 -> SA, 2001:db8::2 -> SA (raw ESP over IPv6), .3 -> %trap, .4 -> %pass,
-.5 -> %reject. A's IPv4 SA is told the path MTU is 1400 while A's TUN MTU is 1435, so a DF
+A routes .2, .3, .4, .5, 2001:db8::2 and ::3 into its TUN; B routes .1 and 2001:db8::1 into
+its TUN. A runs a loop thread per direction, B one thread for both. A's eroutes: .2 -> SA,
+2001:db8::2 -> SA (raw ESP over IPv6), 2001:db8::3 -> SA (ESP-in-UDP over IPv6), .3 -> %trap,
+.4 -> %pass, .5 -> %reject. A's IPv4 SA is told the path MTU is 1400 while A's TUN MTU is 1435, so a DF
 packet between the two gets ICMP fragmentation-needed from the datapath itself.
 """
 
@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE = Path(__file__).with_name("esp_node.py")
 A4, B4, B4_TRAP, B4_PASS, B4_REJECT = ("198.51.100.1", "198.51.100.2", "198.51.100.3",
                                        "198.51.100.4", "198.51.100.5")
-A6, B6 = "2001:db8::1", "2001:db8::2"
-KEYS = {n: os.urandom(20).hex() for n in ("a4", "b4", "a6", "b6")}
+A6, B6, B6_UDP = "2001:db8::1", "2001:db8::2", "2001:db8::3"
+KEYS = {n: os.urandom(20).hex() for n in ("a4", "b4", "a6", "b6", "a6u")}
 WAIT = 20.0  # a bound for failures only, never a measurement
 TRANSFER = 50 * 1024 * 1024
 
@@ -116,16 +116,20 @@ def pair(tmp_path_factory):
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2")
         for extra in (B4_TRAP, B4_PASS):
             sh("ip", "-n", b, "addr", "add", f"{extra}/32", "dev", vb)
+        sh("ip", "-n", b, "addr", "add", f"{B6_UDP}/128", "dev", vb, "nodad")
         work = tmp_path_factory.mktemp("espnetns")
         node_a = Node(a, {
             "mtu": 1435, "addresses": [A4, A6],
-            "trap": [f"{x}/32" for x in (B4, B4_TRAP, B4_PASS, B4_REJECT)] + [f"{B6}/128"],
+            "trap": [f"{x}/32" for x in (B4, B4_TRAP, B4_PASS, B4_REJECT)]
+                    + [f"{B6}/128", f"{B6_UDP}/128"],
             "sas": [sa(0x1001, "out", "a4", A4, B4, path_mtu=1400),
                     sa(0x2001, "in", "b4", A4, B4, src_ts="198.51.100.0/24"),
                     sa(0x1002, "out", "a6", A6, B6, encap="esp"),
-                    sa(0x2002, "in", "b6", A6, B6, encap="esp")],
+                    sa(0x1003, "out", "a6u", A6, B6),
+                    sa(0x2002, "in", "b6", A6, B6, encap="esp", src_ts="2001:db8::/64")],
             "eroutes": [[f"{B4}/32", {"spi": 0x1001, "peer": B4}],
                         [f"{B6}/128", {"spi": 0x1002, "peer": B6}],
+                        [f"{B6_UDP}/128", {"spi": 0x1003, "peer": B6}],
                         [f"{B4_TRAP}/32", "%trap"], [f"{B4_PASS}/32", "%pass"],
                         [f"{B4_REJECT}/32", "%reject"]],
         }, work)
@@ -136,6 +140,7 @@ def pair(tmp_path_factory):
             "sas": [sa(0x1001, "in", "a4", B4, A4, dst_ts="198.51.100.0/24"),
                     sa(0x2001, "out", "b4", B4, A4),
                     sa(0x1002, "in", "a6", B6, A6, encap="esp"),
+                    sa(0x1003, "in", "a6u", B6, A6, dst_ts="2001:db8::/64"),
                     sa(0x2002, "out", "b6", B6, A6, encap="esp")],
             "eroutes": [[f"{A4}/32", {"spi": 0x2001, "peer": A4}],
                         [f"{A6}/128", {"spi": 0x2002, "peer": A6}]],
@@ -164,12 +169,13 @@ def test_ping_ipv4_through_esp_in_udp(pair):
     assert stats_b["stats"]["authentication"] == stats_b["stats"]["replay"] == 0
 
 
-def test_ping_ipv6_through_raw_esp(pair):
+def test_ping_ipv6_through_raw_esp_and_esp_in_udp(pair):
     a, b, node_a, node_b = pair
-    result = in_ns(a, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "5", B6)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for address in (B6, B6_UDP):
+        result = in_ns(a, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "5", address)
+        assert result.returncode == 0, result.stdout + result.stderr
     sas = {(s["spi"], s["direction"]): s for s in node_b.stats()["sas"]}
-    assert sas[(0x1002, "in")]["packets"] >= 3
+    assert sas[(0x1002, "in")]["packets"] >= 3 and sas[(0x1003, "in")]["packets"] >= 3
 
 
 @pytest.mark.parametrize("server,size", [(B4, TRANSFER), (B6, TRANSFER // 5)], ids=["ipv4", "ipv6"])
@@ -231,6 +237,7 @@ def test_trap_acquire_hold_release(pair):
         assert [h[:2] for h in held["holds"]] == [[A4, B4_TRAP]]
         node_a.send({"eroutes": [[f"{B4}/32", {"spi": 0x1001, "peer": B4}],
                                  [f"{B6}/128", {"spi": 0x1002, "peer": B6}],
+                                 [f"{B6_UDP}/128", {"spi": 0x1003, "peer": B6}],
                                  [f"{B4_TRAP}/32", {"spi": 0x1001, "peer": B4}],
                                  [f"{B4_PASS}/32", "%pass"], [f"{B4_REJECT}/32", "%reject"]]})
         out = ping.communicate(timeout=WAIT)[0]
