@@ -705,3 +705,17 @@ def test_unknown_critical_payload_in_a_protected_request():
     plain = sa.keys.cipher(False).open(resp, 32, len(resp) - 32)
     [notify] = parse_payloads(resp[32 - 4], plain)
     assert notify == Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, b"\xde")
+
+
+def test_request_from_another_source_is_answered_there_but_moves_nothing_without_nat():
+    """Section 2.11: the answer goes where the request came from; section 2.23: without NAT
+    the IKE SA keeps its peer address (a spoofed replay must not redirect it)."""
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa, sb, _, _ = establish(link)
+    a.check_liveness(sa, link.now)
+    [(req, _, _)] = a.datagrams_to_send(link.now)
+    b.receive_datagram(req, ("198.51.100.99", 600), link.now)
+    [(_, to, _)] = b.datagrams_to_send(link.now)
+    assert to == ("198.51.100.99", 600)
+    assert (b._by_id[sb].peer_addr, b._by_id[sb].peer_port) == (ADDR_A, 500)

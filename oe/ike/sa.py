@@ -261,6 +261,7 @@ class IkeSa:
         self.created = 0.0
         self.retired_at = 0.0  # when a rekey replaced this IKE SA
         self._raw = b""  # the datagram being processed (AUTH and the ICV cover it whole)
+        self._source: tuple[Addr, int] = (peer, local_port)  # ... and where it came from
         # IKE_SA_INIT / IKE_AUTH scratch
         self.nonce_i = b""
         self.nonce_r = b""
@@ -399,6 +400,7 @@ class IkeSa:
     def receive(self, header: Header, msg: Message, raw: bytes, addr: Addr, local_port: int,
                 now: float) -> None:
         self._raw = raw
+        self._source = (addr, local_port)
         if header.is_response:
             req = self.request
             if req is None or header.message_id != req.message_id:
@@ -426,7 +428,8 @@ class IkeSa:
                 self._open(header, msg)
             except (IntegrityError, IkeError):
                 return
-            self._send(self.last_response[1])  # retransmitted request: replay our answer
+            # retransmitted request: replay our answer, to where this copy came from (2.11)
+            self.engine._transmit(self.last_response[1], addr, local_port)
             return
         if header.message_id != self.expected_message_id:
             return
@@ -455,15 +458,20 @@ class IkeSa:
         handler(msg, now)
 
     def _peer_moved(self, addr: Addr, local_port: int) -> None:
-        """Follow the peer to a new address/port after an authentic message (section 2.23)."""
-        self.peer_addr, self.peer_port = addr
-        self.local_port = local_port
+        """Follow the peer to a new address/port after an authentic, new message: during
+        IKE_AUTH (the initiator floats to 4500) and, later, only across a NAT (section 2.23;
+        without NAT a changed source means a spoofed replay, not a moved peer)."""
+        if self.state == State.EXPECT_AUTH_REQUEST or self.nat_detected:
+            self.peer_addr, self.peer_port = addr
+            self.local_port = local_port
 
     def _respond(self, exchange: int, message_id: int, payloads: list[Payload]) -> None:
+        """Answer the request being processed, to the address and port it came from (2.11)."""
         data = self._encode(exchange, payloads, True, message_id)
         self.last_response = (message_id, data)
         self.expected_message_id = message_id + 1
-        self._send(data)
+        addr, local_port = self._source
+        self.engine._transmit(data, addr, local_port)
 
     # --- failures and deletion ------------------------------------------------------------
 
