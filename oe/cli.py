@@ -228,7 +228,7 @@ def cmd_status(args) -> int:
 def cmd_start(args) -> int:
     from oe import daemon  # the daemon's imports (datapath threads, pyroute2) only when needed
 
-    return daemon.start(args.confdir, args.rundir)
+    return daemon.start(args.confdir, args.rundir, background=args.daemon)
 
 
 def cmd_stop(args) -> int:
@@ -366,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("start", help="run the OE daemon in the foreground")
+    p = sub.add_parser("start", help="run the OE daemon (in the foreground unless --daemon)")
+    p.add_argument("--daemon", action="store_true",
+                   help="detach once running; log to <rundir>/oe.log")
     p.set_defaults(func=cmd_start)
     p = sub.add_parser("stop", help="stop the daemon: DELETE every SA, remove routes and TUN")
     p.set_defaults(func=cmd_stop)

@@ -91,6 +91,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sa_used: dict[int, int] = {}  # outbound SPI -> packets at its last soft limit
+        self.on_started = lambda: None
+        """Called once the daemon serves its control socket (`oe start --daemon` waits for it)."""
 
     # ------------------------------------------------------------------ start and stop
 
@@ -100,6 +102,7 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         try:
             await self._start()
+            self.on_started()
             log.info("oe started: %s, policy %d entries, table %d", ", ".join(
                 s.address for s in self.sides.values()), len(self.opportunist.base),
                 self.config.route_table)
@@ -556,12 +559,57 @@ def _algorithm(child) -> str:
     return f"{name}_{child.key_bits}" + ("_ESN" if child.esn else "")
 
 
-def start(confdir: Path, rundir: Path) -> int:
-    """`oe start` in the foreground: log to stderr, run until SIGTERM, SIGINT or `oe stop`."""
-    logging.basicConfig(format="%(asctime)s oe[%(process)d]: %(message)s", level=logging.INFO)
+def start(confdir: Path, rundir: Path, background: bool = False) -> int:
+    """`oe start`: in the foreground (log to stderr) or, with `background`, detached with its
+    log in <rundir>/oe.log; either way it runs until SIGTERM, SIGINT or `oe stop`.
+
+    Configuration, policy and host key are read before anything else, so their errors are one
+    line from the command itself; with `background` the command also waits until the daemon
+    serves its control socket, or reports why it did not.
+    """
     daemon = Daemon(confdir, rundir)
+    if background:
+        return _detach(daemon, rundir)
+    logging.basicConfig(format="%(asctime)s oe[%(process)d]: %(message)s", level=logging.INFO)
     asyncio.run(daemon.run())
     return 0
+
+
+def _detach(daemon: Daemon, rundir: Path) -> int:
+    rundir.mkdir(parents=True, exist_ok=True)
+    log_path = rundir / "oe.log"
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        with os.fdopen(read_fd) as report:
+            word = report.read().strip()
+        if word == "ok":
+            print(f"oe started in the background (pid {pid}), logging to {log_path}")
+            return 0
+        raise StartError(word or f"oe exited while starting; see {log_path}")
+    os.close(read_fd)
+    os.setsid()
+    with open(os.devnull, "rb") as devnull, open(log_path, "ab") as out:
+        os.dup2(devnull.fileno(), 0)
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+    logging.basicConfig(format="%(asctime)s oe[%(process)d]: %(message)s", level=logging.INFO)
+
+    def started() -> None:
+        os.write(write_fd, b"ok\n")
+        os.close(write_fd)
+
+    daemon.on_started = started
+    try:
+        asyncio.run(daemon.run())
+    except OeError as exc:
+        os.write(write_fd, f"{exc}\n".encode())
+        os._exit(2)
+    except BaseException:
+        log.exception("oe failed")
+        os._exit(1)
+    os._exit(0)
 
 
 __all__ = ["Daemon", "StartError", "start"]

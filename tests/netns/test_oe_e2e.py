@@ -202,3 +202,16 @@ def test_sas_in_use_are_rekeyed_and_idle_ones_deleted(make_world):
     assert "idle, deleting" in log
     ping(world, "alice", BOB)                                          # %trap again: renegotiated
     assert len(status(world, "alice")["sas"]) == 1
+
+
+def test_oe_start_daemon_detaches_once_serving(make_world):
+    world = make_world(oe_on=())
+    started = demo.oe_cmd(world, "alice", "start", "--daemon")
+    assert "oe started in the background" in started.stdout
+    assert "oe.log" in started.stdout
+    assert status(world, "alice")["eroutes"]
+    assert "stopping" in demo.oe_cmd(world, "alice", "stop").stdout
+    log = world.rundir("alice") / "oe.log"
+    assert wait_for(lambda: "oe stopped" in log.read_text(), 10)
+    assert "oe started" in log.read_text()
+    assert not (world.rundir("alice") / "oe.ctl").exists()
