@@ -1041,8 +1041,13 @@ cdef void _acquire(DpCore *c, const PktInfo *info) noexcept nogil:
     ev_push(c, &e)
 
 
-cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double now) noexcept nogil:
-    """Release, in order, every hold whose pair the eroute table no longer traps or holds."""
+cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double now,
+                       bint reclassify) noexcept nogil:
+    """Release, in order, every hold whose pair the eroute table no longer traps or holds.
+
+    Without `reclassify` (the table has not changed) only holds past hold_timeout go, so the
+    periodic check adds nothing to the eroutes' packet counters.
+    """
     cdef Hold *released = NULL
     cdef Hold **link
     cdef Hold *h
@@ -1060,7 +1065,8 @@ cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double 
         while link[0] != NULL:
             h = link[0]
             keep = now - h.created < c.hold_timeout
-            if keep and h.head != NULL and parse_ip(h.head.data, h.head.length, &info) == 0:
+            if (keep and reclassify and h.head != NULL
+                    and parse_ip(h.head.data, h.head.length, &info) == 0):
                 v = cls.classify(info.version, info.src, info.dst, info.proto, info.sport,
                                  info.dport, 0)
                 keep = v.action == ACT_TRAP or v.action == ACT_HOLD
@@ -1265,7 +1271,7 @@ cdef void dp_loop(DpCore *c, Classifier cls, int role) noexcept nogil:
         now = esp_now()
         if role & LOOP_OUT:
             if esp_load_int(&c.recheck) or (c.nholds > 0 and now - c.last_sweep >= 0.5):
-                hold_recheck(c, cls, CTX_LOOP, b, now)
+                hold_recheck(c, cls, CTX_LOOP, b, now, esp_load_int(&c.recheck) != 0)
             if now - c.last_sweep >= 0.5:
                 dp_sweep(c, now)
         for i in range(nfds):
@@ -1623,7 +1629,7 @@ cdef class Datapath:
         result = []
         cdef OutBatch *b = _api_batch(result)
         try:
-            hold_recheck(self.c, self.classifier, CTX_API, b, t)
+            hold_recheck(self.c, self.classifier, CTX_API, b, t, True)
             batch_flush(self.c, b)
         finally:
             _api_batch_free(b)
