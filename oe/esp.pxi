@@ -59,6 +59,7 @@ cdef extern from *:
     }
     static inline int esp_load_int(int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
     static inline void esp_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    static inline int esp_swap_int(int *p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
     static inline double esp_now(void) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -91,6 +92,7 @@ cdef extern from *:
     uint32_t esp_fetch_and32(uint32_t *p, uint32_t v) nogil
     int esp_load_int(int *p) nogil
     void esp_store_int(int *p, int v) nogil
+    int esp_swap_int(int *p, int v) nogil
     double esp_now() nogil
     void esp_mutex_init(esp_mutex_t *m) nogil
     void esp_rwlock_init(esp_rwlock_t *l) nogil

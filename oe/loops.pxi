@@ -1045,8 +1045,8 @@ cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double 
                        bint reclassify) noexcept nogil:
     """Release, in order, every hold whose pair the eroute table no longer traps or holds.
 
-    Without `reclassify` (the table has not changed) only holds past hold_timeout go, so the
-    periodic check adds nothing to the eroutes' packet counters.
+    Unless `reclassify` or the table changed since the last check, only holds past
+    hold_timeout go, so the periodic check adds nothing to the eroutes' packet counters.
     """
     cdef Hold *released = NULL
     cdef Hold **link
@@ -1059,7 +1059,8 @@ cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double 
     cdef int k
     cdef bint keep
     esp_mutex_lock(&c.hold_lock)
-    esp_store_int(&c.recheck, 0)
+    if esp_swap_int(&c.recheck, 0):
+        reclassify = True
     for k in range(HOLD_BUCKETS):
         link = &c.holds[k]
         while link[0] != NULL:
@@ -1271,7 +1272,7 @@ cdef void dp_loop(DpCore *c, Classifier cls, int role) noexcept nogil:
         now = esp_now()
         if role & LOOP_OUT:
             if esp_load_int(&c.recheck) or (c.nholds > 0 and now - c.last_sweep >= 0.5):
-                hold_recheck(c, cls, CTX_LOOP, b, now, esp_load_int(&c.recheck) != 0)
+                hold_recheck(c, cls, CTX_LOOP, b, now, False)
             if now - c.last_sweep >= 0.5:
                 dp_sweep(c, now)
         for i in range(nfds):
