@@ -719,3 +719,18 @@ def test_request_from_another_source_is_answered_there_but_moves_nothing_without
     [(_, to, _)] = b.datagrams_to_send(link.now)
     assert to == ("198.51.100.99", 600)
     assert (b._by_id[sb].peer_addr, b._by_id[sb].peer_port) == (ADDR_A, 500)
+
+
+def test_nat_rebinding_moves_the_peer_and_says_so():
+    """Behind NAT, A's mapping changes: B follows the authentic request to the new port and
+    reports IkeSaPeerMoved, so the datapath can send ESP-in-UDP there."""
+    from oe.ike.events import IkeSaPeerMoved
+
+    a, b = ike_pair()
+    link = Link(a, b, nat="203.0.113.77")
+    sa, sb, _, _ = establish(link)
+    a.check_liveness(sa, link.now)
+    [(req, _, _)] = a.datagrams_to_send(link.now)
+    b.receive_datagram(req, ("203.0.113.77", 45000), link.now, local_port=4500)
+    assert events(b) == [IkeSaPeerMoved(sb, "203.0.113.77", 45000)]
+    assert b.datagrams_to_send(link.now)[0][1] == ("203.0.113.77", 45000)

@@ -121,6 +121,16 @@ class IkeSaRekeyed:
 
 
 @dataclass(frozen=True)
+class IkeSaPeerMoved:
+    """The peer's NAT mapping changed (an authentic message from a new address or port,
+    RFC 7296 section 2.23): its CHILD SAs' ESP-in-UDP must now go there."""
+
+    sa_id: int
+    remote_addr: str
+    remote_port: int
+
+
+@dataclass(frozen=True)
 class IkeSaDeleted:
     """An established IKE SA is gone; its CHILD SAs were reported deleted just before."""
 
@@ -143,4 +153,4 @@ class IkeSaFailed:
 
 
 Event = (IkeSaEstablished | ChildSaEstablished | ChildSaRekeyed | ChildSaDeleted | ChildSaFailed
-         | IkeSaRekeyed | IkeSaDeleted | IkeSaFailed)
+         | IkeSaRekeyed | IkeSaPeerMoved | IkeSaDeleted | IkeSaFailed)

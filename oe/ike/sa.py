@@ -93,6 +93,7 @@ from oe.ike.events import (
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaPeerMoved,
     IkeSaRekeyed,
 )
 from oe.ike.keymat import IkeKeys, child_keymat, derive_ike_keys, rekey_skeyseed, skeyseed
@@ -462,8 +463,11 @@ class IkeSa:
         IKE_AUTH (the initiator floats to 4500) and, later, only across a NAT (section 2.23;
         without NAT a changed source means a spoofed replay, not a moved peer)."""
         if self.state == State.EXPECT_AUTH_REQUEST or self.nat_detected:
+            moved = addr != (self.peer_addr, self.peer_port)
             self.peer_addr, self.peer_port = addr
             self.local_port = local_port
+            if moved and self.state == State.ESTABLISHED:
+                self._emit(IkeSaPeerMoved(self.sa_id, self.peer_addr, self.peer_port))
 
     def _respond(self, exchange: int, message_id: int, payloads: list[Payload]) -> None:
         """Answer the request being processed, to the address and port it came from (2.11)."""
