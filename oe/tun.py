@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
@@ -58,6 +59,12 @@ def set_up(name: str, mtu: int, txqlen: int = 1000) -> None:
 
     txqlen: packets the kernel queues for the datapath to read before it drops (default 500).
     """
+    # No IPv6 link-local address on the TUN: without one the kernel sends no router
+    # solicitations or MLD reports into it, chatter that would only be trapped and dropped.
+    try:
+        Path(f"/proc/sys/net/ipv6/conf/{name}/addr_gen_mode").write_text("1")
+    except OSError:
+        pass  # no IPv6 on this host
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=name)
         if not index:
