@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,8 +28,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE = ROOT / "tests" / "netns" / "esp_node.py"
+sys.path.insert(0, str(NODE.parent))
+
+from charon import Charon  # noqa: E402  (tests/netns/charon.py: charon in a namespace)
 A, B = "198.51.100.1", "198.51.100.2"
 TAG = f"{os.getpid() % 100000}"
 
@@ -112,106 +116,24 @@ def oe():
         yield a, b
 
 
-STRONGSWAN_CONF = """charon {{
-  load = random nonce openssl pem pkcs1 pkcs8 pubkey sha1 sha2 hmac gcm aes kdf curve25519 kernel-libipsec kernel-netlink socket-default vici
-  filelog {{
-    log {{
-      path = {d}/charon.log
-      default = 1
-    }}
-  }}
-  plugins {{
-    vici {{
-      socket = unix://{d}/charon.vici
-    }}
-    socket-default {{
-      fwmark = 0x42
-    }}
-    kernel-libipsec {{
-      allow_peer_ts = yes
-    }}
-    kernel-netlink {{
-      fwmark = !0x42
-    }}
-  }}
-}}
-swanctl {{
-  socket = unix://{d}/charon.vici
-}}
-"""
-
-SWANCTL_CONF = """connections {{
-  hh {{
-    version = 2
-    local_addrs = {me}
-    remote_addrs = {peer}
-    proposals = aes128-sha256-x25519
-    local {{
-      auth = pubkey
-      pubkeys = me.pub
-      id = {me}
-    }}
-    remote {{
-      auth = pubkey
-      pubkeys = peer.pub
-      id = {peer}
-    }}
-    children {{
-      hh {{
-        esp_proposals = aes128gcm16
-        start_action = none
-        mode = tunnel
-      }}
-    }}
-  }}
-}}
-"""
-
-
 @contextmanager
 def swan():
-    with namespaces("s") as (a, b), processes() as procs, tempfile.TemporaryDirectory() as work:
-        dirs = {}
-        for ns in (a, b):
-            d = Path(work) / ns
-            (d / "swanctl" / "private").mkdir(parents=True)
-            (d / "swanctl" / "pubkey").mkdir()
-            (d / "run").mkdir()
-            sh("openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
-               "-out", str(d / "swanctl" / "private" / "key.pem"))
-            sh("openssl", "pkey", "-in", str(d / "swanctl" / "private" / "key.pem"), "-pubout",
-               "-out", str(Path(work) / f"{ns}.pub"))
-            dirs[ns] = d
-        for ns, me, peer, other in ((a, A, B, b), (b, B, A, a)):
-            d = dirs[ns]
-            shutil.copy(Path(work) / f"{ns}.pub", d / "swanctl" / "pubkey" / "me.pub")
-            shutil.copy(Path(work) / f"{other}.pub", d / "swanctl" / "pubkey" / "peer.pub")
-            (d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(d=d))
-            (d / "swanctl" / "swanctl.conf").write_text(SWANCTL_CONF.format(me=me, peer=peer))
-            procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", ns, "unshare", "-m", "sh", "-c",
-                 f"mount --bind {d}/run /run && mount --bind {d}/swanctl /etc/swanctl && "
-                 f"STRONGSWAN_CONF={d}/strongswan.conf exec /usr/lib/ipsec/charon"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
-        def swanctl(ns: str, *args: str) -> subprocess.CompletedProcess:
-            d = dirs[ns]
-            return in_ns(ns, "unshare", "-m", "sh", "-c",
-                         f"mount --bind {d}/swanctl /etc/swanctl && "
-                         f"STRONGSWAN_CONF={d}/strongswan.conf swanctl {' '.join(args)}",
-                         check=False)
-
-        for ns in (a, b):
-            for _ in range(50):
-                if (dirs[ns] / "charon.vici").exists() and swanctl(ns, "--load-all").returncode == 0:
-                    break
-                time.sleep(0.2)
-            else:
-                raise RuntimeError(f"charon did not come up in {ns}")
-        result = swanctl(a, "--initiate", "--child", "hh")
-        if result.returncode != 0:
-            raise RuntimeError(f"swanctl --initiate failed: {result.stdout}{result.stderr}")
-        yield a, b
+    """charon + kernel-libipsec in each namespace (tests/netns/charon.py), IKE initiated by a."""
+    with namespaces("s") as (a, b), tempfile.TemporaryDirectory() as work:
+        keys = {ns: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                for ns in (a, b)}
+        charons = []
+        try:
+            for ns, me, peer, other in ((a, A, B, b), (b, B, A, a)):
+                charon = Charon(ns, Path(work) / ns, me=me, peer=peer, key=keys[ns],
+                                peer_key=keys[other])
+                charons.append(charon)
+                charon.start()
+            charons[0].swanctl("--initiate", "--child", "hh")
+            yield a, b
+        finally:
+            for charon in charons:
+                charon.stop()
 
 
 SETUPS = {"plain": plain, "oe": oe, "swan": swan}

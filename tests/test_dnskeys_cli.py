@@ -98,7 +98,7 @@ def test_verify_finds_our_own_key(world, capsys, name, target):
     base, _knot, key_ids = world
     code, out, err = run(capsys, "--confdir", base / name, "verify", "--address", target)
     assert (code, err) == (0, "")
-    assert out.startswith(f"ok: ") and key_ids[name] in out
+    assert out.startswith("ok: ") and key_ids[name] in out
 
 
 def test_verify_says_which_key_dns_has_when_ours_changed(world, capsys, tmp_path):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP, SecurityAssociation
-from scapy.packet import Raw, raw
+from scapy.packet import raw
 
 from oe.datapath import Datapath, EspError, gcm_decrypt, gcm_encrypt
 from oe.dpevents import AuthFailure, ReplayFailure, SaExpired, SaSoftLimit

@@ -12,6 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 CHARON = Path("/usr/lib/ipsec/charon")
 
 STRONGSWAN_CONF = """charon {{
@@ -75,21 +78,34 @@ SWANCTL_CONF = """connections {{
 """
 
 
+def pem_private(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def pem_public(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 class Charon:
     """charon in namespace `ns`, host-to-host with one peer, keys given as PEM bytes."""
 
-    def __init__(self, ns: str, workdir: Path, *, me: str, peer: str, private_pem: bytes,
-                 public_pem: bytes, peer_public_pem: bytes, ike: str = "aes128-sha256-x25519",
-                 esp: str = "aes128gcm16", start_action: str = "none") -> None:
+    def __init__(self, ns: str, workdir: Path, *, me: str, peer: str, key: rsa.RSAPrivateKey,
+                 peer_key: rsa.RSAPrivateKey | rsa.RSAPublicKey,
+                 ike: str = "aes128-sha256-x25519", esp: str = "aes128gcm16",
+                 start_action: str = "none") -> None:
         self.ns = ns
         self.d = workdir
         sw = self.d / "swanctl"
         for sub in ("private", "pubkey"):
             (sw / sub).mkdir(parents=True, exist_ok=True)
         (self.d / "run").mkdir(exist_ok=True)
-        (sw / "private/key.pem").write_bytes(private_pem)
-        (sw / "pubkey/me.pub").write_bytes(public_pem)
-        (sw / "pubkey/peer.pub").write_bytes(peer_public_pem)
+        peer_public = peer_key.public_key() if hasattr(peer_key, "public_key") else peer_key
+        (sw / "private/key.pem").write_bytes(pem_private(key))
+        (sw / "pubkey/me.pub").write_bytes(pem_public(key))
+        (sw / "pubkey/peer.pub").write_bytes(peer_public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         (self.d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(d=self.d))
         (sw / "swanctl.conf").write_text(SWANCTL_CONF.format(
             me=me, peer=peer, ike=ike, esp=esp, start_action=start_action))

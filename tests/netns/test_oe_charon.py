@@ -14,8 +14,6 @@ import os
 import shutil
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-
 from oe import demo, hostkey
 from oe.netns import World, wait_for
 
@@ -36,16 +34,10 @@ def charon_world(tmp_path):
     charon = None
     try:
         world.capture, world.pcap = demo.start_capture(world)
-        carol_key = hostkey.load(hostkey.hostkey_path(world.confdir("carol")))
-        alice_key = hostkey.load(hostkey.hostkey_path(world.confdir("alice")))
-        public = serialization.PublicFormat.SubjectPublicKeyInfo
-        pem = serialization.Encoding.PEM
         charon = Charon(
             world.hosts["carol"].name, world.hosts["carol"].dir / "charon", me=CAROL, peer=ALICE,
-            private_pem=carol_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()),
-            public_pem=carol_key.public_key().public_bytes(pem, public),
-            peer_public_pem=alice_key.public_key().public_bytes(pem, public))
+            key=hostkey.load(hostkey.hostkey_path(world.confdir("carol"))),
+            peer_key=hostkey.load(hostkey.hostkey_path(world.confdir("alice"))))
         charon.start()
         demo.start_oe(world, "alice")
         yield world, charon
