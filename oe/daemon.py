@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,9 @@ class Daemon:
         self.datapath: Datapath | None = None
         self.steering: routing.Steering | None = None
         self._routed_peers: set[str] = set()
-        self._routes_lock = asyncio.Lock()
+        # pyroute2's synchronous API runs an event loop of its own, so every netlink call runs
+        # in this one thread, which also keeps route changes in order.
+        self._netlink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oe-netlink")
         self.tun_fd = -1
         self.sockets: list[socket.socket] = []
         self.stopping = asyncio.Event()
@@ -113,17 +116,16 @@ class Daemon:
     async def _start(self) -> None:
         if control.daemon_running(self.rundir):
             raise StartError(f"another oe is running with run dir {self.rundir}")
-        # pyroute2's synchronous API runs its own event loop: give it a thread.
-        addresses = await asyncio.to_thread(net.host_addresses, self.config.addresses,
-                                            self.config.tun_name)
+        addresses = await self._in_netlink(net.host_addresses, self.config.addresses,
+                                           self.config.tun_name)
         if not addresses:
             raise StartError("no address to run IKE on: set addresses in oe.conf")
         self.tun_fd = tun.open_tun(self.config.tun_name)
         # The TUN's MTU: the smallest path MTU of our interfaces minus the worst-case ESP
         # overhead (outer IPv6 + UDP encapsulation), so inner packets always fit.
-        path_mtu = min([await asyncio.to_thread(net.address_mtu, a) for a in addresses.values()])
+        path_mtu = min([await self._in_netlink(net.address_mtu, a) for a in addresses.values()])
         mtu = path_mtu - esp_overhead(6 if 6 in addresses else 4, "udp")
-        await asyncio.to_thread(tun.set_up, self.config.tun_name, mtu)
+        await self._in_netlink(tun.set_up, self.config.tun_name, mtu)
         self.datapath = Datapath()
         self.datapath.replace_eroutes(self.opportunist.table())
         fds = {}
@@ -162,6 +164,16 @@ class Daemon:
         return {f"udp{suffix}": nat_t.fileno(), f"esp{suffix}": esp.fileno(),
                 f"pass{suffix}": clear.fileno()}
 
+    def _in_netlink(self, fn, *args):
+        return self.loop.run_in_executor(self._netlink, fn, *args)
+
+    def _steer(self) -> None:
+        """(Re)install oe's routes and rule for the current policy and tunnels."""
+        trap, exempt, _ = self._route_sets()
+        self.steering = routing.install(
+            self.config.tun_name, trap, exempt, table=self.config.route_table,
+            priority=self.config.rule_priority, mark=self.config.bypass_mark)
+
     def _route_sets(self) -> tuple[list[str], list[str], list[str]]:
         """CIDRs to trap into the TUN, to exempt, and (on stop) to keep prohibited."""
         trap, exempt, private = sorted(self._routed_peers), [], []
@@ -178,12 +190,7 @@ class Daemon:
         return trap, exempt, private
 
     async def _install_routes(self) -> None:
-        async with self._routes_lock:  # one netlink writer at a time, latest state wins
-            trap, exempt, _ = self._route_sets()
-            self.steering = await asyncio.to_thread(
-                routing.install, self.config.tun_name, trap, exempt,
-                table=self.config.route_table, priority=self.config.rule_priority,
-                mark=self.config.bypass_mark)
+        await self._in_netlink(self._steer)
         for name in routing.loosen_rp_filter(net.interface_names(exclude=self.config.tun_name)):
             log.info("set %s = 2 (loose): replies to trapped peers arrive on the real interface",
                      name)
@@ -210,7 +217,7 @@ class Daemon:
                 pass
         if self.steering is not None:
             _, exempt, private = self._route_sets()
-            await asyncio.to_thread(routing.fail_closed, self.steering, private, exempt)
+            await self._in_netlink(routing.fail_closed, self.steering, private, exempt)
             if private:
                 log.info("private destinations stay unreachable until oe starts again: %s",
                          ", ".join(private))
@@ -221,6 +228,7 @@ class Daemon:
             side.runner.close()
         for sock in self.sockets:
             sock.close()
+        self._netlink.shutdown(wait=True)
         if self.tun_fd >= 0:
             os.close(self.tun_fd)
         log.info("oe stopped")
@@ -231,7 +239,8 @@ class Daemon:
         now = self.loop.time()
         for event in self.datapath.read_events():
             if isinstance(event, Acquire):
-                self._run(self.opportunist.acquire(Pair(event.src, event.dst), now))
+                self._run(self.opportunist.acquire(Pair(event.src, event.dst), now, event.proto,
+                                                   event.sport, event.dport))
             elif isinstance(event, IkeMessage):
                 side = self.sides.get(event.src.version)
                 if side is not None:
@@ -265,8 +274,10 @@ class Daemon:
         # into the TUN, or replies would go around it in clear.
         peers = {str(p.selector.dst) for p in self.opportunist.tunnels}
         if peers != self._routed_peers and self.steering is not None:
+            # Synchronously: a responder's route must be in place before its IKE_AUTH
+            # response leaves, or its first replies would go around the TUN in clear.
             self._routed_peers = peers
-            self.loop.create_task(self._install_routes())
+            self._netlink.submit(self._steer).result()
 
     async def _fetch(self, command: FetchKey) -> None:
         try:
@@ -509,7 +520,7 @@ class Daemon:
         if side is None:
             raise OeError(f"no IPv{peer.version} address of ours to initiate from")
         pair = Pair(ipaddress.ip_address(src or side.address), peer)
-        if self.opportunist.group_of(pair) is None:
+        if self.opportunist.host_group(pair) is None:
             raise OeError(f"{peer} is in no policy group")
         self._run(self.opportunist.initiate(pair, self.loop.time()))
         self._apply()

@@ -1021,9 +1021,25 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
         dp_count(c, C_REJECTED)
     elif v.action == ACT_DROP:
         dp_count(c, C_DROPPED)
-    else:
-        # No eroute: e.g. the kernel's IPv6 link-local chatter on the TUN. Quietly dropped.
+    elif is_link_chatter(&info):
+        # The kernel's own link-local or multicast traffic on the TUN: quietly dropped.
         dp_count(c, C_NO_POLICY)
+    else:
+        # No eroute, yet routed here: a CIDR steered in for a narrowed entry (`tcp 0 22`)
+        # whose other traffic is in no group. No group means clear (design.md section 3).
+        slot = batch_slot(c, b)
+        memcpy(slot, pkt, n)
+        batch_commit(b, OUT_PASS, info.version, info.dst, 0, slot, n)
+        dp_count(c, C_NO_POLICY)
+
+
+cdef bint is_link_chatter(const PktInfo *info) noexcept nogil:
+    """Multicast, broadcast or link-local: never anyone's OE flow, never sent on."""
+    if info.version == 4:
+        return (info.dst[0] >= 224 or (info.dst[0] == 169 and info.dst[1] == 254)
+                or (info.src[0] == 169 and info.src[1] == 254) or info.src[0] == 0)
+    return (info.dst[0] == 0xFF or (info.dst[0] == 0xFE and (info.dst[1] & 0xC0) == 0x80)
+            or (info.src[0] == 0xFE and (info.src[1] & 0xC0) == 0x80))
 
 
 cdef void _acquire(DpCore *c, const PktInfo *info) noexcept nogil:

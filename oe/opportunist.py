@@ -50,9 +50,12 @@ class Pair:
 
     @property
     def selector(self) -> Selector:
+        return self.selector_narrowed()
+
+    def selector_narrowed(self, proto: int = 0, sport: int = 0, dport: int = 0) -> Selector:
         width = self.src.max_prefixlen
         return Selector(ipaddress.ip_network((self.src, width)),
-                        ipaddress.ip_network((self.dst, width)))
+                        ipaddress.ip_network((self.dst, width)), proto, sport, dport)
 
     def __str__(self) -> str:
         return f"{self.src} -> {self.dst}"
@@ -69,6 +72,13 @@ class BareShunt:
     created: float
     expires: float | None
     """When the shunt goes away and the %trap is back; None for a %hold."""
+    narrowing: tuple[int, int, int] = (0, 0, 0)
+    """(proto, sport, dport) of the policy entry that trapped: a shunt for `private ... tcp 0
+    22` covers that port only, the rest of the pair's traffic keeps its own fate."""
+
+    @property
+    def selector(self) -> Selector:
+        return self.pair.selector_narrowed(*self.narrowing)
 
 
 @dataclass
@@ -136,6 +146,7 @@ class _Negotiation:
     group: str
     stage: str  # "queued", "dns", "ike"
     started: float
+    narrowing: tuple[int, int, int] = (0, 0, 0)
     peer: IPAddress | None = None
 
 
@@ -158,20 +169,34 @@ class Opportunist:
 
     def table(self) -> ErouteTable:
         """Policy, then bare shunts and SA eroutes (/32, so more specific than any policy)."""
-        extra = [Eroute(p.selector, s.action, None, s.group) for p, s in self.shunts.items()]
-        extra += [Eroute(p.selector, SaAction(t.peer, t.spi_out), None, self.group_of(p))
+        extra = [Eroute(s.selector, s.action, None, s.group) for s in self.shunts.values()]
+        extra += [Eroute(p.selector, SaAction(t.peer, t.spi_out), None, self.host_group(p))
                   for p, t in self.tunnels.items()]
         return self.base.replace(*extra)
 
-    def group_of(self, pair: Pair) -> str | None:
-        """The policy group of the most specific policy entry for this flow, if any."""
-        index = self.base.lookup(pair.src, pair.dst)
-        return None if index is None else self.base.entries[index].group
+    def policy_entry(self, pair: Pair, proto: int = 0, sport: int = 0,
+                     dport: int = 0) -> Eroute | None:
+        """The most specific policy entry for a packet of this flow, if any."""
+        index = self.base.lookup(pair.src, pair.dst, proto, sport, dport)
+        return None if index is None else self.base.entries[index]
+
+    def host_group(self, pair: Pair) -> str | None:
+        """The group that decides OE between the two hosts, whatever the ports: of the most
+        specific entries by prefix, an OE-accepting one if there is one (a host-to-host SA
+        serves every narrowed entry for the pair)."""
+        matching = [e for e in self.base.entries
+                    if pair.src in e.selector.src and pair.dst in e.selector.dst]
+        if not matching:
+            return None
+        best = max(e.selector.priority >> 8 for e in matching)
+        groups = [e.group for e in matching if e.selector.priority >> 8 == best]
+        return next((g for g in groups if SEMANTICS[g].inbound_oe), groups[0])
 
     # --- events ---------------------------------------------------------------------------
 
-    def acquire(self, pair: Pair, now: float) -> list[Command]:
-        """The datapath trapped a packet of `pair` and holds it."""
+    def acquire(self, pair: Pair, now: float, proto: int = 0, sport: int = 0,
+                dport: int = 0) -> list[Command]:
+        """The datapath trapped a packet of `pair` (with this protocol and ports) and holds it."""
         if pair in self.negotiations or pair in self.tunnels:
             return []
         dst = pair.dst
@@ -180,16 +205,19 @@ class Opportunist:
             self.shunts[pair] = BareShunt(pair, Shunt.DROP, "not a unicast destination", None,
                                           now, now + self.limits.shunt_lifetime)
             return []
-        group = self.group_of(pair)
-        if group is None or SEMANTICS[group].outbound is not Shunt.TRAP:
+        entry = self.policy_entry(pair, proto, sport, dport)
+        if entry is None or SEMANTICS[entry.group].outbound is not Shunt.TRAP:
             # Policy changed since the packet was trapped: nothing to negotiate.
             self.shunts.pop(pair, None)
             return []
         shunt = self.shunts.get(pair)
         if shunt is not None and shunt.action is not Shunt.HOLD:
             return []  # a failure shunt is in force until it expires or `oe initiate`
-        self.shunts[pair] = BareShunt(pair, Shunt.HOLD, "negotiating", group, now, None)
-        self.negotiations[pair] = _Negotiation(pair, group, "queued", now)
+        sel = entry.selector
+        narrowing = (sel.proto, sel.sport, sel.dport)
+        self.shunts[pair] = BareShunt(pair, Shunt.HOLD, "negotiating", entry.group, now, None,
+                                      narrowing)
+        self.negotiations[pair] = _Negotiation(pair, entry.group, "queued", now, narrowing)
         self._pending.append(pair)
         return self._start_pending(now)
 
@@ -279,21 +307,22 @@ class Opportunist:
         self.base = base
         commands: list[Command] = []
         for pair, tunnel in list(self.tunnels.items()):
-            group = self.group_of(pair)
+            group = self.host_group(pair)
             if group is None or not SEMANTICS[group].inbound_oe:
                 del self.tunnels[pair]
                 self.log.append(f"OE to {pair.dst} via {tunnel.peer} ended: policy now "
                                 f"{group or 'none'}")
                 commands.append(DeleteIke(tunnel.sa_id))
         for pair, shunt in list(self.shunts.items()):
-            if self.group_of(pair) != shunt.group:
+            entry = self.policy_entry(pair, *shunt.narrowing)
+            if entry is None or entry.group != shunt.group:
                 del self.shunts[pair]
                 self.negotiations.pop(pair, None)
         return commands
 
     def inbound_allowed(self, local: IPAddress, peer: IPAddress) -> str | None:
         """None if IKE from `peer` may be answered, else why not (clear, block, no policy)."""
-        group = self.group_of(Pair(local, peer))
+        group = self.host_group(Pair(local, peer))
         if group is None:
             return f"no policy group covers {peer}"
         if not SEMANTICS[group].inbound_oe:
@@ -311,7 +340,7 @@ class Opportunist:
         failure = Shunt.DROP if deny else SEMANTICS[negotiation.group].failure
         assert failure is not None  # only trapping groups negotiate
         self.shunts[pair] = BareShunt(pair, failure, why, negotiation.group, now,
-                                      now + self.limits.shunt_lifetime)
+                                      now + self.limits.shunt_lifetime, negotiation.narrowing)
         self.log.append(f"can't opportunistically initiate for {pair.src} to {pair.dst}: {why}; "
                         f"{failure} for {self.limits.shunt_lifetime:g} s")
         return []

@@ -160,9 +160,14 @@ def test_pass_drop_and_no_policy():
     # IPv6 link-local chatter the kernel sends into any TUN: no eroute, no acquire.
     rs = raw(IPv6(src="fe80::1", dst="ff02::2") / ICMPv6DestUnreach())
     assert dp.outbound(rs) == []
+    assert dp.outbound(ping(dst="224.0.0.251")) == []
+    # A unicast packet with no eroute (routed in for a narrowed entry, `tcp 0 22`, whose other
+    # traffic is in no group) goes in clear, as it would have without oe.
+    stray = ping(dst="203.0.113.77")
+    assert dp.outbound(stray) == [("pass", ipaddress.ip_address("203.0.113.77"), 0, stray)]
     assert dp.read_events() == []
     stats = dp.stats()
-    assert (stats["passed"], stats["dropped"], stats["no_policy"]) == (1, 1, 1)
+    assert (stats["passed"], stats["dropped"], stats["no_policy"]) == (1, 1, 3)
 
 
 def test_reject_answers_icmp_administratively_prohibited():
@@ -181,7 +186,7 @@ def test_reject_answers_icmp_administratively_prohibited():
     del checked[ICMPv6DestUnreach].cksum
     assert IPv6(raw(checked))[ICMPv6DestUnreach].cksum == reply[ICMPv6DestUnreach].cksum
     # Never an ICMP error about an ICMP error.
-    assert dp.outbound(answer) == []
+    assert [kind for kind, *_ in dp.outbound(answer) if kind == "tun"] == []
 
 
 def test_df_packet_too_big_for_the_path_gets_fragmentation_needed():

@@ -174,3 +174,19 @@ def test_link_local_and_multicast_are_never_negotiated():
     assert oe.acquire(pair, 0) == []
     assert fate(oe, "ff02::2", src="fe80::1") is Shunt.DROP
     assert oe.negotiations == {}
+
+
+def test_narrowed_entry_traps_its_port_and_its_shunt_covers_only_that_port():
+    """private `192.0.2.20 tcp 0 22`: the acquire carries the port; failing, %drop for port 22
+    alone, while the host's other traffic keeps its own fate (here: no group, clear)."""
+    oe = opportunist(private="192.0.2.20 tcp 0 22\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    assert oe.acquire(pair, 0, proto=6, sport=40000, dport=22) == [FetchKey(pair, "192.0.2.20")]
+    oe.key_found(pair, not_capable(Target.parse("192.0.2.20"), "no key"), 1)
+    table = oe.table()
+    me, bob = ipaddress.ip_address(ME), ipaddress.ip_address("192.0.2.20")
+    assert table.entries[table.lookup(me, bob, 6, 40000, 22)].action is Shunt.DROP
+    assert table.lookup(me, bob, 6, 40000, 80) is None
+    assert table.lookup(me, bob, 1) is None
+    # A host-to-host SA serves the narrowed entry, so IKE from that host is answered.
+    assert oe.inbound_allowed(me, bob) is None

@@ -215,3 +215,19 @@ def test_oe_start_daemon_detaches_once_serving(make_world):
     assert wait_for(lambda: "oe stopped" in log.read_text(), 10)
     assert "oe started" in log.read_text()
     assert not (world.rundir("alice") / "oe.ctl").exists()
+
+
+def test_narrowed_policy_encrypts_only_its_port(make_world):
+    """alice: `private 192.0.2.20 tcp 0 5001` and nothing else; bob answers OE but never starts
+    it (clear-or-private). A ping to bob is in no group: clear, although routed through oe.
+    TCP to port 5001 traps, negotiates and is encrypted."""
+    world = make_world(groups={"alice": {"private": f"{BOB} tcp 0 5001\n"},
+                               "bob": {"clear-or-private": "0.0.0.0/0\n"}})
+    ping(world, "alice", BOB)
+    assert status(world, "alice")["sas"] == []
+    ok, what = demo.tcp_transfer(world, "alice", "bob", 1 << 20, port=5001)
+    assert ok, what
+    [sa] = status(world, "alice")["sas"]
+    assert sa["dst"] == BOB and sa["packets_out"] > 0
+    kinds = wire(world, ALICE, BOB)
+    assert kinds.get("ICMP in clear", 0) == 6 and "TCP in clear" not in kinds, kinds
