@@ -21,13 +21,16 @@ STRONGSWAN_CONF = """charon {{
   load = random nonce openssl pem pkcs1 pkcs8 pubkey sha1 sha2 hmac gcm aes kdf gmp curve25519 kernel-libipsec kernel-netlink socket-default vici
   retransmit_timeout = 1.0
   retransmit_tries = 3
+  rsa_pss = {rsa_pss}
   filelog {{
     log {{
       path = {d}/charon.log
       time_format = %T
+      flush_line = yes
       default = 1
       ike = 2
       cfg = 2
+      enc = 1
     }}
   }}
   plugins {{
@@ -53,8 +56,9 @@ swanctl {{
 SWANCTL_CONF = """connections {{
   hh {{
     version = 2
+    dpd_delay = {dpd}
     local_addrs = {me}
-    remote_addrs = {peer}
+    remote_addrs = {remote_addrs}
     proposals = {ike}
     local {{
       auth = pubkey
@@ -70,7 +74,7 @@ SWANCTL_CONF = """connections {{
       hh {{
         esp_proposals = {esp}
         start_action = {start_action}
-        mode = tunnel
+        mode = tunnel{child_extra}
       }}
     }}
   }}
@@ -94,7 +98,10 @@ class Charon:
     def __init__(self, ns: str, workdir: Path, *, me: str, peer: str, key: rsa.RSAPrivateKey,
                  peer_key: rsa.RSAPrivateKey | rsa.RSAPublicKey,
                  ike: str = "aes128-sha256-x25519", esp: str = "aes128gcm16",
-                 start_action: str = "none") -> None:
+                 start_action: str = "none", dpd: str = "0s", rsa_pss: bool = False,
+                 remote_addrs: str | None = None, remote_ts: str | None = None) -> None:
+        """remote_addrs: where IKE may come from (default `peer`; "%any" behind a NAT);
+        remote_ts: the peer's traffic selector when it differs from its address (NAT)."""
         self.ns = ns
         self.d = workdir
         sw = self.d / "swanctl"
@@ -106,9 +113,12 @@ class Charon:
         (sw / "pubkey/me.pub").write_bytes(pem_public(key))
         (sw / "pubkey/peer.pub").write_bytes(peer_public.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        (self.d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(d=self.d))
+        (self.d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(
+            d=self.d, rsa_pss="yes" if rsa_pss else "no"))
         (sw / "swanctl.conf").write_text(SWANCTL_CONF.format(
-            me=me, peer=peer, ike=ike, esp=esp, start_action=start_action))
+            me=me, peer=peer, ike=ike, esp=esp, start_action=start_action, dpd=dpd,
+            remote_addrs=remote_addrs or peer,
+            child_extra=f"\n        remote_ts = {remote_ts}" if remote_ts else ""))
         self.process: subprocess.Popen | None = None
 
     def _mounts(self) -> str:

@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from charon import Charon, pem_private, pem_public
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -48,83 +49,8 @@ PROPOSAL_SETS = {
     "aes256gcm16-prfsha384-ecp256": ("aes256gcm16-prfsha384-ecp256", "aes256gcm16-modp2048"),
 }
 
-STRONGSWAN_CONF = """charon {{
-  load = random nonce openssl pem pkcs1 pkcs8 pubkey sha1 sha2 hmac gcm aes kdf gmp kernel-libipsec kernel-netlink socket-default vici
-  retransmit_timeout = 1.0
-  retransmit_tries = 3
-  rsa_pss = {rsa_pss}
-  filelog {{
-    log {{
-      path = {d}/charon.log
-      time_format = %T
-      flush_line = yes
-      default = 1
-      ike = 2
-      cfg = 2
-      enc = 1
-    }}
-  }}
-  plugins {{
-    vici {{
-      socket = unix://{d}/charon.vici
-    }}
-    socket-default {{
-      fwmark = 0x42
-    }}
-    kernel-libipsec {{
-      allow_peer_ts = yes
-    }}
-    kernel-netlink {{
-      fwmark = !0x42
-    }}
-  }}
-}}
-swanctl {{
-  socket = unix://{d}/charon.vici
-}}
-"""
-
-SWANCTL_CONF = """connections {{
-  hh {{
-    version = 2
-    dpd_delay = {dpd}
-    local_addrs = {me}
-    remote_addrs = {remote_addrs}
-    proposals = {ike}
-    local {{
-      auth = pubkey
-      pubkeys = me.pub
-      id = {me}
-    }}
-    remote {{
-      auth = pubkey
-      pubkeys = peer.pub
-      id = {peer}
-    }}
-    children {{
-      hh {{
-        esp_proposals = {esp}
-        start_action = none
-        mode = tunnel{child_extra}
-      }}
-    }}
-  }}
-}}
-"""
-
-
 def run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout)
-
-
-def pem_private(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def pem_public(key: rsa.RSAPrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class OePeer:
@@ -205,7 +131,7 @@ class Topology:
         self.oe_esp = oe_esp or esp
         self.oe_args = oe_args
         self.oe_addr, self.charon_addr, self.prefix = ADDRS[family]
-        self.charon: subprocess.Popen | None = None
+        self.charon: Charon | None = None
         self.tcpdump: subprocess.Popen | None = None
         self.oe: OePeer | None = None
         self.pcap = tmp / "esp.pcap"
@@ -224,34 +150,15 @@ class Topology:
             self._network()
         oe_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         charon_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        sw = self.d / "swanctl"
-        for sub in ("private", "pubkey"):
-            (sw / sub).mkdir(parents=True)
-        (self.d / "run").mkdir()
-        (sw / "private/key.pem").write_bytes(pem_private(charon_key))
-        (sw / "pubkey/me.pub").write_bytes(pem_public(charon_key))
-        (sw / "pubkey/peer.pub").write_bytes(pem_public(oe_key))
         (self.tmp / "oe.pem").write_bytes(pem_private(oe_key))
         (self.tmp / "charon.pub").write_bytes(pem_public(charon_key))
-        (self.d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(
-            d=self.d, rsa_pss="yes" if self.rsa_pss else "no"))
-        (sw / "swanctl.conf").write_text(SWANCTL_CONF.format(
-            me=self.charon_addr, peer=self.oe_addr, ike=self.ike, esp=self.esp, dpd=self.dpd,
+        self.charon = Charon(
+            self.ns_charon, self.d, me=self.charon_addr, peer=self.oe_addr, key=charon_key,
+            peer_key=oe_key, ike=self.ike, esp=self.esp, dpd=self.dpd, rsa_pss=self.rsa_pss,
             # behind the NAT oe shows up from the NAT's address; its selector stays private
-            remote_addrs="%any" if self.nat else self.oe_addr,
-            child_extra=f"\n        remote_ts = {self.oe_addr}/32" if self.nat else ""))
-        self.charon = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns_charon, "unshare", "-m", "sh", "-c",
-             f"mount --bind {self.d}/run /run && mount --bind {sw} /etc/swanctl && "
-             f"STRONGSWAN_CONF={self.d}/strongswan.conf exec /usr/lib/ipsec/charon"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + WAIT
-        while not (self.d / "charon.vici").exists():
-            assert time.monotonic() < deadline and self.charon.poll() is None, (
-                "charon did not start")
-            time.sleep(0.05)
-        self.swanctl("--load-all")
+            remote_addrs="%any" if self.nat else None,
+            remote_ts=f"{self.oe_addr}/32" if self.nat else None)
+        self.charon.start(WAIT)
         self.oe = OePeer(self.ns_oe, [
             "--local", self.oe_addr, "--peer", self.charon_addr, "--key", str(self.tmp / "oe.pem"),
             "--peer-pub", str(self.tmp / "charon.pub"), "--ike", self.oe_ike, "--esp", self.oe_esp,
@@ -261,14 +168,15 @@ class Topology:
     def down(self) -> None:
         if self.oe is not None:
             self.oe.stop()
-        for p in (self.tcpdump, self.charon):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        if self.tcpdump is not None and self.tcpdump.poll() is None:
+            self.tcpdump.terminate()
+            try:
+                self.tcpdump.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.tcpdump.kill()
+                self.tcpdump.wait()
+        if self.charon is not None:
+            self.charon.stop()
         for ns in (self.ns_oe, self.ns_charon, self.ns_nat):
             run("ip", "netns", "del", ns, check=False)
 
@@ -315,17 +223,11 @@ class Topology:
     # --- charon ---------------------------------------------------------------------------
 
     def swanctl(self, *args: str) -> str:
-        sw = self.d / "swanctl"
-        r = run("ip", "netns", "exec", self.ns_charon, "unshare", "-m", "sh", "-c",
-                f"mount --bind {sw} /etc/swanctl && STRONGSWAN_CONF={self.d}/strongswan.conf "
-                f"swanctl {' '.join(args)}", check=False)
-        assert r.returncode == 0, (
-            f"swanctl {args}: {r.stdout} {r.stderr}\n{self.charon_log()[-6000:]}")
-        return r.stdout
+        assert self.charon is not None
+        return self.charon.swanctl(*args).stdout
 
     def charon_log(self) -> str:
-        log = self.d / "charon.log"
-        return log.read_text() if log.exists() else ""
+        return self.charon.log if self.charon is not None else ""
 
     def charon_send(self, count: int = 2) -> None:
         """Cleartext UDP datagrams from charon's namespace to oe: libipsec seals them."""
