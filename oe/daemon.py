@@ -397,6 +397,11 @@ class Daemon:
         elif isinstance(event, ike_events.IkeSaDeleted):
             self.sa_pairs.pop((version, event.sa_id), None)
             self.opportunist.ike_gone(event.sa_id, event.reason, now)
+        elif isinstance(event, ike_events.IkeSaPeerMoved):
+            for child in side.engine.children(event.sa_id):
+                for spi, direction in ((child.spi_out, "out"), (child.spi_in, "in")):
+                    self.datapath.move_sa(spi, direction, event.remote_addr, event.remote_port)
+            log.info("peer moved to %s port %d (NAT)", event.remote_addr, event.remote_port)
         elif isinstance(event, ike_events.ChildSaFailed):
             pair = self.sa_pairs.get((version, event.sa_id))
             if pair is not None:

@@ -1591,6 +1591,23 @@ cdef class Datapath:
             sa_free(sa)
             raise MemoryError()
 
+    def move_sa(self, uint32_t spi, str direction, peer, int peer_port) -> bool:
+        """The peer's NAT mapping changed (RFC 7296 2.23): send to / accept from its new
+        address and port. Keys, sequence numbers and the replay window stay as they are; an
+        SA is never re-added for this, which would restart its IVs under the same key."""
+        cdef EspSa *sa
+        cdef bytes peer_b = _ipaddress.ip_address(peer).packed
+        if direction not in ("in", "out"):
+            raise ValueError("direction is 'in' or 'out'")
+        with nogil:
+            esp_wr_lock(&self.c.sa_lock)
+        sa = sa_find(&self.c.sa_in if direction == "in" else &self.c.sa_out, spi)
+        if sa != NULL and len(peer_b) == (4 if sa.family == 4 else 16):
+            memcpy(sa.peer, <const char *>peer_b, len(peer_b))
+            sa.peer_port = peer_port
+        esp_rw_unlock(&self.c.sa_lock)
+        return sa != NULL
+
     def del_sa(self, uint32_t spi, str direction) -> bool:
         """Remove an SA; True if it existed. Packets in flight finish under the read lock."""
         cdef EspSa *sa

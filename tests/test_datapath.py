@@ -266,3 +266,19 @@ def test_packet_too_big_about_an_ipv6_fragment():
     first = raw(fragment6(big, 1400)[0])
     [(kind, _, _, answer)] = dp.outbound(first)
     assert kind == "tun" and IPv6(answer)[ICMPv6PacketTooBig].mtu == 1300 - 40 - 8 - 37
+
+
+def test_move_sa_follows_the_peer_without_restarting_sequence_numbers():
+    """A NAT rebinding moves an SA to the peer's new address and port; the next packet carries
+    the next sequence number (re-adding the SA would repeat IVs under one key)."""
+    dp = Datapath()
+    dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER, encap="udp", peer_port=4500)
+    dp.replace_eroutes(ErouteTable([eroute(PEER + "/32", SaAction(ipaddress.ip_address(PEER),
+                                                                   SPI_OUT))]))
+    [(_, _, port, first)] = dp.outbound(ping(1))
+    assert port == 4500 and int.from_bytes(first[4:8], "big") == 1
+    assert dp.move_sa(SPI_OUT, "out", "203.0.113.254", 40123)
+    [(kind, addr, port, second)] = dp.outbound(ping(2))
+    assert (kind, str(addr), port) == ("udp", "203.0.113.254", 40123)
+    assert int.from_bytes(second[4:8], "big") == 2
+    assert not dp.move_sa(0x7777, "out", PEER, 4500)
