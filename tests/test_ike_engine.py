@@ -734,3 +734,30 @@ def test_nat_rebinding_moves_the_peer_and_says_so():
     b.receive_datagram(req, ("203.0.113.77", 45000), link.now, local_port=4500)
     assert events(b) == [IkeSaPeerMoved(sb, "203.0.113.77", 45000)]
     assert b.datagrams_to_send(link.now)[0][1] == ("203.0.113.77", 45000)
+
+
+def test_initial_contact_retires_the_ike_sa_of_a_peers_earlier_life():
+    """A restarts (a fresh engine, same key) and initiates again: its IKE_AUTH carries
+    N(INITIAL_CONTACT), so B forgets the IKE SA it still held from A's earlier life
+    (section 2.4), without DELETEs, before reporting the new one."""
+    a, b = ike_pair()
+    _, old_b, _, _ = establish(Link(a, b))
+    a2 = make_engine(ADDR_A, "a", {ADDR_B: "b"}, seed=77)
+    link = Link(a2, b)
+    a2.initiate(ADDR_B, link.now)
+    # IKE_SA_INIT { SA, KEi, Ni, N(NATD)... } -->  <-- { SA, KEr, Nr, N(NATD)... }
+    link.transfer(a2)
+    link.transfer(b)
+    # IKE_AUTH { IDi, IDr, N(INITIAL_CONTACT), AUTH, SA, TSi, TSr } -->
+    [request] = link.transfer(a2)
+    got = events(b)
+    kinds = [type(e) for e in got]
+    assert kinds == [ChildSaDeleted, IkeSaDeleted, IkeSaEstablished, ChildSaEstablished], kinds
+    assert got[1].sa_id == old_b and "INITIAL_CONTACT" in got[1].reason
+    assert b.children(old_b) == [] and len(b.children(got[2].sa_id)) == 1
+    assert request  # sent once, no DELETE towards A for the forgotten SA
+    assert len(link.transfer(b)) == 1
+    # A's second IKE SA with B (B still up) carries no INITIAL_CONTACT: nothing is retired.
+    a2.initiate(ADDR_B, link.now)
+    link.roundtrip(a2)
+    assert IkeSaDeleted not in [type(e) for e in events(b)]

@@ -664,6 +664,10 @@ class IkeSa:
         payloads: list[Payload] = [idi]
         if self.expected_peer_id is not None:
             payloads.append(ID(False, self.expected_peer_id.id_type, self.expected_peer_id.data))
+        if not self.engine._established_with(self.peer_addr, self):
+            # Section 2.4: our first IKE SA with this peer; it may drop what it still holds
+            # from an earlier life of ours (a restart leaves the peer with dead SAs).
+            payloads.append(Notify(NotifyType.INITIAL_CONTACT))
         payloads += [
             self._auth_payload(idi),
             SA(offer(self.config.esp_suites(), self.auth_spi_in, with_dh=False)),
@@ -763,6 +767,9 @@ class IkeSa:
             # section 2.21.2: answer AUTHENTICATION_FAILED and forget the SA
             self._respond(ExchangeType.IKE_AUTH, mid, [Notify(e.notify)])
             return self._fail(e.notify, e.reason, local=True)
+        if msg.notifies(NotifyType.INITIAL_CONTACT):
+            # Section 2.4: the authenticated peer has no other IKE SA with us any more.
+            self.engine._initial_contact(self)
         idr = ID(False, self.config.identity.id_type, self.config.identity.data)
         payloads: list[Payload] = [idr, self._auth_payload(idr)]
         child: _Child | None = None
@@ -1311,6 +1318,19 @@ class IkeEngine:
 
     def _rekey_index(self, sa: IkeSa) -> None:
         self._sas[sa.our_spi] = sa
+
+    def _established_with(self, peer_addr: str, besides: IkeSa) -> bool:
+        """Whether an IKE SA other than `besides` is up with this peer."""
+        return any(sa is not besides and sa.peer_addr == peer_addr
+                   and sa.state in (State.ESTABLISHED, State.REKEYED)
+                   for sa in self._by_id.values())
+
+    def _initial_contact(self, new: IkeSa) -> None:
+        """Forget, without DELETEs, every other IKE SA with the identity `new` authenticated."""
+        for sa in list(self._by_id.values()):
+            if sa is not new and sa.peer_id == new.peer_id and sa.state in (
+                    State.ESTABLISHED, State.REKEYED):
+                sa._delete_local("the peer started afresh (INITIAL_CONTACT)")
 
     def _remove(self, sa: IkeSa) -> None:
         sa.state = State.DELETED
