@@ -131,7 +131,7 @@ class Eroute:
 
 
 class ErouteTable:
-    """An immutable set of eroutes, most specific first, with per-entry counters.
+    """An immutable set of eroutes, most specific first (the compiled classifier counts).
 
     Replacing the table means building a new one and swapping the reference: a reader holds one
     table for a whole lookup, so it never sees a half-updated table (KLIPS's non-atomic replace
@@ -145,8 +145,6 @@ class ErouteTable:
         self.entries: tuple[Eroute, ...] = tuple(
             sorted(by_selector.values(), key=lambda e: e.selector.priority, reverse=True)
         )
-        self.packets = [0] * len(self.entries)
-        self.bytes = [0] * len(self.entries)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -164,15 +162,6 @@ class ErouteTable:
         """Every matching eroute, most specific first (for `oe trace`'s explanation)."""
         return [e for e in self.entries if e.selector.matches(src, dst, proto, sport, dport)]
 
-    def account(self, index: int, nbytes: int) -> None:
-        self.packets[index] += 1
-        self.bytes[index] += nbytes
-
     def replace(self, *eroutes: Eroute) -> "ErouteTable":
         """A new table with these eroutes added, replacing any with the same selector."""
         return ErouteTable(self.entries + eroutes)
-
-    def without(self, *selectors: Selector) -> "ErouteTable":
-        gone = set(selectors)
-        return ErouteTable(e for e in self.entries if e.selector not in gone)
-
