@@ -96,7 +96,6 @@ class Tunnel:
     udp_encap: bool
     initiator: bool
     created: float
-    last_rekey: float
 
 
 # Commands for the daemon --------------------------------------------------------------------
@@ -145,9 +144,7 @@ class _Negotiation:
     pair: Pair
     group: str
     stage: str  # "queued", "dns", "ike"
-    started: float
     narrowing: tuple[int, int, int] = (0, 0, 0)
-    peer: IPAddress | None = None
 
 
 class Opportunist:
@@ -217,7 +214,7 @@ class Opportunist:
         narrowing = (sel.proto, sel.sport, sel.dport)
         self.shunts[pair] = BareShunt(pair, Shunt.HOLD, "negotiating", entry.group, now, None,
                                       narrowing)
-        self.negotiations[pair] = _Negotiation(pair, entry.group, "queued", now, narrowing)
+        self.negotiations[pair] = _Negotiation(pair, entry.group, "queued", narrowing)
         self._pending.append(pair)
         return self._start_pending(now)
 
@@ -242,7 +239,7 @@ class Opportunist:
             return self._fail(pair, f"gateway {gateway} is a name; oe needs an address", now)
         if gateway.version != pair.dst.version:
             return self._fail(pair, f"gateway {gateway} is not of the flow's address family", now)
-        negotiation.stage, negotiation.peer = "ike", gateway
+        negotiation.stage = "ike"
         return [Initiate(pair, gateway)]
 
     def negotiation_failed(self, pair: Pair, reason: str, now: float) -> list[Command]:
@@ -263,7 +260,7 @@ class Opportunist:
         self.negotiations.pop(pair, None)
         self.shunts.pop(pair, None)
         self.tunnels[pair] = Tunnel(pair, peer, sa_id, spi_in, spi_out, algorithm, udp_encap,
-                                    initiator, now, now)
+                                    initiator, now)
         how = "initiated" if initiator else "responded to"
         self.log.append(f"{how} OE to {pair.dst} via {peer}: ESP {algorithm}"
                         + (" in UDP" if udp_encap else ""))
@@ -273,7 +270,7 @@ class Opportunist:
         """The CHILD SA was replaced; the SA eroute points at the new outbound SPI."""
         tunnel = self.tunnels.get(pair)
         if tunnel is not None:
-            tunnel.spi_in, tunnel.spi_out, tunnel.last_rekey = spi_in, spi_out, now
+            tunnel.spi_in, tunnel.spi_out = spi_in, spi_out
 
     def tunnel_down(self, pair: Pair, spi_in: int, reason: str, now: float) -> None:
         """The CHILD SA is gone: the pair falls back to its policy (%trap for OE groups)."""
