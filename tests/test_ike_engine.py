@@ -407,17 +407,24 @@ def test_retransmitted_request_gets_cached_response_without_reprocessing():
     assert again == resp and events(b) == []
 
 
-def test_malformed_protected_request_is_answered_invalid_syntax():
-    """A request that passes the integrity check but does not parse: N(INVALID_SYNTAX)."""
+def next_informational(a, b):
+    """An IKE SA from A to B, and the header of A's next INFORMATIONAL request on it, for
+    hand-made protected requests."""
     from oe.ike.constants import ExchangeType
     from oe.ike.message import Header
 
-    a, b = ike_pair()
     link = Link(a, b)
     sa_id, _, _, _ = establish(link)
     sa = a._by_id[sa_id]
     header = Header(sa.spi_i, sa.spi_r, 0, ExchangeType.INFORMATIONAL, 0x08,
                     sa.next_message_id, 0).encode()
+    return link, sa, header
+
+
+def test_malformed_protected_request_is_answered_invalid_syntax():
+    """A request that passes the integrity check but does not parse: N(INVALID_SYNTAX)."""
+    a, b = ike_pair()
+    link, sa, header = next_informational(a, b)
     # an inner chain whose first payload claims 200 bytes
     bad = sa.keys.cipher(True).seal(header, 41, b"\x00\x00\x00\xc8", a.rng)
     b.receive_datagram(bad, (ADDR_A, 500), link.now)
@@ -690,15 +697,10 @@ def test_responder_prefers_a_group_that_fits_the_initiators_ke():
 
 def test_unknown_critical_payload_in_a_protected_request():
     """INFORMATIONAL { <222, critical> } --> <-- { N(UNSUPPORTED_CRITICAL_PAYLOAD, 222) }"""
-    from oe.ike.constants import ExchangeType
-    from oe.ike.message import Header, Notify, Opaque, encode_payloads, parse_payloads
+    from oe.ike.message import Notify, Opaque, encode_payloads, parse_payloads
 
     a, b = ike_pair()
-    link = Link(a, b)
-    sa_id, _, _, _ = establish(link)
-    sa = a._by_id[sa_id]
-    header = Header(sa.spi_i, sa.spi_r, 0, ExchangeType.INFORMATIONAL, 0x08,
-                    sa.next_message_id, 0).encode()
+    link, sa, header = next_informational(a, b)
     first, inner = encode_payloads([Opaque(222, b"??", critical=True)])
     b.receive_datagram(sa.keys.cipher(True).seal(header, first, inner, a.rng), (ADDR_A, 500), 0)
     [(resp, _, _)] = b.datagrams_to_send(0)
