@@ -215,6 +215,13 @@ def test_oe_start_daemon_detaches_once_serving(make_world):
     assert wait_for(lambda: "oe stopped" in log.read_text(), 10)
     assert "oe started" in log.read_text()
     assert not (world.rundir("alice") / "oe.ctl").exists()
+    # Everything it installed is gone (no private group here, so nothing stays prohibited).
+    alice = world.hosts["alice"]
+    assert "oe0" not in world.world.run(alice, "ip", "link").stdout
+    for family in ("-4", "-6"):
+        assert "4322" not in world.world.run(alice, "ip", family, "rule").stdout
+        assert world.world.run(alice, "ip", family, "route", "show", "table", "4322",
+                               check=False).stdout == ""
 
 
 def test_narrowed_policy_encrypts_only_its_port(make_world):
