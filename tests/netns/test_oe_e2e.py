@@ -106,6 +106,16 @@ def test_fates_without_a_key_and_block(make_world):
     kinds = wire(world, ALICE, CAROL)
     assert kinds == {}, f"a private flow leaked: {kinds}"
     assert demo.wire_summary(world.pcap, ALICE6, CAROL6).get("ICMP in clear", 0) >= 6
+    # `oe initiate` forgets the failure shunt and tries again at once (whack --oppohere).
+    first = shunts[CAROL]["expires_in"]
+    assert f"initiating OE for {ALICE} -> {CAROL}" in demo.oe_cmd(
+        world, "alice", "initiate", CAROL).stdout
+    assert wait_for(lambda: any(s["dst"] == CAROL and s["said"] == "%drop"
+                                and s["expires_in"] > first for s in
+                                status(world, "alice")["shunts"]), 10)
+    bad = demo.oe_cmd(world, "alice", "initiate", "not-an-address", check=False)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "oe: 'not-an-address' is not an IPv4 or IPv6 address")
 
 
 def test_clear_or_private_answers_but_never_initiates(make_world):
