@@ -79,8 +79,7 @@ def build(workdir: Path, *, key_bits: int = 2048, keyed=("alice", "bob"),
           groups: dict[str, dict[str, str]] | None = None,
           conf: dict[str, str] | None = None) -> OeWorld:
     """Namespaces, addresses, host keys, zones and knotd; the daemons are started by the caller."""
-    world = World("oe", workdir)
-    world.open()
+    world = World("oe", workdir).open()
     try:
         hosts = {name: world.host(name, f"{v4}/24", f"{v6}/64")
                  for name, (v4, v6) in ADDRESSES.items()}

@@ -65,19 +65,22 @@ class World:
         self.hosts: dict[str, Host] = {}
         self._namespaces: list[str] = []
         self._processes: list[subprocess.Popen] = []
-        self._opened = False
 
     def open(self) -> "World":
+        """The switch namespace and its bridge; on any failure, nothing is left behind."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._add_namespace(self.switch)
-        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.switch, "link", "set", "br0", "up")
-        self._opened = True
+        try:
+            self._add_namespace(self.switch)
+            _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+            _ip("-n", self.switch, "link", "set", "br0", "up")
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def _add_namespace(self, name: str) -> None:
         _ip("netns", "add", name)
-        self._namespaces.append(name)
+        self._namespaces.append(name)  # before anything else can fail: close() deletes it
         _ip("-n", name, "link", "set", "lo", "up")
 
     def host(self, short: str, *addresses: str, mtu: int = 1500) -> Host:
@@ -140,11 +143,7 @@ class World:
         self._processes.clear()
 
     def __enter__(self) -> "World":
-        try:
-            return self.open()
-        except BaseException:
-            self.close()
-            raise
+        return self.open()
 
     def __exit__(self, *exc) -> None:
         self.close()
