@@ -1,7 +1,7 @@
 # The two quick-start commands: `make demo` and `make test` (Debian 12, as root).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-APT    := python3 python3-venv python3-dev gcc libssl-dev make iproute2 iputils-ping \
+APT    := python3 python3-venv python3-dev gcc libssl-dev make iproute2 iputils-ping procps \
           knot knot-dnsutils strongswan-charon strongswan-swanctl libcharon-extra-plugins \
           libstrongswan-standard-plugins iperf3 tcpdump nftables
 export DEBIAN_FRONTEND := noninteractive
