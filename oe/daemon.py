@@ -191,6 +191,11 @@ class Daemon:
 
     async def _install_routes(self) -> None:
         await self._in_netlink(self._steer)
+        for ns in self.fetcher.nameservers():
+            if _is_address(ns) and ipaddress.ip_address(ns).is_loopback:
+                log.warning("nameserver %s is a local stub: the servers it forwards to are not "
+                            "exempt from trapping; list them in oe.conf [dns] nameservers or in "
+                            "policies/clear", ns)
         for name in routing.loosen_rp_filter(net.interface_names(exclude=self.config.tun_name)):
             log.info("set %s = 2 (loose): replies to trapped peers arrive on the real interface",
                      name)
