@@ -261,6 +261,10 @@ def main(keep: bool = False) -> int:
             shown = world.run(hosts["alice"], "ping", "-c", "4", "-i", "0.3", "-W", "3", bob,
                               check=False)
             say(f"alice$ ping {bob}\n" + indent(shown.stdout.strip().splitlines()[-2:]))
+            bob6 = hosts["bob"].address6()
+            shown6 = world.run(hosts["alice"], "ping", "-c", "3", "-i", "0.3", "-W", "3", bob6,
+                               check=False)
+            say(f"alice$ ping {bob6}\n" + indent(shown6.stdout.strip().splitlines()[-2:]))
             ok, what = tcp_transfer(oe_world, "alice", "bob", 4 << 20)
             say(f"alice -> bob TCP: {what}")
             shown = world.run(hosts["alice"], "ping", "-c", "3", "-i", "0.3", "-W", "3", carol,
@@ -272,9 +276,11 @@ def main(keep: bool = False) -> int:
                                                       .stdout.rstrip().splitlines()))
             World.stop(capture)
             wire = wire_summary(pcap, hosts["alice"].address, bob)
-            say("on the wire between alice and bob: " + ", ".join(
-                f"{n} {k}" for k, n in sorted(wire.items())))
-            clear = sum(n for k, n in wire.items() if "clear" in k)
+            wire6 = wire_summary(pcap, hosts["alice"].address6(), bob6)
+            for label, kinds in (("IPv4", wire), ("IPv6", wire6)):
+                say(f"on the wire between alice and bob, {label}: " + ", ".join(
+                    f"{n} {k}" for k, n in sorted(kinds.items())))
+            clear = sum(n for kinds in (wire, wire6) for k, n in kinds.items() if "clear" in k)
             verdict = "encrypted: only IKE and ESP" if ok and not clear else "NOT ENCRYPTED"
             say(f"verdict: {verdict}")
             if keep:
