@@ -19,7 +19,7 @@ from oe.config import load as load_config
 from oe.dnskeys import records as dnsrecords
 from oe.dnskeys.fetcher import KeyFetcher
 from oe.config import DEFAULT_CONFDIR, DEFAULT_RUNDIR
-from oe.eroute import PROTOCOL_NAMES, PROTOCOLS, Eroute, ErouteTable, Selector
+from oe.eroute import PROTOCOL_NAMES, Eroute, ErouteTable, Selector, port_number, protocol_number
 from oe.errors import OeError
 from oe.policygroups import SEMANTICS, prospective_table
 from oe.policygroups.loader import load_policy
@@ -105,18 +105,17 @@ def _address(text: str, what: str):
 
 
 def _proto(text: str) -> int:
-    proto = PROTOCOLS.get(text.lower())
-    if proto is None and text.isdigit() and int(text) <= 255:
-        proto = int(text)
+    proto = protocol_number(text)
     if proto is None:
         raise argparse.ArgumentTypeError(f"bad protocol '{text}' (a name such as tcp, or 0-255)")
     return proto
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
+    port = port_number(text)
+    if port is None:
         raise argparse.ArgumentTypeError(f"bad port '{text}' (0-65535)")
-    return int(text)
+    return port
 
 
 def cmd_trace(args) -> int:

@@ -31,6 +31,19 @@ PROTOCOL_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp", 132: "sctp", 
 PORT_PROTOCOLS = frozenset({6, 17, 132})
 
 
+def protocol_number(text: str) -> int | None:
+    """A protocol by name (tcp, udp, ...) or number 0-255; None if it is neither."""
+    proto = PROTOCOLS.get(text.lower())
+    if proto is None and text.isdigit() and int(text) <= 255:
+        proto = int(text)
+    return proto
+
+
+def port_number(text: str) -> int | None:
+    """A port 0-65535 (0 = any); None if it is not one."""
+    return int(text) if text.isdigit() and int(text) <= 65535 else None
+
+
 class Shunt(enum.Enum):
     """KLIPS's magic SAIDs (FreeS/WAN eroute(5))."""
 

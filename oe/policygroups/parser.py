@@ -17,7 +17,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from oe.eroute import PROTOCOLS, PORT_PROTOCOLS, Selector
+from oe.eroute import PORT_PROTOCOLS, Selector, port_number, protocol_number
 from oe.errors import OeError
 
 
@@ -126,15 +126,14 @@ def _parse_cidr(token: str, place: str):
 
 
 def _parse_proto(token: str, place: str) -> int:
-    proto = PROTOCOLS.get(token.lower())
-    if proto is None and token.isdigit():
-        proto = int(token)
-    if proto is None or not 0 <= proto <= 255:
+    proto = protocol_number(token)
+    if proto is None:
         raise PolicyError(f"{place}: bad protocol '{token}' (a name such as tcp, or 0-255)")
     return proto
 
 
 def _parse_port(token: str, place: str) -> int:
-    if not token.isdigit() or int(token) > 65535:
+    port = port_number(token)
+    if port is None:
         raise PolicyError(f"{place}: bad port '{token}' (0-65535, 0 = any)")
-    return int(token)
+    return port
