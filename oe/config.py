@@ -59,6 +59,24 @@ class IkeSettings:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Global caps on what untrusted traffic can make oe keep; each drop is counted in
+    `oe status --json` (design: bounded everything)."""
+
+    holds: int = 1024
+    """%holds (packets queued while negotiating) at once; beyond, the oldest hold is dropped."""
+    shunts: int = 10_000
+    """Failure shunts at once; beyond, the oldest is dropped and its %trap returns."""
+    half_open: int = 256
+    """IKE SAs answered but not yet authenticated; beyond, new IKE_SA_INITs are dropped."""
+    lookups: int = 64
+    """DNS key lookups at once for peers that contacted us (one queued IKE_SA_INIT each);
+    beyond, their IKE_SA_INITs are dropped, and past half of it a COOKIE is asked first."""
+    queued_acquires: int = 1024
+    """Acquires waiting for the acquire rate limit; beyond, the oldest gets its failure shunt."""
+
+
+@dataclass(frozen=True)
 class Config:
     tun_name: str = "oe0"
     """Name of the TUN device that trapped traffic is routed into."""
@@ -77,6 +95,8 @@ class Config:
     """[ike] table."""
     dns: DnsConfig = field(default_factory=DnsConfig)
     """[dns] table."""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """[limits] table."""
 
 
 def parse(text: str, origin: str = "oe.conf") -> Config:
@@ -119,6 +139,8 @@ def _build(cls: type, data: dict, origin: str, table: str):
 
 
 def _convert(hint, value, where: str):
+    if hint is int and isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"{where}: expected a number >= 0, got {value!r}")
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:
@@ -144,4 +166,4 @@ def _type_name(hint) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
 
 
-__all__ = ["Config", "DnsConfig", "IkeSettings", "ConfigError", "parse", "load", "DEFAULT_CONFDIR", "DEFAULT_RUNDIR"]
+__all__ = ["Config", "DnsConfig", "IkeSettings", "LimitsConfig", "ConfigError", "parse", "load", "DEFAULT_CONFDIR", "DEFAULT_RUNDIR"]

@@ -24,10 +24,14 @@ Rule 1: at most one negotiation per (src, dst) at a time; a second acquire for a
 negotiating is ignored (the %hold is already there). Rule 2: acquires beyond a global rate are
 queued and started as the rate allows, so a scan of many addresses cannot start a negotiation
 storm (seeds/003: racoon's acquire floods). Rule 3: every decision yields one log line.
+Rule 4: the cost of an event does not grow with the number of shunts or tunnels: failure shunts
+are capped (the oldest goes, counted), expire from a heap, and the datapath is handed only the
+eroutes an event changed (take_changes).
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 from collections import deque
 from dataclasses import dataclass
@@ -137,6 +141,8 @@ class Limits:
     """Negotiations that may start at once before the rate applies."""
     pending_max: int = 1024
     """Acquires waiting for the rate limit; beyond this the oldest gets its failure shunt."""
+    max_shunts: int = 10_000
+    """Failure shunts at once; beyond this the oldest is dropped and its %trap returns."""
 
 
 @dataclass
@@ -154,7 +160,16 @@ class Opportunist:
         self.base = base
         self.limits = limits
         self.shunts: dict[Pair, BareShunt] = {}
+        """Read-only outside this class: changes go through _put_shunt/_drop_shunt."""
         self.tunnels: dict[Pair, Tunnel] = {}
+        """Read-only outside this class: changes go through _put_tunnel/_drop_tunnel."""
+        self.counters = {"shunts_dropped": 0, "acquires_dropped": 0}
+        self._failures = 0  # failure shunts in self.shunts (the rest are %holds)
+        self._expiry: list[tuple[float, int, Pair]] = []  # heap; stale entries are skipped
+        self._seq = 0
+        self._base_at = {e.selector: e for e in base.entries}
+        self._dirty: set[Selector] = set()
+        self._whole_table = True  # the datapath needs the whole table (start, reload)
         self.negotiations: dict[Pair, _Negotiation] = {}
         self._pending: deque[Pair] = deque()
         self._tokens = float(limits.acquire_burst)
@@ -170,6 +185,38 @@ class Opportunist:
         extra += [Eroute(p.selector, SaAction(t.peer, t.spi_out), None, self.host_group(p))
                   for p, t in self.tunnels.items()]
         return self.base.replace(*extra)
+
+    def take_changes(self) -> tuple[list[Eroute], list[Selector]] | None:
+        """What changed in table() since the last call: (eroutes to add or replace, selectors
+        to remove), or None when the whole table must be installed (first call, reload)."""
+        if self._whole_table:
+            self._whole_table = False
+            self._dirty.clear()
+            return None
+        add: list[Eroute] = []
+        remove: list[Selector] = []
+        for selector in self._dirty:
+            eroute = self._eroute_at(selector)
+            if eroute is None:
+                remove.append(selector)
+            else:
+                add.append(eroute)
+        self._dirty.clear()
+        return add, remove
+
+    def _eroute_at(self, selector: Selector) -> Eroute | None:
+        """The eroute table() has for this selector: an SA, else a shunt, else policy."""
+        if selector.src.prefixlen == selector.src.max_prefixlen and \
+                selector.dst.prefixlen == selector.dst.max_prefixlen:
+            pair = Pair(selector.src.network_address, selector.dst.network_address)
+            tunnel = self.tunnels.get(pair)
+            if tunnel is not None and pair.selector == selector:
+                return Eroute(selector, SaAction(tunnel.peer, tunnel.spi_out), None,
+                              self.host_group(pair))
+            shunt = self.shunts.get(pair)
+            if shunt is not None and shunt.selector == selector:
+                return Eroute(selector, shunt.action, None, shunt.group)
+        return self._base_at.get(selector)
 
     def policy_entry(self, pair: Pair, proto: int = 0, sport: int = 0,
                      dport: int = 0) -> Eroute | None:
@@ -199,21 +246,21 @@ class Opportunist:
         dst = pair.dst
         if dst.is_multicast or dst.is_link_local or dst.is_unspecified or dst.is_loopback:
             # The TUN's own link-local chatter (router solicitations, MLD): never negotiate.
-            self.shunts[pair] = BareShunt(pair, Shunt.DROP, "not a unicast destination", None,
-                                          now, now + self.limits.shunt_lifetime)
+            self._put_shunt(BareShunt(pair, Shunt.DROP, "not a unicast destination", None,
+                                      now, now + self.limits.shunt_lifetime))
             return []
         entry = self.policy_entry(pair, proto, sport, dport)
         if entry is None or SEMANTICS[entry.group].outbound is not Shunt.TRAP:
             # Policy changed since the packet was trapped: nothing to negotiate.
-            self.shunts.pop(pair, None)
+            self._drop_shunt(pair)
             return []
         shunt = self.shunts.get(pair)
         if shunt is not None and shunt.action is not Shunt.HOLD:
             return []  # a failure shunt is in force until it expires or `oe initiate`
         sel = entry.selector
         narrowing = (sel.proto, sel.sport, sel.dport)
-        self.shunts[pair] = BareShunt(pair, Shunt.HOLD, "negotiating", entry.group, now, None,
-                                      narrowing)
+        self._put_shunt(BareShunt(pair, Shunt.HOLD, "negotiating", entry.group, now, None,
+                                  narrowing))
         self.negotiations[pair] = _Negotiation(pair, entry.group, "queued", narrowing)
         self._pending.append(pair)
         return self._start_pending(now)
@@ -222,7 +269,7 @@ class Opportunist:
         """`oe initiate`: forget a failure shunt and try at once."""
         shunt = self.shunts.get(pair)
         if shunt is not None and shunt.action is not Shunt.HOLD:
-            del self.shunts[pair]
+            self._drop_shunt(pair)
         return self.acquire(pair, now)
 
     def key_found(self, pair: Pair, lookup, now: float) -> list[Command]:
@@ -258,9 +305,9 @@ class Opportunist:
         if old is not None and old.sa_id != sa_id:
             commands.append(DeleteIke(old.sa_id))
         self.negotiations.pop(pair, None)
-        self.shunts.pop(pair, None)
-        self.tunnels[pair] = Tunnel(pair, peer, sa_id, spi_in, spi_out, algorithm, udp_encap,
-                                    initiator, now)
+        self._drop_shunt(pair)
+        self._put_tunnel(Tunnel(pair, peer, sa_id, spi_in, spi_out, algorithm, udp_encap,
+                                initiator, now))
         how = "initiated" if initiator else "responded to"
         self.log.append(f"{how} OE to {pair.dst} via {peer}: ESP {algorithm}"
                         + (" in UDP" if udp_encap else ""))
@@ -271,13 +318,14 @@ class Opportunist:
         tunnel = self.tunnels.get(pair)
         if tunnel is not None:
             tunnel.spi_in, tunnel.spi_out = spi_in, spi_out
+            self._dirty.add(pair.selector)
 
     def tunnel_down(self, pair: Pair, spi_in: int, reason: str, now: float) -> None:
         """The CHILD SA is gone: the pair falls back to its policy (%trap for OE groups)."""
         tunnel = self.tunnels.get(pair)
         if tunnel is None or tunnel.spi_in != spi_in:
             return  # an SA already replaced by a rekey
-        del self.tunnels[pair]
+        self._drop_tunnel(pair)
         self.log.append(f"OE to {pair.dst} via {tunnel.peer} ended: {reason}")
 
     def ike_gone(self, sa_id: int, reason: str, now: float) -> None:
@@ -288,13 +336,14 @@ class Opportunist:
 
     def tick(self, now: float) -> list[Command]:
         """Expire failure shunts (the %trap returns) and start rate-limited acquires."""
-        for pair, shunt in list(self.shunts.items()):
-            if shunt.expires is not None and shunt.expires <= now:
-                del self.shunts[pair]
+        while self._expiry and self._expiry[0][0] <= now:
+            self._expire_oldest()
         return self._start_pending(now)
 
     def next_timer(self) -> float | None:
-        times = [s.expires for s in self.shunts.values() if s.expires is not None]
+        while self._expiry and not self._live(self._expiry[0]):
+            heapq.heappop(self._expiry)
+        times = [self._expiry[0][0]] if self._expiry else []
         if self._pending and self._tokens_at is not None:
             times.append(self._tokens_at + (1 - self._tokens) / self.limits.acquire_rate)
         return min(times) if times else None
@@ -302,18 +351,20 @@ class Opportunist:
     def reload(self, base: ErouteTable, now: float) -> list[Command]:
         """New policy: tunnels and shunts that no longer fit it go; the rest stay."""
         self.base = base
+        self._base_at = {e.selector: e for e in base.entries}
+        self._whole_table = True
         commands: list[Command] = []
         for pair, tunnel in list(self.tunnels.items()):
             group = self.host_group(pair)
             if group is None or not SEMANTICS[group].inbound_oe:
-                del self.tunnels[pair]
+                self._drop_tunnel(pair)
                 self.log.append(f"OE to {pair.dst} via {tunnel.peer} ended: policy now "
                                 f"{group or 'none'}")
                 commands.append(DeleteIke(tunnel.sa_id))
         for pair, shunt in list(self.shunts.items()):
             entry = self.policy_entry(pair, *shunt.narrowing)
             if entry is None or entry.group != shunt.group:
-                del self.shunts[pair]
+                self._drop_shunt(pair)
                 self.negotiations.pop(pair, None)
         return commands
 
@@ -332,12 +383,53 @@ class Opportunist:
 
     # --- internals ------------------------------------------------------------------------
 
+    def _put_shunt(self, shunt: BareShunt) -> None:
+        self._drop_shunt(shunt.pair)
+        self.shunts[shunt.pair] = shunt
+        self._dirty.add(shunt.selector)
+        if shunt.expires is None:
+            return
+        self._failures += 1
+        self._seq += 1
+        heapq.heappush(self._expiry, (shunt.expires, self._seq, shunt.pair))
+        # All failure shunts live equally long, so the heap's top is also the oldest one.
+        while self._failures > self.limits.max_shunts:
+            if self._expire_oldest():
+                self.counters["shunts_dropped"] += 1
+
+    def _drop_shunt(self, pair: Pair) -> None:
+        shunt = self.shunts.pop(pair, None)
+        if shunt is not None:
+            self._dirty.add(shunt.selector)
+            if shunt.expires is not None:
+                self._failures -= 1
+
+    def _live(self, entry: tuple[float, int, Pair]) -> bool:
+        """Whether a heap entry still stands for the pair's current failure shunt."""
+        shunt = self.shunts.get(entry[2])
+        return shunt is not None and shunt.expires == entry[0]
+
+    def _expire_oldest(self) -> bool:
+        entry = heapq.heappop(self._expiry)
+        if not self._live(entry):
+            return False
+        self._drop_shunt(entry[2])
+        return True
+
+    def _put_tunnel(self, tunnel: Tunnel) -> None:
+        self.tunnels[tunnel.pair] = tunnel
+        self._dirty.add(tunnel.pair.selector)
+
+    def _drop_tunnel(self, pair: Pair) -> None:
+        del self.tunnels[pair]
+        self._dirty.add(pair.selector)
+
     def _fail(self, pair: Pair, why: str, now: float, deny: bool = False) -> list[Command]:
         negotiation = self.negotiations.pop(pair)
         failure = Shunt.DROP if deny else SEMANTICS[negotiation.group].failure
         assert failure is not None  # only trapping groups negotiate
-        self.shunts[pair] = BareShunt(pair, failure, why, negotiation.group, now,
-                                      now + self.limits.shunt_lifetime, negotiation.narrowing)
+        self._put_shunt(BareShunt(pair, failure, why, negotiation.group, now,
+                                  now + self.limits.shunt_lifetime, negotiation.narrowing))
         self.log.append(f"can't opportunistically initiate for {pair.src} to {pair.dst}: {why}; "
                         f"{failure} for {self.limits.shunt_lifetime:g} s")
         return []

@@ -30,6 +30,7 @@ def test_values_are_read_and_converted(tmp_path):
     ("[dns]\nmin_key_bits = 2048.5", "[dns] min_key_bits: expected an integer"),
     ("[dns]\nallow_unsigned_delegation = 1", "expected true or false"),
     ("dns = 3", "oe.conf: dns: expected a table [dns]"),
+    ("[limits]\nholds = -1", "oe.conf: [limits] holds: expected a number >= 0, got -1"),
     ("[dns\n", "oe.conf: "),
 ])
 def test_errors_name_the_key(text, message):

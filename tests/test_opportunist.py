@@ -190,3 +190,61 @@ def test_narrowed_entry_traps_its_port_and_its_shunt_covers_only_that_port():
     assert table.lookup(me, bob, 1) is None
     # A host-to-host SA serves the narrowed entry, so IKE from that host is answered.
     assert oe.inbound_allowed(me, bob) is None
+
+
+def _fail_to(oe, dst, now):
+    pair = Pair.of(ME, dst)
+    oe.acquire(pair, now)
+    oe.key_found(pair, not_capable(Target.parse(dst), "no key"), now)
+    return pair
+
+
+def test_failure_shunts_are_capped_and_the_oldest_goes_first():
+    """Issue 10, defect 6: a scan of keyless addresses must not grow the shunt table without
+    bound; beyond the cap the oldest failure shunt is dropped (its %trap returns) and counted."""
+    oe = opportunist(Limits(max_shunts=3), private_or_clear="0.0.0.0/0\n")
+    pairs = [_fail_to(oe, f"198.51.100.{i}", now=float(i)) for i in range(1, 6)]
+    assert set(oe.shunts) == set(pairs[2:])
+    assert fate(oe, "198.51.100.1") is Shunt.TRAP and fate(oe, "198.51.100.5") is Shunt.PASS
+    assert oe.counters["shunts_dropped"] == 2
+    assert oe.limits.max_shunts == 3
+
+
+def _apply(installed: dict, changes) -> dict:
+    add, remove = changes
+    for selector in remove:
+        installed.pop(selector)
+    for eroute in add:
+        installed[eroute.selector] = eroute
+    return installed
+
+
+def test_table_changes_are_incremental_and_agree_with_the_whole_table():
+    """Issue 10, defect 6: each event hands the datapath only the eroutes it changed, however
+    many shunts stand; applied in order, the changes give exactly table()."""
+    oe = opportunist(Limits(acquire_burst=1000), private_or_clear="0.0.0.0/0\n",
+                     private="198.51.100.20/32\n")
+    assert oe.take_changes() is None                     # first: the whole table
+    installed = {e.selector: e for e in oe.table().entries}
+    for i in range(1, 200):
+        _fail_to(oe, f"203.0.113.{i}", now=0.0)
+    _apply(installed, oe.take_changes())
+    # One more event with ~200 shunts standing: a change of one eroute.
+    assert len(oe.shunts) == 199
+    _fail_to(oe, "192.0.2.99", now=1.0)
+    changes = oe.take_changes()
+    assert len(changes[0]) + len(changes[1]) == 1
+    _apply(installed, changes)
+    pair = Pair.of(ME, "198.51.100.20")                  # a /32 policy entry under a tunnel
+    oe.tunnel_up(pair, pair.dst, 1, 0x11, 0x22, "x", False, True, 2.0)
+    _apply(installed, oe.take_changes())
+    assert installed[pair.selector].action == SaAction(pair.dst, 0x22)
+    oe.tunnel_down(pair, 0x11, "DELETE", 3.0)             # policy's %trap is back, not a hole
+    oe.tick(10_000.0)                                     # every failure shunt expires
+    _apply(installed, oe.take_changes())
+    assert installed == {e.selector: e for e in oe.table().entries}
+    assert pair.selector not in installed and fate(oe, "198.51.100.20") is Shunt.TRAP
+    assert oe.take_changes() == ([], [])
+    new = opportunist(private_or_clear="0.0.0.0/0\n").base
+    oe.reload(new, 10_001.0)
+    assert oe.take_changes() is None                     # new policy: the whole table again
