@@ -100,6 +100,40 @@ class Tunnel:
     udp_encap: bool
     initiator: bool
     created: float
+    narrowing: tuple[int, int, int] = (0, 0, 0)
+    """(proto, sport, dport) the CHILD SA was narrowed to (child_flow); (0, 0, 0): all."""
+
+    @property
+    def selector(self) -> Selector:
+        return self.pair.selector_narrowed(*self.narrowing)
+
+
+ANY_PORT = (0, 65535)
+
+
+def child_flow(local_ts: tuple, remote_ts: tuple) -> tuple[Pair, tuple[int, int, int]]:
+    """The flow a negotiated CHILD SA carries, exactly: its host pair and (proto, sport,
+    dport) narrowing, as an eroute can enforce it (RFC 7296 2.9). Raises ValueError, saying
+    why, for selectors an eroute cannot express (several, ranges of hosts or ports), so such an
+    SA is refused rather than installed wider than negotiated."""
+    if len(local_ts) != 1 or len(remote_ts) != 1:
+        raise ValueError("more than one selector on a side")
+    local, remote = local_ts[0], remote_ts[0]
+    if local.start != local.end or remote.start != remote.end:
+        raise ValueError(f"selector {local} or {remote} is not a single host")
+    if local.version != remote.version:
+        raise ValueError("selectors of two address families")
+    if local.protocol and remote.protocol and local.protocol != remote.protocol:
+        raise ValueError(f"selectors of two protocols ({local.protocol}, {remote.protocol})")
+    ports = []
+    for ts in (local, remote):
+        if (ts.start_port, ts.end_port) == ANY_PORT:
+            ports.append(0)
+        elif ts.start_port == ts.end_port and ts.start_port != 0:
+            ports.append(ts.start_port)
+        else:
+            raise ValueError(f"port range {ts.start_port}-{ts.end_port} of {ts}")
+    return Pair(local.start, remote.start), (local.protocol or remote.protocol, *ports)
 
 
 # Commands for the daemon --------------------------------------------------------------------
@@ -182,7 +216,7 @@ class Opportunist:
     def table(self) -> ErouteTable:
         """Policy, then bare shunts and SA eroutes (/32, so more specific than any policy)."""
         extra = [Eroute(s.selector, s.action, None, s.group) for s in self.shunts.values()]
-        extra += [Eroute(p.selector, SaAction(t.peer, t.spi_out), None, self.host_group(p))
+        extra += [Eroute(t.selector, SaAction(t.peer, t.spi_out), None, self.host_group(p))
                   for p, t in self.tunnels.items()]
         return self.base.replace(*extra)
 
@@ -210,7 +244,7 @@ class Opportunist:
                 selector.dst.prefixlen == selector.dst.max_prefixlen:
             pair = Pair(selector.src.network_address, selector.dst.network_address)
             tunnel = self.tunnels.get(pair)
-            if tunnel is not None and pair.selector == selector:
+            if tunnel is not None and tunnel.selector == selector:
                 return Eroute(selector, SaAction(tunnel.peer, tunnel.spi_out), None,
                               self.host_group(pair))
             shunt = self.shunts.get(pair)
@@ -296,7 +330,8 @@ class Opportunist:
         return self._fail(pair, reason, now)
 
     def tunnel_up(self, pair: Pair, peer: IPAddress, sa_id: int, spi_in: int, spi_out: int,
-                  algorithm: str, udp_encap: bool, initiator: bool, now: float) -> list[Command]:
+                  algorithm: str, udp_encap: bool, initiator: bool, now: float,
+                  narrowing: tuple[int, int, int] = (0, 0, 0)) -> list[Command]:
         """A CHILD SA for `pair` is in the datapath (we initiated, or the peer did and policy
         allowed it). A tunnel of another IKE SA for the pair is stale: the peer restarted and
         negotiated afresh (what INITIAL_CONTACT says, RFC 7296 2.4), so that IKE SA goes."""
@@ -307,7 +342,7 @@ class Opportunist:
         self.negotiations.pop(pair, None)
         self._drop_shunt(pair)
         self._put_tunnel(Tunnel(pair, peer, sa_id, spi_in, spi_out, algorithm, udp_encap,
-                                initiator, now))
+                                initiator, now, narrowing))
         how = "initiated" if initiator else "responded to"
         self.log.append(f"{how} OE to {pair.dst} via {peer}: ESP {algorithm}"
                         + (" in UDP" if udp_encap else ""))
@@ -318,7 +353,7 @@ class Opportunist:
         tunnel = self.tunnels.get(pair)
         if tunnel is not None:
             tunnel.spi_in, tunnel.spi_out = spi_in, spi_out
-            self._dirty.add(pair.selector)
+            self._dirty.add(tunnel.selector)
 
     def tunnel_down(self, pair: Pair, spi_in: int, reason: str, now: float) -> None:
         """The CHILD SA is gone: the pair falls back to its policy (%trap for OE groups)."""
@@ -417,12 +452,14 @@ class Opportunist:
         return True
 
     def _put_tunnel(self, tunnel: Tunnel) -> None:
+        old = self.tunnels.get(tunnel.pair)
+        if old is not None:
+            self._dirty.add(old.selector)
         self.tunnels[tunnel.pair] = tunnel
-        self._dirty.add(tunnel.pair.selector)
+        self._dirty.add(tunnel.selector)
 
     def _drop_tunnel(self, pair: Pair) -> None:
-        del self.tunnels[pair]
-        self._dirty.add(pair.selector)
+        self._dirty.add(self.tunnels.pop(pair).selector)
 
     def _fail(self, pair: Pair, why: str, now: float, deny: bool = False) -> list[Command]:
         negotiation = self.negotiations.pop(pair)
@@ -454,6 +491,6 @@ class Opportunist:
 
 
 __all__ = [
-    "Pair", "BareShunt", "Tunnel", "FetchKey", "Initiate", "DeleteIke",
+    "Pair", "BareShunt", "Tunnel", "child_flow", "FetchKey", "Initiate", "DeleteIke",
     "Command", "Limits", "Opportunist",
 ]

@@ -7,7 +7,7 @@ import pytest
 from oe.dnskeys.choice import KeyLookup, Target, Verdict, not_capable
 from oe.eroute import SaAction, Shunt
 from oe.opportunist import (
-    DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair,
+    DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair, child_flow,
 )
 from oe.policygroups import combine, parse_group, prospective_table
 
@@ -248,3 +248,41 @@ def test_table_changes_are_incremental_and_agree_with_the_whole_table():
     new = opportunist(private_or_clear="0.0.0.0/0\n").base
     oe.reload(new, 10_001.0)
     assert oe.take_changes() is None                     # new policy: the whole table again
+
+
+def _ts(addr, protocol=0, ports=(0, 65535), end=None):
+    from oe.ike.ts import TrafficSelector
+    return TrafficSelector(ipaddress.ip_address(addr), ipaddress.ip_address(end or addr),
+                           protocol, *ports)
+
+
+def test_child_flow_keeps_the_negotiated_narrowing():
+    """Issue 10, defect 12: the SA carries exactly what was negotiated, never the whole host
+    pair: a responder that narrowed to tcp port 22 gets an eroute and SA for port 22 only."""
+    flow = child_flow((_ts(ME),), (_ts("192.0.2.20"),))
+    assert flow == (Pair.of(ME, "192.0.2.20"), (0, 0, 0))
+    flow = child_flow((_ts(ME, 6),), (_ts("192.0.2.20", 6, (22, 22)),))
+    assert flow == (Pair.of(ME, "192.0.2.20"), (6, 0, 22))
+    assert flow[0].selector_narrowed(*flow[1]).dport == 22
+
+
+@pytest.mark.parametrize("local, remote, why", [
+    ((_ts(ME), _ts("192.0.2.11")), (_ts("192.0.2.20"),), "more than one selector"),
+    ((_ts(ME, end="192.0.2.11"),), (_ts("192.0.2.20"),), "not a single host"),
+    ((_ts(ME, 6),), (_ts("192.0.2.20", 17),), "protocols"),
+    ((_ts(ME, 6),), (_ts("192.0.2.20", 6, (20, 22)),), "port range"),
+    ((_ts(ME),), (_ts("2001:db8::20"),), "address families"),
+])
+def test_child_flow_refuses_what_an_eroute_cannot_enforce(local, remote, why):
+    with pytest.raises(ValueError, match=why):
+        child_flow(local, remote)
+
+
+def test_a_narrowed_tunnel_covers_only_its_port():
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    oe.tunnel_up(pair, pair.dst, 1, 0x11, 0x22, "x", False, True, 0, narrowing=(6, 0, 22))
+    table = oe.table()
+    me, bob = pair.src, pair.dst
+    assert table.entries[table.lookup(me, bob, 6, 40000, 22)].action == SaAction(bob, 0x22)
+    assert table.entries[table.lookup(me, bob, 6, 40000, 80)].action is Shunt.TRAP
