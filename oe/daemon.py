@@ -43,7 +43,9 @@ from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
 from oe.ike.ts import TrafficSelector
-from oe.opportunist import DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair
+from oe.opportunist import (
+    ANY_PORT, DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair, child_flow,
+)
 from oe.policygroups import SEMANTICS, prospective_table
 from oe.policygroups.loader import load_policy
 
@@ -76,13 +78,16 @@ class Daemon:
         for warning in policy.warnings:
             log.warning("%s", warning)
         self.key = hostkey.load(hostkey.hostkey_path(confdir))
-        self.opportunist = Opportunist(prospective_table(policy),
-                                       Limits(shunt_lifetime=self.config.shunt_lifetime))
+        self.opportunist = Opportunist(prospective_table(policy), _limits(self.config))
         self.fetcher = KeyFetcher.from_config(self.config.dns, confdir)
-        self.peer_keys: dict[str, object] = {}  # IKE ID text -> RSA public key, from DNS
+        # (ID type, ID data) -> RSA public key, from DNS: a key vouches for the identity it
+        # was published for and nothing else (an ID_FQDN "192.0.2.1" is not that address).
+        self.peer_keys: dict[Identity, object] = {}
         self.sides: dict[int, _IkeSide] = {}
         self.sa_pairs: dict[tuple[int, int], Pair] = {}  # (family, sa_id) -> pair
-        self.pending_init: dict[str, list] = {}  # peer -> IKE_SA_INITs waiting for its key
+        # peer -> its newest IKE_SA_INIT, waiting for the peer's key; at most [limits] lookups
+        self.pending_init: dict[str, tuple[bytes, tuple, int]] = {}
+        self.counters = {"ike_init_dropped": 0, "children_refused": 0}
         self.datapath: Datapath | None = None
         self.steering: routing.Steering | None = None
         self._routed_peers: set[str] = set()
@@ -285,17 +290,17 @@ class Daemon:
             self._netlink.submit(self._steer).result()
 
     async def _fetch(self, command: FetchKey) -> None:
+        """Every lookup ends in a decision, whatever it raises: a %hold never stays."""
         try:
             lookup = await self.fetcher.fetch(command.target)
+            if lookup.key is not None:
+                self.peer_keys[_address_id(command.target)] = lookup.key.public_key()
+            commands = self.opportunist.key_found(command.pair, lookup, self.loop.time())
         except Exception as exc:  # a bug in a lookup must not leave the %hold for ever
             log.exception("key lookup for %s", command.target)
-            self._run(self.opportunist.negotiation_failed(
-                command.pair, f"key lookup failed: {exc}", self.loop.time()))
-            self._apply()
-            return
-        if lookup.key is not None:
-            self.peer_keys[command.target] = lookup.key.public_key()
-        self._run(self.opportunist.key_found(command.pair, lookup, self.loop.time()))
+            commands = self.opportunist.negotiation_failed(
+                command.pair, f"key lookup failed: {exc}", self.loop.time())
+        self._run(commands)
         self._apply()
 
     def _initiate(self, command: Initiate) -> None:
@@ -323,7 +328,7 @@ class Daemon:
     # ------------------------------------------------------------------ IKE
 
     def _lookup_key(self, identity: Identity):
-        return self.peer_keys.get(str(identity))
+        return self.peer_keys.get(identity)
 
     def _ts_allowed(self, version: int, peer_id: Identity, local_ts, remote_ts) -> bool:
         local = ipaddress.ip_address(self.sides[version].address)
@@ -338,7 +343,8 @@ class Daemon:
 
         Returns True when the runner may hand it to the engine now. The peer's ID is its
         address (RFC 4322), so the key is looked up by the source address while the message
-        waits; its retransmissions wait with it.
+        waits (only the newest retransmission). Spoofed sources cost at most [limits] lookups
+        DNS fetches at once; beyond, IKE_SA_INITs from unknown peers are dropped and counted.
         """
         peer = ipaddress.ip_address(addr[0])
         side = self.sides.get(peer.version)
@@ -348,43 +354,49 @@ class Daemon:
         if why is not None:
             log.info("refused IKE from %s: %s", peer, why)
             return False
-        if str(peer) in self.peer_keys:
+        if _address_id(str(peer)) in self.peer_keys:
             return True
-        waiting = self.pending_init.setdefault(str(peer), [])
-        waiting.append((data, addr, local_port))
-        if len(waiting) == 1:
+        if str(peer) not in self.pending_init:
+            if len(self.pending_init) >= self.config.limits.lookups:
+                self.counters["ike_init_dropped"] += 1
+                return False
             self.loop.create_task(self._fetch_for_responder(side, str(peer)))
+        self.pending_init[str(peer)] = (data, addr, local_port)
         return False
 
     async def _fetch_for_responder(self, side: _IkeSide, peer: str) -> None:
         try:
             lookup = await self.fetcher.fetch(Target.parse(peer))
-        finally:
-            waiting = self.pending_init.pop(peer, [])
-        if lookup.key is None:
-            log.info("refused IKE from %s: %s", peer, lookup.error)
+            if lookup.key is None:
+                log.info("refused IKE from %s: %s", peer, lookup.error)
+                return
+            self.peer_keys[_address_id(peer)] = lookup.key.public_key()
+        except Exception:  # a bug in a lookup refuses this peer, and frees its slot
+            log.exception("key lookup for %s", peer)
             return
-        self.peer_keys[peer] = lookup.key.public_key()
-        for data, addr, local_port in waiting[-1:]:  # the newest retransmission is enough
-            side.runner.receive(data, addr, local_port)
+        finally:
+            waiting = self.pending_init.pop(peer, None)
+        if waiting is not None:
+            side.runner.receive(*waiting)
 
     def _ike_event(self, version: int, event) -> None:
         now = self.loop.time()
         side = self.sides[version]
         if isinstance(event, ike_events.ChildSaEstablished):
             child = event.child
-            pair = Pair(ipaddress.ip_address(child.local_ts[0].start),
-                        ipaddress.ip_address(child.remote_ts[0].start))
-            self._install_child(child)
-            self.sa_pairs[(version, event.sa_id)] = pair
-            initiator = self._initiated(version, event.sa_id)
-            self._run(self.opportunist.tunnel_up(
-                pair, ipaddress.ip_address(child.remote_addr), event.sa_id, child.spi_in,
-                child.spi_out, _algorithm(child), child.udp_encap, initiator, now))
+            flow = self._install_child(version, event.sa_id, child)
+            if flow is not None:
+                pair, narrowing = flow
+                self.sa_pairs[(version, event.sa_id)] = pair
+                initiator = self._initiated(version, event.sa_id)
+                self._run(self.opportunist.tunnel_up(
+                    pair, ipaddress.ip_address(child.remote_addr), event.sa_id, child.spi_in,
+                    child.spi_out, _algorithm(child), child.udp_encap, initiator, now,
+                    narrowing))
         elif isinstance(event, ike_events.ChildSaRekeyed):
-            self._install_child(event.child)
             pair = self.sa_pairs.get((version, event.sa_id))
-            if pair is not None:
+            if self._install_child(version, event.sa_id, event.child) is not None \
+                    and pair is not None:
                 self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out, now)
         elif isinstance(event, ike_events.ChildSaDeleted):
             self.datapath.del_sa(event.spi_in, "in")
@@ -418,21 +430,33 @@ class Daemon:
         pair = self.sa_pairs.get((version, sa_id))
         return pair is not None and pair in self.opportunist.negotiations
 
-    def _install_child(self, child) -> None:
+    def _install_child(self, version: int, sa_id: int, child):
+        """Put a CHILD SA pair into the datapath with exactly the negotiated selectors
+        (child_flow); one oe cannot enforce is refused and deleted. Returns the flow, or None."""
+        try:
+            pair, (proto, sport, dport) = child_flow(child.local_ts, child.remote_ts)
+        except ValueError as exc:
+            self.counters["children_refused"] += 1
+            log.info("refused CHILD SA %x with %s: %s", child.spi_in, child.remote_addr, exc)
+            self.sides[version].engine.delete_child(sa_id, child.spi_in, self.loop.time())
+            return None
+        local_ports = (sport, sport) if sport else ANY_PORT
+        remote_ports = (dport, dport) if dport else ANY_PORT
         encap = "udp" if child.udp_encap else "esp"
         lifetime = self.config.ike.sa_lifetime
         soft = max(lifetime - self.config.ike.rekey_margin, lifetime / 2)
         common = dict(local=child.local_addr, peer=child.remote_addr, encap=encap,
                       local_port=child.local_port or NAT_T_PORT,
-                      peer_port=child.remote_port or NAT_T_PORT, esn=child.esn)
-        local_ts = child.local_ts[0]
-        remote_ts = child.remote_ts[0]
+                      peer_port=child.remote_port or NAT_T_PORT, esn=child.esn, proto=proto)
         self.datapath.add_sa(child.spi_in, "in", child.key_in,
-                             src_ts=remote_ts.start, dst_ts=local_ts.start,
+                             src_ts=str(pair.dst), dst_ts=str(pair.src),
+                             sport=remote_ports, dport=local_ports,
                              hard_time=lifetime + 60, **common)
         self.datapath.add_sa(child.spi_out, "out", child.key_out,
-                             src_ts=local_ts.start, dst_ts=remote_ts.start,
+                             src_ts=str(pair.src), dst_ts=str(pair.dst),
+                             sport=local_ports, dport=remote_ports,
                              soft_time=soft, hard_time=lifetime, **common)
+        return pair, (proto, sport, dport)
 
     def _tunnel_by_spi_out(self, spi_out: int):
         for tunnel in self.opportunist.tunnels.values():
@@ -573,6 +597,16 @@ def _is_address(text: str) -> bool:
     except ValueError:
         return False  # a DoH/DoT nameserver URL: nothing to exempt by address
     return True
+
+
+def _address_id(address: str) -> Identity:
+    """The IKE ID a host's key from its reverse zone vouches for (RFC 4322: ID = address)."""
+    return Identity.from_address(address)
+
+
+def _limits(config: oeconfig.Config) -> Limits:
+    return Limits(shunt_lifetime=config.shunt_lifetime, pending_max=config.limits.queued_acquires,
+                  max_shunts=config.limits.shunts)
 
 
 def _algorithm(child) -> str:

@@ -1,0 +1,176 @@
+"""The daemon's glue driven in process: real Opportunist and IkeEngine, a recording stand-in
+for the datapath and the DNS fetcher (no root, no sockets). What it guards is what the daemon
+itself decides: which key an identity gets, what it installs, and what hostile input costs."""
+
+import asyncio
+import ipaddress
+import os
+
+import pytest
+
+from oe import daemon as oedaemon, hostkey
+from oe.dnskeys.choice import KeyLookup, Target, Verdict
+from oe.dnskeys.records import decode_rsa_blob
+from oe.eroute import Shunt
+from oe.ike.auth import Identity
+from oe.ike.constants import IdType
+from oe.ike.events import ChildSa
+from oe.ike.ts import TrafficSelector
+from oe.opportunist import Pair
+
+ME = "192.0.2.10"
+PEER = "198.51.100.2"
+
+
+@pytest.fixture(scope="module")
+def host_key():
+    return hostkey.generate(2048)
+
+
+@pytest.fixture
+def confdir(tmp_path, host_key):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "private-or-clear").write_text("0.0.0.0/0\n")
+    (tmp_path / "oe.conf").write_text("[limits]\nlookups = 8\n")
+    hostkey.write(tmp_path / "hostkey.pem", host_key)
+    return tmp_path
+
+
+class RecordingDatapath:
+    """Records what the daemon installs; every call the daemon makes on the datapath lands
+    in `calls` as (method, args, kwargs)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return len(self.calls)
+        return record
+
+
+class StallingFetcher:
+    """A DNS fetcher whose lookups wait until released; counts what was asked."""
+
+    def __init__(self, answer=None):
+        self.asked = []
+        self.release = asyncio.Event()
+        self.answer = answer
+
+    async def fetch(self, target, **_):
+        self.asked.append(str(target))
+        await self.release.wait()
+        return self.answer(target)
+
+    def nameservers(self):
+        return []
+
+
+def make_daemon(confdir, tmp_path):
+    d = oedaemon.Daemon(confdir, tmp_path / "run")
+    d.loop = asyncio.get_running_loop()
+    d.datapath = RecordingDatapath()
+    return d
+
+
+def peer_key(host_key):
+    return host_key.public_key()
+
+
+def test_an_fqdn_id_never_borrows_an_address_key(confdir, tmp_path, host_key):
+    """Defect 3: keys are looked up by (ID type, data): an ID_FQDN whose text is an address
+    gets nothing, however the address's key was cached."""
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.fetcher = StallingFetcher(lambda t: KeyLookup(Target.parse(PEER), Verdict.KEY,
+                                                        key=decode_rsa_blob(
+                                                            hostkey.public_blob(host_key)),
+                                                        gateway=ipaddress.ip_address(PEER)))
+        d.fetcher.release.set()
+        pair = Pair.of(ME, PEER)
+        d.opportunist.acquire(pair, d.loop.time())
+        await d._fetch(_fetch_command(d, pair))
+        assert d._lookup_key(Identity.from_address(PEER)) is not None
+        assert d._lookup_key(Identity(IdType.ID_FQDN, PEER.encode())) is None
+    asyncio.run(run())
+
+
+def _fetch_command(d, pair):
+    from oe.opportunist import FetchKey
+    negotiation = d.opportunist.negotiations[pair]
+    negotiation.stage = "dns"
+    return FetchKey(pair, str(pair.dst))
+
+
+class _BadKey:
+    """A key record that decoded but whose key cryptography refuses (defect 8: e >= n)."""
+
+    def public_key(self):
+        raise ValueError("e must be < n")
+
+
+def test_a_key_that_fails_late_still_ends_in_a_decision(confdir, tmp_path):
+    """Defect 8: whatever a lookup raises, the %hold ends in a decision (here: deny)."""
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.fetcher = StallingFetcher(lambda t: KeyLookup(Target.parse(PEER), Verdict.KEY,
+                                                        key=_BadKey(),
+                                                        gateway=ipaddress.ip_address(PEER)))
+        d.fetcher.release.set()
+        pair = Pair.of(ME, PEER)
+        d.opportunist.acquire(pair, d.loop.time())
+        try:
+            await d._fetch(_fetch_command(d, pair))
+        except Exception:
+            pass
+        assert pair not in d.opportunist.negotiations
+        assert d.opportunist.shunts[pair].action is not Shunt.HOLD
+    asyncio.run(run())
+
+
+def test_spoofed_ike_sa_inits_cost_bounded_dns_work(confdir, tmp_path):
+    """Defect 4: IKE_SA_INITs from many spoofed sources start at most [limits] lookups
+    DNS fetches at once, keep one message per peer, and the rest are counted drops."""
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.fetcher = StallingFetcher(lambda t: KeyLookup(t, Verdict.NOT_CAPABLE, error="none"))
+        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
+        for i in range(200):
+            for copy in range(3):  # and retransmissions: only the newest waits
+                d._admit_init(bytes([copy]) * 300, (f"203.0.113.{i + 1}", 500), 500)
+        await asyncio.sleep(0)
+        assert len(d.fetcher.asked) <= 8
+        assert len(d.pending_init) <= 8
+        assert all(data == bytes([2]) * 300 for data, _, _ in d.pending_init.values())
+        assert d.counters["ike_init_dropped"] > 0
+        d.fetcher.release.set()
+        await asyncio.sleep(0.01)
+        assert d.pending_init == {}
+    asyncio.run(run())
+
+
+def _child(local, remote, protocol=0, lport=(0, 65535), rport=(0, 65535)):
+    lts = TrafficSelector(ipaddress.ip_address(local), ipaddress.ip_address(local), protocol,
+                          *lport)
+    rts = TrafficSelector(ipaddress.ip_address(remote), ipaddress.ip_address(remote), protocol,
+                          *rport)
+    return ChildSa(spi_in=0x1001, spi_out=0x2002, encr=20, key_bits=128, integ=0, esn=False,
+                   key_in=os.urandom(20), key_out=os.urandom(20), integ_key_in=b"",
+                   integ_key_out=b"", local_ts=(lts,), remote_ts=(rts,), local_addr=local,
+                   remote_addr=remote, udp_encap=False, local_port=0, remote_port=0, dh=0)
+
+
+def test_the_sa_carries_exactly_the_negotiated_selectors(confdir, tmp_path):
+    """Defect 12: a CHILD SA narrowed to tcp port 22 is installed for tcp port 22 only (the
+    datapath checks inbound packets against it), never as the whole host pair."""
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
+        d._install_child(4, 1, _child(ME, PEER, protocol=6, rport=(22, 22)))
+        installs = {kw.get("direction", args[1] if len(args) > 1 else None): kw
+                    for name, args, kw in d.datapath.calls if name == "add_sa"}
+        assert installs["out"]["proto"] == 6 and tuple(installs["out"]["dport"]) == (22, 22)
+        assert tuple(installs["out"]["sport"]) == (0, 65535)
+        assert installs["in"]["proto"] == 6 and tuple(installs["in"]["sport"]) == (22, 22)
+    asyncio.run(run())
