@@ -415,6 +415,14 @@ class Daemon:
             self.sa_pairs.pop((version, event.sa_id), None)
             self.opportunist.ike_gone(event.sa_id, event.reason, now)
         elif isinstance(event, ike_events.IkeSaPeerMoved):
+            why = self.opportunist.inbound_allowed(ipaddress.ip_address(side.address),
+                                                   ipaddress.ip_address(event.remote_addr))
+            if why is not None:  # never let a peer point our ESP at an address policy refuses
+                log.info("peer moved to %s, deleting its IKE SA: %s", event.remote_addr, why)
+                side.engine.delete_ike(event.sa_id, now)
+                self._apply()
+                side.runner.transmit()
+                return
             for child in side.engine.children(event.sa_id):
                 for spi, direction in ((child.spi_out, "out"), (child.spi_in, "in")):
                     self.datapath.move_sa(spi, direction, event.remote_addr, event.remote_port)

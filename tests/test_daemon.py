@@ -174,3 +174,31 @@ def test_the_sa_carries_exactly_the_negotiated_selectors(confdir, tmp_path):
         assert tuple(installs["out"]["sport"]) == (0, 65535)
         assert installs["in"]["proto"] == 6 and tuple(installs["in"]["sport"]) == (22, 22)
     asyncio.run(run())
+
+
+class RecordingEngine(RecordingDatapath):
+    def children(self, sa_id):
+        self.calls.append(("children", (sa_id,), {}))
+        return []
+
+
+class NullRunner:
+    def transmit(self):
+        pass
+
+
+def test_a_peer_that_moves_is_checked_against_policy_again(confdir, tmp_path):
+    """Defect 3: a NAT'd peer may move (RFC 7296 2.23), but not to an address our policy
+    refuses OE with: there the IKE SA is deleted instead of our ESP following it."""
+    from oe.ike.events import IkeSaPeerMoved
+    (confdir / "policies" / "block").write_text("203.0.113.0/24\n")
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        engine = RecordingEngine()
+        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
+        d._ike_event(4, IkeSaPeerMoved(7, "198.51.100.9", 4500))
+        assert [c[0] for c in engine.calls] == ["children"]     # followed
+        d._ike_event(4, IkeSaPeerMoved(7, "203.0.113.5", 4500))
+        assert ("delete_ike", 7) in [(c[0], c[1][0]) for c in engine.calls]
+    asyncio.run(run())
