@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oe import config as oeconfig
-from oe import control, hostkey, net, routing, tun
+from oe import control, hostkey, inbound, net, routing, tun
 from oe.datapath import Datapath, esp_overhead
 from oe.dnskeys.fetcher import KeyFetcher
 from oe.dnskeys.choice import Target
@@ -91,6 +91,8 @@ class Daemon:
         self.datapath: Datapath | None = None
         self.steering: routing.Steering | None = None
         self._routed_peers: set[str] = set()
+        self._refused_in_clear: set = set()  # SA peers whose cleartext the inbound table drops
+        self._inbound = False  # the inbound table is installed
         # pyroute2's synchronous API runs an event loop of its own, so every netlink call runs
         # in this one thread, which also keeps route changes in order.
         self._netlink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oe-netlink")
@@ -140,6 +142,7 @@ class Daemon:
         self.datapath.start(self.tun_fd, tun_mtu=mtu, **fds)
         self.loop.add_reader(self.datapath.events_fd, self._datapath_events)
         await self._install_routes()
+        await self._in_netlink(self._install_inbound)
         self.control = await control.serve(self.rundir, self._control)
         (self.rundir / PID_NAME).write_text(f"{os.getpid()}\n")
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -205,6 +208,20 @@ class Daemon:
             log.info("set %s = 2 (loose): replies to trapped peers arrive on the real interface",
                      name)
 
+    def _install_inbound(self) -> None:
+        """(Re)build the inbound cleartext policy for the current policy and SAs."""
+        nameservers = [ns for ns in self.fetcher.nameservers() if _is_address(ns)]
+        inbound.apply(inbound.ruleset(self.config.tun_name,
+                                      inbound.protected(self.opportunist.base, nameservers),
+                                      self._refused_in_clear))
+        self._inbound = True
+
+    def _update_inbound(self, add: set, remove: set) -> None:
+        try:
+            inbound.apply(inbound.peers_update(add, remove))
+        except OeError as exc:
+            log.error("%s", exc)
+
     async def _shutdown(self) -> None:
         """Send DELETEs, then take out everything start() put in place, in reverse."""
         for side in self.sides.values():
@@ -231,6 +248,12 @@ class Daemon:
             if private:
                 log.info("private destinations stay unreachable until oe starts again: %s",
                          ", ".join(private))
+        if self._inbound:
+            keep = bool(inbound.protected(self.opportunist.base, []))
+            try:
+                await self._in_netlink(inbound.stop, keep)
+            except OeError as exc:
+                log.error("%s", exc)
         if self.datapath is not None:
             self.loop.remove_reader(self.datapath.events_fd)
             self.datapath.stop()
@@ -288,6 +311,13 @@ class Daemon:
             # response leaves, or its first replies would go around the TUN in clear.
             self._routed_peers = peers
             self._netlink.submit(self._steer).result()
+        # RFC 4301 5.2: from a peer we hold a host-to-host SA with, cleartext is refused.
+        refused = {t.pair.dst for t in self.opportunist.tunnels.values()
+                   if t.narrowing == (0, 0, 0)}
+        if refused != self._refused_in_clear and self._inbound:
+            add, remove = refused - self._refused_in_clear, self._refused_in_clear - refused
+            self._refused_in_clear = refused
+            self._netlink.submit(self._update_inbound, add, remove)
 
     async def _fetch(self, command: FetchKey) -> None:
         """Every lookup ends in a decision, whatever it raises: a %hold never stays."""
@@ -545,6 +575,7 @@ class Daemon:
         self._run(self.opportunist.reload(prospective_table(policy), self.loop.time()))
         await self._install_routes()
         self._apply()
+        await self._in_netlink(self._install_inbound)
         return f"reloaded: {len(self.opportunist.base)} policy entries"
 
     async def _reload_logged(self) -> None:
