@@ -83,6 +83,23 @@ CASES = {
                                    "'203.0.113.300'"),
     "203.0.113.27": (Verdict.DENY, "TXT at 27.113.0.203.in-addr.arpa.: malformed key data: "
                                    "bad base64 (Only base64 data is allowed)"),
+    "203.0.113.29": (Verdict.DENY, "IPSECKEY at 29.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA exponent is not smaller than the modulus"),
+    "203.0.113.30": (Verdict.DENY, "IPSECKEY at 30.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA exponent 65536 is not an odd number >= 3"),
+    "203.0.113.31": (Verdict.DENY, "IPSECKEY at 31.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA exponent 1 is not an odd number >= 3"),
+    "203.0.113.32": (Verdict.DENY, "IPSECKEY at 32.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA modulus is even"),
+    "203.0.113.33": (Verdict.DENY, "IPSECKEY at 33.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA exponent has a leading zero octet (RFC 3110 section 2)"),
+    "203.0.113.34": (Verdict.DENY, "IPSECKEY at 34.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA exponent length 3 is written in three octets (RFC 3110 "
+                                   "section 2: one octet for 1-255)"),
+    "203.0.113.35": (Verdict.DENY, "TXT at 35.113.0.203.in-addr.arpa.: malformed gateway "
+                                   "'203.0.113.35\\x1b[2J\\x1b[31mFORGED\\x08': Only decimal "
+                                   "digits permitted in '35\\x1b[2J\\x1b[31mFORGED\\x08' in "
+                                   "'203.0.113.35\\x1b[2J\\x1b[31mFORGED\\x08'"),
     "203.0.113.200": (Verdict.NOT_CAPABLE, "no IPSECKEY, TXT X-IPsec-Server or KEY record at "
                                            "200.113.0.203.in-addr.arpa. (the name does not "
                                            "exist)"),
@@ -139,9 +156,11 @@ def test_every_record_gets_its_verdict_and_precise_reason(fetcher, target):
                                                                     None)
         assert expected[3] is None or data["key_id"] == expected[3]
         assert data["bits"] >= 2048
+        lookup.key.public_key()  # a key the fetcher hands out is one cryptography takes
     else:
         assert lookup.error == expected[1]
         assert lookup.as_json()["key_id"] is None
+        assert lookup.error.isprintable()  # DNS text in a reason is escaped (defect 10)
 
 
 def test_delegation_is_accepted_when_oe_conf_allows_unsigned_delegation(knot):

@@ -80,11 +80,33 @@ def test_key_id_is_first_nine_base64_characters_and_fingerprint_is_sha256(keys):
     (b"\x01\x02" + b"\xc1" * 20, "invalid key data: RSA exponent 2 is not an odd number >= 3"),
     (b"\x01\x03\x00" + b"\xc1" * 20, "invalid key data: RSA modulus has a leading zero octet"),
     (b"\x01\x03" + b"\xc2" * 20, "invalid key data: RSA modulus is even"),
+    (b"\x01\x01" + b"\xc1" * 20, "invalid key data: RSA exponent 1 is not an odd number >= 3"),
+    (b"\x0d" + b"\xff" * 13 + b"\xc1" * 12,
+     "invalid key data: RSA exponent is not smaller than the modulus"),
+    (b"\x0c" + b"\xc1" * 24, "invalid key data: RSA exponent is not smaller than the modulus"),
+    (b"\x02\x00\x03" + b"\xc1" * 20,
+     "invalid key data: RSA exponent has a leading zero octet (RFC 3110 section 2)"),
+    (b"\x00\x00\x01\x03" + b"\xc1" * 20,
+     "invalid key data: RSA exponent length 1 is written in three octets (RFC 3110 section 2: "
+     "one octet for 1-255)"),
+    (b"\x00\x01", "invalid key data: RSA key blob of 2 octets is too short"),
+    (b"\x00\x01\x00" + b"\x03" * 40, "invalid key data: RSA exponent of 256 octets leaves no "
+                                        "room for a modulus in a 43-octet key"),
 ])
 def test_bad_blobs_give_exact_reasons(blob, reason):
     with pytest.raises(RecordError) as caught:
         records.decode_rsa_blob(blob)
     assert str(caught.value) == reason
+
+
+def test_a_key_with_e_not_below_n_is_refused_at_decode(keys):
+    """Issue 10 defect 8: e >= n decoded, then public_key() raised in the daemon, outside its
+    error handling, and the destination's %hold never ended. Refused in the codec now."""
+    n = records.decode_rsa_blob(keys[0]).n
+    blob = records.encode_rsa_blob(n + 2, n)
+    with pytest.raises(RecordError) as caught:
+        records.decode_rsa_blob(blob)
+    assert str(caught.value) == "invalid key data: RSA exponent is not smaller than the modulus"
 
 
 @settings(max_examples=300, deadline=None)
@@ -94,7 +116,8 @@ def test_random_blobs_decode_or_raise_record_error(blob):
         key = records.decode_rsa_blob(blob)
     except RecordError:
         return
-    assert key.e >= 3 and key.n > 0
+    assert 3 <= key.e < key.n and key.e % 2 == key.n % 2 == 1
+    key.public_key()  # what decodes, cryptography takes: it can verify a signature
 
 
 # ---------------------------------------------------------------- codecs through dnspython
@@ -438,3 +461,24 @@ def test_ipseckey_without_key_takes_the_key_record(keys):
                          KEY: [rd(KEY, f"16896 4 1 {b64(keys[1])}")]},
                     min_key_bits=2048, allow_unsigned_delegation=False)
     assert (lookup.verdict, lookup.record.kind, lookup.blob) == (Verdict.KEY, IPSECKEY, keys[1])
+
+
+def test_dns_and_id_text_in_reasons_is_escaped_and_bounded():
+    """Issue 10 defect 10: a TXT gateway or an ID_FQDN target with ESC, newline or 1000
+    characters reaches the log as one bounded, printable line."""
+    with pytest.raises(RecordError) as caught:
+        records.from_txt(OWNER, txt("X-IPsec-Server(10)=1.2.3.4\x1b[2J\nAwEAA"))
+    reason = str(caught.value)
+    assert reason.startswith("malformed gateway '1.2.3.4\\x1b[2J'")  # split at the newline
+    with pytest.raises(RecordError) as caught:
+        records.from_txt(OWNER, txt("X-IPsec-Server(10)=1.2.3.4\x1b", *["9" * 250] * 4))
+    reason = str(caught.value)
+    assert reason.startswith("malformed gateway '1.2.3.4\\x1b999")
+    assert reason.isprintable() and len(reason) <= 200 and reason.endswith("...")
+    target = Target.parse("evil\x1b[2J.example")
+    assert target.text == "evil\\x1b[2J.example"
+    assert target.name == dns.name.from_text("evil\x1b[2J.example")
+    with pytest.raises(ValueError) as caught:
+        Target.parse("\u202e\n" * 100)
+    assert str(caught.value).startswith("'\\u202e\\x0a\\u202e\\x0a")
+    assert str(caught.value).isprintable() and len(str(caught.value)) <= 200

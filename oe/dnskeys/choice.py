@@ -26,6 +26,7 @@ import dns.rdata
 
 from oe.dnskeys import records
 from oe.dnskeys.records import KEY, KINDS, Gateway, KeyRecord, RecordError, RsaPublicKey
+from oe.logsafe import printable
 
 
 class Verdict(enum.Enum):
@@ -39,7 +40,7 @@ class Target:
     """A peer named by address (key at its reverse name) or by ID_FQDN (forward name)."""
 
     text: str
-    """As the user or the IKE ID gave it."""
+    """As the user or the IKE ID gave it, made printable (it is echoed in reasons and logs)."""
     name: dns.name.Name
     """Where its key records live."""
     address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
@@ -52,7 +53,7 @@ class Target:
         try:
             address = ipaddress.ip_address(text)
         except ValueError:
-            return cls(text, name, None)
+            return cls(printable(text), name, None)
         return cls(str(address), name, address)
 
     @property
