@@ -332,3 +332,84 @@ def test_relative_zonefiles_dir_is_taken_from_confdir():
     config = DnsConfig(keysource="zonefiles", zonefiles_dir=ZONEFILES.name)
     fetcher = KeyFetcher.from_config(config, ZONEFILES.parent)
     assert asyncio.run(fetcher.fetch("203.0.113.1")).key_id == K1
+
+
+# ---------------------------------------------------------------- issue 10 defect 9: key TTLs
+
+ROTATING = "100.51.198.in-addr.arpa"
+
+
+def rotating_zone(serial: int, blob: str, ttl: int = 60) -> str:
+    """198.51.100.7 publishes `blob` with `ttl`; NODATA for TXT and KEY lives as long."""
+    return (f"$ORIGIN {ROTATING}.\n$TTL {ttl}\n"
+            f"@ SOA ns.test.example. hostmaster.test.example. {serial} 3600 600 86400 {ttl}\n"
+            f"@ NS ns.test.example.\n7 IPSECKEY 10 0 2 . {blob}\n")
+
+
+@pytest.fixture
+def rotating(tmp_path):
+    """A knotd of its own serving 198.51.100.7 with key K1, whose zone the test rewrites."""
+    with Knotd(tmp_path, {ROTATING: rotating_zone(1, KEYS[K1])}) as server:
+        yield server
+
+
+def zone_keys() -> dict[str, str]:
+    """Key id -> base64 blob of the test keys in zonefiles/113.0.203.in-addr.arpa.zone."""
+    text = (ZONEFILES / "113.0.203.in-addr.arpa.zone").read_text()
+    keys: dict[str, str] = {}
+    for line in text.splitlines()[:30]:  # the good records; broken ones share key ids
+        fields = line.split()
+        if "TXT" not in fields and fields and fields[-1].startswith("AwEAA"):
+            keys.setdefault(fields[-1][:9], fields[-1])
+    return keys
+
+
+KEYS = zone_keys()
+
+
+def test_a_lookup_says_when_it_expires_and_the_cache_never_outlives_it(rotating):
+    """The key is served for 60 s; the zone rolls to K2 at once. Until the TTL the lookup gives
+    K1 with the same expiry; at the TTL it asks again and gets K2 (RFC 4322 3.2, RFC 1035 3.2.1:
+    an answer is good for its TTL and no longer)."""
+    clock = Clock()
+    config = DnsConfig(nameservers=("127.0.0.1",), port=rotating.port)
+    fetcher = KeyFetcher(config, make_source(config, Path("/")), clock=clock)
+    first = asyncio.run(fetcher.fetch("198.51.100.7"))
+    assert (first.key_id, first.ttl, first.expires) == (K1, 60, 1060.0)
+    rotating.replace_zone(ROTATING, rotating_zone(2, KEYS[K2]))
+    clock.now += 59.5
+    cached = asyncio.run(fetcher.fetch("198.51.100.7"))
+    assert (cached.key_id, cached.expires) == (K1, 1060.0) and not cached.expired(clock.now)
+    assert cached.expires <= first.expires  # a cached answer never lives longer than served
+    clock.now = 1060.0
+    assert cached.expired(clock.now)
+    fresh = asyncio.run(fetcher.fetch("198.51.100.7"))
+    assert (fresh.key_id, fresh.ttl, fresh.expires) == (K2, 60, 1120.0)
+    assert fetcher.stats.queries == 6
+
+
+def test_refresh_bypasses_the_cache_once(rotating):
+    """After an authentication failure with a cached key the daemon asks once more, past the
+    cache: the rolled key is seen at once, and the fresh answer is cached again."""
+    clock = Clock()
+    config = DnsConfig(nameservers=("127.0.0.1",), port=rotating.port)
+    fetcher = KeyFetcher(config, make_source(config, Path("/")), clock=clock)
+    assert asyncio.run(fetcher.fetch("198.51.100.7")).key_id == K1
+    rotating.replace_zone(ROTATING, rotating_zone(2, KEYS[K2]))
+    clock.now += 10
+    assert asyncio.run(fetcher.fetch("198.51.100.7")).key_id == K1
+    refreshed = asyncio.run(fetcher.fetch("198.51.100.7", refresh=True))
+    assert (refreshed.key_id, refreshed.expires) == (K2, 1070.0)
+    assert (fetcher.stats.queries, fetcher.stats.refreshes) == (6, 1)
+    assert asyncio.run(fetcher.fetch("198.51.100.7")).key_id == K2
+    assert fetcher.stats.queries == 6
+
+
+def test_a_zero_ttl_answer_expires_at_once_and_is_not_cached(rotating):
+    rotating.replace_zone(ROTATING, rotating_zone(2, KEYS[K3], ttl=0))
+    clock = Clock()
+    config = DnsConfig(nameservers=("127.0.0.1",), port=rotating.port)
+    fetcher = KeyFetcher(config, make_source(config, Path("/")), clock=clock)
+    lookup = asyncio.run(fetcher.fetch("198.51.100.7"))
+    assert (lookup.key_id, lookup.ttl, lookup.expires) == (K3, 0, 1000.0)
+    assert fetcher.cached() == 0

@@ -91,10 +91,18 @@ class KeyLookup:
     """Every well-formed OE record at the name."""
     ttl: int = 0
     """Seconds the answers stay valid (RFC 4322 3.2: a failure lives as long as the DNS data)."""
+    expires: float = 0.0
+    """When the shortest-lived answer expires, on the fetcher's clock (time.monotonic, which is
+    asyncio's loop.time()); set by KeyFetcher.fetch, 0.0 from choose() alone. A key must not
+    authenticate an IKE SA begun after it: fetch again (RFC 1035 3.2.1, the TTL)."""
 
     @property
     def key_id(self) -> str | None:
         return records.key_id(self.blob) if self.blob is not None else None
+
+    def expired(self, now: float) -> bool:
+        """Is the lookup stale at `now` (the fetcher's clock)? Then fetch again."""
+        return now >= self.expires
 
     def as_json(self) -> dict:
         """The `oe dnskey --json` object (design.md section 3)."""
