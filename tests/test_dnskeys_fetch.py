@@ -168,8 +168,14 @@ def test_delegation_is_accepted_when_oe_conf_allows_unsigned_delegation(knot):
     lookup = asyncio.run(fetcher.fetch("203.0.113.7"))
     assert (lookup.verdict, lookup.as_json()["gateway"], lookup.key_id) == (
         Verdict.KEY, "203.0.113.99", K2)
+    # The key is the gateway's, for 203.0.113.7 as its client (issue 10 defect 11).
+    assert (str(lookup.identity), lookup.delegated_for.text) == ("203.0.113.99", "203.0.113.7")
     lookup = asyncio.run(fetcher.fetch("host3.test.example"))
     assert (lookup.verdict, lookup.as_json()["gateway"]) == (Verdict.KEY, "@gw.test.example")
+    assert (lookup.as_json()["identity"], lookup.as_json()["delegated_for"]) == (
+        "@gw.test.example", "host3.test.example")
+    own = asyncio.run(fetcher.fetch("203.0.113.1"))
+    assert (str(own.identity), own.delegated_for) == ("203.0.113.1", None)
 
 
 def test_min_key_bits_comes_from_oe_conf(knot):

@@ -366,6 +366,42 @@ def test_delegation_needs_dnssec_or_allow_unsigned_delegation(keys):
         assert lookup.gateway == ipaddress.ip_address("192.0.2.99")
 
 
+def test_a_delegated_key_belongs_to_the_gateway_not_the_client(keys):
+    """Issue 10 defect 11: 192.0.2.7's record names gateway 192.0.2.99 with a key. That key is
+    the gateway's (it signs IKE_AUTH as 192.0.2.99), vouching for 192.0.2.7 only as its client;
+    it was stored under 192.0.2.7, so 192.0.2.99 could not authenticate."""
+    lookup = pick(V4, {IPSECKEY: [f"10 1 2 192.0.2.99 {b64(keys[0])}"]},
+                  allow_unsigned_delegation=True)
+    assert lookup.identity == ipaddress.ip_address("192.0.2.99") != V4.address
+    assert lookup.delegated_for == V4
+    data = lookup.as_json()
+    assert (data["identity"], data["delegated_for"]) == ("192.0.2.99", "192.0.2.7")
+    by_name = pick(V4, {TXT: [q(f"X-IPsec-Server(10)=@gw.example {b64(keys[0])}")]},
+                   allow_unsigned_delegation=True)
+    assert by_name.identity == dns.name.from_text("gw.example.")
+    assert by_name.delegated_for == V4 and by_name.as_json()["identity"] == "@gw.example"
+
+
+@pytest.mark.parametrize("target, found, identity", [
+    ("192.0.2.7", {IPSECKEY: ["10 0 2 . {k}"]}, ipaddress.ip_address("192.0.2.7")),
+    ("192.0.2.7", {IPSECKEY: ["10 1 2 192.0.2.7 {k}"]}, ipaddress.ip_address("192.0.2.7")),
+    ("192.0.2.7", {KEY: ["16896 4 1 {k}"]}, ipaddress.ip_address("192.0.2.7")),
+    ("host.example", {IPSECKEY: ["10 3 2 host.example. {k}"]},
+     dns.name.from_text("host.example.")),
+    ("host.example", {KEY: ["16896 4 1 {k}"]}, dns.name.from_text("host.example.")),
+])
+def test_an_own_key_belongs_to_the_target(keys, target, found, identity):
+    lookup = pick(Target.parse(target),
+                  {kind: [t.format(k=b64(keys[0])) for t in texts] for kind, texts in found.items()})
+    assert (lookup.verdict, lookup.identity, lookup.delegated_for) == (Verdict.KEY, identity, None)
+    assert lookup.as_json()["delegated_for"] is None
+
+
+def test_no_key_no_identity():
+    lookup = pick(V4, {})
+    assert (lookup.identity, lookup.delegated_for) == (None, None)
+
+
 def test_an_unusable_record_is_skipped_for_a_usable_one(keys):
     """Short key at precedence 10, good key at 20: the good one, and why says what was skipped."""
     lookup = pick(V4, {IPSECKEY: [f"10 0 2 . {b64(keys[3])}", f"20 0 2 . {b64(keys[0])}"]})
@@ -449,8 +485,11 @@ def test_any_mix_of_records_gives_a_consistent_verdict(keys, picks, allow):
         assert lookup.error is None and lookup.key.bits >= 2048
         assert lookup.blob in {keys[0], keys[1], keys[2]}
         assert allow or V4.is_self(lookup.record.gateway)
+        assert lookup.identity == (lookup.record.gateway or V4.address)
+        assert (lookup.delegated_for is None) == V4.is_self(lookup.record.gateway)
     else:
         assert lookup.error and lookup.blob is None
+        assert lookup.identity is None and lookup.delegated_for is None
 
 
 def test_ipseckey_without_key_takes_the_key_record(keys):

@@ -100,6 +100,22 @@ class KeyLookup:
     def key_id(self) -> str | None:
         return records.key_id(self.blob) if self.blob is not None else None
 
+    @property
+    def identity(self) -> Gateway | None:
+        """Whose key this is: the peer that signs IKE_AUTH with it, as an address or an FQDN.
+        The gateway a delegating record names (RFC 4322 3.2.4.1: D's record, G's key), else
+        the target itself; None without a key. Store the key under this, never the target."""
+        return self.gateway if self.key is not None else None
+
+    @property
+    def delegated_for(self) -> Target | None:
+        """The client a delegating record made `identity` the gateway of; None for a key the
+        target holds itself. Such a key speaks for this client only, and only as set by its
+        zone: it must not replace or stand for the gateway's own key."""
+        if self.key is None or self.target.is_self(self.record.gateway):
+            return None
+        return self.target
+
     def expired(self, now: float) -> bool:
         """Is the lookup stale at `now` (the fetcher's clock)? Then fetch again."""
         return now >= self.expires
@@ -115,6 +131,8 @@ class KeyLookup:
             "precedence": (self.record.precedence
                            if self.record and self.record.kind != KEY else None),
             "gateway": records.gateway_text(self.gateway) if self.gateway is not None else None,
+            "identity": records.gateway_text(self.identity) if self.identity is not None else None,
+            "delegated_for": self.delegated_for.text if self.delegated_for is not None else None,
             "key_id": self.key_id,
             "bits": self.key.bits if self.key else None,
             "sha256": records.fingerprint(self.blob) if self.blob is not None else None,
