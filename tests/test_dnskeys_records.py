@@ -120,6 +120,19 @@ def test_random_blobs_decode_or_raise_record_error(blob):
     key.public_key()  # what decodes, cryptography takes: it can verify a signature
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=16), st.binary(min_size=12, max_size=16), st.booleans())
+def test_blobs_of_rfc_3110_shape_decode_only_to_keys_cryptography_takes(e, n, long_form):
+    """Exponent and modulus of similar length, so e >= n is common: on the old codec it decoded
+    (issue 10 defect 8) and public_key() raised ValueError."""
+    length = b"\x00" + len(e).to_bytes(2, "big") if long_form else bytes([len(e)])
+    try:
+        key = records.decode_rsa_blob(length + e + n)
+    except RecordError:
+        return
+    key.public_key()
+
+
 # ---------------------------------------------------------------- codecs through dnspython
 
 
@@ -521,3 +534,26 @@ def test_dns_and_id_text_in_reasons_is_escaped_and_bounded():
         Target.parse("\u202e\n" * 100)
     assert str(caught.value).startswith("'\\u202e\\x0a\\u202e\\x0a")
     assert str(caught.value).isprintable() and len(str(caught.value)) <= 200
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from([IPSECKEY, TXT, KEY]), st.binary(max_size=400))
+def test_any_wire_rdata_dnspython_accepts_gives_a_verdict_never_an_exception(kind, wire):
+    """Whatever a server sends that dnspython parses, choose() decides: a usable key (one
+    cryptography takes) or a reason (issue 10 defect 8: no exception may leave the lookup)."""
+    rdtype = dns.rdatatype.from_text(kind)
+    try:
+        rdata = dns.rdata.from_wire(dns.rdataclass.IN, rdtype, wire, 0, len(wire))
+    except Exception:  # dnspython's own refusal: never reaches us
+        return
+    if kind == KEY:  # make most KEYs look like ours, so the blob decoder is what gets tried
+        wire = b"\x42\x00\x04\x01" + wire[4:]
+        rdata = dns.rdata.from_wire(dns.rdataclass.IN, rdtype, wire, 0, len(wire))
+    if kind == TXT:
+        rdata = dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, rdtype,
+                                        [b"X-IPsec-Server(1)=192.0.2.7 "] + list(rdata.strings))
+    lookup = choose(V4, {kind: [rdata]}, min_key_bits=0, allow_unsigned_delegation=True)
+    if lookup.verdict is Verdict.KEY:
+        lookup.key.public_key()
+    else:
+        assert lookup.error and lookup.error.isprintable()
