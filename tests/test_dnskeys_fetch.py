@@ -210,11 +210,16 @@ class Clock:
         return self.now
 
 
+def clocked_fetcher(server) -> tuple[KeyFetcher, Clock]:
+    """A fetcher asking `server` whose clock the test moves."""
+    clock = Clock()
+    config = DnsConfig(nameservers=("127.0.0.1",), port=server.port)
+    return KeyFetcher(config, make_source(config, Path("/")), clock=clock), clock
+
+
 def test_positive_answers_cached_by_ttl_negative_by_soa_minimum(knot):
     """203.0.113.1: IPSECKEY with TTL 600; no TXT or KEY, so NODATA for SOA minimum 300."""
-    clock = Clock()
-    config = DnsConfig(nameservers=("127.0.0.1",), port=knot.port)
-    fetcher = KeyFetcher(config, make_source(config, Path("/")), clock=clock)
+    fetcher, clock = clocked_fetcher(knot)
 
     async def fetch():
         return await fetcher.fetch("203.0.113.1")
@@ -233,9 +238,7 @@ def test_positive_answers_cached_by_ttl_negative_by_soa_minimum(knot):
 
 
 def test_nxdomain_is_cached_for_the_soa_minimum(knot):
-    clock = Clock()
-    config = DnsConfig(nameservers=("127.0.0.1",), port=knot.port)
-    fetcher = KeyFetcher(config, make_source(config, Path("/")), clock=clock)
+    fetcher, clock = clocked_fetcher(knot)
     lookup = asyncio.run(fetcher.fetch("203.0.113.200"))
     assert (lookup.verdict, lookup.ttl) == (Verdict.NOT_CAPABLE, 300)
     clock.now += 299
@@ -377,9 +380,7 @@ def test_a_lookup_says_when_it_expires_and_the_cache_never_outlives_it(rotating)
     """The key is served for 60 s; the zone rolls to K2 at once. Until the TTL the lookup gives
     K1 with the same expiry; at the TTL it asks again and gets K2 (RFC 4322 3.2, RFC 1035 3.2.1:
     an answer is good for its TTL and no longer)."""
-    clock = Clock()
-    config = DnsConfig(nameservers=("127.0.0.1",), port=rotating.port)
-    fetcher = KeyFetcher(config, make_source(config, Path("/")), clock=clock)
+    fetcher, clock = clocked_fetcher(rotating)
     first = asyncio.run(fetcher.fetch("198.51.100.7"))
     assert (first.key_id, first.ttl, first.expires) == (K1, 60, 1060.0)
     rotating.replace_zone(ROTATING, rotating_zone(2, KEYS[K2]))
@@ -397,9 +398,7 @@ def test_a_lookup_says_when_it_expires_and_the_cache_never_outlives_it(rotating)
 def test_refresh_bypasses_the_cache_once(rotating):
     """After an authentication failure with a cached key the daemon asks once more, past the
     cache: the rolled key is seen at once, and the fresh answer is cached again."""
-    clock = Clock()
-    config = DnsConfig(nameservers=("127.0.0.1",), port=rotating.port)
-    fetcher = KeyFetcher(config, make_source(config, Path("/")), clock=clock)
+    fetcher, clock = clocked_fetcher(rotating)
     assert asyncio.run(fetcher.fetch("198.51.100.7")).key_id == K1
     rotating.replace_zone(ROTATING, rotating_zone(2, KEYS[K2]))
     clock.now += 10
@@ -413,9 +412,8 @@ def test_refresh_bypasses_the_cache_once(rotating):
 
 def test_a_zero_ttl_answer_expires_at_once_and_is_not_cached(rotating):
     rotating.replace_zone(ROTATING, rotating_zone(2, KEYS[K3], ttl=0))
-    clock = Clock()
-    config = DnsConfig(nameservers=("127.0.0.1",), port=rotating.port)
-    fetcher = KeyFetcher(config, make_source(config, Path("/")), clock=clock)
+    fetcher, clock = clocked_fetcher(rotating)
     lookup = asyncio.run(fetcher.fetch("198.51.100.7"))
     assert (lookup.key_id, lookup.ttl, lookup.expires) == (K3, 0, 1000.0)
+    assert lookup.expired(clock.now)  # good for the negotiation under way, not for the next
     assert fetcher.cached() == 0
