@@ -212,8 +212,10 @@ class KeyFetcher:
         return [str(ns) for ns in resolver.nameservers] if resolver is not None else []
 
     @classmethod
-    def from_config(cls, config: DnsConfig, confdir: Path) -> KeyFetcher:
-        return cls(config, make_source(config, confdir))
+    def from_config(cls, config: DnsConfig, confdir: Path, *,
+                    clock: Callable[[], float] = time.monotonic) -> KeyFetcher:
+        """clock: what KeyLookup.expires is measured on (the daemon passes its loop.time)."""
+        return cls(config, make_source(config, confdir), clock=clock)
 
     async def fetch(self, target: Target | str, *, refresh: bool = False) -> KeyLookup:
         """The key `target` publishes, or why there is none (never raises for DNS trouble).
