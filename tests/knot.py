@@ -10,11 +10,13 @@ and control socket in `workdir`; it is stopped by its pid. Nothing outside `work
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 from oe.knotd import Knotd as ServedZones
 from oe.knotd import KnotdError
 
+KNOTC = "/usr/sbin/knotc"
 ZONEFILES = Path(__file__).resolve().parent.parent / "zonefiles"
 
 
@@ -67,3 +69,11 @@ class Knotd(ServedZones):
             except KnotdError:
                 continue
         raise KnotdError(f"knotd did not come up; its log:\n{self.log}")
+
+    def replace_zone(self, origin: str, text: str) -> None:
+        """Serve `text` (with a higher SOA serial) for `origin` from now on: the zone file is
+        rewritten and knotc reloads it, blocking until knotd serves the new version."""
+        self.zones[origin] = text
+        (self.workdir / "zones" / f"{origin}.zone").write_text(text)
+        subprocess.run([KNOTC, "-s", str(self.workdir / "knot.sock"), "-b", "zone-reload",
+                        origin], check=True, capture_output=True, timeout=15)

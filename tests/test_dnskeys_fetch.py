@@ -83,6 +83,23 @@ CASES = {
                                    "'203.0.113.300'"),
     "203.0.113.27": (Verdict.DENY, "TXT at 27.113.0.203.in-addr.arpa.: malformed key data: "
                                    "bad base64 (Only base64 data is allowed)"),
+    "203.0.113.29": (Verdict.DENY, "IPSECKEY at 29.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA exponent is not smaller than the modulus"),
+    "203.0.113.30": (Verdict.DENY, "IPSECKEY at 30.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA exponent 65536 is not an odd number >= 3"),
+    "203.0.113.31": (Verdict.DENY, "IPSECKEY at 31.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA exponent 1 is not an odd number >= 3"),
+    "203.0.113.32": (Verdict.DENY, "IPSECKEY at 32.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA modulus is even"),
+    "203.0.113.33": (Verdict.DENY, "IPSECKEY at 33.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA exponent has a leading zero octet (RFC 3110 section 2)"),
+    "203.0.113.34": (Verdict.DENY, "IPSECKEY at 34.113.0.203.in-addr.arpa.: invalid key data: "
+                                   "RSA exponent length 3 is written in three octets (RFC 3110 "
+                                   "section 2: one octet for 1-255)"),
+    "203.0.113.35": (Verdict.DENY, "TXT at 35.113.0.203.in-addr.arpa.: malformed gateway "
+                                   "'203.0.113.35\\x1b[2J\\x1b[31mFORGED\\x08': Only decimal "
+                                   "digits permitted in '35\\x1b[2J\\x1b[31mFORGED\\x08' in "
+                                   "'203.0.113.35\\x1b[2J\\x1b[31mFORGED\\x08'"),
     "203.0.113.200": (Verdict.NOT_CAPABLE, "no IPSECKEY, TXT X-IPsec-Server or KEY record at "
                                            "200.113.0.203.in-addr.arpa. (the name does not "
                                            "exist)"),
@@ -139,9 +156,11 @@ def test_every_record_gets_its_verdict_and_precise_reason(fetcher, target):
                                                                     None)
         assert expected[3] is None or data["key_id"] == expected[3]
         assert data["bits"] >= 2048
+        lookup.key.public_key()  # a key the fetcher hands out is one cryptography takes
     else:
         assert lookup.error == expected[1]
         assert lookup.as_json()["key_id"] is None
+        assert lookup.error.isprintable()  # DNS text in a reason is escaped (defect 10)
 
 
 def test_delegation_is_accepted_when_oe_conf_allows_unsigned_delegation(knot):
@@ -149,8 +168,14 @@ def test_delegation_is_accepted_when_oe_conf_allows_unsigned_delegation(knot):
     lookup = asyncio.run(fetcher.fetch("203.0.113.7"))
     assert (lookup.verdict, lookup.as_json()["gateway"], lookup.key_id) == (
         Verdict.KEY, "203.0.113.99", K2)
+    # The key is the gateway's, for 203.0.113.7 as its client (issue 10 defect 11).
+    assert (str(lookup.identity), lookup.delegated_for.text) == ("203.0.113.99", "203.0.113.7")
     lookup = asyncio.run(fetcher.fetch("host3.test.example"))
     assert (lookup.verdict, lookup.as_json()["gateway"]) == (Verdict.KEY, "@gw.test.example")
+    assert (lookup.as_json()["identity"], lookup.as_json()["delegated_for"]) == (
+        "@gw.test.example", "host3.test.example")
+    own = asyncio.run(fetcher.fetch("203.0.113.1"))
+    assert (str(own.identity), own.delegated_for) == ("203.0.113.1", None)
 
 
 def test_min_key_bits_comes_from_oe_conf(knot):
@@ -185,11 +210,16 @@ class Clock:
         return self.now
 
 
+def clocked_fetcher(server) -> tuple[KeyFetcher, Clock]:
+    """A fetcher asking `server` whose clock the test moves."""
+    clock = Clock()
+    config = DnsConfig(nameservers=("127.0.0.1",), port=server.port)
+    return KeyFetcher(config, make_source(config, Path("/")), clock=clock), clock
+
+
 def test_positive_answers_cached_by_ttl_negative_by_soa_minimum(knot):
     """203.0.113.1: IPSECKEY with TTL 600; no TXT or KEY, so NODATA for SOA minimum 300."""
-    clock = Clock()
-    config = DnsConfig(nameservers=("127.0.0.1",), port=knot.port)
-    fetcher = KeyFetcher(config, make_source(config, Path("/")), clock=clock)
+    fetcher, clock = clocked_fetcher(knot)
 
     async def fetch():
         return await fetcher.fetch("203.0.113.1")
@@ -208,9 +238,7 @@ def test_positive_answers_cached_by_ttl_negative_by_soa_minimum(knot):
 
 
 def test_nxdomain_is_cached_for_the_soa_minimum(knot):
-    clock = Clock()
-    config = DnsConfig(nameservers=("127.0.0.1",), port=knot.port)
-    fetcher = KeyFetcher(config, make_source(config, Path("/")), clock=clock)
+    fetcher, clock = clocked_fetcher(knot)
     lookup = asyncio.run(fetcher.fetch("203.0.113.200"))
     assert (lookup.verdict, lookup.ttl) == (Verdict.NOT_CAPABLE, 300)
     clock.now += 299
@@ -313,3 +341,79 @@ def test_relative_zonefiles_dir_is_taken_from_confdir():
     config = DnsConfig(keysource="zonefiles", zonefiles_dir=ZONEFILES.name)
     fetcher = KeyFetcher.from_config(config, ZONEFILES.parent)
     assert asyncio.run(fetcher.fetch("203.0.113.1")).key_id == K1
+
+
+# ---------------------------------------------------------------- issue 10 defect 9: key TTLs
+
+ROTATING = "100.51.198.in-addr.arpa"
+
+
+def rotating_zone(serial: int, blob: str, ttl: int = 60) -> str:
+    """198.51.100.7 publishes `blob` with `ttl`; NODATA for TXT and KEY lives as long."""
+    return (f"$ORIGIN {ROTATING}.\n$TTL {ttl}\n"
+            f"@ SOA ns.test.example. hostmaster.test.example. {serial} 3600 600 86400 {ttl}\n"
+            f"@ NS ns.test.example.\n7 IPSECKEY 10 0 2 . {blob}\n")
+
+
+@pytest.fixture
+def rotating(tmp_path):
+    """A knotd of its own serving 198.51.100.7 with key K1, whose zone the test rewrites."""
+    with Knotd(tmp_path, {ROTATING: rotating_zone(1, KEYS[K1])}) as server:
+        yield server
+
+
+def zone_keys() -> dict[str, str]:
+    """Key id -> base64 blob of the test keys in zonefiles/113.0.203.in-addr.arpa.zone."""
+    text = (ZONEFILES / "113.0.203.in-addr.arpa.zone").read_text()
+    keys: dict[str, str] = {}
+    for line in text.splitlines()[:30]:  # the good records; broken ones share key ids
+        fields = line.split()
+        if "TXT" not in fields and fields and fields[-1].startswith("AwEAA"):
+            keys.setdefault(fields[-1][:9], fields[-1])
+    return keys
+
+
+KEYS = zone_keys()
+
+
+def test_a_lookup_says_when_it_expires_and_the_cache_never_outlives_it(rotating):
+    """The key is served for 60 s; the zone rolls to K2 at once. Until the TTL the lookup gives
+    K1 with the same expiry; at the TTL it asks again and gets K2 (RFC 4322 3.2, RFC 1035 3.2.1:
+    an answer is good for its TTL and no longer)."""
+    fetcher, clock = clocked_fetcher(rotating)
+    first = asyncio.run(fetcher.fetch("198.51.100.7"))
+    assert (first.key_id, first.ttl, first.expires) == (K1, 60, 1060.0)
+    rotating.replace_zone(ROTATING, rotating_zone(2, KEYS[K2]))
+    clock.now += 59.5
+    cached = asyncio.run(fetcher.fetch("198.51.100.7"))
+    assert (cached.key_id, cached.expires) == (K1, 1060.0) and not cached.expired(clock.now)
+    assert cached.expires <= first.expires  # a cached answer never lives longer than served
+    clock.now = 1060.0
+    assert cached.expired(clock.now)
+    fresh = asyncio.run(fetcher.fetch("198.51.100.7"))
+    assert (fresh.key_id, fresh.ttl, fresh.expires) == (K2, 60, 1120.0)
+    assert fetcher.stats.queries == 6
+
+
+def test_refresh_bypasses_the_cache_once(rotating):
+    """After an authentication failure with a cached key the daemon asks once more, past the
+    cache: the rolled key is seen at once, and the fresh answer is cached again."""
+    fetcher, clock = clocked_fetcher(rotating)
+    assert asyncio.run(fetcher.fetch("198.51.100.7")).key_id == K1
+    rotating.replace_zone(ROTATING, rotating_zone(2, KEYS[K2]))
+    clock.now += 10
+    assert asyncio.run(fetcher.fetch("198.51.100.7")).key_id == K1
+    refreshed = asyncio.run(fetcher.fetch("198.51.100.7", refresh=True))
+    assert (refreshed.key_id, refreshed.expires) == (K2, 1070.0)
+    assert (fetcher.stats.queries, fetcher.stats.refreshes) == (6, 1)
+    assert asyncio.run(fetcher.fetch("198.51.100.7")).key_id == K2
+    assert fetcher.stats.queries == 6
+
+
+def test_a_zero_ttl_answer_expires_at_once_and_is_not_cached(rotating):
+    rotating.replace_zone(ROTATING, rotating_zone(2, KEYS[K3], ttl=0))
+    fetcher, clock = clocked_fetcher(rotating)
+    lookup = asyncio.run(fetcher.fetch("198.51.100.7"))
+    assert (lookup.key_id, lookup.ttl, lookup.expires) == (K3, 0, 1000.0)
+    assert lookup.expired(clock.now)  # good for the negotiation under way, not for the next
+    assert fetcher.cached() == 0

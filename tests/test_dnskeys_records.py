@@ -80,11 +80,33 @@ def test_key_id_is_first_nine_base64_characters_and_fingerprint_is_sha256(keys):
     (b"\x01\x02" + b"\xc1" * 20, "invalid key data: RSA exponent 2 is not an odd number >= 3"),
     (b"\x01\x03\x00" + b"\xc1" * 20, "invalid key data: RSA modulus has a leading zero octet"),
     (b"\x01\x03" + b"\xc2" * 20, "invalid key data: RSA modulus is even"),
+    (b"\x01\x01" + b"\xc1" * 20, "invalid key data: RSA exponent 1 is not an odd number >= 3"),
+    (b"\x0d" + b"\xff" * 13 + b"\xc1" * 12,
+     "invalid key data: RSA exponent is not smaller than the modulus"),
+    (b"\x0c" + b"\xc1" * 24, "invalid key data: RSA exponent is not smaller than the modulus"),
+    (b"\x02\x00\x03" + b"\xc1" * 20,
+     "invalid key data: RSA exponent has a leading zero octet (RFC 3110 section 2)"),
+    (b"\x00\x00\x01\x03" + b"\xc1" * 20,
+     "invalid key data: RSA exponent length 1 is written in three octets (RFC 3110 section 2: "
+     "one octet for 1-255)"),
+    (b"\x00\x01", "invalid key data: RSA key blob of 2 octets is too short"),
+    (b"\x00\x01\x00" + b"\x03" * 40, "invalid key data: RSA exponent of 256 octets leaves no "
+                                        "room for a modulus in a 43-octet key"),
 ])
 def test_bad_blobs_give_exact_reasons(blob, reason):
     with pytest.raises(RecordError) as caught:
         records.decode_rsa_blob(blob)
     assert str(caught.value) == reason
+
+
+def test_a_key_with_e_not_below_n_is_refused_at_decode(keys):
+    """Issue 10 defect 8: e >= n decoded, then public_key() raised in the daemon, outside its
+    error handling, and the destination's %hold never ended. Refused in the codec now."""
+    n = records.decode_rsa_blob(keys[0]).n
+    blob = records.encode_rsa_blob(n + 2, n)
+    with pytest.raises(RecordError) as caught:
+        records.decode_rsa_blob(blob)
+    assert str(caught.value) == "invalid key data: RSA exponent is not smaller than the modulus"
 
 
 @settings(max_examples=300, deadline=None)
@@ -94,7 +116,21 @@ def test_random_blobs_decode_or_raise_record_error(blob):
         key = records.decode_rsa_blob(blob)
     except RecordError:
         return
-    assert key.e >= 3 and key.n > 0
+    assert 3 <= key.e < key.n and key.e % 2 == key.n % 2 == 1
+    key.public_key()  # what decodes, cryptography takes: it can verify a signature
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=16), st.binary(min_size=12, max_size=16), st.booleans())
+def test_blobs_of_rfc_3110_shape_decode_only_to_keys_cryptography_takes(e, n, long_form):
+    """Exponent and modulus of similar length, so e >= n is common: on the old codec it decoded
+    (issue 10 defect 8) and public_key() raised ValueError."""
+    length = b"\x00" + len(e).to_bytes(2, "big") if long_form else bytes([len(e)])
+    try:
+        key = records.decode_rsa_blob(length + e + n)
+    except RecordError:
+        return
+    key.public_key()
 
 
 # ---------------------------------------------------------------- codecs through dnspython
@@ -343,6 +379,42 @@ def test_delegation_needs_dnssec_or_allow_unsigned_delegation(keys):
         assert lookup.gateway == ipaddress.ip_address("192.0.2.99")
 
 
+def test_a_delegated_key_belongs_to_the_gateway_not_the_client(keys):
+    """Issue 10 defect 11: 192.0.2.7's record names gateway 192.0.2.99 with a key. That key is
+    the gateway's (it signs IKE_AUTH as 192.0.2.99), vouching for 192.0.2.7 only as its client;
+    it was stored under 192.0.2.7, so 192.0.2.99 could not authenticate."""
+    lookup = pick(V4, {IPSECKEY: [f"10 1 2 192.0.2.99 {b64(keys[0])}"]},
+                  allow_unsigned_delegation=True)
+    assert lookup.identity == ipaddress.ip_address("192.0.2.99") != V4.address
+    assert lookup.delegated_for == V4
+    data = lookup.as_json()
+    assert (data["identity"], data["delegated_for"]) == ("192.0.2.99", "192.0.2.7")
+    by_name = pick(V4, {TXT: [q(f"X-IPsec-Server(10)=@gw.example {b64(keys[0])}")]},
+                   allow_unsigned_delegation=True)
+    assert by_name.identity == dns.name.from_text("gw.example.")
+    assert by_name.delegated_for == V4 and by_name.as_json()["identity"] == "@gw.example"
+
+
+@pytest.mark.parametrize("target, found, identity", [
+    ("192.0.2.7", {IPSECKEY: ["10 0 2 . {k}"]}, ipaddress.ip_address("192.0.2.7")),
+    ("192.0.2.7", {IPSECKEY: ["10 1 2 192.0.2.7 {k}"]}, ipaddress.ip_address("192.0.2.7")),
+    ("192.0.2.7", {KEY: ["16896 4 1 {k}"]}, ipaddress.ip_address("192.0.2.7")),
+    ("host.example", {IPSECKEY: ["10 3 2 host.example. {k}"]},
+     dns.name.from_text("host.example.")),
+    ("host.example", {KEY: ["16896 4 1 {k}"]}, dns.name.from_text("host.example.")),
+])
+def test_an_own_key_belongs_to_the_target(keys, target, found, identity):
+    lookup = pick(Target.parse(target),
+                  {kind: [t.format(k=b64(keys[0])) for t in texts] for kind, texts in found.items()})
+    assert (lookup.verdict, lookup.identity, lookup.delegated_for) == (Verdict.KEY, identity, None)
+    assert lookup.as_json()["delegated_for"] is None
+
+
+def test_no_key_no_identity():
+    lookup = pick(V4, {})
+    assert (lookup.identity, lookup.delegated_for) == (None, None)
+
+
 def test_an_unusable_record_is_skipped_for_a_usable_one(keys):
     """Short key at precedence 10, good key at 20: the good one, and why says what was skipped."""
     lookup = pick(V4, {IPSECKEY: [f"10 0 2 . {b64(keys[3])}", f"20 0 2 . {b64(keys[0])}"]})
@@ -426,8 +498,11 @@ def test_any_mix_of_records_gives_a_consistent_verdict(keys, picks, allow):
         assert lookup.error is None and lookup.key.bits >= 2048
         assert lookup.blob in {keys[0], keys[1], keys[2]}
         assert allow or V4.is_self(lookup.record.gateway)
+        assert lookup.identity == (lookup.record.gateway or V4.address)
+        assert (lookup.delegated_for is None) == V4.is_self(lookup.record.gateway)
     else:
         assert lookup.error and lookup.blob is None
+        assert lookup.identity is None and lookup.delegated_for is None
 
 
 def test_ipseckey_without_key_takes_the_key_record(keys):
@@ -438,3 +513,47 @@ def test_ipseckey_without_key_takes_the_key_record(keys):
                          KEY: [rd(KEY, f"16896 4 1 {b64(keys[1])}")]},
                     min_key_bits=2048, allow_unsigned_delegation=False)
     assert (lookup.verdict, lookup.record.kind, lookup.blob) == (Verdict.KEY, IPSECKEY, keys[1])
+
+
+def test_dns_and_id_text_in_reasons_is_escaped_and_bounded():
+    """Issue 10 defect 10: a TXT gateway or an ID_FQDN target with ESC, newline or 1000
+    characters reaches the log as one bounded, printable line."""
+    with pytest.raises(RecordError) as caught:
+        records.from_txt(OWNER, txt("X-IPsec-Server(10)=1.2.3.4\x1b[2J\nAwEAA"))
+    reason = str(caught.value)
+    assert reason.startswith("malformed gateway '1.2.3.4\\x1b[2J'")  # split at the newline
+    with pytest.raises(RecordError) as caught:
+        records.from_txt(OWNER, txt("X-IPsec-Server(10)=1.2.3.4\x1b", *["9" * 250] * 4))
+    reason = str(caught.value)
+    assert reason.startswith("malformed gateway '1.2.3.4\\x1b999")
+    assert reason.isprintable() and len(reason) <= 200 and reason.endswith("...")
+    target = Target.parse("evil\x1b[2J.example")
+    assert target.text == "evil\\x1b[2J.example"
+    assert target.name == dns.name.from_text("evil\x1b[2J.example")
+    with pytest.raises(ValueError) as caught:
+        Target.parse("\u202e\n" * 100)
+    assert str(caught.value).startswith("'\\u202e\\x0a\\u202e\\x0a")
+    assert str(caught.value).isprintable() and len(str(caught.value)) <= 200
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from([IPSECKEY, TXT, KEY]), st.binary(max_size=400))
+def test_any_wire_rdata_dnspython_accepts_gives_a_verdict_never_an_exception(kind, wire):
+    """Whatever a server sends that dnspython parses, choose() decides: a usable key (one
+    cryptography takes) or a reason (issue 10 defect 8: no exception may leave the lookup)."""
+    rdtype = dns.rdatatype.from_text(kind)
+    try:
+        rdata = dns.rdata.from_wire(dns.rdataclass.IN, rdtype, wire, 0, len(wire))
+    except Exception:  # dnspython's own refusal: never reaches us
+        return
+    if kind == KEY:  # make most KEYs look like ours, so the blob decoder is what gets tried
+        wire = b"\x42\x00\x04\x01" + wire[4:]
+        rdata = dns.rdata.from_wire(dns.rdataclass.IN, rdtype, wire, 0, len(wire))
+    if kind == TXT:
+        rdata = dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, rdtype,
+                                        [b"X-IPsec-Server(1)=192.0.2.7 "] + list(rdata.strings))
+    lookup = choose(V4, {kind: [rdata]}, min_key_bits=0, allow_unsigned_delegation=True)
+    if lookup.verdict is Verdict.KEY:
+        lookup.key.public_key()
+    else:
+        assert lookup.error and lookup.error.isprintable()

@@ -26,6 +26,7 @@ import dns.rdata
 
 from oe.dnskeys import records
 from oe.dnskeys.records import KEY, KINDS, Gateway, KeyRecord, RecordError, RsaPublicKey
+from oe.logsafe import printable
 
 
 class Verdict(enum.Enum):
@@ -39,7 +40,7 @@ class Target:
     """A peer named by address (key at its reverse name) or by ID_FQDN (forward name)."""
 
     text: str
-    """As the user or the IKE ID gave it."""
+    """As the user or the IKE ID gave it, made printable (it is echoed in reasons and logs)."""
     name: dns.name.Name
     """Where its key records live."""
     address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
@@ -52,7 +53,7 @@ class Target:
         try:
             address = ipaddress.ip_address(text)
         except ValueError:
-            return cls(text, name, None)
+            return cls(printable(text), name, None)
         return cls(str(address), name, address)
 
     @property
@@ -90,10 +91,34 @@ class KeyLookup:
     """Every well-formed OE record at the name."""
     ttl: int = 0
     """Seconds the answers stay valid (RFC 4322 3.2: a failure lives as long as the DNS data)."""
+    expires: float = 0.0
+    """When the shortest-lived answer expires, on the fetcher's clock (time.monotonic, which is
+    asyncio's loop.time()); set by KeyFetcher.fetch, 0.0 from choose() alone. A key must not
+    authenticate an IKE SA begun after it: fetch again (RFC 1035 3.2.1, the TTL)."""
 
     @property
     def key_id(self) -> str | None:
         return records.key_id(self.blob) if self.blob is not None else None
+
+    @property
+    def identity(self) -> Gateway | None:
+        """Whose key this is: the peer that signs IKE_AUTH with it, as an address or an FQDN.
+        The gateway a delegating record names (RFC 4322 3.2.4.1: D's record, G's key), else
+        the target itself; None without a key. Store the key under this, never the target."""
+        return self.gateway if self.key is not None else None
+
+    @property
+    def delegated_for(self) -> Target | None:
+        """The client a delegating record made `identity` the gateway of; None for a key the
+        target holds itself. Such a key speaks for this client only, and only as set by its
+        zone: it must not replace or stand for the gateway's own key."""
+        if self.key is None or self.target.is_self(self.record.gateway):
+            return None
+        return self.target
+
+    def expired(self, now: float) -> bool:
+        """Is the lookup stale at `now` (the fetcher's clock)? Then fetch again."""
+        return now >= self.expires
 
     def as_json(self) -> dict:
         """The `oe dnskey --json` object (design.md section 3)."""
@@ -106,6 +131,8 @@ class KeyLookup:
             "precedence": (self.record.precedence
                            if self.record and self.record.kind != KEY else None),
             "gateway": records.gateway_text(self.gateway) if self.gateway is not None else None,
+            "identity": records.gateway_text(self.identity) if self.identity is not None else None,
+            "delegated_for": self.delegated_for.text if self.delegated_for is not None else None,
             "key_id": self.key_id,
             "bits": self.key.bits if self.key else None,
             "sha256": records.fingerprint(self.blob) if self.blob is not None else None,

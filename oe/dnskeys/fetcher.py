@@ -5,7 +5,9 @@ One lookup asks for IPSECKEY, TXT and KEY at the target's name at once, within a
 attempt within query_timeout (default 1 s). Answers are cached per (name, type): positive ones
 for their TTL, negative ones for the SOA minimum (RFC 2308 section 5; none without an SOA).
 The cache is an LRU bounded by cache_size. Concurrent lookups of one (name, type) share one
-query. Failed queries (timeout, SERVFAIL, REFUSED) are not cached.
+query. Failed queries (timeout, SERVFAIL, REFUSED) are not cached. Each lookup says when it
+`expires` (the earliest of its answers); `fetch(target, refresh=True)` asks past the cache, for
+a key that just failed to authenticate.
 
 Sources answer `query(name, rdtype, lifetime) -> Answer`:
   DnsSource       dnspython's async resolver, nameservers from oe.conf or /etc/resolv.conf
@@ -178,6 +180,8 @@ class FetcherStats:
 
     queries: int = 0
     """Queries handed to the source (after cache and coalescing)."""
+    refreshes: int = 0
+    """Lookups asked to bypass the cache (fetch(..., refresh=True))."""
     cache_hits: int = 0
     coalesced: int = 0
     """Lookups that joined a query already under way."""
@@ -187,6 +191,7 @@ class FetcherStats:
 class _Entry:
     answer: Answer
     expires: float
+    """On the fetcher's clock: when the answer came, plus its TTL."""
 
 
 class KeyFetcher:
@@ -207,11 +212,17 @@ class KeyFetcher:
         return [str(ns) for ns in resolver.nameservers] if resolver is not None else []
 
     @classmethod
-    def from_config(cls, config: DnsConfig, confdir: Path) -> KeyFetcher:
-        return cls(config, make_source(config, confdir))
+    def from_config(cls, config: DnsConfig, confdir: Path, *,
+                    clock: Callable[[], float] = time.monotonic) -> KeyFetcher:
+        """clock: what KeyLookup.expires is measured on (the daemon passes its loop.time)."""
+        return cls(config, make_source(config, confdir), clock=clock)
 
-    async def fetch(self, target: Target | str) -> KeyLookup:
-        """The key `target` publishes, or why there is none (never raises for DNS trouble)."""
+    async def fetch(self, target: Target | str, *, refresh: bool = False) -> KeyLookup:
+        """The key `target` publishes, or why there is none (never raises for DNS trouble).
+
+        refresh: ask the source again whatever the cache holds (a query already under way is
+        fresh enough and is joined); the new answers are cached as usual.
+        """
         if isinstance(target, str):
             try:
                 target = Target.parse(target)
@@ -219,25 +230,37 @@ class KeyFetcher:
                 raise DnsKeyError(str(exc)) from None
         budget = self.config.total_timeout
         rdtypes = [dns.rdatatype.from_text(kind) for kind in KINDS]
+        if refresh:
+            self.stats.refreshes += 1
+            for rdtype in rdtypes:
+                self._cache.pop((target.name, int(rdtype)), None)
         try:
             async with asyncio.timeout(budget):
-                answers = await asyncio.gather(*(self._answer(target.name, t) for t in rdtypes))
+                entries = await asyncio.gather(*(self._answer(target.name, t) for t in rdtypes))
         except TimeoutError:
-            return not_capable(target, f"DNS timeout: no answer for {target.name} within the "
-                                       f"{budget:g} s budget")
+            return self._stamped(not_capable(target, f"DNS timeout: no answer for "
+                                                     f"{target.name} within the {budget:g} s "
+                                                     f"budget"))
+        answers = [entry.answer for entry in entries]
         for kind, answer in zip(KINDS, answers):
             if answer.error is not None:
                 # RFC 4322 3.2: a DNS timeout means "not OE capable", like no record.
-                return not_capable(target, f"DNS lookup of {kind} at {target.name} failed: "
-                                           f"{answer.error}")
+                return self._stamped(not_capable(target, f"DNS lookup of {kind} at "
+                                                         f"{target.name} failed: {answer.error}"))
         # No DNSSEC validation here yet: every answer counts as unsigned (RFC 4322 3.2.4.1).
-        return choose(target, {kind: a.rdatas for kind, a in zip(KINDS, answers)},
-                      min_key_bits=self.config.min_key_bits,
-                      allow_unsigned_delegation=self.config.allow_unsigned_delegation,
-                      name_exists=not all(a.nxdomain for a in answers),
-                      ttl=min(a.ttl for a in answers))
+        lookup = choose(target, {kind: a.rdatas for kind, a in zip(KINDS, answers)},
+                        min_key_bits=self.config.min_key_bits,
+                        allow_unsigned_delegation=self.config.allow_unsigned_delegation,
+                        name_exists=not all(a.nxdomain for a in answers),
+                        ttl=min(a.ttl for a in answers))
+        return replace(lookup, expires=min(entry.expires for entry in entries))
 
-    async def _answer(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> Answer:
+    def _stamped(self, lookup: KeyLookup) -> KeyLookup:
+        """A lookup from no cacheable answer: stale from now on."""
+        return replace(lookup, expires=self.clock())
+
+    async def _answer(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> _Entry:
+        """The answer for (name, type) and when it expires, from the cache or the source."""
         key = (name, int(rdtype))
         entry = self._cache.get(key)
         now = self.clock()
@@ -245,7 +268,8 @@ class KeyFetcher:
             if entry.expires > now:
                 self._cache.move_to_end(key)
                 self.stats.cache_hits += 1
-                return replace(entry.answer, ttl=int(entry.expires - now))
+                return replace(entry, answer=replace(entry.answer,
+                                                     ttl=int(entry.expires - now)))
             del self._cache[key]
         task = self._inflight.get(key)
         if task is None:
@@ -258,17 +282,19 @@ class KeyFetcher:
         return await asyncio.shield(task)
 
     async def _query(self, key: tuple[dns.name.Name, int], name: dns.name.Name,
-                     rdtype: dns.rdatatype.RdataType) -> Answer:
+                     rdtype: dns.rdatatype.RdataType) -> _Entry:
         self.stats.queries += 1
         # The callers' budget ends first; this lifetime only stops a query nobody waits for.
         lifetime = self.config.total_timeout + self.config.query_timeout
         answer = await self.source.query(name, rdtype, lifetime)
+        # The TTL counts from when the answer came (RFC 1035 3.2.1); errors are not cached.
+        entry = _Entry(answer, self.clock() + (answer.ttl if answer.error is None else 0))
         if answer.error is None and answer.ttl > 0:
-            self._cache[key] = _Entry(answer, self.clock() + answer.ttl)
+            self._cache[key] = entry
             self._cache.move_to_end(key)
             while len(self._cache) > self.config.cache_size:
                 self._cache.popitem(last=False)
-        return answer
+        return entry
 
     def cached(self) -> int:
         """How many (name, type) answers the cache holds."""

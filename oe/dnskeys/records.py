@@ -31,6 +31,8 @@ import dns.rdtypes.IN.IPSECKEY
 import dns.reversename
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from oe.logsafe import printable
+
 IPSECKEY = "IPSECKEY"
 TXT = "TXT"
 KEY = "KEY"
@@ -81,7 +83,8 @@ class RsaPublicKey:
         return self.n.bit_length()
 
     def public_key(self) -> rsa.RSAPublicKey:
-        """The key as `cryptography` uses it, to verify IKE AUTH signatures."""
+        """The key as `cryptography` uses it, to verify IKE AUTH signatures (never raises for a
+        key from decode_rsa_blob, which tried it)."""
         return rsa.RSAPublicNumbers(self.e, self.n).public_key()
 
 
@@ -97,23 +100,30 @@ def encode_rsa_blob(e: int, n: int) -> bytes:
 
 
 def decode_rsa_blob(blob: bytes) -> RsaPublicKey:
-    """Inverse of encode_rsa_blob; RecordError says what is wrong with a bad blob."""
+    """Inverse of encode_rsa_blob, for a key that can verify a signature; RecordError says what
+    is wrong with any other blob (RFC 4322 3.2: a malformed key record means deny)."""
     if len(blob) < 3:
         raise RecordError(f"invalid key data: RSA key blob of {len(blob)} octets is too short")
     if blob[0]:
         explen, start = blob[0], 1
     else:
         explen, start = int.from_bytes(blob[1:3], "big"), 3
-    if explen == 0:
-        raise RecordError("invalid key data: RSA exponent length is 0")
+        if explen == 0:
+            raise RecordError("invalid key data: RSA exponent length is 0")
+        if explen <= 255:
+            raise RecordError(f"invalid key data: RSA exponent length {explen} is written in "
+                              f"three octets (RFC 3110 section 2: one octet for 1-255)")
     if start + explen + RSA_MIN_MODULUS_OCTETS > len(blob):
         raise RecordError(f"invalid key data: RSA exponent of {explen} octets leaves no room "
                           f"for a modulus in a {len(blob)}-octet key")
-    e = int.from_bytes(blob[start:start + explen], "big")
-    modulus = blob[start + explen:]
+    exponent, modulus = blob[start:start + explen], blob[start + explen:]
+    # RFC 3110 section 2: "Leading zero octets are prohibited in the exponent and modulus."
+    if exponent[0] == 0:
+        raise RecordError("invalid key data: RSA exponent has a leading zero octet "
+                          "(RFC 3110 section 2)")
     if modulus[0] == 0:
         raise RecordError("invalid key data: RSA modulus has a leading zero octet")
-    n = int.from_bytes(modulus, "big")
+    e, n = int.from_bytes(exponent, "big"), int.from_bytes(modulus, "big")
     if e < 3 or e % 2 == 0:
         raise RecordError(f"invalid key data: RSA exponent {e} is not an odd number >= 3")
     if n % 2 == 0:
@@ -121,7 +131,14 @@ def decode_rsa_blob(blob: bytes) -> RsaPublicKey:
     if n.bit_length() > RSA_MAX_BITS:
         raise RecordError(f"invalid key data: RSA modulus of {n.bit_length()} bits is longer "
                           f"than {RSA_MAX_BITS}")
-    return RsaPublicKey(e, n)
+    if e >= n:
+        raise RecordError("invalid key data: RSA exponent is not smaller than the modulus")
+    key = RsaPublicKey(e, n)
+    try:
+        key.public_key()  # the last word is the library's that verifies with it
+    except ValueError as exc:
+        raise RecordError(f"invalid key data: {exc}") from None
+    return key
 
 
 def key_id(blob: bytes) -> str:
@@ -275,14 +292,15 @@ def parse_gateway(text: str) -> Gateway:
         try:
             name = dns.name.from_text(text[1:])
         except dns.exception.DNSException as exc:
-            raise RecordError(f"malformed gateway '{text}': {exc}") from None
+            raise RecordError(printable(f"malformed gateway '{text}': {exc}")) from None
         if text[1:] in ("", "."):
             raise RecordError(f"malformed gateway '{text}': empty name")
         return name
     try:
         address = (ipaddress.IPv6Address if ":" in text else ipaddress.IPv4Address)(text)
     except ValueError as exc:
-        raise RecordError(f"malformed gateway '{text}': {exc}") from None
+        # The text is the TXT record's: escaped and bounded before it reaches a log (defect 10).
+        raise RecordError(printable(f"malformed gateway '{text}': {exc}")) from None
     _check_gateway_address(address)
     return address
 
@@ -396,8 +414,8 @@ def owner_for(target: str) -> dns.name.Name:
         try:
             result = dns.name.from_text(name)
         except dns.exception.DNSException as exc:
-            raise ValueError(f"'{target}' is neither an address nor a domain name: {exc}"
-                             ) from None
+            raise ValueError(printable(f"'{target}' is neither an address nor a domain name: "
+                                       f"{exc}")) from None
         if name in ("", "."):
             raise ValueError(f"'{target}' is neither an address nor a domain name")
         return result
