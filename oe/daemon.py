@@ -39,7 +39,8 @@ from oe.errors import OeError
 from oe.eroute import SaAction
 from oe.ike import events as ike_events
 from oe.ike.auth import Identity
-from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT
+from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT, NotifyType
+from oe.logsafe import printable
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
 from oe.ike.ts import TrafficSelector
@@ -53,6 +54,7 @@ log = logging.getLogger("oe")
 
 PID_NAME = "oe.pid"
 HOUSEKEEPING = 1.0  # seconds between lifetime, liveness and shunt checks
+KEY_GRACE = 30.0  # seconds a key is kept at least: a TTL of 0 must not fail its own negotiation
 
 
 class StartError(OeError):
@@ -80,9 +82,11 @@ class Daemon:
         self.key = hostkey.load(hostkey.hostkey_path(confdir))
         self.opportunist = Opportunist(prospective_table(policy), _limits(self.config))
         self.fetcher = KeyFetcher.from_config(self.config.dns, confdir)
-        # (ID type, ID data) -> RSA public key, from DNS: a key vouches for the identity it
-        # was published for and nothing else (an ID_FQDN "192.0.2.1" is not that address).
-        self.peer_keys: dict[Identity, object] = {}
+        # (ID type, ID data) -> (RSA public key, when its DNS answer expires): a key vouches
+        # for the identity it was published for and nothing else (an ID_FQDN "192.0.2.1" is
+        # not that address), and only while its TTL runs.
+        self.peer_keys: dict[Identity, tuple[object, float]] = {}
+        self._stale: set[str] = set()  # peers whose AUTH failed as responder: fetch afresh
         self.sides: dict[int, _IkeSide] = {}
         self.sa_pairs: dict[tuple[int, int], Pair] = {}  # (family, sa_id) -> pair
         # peer -> its newest IKE_SA_INIT, waiting for the peer's key; at most [limits] lookups
@@ -322,9 +326,8 @@ class Daemon:
     async def _fetch(self, command: FetchKey) -> None:
         """Every lookup ends in a decision, whatever it raises: a %hold never stays."""
         try:
-            lookup = await self.fetcher.fetch(command.target)
-            if lookup.key is not None:
-                self.peer_keys[_address_id(command.target)] = lookup.key.public_key()
+            lookup = await self.fetcher.fetch(command.target, refresh=command.refresh)
+            self._keep_key(lookup)
             commands = self.opportunist.key_found(command.pair, lookup, self.loop.time())
         except Exception as exc:  # a bug in a lookup must not leave the %hold for ever
             log.exception("key lookup for %s", command.target)
@@ -357,8 +360,20 @@ class Daemon:
 
     # ------------------------------------------------------------------ IKE
 
+    def _keep_key(self, lookup) -> None:
+        """Keep a looked-up key under the identity that signs with it (the gateway a
+        delegating record names, RFC 4322 3.2.4.1), for its TTL but at least long enough for
+        the negotiation it was fetched for."""
+        if lookup.key is None:
+            return
+        expires = max(lookup.expires, self.loop.time() + KEY_GRACE)
+        self.peer_keys[_key_owner(lookup.identity)] = (lookup.key.public_key(), expires)
+
     def _lookup_key(self, identity: Identity):
-        return self.peer_keys.get(identity)
+        entry = self.peer_keys.get(identity)
+        if entry is None or entry[1] <= self.loop.time():
+            return None
+        return entry[0]
 
     def _ts_allowed(self, version: int, peer_id: Identity, local_ts, remote_ts) -> bool:
         local = ipaddress.ip_address(self.sides[version].address)
@@ -384,7 +399,7 @@ class Daemon:
         if why is not None:
             log.info("refused IKE from %s: %s", peer, why)
             return False
-        if _address_id(str(peer)) in self.peer_keys:
+        if self._lookup_key(_address_id(str(peer))) is not None:
             return True
         if str(peer) not in self.pending_init:
             if len(self.pending_init) >= self.config.limits.lookups:
@@ -396,11 +411,13 @@ class Daemon:
 
     async def _fetch_for_responder(self, side: _IkeSide, peer: str) -> None:
         try:
-            lookup = await self.fetcher.fetch(Target.parse(peer))
+            refresh = peer in self._stale
+            self._stale.discard(peer)
+            lookup = await self.fetcher.fetch(Target.parse(peer), refresh=refresh)
             if lookup.key is None:
                 log.info("refused IKE from %s: %s", peer, lookup.error)
                 return
-            self.peer_keys[_address_id(peer)] = lookup.key.public_key()
+            self._keep_key(lookup)
         except Exception:  # a bug in a lookup refuses this peer, and frees its slot
             log.exception("key lookup for %s", peer)
             return
@@ -437,10 +454,15 @@ class Daemon:
         elif isinstance(event, ike_events.IkeSaFailed):
             pair = self.sa_pairs.pop((version, event.sa_id), None)
             why = f"IKE timeout: {event.reason}" if event.notify is None else event.reason
+            auth = event.local and event.notify == NotifyType.AUTHENTICATION_FAILED
             if pair is not None:
-                self._run(self.opportunist.negotiation_failed(pair, why, now))
+                self._run(self.opportunist.auth_failed(pair, why, now) if auth
+                          else self.opportunist.negotiation_failed(pair, why, now))
             else:
                 log.info("IKE with %s failed: %s", event.remote_addr, why)
+                if auth:  # the key we hold may be stale: ask DNS afresh next time
+                    self.peer_keys.pop(_address_id(event.remote_addr), None)
+                    self._stale.add(event.remote_addr)
         elif isinstance(event, ike_events.IkeSaDeleted):
             self.sa_pairs.pop((version, event.sa_id), None)
             self.opportunist.ike_gone(event.sa_id, event.reason, now)
@@ -533,10 +555,14 @@ class Daemon:
         """Shunt expiry, rate-limited acquires, liveness checks of quiet peers."""
         last_in: dict[int, int] = {}
         next_dpd = self.loop.time() + self.config.ike.dpd_delay
+        next_sweep = self.loop.time() + KEY_GRACE
         while True:
             await asyncio.sleep(HOUSEKEEPING)
             now = self.loop.time()
             self._run(self.opportunist.tick(now))
+            if now >= next_sweep:  # keys past their TTL go (a peer that returns is asked again)
+                next_sweep = now + KEY_GRACE
+                self.peer_keys = {i: e for i, e in self.peer_keys.items() if e[1] > now}
             if now >= next_dpd:
                 next_dpd = now + self.config.ike.dpd_delay
                 for tunnel in list(self.opportunist.tunnels.values()):
@@ -643,6 +669,13 @@ def _address_id(address: str) -> Identity:
     return Identity.from_address(address)
 
 
+def _key_owner(identity) -> Identity:
+    """The IKE ID of a KeyLookup's identity: an address, or a name (ID_FQDN, lower case)."""
+    if isinstance(identity, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return Identity.from_address(str(identity))
+    return Identity.fqdn(identity.to_text(omit_final_dot=True).lower())
+
+
 def _limits(config: oeconfig.Config) -> Limits:
     return Limits(shunt_lifetime=config.shunt_lifetime, pending_max=config.limits.queued_acquires,
                   max_shunts=config.limits.shunts)
@@ -664,9 +697,31 @@ def start(confdir: Path, rundir: Path, background: bool = False) -> int:
     daemon = Daemon(confdir, rundir)
     if background:
         return _detach(daemon, rundir)
-    logging.basicConfig(format="%(asctime)s oe[%(process)d]: %(message)s", level=logging.INFO)
+    log_to(logging.StreamHandler())
     asyncio.run(daemon.run())
     return 0
+
+
+class _Printable(logging.Filter):
+    """Escape what peers and DNS put into log lines (IDs, reasons, names): no control
+    character reaches the log, so none can forge a line or drive a terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = printable(record.getMessage(), limit=LOG_LINE_MAX)
+        record.args = ()
+        return True
+
+
+LOG_LINE_MAX = 2000
+
+
+def log_to(handler: logging.Handler) -> None:
+    """The daemon's log: one escaped line per message, with time and pid."""
+    handler.setFormatter(logging.Formatter("%(asctime)s oe[%(process)d]: %(message)s"))
+    handler.addFilter(_Printable())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 def _detach(daemon: Daemon, rundir: Path) -> int:
@@ -688,7 +743,7 @@ def _detach(daemon: Daemon, rundir: Path) -> int:
         os.dup2(devnull.fileno(), 0)
         os.dup2(out.fileno(), 1)
         os.dup2(out.fileno(), 2)
-    logging.basicConfig(format="%(asctime)s oe[%(process)d]: %(message)s", level=logging.INFO)
+    log_to(logging.StreamHandler())
 
     def started() -> None:
         os.write(write_fd, b"ok\n")

@@ -145,6 +145,8 @@ class FetchKey:
 
     pair: Pair
     target: str
+    refresh: bool = False
+    """Ask DNS again even if an answer is cached (after an authentication failure)."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class _Negotiation:
     group: str
     stage: str  # "queued", "dns", "ike"
     narrowing: tuple[int, int, int] = (0, 0, 0)
+    refreshed: bool = False  # the key was fetched afresh after an authentication failure
 
 
 class Opportunist:
@@ -328,6 +331,18 @@ class Opportunist:
         if pair not in self.negotiations:
             return []
         return self._fail(pair, reason, now)
+
+    def auth_failed(self, pair: Pair, reason: str, now: float) -> list[Command]:
+        """The peer's AUTH did not verify with the key we hold: it may have rotated its key
+        within the TTL of our cached answer, so fetch it afresh and try once more."""
+        negotiation = self.negotiations.get(pair)
+        if negotiation is None or negotiation.refreshed:
+            return self.negotiation_failed(pair, reason, now)
+        negotiation.refreshed = True
+        negotiation.stage = "dns"
+        self.log.append(f"authentication of {pair.dst} failed ({reason}); fetching its key "
+                        "afresh")
+        return [FetchKey(pair, str(pair.dst), refresh=True)]
 
     def tunnel_up(self, pair: Pair, peer: IPAddress, sa_id: int, spi_in: int, spi_out: int,
                   algorithm: str, udp_encap: bool, initiator: bool, now: float,

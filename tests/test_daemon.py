@@ -202,3 +202,81 @@ def test_a_peer_that_moves_is_checked_against_policy_again(confdir, tmp_path):
         d._ike_event(4, IkeSaPeerMoved(7, "203.0.113.5", 4500))
         assert ("delete_ike", 7) in [(c[0], c[1][0]) for c in engine.calls]
     asyncio.run(run())
+
+
+class ClockLoop:
+    """The running loop with a clock the test sets."""
+
+    def __init__(self, loop):
+        self._loop = loop
+        self.now = loop.time()
+
+    def time(self):
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(self._loop, name)
+
+
+def _lookup(host_key, target, gateway=None, expires=0.0):
+    return KeyLookup(Target.parse(target), Verdict.KEY,
+                     key=decode_rsa_blob(hostkey.public_blob(host_key)),
+                     gateway=ipaddress.ip_address(gateway or target), expires=expires)
+
+
+def test_cached_peer_keys_expire_with_their_dns_ttl(confdir, tmp_path, host_key):
+    """Defect 9: a key fetched from DNS is used only while its TTL runs (a rotated or revoked
+    key, or a previous owner's key for an address, does not stay valid until restart)."""
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.loop = ClockLoop(d.loop)
+        start = d.loop.now
+        d.fetcher = StallingFetcher(lambda t: _lookup(host_key, PEER, expires=start + 600))
+        d.fetcher.release.set()
+        pair = Pair.of(ME, PEER)
+        d.opportunist.acquire(pair, start)
+        await d._fetch(_fetch_command(d, pair))
+        peer = Identity.from_address(PEER)
+        d.loop.now = start + 599
+        assert d._lookup_key(peer) is not None
+        d.loop.now = start + 601
+        assert d._lookup_key(peer) is None
+    asyncio.run(run())
+
+
+def test_a_delegated_key_is_the_gateways_not_the_clients(confdir, tmp_path, host_key):
+    """Defect 11: the key in D's record that names gateway G is the key G signs with: it is
+    kept under G's identity, never under D's (D did not authenticate with it)."""
+    gateway = "198.51.100.1"
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.fetcher = StallingFetcher(lambda t: _lookup(host_key, PEER, gateway=gateway,
+                                                      expires=d.loop.time() + 600))
+        d.fetcher.release.set()
+        pair = Pair.of(ME, PEER)
+        d.opportunist.acquire(pair, d.loop.time())
+        await d._fetch(_fetch_command(d, pair))
+        assert d._lookup_key(Identity.from_address(gateway)) is not None
+        assert d._lookup_key(Identity.from_address(PEER)) is None
+    asyncio.run(run())
+
+
+def test_peer_supplied_text_is_escaped_in_the_log(confdir, tmp_path, caplog):
+    """Defect 10: an ID or reason with control characters cannot forge log lines or drive
+    the terminal of whoever reads the log."""
+    import logging
+    from oe.ike.events import IkeSaFailed
+    handler = logging.StreamHandler(__import__("io").StringIO())
+    oedaemon.log_to(handler)
+    try:
+        async def run():
+            d = make_daemon(confdir, tmp_path)
+            d.sides[4] = oedaemon._IkeSide(4, ME, engine=RecordingEngine(), runner=NullRunner())
+            d._ike_event(4, IkeSaFailed(3, PEER, 24, "bad ID 'x\n2026 oe: forged\x1b[2J'", True))
+        asyncio.run(run())
+        written = handler.stream.getvalue()
+        assert "\x1b" not in written and "\n2026 oe: forged" not in written
+        assert "\\x1b[2J" in written and "\\x0a2026" in written
+    finally:
+        logging.getLogger().removeHandler(handler)

@@ -286,3 +286,20 @@ def test_a_narrowed_tunnel_covers_only_its_port():
     me, bob = pair.src, pair.dst
     assert table.entries[table.lookup(me, bob, 6, 40000, 22)].action == SaAction(bob, 0x22)
     assert table.entries[table.lookup(me, bob, 6, 40000, 80)].action is Shunt.TRAP
+
+
+def test_an_authentication_failure_refetches_the_key_once():
+    """Defect 9: the peer rotated its key within the TTL of our cached answer: one fresh
+    lookup (bypassing the cache) and one more try, then the failure shunt."""
+    oe = opportunist(private="192.0.2.0/24\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    oe.acquire(pair, 0)
+    oe.key_found(pair, key("192.0.2.20"), 0)
+    assert oe.auth_failed(pair, "AUTHENTICATION_FAILED", 1) == [
+        FetchKey(pair, "192.0.2.20", refresh=True)]
+    assert fate(oe, "192.0.2.20") is Shunt.HOLD
+    assert oe.key_found(pair, key("192.0.2.20"), 1.1) == [
+        Initiate(pair, ipaddress.ip_address("192.0.2.20"))]
+    assert oe.auth_failed(pair, "AUTHENTICATION_FAILED", 2) == []
+    assert fate(oe, "192.0.2.20") is Shunt.DROP
+    assert oe.shunts[pair].reason == "AUTHENTICATION_FAILED"
