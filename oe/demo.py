@@ -241,7 +241,7 @@ def wire_summary(pcap: Path, a: str, b: str) -> dict[str, int]:
 
 
 def main(keep: bool = False) -> int:
-    """The whole demo; everything is torn down at the end, also on Ctrl-C."""
+    """The whole demo; everything is torn down at the end, also on Ctrl-C or SIGTERM."""
     import os
     import tempfile
 
@@ -284,7 +284,7 @@ def main(keep: bool = False) -> int:
             verdict = "encrypted: only IKE and ESP" if ok and not clear else "NOT ENCRYPTED"
             say(f"verdict: {verdict}")
             if keep:
-                say(f"the world stays up (namespaces {world.prefix}-*); Ctrl-C ends it")
+                say(f"the world stays up (namespaces {world.prefix}-*); Ctrl-C or SIGTERM ends it")
                 import signal
                 signal.pause()
             return 0 if ok and not clear else 1
