@@ -268,3 +268,18 @@ def test_narrowed_policy_encrypts_only_its_port(make_world):
     assert sa["dst"] == BOB and sa["packets_out"] > 0
     kinds = wire(world, ALICE, BOB)
     assert kinds.get("ICMP in clear", 0) == 6 and "TCP in clear" not in kinds, kinds
+
+
+def test_narrowed_private_entry_within_a_clear_host_is_still_encrypted(make_world):
+    """alice: `clear 192.0.2.20` and, more specific, `private 192.0.2.20 tcp 0 5001`. Both name
+    one destination prefix: it must be routed into the TUN (where the classifier passes the ping
+    and traps the TCP), not thrown around it by the clear entry."""
+    world = make_world(groups={"alice": {"clear": f"{BOB}\n", "private": f"{BOB} tcp 0 5001\n"},
+                               "bob": {"clear-or-private": "0.0.0.0/0\n"}})
+    ping(world, "alice", BOB)
+    ok, what = demo.tcp_transfer(world, "alice", "bob", 1 << 20, port=5001)
+    assert ok, what
+    kinds = wire(world, ALICE, BOB)
+    assert kinds.get("ICMP in clear", 0) == 6 and "TCP in clear" not in kinds, kinds
+    [sa] = status(world, "alice")["sas"]
+    assert sa["dst"] == BOB and sa["packets_out"] > 0
