@@ -87,3 +87,24 @@ def test_oe_demo_keep_ended_by_sigterm_tears_down():
     assert not {ns for ns in namespaces() if ns.startswith(f"{prefix}-")}
     assert not alive(knotd), f"knotd {knotd} is still there"
     assert not any(alive(pid) for pid in daemons)
+
+
+def test_interrupted_while_knotd_starts_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, which becomes one) while demo.build waits for knotd to serve."""
+    from oe import demo
+    from oe.netns import wait_for
+
+    seen: dict[str, list[int]] = {}
+
+    def interrupted(world, host):
+        dns = f"{world.prefix}-dns"
+        wait_for(lambda: bool(pids_in(dns)), 5)
+        seen["knotd"] = pids_in(dns)
+        seen["prefix"] = world.prefix
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "_serves", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo.build(tmp_path)
+    assert seen["knotd"] and not any(alive(pid) for pid in seen["knotd"])
+    assert not {ns for ns in namespaces() if ns.startswith(f"{seen['prefix']}-")}
