@@ -181,25 +181,27 @@ class Daemon:
 
     def _steer(self) -> None:
         """(Re)install oe's routes and rule for the current policy and tunnels."""
-        trap, exempt, _ = self._route_sets()
+        trap, clear, exempt, private = self._route_sets()
         self.steering = routing.install(
-            self.config.tun_name, trap, exempt, table=self.config.route_table,
-            priority=self.config.rule_priority, mark=self.config.bypass_mark)
+            self.config.tun_name, trap, exempt, clear=clear, prohibit=private,
+            table=self.config.route_table, priority=self.config.rule_priority,
+            mark=self.config.bypass_mark)
 
-    def _route_sets(self) -> tuple[list[str], list[str], list[str]]:
-        """CIDRs to trap into the TUN, to exempt, and (on stop) to keep prohibited."""
-        trap, exempt, private = sorted(self._routed_peers), [], []
+    def _route_sets(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """CIDRs to trap into the TUN, of the passing groups, never to trap (the nameservers),
+        and to fail closed (the private group's: prohibited beneath, see oe.routing)."""
+        trap, clear, private = sorted(self._routed_peers), [], []
         for eroute in self.opportunist.base.entries:
             if eroute.group is None:
                 continue
             dst = str(eroute.selector.dst)
             outbound = SEMANTICS[eroute.group].outbound.value
-            (trap if outbound in ("%trap", "%reject") else exempt).append(dst)
+            (trap if outbound in ("%trap", "%reject") else clear).append(dst)
             if eroute.group == "private":
                 private.append(dst)
-        exempt += [str(ipaddress.ip_network(ns)) for ns in self.fetcher.nameservers()
-                   if _is_address(ns)]
-        return trap, exempt, private
+        exempt = [str(ipaddress.ip_network(ns)) for ns in self.fetcher.nameservers()
+                  if _is_address(ns)]
+        return trap, clear, exempt, private
 
     async def _install_routes(self) -> None:
         await self._in_netlink(self._steer)
@@ -247,8 +249,7 @@ class Daemon:
             except FileNotFoundError:
                 pass
         if self.steering is not None:
-            _, exempt, private = self._route_sets()
-            await self._in_netlink(routing.fail_closed, self.steering, private, exempt)
+            private = await self._in_netlink(routing.fail_closed, self.steering)
             if private:
                 log.info("private destinations stay unreachable until oe starts again: %s",
                          ", ".join(private))

@@ -80,6 +80,7 @@ def build(workdir: Path, *, key_bits: int = 2048, keyed=("alice", "bob"),
           conf: dict[str, str] | None = None) -> OeWorld:
     """Namespaces, addresses, host keys, zones and knotd; the daemons are started by the caller."""
     world = World("oe", workdir).open()
+    knotd = None
     try:
         hosts = {name: world.host(name, f"{v4}/24", f"{v6}/64")
                  for name, (v4, v6) in ADDRESSES.items()}
@@ -98,7 +99,9 @@ def build(workdir: Path, *, key_bits: int = 2048, keyed=("alice", "bob"),
                       prefix=("ip", "netns", "exec", dns_host.name))
         knotd.start(ready=lambda: _serves(world, hosts["alice"]))
         return OeWorld(world, hosts, knotd)
-    except BaseException:
+    except BaseException:  # also Ctrl-C or SIGTERM while knotd starts: it is our child
+        if knotd is not None:
+            knotd.stop()
         world.close()
         raise
 
@@ -241,7 +244,7 @@ def wire_summary(pcap: Path, a: str, b: str) -> dict[str, int]:
 
 
 def main(keep: bool = False) -> int:
-    """The whole demo; everything is torn down at the end, also on Ctrl-C."""
+    """The whole demo; everything is torn down at the end, also on Ctrl-C or SIGTERM."""
     import os
     import tempfile
 
@@ -284,7 +287,7 @@ def main(keep: bool = False) -> int:
             verdict = "encrypted: only IKE and ESP" if ok and not clear else "NOT ENCRYPTED"
             say(f"verdict: {verdict}")
             if keep:
-                say(f"the world stays up (namespaces {world.prefix}-*); Ctrl-C ends it")
+                say(f"the world stays up (namespaces {world.prefix}-*); Ctrl-C or SIGTERM ends it")
                 import signal
                 signal.pause()
             return 0 if ok and not clear else 1

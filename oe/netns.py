@@ -3,7 +3,9 @@
 A World is a switch namespace holding a bridge, and hosts (namespaces) each joined to it by a
 veth pair, with addresses from the documentation ranges. Everything it makes carries the
 world's unique prefix; `close()` stops the processes it started (by pid) and deletes its
-namespaces, and nothing of the machine's own interfaces, routes or rules is touched.
+namespaces, and nothing of the machine's own interfaces, routes or rules is touched. While a
+world is open, SIGTERM interrupts its owner as Ctrl-C does (KeyboardInterrupt), so the `with`
+block or `finally` that closes the world runs then too.
 
     with World("oedemo") as world:
         alice = world.host("alice", "192.0.2.10/24", "2001:db8::10/64")
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,43 @@ from oe.errors import OeError
 
 class NetnsError(OeError):
     """A namespace, link or address could not be set up."""
+
+
+class _SigtermAsInterrupt:
+    """SIGTERM raises KeyboardInterrupt in the main thread while any world is open.
+
+    Without it SIGTERM (systemd, `timeout`, a CI runner) would end the owner at once and leave
+    namespaces and their processes behind. Only the first SIGTERM interrupts; later ones are
+    ignored until the last world is closed, so they cannot cut the tear-down short. A handler
+    the program installed itself is left alone.
+    """
+
+    def __init__(self) -> None:
+        self.worlds = 0
+        self.previous = None
+
+    def hold(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.worlds += 1
+        if self.worlds == 1 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self.previous = signal.signal(signal.SIGTERM, self._interrupt)
+
+    def release(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or not self.worlds:
+            return
+        self.worlds -= 1
+        if self.worlds == 0 and self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+    @staticmethod
+    def _interrupt(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+
+_sigterm = _SigtermAsInterrupt()
 
 
 def _ip(*args: str) -> None:
@@ -65,10 +105,14 @@ class World:
         self.hosts: dict[str, Host] = {}
         self._namespaces: list[str] = []
         self._processes: list[subprocess.Popen] = []
+        self._opened = False
 
     def open(self) -> "World":
         """The switch namespace and its bridge; on any failure, nothing is left behind."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self._opened:
+            self._opened = True
+            _sigterm.hold()
         try:
             self._add_namespace(self.switch)
             _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
@@ -141,6 +185,9 @@ class World:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         self._namespaces.clear()
         self._processes.clear()
+        if self._opened:
+            self._opened = False
+            _sigterm.release()
 
     def __enter__(self) -> "World":
         return self.open()

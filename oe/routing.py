@@ -1,15 +1,22 @@
 """Steering trapped destinations into the TUN device (netlink, via pyroute2).
 
 design.md section 1: a routing table of oe's own holds a route into the TUN for every CIDR of a
-trapping group (private-or-clear, private) and of block (so %reject can answer), and throw
-routes for what must never enter it: clear CIDRs, the nameservers (or OE could never look up a
-key), link-local and multicast. One rule, "not fwmark BYPASS lookup TABLE", sends every
-unmarked packet through that table; oe's own IKE, ESP and %pass sockets carry the mark and
-take the main table.
+trapping group (private-or-clear, private), of block (so %reject can answer) and for every peer
+with a tunnel, and throw routes for what must not enter it: the CIDRs of the passing groups
+(clear, clear-or-private), the nameservers (or OE could never look up a key), link-local and
+multicast. One rule, "not fwmark BYPASS lookup TABLE", sends every unmarked packet through that
+table; oe's own IKE, ESP and %pass sockets carry the mark and take the main table.
+
+Fail closed while running (design.md section 6): beneath the TUN route of every private CIDR,
+at a worse metric, lies a prohibit route. The kernel removes a route with its device, so when
+oe dies (SIGKILL, OOM, a segfault) the TUN routes vanish with the TUN and the prohibit routes
+answer instead: private destinations become unreachable, never reachable in clear. Throw
+routes have no device and stay too, and so does the rule.
 
 install() is idempotent: it replaces routes in place and drops those no longer wanted (also
-what an instance that died left in the same table), so reloads leave no gap. remove() takes
-the table's routes and the rule out; fail_closed() leaves prohibit routes for private CIDRs.
+what an instance that died left in the same table), so reloads leave no gap. On stop,
+fail_closed() leaves what a crash would leave; remove() takes the table's routes and the rule
+out.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ FIB_RULE_INVERT = 0x2  # linux/fib_rules.h: "not fwmark ..."
 # loopback and the limited broadcast.
 ALWAYS_EXEMPT = ("127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32",
                  "fe80::/10", "ff00::/8", "::1/128")
+# The prohibit routes' metric: worse than any route into the TUN (IPv4 0, IPv6 1024 by default),
+# so they answer only once the TUN's routes are gone.
+FAIL_CLOSED_METRIC = 65535
 
 
 class RoutingError(OeError):
@@ -41,7 +51,8 @@ class Steering:
     table: int
     priority: int
     mark: int
-    routes: list[tuple[str, str]] = field(default_factory=list)  # (dst, "tun" | "throw")
+    routes: list[tuple[str, str]] = field(default_factory=list)
+    """(dst, "tun" | "throw" | "prohibit"); a prohibit route lies beneath, at FAIL_CLOSED_METRIC."""
     rules: list[int] = field(default_factory=list)  # address families with a rule
 
 
@@ -49,40 +60,50 @@ def _family(network: ipaddress._BaseNetwork) -> int:
     return 2 if network.version == 4 else 10  # AF_INET, AF_INET6
 
 
-def plan(trap: list, exempt: list) -> list[tuple[ipaddress._BaseNetwork, str]]:
-    """The routes, deduplicated: a CIDR both trapped and exempt is exempt (throw wins)."""
+def plan(trap: list, exempt: list, *, clear: list = (),
+         prohibit: list = ()) -> list[tuple[ipaddress._BaseNetwork, str]]:
+    """The routes, one per prefix and kind, ordered by family then prefix.
+
+    `exempt` (the nameservers, and ALWAYS_EXEMPT) is never trapped: its throw route wins. A
+    `clear` CIDR (a passing group's) is thrown unless the same prefix is also trapped, by a
+    tunnel's host route or a narrowed entry: then it goes into the TUN, whose classifier passes
+    what is clear packet by packet. `prohibit` CIDRs get a prohibit route beneath.
+    """
     routes: dict[ipaddress._BaseNetwork, str] = {}
-    for cidr in trap:
-        routes[ipaddress.ip_network(cidr)] = "tun"
-    for cidr in list(exempt) + list(ALWAYS_EXEMPT):
-        routes[ipaddress.ip_network(cidr)] = "throw"
-    return sorted(routes.items(), key=lambda item: (item[0].version, item[0]))
+    for cidrs, kind in ((clear, "throw"), (trap, "tun"), ([*exempt, *ALWAYS_EXEMPT], "throw")):
+        for cidr in cidrs:
+            routes[ipaddress.ip_network(cidr)] = kind
+    planned = list(routes.items())
+    planned += [(network, "prohibit") for network in {ipaddress.ip_network(c) for c in prohibit}]
+    return sorted(planned, key=lambda item: (item[0].version, item[0], item[1]))
 
 
 def install(tun_name: str, trap: list, exempt: list, *, table: int, priority: int,
-            mark: int, prohibit: tuple = ()) -> Steering:
-    """Route `trap` CIDRs into the TUN, `exempt` ones around it, and make sure the rule is there.
+            mark: int, clear: list = (), prohibit: list = ()) -> Steering:
+    """Route `trap` CIDRs into the TUN, `clear` and `exempt` ones around it (see plan()), put
+    prohibit routes beneath the `prohibit` CIDRs, and make sure the rule is there.
 
     Idempotent and without a gap: every wanted route is replaced in place, then routes no longer
-    wanted go, so a reload never leaves a trapped CIDR to the main table for a moment (a private
-    flow would leak in clear). `prohibit` CIDRs get prohibit routes (fail closed).
+    wanted go, and the rule comes last, so neither a start nor a reload ever leaves a trapped
+    CIDR to the main table for a moment (a private flow would leak in clear).
     """
     steering = Steering(table, priority, mark)
     with IPRoute() as ipr:
         links = ipr.link_lookup(ifname=tun_name) if trap else [0]
         if not links:
             raise RoutingError(f"no device {tun_name} to route into")
-        routes = plan(trap, exempt)
-        routes += [(ipaddress.ip_network(c), "prohibit") for c in prohibit]
+        routes = plan(trap, exempt, clear=clear, prohibit=prohibit)
         try:
             for network, kind in routes:
                 args = {"dst": str(network), "table": table, "family": _family(network)}
                 if kind == "tun":
                     ipr.route("replace", oif=links[0], **args)
+                elif kind == "prohibit":
+                    ipr.route("replace", type=kind, priority=FAIL_CLOSED_METRIC, **args)
                 else:
                     ipr.route("replace", type=kind, **args)
                 steering.routes.append((str(network), kind))
-            _drop_stale(ipr, table, {ipaddress.ip_network(d) for d, _ in steering.routes})
+            _drop_stale(ipr, table, {_key(d, kind) for d, kind in steering.routes})
             families = {_family(n) for n, kind in routes if kind != "throw"}
             for family in (2, 10):
                 present = _has_rule(ipr, family, table, priority)
@@ -98,17 +119,21 @@ def install(tun_name: str, trap: list, exempt: list, *, table: int, priority: in
     return steering
 
 
-def fail_closed(steering: Steering, prohibit: list, exempt: list) -> Steering:
-    """On stop: `prohibit` CIDRs (the private group's) stay unreachable, everything else goes.
+def fail_closed(steering: Steering) -> list[str]:
+    """On stop: leave what a crash would leave, and return the CIDRs that stay prohibited.
 
-    A private destination must never be reached in clear, also when oe is not running; the
-    next `oe start` replaces these routes.
+    The routes into the TUN go; the prohibit routes beneath the private CIDRs, the throw routes
+    and the rule stay, so a private destination is never reached in clear, also while oe is not
+    running; the next `oe start` replaces them. Without a private CIDR everything goes.
     """
-    if not prohibit:
+    prohibited = [dst for dst, kind in steering.routes if kind == "prohibit"]
+    if not prohibited:
         remove(steering)
-        return steering
-    return install("", [], exempt, table=steering.table, priority=steering.priority,
-                   mark=steering.mark, prohibit=tuple(prohibit))
+        return []
+    with IPRoute() as ipr:
+        _drop_stale(ipr, steering.table,
+                    {_key(d, kind) for d, kind in steering.routes if kind != "tun"})
+    return prohibited
 
 
 def remove(steering: Steering) -> None:
@@ -118,6 +143,11 @@ def remove(steering: Steering) -> None:
             if _has_rule(ipr, family, steering.table, steering.priority):
                 ipr.rule("del", family=family, table=steering.table, priority=steering.priority)
         _drop_stale(ipr, steering.table, set())
+
+
+def _key(dst: str, kind: str) -> tuple[ipaddress._BaseNetwork, bool]:
+    """A route's identity in the table: its prefix and whether it lies beneath (metric)."""
+    return ipaddress.ip_network(dst), kind == "prohibit"
 
 
 def _has_rule(ipr: IPRoute, family: int, table: int, priority: int) -> bool:
@@ -132,10 +162,11 @@ def _drop_stale(ipr: IPRoute, table: int, wanted: set) -> None:
                 continue
             dst = route.get_attr("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
             network = ipaddress.ip_network(f"{dst}/{route['dst_len']}")
-            if network not in wanted:
+            metric = route.get_attr("RTA_PRIORITY")
+            if (network, metric == FAIL_CLOSED_METRIC) not in wanted:
                 try:
                     ipr.route("del", table=table, family=family, dst=str(network),
-                              type=route["type"])
+                              type=route["type"], priority=metric or 0)
                 except NetlinkError:
                     pass
 

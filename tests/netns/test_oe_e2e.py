@@ -130,6 +130,26 @@ def test_clear_or_private_answers_but_never_initiates(make_world):
     assert status(world, "alice")["sas"][0]["initiator"] is True
 
 
+@pytest.mark.parametrize("entries", [f"{ALICE}\n{ALICE6}\n", "192.0.2.0/24\n2001:db8::/64\n"],
+                         ids=["host", "wider"])
+def test_clear_or_private_responder_replies_encrypted(make_world, entries):
+    """bob lists alice in clear-or-private (as /32 and /128, or within wider CIDRs); alice
+    initiates: bob answers OE and every reply of his goes on the SA, never in clear. (His host
+    route into the TUN for alice and the group's throw route may share one prefix: the host
+    route must win.)"""
+    world = make_world(groups={"bob": {"clear-or-private": entries}})
+    for dst in (BOB, BOB6):
+        assert " 0% packet loss" in ping(world, "alice", dst, count=4).stdout
+    sas = {sa["dst"]: sa for sa in status(world, "bob")["sas"]}
+    assert set(sas) == {ALICE, ALICE6}
+    assert not any(sa["initiator"] for sa in sas.values())
+    assert {dst: sa["packets_out"] >= 4 for dst, sa in sas.items()} == {ALICE: True, ALICE6: True}
+    kinds = wire(world, ALICE, BOB)
+    assert cleartext(kinds) == {} and kinds.get("ESP", 0) >= 8, kinds
+    kinds6 = demo.wire_summary(world.pcap, ALICE6, BOB6)
+    assert cleartext(kinds6) == {} and kinds6.get("ESP", 0) >= 8, kinds6
+
+
 def test_clear_group_refuses_inbound_oe(make_world):
     """bob lists alice as clear: he never answers her IKE, and she falls back to clear."""
     world = make_world(groups={"bob": {"clear": f"{ALICE}\n"}})
@@ -248,3 +268,18 @@ def test_narrowed_policy_encrypts_only_its_port(make_world):
     assert sa["dst"] == BOB and sa["packets_out"] > 0
     kinds = wire(world, ALICE, BOB)
     assert kinds.get("ICMP in clear", 0) == 6 and "TCP in clear" not in kinds, kinds
+
+
+def test_narrowed_private_entry_within_a_clear_host_is_still_encrypted(make_world):
+    """alice: `clear 192.0.2.20` and, more specific, `private 192.0.2.20 tcp 0 5001`. Both name
+    one destination prefix: it must be routed into the TUN (where the classifier passes the ping
+    and traps the TCP), not thrown around it by the clear entry."""
+    world = make_world(groups={"alice": {"clear": f"{BOB}\n", "private": f"{BOB} tcp 0 5001\n"},
+                               "bob": {"clear-or-private": "0.0.0.0/0\n"}})
+    ping(world, "alice", BOB)
+    ok, what = demo.tcp_transfer(world, "alice", "bob", 1 << 20, port=5001)
+    assert ok, what
+    kinds = wire(world, ALICE, BOB)
+    assert kinds.get("ICMP in clear", 0) == 6 and "TCP in clear" not in kinds, kinds
+    [sa] = status(world, "alice")["sas"]
+    assert sa["dst"] == BOB and sa["packets_out"] > 0
