@@ -93,7 +93,10 @@ class Daemon:
         self.sockets: list[socket.socket] = []
         self.stopping = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.sa_used: dict[int, int] = {}  # outbound SPI -> packets at its last soft limit
+        self.sa_used: dict[int, int] = {}  # outbound SA handle -> packets at its last soft limit
+        # (version, IKE SA, outbound SPI) -> the datapath's handle: outbound SPIs are the
+        # peers' choice, unique only within one IKE SA (issue 10, 1).
+        self.sa_out: dict[tuple[int, int, int], int] = {}
         self.on_started = lambda: None
         """Called once the daemon serves its control socket (`oe start --daemon` waits for it)."""
 
@@ -252,9 +255,9 @@ class Daemon:
                     side.runner.receive(NON_ESP_MARKER + event.data, (str(event.src), event.sport),
                                         NAT_T_PORT)
             elif isinstance(event, SaSoftLimit) and event.direction == "out":
-                self._rekey_or_retire(event.spi, f"soft limit ({event.reason})")
+                self._rekey_or_retire(event.handle, f"soft limit ({event.reason})")
             elif isinstance(event, SaExpired):
-                self._expire(event.spi, event.direction, event.reason)
+                self._expire(event)
             else:
                 log.warning("datapath: %s", event)
         self._apply()
@@ -375,20 +378,24 @@ class Daemon:
             child = event.child
             pair = Pair(ipaddress.ip_address(child.local_ts[0].start),
                         ipaddress.ip_address(child.remote_ts[0].start))
-            self._install_child(child)
-            self.sa_pairs[(version, event.sa_id)] = pair
-            initiator = self._initiated(version, event.sa_id)
-            self._run(self.opportunist.tunnel_up(
-                pair, ipaddress.ip_address(child.remote_addr), event.sa_id, child.spi_in,
-                child.spi_out, _algorithm(child), child.udp_encap, initiator, now))
+            handle = self._install_child(version, event.sa_id, child)
+            if handle is not None:
+                self.sa_pairs[(version, event.sa_id)] = pair
+                initiator = self._initiated(version, event.sa_id)
+                self._run(self.opportunist.tunnel_up(
+                    pair, ipaddress.ip_address(child.remote_addr), event.sa_id, child.spi_in,
+                    child.spi_out, _algorithm(child), child.udp_encap, initiator, now, handle))
         elif isinstance(event, ike_events.ChildSaRekeyed):
-            self._install_child(event.child)
+            handle = self._install_child(version, event.sa_id, event.child)
             pair = self.sa_pairs.get((version, event.sa_id))
-            if pair is not None:
-                self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out, now)
+            if pair is not None and handle is not None:
+                self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out, now,
+                                                handle)
         elif isinstance(event, ike_events.ChildSaDeleted):
             self.datapath.del_sa(event.spi_in, "in")
-            self.datapath.del_sa(event.spi_out, "out")
+            handle = self.sa_out.pop((version, event.sa_id, event.spi_out), None)
+            if handle is not None:
+                self.datapath.del_sa(handle, "out")
             pair = self.sa_pairs.get((version, event.sa_id))
             if pair is not None:
                 self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
@@ -404,8 +411,11 @@ class Daemon:
             self.opportunist.ike_gone(event.sa_id, event.reason, now)
         elif isinstance(event, ike_events.IkeSaPeerMoved):
             for child in side.engine.children(event.sa_id):
-                for spi, direction in ((child.spi_out, "out"), (child.spi_in, "in")):
-                    self.datapath.move_sa(spi, direction, event.remote_addr, event.remote_port)
+                handle = self.sa_out.get((version, event.sa_id, child.spi_out))
+                for ref, direction in ((handle, "out"), (child.spi_in, "in")):
+                    if ref is not None:
+                        self.datapath.move_sa(ref, direction, event.remote_addr,
+                                              event.remote_port)
             log.info("peer moved to %s port %d (NAT)", event.remote_addr, event.remote_port)
         elif isinstance(event, ike_events.ChildSaFailed):
             pair = self.sa_pairs.get((version, event.sa_id))
@@ -418,7 +428,9 @@ class Daemon:
         pair = self.sa_pairs.get((version, sa_id))
         return pair is not None and pair in self.opportunist.negotiations
 
-    def _install_child(self, child) -> None:
+    def _install_child(self, version: int, sa_id: int, child) -> int | None:
+        """Both SAs of a CHILD SA into the datapath: the outbound SA's handle, or None if the
+        datapath refused them (an SPI or a key already installed: a replayed exchange)."""
         encap = "udp" if child.udp_encap else "esp"
         lifetime = self.config.ike.sa_lifetime
         soft = max(lifetime - self.config.ike.rekey_margin, lifetime / 2)
@@ -427,29 +439,44 @@ class Daemon:
                       peer_port=child.remote_port or NAT_T_PORT, esn=child.esn)
         local_ts = child.local_ts[0]
         remote_ts = child.remote_ts[0]
-        self.datapath.add_sa(child.spi_in, "in", child.key_in,
-                             src_ts=remote_ts.start, dst_ts=local_ts.start,
-                             hard_time=lifetime + 60, **common)
-        self.datapath.add_sa(child.spi_out, "out", child.key_out,
-                             src_ts=local_ts.start, dst_ts=remote_ts.start,
-                             soft_time=soft, hard_time=lifetime, **common)
+        key = (version, sa_id, child.spi_out)
+        if key in self.sa_out:
+            log.warning("CHILD SA refused: outbound SPI %08x already in use", child.spi_out)
+            return None
+        try:
+            self.datapath.add_sa(child.spi_in, "in", child.key_in,
+                                 src_ts=remote_ts.start, dst_ts=local_ts.start,
+                                 hard_time=lifetime + 60, **common)
+        except ValueError as e:
+            log.warning("CHILD SA %08x: %s", child.spi_in, e)
+            return None
+        try:
+            handle = self.datapath.add_sa(child.spi_out, "out", child.key_out,
+                                          src_ts=local_ts.start, dst_ts=remote_ts.start,
+                                          soft_time=soft, hard_time=lifetime, **common)
+        except ValueError as e:
+            self.datapath.del_sa(child.spi_in, "in")
+            log.warning("CHILD SA %08x: %s", child.spi_out, e)
+            return None
+        self.sa_out[key] = handle
+        return handle
 
-    def _tunnel_by_spi_out(self, spi_out: int):
+    def _tunnel_by_sa_out(self, handle: int):
         for tunnel in self.opportunist.tunnels.values():
-            if tunnel.spi_out == spi_out:
+            if tunnel.sa_out == handle:
                 return tunnel
         return None
 
-    def _rekey_or_retire(self, spi_out: int, why: str) -> None:
+    def _rekey_or_retire(self, handle: int, why: str) -> None:
         """FreeS/WAN's OE rule: rekey only if the SA was used lately; idle ones go away."""
-        tunnel = self._tunnel_by_spi_out(spi_out)
+        tunnel = self._tunnel_by_sa_out(handle)
         if tunnel is None:
             return
         side = self.sides[tunnel.peer.version]
-        stats = self.datapath.sa_stats(spi_out, "out") or {}
+        stats = self.datapath.sa_stats(handle, "out") or {}
         used = stats.get("packets", 0)
-        recently = used != self.sa_used.get(spi_out, 0)
-        self.sa_used[spi_out] = used
+        recently = used != self.sa_used.get(handle, 0)
+        self.sa_used[handle] = used
         try:
             if recently:
                 side.engine.rekey_child(tunnel.sa_id, tunnel.spi_in, self.loop.time())
@@ -460,11 +487,11 @@ class Daemon:
             return
         side.runner.transmit()
 
-    def _expire(self, spi: int, direction: str, reason: str) -> None:
+    def _expire(self, event: SaExpired) -> None:
         for tunnel in list(self.opportunist.tunnels.values()):
-            if (direction == "out" and tunnel.spi_out == spi) or (
-                    direction == "in" and tunnel.spi_in == spi):
-                log.info("SA %x %s expired (%s)", spi, direction, reason)
+            if (event.direction == "out" and tunnel.sa_out == event.handle) or (
+                    event.direction == "in" and tunnel.spi_in == event.handle):
+                log.info("SA %x %s expired (%s)", event.spi, event.direction, event.reason)
                 self._delete_ike(tunnel.sa_id)
 
     async def _housekeep(self) -> None:
@@ -545,12 +572,13 @@ class Daemon:
         sas = []
         for tunnel in self.opportunist.tunnels.values():
             stats_in = self.datapath.sa_stats(tunnel.spi_in, "in") or {}
-            stats_out = self.datapath.sa_stats(tunnel.spi_out, "out") or {}
+            stats_out = self.datapath.sa_stats(tunnel.sa_out, "out") or {}
             sas.append({
                 "src": str(tunnel.pair.src), "dst": str(tunnel.pair.dst),
                 "peer": str(tunnel.peer), "spi_in": f"{tunnel.spi_in:08x}",
                 "spi_out": f"{tunnel.spi_out:08x}", "said": str(SaAction(tunnel.peer,
-                                                                          tunnel.spi_out)),
+                                                                          tunnel.spi_out,
+                                                                          tunnel.sa_out)),
                 "algorithm": tunnel.algorithm,
                 "encap": "ESP-in-UDP" if tunnel.udp_encap else "ESP",
                 "bytes_in": stats_in.get("bytes", 0), "bytes_out": stats_out.get("bytes", 0),

@@ -96,6 +96,8 @@ class Tunnel:
     udp_encap: bool
     initiator: bool
     created: float
+    sa_out: int = 0
+    """The datapath's handle of the outbound SA (Datapath.add_sa): what the SA eroute uses."""
 
 
 # Commands for the daemon --------------------------------------------------------------------
@@ -167,7 +169,8 @@ class Opportunist:
     def table(self) -> ErouteTable:
         """Policy, then bare shunts and SA eroutes (/32, so more specific than any policy)."""
         extra = [Eroute(s.selector, s.action, None, s.group) for s in self.shunts.values()]
-        extra += [Eroute(p.selector, SaAction(t.peer, t.spi_out), None, self.host_group(p))
+        extra += [Eroute(p.selector, SaAction(t.peer, t.spi_out, t.sa_out), None,
+                         self.host_group(p))
                   for p, t in self.tunnels.items()]
         return self.base.replace(*extra)
 
@@ -249,7 +252,8 @@ class Opportunist:
         return self._fail(pair, reason, now)
 
     def tunnel_up(self, pair: Pair, peer: IPAddress, sa_id: int, spi_in: int, spi_out: int,
-                  algorithm: str, udp_encap: bool, initiator: bool, now: float) -> list[Command]:
+                  algorithm: str, udp_encap: bool, initiator: bool, now: float,
+                  sa_out: int = 0) -> list[Command]:
         """A CHILD SA for `pair` is in the datapath (we initiated, or the peer did and policy
         allowed it). A tunnel of another IKE SA for the pair is stale: the peer restarted and
         negotiated afresh (what INITIAL_CONTACT says, RFC 7296 2.4), so that IKE SA goes."""
@@ -260,17 +264,18 @@ class Opportunist:
         self.negotiations.pop(pair, None)
         self.shunts.pop(pair, None)
         self.tunnels[pair] = Tunnel(pair, peer, sa_id, spi_in, spi_out, algorithm, udp_encap,
-                                    initiator, now)
+                                    initiator, now, sa_out)
         how = "initiated" if initiator else "responded to"
         self.log.append(f"{how} OE to {pair.dst} via {peer}: ESP {algorithm}"
                         + (" in UDP" if udp_encap else ""))
         return commands
 
-    def tunnel_rekeyed(self, pair: Pair, spi_in: int, spi_out: int, now: float) -> None:
-        """The CHILD SA was replaced; the SA eroute points at the new outbound SPI."""
+    def tunnel_rekeyed(self, pair: Pair, spi_in: int, spi_out: int, now: float,
+                       sa_out: int = 0) -> None:
+        """The CHILD SA was replaced; the SA eroute points at the new outbound SA."""
         tunnel = self.tunnels.get(pair)
         if tunnel is not None:
-            tunnel.spi_in, tunnel.spi_out = spi_in, spi_out
+            tunnel.spi_in, tunnel.spi_out, tunnel.sa_out = spi_in, spi_out, sa_out
 
     def tunnel_down(self, pair: Pair, spi_in: int, reason: str, now: float) -> None:
         """The CHILD SA is gone: the pair falls back to its policy (%trap for OE groups)."""

@@ -48,9 +48,9 @@ def test_key_then_tunnel_replaces_the_hold_with_the_sa():
         Initiate(pair, ipaddress.ip_address("192.0.2.20"))]
     commands = oe.tunnel_up(pair, ipaddress.ip_address("192.0.2.20"), sa_id=1, spi_in=0x1001,
                             spi_out=0xc0de, algorithm="AES_GCM_16_128", udp_encap=False,
-                            initiator=True, now=0.5)
+                            initiator=True, now=0.5, sa_out=7)
     assert commands == []
-    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0xc0de)
+    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0xc0de, 7)
     assert oe.shunts == {}
     assert oe.take_log() == ["initiated OE to 192.0.2.20 via 192.0.2.20: ESP AES_GCM_16_128"]
 
@@ -101,9 +101,9 @@ def test_tunnel_down_brings_back_the_trap():
     oe = opportunist(private_or_clear="0.0.0.0/0\n")
     pair = Pair.of(ME, "192.0.2.20")
     peer = ipaddress.ip_address("192.0.2.20")
-    oe.tunnel_up(pair, peer, 3, 0x11, 0x22, "AES_GCM_16_128", True, False, 0)
+    oe.tunnel_up(pair, peer, 3, 0x11, 0x22, "AES_GCM_16_128", True, False, 0, 1)
     oe.tunnel_down(pair, 0x99, "DELETE", 1)                  # not our SPI: ignored
-    assert fate(oe, "192.0.2.20") == SaAction(peer, 0x22)
+    assert fate(oe, "192.0.2.20") == SaAction(peer, 0x22, 1)
     oe.ike_gone(3, "peer dead", 5)
     assert fate(oe, "192.0.2.20") is Shunt.TRAP
 
@@ -111,11 +111,11 @@ def test_tunnel_down_brings_back_the_trap():
 def test_rekey_moves_the_eroute_and_the_old_sas_delete_is_ignored():
     oe = opportunist(private_or_clear="0.0.0.0/0\n")
     pair = Pair.of(ME, "192.0.2.20")
-    oe.tunnel_up(pair, ipaddress.ip_address("192.0.2.20"), 3, 0x11, 0x22, "x", False, True, 0)
-    oe.tunnel_rekeyed(pair, 0x33, 0x44, 100)
-    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0x44)
+    oe.tunnel_up(pair, ipaddress.ip_address("192.0.2.20"), 3, 0x11, 0x22, "x", False, True, 0, 1)
+    oe.tunnel_rekeyed(pair, 0x33, 0x44, 100, 2)
+    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0x44, 2)
     oe.tunnel_down(pair, 0x11, "rekeyed", 101)               # the old CHILD SA's DELETE
-    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0x44)
+    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0x44, 2)
 
 
 def test_a_new_ike_sa_for_a_pair_replaces_a_stale_one():
@@ -123,9 +123,9 @@ def test_a_new_ike_sa_for_a_pair_replaces_a_stale_one():
     oe = opportunist(private_or_clear="0.0.0.0/0\n")
     pair = Pair.of(ME, "192.0.2.20")
     peer = ipaddress.ip_address("192.0.2.20")
-    oe.tunnel_up(pair, peer, 3, 0x11, 0x22, "x", False, True, 0)
-    assert oe.tunnel_up(pair, peer, 4, 0x55, 0x66, "x", False, False, 50) == [DeleteIke(3)]
-    assert fate(oe, "192.0.2.20") == SaAction(peer, 0x66)
+    oe.tunnel_up(pair, peer, 3, 0x11, 0x22, "x", False, True, 0, 1)
+    assert oe.tunnel_up(pair, peer, 4, 0x55, 0x66, "x", False, False, 50, 2) == [DeleteIke(3)]
+    assert fate(oe, "192.0.2.20") == SaAction(peer, 0x66, 2)
 
 
 def test_acquires_are_rate_limited_not_dropped():
