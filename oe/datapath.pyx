@@ -680,14 +680,14 @@ cdef class Classifier:
         if out.shape[0] < n:
             raise ValueError("out is shorter than the number of records")
         self._positions()
-        with nogil:
-            pthread_rwlock_rdlock(&self._lock)
-            for k in range(n):
-                r = &records[k * RECORD_SIZE]
-                id = _lookup(self._table, r[0], r + 8, r + 24, r[1],
-                             (r[2] << 8) | r[3], (r[4] << 8) | r[5])
-                out[k] = -1 if id < 0 else self._position[id]
-            pthread_rwlock_unlock(&self._lock)
+        # With the GIL held throughout: no update() can start, and _position stays valid.
+        pthread_rwlock_rdlock(&self._lock)
+        for k in range(n):
+            r = &records[k * RECORD_SIZE]
+            id = _lookup(self._table, r[0], r + 8, r + 24, r[1],
+                         (r[2] << 8) | r[3], (r[4] << 8) | r[5])
+            out[k] = -1 if id < 0 else self._position[id]
+        pthread_rwlock_unlock(&self._lock)
 
     def counters(self) -> list:
         """(packets, bytes) for each eroute of `table`, in its order."""

@@ -908,8 +908,6 @@ cdef Hold *hold_create(DpCore *c, int version, const uint8_t *src, const uint8_t
     cdef Hold *h
     while c.nholds > 0 and <uint32_t>c.nholds >= c.max_holds:
         hold_evict(c, c.hold_oldest)
-    if c.max_holds == 0:
-        return NULL
     h = <Hold *>calloc(1, sizeof(Hold))
     if h == NULL:
         return NULL
@@ -1501,6 +1499,8 @@ cdef class Datapath:
         _fetch_ciphers()
         if replay_window < 1 or replay_window > 0x7FFFFFFF:
             raise ValueError("the replay window is 1 to 2^31 - 1 packets")
+        if max_holds < 1:
+            raise ValueError("max_holds is at least 1 (a %trap needs its hold)")
         self.c = <DpCore *>calloc(1, sizeof(DpCore))
         if self.c == NULL:
             raise MemoryError()
