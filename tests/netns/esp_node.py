@@ -11,7 +11,8 @@ CONFIG: {"tun": "oe0", "mtu": 1435, "mark": 66, "table": 100, "priority": 100,
 
 Prints {"ready": true} once the loops run, then every datapath event as one JSON line. Reads
 JSON commands, one per line, on stdin: {"eroutes": [...]}, {"add_sa": {...}}, {"stats": true},
-{"quit": true}. Used by tests/netns/test_datapath_netns.py and bench/throughput.py.
+{"update": {"add": [...], "remove": [[dst, src], ...]}}, {"quit": true}. Used by
+tests/netns/test_datapath_netns.py and bench/throughput.py.
 """
 
 from __future__ import annotations
@@ -103,8 +104,14 @@ def main() -> None:
                     add_sa(dp, command["add_sa"], handles)
                 if "eroutes" in command:
                     dp.replace_eroutes(table_of(command["eroutes"], handles))
+                if "update" in command:
+                    update = command["update"]
+                    remove = [Selector(ipaddress.ip_network(src), ipaddress.ip_network(dst))
+                              for dst, src in update.get("remove", [])]
+                    dp.update_eroutes(table_of(update.get("add", []), handles).entries, remove)
                 if "stats" in command:
                     say({"stats": dp.stats(), "sas": dp.sas(),
+                         "eroutes": len(dp.classifier.table),
                          "holds": [[str(s), str(d), n] for s, d, n in dp.holds()]})
                 if "quit" in command:
                     return
