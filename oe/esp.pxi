@@ -204,10 +204,10 @@ cdef struct EspSa:
     ReplayWin replay            # inbound
     # Traffic selectors the inner packet must match (inbound: RFC 4322 12.1 ingress filter).
     uint8_t ts_version
-    uint8_t ts_src[16]
-    uint8_t ts_src_len
-    uint8_t ts_dst[16]
-    uint8_t ts_dst_len
+    uint8_t ts_src_lo[16]       # address ranges, first and last (RFC 7296 3.13.1)
+    uint8_t ts_src_hi[16]
+    uint8_t ts_dst_lo[16]
+    uint8_t ts_dst_hi[16]
     uint8_t ts_proto
     uint16_t ts_sport_lo
     uint16_t ts_sport_hi
@@ -450,18 +450,6 @@ cdef inline uint16_t csum_fold(uint32_t s) noexcept nogil:
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return <uint16_t>(~s & 0xFFFF)
-
-
-cdef inline bint prefix_match(const uint8_t *addr, const uint8_t *prefix, int bits) noexcept nogil:
-    cdef int i = 0
-    while bits >= 8:
-        if addr[i] != prefix[i]:
-            return False
-        i += 1
-        bits -= 8
-    if bits:
-        return ((addr[i] ^ prefix[i]) & (0xFF << (8 - bits)) & 0xFF) == 0
-    return True
 
 
 cdef struct PktInfo:
@@ -731,11 +719,12 @@ cdef int esp_open(EspSa *sa, int ctxi, const uint8_t *esp, size_t n, uint8_t *ou
 
 cdef bint ts_allows(const EspSa *sa, const PktInfo *info) noexcept nogil:
     """Does the inner packet match the SA's traffic selectors (RFC 4322 12.1)?"""
+    cdef int alen = 4 if info.version == 4 else 16
     if info.version != sa.ts_version:
         return False
-    if not prefix_match(info.src, sa.ts_src, sa.ts_src_len):
+    if memcmp(info.src, sa.ts_src_lo, alen) < 0 or memcmp(info.src, sa.ts_src_hi, alen) > 0:
         return False
-    if not prefix_match(info.dst, sa.ts_dst, sa.ts_dst_len):
+    if memcmp(info.dst, sa.ts_dst_lo, alen) < 0 or memcmp(info.dst, sa.ts_dst_hi, alen) > 0:
         return False
     if sa.ts_proto and info.proto != sa.ts_proto:
         return False

@@ -23,9 +23,14 @@
 # Threads: one per direction (default) or one for both. Each SA has a cipher context for the
 # loop thread that uses it (CTX_LOOP) and one for Python callers (CTX_API).
 #
-# Holds: replace_eroutes() swaps the classifier's table and flags every hold for a recheck; the
-# outbound loop re-classifies each hold and, when the pair is no longer %trap/%hold, sends its
-# queue in order under the new verdict.
+# Holds: replace_eroutes() / update_eroutes() change the classifier's table and flag every hold
+# for a recheck; the outbound loop re-classifies each hold and, when the pair is no longer
+# %trap/%hold, sends its queue in order under the new verdict. Each hold is bounded (packets,
+# bytes), and so are all of them together (max_holds, max_hold_total): the oldest hold goes.
+#
+# Events: acquires, IKE-on-4500 and replay/auth failures are queued and may be dropped (counted
+# per kind); soft/hard lifetime events are flags on the SA, collected by read_events(), so they
+# are never lost.
 
 from cpython.ref cimport PyObject
 
@@ -1452,18 +1457,17 @@ cdef struct LoopArg:
 
 # -------------------------------------------------------------------------- Python API
 
-def _net_bytes(address, int version):
-    packed = _ipaddress.ip_address(address).packed
-    if len(packed) != (4 if version == 4 else 16):
-        raise ValueError(f"{address} is not an IPv{version} address")
-    return packed
-
-
-def _prefix(network, int version):
-    net = _ipaddress.ip_network(network, strict=False)
-    if net.version != version:
-        raise ValueError(f"traffic selector {net} is not IPv{version}")
-    return net.network_address.packed, net.prefixlen
+def _ts_range(ts) -> tuple:
+    """A traffic selector's addresses (RFC 7296 3.13.1): an address, a CIDR or a (first, last)
+    pair, as (version, first packed, last packed)."""
+    if isinstance(ts, tuple):
+        first, last = (_ipaddress.ip_address(a) for a in ts)
+        if first.version != last.version or first > last:
+            raise ValueError(f"bad traffic selector range {first}-{last}")
+    else:
+        net = _ipaddress.ip_network(ts, strict=False)
+        first, last = net.network_address, net.broadcast_address
+    return first.version, first.packed, last.packed
 
 
 def esp_overhead(int family, str encap="udp", bint tunnel=True) -> int:
@@ -1588,8 +1592,9 @@ cdef class Datapath:
         use, and a KEYMAT some live SA already has (re-installing a key would restart its
         sequence numbers, hence its GCM nonces: RFC 4106 3.1).
 
-        Traffic selectors (src_ts/dst_ts: addresses or CIDRs, proto, inclusive port ranges)
-        say which inner packets the SA carries; they default to peer -> local for "in"
+        Traffic selectors (src_ts/dst_ts: an address, a CIDR or a (first, last) address pair;
+        proto; inclusive port ranges, which need a proto) say which inner packets the SA
+        carries, exactly as negotiated; they default to peer -> local for "in"
         (checked on every packet, RFC 4322 12.1) and local -> peer for "out".
         Lifetimes are counted from now (seconds; `now` is CLOCK_MONOTONIC, default: the clock).
         `seq` is the last sequence number sent ("out") or the top of the window ("in"): 0 for a
@@ -1625,11 +1630,11 @@ cdef class Datapath:
             src_ts = _ipaddress.ip_address(peer if inbound else local)
         if dst_ts is None:
             dst_ts = _ipaddress.ip_address(local if inbound else peer)
-        src_net = _ipaddress.ip_network(src_ts, strict=False)
-        dst_net = _ipaddress.ip_network(dst_ts, strict=False)
-        if src_net.version != dst_net.version:
+        ts_version, src_lo, src_hi = _ts_range(src_ts)
+        dst_version, dst_lo, dst_hi = _ts_range(dst_ts)
+        if ts_version != dst_version:
             raise ValueError("traffic selectors mix address families")
-        if not tunnel and src_net.version != family:
+        if not tunnel and ts_version != family:
             raise ValueError("transport mode carries the outer address family only")
         window = self.c.replay_window if replay_window is None else replay_window
         if window < 1 or window > 0x7FFFFFFF:
@@ -1671,11 +1676,11 @@ cdef class Datapath:
                 sa.seq = seq
             for k in range(NCTX):
                 sa.ctx[k] = aead_context(key, not inbound)
-            sa.ts_version = src_net.version
-            memcpy(sa.ts_src, <const char *>src_net.network_address.packed, len(src_net.network_address.packed))
-            memcpy(sa.ts_dst, <const char *>dst_net.network_address.packed, len(dst_net.network_address.packed))
-            sa.ts_src_len = src_net.prefixlen
-            sa.ts_dst_len = dst_net.prefixlen
+            sa.ts_version = ts_version
+            memcpy(sa.ts_src_lo, <const char *>src_lo, len(src_lo))
+            memcpy(sa.ts_src_hi, <const char *>src_hi, len(src_hi))
+            memcpy(sa.ts_dst_lo, <const char *>dst_lo, len(dst_lo))
+            memcpy(sa.ts_dst_hi, <const char *>dst_hi, len(dst_hi))
             sa.ts_proto = proto
             sa.ts_sport_lo = sport[0]
             sa.ts_sport_hi = sport[1]

@@ -450,12 +450,12 @@ def test_update_eroutes_is_incremental_and_releases_holds():
 
 @pytest.mark.parametrize("inbound", [True, False])
 def test_sa_with_exactly_negotiated_selectors(inbound):
-    """Issue 10, 12: add_sa takes CIDRs, a protocol and port ranges; inbound, what arrives
-    outside them is dropped (RFC 4322 12.1)."""
+    """Issue 10, 12: add_sa takes address ranges (RFC 7296 3.13.1; CIDRs too), a protocol and
+    port ranges; inbound, what arrives outside them is dropped (RFC 4322 12.1)."""
     dp = Datapath()
-    kw = dict(src_ts="198.51.100.0/28", dst_ts="192.0.2.0/30", proto=6,
+    kw = dict(src_ts="198.51.100.0/28", dst_ts=("192.0.2.1", "192.0.2.3"), proto=6,
               sport=(1024, 65535), dport=(80, 80)) if inbound else dict(
-              src_ts="192.0.2.0/30", dst_ts="198.51.100.0/28", proto=6,
+              src_ts=("192.0.2.1", "192.0.2.3"), dst_ts="198.51.100.0/28", proto=6,
               sport=(80, 80), dport=(1024, 65535))
     dp.add_sa(SPI_IN, "in" if inbound else "out", KEY, local=ME, peer=PEER, **kw)
     if not inbound:
@@ -470,14 +470,17 @@ def test_sa_with_exactly_negotiated_selectors(inbound):
     assert arrives("198.51.100.7", "192.0.2.3", "tcp", 40000, 80)
     assert not arrives("198.51.100.17", "192.0.2.3", "tcp", 40000, 80)   # source outside
     assert not arrives("198.51.100.7", "192.0.2.4", "tcp", 40000, 80)    # destination outside
+    assert not arrives("198.51.100.7", "192.0.2.0", "tcp", 40000, 80)    # below the range
     assert not arrives("198.51.100.7", "192.0.2.3", "udp", 40000, 80)    # protocol
     assert not arrives("198.51.100.7", "192.0.2.3", "tcp", 1000, 80)     # source port
     assert not arrives("198.51.100.7", "192.0.2.3", "tcp", 40000, 81)    # destination port
-    assert dp.sa_stats(SPI_IN, "in")["policy"] == 5
+    assert dp.sa_stats(SPI_IN, "in")["policy"] == 6
 
 
 @pytest.mark.parametrize("bad", [dict(proto=256), dict(proto=6, dport=(90, 80)),
-                                 dict(proto=6, sport=(0, 70000)), dict(dport=(80, 80))])
+                                 dict(proto=6, sport=(0, 70000)), dict(dport=(80, 80)),
+                                 dict(src_ts=("198.51.100.9", "198.51.100.2")),
+                                 dict(src_ts=("198.51.100.1", "2001:db8::1"))])
 def test_bad_selectors_are_refused(bad):
     with pytest.raises(ValueError):
         Datapath().add_sa(SPI_IN, "in", KEY, local=ME, peer=PEER, **bad)
