@@ -946,13 +946,18 @@ cdef void hold_forget(DpCore *c, Hold *h) noexcept nogil:
     c.hold_total -= h.nbytes
 
 
-cdef void hold_evict(DpCore *c, Hold *h) noexcept nogil:
-    """Drop a whole hold to make room (hold_lock held)."""
+cdef void hold_remove(DpCore *c, Hold *h) noexcept nogil:
+    """Take a hold out of the table (hold_lock held); the caller frees it."""
     cdef Hold **link = &c.holds[hold_hash(h.version, h.src, h.dst)]
     while link[0] != h:
         link = &link[0].next
     link[0] = h.next
     hold_forget(c, h)
+
+
+cdef void hold_evict(DpCore *c, Hold *h) noexcept nogil:
+    """Drop a whole hold to make room (hold_lock held)."""
+    hold_remove(c, h)
     dp_count(c, C_HOLDS_EVICTED)
     esp_fetch_add64(&c.counters[C_HOLD_OVERFLOW], h.npkts)
     hold_free(h)
@@ -1084,8 +1089,15 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
         if h != NULL:
             hold_enqueue(c, h, pkt, n)
         esp_mutex_unlock(&c.hold_lock)
-        if created and v.action == ACT_TRAP:
-            _acquire(c, &info)
+        if created and v.action == ACT_TRAP and not _acquire(c, &info):
+            # Nobody will negotiate: without its hold the pair's next packet traps again.
+            esp_mutex_lock(&c.hold_lock)
+            h = hold_find(c, info.version, info.src, info.dst)
+            if h != NULL:
+                hold_remove(c, h)
+                esp_fetch_add64(&c.counters[C_HOLD_DISCARDED], h.npkts)
+                hold_free(h)
+            esp_mutex_unlock(&c.hold_lock)
     elif v.action == ACT_PASS:
         slot = batch_slot(c, b)
         memcpy(slot, pkt, n)
@@ -1122,7 +1134,8 @@ cdef bint is_link_chatter(const PktInfo *info) noexcept nogil:
             or (info.src[0] == 0xFE and (info.src[1] & 0xC0) == 0x80))
 
 
-cdef void _acquire(DpCore *c, const PktInfo *info) noexcept nogil:
+cdef bint _acquire(DpCore *c, const PktInfo *info) noexcept nogil:
+    """Queue an Acquire for the packet's pair; False if the queue dropped it."""
     cdef DpEvent e
     cdef int alen = 4 if info.version == 4 else 16
     memset(&e, 0, sizeof(DpEvent))
@@ -1134,7 +1147,7 @@ cdef void _acquire(DpCore *c, const PktInfo *info) noexcept nogil:
     e.sport = info.sport
     e.dport = info.dport
     dp_count(c, C_ACQUIRES)
-    ev_push(c, &e)
+    return ev_push(c, &e)
 
 
 cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double now,

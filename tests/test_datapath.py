@@ -385,6 +385,22 @@ def test_lifetime_events_are_never_lost_in_a_flood():
     assert dp.read_events() == []
 
 
+def test_a_lost_acquire_leaves_no_hold_behind():
+    """An Acquire dropped by a full queue would leave its %hold (and the destination) stuck
+    until hold_timeout; without the hold, the next packet traps again."""
+    dp = datapath(eroute("198.51.100.0/24", Shunt.TRAP), eroute("203.0.113.0/24", Shunt.TRAP),
+                  max_holds=5000)
+    for n in range(4096):
+        dp.outbound(ping(dst=f"203.0.113.{n % 250 + 1}", src=f"192.0.2.{n // 250 + 1}"))
+    holds = len(dp.holds())
+    dp.outbound(ping(1))
+    assert dp.stats()["events_lost_acquire"] == 1 and len(dp.holds()) == holds
+    dp.read_events()
+    dp.outbound(ping(2))
+    assert [str(e.dst) for e in dp.read_events()] == [PEER]
+    assert (ME, PEER, 1) in [(str(s), str(d), k) for s, d, k in dp.holds()]
+
+
 def test_failure_events_rearm_after_a_drop():
     """A coalesced replay/auth event lost to a full queue must not silence the SA for good."""
     dp = Datapath()
