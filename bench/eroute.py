@@ -9,6 +9,10 @@ Two kinds of table, each with 10, 1,000 and 100,000 entries, half IPv4 and half 
   tuple-space search, which probes one hash table per distinct (srcbits, dstbits) pair.
 "Cold" lookups are 200,000 distinct 5-tuples (the flow cache misses); "warm" ones repeat 1,000
 flows, as on a host with a few busy connections.
+
+Then the cost of one table change (a /32 %hold added, then removed, as the daemon does per
+acquire and per shunt) at 100 and 10,000 entries: Classifier.update() with the one eroute,
+beside replace() with the whole table (what every change cost before issue 10, 6).
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ def oe_like_table(rng: random.Random, version: int, size: int) -> ErouteTable:
         else:
             src = ipaddress.ip_network((base | rng.getrandbits(spread), width))
             dst = ipaddress.ip_network((base | rng.getrandbits(spread), width))
-            action = SaAction(dst.network_address, rng.getrandbits(32)) if rng.random() < 0.7 \
-                else Shunt.HOLD
+            action = (SaAction(dst.network_address, rng.getrandbits(32), rng.getrandbits(32))
+                      if rng.random() < 0.7 else Shunt.HOLD)
             eroutes.append(Eroute(Selector(src, dst), action))
     return ErouteTable(eroutes)
 
@@ -83,12 +87,35 @@ def measure(name: str, make, rng: random.Random) -> None:
               f"{warm_rate:>14,.0f}/s {cold_rate / naive:>10,.0f}x {warm_rate / naive:>10,.0f}x")
 
 
+def change_cost(rng: random.Random) -> None:
+    print(f"\n{'entries':>8} {'update(), one eroute':>22} {'replace(), whole table':>24}")
+    for size in (100, 10_000):
+        table = oe_like_table(rng, 4, size)
+        classifier = Classifier(table)
+        holds = [Eroute(Selector(ipaddress.ip_network(f"192.0.2.{n % 250}/32"),
+                                 ipaddress.ip_network(f"198.51.{n // 250}.{n % 250}/32")),
+                        Shunt.HOLD) for n in range(2000)]
+        start = time.perf_counter()
+        for hold in holds:
+            classifier.update(add=[hold])
+            classifier.update(remove=[hold.selector])
+        incremental = (time.perf_counter() - start) / (2 * len(holds))
+        rounds = 20
+        start = time.perf_counter()
+        for hold in holds[:rounds]:
+            classifier.replace(table.replace(hold))
+            classifier.replace(table)
+        full = (time.perf_counter() - start) / (2 * rounds)
+        print(f"{size:>8} {incremental * 1e6:>19,.1f} us {full * 1e6:>21,.1f} us")
+
+
 def main() -> None:
     rng = random.Random(1)
     print(f"{'table':<9} {'entries':>8} {'naive model':>14} {'compiled, cold':>16} "
           f"{'compiled, warm':>16} {'cold/naive':>11} {'warm/naive':>11}")
     measure("oe-like", oe_like_table, rng)
     measure("random", random_table, rng)
+    change_cost(rng)
 
 
 if __name__ == "__main__":

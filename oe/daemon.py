@@ -104,7 +104,10 @@ class Daemon:
         self.sockets: list[socket.socket] = []
         self.stopping = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.sa_used: dict[int, int] = {}  # outbound SPI -> packets at its last soft limit
+        self.sa_used: dict[int, int] = {}  # outbound SA handle -> packets at its last soft limit
+        # (version, IKE SA, outbound SPI) -> the datapath's handle: outbound SPIs are the
+        # peers' choice, unique only within one IKE SA (issue 10, 1).
+        self.sa_out: dict[tuple[int, int, int], int] = {}
         self.on_started = lambda: None
         """Called once the daemon serves its control socket (`oe start --daemon` waits for it)."""
 
@@ -137,8 +140,9 @@ class Daemon:
         path_mtu = min([await self._in_netlink(net.address_mtu, a) for a in addresses.values()])
         mtu = path_mtu - esp_overhead(6 if 6 in addresses else 4, "udp")
         await self._in_netlink(tun.set_up, self.config.tun_name, mtu)
-        self.datapath = Datapath()
+        self.datapath = Datapath(max_holds=self.config.limits.holds)
         self.datapath.replace_eroutes(self.opportunist.table())
+        self.opportunist.take_changes()  # the whole table is in
         fds = {}
         for version, address in sorted(addresses.items()):
             fds.update(self._open_side(version, address))
@@ -285,9 +289,9 @@ class Daemon:
                     side.runner.receive(NON_ESP_MARKER + event.data, (str(event.src), event.sport),
                                         NAT_T_PORT)
             elif isinstance(event, SaSoftLimit) and event.direction == "out":
-                self._rekey_or_retire(event.spi, f"soft limit ({event.reason})")
+                self._rekey_or_retire(event.handle, f"soft limit ({event.reason})")
             elif isinstance(event, SaExpired):
-                self._expire(event.spi, event.direction, event.reason)
+                self._expire(event)
             else:
                 log.warning("datapath: %s", event)
         self._apply()
@@ -304,8 +308,12 @@ class Daemon:
                 self._delete_ike(command.sa_id)
 
     def _apply(self) -> None:
-        """Push the current table to the datapath and write the decisions to the log."""
-        self.datapath.replace_eroutes(self.opportunist.table())
+        """Hand the datapath what changed in the table and write the decisions to the log."""
+        changes = self.opportunist.take_changes()
+        if changes is None:
+            self.datapath.replace_eroutes(self.opportunist.table())
+        else:
+            self.datapath.update_eroutes(*changes)
         for line in self.opportunist.take_log():
             log.info("%s", line)
         # A tunnel to a peer whose group passes (clear-or-private responder) needs a host route
@@ -432,23 +440,26 @@ class Daemon:
         side = self.sides[version]
         if isinstance(event, ike_events.ChildSaEstablished):
             child = event.child
-            flow = self._install_child(version, event.sa_id, child)
-            if flow is not None:
-                pair, narrowing = flow
+            installed = self._install_child(version, event.sa_id, child)
+            if installed is not None:
+                pair, narrowing, handle = installed
                 self.sa_pairs[(version, event.sa_id)] = pair
                 initiator = self._initiated(version, event.sa_id)
                 self._run(self.opportunist.tunnel_up(
                     pair, ipaddress.ip_address(child.remote_addr), event.sa_id, child.spi_in,
                     child.spi_out, _algorithm(child), child.udp_encap, initiator, now,
-                    narrowing))
+                    narrowing, handle))
         elif isinstance(event, ike_events.ChildSaRekeyed):
+            installed = self._install_child(version, event.sa_id, event.child)
             pair = self.sa_pairs.get((version, event.sa_id))
-            if self._install_child(version, event.sa_id, event.child) is not None \
-                    and pair is not None:
-                self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out, now)
+            if pair is not None and installed is not None:
+                self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out, now,
+                                                installed[2])
         elif isinstance(event, ike_events.ChildSaDeleted):
             self.datapath.del_sa(event.spi_in, "in")
-            self.datapath.del_sa(event.spi_out, "out")
+            handle = self.sa_out.pop((version, event.sa_id, event.spi_out), None)
+            if handle is not None:
+                self.datapath.del_sa(handle, "out")
             pair = self.sa_pairs.get((version, event.sa_id))
             if pair is not None:
                 self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
@@ -477,8 +488,11 @@ class Daemon:
                 side.runner.transmit()
                 return
             for child in side.engine.children(event.sa_id):
-                for spi, direction in ((child.spi_out, "out"), (child.spi_in, "in")):
-                    self.datapath.move_sa(spi, direction, event.remote_addr, event.remote_port)
+                handle = self.sa_out.get((version, event.sa_id, child.spi_out))
+                for ref, direction in ((handle, "out"), (child.spi_in, "in")):
+                    if ref is not None:
+                        self.datapath.move_sa(ref, direction, event.remote_addr,
+                                              event.remote_port)
             log.info("peer moved to %s port %d (NAT)", event.remote_addr, event.remote_port)
         elif isinstance(event, ike_events.ChildSaFailed):
             pair = self.sa_pairs.get((version, event.sa_id))
@@ -492,8 +506,10 @@ class Daemon:
         return pair is not None and pair in self.opportunist.negotiations
 
     def _install_child(self, version: int, sa_id: int, child):
-        """Put a CHILD SA pair into the datapath with exactly the negotiated selectors
-        (child_flow); one oe cannot enforce is refused and deleted. Returns the flow, or None."""
+        """Put both SAs of a CHILD SA into the datapath with exactly the negotiated selectors
+        (child_flow). Returns (pair, narrowing, outbound handle), or None when refused: by
+        selectors oe cannot enforce (the CHILD SA is deleted), or by the datapath (an SPI or a
+        key installed already: a replayed exchange must never restart a sequence counter)."""
         try:
             pair, (proto, sport, dport) = child_flow(child.local_ts, child.remote_ts)
         except ValueError as exc:
@@ -509,32 +525,49 @@ class Daemon:
         common = dict(local=child.local_addr, peer=child.remote_addr, encap=encap,
                       local_port=child.local_port or NAT_T_PORT,
                       peer_port=child.remote_port or NAT_T_PORT, esn=child.esn, proto=proto)
-        self.datapath.add_sa(child.spi_in, "in", child.key_in,
-                             src_ts=str(pair.dst), dst_ts=str(pair.src),
-                             sport=remote_ports, dport=local_ports,
-                             hard_time=lifetime + 60, **common)
-        self.datapath.add_sa(child.spi_out, "out", child.key_out,
-                             src_ts=str(pair.src), dst_ts=str(pair.dst),
-                             sport=local_ports, dport=remote_ports,
-                             soft_time=soft, hard_time=lifetime, **common)
-        return pair, (proto, sport, dport)
+        key = (version, sa_id, child.spi_out)
+        if key in self.sa_out:
+            self.counters["children_refused"] += 1
+            log.warning("CHILD SA refused: outbound SPI %08x already in use", child.spi_out)
+            return None
+        try:
+            self.datapath.add_sa(child.spi_in, "in", child.key_in,
+                                 src_ts=str(pair.dst), dst_ts=str(pair.src),
+                                 sport=remote_ports, dport=local_ports,
+                                 hard_time=lifetime + 60, **common)
+        except ValueError as e:
+            self.counters["children_refused"] += 1
+            log.warning("CHILD SA %08x: %s", child.spi_in, e)
+            return None
+        try:
+            handle = self.datapath.add_sa(child.spi_out, "out", child.key_out,
+                                          src_ts=str(pair.src), dst_ts=str(pair.dst),
+                                          sport=local_ports, dport=remote_ports,
+                                          soft_time=soft, hard_time=lifetime, **common)
+        except ValueError as e:
+            self.datapath.del_sa(child.spi_in, "in")
+            self.counters["children_refused"] += 1
+            log.warning("CHILD SA %08x: %s", child.spi_out, e)
+            return None
+        self.sa_out[key] = handle
+        return pair, (proto, sport, dport), handle
 
-    def _tunnel_by_spi_out(self, spi_out: int):
+    def _tunnel_by_sa_out(self, handle: int):
         for tunnel in self.opportunist.tunnels.values():
-            if tunnel.spi_out == spi_out:
+            if tunnel.sa_out == handle:
                 return tunnel
         return None
 
-    def _rekey_or_retire(self, spi_out: int, why: str) -> None:
+    def _rekey_or_retire(self, handle: int, why: str) -> None:
         """FreeS/WAN's OE rule: rekey only if the SA was used lately; idle ones go away."""
-        tunnel = self._tunnel_by_spi_out(spi_out)
+        tunnel = self._tunnel_by_sa_out(handle)
         if tunnel is None:
             return
         side = self.sides[tunnel.peer.version]
-        stats = self.datapath.sa_stats(spi_out, "out") or {}
+        stats = self.datapath.sa_stats(handle, "out") or {}
         used = stats.get("packets", 0)
-        recently = used != self.sa_used.get(spi_out, 0)
-        self.sa_used[spi_out] = used
+        recently = used != self.sa_used.get(handle, 0)
+        self.sa_used[handle] = used
         try:
             if recently:
                 side.engine.rekey_child(tunnel.sa_id, tunnel.spi_in, self.loop.time())
@@ -545,11 +578,11 @@ class Daemon:
             return
         side.runner.transmit()
 
-    def _expire(self, spi: int, direction: str, reason: str) -> None:
+    def _expire(self, event: SaExpired) -> None:
         for tunnel in list(self.opportunist.tunnels.values()):
-            if (direction == "out" and tunnel.spi_out == spi) or (
-                    direction == "in" and tunnel.spi_in == spi):
-                log.info("SA %x %s expired (%s)", spi, direction, reason)
+            if (event.direction == "out" and tunnel.sa_out == event.handle) or (
+                    event.direction == "in" and tunnel.spi_in == event.handle):
+                log.info("SA %x %s expired (%s)", event.spi, event.direction, event.reason)
                 self._delete_ike(tunnel.sa_id)
 
     async def _housekeep(self) -> None:
@@ -635,12 +668,13 @@ class Daemon:
         sas = []
         for tunnel in self.opportunist.tunnels.values():
             stats_in = self.datapath.sa_stats(tunnel.spi_in, "in") or {}
-            stats_out = self.datapath.sa_stats(tunnel.spi_out, "out") or {}
+            stats_out = self.datapath.sa_stats(tunnel.sa_out, "out") or {}
             sas.append({
                 "src": str(tunnel.pair.src), "dst": str(tunnel.pair.dst),
                 "peer": str(tunnel.peer), "spi_in": f"{tunnel.spi_in:08x}",
                 "spi_out": f"{tunnel.spi_out:08x}", "said": str(SaAction(tunnel.peer,
-                                                                          tunnel.spi_out)),
+                                                                          tunnel.spi_out,
+                                                                          tunnel.sa_out)),
                 "algorithm": tunnel.algorithm,
                 "encap": "ESP-in-UDP" if tunnel.udp_encap else "ESP",
                 "bytes_in": stats_in.get("bytes", 0), "bytes_out": stats_out.get("bytes", 0),

@@ -12,15 +12,20 @@ first entry of the first group that matches is the answer the reference model gi
 distinct selectors never tie (see oe/eroute.py). An exact-flow cache in front answers repeated
 5-tuples with one probe.
 
-Concurrency: a compiled table is immutable except for its counters (relaxed atomics) and its
-flow cache (a seqlock per slot: a torn slot is detected and ignored, never used). Replacing the
-table builds the new one completely, then swaps the pointer under a write lock; readers hold the
-read lock for one lookup, so a reader sees the old table or the new one, never a mixture.
+Updates are incremental (issue 10, 6): entries live in a slab with stable ids, each group keeps
+a hash table of runs (linked lists, most narrowed first), and groups are kept in lookup order,
+so adding or removing an eroute touches one group, whatever the size of the table.
+
+Concurrency: readers hold the read lock for one lookup; an update (a batch of removals and
+additions) runs entirely under the write lock, so a reader sees the table before or after it,
+never a mixture. Under the read lock only counters (relaxed atomics) and the flow cache change:
+a seqlock per slot (a torn slot is detected and ignored, never used) and a generation number
+that every update bumps, so no answer cached before an update is used after it.
 """
 
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcmp, memcpy, memset
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 import ipaddress
 
@@ -74,23 +79,27 @@ _ACTION_CODES = {
 
 cdef enum:
     FLOW_CACHE_SLOTS = 4096  # a power of two
+    OP_REMOVE = 0
+    OP_SET = 1               # same selector, new action
+    OP_INSERT = 2
 
 cdef struct Verdict:
-    int index           # entry index in the Python ErouteTable; -1 = no eroute matched
+    int32_t entry       # entry id; -1 = no eroute matched
     int action          # ACT_*
-    uint32_t spi        # for ACT_SA: the outbound SPI
+    uint32_t sa         # for ACT_SA: the outbound SA's handle (Datapath.add_sa)
 
 cdef struct CEntry:
     uint8_t src[16]     # prefixes, host bits cleared
     uint8_t dst[16]
+    uint8_t version
     uint8_t src_len
     uint8_t dst_len
     uint8_t proto
     uint16_t sport
     uint16_t dport
     uint8_t action
-    uint32_t spi
-    int32_t index       # position in the Python table
+    uint32_t sa
+    int32_t next        # next entry of the run (same prefix pair, narrowing desc); free list
     uint64_t packets
     uint64_t nbytes
 
@@ -101,26 +110,36 @@ cdef struct CGroup:
     uint8_t src_mask[16]
     uint8_t dst_mask[16]
     uint32_t nslots     # a power of two
-    int32_t *slots      # first entry (in entries order) of a run with one (src, dst); -1 = empty
+    uint32_t nruns
+    int32_t *slots      # head entry of a run with one (src, dst); -1 = empty
 
 cdef struct FlowSlot:
     uint32_t seq        # seqlock: odd while being written
+    uint32_t gen        # CTable.gen when filled: older answers are ignored
     uint8_t version
     uint8_t proto
     uint16_t sport
     uint16_t dport
     uint8_t src[16]
     uint8_t dst[16]
-    int32_t entry       # position in CTable.entries, -1 = no match
+    int32_t entry       # entry id, -1 = no match
 
 cdef struct CTable:
-    int nentries
-    CEntry *entries     # grouped: by (version, src_len desc, dst_len desc), runs, narrowing desc
+    int32_t cap         # entries allocated
+    int32_t used        # entries[0:used] were handed out at some point
+    int32_t free_head   # freed entries, linked by next
+    CEntry *entries
     int ngroups
     int ngroups4        # groups[0:ngroups4] are IPv4, the rest IPv6
-    CGroup *groups      # in lookup order
-    int32_t *by_index   # Python table index -> position in entries
+    int gcap
+    CGroup *groups      # in lookup order: most specific first
+    uint32_t gen        # bumped by every update: invalidates the flow cache at once
     FlowSlot *cache
+
+cdef struct ClsOp:
+    int kind            # OP_*
+    int32_t entry       # OP_REMOVE, OP_SET: the entry; OP_INSERT: set to the new entry
+    CEntry e            # OP_SET: action and sa; OP_INSERT: everything
 
 
 cdef inline uint32_t _hash(const uint8_t *src, const uint8_t *dst, int alen) noexcept nogil:
@@ -134,6 +153,15 @@ cdef inline uint32_t _hash(const uint8_t *src, const uint8_t *dst, int alen) noe
     return h
 
 
+cdef inline int _alen(int version) noexcept nogil:
+    return 4 if version == 4 else 16
+
+
+cdef inline int _narrowing(const CEntry *e) noexcept nogil:
+    # oe/eroute.py Selector.priority, low byte: dport (4) > sport (2) > proto (1).
+    return (4 if e.dport else 0) | (2 if e.sport else 0) | (1 if e.proto else 0)
+
+
 cdef inline bint _entry_matches(const CEntry *e, int proto, int sport, int dport) noexcept nogil:
     return ((e.proto == 0 or e.proto == proto)
             and (e.sport == 0 or e.sport == sport)
@@ -142,12 +170,12 @@ cdef inline bint _entry_matches(const CEntry *e, int proto, int sport, int dport
 
 cdef int32_t _search(const CTable *t, int version, const uint8_t *src, const uint8_t *dst,
                      int proto, int sport, int dport) noexcept nogil:
-    """Position of the most specific matching entry, or -1."""
-    cdef int alen = 4 if version == 4 else 16
+    """Entry id of the most specific matching entry, or -1."""
+    cdef int alen = _alen(version)
     cdef uint8_t msrc[16]
     cdef uint8_t mdst[16]
     cdef int g, i
-    cdef int32_t pos
+    cdef int32_t id
     cdef uint32_t slot
     cdef const CGroup *grp
     cdef const CEntry *e
@@ -160,22 +188,17 @@ cdef int32_t _search(const CTable *t, int version, const uint8_t *src, const uin
             mdst[i] = dst[i] & grp.dst_mask[i]
         slot = _hash(msrc, mdst, alen) & (grp.nslots - 1)
         while True:
-            pos = grp.slots[slot]
-            if pos < 0:
+            id = grp.slots[slot]
+            if id < 0:
                 break
-            e = &t.entries[pos]
+            e = &t.entries[id]
             if memcmp(e.src, msrc, alen) == 0 and memcmp(e.dst, mdst, alen) == 0:
-                # The run: consecutive entries with this prefix pair, most narrowed first.
-                while True:
+                # The run: entries with this prefix pair, most narrowed first.
+                while id >= 0:
+                    e = &t.entries[id]
                     if _entry_matches(e, proto, sport, dport):
-                        return pos
-                    pos += 1
-                    if pos >= t.nentries:
-                        break
-                    e = &t.entries[pos]
-                    if (e.src_len != grp.src_len or e.dst_len != grp.dst_len
-                            or memcmp(e.src, msrc, alen) != 0 or memcmp(e.dst, mdst, alen) != 0):
-                        break
+                        return id
+                    id = e.next
                 break
             slot = (slot + 1) & (grp.nslots - 1)
     return -1
@@ -183,8 +206,7 @@ cdef int32_t _search(const CTable *t, int version, const uint8_t *src, const uin
 
 cdef inline uint32_t _flow_hash(int version, const uint8_t *src, const uint8_t *dst, int proto,
                                 int sport, int dport) noexcept nogil:
-    cdef int alen = 4 if version == 4 else 16
-    cdef uint32_t h = _hash(src, dst, alen)
+    cdef uint32_t h = _hash(src, dst, _alen(version))
     h = (h ^ <uint32_t>proto) * 16777619u
     h = (h ^ <uint32_t>sport) * 16777619u
     h = (h ^ <uint32_t>dport) * 16777619u
@@ -193,23 +215,26 @@ cdef inline uint32_t _flow_hash(int version, const uint8_t *src, const uint8_t *
 
 cdef int32_t _lookup(CTable *t, int version, const uint8_t *src, const uint8_t *dst,
                      int proto, int sport, int dport) noexcept nogil:
-    cdef int alen = 4 if version == 4 else 16
+    """_search behind the exact-flow cache; the caller holds the read lock, so t.gen is
+    stable here, and readers race only with each other, on a slot (the seqlock)."""
+    cdef int alen = _alen(version)
     cdef FlowSlot *s = &t.cache[_flow_hash(version, src, dst, proto, sport, dport)
                                 & (FLOW_CACHE_SLOTS - 1)]
     cdef uint32_t seq = oe_load_acq32(&s.seq)
     cdef FlowSlot copy
-    cdef int32_t pos
+    cdef int32_t id
     if seq != 0 and (seq & 1) == 0:
         memcpy(&copy, s, sizeof(FlowSlot))
         oe_fence_acq()
-        if (oe_load_acq32(&s.seq) == seq and copy.version == version and copy.proto == proto
-                and copy.sport == sport and copy.dport == dport
+        if (oe_load_acq32(&s.seq) == seq and copy.gen == t.gen and copy.version == version
+                and copy.proto == proto and copy.sport == sport and copy.dport == dport
                 and memcmp(copy.src, src, alen) == 0 and memcmp(copy.dst, dst, alen) == 0):
             return copy.entry
-    pos = _search(t, version, src, dst, proto, sport, dport)
+    id = _search(t, version, src, dst, proto, sport, dport)
     # Fill the slot only if no other thread is writing it; losing the race just skips caching.
     seq = oe_load_acq32(&s.seq)
     if (seq & 1) == 0 and oe_cas32(&s.seq, seq, seq + 1):
+        s.gen = t.gen
         s.version = version
         s.proto = proto
         s.sport = sport
@@ -218,23 +243,10 @@ cdef int32_t _lookup(CTable *t, int version, const uint8_t *src, const uint8_t *
         memset(s.dst, 0, 16)
         memcpy(s.src, src, alen)
         memcpy(s.dst, dst, alen)
-        s.entry = pos
+        s.entry = id
         oe_fence_rel()
         oe_store_rel32(&s.seq, seq + 2)
-    return pos
-
-
-cdef void _free_table(CTable *t) noexcept nogil:
-    cdef int g
-    if t == NULL:
-        return
-    for g in range(t.ngroups):
-        free(t.groups[g].slots)
-    free(t.groups)
-    free(t.entries)
-    free(t.by_index)
-    free(t.cache)
-    free(t)
+    return id
 
 
 cdef void _make_mask(uint8_t *mask, int bits) noexcept nogil:
@@ -249,96 +261,241 @@ cdef void _make_mask(uint8_t *mask, int bits) noexcept nogil:
             bits = 0
 
 
-cdef CTable *_compile(table) except NULL:
-    """Build a compiled copy of an ErouteTable; nothing shared with any other table."""
-    cdef int n = len(table.entries)
-    cdef CTable *t = <CTable *>calloc(1, sizeof(CTable))
-    if t == NULL:
-        raise MemoryError()
-    t.nentries = n
-    t.entries = <CEntry *>calloc(n if n else 1, sizeof(CEntry))
-    t.by_index = <int32_t *>calloc(n if n else 1, sizeof(int32_t))
-    t.cache = <FlowSlot *>calloc(FLOW_CACHE_SLOTS, sizeof(FlowSlot))
-    if t.entries == NULL or t.by_index == NULL or t.cache == NULL:
-        _free_table(t)
-        raise MemoryError()
-    # Order: groups most specific first, runs of one prefix pair together, most narrowed first.
-    order = sorted(
-        range(n),
-        key=lambda i: _sort_key(table.entries[i].selector),
-    )
-    cdef int pos, i, g, runs, start
-    cdef CEntry *e
-    keys = []
-    for pos, i in enumerate(order):
-        eroute = table.entries[i]
-        sel = eroute.selector
-        e = &t.entries[pos]
-        _put_address(e.src, sel.src.network_address.packed)
-        _put_address(e.dst, sel.dst.network_address.packed)
-        e.src_len = sel.src.prefixlen
-        e.dst_len = sel.dst.prefixlen
-        e.proto = sel.proto
-        e.sport = sel.sport
-        e.dport = sel.dport
-        if isinstance(eroute.action, SaAction):
-            e.action = ACT_SA
-            e.spi = eroute.action.spi
-        else:
-            e.action = _ACTION_CODES[eroute.action]
-        e.index = i
-        t.by_index[i] = pos
-        keys.append((sel.version, sel.src.prefixlen, sel.dst.prefixlen))
-    # Groups: contiguous ranges of equal (version, src_len, dst_len).
-    bounds = [p for p in range(n) if p == 0 or keys[p] != keys[p - 1]] + [n]
-    t.ngroups = len(bounds) - 1
-    t.ngroups4 = sum(1 for g in range(t.ngroups) if keys[bounds[g]][0] == 4)
-    t.groups = <CGroup *>calloc(t.ngroups if t.ngroups else 1, sizeof(CGroup))
-    if t.groups == NULL:
-        _free_table(t)
-        raise MemoryError()
-    cdef CGroup *grp
-    cdef int alen
-    cdef uint32_t slot
-    for g in range(t.ngroups):
+# Updates run under the write lock, so no reader sees a table half-changed; each costs a few
+# probes in one group plus the scan of the group list (bounded by the distinct prefix-length
+# pairs, not by the number of entries); hash tables and the entry array grow by doubling.
+
+cdef int _group_index(const CTable *t, int version, int src_len, int dst_len,
+                      bint *found) noexcept nogil:
+    """Where the group is, or where it would go in lookup order."""
+    cdef int g = 0
+    cdef const CGroup *grp
+    found[0] = False
+    while g < t.ngroups:
         grp = &t.groups[g]
-        start = bounds[g]
-        grp.version, grp.src_len, grp.dst_len = keys[start]
-        _make_mask(grp.src_mask, grp.src_len)
-        _make_mask(grp.dst_mask, grp.dst_len)
-        alen = 4 if grp.version == 4 else 16
-        run_starts = [p for p in range(start, bounds[g + 1])
-                      if p == start or not _same_prefixes(&t.entries[p], &t.entries[p - 1], alen)]
-        runs = len(run_starts)
-        grp.nslots = 4
-        while grp.nslots < <uint32_t>(2 * runs):
-            grp.nslots *= 2
-        grp.slots = <int32_t *>malloc(grp.nslots * sizeof(int32_t))
-        if grp.slots == NULL:
-            _free_table(t)
-            raise MemoryError()
-        memset(grp.slots, 0xff, grp.nslots * sizeof(int32_t))
-        for pos in run_starts:
-            slot = _hash(t.entries[pos].src, t.entries[pos].dst, alen) & (grp.nslots - 1)
-            while grp.slots[slot] >= 0:
-                slot = (slot + 1) & (grp.nslots - 1)
-            grp.slots[slot] = pos
-    return t
+        if grp.version == version and grp.src_len == src_len and grp.dst_len == dst_len:
+            found[0] = True
+            return g
+        if (grp.version > version or (grp.version == version and (
+                grp.src_len < src_len or (grp.src_len == src_len and grp.dst_len < dst_len)))):
+            return g
+        g += 1
+    return g
 
 
-def _sort_key(sel):
-    narrowing = sel.priority & 0xFF
-    return (sel.version, -sel.src.prefixlen, -sel.dst.prefixlen,
-            sel.src.network_address.packed, sel.dst.network_address.packed, -narrowing)
+cdef int _group_add(CTable *t, int g, const CEntry *e) noexcept nogil:
+    """A new, empty group at position g; -1: no memory."""
+    cdef CGroup *groups
+    cdef int32_t *slots = <int32_t *>malloc(4 * sizeof(int32_t))
+    if slots == NULL:
+        return -1
+    if t.ngroups == t.gcap:
+        groups = <CGroup *>realloc(t.groups, (t.gcap * 2 if t.gcap else 8) * sizeof(CGroup))
+        if groups == NULL:
+            free(slots)
+            return -1
+        t.groups = groups
+        t.gcap = t.gcap * 2 if t.gcap else 8
+    memmove(&t.groups[g + 1], &t.groups[g], (t.ngroups - g) * sizeof(CGroup))
+    memset(&t.groups[g], 0, sizeof(CGroup))
+    t.groups[g].version = e.version
+    t.groups[g].src_len = e.src_len
+    t.groups[g].dst_len = e.dst_len
+    _make_mask(t.groups[g].src_mask, e.src_len)
+    _make_mask(t.groups[g].dst_mask, e.dst_len)
+    t.groups[g].nslots = 4
+    t.groups[g].slots = slots
+    memset(slots, 0xff, 4 * sizeof(int32_t))
+    t.ngroups += 1
+    if e.version == 4:
+        t.ngroups4 += 1
+    return 0
 
 
-cdef inline bint _same_prefixes(const CEntry *a, const CEntry *b, int alen) noexcept nogil:
-    return memcmp(a.src, b.src, alen) == 0 and memcmp(a.dst, b.dst, alen) == 0
+cdef void _group_drop(CTable *t, int g) noexcept nogil:
+    if t.groups[g].version == 4:
+        t.ngroups4 -= 1
+    free(t.groups[g].slots)
+    memmove(&t.groups[g], &t.groups[g + 1], (t.ngroups - g - 1) * sizeof(CGroup))
+    t.ngroups -= 1
+
+
+cdef uint32_t _run_slot(const CTable *t, const CGroup *grp, const CEntry *e) noexcept nogil:
+    """The slot of e's run in grp, or the empty slot where it would go."""
+    cdef int alen = _alen(e.version)
+    cdef uint32_t slot = _hash(e.src, e.dst, alen) & (grp.nslots - 1)
+    cdef const CEntry *head
+    while grp.slots[slot] >= 0:
+        head = &t.entries[grp.slots[slot]]
+        if memcmp(head.src, e.src, alen) == 0 and memcmp(head.dst, e.dst, alen) == 0:
+            break
+        slot = (slot + 1) & (grp.nslots - 1)
+    return slot
+
+
+cdef int _group_grow(CTable *t, CGroup *grp) noexcept nogil:
+    cdef uint32_t n = grp.nslots * 2
+    cdef int32_t *old = grp.slots
+    cdef uint32_t old_n = grp.nslots, i, slot
+    cdef int32_t *slots = <int32_t *>malloc(n * sizeof(int32_t))
+    if slots == NULL:
+        return -1
+    memset(slots, 0xff, n * sizeof(int32_t))
+    grp.slots = slots
+    grp.nslots = n
+    for i in range(old_n):
+        if old[i] >= 0:
+            slot = _run_slot(t, grp, &t.entries[old[i]])
+            slots[slot] = old[i]
+    free(old)
+    return 0
+
+
+cdef void _slot_remove(const CTable *t, CGroup *grp, uint32_t i) noexcept nogil:
+    """Empty slot i (backward-shift deletion keeps probe chains intact)."""
+    cdef uint32_t j = i, home
+    cdef uint32_t mask = grp.nslots - 1
+    cdef const CEntry *e
+    grp.slots[i] = -1
+    while True:
+        j = (j + 1) & mask
+        if grp.slots[j] < 0:
+            return
+        e = &t.entries[grp.slots[j]]
+        home = _hash(e.src, e.dst, _alen(e.version)) & mask
+        if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+            grp.slots[i] = grp.slots[j]
+            grp.slots[j] = -1
+            i = j
+
+
+cdef int32_t _entry_insert(CTable *t, const CEntry *tmpl) noexcept nogil:
+    """Add an entry (its selector is not in the table); its id, or -1: no memory."""
+    cdef bint found
+    cdef int g = _group_index(t, tmpl.version, tmpl.src_len, tmpl.dst_len, &found)
+    cdef CGroup *grp
+    cdef CEntry *entries
+    cdef int32_t id, prev, cur
+    cdef uint32_t slot
+    if t.free_head < 0 and t.used == t.cap:
+        entries = <CEntry *>realloc(t.entries, (t.cap * 2 if t.cap else 64) * sizeof(CEntry))
+        if entries == NULL:
+            return -1
+        t.entries = entries
+        t.cap = t.cap * 2 if t.cap else 64
+    if not found and _group_add(t, g, tmpl) < 0:
+        return -1
+    grp = &t.groups[g]
+    if (grp.nruns + 1) * 2 > grp.nslots and _group_grow(t, grp) < 0:
+        if grp.nruns == 0:
+            _group_drop(t, g)
+        return -1
+    if t.free_head >= 0:
+        id = t.free_head
+        t.free_head = t.entries[id].next
+    else:
+        id = t.used
+        t.used += 1
+    t.entries[id] = tmpl[0]
+    t.entries[id].packets = 0
+    t.entries[id].nbytes = 0
+    slot = _run_slot(t, grp, tmpl)
+    cur = grp.slots[slot]
+    if cur < 0:
+        t.entries[id].next = -1
+        grp.slots[slot] = id
+        grp.nruns += 1
+        return id
+    # Into the run, after every entry at least as narrowed (distinct selectors never tie).
+    prev = -1
+    while cur >= 0 and _narrowing(&t.entries[cur]) >= _narrowing(tmpl):
+        prev = cur
+        cur = t.entries[cur].next
+    t.entries[id].next = cur
+    if prev < 0:
+        grp.slots[slot] = id
+    else:
+        t.entries[prev].next = id
+    return id
+
+
+cdef void _entry_remove(CTable *t, int32_t id) noexcept nogil:
+    cdef CEntry *e = &t.entries[id]
+    cdef bint found
+    cdef int g = _group_index(t, e.version, e.src_len, e.dst_len, &found)
+    cdef CGroup *grp = &t.groups[g]
+    cdef uint32_t slot = _run_slot(t, grp, e)
+    cdef int32_t cur = grp.slots[slot]
+    if cur == id:
+        if e.next >= 0:
+            grp.slots[slot] = e.next
+        else:
+            _slot_remove(t, grp, slot)
+            grp.nruns -= 1
+            if grp.nruns == 0:
+                _group_drop(t, g)
+    else:
+        while t.entries[cur].next != id:
+            cur = t.entries[cur].next
+        t.entries[cur].next = e.next
+    e.next = t.free_head
+    t.free_head = id
+
+
+cdef int _apply(CTable *t, ClsOp *ops, int n) noexcept nogil:
+    """Apply ops in order (write lock held); how many were applied (< n: out of memory)."""
+    cdef int k
+    for k in range(n):
+        if ops[k].kind == OP_REMOVE:
+            _entry_remove(t, ops[k].entry)
+        elif ops[k].kind == OP_SET:
+            t.entries[ops[k].entry].action = ops[k].e.action
+            t.entries[ops[k].entry].sa = ops[k].e.sa
+        else:
+            ops[k].entry = _entry_insert(t, &ops[k].e)
+            if ops[k].entry < 0:
+                return k
+    t.gen += 1
+    if t.gen == 0:                  # wrapped: no slot may carry an old generation that matches
+        memset(t.cache, 0, FLOW_CACHE_SLOTS * sizeof(FlowSlot))
+    return n
+
+
+cdef void _free_table(CTable *t) noexcept nogil:
+    cdef int g
+    if t == NULL:
+        return
+    for g in range(t.ngroups):
+        free(t.groups[g].slots)
+    free(t.groups)
+    free(t.entries)
+    free(t.cache)
+    free(t)
 
 
 cdef void _put_address(uint8_t *out, bytes packed):
     memset(out, 0, 16)
     memcpy(out, <const char *>packed, len(packed))
+
+
+cdef void _fill_entry(CEntry *e, eroute) except *:
+    """The compiled form of an oe.eroute.Eroute."""
+    sel = eroute.selector
+    memset(e, 0, sizeof(CEntry))
+    _put_address(e.src, sel.src.network_address.packed)
+    _put_address(e.dst, sel.dst.network_address.packed)
+    e.version = sel.version
+    e.src_len = sel.src.prefixlen
+    e.dst_len = sel.dst.prefixlen
+    e.proto = sel.proto
+    e.sport = sel.sport
+    e.dport = sel.dport
+    e.next = -1
+    if isinstance(eroute.action, SaAction):
+        e.action = ACT_SA
+        e.sa = eroute.action.handle
+    else:
+        e.action = _ACTION_CODES[eroute.action]
 
 
 cdef bytes _packed(address):
@@ -357,19 +514,35 @@ FLOW_RECORD_SIZE = RECORD_SIZE
 
 
 cdef class Classifier:
-    """The compiled eroute classifier used per packet; agrees with oe.eroute.ErouteTable."""
+    """The compiled eroute classifier used per packet; agrees with oe.eroute.ErouteTable.
+
+    Updated in place (update(), replace()): the cost of a change does not grow with the
+    number of eroutes. Entry ids are stable while an eroute stays; `table`, lookup() and
+    counters() speak in positions of the ErouteTable view, built when first asked for.
+    """
 
     cdef CTable *_table
     cdef pthread_rwlock_t _lock
-    cdef object _source     # the ErouteTable compiled into _table
+    cdef dict _eroutes      # selector -> (Eroute, entry id): what is compiled into _table
+    cdef object _view       # the ErouteTable of _eroutes, or None until asked for
+    cdef int32_t *_position # entry id -> position in _view.entries (-1: none)
+    cdef uint32_t _position_gen # CTable.gen _position was built for
 
     def __cinit__(self):
         pthread_rwlock_init(&self._lock, NULL)
-        self._table = _compile(ErouteTable())
-        self._source = ErouteTable()
+        self._table = <CTable *>calloc(1, sizeof(CTable))
+        if self._table == NULL:
+            raise MemoryError()
+        self._table.free_head = -1
+        self._table.cache = <FlowSlot *>calloc(FLOW_CACHE_SLOTS, sizeof(FlowSlot))
+        if self._table.cache == NULL:
+            raise MemoryError()
+        self._eroutes = {}
+        self._view = None
 
     def __dealloc__(self):
         _free_table(self._table)
+        free(self._position)
         pthread_rwlock_destroy(&self._lock)
 
     def __init__(self, table=None):
@@ -379,47 +552,102 @@ cdef class Classifier:
     @property
     def table(self):
         """The ErouteTable currently in force."""
-        return self._source
+        if self._view is None:
+            self._view = ErouteTable(e for e, _ in self._eroutes.values())
+        return self._view
 
     def replace(self, table) -> None:
-        """Swap in `table` atomically; counters of eroutes kept (same selector) carry over."""
-        cdef CTable *new = _compile(table)
-        cdef CTable *old
-        cdef Py_ssize_t k
-        # Pairs (new position, old position) of eroutes whose selector stays.
-        old_index = {eroute.selector: j for j, eroute in enumerate(self._source.entries)}
-        pairs = [(i, old_index[e.selector]) for i, e in enumerate(table.entries)
-                 if e.selector in old_index]
-        with nogil:
-            pthread_rwlock_wrlock(&self._lock)
-        old = self._table
-        for i, j in pairs:
-            new.entries[new.by_index[i]].packets = old.entries[old.by_index[j]].packets
-            new.entries[new.by_index[i]].nbytes = old.entries[old.by_index[j]].nbytes
-        self._table = new
-        self._source = table
-        pthread_rwlock_unlock(&self._lock)
-        _free_table(old)
+        """Swap in `table` atomically; eroutes kept (same selector) keep their counters."""
+        new = {e.selector: e for e in table.entries}
+        self.update([e for s, e in new.items() if self._eroutes.get(s, (None,))[0] != e],
+                    [s for s in self._eroutes if s not in new])
+        self._view = table          # its order, for lookup() positions
+        free(self._position)
+        self._position = NULL
+
+    def update(self, add=(), remove=()) -> None:
+        """Atomically remove the eroutes of the selectors `remove` (absent ones are ignored),
+        then add the Eroutes `add` (replacing any with the same selector; counters stay).
+
+        Readers (the loop threads, without the GIL) see the table before or after, never
+        between; the flow cache is invalidated at once (a generation number per slot).
+        """
+        cdef list ops = []
+        cdef int n, k, done
+        cdef ClsOp *cops
+        added = {}
+        for eroute in add:
+            added[eroute.selector] = eroute
+        for sel in set(remove):
+            if sel in self._eroutes and sel not in added:
+                ops.append((OP_REMOVE, sel, None))
+        for sel, eroute in added.items():
+            ops.append((OP_SET if sel in self._eroutes else OP_INSERT, sel, eroute))
+        n = len(ops)
+        if n == 0:
+            return
+        cops = <ClsOp *>calloc(n, sizeof(ClsOp))
+        if cops == NULL:
+            raise MemoryError()
+        try:
+            for k, (kind, sel, eroute) in enumerate(ops):
+                cops[k].kind = kind
+                if kind != OP_INSERT:
+                    cops[k].entry = self._eroutes[sel][1]
+                if kind != OP_REMOVE:
+                    _fill_entry(&cops[k].e, eroute)
+            with nogil:
+                pthread_rwlock_wrlock(&self._lock)
+                done = _apply(self._table, cops, n)
+                pthread_rwlock_unlock(&self._lock)
+            for k in range(done):
+                kind, sel, eroute = ops[k]
+                if kind == OP_REMOVE:
+                    del self._eroutes[sel]
+                else:
+                    self._eroutes[sel] = (eroute, cops[k].entry)
+        finally:
+            free(cops)
+            self._view = None
+        if done < n:
+            raise MemoryError("the classifier could not grow; the update was cut short")
+
+    cdef int _positions(self) except -1:
+        """Map entry ids to positions in `table` (for lookup(), lookup_many(), counters())."""
+        cdef int32_t *position
+        cdef int32_t n = self._table.used
+        if self._position != NULL and self._position_gen == self._table.gen:
+            return 0
+        table = self.table
+        position = <int32_t *>malloc((n if n else 1) * sizeof(int32_t))
+        if position == NULL:
+            raise MemoryError()
+        memset(position, 0xff, (n if n else 1) * sizeof(int32_t))
+        for i, eroute in enumerate(table.entries):
+            position[self._eroutes[eroute.selector][1]] = i
+        free(self._position)
+        self._position = position
+        self._position_gen = self._table.gen
+        return 0
 
     cdef Verdict classify(self, int version, const uint8_t *src, const uint8_t *dst, int proto,
                           int sport, int dport, size_t nbytes) noexcept nogil:
         """Classify one packet and count it; callable from native threads without the GIL."""
         cdef Verdict v
-        cdef int32_t pos
+        cdef int32_t id
         cdef CEntry *e
         pthread_rwlock_rdlock(&self._lock)
-        pos = _lookup(self._table, version, src, dst, proto, sport, dport)
-        if pos < 0:
-            v.index = -1
+        id = _lookup(self._table, version, src, dst, proto, sport, dport)
+        v.entry = id
+        if id < 0:
             v.action = ACT_NONE
-            v.spi = 0
+            v.sa = 0
         else:
-            e = &self._table.entries[pos]
+            e = &self._table.entries[id]
             oe_add64(&e.packets, 1)
             oe_add64(&e.nbytes, nbytes)
-            v.index = e.index
             v.action = e.action
-            v.spi = e.spi
+            v.sa = e.sa
         pthread_rwlock_unlock(&self._lock)
         return v
 
@@ -427,46 +655,48 @@ cdef class Classifier:
         """Index of the matching eroute in `table`, or None. Counts the packet if nbytes is given."""
         cdef bytes s = _packed(src)
         cdef bytes d = _packed(dst)
-        cdef int32_t pos
+        cdef int32_t id
         cdef int version = 4 if len(s) == 4 else 6
         if len(s) != len(d):
             raise ValueError("source and destination are not of one address family")
+        self._positions()
         if nbytes is not None:
-            v = self.classify(version, <const uint8_t *><const char *>s,
-                              <const uint8_t *><const char *>d, proto, sport, dport, nbytes)
-            return None if v.index < 0 else v.index
-        pthread_rwlock_rdlock(&self._lock)
-        pos = _lookup(self._table, version, <const uint8_t *><const char *>s,
-                      <const uint8_t *><const char *>d, proto, sport, dport)
-        result = None if pos < 0 else self._table.entries[pos].index
-        pthread_rwlock_unlock(&self._lock)
-        return result
+            id = self.classify(version, <const uint8_t *><const char *>s,
+                               <const uint8_t *><const char *>d, proto, sport, dport,
+                               nbytes).entry
+        else:
+            pthread_rwlock_rdlock(&self._lock)
+            id = _lookup(self._table, version, <const uint8_t *><const char *>s,
+                         <const uint8_t *><const char *>d, proto, sport, dport)
+            pthread_rwlock_unlock(&self._lock)
+        return None if id < 0 else self._position[id]
 
     def lookup_many(self, const uint8_t[::1] records not None, int32_t[::1] out not None) -> None:
         """Classify packed FLOW_RECORD_SIZE-byte records in C; write each index (-1: none)."""
         cdef Py_ssize_t n = records.shape[0] // RECORD_SIZE
         cdef Py_ssize_t k
         cdef const uint8_t *r
-        cdef int32_t pos
+        cdef int32_t id
         if out.shape[0] < n:
             raise ValueError("out is shorter than the number of records")
-        with nogil:
-            pthread_rwlock_rdlock(&self._lock)
-            for k in range(n):
-                r = &records[k * RECORD_SIZE]
-                pos = _lookup(self._table, r[0], r + 8, r + 24, r[1],
-                              (r[2] << 8) | r[3], (r[4] << 8) | r[5])
-                out[k] = -1 if pos < 0 else self._table.entries[pos].index
-            pthread_rwlock_unlock(&self._lock)
+        self._positions()
+        # With the GIL held throughout: no update() can start, and _position stays valid.
+        pthread_rwlock_rdlock(&self._lock)
+        for k in range(n):
+            r = &records[k * RECORD_SIZE]
+            id = _lookup(self._table, r[0], r + 8, r + 24, r[1],
+                         (r[2] << 8) | r[3], (r[4] << 8) | r[5])
+            out[k] = -1 if id < 0 else self._position[id]
+        pthread_rwlock_unlock(&self._lock)
 
     def counters(self) -> list:
         """(packets, bytes) for each eroute of `table`, in its order."""
-        cdef int i
         cdef CEntry *e
+        ids = [self._eroutes[eroute.selector][1] for eroute in self.table.entries]
         result = []
         pthread_rwlock_rdlock(&self._lock)
-        for i in range(self._table.nentries):
-            e = &self._table.entries[self._table.by_index[i]]
+        for i in ids:
+            e = &self._table.entries[<int32_t>i]
             result.append((oe_load64(&e.packets), oe_load64(&e.nbytes)))
         pthread_rwlock_unlock(&self._lock)
         return result

@@ -30,26 +30,33 @@ class Acquire:
 
 @dataclass(frozen=True)
 class SaSoftLimit:
-    """An SA passed a soft lifetime (or neared sequence number exhaustion): rekey it."""
+    """An SA passed a soft lifetime (or neared sequence number exhaustion): rekey it.
+
+    Never lost, whatever else floods the datapath (read_events() collects it from the SA).
+    """
 
     spi: int
-    """SPI of the SA."""
+    """SPI of the SA (for logs: outbound SPIs are the peer's choice and need not be unique)."""
     direction: str
     """"in" or "out"."""
     reason: str
     """"bytes", "packets", "time" or "sequence"."""
+    handle: int
+    """What add_sa() returned: identifies the SA to del_sa(), sa_stats(), move_sa()."""
 
 
 @dataclass(frozen=True)
 class SaExpired:
-    """An SA reached a hard limit: the datapath no longer uses it; delete it."""
+    """An SA reached a hard limit: the datapath no longer uses it; delete it. Never lost."""
 
     spi: int
-    """SPI of the SA."""
+    """SPI of the SA (for logs)."""
     direction: str
     """"in" or "out"."""
     reason: str
     """"bytes", "packets", "time" or "sequence" (RFC 4303 3.3.3: no cycling)."""
+    handle: int
+    """What add_sa() returned: identifies the SA to del_sa(), sa_stats(), move_sa()."""
 
 
 @dataclass(frozen=True)

@@ -64,10 +64,15 @@ class Shunt(enum.Enum):
 
 @dataclass(frozen=True)
 class SaAction:
-    """Encrypt with the outbound ESP SA `spi` towards `peer`."""
+    """Encrypt with the outbound ESP SA `handle` (SPI `spi`) towards `peer`.
+
+    The datapath finds the SA by `handle`, what Datapath.add_sa() returned, never by `spi`:
+    the peer chose that SPI, and another peer may choose the same one (issue 10, 1).
+    """
 
     peer: IPAddress
     spi: int
+    handle: int
 
     def __str__(self) -> str:
         # Openswan satot(): "esp" + "." (IPv4) or ":" (IPv6) + hex SPI + "@" + edst.

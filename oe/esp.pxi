@@ -147,7 +147,10 @@ cdef enum:
     FIRED_HARD = 2
     PENDING_REPLAY = 1          # coalesce failure events: one queued at a time per SA
     PENDING_AUTH = 2
+    PENDING_SOFT = 4            # a lifetime event read_events() has yet to collect
+    PENDING_HARD = 8
     EV_CAP = 4096               # events buffered for the control plane
+    EV_IKE_CAP = EV_CAP // 2    # IKE-on-4500 (spoofable) never fills the queue for acquires
 
 # Return codes of esp_seal / esp_open (negative) and reasons in events.
 cdef enum:
@@ -184,6 +187,7 @@ cdef enum:
 
 
 cdef struct EspSa:
+    uint32_t handle             # the table key: the SPI inbound, a local number outbound
     uint32_t spi
     uint8_t direction
     uint8_t tunnel
@@ -200,10 +204,10 @@ cdef struct EspSa:
     ReplayWin replay            # inbound
     # Traffic selectors the inner packet must match (inbound: RFC 4322 12.1 ingress filter).
     uint8_t ts_version
-    uint8_t ts_src[16]
-    uint8_t ts_src_len
-    uint8_t ts_dst[16]
-    uint8_t ts_dst_len
+    uint8_t ts_src_lo[16]       # address ranges, first and last (RFC 7296 3.13.1)
+    uint8_t ts_src_hi[16]
+    uint8_t ts_dst_lo[16]
+    uint8_t ts_dst_hi[16]
     uint8_t ts_proto
     uint16_t ts_sport_lo
     uint16_t ts_sport_hi
@@ -226,6 +230,8 @@ cdef struct EspSa:
     uint64_t err_expired
     uint32_t fired              # FIRED_* (atomic)
     uint32_t pending            # PENDING_* (atomic)
+    uint8_t soft_reason         # R_* of the soft / hard event, written before its PENDING_ bit
+    uint8_t hard_reason
 
 
 cdef struct DpEvent:
@@ -237,6 +243,7 @@ cdef struct DpEvent:
     uint16_t sport
     uint16_t dport
     uint32_t spi
+    uint32_t handle
     uint8_t src[16]
     uint8_t dst[16]
     uint64_t count
@@ -245,7 +252,7 @@ cdef struct DpEvent:
 
 
 cdef struct SaTable:
-    EspSa **slots               # open addressing on the SPI, NULL = empty
+    EspSa **slots               # open addressing on the handle, NULL = empty
     uint32_t cap                # a power of two
     uint32_t count
 
@@ -279,15 +286,22 @@ cdef enum:
     C_TOO_BIG
     C_MSS_CLAMPED
     C_SEND_ERRORS
-    C_EVENTS_LOST
+    C_LOST_ACQUIRE
+    C_LOST_IKE
+    C_LOST_REPLAY
+    C_LOST_AUTH
     C_DUMMY
+    C_HOLDS_EVICTED
+    C_SA_REFUSED
     NCOUNTERS
 
 COUNTER_NAMES = (
     "tun_read", "no_policy", "dropped", "rejected", "passed", "held", "hold_overflow",
     "hold_discarded", "hold_released", "acquires", "no_sa", "esp_out", "esp_in", "unknown_spi",
     "malformed", "replay", "authentication", "padding", "policy", "expired", "keepalives", "ike",
-    "tun_write", "too_big", "mss_clamped", "send_errors", "events_lost", "dummy",
+    "tun_write", "too_big", "mss_clamped", "send_errors", "events_lost_acquire",
+    "events_lost_ike", "events_lost_replay", "events_lost_auth", "dummy", "holds_evicted",
+    "sa_refused",
 )
 
 
@@ -315,21 +329,21 @@ class EspError(OeError):
 
 # --------------------------------------------------------------------------- SA tables
 
-cdef EspSa *sa_find(const SaTable *t, uint32_t spi) noexcept nogil:
+cdef EspSa *sa_find(const SaTable *t, uint32_t handle) noexcept nogil:
     cdef uint32_t i
     cdef EspSa *sa
     if t.cap == 0:
         return NULL
-    i = (spi * 2654435761u) & (t.cap - 1)
+    i = (handle * 2654435761u) & (t.cap - 1)
     while True:
         sa = t.slots[i]
-        if sa == NULL or sa.spi == spi:
+        if sa == NULL or sa.handle == handle:
             return sa
         i = (i + 1) & (t.cap - 1)
 
 
 cdef int sa_table_put(SaTable *t, EspSa *sa) noexcept nogil:
-    """Insert (or replace: the old SA is returned through the table's caller). -1: no memory."""
+    """Insert an SA whose handle is not in the table. -1: no memory."""
     cdef EspSa **old_slots
     cdef uint32_t old_cap, i, j
     if (t.count + 1) * 2 > t.cap:
@@ -351,24 +365,24 @@ cdef int sa_table_put(SaTable *t, EspSa *sa) noexcept nogil:
 
 
 cdef void _sa_table_insert(SaTable *t, EspSa *sa) noexcept nogil:
-    cdef uint32_t i = (sa.spi * 2654435761u) & (t.cap - 1)
+    cdef uint32_t i = (sa.handle * 2654435761u) & (t.cap - 1)
     while t.slots[i] != NULL:
         i = (i + 1) & (t.cap - 1)
     t.slots[i] = sa
     t.count += 1
 
 
-cdef EspSa *sa_table_remove(SaTable *t, uint32_t spi) noexcept nogil:
+cdef EspSa *sa_table_remove(SaTable *t, uint32_t handle) noexcept nogil:
     """Take the SA out (backward-shift deletion keeps probing chains intact)."""
     cdef uint32_t i, j, home
     cdef EspSa *found
     if t.cap == 0:
         return NULL
-    i = (spi * 2654435761u) & (t.cap - 1)
+    i = (handle * 2654435761u) & (t.cap - 1)
     while True:
         if t.slots[i] == NULL:
             return NULL
-        if t.slots[i].spi == spi:
+        if t.slots[i].handle == handle:
             break
         i = (i + 1) & (t.cap - 1)
     found = t.slots[i]
@@ -379,7 +393,7 @@ cdef EspSa *sa_table_remove(SaTable *t, uint32_t spi) noexcept nogil:
         j = (j + 1) & (t.cap - 1)
         if t.slots[j] == NULL:
             break
-        home = (t.slots[j].spi * 2654435761u) & (t.cap - 1)
+        home = (t.slots[j].handle * 2654435761u) & (t.cap - 1)
         # Move slot j back to the hole at i unless its home lies cyclically in (i, j].
         if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
             t.slots[i] = t.slots[j]
@@ -436,18 +450,6 @@ cdef inline uint16_t csum_fold(uint32_t s) noexcept nogil:
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return <uint16_t>(~s & 0xFFFF)
-
-
-cdef inline bint prefix_match(const uint8_t *addr, const uint8_t *prefix, int bits) noexcept nogil:
-    cdef int i = 0
-    while bits >= 8:
-        if addr[i] != prefix[i]:
-            return False
-        i += 1
-        bits -= 8
-    if bits:
-        return ((addr[i] ^ prefix[i]) & (0xFF << (8 - bits)) & 0xFF) == 0
-    return True
 
 
 cdef struct PktInfo:
@@ -717,11 +719,12 @@ cdef int esp_open(EspSa *sa, int ctxi, const uint8_t *esp, size_t n, uint8_t *ou
 
 cdef bint ts_allows(const EspSa *sa, const PktInfo *info) noexcept nogil:
     """Does the inner packet match the SA's traffic selectors (RFC 4322 12.1)?"""
+    cdef int alen = 4 if info.version == 4 else 16
     if info.version != sa.ts_version:
         return False
-    if not prefix_match(info.src, sa.ts_src, sa.ts_src_len):
+    if memcmp(info.src, sa.ts_src_lo, alen) < 0 or memcmp(info.src, sa.ts_src_hi, alen) > 0:
         return False
-    if not prefix_match(info.dst, sa.ts_dst, sa.ts_dst_len):
+    if memcmp(info.dst, sa.ts_dst_lo, alen) < 0 or memcmp(info.dst, sa.ts_dst_hi, alen) > 0:
         return False
     if sa.ts_proto and info.proto != sa.ts_proto:
         return False

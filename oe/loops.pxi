@@ -23,12 +23,18 @@
 # Threads: one per direction (default) or one for both. Each SA has a cipher context for the
 # loop thread that uses it (CTX_LOOP) and one for Python callers (CTX_API).
 #
-# Holds: replace_eroutes() swaps the classifier's table and flags every hold for a recheck; the
-# outbound loop re-classifies each hold and, when the pair is no longer %trap/%hold, sends its
-# queue in order under the new verdict.
+# Holds: replace_eroutes() / update_eroutes() change the classifier's table and flag every hold
+# for a recheck; the outbound loop re-classifies each hold and, when the pair is no longer
+# %trap/%hold, sends its queue in order under the new verdict. Each hold is bounded (packets,
+# bytes), and so are all of them together (max_holds, max_hold_total): the oldest hold goes.
+#
+# Events: acquires, IKE-on-4500 and replay/auth failures are queued and may be dropped (counted
+# per kind); soft/hard lifetime events are flags on the SA, collected by read_events(), so they
+# are never lost.
 
 from cpython.ref cimport PyObject
 
+import hashlib as _hashlib
 import ipaddress as _ipaddress
 
 from oe.dpevents import (Acquire, AuthFailure, IkeMessage, ReplayFailure, SaExpired,
@@ -495,7 +501,9 @@ cdef struct HeldPkt:
 
 
 cdef struct Hold:
-    Hold *next
+    Hold *next                  # in its bucket
+    Hold *older                 # creation order, for the global caps
+    Hold *newer
     uint8_t version
     uint8_t src[16]
     uint8_t dst[16]
@@ -512,7 +520,9 @@ cdef struct DpCore:
     DpEvent *events
     uint32_t ev_head
     uint32_t ev_count
+    uint32_t ev_ike             # IKE events among ev_count
     int ev_fd
+    int lifetime_pending        # some SA has a PENDING_SOFT / PENDING_HARD bit set
     # SAs
     esp_rwlock_t sa_lock
     SaTable sa_out
@@ -520,10 +530,15 @@ cdef struct DpCore:
     # holds
     esp_mutex_t hold_lock
     Hold *holds[256]
+    Hold *hold_oldest
+    Hold *hold_newest
     int nholds
     int recheck
-    uint32_t hold_packets
+    uint32_t hold_packets       # per hold
     uint32_t hold_bytes
+    uint32_t max_holds          # global caps (issue 10, 6): beyond them the oldest hold goes
+    uint64_t max_hold_total
+    uint64_t hold_total         # bytes queued in all holds
     double hold_timeout
     # configuration and loops
     uint64_t replay_window
@@ -544,36 +559,57 @@ cdef inline void dp_count(DpCore *c, int which) noexcept nogil:
 
 # ----------------------------------------------------------------------------- events
 
-cdef void ev_push(DpCore *c, DpEvent *e) noexcept nogil:
+cdef bint ev_push(DpCore *c, DpEvent *e) noexcept nogil:
+    """Queue a droppable event; False (counted per kind) when the queue is full.
+
+    IKE-on-4500 datagrams are spoofable: they may take half the queue at most, so a flood of
+    them never crowds out acquires. Lifetime events never come here (sa_fire).
+    """
     cdef uint64_t one = 1
+    cdef bint ike = e.kind == EV_IKE
     esp_mutex_lock(&c.ev_lock)
-    if c.ev_count == EV_CAP:
+    if c.ev_count == EV_CAP or (ike and c.ev_ike >= EV_IKE_CAP):
         esp_mutex_unlock(&c.ev_lock)
-        dp_count(c, C_EVENTS_LOST)
+        dp_count(c, C_LOST_ACQUIRE if e.kind == EV_ACQUIRE else C_LOST_IKE if ike
+                 else C_LOST_REPLAY if e.kind == EV_REPLAY else C_LOST_AUTH)
         free(e.data)
-        return
+        return False
     c.events[(c.ev_head + c.ev_count) % EV_CAP] = e[0]
     c.ev_count += 1
+    c.ev_ike += ike
     esp_mutex_unlock(&c.ev_lock)
     esp_sys_write(c.ev_fd, &one, 8)
+    return True
 
 
-cdef void ev_sa(DpCore *c, int kind, const EspSa *sa, int reason, uint64_t n) noexcept nogil:
+cdef bint ev_sa(DpCore *c, int kind, const EspSa *sa, int reason, uint64_t n) noexcept nogil:
     cdef DpEvent e
     memset(&e, 0, sizeof(DpEvent))
     e.kind = kind
     e.spi = sa.spi
+    e.handle = sa.handle
     e.direction = sa.direction
     e.reason = reason
     e.count = n
-    ev_push(c, &e)
+    return ev_push(c, &e)
 
 
 cdef void sa_fire(DpCore *c, EspSa *sa, int hard, int reason) noexcept nogil:
-    """Raise the soft or hard limit event of an SA, once."""
+    """Raise the soft or hard limit event of an SA, once, and never lose it.
+
+    Not queued: a PENDING_ bit on the SA, which read_events() collects (bounded by the number
+    of SAs), so a full event queue cannot leave an SA un-rekeyed or undeleted (issue 10, 7).
+    """
     cdef uint32_t bit = FIRED_HARD if hard else FIRED_SOFT
+    cdef uint64_t one = 1
     if (esp_fetch_or32(&sa.fired, bit) & bit) == 0:
-        ev_sa(c, EV_HARD if hard else EV_SOFT, sa, reason, 0)
+        if hard:
+            sa.hard_reason = reason
+        else:
+            sa.soft_reason = reason
+        esp_fetch_or32(&sa.pending, PENDING_HARD if hard else PENDING_SOFT)
+        esp_store_int(&c.lifetime_pending, 1)
+        esp_sys_write(c.ev_fd, &one, 8)
 
 
 cdef bint sa_admit(DpCore *c, EspSa *sa, size_t n, double now) noexcept nogil:
@@ -621,7 +657,8 @@ cdef void sa_failure(DpCore *c, EspSa *sa, int reason) noexcept nogil:
         dp_count(c, C_AUTH)
         bit = PENDING_AUTH
     if (esp_fetch_or32(&sa.pending, bit) & bit) == 0:
-        ev_sa(c, EV_REPLAY if reason == R_REPLAY else EV_AUTH, sa, reason, total)
+        if not ev_sa(c, EV_REPLAY if reason == R_REPLAY else EV_AUTH, sa, reason, total):
+            esp_fetch_and32(&sa.pending, ~bit)      # re-arm: the next failure tries again
 
 
 cdef void dp_sweep(DpCore *c, double now) noexcept nogil:
@@ -869,9 +906,14 @@ cdef Hold *hold_find(DpCore *c, int version, const uint8_t *src, const uint8_t *
 
 cdef Hold *hold_create(DpCore *c, int version, const uint8_t *src, const uint8_t *dst,
                        double now) noexcept nogil:
+    """A new, empty hold; at max_holds the oldest hold is evicted first (its packets counted
+    as hold_overflow): a flood of new destinations costs bounded memory."""
     cdef int alen = 4 if version == 4 else 16
     cdef uint32_t k = hold_hash(version, src, dst)
-    cdef Hold *h = <Hold *>calloc(1, sizeof(Hold))
+    cdef Hold *h
+    while c.nholds > 0 and <uint32_t>c.nholds >= c.max_holds:
+        hold_evict(c, c.hold_oldest)
+    h = <Hold *>calloc(1, sizeof(Hold))
     if h == NULL:
         return NULL
     h.version = version
@@ -880,15 +922,53 @@ cdef Hold *hold_create(DpCore *c, int version, const uint8_t *src, const uint8_t
     h.created = now
     h.next = c.holds[k]
     c.holds[k] = h
+    h.older = c.hold_newest
+    if c.hold_newest != NULL:
+        c.hold_newest.newer = h
+    else:
+        c.hold_oldest = h
+    c.hold_newest = h
     c.nholds += 1
     return h
 
 
+cdef void hold_forget(DpCore *c, Hold *h) noexcept nogil:
+    """Take a hold out of the creation order and the global counts (not out of its bucket)."""
+    if h.older != NULL:
+        h.older.newer = h.newer
+    else:
+        c.hold_oldest = h.newer
+    if h.newer != NULL:
+        h.newer.older = h.older
+    else:
+        c.hold_newest = h.older
+    c.nholds -= 1
+    c.hold_total -= h.nbytes
+
+
+cdef void hold_remove(DpCore *c, Hold *h) noexcept nogil:
+    """Take a hold out of the table (hold_lock held); the caller frees it."""
+    cdef Hold **link = &c.holds[hold_hash(h.version, h.src, h.dst)]
+    while link[0] != h:
+        link = &link[0].next
+    link[0] = h.next
+    hold_forget(c, h)
+
+
+cdef void hold_evict(DpCore *c, Hold *h) noexcept nogil:
+    """Drop a whole hold to make room (hold_lock held)."""
+    hold_remove(c, h)
+    dp_count(c, C_HOLDS_EVICTED)
+    esp_fetch_add64(&c.counters[C_HOLD_OVERFLOW], h.npkts)
+    hold_free(h)
+
+
 cdef void hold_enqueue(DpCore *c, Hold *h, const uint8_t *pkt, size_t n) noexcept nogil:
-    """Queue a copy; beyond the bounds the oldest packets go (design.md 4)."""
+    """Queue a copy; beyond the bounds the oldest packets go (design.md 4): first whole older
+    holds while all holds together pass max_hold_total, then this hold's oldest packets."""
     cdef HeldPkt *p
     cdef HeldPkt *old
-    if n > c.hold_bytes:
+    if n > c.hold_bytes or n > c.max_hold_total:
         dp_count(c, C_HOLD_OVERFLOW)
         return
     p = <HeldPkt *>malloc(sizeof(HeldPkt) + n)
@@ -899,11 +979,15 @@ cdef void hold_enqueue(DpCore *c, Hold *h, const uint8_t *pkt, size_t n) noexcep
     p.length = <uint32_t>n
     p.data = (<uint8_t *>p) + sizeof(HeldPkt)
     memcpy(p.data, pkt, n)
-    while h.head != NULL and (h.npkts + 1 > c.hold_packets or h.nbytes + n > c.hold_bytes):
+    while c.hold_total + n > c.max_hold_total and c.hold_oldest != h:
+        hold_evict(c, c.hold_oldest)
+    while h.head != NULL and (h.npkts + 1 > c.hold_packets or h.nbytes + n > c.hold_bytes
+                              or c.hold_total + n > c.max_hold_total):
         old = h.head
         h.head = old.next
         h.npkts -= 1
         h.nbytes -= old.length
+        c.hold_total -= old.length
         free(old)
         dp_count(c, C_HOLD_OVERFLOW)
     if h.head == NULL:
@@ -915,6 +999,7 @@ cdef void hold_enqueue(DpCore *c, Hold *h, const uint8_t *pkt, size_t n) noexcep
     h.tail = p
     h.npkts += 1
     h.nbytes += <uint32_t>n
+    c.hold_total += n
     dp_count(c, C_HELD)
 
 
@@ -955,7 +1040,7 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
     v = cls.classify(info.version, info.src, info.dst, info.proto, info.sport, info.dport, n)
     if v.action == ACT_SA:
         esp_rd_lock(&c.sa_lock)
-        sa = sa_find(&c.sa_out, v.spi)
+        sa = sa_find(&c.sa_out, v.sa)
         if sa == NULL:
             esp_rw_unlock(&c.sa_lock)
             dp_count(c, C_NO_SA)
@@ -1004,8 +1089,15 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
         if h != NULL:
             hold_enqueue(c, h, pkt, n)
         esp_mutex_unlock(&c.hold_lock)
-        if created and v.action == ACT_TRAP:
-            _acquire(c, &info)
+        if created and v.action == ACT_TRAP and not _acquire(c, &info):
+            # Nobody will negotiate: without its hold the pair's next packet traps again.
+            esp_mutex_lock(&c.hold_lock)
+            h = hold_find(c, info.version, info.src, info.dst)
+            if h != NULL:
+                hold_remove(c, h)
+                esp_fetch_add64(&c.counters[C_HOLD_DISCARDED], h.npkts)
+                hold_free(h)
+            esp_mutex_unlock(&c.hold_lock)
     elif v.action == ACT_PASS:
         slot = batch_slot(c, b)
         memcpy(slot, pkt, n)
@@ -1042,7 +1134,8 @@ cdef bint is_link_chatter(const PktInfo *info) noexcept nogil:
             or (info.src[0] == 0xFE and (info.src[1] & 0xC0) == 0x80))
 
 
-cdef void _acquire(DpCore *c, const PktInfo *info) noexcept nogil:
+cdef bint _acquire(DpCore *c, const PktInfo *info) noexcept nogil:
+    """Queue an Acquire for the packet's pair; False if the queue dropped it."""
     cdef DpEvent e
     cdef int alen = 4 if info.version == 4 else 16
     memset(&e, 0, sizeof(DpEvent))
@@ -1054,7 +1147,7 @@ cdef void _acquire(DpCore *c, const PktInfo *info) noexcept nogil:
     e.sport = info.sport
     e.dport = info.dport
     dp_count(c, C_ACQUIRES)
-    ev_push(c, &e)
+    return ev_push(c, &e)
 
 
 cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double now,
@@ -1091,7 +1184,7 @@ cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double 
                 link = &h.next
                 continue
             link[0] = h.next
-            c.nholds -= 1
+            hold_forget(c, h)
             if now - h.created >= c.hold_timeout:
                 esp_fetch_add64(&c.counters[C_HOLD_DISCARDED], h.npkts)
                 hold_free(h)
@@ -1377,18 +1470,17 @@ cdef struct LoopArg:
 
 # -------------------------------------------------------------------------- Python API
 
-def _net_bytes(address, int version):
-    packed = _ipaddress.ip_address(address).packed
-    if len(packed) != (4 if version == 4 else 16):
-        raise ValueError(f"{address} is not an IPv{version} address")
-    return packed
-
-
-def _prefix(network, int version):
-    net = _ipaddress.ip_network(network, strict=False)
-    if net.version != version:
-        raise ValueError(f"traffic selector {net} is not IPv{version}")
-    return net.network_address.packed, net.prefixlen
+def _ts_range(ts) -> tuple:
+    """A traffic selector's addresses (RFC 7296 3.13.1): an address, a CIDR or a (first, last)
+    pair, as (version, first packed, last packed)."""
+    if isinstance(ts, tuple):
+        first, last = (_ipaddress.ip_address(a) for a in ts)
+        if first.version != last.version or first > last:
+            raise ValueError(f"bad traffic selector range {first}-{last}")
+    else:
+        net = _ipaddress.ip_network(ts, strict=False)
+        first, last = net.network_address, net.broadcast_address
+    return first.version, first.packed, last.packed
 
 
 def esp_overhead(int family, str encap="udp", bint tunnel=True) -> int:
@@ -1413,14 +1505,19 @@ cdef class Datapath:
     cdef esp_thread_t _threads[2]
     cdef LoopArg _args[2]
     cdef int _nthreads
-    cdef object _files
+    cdef uint32_t _next_handle  # outbound handles: 1, 2, ... never reused
+    cdef dict _keys             # SHA-256 of each live SA's KEYMAT -> (direction, handle)
+    cdef dict _digests          # and back
 
     def __cinit__(self, *, uint64_t replay_window=4096, uint32_t hold_packets=64,
                   uint32_t hold_bytes=256 * 1024, double hold_timeout=60.0,
+                  uint32_t max_holds=1024, uint64_t max_hold_total=32 * 1024 * 1024,
                   Classifier classifier=None):
         _fetch_ciphers()
         if replay_window < 1 or replay_window > 0x7FFFFFFF:
             raise ValueError("the replay window is 1 to 2^31 - 1 packets")
+        if max_holds < 1:
+            raise ValueError("max_holds is at least 1 (a %trap needs its hold)")
         self.c = <DpCore *>calloc(1, sizeof(DpCore))
         if self.c == NULL:
             raise MemoryError()
@@ -1440,8 +1537,13 @@ cdef class Datapath:
         self.c.hold_packets = hold_packets
         self.c.hold_bytes = hold_bytes
         self.c.hold_timeout = hold_timeout
+        self.c.max_holds = max_holds
+        self.c.max_hold_total = max_hold_total
         self.c.tun_mtu = 1400
         self.c.tun_fd = -1
+        self._next_handle = 1
+        self._keys = {}
+        self._digests = {}
         for k in range(6):
             self.c.fds[k] = -1
         self.classifier = classifier if classifier is not None else Classifier()
@@ -1492,19 +1594,28 @@ cdef class Datapath:
                src_ts=None, dst_ts=None, int proto=0, sport=(0, 65535), dport=(0, 65535),
                int path_mtu=1500, replay_window=None, uint64_t soft_bytes=0,
                uint64_t hard_bytes=0, uint64_t soft_packets=0, uint64_t hard_packets=0,
-               double soft_time=0.0, double hard_time=0.0, uint64_t seq=0, now=None) -> None:
-        """Install (or replace) an SA. `key` is KEYMAT: AES key || 4-byte salt (RFC 4106 8.1).
+               double soft_time=0.0, double hard_time=0.0, uint64_t seq=0, now=None) -> int:
+        """Install an SA; its handle, for del_sa(), sa_stats(), move_sa() and SaAction.
 
-        direction "out" seals towards `peer`; "in" opens what `peer` sends. Traffic selectors
-        (src_ts/dst_ts, proto, port ranges) say which inner packets the SA carries; they default
-        to peer -> local for "in" (checked on every packet) and local -> peer for "out".
+        `key` is KEYMAT: AES key || 4-byte salt (RFC 4106 8.1). direction "out" seals towards
+        `peer`; "in" opens what `peer` sends. Inbound SAs are found by the SPI we chose, so an
+        inbound handle is its SPI. Outbound SPIs are the peer's choice, and two peers may pick
+        the same one: an outbound SA gets a fresh local handle, never reused (issue 10, 1).
+        Refused (ValueError, counted as sa_refused), never replaced: an inbound SPI already in
+        use, and a KEYMAT some live SA already has (re-installing a key would restart its
+        sequence numbers, hence its GCM nonces: RFC 4106 3.1).
+
+        Traffic selectors (src_ts/dst_ts: an address, a CIDR or a (first, last) address pair;
+        proto; inclusive port ranges, which need a proto) say which inner packets the SA
+        carries, exactly as negotiated; they default to peer -> local for "in"
+        (checked on every packet, RFC 4322 12.1) and local -> peer for "out".
         Lifetimes are counted from now (seconds; `now` is CLOCK_MONOTONIC, default: the clock).
         `seq` is the last sequence number sent ("out") or the top of the window ("in"): 0 for a
         new SA; tests start near a 32-bit boundary with it.
         """
         cdef EspSa *sa
-        cdef EspSa *old
         cdef int k
+        cdef uint32_t handle
         cdef SaTable *table
         cdef double t0 = esp_now() if now is None else now
         if spi < 256:
@@ -1515,6 +1626,13 @@ cdef class Datapath:
             raise ValueError("encap is 'udp' (RFC 3948) or 'esp' (IP protocol 50)")
         if len(key) not in (20, 36):
             raise ValueError("KEYMAT is 20 (AES-128-GCM) or 36 (AES-256-GCM) bytes")
+        if not 0 <= proto <= 255:
+            raise ValueError("the protocol is 0 (any) to 255")
+        for lo, hi in (sport, dport):
+            if not 0 <= lo <= hi <= 65535:
+                raise ValueError(f"bad port range {lo}-{hi}")
+        if not proto and (tuple(sport) != (0, 65535) or tuple(dport) != (0, 65535)):
+            raise ValueError("port ranges need a protocol")
         local_b = _ipaddress.ip_address(local).packed
         peer_b = _ipaddress.ip_address(peer).packed
         if len(local_b) != len(peer_b):
@@ -1525,11 +1643,11 @@ cdef class Datapath:
             src_ts = _ipaddress.ip_address(peer if inbound else local)
         if dst_ts is None:
             dst_ts = _ipaddress.ip_address(local if inbound else peer)
-        src_net = _ipaddress.ip_network(src_ts, strict=False)
-        dst_net = _ipaddress.ip_network(dst_ts, strict=False)
-        if src_net.version != dst_net.version:
+        ts_version, src_lo, src_hi = _ts_range(src_ts)
+        dst_version, dst_lo, dst_hi = _ts_range(dst_ts)
+        if ts_version != dst_version:
             raise ValueError("traffic selectors mix address families")
-        if not tunnel and src_net.version != family:
+        if not tunnel and ts_version != family:
             raise ValueError("transport mode carries the outer address family only")
         window = self.c.replay_window if replay_window is None else replay_window
         if window < 1 or window > 0x7FFFFFFF:
@@ -1537,10 +1655,21 @@ cdef class Datapath:
         mtu = path_mtu - esp_overhead(family, encap, tunnel)
         if mtu < 68:
             raise ValueError(f"path MTU {path_mtu} leaves no room for ESP")
+        digest = _hashlib.sha256(key).digest()
+        if inbound and sa_find(&self.c.sa_in, spi) != NULL:
+            self._refuse(f"inbound SPI {spi:08x} is already installed")
+        if digest in self._keys:
+            used = self._keys[digest]
+            self._refuse(f"this KEYMAT is already installed ({used[0]}bound SA {used[1]:#x}): "
+                         "re-installing it would repeat GCM nonces")
+        if not inbound and self._next_handle == 0xFFFFFFFF:
+            self._refuse("no outbound SA handle left")
+        handle = spi if inbound else self._next_handle
         sa = <EspSa *>calloc(1, sizeof(EspSa))
         if sa == NULL:
             raise MemoryError()
         try:
+            sa.handle = handle
             sa.spi = spi
             sa.direction = DIR_IN if inbound else DIR_OUT
             sa.tunnel = tunnel
@@ -1560,11 +1689,11 @@ cdef class Datapath:
                 sa.seq = seq
             for k in range(NCTX):
                 sa.ctx[k] = aead_context(key, not inbound)
-            sa.ts_version = src_net.version
-            memcpy(sa.ts_src, <const char *>src_net.network_address.packed, len(src_net.network_address.packed))
-            memcpy(sa.ts_dst, <const char *>dst_net.network_address.packed, len(dst_net.network_address.packed))
-            sa.ts_src_len = src_net.prefixlen
-            sa.ts_dst_len = dst_net.prefixlen
+            sa.ts_version = ts_version
+            memcpy(sa.ts_src_lo, <const char *>src_lo, len(src_lo))
+            memcpy(sa.ts_src_hi, <const char *>src_hi, len(src_hi))
+            memcpy(sa.ts_dst_lo, <const char *>dst_lo, len(dst_lo))
+            memcpy(sa.ts_dst_hi, <const char *>dst_hi, len(dst_hi))
             sa.ts_proto = proto
             sa.ts_sport_lo = sport[0]
             sa.ts_sport_hi = sport[1]
@@ -1583,15 +1712,22 @@ cdef class Datapath:
         with nogil:
             esp_wr_lock(&self.c.sa_lock)
         table = &self.c.sa_in if inbound else &self.c.sa_out
-        old = sa_table_remove(table, spi)
         k = sa_table_put(table, sa)
         esp_rw_unlock(&self.c.sa_lock)
-        sa_free(old)
         if k != 0:
             sa_free(sa)
             raise MemoryError()
+        if not inbound:
+            self._next_handle += 1
+        self._keys[digest] = (direction, handle)
+        self._digests[direction, handle] = digest
+        return handle
 
-    def move_sa(self, uint32_t spi, str direction, peer, int peer_port) -> bool:
+    cdef _refuse(self, str why):
+        dp_count(self.c, C_SA_REFUSED)
+        raise ValueError(f"add_sa refused: {why}")
+
+    def move_sa(self, uint32_t handle, str direction, peer, int peer_port) -> bool:
         """The peer's NAT mapping changed (RFC 7296 2.23): send to / accept from its new
         address and port. Keys, sequence numbers and the replay window stay as they are; an
         SA is never re-added for this, which would restart its IVs under the same key."""
@@ -1601,31 +1737,34 @@ cdef class Datapath:
             raise ValueError("direction is 'in' or 'out'")
         with nogil:
             esp_wr_lock(&self.c.sa_lock)
-        sa = sa_find(&self.c.sa_in if direction == "in" else &self.c.sa_out, spi)
+        sa = sa_find(&self.c.sa_in if direction == "in" else &self.c.sa_out, handle)
         if sa != NULL and len(peer_b) == (4 if sa.family == 4 else 16):
             memcpy(sa.peer, <const char *>peer_b, len(peer_b))
             sa.peer_port = peer_port
         esp_rw_unlock(&self.c.sa_lock)
         return sa != NULL
 
-    def del_sa(self, uint32_t spi, str direction) -> bool:
-        """Remove an SA; True if it existed. Packets in flight finish under the read lock."""
+    def del_sa(self, uint32_t handle, str direction) -> bool:
+        """Remove an SA by its handle; True if it existed. Packets in flight finish under the
+        read lock."""
         cdef EspSa *sa
         if direction not in ("in", "out"):
             raise ValueError("direction is 'in' or 'out'")
         with nogil:
             esp_wr_lock(&self.c.sa_lock)
-        sa = sa_table_remove(&self.c.sa_in if direction == "in" else &self.c.sa_out, spi)
+        sa = sa_table_remove(&self.c.sa_in if direction == "in" else &self.c.sa_out, handle)
         esp_rw_unlock(&self.c.sa_lock)
+        if sa != NULL:
+            del self._keys[self._digests.pop((direction, handle))]
         sa_free(sa)
         return sa != NULL
 
-    def sa_stats(self, uint32_t spi, str direction) -> dict | None:
-        """Counters of one SA, or None."""
+    def sa_stats(self, uint32_t handle, str direction) -> dict | None:
+        """Counters of one SA (by its handle), or None."""
         cdef EspSa *sa
         with nogil:
             esp_rd_lock(&self.c.sa_lock)
-        sa = sa_find(&self.c.sa_in if direction == "in" else &self.c.sa_out, spi)
+        sa = sa_find(&self.c.sa_in if direction == "in" else &self.c.sa_out, handle)
         result = None if sa == NULL else _sa_dict(sa)
         esp_rw_unlock(&self.c.sa_lock)
         return result
@@ -1652,8 +1791,17 @@ cdef class Datapath:
     # ------------------------------------------------------------------ eroutes and holds
 
     def replace_eroutes(self, table) -> None:
-        """Swap in an oe.eroute.ErouteTable atomically; holds it no longer traps are released."""
+        """Swap in an oe.eroute.ErouteTable atomically; holds it no longer traps are released.
+        Costs in proportion to the table (it is compared with the one in force)."""
         self.classifier.replace(table)
+        esp_store_int(&self.c.recheck, 1)
+        self._wake()
+
+    def update_eroutes(self, add=(), remove=()) -> None:
+        """Atomically remove the eroutes of the selectors `remove`, then add the Eroutes `add`
+        (replacing any of the same selector): the cost of one change does not grow with the
+        table (issue 10, 6). Holds the table no longer traps are released."""
+        self.classifier.update(add, remove)
         esp_store_int(&self.c.recheck, 1)
         self._wake()
 
@@ -1695,12 +1843,12 @@ cdef class Datapath:
         return self.c.ev_fd
 
     def read_events(self) -> list:
-        """Drain the events (oe.dpevents dataclasses), oldest first."""
+        """Drain the events (oe.dpevents dataclasses): lifetime events first, then the queue
+        oldest first."""
         cdef uint64_t junk
         cdef DpEvent e
-        cdef EspSa *sa
         esp_sys_read(self.c.ev_fd, &junk, 8)
-        result = []
+        result = self._lifetime_events() if esp_swap_int(&self.c.lifetime_pending, 0) else []
         while True:
             esp_mutex_lock(&self.c.ev_lock)
             if self.c.ev_count == 0:
@@ -1709,13 +1857,39 @@ cdef class Datapath:
             e = self.c.events[self.c.ev_head]
             self.c.ev_head = (self.c.ev_head + 1) % EV_CAP
             self.c.ev_count -= 1
+            self.c.ev_ike -= e.kind == EV_IKE
             esp_mutex_unlock(&self.c.ev_lock)
             result.append(self._event(&e))
         return result
 
+    cdef list _lifetime_events(self):
+        """Collect the soft / hard limit events SAs have raised (sa_fire), clearing them."""
+        cdef SaTable *table
+        cdef EspSa *sa
+        cdef uint32_t i, bits
+        cdef int k
+        result = []
+        with nogil:
+            esp_rd_lock(&self.c.sa_lock)
+        for k in range(2):
+            table = &self.c.sa_out if k == 0 else &self.c.sa_in
+            for i in range(table.cap):
+                sa = table.slots[i]
+                if sa == NULL:
+                    continue
+                bits = esp_fetch_and32(&sa.pending, ~(<uint32_t>(PENDING_SOFT | PENDING_HARD)))
+                direction = "in" if sa.direction == DIR_IN else "out"
+                if bits & PENDING_SOFT:
+                    result.append(SaSoftLimit(spi=sa.spi, direction=direction,
+                                              reason=REASONS[sa.soft_reason], handle=sa.handle))
+                if bits & PENDING_HARD:
+                    result.append(SaExpired(spi=sa.spi, direction=direction,
+                                            reason=REASONS[sa.hard_reason], handle=sa.handle))
+        esp_rw_unlock(&self.c.sa_lock)
+        return result
+
     cdef object _event(self, DpEvent *e):
         cdef EspSa *sa
-        direction = "in" if e.direction == DIR_IN else "out"
         if e.kind == EV_ACQUIRE:
             alen = 4 if e.version == 4 else 16
             return Acquire(src=_ipaddress.ip_address((<char *>e.src)[:alen]),
@@ -1727,14 +1901,10 @@ cdef class Datapath:
             free(e.data)
             return IkeMessage(src=_ipaddress.ip_address((<char *>e.src)[:alen]), sport=e.sport,
                               data=data)
-        if e.kind == EV_SOFT:
-            return SaSoftLimit(spi=e.spi, direction=direction, reason=REASONS[e.reason])
-        if e.kind == EV_HARD:
-            return SaExpired(spi=e.spi, direction=direction, reason=REASONS[e.reason])
         # Failure events are coalesced: re-arm so the next failure raises a new one.
         with nogil:
             esp_rd_lock(&self.c.sa_lock)
-        sa = sa_find(&self.c.sa_in, e.spi)
+        sa = sa_find(&self.c.sa_in, e.handle)
         if sa != NULL:
             esp_fetch_and32(&sa.pending, <uint32_t>~(PENDING_REPLAY if e.kind == EV_REPLAY else PENDING_AUTH))
         esp_rw_unlock(&self.c.sa_lock)
@@ -1743,13 +1913,18 @@ cdef class Datapath:
         return AuthFailure(spi=e.spi, total=e.count)
 
     def stats(self) -> dict:
-        """Global counters by name."""
-        return {name: esp_get64(&self.c.counters[i]) for i, name in enumerate(COUNTER_NAMES)}
+        """Global counters by name, then the holds in place and their caps."""
+        result = {name: esp_get64(&self.c.counters[i]) for i, name in enumerate(COUNTER_NAMES)}
+        esp_mutex_lock(&self.c.hold_lock)
+        result.update(holds=self.c.nholds, hold_total_bytes=self.c.hold_total,
+                      max_holds=self.c.max_holds, max_hold_total=self.c.max_hold_total)
+        esp_mutex_unlock(&self.c.hold_lock)
+        return result
 
     # ------------------------------------------------------ packet functions from Python
 
-    def seal(self, uint32_t spi, packet) -> bytes:
-        """ESP-encapsulate one IP packet on outbound SA `spi` (no eroute, no hold, no MTU)."""
+    def seal(self, uint32_t handle, packet) -> bytes:
+        """ESP-encapsulate one IP packet on the outbound SA `handle` (no eroute, hold or MTU)."""
         cdef EspSa *sa
         cdef uint64_t seq
         cdef int r
@@ -1759,7 +1934,7 @@ cdef class Datapath:
         with nogil:
             esp_rd_lock(&self.c.sa_lock)
         try:
-            sa = sa_find(&self.c.sa_out, spi)
+            sa = sa_find(&self.c.sa_out, handle)
             if sa == NULL:
                 raise EspError(REASONS[R_UNKNOWN_SPI])
             if not sa_admit(self.c, sa, len(data), esp_now()):
@@ -1928,6 +2103,7 @@ cdef void _api_batch_free(OutBatch *b) noexcept:
 cdef dict _sa_dict(EspSa *sa):
     alen = 4 if sa.family == 4 else 16
     return {
+        "handle": sa.handle,
         "spi": sa.spi,
         "direction": "in" if sa.direction == DIR_IN else "out",
         "peer": _ipaddress.ip_address((<char *>sa.peer)[:alen]),

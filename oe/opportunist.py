@@ -102,6 +102,8 @@ class Tunnel:
     created: float
     narrowing: tuple[int, int, int] = (0, 0, 0)
     """(proto, sport, dport) the CHILD SA was narrowed to (child_flow); (0, 0, 0): all."""
+    sa_out: int = 0
+    """The datapath's handle of the outbound SA (Datapath.add_sa): what the SA eroute uses."""
 
     @property
     def selector(self) -> Selector:
@@ -109,6 +111,10 @@ class Tunnel:
 
 
 ANY_PORT = (0, 65535)
+
+
+def _shunt_eroute(shunt: BareShunt) -> Eroute:
+    return Eroute(shunt.selector, shunt.action, None, shunt.group)
 
 
 def child_flow(local_ts: tuple, remote_ts: tuple) -> tuple[Pair, tuple[int, int, int]]:
@@ -218,10 +224,13 @@ class Opportunist:
 
     def table(self) -> ErouteTable:
         """Policy, then bare shunts and SA eroutes (/32, so more specific than any policy)."""
-        extra = [Eroute(s.selector, s.action, None, s.group) for s in self.shunts.values()]
-        extra += [Eroute(t.selector, SaAction(t.peer, t.spi_out), None, self.host_group(p))
-                  for p, t in self.tunnels.items()]
+        extra = [_shunt_eroute(s) for s in self.shunts.values()]
+        extra += [self._tunnel_eroute(t) for t in self.tunnels.values()]
         return self.base.replace(*extra)
+
+    def _tunnel_eroute(self, tunnel: Tunnel) -> Eroute:
+        return Eroute(tunnel.selector, SaAction(tunnel.peer, tunnel.spi_out, tunnel.sa_out),
+                      None, self.host_group(tunnel.pair))
 
     def take_changes(self) -> tuple[list[Eroute], list[Selector]] | None:
         """What changed in table() since the last call: (eroutes to add or replace, selectors
@@ -248,11 +257,10 @@ class Opportunist:
             pair = Pair(selector.src.network_address, selector.dst.network_address)
             tunnel = self.tunnels.get(pair)
             if tunnel is not None and tunnel.selector == selector:
-                return Eroute(selector, SaAction(tunnel.peer, tunnel.spi_out), None,
-                              self.host_group(pair))
+                return self._tunnel_eroute(tunnel)
             shunt = self.shunts.get(pair)
             if shunt is not None and shunt.selector == selector:
-                return Eroute(selector, shunt.action, None, shunt.group)
+                return _shunt_eroute(shunt)
         return self._base_at.get(selector)
 
     def policy_entry(self, pair: Pair, proto: int = 0, sport: int = 0,
@@ -346,7 +354,8 @@ class Opportunist:
 
     def tunnel_up(self, pair: Pair, peer: IPAddress, sa_id: int, spi_in: int, spi_out: int,
                   algorithm: str, udp_encap: bool, initiator: bool, now: float,
-                  narrowing: tuple[int, int, int] = (0, 0, 0)) -> list[Command]:
+                  narrowing: tuple[int, int, int] = (0, 0, 0),
+                  sa_out: int = 0) -> list[Command]:
         """A CHILD SA for `pair` is in the datapath (we initiated, or the peer did and policy
         allowed it). A tunnel of another IKE SA for the pair is stale: the peer restarted and
         negotiated afresh (what INITIAL_CONTACT says, RFC 7296 2.4), so that IKE SA goes."""
@@ -357,17 +366,18 @@ class Opportunist:
         self.negotiations.pop(pair, None)
         self._drop_shunt(pair)
         self._put_tunnel(Tunnel(pair, peer, sa_id, spi_in, spi_out, algorithm, udp_encap,
-                                initiator, now, narrowing))
+                                initiator, now, narrowing, sa_out))
         how = "initiated" if initiator else "responded to"
         self.log.append(f"{how} OE to {pair.dst} via {peer}: ESP {algorithm}"
                         + (" in UDP" if udp_encap else ""))
         return commands
 
-    def tunnel_rekeyed(self, pair: Pair, spi_in: int, spi_out: int, now: float) -> None:
-        """The CHILD SA was replaced; the SA eroute points at the new outbound SPI."""
+    def tunnel_rekeyed(self, pair: Pair, spi_in: int, spi_out: int, now: float,
+                       sa_out: int = 0) -> None:
+        """The CHILD SA was replaced; the SA eroute points at the new outbound SA."""
         tunnel = self.tunnels.get(pair)
         if tunnel is not None:
-            tunnel.spi_in, tunnel.spi_out = spi_in, spi_out
+            tunnel.spi_in, tunnel.spi_out, tunnel.sa_out = spi_in, spi_out, sa_out
             self._dirty.add(tunnel.selector)
 
     def tunnel_down(self, pair: Pair, spi_in: int, reason: str, now: float) -> None:

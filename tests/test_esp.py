@@ -64,12 +64,32 @@ def keymat(bits: int) -> bytes:
     return bytes(range(1, bits // 8 + 5))
 
 
+class Loopback:
+    """Both ends of one SA: seal() on the sender's outbound SA, the rest on the receiver's
+    inbound SA. Two datapaths, because one refuses to hold one KEYMAT twice (issue 10, 2)."""
+
+    def __init__(self, sender, handle, receiver):
+        self.sender, self.handle, self.receiver = sender, handle, receiver
+
+    def seal(self, spi, packet):
+        assert spi == SPI
+        return self.sender.seal(self.handle, packet)
+
+    def read_events(self):
+        return self.sender.read_events() + self.receiver.read_events()
+
+    def __getattr__(self, name):
+        return getattr(self.receiver, name)
+
+
 def pair(bits=128, esn=False, tunnel=True, seq=0, local=LOCAL, peer=PEER, **kw):
     """Our side (out SA + in SA with one key) and scapy's SA for the same key and SPI."""
     key = keymat(bits)
-    dp = Datapath()
-    dp.add_sa(SPI, "out", key, local=local, peer=peer, tunnel=tunnel, esn=esn, seq=seq, **kw)
-    dp.add_sa(SPI, "in", key, local=peer, peer=local, tunnel=tunnel, esn=esn, seq=seq, **kw)
+    sender, receiver = Datapath(), Datapath()
+    handle = sender.add_sa(SPI, "out", key, local=local, peer=peer, tunnel=tunnel, esn=esn,
+                           seq=seq, **kw)
+    receiver.add_sa(SPI, "in", key, local=peer, peer=local, tunnel=tunnel, esn=esn, seq=seq, **kw)
+    dp = Loopback(sender, handle, receiver)
     outer = IP if ipaddress.ip_address(local).version == 4 else IPv6
     sa = SecurityAssociation(ESP, spi=SPI, crypt_algo="AES-GCM", crypt_key=key,
                              crypt_icv_size=16,
@@ -232,28 +252,29 @@ def test_hard_packet_limit_stops_sending_and_soft_limit_warns():
         dp.seal(SPI, raw(INNER[0]))
     with pytest.raises(EspError, match="expired"):
         dp.seal(SPI, raw(INNER[0]))
-    assert dp.read_events() == [SaSoftLimit(spi=SPI, direction="out", reason="packets"),
-                                SaExpired(spi=SPI, direction="out", reason="packets")]
+    assert dp.read_events() == [
+        SaSoftLimit(spi=SPI, direction="out", reason="packets", handle=dp.handle),
+        SaExpired(spi=SPI, direction="out", reason="packets", handle=dp.handle)]
 
 
 def test_byte_and_time_lifetimes():
     t0 = time.monotonic()                       # the datapath's clock is CLOCK_MONOTONIC
     dp = Datapath()
-    dp.add_sa(SPI, "out", keymat(128), local=LOCAL, peer=PEER, hard_bytes=200,
-              soft_time=1000.0, hard_time=2000.0)
-    dp.seal(SPI, raw(INNER[0]))                 # 84 bytes
-    dp.seal(SPI, raw(INNER[0]))                 # 168
+    out = dp.add_sa(SPI, "out", keymat(128), local=LOCAL, peer=PEER, hard_bytes=200,
+                    soft_time=1000.0, hard_time=2000.0)
+    dp.seal(out, raw(INNER[0]))                 # 84 bytes
+    dp.seal(out, raw(INNER[0]))                 # 168
     with pytest.raises(EspError, match="expired"):
-        dp.seal(SPI, raw(INNER[0]))             # would pass 200
-    dp.add_sa(SPI + 1, "in", keymat(128), local=PEER, peer=LOCAL, soft_time=10.0,
+        dp.seal(out, raw(INNER[0]))             # would pass 200
+    dp.add_sa(SPI + 1, "in", keymat(256), local=PEER, peer=LOCAL, soft_time=10.0,
               hard_time=20.0, now=t0)
     dp.check_lifetimes(now=t0 + 11)
     dp.check_lifetimes(now=t0 + 12)             # fires once
     dp.check_lifetimes(now=t0 + 21)
     assert dp.read_events() == [
-        SaExpired(spi=SPI, direction="out", reason="bytes"),
-        SaSoftLimit(spi=SPI + 1, direction="in", reason="time"),
-        SaExpired(spi=SPI + 1, direction="in", reason="time"),
+        SaExpired(spi=SPI, direction="out", reason="bytes", handle=out),
+        SaSoftLimit(spi=SPI + 1, direction="in", reason="time", handle=SPI + 1),
+        SaExpired(spi=SPI + 1, direction="in", reason="time", handle=SPI + 1),
     ]
 
 
@@ -264,7 +285,8 @@ def test_sequence_number_exhaustion_without_esn():
     assert esp[4:8] == b"\xff\xff\xff\xff"
     with pytest.raises(EspError, match="sequence"):
         dp.seal(SPI, raw(INNER[0]))
-    assert SaExpired(spi=SPI, direction="out", reason="sequence") in dp.read_events()
+    assert SaExpired(spi=SPI, direction="out", reason="sequence",
+                     handle=dp.handle) in dp.read_events()
 
 
 def test_esn_crosses_the_32_bit_boundary():

@@ -48,9 +48,9 @@ def test_key_then_tunnel_replaces_the_hold_with_the_sa():
         Initiate(pair, ipaddress.ip_address("192.0.2.20"))]
     commands = oe.tunnel_up(pair, ipaddress.ip_address("192.0.2.20"), sa_id=1, spi_in=0x1001,
                             spi_out=0xc0de, algorithm="AES_GCM_16_128", udp_encap=False,
-                            initiator=True, now=0.5)
+                            initiator=True, now=0.5, sa_out=7)
     assert commands == []
-    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0xc0de)
+    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0xc0de, 7)
     assert oe.shunts == {}
     assert oe.take_log() == ["initiated OE to 192.0.2.20 via 192.0.2.20: ESP AES_GCM_16_128"]
 
@@ -101,9 +101,9 @@ def test_tunnel_down_brings_back_the_trap():
     oe = opportunist(private_or_clear="0.0.0.0/0\n")
     pair = Pair.of(ME, "192.0.2.20")
     peer = ipaddress.ip_address("192.0.2.20")
-    oe.tunnel_up(pair, peer, 3, 0x11, 0x22, "AES_GCM_16_128", True, False, 0)
+    oe.tunnel_up(pair, peer, 3, 0x11, 0x22, "AES_GCM_16_128", True, False, 0, sa_out=1)
     oe.tunnel_down(pair, 0x99, "DELETE", 1)                  # not our SPI: ignored
-    assert fate(oe, "192.0.2.20") == SaAction(peer, 0x22)
+    assert fate(oe, "192.0.2.20") == SaAction(peer, 0x22, 1)
     oe.ike_gone(3, "peer dead", 5)
     assert fate(oe, "192.0.2.20") is Shunt.TRAP
 
@@ -111,11 +111,12 @@ def test_tunnel_down_brings_back_the_trap():
 def test_rekey_moves_the_eroute_and_the_old_sas_delete_is_ignored():
     oe = opportunist(private_or_clear="0.0.0.0/0\n")
     pair = Pair.of(ME, "192.0.2.20")
-    oe.tunnel_up(pair, ipaddress.ip_address("192.0.2.20"), 3, 0x11, 0x22, "x", False, True, 0)
-    oe.tunnel_rekeyed(pair, 0x33, 0x44, 100)
-    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0x44)
+    oe.tunnel_up(pair, ipaddress.ip_address("192.0.2.20"), 3, 0x11, 0x22, "x", False, True, 0,
+                 sa_out=1)
+    oe.tunnel_rekeyed(pair, 0x33, 0x44, 100, sa_out=2)
+    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0x44, 2)
     oe.tunnel_down(pair, 0x11, "rekeyed", 101)               # the old CHILD SA's DELETE
-    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0x44)
+    assert fate(oe, "192.0.2.20") == SaAction(ipaddress.ip_address("192.0.2.20"), 0x44, 2)
 
 
 def test_a_new_ike_sa_for_a_pair_replaces_a_stale_one():
@@ -123,9 +124,10 @@ def test_a_new_ike_sa_for_a_pair_replaces_a_stale_one():
     oe = opportunist(private_or_clear="0.0.0.0/0\n")
     pair = Pair.of(ME, "192.0.2.20")
     peer = ipaddress.ip_address("192.0.2.20")
-    oe.tunnel_up(pair, peer, 3, 0x11, 0x22, "x", False, True, 0)
-    assert oe.tunnel_up(pair, peer, 4, 0x55, 0x66, "x", False, False, 50) == [DeleteIke(3)]
-    assert fate(oe, "192.0.2.20") == SaAction(peer, 0x66)
+    oe.tunnel_up(pair, peer, 3, 0x11, 0x22, "x", False, True, 0, sa_out=1)
+    assert oe.tunnel_up(pair, peer, 4, 0x55, 0x66, "x", False, False, 50, sa_out=2) == [
+        DeleteIke(3)]
+    assert fate(oe, "192.0.2.20") == SaAction(peer, 0x66, 2)
 
 
 def test_acquires_are_rate_limited_not_dropped():
@@ -236,9 +238,9 @@ def test_table_changes_are_incremental_and_agree_with_the_whole_table():
     assert len(changes[0]) + len(changes[1]) == 1
     _apply(installed, changes)
     pair = Pair.of(ME, "198.51.100.20")                  # a /32 policy entry under a tunnel
-    oe.tunnel_up(pair, pair.dst, 1, 0x11, 0x22, "x", False, True, 2.0)
+    oe.tunnel_up(pair, pair.dst, 1, 0x11, 0x22, "x", False, True, 2.0, sa_out=5)
     _apply(installed, oe.take_changes())
-    assert installed[pair.selector].action == SaAction(pair.dst, 0x22)
+    assert installed[pair.selector].action == SaAction(pair.dst, 0x22, 5)
     oe.tunnel_down(pair, 0x11, "DELETE", 3.0)             # policy's %trap is back, not a hole
     oe.tick(10_000.0)                                     # every failure shunt expires
     _apply(installed, oe.take_changes())
@@ -281,10 +283,11 @@ def test_child_flow_refuses_what_an_eroute_cannot_enforce(local, remote, why):
 def test_a_narrowed_tunnel_covers_only_its_port():
     oe = opportunist(private_or_clear="0.0.0.0/0\n")
     pair = Pair.of(ME, "192.0.2.20")
-    oe.tunnel_up(pair, pair.dst, 1, 0x11, 0x22, "x", False, True, 0, narrowing=(6, 0, 22))
+    oe.tunnel_up(pair, pair.dst, 1, 0x11, 0x22, "x", False, True, 0, narrowing=(6, 0, 22),
+                 sa_out=5)
     table = oe.table()
     me, bob = pair.src, pair.dst
-    assert table.entries[table.lookup(me, bob, 6, 40000, 22)].action == SaAction(bob, 0x22)
+    assert table.entries[table.lookup(me, bob, 6, 40000, 22)].action == SaAction(bob, 0x22, 5)
     assert table.entries[table.lookup(me, bob, 6, 40000, 80)].action is Shunt.TRAP
 
 

@@ -11,7 +11,8 @@ CONFIG: {"tun": "oe0", "mtu": 1435, "mark": 66, "table": 100, "priority": 100,
 
 Prints {"ready": true} once the loops run, then every datapath event as one JSON line. Reads
 JSON commands, one per line, on stdin: {"eroutes": [...]}, {"add_sa": {...}}, {"stats": true},
-{"quit": true}. Used by tests/netns/test_datapath_netns.py and bench/throughput.py.
+{"update": {"add": [...], "remove": [[dst, src], ...]}}, {"quit": true}. Used by
+tests/netns/test_datapath_netns.py and bench/throughput.py.
 """
 
 from __future__ import annotations
@@ -32,23 +33,29 @@ from oe.datapath import Datapath  # noqa: E402
 from oe.eroute import Eroute, ErouteTable, SaAction, Selector, Shunt  # noqa: E402
 
 
-def table_of(rows: list) -> ErouteTable:
+def table_of(rows: list, handles: dict) -> ErouteTable:
+    """Eroutes name an outbound SA by SPI and peer: `handles` maps those to add_sa()'s handle
+    (static keys: the test gives each pair one SA)."""
     eroutes = []
     for row in rows:
         dst = ipaddress.ip_network(row[0])
         src = ipaddress.ip_network(row[2]) if len(row) > 2 else Selector.any_source(dst.version)
         action = row[1]
         if isinstance(action, dict):
-            action = SaAction(ipaddress.ip_address(action["peer"]), action["spi"])
+            peer = ipaddress.ip_address(action["peer"])
+            action = SaAction(peer, action["spi"], handles.get((action["spi"], peer), 0))
         else:
             action = Shunt(action)
         eroutes.append(Eroute(Selector(src, dst), action))
     return ErouteTable(eroutes)
 
 
-def add_sa(dp: Datapath, sa: dict) -> None:
+def add_sa(dp: Datapath, sa: dict, handles: dict) -> None:
     sa = dict(sa)
-    dp.add_sa(sa.pop("spi"), sa.pop("direction"), bytes.fromhex(sa.pop("key")), **sa)
+    spi, direction = sa.pop("spi"), sa.pop("direction")
+    handle = dp.add_sa(spi, direction, bytes.fromhex(sa.pop("key")), **sa)
+    if direction == "out":
+        handles[spi, ipaddress.ip_address(sa["peer"])] = handle
 
 
 def say(obj: dict) -> None:
@@ -71,9 +78,10 @@ def main() -> None:
         fds.update({f"udp{suffix}": sockets[-3].fileno(), f"esp{suffix}": sockets[-2].fileno(),
                     f"pass{suffix}": sockets[-1].fileno()})
     dp = Datapath()
+    handles: dict = {}
     for sa in config.get("sas", []):
-        add_sa(dp, sa)
-    dp.replace_eroutes(table_of(config.get("eroutes", [])))
+        add_sa(dp, sa, handles)
+    dp.replace_eroutes(table_of(config.get("eroutes", []), handles))
     dp.start(fd, tun_mtu=config["mtu"], threads=config.get("threads", 2), **fds)
     steering = routing.install(name, config["trap"], [], table=config.get("table", 100),
                                priority=config.get("priority", 100), mark=mark)
@@ -93,11 +101,17 @@ def main() -> None:
                     return
                 command = json.loads(line)
                 if "add_sa" in command:
-                    add_sa(dp, command["add_sa"])
+                    add_sa(dp, command["add_sa"], handles)
                 if "eroutes" in command:
-                    dp.replace_eroutes(table_of(command["eroutes"]))
+                    dp.replace_eroutes(table_of(command["eroutes"], handles))
+                if "update" in command:
+                    update = command["update"]
+                    remove = [Selector(ipaddress.ip_network(src), ipaddress.ip_network(dst))
+                              for dst, src in update.get("remove", [])]
+                    dp.update_eroutes(table_of(update.get("add", []), handles).entries, remove)
                 if "stats" in command:
                     say({"stats": dp.stats(), "sas": dp.sas(),
+                         "eroutes": len(dp.classifier.table),
                          "holds": [[str(s), str(d), n] for s, d, n in dp.holds()]})
                 if "quit" in command:
                     return

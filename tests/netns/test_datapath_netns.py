@@ -275,3 +275,35 @@ def test_fragments_and_ip_options_cross_intact(pair):
     assert "mtu=1423" in result.stdout and " 0 received" not in result.stdout
     result = in_ns(a, "ping", "-R", "-c", "1", "-W", "5", B4)          # record-route option
     assert result.returncode == 0 and "RR:" in result.stdout, result.stdout + result.stderr
+
+
+def test_eroute_updates_while_the_loops_run(pair):
+    """Issue 10, 6: thousands of incremental updates (holds added and removed, both families,
+    growing and shrinking the classifier's arrays) while the loop threads classify a ping
+    flood: no packet is lost or misrouted, and the table ends as it began."""
+    a, b, node_a, node_b = pair
+    before = node_a.stats()
+    ping = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-c", "200", "-i", "0.01", "-W", "5",
+                             B4], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for n in range(3000):
+            dst4, src4 = f"203.0.113.{n % 250}/32", f"192.0.2.{n // 250}/32"
+            dst6, src6 = f"2001:db8:5::{n:x}/128", "2001:db8::1/128"
+            rows = [[dst4, "%hold", src4], [dst6, "%hold", src6]]
+            node_a.send({"update": {"add": rows}} if n % 3 else
+                        {"update": {"add": rows, "remove": [[dst4, src4], [dst6, src6]]}})
+        for n in range(3000):
+            node_a.send({"update": {"remove": [
+                [f"203.0.113.{n % 250}/32", f"192.0.2.{n // 250}/32"],
+                [f"2001:db8:5::{n:x}/128", "2001:db8::1/128"]]}})
+        out = ping.communicate(timeout=60)[0]
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+            ping.wait()
+    assert ping.returncode == 0 and " 0% packet loss" in out, out
+    after = node_a.stats()
+    assert after["eroutes"] == before["eroutes"]
+    before, after = before["stats"], after["stats"]
+    assert after["esp_out"] - before["esp_out"] >= 200
+    assert after["no_policy"] == before["no_policy"] and after["no_sa"] == before["no_sa"]
