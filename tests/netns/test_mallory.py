@@ -56,6 +56,8 @@ COUNTER_SECTIONS = ("datapath",)
 """Sections of `oe status --json` whose numbers are drop/packet counters (add new ones here)."""
 PAUSE = 2.5                   # seconds bob's daemon is stopped around alice's rekey
 SOFT = 8.0                    # alice's soft lifetime in the rekey test (hard: twice that)
+FLOOD = 100_000               # packets per second mallory tries, for FLOOD_TIME seconds
+FLOOD_TIME = 1.5
 
 _LISTENER = """
 import select, socket, sys
@@ -109,15 +111,15 @@ class Arena:
         print("mallory sent:", sent)
         return sent
 
-    def attack_in_background(self, steps: list[dict]) -> subprocess.Popen:
+    def attack_in_background(self, steps: list[dict], **plan) -> subprocess.Popen:
         """The same, while the test watches; what was sent goes to mallory.log."""
-        return self.world.spawn(self.mallory, sys.executable, str(ATTACKER), self._plan(steps),
-                                log="mallory.log")
+        return self.world.spawn(self.mallory, sys.executable, str(ATTACKER),
+                                self._plan(steps, **plan), log="mallory.log")
 
-    def _plan(self, steps: list[dict]) -> str:
-        plan = self.mallory.dir / f"plan{time.monotonic_ns()}.json"
-        plan.write_text(json.dumps({"steps": steps}))
-        return str(plan)
+    def _plan(self, steps: list[dict], **plan) -> str:
+        path = self.mallory.dir / f"plan{time.monotonic_ns()}.json"
+        path.write_text(json.dumps({"steps": steps, **plan}))
+        return str(path)
 
 
 @contextmanager
@@ -439,6 +441,49 @@ def test_forged_answer_to_a_rekey_installs_nothing(tmp_path):
         print(f"ping {BOB} after the rekey: {answered} answered, {lost} lost")
         if answered < 10 or lost > LOSS_BOUND * (answered + lost) + 2:
             problems.append(f"ping {BOB}: {answered} answered, {lost} lost after the rekey")
+        assert not problems, "\n".join(problems)
+
+
+def test_flood_on_4500_loses_no_lifetime_event(tmp_path):
+    """Mallory floods alice's 4500 with INFORMATIONAL "requests" on the live IKE SA (garbage SK
+    payloads behind the non-ESP marker: each one an event for the daemon and a failed integrity
+    check) across the soft limit of a busy SA (issue 10, defect 7). The SA must still be rekeyed
+    before its hard limit, never expire under traffic, and the pings go on afterwards."""
+    soft = 6.0
+    lifetimes = f"[ike]\nsa_lifetime = {2 * soft}\nrekey_margin = {soft}\n"
+    with mallory_world(tmp_path, pings=(BOB,), conf={"alice": lifetimes}) as arena:
+        assert wait_for(lambda: live(arena, "alice") and live(arena, "bob"), 20)
+        [first] = live(arena, "alice")
+        up = time.time() - first["age"]   # when the SA came up
+        read_wire(arena)
+        [ike_sa] = [sa for sa in arena.recon.ike_sas if sa.initiator == ALICE]
+        start_at = up + soft - FLOOD_TIME / 2
+        flood = arena.attack_in_background([dict(
+            name="forged INFORMATIONAL to alice:4500", attack="sk_flood", src=BOB, dst=ALICE,
+            spi_i=ike_sa.spi_i.hex(), spi_r=ike_sa.spi_r.hex(), message_id=0,
+            from_initiator=False, count=int(FLOOD * FLOOD_TIME), rate=FLOOD,
+            seconds=FLOOD_TIME)], start_at=start_at)
+        mallory_log = arena.mallory.dir / "mallory.log"
+        assert wait_for(lambda: "ready" in mallory_log.read_text(), 10)
+        assert time.time() < start_at, "mallory was not ready before alice's soft limit"
+        time.sleep(max(0.0, up + 2 * soft + 1.5 - time.time()))  # past the hard limit
+        flood.wait(15)
+        offset = arena.pingers[BOB].stat().st_size
+        time.sleep(1.5)
+        print("mallory sent:", mallory_log.read_text().splitlines()[-1])
+        lost = arena.status("alice")["datapath"]["events_lost"]
+        print("alice lost", lost, "datapath events")
+        log = (arena.oe.hosts["alice"].dir / "oe.log").read_text()
+        expired = [line for line in log.splitlines() if "expired" in line]
+        alice = live(arena, "alice")
+        answered, missing = _pings(arena.pingers[BOB], offset)
+        problems = []
+        if expired:
+            problems.append(f"a busy SA expired instead of being rekeyed: {expired}")
+        if not alice or alice[0]["spi_out"] == first["spi_out"] or alice[0]["age"] < first["age"]:
+            problems.append(f"alice's SA was not rekeyed: first {first}, now {alice}")
+        if answered < 10 or missing > 2:
+            problems.append(f"ping {BOB} after the flood: {answered} answered, {missing} lost")
         assert not problems, "\n".join(problems)
 
 
