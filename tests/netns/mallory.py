@@ -55,7 +55,7 @@ class Recon:
 
 
 def recon(pcap: Path, a: str, b: str) -> Recon:
-    """What a capture on a's wire tells about a <-> b, in both address families' spellings."""
+    """What a capture on a's wire tells about a <-> b (one address family; call it per pair)."""
     from scapy.all import ESP, IP, UDP, IPv6, rdpcap  # scapy is slow to import
 
     seen = Recon()
