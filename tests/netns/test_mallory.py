@@ -322,7 +322,7 @@ def test_junk_on_500_and_4500_costs_bounded_memory(arena):
                           dst=target, port=4500, count=3000, marker=True))
     sent = arena.attack(steps)
     deltas = unharmed(arena, was)
-    print("IKE events lost:", {name: d["events_lost"] for name, d in deltas.items()})
+    print("IKE events lost:", {name: d["events_lost_ike"] for name, d in deltas.items()})
     counted(deltas, sent, {
         # random first bytes are an SPI nobody picked (RFC 4303 3.4.2)
         ("alice", ("unknown_spi", "malformed")): (f"junk to {ALICE}:4500",
@@ -479,7 +479,7 @@ def test_flood_on_4500_loses_no_lifetime_event(tmp_path):
         offset = arena.pingers[BOB].stat().st_size
         time.sleep(1.5)
         print("mallory sent:", mallory_log.read_text().splitlines()[-1])
-        print("alice lost", arena.status("alice")["datapath"]["events_lost"], "datapath events;",
+        print("alice lost", arena.status("alice")["datapath"]["events_lost_ike"], "IKE events;",
               f"her RSS grew by {grown >> 10} KiB")
         log = (arena.oe.hosts["alice"].dir / "oe.log").read_text()
         expired = [line for line in log.splitlines() if "expired" in line]
