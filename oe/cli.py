@@ -218,6 +218,11 @@ def cmd_status(args) -> int:
         left = "negotiating" if shunt["expires_in"] is None else f"{shunt['expires_in']:g}s left"
         print(f"{shunt['said']:<8} {shunt['src']} -> {shunt['dst']}  {shunt['group'] or '-'}: "
               f"{shunt['reason']} ({left})")
+    if status.get("limits"):
+        print("\nLimits: " + ", ".join(
+            f"{name} {row['in_use']}/{row['max']}"
+            + (f" ({row['dropped']} dropped)" if row["dropped"] else "")
+            for name, row in status["limits"].items()))
     return 0
 
 

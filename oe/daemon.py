@@ -687,8 +687,26 @@ class Daemon:
                    "group": s.group, "reason": s.reason,
                    "expires_in": None if s.expires is None else round(s.expires - now, 1)}
                   for s in self.opportunist.shunts.values()]
-        return {"eroutes": eroutes, "sas": sas, "shunts": shunts,
-                "datapath": self.datapath.stats()}
+        datapath = self.datapath.stats()
+        return {"eroutes": eroutes, "sas": sas, "shunts": shunts, "datapath": datapath,
+                "limits": self._limits_status(datapath),
+                "counters": {**self.counters, "cleartext_dropped": inbound.dropped(),
+                             "key_refreshes": self.fetcher.stats.refreshes}}
+
+    def _limits_status(self, datapath: dict) -> dict:
+        """Each [limits] cap: its maximum, what is in use now, and how many were dropped."""
+        caps = self.config.limits
+        oe = self.opportunist
+        half_open = sum(side.engine.half_open() for side in self.sides.values())
+        rows = {
+            "holds": (caps.holds, datapath["holds"], datapath["holds_evicted"]),
+            "shunts": (caps.shunts, oe.failure_shunts, oe.counters["shunts_dropped"]),
+            "half_open": (caps.half_open, half_open, 0),
+            "lookups": (caps.lookups, len(self.pending_init), self.counters["ike_init_dropped"]),
+            "queued_acquires": (caps.queued_acquires, oe.queued, oe.counters["acquires_dropped"]),
+        }
+        return {name: {"max": cap, "in_use": used, "dropped": dropped}
+                for name, (cap, used, dropped) in rows.items()}
 
 
 def _is_address(text: str) -> bool:

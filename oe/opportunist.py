@@ -232,6 +232,16 @@ class Opportunist:
         return Eroute(tunnel.selector, SaAction(tunnel.peer, tunnel.spi_out, tunnel.sa_out),
                       None, self.host_group(tunnel.pair))
 
+    @property
+    def failure_shunts(self) -> int:
+        """Failure shunts standing now (the rest of `shunts` are %holds)."""
+        return self._failures
+
+    @property
+    def queued(self) -> int:
+        """Acquires waiting for the rate limit."""
+        return len(self._pending)
+
     def take_changes(self) -> tuple[list[Eroute], list[Selector]] | None:
         """What changed in table() since the last call: (eroutes to add or replace, selectors
         to remove), or None when the whole table must be installed (first call, reload)."""
@@ -511,6 +521,7 @@ class Opportunist:
             negotiation.stage = "dns"
             commands.append(FetchKey(pair, str(pair.dst)))
         while len(self._pending) > self.limits.pending_max:
+            self.counters["acquires_dropped"] += 1
             commands += self._fail(self._pending.popleft(), "too many negotiations waiting", now)
         return commands
 

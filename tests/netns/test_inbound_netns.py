@@ -11,6 +11,7 @@ address on the correct link.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,6 +89,11 @@ def test_cleartext_from_a_protected_source_is_dropped(world):
         receiver.kill()
         receiver.wait()
     assert got == ["dns-in-clear"], f"accepted in clear: {got}"
+    status = json.loads(demo.oe_cmd(world, "alice", "status", "--json").stdout)
+    assert status["counters"]["cleartext_dropped"] >= 15      # 5 each from bob, bob6, carol
+    assert set(status["limits"]) == {"holds", "shunts", "half_open", "lookups",
+                                     "queued_acquires"}
+    assert status["limits"]["holds"] == {"max": 1024, "in_use": 0, "dropped": 0}
 
 
 def _send_all(w, world):
