@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from ike_helpers import ADDR_A, ADDR_B, Link, events, ike_pair
 
-from oe.ike.constants import NotifyType
-from oe.ike.events import ChildSaEstablished, IkeSaEstablished
-from oe.ike.message import parse_message
+from oe.ike.constants import INIT_RESTARTS_MAX, ExchangeType, NotifyType
+from oe.ike.events import ChildSaEstablished, IkeSaEstablished, IkeSaFailed
+from oe.ike.message import Message, Notify, parse_header, parse_message
 
 SPOOFED = ("203.0.113.66", 500)
 
@@ -129,3 +129,42 @@ def test_an_ordinary_exchange_counts_no_drop_and_no_cookie():
     stats = b.stats()
     assert stats["cookies_sent"] == 0 and stats["half_open_dropped"] == 0
     assert stats["forged_dropped"] == 0
+
+
+def test_a_duplicate_cookie_answer_does_not_end_the_negotiation():
+    """The round trip is longer than the first retransmission timeout: both copies of
+    IKE_SA_INIT get an N(COOKIE) answer. The second, arriving after the retry with the
+    cookie left, is a late duplicate, not a responder that keeps asking (section 2.6)."""
+    a, b, asked, calls = guarded()
+    link = Link(a, b)
+    a.initiate(ADDR_B, 0)
+    [(first, _, _)] = a.datagrams_to_send(0)
+    link.advance(0.5)
+    [(again, _, _)] = a.datagrams_to_send(0.5)
+    assert again == first
+    for request in (first, again):
+        b.receive_datagram(request, (ADDR_A, 500), 0.6)
+    [(cookie1, _, _), (cookie2, _, _)] = b.datagrams_to_send(0.6)
+    a.receive_datagram(cookie1, (ADDR_B, 500), 0.7)
+    a.receive_datagram(cookie2, (ADDR_B, 500), 1.2)
+    assert events(a) == []
+    link.roundtrip(a)
+    assert [type(e) for e in events(a)] == [IkeSaEstablished, ChildSaEstablished]
+
+
+def test_a_responder_that_never_settles_ends_the_negotiation():
+    """Every IKE_SA_INIT is answered with a fresh N(COOKIE): after INIT_RESTARTS_MAX repeats
+    the initiator gives up, with one request sent per answer received."""
+    a, _ = ike_pair()
+    a.initiate(ADDR_B, 0)
+    sent = 0
+    while (out := a.datagrams_to_send(0)):
+        [(request, _, _)] = out
+        sent += 1
+        h = parse_header(request)
+        a.receive_datagram(Message(h.spi_i, bytes(8), ExchangeType.IKE_SA_INIT, 0, True, False,
+                                   (Notify(NotifyType.COOKIE, bytes([sent]) * 16),)).encode(),
+                           (ADDR_B, 500), 0)
+    [fail] = events(a)
+    assert isinstance(fail, IkeSaFailed) and fail.notify == NotifyType.COOKIE
+    assert sent == INIT_RESTARTS_MAX + 1

@@ -72,6 +72,7 @@ from oe.ike.constants import (
     HALF_OPEN_MAX,
     HEADER_LEN,
     IKE_PORT,
+    INIT_RESTARTS_MAX,
     NAT_KEEPALIVE,
     NAT_KEEPALIVE_INTERVAL,
     NAT_T_PORT,
@@ -324,6 +325,7 @@ class IkeSa:
         self.init_request = b""
         self.init_response = b""
         self.cookie = b""
+        self.init_restarts = 0  # IKE_SA_INIT repeated for a COOKIE or INVALID_KE_PAYLOAD
         self.local_ts: tuple[TrafficSelector, ...] = ()
         self.remote_ts: tuple[TrafficSelector, ...] = ()
         self.expected_peer_id: Identity | None = None  # as initiator: who must answer
@@ -658,21 +660,18 @@ class IkeSa:
         cookie = msg.notifies(NotifyType.COOKIE)
         if cookie and len(cookie[0].data) <= 64 and not msg.get(SA):
             # section 2.6: repeat the request with the cookie in front, same nonce and KE
-            if self.cookie:
-                return self._fail(NotifyType.COOKIE, "responder keeps asking for a cookie", True)
             self.cookie = cookie[0].data
-            return self.start_init(now)
+            return self._restart_init(NotifyType.COOKIE, now)
         invalid_ke = msg.notifies(NotifyType.INVALID_KE_PAYLOAD)
         if invalid_ke:
             group = int.from_bytes(invalid_ke[0].data[:2], "big")
-            if self.dh is None or group == self.dh.group or group not in {
-                s.dh for s in self.config.ike_suites()
-            }:
+            if self.dh is None or group not in {s.dh for s in self.config.ike_suites()}:
                 return self._fail(NotifyType.INVALID_KE_PAYLOAD,
                                   f"responder wants DH group {group}", local=False)
-            # section 1.2: retry with the group the responder asked for
-            self.dh = DhExchange(group, self.engine.rng)
-            return self.start_init(now)
+            if group != self.dh.group:  # else a late answer to our request before the switch
+                # section 1.2: retry with the group the responder asked for
+                self.dh = DhExchange(group, self.engine.rng)
+            return self._restart_init(NotifyType.INVALID_KE_PAYLOAD, now)
         err = _error_notify(msg)
         if err is not None:
             return self._fail(err.notify_type, f"peer answered {notify_name(err.notify_type)}",
@@ -706,6 +705,16 @@ class IkeSa:
             self.peer_port = NAT_T_PORT
         self.state = State.EXPECT_AUTH_RESPONSE
         self._start_auth(now)
+
+    def _restart_init(self, notify: int, now: float) -> None:
+        """Send IKE_SA_INIT again, as the answer asked. When the round trip is longer than
+        the retransmission timeout, each copy of the request gets an answer: a late one costs
+        one more send, and a responder that never settles ends the negotiation."""
+        self.init_restarts += 1
+        if self.init_restarts > INIT_RESTARTS_MAX:
+            return self._fail(notify, f"responder keeps answering {notify_name(notify)}",
+                              local=False)
+        self.start_init(now)
 
     @staticmethod
     def _hashes_of(msg: Message) -> set[int]:
