@@ -36,7 +36,11 @@ admission hook, in that order. Rule 2: requests we send are retransmitted
 with exponential backoff until a budget runs out (section 2.1); requests we receive are
 answered once and the answer is replayed for retransmits (section 2.1, the responder's cache).
 Rule 3: at most one request of ours is in flight per IKE SA (window size 1, section 2.3);
-further exchanges wait in a queue.
+further exchanges wait in a queue. Rule 4: a key speaks only for the addresses it vouches
+for: ``lookup_key`` answers a typed ID with a ``PeerKey``, and the peer's selectors, as
+responder and as initiator, must lie within that key's addresses (design.md section 6).
+Rule 5: every inbound SPI comes from the host's ``SpiAllocator`` and goes back when its
+CHILD SA goes or its offer ends; a CHILD SA is reported once, on an SPI still on offer.
 
 Collisions (found by the hypothesis state machine in tests/test_ike_fuzz.py):
 
