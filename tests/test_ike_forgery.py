@@ -15,7 +15,14 @@ from ike_helpers import ADDR_A, ADDR_B, Link, events, ike_pair
 
 from oe.ike.constants import ExchangeType, NotifyType, ProtocolId
 from oe.ike.crypto import DhExchange
-from oe.ike.events import ChildSaDeleted, ChildSaRekeyed, IkeSaEstablished, IkeSaRekeyed
+from oe.ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    ChildSaRekeyed,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+)
 from oe.ike.message import KE, SA, TS, Message, Nonce, Notify, parse_header, parse_message
 from oe.ike.proposals import parse_proposal
 from oe.ike.ts import TrafficSelector
@@ -190,4 +197,22 @@ def test_an_exchange_handler_run_twice_reports_its_child_sa_once():
     a.receive_datagram(answer, (ADDR_B, 500), 0)
     assert [type(e) for e in events(a)] == [ChildSaRekeyed]
     handler(inner, 0.1)
-    assert events(a) == []
+    assert not [e for e in events(a) if isinstance(e, (ChildSaRekeyed, ChildSaEstablished))]
+
+
+@pytest.mark.parametrize("rekeyer", ["a", "b"])
+def test_a_peer_cannot_reuse_its_live_spi_for_a_new_child(rekeyer, monkeypatch):
+    """An authenticated peer (B) answers, or starts, a CHILD SA rekey with the SPI its old
+    CHILD SA still uses: A refuses the new SA, reports no ChildSaRekeyed, keeps the old one."""
+    link, sid, child = established()
+    a, b = link.a, link.b
+    monkeypatch.setattr(b.spis, "allocate", lambda: child.spi_out)
+    if rekeyer == "a":
+        a.rekey_child(sid, child.spi_in, 0)
+    else:
+        b.rekey_child(1, child.spi_out, 0)
+    link.roundtrip(a)
+    link.roundtrip(b)
+    kinds = [type(e) for e in events(a)]
+    assert ChildSaRekeyed not in kinds and ChildSaFailed in kinds
+    assert [(c.spi_in, c.spi_out) for c in a.children(sid)] == [(child.spi_in, child.spi_out)]

@@ -604,6 +604,13 @@ class IkeSa:
             self._emit(ChildSaRekeyed(self.sa_id, old.sa.spi_in, old.sa.spi_out, child.sa))
         return True
 
+    def _check_peer_spi(self, spi: bytes) -> None:
+        """The peer's SPI for a new CHILD SA must not be one its live CHILD SAs use: we would
+        send two SAs' ESP to one SPI of one peer (and the datapath keeps one SA per SPI)."""
+        if any(c.sa.spi_out.to_bytes(4, "big") == spi for c in self.children):
+            raise IkeError(NotifyType.INVALID_SYNTAX,
+                           f"peer's SPI {spi.hex()} is in use by another of its CHILD SAs")
+
     def _child_gone(self, child: _Child, reason: str) -> None:
         """Forget a CHILD SA, free its inbound SPI and report it."""
         self.children.remove(child)
@@ -1044,6 +1051,7 @@ class IkeSa:
         if sa is None or nonce is None:
             raise IkeError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA response lacks SA or Nr")
         _, suite = accept(sa.proposals, suites, ProtocolId.ESP)
+        self._check_peer_spi(sa.proposals[0].spi)
         shared = b""
         if suite.dh:
             ke = msg.first(KE)
@@ -1078,6 +1086,7 @@ class IkeSa:
         try:
             prop, suite = _choose_for_ke(sa.proposals, self.config.esp_suites(),
                                          ProtocolId.ESP, ke)
+            self._check_peer_spi(prop.spi)
             shared = b""
             dh = None
             if suite.dh:
