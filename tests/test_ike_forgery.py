@@ -216,3 +216,62 @@ def test_a_peer_cannot_reuse_its_live_spi_for_a_new_child(rekeyer, monkeypatch):
     kinds = [type(e) for e in events(a)]
     assert ChildSaRekeyed not in kinds and ChildSaFailed in kinds
     assert [(c.spi_in, c.spi_out) for c in a.children(sid)] == [(child.spi_in, child.spi_out)]
+
+
+def in_each_state():
+    """(name, engine, its IKE SA) for an IKE SA in each state that takes messages; nothing
+    is waiting to be sent when it is yielded."""
+    a, b = ike_pair()
+    link = Link(a, b)
+
+    def sent(engine):
+        [(data, _, _)] = engine.datagrams_to_send(0)
+        return data
+
+    sid = a.initiate(ADDR_B, 0)
+    init = sent(a)
+    yield "EXPECT_SA_INIT_RESPONSE", a, a._by_id[sid]
+    b.receive_datagram(init, (ADDR_A, 500), 0)
+    init_answer = sent(b)
+    yield "EXPECT_AUTH_REQUEST", b, b._by_id[1]
+    a.receive_datagram(init_answer, (ADDR_B, 500), 0)
+    auth = sent(a)
+    yield "EXPECT_AUTH_RESPONSE", a, a._by_id[sid]
+    b.receive_datagram(auth, (ADDR_A, 500), 0)
+    link.roundtrip(b)
+    a.check_liveness(sid, 0)
+    liveness = sent(a)
+    yield "ESTABLISHED", a, a._by_id[sid]
+    b.receive_datagram(liveness, (ADDR_A, 500), 0)
+    link.roundtrip(b)
+    old = a._by_id[sid]
+    a.rekey_ike(sid, 0)
+    link.transfer(a)
+    link.transfer(b)
+    sent(a)  # INFORMATIONAL { D(IKE) } for the old IKE SA: in flight
+    yield "REKEYED", a, old
+
+
+def test_no_cleartext_message_but_our_ike_sa_init_answer_is_taken_in_any_state():
+    """Every exchange type, as request and as response, with Message IDs 0-3, in cleartext
+    with the IKE SA's own SPIs: in every state nothing is answered, reported or changed,
+    except the answer to our IKE_SA_INIT request (Message ID 0, EXPECT_SA_INIT_RESPONSE)."""
+    for name, engine, sa in in_each_state():
+        events(engine)
+        assert sa.state.name == name
+        before = state(engine)
+        for exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH,
+                         ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL):
+            for response in (False, True):
+                for message_id in range(4):
+                    if (name, exchange, response, message_id) == (
+                            "EXPECT_SA_INIT_RESPONSE", ExchangeType.IKE_SA_INIT, True, 0):
+                        continue
+                    forgery = Message(sa.spi_i, sa.spi_r, exchange, message_id, response,
+                                      not sa.initiator,
+                                      (Notify(NotifyType.AUTHENTICATION_FAILED),)).encode()
+                    engine.receive_datagram(forgery, (ADDR_B if sa.initiator else ADDR_A, 500),
+                                            0)
+                    assert events(engine) == [], (name, exchange, response, message_id)
+                    assert engine.datagrams_to_send(0) == []
+                    assert state(engine) == before
