@@ -18,7 +18,7 @@ A6, B6 = "2001:db8::1", "2001:db8::2"
 
 def repeating(*values: int):
     """An rng that yields each 32-bit value twice before the next, then the last forever."""
-    seq = itertools.chain((v for v in values for _ in range(2)))
+    seq = (v for v in values for _ in range(2))
 
     def rng(n: int) -> bytes:
         return next(seq, values[-1]).to_bytes(n, "big")
