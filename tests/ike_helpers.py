@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from oe.ike.auth import Identity
+from oe.ike.auth import Identity, PeerKey
 from oe.ike.events import Event
 from oe.ike.sa import IkeConfig, IkeEngine
 
@@ -26,12 +26,17 @@ def seeded_rng(seed: int):
     return lambda n: r.randbytes(n)
 
 
+ENGINE_ARGS = ("ts_policy", "spis", "sa_ids", "cookie_required", "admit_init")
+
+
 def make_engine(addr: str, key_name: str, peers: dict[str, str], seed: int, **cfg) -> IkeEngine:
-    """An engine at ``addr`` whose key lookup knows ``peers`` (address -> key name)."""
-    known = {Identity.from_address(a): host_key(k).public_key() for a, k in peers.items()}
-    ts_policy = cfg.pop("ts_policy", None)
+    """An engine at ``addr`` whose key lookup knows ``peers`` (address -> key name, each key
+    vouching for its address); ``cfg`` holds IkeConfig fields and IkeEngine keywords."""
+    known = {Identity.from_address(a): PeerKey(host_key(k).public_key(), frozenset({a}))
+             for a, k in peers.items()}
+    engine_args = {k: cfg.pop(k) for k in ENGINE_ARGS if k in cfg}
     config = IkeConfig(local_addr=addr, private_key=host_key(key_name), **cfg)
-    return IkeEngine(config, rng=seeded_rng(seed), lookup_key=known.get, ts_policy=ts_policy)
+    return IkeEngine(config, rng=seeded_rng(seed), lookup_key=known.get, **engine_args)
 
 
 def ike_pair(seed: int = 1, cfg_a: dict | None = None, cfg_b: dict | None = None):

@@ -510,20 +510,21 @@ def test_ipv6_hosts_use_id_ipv6_addr_and_128_selectors():
 
 
 def test_fqdn_identity():
-    """IDi of type ID_FQDN: the responder's key lookup gets the name."""
-    from oe.ike.auth import Identity
+    """IDi of type ID_FQDN: the responder's key lookup gets the name, and the selectors
+    narrow to the addresses the name's key vouches for."""
+    from oe.ike.auth import Identity, PeerKey
     from oe.ike.sa import IkeConfig, IkeEngine
     from ike_helpers import host_key, seeded_rng
 
     name = Identity.fqdn("a.example.org")
+    b_key = PeerKey(host_key("b").public_key(), frozenset({ADDR_B}))
     a = IkeEngine(IkeConfig(local_addr=ADDR_A, private_key=host_key("a"), local_id=name),
-                  rng=seeded_rng(1),
-                  lookup_key={Identity.from_address(ADDR_B): host_key("b").public_key()}.get)
+                  rng=seeded_rng(1), lookup_key={Identity.from_address(ADDR_B): b_key}.get)
     asked = []
 
     def lookup(ident):
         asked.append(ident)
-        return host_key("a").public_key() if ident == name else None
+        return PeerKey(host_key("a").public_key(), frozenset({ADDR_A})) if ident == name else None
 
     b = IkeEngine(IkeConfig(local_addr=ADDR_B, private_key=host_key("b")), rng=seeded_rng(2),
                   lookup_key=lookup)

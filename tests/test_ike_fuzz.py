@@ -210,6 +210,8 @@ class TwoPeers(RuleBasedStateMachine):
         pairs_a = {(c.spi_in, c.spi_out, c.key_in, c.key_out) for c in self.a.children(1)}
         pairs_b = {(c.spi_out, c.spi_in, c.key_out, c.key_in) for c in self.b.children(1)}
         assert pairs_a == pairs_b
+        for e in (self.a, self.b):  # every inbound SPI not held by a CHILD SA was freed
+            assert e.spis.live() == {c.spi_in for c in e.children(1)}
 
 
 TwoPeers.TestCase.settings = settings(max_examples=150, stateful_step_count=25, deadline=None,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from oe.ike.auth import Identity
+from oe.ike.auth import Identity, PeerKey
 from oe.ike.events import ChildSaEstablished, IkeSaEstablished
 from oe.ike.sa import IkeConfig, IkeEngine
 
@@ -31,11 +31,12 @@ def test_replay_of_charon_exchange(path):
     key = serialization.load_pem_private_key(rec["oe_key"].encode(), None)
     charon_pub = serialization.load_pem_public_key(rec["charon_pub"].encode())
     charon_id = Identity.from_address(rec["charon_addr"])
+    charon_key = PeerKey(charon_pub, frozenset({rec["charon_addr"]}))
     engine = IkeEngine(
         IkeConfig(local_addr=rec["oe_addr"], private_key=key, ike_proposals=(rec["ike"],),
                   esp_proposals=(rec["esp"],)),
         rng=random.Random(rec["seed"]).randbytes,
-        lookup_key=lambda ident: charon_pub if ident == charon_id else None,
+        lookup_key=lambda ident: charon_key if ident == charon_id else None,
     )
     if rec["role"] == "initiator":
         engine.initiate(rec["charon_addr"], 0.0)

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from oe.ike.constants import AuthMethod, HashId, IdType, NotifyType
 from oe.ike.crypto import Prf
 from oe.ike.errors import IkeError
+from oe.ike.ts import IpAddress
+from oe.logsafe import printable
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,35 @@ class Identity:
     def fqdn(cls, name: str) -> "Identity":
         return cls(IdType.ID_FQDN, name.encode("ascii"))
 
+    def address(self) -> IpAddress | None:
+        """The address an ID_IPV4_ADDR / ID_IPV6_ADDR names; None for any other ID."""
+        size = {IdType.ID_IPV4_ADDR: 4, IdType.ID_IPV6_ADDR: 16}.get(self.id_type)
+        return ipaddress.ip_address(self.data) if len(self.data) == size else None
+
     def __str__(self) -> str:
-        if self.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
-            try:
-                return str(ipaddress.ip_address(self.data))
-            except ValueError:
-                pass
+        """For logs and events: the peer chose these bytes, so anything but printable ASCII
+        is shown escaped (bytes above 0x7f and controls as \\xNN)."""
+        addr = self.address()
+        if addr is not None:
+            return str(addr)
         if self.id_type == IdType.ID_FQDN:
-            return self.data.decode("ascii", "replace")
+            return printable(self.data.decode("ascii", "backslashreplace"))
         return f"{self.id_type}:{self.data.hex()}"
+
+
+@dataclass(frozen=True)
+class PeerKey:
+    """What a key lookup answers for an ID: the peer's public key and the addresses that key
+    was published for (an address ID: that address; an ID_FQDN: its name's addresses). Only
+    these addresses may appear in the peer's traffic selectors (design.md section 6)."""
+
+    public_key: rsa.RSAPublicKey
+    addresses: frozenset[IpAddress]
+    """Given as address objects or strings; kept as address objects."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "addresses",
+                           frozenset(ipaddress.ip_address(a) for a in self.addresses))
 
 
 def signed_octets(prf: Prf, first_message: bytes, peer_nonce: bytes, sk_p: bytes,

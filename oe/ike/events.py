@@ -66,7 +66,8 @@ class IkeSaEstablished:
     remote_addr: str
     remote_port: int
     remote_id: str
-    """The peer's authenticated identity, printed (an address or a name)."""
+    """The peer's authenticated identity, printed (an address or a name; what the peer chose
+    is escaped, so it is safe to log). Reasons in the other events escape it the same way."""
     nat_detected: bool
 
 

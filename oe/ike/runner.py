@@ -12,9 +12,7 @@ import asyncio
 import socket
 from typing import Callable
 
-from oe.ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER, ExchangeType
-from oe.ike.errors import IkeError
-from oe.ike.message import parse_header
+from oe.ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
 from oe.ike.events import Event
 from oe.ike.sa import IkeEngine
 
@@ -43,16 +41,15 @@ class IkeRunner:
     :param fwmark: SO_MARK for both sockets (so oe's own IKE never loops into its TUN).
     :param nat_t_socket: a bound UDP 4500 socket that someone else reads (the datapath, which
         hands IKE up through ``receive``); the runner only sends on it.
-    :param admit_init: called with ``(data, addr, local_port)`` for each IKE_SA_INIT request
-        that would create a responder SA; False keeps it from the engine (refused by policy,
-        or held while the peer's key is fetched; the caller may ``receive`` it again later).
+
+    Admission of new peers is the engine's (``IkeEngine(admit_init=...)``): it runs after
+    the COOKIE check, so a spoofed source never reaches it.
     """
 
     def __init__(self, engine: IkeEngine, local_addr: str, on_event: Callable[[Event], None],
                  on_esp: Callable[[bytes, Addr], None] | None = None,
                  fwmark: int | None = None, ports: tuple[int, int] = (IKE_PORT, NAT_T_PORT),
-                 nat_t_socket: socket.socket | None = None,
-                 admit_init: Callable[[bytes, Addr, int], bool] | None = None) -> None:
+                 nat_t_socket: socket.socket | None = None) -> None:
         self.engine = engine
         self.local_addr = local_addr
         self.on_event = on_event
@@ -60,7 +57,6 @@ class IkeRunner:
         self.fwmark = fwmark
         self.ports = ports
         self.nat_t_socket = nat_t_socket
-        self.admit_init = admit_init
         self.transports: dict[int, asyncio.DatagramTransport] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -113,9 +109,6 @@ class IkeRunner:
 
     def receive(self, data: bytes, addr: Addr, local_port: int) -> None:
         """One IKE datagram (on 4500 with its non-ESP marker) for the engine."""
-        if self.admit_init is not None and _creates_responder_sa(data, local_port) \
-                and not self.admit_init(data, addr, local_port):
-            return
         self.engine.receive_datagram(data, addr, self.now(), local_port=local_port)
         self.transmit()
 
@@ -135,13 +128,7 @@ class IkeRunner:
         while (event := self.engine.next_event()) is not None:
             self.on_event(event)
         for data, addr, local_port in self.engine.datagrams_to_send(self.now()):
-            if local_port == NAT_T_PORT and self.nat_t_socket is not None:
-                try:
-                    self.nat_t_socket.sendto(data, addr)
-                except OSError:  # a full buffer or an ICMP error: retransmission copes
-                    pass
-                continue
-            self.transports[local_port].sendto(data, addr)
+            self._send(data, addr, local_port)
         timer_at = self.engine.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()
@@ -150,14 +137,3 @@ class IkeRunner:
             assert self._loop is not None
             self._timer_at = timer_at
             self._timer = self._loop.call_at(timer_at, self._handle_timer)
-
-def _creates_responder_sa(data: bytes, local_port: int) -> bool:
-    """An IKE_SA_INIT request with a zero responder SPI (section 2.6): a new peer's first word."""
-    if local_port == NAT_T_PORT:
-        data = data[len(NON_ESP_MARKER):]
-    try:
-        header = parse_header(data)
-    except IkeError:
-        return False
-    return (header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response
-            and header.spi_r == bytes(8))

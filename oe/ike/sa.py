@@ -26,12 +26,21 @@ Each IKE SA is an ``IkeSa``; its state names what it waits for::
       | IKE SA rekeyed: the new IkeSa takes the children; the old one waits for DELETE
     REKEYED --> DELETED
 
-Rule 1: a message changes state only after its integrity check passed (IKE_SA_INIT, which has
-none, creates at most a half-open responder SA). Rule 2: requests we send are retransmitted
+Rule 1: a message changes state only after its integrity check passed. ``_ACCEPT`` says which
+message each state takes and how it must be protected; ``IkeSa.receive`` consults it before
+any handler runs. The only cleartext message an IKE SA takes is the answer to its own
+IKE_SA_INIT request (Message ID 0, in EXPECT_SA_INIT_RESPONSE); a request of ours is answered
+once, then forgotten, so no answer can be replayed. A new IKE_SA_INIT request creates at most
+a half-open responder SA, and only after the COOKIE check (section 2.6) and the user's
+admission hook, in that order. Rule 2: requests we send are retransmitted
 with exponential backoff until a budget runs out (section 2.1); requests we receive are
 answered once and the answer is replayed for retransmits (section 2.1, the responder's cache).
 Rule 3: at most one request of ours is in flight per IKE SA (window size 1, section 2.3);
-further exchanges wait in a queue.
+further exchanges wait in a queue. Rule 4: a key speaks only for the addresses it vouches
+for: ``lookup_key`` answers a typed ID with a ``PeerKey``, and the peer's selectors, as
+responder and as initiator, must lie within that key's addresses (design.md section 6).
+Rule 5: every inbound SPI comes from the host's ``SpiAllocator`` and goes back when its
+CHILD SA goes or its offer ends; a CHILD SA is reported once, on an SPI still on offer.
 
 Collisions (found by the hypothesis state machine in tests/test_ike_fuzz.py):
 
@@ -50,21 +59,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Callable
+from typing import Callable, Iterator
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from oe.ike import auth as _auth
-from oe.ike.auth import Identity
+from oe.ike.auth import Identity, PeerKey
 from oe.ike.constants import (
     ERROR_NOTIFY_MAX,
     HALF_OPEN_COOKIE_THRESHOLD,
     HALF_OPEN_LIFETIME,
+    HALF_OPEN_MAX,
     HEADER_LEN,
     IKE_PORT,
+    INIT_RESTARTS_MAX,
     NAT_KEEPALIVE,
     NAT_KEEPALIVE_INTERVAL,
     NAT_T_PORT,
@@ -115,11 +127,14 @@ from oe.ike.message import (
     parse_payloads,
 )
 from oe.ike.proposals import Suite, accept, choose, offer, parse_proposal
+from oe.ike.spis import SpiAllocator
 from oe.ike.ts import TrafficSelector, narrow
 
 Addr = tuple[str, int]
-KeyLookup = Callable[[Identity], "rsa.RSAPublicKey | None"]
+KeyLookup = Callable[[Identity], PeerKey | None]
 TsPolicy = Callable[[Identity, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]], bool]
+AdmitInit = Callable[[bytes, Addr, int], bool]
+CookieRequired = Callable[[Addr], bool]
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,8 @@ class IkeConfig:
     """Seconds after the first transmission at which a request is given up."""
     cookie_threshold: int = HALF_OPEN_COOKIE_THRESHOLD
     """Half-open responder SAs at or above which IKE_SA_INIT must carry a COOKIE (2.6)."""
+    half_open_max: int = HALF_OPEN_MAX
+    """Half-open responder SAs at which further IKE_SA_INIT requests are dropped (counted)."""
     half_open_lifetime: float = HALF_OPEN_LIFETIME
     """Seconds a responder waits for IKE_AUTH after IKE_SA_INIT."""
     nat_keepalive_interval: float = NAT_KEEPALIVE_INTERVAL
@@ -167,16 +184,56 @@ class State(Enum):
     DELETED = auto()
 
 
+class Take(Enum):
+    """How an IKE SA takes a message that is legal in its state."""
+
+    CLEARTEXT = auto()
+    """Handled without integrity protection: there are no keys yet (sections 2.6, 3.1)."""
+    PROTECTED = auto()
+    """Handled only after its SK payload passed the integrity check (section 3.14)."""
+    REFUSED = auto()
+    """Out of place but authentic: after the integrity check, answered INVALID_SYNTAX (2.21)."""
+
+
+_X = ExchangeType
+# (state, exchange, is a response) -> how it is taken; whatever is missing is dropped unread.
+# The one cleartext entry: the answer to our own IKE_SA_INIT request. Requests of the peer's
+# keep their Message ID order (2.3); a rekeyed IKE SA still finishes what is under way (2.18).
+_ACCEPT: dict[tuple[State, int, bool], Take] = {
+    (State.EXPECT_SA_INIT_RESPONSE, _X.IKE_SA_INIT, True): Take.CLEARTEXT,
+    (State.EXPECT_AUTH_RESPONSE, _X.IKE_AUTH, True): Take.PROTECTED,
+    (State.EXPECT_AUTH_REQUEST, _X.IKE_AUTH, False): Take.PROTECTED,
+    (State.EXPECT_AUTH_REQUEST, _X.CREATE_CHILD_SA, False): Take.REFUSED,
+    (State.EXPECT_AUTH_REQUEST, _X.INFORMATIONAL, False): Take.REFUSED,
+    **{(state, exchange, response): Take.PROTECTED
+       for state in (State.ESTABLISHED, State.REKEYED)
+       for exchange in (_X.CREATE_CHILD_SA, _X.INFORMATIONAL) for response in (False, True)},
+    (State.ESTABLISHED, _X.IKE_AUTH, False): Take.REFUSED,
+    (State.REKEYED, _X.IKE_AUTH, False): Take.REFUSED,
+}
+
+STATS = ("forged_dropped", "unexpected_dropped", "unparsable_dropped", "half_open_dropped",
+         "cookies_sent")
+"""IkeEngine.stats() keys: messages dropped as forged (cleartext where protection is due, or
+a failed integrity check), as unexpected (unknown SPI, no such request, out of order or out
+of place: mostly late retransmissions), as unparsable; IKE_SA_INIT requests dropped at the
+half-open cap; N(COOKIE) answers sent."""
+
+
 @dataclass
 class _Request:
     """One request of ours in flight, with its retransmission schedule (section 2.1)."""
 
     message_id: int
+    exchange: int
     datagram: bytes
     handler: Callable[[Message, float], None]
     first_sent: float
     next_retransmit: float
     interval: float
+    spi_in: int | None
+    """The inbound SPI offered for a CHILD SA in this request; free again unless a CHILD SA
+    took it by the time the exchange ends."""
 
 
 @dataclass
@@ -211,6 +268,14 @@ def _error_notify(msg: Message) -> Notify | None:
     return None
 
 
+def _is_address_literal(name: bytes) -> bool:
+    try:
+        ipaddress.ip_address(name.decode("ascii").rstrip("."))
+    except ValueError:  # UnicodeDecodeError is one
+        return False
+    return True
+
+
 def _choose_for_ke(offered: tuple, suites: list[Suite], protocol: int,
                    ke: KE | None) -> tuple:
     """choose(), preferring what the initiator's KE already fits: a different group than its
@@ -221,14 +286,6 @@ def _choose_for_ke(offered: tuple, suites: list[Suite], protocol: int,
         except IkeError:
             pass
     return choose(offered, suites, protocol)
-
-
-def _new_spi(rng: Rng, size: int) -> bytes:
-    while True:
-        spi = rng(size)
-        # ESP SPIs 1-255 are reserved (RFC 4303 2.1); a zero IKE SPI means "unknown"
-        if int.from_bytes(spi, "big") > 255:
-            return spi
 
 
 class IkeSa:
@@ -250,8 +307,10 @@ class IkeSa:
         self.behind_nat = False  # our own address is translated: we keep the mapping open
         self.next_keepalive: float | None = None
         self.peer_id: Identity | None = None
+        self.peer_key: PeerKey | None = None  # the authenticated peer's key and its addresses
         self.peer_hashes: set[int] = set()
         self.children: list[_Child] = []
+        self.pending_spis: set[int] = set()  # inbound SPIs offered that no CHILD SA took yet
         self.next_message_id = 0  # of our next request
         self.expected_message_id = 0  # of the peer's next request
         self.request: _Request | None = None
@@ -270,9 +329,9 @@ class IkeSa:
         self.init_request = b""
         self.init_response = b""
         self.cookie = b""
+        self.init_restarts = 0  # IKE_SA_INIT repeated for a COOKIE or INVALID_KE_PAYLOAD
         self.local_ts: tuple[TrafficSelector, ...] = ()
         self.remote_ts: tuple[TrafficSelector, ...] = ()
-        self.auth_spi_in = b""
         self.expected_peer_id: Identity | None = None  # as initiator: who must answer
         self.successor: IkeSa | None = None  # the IKE SA that replaced this one (2.18)
         self.early_deletes: set[int] = set()  # unknown SPIs the peer deleted meanwhile
@@ -336,14 +395,16 @@ class IkeSa:
             self.queue.append(starter)
 
     def _send_request(self, exchange: int, payloads: list[Payload],
-                      handler: Callable[[Message, float], None], now: float) -> None:
+                      handler: Callable[[Message, float], None], now: float,
+                      spi_in: int | None = None) -> None:
         msgid = self.next_message_id
         self.next_message_id += 1
         data = self._encode(exchange, payloads, False, msgid)
         if exchange == ExchangeType.IKE_SA_INIT:
             self.init_request = data
-        self.request = _Request(msgid, data, handler, now, now + self.config.retransmit_timeout,
-                                self.config.retransmit_timeout)
+        self.request = _Request(msgid, exchange, data, handler, now,
+                                now + self.config.retransmit_timeout,
+                                self.config.retransmit_timeout, spi_in)
         self._send(data)
 
     def _request_done(self, now: float) -> None:
@@ -400,62 +461,76 @@ class IkeSa:
 
     def receive(self, header: Header, msg: Message, raw: bytes, addr: Addr, local_port: int,
                 now: float) -> None:
+        """The one gate (rule 1): nothing reaches a handler unless ``_ACCEPT`` takes it in
+        this state, as a request or as the answer to our request in flight, and, unless it
+        is our IKE_SA_INIT's answer, it passed the integrity check."""
+        take = _ACCEPT.get((self.state, header.exchange, header.is_response))
+        if take is None:
+            # cleartext with a protected exchange's Message ID can only be forged; the rest
+            # is late (a duplicate IKE_SA_INIT answer) or stray
+            forged = header.exchange == ExchangeType.IKE_SA_INIT and header.message_id != 0
+            return self.engine._count("forged_dropped" if forged else "unexpected_dropped")
         self._raw = raw
         self._source = (addr, local_port)
         if header.is_response:
-            req = self.request
-            if req is None or header.message_id != req.message_id:
-                return  # late retransmit or stray: section 2.3
-            if header.exchange == ExchangeType.IKE_SA_INIT:
-                req.handler(msg, now)
-                return
+            self._receive_response(header, msg, take, addr, local_port, now)
+        else:
+            self._receive_request(header, msg, take, addr, local_port, now)
+
+    def _receive_response(self, header: Header, msg: Message, take: Take, addr: Addr,
+                          local_port: int, now: float) -> None:
+        req = self.request
+        if req is None or (header.message_id, header.exchange) != (req.message_id,
+                                                                   req.exchange):
+            return self.engine._count("unexpected_dropped")  # late retransmit: section 2.3
+        if take is Take.PROTECTED:
             try:
                 msg = self._open(header, msg)
             except IntegrityError:
-                return
+                return self.engine._count("forged_dropped")
             except IkeError as e:  # authentic but malformed answer: the exchange failed
                 self.request = None
-                self._exchange_failed(e.notify, f"malformed response: {e.reason}", now)
-                return
+                self._release_spi(req.spi_in)
+                return self._exchange_failed(e.notify, f"malformed response: {e.reason}", now)
             self._peer_moved(addr, local_port)
-            self.request = None
-            req.handler(msg, now)
-            if self.request is None:
-                self._request_done(now)
-            return
-        # a request from the peer
+        self.request = None  # answered: a replay of this or any answer finds no request
+        req.handler(msg, now)
+        self._release_spi(req.spi_in)
+        if self.request is None:
+            self._request_done(now)
+
+    def _receive_request(self, header: Header, msg: Message, take: Take, addr: Addr,
+                         local_port: int, now: float) -> None:
         if self.last_response is not None and header.message_id == self.last_response[0]:
             try:
                 self._open(header, msg)
-            except (IntegrityError, IkeError):
-                return
+            except IntegrityError:
+                return self.engine._count("forged_dropped")
+            except IkeError:
+                return self.engine._count("unexpected_dropped")
             # retransmitted request: replay our answer, to where this copy came from (2.11)
             self.engine._transmit(self.last_response[1], addr, local_port)
             return
         if header.message_id != self.expected_message_id:
-            return
+            return self.engine._count("unexpected_dropped")
         try:
             msg = self._open(header, msg)
         except IntegrityError:
-            return
+            return self.engine._count("forged_dropped")
         except IkeError as e:
             self._respond(header.exchange, header.message_id, [Notify(e.notify, e.data)])
             if self.state == State.EXPECT_AUTH_REQUEST:
                 self._fail(e.notify, e.reason, local=True)
             return
         self._peer_moved(addr, local_port)
+        if take is Take.REFUSED:
+            return self._respond(header.exchange, header.message_id,
+                                 [Notify(NotifyType.INVALID_SYNTAX)])
         handler = {
             ExchangeType.IKE_AUTH: self._process_r_auth,
             ExchangeType.CREATE_CHILD_SA: self._process_r_create_child,
             ExchangeType.INFORMATIONAL: self._process_r_informational,
-        }.get(header.exchange)
-        if handler is None or (header.exchange == ExchangeType.IKE_AUTH) != (
-            self.state == State.EXPECT_AUTH_REQUEST
-        ):
-            # section 1.4 / 2.21: an exchange that makes no sense now
-            self._respond(header.exchange, header.message_id,
-                          [Notify(NotifyType.INVALID_SYNTAX)])
-            return
+        }[header.exchange]
         handler(msg, now)
 
     def _peer_moved(self, addr: Addr, local_port: int) -> None:
@@ -495,11 +570,52 @@ class IkeSa:
     def _delete_local(self, reason: str) -> None:
         """Forget the IKE SA and tell about every CHILD SA and the IKE SA itself."""
         if self.state != State.REKEYED:
-            for c in self.children:
-                self._emit(ChildSaDeleted(self.sa_id, c.sa.spi_in, c.sa.spi_out, reason))
+            for c in list(self.children):
+                self._child_gone(c, reason)
             self._emit(IkeSaDeleted(self.sa_id, self.peer_addr, reason))
-        self.children = []
+        self.children = []  # a rekeyed IKE SA's children live on with its successor
         self.engine._remove(self)
+
+    # --- CHILD SA bookkeeping -------------------------------------------------------------
+
+    def _new_spi_in(self) -> bytes:
+        """An inbound SPI for a CHILD SA we offer, unique on this host (oe.ike.spis)."""
+        spi = self.engine.spis.allocate()
+        self.pending_spis.add(spi)
+        return spi.to_bytes(4, "big")
+
+    def _release_spi(self, spi: int | None) -> None:
+        """Free an offered SPI that no CHILD SA took (refused, failed, or the exchange died)."""
+        if spi in self.pending_spis:
+            self.pending_spis.remove(spi)
+            self.engine.spis.release(spi)
+
+    def _adopt(self, child: _Child, old: _Child | None = None) -> bool:
+        """Keep a new CHILD SA and report it (ChildSaEstablished, or ChildSaRekeyed for
+        ``old``), only if it sits on an SPI this IKE SA offered and no CHILD SA took yet: so
+        no SPI pair is ever reported twice."""
+        if child.sa.spi_in not in self.pending_spis:
+            return False
+        self.pending_spis.remove(child.sa.spi_in)
+        self.children.append(child)
+        if old is None:
+            self._emit(ChildSaEstablished(self.sa_id, child.sa))
+        else:
+            self._emit(ChildSaRekeyed(self.sa_id, old.sa.spi_in, old.sa.spi_out, child.sa))
+        return True
+
+    def _check_peer_spi(self, spi: bytes) -> None:
+        """The peer's SPI for a new CHILD SA must not be one its live CHILD SAs use: we would
+        send two SAs' ESP to one SPI of one peer (and the datapath keeps one SA per SPI)."""
+        if any(c.sa.spi_out.to_bytes(4, "big") == spi for c in self.children):
+            raise IkeError(NotifyType.INVALID_SYNTAX,
+                           f"peer's SPI {spi.hex()} is in use by another of its CHILD SAs")
+
+    def _child_gone(self, child: _Child, reason: str) -> None:
+        """Forget a CHILD SA, free its inbound SPI and report it."""
+        self.children.remove(child)
+        self.engine.spis.release(child.sa.spi_in)
+        self._emit(ChildSaDeleted(self.sa_id, child.sa.spi_in, child.sa.spi_out, reason))
 
     # --- IKE_SA_INIT, initiator -----------------------------------------------------------
 
@@ -555,27 +671,20 @@ class IkeSa:
         cookie = msg.notifies(NotifyType.COOKIE)
         if cookie and len(cookie[0].data) <= 64 and not msg.get(SA):
             # section 2.6: repeat the request with the cookie in front, same nonce and KE
-            if self.cookie:
-                self.request = None
-                return self._fail(NotifyType.COOKIE, "responder keeps asking for a cookie", True)
             self.cookie = cookie[0].data
-            self.request = None
-            return self.start_init(now)
+            return self._restart_init(NotifyType.COOKIE, now)
         invalid_ke = msg.notifies(NotifyType.INVALID_KE_PAYLOAD)
         if invalid_ke:
             group = int.from_bytes(invalid_ke[0].data[:2], "big")
-            self.request = None
-            if self.dh is None or group == self.dh.group or group not in {
-                s.dh for s in self.config.ike_suites()
-            }:
+            if self.dh is None or group not in {s.dh for s in self.config.ike_suites()}:
                 return self._fail(NotifyType.INVALID_KE_PAYLOAD,
                                   f"responder wants DH group {group}", local=False)
-            # section 1.2: retry with the group the responder asked for
-            self.dh = DhExchange(group, self.engine.rng)
-            return self.start_init(now)
+            if group != self.dh.group:  # else a late answer to our request before the switch
+                # section 1.2: retry with the group the responder asked for
+                self.dh = DhExchange(group, self.engine.rng)
+            return self._restart_init(NotifyType.INVALID_KE_PAYLOAD, now)
         err = _error_notify(msg)
         if err is not None:
-            self.request = None
             return self._fail(err.notify_type, f"peer answered {notify_name(err.notify_type)}",
                               local=False)
         try:
@@ -588,9 +697,7 @@ class IkeSa:
                 raise IkeError(NotifyType.INVALID_KE_PAYLOAD, "KE group differs from the proposal")
             shared = self.dh.shared(ke.data)
         except IkeError as e:
-            self.request = None
             return self._fail(e.notify, e.reason, local=True)
-        self.request = None
         self.spi_r = msg.spi_r
         self.engine._rekey_index(self)
         self.nonce_r = nonce.data
@@ -609,6 +716,16 @@ class IkeSa:
             self.peer_port = NAT_T_PORT
         self.state = State.EXPECT_AUTH_RESPONSE
         self._start_auth(now)
+
+    def _restart_init(self, notify: int, now: float) -> None:
+        """Send IKE_SA_INIT again, as the answer asked. When the round trip is longer than
+        the retransmission timeout, each copy of the request gets an answer: a late one costs
+        one more send, and a responder that never settles ends the negotiation."""
+        self.init_restarts += 1
+        if self.init_restarts > INIT_RESTARTS_MAX:
+            return self._fail(notify, f"responder keeps answering {notify_name(notify)}",
+                              local=False)
+        self.start_init(now)
 
     @staticmethod
     def _hashes_of(msg: Message) -> set[int]:
@@ -633,7 +750,8 @@ class IkeSa:
         return Auth(method, _auth.sign(self.config.private_key, octets, method))
 
     def _verify_peer(self, id_payload: ID | None, auth: Auth | None) -> None:
-        """Look up the peer's key by its ID and check AUTH; IkeError(AUTHENTICATION_FAILED)."""
+        """Look up the peer's key by its ID (type and data) and check AUTH; on success the
+        key's addresses bound the peer's selectors. IkeError(AUTHENTICATION_FAILED)."""
         fail = NotifyType.AUTHENTICATION_FAILED
         if id_payload is None or auth is None:
             raise IkeError(fail, "IKE_AUTH lacks ID or AUTH")
@@ -641,9 +759,17 @@ class IkeSa:
         if self.initiator and self.expected_peer_id not in (None, peer):
             # a valid key for another ID is no proof of being the peer we asked for
             raise IkeError(fail, f"peer identified as {peer}, expected {self.expected_peer_id}")
-        key = self.engine.lookup_key(peer)
-        if key is None:
+        if peer.id_type == IdType.ID_FQDN and _is_address_literal(peer.data):
+            # an address's key vouches for its address ID only, never for a name spelled
+            # like it (a lookup keyed by the ID's text would hand it over)
+            raise IkeError(fail, f"ID_FQDN {peer} is an address, not a name")
+        found = self.engine.lookup_key(peer)
+        if found is None:
             raise IkeError(fail, f"no public key known for peer ID {peer}")
+        if peer.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR) and (
+                peer.address() not in found.addresses):
+            raise IkeError(fail, f"the key found for {peer} does not vouch for that address")
+        key = found.public_key
         assert self.keys is not None
         if self.initiator:
             octets = _auth.signed_octets(self.keys.prf, self.init_response, self.nonce_i,
@@ -656,11 +782,18 @@ class IkeSa:
         except IkeError as e:
             raise IkeError(fail, f"peer {peer}: {e.reason}") from e
         self.peer_id = peer
+        self.peer_key = found
+
+    def _vouched(self) -> list[TrafficSelector]:
+        """One host selector per address the peer's key vouches for (design.md section 6)."""
+        assert self.peer_key is not None
+        return [TrafficSelector(a, a) for a in sorted(self.peer_key.addresses,
+                                                      key=lambda a: (a.version, a))]
 
     def _start_auth(self, now: float) -> None:
         """IKE_AUTH { IDi, [IDr,] AUTH, SA, TSi, TSr } -->"""
         idi = ID(True, self.config.identity.id_type, self.config.identity.data)
-        self.auth_spi_in = _new_spi(self.engine.rng, 4)
+        spi_in = self._new_spi_in()
         payloads: list[Payload] = [idi]
         if self.expected_peer_id is not None:
             payloads.append(ID(False, self.expected_peer_id.id_type, self.expected_peer_id.data))
@@ -670,13 +803,15 @@ class IkeSa:
             payloads.append(Notify(NotifyType.INITIAL_CONTACT))
         payloads += [
             self._auth_payload(idi),
-            SA(offer(self.config.esp_suites(), self.auth_spi_in, with_dh=False)),
+            SA(offer(self.config.esp_suites(), spi_in, with_dh=False)),
             TS(True, tuple(t.to_wire() for t in self.local_ts)),
             TS(False, tuple(t.to_wire() for t in self.remote_ts)),
         ]
-        self._send_request(ExchangeType.IKE_AUTH, payloads, self._process_i_auth, now)
+        self._send_request(ExchangeType.IKE_AUTH, payloads,
+                           lambda msg, t: self._process_i_auth(msg, spi_in, t), now,
+                           spi_in=int.from_bytes(spi_in, "big"))
 
-    def _process_i_auth(self, msg: Message, now: float) -> None:
+    def _process_i_auth(self, msg: Message, spi_in: bytes, now: float) -> None:
         """<-- IKE_AUTH { IDr, AUTH, SA, TSi, TSr } or { N(error) }"""
         auth = msg.first(Auth)
         err = _error_notify(msg)
@@ -702,12 +837,10 @@ class IkeSa:
             local_ts, remote_ts = self._check_narrowed(msg, self.local_ts, self.remote_ts)
         except IkeError as e:
             self._emit(ChildSaFailed(self.sa_id, e.notify, e.reason))
-            return self._start_delete_child_spi(self.auth_spi_in, now)
-        child = self._make_child(suite, self.auth_spi_in, msg.first(SA).proposals[0].spi,
-                                 self.nonce_i, self.nonce_r, b"", local_ts, remote_ts,
-                                 we_initiated=True)
-        self.children.append(child)
-        self._emit(ChildSaEstablished(self.sa_id, child.sa))
+            return self._start_delete_child_spi(spi_in, now)
+        self._adopt(self._make_child(suite, spi_in, msg.first(SA).proposals[0].spi,
+                                     self.nonce_i, self.nonce_r, b"", local_ts, remote_ts,
+                                     we_initiated=True))
 
     def _check_narrowed(self, msg: Message, ours_l: tuple[TrafficSelector, ...],
                         ours_r: tuple[TrafficSelector, ...]
@@ -723,10 +856,15 @@ class IkeSa:
             any(t.is_subset_of(o) for o in ours_r) for t in remote
         ):
             raise IkeError(NotifyType.TS_UNACCEPTABLE, "responder widened the traffic selectors")
+        vouched = self._vouched()
+        if not all(any(t.is_subset_of(v) for v in vouched) for t in remote):
+            raise IkeError(NotifyType.TS_UNACCEPTABLE,
+                           "responder's key does not vouch for its traffic selectors")
         return local, remote
 
     def _established(self, now: float) -> None:
         self.state = State.ESTABLISHED
+        self.engine._half_open.discard(self)
         self.dh = None
         if self.behind_nat:
             self.next_keepalive = now + self.config.nat_keepalive_interval
@@ -782,7 +920,7 @@ class IkeSa:
                 prop, suite = choose(sa.proposals, self.config.esp_suites(), ProtocolId.ESP,
                                      ignore_dh=True)
                 local_ts, remote_ts = self._narrow_as_responder(msg)
-                spi_in = _new_spi(self.engine.rng, 4)
+                spi_in = self._new_spi_in()
                 child = self._make_child(suite, spi_in, prop.spi, self.nonce_i, self.nonce_r,
                                          b"", local_ts, remote_ts, we_initiated=False)
                 payloads += [
@@ -796,31 +934,27 @@ class IkeSa:
         self._respond(ExchangeType.IKE_AUTH, mid, payloads)
         self._established(now)
         if child is not None:
-            self.children.append(child)
-            self._emit(ChildSaEstablished(self.sa_id, child.sa))
+            self._adopt(child)
         elif child_error is not None:
             self._emit(ChildSaFailed(self.sa_id, child_error.notify, child_error.reason))
 
     def _narrow_as_responder(self, msg: Message) -> tuple[tuple[TrafficSelector, ...], ...]:
-        """TSi/TSr narrowed to the two hosts (section 2.9), then the user's policy callback."""
+        """TSi narrowed to the addresses the peer's key vouches for, never to the outer
+        source (which the initiator may change during IKE_AUTH), TSr to us (section 2.9);
+        then the user's policy callback."""
         tsi = next((p for p in msg.get(TS) if p.is_initiator), None)
         tsr = next((p for p in msg.get(TS) if not p.is_initiator), None)
         if tsi is None or tsr is None:
             raise IkeError(NotifyType.TS_UNACCEPTABLE, "request lacks TSi or TSr")
-        peer = self.peer_id
-        peer_host = self.peer_addr  # OE: an address ID names the host, anything else the sender
-        if peer is not None and peer.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR) \
-                and len(peer.data) in (4, 16):
-            peer_host = str(ipaddress.ip_address(peer.data))
-        remote = narrow([TrafficSelector.from_wire(w) for w in tsi.selectors],
-                        [TrafficSelector.host(peer_host)])
+        remote = narrow([TrafficSelector.from_wire(w) for w in tsi.selectors], self._vouched())
         local = narrow([TrafficSelector.from_wire(w) for w in tsr.selectors],
                        [TrafficSelector.host(self.config.local_addr)])
         if not remote or not local:
-            raise IkeError(NotifyType.TS_UNACCEPTABLE, "selectors are not host-to-host with us")
+            raise IkeError(NotifyType.TS_UNACCEPTABLE,
+                           "selectors are not host-to-host between us and the peer's key")
         policy = self.engine.ts_policy
-        if policy is not None and not policy(peer or Identity.from_address(self.peer_addr),
-                                             tuple(local), tuple(remote)):
+        assert self.peer_id is not None
+        if policy is not None and not policy(self.peer_id, tuple(local), tuple(remote)):
             raise IkeError(NotifyType.TS_UNACCEPTABLE, "policy refuses the traffic selectors")
         return tuple(local), tuple(remote)
 
@@ -859,7 +993,7 @@ class IkeSa:
             group = suites[0].dh
         dh = DhExchange(group, self.engine.rng) if group else None
         nonce = self.engine.rng(NONCE_LEN)
-        spi_in = _new_spi(self.engine.rng, 4)
+        spi_in = self._new_spi_in()
         ordered = [s for s in suites if s.dh == group] + [s for s in suites if s.dh != group]
         payloads: list[Payload] = []
         if old is not None:
@@ -896,11 +1030,8 @@ class IkeSa:
                 # retransmission fetched that answer again: it never comes to life
                 self._emit(ChildSaFailed(self.sa_id, None, "deleted by peer before it was up"))
                 return
-            self.children.append(new)
-            if old is None:
-                self._emit(ChildSaEstablished(self.sa_id, new.sa))
+            if not self._adopt(new, old) or old is None:
                 return
-            self._emit(ChildSaRekeyed(self.sa_id, old.sa.spi_in, old.sa.spi_out, new.sa))
             old.own_rekey = (min(nonce, msg.first(Nonce).data), new)
             redundant = self._rekey_collision(old)
             if old not in self.children:
@@ -909,7 +1040,8 @@ class IkeSa:
             # that now holds it, should an IKE rekey have overtaken this exchange)
             self._live()._start_delete_children([old] + redundant, t, front=True)
 
-        self._send_request(ExchangeType.CREATE_CHILD_SA, payloads, done, now)
+        self._send_request(ExchangeType.CREATE_CHILD_SA, payloads, done, now,
+                           spi_in=int.from_bytes(spi_in, "big"))
 
     def _child_from_response(self, msg: Message, suites: list[Suite], spi_in: bytes,
                              nonce_i: bytes, dh: DhExchange | None,
@@ -919,6 +1051,7 @@ class IkeSa:
         if sa is None or nonce is None:
             raise IkeError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA response lacks SA or Nr")
         _, suite = accept(sa.proposals, suites, ProtocolId.ESP)
+        self._check_peer_spi(sa.proposals[0].spi)
         shared = b""
         if suite.dh:
             ke = msg.first(KE)
@@ -953,6 +1086,7 @@ class IkeSa:
         try:
             prop, suite = _choose_for_ke(sa.proposals, self.config.esp_suites(),
                                          ProtocolId.ESP, ke)
+            self._check_peer_spi(prop.spi)
             shared = b""
             dh = None
             if suite.dh:
@@ -967,7 +1101,7 @@ class IkeSa:
             if e.notify != NotifyType.INVALID_KE_PAYLOAD:  # that one is retried (1.3)
                 self._emit(ChildSaFailed(self.sa_id, e.notify, e.reason))
             return
-        spi_in = _new_spi(self.engine.rng, 4)
+        spi_in = self._new_spi_in()
         nonce_r = self.engine.rng(NONCE_LEN)
         child = self._make_child(suite, spi_in, prop.spi, nonce.data, nonce_r, shared, local_ts,
                                  remote_ts, we_initiated=False)
@@ -977,11 +1111,8 @@ class IkeSa:
         payloads += [TS(True, tuple(t.to_wire() for t in remote_ts)),
                      TS(False, tuple(t.to_wire() for t in local_ts))]
         self._respond(ExchangeType.CREATE_CHILD_SA, mid, payloads)
-        self.children.append(child)
-        if old is None:
-            self._emit(ChildSaEstablished(self.sa_id, child.sa))
+        if not self._adopt(child, old) or old is None:
             return
-        self._emit(ChildSaRekeyed(self.sa_id, old.sa.spi_in, old.sa.spi_out, child.sa))
         if old.rekeying or old.own_rekey is not None:
             old.peer_rekey = (min(nonce.data, nonce_r), child)
             redundant = self._rekey_collision(old)
@@ -1011,7 +1142,7 @@ class IkeSa:
         group = group or suites[0].dh
         dh = DhExchange(group, self.engine.rng)
         nonce = self.engine.rng(NONCE_LEN)
-        new_spi = _new_spi(self.engine.rng, 8)
+        new_spi = self.engine._new_ike_spi()
         ordered = [s for s in suites if s.dh == group] + [s for s in suites if s.dh != group]
         payloads: list[Payload] = [SA(offer(ordered, new_spi)), Nonce(nonce), KE(group, dh.public)]
 
@@ -1065,7 +1196,7 @@ class IkeSa:
             shared = dh.shared(ke.data)
         except IkeError as e:
             return self._respond(ExchangeType.CREATE_CHILD_SA, mid, [Notify(e.notify, e.data)])
-        new_spi = _new_spi(self.engine.rng, 8)
+        new_spi = self.engine._new_ike_spi()
         nonce_r = self.engine.rng(NONCE_LEN)
         self._respond(ExchangeType.CREATE_CHILD_SA, mid, [
             SA((suite.proposal(prop.number, new_spi),)), Nonce(nonce_r), KE(dh.group, dh.public),
@@ -1084,7 +1215,7 @@ class IkeSa:
                                    suite.encr, suite.key_bits, suite.integ)
         new.nat_detected = self.nat_detected
         new.behind_nat, new.next_keepalive = self.behind_nat, self.next_keepalive
-        new.peer_id = self.peer_id
+        new.peer_id, new.peer_key = self.peer_id, self.peer_key
         new.expected_peer_id = self.expected_peer_id
         new.peer_hashes = self.peer_hashes
         # shared, so that exchanges still finishing on this IKE SA update the new one's list
@@ -1126,9 +1257,7 @@ class IkeSa:
         def done(msg: Message, t: float) -> None:
             for c in live:
                 if c in self.children:
-                    self.children.remove(c)
-                    self._emit(ChildSaDeleted(self.sa_id, c.sa.spi_in, c.sa.spi_out,
-                                              "deleted by us"))
+                    self._child_gone(c, "deleted by us")
 
         spis = tuple(c.sa.spi_in.to_bytes(4, "big") for c in live)
         self._send_request(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.ESP, spis)], done, now)
@@ -1165,10 +1294,8 @@ class IkeSa:
                     if self.request is not None:
                         self.early_deletes.add(int.from_bytes(spi, "big"))
                     continue
-                self.children.remove(child)
                 ours.append(child.sa.spi_in.to_bytes(4, "big"))
-                self._emit(ChildSaDeleted(self.sa_id, child.sa.spi_in, child.sa.spi_out,
-                                          "deleted by peer"))
+                self._child_gone(child, "deleted by peer")
         self._respond(ExchangeType.INFORMATIONAL, mid,
                       [Delete(ProtocolId.ESP, tuple(ours))] if ours else [])
 
@@ -1178,25 +1305,44 @@ class IkeEngine:
 
     :param config: our proposals, key and timers.
     :param rng: ``rng(n)`` returns n random bytes (``os.urandom`` in the daemon).
-    :param lookup_key: maps a peer's authenticated-to-be ID to its RSA public key, or None.
+    :param lookup_key: maps a peer's ID, by type and data, to a ``PeerKey`` (its RSA public
+        key and the addresses that key vouches for), or None.
     :param ts_policy: optional ``(peer_id, local_ts, remote_ts) -> bool``; False answers
         TS_UNACCEPTABLE.
+    :param spis: the host's inbound SPI allocator, shared by its engines; default: one of
+        this engine's own, drawing from ``rng``.
+    :param sa_ids: where ``sa_id`` values come from, shared by the host's engines so ids are
+        unique across them; default: this engine's own count from 1.
+    :param cookie_required: ``(addr) -> bool``: True demands a COOKIE round trip from that
+        initiator even below ``config.cookie_threshold`` (section 2.6).
+    :param admit_init: ``(data, addr, local_port) -> bool``, asked for each IKE_SA_INIT
+        request that passed the COOKIE check and would create a responder SA; False drops it
+        (refused, or held while the peer's key is fetched: the caller may hand the same
+        datagram to ``receive_datagram`` again later).
     """
 
     def __init__(self, config: IkeConfig, *, rng: Rng, lookup_key: KeyLookup,
-                 ts_policy: TsPolicy | None = None) -> None:
+                 ts_policy: TsPolicy | None = None, spis: SpiAllocator | None = None,
+                 sa_ids: Iterator[int] | None = None,
+                 cookie_required: CookieRequired | None = None,
+                 admit_init: AdmitInit | None = None) -> None:
         self.config = config
         self.rng = rng
         self.lookup_key = lookup_key
         self.ts_policy = ts_policy
+        self.spis = spis if spis is not None else SpiAllocator(rng)
+        self.cookie_required = cookie_required
+        self.admit_init = admit_init
         self._sas: dict[bytes, IkeSa] = {}
         # responder IKE SAs by the initiator's SPI and address, to recognise a retransmitted
         # IKE_SA_INIT request (section 2.1), for as long as the IKE SA lives
         self._by_init: dict[tuple[bytes, Addr], IkeSa] = {}
+        self._half_open: set[IkeSa] = set()
         self._by_id: dict[int, IkeSa] = {}
         self._out: list[tuple[bytes, Addr, int]] = []
         self._events: deque[Event] = deque()
-        self._next_id = 1
+        self._ids = sa_ids if sa_ids is not None else itertools.count(1)
+        self._stats = dict.fromkeys(STATS, 0)
         self._cookie_secret = rng(32)
         config.ike_suites()  # fail early on a bad proposal string
         config.esp_suites()
@@ -1217,21 +1363,22 @@ class IkeEngine:
         try:
             header, msg = parse_message(data)
         except IkeError as e:
+            self._count("unparsable_dropped")
             self._answer_unparsable(data, e, addr, local_port)
             return
         if header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response:
             if header.spi_r == bytes(8) and header.message_id == 0 and header.from_initiator:
                 self._process_r_init(header, msg, data, addr, local_port, now)
+            else:
+                self._count("unexpected_dropped")
             return
         our_spi = header.spi_r if header.from_initiator else header.spi_i
         sa = self._sas.get(our_spi)
-        if sa is None or (sa.initiator == header.from_initiator):
-            return  # section 2.21.4: INVALID_IKE_SPI is optional; we stay silent
-        if not sa.initiator and header.spi_i != sa.spi_i:
-            return
-        if sa.initiator and header.exchange != ExchangeType.IKE_SA_INIT and (
-                header.spi_r != sa.spi_r):
-            return
+        # both SPIs must be the IKE SA's, but for the answer to our IKE_SA_INIT, which
+        # brings SPIr (section 3.1); section 2.21.4: INVALID_IKE_SPI is optional, we are silent
+        if sa is None or sa.initiator == header.from_initiator or header.spi_i != sa.spi_i or (
+                sa.spi_r != bytes(8) and header.spi_r != sa.spi_r):
+            return self._count("unexpected_dropped")
         sa.receive(header, msg, data, addr, local_port, now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr, int]]:
@@ -1252,6 +1399,10 @@ class IkeEngine:
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
+    def stats(self) -> dict[str, int]:
+        """Counted drops and COOKIE answers since start; the keys are listed in ``STATS``."""
+        return dict(self._stats)
+
     # --- what the user starts -------------------------------------------------------------
 
     def initiate(self, peer: str, now: float, *, local_ts: list[TrafficSelector] | None = None,
@@ -1263,7 +1414,7 @@ class IkeEngine:
         ID_IPV6_ADDR of ``peer``), which is also sent as IDr; ``any_remote_id`` accepts
         whichever ID the key lookup vouches for and sends no IDr.
         """
-        sa = IkeSa(self, self._new_id(), True, _new_spi(self.rng, 8), bytes(8), (peer, peer_port),
+        sa = IkeSa(self, next(self._ids), True, self._new_ike_spi(), bytes(8), (peer, peer_port),
                    IKE_PORT, State.EXPECT_SA_INIT_RESPONSE)
         sa.local_ts = tuple(local_ts or [TrafficSelector.host(self.config.local_addr)])
         sa.remote_ts = tuple(remote_ts or [TrafficSelector.host(peer)])
@@ -1308,9 +1459,15 @@ class IkeEngine:
 
     # --- bookkeeping ----------------------------------------------------------------------
 
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id - 1
+    def _new_ike_spi(self) -> bytes:
+        while True:
+            spi = self.rng(8)
+            # a zero IKE SPI means "unknown" (section 3.1); ours finds one IKE SA of ours
+            if int.from_bytes(spi, "big") > 255 and spi not in self._sas:
+                return spi
+
+    def _count(self, what: str) -> None:
+        self._stats[what] += 1
 
     def _add(self, sa: IkeSa) -> None:
         self._sas[sa.our_spi] = sa
@@ -1335,6 +1492,9 @@ class IkeEngine:
     def _remove(self, sa: IkeSa) -> None:
         sa.state = State.DELETED
         sa.request = None
+        for spi in list(sa.pending_spis):
+            sa._release_spi(spi)
+        self._half_open.discard(sa)
         if self._sas.get(sa.our_spi) is sa:
             del self._sas[sa.our_spi]
         if self._by_id.get(sa.sa_id) is sa:
@@ -1345,7 +1505,7 @@ class IkeEngine:
 
     def half_open(self) -> int:
         """Responder IKE SAs waiting for IKE_AUTH (what the COOKIE threshold counts)."""
-        return sum(1 for sa in self._by_init.values() if sa.state == State.EXPECT_AUTH_REQUEST)
+        return len(self._half_open)
 
     def _transmit(self, data: bytes, addr: Addr, local_port: int) -> None:
         if local_port == NAT_T_PORT:
@@ -1373,7 +1533,12 @@ class IkeEngine:
 
     def _process_r_init(self, header: Header, msg: Message, data: bytes, addr: Addr,
                         local_port: int, now: float) -> None:
-        """IKE_SA_INIT { [N(COOKIE),] SA, KEi, Ni, N(NATD)... } --> answered, stateless on error"""
+        """IKE_SA_INIT { [N(COOKIE),] SA, KEi, Ni, N(NATD)... } --> answered, stateless on error
+
+        Cheapest first: the half-open cap, then the COOKIE (section 2.6), then the proposal,
+        and only then the admission hook (the daemon's policy check and key fetch) and the
+        DH computation. A spoofed source costs one small answer and no state.
+        """
         known = self._by_init.get((header.spi_i, addr))
         if known is not None:
             if known.init_request == data:  # retransmitted request: the same answer, same way
@@ -1387,11 +1552,15 @@ class IkeEngine:
         sa_p, ke, nonce = msg.first(SA), msg.first(KE), msg.first(Nonce)
         if sa_p is None or ke is None or nonce is None:
             return refuse(Notify(NotifyType.INVALID_SYNTAX))
-        if self.half_open() >= self.config.cookie_threshold:
+        if len(self._half_open) >= self.config.half_open_max:
+            return self._count("half_open_dropped")
+        if len(self._half_open) >= self.config.cookie_threshold or (
+                self.cookie_required is not None and self.cookie_required(addr)):
             want = self._cookie(header.spi_i, nonce.data, addr)
             got = msg.payloads[0]
             if not (isinstance(got, Notify) and got.notify_type == NotifyType.COOKIE
                     and hmac.compare_digest(got.data, want)):
+                self._count("cookies_sent")
                 return refuse(Notify(NotifyType.COOKIE, want))
         try:
             prop, suite = _choose_for_ke(sa_p.proposals, self.config.ike_suites(),
@@ -1401,12 +1570,14 @@ class IkeEngine:
         if ke.group != suite.dh:
             # section 1.2: tell the initiator which group we want
             return refuse(Notify(NotifyType.INVALID_KE_PAYLOAD, suite.dh.to_bytes(2, "big")))
+        if self.admit_init is not None and not self.admit_init(data, addr, local_port):
+            return
         dh = DhExchange(suite.dh, self.rng)
         try:
             shared = dh.shared(ke.data)
         except IkeError as e:
             return refuse(Notify(e.notify))
-        sa = IkeSa(self, self._new_id(), False, header.spi_i, _new_spi(self.rng, 8), addr,
+        sa = IkeSa(self, next(self._ids), False, header.spi_i, self._new_ike_spi(), addr,
                    local_port, State.EXPECT_AUTH_REQUEST)
         sa.created = now
         sa.suite = suite
@@ -1432,4 +1603,5 @@ class IkeEngine:
         self._add(sa)
         sa.init_addr = addr
         self._by_init[(header.spi_i, addr)] = sa
+        self._half_open.add(sa)
         sa._send(sa.init_response)

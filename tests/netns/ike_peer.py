@@ -29,7 +29,7 @@ import sys
 
 from cryptography.hazmat.primitives import serialization
 
-from oe.ike.auth import Identity
+from oe.ike.auth import Identity, PeerKey
 from oe.ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaRekeyed, IkeSaEstablished
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
@@ -72,8 +72,9 @@ async def main() -> None:
     config = IkeConfig(local_addr=args.local, private_key=key, ike_proposals=(args.ike,),
                        esp_proposals=(args.esp,), cookie_threshold=args.cookie_threshold)
     rng = os.urandom if args.seed is None else random.Random(args.seed).randbytes
+    peer_key = PeerKey(peer_pub, frozenset({args.peer}))
     engine = IkeEngine(config, rng=rng,
-                       lookup_key=lambda ident: peer_pub if ident == peer_id else None)
+                       lookup_key=lambda ident: peer_key if ident == peer_id else None)
     state: dict = {"sa_id": None, "children": []}
 
     def on_event(ev) -> None:
