@@ -68,7 +68,9 @@ class LimitsConfig:
     shunts: int = 10_000
     """Failure shunts at once; beyond, the oldest is dropped and its %trap returns."""
     half_open: int = 256
-    """IKE SAs answered but not yet authenticated; beyond, new IKE_SA_INITs are dropped."""
+    """IKE SAs answered but not yet authenticated, per address family; beyond, new
+    IKE_SA_INITs are dropped (and long before, past the engine's threshold, a COOKIE is
+    asked for first)."""
     lookups: int = 64
     """DNS key lookups at once for peers that contacted us (one queued IKE_SA_INIT each);
     beyond, their IKE_SA_INITs are dropped, and past half of it a COOKIE is asked first."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
 import os
 import signal
@@ -38,11 +39,12 @@ from oe.dpevents import Acquire, IkeMessage, SaExpired, SaSoftLimit
 from oe.errors import OeError
 from oe.eroute import SaAction
 from oe.ike import events as ike_events
-from oe.ike.auth import Identity
+from oe.ike.auth import Identity, PeerKey
 from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT, NotifyType
 from oe.logsafe import printable
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
+from oe.ike.spis import SpiAllocator
 from oe.ike.ts import TrafficSelector
 from oe.opportunist import (
     ANY_PORT, DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair, child_flow,
@@ -85,7 +87,10 @@ class Daemon:
         # (ID type, ID data) -> (RSA public key, when its DNS answer expires): a key vouches
         # for the identity it was published for and nothing else (an ID_FQDN "192.0.2.1" is
         # not that address), and only while its TTL runs.
-        self.peer_keys: dict[Identity, tuple[object, float]] = {}
+        self.peer_keys: dict[Identity, tuple[PeerKey, float]] = {}
+        # shared by the engines of both families: inbound SPIs and sa_ids unique on the host
+        self.spis = SpiAllocator(os.urandom)
+        self.sa_ids = itertools.count(1)
         self._stale: set[str] = set()  # peers whose AUTH failed as responder: fetch afresh
         self.sides: dict[int, _IkeSide] = {}
         self.sa_pairs: dict[tuple[int, int], Pair] = {}  # (family, sa_id) -> pair
@@ -169,12 +174,15 @@ class Daemon:
         self.sockets += [nat_t, esp, clear]
         ike = IkeConfig(local_addr=address, private_key=self.key,
                         ike_proposals=self.config.ike.proposals,
-                        esp_proposals=self.config.ike.esp_proposals)
+                        esp_proposals=self.config.ike.esp_proposals,
+                        half_open_max=self.config.limits.half_open)
         engine = IkeEngine(ike, rng=os.urandom, lookup_key=self._lookup_key,
                            ts_policy=lambda peer_id, local_ts, remote_ts, v=version:
-                           self._ts_allowed(v, peer_id, local_ts, remote_ts))
+                           self._ts_allowed(v, peer_id, local_ts, remote_ts),
+                           spis=self.spis, sa_ids=self.sa_ids,
+                           cookie_required=self._cookie_required, admit_init=self._admit_init)
         runner = IkeRunner(engine, address, lambda event, v=version: self._ike_event(v, event),
-                           fwmark=mark, nat_t_socket=nat_t, admit_init=self._admit_init)
+                           fwmark=mark, nat_t_socket=nat_t)
         self.sides[version] = _IkeSide(version, address, engine, runner)
         suffix = "4" if version == 4 else "6"
         return {f"udp{suffix}": nat_t.fileno(), f"esp{suffix}": esp.fileno(),
@@ -375,10 +383,29 @@ class Daemon:
         the negotiation it was fetched for."""
         if lookup.key is None:
             return
-        expires = max(lookup.expires, self.loop.time() + KEY_GRACE)
-        self.peer_keys[_key_owner(lookup.identity)] = (lookup.key.public_key(), expires)
+        now = self.loop.time()
+        owner = _key_owner(lookup.identity)
+        key = lookup.key.public_key()
+        # A key vouches for the address whose record published it, and nothing else: a
+        # delegating record in D's zone lets the gateway speak for D, never for the gateway's
+        # own address (only its own zone can). Records of one key add up.
+        vouched = {lookup.target.address} - {None}
+        old = self.peer_keys.get(owner)
+        if old is not None and old[1] > now and old[0].public_key.public_numbers() == \
+                key.public_numbers():
+            vouched |= old[0].addresses
+        self.peer_keys[owner] = (PeerKey(key, frozenset(vouched)),
+                                 max(lookup.expires, now + KEY_GRACE))
 
-    def _lookup_key(self, identity: Identity):
+    def _cookie_required(self, addr) -> bool:
+        """Under load, a COOKIE round trip (RFC 7296 2.6) before any DNS work for a peer
+        whose key we do not hold: once half of [limits] lookups are busy, a spoofed source
+        never gets as far as _admit_init. Below that, lookups need no extra round trip (the
+        first packet's wait), and their number is bounded all the same."""
+        return len(self.pending_init) >= self.config.limits.lookups // 2 and \
+            self._lookup_key(_address_id(addr[0])) is None
+
+    def _lookup_key(self, identity: Identity) -> PeerKey | None:
         entry = self.peer_keys.get(identity)
         if entry is None or entry[1] <= self.loop.time():
             return None
@@ -688,12 +715,16 @@ class Daemon:
                    "expires_in": None if s.expires is None else round(s.expires - now, 1)}
                   for s in self.opportunist.shunts.values()]
         datapath = self.datapath.stats()
+        ike: dict[str, int] = {}
+        for side in self.sides.values():
+            for name, value in side.engine.stats().items():
+                ike[name] = ike.get(name, 0) + value
         return {"eroutes": eroutes, "sas": sas, "shunts": shunts, "datapath": datapath,
-                "limits": self._limits_status(datapath),
+                "ike": ike, "limits": self._limits_status(datapath, ike),
                 "counters": {**self.counters, "cleartext_dropped": inbound.dropped(),
                              "key_refreshes": self.fetcher.stats.refreshes}}
 
-    def _limits_status(self, datapath: dict) -> dict:
+    def _limits_status(self, datapath: dict, ike: dict) -> dict:
         """Each [limits] cap: its maximum, what is in use now, and how many were dropped."""
         caps = self.config.limits
         oe = self.opportunist
@@ -701,7 +732,7 @@ class Daemon:
         rows = {
             "holds": (caps.holds, datapath["holds"], datapath["holds_evicted"]),
             "shunts": (caps.shunts, oe.failure_shunts, oe.counters["shunts_dropped"]),
-            "half_open": (caps.half_open, half_open, 0),
+            "half_open": (caps.half_open, half_open, ike.get("half_open_dropped", 0)),
             "lookups": (caps.lookups, len(self.pending_init), self.counters["ike_init_dropped"]),
             "queued_acquires": (caps.queued_acquires, oe.queued, oe.counters["acquires_dropped"]),
         }

@@ -186,6 +186,9 @@ class NullRunner:
     def transmit(self):
         pass
 
+    def receive(self, data, addr, local_port):
+        pass
+
 
 def test_a_peer_that_moves_is_checked_against_policy_again(confdir, tmp_path):
     """Defect 3: a NAT'd peer may move (RFC 7296 2.23), but not to an address our policy
@@ -257,8 +260,10 @@ def test_a_delegated_key_is_the_gateways_not_the_clients(confdir, tmp_path, host
         pair = Pair.of(ME, PEER)
         d.opportunist.acquire(pair, d.loop.time())
         await d._fetch(_fetch_command(d, pair))
-        assert d._lookup_key(Identity.from_address(gateway)) is not None
         assert d._lookup_key(Identity.from_address(PEER)) is None
+        # D's zone lets G speak for D, never for G's own address
+        assert d._lookup_key(Identity.from_address(gateway)).addresses == {
+            ipaddress.ip_address(PEER)}
     asyncio.run(run())
 
 
@@ -280,3 +285,21 @@ def test_peer_supplied_text_is_escaped_in_the_log(confdir, tmp_path, caplog):
         assert "\\x1b[2J" in written and "\\x0a2026" in written
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def test_unknown_peers_return_a_cookie_before_dns_work_under_load(confdir, tmp_path, host_key):
+    """Defect 4: once half of [limits] lookups are busy, an IKE_SA_INIT from a peer whose key
+    we do not hold must come back with a COOKIE (RFC 7296 2.6) before any DNS lookup."""
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.fetcher = StallingFetcher(lambda t: _lookup(host_key, str(t.address),
+                                                      expires=d.loop.time() + 600))
+        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=NullRunner())
+        assert not d._cookie_required(("203.0.113.1", 500))
+        for i in range(4):
+            d._admit_init(b"x", (f"203.0.113.{i + 1}", 500), 500)
+        assert d._cookie_required(("203.0.113.99", 500))
+        d.fetcher.release.set()
+        await asyncio.sleep(0.01)
+        assert not d._cookie_required(("203.0.113.99", 500))   # load gone
+    asyncio.run(run())
