@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from oe.netns import NetnsError, World
+from oe.netns import NetnsError, World, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -69,6 +69,8 @@ def test_world_owner_ended_by_sigterm_tears_its_world_down(tmp_path):
               "    world.spawn(world.host('alice', '192.0.2.10/24'), 'sleep', '600')\n"
               "    print('up', world.prefix, flush=True); time.sleep(600)\n")
     proc, prefix = start_until([sys.executable, "-c", script, str(tmp_path)], r"^up (\S+)", 30)
+    # `ip netns exec` enters the namespace a moment after the script says "up"
+    assert wait_for(lambda: pids_in(f"{prefix}-alice"), 10)
     [sleeper] = pids_in(f"{prefix}-alice")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) != 0
@@ -92,7 +94,6 @@ def test_oe_demo_keep_ended_by_sigterm_tears_down():
 def test_interrupted_while_knotd_starts_leaves_nothing(tmp_path, monkeypatch):
     """Ctrl-C (or SIGTERM, which becomes one) while demo.build waits for knotd to serve."""
     from oe import demo
-    from oe.netns import wait_for
 
     seen: dict[str, list[int]] = {}
 
