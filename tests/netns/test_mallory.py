@@ -52,7 +52,7 @@ RSS_BOUND = 20 << 20          # bytes a daemon may grow by while attacked
 PING_INTERVAL = 0.05
 LOSS_BOUND = 0.05             # of the pings sent during an attack, plus a couple in flight
 COVERED = 0.9                 # a counter must account for this share of what was sent
-COUNTER_SECTIONS = ("datapath",)
+COUNTER_SECTIONS = ("datapath", "ike")
 """Sections of `oe status --json` whose numbers are drop/packet counters (add new ones here)."""
 PAUSE = 2.5                   # seconds bob's daemon is stopped around alice's rekey
 SOFT = 8.0                    # alice's soft lifetime in the rekey test (hard: twice that)
@@ -307,6 +307,14 @@ def test_forged_and_replayed_ike_change_no_sa(arena):
     # every copy to 4500 carried the non-ESP marker: handed to IKE, none taken for ESP
     assert deltas["alice"]["unknown_spi"] == 0 and deltas["bob"]["unknown_spi"] == 0, deltas
     assert deltas["alice"]["ike"] + deltas["bob"]["ike"] > 0, deltas
+    # the engines dropped every forgery: no integrity (forged) or no request it answers
+    forged: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+    for step in steps:
+        if step["name"].startswith("forged"):
+            host = "alice" if step["dst"] in (ALICE, ALICE6) else "bob"
+            key = (host, ("ike.forged_dropped", "ike.unexpected_dropped"))
+            forged[key] = forged.get(key, ()) + (step["name"],)
+    counted(deltas, sent, forged)
 
 
 def test_junk_on_500_and_4500_costs_bounded_memory(arena):
@@ -330,6 +338,9 @@ def test_junk_on_500_and_4500_costs_bounded_memory(arena):
         ("bob", ("unknown_spi", "malformed")): (f"junk to {BOB}:4500",),
         # after the marker: IKE for the daemon, which drops what does not parse
         ("alice", ("ike",)): (f"marker junk to {ALICE}:4500", f"marker junk to {ALICE6}:4500"),
+        # on 500: the engine's own socket, counted there
+        ("alice", ("ike.unparsable_dropped", "ike.unexpected_dropped")): (
+            f"junk to {ALICE}:500", f"junk to {ALICE6}:500"),
     })
 
 
