@@ -487,6 +487,7 @@ class Daemon:
             handle = self.sa_out.pop((version, event.sa_id, event.spi_out), None)
             if handle is not None:
                 self.datapath.del_sa(handle, "out")
+                self.sa_used.pop(handle, None)
             pair = self.sa_pairs.get((version, event.sa_id))
             if pair is not None:
                 self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
