@@ -36,6 +36,7 @@ walkthrough: setup
 
 bench: setup
 	$(PY) bench/eroute.py
+	$(PY) bench/control.py
 	$(PY) bench/throughput.py
 
 clean:
