@@ -37,17 +37,19 @@ from oe.dnskeys.fetcher import KeyFetcher
 from oe.dnskeys.choice import Target
 from oe.dpevents import Acquire, IkeMessage, SaExpired, SaSoftLimit
 from oe.errors import OeError
-from oe.eroute import SaAction
+from oe.eroute import ErouteTable, SaAction
 from oe.ike import events as ike_events
 from oe.ike.auth import Identity, PeerKey
-from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT, NotifyType
+from oe.ike.constants import (
+    HALF_OPEN_COOKIE_THRESHOLD, NON_ESP_MARKER, NAT_T_PORT, NotifyType,
+)
 from oe.logsafe import printable
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
 from oe.ike.spis import SpiAllocator
 from oe.ike.ts import TrafficSelector
 from oe.opportunist import (
-    ANY_PORT, DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair, child_flow,
+    ANY_PORT, DeleteChild, DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair, child_flow,
 )
 from oe.policygroups import SEMANTICS, prospective_table
 from oe.policygroups.loader import load_policy
@@ -57,6 +59,7 @@ log = logging.getLogger("oe")
 PID_NAME = "oe.pid"
 HOUSEKEEPING = 1.0  # seconds between lifetime, liveness and shunt checks
 KEY_GRACE = 30.0  # seconds a key is kept at least: a TTL of 0 must not fail its own negotiation
+CHILDLESS_GRACE = 30.0  # seconds an IKE SA may live without a CHILD SA before we delete it
 
 
 class StartError(OeError):
@@ -96,7 +99,9 @@ class Daemon:
         self.sa_pairs: dict[tuple[int, int], Pair] = {}  # (family, sa_id) -> pair
         # peer -> its newest IKE_SA_INIT, waiting for the peer's key; at most [limits] lookups
         self.pending_init: dict[str, tuple[bytes, tuple, int]] = {}
-        self.counters = {"ike_init_dropped": 0, "children_refused": 0}
+        self.counters = {"ike_init_dropped": 0, "children_refused": 0, "childless_deleted": 0}
+        # (family, sa_id) -> since when an IKE SA has carried no CHILD SA of ours
+        self._childless: dict[tuple[int, int], float] = {}
         self.datapath: Datapath | None = None
         self.steering: routing.Steering | None = None
         self._routed_peers: set[str] = set()
@@ -175,7 +180,10 @@ class Daemon:
         ike = IkeConfig(local_addr=address, private_key=self.key,
                         ike_proposals=self.config.ike.proposals,
                         esp_proposals=self.config.ike.esp_proposals,
-                        half_open_max=self.config.limits.half_open)
+                        half_open_max=self.config.limits.half_open,
+                        # COOKIEs begin well before the cap, whatever the cap is (RFC 7296 2.6)
+                        cookie_threshold=min(HALF_OPEN_COOKIE_THRESHOLD,
+                                             self.config.limits.half_open // 2))
         engine = IkeEngine(ike, rng=os.urandom, lookup_key=self._lookup_key,
                            ts_policy=lambda peer_id, local_ts, remote_ts, v=version:
                            self._ts_allowed(v, peer_id, local_ts, remote_ts),
@@ -226,11 +234,12 @@ class Daemon:
             log.info("set %s = 2 (loose): replies to trapped peers arrive on the real interface",
                      name)
 
-    def _install_inbound(self) -> None:
-        """(Re)build the inbound cleartext policy for the current policy and SAs."""
+    def _install_inbound(self, base: ErouteTable | None = None) -> None:
+        """(Re)build the inbound cleartext policy for a policy (default: the current one)."""
         nameservers = [ns for ns in self.fetcher.nameservers() if _is_address(ns)]
+        policy = self.opportunist.base if base is None else base
         inbound.apply(inbound.ruleset(self.config.tun_name,
-                                      inbound.protected(self.opportunist.base, nameservers),
+                                      inbound.protected(policy, nameservers),
                                       self._refused_in_clear))
         self._inbound = True
 
@@ -286,23 +295,29 @@ class Daemon:
     # ------------------------------------------------------------------ datapath events
 
     def _datapath_events(self) -> None:
-        now = self.loop.time()
         for event in self.datapath.read_events():
-            if isinstance(event, Acquire):
-                self._run(self.opportunist.acquire(Pair(event.src, event.dst), now, event.proto,
-                                                   event.sport, event.dport))
-            elif isinstance(event, IkeMessage):
-                side = self.sides.get(event.src.version)
-                if side is not None:
-                    side.runner.receive(NON_ESP_MARKER + event.data, (str(event.src), event.sport),
-                                        NAT_T_PORT)
-            elif isinstance(event, SaSoftLimit) and event.direction == "out":
-                self._rekey_or_retire(event.handle, f"soft limit ({event.reason})")
-            elif isinstance(event, SaExpired):
-                self._expire(event)
-            else:
-                log.warning("datapath: %s", event)
+            try:
+                self._datapath_event(event)
+            except Exception:  # one event's bug must not lose the rest of the batch
+                log.exception("datapath event %s", event)
         self._apply()
+
+    def _datapath_event(self, event) -> None:
+        now = self.loop.time()
+        if isinstance(event, Acquire):
+            self._run(self.opportunist.acquire(Pair(event.src, event.dst), now, event.proto,
+                                               event.sport, event.dport))
+        elif isinstance(event, IkeMessage):
+            side = self.sides.get(event.src.version)
+            if side is not None:
+                side.runner.receive(NON_ESP_MARKER + event.data, (str(event.src), event.sport),
+                                    NAT_T_PORT)
+        elif isinstance(event, SaSoftLimit) and event.direction == "out":
+            self._rekey_or_retire(event.handle, f"soft limit ({event.reason})")
+        elif isinstance(event, SaExpired):
+            self._expire(event)
+        else:
+            log.warning("datapath: %s", event)
 
     # ------------------------------------------------------------------ opportunist commands
 
@@ -314,6 +329,8 @@ class Daemon:
                 self._initiate(command)
             elif isinstance(command, DeleteIke):
                 self._delete_ike(command.sa_id)
+            elif isinstance(command, DeleteChild):
+                self._delete_child(command.sa_id, command.spi_in)
 
     def _apply(self) -> None:
         """Hand the datapath what changed in the table and write the decisions to the log."""
@@ -375,14 +392,38 @@ class Daemon:
                     continue
                 side.runner.transmit()
 
+    def _delete_child(self, sa_id: int, spi_in: int) -> None:
+        for side in self.sides.values():
+            if (side.version, sa_id) in self.sa_pairs:
+                try:
+                    side.engine.delete_child(sa_id, spi_in, self.loop.time())
+                except OeError:
+                    continue
+                side.runner.transmit()
+
+    def _reap_childless(self, now: float) -> None:
+        """Delete IKE SAs that have carried no CHILD SA of ours for CHILDLESS_GRACE: a peer
+        whose CHILD SAs we refuse must not pile up IKE SAs (each holds keys and state)."""
+        for (version, sa_id), since in list(self._childless.items()):
+            if now - since < CHILDLESS_GRACE:
+                continue
+            del self._childless[(version, sa_id)]
+            self.counters["childless_deleted"] += 1
+            side = self.sides[version]
+            try:
+                side.engine.delete_ike(sa_id, now)
+            except OeError:
+                continue
+            side.runner.transmit()
+
     # ------------------------------------------------------------------ IKE
 
     def _keep_key(self, lookup) -> None:
         """Keep a looked-up key under the identity that signs with it (the gateway a
         delegating record names, RFC 4322 3.2.4.1), for its TTL but at least long enough for
         the negotiation it was fetched for."""
-        if lookup.key is None:
-            return
+        if lookup.key is None or lookup.delegated_for is not None:
+            return  # a delegating record's key is not the client's, nor vouched for by G
         now = self.loop.time()
         owner = _key_owner(lookup.identity)
         key = lookup.key.public_key()
@@ -435,7 +476,8 @@ class Daemon:
         if why is not None:
             log.info("refused IKE from %s: %s", peer, why)
             return False
-        if self._lookup_key(_address_id(str(peer))) is not None:
+        known = self._lookup_key(_address_id(str(peer)))
+        if known is not None and peer in known.addresses:
             return True
         if str(peer) not in self.pending_init:
             if len(self.pending_init) >= self.config.limits.lookups:
@@ -469,6 +511,7 @@ class Daemon:
             child = event.child
             installed = self._install_child(version, event.sa_id, child)
             if installed is not None:
+                self._childless.pop((version, event.sa_id), None)
                 pair, narrowing, handle = installed
                 self.sa_pairs[(version, event.sa_id)] = pair
                 initiator = self._initiated(version, event.sa_id)
@@ -481,7 +524,7 @@ class Daemon:
             pair = self.sa_pairs.get((version, event.sa_id))
             if pair is not None and installed is not None:
                 self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out, now,
-                                                installed[2])
+                                                sa_out=installed[2], narrowing=installed[1])
         elif isinstance(event, ike_events.ChildSaDeleted):
             self.datapath.del_sa(event.spi_in, "in")
             handle = self.sa_out.pop((version, event.sa_id, event.spi_out), None)
@@ -491,7 +534,10 @@ class Daemon:
             pair = self.sa_pairs.get((version, event.sa_id))
             if pair is not None:
                 self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
+        elif isinstance(event, ike_events.IkeSaEstablished):
+            self._childless[(version, event.sa_id)] = now
         elif isinstance(event, ike_events.IkeSaFailed):
+            self._childless.pop((version, event.sa_id), None)
             pair = self.sa_pairs.pop((version, event.sa_id), None)
             why = f"IKE timeout: {event.reason}" if event.notify is None else event.reason
             auth = event.local and event.notify == NotifyType.AUTHENTICATION_FAILED
@@ -504,6 +550,7 @@ class Daemon:
                     self.peer_keys.pop(_address_id(event.remote_addr), None)
                     self._stale.add(event.remote_addr)
         elif isinstance(event, ike_events.IkeSaDeleted):
+            self._childless.pop((version, event.sa_id), None)
             self.sa_pairs.pop((version, event.sa_id), None)
             self.opportunist.ike_gone(event.sa_id, event.reason, now)
         elif isinstance(event, ike_events.IkeSaPeerMoved):
@@ -511,7 +558,10 @@ class Daemon:
                                                    ipaddress.ip_address(event.remote_addr))
             if why is not None:  # never let a peer point our ESP at an address policy refuses
                 log.info("peer moved to %s, deleting its IKE SA: %s", event.remote_addr, why)
-                side.engine.delete_ike(event.sa_id, now)
+                try:
+                    side.engine.delete_ike(event.sa_id, now)
+                except OeError:
+                    pass  # the same message ended it
                 self._apply()
                 side.runner.transmit()
                 return
@@ -541,10 +591,7 @@ class Daemon:
         try:
             pair, (proto, sport, dport) = child_flow(child.local_ts, child.remote_ts)
         except ValueError as exc:
-            self.counters["children_refused"] += 1
-            log.info("refused CHILD SA %x with %s: %s", child.spi_in, child.remote_addr, exc)
-            self.sides[version].engine.delete_child(sa_id, child.spi_in, self.loop.time())
-            return None
+            return self._refuse_child(version, sa_id, child, f"selectors oe cannot enforce: {exc}")
         local_ports = (sport, sport) if sport else ANY_PORT
         remote_ports = (dport, dport) if dport else ANY_PORT
         encap = "udp" if child.udp_encap else "esp"
@@ -555,18 +602,15 @@ class Daemon:
                       peer_port=child.remote_port or NAT_T_PORT, esn=child.esn, proto=proto)
         key = (version, sa_id, child.spi_out)
         if key in self.sa_out:
-            self.counters["children_refused"] += 1
-            log.warning("CHILD SA refused: outbound SPI %08x already in use", child.spi_out)
-            return None
+            return self._refuse_child(version, sa_id, child,
+                                      f"outbound SPI {child.spi_out:08x} already in use")
         try:
             self.datapath.add_sa(child.spi_in, "in", child.key_in,
                                  src_ts=str(pair.dst), dst_ts=str(pair.src),
                                  sport=remote_ports, dport=local_ports,
                                  hard_time=lifetime + 60, **common)
         except ValueError as e:
-            self.counters["children_refused"] += 1
-            log.warning("CHILD SA %08x: %s", child.spi_in, e)
-            return None
+            return self._refuse_child(version, sa_id, child, str(e))
         try:
             handle = self.datapath.add_sa(child.spi_out, "out", child.key_out,
                                           src_ts=str(pair.src), dst_ts=str(pair.dst),
@@ -574,11 +618,24 @@ class Daemon:
                                           soft_time=soft, hard_time=lifetime, **common)
         except ValueError as e:
             self.datapath.del_sa(child.spi_in, "in")
-            self.counters["children_refused"] += 1
-            log.warning("CHILD SA %08x: %s", child.spi_out, e)
-            return None
+            return self._refuse_child(version, sa_id, child, str(e))
         self.sa_out[key] = handle
         return pair, (proto, sport, dport), handle
+
+    def _refuse_child(self, version: int, sa_id: int, child, why: str) -> None:
+        """A CHILD SA oe will not install: delete it, and end our negotiation for its pair in
+        the failure shunt (a %hold must never stay)."""
+        self.counters["children_refused"] += 1
+        log.info("refused CHILD SA %08x with %s: %s", child.spi_in, child.remote_addr, why)
+        now = self.loop.time()
+        try:
+            self.sides[version].engine.delete_child(sa_id, child.spi_in, now)
+        except OeError:
+            pass  # already gone with its IKE SA
+        pair = self.sa_pairs.get((version, sa_id))
+        if pair is not None:
+            self._run(self.opportunist.negotiation_failed(pair, f"CHILD SA refused: {why}", now))
+        return None
 
     def _tunnel_by_sa_out(self, handle: int):
         for tunnel in self.opportunist.tunnels.values():
@@ -622,22 +679,24 @@ class Daemon:
             await asyncio.sleep(HOUSEKEEPING)
             now = self.loop.time()
             self._run(self.opportunist.tick(now))
+            self._reap_childless(now)
             if now >= next_sweep:  # keys past their TTL go (a peer that returns is asked again)
                 next_sweep = now + KEY_GRACE
                 self.peer_keys = {i: e for i, e in self.peer_keys.items() if e[1] > now}
             if now >= next_dpd:
                 next_dpd = now + self.config.ike.dpd_delay
+                seen, last_in = last_in, {}  # only live SAs are remembered
                 for tunnel in list(self.opportunist.tunnels.values()):
                     stats = self.datapath.sa_stats(tunnel.spi_in, "in") or {}
                     packets = stats.get("packets", 0)
-                    if packets == last_in.get(tunnel.spi_in):
+                    last_in[tunnel.spi_in] = packets
+                    if packets == seen.get(tunnel.spi_in):
                         side = self.sides[tunnel.peer.version]
                         try:
                             side.engine.check_liveness(tunnel.sa_id, now)
                         except OeError:
                             continue
                         side.runner.transmit()
-                    last_in[tunnel.spi_in] = packets
             self._apply()
 
     # ------------------------------------------------------------------ control
@@ -660,10 +719,12 @@ class Daemon:
         oeconfig.load(self.confdir)  # validate; settings that need a restart are not applied
         for warning in policy.warnings:
             log.warning("%s", warning)
-        self._run(self.opportunist.reload(prospective_table(policy), self.loop.time()))
+        base = prospective_table(policy)
+        # first what can fail (one nft transaction): a refusal leaves everything as it was
+        await self._in_netlink(self._install_inbound, base)
+        self._run(self.opportunist.reload(base, self.loop.time()))
         await self._install_routes()
         self._apply()
-        await self._in_netlink(self._install_inbound)
         return f"reloaded: {len(self.opportunist.base)} policy entries"
 
     async def _reload_logged(self) -> None:
@@ -787,14 +848,17 @@ def start(confdir: Path, rundir: Path, background: bool = False) -> int:
     return 0
 
 
-class _Printable(logging.Filter):
+class _Printable(logging.Formatter):
     """Escape what peers and DNS put into log lines (IDs, reasons, names): no control
-    character reaches the log, so none can forge a line or drive a terminal."""
+    character reaches the log, so none can forge a line or drive a terminal. A traceback's
+    lines (an exception's text may come from a peer too) are escaped and indented, so none
+    of them can pass for a line of its own."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def format(self, record: logging.LogRecord) -> str:
         record.msg = printable(record.getMessage(), limit=LOG_LINE_MAX)
         record.args = ()
-        return True
+        head, *rest = super().format(record).split("\n")
+        return "\n".join([head] + ["    " + printable(line, LOG_LINE_MAX) for line in rest])
 
 
 LOG_LINE_MAX = 2000
@@ -802,8 +866,7 @@ LOG_LINE_MAX = 2000
 
 def log_to(handler: logging.Handler) -> None:
     """The daemon's log: one escaped line per message, with time and pid."""
-    handler.setFormatter(logging.Formatter("%(asctime)s oe[%(process)d]: %(message)s"))
-    handler.addFilter(_Printable())
+    handler.setFormatter(_Printable("%(asctime)s oe[%(process)d]: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)

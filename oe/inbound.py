@@ -56,7 +56,9 @@ def protected(base: ErouteTable, exempt: Iterable[str]) -> list[Network]:
                 continue
             parts = [rest for part in parts for rest in _exclude(part, hole)]
         out += parts
-    return sorted(set(out), key=lambda n: (n.version, n))
+    # an interval set takes no overlaps (nested private entries): merge them
+    return [n for family in (4, 6)
+            for n in ipaddress.collapse_addresses(p for p in out if p.version == family)]
 
 
 def _exclude(network: Network, hole: Network) -> list[Network]:

@@ -139,7 +139,10 @@ def child_flow(local_ts: tuple, remote_ts: tuple) -> tuple[Pair, tuple[int, int,
             ports.append(ts.start_port)
         else:
             raise ValueError(f"port range {ts.start_port}-{ts.end_port} of {ts}")
-    return Pair(local.start, remote.start), (local.protocol or remote.protocol, *ports)
+    protocol = local.protocol or remote.protocol
+    if any(ports) and not protocol:
+        raise ValueError(f"a port without a protocol in {local} or {remote}")
+    return Pair(local.start, remote.start), (protocol, *ports)
 
 
 # Commands for the daemon --------------------------------------------------------------------
@@ -170,7 +173,15 @@ class DeleteIke:
     sa_id: int
 
 
-Command = Union[FetchKey, Initiate, DeleteIke]
+@dataclass(frozen=True)
+class DeleteChild:
+    """Send DELETE for one CHILD SA of an IKE SA (by our inbound SPI)."""
+
+    sa_id: int
+    spi_in: int
+
+
+Command = Union[FetchKey, Initiate, DeleteIke, DeleteChild]
 
 
 @dataclass(frozen=True)
@@ -337,10 +348,11 @@ class Opportunist:
             # peer is not OE-capable and the group's failure shunt applies.
             return self._fail(pair, lookup.error, now, deny=lookup.verdict.value == "deny")
         gateway = lookup.gateway if lookup.gateway is not None else pair.dst
-        if not isinstance(gateway, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-            return self._fail(pair, f"gateway {gateway} is a name; oe needs an address", now)
-        if gateway.version != pair.dst.version:
-            return self._fail(pair, f"gateway {gateway} is not of the flow's address family", now)
+        if gateway != pair.dst:
+            # RFC 4322 3.2.4.1: the gateway's own record must vouch for the key D's record
+            # names; until oe has the gateway role (looking that record up), refuse cleanly.
+            return self._fail(pair, f"{pair.dst}'s record delegates to gateway {gateway}; "
+                                    "oe does not negotiate with delegated gateways yet", now)
         negotiation.stage = "ike"
         return [Initiate(pair, gateway)]
 
@@ -373,6 +385,8 @@ class Opportunist:
         old = self.tunnels.get(pair)
         if old is not None and old.sa_id != sa_id:
             commands.append(DeleteIke(old.sa_id))
+        elif old is not None and old.spi_in != spi_in:
+            commands.append(DeleteChild(sa_id, old.spi_in))  # one SA per pair: no orphans
         self.negotiations.pop(pair, None)
         self._drop_shunt(pair)
         self._put_tunnel(Tunnel(pair, peer, sa_id, spi_in, spi_out, algorithm, udp_encap,
@@ -383,11 +397,14 @@ class Opportunist:
         return commands
 
     def tunnel_rekeyed(self, pair: Pair, spi_in: int, spi_out: int, now: float,
-                       sa_out: int = 0) -> None:
-        """The CHILD SA was replaced; the SA eroute points at the new outbound SA."""
+                       sa_out: int = 0, narrowing: tuple[int, int, int] = (0, 0, 0)) -> None:
+        """The CHILD SA was replaced; the SA eroute points at the new outbound SA, with the
+        new SA's selectors (a rekey may narrow them, RFC 7296 2.9)."""
         tunnel = self.tunnels.get(pair)
         if tunnel is not None:
+            self._dirty.add(tunnel.selector)
             tunnel.spi_in, tunnel.spi_out, tunnel.sa_out = spi_in, spi_out, sa_out
+            tunnel.narrowing = narrowing
             self._dirty.add(tunnel.selector)
 
     def tunnel_down(self, pair: Pair, spi_in: int, reason: str, now: float) -> None:
@@ -528,5 +545,6 @@ class Opportunist:
 
 __all__ = [
     "Pair", "BareShunt", "Tunnel", "child_flow", "FetchKey", "Initiate", "DeleteIke",
+    "DeleteChild",
     "Command", "Limits", "Opportunist",
 ]

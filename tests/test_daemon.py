@@ -10,7 +10,7 @@ import pytest
 
 from oe import daemon as oedaemon, hostkey
 from oe.dnskeys.choice import KeyLookup, Target, Verdict
-from oe.dnskeys.records import decode_rsa_blob
+from oe.dnskeys.records import KeyRecord, decode_rsa_blob
 from oe.eroute import Shunt
 from oe.ike.auth import Identity
 from oe.ike.constants import IdType
@@ -83,10 +83,8 @@ def test_an_fqdn_id_never_borrows_an_address_key(confdir, tmp_path, host_key):
     gets nothing, however the address's key was cached."""
     async def run():
         d = make_daemon(confdir, tmp_path)
-        d.fetcher = StallingFetcher(lambda t: KeyLookup(Target.parse(PEER), Verdict.KEY,
-                                                        key=decode_rsa_blob(
-                                                            hostkey.public_blob(host_key)),
-                                                        gateway=ipaddress.ip_address(PEER)))
+        d.fetcher = StallingFetcher(lambda t: _lookup(host_key, PEER,
+                                                      expires=d.loop.time() + 600))
         d.fetcher.release.set()
         pair = Pair.of(ME, PEER)
         d.opportunist.acquire(pair, d.loop.time())
@@ -222,9 +220,12 @@ class ClockLoop:
 
 
 def _lookup(host_key, target, gateway=None, expires=0.0):
-    return KeyLookup(Target.parse(target), Verdict.KEY,
-                     key=decode_rsa_blob(hostkey.public_blob(host_key)),
-                     gateway=ipaddress.ip_address(gateway or target), expires=expires)
+    """What the fetcher answers for an IPSECKEY at target's reverse name naming `gateway`."""
+    key = decode_rsa_blob(hostkey.public_blob(host_key))
+    gw = ipaddress.ip_address(gateway or target)
+    record = KeyRecord("IPSECKEY", Target.parse(target).name, 10, gw, key, None, "")
+    return KeyLookup(Target.parse(target), Verdict.KEY, record=record, key=key, gateway=gw,
+                     expires=expires)
 
 
 def test_cached_peer_keys_expire_with_their_dns_ttl(confdir, tmp_path, host_key):
@@ -247,9 +248,11 @@ def test_cached_peer_keys_expire_with_their_dns_ttl(confdir, tmp_path, host_key)
     asyncio.run(run())
 
 
-def test_a_delegated_key_is_the_gateways_not_the_clients(confdir, tmp_path, host_key):
-    """Defect 11: the key in D's record that names gateway G is the key G signs with: it is
-    kept under G's identity, never under D's (D did not authenticate with it)."""
+def test_a_delegated_key_is_never_kept_for_the_client_nor_the_gateway(confdir, tmp_path,
+                                                                      host_key):
+    """Defect 11: the key in D's record that names gateway G is not D's (D does not sign with
+    it), and D's zone cannot vouch for G: the delegation is refused with its reason, and the key
+    is kept under neither identity."""
     gateway = "198.51.100.1"
 
     async def run():
@@ -261,9 +264,47 @@ def test_a_delegated_key_is_the_gateways_not_the_clients(confdir, tmp_path, host
         d.opportunist.acquire(pair, d.loop.time())
         await d._fetch(_fetch_command(d, pair))
         assert d._lookup_key(Identity.from_address(PEER)) is None
-        # D's zone lets G speak for D, never for G's own address
-        assert d._lookup_key(Identity.from_address(gateway)).addresses == {
-            ipaddress.ip_address(PEER)}
+        assert d._lookup_key(Identity.from_address(gateway)) is None
+        assert "delegates to gateway" in d.opportunist.shunts[pair].reason
+    asyncio.run(run())
+
+
+def test_a_refused_child_sa_ends_the_negotiation(confdir, tmp_path):
+    """Review of issue 10: a CHILD SA oe refuses (selectors it cannot enforce) is deleted and
+    the negotiation ends in the group's failure shunt, never a %hold that stays."""
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        engine = RecordingEngine()
+        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
+        pair = Pair.of(ME, PEER)
+        d.opportunist.acquire(pair, d.loop.time())
+        _fetch_command(d, pair)
+        d.opportunist.negotiations[pair].stage = "ike"
+        d.sa_pairs[(4, 9)] = pair
+        from oe.ike.events import ChildSaEstablished
+        d._ike_event(4, ChildSaEstablished(9, _child(ME, PEER, 6, rport=(1000, 2000))))
+        assert pair not in d.opportunist.negotiations
+        assert d.opportunist.shunts[pair].action is Shunt.PASS
+        assert "port range" in d.opportunist.shunts[pair].reason
+        assert ("delete_child", (9, 0x1001)) in [(c[0], c[1][:2]) for c in engine.calls]
+    asyncio.run(run())
+
+
+def test_an_ike_sa_without_a_child_sa_is_deleted_after_a_while(confdir, tmp_path):
+    """Review of issue 10: an authenticated peer whose CHILD SAs we refuse keeps no IKE SA
+    with us for long (else any key holder could pile them up)."""
+    from oe.ike.events import IkeSaEstablished
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.loop = ClockLoop(d.loop)
+        engine = RecordingEngine()
+        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
+        d._ike_event(4, IkeSaEstablished(5, b"i" * 8, b"r" * 8, False, ME, PEER, 500, PEER,
+                                         False))
+        d._reap_childless(d.loop.now + oedaemon.CHILDLESS_GRACE - 1)
+        assert "delete_ike" not in [c[0] for c in engine.calls]
+        d._reap_childless(d.loop.now + oedaemon.CHILDLESS_GRACE + 1)
+        assert ("delete_ike", 5) in [(c[0], c[1][0]) for c in engine.calls]
     asyncio.run(run())
 
 
@@ -280,9 +321,14 @@ def test_peer_supplied_text_is_escaped_in_the_log(confdir, tmp_path, caplog):
             d.sides[4] = oedaemon._IkeSide(4, ME, engine=RecordingEngine(), runner=NullRunner())
             d._ike_event(4, IkeSaFailed(3, PEER, 24, "bad ID 'x\n2026 oe: forged\x1b[2J'", True))
         asyncio.run(run())
+        try:
+            raise ValueError("bad record\n2026 oe: forged too\x1b[31m")
+        except ValueError:
+            oedaemon.log.exception("lookup")
         written = handler.stream.getvalue()
         assert "\x1b" not in written and "\n2026 oe: forged" not in written
         assert "\\x1b[2J" in written and "\\x0a2026" in written
+        assert "    2026 oe: forged too\\x1b[31m" in written     # a traceback line, indented
     finally:
         logging.getLogger().removeHandler(handler)
 

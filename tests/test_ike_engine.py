@@ -764,3 +764,25 @@ def test_initial_contact_retires_the_ike_sa_of_a_peers_earlier_life():
     a2.initiate(ADDR_B, link.now)
     link.roundtrip(a2)
     assert IkeSaDeleted not in [type(e) for e in events(b)]
+
+
+def test_a_peer_cannot_make_us_hold_unbounded_child_sas():
+    """Review of issue 10: an authenticated peer asking for CHILD SA after CHILD SA (no
+    REKEY_SA) gets N(NO_ADDITIONAL_SAS) past CHILD_SAS_MAX, and we hold no more SPIs."""
+    from oe.ike import events as E
+    from oe.ike.sa import CHILD_SAS_MAX
+    from oe.ike.ts import TrafficSelector
+    a, b = ike_pair()
+    link = Link(a, b)
+    sa_id = a.initiate(ADDR_B, 0.0)
+    link.roundtrip(a)
+    b_id = next(e.sa_id for e in events(b) if isinstance(e, E.IkeSaEstablished))
+    for _ in range(CHILD_SAS_MAX + 20):
+        b.create_child(b_id, link.now, local_ts=[TrafficSelector.host(ADDR_B)],
+                       remote_ts=[TrafficSelector.host(ADDR_A)])
+        link.roundtrip(b)
+    assert len(a.children(sa_id)) == CHILD_SAS_MAX
+    assert len(a.spis) == CHILD_SAS_MAX
+    refused = [e for e in events(b) if isinstance(e, E.ChildSaFailed)]
+    # the first CHILD SA came with IKE_AUTH: CHILD_SAS_MAX - 1 more were taken
+    assert len(refused) == 21 and all(e.notify == NotifyType.NO_ADDITIONAL_SAS for e in refused)

@@ -63,3 +63,11 @@ def test_nft_accepts_the_ruleset():
         assert "198.51.100.2" in listed and "2001:db8:1::2" in listed and "drop" in listed
     finally:
         subprocess.run(["ip", "netns", "del", ns])
+
+
+def test_nested_private_entries_give_no_overlapping_intervals():
+    """Review of issue 10: `private` 10.0.0.0/8 and 10.1.0.0/16 made nft refuse the set
+    ("conflicting intervals"), and oe would not start."""
+    got = inbound.protected(table(private="10.0.0.0/8\n10.1.0.0/16\n2001:db8::/32\n"
+                                          "2001:db8:1::/48\n"), [])
+    assert got == nets("10.0.0.0/8", "2001:db8::/32")

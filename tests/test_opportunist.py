@@ -7,7 +7,7 @@ import pytest
 from oe.dnskeys.choice import KeyLookup, Target, Verdict, not_capable
 from oe.eroute import SaAction, Shunt
 from oe.opportunist import (
-    DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair, child_flow,
+    DeleteChild, DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair, child_flow,
 )
 from oe.policygroups import combine, parse_group, prospective_table
 
@@ -55,12 +55,15 @@ def test_key_then_tunnel_replaces_the_hold_with_the_sa():
     assert oe.take_log() == ["initiated OE to 192.0.2.20 via 192.0.2.20: ESP AES_GCM_16_128"]
 
 
-def test_delegation_initiates_to_the_gateway():
+def test_delegation_is_refused_cleanly_until_oe_has_the_gateway_role():
+    """Defect 11: a record delegating to another gateway is refused with its reason, not
+    tried (the gateway's own record must vouch for its key: the gateway role, issue 13)."""
     oe = opportunist(private="198.51.100.0/24\n")
     pair = Pair.of(ME, "198.51.100.7")
     oe.acquire(pair, 0)
-    assert oe.key_found(pair, key("198.51.100.7", gateway="198.51.100.1"), 0) == [
-        Initiate(pair, ipaddress.ip_address("198.51.100.1"))]
+    assert oe.key_found(pair, key("198.51.100.7", gateway="198.51.100.1"), 0) == []
+    assert fate(oe, "198.51.100.7") is Shunt.DROP
+    assert "delegates to gateway 198.51.100.1" in oe.shunts[pair].reason
 
 
 @pytest.mark.parametrize("group, verdict, expected", [
@@ -273,6 +276,7 @@ def test_child_flow_keeps_the_negotiated_narrowing():
     ((_ts(ME, end="192.0.2.11"),), (_ts("192.0.2.20"),), "not a single host"),
     ((_ts(ME, 6),), (_ts("192.0.2.20", 17),), "protocols"),
     ((_ts(ME, 6),), (_ts("192.0.2.20", 6, (20, 22)),), "port range"),
+    ((_ts(ME),), (_ts("192.0.2.20", 0, (22, 22)),), "port without a protocol"),
     ((_ts(ME),), (_ts("2001:db8::20"),), "address families"),
 ])
 def test_child_flow_refuses_what_an_eroute_cannot_enforce(local, remote, why):
@@ -289,6 +293,28 @@ def test_a_narrowed_tunnel_covers_only_its_port():
     me, bob = pair.src, pair.dst
     assert table.entries[table.lookup(me, bob, 6, 40000, 22)].action == SaAction(bob, 0x22, 5)
     assert table.entries[table.lookup(me, bob, 6, 40000, 80)].action is Shunt.TRAP
+
+
+def test_a_new_child_of_the_same_ike_sa_retires_the_old_one():
+    """Review of issue 10: a second CHILD SA for a pair on one IKE SA replaces the first; the
+    first is deleted, not left installed with nothing to rekey or expire it."""
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    oe.tunnel_up(pair, pair.dst, 3, 0x11, 0x22, "x", False, True, 0, sa_out=1)
+    assert oe.tunnel_up(pair, pair.dst, 3, 0x33, 0x44, "x", False, False, 1, sa_out=2) == [
+        DeleteChild(3, 0x11)]
+
+
+def test_a_rekey_that_narrows_moves_the_eroute_with_it():
+    """Review of issue 10 (defect 12 on rekey): the eroute follows the rekeyed SA's selectors."""
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    oe.tunnel_up(pair, pair.dst, 3, 0x11, 0x22, "x", False, True, 0, sa_out=1)
+    oe.tunnel_rekeyed(pair, 0x33, 0x44, 100, sa_out=2, narrowing=(6, 0, 80))
+    table = oe.table()
+    me, bob = pair.src, pair.dst
+    assert table.entries[table.lookup(me, bob, 6, 40000, 80)].action == SaAction(bob, 0x44, 2)
+    assert table.entries[table.lookup(me, bob, 17, 40000, 53)].action is Shunt.TRAP
 
 
 def test_an_authentication_failure_refetches_the_key_once():

@@ -195,6 +195,7 @@ RETRANSMIT_TIMEOUT = 0.5  # design.md section 4: first retransmit after 0.5 s, d
 RETRANSMIT_BUDGET = 8.0  # ... give up after about 8 s
 HALF_OPEN_COOKIE_THRESHOLD = 32  # half-open IKE SAs above which COOKIE is demanded (2.6)
 HALF_OPEN_LIFETIME = 30.0  # seconds a responder keeps a half-open IKE SA
+CHILD_SAS_MAX = 16  # CHILD SAs one IKE SA may carry; more get NO_ADDITIONAL_SAS (RFC 7296 1.3)
 HALF_OPEN_MAX = 1024  # half-open IKE SAs beyond which IKE_SA_INIT is dropped, cookie or not
 INIT_RESTARTS_MAX = 5  # COOKIE / INVALID_KE answers one IKE_SA_INIT follows (charon's MAX_RETRIES)
 NAT_KEEPALIVE_INTERVAL = 20.0  # seconds between keepalives when we are behind NAT (charon's)

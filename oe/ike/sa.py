@@ -73,6 +73,7 @@ from oe.ike.constants import (
     ERROR_NOTIFY_MAX,
     HALF_OPEN_COOKIE_THRESHOLD,
     HALF_OPEN_LIFETIME,
+    CHILD_SAS_MAX,
     HALF_OPEN_MAX,
     HEADER_LEN,
     IKE_PORT,
@@ -1083,6 +1084,10 @@ class IkeSa:
                 return self._respond(ExchangeType.CREATE_CHILD_SA, mid,
                                      [Notify(NotifyType.CHILD_SA_NOT_FOUND, protocol=rekey.protocol,
                                              spi=rekey.spi)])
+        elif len(self.children) >= CHILD_SAS_MAX:
+            # section 1.3: an authenticated peer still cannot make us hold SAs without bound
+            return self._respond(ExchangeType.CREATE_CHILD_SA, mid,
+                                 [Notify(NotifyType.NO_ADDITIONAL_SAS)])
         try:
             prop, suite = _choose_for_ke(sa.proposals, self.config.esp_suites(),
                                          ProtocolId.ESP, ke)
