@@ -12,9 +12,10 @@ import ipaddress
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
-from oe import control, dnskeys, hostkey, net
+from oe import control, dnskeys, hostkey, instance, net
 from oe.config import load as load_config
 from oe.dnskeys import records as dnsrecords
 from oe.dnskeys.fetcher import KeyFetcher
@@ -235,8 +236,38 @@ def cmd_start(args) -> int:
     return daemon.start(args.confdir, args.rundir, background=args.daemon)
 
 
+STOP_WAIT = 30.0  # seconds `oe stop` waits for the daemon's DELETEs and clean-up
+
+
 def cmd_stop(args) -> int:
-    print(control.request(args.rundir, "stop"))
+    """Ask the daemon to stop, and wait until it is gone (its pid file goes last), so what
+    follows (`oe start`, a ping) sees the routes as the daemon left them."""
+    pid_file = control.pid_path(args.rundir)
+    print(control.request(args.rundir, "stop", flush=args.flush))
+    deadline = time.monotonic() + STOP_WAIT
+    while pid_file.exists():
+        if time.monotonic() > deadline:
+            raise OeError(f"the oe daemon did not exit within {STOP_WAIT:g} s ({pid_file} "
+                          f"is still there)")
+        time.sleep(0.05)
+    return 0
+
+
+def cmd_flush(args) -> int:
+    """Without a daemon: remove the fail-closed state a stop or a crash left on purpose."""
+    from oe import inbound, routing
+
+    config = load_config(args.confdir)
+    try:
+        held = instance.lock(args.rundir)  # no oe may run, or start, while we take its state
+    except instance.InstanceError as exc:
+        raise OeError(f"{exc}; `oe stop --flush` stops it and removes its state") from None
+    with held:
+        removed = routing.flush(config.route_table, config.rule_priority, config.tun_name)
+        inbound.stop(keep_private=False)
+    print(f"removed rule {config.rule_priority}, {len(removed)} routes of table "
+          f"{config.route_table} and nftables table {inbound.TABLE}: private destinations "
+          f"are no longer failed closed")
     return 0
 
 
@@ -374,8 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--daemon", action="store_true",
                    help="detach once running; log to <rundir>/oe.log")
     p.set_defaults(func=cmd_start)
-    p = sub.add_parser("stop", help="stop the daemon: DELETE every SA, remove routes and TUN")
+    p = sub.add_parser("stop", help="stop the daemon: DELETE every SA, remove routes and TUN "
+                                    "(a private group's stay failed closed)")
+    p.add_argument("--flush", action="store_true",
+                   help="also remove the fail-closed routes, rule and inbound drop")
     p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("flush", help="no daemon running: remove the fail-closed routes, rule "
+                                     "and inbound drop that oe stop (or a crash) left")
+    p.set_defaults(func=cmd_flush)
     p = sub.add_parser("reload", help="re-read policy groups and oe.conf (all or nothing)")
     p.set_defaults(func=cmd_reload)
     p = sub.add_parser("initiate", help="negotiate OE with DST now, ignoring a failure shunt")

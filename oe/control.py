@@ -16,6 +16,7 @@ from typing import Awaitable, Callable
 from oe.errors import OeError
 
 SOCKET_NAME = "oe.ctl"
+PID_NAME = "oe.pid"
 MAX_LINE = 1 << 20
 
 Handler = Callable[[str, dict], Awaitable[object]]
@@ -27,6 +28,11 @@ class ControlError(OeError):
 
 def socket_path(rundir: Path) -> Path:
     return rundir / SOCKET_NAME
+
+
+def pid_path(rundir: Path) -> Path:
+    """The daemon's pid, written once it serves the control socket, removed last on stop."""
+    return rundir / PID_NAME
 
 
 async def serve(rundir: Path, handler: Handler) -> asyncio.AbstractServer:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oe import config as oeconfig
-from oe import control, hostkey, inbound, net, routing, tun
+from oe import control, hostkey, inbound, instance, net, routing, tun
 from oe.datapath import Datapath, esp_overhead
 from oe.dnskeys.fetcher import KeyFetcher
 from oe.dnskeys.choice import Target
@@ -54,7 +54,6 @@ from oe.policygroups.loader import load_policy
 
 log = logging.getLogger("oe")
 
-PID_NAME = "oe.pid"
 HOUSEKEEPING = 1.0  # seconds between lifetime, liveness and shunt checks
 KEY_GRACE = 30.0  # seconds a key is kept at least: a TTL of 0 must not fail its own negotiation
 
@@ -108,6 +107,8 @@ class Daemon:
         self.tun_fd = -1
         self.sockets: list[socket.socket] = []
         self.stopping = asyncio.Event()
+        self.flush_on_stop = False  # `oe stop --flush`: leave no fail-closed state
+        self.namespace_lock: socket.socket | None = None  # held while running (oe.instance)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sa_used: dict[int, int] = {}  # outbound SA handle -> packets at its last soft limit
         # (version, IKE SA, outbound SPI) -> the datapath's handle: outbound SPIs are the
@@ -133,8 +134,9 @@ class Daemon:
             await self._shutdown()
 
     async def _start(self) -> None:
-        if control.daemon_running(self.rundir):
-            raise StartError(f"another oe is running with run dir {self.rundir}")
+        self.namespace_lock = instance.claim(self.rundir)
+        await self._in_netlink(routing.check_table, self.config.route_table,
+                               self.config.tun_name)
         addresses = await self._in_netlink(net.host_addresses, self.config.addresses,
                                            self.config.tun_name)
         if not addresses:
@@ -157,7 +159,7 @@ class Daemon:
         await self._install_routes()
         await self._in_netlink(self._install_inbound)
         self.control = await control.serve(self.rundir, self._control)
-        (self.rundir / PID_NAME).write_text(f"{os.getpid()}\n")
+        control.pid_path(self.rundir).write_text(f"{os.getpid()}\n")
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stopping.set)
         self.loop.add_signal_handler(
@@ -241,7 +243,13 @@ class Daemon:
             log.error("%s", exc)
 
     async def _shutdown(self) -> None:
-        """Send DELETEs, then take out everything start() put in place, in reverse."""
+        """Send DELETEs, then take out everything start() put in place, in reverse.
+
+        A start refused because another oe runs (here or with this run dir) put nothing in
+        place, and must take nothing of the other's (issue 15, 1 and 2)."""
+        if self.namespace_lock is None:
+            self._netlink.shutdown(wait=True)
+            return
         for side in self.sides.values():
             for sa_id in {sa_id for (v, sa_id) in self.sa_pairs if v == side.version}:
                 try:
@@ -255,18 +263,19 @@ class Daemon:
             self._housekeeping.cancel()
         if getattr(self, "control", None) is not None:
             self.control.close()
-        for path in (control.socket_path(self.rundir), self.rundir / PID_NAME):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        if self.steering is not None:
+        try:
+            control.socket_path(self.rundir).unlink()
+        except FileNotFoundError:
+            pass
+        if self.steering is not None and self.flush_on_stop:
+            await self._in_netlink(routing.remove, self.steering)
+        elif self.steering is not None:
             private = await self._in_netlink(routing.fail_closed, self.steering)
             if private:
-                log.info("private destinations stay unreachable until oe starts again: %s",
-                         ", ".join(private))
+                log.info("private destinations stay unreachable until oe starts again "
+                         "(or `oe flush`): %s", ", ".join(private))
         if self._inbound:
-            keep = bool(inbound.protected(self.opportunist.base, []))
+            keep = not self.flush_on_stop and bool(inbound.protected(self.opportunist.base, []))
             try:
                 await self._in_netlink(inbound.stop, keep)
             except OeError as exc:
@@ -281,6 +290,11 @@ class Daemon:
         self._netlink.shutdown(wait=True)
         if self.tun_fd >= 0:
             os.close(self.tun_fd)
+        self.namespace_lock.close()
+        try:  # last: `oe stop` waits for it to go
+            control.pid_path(self.rundir).unlink()
+        except FileNotFoundError:
+            pass
         log.info("oe stopped")
 
     # ------------------------------------------------------------------ datapath events
@@ -646,8 +660,14 @@ class Daemon:
         if command == "status":
             return self.status()
         if command == "stop":
+            self.flush_on_stop = bool(args.get("flush"))
             self.stopping.set()
-            return "stopping"
+            prohibited = self.steering.prohibited if self.steering else []
+            if prohibited and not self.flush_on_stop:
+                return (f"stopping; fail closed: {', '.join(prohibited)} stay unreachable and "
+                        f"refused in clear until oe starts again or `oe flush`")
+            return "stopping" + ("; removing routes, rule and inbound table" if
+                                 self.flush_on_stop else "")
         if command == "reload":
             return await self.reload()
         if command == "initiate":
