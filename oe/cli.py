@@ -195,15 +195,20 @@ def _eroute_order(row: dict):
 
 def cmd_status(args) -> int:
     if control.daemon_running(args.rundir):
-        status = control.request(args.rundir, "status")
+        status = {"daemon": True, **control.request(args.rundir, "status")}
     else:
         # No daemon: the prospective table, what `oe start` would install.
         table = _load_table(args)
-        status = {"eroutes": [e.as_json() for e in table.entries], "sas": [], "shunts": []}
+        status = {"daemon": False, "eroutes": [e.as_json() for e in table.entries], "sas": [],
+                  "shunts": []}
     status["eroutes"].sort(key=_eroute_order)
     if args.json:
         _print_json(status)
         return 0
+    if not status["daemon"]:
+        print("no daemon running: prospective table from policy")
+        if not status["eroutes"]:
+            print(f"no policy: {args.confdir}/policies holds no entries")
     for row in status["eroutes"]:
         print(_klips_line(row))
     if status["sas"]:
