@@ -282,8 +282,28 @@ def cmd_reload(args) -> int:
 
 
 def cmd_initiate(args) -> int:
-    print(control.request(args.rundir, "initiate", dst=args.dst, src=args.src))
-    return 0
+    """Ask the daemon to negotiate (it refuses, with the reason, when nothing would happen),
+    then wait for the outcome: a CHILD SA with DST, or the group's failure shunt."""
+    print(control.request(args.rundir, "initiate", dst=args.dst, src=args.src), flush=True)
+    if args.wait <= 0:
+        return 0
+    dst = str(ipaddress.ip_address(args.dst))  # the daemon accepted it: an address
+    deadline = time.monotonic() + args.wait
+    while True:
+        status = control.request(args.rundir, "status")
+        sa = next((s for s in status["sas"] if s["dst"] == dst), None)
+        if sa is not None:
+            print(f"OE with {dst} is up: {sa['said']} {sa['algorithm']} {sa['encap']}")
+            return 0
+        shunt = next((s for s in status["shunts"]
+                      if s["dst"] == dst and s["expires_in"] is not None), None)
+        if shunt is not None:
+            raise OeError(f"OE with {dst} failed: {shunt['reason']}; {shunt['said']} for "
+                          f"{shunt['expires_in']:g} s")
+        if time.monotonic() > deadline:
+            raise OeError(f"OE with {dst}: still negotiating after {args.wait:g} s "
+                          f"(`oe status` shows its %hold)")
+        time.sleep(0.25)
 
 
 def cmd_demo(args) -> int:
@@ -423,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("initiate", help="negotiate OE with DST now, ignoring a failure shunt")
     p.add_argument("dst", metavar="DST")
     p.add_argument("--src", help="our address (default: the daemon's)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for the outcome (default 30; 0: do not wait)")
     p.set_defaults(func=cmd_initiate)
     p = sub.add_parser("demo", help="alice, bob and carol in namespaces: OE shown working")
     p.add_argument("--keep", action="store_true", help="leave the world up until Ctrl-C")

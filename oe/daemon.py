@@ -693,19 +693,28 @@ class Daemon:
             log.error("reload refused: %s", exc)
 
     def initiate(self, dst: str, src: str | None) -> str:
-        try:
-            peer = ipaddress.ip_address(dst)
-        except ValueError:
-            raise OeError(f"'{dst}' is not an IPv4 or IPv6 address") from None
+        """`oe initiate`: start negotiating, or say why nothing will happen (issue 15, 6)."""
+        peer = _parse_address(dst)
+        source = _parse_address(src, "--src ") if src is not None else None
+        if source is not None and source.version != peer.version:
+            raise OeError(f"--src {source} and DST {peer} are not the same address family")
         side = self.sides.get(peer.version)
         if side is None:
             raise OeError(f"no IPv{peer.version} address of ours to initiate from")
-        pair = Pair(ipaddress.ip_address(src or side.address), peer)
-        if self.opportunist.host_group(pair) is None:
-            raise OeError(f"{peer} is in no policy group")
+        if peer.is_loopback or peer in {ipaddress.ip_address(s.address)
+                                        for s in self.sides.values()}:
+            raise OeError(f"{peer} is this host's own address: nothing to negotiate")
+        pair = Pair(source or ipaddress.ip_address(side.address), peer)
+        group = self.opportunist.host_group(pair)
+        if group is None:
+            raise OeError(f"{peer} is in no policy group: not steered into oe, sent in clear")
+        outbound = SEMANTICS[group].outbound.value
+        if outbound != "%trap":
+            raise OeError(f"{peer} is in group {group} ({outbound}): oe does not negotiate "
+                          f"with it")
         self._run(self.opportunist.initiate(pair, self.loop.time()))
         self._apply()
-        return f"initiating OE for {pair}"
+        return f"initiating OE for {pair} (group {group})"
 
     def status(self) -> dict:
         table = self.datapath.classifier.table
@@ -759,6 +768,13 @@ class Daemon:
         }
         return {name: {"max": cap, "in_use": used, "dropped": dropped}
                 for name, (cap, used, dropped) in rows.items()}
+
+
+def _parse_address(text: str, what: str = ""):
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise OeError(f"{what}'{text}' is not an IPv4 or IPv6 address") from None
 
 
 def _is_address(text: str) -> bool:

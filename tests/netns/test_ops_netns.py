@@ -20,9 +20,11 @@ from oe.netns import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
+ALICE, BOB, CAROL, DNS = (demo.ADDRESSES[n][0] for n in ("alice", "bob", "carol", "dns"))
 BOB6 = demo.ADDRESSES["bob"][1]
 PRIVATE = "198.51.100.0/24"
 FOREIGN = "203.0.113.0/24"
+ALICE_GROUPS = {"private-or-clear": "0.0.0.0/0\n::/0\n", "clear": f"{DNS}/32\n"}
 CAROL_GROUPS = {"private-or-clear": "0.0.0.0/0\n::/0\n", "private": f"{PRIVATE}\n"}
 
 
@@ -30,7 +32,8 @@ CAROL_GROUPS = {"private-or-clear": "0.0.0.0/0\n::/0\n", "private": f"{PRIVATE}\
 def world(tmp_path_factory):
     from oe import hostkey
 
-    made = demo.build(tmp_path_factory.mktemp("ops"), groups={"carol": CAROL_GROUPS})
+    made = demo.build(tmp_path_factory.mktemp("ops"), groups={"alice": ALICE_GROUPS,
+                                                                 "carol": CAROL_GROUPS})
     try:
         hostkey.keygen(hostkey.hostkey_path(made.confdir("carol")), force=True)
         demo.start_oe(made, "alice")
@@ -103,6 +106,30 @@ def test_a_second_oe_in_the_namespace_is_refused_and_the_first_still_encrypts(wo
     assert ping.returncode == 0, ping.stdout
     sas = json.loads(oe(world, "alice", "status", "--json").stdout)["sas"]
     assert any(sa["dst"] == BOB6 for sa in sas), sas
+
+
+@pytest.mark.parametrize("argv, why", [
+    ([DNS], f"{DNS} is in group clear (%pass): oe does not negotiate with it"),
+    ([ALICE], f"{ALICE} is this host's own address"),
+    ([BOB, "--src", "2001:db8::10"], "--src 2001:db8::10 and DST 192.0.2.20 are not the same "
+                                     "address family"),
+])
+def test_initiate_says_why_nothing_will_happen(world, argv, why):
+    """Item 6: these printed "initiating" and exited 0."""
+    proc = oe(world, "alice", "initiate", *argv)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert why in one_line(proc)
+
+
+def test_initiate_reports_the_outcome_with_its_exit_status(world):
+    """Item 6: it exited 0 whatever became of the negotiation; carol publishes no key."""
+    up = oe(world, "alice", "initiate", BOB)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"OE with {BOB} is up" in up.stdout
+    failed = oe(world, "alice", "initiate", CAROL)
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    line = one_line(failed)
+    assert f"OE with {CAROL} failed" in line and "%pass" in line
 
 
 def test_ike_ports_held_by_another_program_are_refused(world):
