@@ -134,9 +134,14 @@ class Daemon:
             await self._shutdown()
 
     async def _start(self) -> None:
-        self.namespace_lock = instance.claim(self.rundir)
-        await self._in_netlink(routing.check_table, self.config.route_table,
-                               self.config.tun_name)
+        held = instance.claim(self.rundir)
+        try:  # refused before anything is in place: nothing to undo, one line
+            await self._in_netlink(routing.check_table, self.config.route_table,
+                                   self.config.tun_name)
+        except OeError:
+            held.close()
+            raise
+        self.namespace_lock = held
         addresses = await self._in_netlink(net.host_addresses, self.config.addresses,
                                            self.config.tun_name)
         if not addresses:

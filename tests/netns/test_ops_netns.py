@@ -157,7 +157,7 @@ def test_a_table_holding_routes_oe_did_not_put_there_is_refused(world):
     world.world.run(carol, "ip", "route", "add", FOREIGN, "via", demo.ADDRESSES["dns"][0],
                     "table", "4322")
     try:
-        proc = oe(world, "carol", "start", "--daemon")
+        proc = oe(world, "carol", "start")  # in the foreground: the refusal is all it prints
         stop_detached(world, "carol", world.rundir("carol"))
         assert proc.returncode == 2, proc.stdout + proc.stderr
         line = one_line(proc)
