@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from oe import control, dnskeys, hostkey, instance, net
+from oe import control, dnskeys, hostkey, net
 from oe.config import load as load_config
 from oe.dnskeys import records as dnsrecords
 from oe.dnskeys.fetcher import KeyFetcher
@@ -263,9 +263,9 @@ def cmd_flush(args) -> int:
     from oe import inbound, routing
 
     config = load_config(args.confdir)
-    try:
-        held = instance.lock(args.rundir)  # no oe may run, or start, while we take its state
-    except instance.InstanceError as exc:
+    try:  # no oe may run, or start, while its state is taken away
+        held = control.lock_namespace(args.rundir)
+    except control.InstanceError as exc:
         raise OeError(f"{exc}; `oe stop --flush` stops it and removes its state") from None
     with held:
         removed = routing.flush(config.route_table, config.rule_priority, config.tun_name)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oe import config as oeconfig
-from oe import control, hostkey, inbound, instance, net, routing, tun
+from oe import control, hostkey, inbound, net, routing, tun
 from oe.datapath import Datapath, esp_overhead
 from oe.dnskeys.fetcher import KeyFetcher
 from oe.dnskeys.choice import Target
@@ -108,7 +108,7 @@ class Daemon:
         self.sockets: list[socket.socket] = []
         self.stopping = asyncio.Event()
         self.flush_on_stop = False  # `oe stop --flush`: leave no fail-closed state
-        self.namespace_lock: socket.socket | None = None  # held while running (oe.instance)
+        self.namespace_lock: socket.socket | None = None  # held while running (oe.control)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sa_used: dict[int, int] = {}  # outbound SA handle -> packets at its last soft limit
         # (version, IKE SA, outbound SPI) -> the datapath's handle: outbound SPIs are the
@@ -134,7 +134,7 @@ class Daemon:
             await self._shutdown()
 
     async def _start(self) -> None:
-        held = instance.claim(self.rundir)
+        held = control.claim_namespace(self.rundir)
         try:  # refused before anything is in place: nothing to undo, one line
             await self._in_netlink(routing.check_table, self.config.route_table,
                                    self.config.tun_name)
