@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from oe import control, dnskeys, hostkey, net
@@ -194,15 +195,20 @@ def _eroute_order(row: dict):
 
 def cmd_status(args) -> int:
     if control.daemon_running(args.rundir):
-        status = control.request(args.rundir, "status")
+        status = {"daemon": True, **control.request(args.rundir, "status")}
     else:
         # No daemon: the prospective table, what `oe start` would install.
         table = _load_table(args)
-        status = {"eroutes": [e.as_json() for e in table.entries], "sas": [], "shunts": []}
+        status = {"daemon": False, "eroutes": [e.as_json() for e in table.entries], "sas": [],
+                  "shunts": []}
     status["eroutes"].sort(key=_eroute_order)
     if args.json:
         _print_json(status)
         return 0
+    if not status["daemon"]:
+        print("no daemon running: prospective table from policy")
+        if not status["eroutes"]:
+            print(f"no policy: {args.confdir}/policies holds no entries")
     for row in status["eroutes"]:
         print(_klips_line(row))
     if status["sas"]:
@@ -235,8 +241,38 @@ def cmd_start(args) -> int:
     return daemon.start(args.confdir, args.rundir, background=args.daemon)
 
 
+STOP_WAIT = 30.0  # seconds `oe stop` waits for the daemon's DELETEs and clean-up
+
+
 def cmd_stop(args) -> int:
-    print(control.request(args.rundir, "stop"))
+    """Ask the daemon to stop, and wait until it is gone (its pid file goes last), so what
+    follows (`oe start`, a ping) sees the routes as the daemon left them."""
+    pid_file = control.pid_path(args.rundir)
+    print(control.request(args.rundir, "stop", flush=args.flush))
+    deadline = time.monotonic() + STOP_WAIT
+    while pid_file.exists():
+        if time.monotonic() > deadline:
+            raise OeError(f"the oe daemon did not exit within {STOP_WAIT:g} s ({pid_file} "
+                          f"is still there)")
+        time.sleep(0.05)
+    return 0
+
+
+def cmd_flush(args) -> int:
+    """Without a daemon: remove the fail-closed state a stop or a crash left on purpose."""
+    from oe import inbound, routing
+
+    config = load_config(args.confdir)
+    try:  # no oe may run, or start, while its state is taken away
+        held = control.lock_namespace(args.rundir)
+    except control.InstanceError as exc:
+        raise OeError(f"{exc}; `oe stop --flush` stops it and removes its state") from None
+    with held:
+        removed = routing.flush(config.route_table, config.rule_priority, config.tun_name)
+        inbound.stop(keep_private=False)
+    print(f"removed rule {config.rule_priority}, {len(removed)} routes of table "
+          f"{config.route_table} and nftables table {inbound.TABLE}: private destinations "
+          f"are no longer failed closed")
     return 0
 
 
@@ -246,8 +282,28 @@ def cmd_reload(args) -> int:
 
 
 def cmd_initiate(args) -> int:
-    print(control.request(args.rundir, "initiate", dst=args.dst, src=args.src))
-    return 0
+    """Ask the daemon to negotiate (it refuses, with the reason, when nothing would happen),
+    then wait for the outcome: a CHILD SA with DST, or the group's failure shunt."""
+    print(control.request(args.rundir, "initiate", dst=args.dst, src=args.src), flush=True)
+    if args.wait <= 0:
+        return 0
+    dst = str(ipaddress.ip_address(args.dst))  # the daemon accepted it: an address
+    deadline = time.monotonic() + args.wait
+    while True:
+        status = control.request(args.rundir, "status")
+        sa = next((s for s in status["sas"] if s["dst"] == dst), None)
+        if sa is not None:
+            print(f"OE with {dst} is up: {sa['said']} {sa['algorithm']} {sa['encap']}")
+            return 0
+        shunt = next((s for s in status["shunts"]
+                      if s["dst"] == dst and s["expires_in"] is not None), None)
+        if shunt is not None:
+            raise OeError(f"OE with {dst} failed: {shunt['reason']}; {shunt['said']} for "
+                          f"{shunt['expires_in']:g} s")
+        if time.monotonic() > deadline:
+            raise OeError(f"OE with {dst}: still negotiating after {args.wait:g} s "
+                          f"(`oe status` shows its %hold)")
+        time.sleep(0.25)
 
 
 def cmd_demo(args) -> int:
@@ -374,13 +430,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--daemon", action="store_true",
                    help="detach once running; log to <rundir>/oe.log")
     p.set_defaults(func=cmd_start)
-    p = sub.add_parser("stop", help="stop the daemon: DELETE every SA, remove routes and TUN")
+    p = sub.add_parser("stop", help="stop the daemon: DELETE every SA, remove routes and TUN "
+                                    "(a private group's stay failed closed)")
+    p.add_argument("--flush", action="store_true",
+                   help="also remove the fail-closed routes, rule and inbound drop")
     p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("flush", help="no daemon running: remove the fail-closed routes, rule "
+                                     "and inbound drop that oe stop (or a crash) left")
+    p.set_defaults(func=cmd_flush)
     p = sub.add_parser("reload", help="re-read policy groups and oe.conf (all or nothing)")
     p.set_defaults(func=cmd_reload)
     p = sub.add_parser("initiate", help="negotiate OE with DST now, ignoring a failure shunt")
     p.add_argument("dst", metavar="DST")
     p.add_argument("--src", help="our address (default: the daemon's)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for the outcome (default 30; 0: do not wait)")
     p.set_defaults(func=cmd_initiate)
     p = sub.add_parser("demo", help="alice, bob and carol in namespaces: OE shown working")
     p.add_argument("--keep", action="store_true", help="leave the world up until Ctrl-C")

@@ -107,7 +107,9 @@ def parse(text: str, origin: str = "oe.conf") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
-    return _build(Config, data, origin, "")
+    config = _build(Config, data, origin, "")
+    _check_reserved(config, origin)
+    return config
 
 
 def load(confdir: Path) -> Config:
@@ -120,6 +122,24 @@ def load(confdir: Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     return parse(text, str(path))
+
+
+# Routing tables and a rule priority the kernel and the host own (linux/rtnetlink.h rt_class_t,
+# and the "0: from all lookup local" rule): oe empties its table on stop, so in main it would
+# take the host's default route with it, and a rule at 0 is never removed (issue 15, 3).
+RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
+RESERVED_PRIORITIES = {0: "the local table's rule"}
+U32_MAX = 0xFFFFFFFF
+
+
+def _check_reserved(config: Config, origin: str) -> None:
+    for key, reserved in (("route_table", RESERVED_TABLES),
+                          ("rule_priority", RESERVED_PRIORITIES)):
+        value = getattr(config, key)
+        if value in reserved:
+            raise ConfigError(f"{origin}: {key}: {value} is reserved ({reserved[value]})")
+        if value > U32_MAX:
+            raise ConfigError(f"{origin}: {key}: expected at most {U32_MAX}, got {value}")
 
 
 def _build(cls: type, data: dict, origin: str, table: str):

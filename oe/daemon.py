@@ -56,7 +56,6 @@ from oe.policygroups.loader import load_policy
 
 log = logging.getLogger("oe")
 
-PID_NAME = "oe.pid"
 HOUSEKEEPING = 1.0  # seconds between lifetime, liveness and shunt checks
 KEY_GRACE = 30.0  # seconds a key is kept at least: a TTL of 0 must not fail its own negotiation
 CHILDLESS_GRACE = 30.0  # seconds an IKE SA may live without a CHILD SA before we delete it
@@ -113,6 +112,8 @@ class Daemon:
         self.tun_fd = -1
         self.sockets: list[socket.socket] = []
         self.stopping = asyncio.Event()
+        self.flush_on_stop = False  # `oe stop --flush`: leave no fail-closed state
+        self.namespace_lock: socket.socket | None = None  # held while running (oe.control)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sa_used: dict[int, int] = {}  # outbound SA handle -> packets at its last soft limit
         # (version, IKE SA, outbound SPI) -> the datapath's handle: outbound SPIs are the
@@ -138,8 +139,14 @@ class Daemon:
             await self._shutdown()
 
     async def _start(self) -> None:
-        if control.daemon_running(self.rundir):
-            raise StartError(f"another oe is running with run dir {self.rundir}")
+        held = control.claim_namespace(self.rundir)
+        try:  # refused before anything is in place: nothing to undo, one line
+            await self._in_netlink(routing.check_table, self.config.route_table,
+                                   self.config.tun_name)
+        except OeError:
+            held.close()
+            raise
+        self.namespace_lock = held
         addresses = await self._in_netlink(net.host_addresses, self.config.addresses,
                                            self.config.tun_name)
         if not addresses:
@@ -162,7 +169,7 @@ class Daemon:
         await self._install_routes()
         await self._in_netlink(self._install_inbound)
         self.control = await control.serve(self.rundir, self._control)
-        (self.rundir / PID_NAME).write_text(f"{os.getpid()}\n")
+        control.pid_path(self.rundir).write_text(f"{os.getpid()}\n")
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stopping.set)
         self.loop.add_signal_handler(
@@ -250,7 +257,13 @@ class Daemon:
             log.error("%s", exc)
 
     async def _shutdown(self) -> None:
-        """Send DELETEs, then take out everything start() put in place, in reverse."""
+        """Send DELETEs, then take out everything start() put in place, in reverse.
+
+        A start refused because another oe runs (here or with this run dir) put nothing in
+        place, and must take nothing of the other's (issue 15, 1 and 2)."""
+        if self.namespace_lock is None:
+            self._netlink.shutdown(wait=True)
+            return
         for side in self.sides.values():
             for sa_id in {sa_id for (v, sa_id) in self.sa_pairs if v == side.version}:
                 try:
@@ -264,18 +277,19 @@ class Daemon:
             self._housekeeping.cancel()
         if getattr(self, "control", None) is not None:
             self.control.close()
-        for path in (control.socket_path(self.rundir), self.rundir / PID_NAME):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        if self.steering is not None:
+        try:
+            control.socket_path(self.rundir).unlink()
+        except FileNotFoundError:
+            pass
+        if self.steering is not None and self.flush_on_stop:
+            await self._in_netlink(routing.remove, self.steering)
+        elif self.steering is not None:
             private = await self._in_netlink(routing.fail_closed, self.steering)
             if private:
-                log.info("private destinations stay unreachable until oe starts again: %s",
-                         ", ".join(private))
+                log.info("private destinations stay unreachable until oe starts again "
+                         "(or `oe flush`): %s", ", ".join(private))
         if self._inbound:
-            keep = bool(inbound.protected(self.opportunist.base, []))
+            keep = not self.flush_on_stop and bool(inbound.protected(self.opportunist.base, []))
             try:
                 await self._in_netlink(inbound.stop, keep)
             except OeError as exc:
@@ -290,6 +304,11 @@ class Daemon:
         self._netlink.shutdown(wait=True)
         if self.tun_fd >= 0:
             os.close(self.tun_fd)
+        self.namespace_lock.close()
+        try:  # last: `oe stop` waits for it to go
+            control.pid_path(self.rundir).unlink()
+        except FileNotFoundError:
+            pass
         log.info("oe stopped")
 
     # ------------------------------------------------------------------ datapath events
@@ -705,8 +724,14 @@ class Daemon:
         if command == "status":
             return self.status()
         if command == "stop":
+            self.flush_on_stop = bool(args.get("flush"))
             self.stopping.set()
-            return "stopping"
+            prohibited = self.steering.prohibited if self.steering else []
+            if prohibited and not self.flush_on_stop:
+                return (f"stopping; fail closed: {', '.join(prohibited)} stay unreachable and "
+                        f"refused in clear until oe starts again or `oe flush`")
+            return "stopping" + ("; removing routes, rule and inbound table" if
+                                 self.flush_on_stop else "")
         if command == "reload":
             return await self.reload()
         if command == "initiate":
@@ -734,19 +759,28 @@ class Daemon:
             log.error("reload refused: %s", exc)
 
     def initiate(self, dst: str, src: str | None) -> str:
-        try:
-            peer = ipaddress.ip_address(dst)
-        except ValueError:
-            raise OeError(f"'{dst}' is not an IPv4 or IPv6 address") from None
+        """`oe initiate`: start negotiating, or say why nothing will happen (issue 15, 6)."""
+        peer = _parse_address(dst)
+        source = _parse_address(src, "--src ") if src is not None else None
+        if source is not None and source.version != peer.version:
+            raise OeError(f"--src {source} and DST {peer} are not the same address family")
         side = self.sides.get(peer.version)
         if side is None:
             raise OeError(f"no IPv{peer.version} address of ours to initiate from")
-        pair = Pair(ipaddress.ip_address(src or side.address), peer)
-        if self.opportunist.host_group(pair) is None:
-            raise OeError(f"{peer} is in no policy group")
+        if peer.is_loopback or peer in {ipaddress.ip_address(s.address)
+                                        for s in self.sides.values()}:
+            raise OeError(f"{peer} is this host's own address: nothing to negotiate")
+        pair = Pair(source or ipaddress.ip_address(side.address), peer)
+        group = self.opportunist.host_group(pair)
+        if group is None:
+            raise OeError(f"{peer} is in no policy group: not steered into oe, sent in clear")
+        outbound = SEMANTICS[group].outbound.value
+        if outbound != "%trap":
+            raise OeError(f"{peer} is in group {group} ({outbound}): oe does not negotiate "
+                          f"with it")
         self._run(self.opportunist.initiate(pair, self.loop.time()))
         self._apply()
-        return f"initiating OE for {pair}"
+        return f"initiating OE for {pair} (group {group})"
 
     def status(self) -> dict:
         table = self.datapath.classifier.table
@@ -800,6 +834,13 @@ class Daemon:
         }
         return {name: {"max": cap, "in_use": used, "dropped": dropped}
                 for name, (cap, used, dropped) in rows.items()}
+
+
+def _parse_address(text: str, what: str = ""):
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise OeError(f"{what}'{text}' is not an IPv4 or IPv6 address") from None
 
 
 def _is_address(text: str) -> bool:

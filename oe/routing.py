@@ -14,9 +14,11 @@ answer instead: private destinations become unreachable, never reachable in clea
 routes have no device and stay too, and so does the rule.
 
 install() is idempotent: it replaces routes in place and drops those no longer wanted (also
-what an instance that died left in the same table), so reloads leave no gap. On stop,
-fail_closed() leaves what a crash would leave; remove() takes the table's routes and the rule
-out.
+what an instance that died left in the same table), so reloads leave no gap. Before it,
+check_table() makes sure the table holds nothing but such leftovers: oe empties its table, and
+must not take someone else's routes with it. On stop, fail_closed() leaves what a crash would
+leave; remove() takes the table's routes and the rule out, and flush() does the same without a
+daemon (`oe flush`: the fail-closed state removed on purpose).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ ALWAYS_EXEMPT = ("127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.25
 # The prohibit routes' metric: worse than any route into the TUN (IPv4 0, IPv6 1024 by default),
 # so they answer only once the TUN's routes are gone.
 FAIL_CLOSED_METRIC = 65535
+RTN_UNICAST, RTN_PROHIBIT, RTN_THROW = 1, 8, 9  # linux/rtnetlink.h
 
 
 class RoutingError(OeError):
@@ -54,6 +57,11 @@ class Steering:
     routes: list[tuple[str, str]] = field(default_factory=list)
     """(dst, "tun" | "throw" | "prohibit"); a prohibit route lies beneath, at FAIL_CLOSED_METRIC."""
     rules: list[int] = field(default_factory=list)  # address families with a rule
+
+    @property
+    def prohibited(self) -> list[str]:
+        """The CIDRs that stay unreachable once the TUN is gone (fail closed)."""
+        return [dst for dst, kind in self.routes if kind == "prohibit"]
 
 
 def _family(network: ipaddress._BaseNetwork) -> int:
@@ -126,7 +134,7 @@ def fail_closed(steering: Steering) -> list[str]:
     and the rule stay, so a private destination is never reached in clear, also while oe is not
     running; the next `oe start` replaces them. Without a private CIDR everything goes.
     """
-    prohibited = [dst for dst, kind in steering.routes if kind == "prohibit"]
+    prohibited = steering.prohibited
     if not prohibited:
         remove(steering)
         return []
@@ -139,10 +147,59 @@ def fail_closed(steering: Steering) -> list[str]:
 def remove(steering: Steering) -> None:
     """Take out the rule(s) and routes install() made."""
     with IPRoute() as ipr:
-        for family in (2, 10):
-            if _has_rule(ipr, family, steering.table, steering.priority):
-                ipr.rule("del", family=family, table=steering.table, priority=steering.priority)
+        _drop_rules(ipr, steering.table, steering.priority)
         _drop_stale(ipr, steering.table, set())
+
+
+def check_table(table: int, tun_name: str) -> None:
+    """RoutingError naming the routes in `table` that oe did not put there (issue 15, 3)."""
+    with IPRoute() as ipr:
+        tun = ipr.link_lookup(ifname=tun_name)
+        foreign = [_describe(network, route) for family, network, route in _routes(ipr, table)
+                   if not _is_ours(route, tun)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
+                                          else "")
+        raise RoutingError(f"table {table} holds routes oe did not put there ({shown}): "
+                           f"choose a free route_table in oe.conf")
+
+
+def flush(table: int, priority: int, tun_name: str) -> list[str]:
+    """Without a daemon: take out oe's rule and oe's routes in `table` (what fail_closed()
+    or a crash left), and return the prefixes removed. Routes of others stay."""
+    removed = []
+    with IPRoute() as ipr:
+        tun = ipr.link_lookup(ifname=tun_name)
+        try:
+            _drop_rules(ipr, table, priority)
+        except NetlinkError as exc:
+            raise RoutingError(f"cannot remove oe's rule {priority}: {exc.args[-1]}") from None
+        for family, network, route in list(_routes(ipr, table)):
+            if _is_ours(route, tun):
+                _delete(ipr, table, family, network, route)
+                removed.append(str(network))
+    return removed
+
+
+def _is_ours(route, tun: list[int]) -> bool:
+    """What install() makes: throw routes, prohibit routes at FAIL_CLOSED_METRIC, routes into
+    the TUN (gone with it after a crash)."""
+    kind = route["type"]
+    return (kind == RTN_THROW
+            or (kind == RTN_PROHIBIT and route.get_attr("RTA_PRIORITY") == FAIL_CLOSED_METRIC)
+            or (kind == RTN_UNICAST and route.get_attr("RTA_OIF") in tun))
+
+
+def _describe(network: ipaddress._BaseNetwork, route) -> str:
+    gateway = route.get_attr("RTA_GATEWAY")
+    kind = {RTN_UNICAST: ""}.get(route["type"], f"type {route['type']} ")
+    return f"{kind}{network}" + (f" via {gateway}" if gateway else "")
+
+
+def _drop_rules(ipr: IPRoute, table: int, priority: int) -> None:
+    for family in (2, 10):
+        if _has_rule(ipr, family, table, priority):
+            ipr.rule("del", family=family, table=table, priority=priority)
 
 
 def _key(dst: str, kind: str) -> tuple[ipaddress._BaseNetwork, bool]:
@@ -155,20 +212,28 @@ def _has_rule(ipr: IPRoute, family: int, table: int, priority: int) -> bool:
                for rule in ipr.get_rules(family=family))
 
 
-def _drop_stale(ipr: IPRoute, table: int, wanted: set) -> None:
+def _routes(ipr: IPRoute, table: int):
+    """(family, prefix, route) of every route in `table`."""
     for family in (2, 10):
         for route in ipr.get_routes(family=family, table=table):
             if route.get_attr("RTA_TABLE") != table:
                 continue
             dst = route.get_attr("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
-            network = ipaddress.ip_network(f"{dst}/{route['dst_len']}")
-            metric = route.get_attr("RTA_PRIORITY")
-            if (network, metric == FAIL_CLOSED_METRIC) not in wanted:
-                try:
-                    ipr.route("del", table=table, family=family, dst=str(network),
-                              type=route["type"], priority=metric or 0)
-                except NetlinkError:
-                    pass
+            yield family, ipaddress.ip_network(f"{dst}/{route['dst_len']}"), route
+
+
+def _delete(ipr: IPRoute, table: int, family: int, network, route) -> None:
+    try:
+        ipr.route("del", table=table, family=family, dst=str(network), type=route["type"],
+                  priority=route.get_attr("RTA_PRIORITY") or 0)
+    except NetlinkError:
+        pass
+
+
+def _drop_stale(ipr: IPRoute, table: int, wanted: set) -> None:
+    for family, network, route in list(_routes(ipr, table)):
+        if (network, route.get_attr("RTA_PRIORITY") == FAIL_CLOSED_METRIC) not in wanted:
+            _delete(ipr, table, family, network, route)
 
 
 def loosen_rp_filter(interfaces: list[str]) -> list[str]:

@@ -86,19 +86,29 @@ def test_policy_json_lists_group_selector_origin_priority(confdir, capsys):
 
 
 def test_status_prints_klips_eroute_lines(confdir, capsys):
-    code, out, _ = run(capsys, "--confdir", confdir, "status")
+    code, out, _ = run(capsys, "--confdir", confdir, "--rundir", confdir / "run", "status")
     assert code == 0
     lines = out.splitlines()
+    assert lines[0] == "no daemon running: prospective table from policy"
     assert "0          0.0.0.0/0          -> 192.0.2.0/24       => %trap" in lines
     assert "0          0.0.0.0/0          -> 192.0.2.53/32      => %pass" in lines
     assert "0          0.0.0.0/0          -> 203.0.113.0/24     => %reject" in lines
     assert "0          ::/0               -> 2001:db8:1::/48:22 => %trap:6" in lines
-    code, out, _ = run(capsys, "--confdir", confdir, "status", "--json")
+    code, out, _ = run(capsys, "--confdir", confdir, "--rundir", confdir / "run", "status",
+                       "--json")
     status = json.loads(out)
-    assert set(status) == {"eroutes", "sas", "shunts"}
+    assert set(status) == {"daemon", "eroutes", "sas", "shunts"} and status["daemon"] is False
     rejected = [e for e in status["eroutes"] if e["said"] == "%reject"]
     assert [(e["dst"], e["origin"], e["packets"]) for e in rejected] == [
         ("203.0.113.0/24", "policies/block:1", 0)]
+
+
+def test_status_without_daemon_or_policy_says_both(tmp_path, capsys):
+    """Issue 15, 7: no daemon and no configuration used to print nothing at all."""
+    code, out, _ = run(capsys, "--confdir", tmp_path, "--rundir", tmp_path / "run", "status")
+    assert code == 0
+    assert out.splitlines() == ["no daemon running: prospective table from policy",
+                                f"no policy: {tmp_path}/policies holds no entries"]
 
 
 def test_policy_warnings_go_to_stderr(tmp_path, capsys):

@@ -32,6 +32,15 @@ def test_values_are_read_and_converted(tmp_path):
     ("dns = 3", "oe.conf: dns: expected a table [dns]"),
     ("[limits]\nholds = -1", "oe.conf: [limits] holds: expected a number >= 0, got -1"),
     ("[dns\n", "oe.conf: "),
+    # issue 15, 3: a reserved table is the host's own (254 main: oe would delete its default
+    # route), and rule priority 0 is the kernel's local rule's.
+    ("route_table = 0", "oe.conf: route_table: 0 is reserved (unspec)"),
+    ("route_table = 253", "oe.conf: route_table: 253 is reserved (default)"),
+    ("route_table = 254", "oe.conf: route_table: 254 is reserved (main)"),
+    ("route_table = 255", "oe.conf: route_table: 255 is reserved (local)"),
+    ("route_table = 4294967296", "oe.conf: route_table: expected at most 4294967295"),
+    ("rule_priority = 0", "oe.conf: rule_priority: 0 is reserved (the local table's rule)"),
+    ("rule_priority = 4294967296", "oe.conf: rule_priority: expected at most 4294967295"),
 ])
 def test_errors_name_the_key(text, message):
     with pytest.raises(ConfigError) as info:

@@ -108,8 +108,9 @@ def test_fates_without_a_key_and_block(make_world):
     assert demo.wire_summary(world.pcap, ALICE6, CAROL6).get("ICMP in clear", 0) >= 6
     # `oe initiate` forgets the failure shunt and tries again at once (whack --oppohere).
     first = shunts[CAROL]["expires_in"]
-    assert f"initiating OE for {ALICE} -> {CAROL}" in demo.oe_cmd(
-        world, "alice", "initiate", CAROL).stdout
+    again = demo.oe_cmd(world, "alice", "initiate", CAROL, check=False)
+    assert f"initiating OE for {ALICE} -> {CAROL}" in again.stdout
+    assert again.returncode == 2 and f"OE with {CAROL} failed" in again.stderr  # issue 15, 6
     assert wait_for(lambda: any(s["dst"] == CAROL and s["said"] == "%drop"
                                 and s["expires_in"] > first for s in
                                 status(world, "alice")["shunts"]), 10)
