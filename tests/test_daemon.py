@@ -7,14 +7,15 @@ import ipaddress
 import os
 
 import pytest
+from ike_helpers import Link, events, make_engine
 
 from oe import daemon as oedaemon, hostkey
 from oe.dnskeys.choice import KeyLookup, Target, Verdict
 from oe.dnskeys.records import KeyRecord, decode_rsa_blob
 from oe.eroute import Shunt
 from oe.ike.auth import Identity
-from oe.ike.constants import IdType
-from oe.ike.events import ChildSa
+from oe.ike.constants import IdType, NotifyType
+from oe.ike.events import ChildSa, ChildSaEstablished, ChildSaFailed
 from oe.ike.ts import TrafficSelector
 from oe.opportunist import Pair
 
@@ -348,4 +349,46 @@ def test_unknown_peers_return_a_cookie_before_dns_work_under_load(confdir, tmp_p
         d.fetcher.release.set()
         await asyncio.sleep(0.01)
         assert not d._cookie_required(("203.0.113.99", 500))   # load gone
+    asyncio.run(run())
+
+
+def test_responder_selectors_must_be_single_hosts_whose_group_takes_oe(confdir, tmp_path):
+    """The engine's ts_policy hook as the daemon answers it: every remote selector one host
+    whose policy group accepts OE inbound; a range, or one host of a clear group, refuses the
+    whole CHILD SA."""
+    (confdir / "policies" / "clear").write_text("203.0.113.0/24\n")
+    ip = ipaddress.ip_address
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
+        peer = Identity.from_address(PEER)
+        local = (TrafficSelector.host(ME),)
+        assert d._ts_allowed(4, peer, local, (TrafficSelector.host(PEER, 6, 22),))
+        assert not d._ts_allowed(4, peer, local, (TrafficSelector(ip(PEER), ip("198.51.100.3")),))
+        assert not d._ts_allowed(4, peer, local, (TrafficSelector.host("203.0.113.5"),))
+        assert not d._ts_allowed(4, peer, local, (TrafficSelector.host(PEER),
+                                                  TrafficSelector.host("203.0.113.5")))
+    asyncio.run(run())
+
+
+def test_the_daemons_selector_policy_decides_in_the_engine(confdir, tmp_path):
+    """An IkeEngine with the daemon's hook, as _open_side wires it: a peer of the OE group
+    gets its CHILD SA, a peer of the clear group (with a valid key) gets TS_UNACCEPTABLE."""
+    (confdir / "policies" / "clear").write_text("203.0.113.0/24\n")
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
+        got = {}
+        for peer in (PEER, "203.0.113.5"):
+            us = make_engine(ME, "b", {peer: "a"}, 2,
+                             ts_policy=lambda p, lts, rts: d._ts_allowed(4, p, lts, rts))
+            them = make_engine(peer, "a", {ME: "b"}, 1)
+            them.initiate(ME, 0)
+            Link(them, us).roundtrip(them)
+            got[peer] = events(us)[1]
+        assert isinstance(got[PEER], ChildSaEstablished)
+        assert isinstance(got["203.0.113.5"], ChildSaFailed)
+        assert got["203.0.113.5"].notify == NotifyType.TS_UNACCEPTABLE
     asyncio.run(run())
