@@ -6,7 +6,7 @@ APT    := python3 python3-venv python3-dev gcc libssl-dev make iproute2 iputils-
           libstrongswan-standard-plugins iperf3 tcpdump nftables
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup apt venv build test demo walkthrough bench clean
+.PHONY: setup apt venv build test mutation demo walkthrough bench clean
 
 setup: apt venv build
 
@@ -25,8 +25,13 @@ venv:
 build:
 	@$(PY) setup.py -q build_ext --inplace
 
+# The suite, then the mutation check (tests/mutation.py): a surviving mutant fails the run.
 test: setup
 	$(PY) -m pytest -q
+	$(PY) tests/mutation.py
+
+mutation: setup
+	$(PY) tests/mutation.py
 
 demo: setup
 	$(VENV)/bin/oe demo

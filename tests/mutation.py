@@ -1,0 +1,310 @@
+"""The mutation check (issue 16): every security check must be load-bearing.
+
+Each mutant below deletes or weakens one check on a security-critical line, by exact text:
+an anchor that is not found exactly once fails the run loudly ("anchor not found"), so a
+refactor that moves a check makes this list be mended, never pass in silence. For each
+mutant the script runs only the test files that must catch it (pytest -x) in a temporary
+copy of the tree (oe/, tests/, setup.py, pyproject.toml), so an interrupted run never leaves
+a mutant behind; mutants of the Cython datapath are rebuilt there first (one build each, so
+they are few). It fails, listing them, if any mutant survives.
+
+    python tests/mutation.py            # all mutants
+    python tests/mutation.py --list     # names, files and killing tests
+    python tests/mutation.py esp- ike-  # only the mutants whose name starts so
+
+Mutants marked root need namespaces (their tests skip without root): without root they are
+not run, and the run says so. A textual list, not a mutation tool (mutmut, cosmic-ray):
+those mutate every line and take hours on this suite; these are the lines that must bite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COPIED = ("oe", "tests", "setup.py", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    anchor: str
+    replacement: str
+    tests: tuple[str, ...]
+    root: bool = False
+
+    @property
+    def compiled(self) -> bool:
+        return self.path.endswith((".pyx", ".pxi"))
+
+
+def m(name: str, path: str, anchor: str, replacement: str, *tests: str,
+      root: bool = False) -> Mutant:
+    return Mutant(name, path, anchor, replacement, tuple(f"tests/{t}" for t in tests), root)
+
+
+SA, TSPY = "oe/ike/sa.py", "oe/ike/ts.py"
+IKE_FAST = ("test_ike_forgery.py", "test_ike_message_ids.py", "test_ike_engine.py")
+SELECTORS = ("test_ike_selectors.py", "test_ike_peer_keys.py", "test_ike_engine.py")
+RECORDS, ROUTING, INBOUND = "oe/dnskeys/records.py", "oe/routing.py", "oe/inbound.py"
+ESP, REPLAY = "oe/esp.pxi", "oe/replay.pxi"
+
+MUTANTS = [
+    # IKE message handling: the legality table and the one gate (RFC 7296 2.3, 3.14)
+    m("ike-accept-auth-response-cleartext", SA,
+      "(State.EXPECT_AUTH_RESPONSE, _X.IKE_AUTH, True): Take.PROTECTED,",
+      "(State.EXPECT_AUTH_RESPONSE, _X.IKE_AUTH, True): Take.CLEARTEXT,",
+      "test_ike_forgery.py", "test_ike_fuzz.py"),
+    m("ike-accept-established-cleartext", SA,
+      "    **{(state, exchange, response): Take.PROTECTED\n",
+      "    **{(state, exchange, response): Take.CLEARTEXT\n", *IKE_FAST),
+    m("ike-accept-refused-handled", SA,
+      "        if take is Take.REFUSED:\n",
+      "        if False:\n", "test_ike_message_ids.py"),
+    m("ike-response-without-integrity", SA,
+      "        if take is Take.PROTECTED:\n            try:\n                msg = self._open(",
+      "        if False:\n            try:\n                msg = self._open(", *IKE_FAST),
+    m("ike-response-any-message-id", SA,
+      "        if req is None or (header.message_id, header.exchange) != (req.message_id,\n"
+      "                                                                   req.exchange):\n",
+      "        if req is None:\n", "test_ike_message_ids.py", "test_ike_forgery.py"),
+    m("ike-request-message-id-window", SA,
+      "        if header.message_id != self.expected_message_id:\n"
+      "            return self.engine._count(\"unexpected_dropped\")\n", "",
+      "test_ike_message_ids.py"),
+    m("ike-retransmit-without-integrity", SA,
+      "            try:\n                self._open(header, msg)\n            except IntegrityError:\n"
+      "                return self.engine._count(\"forged_dropped\")\n            except IkeError:\n"
+      "                return self.engine._count(\"unexpected_dropped\")\n", "",
+      "test_ike_message_ids.py"),
+    m("ike-cookie-not-checked", SA,
+      "            if not (isinstance(got, Notify) and got.notify_type == NotifyType.COOKIE\n"
+      "                    and hmac.compare_digest(got.data, want)):\n",
+      "            if False:\n", "test_ike_admission.py"),
+    m("ike-admission-hook-ignored", SA,
+      "        if self.admit_init is not None and not self.admit_init(data, addr, local_port):\n",
+      "        if False:\n", "test_ike_admission.py"),
+    m("ike-half-open-unbounded", SA,
+      "        if len(self._half_open) >= self.config.half_open_max:\n", "        if False:\n",
+      "test_ike_admission.py"),
+    m("ike-child-sas-unbounded", SA,
+      "        elif len(self.children) >= CHILD_SAS_MAX:\n", "        elif False:\n",
+      "test_ike_engine.py"),
+    # AUTH verification (RFC 7296 2.15, design.md section 6)
+    m("auth-signature-not-verified", SA,
+      "            _auth.verify(key, auth.method, auth.data, octets, "
+      "sha1_allowed=not self.peer_hashes)\n", "            pass\n", *IKE_FAST),
+    m("auth-sha1-always-allowed", SA,
+      "sha1_allowed=not self.peer_hashes)", "sha1_allowed=True)", "test_ike_auth_method.py"),
+    m("auth-any-peer-id", SA,
+      "        if self.initiator and self.expected_peer_id not in (None, peer):\n",
+      "        if False:\n", *IKE_FAST),
+    m("auth-fqdn-spelled-as-address", SA,
+      "        if peer.id_type == IdType.ID_FQDN and _is_address_literal(peer.data):\n",
+      "        if False:\n", "test_ike_peer_keys.py"),
+    m("auth-key-not-for-that-address", SA,
+      "                peer.address() not in found.addresses):\n", "                False):\n",
+      "test_ike_peer_keys.py"),
+    # Selector narrowing (RFC 7296 2.9)
+    m("ts-responder-keeps-wide-tsi", SA,
+      "remote = narrow([TrafficSelector.from_wire(w) for w in tsi.selectors], self._vouched())",
+      "remote = [TrafficSelector.from_wire(w) for w in tsi.selectors]", *SELECTORS),
+    m("ts-responder-keeps-wide-tsr", SA,
+      "        local = narrow([TrafficSelector.from_wire(w) for w in tsr.selectors],\n"
+      "                       [TrafficSelector.host(self.config.local_addr)])\n",
+      "        local = [TrafficSelector.from_wire(w) for w in tsr.selectors]\n", *SELECTORS),
+    m("ts-responder-empty-narrowing", SA,
+      "        if not remote or not local:\n", "        if False:\n", *SELECTORS),
+    m("ts-policy-ignored", SA,
+      "        if policy is not None and not policy(self.peer_id, tuple(local), tuple(remote)):\n",
+      "        if False:\n", *SELECTORS),
+    m("ts-initiator-takes-widened", SA,
+      "            raise IkeError(NotifyType.TS_UNACCEPTABLE, "
+      "\"responder widened the traffic selectors\")\n", "            pass\n", *SELECTORS),
+    m("ts-initiator-tsr-not-vouched", SA,
+      "        if not all(any(t.is_subset_of(v) for v in vouched) for t in remote):\n",
+      "        if False:\n", *SELECTORS),
+    m("ts-intersect-any-protocol", TSPY,
+      "        if self.protocol and other.protocol and self.protocol != other.protocol:\n",
+      "        if False:\n", *SELECTORS),
+    # The daemon's glue: its selector policy and what it installs
+    m("daemon-ts-range-allowed", "oe/daemon.py",
+      "            if ts.start != ts.end or self.opportunist.inbound_allowed(local, peer) is not None:",
+      "            if self.opportunist.inbound_allowed(local, peer) is not None:",
+      "test_daemon.py"),
+    m("daemon-ts-policy-ignored", "oe/daemon.py",
+      "            if ts.start != ts.end or self.opportunist.inbound_allowed(local, peer) is not None:",
+      "            if ts.start != ts.end:", "test_daemon.py"),
+    m("daemon-sa-in-any-port", "oe/daemon.py",
+      "                                 sport=remote_ports, dport=local_ports,\n", "",
+      "test_daemon.py"),
+    m("daemon-sa-any-protocol", "oe/daemon.py",
+      "esn=child.esn, proto=proto)", "esn=child.esn, proto=0)", "test_daemon.py"),
+    # DNS record validation (RFC 3110, RFC 4025, RFC 2535)
+    m("dns-rsa-exponent-any", RECORDS, "    if e < 3 or e % 2 == 0:\n", "    if False:\n",
+      "test_dnskeys_records.py"),
+    m("dns-rsa-modulus-even", RECORDS, "    if n % 2 == 0:\n", "    if False:\n",
+      "test_dnskeys_records.py"),
+    m("dns-rsa-modulus-too-long", RECORDS, "    if n.bit_length() > RSA_MAX_BITS:\n",
+      "    if False:\n", "test_dnskeys_refusals.py"),
+    m("dns-rsa-exponent-not-below-modulus", RECORDS, "    if e >= n:\n", "    if False:\n",
+      "test_dnskeys_records.py"),
+    m("dns-gateway-unspecified", RECORDS, "    if address.is_unspecified:\n", "    if False:\n",
+      "test_dnskeys_records.py"),
+    m("dns-key-protocol-any", RECORDS, "    if rdata.protocol != KEY_PROTOCOL_IPSEC:\n",
+      "    if False:\n", "test_dnskeys_refusals.py"),
+    m("dns-key-flags-any", RECORDS, "    if int(rdata.flags) != KEY_FLAGS:\n", "    if False:\n",
+      "test_dnskeys_refusals.py"),
+    m("dns-txt-nul", RECORDS, "    if b\"\\0\" in raw:\n", "    if False:\n",
+      "test_dnskeys_records.py"),
+    m("dns-unsigned-delegation", "oe/dnskeys/choice.py",
+      "        if not (target.is_self(record.gateway) or dnssec_validated\n"
+      "                or allow_unsigned_delegation):\n", "        if False:\n",
+      "test_dnskeys_records.py"),
+    # The fail-closed prohibit routes (design.md section 6)
+    m("route-no-prohibit", ROUTING,
+      "    planned += [(network, \"prohibit\") for network in "
+      "{ipaddress.ip_network(c) for c in prohibit}]\n", "", "test_routing.py"),
+    m("route-prohibit-same-metric", ROUTING,
+      "ipr.route(\"replace\", type=kind, priority=FAIL_CLOSED_METRIC, **args)",
+      "ipr.route(\"replace\", type=kind, **args)", "test_routing.py", root=True),
+    m("route-stop-drops-prohibit", ROUTING,
+      "{_key(d, kind) for d, kind in steering.routes if kind != \"tun\"}",
+      "{_key(d, kind) for d, kind in steering.routes if kind == \"throw\"}",
+      "test_routing_fail_closed.py", root=True),
+    # The inbound cleartext rules (RFC 4301 5.2)
+    m("inbound-narrowed-private-refused", INBOUND,
+      "        if eroute.group != \"private\" or (sel.proto, sel.sport, sel.dport) != (0, 0, 0):\n",
+      "        if eroute.group != \"private\":\n", "test_inbound.py"),
+    m("inbound-no-holes", INBOUND,
+      "    holes += [e.selector.dst for e in base.entries if e.group != \"private\"]\n", "",
+      "test_inbound.py"),
+    m("inbound-any-udp-in-clear", INBOUND,
+      "        \"    udp dport { 500, 4500 } accept\",\n", "        \"    meta l4proto udp accept\",\n",
+      "test_inbound_nft.py", root=True),
+    m("inbound-sa-peers-not-refused", INBOUND,
+      "for name in (\"private\", \"peers\")),", "for name in (\"private\",)),",
+      "test_inbound_nft.py", root=True),
+    # The datapath (Cython: one rebuild each)
+    m("esp-replay-update-before-icv", ESP,
+      "    if not replay_check(&sa.replay, seq):\n        return -R_REPLAY\n",
+      "    if not replay_check(&sa.replay, seq):\n        return -R_REPLAY\n"
+      "    replay_update(&sa.replay, seq)\n", "test_esp.py"),
+    m("replay-window-unbounded", REPLAY,
+      "    if r.top - seq >= r.window:\n        return False\n", "", "test_replay.py",
+      "test_esp.py"),
+    m("esp-inner-destination-unchecked", ESP,
+      "    if memcmp(info.dst, sa.ts_dst_lo, alen) < 0 or memcmp(info.dst, sa.ts_dst_hi, alen) > 0:\n",
+      "    if False:\n", "test_datapath_selectors.py", "test_esp.py"),
+    m("esp-inner-protocol-unchecked", ESP,
+      "    if sa.ts_proto and info.proto != sa.ts_proto:\n", "    if False:\n",
+      "test_datapath_selectors.py", "test_esp.py"),
+    m("esp-inner-source-port-unchecked", ESP,
+      "        if info.sport < sa.ts_sport_lo or info.sport > sa.ts_sport_hi:\n",
+      "        if False:\n", "test_datapath_selectors.py", "test_esp.py"),
+]
+
+
+def apply(text: str, mutant: Mutant) -> str:
+    count = text.count(mutant.anchor)
+    if count != 1:
+        what = "anchor not found" if count == 0 else f"anchor found {count} times"
+        raise SystemExit(f"mutation: {mutant.name}: {what} in {mutant.path}: "
+                         f"{mutant.anchor.strip()[:70]!r}")
+    return text.replace(mutant.anchor, mutant.replacement)
+
+
+def run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(cwd), PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def build(tree: Path) -> None:
+    proc = run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], tree, 600)
+    if proc.returncode != 0:
+        raise SystemExit(f"mutation: build failed in {tree}:\n{proc.stderr[-2000:]}")
+
+
+def copy_tree() -> Path:
+    tree = Path(tempfile.mkdtemp(prefix="oe-mutation-"))
+    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.c", "build")
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, tree / name, ignore=ignore)
+        else:
+            shutil.copy2(src, tree / name)
+    if not list((tree / "oe").glob("datapath*.so")):
+        build(tree)
+    proc = run([sys.executable, "-c", "import oe.datapath; print(oe.datapath.__file__)"],
+               tree, 60)
+    if not proc.stdout.startswith(str(tree)):
+        raise SystemExit(f"mutation: the copy does not import its own oe: {proc.stdout}"
+                         f"{proc.stderr}")
+    return tree
+
+
+def check(mutant: Mutant, tree: Path) -> str:
+    """'killed', 'SURVIVED' or 'ERROR ...': the mutant's tests against the mutated copy."""
+    path = tree / mutant.path
+    original = path.read_text()
+    path.write_text(apply(original, mutant))
+    try:
+        if mutant.compiled:
+            build(tree)
+        try:
+            proc = run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                        *mutant.tests], tree, 300)
+        except subprocess.TimeoutExpired:
+            return "killed (timeout)"
+    finally:
+        path.write_text(original)
+    if proc.returncode == 1:
+        return "killed"
+    if proc.returncode == 0:
+        return "SURVIVED"
+    return f"ERROR (pytest exit {proc.returncode}):\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+
+
+def main(argv: list[str]) -> int:
+    if "--list" in argv:
+        for mu in MUTANTS:
+            print(f"{mu.name:40} {mu.path:22} {' '.join(mu.tests)}")
+        return 0
+    chosen = [mu for mu in MUTANTS if not argv or any(mu.name.startswith(a) for a in argv)]
+    for mu in MUTANTS:  # every anchor, also of mutants not chosen: the list must stay true
+        apply((ROOT / mu.path).read_text(), mu)
+    skipped = [mu for mu in chosen if mu.root and os.geteuid() != 0]
+    chosen = sorted((mu for mu in chosen if mu not in skipped), key=lambda mu: mu.compiled)
+    start = time.monotonic()
+    tree = copy_tree()
+    failed = []
+    try:
+        for mu in chosen:
+            t0 = time.monotonic()
+            verdict = check(mu, tree)
+            print(f"{verdict.splitlines()[0]:16} {mu.name} ({time.monotonic() - t0:.1f} s)",
+                  flush=True)
+            if not verdict.startswith("killed"):
+                failed.append((mu, verdict))
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    took = time.monotonic() - start
+    print(f"mutation: {len(chosen) - len(failed)} of {len(chosen)} mutants killed "
+          f"in {took:.0f} s" + (f"; {len(skipped)} need root, not run" if skipped else ""))
+    for mu, verdict in failed:
+        print(f"mutation: {mu.name} ({mu.path}) {verdict}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
