@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import ICMP
+from scapy.utils import rdpcap
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -225,16 +227,26 @@ def test_df_packet_too_big_for_the_path_gets_icmp(pair):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_trap_acquire_hold_release(pair):
-    """One acquire, the packet held, then released in order once the SA eroute is in."""
+def test_trap_acquire_hold_release(pair, tmp_path):
+    """One acquire, several packets held, then released in order once the SA eroute is in:
+    B's TUN receives the echo requests 1, 2, 3, ... in that order, the held ones first."""
     a, b, node_a, node_b = pair
-    ping = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-c", "3", "-i", "0.2", "-W", "15",
-                             B4_TRAP], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    capture = tmp_path / "b-tun.pcap"
+    dump = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "oe0", "-c", "6", "-U",
+                             "-n", "-w", str(capture), "icmp", "and", "dst", "host", B4_TRAP],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ping = None
     try:
+        assert "listening on" in dump.stderr.readline()
+        ping = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-c", "6", "-i", "0.2", "-W",
+                                 "15", B4_TRAP], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
         acquire = node_a.next(lambda m: m.get("event") == "Acquire")
         assert acquire is not None and acquire["dst"] == B4_TRAP and acquire["proto"] == 1
-        held = node_a.stats()
-        assert [h[:2] for h in held["holds"]] == [[A4, B4_TRAP]]
+        end = time.monotonic() + WAIT
+        while (held := node_a.stats()["holds"]) and held[0][2] < 4 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert [h[:2] for h in held] == [[A4, B4_TRAP]] and held[0][2] >= 4, held
         node_a.send({"eroutes": [[f"{B4}/32", {"spi": 0x1001, "peer": B4}],
                                  [f"{B6}/128", {"spi": 0x1002, "peer": B6}],
                                  [f"{B6_UDP}/128", {"spi": 0x1003, "peer": B6}],
@@ -242,13 +254,17 @@ def test_trap_acquire_hold_release(pair):
                                  [f"{B4_PASS}/32", "%pass"], [f"{B4_REJECT}/32", "%reject"]]})
         out = ping.communicate(timeout=WAIT)[0]
         assert ping.returncode == 0, out
+        dump.wait(timeout=WAIT)                  # the sixth echo request is in the capture
     finally:
-        if ping.poll() is None:
-            ping.kill()
-            ping.wait()
+        for proc in (ping, dump):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+    seqs = [p[ICMP].seq for p in rdpcap(str(capture)) if ICMP in p and p[ICMP].type == 8]
+    assert seqs == list(range(1, 7)), seqs
     stats = node_a.stats()
     assert stats["holds"] == [] and stats["stats"]["acquires"] == 1
-    assert stats["stats"]["hold_released"] >= 1
+    assert stats["stats"]["hold_released"] >= held[0][2]
 
 
 def test_pass_goes_out_in_clear_and_reject_answers_prohibited(pair):

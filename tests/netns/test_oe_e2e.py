@@ -68,6 +68,27 @@ def cleartext(kinds):
     return {k: n for k, n in kinds.items() if "clear" in k}
 
 
+IKE_SA_INIT, CREATE_CHILD_SA = 34, 36
+
+
+def ike_requests(pcap):
+    """The exchange types of the IKE requests on the wire, in order (the IKE header is clear:
+    RFC 7296 3.1; on 4500 after the non-ESP marker, RFC 3948 2.2)."""
+    from scapy.all import UDP, rdpcap  # scapy is slow to import
+    out = []
+    for packet in rdpcap(str(pcap)):
+        if UDP not in packet or not {500, 4500} & {packet[UDP].sport, packet[UDP].dport}:
+            continue
+        data = bytes(packet[UDP].payload)
+        if 4500 in (packet[UDP].sport, packet[UDP].dport):
+            if data[:4] != bytes(4):
+                continue  # ESP-in-UDP
+            data = data[4:]
+        if len(data) >= 28 and not data[19] & 0x20:
+            out.append(data[18])
+    return out
+
+
 def test_private_or_clear_both_sides_encrypt_both_ways(make_world):
     """p-o-c <-> p-o-c with keys: IPv4 and IPv6, ping and TCP, either side first: all ESP."""
     world = make_world()
@@ -170,18 +191,20 @@ def test_private_flow_never_leaks_through_reload_and_stop(make_world):
     world = make_world(groups={"alice": {"private": f"{BOB}\n"}})
     pinger = world.world.spawn(world.hosts["alice"], "ping", "-i", "0.05", BOB, log="ping.log")
     assert wait_for(lambda: status(world, "alice")["sas"], 10)
+    spis = [(sa["spi_in"], sa["spi_out"]) for sa in status(world, "alice")["sas"]]
     for _ in range(2):
         assert "reloaded" in demo.oe_cmd(world, "alice", "reload").stdout
         time.sleep(0.3)
-    assert len(status(world, "alice")["sas"]) == 1                # the SA survived the reloads
+    # the very SA survived the reloads (not a new one negotiated in their wake)
+    assert [(sa["spi_in"], sa["spi_out"]) for sa in status(world, "alice")["sas"]] == spis
     demo.stop_oe(world, "alice")
     time.sleep(0.5)                                                # pings keep trying after stop
     World.stop(pinger, sig=2)
+    after = ping(world, "alice", BOB, count=1, check=False)       # still inside the capture
+    assert after.returncode != 0                                   # fail closed while oe is down
     kinds = wire(world, ALICE, BOB)
     assert cleartext(kinds) == {}, f"a private flow leaked: {kinds}"
     assert kinds.get("ESP", 0) > 10
-    after = ping(world, "alice", BOB, count=1, check=False)
-    assert after.returncode != 0                                   # fail closed while oe is down
 
 
 def test_bad_reload_changes_nothing(make_world):
@@ -224,8 +247,14 @@ def test_sas_in_use_are_rekeyed_and_idle_ones_deleted(make_world):
     world = make_world(conf={"alice": "[ike]\nsa_lifetime = 6.0\nrekey_margin = 3.0\n"})
     pinger = world.world.spawn(world.hosts["alice"], "ping", "-i", "0.2", BOB, log="ping.log")
     assert wait_for(lambda: status(world, "alice")["sas"], 10)
-    first = status(world, "alice")["sas"][0]["spi_out"]
-    assert wait_for(lambda: status(world, "alice")["sas"][0]["spi_out"] != first, 15)
+    [first] = status(world, "alice")["sas"]
+    assert wait_for(lambda: status(world, "alice")["sas"][0]["spi_out"] != first["spi_out"], 15)
+    rekeyed = status(world, "alice")
+    [sa] = rekeyed["sas"]
+    # A rekey, not expiry and a new negotiation: the same tunnel lives on (its age ran on),
+    # and with pings every 0.2 s there was no moment without an SA (no second acquire).
+    assert sa["age"] > first["age"] and sa["spi_in"] != first["spi_in"]
+    assert rekeyed["datapath"]["acquires"] == 1
     World.stop(pinger, sig=2)
     assert wait_for(lambda: status(world, "alice")["sas"] == [], 15)   # idle: deleted
     assert wait_for(lambda: status(world, "bob")["sas"] == [], 5)      # bob honoured the DELETE
@@ -233,6 +262,11 @@ def test_sas_in_use_are_rekeyed_and_idle_ones_deleted(make_world):
     assert "idle, deleting" in log
     ping(world, "alice", BOB)                                          # %trap again: renegotiated
     assert len(status(world, "alice")["sas"]) == 1
+    # On the wire: two IKE SAs (the first, and the one after the idle deletion), and the
+    # rekey a CREATE_CHILD_SA inside the first (RFC 7296 2.8)
+    wire(world, ALICE, BOB)
+    requests = ike_requests(world.pcap)
+    assert requests.count(IKE_SA_INIT) == 2 and requests.count(CREATE_CHILD_SA) >= 1, requests
 
 
 def test_oe_start_daemon_detaches_once_serving(make_world):
