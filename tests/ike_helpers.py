@@ -89,6 +89,17 @@ class Link:
                 e.handle_timer(self.now)
 
 
+def established_pair(seed: int = 1):
+    """A initiated an IKE SA with one CHILD SA to B, events taken: (link, A's sa_id, A's
+    CHILD SA)."""
+    a, b = ike_pair(seed)
+    link = Link(a, b)
+    sid = a.initiate(ADDR_B, 0)
+    link.roundtrip(a)
+    events(a), events(b)
+    return link, sid, a.children(sid)[0]
+
+
 def events(engine: IkeEngine) -> list[Event]:
     out = []
     while (ev := engine.next_event()) is not None:

@@ -181,7 +181,7 @@ MUTANTS = [
     m("route-stop-drops-prohibit", ROUTING,
       "{_key(d, kind) for d, kind in steering.routes if kind != \"tun\"}",
       "{_key(d, kind) for d, kind in steering.routes if kind == \"throw\"}",
-      "test_routing_fail_closed.py", root=True),
+      "test_routing.py", root=True),
     # The inbound cleartext rules (RFC 4301 5.2)
     m("inbound-narrowed-private-refused", INBOUND,
       "        if eroute.group != \"private\" or (sel.proto, sel.sport, sel.dport) != (0, 0, 0):\n",
@@ -192,10 +192,10 @@ MUTANTS = [
     m("inbound-any-udp-in-clear", INBOUND,
       "        \"    udp dport { 500, 4500 } accept\",\n",
       "        \"    meta l4proto udp accept\",\n",
-      "test_inbound_nft.py", root=True),
+      "netns/test_inbound_nft.py", root=True),
     m("inbound-sa-peers-not-refused", INBOUND,
       "for name in (\"private\", \"peers\")),", "for name in (\"private\",)),",
-      "test_inbound_nft.py", root=True),
+      "netns/test_inbound_nft.py", root=True),
     # The datapath (Cython: one rebuild each)
     m("esp-replay-update-before-icv", ESP,
       "    if not replay_check(&sa.replay, seq):\n        return -R_REPLAY\n",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from ike_helpers import ADDR_A, ADDR_B, Link, events, ike_pair
+from ike_helpers import ADDR_A, ADDR_B, Link, established_pair, events, ike_pair
 
 from oe.ike.constants import ExchangeType, NotifyType, ProtocolId
 from oe.ike.crypto import DhExchange
@@ -62,15 +62,6 @@ def state(engine):
     )
 
 
-def established():
-    a, b = ike_pair()
-    link = Link(a, b)
-    sid = a.initiate(ADDR_B, 0)
-    link.roundtrip(a)
-    events(a), events(b)
-    return link, sid, a.children(sid)[0]
-
-
 def start(a, sid, child, what):
     if what == "child_rekey":
         a.rekey_child(sid, child.spi_in, 0)
@@ -94,7 +85,7 @@ def test_forged_cleartext_response_to_a_protected_request_changes_nothing(what):
     """CREATE_CHILD_SA / INFORMATIONAL { ... } --> in flight; the attacker answers first with
     a cleartext IKE_SA_INIT-typed response of the same Message ID, twice. Nothing happens;
     the genuine answer still completes the exchange."""
-    link, sid, child = established()
+    link, sid, child = established_pair()
     a, b = link.a, link.b
     payloads = start(a, sid, child, what)
     [(request, _, _)] = a.datagrams_to_send(0)
@@ -183,7 +174,7 @@ def test_an_exchange_handler_run_twice_reports_its_child_sa_once():
     """The last line of defence behind the gate: a CHILD SA is reported only on an inbound
     SPI its IKE SA offered and no CHILD SA took yet. Running the CREATE_CHILD_SA answer's
     handler a second time (as a replay would, had it got through) reports nothing."""
-    link, sid, child = established()
+    link, sid, child = established_pair()
     a, b = link.a, link.b
     a.rekey_child(sid, child.spi_in, 0)
     sa = a._by_id[sid]
@@ -204,7 +195,7 @@ def test_an_exchange_handler_run_twice_reports_its_child_sa_once():
 def test_a_peer_cannot_reuse_its_live_spi_for_a_new_child(rekeyer, monkeypatch):
     """An authenticated peer (B) answers, or starts, a CHILD SA rekey with the SPI its old
     CHILD SA still uses: A refuses the new SA, reports no ChildSaRekeyed, keeps the old one."""
-    link, sid, child = established()
+    link, sid, child = established_pair()
     a, b = link.a, link.b
     monkeypatch.setattr(b.spis, "allocate", lambda: child.spi_out)
     if rekeyer == "a":

@@ -51,8 +51,10 @@ def test_private_cidrs_get_a_prohibit_route_beside_their_route_into_the_tun():
     assert [kind for n, kind in routes if n == net("198.51.100.0/24")] == ["tun"]
 
 
-_ROUTE_GETS = """
-import json, os, subprocess, sys
+# In a namespace: oe0 up, oe's routes installed, where() says which device a destination takes
+# (or why none); the test's own lines follow and print JSON.
+_ROUTED = """
+import json, os, subprocess
 from oe import routing, tun
 
 def where(dst):
@@ -68,9 +70,19 @@ steering = routing.install("oe0", ["192.0.2.20/32", "2001:db8::20/128", "192.0.2
                            table=4322, priority=4322, mark=0x4F45)
 dsts = ["192.0.2.20", "2001:db8::20", "192.0.2.30", "192.0.2.53"]
 running = {dst: where(dst) for dst in dsts}
-os.close(fd)  # what SIGKILL does: the TUN goes, and the kernel takes its routes with it
-print(json.dumps({"running": running, "dead": {dst: where(dst) for dst in dsts}}))
 """
+PROHIBITED = "RTNETLINK answers: Permission denied"
+RUNNING = {"192.0.2.20": "oe0", "2001:db8::20": "oe0", "192.0.2.30": "oe0", "192.0.2.53": "eth0"}
+CLOSED = {"192.0.2.20": PROHIBITED, "2001:db8::20": PROHIBITED, "192.0.2.30": "eth0",
+          "192.0.2.53": "eth0"}
+
+
+def routed(tmp_path, lines: str) -> dict:
+    with World("oert", tmp_path) as world:
+        host = world.host("h", "192.0.2.10/24", "2001:db8::10/64")
+        out = world.run(host, sys.executable, "-c", _ROUTED + lines,
+                        cwd=Path(__file__).resolve().parent.parent)
+    return json.loads(out.stdout)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
@@ -78,13 +90,24 @@ def test_prohibit_routes_outlive_the_tun(tmp_path):
     """In a namespace: while the TUN lives, private destinations route into it; once it is gone
     (oe died) they are prohibited, never routed out in clear; a passing group's host with a
     tunnel and a nameserver go to the main table."""
-    with World("oert", tmp_path) as world:
-        host = world.host("h", "192.0.2.10/24", "2001:db8::10/64")
-        out = world.run(host, sys.executable, "-c", _ROUTE_GETS,
-                        cwd=Path(__file__).resolve().parent.parent)
-    got = json.loads(out.stdout)
-    assert got["running"] == {"192.0.2.20": "oe0", "2001:db8::20": "oe0", "192.0.2.30": "oe0",
-                              "192.0.2.53": "eth0"}
-    prohibited = "RTNETLINK answers: Permission denied"
-    assert got["dead"] == {"192.0.2.20": prohibited, "2001:db8::20": prohibited,
-                           "192.0.2.30": "eth0", "192.0.2.53": "eth0"}
+    got = routed(tmp_path, """
+os.close(fd)  # what SIGKILL does: the TUN goes, and the kernel takes its routes with it
+print(json.dumps({"running": running, "dead": {dst: where(dst) for dst in dsts}}))
+""")
+    assert got == {"running": RUNNING, "dead": CLOSED}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
+def test_stop_leaves_private_destinations_prohibited(tmp_path):
+    """`oe stop` fails closed (design.md section 6): fail_closed() takes the routes into the
+    TUN away but leaves the prohibit routes beneath the private CIDRs, so at once, with the
+    TUN still up, and after it is gone, a private destination is unreachable, never routed
+    out in clear."""
+    got = routed(tmp_path, """
+left = routing.fail_closed(steering)
+stopped = {dst: where(dst) for dst in dsts}
+os.close(fd)
+print(json.dumps({"left": left, "stopped": stopped, "gone": {dst: where(dst) for dst in dsts}}))
+""")
+    assert sorted(got["left"]) == ["192.0.2.20/32", "2001:db8::20/128"]
+    assert got["stopped"] == got["gone"] == CLOSED

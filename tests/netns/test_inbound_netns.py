@@ -35,15 +35,17 @@ for _ in range(5):
     s.sendto(sys.argv[2].encode(), (sys.argv[1], %d))
 """ % PORT
 
+# RECEIVE <seconds> <port>...: what arrives on the UDP ports, IPv4 and IPv6, in that time
 RECEIVE = """
 import socket, sys, time
 got = set()
 socks = []
-for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-    s = socket.socket(family, socket.SOCK_DGRAM)
-    if family == socket.AF_INET6:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    s.bind((addr, %d)); s.setblocking(False); socks.append(s)
+for port in map(int, sys.argv[2:]):
+    for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((addr, port)); s.setblocking(False); socks.append(s)
 print("ready", flush=True)
 end = time.time() + float(sys.argv[1])
 while time.time() < end:
@@ -54,7 +56,7 @@ while time.time() < end:
             pass
     time.sleep(0.01)
 print(" ".join(sorted(got)), flush=True)
-""" % PORT
+"""
 
 
 @pytest.fixture
@@ -79,7 +81,7 @@ def test_cleartext_from_a_protected_source_is_dropped(world):
                      check=False)
         assert proc.returncode == 0, proc.stdout
     receiver = subprocess.Popen(["ip", "netns", "exec", world.hosts["alice"].name,
-                                 sys.executable, "-c", RECEIVE, "4"],
+                                 sys.executable, "-c", RECEIVE, "4", str(PORT)],
                                 stdout=subprocess.PIPE, text=True)
     try:
         assert receiver.stdout.readline().strip() == "ready"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from test_inbound_netns import RECEIVE
 
 from oe import inbound
 from oe.netns import World
@@ -21,27 +22,6 @@ US, US6 = "192.0.2.10", "2001:db8::10"
 SOURCES = {"private": ("192.0.2.20", "2001:db8::20"), "peer": ("192.0.2.30", "2001:db8::30"),
            "other": ("192.0.2.40", "2001:db8::40")}
 PORTS = (500, 4500, 9999)
-
-RECEIVE = """
-import socket, sys, time
-socks = []
-for port in (500, 4500, 9999):
-    for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        s = socket.socket(family, socket.SOCK_DGRAM)
-        if family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.bind((addr, port)); s.setblocking(False); socks.append(s)
-print("ready", flush=True)
-got, end = set(), time.time() + 3
-while time.time() < end:
-    for s in socks:
-        try:
-            got.add(s.recv(100).decode())
-        except BlockingIOError:
-            pass
-    time.sleep(0.01)
-print(" ".join(sorted(got)), flush=True)
-"""
 
 SEND = """
 import socket, sys
@@ -66,7 +46,8 @@ def test_cleartext_from_private_sources_and_sa_peers_is_ike_only(tmp_path):
                                  [ipaddress.ip_address(a) for a in SOURCES["peer"]])
         world.run(us, "nft", "-f", "-", input=script)
         receiver = subprocess.Popen(["ip", "netns", "exec", us.name, sys.executable, "-c",
-                                     RECEIVE], stdout=subprocess.PIPE, text=True)
+                                     RECEIVE, "3", *map(str, PORTS)],
+                                    stdout=subprocess.PIPE, text=True)
         try:
             assert receiver.stdout.readline().strip() == "ready"
             world.run(them, sys.executable, "-c", SEND, ",".join(addrs), US, US6)
