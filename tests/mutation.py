@@ -56,7 +56,8 @@ SA, TSPY = "oe/ike/sa.py", "oe/ike/ts.py"
 IKE_FAST = ("test_ike_forgery.py", "test_ike_message_ids.py", "test_ike_engine.py")
 SELECTORS = ("test_ike_selectors.py", "test_ike_peer_keys.py", "test_ike_engine.py")
 RECORDS, ROUTING, INBOUND = "oe/dnskeys/records.py", "oe/routing.py", "oe/inbound.py"
-ESP, REPLAY = "oe/esp.pxi", "oe/replay.pxi"
+ESP, REPLAY, LOOPS = "oe/esp.pxi", "oe/replay.pxi", "oe/loops.pxi"
+OPP, DAEMON = "oe/opportunist.py", "oe/daemon.py"
 TS_ALLOWED = ("            if ts.start != ts.end or "
               "self.opportunist.inbound_allowed(local, peer) is not None:")
 
@@ -215,6 +216,33 @@ MUTANTS = [
     m("esp-inner-source-port-unchecked", ESP,
       "        if info.sport < sa.ts_sport_lo or info.sport > sa.ts_sport_hi:\n",
       "        if False:\n", "test_datapath_selectors.py", "test_esp.py"),
+    m("dp-keymat-reinstalled", LOOPS, "        if digest in self._keys:\n", "        if False:\n",
+      "test_datapath.py"),
+    # The OE decisions and the daemon's bounds (issue 10, 3-12 and its review)
+    m("oe-shunts-uncapped", OPP, "        while self._failures > self.limits.max_shunts:\n",
+      "        while False:\n", "test_opportunist.py"),
+    m("oe-delegation-followed", OPP, "        if gateway != pair.dst:\n", "        if False:\n",
+      "test_opportunist.py"),
+    m("oe-port-range-widened", OPP,
+      "        elif ts.start_port == ts.end_port and ts.start_port != 0:\n",
+      "        elif ts.start_port != 0:\n", "test_opportunist.py"),
+    m("daemon-keys-never-expire", DAEMON,
+      "        if entry is None or entry[1] <= self.loop.time():\n",
+      "        if entry is None:\n", "test_daemon.py"),
+    m("daemon-lookups-unbounded", DAEMON,
+      "            if len(self.pending_init) >= self.config.limits.lookups:\n",
+      "            if False:\n", "test_daemon.py"),
+    m("daemon-moved-peer-unchecked", DAEMON,
+      "            if why is not None:  # never let a peer point our ESP",
+      "            if False:  # never let a peer point our ESP", "test_daemon.py"),
+    m("daemon-childless-kept", DAEMON, "            if now - since < CHILDLESS_GRACE:\n",
+      "            if True:\n", "test_daemon.py"),
+    m("daemon-refused-child-leaves-hold", DAEMON,
+      "            self._run(self.opportunist.negotiation_failed(pair, f\"CHILD SA refused: {why}\", "
+      "now))\n", "            pass\n", "test_daemon.py"),
+    m("daemon-log-unescaped", DAEMON,
+      "        record.msg = printable(record.getMessage(), limit=LOG_LINE_MAX)\n",
+      "        record.msg = record.getMessage()\n", "test_daemon.py"),
 ]
 
 
