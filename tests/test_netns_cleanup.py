@@ -99,7 +99,7 @@ def test_interrupted_while_knotd_starts_leaves_nothing(tmp_path, monkeypatch):
 
     def interrupted(world, host):
         dns = f"{world.prefix}-dns"
-        wait_for(lambda: bool(pids_in(dns)), 5)
+        wait_for(lambda: bool(pids_in(dns)), 20)
         seen["knotd"] = pids_in(dns)
         seen["prefix"] = world.prefix
         raise KeyboardInterrupt
