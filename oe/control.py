@@ -8,7 +8,7 @@ table `inet oe` belong to the network namespace, not to a run directory; a secon
 share them, and on its exit take them from the first one, whose private traffic would then leave
 in clear (issue 15, 2). So a running oe also holds a lock per namespace: an abstract Unix
 socket, whose names are scoped to the network namespace (unix(7)). The kernel releases it with
-the process, also on SIGKILL, so what a crashed oe left behind (design.md section 6: fail
+the process, also on SIGKILL, so what a crashed oe left behind (docs/architecture.md section 2: fail
 closed) is taken over by the next start, as intended.
 """
 

@@ -1,7 +1,7 @@
 """`oe start`: the daemon. asyncio glue that owns the clock, the timers, the signals and the
 control socket, and reacts to events; every decision is made by oe.opportunist.
 
-The packet's way (design.md section 1):
+The packet's way (docs/architecture.md section 1):
 
 1. The kernel routes a packet for a trapping group's CIDR into the TUN (oe.routing).
 2. The datapath's outbound thread classifies it (oe.datapath) and, by its eroute: seals it on
@@ -12,7 +12,7 @@ The packet's way (design.md section 1):
 4. Inbound ESP is opened by the datapath's inbound thread and written to the TUN; IKE on 4500
    comes up as an event, IKE on 500 arrives on our own socket.
 
-Rule 1: only this process changes policy, shunts, SAs and their timers (seeds/003). Rule 2:
+Rule 1: only this process changes policy, shunts, SAs and their timers (Hannum's PF_KEY critique). Rule 2:
 everything installed in the system (TUN, routes, rule, sockets, control socket, pid file) is
 recorded and removed on stop, also after an error half-way through start-up.
 """

@@ -153,7 +153,7 @@ class ErouteTable:
 
     Replacing the table means building a new one and swapping the reference: a reader holds one
     table for a whole lookup, so it never sees a half-updated table (KLIPS's non-atomic replace
-    let packets slip through: seeds/002 BUGS).
+    let packets slip through: FreeS/WAN's BUGS).
     """
 
     def __init__(self, eroutes: Iterable[Eroute] = ()) -> None:

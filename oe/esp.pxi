@@ -10,7 +10,7 @@
 # number, which never repeats under one key (RFC 4106 3.1 allows a counter). AAD = SPI || Seq, or
 # SPI || Seq-high || Seq-low with ESN (RFC 4106 5).
 #
-# OpenSSL (research/perf-interop.md 4.1): the cipher is fetched once per process; each SA keeps
+# OpenSSL 3: the cipher is fetched once per process; each SA keeps
 # one pre-keyed EVP_CIPHER_CTX per thread that uses it (CTX_API: Python callers, under the GIL;
 # CTX_LOOP: the loop thread that owns the SA's direction); per packet only the IV is reset.
 

@@ -8,7 +8,7 @@
 #      segments first (TSO done here), and partial checksums are finished;
 #   1. parse the IP header (IPv4 options and fragments pass untouched);
 #   2. a pair with a %hold in the C-side hold table is queued at once (so a trap raises one
-#      acquire, never one per packet: seeds/003);
+#      acquire, never one per packet: Hannum's PF_KEY critique);
 #   3. classify on the compiled eroute table, then by action:
 #      SA      -> MSS clamp, too-big check (ICMP back if DF), seal, batch; runs of ESP-in-UDP
 #                 to one peer leave in one sendmsg() with UDP GSO, the rest with sendmmsg()
@@ -964,7 +964,7 @@ cdef void hold_evict(DpCore *c, Hold *h) noexcept nogil:
 
 
 cdef void hold_enqueue(DpCore *c, Hold *h, const uint8_t *pkt, size_t n) noexcept nogil:
-    """Queue a copy; beyond the bounds the oldest packets go (design.md 4): first whole older
+    """Queue a copy; beyond the bounds the oldest packets go (README: 64 packets / 256 KiB): first whole older
     holds while all holds together pass max_hold_total, then this hold's oldest packets."""
     cdef HeldPkt *p
     cdef HeldPkt *old
@@ -1046,7 +1046,7 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
             dp_count(c, C_NO_SA)
             return
         if n > sa.mtu and info.df:
-            # Path MTU discovery instead of a black hole (seeds/000, seeds/004).
+            # Path MTU discovery instead of a black hole (FreeS/WAN's BUGS; Bantoft's ICMP black-hole proposal).
             esp_rw_unlock(&c.sa_lock)
             slot = batch_slot(c, b)
             r = icmp_error(slot, pkt, &info, 3, 4, 2, 0, sa.mtu)
@@ -1118,7 +1118,7 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
         dp_count(c, C_NO_POLICY)
     else:
         # No eroute, yet routed here: a CIDR steered in for a narrowed entry (`tcp 0 22`)
-        # whose other traffic is in no group. No group means clear (design.md section 3).
+        # whose other traffic is in no group. No group means clear (README: Policy groups).
         slot = batch_slot(c, b)
         memcpy(slot, pkt, n)
         batch_commit(b, OUT_PASS, info.version, info.dst, 0, slot, n)

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-One object owns the policy, the bare shunts, the tunnels and their timers (seeds/003: the
+One object owns the policy, the bare shunts, the tunnels and their timers (Hannum's PF_KEY critique: the
 racoon/kernel split, where two processes each held half of this state, is what we avoid). The
 daemon feeds it what happened and carries out the commands it returns; it never reads a clock
 or a socket itself.
@@ -23,7 +23,7 @@ or a socket itself.
 Rule 1: at most one negotiation per (src, dst) at a time; a second acquire for a pair that is
 negotiating is ignored (the %hold is already there). Rule 2: acquires beyond a global rate are
 queued and started as the rate allows, so a scan of many addresses cannot start a negotiation
-storm (seeds/003: racoon's acquire floods). Rule 3: every decision yields one log line.
+storm (the PF_KEY critique: racoon's acquire floods). Rule 3: every decision yields one log line.
 Rule 4: the cost of an event does not grow with the number of shunts or tunnels: failure shunts
 are capped (the oldest goes, counted), expire from a heap, and the datapath is handed only the
 eroutes an event changed (take_changes).

@@ -104,7 +104,7 @@ MUTANTS = [
     m("ike-child-sas-unbounded", SA,
       "        elif len(self.children) >= CHILD_SAS_MAX:\n", "        elif False:\n",
       "test_ike_engine.py"),
-    # AUTH verification (RFC 7296 2.15, design.md section 6)
+    # AUTH verification (RFC 7296 2.15, docs/architecture.md section 3)
     m("auth-signature-not-verified", SA,
       "            _auth.verify(key, auth.method, auth.data, octets, "
       "sha1_allowed=not self.peer_hashes)\n", "            pass\n", *IKE_FAST),
@@ -173,7 +173,7 @@ MUTANTS = [
       "        if not (target.is_self(record.gateway) or dnssec_validated\n"
       "                or allow_unsigned_delegation):\n", "        if False:\n",
       "test_dnskeys_records.py"),
-    # The fail-closed prohibit routes (design.md section 6)
+    # The fail-closed prohibit routes (docs/architecture.md section 1)
     m("route-no-prohibit", ROUTING,
       "    planned += [(network, \"prohibit\") for network in "
       "{ipaddress.ip_network(c) for c in prohibit}]\n", "", "test_routing.py"),

@@ -81,7 +81,7 @@ def test_sa_eroute_without_sa_is_dropped_and_counted():
 
 
 def test_trap_raises_one_acquire_and_holds_the_pair():
-    """seeds/003: an acquire per packet floods the keying daemon; a /32 %hold stops it."""
+    """Hannum's PF_KEY critique: an acquire per packet floods the keying daemon; a /32 %hold stops it."""
     dp = datapath(eroute("198.51.100.0/24", Shunt.TRAP))
     assert not select.select([dp.events_fd], [], [], 0)[0]
     for n in range(5):
@@ -196,7 +196,7 @@ def test_reject_answers_icmp_administratively_prohibited():
 
 
 def test_df_packet_too_big_for_the_path_gets_fragmentation_needed():
-    """seeds/000, seeds/004: PMTU discovery through the tunnel instead of a black hole."""
+    """FreeS/WAN's BUGS, Bantoft's ICMP black-hole proposal: PMTU discovery through the tunnel instead of a black hole."""
     dp = Datapath()
     h4 = dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER, path_mtu=1400)
     h6 = dp.add_sa(SPI_OUT + 1, "out", KEY6, local=ME6, peer=PEER6, path_mtu=1500)

@@ -165,7 +165,7 @@ def test_ipv6_outer_with_scapy():
 
 
 def test_ipv4_options_and_fragments_cross_intact():
-    """KLIPS could not carry IP options; NRL's ESP corrupted fragments (seeds/000, seeds/001)."""
+    """KLIPS could not carry IP options; NRL's ESP corrupted fragments (FreeS/WAN's BUGS, NRL's bug list)."""
     dp, sa, outer = pair()
     with_options = IP(src=LOCAL, dst=PEER, options=b"\x94\x04\x00\x00") / ICMP() / b"ra"
     frags = [raw(f) for f in (IP(src=LOCAL, dst=PEER, id=99) / UDP() / (b"F" * 3000)).fragment(1000)]
@@ -236,7 +236,7 @@ def test_keepalive_and_ike_demux_on_4500():
 
 
 def test_inner_packet_outside_selectors_is_dropped():
-    """RFC 4322 12.1: a peer may only send what its SA was negotiated for (seeds/000)."""
+    """RFC 4322 12.1: a peer may only send what its SA was negotiated for (FreeS/WAN's BUGS)."""
     dp, sa, outer = pair()
     spoofed = IP(src="203.0.113.66", dst=PEER) / ICMP()
     esp = raw(sa.encrypt(spoofed, seq_num=1)[ESP])

@@ -37,7 +37,7 @@ CHARON_INIT = (Path(__file__).parent / "data/charon_ike_sa_init.bin").read_bytes
 
 def test_charon_ike_sa_init_parses_and_reencodes_byte_exact():
     """charon's `aes128-sha256-x25519` request: [ SA KE No N(NATD_S_IP) N(NATD_D_IP)
-    N(FRAG_SUP) N(HASH_ALG) N(REDIR_SUP) ] (research/perf-interop.md 2.3)."""
+    N(FRAG_SUP) N(HASH_ALG) N(REDIR_SUP) ] (as charon 5.9 sends it)."""
     header, msg = m.parse_message(CHARON_INIT)
     assert header.exchange == ExchangeType.IKE_SA_INIT and header.from_initiator
     assert msg.encode() == CHARON_INIT

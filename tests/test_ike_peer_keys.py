@@ -1,4 +1,4 @@
-"""A key speaks only for the addresses it was published for (design.md section 6).
+"""A key speaks only for the addresses it was published for (docs/architecture.md section 3).
 
 The key lookup gets the typed ID (type and data, never its text) and answers with a PeerKey:
 the public key and the addresses it vouches for. The responder narrows the initiator's TSi

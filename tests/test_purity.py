@@ -1,4 +1,4 @@
-"""Pure modules import no I/O: no sockets, event loop, clock or select (design.md section 2)."""
+"""Pure modules import no I/O: no sockets, event loop, clock or select (docs/architecture.md section 2)."""
 
 import ast
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "oe"
 IO_MODULES = {"socket", "asyncio", "time", "select", "selectors", "subprocess", "threading"}
-# Modules whose job is I/O, by name (design.md: net, tun, fetcher, loader, daemon, runner, cli;
+# Modules whose job is I/O, by name (docs/architecture.md: net, tun, fetcher, loader, daemon, runner, cli;
 # routing and inbound talk to the kernel).
 IO_NAMES = {"cli.py", "net.py", "tun.py", "daemon.py", "loader.py", "fetcher.py", "runner.py",
             "hostkey.py", "__main__.py", "demo.py", "control.py", "knotd.py", "netns.py",

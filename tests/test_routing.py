@@ -99,7 +99,7 @@ print(json.dumps({"running": running, "dead": {dst: where(dst) for dst in dsts}}
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
 def test_stop_leaves_private_destinations_prohibited(tmp_path):
-    """`oe stop` fails closed (design.md section 6): fail_closed() takes the routes into the
+    """`oe stop` fails closed (docs/architecture.md section 1): fail_closed() takes the routes into the
     TUN away but leaves the prohibit routes beneath the private CIDRs, so at once, with the
     TUN still up, and after it is gone, a private destination is unreachable, never routed
     out in clear."""

@@ -121,7 +121,7 @@ class KeyLookup:
         return now >= self.expires
 
     def as_json(self) -> dict:
-        """The `oe dnskey --json` object (design.md section 3)."""
+        """The `oe dnskey --json` object (README: Commands)."""
         return {
             "target": self.target.text,
             "name": self.target.name.to_text(),

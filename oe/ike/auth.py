@@ -58,7 +58,7 @@ class Identity:
 class PeerKey:
     """What a key lookup answers for an ID: the peer's public key and the addresses that key
     was published for (an address ID: that address; an ID_FQDN: its name's addresses). Only
-    these addresses may appear in the peer's traffic selectors (design.md section 6)."""
+    these addresses may appear in the peer's traffic selectors (docs/architecture.md section 3)."""
 
     public_key: rsa.RSAPublicKey
     addresses: frozenset[IpAddress]

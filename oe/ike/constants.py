@@ -191,7 +191,7 @@ def notify_name(value: int) -> str:
 # --- Implementation -----------------------------------------------------------------------
 
 NONCE_LEN = 32  # as charon (NONCE_SIZE); RFC 7296 section 2.10 asks for >= 16 and >= prf key/2
-RETRANSMIT_TIMEOUT = 0.5  # design.md section 4: first retransmit after 0.5 s, doubling
+RETRANSMIT_TIMEOUT = 0.5  # RFC 7296 2.1: first retransmit after 0.5 s, doubling
 RETRANSMIT_BUDGET = 8.0  # ... give up after about 8 s
 HALF_OPEN_COOKIE_THRESHOLD = 32  # half-open IKE SAs above which COOKIE is demanded (2.6)
 HALF_OPEN_LIFETIME = 30.0  # seconds a responder keeps a half-open IKE SA

@@ -38,7 +38,7 @@ answered once and the answer is replayed for retransmits (section 2.1, the respo
 Rule 3: at most one request of ours is in flight per IKE SA (window size 1, section 2.3);
 further exchanges wait in a queue. Rule 4: a key speaks only for the addresses it vouches
 for: ``lookup_key`` answers a typed ID with a ``PeerKey``, and the peer's selectors, as
-responder and as initiator, must lie within that key's addresses (design.md section 6).
+responder and as initiator, must lie within that key's addresses (docs/architecture.md section 3).
 Rule 5: every inbound SPI comes from the host's ``SpiAllocator`` and goes back when its
 CHILD SA goes or its offer ends; a CHILD SA is reported once, on an SPI still on offer.
 
@@ -786,7 +786,7 @@ class IkeSa:
         self.peer_key = found
 
     def _vouched(self) -> list[TrafficSelector]:
-        """One host selector per address the peer's key vouches for (design.md section 6)."""
+        """One host selector per address the peer's key vouches for (docs/architecture.md section 3)."""
         assert self.peer_key is not None
         return [TrafficSelector(a, a) for a in sorted(self.peer_key.addresses,
                                                       key=lambda a: (a.version, a))]

@@ -1,6 +1,6 @@
 """strongSwan charon 5.9 (kernel-libipsec, raw RSA keys) as a test peer inside a namespace.
 
-As in ../shared/anchors/swan-pair.sh: charon runs in its own mount namespace so that /run and
+As in the strongSwan pair bench/throughput.py measures against: charon runs in its own mount namespace so that /run and
 /etc/swanctl are this test's directories; it is stopped by its pid. Debian's charon 5.9.8 with
 kernel-libipsec never initiates from a trap (swanctl --initiate does) and always forces
 ESP-in-UDP by faking its NAT-detection hash.

@@ -1,7 +1,7 @@
 """oe dies (SIGKILL: no clean-up at all) in the middle of a `private` flow.
 
 The TUN and every route into it vanish with the process; what is left in oe's table must keep
-private destinations unreachable, never clear (design.md section 6), and a new `oe start` must
+private destinations unreachable, never clear (docs/architecture.md section 1), and a new `oe start` must
 bring the flow back encrypted with no manual step, although the peer still holds the old SAs.
 The wire is watched on alice's bridge port throughout.
 """

@@ -280,7 +280,7 @@ def test_pass_goes_out_in_clear_and_reject_answers_prohibited(pair):
 
 
 def test_fragments_and_ip_options_cross_intact(pair):
-    """seeds/001 (NRL corrupted fragments), seeds/000 (KLIPS could not carry IP options)."""
+    """NRL's bug list (corrupted fragments), FreeS/WAN's BUGS (KLIPS could not carry IP options)."""
     a, b, node_a, node_b = pair
     result = in_ns(a, "ping", "-c", "2", "-i", "0.2", "-W", "5", "-s", "4000", B4)
     assert result.returncode == 0, result.stdout + result.stderr     # 3 fragments each way

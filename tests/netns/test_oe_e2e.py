@@ -4,7 +4,7 @@
 
 alice and bob have keys in DNS, carol has none. tcpdump on the bridge sees every packet, so
 "nothing leaks" is checked on the wire, not inferred. The policy-group fates are FreeS/WAN's
-(research/oe-spec.md 1.2).
+(README: Policy groups).
 """
 
 from __future__ import annotations
