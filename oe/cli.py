@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 from oe import control, dnskeys, hostkey, net
@@ -20,17 +21,23 @@ from oe.config import load as load_config
 from oe.dnskeys import records as dnsrecords
 from oe.dnskeys.fetcher import KeyFetcher
 from oe.config import DEFAULT_CONFDIR, DEFAULT_RUNDIR
-from oe.eroute import PROTOCOL_NAMES, Eroute, ErouteTable, Selector, port_number, protocol_number
+from oe.eroute import (
+    PORT_PROTOCOLS, PROTOCOL_NAMES, Eroute, ErouteTable, Selector, port_number, protocol_number,
+)
 from oe.errors import OeError
 from oe.policygroups import SEMANTICS, prospective_table
 from oe.policygroups.loader import load_policy
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line and exit status 2."""
+    """argparse, but usage errors are one line and exit status 2 (main() adds "oe: ")."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise OeError(f"{self.prog}: {message}")
+        if "unrecognized arguments" in message and ("--confdir" in message
+                                                    or "--rundir" in message):
+            message += " (--confdir and --rundir go before the command)"
+        command = self.prog.removeprefix("oe").strip()
+        raise OeError(f"{command}: {message}" if command else message)
 
 
 def _warn(message: str) -> None:
@@ -128,6 +135,8 @@ def cmd_trace(args) -> int:
         src = ipaddress.ip_address(found) if found else Selector.any_source(dst.version)[0]
     if src.version != dst.version:
         raise OeError(f"--src {src} and DST {dst} are not the same address family")
+    if (args.sport or args.dport) and args.proto not in PORT_PROTOCOLS:
+        raise OeError("--sport and --dport need --proto tcp, udp or sctp (as policy files do)")
     table = _load_table(args)
     matches = table.matches(src, dst, args.proto, args.sport, args.dport)
     best: Eroute | None = matches[0] if matches else None
@@ -406,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"configuration directory (default {DEFAULT_CONFDIR})")
     parser.add_argument("--rundir", type=Path, default=DEFAULT_RUNDIR,
                         help=f"run directory for the control socket (default {DEFAULT_RUNDIR})")
+    parser.add_argument("--version", action="version", version=f"oe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
 
@@ -484,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return metadata.version("oe")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -491,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     except OeError as exc:
         print(f"oe: {exc}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # --version and --help: argparse printed them
+        return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -142,6 +142,9 @@ def _check_reserved(config: Config, origin: str) -> None:
             raise ConfigError(f"{origin}: {key}: expected at most {U32_MAX}, got {value}")
 
 
+NON_EMPTY = {"proposals", "esp_proposals"}  # without one, no negotiation can succeed
+
+
 def _build(cls: type, data: dict, origin: str, table: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -157,12 +160,12 @@ def _build(cls: type, data: dict, origin: str, table: str):
             values[key] = _build(hint, value, origin, f"[{key}] ")
         else:
             values[key] = _convert(hint, value, where)
+        if key in NON_EMPTY and not values[key]:
+            raise ConfigError(f"{where}: expected at least one proposal")
     return cls(**values)
 
 
 def _convert(hint, value, where: str):
-    if hint is int and isinstance(value, int) and not isinstance(value, bool) and value < 0:
-        raise ConfigError(f"{where}: expected a number >= 0, got {value!r}")
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:
@@ -179,6 +182,8 @@ def _convert(hint, value, where: str):
         raise TypeError(f"unsupported config type {hint!r}")
     if not ok:
         raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    if hint in (int, float) and value < 0:  # no count, size or duration here is negative
+        raise ConfigError(f"{where}: expected a number >= 0, got {value!r}")
     return value
 
 

@@ -128,6 +128,9 @@ def test_policy_warnings_go_to_stderr(tmp_path, capsys):
     (["trace"], "the following arguments are required: DST"),
     (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
     (["policy"], "policies/private:1: bad address or CIDR '192.0.2.0/40'"),
+    # issue 15: a port without tcp, udp or sctp is refused, as policy files refuse it
+    (["trace", "192.0.2.1", "--dport", "22"], "--sport and --dport need --proto tcp, udp or sctp"),
+    (["trace", "192.0.2.1", "--proto", "icmp", "--dport", "22"], "need --proto tcp, udp or sctp"),
 ])
 def test_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
     (tmp_path / "policies").mkdir()
@@ -137,6 +140,19 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
     code, out, err = run(capsys, "--confdir", tmp_path, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("oe: ") and message in err
+
+
+def test_argument_errors_have_one_prefix_and_a_hint(tmp_path, capsys):
+    """Issue 15: no doubled "oe: oe:", and a global option after the command says where it goes."""
+    code, _, err = run(capsys, "status", "--confdir", tmp_path)
+    assert code == 2 and err.count("\n") == 1 and not err.startswith("oe: oe:")
+    assert "unrecognized arguments: --confdir" in err and "before the command" in err
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"oe {version('oe')}"
 
 
 def test_python_dash_m_oe_runs_without_traceback(tmp_path):

@@ -31,6 +31,10 @@ def test_values_are_read_and_converted(tmp_path):
     ("[dns]\nallow_unsigned_delegation = 1", "expected true or false"),
     ("dns = 3", "oe.conf: dns: expected a table [dns]"),
     ("[limits]\nholds = -1", "oe.conf: [limits] holds: expected a number >= 0, got -1"),
+    # issue 15: accepted before, silently
+    ("shunt_lifetime = -5", "oe.conf: shunt_lifetime: expected a number >= 0, got -5.0"),
+    ("[ike]\nesp_proposals = []", "oe.conf: [ike] esp_proposals: expected at least one"),
+    ("[ike]\nproposals = []", "oe.conf: [ike] proposals: expected at least one"),
     ("[dns\n", "oe.conf: "),
     # issue 15, 3: a reserved table is the host's own (254 main: oe would delete its default
     # route), and rule priority 0 is the kernel's local rule's.

@@ -260,7 +260,7 @@ def test_showhostkey_lines(keyed, capsys):
      "showhostkey --ipseckey: IPSECKEY precedence 300 is not in 0-255 (RFC 4025 2.2)"),
     (["--ipseckey", "--address", "not-an-address"],
      "--address: 'not-an-address' is not an IPv4 or IPv6 address"),
-    (["--ipseckey", "--txt"], "oe showhostkey: argument --txt: not allowed with argument "
+    (["--ipseckey", "--txt"], "showhostkey: argument --txt: not allowed with argument "
                               "--ipseckey"),
 ])
 def test_showhostkey_errors_are_one_line(keyed, capsys, argv, reason):

@@ -120,6 +120,24 @@ def test_loader_reports_unreadable_files(tmp_path):
         load_policy(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["private-or-clr", "private-or-clear.txt", "Private"])
+def test_loader_refuses_files_it_would_ignore(tmp_path, name):
+    """Issue 15: a misspelled group file was silently ignored (its CIDRs never applied)."""
+    write(tmp_path, "private", "192.0.2.0/24\n")
+    (tmp_path / "policies" / name).write_text("198.51.100.0/24\n")
+    with pytest.raises(PolicyError, match=rf"policies/{name}: not a policy group \(the files "
+                                          r"are clear, clear-or-private, private-or-clear, "
+                                          r"private, block\)"):
+        load_policy(tmp_path)
+
+
+def test_loader_takes_a_utf8_bom(tmp_path):
+    """Issue 15: a file saved with a BOM gave an error quoting an invisible character."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "private").write_bytes("\ufeff192.0.2.0/24\n".encode())
+    assert [str(e.selector.dst) for e in load_policy(tmp_path).entries] == ["192.0.2.0/24"]
+
+
 def trace(table, dst, src="192.0.2.2", proto=0, sport=0, dport=0):
     index = table.lookup(ipaddress.ip_address(src), ipaddress.ip_address(dst), proto, sport, dport)
     return None if index is None else table.entries[index]
