@@ -193,4 +193,5 @@ def _type_name(hint) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
 
 
-__all__ = ["Config", "DnsConfig", "IkeSettings", "LimitsConfig", "ConfigError", "parse", "load", "DEFAULT_CONFDIR", "DEFAULT_RUNDIR"]
+__all__ = ["Config", "DnsConfig", "IkeSettings", "LimitsConfig", "ConfigError", "parse", "load",
+           "DEFAULT_CONFDIR", "DEFAULT_RUNDIR"]

@@ -12,9 +12,10 @@ The packet's way (docs/architecture.md section 1):
 4. Inbound ESP is opened by the datapath's inbound thread and written to the TUN; IKE on 4500
    comes up as an event, IKE on 500 arrives on our own socket.
 
-Rule 1: only this process changes policy, shunts, SAs and their timers (Hannum's PF_KEY critique). Rule 2:
-everything installed in the system (TUN, routes, rule, sockets, control socket, pid file) is
-recorded and removed on stop, also after an error half-way through start-up.
+Rule 1: only this process changes policy, shunts, SAs and their timers (Hannum's PF_KEY
+critique). Rule 2: everything installed in the system (TUN, routes, rule, sockets, control
+socket, pid file) is recorded and removed on stop, also after an error half-way through
+start-up.
 """
 
 from __future__ import annotations
@@ -226,9 +227,12 @@ class Daemon:
             (trap if outbound in ("%trap", "%reject") else clear).append(dst)
             if eroute.group == "private":
                 private.append(dst)
-        exempt = [str(ipaddress.ip_network(ns)) for ns in self.fetcher.nameservers()
-                  if _is_address(ns)]
+        exempt = [str(ipaddress.ip_network(ns)) for ns in self._nameserver_addresses()]
         return trap, clear, exempt, private
+
+    def _nameserver_addresses(self) -> list[str]:
+        """The nameservers we ask, by address (a DoH/DoT URL has none to exempt)."""
+        return [ns for ns in self.fetcher.nameservers() if _is_address(ns)]
 
     async def _install_routes(self) -> None:
         await self._in_netlink(self._steer)
@@ -243,10 +247,9 @@ class Daemon:
 
     def _install_inbound(self, base: ErouteTable | None = None) -> None:
         """(Re)build the inbound cleartext policy for a policy (default: the current one)."""
-        nameservers = [ns for ns in self.fetcher.nameservers() if _is_address(ns)]
         policy = self.opportunist.base if base is None else base
         inbound.apply(inbound.ruleset(self.config.tun_name,
-                                      inbound.protected(policy, nameservers),
+                                      inbound.protected(policy, self._nameserver_addresses()),
                                       self._refused_in_clear))
         self._inbound = True
 
@@ -403,19 +406,18 @@ class Daemon:
         side.runner.transmit()
 
     def _delete_ike(self, sa_id: int) -> None:
-        for side in self.sides.values():
-            if (side.version, sa_id) in self.sa_pairs:
-                try:
-                    side.engine.delete_ike(sa_id, self.loop.time())
-                except OeError:
-                    continue
-                side.runner.transmit()
+        self._on_ike_sa(sa_id, lambda engine, now: engine.delete_ike(sa_id, now))
 
     def _delete_child(self, sa_id: int, spi_in: int) -> None:
+        self._on_ike_sa(sa_id, lambda engine, now: engine.delete_child(sa_id, spi_in, now))
+
+    def _on_ike_sa(self, sa_id: int, act) -> None:
+        """Start an exchange on the engine that holds IKE SA `sa_id` and send it; one already
+        gone (its peer deleted it meanwhile) is skipped."""
         for side in self.sides.values():
             if (side.version, sa_id) in self.sa_pairs:
                 try:
-                    side.engine.delete_child(sa_id, spi_in, self.loop.time())
+                    act(side.engine, self.loop.time())
                 except OeError:
                     continue
                 side.runner.transmit()

@@ -964,8 +964,9 @@ cdef void hold_evict(DpCore *c, Hold *h) noexcept nogil:
 
 
 cdef void hold_enqueue(DpCore *c, Hold *h, const uint8_t *pkt, size_t n) noexcept nogil:
-    """Queue a copy; beyond the bounds the oldest packets go (README: 64 packets / 256 KiB): first whole older
-    holds while all holds together pass max_hold_total, then this hold's oldest packets."""
+    """Queue a copy; beyond the bounds (64 packets / 256 KiB a hold) the oldest packets go:
+    first whole older holds while all holds together pass max_hold_total, then this hold's
+    oldest packets."""
     cdef HeldPkt *p
     cdef HeldPkt *old
     if n > c.hold_bytes or n > c.max_hold_total:
@@ -1046,7 +1047,8 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
             dp_count(c, C_NO_SA)
             return
         if n > sa.mtu and info.df:
-            # Path MTU discovery instead of a black hole (FreeS/WAN's BUGS; Bantoft's ICMP black-hole proposal).
+            # Path MTU discovery instead of a black hole (FreeS/WAN's BUGS; Bantoft's ICMP
+            # black-hole proposal).
             esp_rw_unlock(&c.sa_lock)
             slot = batch_slot(c, b)
             r = icmp_error(slot, pkt, &info, 3, 4, 2, 0, sa.mtu)

@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-One object owns the policy, the bare shunts, the tunnels and their timers (Hannum's PF_KEY critique: the
-racoon/kernel split, where two processes each held half of this state, is what we avoid). The
-daemon feeds it what happened and carries out the commands it returns; it never reads a clock
-or a socket itself.
+One object owns the policy, the bare shunts, the tunnels and their timers (Hannum's PF_KEY
+critique: the racoon/kernel split, where two processes each held half of this state, is what
+we avoid). The daemon feeds it what happened and carries out the commands it returns; it never
+reads a clock or a socket itself.
 
     acquire(src, dst)                       the datapath trapped a packet, put a /32 %hold
       -> policy: the most specific group    not trapping any more (reload)? drop the hold

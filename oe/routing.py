@@ -1,17 +1,17 @@
 """Steering trapped destinations into the TUN device (netlink, via pyroute2).
 
-docs/architecture.md section 1: a routing table of oe's own holds a route into the TUN for every CIDR of a
-trapping group (private-or-clear, private), of block (so %reject can answer) and for every peer
-with a tunnel, and throw routes for what must not enter it: the CIDRs of the passing groups
-(clear, clear-or-private), the nameservers (or OE could never look up a key), link-local and
-multicast. One rule, "not fwmark BYPASS lookup TABLE", sends every unmarked packet through that
-table; oe's own IKE, ESP and %pass sockets carry the mark and take the main table.
+docs/architecture.md section 1: a routing table of oe's own holds a route into the TUN for every
+CIDR of a trapping group (private-or-clear, private), of block (so %reject can answer) and for
+every peer with a tunnel, and throw routes for what must not enter it: the CIDRs of the passing
+groups (clear, clear-or-private), the nameservers (or OE could never look up a key), link-local
+and multicast. One rule, "not fwmark BYPASS lookup TABLE", sends every unmarked packet through
+that table; oe's own IKE, ESP and %pass sockets carry the mark and take the main table.
 
-Fail closed while running (docs/architecture.md section 1): beneath the TUN route of every private CIDR,
-at a worse metric, lies a prohibit route. The kernel removes a route with its device, so when
-oe dies (SIGKILL, OOM, a segfault) the TUN routes vanish with the TUN and the prohibit routes
-answer instead: private destinations become unreachable, never reachable in clear. Throw
-routes have no device and stay too, and so does the rule.
+Fail closed while running (docs/architecture.md section 1): beneath the TUN route of every
+private CIDR, at a worse metric, lies a prohibit route. The kernel removes a route with its
+device, so when oe dies (SIGKILL, OOM, a segfault) the TUN routes vanish with the TUN and the
+prohibit routes answer instead: private destinations become unreachable, never reachable in
+clear. Throw routes have no device and stay too, and so does the rule.
 
 install() is idempotent: it replaces routes in place and drops those no longer wanted (also
 what an instance that died left in the same table), so reloads leave no gap. Before it,

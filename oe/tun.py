@@ -1,4 +1,5 @@
-"""The TUN device trapped traffic is routed into: the only TUN code (docs/architecture.md section 2).
+"""The TUN device trapped traffic is routed into: the only TUN code (docs/architecture.md
+section 2).
 
 The device is opened without packet information (IFF_NO_PI). With offload (the default) every
 read and write starts with a 10-byte virtio_net_hdr (IFF_VNET_HDR) and TCP segmentation is

@@ -786,7 +786,8 @@ class IkeSa:
         self.peer_key = found
 
     def _vouched(self) -> list[TrafficSelector]:
-        """One host selector per address the peer's key vouches for (docs/architecture.md section 3)."""
+        """One host selector per address the peer's key vouches for (docs/architecture.md
+        section 3)."""
         assert self.peer_key is not None
         return [TrafficSelector(a, a) for a in sorted(self.peer_key.addresses,
                                                       key=lambda a: (a.version, a))]
