@@ -44,7 +44,7 @@ from oe.ike.auth import Identity, PeerKey
 from oe.ike.constants import (
     HALF_OPEN_COOKIE_THRESHOLD, NON_ESP_MARKER, NAT_T_PORT, NotifyType,
 )
-from oe.logsafe import printable
+from oe.logs import log_to
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
 from oe.ike.spis import SpiAllocator
@@ -889,30 +889,6 @@ def start(confdir: Path, rundir: Path, background: bool = False) -> int:
     log_to(logging.StreamHandler())
     asyncio.run(daemon.run())
     return 0
-
-
-class _Printable(logging.Formatter):
-    """Escape what peers and DNS put into log lines (IDs, reasons, names): no control
-    character reaches the log, so none can forge a line or drive a terminal. A traceback's
-    lines (an exception's text may come from a peer too) are escaped and indented, so none
-    of them can pass for a line of its own."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.msg = printable(record.getMessage(), limit=LOG_LINE_MAX)
-        record.args = ()
-        head, *rest = super().format(record).split("\n")
-        return "\n".join([head] + ["    " + printable(line, LOG_LINE_MAX) for line in rest])
-
-
-LOG_LINE_MAX = 2000
-
-
-def log_to(handler: logging.Handler) -> None:
-    """The daemon's log: one escaped line per message, with time and pid."""
-    handler.setFormatter(_Printable("%(asctime)s oe[%(process)d]: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
 
 
 def _detach(daemon: Daemon, rundir: Path) -> int:

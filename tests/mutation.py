@@ -240,7 +240,7 @@ MUTANTS = [
     m("daemon-refused-child-leaves-hold", DAEMON,
       "            self._run(self.opportunist.negotiation_failed(pair, f\"CHILD SA refused: {why}\", "
       "now))\n", "            pass\n", "test_daemon.py"),
-    m("daemon-log-unescaped", DAEMON,
+    m("daemon-log-unescaped", "oe/logs.py",
       "        record.msg = printable(record.getMessage(), limit=LOG_LINE_MAX)\n",
       "        record.msg = record.getMessage()\n", "test_daemon.py"),
 ]
