@@ -14,10 +14,13 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from oe import config as oeconfig
 from oe import hostkey
 from oe.dnskeys.fetcher import make_source
 from oe.errors import OeError
+from oe.policygroups import Policy
 from oe.policygroups.loader import load_policy
 
 # linux/capability.h: what the daemon uses, and why (the unit grants exactly these)
@@ -32,8 +35,8 @@ class Report:
 
     problems: list[str] = field(default_factory=list)
     config: oeconfig.Config | None = None
-    policy_entries: int = 0
-    key_bits: int = 0
+    policy: Policy | None = None
+    key: rsa.RSAPrivateKey | None = None
 
 
 def files(confdir: Path) -> Report:
@@ -53,11 +56,11 @@ def files(confdir: Path) -> Report:
             except OeError as exc:
                 report.problems.append(f"{origin}: {exc}")
     try:
-        report.policy_entries = len(load_policy(confdir).entries)
+        report.policy = load_policy(confdir)
     except OeError as exc:
         report.problems.append(str(exc))
     try:
-        report.key_bits = hostkey.load_own(hostkey.hostkey_path(confdir)).key_size
+        report.key = hostkey.load_own(hostkey.hostkey_path(confdir))
     except OeError as exc:
         report.problems.append(str(exc))
     return report
@@ -119,8 +122,8 @@ def _foreign_rules(table: int, priority: int) -> list[str]:
 def summary(report: Report) -> str:
     config = report.config
     return (f"ok: oe.conf ({len(config.addresses) or 'default'} addresses, table "
-            f"{config.route_table}, rule {config.rule_priority}), {report.policy_entries} "
-            f"policy entries, host key RSA {report.key_bits} bits")
+            f"{config.route_table}, rule {config.rule_priority}), {len(report.policy.entries)} "
+            f"policy entries, host key RSA {report.key.key_size} bits")
 
 
 __all__ = ["Report", "files", "host", "summary"]

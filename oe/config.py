@@ -318,7 +318,9 @@ def _type_name(hint) -> str:
 
 # What `oe reload` cannot change in a running daemon: the TUN, the routing table and rule, the
 # mark its sockets carry and the addresses they are bound to are set up once, at start.
-RESTART_KEYS = ("tun_name", "addresses", "route_table", "rule_priority", "bypass_mark")
+# The datapath's hold cap is fixed when it starts, too.
+RESTART_KEYS = ("tun_name", "addresses", "route_table", "rule_priority", "bypass_mark",
+                "[limits] holds")
 
 
 @dataclass(frozen=True)
@@ -336,9 +338,18 @@ class Changes:
 def changes(old: Config, new: Config) -> Changes:
     """Split the difference of two configurations into what applies at runtime and what
     needs a restart; the latter keep their old value, so nothing is half applied."""
-    kept = tuple(k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k))
-    config = dataclasses.replace(new, **{k: getattr(old, k) for k in kept})
+    kept = tuple(k for k in _differences(old, new) if k in RESTART_KEYS)
+    config = new
+    for key in kept:
+        config = _with(config, key.replace("[", "").replace("] ", ".").split("."), old)
     return Changes(config, tuple(_differences(old, config)), kept)
+
+
+def _with(config, path: list[str], old):
+    """`config` with the value at `path` (["limits", "holds"]) taken from `old`."""
+    name, *rest = path
+    value = _with(getattr(config, name), rest, getattr(old, name)) if rest else getattr(old, name)
+    return dataclasses.replace(config, **{name: value})
 
 
 def _differences(old, new, table: str = "") -> list[str]:

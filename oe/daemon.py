@@ -21,6 +21,7 @@ start-up.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import itertools
 import logging
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oe import config as oeconfig
-from oe import control, hostkey, inbound, net, routing, tun
+from oe import check, control, hostkey, inbound, logs, net, routing, tun
 from oe.datapath import Datapath, esp_overhead
 from oe.dnskeys.fetcher import KeyFetcher
 from oe.dnskeys.choice import Target
@@ -185,13 +186,7 @@ class Daemon:
                              mark)
         clear = net.raw_socket(family, socket.IPPROTO_RAW, mark)
         self.sockets += [nat_t, esp, clear]
-        ike = IkeConfig(local_addr=address, private_key=self.key,
-                        ike_proposals=self.config.ike.proposals,
-                        esp_proposals=self.config.ike.esp_proposals,
-                        half_open_max=self.config.limits.half_open,
-                        # COOKIEs begin well before the cap, whatever the cap is (RFC 7296 2.6)
-                        cookie_threshold=min(HALF_OPEN_COOKIE_THRESHOLD,
-                                             self.config.limits.half_open // 2))
+        ike = IkeConfig(local_addr=address, private_key=self.key, **self._ike_terms())
         engine = IkeEngine(ike, rng=os.urandom, lookup_key=self._lookup_key,
                            ts_policy=lambda peer_id, local_ts, remote_ts, v=version:
                            self._ts_allowed(v, peer_id, local_ts, remote_ts),
@@ -741,24 +736,51 @@ class Daemon:
         raise OeError(f"unknown control command '{command}'")
 
     async def reload(self) -> str:
-        """Re-read policy and oe.conf; a bad file changes nothing (the error names it)."""
-        policy = load_policy(self.confdir)
-        oeconfig.load(self.confdir)  # validate; settings that need a restart are not applied
-        for warning in policy.warnings:
+        """Re-read policy, oe.conf and the host key, with `oe check`'s file checks; a bad
+        file changes nothing (the error names it). What can change at runtime is applied;
+        settings that need a restart keep their old value and are named (issue 15, 5)."""
+        report = check.files(self.confdir)
+        if report.problems:
+            more = len(report.problems) - 1
+            raise OeError(report.problems[0] + (f" (and {more} more: `oe check` lists them)"
+                                                if more else ""))
+        diff = oeconfig.changes(self.config, report.config)
+        for warning in report.policy.warnings:
             log.warning("%s", warning)
-        base = prospective_table(policy)
-        # first what can fail (one nft transaction): a refusal leaves everything as it was
-        await self._in_netlink(self._install_inbound, base)
+        base = prospective_table(report.policy)
+        old = self.config, self.fetcher
+        self.config = diff.config
+        if diff.config.dns != old[0].dns:  # new nameservers are exempt from trapping, too
+            self.fetcher = KeyFetcher.from_config(diff.config.dns, self.confdir)
+        try:  # first what can fail (one nft transaction): a refusal leaves all as it was
+            await self._in_netlink(self._install_inbound, base)
+        except OeError:
+            self.config, self.fetcher = old
+            raise
+        self.key = report.key
+        self.opportunist.limits = _limits(self.config)
+        for side in self.sides.values():  # new negotiations and rekeys take the new terms
+            side.engine.config = dataclasses.replace(side.engine.config, private_key=self.key,
+                                                     **self._ike_terms())
+        logs.set_level(self.config.log_level)
         self._run(self.opportunist.reload(base, self.loop.time()))
         await self._install_routes()
         self._apply()
-        return f"reloaded: {len(self.opportunist.base)} policy entries"
+        reply = f"reloaded: {len(self.opportunist.base)} policy entries"
+        if diff.applied:
+            reply += f"; applied: {', '.join(diff.applied)}"
+        if diff.kept:
+            reply += f"; kept: {', '.join(diff.kept)} changes need a restart"
+        return reply
 
-    async def _reload_logged(self) -> None:
-        try:
-            log.info("%s", await self.reload())
-        except OeError as exc:
-            log.error("reload refused: %s", exc)
+    def _ike_terms(self) -> dict:
+        """What oe.conf says of IKE negotiations (IkeConfig fields), at start and reload."""
+        limits = self.config.limits
+        return {"ike_proposals": self.config.ike.proposals,
+                "esp_proposals": self.config.ike.esp_proposals,
+                "half_open_max": limits.half_open,
+                # COOKIEs begin well before the cap, whatever the cap is (RFC 7296 2.6)
+                "cookie_threshold": min(HALF_OPEN_COOKIE_THRESHOLD, limits.half_open // 2)}
 
     def initiate(self, dst: str, src: str | None) -> str:
         """`oe initiate`: start negotiating, or say why nothing will happen (issue 15, 6)."""

@@ -102,12 +102,13 @@ def test_changes_apply_what_runs_and_keep_what_needs_a_restart():
     """issue 15, 5: `oe reload` applied none of oe.conf and said nothing of what it kept."""
     old = config.parse('shunt_lifetime = 900\n[limits]\nshunts = 10\n')
     new = config.parse('shunt_lifetime = 60\ntun_name = "oe9"\nroute_table = 100\n'
-                       '[limits]\nshunts = 20\n[ike]\nproposals = ["aes256gcm16-prfsha384-ecp256"]\n'
+                       '[limits]\nshunts = 20\nholds = 5\n[ike]\nproposals = ["aes256gcm16-prfsha384-ecp256"]\n'
                        '[dns]\nnameservers = ["192.0.2.53"]\n')
     diff = config.changes(old, new)
     assert diff.applied == ("shunt_lifetime", "[ike] proposals", "[dns] nameservers",
                             "[limits] shunts")
-    assert diff.kept == ("tun_name", "route_table")
+    assert diff.kept == ("tun_name", "route_table", "[limits] holds")
     assert diff.config.shunt_lifetime == 60 and diff.config.limits.shunts == 20
     assert (diff.config.tun_name, diff.config.route_table) == ("oe0", 4322)
+    assert diff.config.limits.holds == 1024
     assert config.changes(old, old) == config.Changes(old, (), ())
