@@ -19,7 +19,7 @@ from pathlib import Path
 from oe import check, control, dnskeys, hostkey, logs, net
 from oe.config import load as load_config
 from oe.dnskeys import records as dnsrecords
-from oe.dnskeys.fetcher import KeyFetcher
+from oe.dnskeys.fetcher import KeyFetcher, unanswered
 from oe.config import DEFAULT_CONFDIR, DEFAULT_RUNDIR
 from oe.eroute import (
     PORT_PROTOCOLS, PROTOCOL_NAMES, Eroute, ErouteTable, Selector, port_number, protocol_number,
@@ -429,6 +429,8 @@ def cmd_verify(args) -> int:
     config = load_config(args.confdir)
     fetcher = KeyFetcher.from_config(config.dns, args.confdir)
     lookup = asyncio.run(fetcher.fetch(_own_address(args)))
+    if unanswered(lookup):  # issue 15, 8: no answer is not "no key published"
+        raise OeError(f"cannot verify: {lookup.error}")
     problems = dnskeys.check_own(lookup, blob)
     if args.json:
         _print_json({**lookup.as_json(), "hostkey_key_id": dnsrecords.key_id(blob),
