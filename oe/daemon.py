@@ -137,6 +137,7 @@ class Daemon:
                 s.address for s in self.sides.values()), len(self.opportunist.base),
                 self.config.route_table)
             await self.stopping.wait()
+            control.notify("STOPPING=1")
         finally:
             await self._shutdown()
 
@@ -177,6 +178,9 @@ class Daemon:
         self.loop.add_signal_handler(
             signal.SIGHUP, lambda: self.loop.create_task(self._reload_logged()))
         self._housekeeping = self.loop.create_task(self._housekeep())
+        # Type=notify (contrib/oe.service): ready once routes, datapath and control socket are
+        control.notify("READY=1", f"STATUS=OE on {', '.join(addresses.values())}",
+                       f"MAINPID={os.getpid()}")
 
     def _open_side(self, version: int, address: str) -> dict[str, int]:
         family = socket.AF_INET if version == 4 else socket.AF_INET6
