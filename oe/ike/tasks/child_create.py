@@ -18,7 +18,6 @@ from oe.ike.constants import (
     ExchangeType,
     NotifyType,
     ProtocolId,
-    notify_name,
 )
 from oe.ike.crypto import DhExchange
 from oe.ike.errors import IkeError
@@ -30,10 +29,9 @@ from oe.ike.tasks import common
 from oe.ike.tasks.common import (
     Selectors,
     complete_ke,
-    error_notify,
+    error_answer,
     make_child,
     respond_ke,
-    retry_group,
     ts_payloads,
 )
 from oe.ike.tasks.informational import DeleteChildren
@@ -94,16 +92,7 @@ class CreateChild:
         old = self.old
         if old is not None:
             old.rekeying = False
-        err = error_notify(msg)
-        assert self.group is not None
-        want = retry_group(err, self.group, sa.config.esp_suites())
-        if want is not None:
-            # section 1.3: retry with the group the responder asked for
-            self.group = want
-            return self.build_i(sa, now)
-        if err is not None:
-            sa.emit(ChildSaFailed(sa.sa_id, err.notify_type,
-                                  f"peer answered {notify_name(err.notify_type)}"))
+        if error_answer(sa, self, msg, sa.config.esp_suites(), now, "peer answered "):
             return
         try:
             new = self._child_from_response(sa, msg)

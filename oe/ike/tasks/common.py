@@ -3,10 +3,12 @@ their narrowing, and CHILD SA keys. Imports the IKE SA core and nothing above it
 
 from __future__ import annotations
 
-from oe.ike.constants import ERROR_NOTIFY_MAX, EsnId, NotifyType
+from typing import Protocol
+
+from oe.ike.constants import ERROR_NOTIFY_MAX, EsnId, NotifyType, notify_name
 from oe.ike.crypto import DhExchange, Prf, Rng
 from oe.ike.errors import IkeError
-from oe.ike.events import ChildSa
+from oe.ike.events import ChildSa, ChildSaFailed
 from oe.ike.ike_sa import Child, IkeSa
 from oe.ike.keymat import IkeKeys, child_keymat, derive_ike_keys
 from oe.ike.message import ID, KE, TS, Message, Notify
@@ -29,13 +31,31 @@ def asked_group(notify: Notify) -> int:
     return int.from_bytes(notify.data[:2], "big")
 
 
-def retry_group(err: Notify | None, group: int, suites: list[Suite]) -> int | None:
-    """The group to send the request again with, when the answer was INVALID_KE_PAYLOAD for
-    a group we offer and did not use (section 1.3); else None."""
-    if err is None or err.notify_type != NotifyType.INVALID_KE_PAYLOAD:
-        return None
-    want = asked_group(err)
-    return want if want != group and want in {s.dh for s in suites} else None
+class KeTask(Protocol):
+    """A CREATE_CHILD_SA task that offers a KE of ``group`` (a CHILD SA's PFS, an IKE rekey)."""
+
+    group: int | None
+
+    def build_i(self, sa: IkeSa, now: float) -> None: ...
+
+
+def error_answer(sa: IkeSa, task: KeTask, msg: Message, suites: list[Suite], now: float,
+                 failed: str) -> bool:
+    """Whether ``msg`` is an error answer to ``task``'s CREATE_CHILD_SA request, and then
+    handled: INVALID_KE_PAYLOAD for a group we offer and did not use sends the request again
+    with that group (section 1.3); any other error fails the exchange (ChildSaFailed, with
+    ``failed`` in front of the notify's name)."""
+    err = error_notify(msg)
+    if err is None:
+        return False
+    if err.notify_type == NotifyType.INVALID_KE_PAYLOAD:
+        want = asked_group(err)
+        if want != task.group and want in {s.dh for s in suites}:
+            task.group = want
+            task.build_i(sa, now)
+            return True
+    sa.emit(ChildSaFailed(sa.sa_id, err.notify_type, f"{failed}{notify_name(err.notify_type)}"))
+    return True
 
 
 def check_ke(ke: KE | None, group: int) -> None:

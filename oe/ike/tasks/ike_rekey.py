@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from oe.ike.constants import NONCE_LEN, ExchangeType, NotifyType, ProtocolId, notify_name
+from oe.ike.constants import NONCE_LEN, ExchangeType, NotifyType, ProtocolId
 from oe.ike.crypto import DhExchange
 from oe.ike.errors import IkeError
 from oe.ike.events import ChildSaFailed, IkeSaRekeyed
@@ -19,7 +19,7 @@ from oe.ike.ike_sa import IkeSa, State
 from oe.ike.keymat import rekey_skeyseed
 from oe.ike.message import KE, SA, Message, Nonce, Notify, Payload
 from oe.ike.proposals import Suite, accept, choose_for_ke, offer, prefer_group
-from oe.ike.tasks.common import complete_ke, error_notify, ike_keys, respond_ke, retry_group
+from oe.ike.tasks.common import complete_ke, error_answer, ike_keys, respond_ke
 from oe.ike.tasks.informational import DeleteIke
 
 
@@ -74,15 +74,7 @@ class RekeyIke:
 
     def process_i(self, sa: IkeSa, msg: Message, now: float) -> None:
         """<-- CREATE_CHILD_SA { SA, Nr, KEr }"""
-        err = error_notify(msg)
-        assert self.group is not None
-        want = retry_group(err, self.group, sa.config.ike_suites())
-        if want is not None:
-            self.group = want
-            return self.build_i(sa, now)
-        if err is not None:
-            sa.emit(ChildSaFailed(sa.sa_id, err.notify_type,
-                                  f"IKE rekey refused: {notify_name(err.notify_type)}"))
+        if error_answer(sa, self, msg, sa.config.ike_suites(), now, "IKE rekey refused: "):
             return
         try:
             sa_p, nr, ke = msg.first(SA), msg.first(Nonce), msg.first(KE)
