@@ -63,6 +63,7 @@ from oe.ike.errors import IkeError, LocalProtocolError
 from oe.ike.events import ChildSa, Event, IkeSaInfo
 from oe.ike.ike_sa import Child, IkeSa, Responder, State, Task
 from oe.ike.message import KE, SA, Header, Message, Nonce, Notify, parse_message
+from oe.ike.proposals import Suite
 from oe.ike.spis import SpiAllocator
 from oe.ike.tasks import RESPONDERS, ike_init
 from oe.ike.tasks.child_create import CreateChild
@@ -78,6 +79,15 @@ STATS = ("forged_dropped", "unexpected_dropped", "unparsable_dropped", "half_ope
 a failed integrity check), as unexpected (unknown SPI, no such request, out of order or out
 of place: mostly late retransmissions), as unparsable; IKE_SA_INIT requests dropped at the
 half-open cap; N(COOKIE) answers sent."""
+
+
+def _algorithm_names(suite: Suite | None) -> dict[str, str | None]:
+    """IkeSaInfo's algorithm fields: IANA names, None before IKE_SA_INIT settled them."""
+    if suite is None:
+        return dict.fromkeys(("encryption", "integrity", "prf", "dh_group"))
+    return {"encryption": f"{EncrId(suite.encr).name}_{suite.key_bits}",
+            "integrity": IntegId(suite.integ).name, "prf": PrfId(suite.prf).name,
+            "dh_group": DhId(suite.dh).name}
 
 
 class IkeEngine:
@@ -255,24 +265,13 @@ class IkeEngine:
 
     def ike_sas(self) -> list[IkeSaInfo]:
         """Every IKE SA, by ``sa_id`` (the live one of a rekeyed pair), for status views."""
-        def name(enum: type, value: int | None) -> str | None:
-            return None if value is None else enum(value).name
-
-        out = []
-        for sa_id, sa in sorted(self._by_id.items()):
-            suite = sa.suite
-            out.append(IkeSaInfo(
-                sa_id=sa_id, local_addr=self.config.local_addr, local_port=sa.local_port,
-                remote_addr=sa.peer_addr, remote_port=sa.peer_port, initiator=sa.initiator,
-                spi_i=sa.spi_i, spi_r=sa.spi_r, state=sa.state.name,
-                encryption=None if suite is None else f"{EncrId(suite.encr).name}_"
-                                                      f"{suite.key_bits}",
-                integrity=name(IntegId, suite and suite.integ),
-                prf=name(PrfId, suite and suite.prf), dh_group=name(DhId, suite and suite.dh),
-                established_at=sa.established_at, last_heard=sa.last_heard,
-                child_sas=len(sa.children),
-            ))
-        return out
+        return [IkeSaInfo(
+            sa_id=sa_id, local_addr=self.config.local_addr, local_port=sa.local_port,
+            remote_addr=sa.peer_addr, remote_port=sa.peer_port, initiator=sa.initiator,
+            spi_i=sa.spi_i, spi_r=sa.spi_r, state=sa.state.name,
+            established_at=sa.established_at, last_heard=sa.last_heard,
+            child_sas=len(sa.children), **_algorithm_names(sa.suite),
+        ) for sa_id, sa in sorted(self._by_id.items())]
 
     # --- what an IKE SA asks of its engine (the Host protocol of oe.ike.ike_sa) -----------
 
