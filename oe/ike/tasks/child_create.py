@@ -128,11 +128,10 @@ class CreateChild:
                           nonce.data, shared, local_ts, remote_ts, we_initiated=True)
 
 
-def process_r(sa: IkeSa, msg: Message, now: float) -> None:
+def process_r(sa: IkeSa, msg: Message, sa_p: SA, nonce: Nonce, ke: KE | None,
+              now: float) -> None:
     """CREATE_CHILD_SA { [N(REKEY_SA),] SA, Ni, [KEi,] TSi, TSr } --> answered"""
     mid = msg.message_id
-    sa_p, nonce, ke = msg.first(SA), msg.first(Nonce), msg.first(KE)
-    assert sa_p is not None and nonce is not None  # the task manager checked
     rekey = next((n for n in msg.notifies(NotifyType.REKEY_SA)), None)
     old: Child | None = None
     if rekey is not None:

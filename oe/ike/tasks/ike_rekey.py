@@ -93,11 +93,10 @@ class RekeyIke:
         DeleteIke().build_i(sa, now)
 
 
-def process_r(sa: IkeSa, msg: Message, now: float) -> None:
+def process_r(sa: IkeSa, msg: Message, sa_p: SA, nonce: Nonce, ke: KE | None,
+              now: float) -> None:
     """CREATE_CHILD_SA { SA, Ni, KEi } --> answered { SA, Nr, KEr }"""
     mid = msg.message_id
-    sa_p, nonce, ke = msg.first(SA), msg.first(Nonce), msg.first(KE)
-    assert sa_p is not None and nonce is not None  # the task manager checked
     if sa.request is not None:
         # A request of ours is in flight on this IKE SA: its answer could be lost with the
         # old SA, and if it is our own IKE rekey (simultaneous rekeys, section 2.8.2) both
