@@ -135,25 +135,35 @@ class Host(Protocol):
     lookup_key: KeyLookup
     ts_policy: TsPolicy | None
 
-    def emit(self, event: Event) -> None: ...
+    def emit(self, event: Event) -> None:
+        """Queue an event for the user (``next_event``)."""
 
-    def transmit(self, data: bytes, addr: Addr, local_port: int, ike: bool = True) -> None: ...
+    def transmit(self, data: bytes, addr: Addr, local_port: int, ike: bool = True) -> None:
+        """Queue a datagram from our port ``local_port``; ``ike=False`` sends it as it is."""
 
-    def count(self, what: str) -> None: ...
+    def count(self, what: str) -> None:
+        """Count a drop (one of the engine's ``STATS``)."""
 
-    def add(self, sa: IkeSa) -> None: ...
+    def add(self, sa: IkeSa) -> None:
+        """Find ``sa`` by our SPI and its ``sa_id`` from now on (a new or rekeyed IKE SA)."""
 
-    def remove(self, sa: IkeSa) -> None: ...
+    def remove(self, sa: IkeSa) -> None:
+        """Forget ``sa`` and free the SPIs it still offered; it is DELETED."""
 
-    def new_ike_spi(self) -> bytes: ...
+    def new_ike_spi(self) -> bytes:
+        """An IKE SPI of ours no other IKE SA of this engine uses."""
 
-    def established_with(self, peer_addr: str, besides: IkeSa) -> bool: ...
+    def established_with(self, peer_addr: str, besides: IkeSa) -> bool:
+        """Whether another IKE SA is up with that peer (INITIAL_CONTACT, section 2.4)."""
 
-    def initial_contact(self, sa: IkeSa) -> None: ...
+    def initial_contact(self, sa: IkeSa) -> None:
+        """The peer of ``sa`` started afresh: forget its other IKE SAs (section 2.4)."""
 
-    def authenticated(self, sa: IkeSa) -> None: ...
+    def authenticated(self, sa: IkeSa) -> None:
+        """IKE_AUTH completed on ``sa``: it is half-open no more."""
 
-    def responder(self, exchange: int) -> Responder: ...
+    def responder(self, exchange: int) -> Responder:
+        """The responder half of ``exchange`` (oe.ike.tasks.RESPONDERS)."""
 
 
 @dataclass
