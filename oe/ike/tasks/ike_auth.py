@@ -9,8 +9,15 @@ import ipaddress
 
 from oe.ike import auth as _auth
 from oe.ike.auth import Identity
-from oe.ike.constants import AuthMethod, ExchangeType, HashId, IdType, NotifyType, ProtocolId
-from oe.ike.constants import notify_name
+from oe.ike.constants import (
+    AuthMethod,
+    ExchangeType,
+    HashId,
+    IdType,
+    NotifyType,
+    ProtocolId,
+    notify_name,
+)
 from oe.ike.errors import IkeError
 from oe.ike.events import ChildSaFailed, IkeSaEstablished
 from oe.ike.ike_sa import Child, IkeSa, State
