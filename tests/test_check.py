@@ -108,3 +108,30 @@ def test_an_unknown_key_source_is_a_problem_of_oe_conf(confdir, capsys):
     code, _, err = run(capsys, confdir, "start")
     assert code == 2 and err == [f'oe: {confdir}/oe.conf: [dns] keysource = "zonefiles" needs '
                                  f'zonefiles_dir']
+
+
+@needs_root
+@pytest.mark.parametrize("argv, level", [([], "info"), (["-v"], "debug"),
+                                         (["--log-level", "error"], "error")])
+def test_start_takes_its_log_level_from_the_command_line_over_oe_conf(confdir, capsys,
+                                                                       monkeypatch, argv, level):
+    import logging
+
+    from oe import daemon, logs
+
+    (confdir / "oe.conf").write_text('log_level = "warning"\n' if argv else "")
+    seen = []
+    monkeypatch.setattr(daemon, "start", lambda *a, **k: seen.append(
+        logging.getLevelName(logging.getLogger().level).lower()) or 0)
+    root_level = logging.getLogger().level
+    try:
+        code, _, err = run(capsys, confdir, "start", *argv)
+    finally:
+        logging.getLogger().setLevel(root_level)
+        logs._levels.update(pinned=None, configured=logging.INFO)
+    assert (code, err, seen) == (0, [], [level])
+
+
+def test_a_log_level_oe_does_not_know_is_an_argument_error(confdir, capsys):
+    code, _, err = run(capsys, confdir, "start", "--log-level", "loud")
+    assert code == 2 and len(err) == 1 and "invalid choice: 'loud'" in err[0]
