@@ -178,7 +178,7 @@ class Daemon:
         self.loop.add_signal_handler(
             signal.SIGHUP, lambda: self.loop.create_task(self._reload_logged()))
         self._housekeeping = self.loop.create_task(self._housekeep())
-        # Type=notify (contrib/oe.service): ready once routes, datapath and control socket are
+        # Type=notify (contrib/oe.service): ready once routes, datapath and control socket are up
         control.notify("READY=1", f"STATUS=OE on {', '.join(addresses.values())}",
                        f"MAINPID={os.getpid()}")
 
@@ -776,6 +776,12 @@ class Daemon:
         if diff.kept:
             reply += f"; kept: {', '.join(diff.kept)} changes need a restart"
         return reply
+
+    async def _reload_logged(self) -> None:
+        try:
+            log.info("%s", await self.reload())
+        except OeError as exc:
+            log.error("reload refused: %s", exc)
 
     def _ike_terms(self) -> dict:
         """What oe.conf says of IKE negotiations (IkeConfig fields), at start and reload."""

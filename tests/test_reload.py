@@ -94,3 +94,18 @@ def test_the_log_level_applies(confdir):
         assert root.level == logging.DEBUG
     finally:
         root.setLevel(before)
+
+
+def test_sighup_logs_what_the_reload_did_or_why_it_was_refused(confdir, caplog):
+    d, _ = reload(confdir)
+    caplog.set_level(logging.INFO, logger="oe")
+
+    async def hup(text):
+        d.loop = asyncio.get_running_loop()
+        (confdir / "oe.conf").write_text(text)
+        await d._reload_logged()
+    asyncio.run(hup('shunt_lifetime = 30\n[dns]\nnameservers = ["192.0.2.53"]\n'))
+    asyncio.run(hup('shunt_lifetime = -1\n'))
+    assert [r.getMessage() for r in caplog.records] == [
+        "reloaded: 1 policy entries; applied: shunt_lifetime",
+        f"reload refused: {confdir}/oe.conf:1: shunt_lifetime: expected a number >= 0, got -1.0"]
