@@ -237,3 +237,17 @@ def test_readiness_is_notified_once_routes_and_datapath_are_up(world, tmp_path):
             demo.stop_oe(world, "carol")
             oe(world, "carol", "flush")
         assert sock.recv(4096) == b"STOPPING=1"
+
+
+def test_check_names_a_rule_of_someone_else_at_our_priority(world):
+    """`oe check`: a rule at rule_priority that is not oe's would be deleted with oe's."""
+    carol = world.hosts["carol"]
+    assert oe(world, "carol", "check").returncode == 0
+    world.world.run(carol, "ip", "rule", "add", "priority", "4322", "lookup", "100")
+    try:
+        proc = oe(world, "carol", "check")
+        assert proc.returncode == 2 and one_line(proc) == (
+            "oe: oe.conf: rule_priority: 4322 is taken by a rule of table 100 (`ip rule`): "
+            "choose a free one")
+    finally:
+        world.world.run(carol, "ip", "rule", "del", "priority", "4322", "lookup", "100")
