@@ -34,6 +34,8 @@ class Report:
     """What the checks found: one line per problem, and what was read when it was good."""
 
     problems: list[str] = field(default_factory=list)
+    origin: str = "oe.conf"
+    """The oe.conf read, as problems name it."""
     config: oeconfig.Config | None = None
     policy: Policy | None = None
     key: rsa.RSAPrivateKey | None = None
@@ -47,6 +49,7 @@ def files(confdir: Path) -> Report:
     except OeError as exc:
         report.problems.append(str(exc))
     else:
+        report.origin = origin
         config, problems = oeconfig.examine(text)
         report.problems += [p.text(origin) for p in problems]
         if not problems:
@@ -66,11 +69,11 @@ def files(confdir: Path) -> Report:
     return report
 
 
-def host(config: oeconfig.Config, running: bool) -> list[str]:
+def host(config: oeconfig.Config, running: bool, origin: str = "oe.conf") -> list[str]:
     """What `oe start` needs of this host and network namespace; with `running` (an oe runs
     here already) its table and rule are its own and are not looked at."""
     problems = [f"oe start needs {name} ({why})" for name, why in _missing_capabilities()]
-    problems += [p for a in config.addresses if (p := _not_local(a))]
+    problems += [f"{origin}: addresses: {p}" for a in config.addresses if (p := _not_local(a))]
     if not running:
         from oe import routing  # pyroute2: only where the host is looked at
 
@@ -78,7 +81,8 @@ def host(config: oeconfig.Config, running: bool) -> list[str]:
             routing.check_table(config.route_table, config.tun_name)
         except OeError as exc:
             problems.append(str(exc))
-        problems += _foreign_rules(config.route_table, config.rule_priority)
+        problems += [f"{origin}: rule_priority: {p}"
+                     for p in _foreign_rules(config.route_table, config.rule_priority)]
     return problems
 
 
@@ -101,9 +105,8 @@ def _not_local(address: str) -> str | None:
             probe.bind((address, 0))
         except OSError as exc:
             if exc.errno == errno.EADDRNOTAVAIL:
-                return (f"oe.conf: addresses: {address} is not an address of this host "
-                        f"(`ip address` lists them)")
-            return f"oe.conf: addresses: {address}: {exc.strerror}"
+                return f"{address} is not an address of this host (`ip address` lists them)"
+            return f"{address}: {exc.strerror}"
     return None
 
 
@@ -115,8 +118,8 @@ def _foreign_rules(table: int, priority: int) -> list[str]:
         rules = [(r.get_attr("FRA_TABLE") or r["table"]) for family in
                  (socket.AF_INET, socket.AF_INET6)
                  for r in ipr.get_rules(family=family) if r.get_attr("FRA_PRIORITY") == priority]
-    return [f"oe.conf: rule_priority: {priority} is taken by a rule of table {t} "
-            f"(`ip rule`): choose a free one" for t in sorted(set(rules)) if t != table][:1]
+    return [f"{priority} is taken by a rule of table {t} (`ip rule`): choose a free one"
+            for t in sorted(set(rules)) if t != table][:1]
 
 
 def summary(report: Report) -> str:

@@ -248,7 +248,8 @@ def _checks(args, on_host: bool) -> check.Report:
     """oe check's findings; the host's part only where the files allow it (issue 15)."""
     report = check.files(args.confdir)
     if on_host and report.config is not None:
-        report.problems += check.host(report.config, running=_oe_runs_here(args.rundir))
+        report.problems += check.host(report.config, running=_oe_runs_here(args.rundir),
+                                      origin=report.origin)
     return report
 
 

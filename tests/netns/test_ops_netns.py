@@ -247,7 +247,7 @@ def test_check_names_a_rule_of_someone_else_at_our_priority(world):
     try:
         proc = oe(world, "carol", "check")
         assert proc.returncode == 2 and one_line(proc) == (
-            "oe: oe.conf: rule_priority: 4322 is taken by a rule of table 100 (`ip rule`): "
-            "choose a free one")
+            f"oe: {world.confdir('carol')}/oe.conf: rule_priority: 4322 is taken by a rule of "
+            f"table 100 (`ip rule`): choose a free one")
     finally:
         world.world.run(carol, "ip", "rule", "del", "priority", "4322", "lookup", "100")
