@@ -240,9 +240,16 @@ MUTANTS = [
     m("daemon-refused-child-leaves-hold", DAEMON,
       "            self._run(self.opportunist.negotiation_failed(pair, f\"CHILD SA refused: {why}\", "
       "now))\n", "            pass\n", "test_daemon.py"),
-    m("daemon-log-unescaped", DAEMON,
+    m("daemon-log-unescaped", "oe/logs.py",
       "        record.msg = printable(record.getMessage(), limit=LOG_LINE_MAX)\n",
       "        record.msg = record.getMessage()\n", "test_daemon.py"),
+    m("hostkey-short-accepted", "oe/hostkey.py", "    if key.key_size < MIN_BITS:\n",
+      "    if False:\n", "test_check.py"),
+    m("hostkey-exposed-accepted", "oe/hostkey.py", "    if mode & 0o077:\n", "    if False:\n",
+      "test_check.py"),
+    m("reload-half-applies-restart-settings", "oe/config.py",
+      "    kept = tuple(k for k in _differences(old, new) if k in RESTART_KEYS)\n",
+      "    kept = ()\n", "test_config.py", "test_reload.py"),
 ]
 
 

@@ -11,7 +11,7 @@ IO_MODULES = {"socket", "asyncio", "time", "select", "selectors", "subprocess", 
 # routing and inbound talk to the kernel).
 IO_NAMES = {"cli.py", "net.py", "tun.py", "daemon.py", "loader.py", "fetcher.py", "runner.py",
             "hostkey.py", "__main__.py", "demo.py", "control.py", "knotd.py", "netns.py",
-            "routing.py", "inbound.py"}
+            "routing.py", "inbound.py", "check.py"}
 
 
 def pure_modules():
