@@ -104,7 +104,7 @@ class PathMtu:
         self.mtu = self.base
         self.source = Source.BASE
         self.counters = Counters()
-        self._high = self.max          # smallest size known (or assumed) too big, plus nothing
+        self._high = self.max          # the search's upper end: not yet known to be too big
         self._in_flight: set[int] = set()
         self._round_due: float | None = None   # when the probes in flight are declared lost
         self._want_round = True                 # probes_to_send() starts a round
@@ -232,7 +232,7 @@ class PathMtu:
                 self._wake = now + self.timers.confirm
             return
         larger = [s for s in lost if s > self.mtu]
-        if larger and self._acked_this_round:
+        if larger:   # lost while a smaller one arrived: the size is what failed
             self._high = min(self._high, min(larger) - 1)
         if self._high <= self.mtu:
             self._complete(now)
