@@ -268,3 +268,15 @@ def test_mss_and_the_too_big_told_to_local_senders():
     assert fragment_outer(1226, 4, 1400, df=False)
     assert not fragment_outer(1226, 4, 1400, df=True)  # DF: told with too_big_mtu instead
     assert not fragment_outer(1226, 4, 1226, df=True)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("encap", ["esp", "udp"])
+def test_the_datapaths_worst_case_overhead_agrees(family, encap):
+    """The TUN's MTU (route MTU less the datapath's worst-case esp_overhead, AES-GCM-16) fits
+    any SA at the route's MTU: the two counts of ESP's bytes must not drift apart."""
+    from oe.datapath import esp_overhead
+
+    overhead = EspOverhead(family, encap == "udp", iv=8, icv=16)
+    assert overhead.fixed + 2 + (overhead.align - 1) == esp_overhead(family, encap)
+    assert overhead.inner_mtu(1500) >= 1500 - esp_overhead(family, encap)
