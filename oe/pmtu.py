@@ -268,6 +268,52 @@ class PathMtu:
         self.source = source
 
 
+class Paths:
+    """Every peer's PathMtu, for the daemon: one timer, one list of probes, and the peers whose
+    path MTU changed since it last asked (to push into the datapath's SAs and the status)."""
+
+    def __init__(self, timers: Timers | None = None) -> None:
+        self.timers = timers or Timers()
+        self._paths: dict[str, PathMtu] = {}
+        self._told: dict[str, int] = {}
+
+    def track(self, peer: str, family: int, route_mtu: int, now: float) -> PathMtu:
+        """The peer's PathMtu, made on first use (its first SA); later SAs share it."""
+        if peer not in self._paths:
+            self._paths[peer] = PathMtu(family, route_mtu, now, self.timers)
+        return self._paths[peer]
+
+    def forget(self, peer: str) -> None:
+        """The peer's last SA is gone."""
+        self._paths.pop(peer, None)
+        self._told.pop(peer, None)
+
+    def get(self, peer: str) -> PathMtu | None:
+        return self._paths.get(peer)
+
+    def probes_to_send(self, now: float) -> list[tuple[str, int]]:
+        return [(peer, size) for peer, path in self._paths.items()
+                for size in path.probes_to_send(now)]
+
+    def handle_timer(self, now: float) -> None:
+        for path in self._paths.values():
+            timer = path.next_timer()
+            if timer is not None and timer <= now:
+                path.handle_timer(now)
+
+    def next_timer(self) -> float | None:
+        return min((t for t in (p.next_timer() for p in self._paths.values()) if t is not None),
+                   default=None)
+
+    def changed(self) -> list[tuple[str, PathMtu]]:
+        """Peers whose path MTU is not what the last call reported (new peers included)."""
+        out = [(peer, path) for peer, path in self._paths.items()
+               if self._told.get(peer) != path.mtu]
+        for peer, path in out:
+            self._told[peer] = path.mtu
+        return out
+
+
 # ---------------------------------------------------------------------- what the datapath needs
 
 

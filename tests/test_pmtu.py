@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oe.pmtu import (BASE_PLPMTU, EspOverhead, PathMtu, Source, State, Timers, fragment_outer,
-                     mss, too_big_mtu)
+from oe.pmtu import (BASE_PLPMTU, EspOverhead, PathMtu, Paths, Source, State, Timers,
+                     fragment_outer, mss, too_big_mtu)
 
 RTT = 0.02
 
@@ -280,3 +280,26 @@ def test_the_datapaths_worst_case_overhead_agrees(family, encap):
     overhead = EspOverhead(family, encap == "udp", iv=8, icv=16)
     assert overhead.fixed + 2 + (overhead.align - 1) == esp_overhead(family, encap)
     assert overhead.inner_mtu(1500) >= 1500 - esp_overhead(family, encap)
+
+
+def test_paths_share_one_search_per_peer_and_report_changes_once():
+    paths = Paths()
+    a = paths.track("192.0.2.10", 4, 1500, 0.0)
+    assert paths.track("192.0.2.10", 4, 1500, 5.0) is a          # a second SA: the same path
+    b = paths.track("2001:db8::20", 6, 1500, 0.0)
+    assert [peer for peer, _ in paths.changed()] == ["192.0.2.10", "2001:db8::20"]
+    assert paths.changed() == []
+    assert paths.probes_to_send(0.0) == [("192.0.2.10", 1200), ("2001:db8::20", 1280)]
+    assert paths.next_timer() == pytest.approx(a.timers.probe)
+    b.on_probe_acked(0.01, 1280)
+    assert paths.changed() == []                                  # acked, but still 1280
+    sizes = dict.fromkeys(s for peer, s in paths.probes_to_send(0.01) if peer == "2001:db8::20")
+    for size in sizes:
+        if size <= 1400:
+            b.on_probe_acked(0.02, size)
+    paths.handle_timer(1.1)                                       # the rest are lost
+    [(peer, path)] = [c for c in paths.changed() if c[0] == "2001:db8::20"]
+    assert path is b and b.mtu > 1280
+    paths.forget("192.0.2.10")
+    assert paths.get("192.0.2.10") is None
+    assert {peer for peer, _ in paths.probes_to_send(1.1)} == {"2001:db8::20"}   # next round
