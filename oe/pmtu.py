@@ -24,6 +24,9 @@ confirmed size as a control and up to `probes_per_round` sizes spread over the o
 size lost while a smaller one in the same round was acknowledged bounds the range from above
 (the path was up; the size is what failed). Rounds end when all are answered or at the probe
 timer, so a 1280 hop in a 1500 world is found in about five rounds.
+
+`Paths` keeps every peer's PathMtu for the daemon; `EspOverhead`, `mss`, `too_big_mtu` and
+`fragment_outer` turn a path MTU into what the datapath applies per packet (docs/pmtu.md).
 """
 
 from __future__ import annotations
