@@ -17,6 +17,7 @@ Built on oe.netns.World (namespaces, processes and their tear-down) and oe.demo 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -86,6 +87,15 @@ class PmtuWorld:
         for host in ("a", "d"):
             for family in ("-4", "-6"):
                 self.run(host, "ip", family, "route", "flush", "cache", check=False)
+
+    def icmp_dropped(self) -> dict[str, int]:
+        """Per router, the fragmentation-needed / packet-too-big it dropped: proof that it did
+        refuse packets too big for the small link."""
+        counts = {}
+        for router in ("r1", "r2"):
+            text = self.run(router, "nft", "list", "table", "inet", "pmtu", check=False).stdout
+            counts[router] = sum(int(n) for n in re.findall(r"counter packets (\d+)", text))
+        return counts
 
     def status(self, name: str) -> dict:
         return json.loads(demo.oe_cmd(self, name, "status", "--json").stdout)

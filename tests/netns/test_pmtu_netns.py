@@ -77,7 +77,8 @@ def ping(world, src, dst, *args, count=3):
 
 def report(world, *transfers) -> str:
     """Failure text: what moved, and what oe on both ends counted."""
-    return " | ".join([*map(str, transfers), world.counters("a"), world.counters("d")])
+    return " | ".join([*map(str, transfers), world.counters("a"), world.counters("d"),
+                       f"ICMP too-big dropped by the routers {world.icmp_dropped()}"])
 
 
 # ---------------------------------------------------------------- controls: plain routing
