@@ -31,34 +31,16 @@ import ipaddress
 
 from oe.eroute import ErouteTable, SaAction, Shunt
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_rwlock_t:
-        pass
-    int pthread_rwlock_init(pthread_rwlock_t *lock, void *attr)
-    int pthread_rwlock_destroy(pthread_rwlock_t *lock)
-    int pthread_rwlock_rdlock(pthread_rwlock_t *lock)
-    int pthread_rwlock_wrlock(pthread_rwlock_t *lock)
-    int pthread_rwlock_unlock(pthread_rwlock_t *lock)
-
-cdef extern from *:
-    """
-    static inline void oe_add64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
-    static inline uint64_t oe_load64(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
-    static inline uint32_t oe_load_acq32(uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-    static inline void oe_store_rel32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-    static inline int oe_cas32(uint32_t *p, uint32_t expect, uint32_t v) {
-        return __atomic_compare_exchange_n(p, &expect, v, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
-    }
-    static inline void oe_fence_acq(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
-    static inline void oe_fence_rel(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
-    """
-    void oe_add64(uint64_t *p, uint64_t v) nogil
-    uint64_t oe_load64(uint64_t *p) nogil
-    uint32_t oe_load_acq32(uint32_t *p) nogil
-    void oe_store_rel32(uint32_t *p, uint32_t v) nogil
-    bint oe_cas32(uint32_t *p, uint32_t expect, uint32_t v) nogil
-    void oe_fence_acq() nogil
-    void oe_fence_rel() nogil
+from oe.dp.packet cimport oe_csum_add, oe_csum_fold, oe_pair_hash, oe_rd16, oe_rd32, oe_wr16, oe_wr32
+from oe.dp.sock cimport dp_deepen, dp_recvmany, dp_sendmany, dp_sendrun, dp_udp_gro, dp_wait
+from oe.dp.sync cimport (oe_add64, oe_and32, oe_cas32, oe_fence_acq, oe_fence_rel, oe_load64,
+                         oe_load_acq32, oe_load_int, oe_mutex_destroy, oe_mutex_init,
+                         oe_mutex_lock, oe_mutex_t, oe_mutex_unlock, oe_now, oe_or32, oe_rd_lock,
+                         oe_rw_unlock, oe_rwlock_destroy, oe_rwlock_init,
+                         oe_rwlock_init_writers_first, oe_rwlock_t, oe_store_int, oe_store_rel32,
+                         oe_swap_int, oe_wr_lock)
+from oe.dp.vnet cimport (DP_F_NEEDS_CSUM, DP_GSO_ECN, DP_GSO_NONE, DP_GSO_TCPV4, DP_GSO_TCPV6,
+                         DP_VNET_LEN, dp_finish_csum, dp_tso_segment, dp_tun_write)
 
 
 # ------------------------------------------------------------------------- the classifier
@@ -142,17 +124,6 @@ cdef struct ClsOp:
     CEntry e            # OP_SET: action and sa; OP_INSERT: everything
 
 
-cdef inline uint32_t _hash(const uint8_t *src, const uint8_t *dst, int alen) noexcept nogil:
-    # FNV-1a over the masked addresses: cheap and good enough for a per-group hash table.
-    cdef uint32_t h = 2166136261u
-    cdef int i
-    for i in range(alen):
-        h = (h ^ src[i]) * 16777619u
-    for i in range(alen):
-        h = (h ^ dst[i]) * 16777619u
-    return h
-
-
 cdef inline int _alen(int version) noexcept nogil:
     return 4 if version == 4 else 16
 
@@ -186,7 +157,7 @@ cdef int32_t _search(const CTable *t, int version, const uint8_t *src, const uin
         for i in range(alen):
             msrc[i] = src[i] & grp.src_mask[i]
             mdst[i] = dst[i] & grp.dst_mask[i]
-        slot = _hash(msrc, mdst, alen) & (grp.nslots - 1)
+        slot = oe_pair_hash(msrc, mdst, alen) & (grp.nslots - 1)
         while True:
             id = grp.slots[slot]
             if id < 0:
@@ -206,7 +177,7 @@ cdef int32_t _search(const CTable *t, int version, const uint8_t *src, const uin
 
 cdef inline uint32_t _flow_hash(int version, const uint8_t *src, const uint8_t *dst, int proto,
                                 int sport, int dport) noexcept nogil:
-    cdef uint32_t h = _hash(src, dst, _alen(version))
+    cdef uint32_t h = oe_pair_hash(src, dst, _alen(version))
     h = (h ^ <uint32_t>proto) * 16777619u
     h = (h ^ <uint32_t>sport) * 16777619u
     h = (h ^ <uint32_t>dport) * 16777619u
@@ -323,7 +294,7 @@ cdef void _group_drop(CTable *t, int g) noexcept nogil:
 cdef uint32_t _run_slot(const CTable *t, const CGroup *grp, const CEntry *e) noexcept nogil:
     """The slot of e's run in grp, or the empty slot where it would go."""
     cdef int alen = _alen(e.version)
-    cdef uint32_t slot = _hash(e.src, e.dst, alen) & (grp.nslots - 1)
+    cdef uint32_t slot = oe_pair_hash(e.src, e.dst, alen) & (grp.nslots - 1)
     cdef const CEntry *head
     while grp.slots[slot] >= 0:
         head = &t.entries[grp.slots[slot]]
@@ -362,7 +333,7 @@ cdef void _slot_remove(const CTable *t, CGroup *grp, uint32_t i) noexcept nogil:
         if grp.slots[j] < 0:
             return
         e = &t.entries[grp.slots[j]]
-        home = _hash(e.src, e.dst, _alen(e.version)) & mask
+        home = oe_pair_hash(e.src, e.dst, _alen(e.version)) & mask
         if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
             grp.slots[i] = grp.slots[j]
             grp.slots[j] = -1
@@ -522,14 +493,14 @@ cdef class Classifier:
     """
 
     cdef CTable *_table
-    cdef pthread_rwlock_t _lock
+    cdef oe_rwlock_t _lock
     cdef dict _eroutes      # selector -> (Eroute, entry id): what is compiled into _table
     cdef object _view       # the ErouteTable of _eroutes, or None until asked for
     cdef int32_t *_position # entry id -> position in _view.entries (-1: none)
     cdef uint32_t _position_gen # CTable.gen _position was built for
 
     def __cinit__(self):
-        pthread_rwlock_init(&self._lock, NULL)
+        oe_rwlock_init(&self._lock)
         self._table = <CTable *>calloc(1, sizeof(CTable))
         if self._table == NULL:
             raise MemoryError()
@@ -543,7 +514,7 @@ cdef class Classifier:
     def __dealloc__(self):
         _free_table(self._table)
         free(self._position)
-        pthread_rwlock_destroy(&self._lock)
+        oe_rwlock_destroy(&self._lock)
 
     def __init__(self, table=None):
         if table is not None:
@@ -597,9 +568,9 @@ cdef class Classifier:
                 if kind != OP_REMOVE:
                     _fill_entry(&cops[k].e, eroute)
             with nogil:
-                pthread_rwlock_wrlock(&self._lock)
+                oe_wr_lock(&self._lock)
                 done = _apply(self._table, cops, n)
-                pthread_rwlock_unlock(&self._lock)
+                oe_rw_unlock(&self._lock)
             for k in range(done):
                 kind, sel, eroute = ops[k]
                 if kind == OP_REMOVE:
@@ -636,7 +607,7 @@ cdef class Classifier:
         cdef Verdict v
         cdef int32_t id
         cdef CEntry *e
-        pthread_rwlock_rdlock(&self._lock)
+        oe_rd_lock(&self._lock)
         id = _lookup(self._table, version, src, dst, proto, sport, dport)
         v.entry = id
         if id < 0:
@@ -648,7 +619,7 @@ cdef class Classifier:
             oe_add64(&e.nbytes, nbytes)
             v.action = e.action
             v.sa = e.sa
-        pthread_rwlock_unlock(&self._lock)
+        oe_rw_unlock(&self._lock)
         return v
 
     def lookup(self, src, dst, int proto=0, int sport=0, int dport=0, nbytes=None):
@@ -665,10 +636,10 @@ cdef class Classifier:
                                <const uint8_t *><const char *>d, proto, sport, dport,
                                nbytes).entry
         else:
-            pthread_rwlock_rdlock(&self._lock)
+            oe_rd_lock(&self._lock)
             id = _lookup(self._table, version, <const uint8_t *><const char *>s,
                          <const uint8_t *><const char *>d, proto, sport, dport)
-            pthread_rwlock_unlock(&self._lock)
+            oe_rw_unlock(&self._lock)
         return None if id < 0 else self._position[id]
 
     def lookup_many(self, const uint8_t[::1] records not None, int32_t[::1] out not None) -> None:
@@ -681,24 +652,24 @@ cdef class Classifier:
             raise ValueError("out is shorter than the number of records")
         self._positions()
         # With the GIL held throughout: no update() can start, and _position stays valid.
-        pthread_rwlock_rdlock(&self._lock)
+        oe_rd_lock(&self._lock)
         for k in range(n):
             r = &records[k * RECORD_SIZE]
             id = _lookup(self._table, r[0], r + 8, r + 24, r[1],
                          (r[2] << 8) | r[3], (r[4] << 8) | r[5])
             out[k] = -1 if id < 0 else self._position[id]
-        pthread_rwlock_unlock(&self._lock)
+        oe_rw_unlock(&self._lock)
 
     def counters(self) -> list:
         """(packets, bytes) for each eroute of `table`, in its order."""
         cdef CEntry *e
         ids = [self._eroutes[eroute.selector][1] for eroute in self.table.entries]
         result = []
-        pthread_rwlock_rdlock(&self._lock)
+        oe_rd_lock(&self._lock)
         for i in ids:
             e = &self._table.entries[<int32_t>i]
             result.append((oe_load64(&e.packets), oe_load64(&e.nbytes)))
-        pthread_rwlock_unlock(&self._lock)
+        oe_rw_unlock(&self._lock)
         return result
 
 

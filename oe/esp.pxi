@@ -41,69 +41,6 @@ cdef extern from "openssl/evp.h" nogil:
         EVP_CTRL_GCM_GET_TAG
         EVP_CTRL_GCM_SET_TAG
 
-cdef extern from *:
-    """
-    #include <pthread.h>
-    #include <time.h>
-    typedef pthread_mutex_t esp_mutex_t;
-    typedef pthread_rwlock_t esp_rwlock_t;
-    static inline uint64_t esp_fetch_add64(uint64_t *p, uint64_t v) {
-        return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
-    }
-    static inline uint64_t esp_get64(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
-    static inline uint32_t esp_fetch_or32(uint32_t *p, uint32_t v) {
-        return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL);
-    }
-    static inline uint32_t esp_fetch_and32(uint32_t *p, uint32_t v) {
-        return __atomic_fetch_and(p, v, __ATOMIC_ACQ_REL);
-    }
-    static inline int esp_load_int(int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-    static inline void esp_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-    static inline int esp_swap_int(int *p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
-    static inline double esp_now(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec + ts.tv_nsec * 1e-9;
-    }
-    static inline void esp_mutex_init(esp_mutex_t *m) { pthread_mutex_init(m, NULL); }
-    static inline void esp_rwlock_init(esp_rwlock_t *l) {
-        /* Writers (SA installs from Python) must not starve behind the busy loop threads. */
-        pthread_rwlockattr_t a;
-        pthread_rwlockattr_init(&a);
-        pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-        pthread_rwlock_init(l, &a);
-        pthread_rwlockattr_destroy(&a);
-    }
-    #define esp_mutex_lock pthread_mutex_lock
-    #define esp_mutex_unlock pthread_mutex_unlock
-    #define esp_mutex_destroy pthread_mutex_destroy
-    #define esp_rd_lock pthread_rwlock_rdlock
-    #define esp_wr_lock pthread_rwlock_wrlock
-    #define esp_rw_unlock pthread_rwlock_unlock
-    #define esp_rwlock_destroy pthread_rwlock_destroy
-    """
-    ctypedef struct esp_mutex_t:
-        pass
-    ctypedef struct esp_rwlock_t:
-        pass
-    uint64_t esp_fetch_add64(uint64_t *p, uint64_t v) nogil
-    uint64_t esp_get64(uint64_t *p) nogil
-    uint32_t esp_fetch_or32(uint32_t *p, uint32_t v) nogil
-    uint32_t esp_fetch_and32(uint32_t *p, uint32_t v) nogil
-    int esp_load_int(int *p) nogil
-    void esp_store_int(int *p, int v) nogil
-    int esp_swap_int(int *p, int v) nogil
-    double esp_now() nogil
-    void esp_mutex_init(esp_mutex_t *m) nogil
-    void esp_rwlock_init(esp_rwlock_t *l) nogil
-    int esp_mutex_lock(esp_mutex_t *m) nogil
-    int esp_mutex_unlock(esp_mutex_t *m) nogil
-    int esp_mutex_destroy(esp_mutex_t *m) nogil
-    int esp_rd_lock(esp_rwlock_t *l) nogil
-    int esp_wr_lock(esp_rwlock_t *l) nogil
-    int esp_rw_unlock(esp_rwlock_t *l) nogil
-    int esp_rwlock_destroy(esp_rwlock_t *l) nogil
-
 cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
     enum:
@@ -415,43 +352,6 @@ cdef void sa_free(EspSa *sa) noexcept nogil:
 
 # ----------------------------------------------------------------------------- helpers
 
-cdef inline void esp_wr32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v >> 24
-    p[1] = (v >> 16) & 0xFF
-    p[2] = (v >> 8) & 0xFF
-    p[3] = v & 0xFF
-
-
-cdef inline uint32_t esp_rd32(const uint8_t *p) noexcept nogil:
-    return ((<uint32_t>p[0]) << 24) | ((<uint32_t>p[1]) << 16) | ((<uint32_t>p[2]) << 8) | p[3]
-
-
-cdef inline uint16_t esp_rd16(const uint8_t *p) noexcept nogil:
-    return ((<uint16_t>p[0]) << 8) | p[1]
-
-
-cdef inline void esp_wr16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = v >> 8
-    p[1] = v & 0xFF
-
-
-cdef uint32_t csum_add(uint32_t s, const uint8_t *p, size_t n) noexcept nogil:
-    """Ones' complement partial sum (RFC 1071), to be folded by csum_fold."""
-    cdef size_t i = 0
-    while i + 1 < n:
-        s += (<uint32_t>p[i] << 8) | p[i + 1]
-        i += 2
-    if i < n:
-        s += <uint32_t>p[i] << 8
-    return s
-
-
-cdef inline uint16_t csum_fold(uint32_t s) noexcept nogil:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return <uint16_t>(~s & 0xFFFF)
-
-
 cdef struct PktInfo:
     int version
     int hlen                    # bytes of IP header (IPv6: fixed header only)
@@ -476,12 +376,12 @@ cdef int parse_ip(const uint8_t *p, size_t n, PktInfo *info) noexcept nogil:
     info.dport = 0
     if info.version == 4:
         info.hlen = (p[0] & 0x0F) * 4
-        info.total = esp_rd16(p + 2)
+        info.total = oe_rd16(p + 2)
         if info.hlen < 20 or info.total < info.hlen or <size_t>info.total > n:
             return -1
         info.proto = p[9]
         info.df = (p[6] & 0x40) != 0
-        info.first_fragment = (esp_rd16(p + 6) & 0x1FFF) == 0
+        info.first_fragment = (oe_rd16(p + 6) & 0x1FFF) == 0
         info.src = p + 12
         info.dst = p + 16
         off = info.hlen
@@ -489,7 +389,7 @@ cdef int parse_ip(const uint8_t *p, size_t n, PktInfo *info) noexcept nogil:
         if n < 40:
             return -1
         info.hlen = 40
-        info.total = 40 + esp_rd16(p + 4)
+        info.total = 40 + oe_rd16(p + 4)
         if <size_t>info.total > n:
             return -1
         info.proto = p[6]
@@ -501,7 +401,7 @@ cdef int parse_ip(const uint8_t *p, size_t n, PktInfo *info) noexcept nogil:
         if info.proto == 44:    # Fragment header: ports only in the first fragment
             if info.total < 48:
                 return -1
-            info.first_fragment = (esp_rd16(p + 42) & 0xFFF8) == 0
+            info.first_fragment = (oe_rd16(p + 42) & 0xFFF8) == 0
             info.proto = p[40]
             off = 48
     else:
@@ -509,8 +409,8 @@ cdef int parse_ip(const uint8_t *p, size_t n, PktInfo *info) noexcept nogil:
     info.l4off = off
     if info.first_fragment and (info.proto == PROTO_TCP or info.proto == PROTO_UDP
                                 or info.proto == 132) and info.total >= off + 4:
-        info.sport = esp_rd16(p + off)
-        info.dport = esp_rd16(p + off + 2)
+        info.sport = oe_rd16(p + off)
+        info.dport = oe_rd16(p + off + 2)
     return 0
 
 
@@ -642,13 +542,13 @@ cdef int esp_seal(EspSa *sa, int ctxi, const uint8_t *pkt, size_t n, uint8_t *ou
         return -R_TOOBIG
     if sa.fired & FIRED_HARD:
         return -R_EXPIRED
-    seq = esp_fetch_add64(&sa.seq, 1) + 1
+    seq = oe_add64(&sa.seq, 1) + 1
     if (not sa.esn and seq > 0xFFFFFFFFu) or seq == 0:
         return -R_SEQUENCE      # RFC 4303 3.3.3: never cycle; the SA must be rekeyed
-    esp_wr32(out, sa.spi)
-    esp_wr32(out + 4, <uint32_t>seq)
-    esp_wr32(out + 8, <uint32_t>(seq >> 32))     # IV = the full sequence number
-    esp_wr32(out + 12, <uint32_t>seq)
+    oe_wr32(out, sa.spi)
+    oe_wr32(out + 4, <uint32_t>seq)
+    oe_wr32(out + 8, <uint32_t>(seq >> 32))     # IV = the full sequence number
+    oe_wr32(out + 12, <uint32_t>seq)
     memcpy(nonce, sa.salt, 4)
     memcpy(nonce + 4, out + 8, 8)
     memcpy(out + 16, pkt + hl, plen)
@@ -658,7 +558,7 @@ cdef int esp_seal(EspSa *sa, int ctxi, const uint8_t *pkt, size_t n, uint8_t *ou
     out[16 + plen + padlen + 1] = nh
     if sa.esn:                                # AAD: SPI | Seq-high | Seq-low (RFC 4106 5)
         memcpy(aad, out, 4)
-        esp_wr32(aad + 4, <uint32_t>(seq >> 32))
+        oe_wr32(aad + 4, <uint32_t>(seq >> 32))
         memcpy(aad + 8, out + 4, 4)
         i = aead_seal(ctx, nonce, aad, 12, out + 16, <int>(plen + padlen + ESP_TRAILER),
                       out + total - ESP_ICV)
@@ -677,7 +577,7 @@ cdef int esp_open(EspSa *sa, int ctxi, const uint8_t *esp, size_t n, uint8_t *ou
 
     RFC 4303 3.4.3: the window is checked before the ICV and updated only after it.
     """
-    cdef uint32_t seql = esp_rd32(esp + 4)
+    cdef uint32_t seql = oe_rd32(esp + 4)
     cdef uint64_t seq
     cdef size_t clen
     cdef int padlen, i
@@ -698,7 +598,7 @@ cdef int esp_open(EspSa *sa, int ctxi, const uint8_t *esp, size_t n, uint8_t *ou
     memcpy(nonce + 4, esp + 8, 8)
     if sa.esn:
         memcpy(aad, esp, 4)
-        esp_wr32(aad + 4, <uint32_t>(seq >> 32))
+        oe_wr32(aad + 4, <uint32_t>(seq >> 32))
         memcpy(aad + 8, esp + 4, 4)
         i = aead_open(ctx, nonce, aad, 12, esp + 16, <int>clen, esp + n - ESP_ICV, out)
     else:

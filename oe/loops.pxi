@@ -40,422 +40,6 @@ import ipaddress as _ipaddress
 from oe.dpevents import (Acquire, AuthFailure, IkeMessage, ReplayFailure, SaExpired,
                          SaSoftLimit)
 
-cdef extern from *:
-    """
-    #include <errno.h>
-    #include <poll.h>
-    #include <string.h>
-    #include <netinet/in.h>
-    #include <sys/socket.h>
-
-    #define DP_BATCH 64
-
-    /* sendmmsg() a run of datagrams to (addr, port) pairs; returns how many the kernel took. */
-    static int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens,
-                           uint8_t (*addrs)[16], uint16_t *ports, int n) {
-        struct mmsghdr msgs[DP_BATCH];
-        struct iovec iov[DP_BATCH];
-        union { struct sockaddr_in v4; struct sockaddr_in6 v6; } sa[DP_BATCH];
-        int i, sent = 0, ok = 0, r;
-        if (n > DP_BATCH) n = DP_BATCH;
-        memset(msgs, 0, sizeof(struct mmsghdr) * n);
-        memset(sa, 0, sizeof(sa[0]) * n);
-        for (i = 0; i < n; i++) {
-            iov[i].iov_base = bufs[i];
-            iov[i].iov_len = lens[i];
-            msgs[i].msg_hdr.msg_iov = &iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-            msgs[i].msg_hdr.msg_name = &sa[i];
-            if (family == 4) {
-                sa[i].v4.sin_family = AF_INET;
-                sa[i].v4.sin_port = htons(ports[i]);
-                memcpy(&sa[i].v4.sin_addr, addrs[i], 4);
-                msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
-            } else {
-                sa[i].v6.sin6_family = AF_INET6;
-                sa[i].v6.sin6_port = htons(ports[i]);
-                memcpy(&sa[i].v6.sin6_addr, addrs[i], 16);
-                msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in6);
-            }
-        }
-        while (sent < n) {
-            r = sendmmsg(fd, msgs + sent, n - sent, 0);
-            if (r < 0) {
-                if (errno == EINTR) continue;
-                if (errno == EAGAIN || errno == ENOBUFS) {
-                    struct pollfd p = { fd, POLLOUT, 0 };
-                    poll(&p, 1, 10);
-                    continue;
-                }
-                sent++;             /* skip the datagram the kernel refused (e.g. EMSGSIZE) */
-                continue;
-            }
-            sent += r;
-            ok += r;
-        }
-        return ok;
-    }
-
-    /* UDP segmentation offload (Linux 4.18+): one sendmsg() carries a run of equal-sized
-       datagrams to one peer, cut by the kernel (or the NIC); GRO (5.0+) hands such runs up
-       as one buffer. Both save the per-datagram route lookup and skb work. */
-    #include <netinet/udp.h>
-    #ifndef UDP_SEGMENT
-    #define UDP_SEGMENT 103
-    #endif
-    #ifndef UDP_GRO
-    #define UDP_GRO 104
-    #endif
-    #ifndef SOL_UDP
-    #define SOL_UDP 17
-    #endif
-    #define DP_GSO_MAX 65000
-
-    static int dp_send_gso(int fd, int family, uint8_t **bufs, uint32_t *lens, int n,
-                           const uint8_t *addr, uint16_t port) {
-        struct msghdr m;
-        struct iovec iov[DP_BATCH];
-        union { struct sockaddr_in v4; struct sockaddr_in6 v6; } sa;
-        union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctrl;
-        struct cmsghdr *cm;
-        int i;
-        memset(&m, 0, sizeof(m));
-        memset(&sa, 0, sizeof(sa));
-        memset(&ctrl, 0, sizeof(ctrl));
-        for (i = 0; i < n; i++) { iov[i].iov_base = bufs[i]; iov[i].iov_len = lens[i]; }
-        if (family == 4) {
-            sa.v4.sin_family = AF_INET; sa.v4.sin_port = htons(port);
-            memcpy(&sa.v4.sin_addr, addr, 4); m.msg_namelen = sizeof(sa.v4);
-        } else {
-            sa.v6.sin6_family = AF_INET6; sa.v6.sin6_port = htons(port);
-            memcpy(&sa.v6.sin6_addr, addr, 16); m.msg_namelen = sizeof(sa.v6);
-        }
-        m.msg_name = &sa;
-        m.msg_iov = iov;
-        m.msg_iovlen = n;
-        m.msg_control = ctrl.buf;
-        m.msg_controllen = sizeof(ctrl.buf);
-        cm = CMSG_FIRSTHDR(&m);
-        cm->cmsg_level = SOL_UDP;
-        cm->cmsg_type = UDP_SEGMENT;
-        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-        *(uint16_t *)CMSG_DATA(cm) = (uint16_t)lens[0];
-        for (;;) {
-            if (sendmsg(fd, &m, 0) >= 0) return 0;
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == ENOBUFS) {
-                struct pollfd p = { fd, POLLOUT, 0 };
-                poll(&p, 1, 10);
-                continue;
-            }
-            return -errno;
-        }
-    }
-
-    /* Send a run of datagrams: equal-sized ones to one peer together (GSO), others with
-       sendmmsg(); what GSO refuses goes out one by one. *gso drops to 0 for good if the
-       kernel or the device cannot do it at all. */
-    static int dp_sendrun(int fd, int family, uint8_t **bufs, uint32_t *lens,
-                          uint8_t (*addrs)[16], uint16_t *ports, int n, int *gso) {
-        int i = 0, j, r, ok = 0;
-        uint32_t total;
-        while (i < n) {
-            j = i + 1;
-            total = lens[i];
-            while (*gso && j < n && j - i < DP_BATCH && ports[j] == ports[i]
-                   && memcmp(addrs[j], addrs[i], 16) == 0 && lens[j] <= lens[i]
-                   && total + lens[j] <= DP_GSO_MAX) {
-                total += lens[j];
-                j++;
-                if (lens[j - 1] < lens[i]) break;      /* only the last may be shorter */
-            }
-            if (j - i >= 2) {
-                r = dp_send_gso(fd, family, bufs + i, lens + i, j - i, addrs[i], ports[i]);
-                if (r == 0) { ok += j - i; i = j; continue; }
-                /* EIO: the device cannot checksum (wireguard-go's test); the others: no GSO in
-                   this kernel. EINVAL (e.g. datagrams over the path MTU) only for this run. */
-                if (r == -EIO || r == -ENOPROTOOPT || r == -EOPNOTSUPP)
-                    *gso = 0;
-            }
-            ok += dp_sendmany(fd, family, bufs + i, lens + i, addrs + i, ports + i, j - i);
-            i = j;
-        }
-        return ok;
-    }
-
-    static void dp_udp_gro(int fd) {
-        int one = 1;
-        setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one));
-    }
-
-    /* recvmmsg() up to n datagrams; fills lengths, source (addr, port) and, for UDP GRO
-       buffers holding several datagrams, their size (segs[i], else 0). */
-    static int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
-                           uint8_t (*addrs)[16], uint16_t *ports, uint16_t *segs, int n) {
-        struct mmsghdr msgs[DP_BATCH];
-        struct iovec iov[DP_BATCH];
-        union { struct sockaddr_in v4; struct sockaddr_in6 v6; } sa[DP_BATCH];
-        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctrl[DP_BATCH];
-        struct cmsghdr *cm;
-        int i, r;
-        if (n > DP_BATCH) n = DP_BATCH;
-        memset(msgs, 0, sizeof(struct mmsghdr) * n);
-        for (i = 0; i < n; i++) {
-            iov[i].iov_base = bufs[i];
-            iov[i].iov_len = size;
-            msgs[i].msg_hdr.msg_iov = &iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-            msgs[i].msg_hdr.msg_name = &sa[i];
-            msgs[i].msg_hdr.msg_namelen = sizeof(sa[i]);
-            msgs[i].msg_hdr.msg_control = ctrl[i].buf;
-            msgs[i].msg_hdr.msg_controllen = sizeof(ctrl[i].buf);
-        }
-        r = recvmmsg(fd, msgs, n, MSG_DONTWAIT, NULL);
-        for (i = 0; i < r; i++) {
-            lens[i] = msgs[i].msg_len;
-            segs[i] = 0;
-            for (cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm))
-                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO)
-                    segs[i] = (uint16_t)*(int *)CMSG_DATA(cm);
-            memset(addrs[i], 0, 16);
-            if (family == 4) {
-                memcpy(addrs[i], &sa[i].v4.sin_addr, 4);
-                ports[i] = ntohs(sa[i].v4.sin_port);
-            } else {
-                memcpy(addrs[i], &sa[i].v6.sin6_addr, 16);
-                ports[i] = ntohs(sa[i].v6.sin6_port);
-            }
-        }
-        return r;
-    }
-
-    /* ---- TUN offloads (IFF_VNET_HDR): every read and write carries a virtio_net_hdr.
-       Reads may be TCP superframes (TSO) to cut into MSS-sized segments here; writes coalesce
-       runs of one TCP flow's segments into one superframe (GRO), so the kernel's TCP stack
-       handles them once. The scheme is wireguard-go's tun/offload_linux.go. */
-    #include <sys/uio.h>
-    #define DP_VNET_LEN 10
-    #define DP_F_NEEDS_CSUM 1
-    #define DP_GSO_NONE 0
-    #define DP_GSO_TCPV4 1
-    #define DP_GSO_TCPV6 4
-    #define DP_GSO_ECN 0x80
-    #define DP_TCP_FIN 0x01
-    #define DP_TCP_PSH 0x08
-    #define DP_TCP_ACK 0x10
-    #define DP_TCP_CWR 0x80
-
-    static inline uint16_t dp_rd16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
-    static inline void dp_wr16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xFF; }
-    static inline uint32_t dp_rd32(const uint8_t *p) {
-        return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-    }
-    static inline void dp_wr32(uint8_t *p, uint32_t v) {
-        p[0] = v >> 24; p[1] = (v >> 16) & 0xFF; p[2] = (v >> 8) & 0xFF; p[3] = v & 0xFF;
-    }
-
-    /* Ones' complement sum of n bytes (RFC 1071), 32 bits at a time into 64. */
-    static uint64_t dp_sum(const uint8_t *p, size_t n, uint64_t s) {
-        while (n >= 4) { s += dp_rd32(p); p += 4; n -= 4; }
-        if (n >= 2) { s += dp_rd16(p); p += 2; n -= 2; }
-        if (n) s += (uint64_t)p[0] << 8;
-        return s;
-    }
-    static uint16_t dp_fold(uint64_t s) {
-        while (s >> 16) s = (s & 0xFFFF) + (s >> 16);
-        return (uint16_t)s;
-    }
-    static uint64_t dp_pseudo(const uint8_t *ip, int version, uint32_t l4len) {
-        if (version == 4) return dp_sum(ip + 12, 8, 0) + 6 + l4len;
-        return dp_sum(ip + 8, 32, 0) + 6 + l4len;
-    }
-
-    /* Finish a checksum the kernel left partial: the field holds the pseudo-header sum. */
-    static void dp_finish_csum(uint8_t *pkt, size_t n, unsigned start, unsigned offset) {
-        if (start + offset + 2 > n) return;
-        dp_wr16(pkt + start + offset, (uint16_t)~dp_fold(dp_sum(pkt + start, n - start, 0)));
-    }
-
-    /* Segment k of a TCP superframe, written to out: its length, 0 after the last, -1 bad. */
-    static int dp_tso_segment(const uint8_t *pkt, int n, int mss, int k, uint8_t *out) {
-        int version = pkt[0] >> 4, ihl, thl, hl, total, payload, start, len, last;
-        uint8_t *tcp;
-        if (version == 4) { ihl = (pkt[0] & 0x0F) * 4; total = dp_rd16(pkt + 2); }
-        else if (version == 6) { ihl = 40; total = 40 + dp_rd16(pkt + 4); if (pkt[6] != 6) return -1; }
-        else return -1;
-        if (total > n || total < ihl + 20 || mss <= 0) return -1;
-        thl = (pkt[ihl + 12] >> 4) * 4;
-        hl = ihl + thl;
-        if (thl < 20 || hl > total) return -1;
-        payload = total - hl;
-        start = k * mss;
-        if (start >= payload) return 0;
-        len = payload - start < mss ? payload - start : mss;
-        last = start + len >= payload;
-        memcpy(out, pkt, hl);
-        memcpy(out + hl, pkt + hl + start, len);
-        if (version == 4) {
-            dp_wr16(out + 2, (uint16_t)(hl + len));
-            dp_wr16(out + 4, (uint16_t)(dp_rd16(pkt + 4) + k));
-            dp_wr16(out + 10, 0);
-            dp_wr16(out + 10, (uint16_t)~dp_fold(dp_sum(out, ihl, 0)));
-        } else {
-            dp_wr16(out + 4, (uint16_t)(thl + len));
-        }
-        tcp = out + ihl;
-        dp_wr32(tcp + 4, dp_rd32(pkt + ihl + 4) + (uint32_t)start);
-        if (!last) tcp[13] &= ~(DP_TCP_FIN | DP_TCP_PSH);
-        if (k) tcp[13] &= ~DP_TCP_CWR;
-        dp_wr16(tcp + 16, 0);
-        dp_wr16(tcp + 16, (uint16_t)~dp_fold(dp_sum(tcp, thl + len,
-                                                    dp_pseudo(out, version, thl + len))));
-        return hl + len;
-    }
-
-    /* Header length if pkt is a TCP segment GRO may merge (ACK, maybe PSH, with data), else 0. */
-    static int dp_gro_header(const uint8_t *p, uint32_t n) {
-        int ihl, thl;
-        if (n < 40) return 0;
-        if ((p[0] >> 4) == 4) {
-            if (p[0] != 0x45 || p[9] != 6 || (dp_rd16(p + 6) & 0x3FFF) || dp_rd16(p + 2) != n)
-                return 0;
-            ihl = 20;
-        } else if ((p[0] >> 4) == 6) {
-            if (n < 60 || p[6] != 6 || 40u + dp_rd16(p + 4) != n) return 0;
-            ihl = 40;
-        } else return 0;
-        thl = (p[ihl + 12] >> 4) * 4;
-        if (thl < 20 || (uint32_t)(ihl + thl) >= n) return 0;
-        if ((p[ihl + 13] & ~DP_TCP_PSH) != DP_TCP_ACK) return 0;
-        return ihl + thl;
-    }
-
-    #define DP_IHL(p) (((p)[0] >> 4) == 4 ? 20 : 40)   /* of a dp_gro_header() packet */
-
-    /* Same flow and same headers apart from lengths, IPv4 id and checksum, seq and PSH? */
-    static int dp_gro_same(const uint8_t *a, const uint8_t *b, int hl) {
-        int ihl = (a[0] >> 4) == 4 ? 20 : 40;
-        if ((a[0] >> 4) == 4) {
-            if (a[1] != b[1] || a[8] != b[8] || (a[6] & 0x40) != (b[6] & 0x40)
-                    || memcmp(a + 12, b + 12, 8)) return 0;
-        } else if (memcmp(a, b, 4) || a[7] != b[7] || memcmp(a + 8, b + 8, 32)) return 0;
-        a += ihl; b += ihl;
-        return memcmp(a, b, 4) == 0 && memcmp(a + 8, b + 8, 5) == 0
-            && (a[13] & ~DP_TCP_PSH) == (b[13] & ~DP_TCP_PSH) && memcmp(a + 14, b + 14, 2) == 0
-            && memcmp(a + 20, b + 20, hl - ihl - 20) == 0;
-    }
-
-    /* Write n packets to the TUN, each behind a virtio_net_hdr, coalescing runs of one TCP
-       flow into superframes. Returns the number of packets the kernel refused. */
-    static int dp_tun_write(int fd, uint8_t **pkts, uint32_t *lens, int n, uint8_t *scratch,
-                            size_t scratch_size, uint64_t *writes) {
-        uint8_t hdr[DP_VNET_LEN];
-        struct iovec iov[2];
-        int i = 0, j, hl, mss, failed = 0, ihl, version;
-        uint32_t total, seq, pl;
-        while (i < n) {
-            j = i + 1;
-            hl = dp_gro_header(pkts[i], lens[i]);
-            if (hl) {
-                mss = lens[i] - hl;
-                total = lens[i];
-                seq = dp_rd32(pkts[i] + DP_IHL(pkts[i]) + 4) + mss;
-                while (j < n && !(pkts[j - 1][DP_IHL(pkts[j - 1]) + 13] & DP_TCP_PSH)
-                       && dp_gro_header(pkts[j], lens[j]) == hl && dp_gro_same(pkts[i], pkts[j], hl)
-                       && dp_rd32(pkts[j] + DP_IHL(pkts[j]) + 4) == seq
-                       && (pl = lens[j] - hl) <= (uint32_t)mss
-                       && DP_VNET_LEN + total + pl <= scratch_size && total + pl <= 65535) {
-                    total += pl;
-                    seq += pl;
-                    j++;
-                    if (pl < (uint32_t)mss) break;      /* a short segment ends the run */
-                }
-            }
-            memset(hdr, 0, DP_VNET_LEN);
-            if (j == i + 1) {
-                iov[0].iov_base = hdr; iov[0].iov_len = DP_VNET_LEN;
-                iov[1].iov_base = pkts[i]; iov[1].iov_len = lens[i];
-                if (writev(fd, iov, 2) < 0) failed++;
-                (*writes)++;
-                i = j;
-                continue;
-            }
-            /* The superframe: the first segment's headers, every payload, fixed lengths. */
-            version = pkts[i][0] >> 4;
-            ihl = version == 4 ? 20 : 40;
-            uint8_t *sf = scratch + DP_VNET_LEN;
-            uint32_t off = lens[i];
-            int k;
-            memcpy(sf, pkts[i], lens[i]);
-            for (k = i + 1; k < j; k++) {
-                memcpy(sf + off, pkts[k] + hl, lens[k] - hl);
-                off += lens[k] - hl;
-            }
-            sf[ihl + 13] |= pkts[j - 1][ihl + 13] & DP_TCP_PSH;
-            if (version == 4) {
-                dp_wr16(sf + 2, (uint16_t)total);
-                dp_wr16(sf + 10, 0);
-                dp_wr16(sf + 10, (uint16_t)~dp_fold(dp_sum(sf, 20, 0)));
-            } else {
-                dp_wr16(sf + 4, (uint16_t)(total - 40));
-            }
-            /* CHECKSUM_PARTIAL: the TCP field holds the pseudo-header sum (not inverted). */
-            dp_wr16(sf + ihl + 16, dp_fold(dp_pseudo(sf, version, total - ihl)));
-            scratch[0] = DP_F_NEEDS_CSUM;
-            scratch[1] = version == 4 ? DP_GSO_TCPV4 : DP_GSO_TCPV6;
-            *(uint16_t *)(scratch + 2) = (uint16_t)hl;           /* host order: little endian */
-            *(uint16_t *)(scratch + 4) = (uint16_t)mss;
-            *(uint16_t *)(scratch + 6) = (uint16_t)ihl;
-            *(uint16_t *)(scratch + 8) = 16;
-            if (write(fd, scratch, DP_VNET_LEN + total) < 0) failed += j - i;
-            (*writes)++;
-            i = j;
-        }
-        return failed;
-    }
-
-    /* Deep socket buffers: a burst the loop has not drained yet must not be dropped, or TCP
-       inside the tunnel takes it for congestion. FORCE variants need CAP_NET_ADMIN. */
-    static void dp_deepen(int fd, int bytes) {
-        if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) < 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
-        if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof(bytes)) < 0)
-            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
-    }
-
-    /* Wait for any of n fds to be readable; sets bit i of *ready for fd i. */
-    static int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready) {
-        struct pollfd p[8];
-        int i, r;
-        for (i = 0; i < n; i++) { p[i].fd = fds[i]; p[i].events = POLLIN; p[i].revents = 0; }
-        r = poll(p, n, timeout_ms);
-        *ready = 0;
-        for (i = 0; i < n && r > 0; i++)
-            if (p[i].revents & (POLLIN | POLLERR | POLLHUP)) *ready |= 1u << i;
-        return r;
-    }
-    """
-    int DP_BATCH
-    int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*addrs)[16],
-                    uint16_t *ports, int n) nogil
-    int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
-                    uint8_t (*addrs)[16], uint16_t *ports, uint16_t *segs, int n) nogil
-    int dp_sendrun(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*addrs)[16],
-                   uint16_t *ports, int n, int *gso) nogil
-    void dp_udp_gro(int fd) nogil
-    int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready) nogil
-    void dp_deepen(int fd, int nbytes) nogil
-    int DP_VNET_LEN
-    int DP_F_NEEDS_CSUM
-    int DP_GSO_NONE
-    int DP_GSO_TCPV4
-    int DP_GSO_TCPV6
-    int DP_GSO_ECN
-    void dp_finish_csum(uint8_t *pkt, size_t n, unsigned start, unsigned offset) nogil
-    int dp_tso_segment(const uint8_t *pkt, int n, int mss, int k, uint8_t *out) nogil
-    int dp_tun_write(int fd, uint8_t **pkts, uint32_t *lens, int n, uint8_t *scratch,
-                     size_t scratch_size, uint64_t *writes) nogil
-
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long esp_thread_t "pthread_t"
     int esp_thread_create "pthread_create"(esp_thread_t *t, void *attr,
@@ -516,7 +100,7 @@ cdef struct Hold:
 
 cdef struct DpCore:
     # events for the control plane
-    esp_mutex_t ev_lock
+    oe_mutex_t ev_lock
     DpEvent *events
     uint32_t ev_head
     uint32_t ev_count
@@ -524,11 +108,11 @@ cdef struct DpCore:
     int ev_fd
     int lifetime_pending        # some SA has a PENDING_SOFT / PENDING_HARD bit set
     # SAs
-    esp_rwlock_t sa_lock
+    oe_rwlock_t sa_lock
     SaTable sa_out
     SaTable sa_in
     # holds
-    esp_mutex_t hold_lock
+    oe_mutex_t hold_lock
     Hold *holds[256]
     Hold *hold_oldest
     Hold *hold_newest
@@ -554,7 +138,7 @@ cdef struct DpCore:
 
 
 cdef inline void dp_count(DpCore *c, int which) noexcept nogil:
-    esp_fetch_add64(&c.counters[which], 1)
+    oe_add64(&c.counters[which], 1)
 
 
 # ----------------------------------------------------------------------------- events
@@ -567,9 +151,9 @@ cdef bint ev_push(DpCore *c, DpEvent *e) noexcept nogil:
     """
     cdef uint64_t one = 1
     cdef bint ike = e.kind == EV_IKE
-    esp_mutex_lock(&c.ev_lock)
+    oe_mutex_lock(&c.ev_lock)
     if c.ev_count == EV_CAP or (ike and c.ev_ike >= EV_IKE_CAP):
-        esp_mutex_unlock(&c.ev_lock)
+        oe_mutex_unlock(&c.ev_lock)
         dp_count(c, C_LOST_ACQUIRE if e.kind == EV_ACQUIRE else C_LOST_IKE if ike
                  else C_LOST_REPLAY if e.kind == EV_REPLAY else C_LOST_AUTH)
         free(e.data)
@@ -577,7 +161,7 @@ cdef bint ev_push(DpCore *c, DpEvent *e) noexcept nogil:
     c.events[(c.ev_head + c.ev_count) % EV_CAP] = e[0]
     c.ev_count += 1
     c.ev_ike += ike
-    esp_mutex_unlock(&c.ev_lock)
+    oe_mutex_unlock(&c.ev_lock)
     esp_sys_write(c.ev_fd, &one, 8)
     return True
 
@@ -602,13 +186,13 @@ cdef void sa_fire(DpCore *c, EspSa *sa, int hard, int reason) noexcept nogil:
     """
     cdef uint32_t bit = FIRED_HARD if hard else FIRED_SOFT
     cdef uint64_t one = 1
-    if (esp_fetch_or32(&sa.fired, bit) & bit) == 0:
+    if (oe_or32(&sa.fired, bit) & bit) == 0:
         if hard:
             sa.hard_reason = reason
         else:
             sa.soft_reason = reason
-        esp_fetch_or32(&sa.pending, PENDING_HARD if hard else PENDING_SOFT)
-        esp_store_int(&c.lifetime_pending, 1)
+        oe_or32(&sa.pending, PENDING_HARD if hard else PENDING_SOFT)
+        oe_store_int(&c.lifetime_pending, 1)
         esp_sys_write(c.ev_fd, &one, 8)
 
 
@@ -617,9 +201,9 @@ cdef bint sa_admit(DpCore *c, EspSa *sa, size_t n, double now) noexcept nogil:
     cdef int reason = 0
     if sa.fired & FIRED_HARD:
         return False
-    if sa.hard_packets and esp_get64(&sa.packets) + 1 > sa.hard_packets:
+    if sa.hard_packets and oe_load64(&sa.packets) + 1 > sa.hard_packets:
         reason = R_PACKETS
-    elif sa.hard_bytes and esp_get64(&sa.nbytes) + n > sa.hard_bytes:
+    elif sa.hard_bytes and oe_load64(&sa.nbytes) + n > sa.hard_bytes:
         reason = R_BYTES
     elif sa.hard_time and now >= sa.hard_time:
         reason = R_TIME
@@ -630,8 +214,8 @@ cdef bint sa_admit(DpCore *c, EspSa *sa, size_t n, double now) noexcept nogil:
 
 
 cdef void sa_account(DpCore *c, EspSa *sa, size_t n, uint64_t seq, double now) noexcept nogil:
-    cdef uint64_t p = esp_fetch_add64(&sa.packets, 1) + 1
-    cdef uint64_t b = esp_fetch_add64(&sa.nbytes, n) + n
+    cdef uint64_t p = oe_add64(&sa.packets, 1) + 1
+    cdef uint64_t b = oe_add64(&sa.nbytes, n) + n
     if sa.fired & FIRED_SOFT:
         return
     if sa.soft_packets and p >= sa.soft_packets:
@@ -649,24 +233,24 @@ cdef void sa_failure(DpCore *c, EspSa *sa, int reason) noexcept nogil:
     cdef uint32_t bit
     cdef uint64_t total
     if reason == R_REPLAY:
-        total = esp_fetch_add64(&sa.err_replay, 1) + 1
+        total = oe_add64(&sa.err_replay, 1) + 1
         dp_count(c, C_REPLAY)
         bit = PENDING_REPLAY
     else:
-        total = esp_fetch_add64(&sa.err_auth, 1) + 1
+        total = oe_add64(&sa.err_auth, 1) + 1
         dp_count(c, C_AUTH)
         bit = PENDING_AUTH
-    if (esp_fetch_or32(&sa.pending, bit) & bit) == 0:
+    if (oe_or32(&sa.pending, bit) & bit) == 0:
         if not ev_sa(c, EV_REPLAY if reason == R_REPLAY else EV_AUTH, sa, reason, total):
-            esp_fetch_and32(&sa.pending, ~bit)      # re-arm: the next failure tries again
+            oe_and32(&sa.pending, ~bit)      # re-arm: the next failure tries again
 
 
 cdef void dp_sweep(DpCore *c, double now) noexcept nogil:
     """Time lifetimes fire even on idle SAs."""
-    esp_rd_lock(&c.sa_lock)
+    oe_rd_lock(&c.sa_lock)
     _sweep_table(c, &c.sa_out, now)
     _sweep_table(c, &c.sa_in, now)
-    esp_rw_unlock(&c.sa_lock)
+    oe_rw_unlock(&c.sa_lock)
     c.last_sweep = now
 
 
@@ -712,9 +296,9 @@ cdef void batch_flush(DpCore *c, OutBatch *b) noexcept nogil:
                 m += 1
             writes = 0
             k = dp_tun_write(c.tun_fd, bufs, lens, m, b.scratch, SLOT, &writes)
-            esp_fetch_add64(&c.counters[C_TUN_WRITE], writes)
+            oe_add64(&c.counters[C_TUN_WRITE], writes)
             if k:
-                esp_fetch_add64(&c.counters[C_SEND_ERRORS], k)
+                oe_add64(&c.counters[C_SEND_ERRORS], k)
             i += m
             continue
         if kind == OUT_TUN:
@@ -741,7 +325,7 @@ cdef void batch_flush(DpCore *c, OutBatch *b) noexcept nogil:
         else:
             k = dp_sendmany(fd, fam, bufs, lens, addrs, ports, m)
         if k < m:
-            esp_fetch_add64(&c.counters[C_SEND_ERRORS], m - k)
+            oe_add64(&c.counters[C_SEND_ERRORS], m - k)
         i += m
     b.n = 0
 
@@ -784,7 +368,7 @@ cdef int icmp_error(uint8_t *out, const uint8_t *pkt, const PktInfo *info, int t
                     int type6, int code6, uint32_t mtu) noexcept nogil:
     """An ICMP error about `pkt`, from its destination back to its source; length or 0."""
     cdef size_t quote, total
-    cdef uint32_t s
+    cdef uint64_t s
     cdef const uint8_t *l4 = pkt + info.l4off
     if info.version == 4:
         if not info.first_fragment:
@@ -795,18 +379,18 @@ cdef int icmp_error(uint8_t *out, const uint8_t *pkt, const PktInfo *info, int t
         total = 28 + quote
         memset(out, 0, 28)
         out[0] = 0x45
-        esp_wr16(out + 2, <uint16_t>total)
+        oe_wr16(out + 2, <uint16_t>total)
         out[8] = 64
         out[9] = PROTO_ICMP
         memcpy(out + 12, info.dst, 4)
         memcpy(out + 16, info.src, 4)
-        esp_wr16(out + 10, csum_fold(csum_add(0, out, 20)))
+        oe_wr16(out + 10, ~oe_csum_fold(oe_csum_add(0, out, 20)))
         out[20] = type4
         out[21] = code4
         if mtu:
-            esp_wr16(out + 26, <uint16_t>mtu)    # RFC 1191 4: next-hop MTU
+            oe_wr16(out + 26, <uint16_t>mtu)    # RFC 1191 4: next-hop MTU
         memcpy(out + 28, pkt, quote)
-        esp_wr16(out + 22, csum_fold(csum_add(0, out + 20, 8 + quote)))
+        oe_wr16(out + 22, ~oe_csum_fold(oe_csum_add(0, out + 20, 8 + quote)))
         return <int>total
     if (info.proto == PROTO_ICMPV6 and info.first_fragment and info.total > info.l4off
             and l4[0] < 128):
@@ -815,7 +399,7 @@ cdef int icmp_error(uint8_t *out, const uint8_t *pkt, const PktInfo *info, int t
     total = 48 + quote
     memset(out, 0, 48)
     out[0] = 0x60
-    esp_wr16(out + 4, <uint16_t>(8 + quote))
+    oe_wr16(out + 4, <uint16_t>(8 + quote))
     out[6] = PROTO_ICMPV6
     out[7] = 64
     memcpy(out + 8, info.dst, 16)
@@ -823,12 +407,12 @@ cdef int icmp_error(uint8_t *out, const uint8_t *pkt, const PktInfo *info, int t
     out[40] = type6
     out[41] = code6
     if mtu:
-        esp_wr32(out + 44, mtu)                  # RFC 4443 3.2
+        oe_wr32(out + 44, mtu)                  # RFC 4443 3.2
     memcpy(out + 48, pkt, quote)
-    s = csum_add(0, out + 8, 32)              # pseudo-header (RFC 8200 8.1)
+    s = oe_csum_add(0, out + 8, 32)              # pseudo-header (RFC 8200 8.1)
     s += <uint32_t>(8 + quote) + PROTO_ICMPV6
-    s = csum_add(s, out + 40, 8 + quote)
-    esp_wr16(out + 42, csum_fold(s))
+    s = oe_csum_add(s, out + 40, 8 + quote)
+    oe_wr16(out + 42, ~oe_csum_fold(s))
     return <int>total
 
 
@@ -865,17 +449,15 @@ cdef bint mss_clamp(uint8_t *pkt, const PktInfo *info, uint32_t mtu) noexcept no
         if olen < 2 or i + olen > doff:
             break
         if kind == 2 and olen == 4:
-            mss = esp_rd16(tcp + i + 2)
+            mss = oe_rd16(tcp + i + 2)
             if mss <= limit:
                 return False
             # RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')
-            s = (~esp_rd16(tcp + 16)) & 0xFFFF
+            s = (~oe_rd16(tcp + 16)) & 0xFFFF
             s += (~mss) & 0xFFFF
             s += limit
-            esp_wr16(tcp + i + 2, <uint16_t>limit)
-            while s >> 16:
-                s = (s & 0xFFFF) + (s >> 16)
-            esp_wr16(tcp + 16, <uint16_t>(~s & 0xFFFF))
+            oe_wr16(tcp + i + 2, <uint16_t>limit)
+            oe_wr16(tcp + 16, ~oe_csum_fold(s))
             return True
         i += olen
     return False
@@ -884,13 +466,7 @@ cdef bint mss_clamp(uint8_t *pkt, const PktInfo *info, uint32_t mtu) noexcept no
 # ------------------------------------------------------------------------------ holds
 
 cdef inline uint32_t hold_hash(int version, const uint8_t *src, const uint8_t *dst) noexcept nogil:
-    cdef int alen = 4 if version == 4 else 16
-    cdef uint32_t h = 2166136261u
-    cdef int i
-    for i in range(alen):
-        h = (h ^ src[i]) * 16777619u
-    for i in range(alen):
-        h = (h ^ dst[i]) * 16777619u
+    cdef uint32_t h = oe_pair_hash(src, dst, 4 if version == 4 else 16)
     return (h ^ (h >> 16)) & (HOLD_BUCKETS - 1)
 
 
@@ -959,7 +535,7 @@ cdef void hold_evict(DpCore *c, Hold *h) noexcept nogil:
     """Drop a whole hold to make room (hold_lock held)."""
     hold_remove(c, h)
     dp_count(c, C_HOLDS_EVICTED)
-    esp_fetch_add64(&c.counters[C_HOLD_OVERFLOW], h.npkts)
+    oe_add64(&c.counters[C_HOLD_OVERFLOW], h.npkts)
     hold_free(h)
 
 
@@ -1030,26 +606,26 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
         dp_count(c, C_MALFORMED)
         return
     n = info.total              # ignore anything the TUN gave beyond the IP datagram
-    if not from_hold and esp_load_int(&c.nholds) > 0:
-        esp_mutex_lock(&c.hold_lock)
+    if not from_hold and oe_load_int(&c.nholds) > 0:
+        oe_mutex_lock(&c.hold_lock)
         h = hold_find(c, info.version, info.src, info.dst)
         if h != NULL:
             hold_enqueue(c, h, pkt, n)
-            esp_mutex_unlock(&c.hold_lock)
+            oe_mutex_unlock(&c.hold_lock)
             return
-        esp_mutex_unlock(&c.hold_lock)
+        oe_mutex_unlock(&c.hold_lock)
     v = cls.classify(info.version, info.src, info.dst, info.proto, info.sport, info.dport, n)
     if v.action == ACT_SA:
-        esp_rd_lock(&c.sa_lock)
+        oe_rd_lock(&c.sa_lock)
         sa = sa_find(&c.sa_out, v.sa)
         if sa == NULL:
-            esp_rw_unlock(&c.sa_lock)
+            oe_rw_unlock(&c.sa_lock)
             dp_count(c, C_NO_SA)
             return
         if n > sa.mtu and info.df:
             # Path MTU discovery instead of a black hole (FreeS/WAN's BUGS; Bantoft's ICMP
             # black-hole proposal).
-            esp_rw_unlock(&c.sa_lock)
+            oe_rw_unlock(&c.sa_lock)
             slot = batch_slot(c, b)
             r = icmp_error(slot, pkt, &info, 3, 4, 2, 0, sa.mtu)
             if r > 0:
@@ -1057,8 +633,8 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
             dp_count(c, C_TOO_BIG)
             return
         if not sa_admit(c, sa, n, now):
-            esp_rw_unlock(&c.sa_lock)
-            esp_fetch_add64(&sa.err_expired, 1)
+            oe_rw_unlock(&c.sa_lock)
+            oe_add64(&sa.err_expired, 1)
             dp_count(c, C_EXPIRED)
             return
         if mss_clamp(pkt, &info, sa.mtu):
@@ -1068,38 +644,38 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
         if r < 0:
             if -r == R_SEQUENCE:
                 sa_fire(c, sa, 1, R_SEQUENCE)
-            esp_fetch_add64(&sa.err_expired, 1)
+            oe_add64(&sa.err_expired, 1)
             dp_count(c, C_EXPIRED)
-            esp_rw_unlock(&c.sa_lock)
+            oe_rw_unlock(&c.sa_lock)
             return
         sa_account(c, sa, n, seq, now)
         # Raw sockets take no port (IPv6 refuses any but the protocol's).
         batch_commit(b, OUT_UDP if sa.encap == ENCAP_UDP else OUT_RAW, sa.family, sa.peer,
                      sa.peer_port if sa.encap == ENCAP_UDP else 0, slot, r)
-        esp_rw_unlock(&c.sa_lock)
+        oe_rw_unlock(&c.sa_lock)
         dp_count(c, C_ESP_OUT)
     elif v.action == ACT_TRAP or v.action == ACT_HOLD:
         if from_hold:
             dp_count(c, C_HOLD_DISCARDED)
             return
         created = False
-        esp_mutex_lock(&c.hold_lock)
+        oe_mutex_lock(&c.hold_lock)
         h = hold_find(c, info.version, info.src, info.dst)
         if h == NULL:
             h = hold_create(c, info.version, info.src, info.dst, now)
             created = h != NULL
         if h != NULL:
             hold_enqueue(c, h, pkt, n)
-        esp_mutex_unlock(&c.hold_lock)
+        oe_mutex_unlock(&c.hold_lock)
         if created and v.action == ACT_TRAP and not _acquire(c, &info):
             # Nobody will negotiate: without its hold the pair's next packet traps again.
-            esp_mutex_lock(&c.hold_lock)
+            oe_mutex_lock(&c.hold_lock)
             h = hold_find(c, info.version, info.src, info.dst)
             if h != NULL:
                 hold_remove(c, h)
-                esp_fetch_add64(&c.counters[C_HOLD_DISCARDED], h.npkts)
+                oe_add64(&c.counters[C_HOLD_DISCARDED], h.npkts)
                 hold_free(h)
-            esp_mutex_unlock(&c.hold_lock)
+            oe_mutex_unlock(&c.hold_lock)
     elif v.action == ACT_PASS:
         slot = batch_slot(c, b)
         memcpy(slot, pkt, n)
@@ -1169,8 +745,8 @@ cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double 
     cdef Verdict v
     cdef int k
     cdef bint keep
-    esp_mutex_lock(&c.hold_lock)
-    if esp_swap_int(&c.recheck, 0):
+    oe_mutex_lock(&c.hold_lock)
+    if oe_swap_int(&c.recheck, 0):
         reclassify = True
     for k in range(HOLD_BUCKETS):
         link = &c.holds[k]
@@ -1188,12 +764,12 @@ cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double 
             link[0] = h.next
             hold_forget(c, h)
             if now - h.created >= c.hold_timeout:
-                esp_fetch_add64(&c.counters[C_HOLD_DISCARDED], h.npkts)
+                oe_add64(&c.counters[C_HOLD_DISCARDED], h.npkts)
                 hold_free(h)
                 continue
             h.next = released
             released = h
-    esp_mutex_unlock(&c.hold_lock)
+    oe_mutex_unlock(&c.hold_lock)
     while released != NULL:
         h = released
         released = h.next
@@ -1224,7 +800,7 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
         if n == 1 and data[0] == 0xFF:        # RFC 3948 2.3: NAT-keepalive
             dp_count(c, C_KEEPALIVES)
             return
-        if n >= 4 and esp_rd32(data) == 0:       # RFC 3948 2.2: non-ESP marker, IKE follows
+        if n >= 4 and oe_rd32(data) == 0:       # RFC 3948 2.2: non-ESP marker, IKE follows
             memset(&e, 0, sizeof(DpEvent))
             e.kind = EV_IKE
             e.version = family
@@ -1241,15 +817,15 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
     if n < ESP_HDR:
         dp_count(c, C_MALFORMED)
         return
-    esp_rd_lock(&c.sa_lock)
-    sa = sa_find(&c.sa_in, esp_rd32(data))
+    oe_rd_lock(&c.sa_lock)
+    sa = sa_find(&c.sa_in, oe_rd32(data))
     if sa == NULL:
-        esp_rw_unlock(&c.sa_lock)
+        oe_rw_unlock(&c.sa_lock)
         dp_count(c, C_UNKNOWN_SPI)         # RFC 4303 3.4.2: discard, auditable event
         return
     if not sa_admit(c, sa, n, now):
-        esp_fetch_add64(&sa.err_expired, 1)
-        esp_rw_unlock(&c.sa_lock)
+        oe_add64(&sa.err_expired, 1)
+        oe_rw_unlock(&c.sa_lock)
         dp_count(c, C_EXPIRED)
         return
     slot = batch_slot(c, b)
@@ -1260,25 +836,25 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
         if r == R_REPLAY or r == R_AUTH:
             sa_failure(c, sa, r)
         elif r == R_PADDING:
-            esp_fetch_add64(&sa.err_malformed, 1)
+            oe_add64(&sa.err_malformed, 1)
             dp_count(c, C_PADDING)
         elif r == R_EXPIRED:
             dp_count(c, C_EXPIRED)
         else:
-            esp_fetch_add64(&sa.err_malformed, 1)
+            oe_add64(&sa.err_malformed, 1)
             dp_count(c, C_MALFORMED)
-        esp_rw_unlock(&c.sa_lock)
+        oe_rw_unlock(&c.sa_lock)
         return
     length = r
     if nh == NH_NONE:
-        esp_rw_unlock(&c.sa_lock)
+        oe_rw_unlock(&c.sa_lock)
         dp_count(c, C_DUMMY)
         return
     if sa.tunnel:
         if (nh != NH_IPV4 and nh != NH_IPV6) or parse_ip(inner, length, &info) < 0 \
                 or info.version != (4 if nh == NH_IPV4 else 6):
-            esp_fetch_add64(&sa.err_malformed, 1)
-            esp_rw_unlock(&c.sa_lock)
+            oe_add64(&sa.err_malformed, 1)
+            oe_rw_unlock(&c.sa_lock)
             dp_count(c, C_MALFORMED)
             return
         length = info.total     # RFC 4303 2.7: TFC padding after the inner datagram
@@ -1289,36 +865,36 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
             inner -= 20
             memset(inner, 0, 20)
             inner[0] = 0x45
-            esp_wr16(inner + 2, <uint16_t>(length + 20))
+            oe_wr16(inner + 2, <uint16_t>(length + 20))
             inner[8] = 64
             inner[9] = nh
             memcpy(inner + 12, sa.peer, 4)
             memcpy(inner + 16, sa.local, 4)
-            esp_wr16(inner + 10, csum_fold(csum_add(0, inner, 20)))
+            oe_wr16(inner + 10, ~oe_csum_fold(oe_csum_add(0, inner, 20)))
             length += 20
         else:
             inner -= 40
             memset(inner, 0, 40)
             inner[0] = 0x60
-            esp_wr16(inner + 4, <uint16_t>length)
+            oe_wr16(inner + 4, <uint16_t>length)
             inner[6] = nh
             inner[7] = 64
             memcpy(inner + 8, sa.peer, 16)
             memcpy(inner + 24, sa.local, 16)
             length += 40
         if parse_ip(inner, length, &info) < 0:
-            esp_fetch_add64(&sa.err_malformed, 1)
-            esp_rw_unlock(&c.sa_lock)
+            oe_add64(&sa.err_malformed, 1)
+            oe_rw_unlock(&c.sa_lock)
             dp_count(c, C_MALFORMED)
             return
     if not ts_allows(sa, &info):
         # RFC 4322 12.1: what arrives under an SA must be what the SA was negotiated for.
-        esp_fetch_add64(&sa.err_policy, 1)
-        esp_rw_unlock(&c.sa_lock)
+        oe_add64(&sa.err_policy, 1)
+        oe_rw_unlock(&c.sa_lock)
         dp_count(c, C_POLICY)
         return
     sa_account(c, sa, length, seq, now)
-    esp_rw_unlock(&c.sa_lock)
+    oe_rw_unlock(&c.sa_lock)
     if mss_clamp(inner, &info, c.tun_mtu):
         dp_count(c, C_MSS_CLAMPED)
     batch_commit(b, OUT_TUN, info.version, NULL, 0, inner, <uint32_t>length)
@@ -1378,11 +954,11 @@ cdef void dp_loop(DpCore *c, Classifier cls, int role) noexcept nogil:
     fds[nfds] = wake
     which[nfds] = 5
     nfds += 1
-    while esp_load_int(&c.running):
+    while oe_load_int(&c.running):
         dp_wait(fds, nfds, 500, &ready)
-        now = esp_now()
+        now = oe_now()
         if role & LOOP_OUT:
-            if esp_load_int(&c.recheck) or (c.nholds > 0 and now - c.last_sweep >= 0.5):
+            if oe_load_int(&c.recheck) or (c.nholds > 0 and now - c.last_sweep >= 0.5):
                 hold_recheck(c, cls, CTX_LOOP, b, now, False)
             if now - c.last_sweep >= 0.5:
                 dp_sweep(c, now)
@@ -1527,9 +1103,9 @@ cdef class Datapath:
         self.c.events = <DpEvent *>calloc(EV_CAP, sizeof(DpEvent))
         if self.c.events == NULL:
             raise MemoryError()
-        esp_mutex_init(&self.c.ev_lock)
-        esp_mutex_init(&self.c.hold_lock)
-        esp_rwlock_init(&self.c.sa_lock)
+        oe_mutex_init(&self.c.ev_lock)
+        oe_mutex_init(&self.c.hold_lock)
+        oe_rwlock_init_writers_first(&self.c.sa_lock)
         self.c.ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         self.c.wake_fds[0] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         self.c.wake_fds[1] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
@@ -1578,9 +1154,9 @@ cdef class Datapath:
         for k in range(2):
             if self.c.wake_fds[k] >= 0:
                 esp_sys_close(self.c.wake_fds[k])
-        esp_mutex_destroy(&self.c.ev_lock)
-        esp_mutex_destroy(&self.c.hold_lock)
-        esp_rwlock_destroy(&self.c.sa_lock)
+        oe_mutex_destroy(&self.c.ev_lock)
+        oe_mutex_destroy(&self.c.hold_lock)
+        oe_rwlock_destroy(&self.c.sa_lock)
         free(self.c)
         self.c = NULL
 
@@ -1619,7 +1195,7 @@ cdef class Datapath:
         cdef int k
         cdef uint32_t handle
         cdef SaTable *table
-        cdef double t0 = esp_now() if now is None else now
+        cdef double t0 = oe_now() if now is None else now
         if spi < 256:
             raise ValueError("SPIs 0 to 255 are reserved (RFC 4303 2.1)")
         if direction not in ("in", "out"):
@@ -1712,10 +1288,10 @@ cdef class Datapath:
             sa_free(sa)
             raise
         with nogil:
-            esp_wr_lock(&self.c.sa_lock)
+            oe_wr_lock(&self.c.sa_lock)
         table = &self.c.sa_in if inbound else &self.c.sa_out
         k = sa_table_put(table, sa)
-        esp_rw_unlock(&self.c.sa_lock)
+        oe_rw_unlock(&self.c.sa_lock)
         if k != 0:
             sa_free(sa)
             raise MemoryError()
@@ -1738,12 +1314,12 @@ cdef class Datapath:
         if direction not in ("in", "out"):
             raise ValueError("direction is 'in' or 'out'")
         with nogil:
-            esp_wr_lock(&self.c.sa_lock)
+            oe_wr_lock(&self.c.sa_lock)
         sa = sa_find(&self.c.sa_in if direction == "in" else &self.c.sa_out, handle)
         if sa != NULL and len(peer_b) == (4 if sa.family == 4 else 16):
             memcpy(sa.peer, <const char *>peer_b, len(peer_b))
             sa.peer_port = peer_port
-        esp_rw_unlock(&self.c.sa_lock)
+        oe_rw_unlock(&self.c.sa_lock)
         return sa != NULL
 
     def del_sa(self, uint32_t handle, str direction) -> bool:
@@ -1753,9 +1329,9 @@ cdef class Datapath:
         if direction not in ("in", "out"):
             raise ValueError("direction is 'in' or 'out'")
         with nogil:
-            esp_wr_lock(&self.c.sa_lock)
+            oe_wr_lock(&self.c.sa_lock)
         sa = sa_table_remove(&self.c.sa_in if direction == "in" else &self.c.sa_out, handle)
-        esp_rw_unlock(&self.c.sa_lock)
+        oe_rw_unlock(&self.c.sa_lock)
         if sa != NULL:
             del self._keys[self._digests.pop((direction, handle))]
         sa_free(sa)
@@ -1765,10 +1341,10 @@ cdef class Datapath:
         """Counters of one SA (by its handle), or None."""
         cdef EspSa *sa
         with nogil:
-            esp_rd_lock(&self.c.sa_lock)
+            oe_rd_lock(&self.c.sa_lock)
         sa = sa_find(&self.c.sa_in if direction == "in" else &self.c.sa_out, handle)
         result = None if sa == NULL else _sa_dict(sa)
-        esp_rw_unlock(&self.c.sa_lock)
+        oe_rw_unlock(&self.c.sa_lock)
         return result
 
     def sas(self) -> list:
@@ -1776,19 +1352,19 @@ cdef class Datapath:
         cdef uint32_t i
         result = []
         with nogil:
-            esp_rd_lock(&self.c.sa_lock)
+            oe_rd_lock(&self.c.sa_lock)
         for i in range(self.c.sa_out.cap):
             if self.c.sa_out.slots[i] != NULL:
                 result.append(_sa_dict(self.c.sa_out.slots[i]))
         for i in range(self.c.sa_in.cap):
             if self.c.sa_in.slots[i] != NULL:
                 result.append(_sa_dict(self.c.sa_in.slots[i]))
-        esp_rw_unlock(&self.c.sa_lock)
+        oe_rw_unlock(&self.c.sa_lock)
         return result
 
     def check_lifetimes(self, now=None) -> None:
         """Fire time-based soft/hard events due at `now` (the loops do this twice a second)."""
-        dp_sweep(self.c, esp_now() if now is None else now)
+        dp_sweep(self.c, oe_now() if now is None else now)
 
     # ------------------------------------------------------------------ eroutes and holds
 
@@ -1796,7 +1372,7 @@ cdef class Datapath:
         """Swap in an oe.eroute.ErouteTable atomically; holds it no longer traps are released.
         Costs in proportion to the table (it is compared with the one in force)."""
         self.classifier.replace(table)
-        esp_store_int(&self.c.recheck, 1)
+        oe_store_int(&self.c.recheck, 1)
         self._wake()
 
     def update_eroutes(self, add=(), remove=()) -> None:
@@ -1804,12 +1380,12 @@ cdef class Datapath:
         (replacing any of the same selector): the cost of one change does not grow with the
         table (issue 10, 6). Holds the table no longer traps are released."""
         self.classifier.update(add, remove)
-        esp_store_int(&self.c.recheck, 1)
+        oe_store_int(&self.c.recheck, 1)
         self._wake()
 
     def release_holds(self, now=None) -> list:
         """Without the loops: recheck holds now and return what their release produced."""
-        cdef double t = esp_now() if now is None else now
+        cdef double t = oe_now() if now is None else now
         result = []
         cdef OutBatch *b = _api_batch(result)
         try:
@@ -1824,7 +1400,7 @@ cdef class Datapath:
         cdef Hold *h
         cdef int k
         result = []
-        esp_mutex_lock(&self.c.hold_lock)
+        oe_mutex_lock(&self.c.hold_lock)
         try:
             for k in range(HOLD_BUCKETS):
                 h = self.c.holds[k]
@@ -1834,7 +1410,7 @@ cdef class Datapath:
                                    _ipaddress.ip_address((<char *>h.dst)[:alen]), h.npkts))
                     h = h.next
         finally:
-            esp_mutex_unlock(&self.c.hold_lock)
+            oe_mutex_unlock(&self.c.hold_lock)
         return result
 
     # ---------------------------------------------------------------------- events
@@ -1850,17 +1426,17 @@ cdef class Datapath:
         cdef uint64_t junk
         cdef DpEvent e
         esp_sys_read(self.c.ev_fd, &junk, 8)
-        result = self._lifetime_events() if esp_swap_int(&self.c.lifetime_pending, 0) else []
+        result = self._lifetime_events() if oe_swap_int(&self.c.lifetime_pending, 0) else []
         while True:
-            esp_mutex_lock(&self.c.ev_lock)
+            oe_mutex_lock(&self.c.ev_lock)
             if self.c.ev_count == 0:
-                esp_mutex_unlock(&self.c.ev_lock)
+                oe_mutex_unlock(&self.c.ev_lock)
                 break
             e = self.c.events[self.c.ev_head]
             self.c.ev_head = (self.c.ev_head + 1) % EV_CAP
             self.c.ev_count -= 1
             self.c.ev_ike -= e.kind == EV_IKE
-            esp_mutex_unlock(&self.c.ev_lock)
+            oe_mutex_unlock(&self.c.ev_lock)
             result.append(self._event(&e))
         return result
 
@@ -1872,14 +1448,14 @@ cdef class Datapath:
         cdef int k
         result = []
         with nogil:
-            esp_rd_lock(&self.c.sa_lock)
+            oe_rd_lock(&self.c.sa_lock)
         for k in range(2):
             table = &self.c.sa_out if k == 0 else &self.c.sa_in
             for i in range(table.cap):
                 sa = table.slots[i]
                 if sa == NULL:
                     continue
-                bits = esp_fetch_and32(&sa.pending, ~(<uint32_t>(PENDING_SOFT | PENDING_HARD)))
+                bits = oe_and32(&sa.pending, ~(<uint32_t>(PENDING_SOFT | PENDING_HARD)))
                 direction = "in" if sa.direction == DIR_IN else "out"
                 if bits & PENDING_SOFT:
                     result.append(SaSoftLimit(spi=sa.spi, direction=direction,
@@ -1887,7 +1463,7 @@ cdef class Datapath:
                 if bits & PENDING_HARD:
                     result.append(SaExpired(spi=sa.spi, direction=direction,
                                             reason=REASONS[sa.hard_reason], handle=sa.handle))
-        esp_rw_unlock(&self.c.sa_lock)
+        oe_rw_unlock(&self.c.sa_lock)
         return result
 
     cdef object _event(self, DpEvent *e):
@@ -1905,22 +1481,22 @@ cdef class Datapath:
                               data=data)
         # Failure events are coalesced: re-arm so the next failure raises a new one.
         with nogil:
-            esp_rd_lock(&self.c.sa_lock)
+            oe_rd_lock(&self.c.sa_lock)
         sa = sa_find(&self.c.sa_in, e.handle)
         if sa != NULL:
-            esp_fetch_and32(&sa.pending, <uint32_t>~(PENDING_REPLAY if e.kind == EV_REPLAY else PENDING_AUTH))
-        esp_rw_unlock(&self.c.sa_lock)
+            oe_and32(&sa.pending, <uint32_t>~(PENDING_REPLAY if e.kind == EV_REPLAY else PENDING_AUTH))
+        oe_rw_unlock(&self.c.sa_lock)
         if e.kind == EV_REPLAY:
             return ReplayFailure(spi=e.spi, total=e.count)
         return AuthFailure(spi=e.spi, total=e.count)
 
     def stats(self) -> dict:
         """Global counters by name, then the holds in place and their caps."""
-        result = {name: esp_get64(&self.c.counters[i]) for i, name in enumerate(COUNTER_NAMES)}
-        esp_mutex_lock(&self.c.hold_lock)
+        result = {name: oe_load64(&self.c.counters[i]) for i, name in enumerate(COUNTER_NAMES)}
+        oe_mutex_lock(&self.c.hold_lock)
         result.update(holds=self.c.nholds, hold_total_bytes=self.c.hold_total,
                       max_holds=self.c.max_holds, max_hold_total=self.c.max_hold_total)
-        esp_mutex_unlock(&self.c.hold_lock)
+        oe_mutex_unlock(&self.c.hold_lock)
         return result
 
     # ------------------------------------------------------ packet functions from Python
@@ -1934,12 +1510,12 @@ cdef class Datapath:
         out = bytearray(len(data) + 64)
         cdef uint8_t[::1] view = out
         with nogil:
-            esp_rd_lock(&self.c.sa_lock)
+            oe_rd_lock(&self.c.sa_lock)
         try:
             sa = sa_find(&self.c.sa_out, handle)
             if sa == NULL:
                 raise EspError(REASONS[R_UNKNOWN_SPI])
-            if not sa_admit(self.c, sa, len(data), esp_now()):
+            if not sa_admit(self.c, sa, len(data), oe_now()):
                 raise EspError(REASONS[R_EXPIRED])
             r = esp_seal(sa, CTX_API, <const uint8_t *><const char *>data, len(data), &view[0],
                          len(out), &seq)
@@ -1947,9 +1523,9 @@ cdef class Datapath:
                 sa_fire(self.c, sa, 1, R_SEQUENCE)
             if r < 0:
                 raise EspError(REASONS[-r])
-            sa_account(self.c, sa, len(data), seq, esp_now())
+            sa_account(self.c, sa, len(data), seq, oe_now())
         finally:
-            esp_rw_unlock(&self.c.sa_lock)
+            oe_rw_unlock(&self.c.sa_lock)
         return bytes(out[:r])
 
     def open(self, esp) -> tuple:
@@ -1967,9 +1543,9 @@ cdef class Datapath:
             dp_count(self.c, C_MALFORMED)
             raise EspError(REASONS[R_MALFORMED])
         with nogil:
-            esp_rd_lock(&self.c.sa_lock)
+            oe_rd_lock(&self.c.sa_lock)
         try:
-            spi = esp_rd32(<const uint8_t *><const char *>data)
+            spi = oe_rd32(<const uint8_t *><const char *>data)
             sa = sa_find(&self.c.sa_in, spi)
             if sa == NULL:
                 dp_count(self.c, C_UNKNOWN_SPI)
@@ -1979,16 +1555,16 @@ cdef class Datapath:
             if r == -R_REPLAY or r == -R_AUTH:
                 sa_failure(self.c, sa, -r)
             elif r == -R_PADDING:
-                esp_fetch_add64(&sa.err_malformed, 1)
+                oe_add64(&sa.err_malformed, 1)
                 dp_count(self.c, C_PADDING)
             elif r < 0:
-                esp_fetch_add64(&sa.err_malformed, 1)
+                oe_add64(&sa.err_malformed, 1)
                 dp_count(self.c, C_MALFORMED)
             if r < 0:
                 raise EspError(REASONS[-r])
-            sa_account(self.c, sa, r, seq, esp_now())
+            sa_account(self.c, sa, r, seq, oe_now())
         finally:
-            esp_rw_unlock(&self.c.sa_lock)
+            oe_rw_unlock(&self.c.sa_lock)
         return spi, nh, bytes(out[:r])
 
     def outbound(self, packet, now=None) -> list:
@@ -1998,7 +1574,7 @@ cdef class Datapath:
         to address) or "tun" (an ICMP error written back to the host).
         """
         cdef bytearray buf = bytearray(packet)
-        cdef double t = esp_now() if now is None else now
+        cdef double t = oe_now() if now is None else now
         if len(buf) == 0:
             dp_count(self.c, C_MALFORMED)
             return []
@@ -2016,7 +1592,7 @@ cdef class Datapath:
     def inbound(self, data, src, int sport=4500, str encap="udp", now=None) -> list:
         """Process one datagram as if received from `src` (UDP payload or raw ESP)."""
         cdef bytes d = bytes(data)
-        cdef double t = esp_now() if now is None else now
+        cdef double t = oe_now() if now is None else now
         cdef bytes srcb = _ipaddress.ip_address(src).packed
         cdef int fam = 4 if len(srcb) == 4 else 6
         cdef bytes padded = srcb + bytes(16 - len(srcb))
@@ -2058,7 +1634,7 @@ cdef class Datapath:
             if fd >= 0 and k < 2:
                 dp_udp_gro(fd)
         self.c.udp_gso = 1
-        esp_store_int(&self.c.running, 1)
+        oe_store_int(&self.c.running, 1)
         roles = [LOOP_OUT | LOOP_IN] if threads == 1 else [LOOP_OUT, LOOP_IN]
         for k, role in enumerate(roles):
             self._args[k].datapath = <void *>self
@@ -2073,7 +1649,7 @@ cdef class Datapath:
         cdef int k
         if not self._nthreads:
             return
-        esp_store_int(&self.c.running, 0)
+        oe_store_int(&self.c.running, 0)
         self._wake()
         with nogil:
             for k in range(self._nthreads):
@@ -2114,14 +1690,14 @@ cdef dict _sa_dict(EspSa *sa):
         "encap": "udp" if sa.encap == ENCAP_UDP else "esp",
         "esn": bool(sa.esn),
         "mtu": sa.mtu,
-        "packets": esp_get64(&sa.packets),
-        "bytes": esp_get64(&sa.nbytes),
-        "seq": esp_get64(&sa.seq) if sa.direction == DIR_OUT else sa.replay.top,
-        "replay": esp_get64(&sa.err_replay),
-        "authentication": esp_get64(&sa.err_auth),
-        "policy": esp_get64(&sa.err_policy),
-        "malformed": esp_get64(&sa.err_malformed),
-        "expired": esp_get64(&sa.err_expired),
+        "packets": oe_load64(&sa.packets),
+        "bytes": oe_load64(&sa.nbytes),
+        "seq": oe_load64(&sa.seq) if sa.direction == DIR_OUT else sa.replay.top,
+        "replay": oe_load64(&sa.err_replay),
+        "authentication": oe_load64(&sa.err_auth),
+        "policy": oe_load64(&sa.err_policy),
+        "malformed": oe_load64(&sa.err_malformed),
+        "expired": oe_load64(&sa.err_expired),
         "soft_fired": bool(sa.fired & FIRED_SOFT),
         "hard_fired": bool(sa.fired & FIRED_HARD),
     }

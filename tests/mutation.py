@@ -44,7 +44,7 @@ class Mutant:
 
     @property
     def compiled(self) -> bool:
-        return self.path.endswith((".pyx", ".pxi"))
+        return self.path.endswith((".pyx", ".pxi", ".pxd", ".c", ".h"))
 
 
 def m(name: str, path: str, anchor: str, replacement: str, *tests: str,
@@ -269,7 +269,12 @@ def build(tree: Path) -> None:
 
 def copy_tree() -> Path:
     tree = Path(tempfile.mkdtemp(prefix="oe-mutation-"))
-    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.c", "build")
+    skip = shutil.ignore_patterns("__pycache__", ".hypothesis", "build")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        # C that Cython generates from a .pyx beside it; the datapath's own C files are copied
+        generated = {n for n in names if n.endswith(".c") and n[:-2] + ".pyx" in names}
+        return skip(folder, names) | generated
     for name in COPIED:
         src = ROOT / name
         if src.is_dir():
