@@ -1,7 +1,8 @@
 """Build the compiled datapath; everything else is declared in pyproject.toml.
 
-oe.datapath is one extension: its Cython parts and the C files of oe/dp/ (the Linux socket and
-TUN offload code), see docs/architecture.md, section 4.
+oe.datapath (the Python API) and its parts in oe/dp/ are Cython extensions that share
+declarations through .pxd files (docs/architecture.md, section 4); the Linux socket and TUN
+offload code is C, in oe/dp/csrc/, linked into the part that calls it.
 """
 
 from glob import glob
@@ -9,21 +10,24 @@ from glob import glob
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-C_SOURCES = sorted(glob("oe/dp/*.c"))
-HEADERS = sorted(glob("oe/dp/*.h") + glob("oe/dp/*.pxd") + glob("oe/*.pxi"))
+CSRC = "oe/dp/csrc"
+HEADERS = sorted(glob(f"{CSRC}/*.h"))
+C_FILES = {"oe.dp.batch": [f"{CSRC}/sock.c", f"{CSRC}/vnet.c"],   # sendmmsg, GSO, GRO writes
+           "oe.dp.loop": [f"{CSRC}/sock.c", f"{CSRC}/vnet.c"]}    # recvmmsg, TSO reads
+
+
+def extension(name: str) -> Extension:
+    c_files = C_FILES.get(name, [])
+    return Extension(name, [name.replace(".", "/") + ".pyx", *c_files], include_dirs=[CSRC],
+                     depends=HEADERS + c_files, libraries=["crypto"],
+                     extra_compile_args=["-O2"])
+
+
+PARTS = sorted(path[:-4].replace("/", ".") for path in glob("oe/dp/*.pyx"))
 
 setup(
     ext_modules=cythonize(
-        [
-            Extension(
-                "oe.datapath",
-                ["oe/datapath.pyx", *C_SOURCES],
-                include_dirs=["oe/dp"],
-                depends=HEADERS + C_SOURCES,
-                libraries=["crypto"],
-                extra_compile_args=["-O2"],
-            )
-        ],
+        [extension(name) for name in [*PARTS, "oe.datapath"]],
         compiler_directives={"language_level": "3"},
     )
 )

@@ -28,7 +28,9 @@ static inline void oe_fence_acq(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE);
 static inline void oe_fence_rel(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
 static inline int oe_load_int(int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void oe_store_int(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-static inline int oe_swap_int(int *p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
+static inline int oe_swap_int(int *p, int v) {
+    return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
+}
 
 /* CLOCK_MONOTONIC in seconds: SA lifetimes and hold ages. */
 static inline double oe_now(void) {
