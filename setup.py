@@ -11,15 +11,17 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 CSRC = "oe/dp/csrc"
-HEADERS = sorted(glob(f"{CSRC}/*.h"))
+# Declarations every part may cimport or include: a change rebuilds, and the sdist carries them.
+HEADERS = sorted(glob(f"{CSRC}/*.h") + glob("oe/dp/*.pxd"))
 C_FILES = {"oe.dp.batch": [f"{CSRC}/sock.c", f"{CSRC}/vnet.c"],   # sendmmsg, GSO, GRO writes
            "oe.dp.loop": [f"{CSRC}/sock.c", f"{CSRC}/vnet.c"]}    # recvmmsg, TSO reads
 
 
 def extension(name: str) -> Extension:
     c_files = C_FILES.get(name, [])
-    return Extension(name, [name.replace(".", "/") + ".pyx", *c_files], include_dirs=[CSRC],
-                     depends=HEADERS + c_files, libraries=["crypto"],
+    pyx = name.replace(".", "/") + ".pyx"
+    return Extension(name, [pyx, *c_files], include_dirs=[CSRC],
+                     depends=[pyx, *HEADERS, *c_files], libraries=["crypto"],
                      extra_compile_args=["-O2"])
 
 
