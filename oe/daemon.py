@@ -34,7 +34,7 @@ from pathlib import Path
 
 from oe import config as oeconfig
 from oe import check, control, hostkey, inbound, logs, net, routing, tun
-from oe.datapath import Datapath, esp_overhead
+from oe.datapath import Datapath, Direction, Encap, SaSpec, esp_overhead
 from oe.dnskeys.fetcher import KeyFetcher
 from oe.dnskeys.choice import Target
 from oe.dpevents import Acquire, IkeMessage, SaExpired, SaSoftLimit
@@ -614,7 +614,7 @@ class Daemon:
             return self._refuse_child(version, sa_id, child, f"selectors oe cannot enforce: {exc}")
         local_ports = (sport, sport) if sport else ANY_PORT
         remote_ports = (dport, dport) if dport else ANY_PORT
-        encap = "udp" if child.udp_encap else "esp"
+        encap = Encap.UDP if child.udp_encap else Encap.ESP
         lifetime = self.config.ike.sa_lifetime
         soft = max(lifetime - self.config.ike.rekey_margin, lifetime / 2)
         common = dict(local=child.local_addr, peer=child.remote_addr, encap=encap,
@@ -625,17 +625,19 @@ class Daemon:
             return self._refuse_child(version, sa_id, child,
                                       f"outbound SPI {child.spi_out:08x} already in use")
         try:
-            self.datapath.add_sa(child.spi_in, "in", child.key_in,
-                                 src_ts=str(pair.dst), dst_ts=str(pair.src),
-                                 sport=remote_ports, dport=local_ports,
-                                 hard_time=lifetime + 60, **common)
+            self.datapath.add_sa(SaSpec(spi=child.spi_in, direction=Direction.IN,
+                                        key=child.key_in,
+                                        src_ts=str(pair.dst), dst_ts=str(pair.src),
+                                        sport=remote_ports, dport=local_ports,
+                                        hard_time=lifetime + 60, **common))
         except ValueError as e:
             return self._refuse_child(version, sa_id, child, str(e))
         try:
-            handle = self.datapath.add_sa(child.spi_out, "out", child.key_out,
-                                          src_ts=str(pair.src), dst_ts=str(pair.dst),
-                                          sport=local_ports, dport=remote_ports,
-                                          soft_time=soft, hard_time=lifetime, **common)
+            handle = self.datapath.add_sa(SaSpec(spi=child.spi_out, direction=Direction.OUT,
+                                                 key=child.key_out, src_ts=str(pair.src),
+                                                 dst_ts=str(pair.dst), sport=local_ports,
+                                                 dport=remote_ports, soft_time=soft,
+                                                 hard_time=lifetime, **common))
         except ValueError as e:
             self.datapath.del_sa(child.spi_in, "in")
             return self._refuse_child(version, sa_id, child, str(e))

@@ -44,7 +44,7 @@ class Mutant:
 
     @property
     def compiled(self) -> bool:
-        return self.path.endswith((".pyx", ".pxi"))
+        return self.path.endswith((".pyx", ".pxi", ".pxd", ".c", ".h"))
 
 
 def m(name: str, path: str, anchor: str, replacement: str, *tests: str,
@@ -58,7 +58,8 @@ COMMON = "oe/ike/tasks/common.py"
 IKE_FAST = ("test_ike_forgery.py", "test_ike_message_ids.py", "test_ike_engine.py")
 SELECTORS = ("test_ike_selectors.py", "test_ike_peer_keys.py", "test_ike_engine.py")
 RECORDS, ROUTING, INBOUND = "oe/dnskeys/records.py", "oe/routing.py", "oe/inbound.py"
-ESP, REPLAY, LOOPS = "oe/esp.pxi", "oe/replay.pxi", "oe/loops.pxi"
+ESP, REPLAY, SAS = "oe/dp/esp.pyx", "oe/dp/replay.pxd", "oe/dp/sa.pyx"
+DATAPATH = "oe/datapath.pyx"
 OPP, DAEMON = "oe/opportunist.py", "oe/daemon.py"
 TS_ALLOWED = ("            if ts.start != ts.end or "
               "self.opportunist.inbound_allowed(local, peer) is not None:")
@@ -148,7 +149,7 @@ MUTANTS = [
     m("daemon-ts-policy-ignored", "oe/daemon.py", TS_ALLOWED, "            if ts.start != ts.end:",
       "test_daemon.py"),
     m("daemon-sa-in-any-port", "oe/daemon.py",
-      "                                 sport=remote_ports, dport=local_ports,\n", "",
+      "                                        sport=remote_ports, dport=local_ports,\n", "",
       "test_daemon.py"),
     m("daemon-sa-any-protocol", "oe/daemon.py",
       "esn=child.esn, proto=proto)", "esn=child.esn, proto=0)", "test_daemon.py"),
@@ -198,7 +199,7 @@ MUTANTS = [
     m("inbound-sa-peers-not-refused", INBOUND,
       "for name in (\"private\", \"peers\")),", "for name in (\"private\",)),",
       "netns/test_inbound_nft.py", root=True),
-    # The datapath (Cython: one rebuild each)
+    # The datapath (Cython and C in oe/dp/: one rebuild each)
     m("esp-replay-update-before-icv", ESP,
       "    if not replay_check(&sa.replay, seq):\n        return -R_REPLAY\n",
       "    if not replay_check(&sa.replay, seq):\n        return -R_REPLAY\n"
@@ -206,17 +207,17 @@ MUTANTS = [
     m("replay-window-unbounded", REPLAY,
       "    if r.top - seq >= r.window:\n        return False\n", "", "test_replay.py",
       "test_esp.py"),
-    m("esp-inner-destination-unchecked", ESP,
+    m("esp-inner-destination-unchecked", SAS,
       "    if memcmp(info.dst, sa.ts_dst_lo, alen) < 0 or "
       "memcmp(info.dst, sa.ts_dst_hi, alen) > 0:\n",
       "    if False:\n", "test_datapath_selectors.py", "test_esp.py"),
-    m("esp-inner-protocol-unchecked", ESP,
+    m("esp-inner-protocol-unchecked", SAS,
       "    if sa.ts_proto and info.proto != sa.ts_proto:\n", "    if False:\n",
       "test_datapath_selectors.py", "test_esp.py"),
-    m("esp-inner-source-port-unchecked", ESP,
+    m("esp-inner-source-port-unchecked", SAS,
       "        if info.sport < sa.ts_sport_lo or info.sport > sa.ts_sport_hi:\n",
       "        if False:\n", "test_datapath_selectors.py", "test_esp.py"),
-    m("dp-keymat-reinstalled", LOOPS, "        if digest in self._keys:\n", "        if False:\n",
+    m("dp-keymat-reinstalled", DATAPATH, "        if digest in self._keys:\n", "        if False:\n",
       "test_datapath.py"),
     # The OE decisions and the daemon's bounds (issue 10, 3-12 and its review)
     m("oe-shunts-uncapped", OPP, "        while self._failures > self.limits.max_shunts:\n",
@@ -276,7 +277,12 @@ def build(tree: Path) -> None:
 
 def copy_tree() -> Path:
     tree = Path(tempfile.mkdtemp(prefix="oe-mutation-"))
-    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.c", "build")
+    skip = shutil.ignore_patterns("__pycache__", ".hypothesis", "build")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        # C that Cython generates from a .pyx beside it; the datapath's own C files are copied
+        generated = {n for n in names if n.endswith(".c") and n[:-2] + ".pyx" in names}
+        return skip(folder, names) | generated
     for name in COPIED:
         src = ROOT / name
         if src.is_dir():

@@ -167,11 +167,11 @@ def test_the_sa_carries_exactly_the_negotiated_selectors(confdir, tmp_path):
         d = make_daemon(confdir, tmp_path)
         d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
         d._install_child(4, 1, _child(ME, PEER, protocol=6, rport=(22, 22)))
-        installs = {kw.get("direction", args[1] if len(args) > 1 else None): kw
+        installs = {args[0].direction: args[0]          # add_sa(SaSpec)
                     for name, args, kw in d.datapath.calls if name == "add_sa"}
-        assert installs["out"]["proto"] == 6 and tuple(installs["out"]["dport"]) == (22, 22)
-        assert tuple(installs["out"]["sport"]) == (0, 65535)
-        assert installs["in"]["proto"] == 6 and tuple(installs["in"]["sport"]) == (22, 22)
+        assert installs["out"].proto == 6 and tuple(installs["out"].dport) == (22, 22)
+        assert tuple(installs["out"].sport) == (0, 65535)
+        assert installs["in"].proto == 6 and tuple(installs["in"].sport) == (22, 22)
     asyncio.run(run())
 
 
