@@ -17,6 +17,7 @@ from oe.ike.auth import Identity
 from oe.ike.constants import IdType, NotifyType
 from oe.ike.events import ChildSa, ChildSaEstablished, ChildSaFailed
 from oe.ike.ts import TrafficSelector
+from oe.lifecycle import CHILDLESS_GRACE
 from oe.opportunist import Pair
 
 ME = "192.0.2.10"
@@ -140,12 +141,12 @@ def test_spoofed_ike_sa_inits_cost_bounded_dns_work(confdir, tmp_path):
                 d._admit_init(bytes([copy]) * 300, (f"203.0.113.{i + 1}", 500), 500)
         await asyncio.sleep(0)
         assert len(d.fetcher.asked) <= 8
-        assert len(d.pending_init) <= 8
-        assert all(data == bytes([2]) * 300 for data, _, _ in d.pending_init.values())
-        assert d.counters["ike_init_dropped"] > 0
+        assert len(d.admission.pending) <= 8
+        assert all(data == bytes([2]) * 300 for data, _, _ in d.admission.pending.values())
+        assert d.admission.counters["ike_init_dropped"] > 0
         d.fetcher.release.set()
         await asyncio.sleep(0.01)
-        assert d.pending_init == {}
+        assert d.admission.pending == {}
     asyncio.run(run())
 
 
@@ -281,7 +282,7 @@ def test_a_refused_child_sa_ends_the_negotiation(confdir, tmp_path):
         d.opportunist.acquire(pair, d.loop.time())
         _fetch_command(d, pair)
         d.opportunist.negotiations[pair].stage = "ike"
-        d.sa_pairs[(4, 9)] = pair
+        d.lifecycle.initiated(4, 9, pair)
         from oe.ike.events import ChildSaEstablished
         d._ike_event(4, ChildSaEstablished(9, _child(ME, PEER, 6, rport=(1000, 2000))))
         assert pair not in d.opportunist.negotiations
@@ -302,9 +303,9 @@ def test_an_ike_sa_without_a_child_sa_is_deleted_after_a_while(confdir, tmp_path
         d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
         d._ike_event(4, IkeSaEstablished(5, b"i" * 8, b"r" * 8, False, ME, PEER, 500, PEER,
                                          False))
-        d._reap_childless(d.loop.now + oedaemon.CHILDLESS_GRACE - 1)
+        d._on_timer(d.loop.now + CHILDLESS_GRACE - 1)
         assert "delete_ike" not in [c[0] for c in engine.calls]
-        d._reap_childless(d.loop.now + oedaemon.CHILDLESS_GRACE + 1)
+        d._on_timer(d.loop.now + CHILDLESS_GRACE + 1)
         assert ("delete_ike", 5) in [(c[0], c[1][0]) for c in engine.calls]
     asyncio.run(run())
 
