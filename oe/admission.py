@@ -70,13 +70,13 @@ class Admission:
         self.keys.keep(lookup, now)
         return [] if waiting is None else [ReplayInit(*waiting)]
 
-    def selectors_allowed(self, local: str, remote_ts) -> bool:
+    def selectors_allowed(self, local_address: str, remote_ts) -> bool:
         """The engine's ts_policy: every selector of the peer's side one host whose policy
         group accepts OE inbound; anything else refuses the whole CHILD SA."""
-        address = ipaddress.ip_address(local)
+        local = ipaddress.ip_address(local_address)
         for ts in remote_ts:
             peer = ipaddress.ip_address(ts.start)
-            if ts.start != ts.end or self.opportunist.inbound_allowed(address, peer) is not None:
+            if ts.start != ts.end or self.opportunist.inbound_allowed(local, peer) is not None:
                 return False
         return True
 

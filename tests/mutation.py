@@ -58,6 +58,7 @@ SELECTORS = ("test_ike_selectors.py", "test_ike_peer_keys.py", "test_ike_engine.
 RECORDS, ROUTING, INBOUND = "oe/dnskeys/records.py", "oe/routing.py", "oe/inbound.py"
 ESP, REPLAY, LOOPS = "oe/esp.pxi", "oe/replay.pxi", "oe/loops.pxi"
 OPP, DAEMON = "oe/opportunist.py", "oe/daemon.py"
+ADMISSION, LIFECYCLE, KEYS = "oe/admission.py", "oe/lifecycle.py", "oe/peerkeys.py"
 TS_ALLOWED = ("            if ts.start != ts.end or "
               "self.opportunist.inbound_allowed(local, peer) is not None:")
 
@@ -141,12 +142,12 @@ MUTANTS = [
     m("ts-intersect-any-protocol", TSPY,
       "        if self.protocol and other.protocol and self.protocol != other.protocol:\n",
       "        if False:\n", *SELECTORS),
-    # The daemon's glue: its selector policy and what it installs
-    m("daemon-ts-range-allowed", "oe/daemon.py", TS_ALLOWED,
+    # The daemon's glue: its selector policy (oe.admission decides) and what it installs
+    m("daemon-ts-range-allowed", ADMISSION, TS_ALLOWED,
       "            if self.opportunist.inbound_allowed(local, peer) is not None:",
-      "test_daemon.py"),
-    m("daemon-ts-policy-ignored", "oe/daemon.py", TS_ALLOWED, "            if ts.start != ts.end:",
-      "test_daemon.py"),
+      "test_daemon.py", "test_admission.py"),
+    m("daemon-ts-policy-ignored", ADMISSION, TS_ALLOWED, "            if ts.start != ts.end:",
+      "test_daemon.py", "test_admission.py"),
     m("daemon-sa-in-any-port", "oe/daemon.py",
       "                                 sport=remote_ports, dport=local_ports,\n", "",
       "test_daemon.py"),
@@ -226,20 +227,19 @@ MUTANTS = [
     m("oe-port-range-widened", OPP,
       "        elif ts.start_port == ts.end_port and ts.start_port != 0:\n",
       "        elif ts.start_port != 0:\n", "test_opportunist.py"),
-    m("daemon-keys-never-expire", DAEMON,
-      "        if entry is None or entry[1] <= self.loop.time():\n",
-      "        if entry is None:\n", "test_daemon.py"),
-    m("daemon-lookups-unbounded", DAEMON,
-      "            if len(self.pending_init) >= self.config.limits.lookups:\n",
-      "            if False:\n", "test_daemon.py"),
-    m("daemon-moved-peer-unchecked", DAEMON,
-      "            if why is not None:  # never let a peer point our ESP",
-      "            if False:  # never let a peer point our ESP", "test_daemon.py"),
-    m("daemon-childless-kept", DAEMON, "            if now - since < CHILDLESS_GRACE:\n",
-      "            if True:\n", "test_daemon.py"),
-    m("daemon-refused-child-leaves-hold", DAEMON,
-      "            self._run(self.opportunist.negotiation_failed(pair, f\"CHILD SA refused: {why}\", "
-      "now))\n", "            pass\n", "test_daemon.py"),
+    # The daemon's decisions, now in oe.peerkeys, oe.admission and oe.lifecycle (issue 11, 3)
+    m("daemon-keys-never-expire", KEYS, "        if entry is None or entry[1] <= now:\n",
+      "        if entry is None:\n", "test_daemon.py", "test_admission.py"),
+    m("daemon-lookups-unbounded", ADMISSION, "            if len(self.pending) >= self.lookups:\n",
+      "            if False:\n", "test_daemon.py", "test_admission.py"),
+    m("daemon-moved-peer-unchecked", ADMISSION,
+      "        if why is not None:  # never let a peer point our ESP",
+      "        if False:  # never let a peer point our ESP", "test_daemon.py", "test_admission.py"),
+    m("daemon-childless-kept", LIFECYCLE, "            if now - since < CHILDLESS_GRACE:\n",
+      "            if True:\n", "test_daemon.py", "test_lifecycle.py"),
+    m("daemon-refused-child-leaves-hold", LIFECYCLE,
+      "            commands += self.opportunist.negotiation_failed(pair, f\"CHILD SA refused: "
+      "{why}\", now)\n", "            pass\n", "test_daemon.py", "test_lifecycle.py"),
     m("daemon-log-unescaped", DAEMON,
       "        record.msg = printable(record.getMessage(), limit=LOG_LINE_MAX)\n",
       "        record.msg = record.getMessage()\n", "test_daemon.py"),

@@ -393,3 +393,77 @@ def test_the_daemons_selector_policy_decides_in_the_engine(confdir, tmp_path):
         assert isinstance(got["203.0.113.5"], ChildSaFailed)
         assert got["203.0.113.5"].notify == NotifyType.TS_UNACCEPTABLE
     asyncio.run(run())
+
+
+class StatusDatapath(RecordingDatapath):
+    """A datapath with the counters status reads."""
+
+    class classifier:
+        table = type("T", (), {"entries": []})()
+
+        @staticmethod
+        def counters():
+            return []
+
+    def sa_stats(self, handle, direction):
+        return {"packets": 3, "bytes": 300} if direction == "in" else {"packets": 5, "bytes": 500}
+
+    def stats(self):
+        return {"holds": 0, "holds_evicted": 0}
+
+
+def test_status_shows_each_child_sa_with_algorithms_pfs_and_times(confdir, tmp_path):
+    """Issue 15: a CHILD SA in `oe status` as an IPsec user expects it: algorithms with the PFS
+    group, rekey and expiry, last use; one structure for --json, the text and --brief."""
+    from oe.ike.events import ChildSaEstablished
+    from oe.status import Status, render, render_brief
+    import dataclasses
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.loop = ClockLoop(d.loop)
+        d.datapath = StatusDatapath()
+        engine = RecordingEngine()
+        engine.stats = lambda: {"half_open_dropped": 0}
+        engine.half_open = lambda: 0
+        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
+        d.fetcher.stats = type("S", (), {"refreshes": 0})()
+        child = dataclasses.replace(_child(ME, PEER), dh=31)
+        d._ike_event(4, ChildSaEstablished(9, child))
+        d.loop.now += 100
+        status = d.status()
+        [sa] = status.sas
+        assert (sa.sa_id, sa.encryption, sa.dh_group, sa.esn) == (9, "AES_GCM_16_128",
+                                                                  "CURVE25519", False)
+        lifetime, margin = d.config.ike.sa_lifetime, d.config.ike.rekey_margin
+        assert sa.rekey_in == max(lifetime - margin, lifetime / 2) - 100
+        assert sa.expires_in == lifetime - 100 and sa.last_used == 0
+        assert (sa.packets_in, sa.bytes_out) == (3, 500)
+        data = status.to_json()
+        assert Status.from_json(data) == status and data["ike_sas"] == []
+        assert data["counters"]["children_refused"] == 0 and "ike_init_dropped" in \
+            data["counters"] and data["limits"]["lookups"]["max"] == 8
+        assert "PFS CURVE25519, rekey in" in render(status)
+        assert render_brief(status).startswith(f"{PEER:<24} up     1 SA  AES_GCM_16_128 PFS")
+    asyncio.run(run())
+
+
+def test_the_daemon_sleeps_until_the_earliest_timer(confdir, tmp_path):
+    """Issue 11, 3: no 1 s poll: a failure shunt of 0.2 s goes after 0.2 s, woken by
+    next_timer(), and an idle daemon has nothing to wake for but its liveness sample."""
+    (confdir / "oe.conf").write_text("shunt_lifetime = 0.2\n[limits]\nlookups = 8\n")
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.lifecycle.started(d.loop.time())
+        assert d._next_timer() == pytest.approx(d.loop.time() + d.config.ike.dpd_delay, abs=1)
+        task = d.loop.create_task(d._timers())
+        pair = Pair.of(ME, PEER)
+        d.opportunist.acquire(pair, d.loop.time())
+        d.opportunist.negotiation_failed(pair, "no key", d.loop.time())
+        d._apply()
+        assert d._next_timer() == pytest.approx(d.loop.time() + 0.2, abs=0.05)
+        await asyncio.sleep(0.5)
+        assert pair not in d.opportunist.shunts
+        task.cancel()
+    asyncio.run(run())
