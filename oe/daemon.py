@@ -1,6 +1,6 @@
 """`oe start`: the daemon. asyncio glue that owns the clock, the timers, the signals, the
 sockets, the datapath, netlink and the control socket. It feeds what happens into the pure
-parts and carries out the commands they return (oe.commands, one `match` in _execute); every
+parts and carries out the commands they return (oe.commands, one `match` in _run); every
 decision is made there: oe.opportunist (policy, shunts, tunnels), oe.lifecycle (rekey or
 retire, liveness, childless IKE SAs), oe.admission (the responder's door), oe.peerkeys (keys
 by TTL) and oe.routeplan (routes and the inbound table). It sleeps until the earliest of their
@@ -318,7 +318,7 @@ class Daemon:
         now = self.loop.time()
         match event:
             case Acquire():
-                self._execute(self.opportunist.acquire(Pair(event.src, event.dst), now,
+                self._run(self.opportunist.acquire(Pair(event.src, event.dst), now,
                                                        event.proto, event.sport, event.dport))
             case IkeMessage():
                 side = self.sides.get(event.src.version)
@@ -327,10 +327,10 @@ class Daemon:
                                         (str(event.src), event.sport), NAT_T_PORT)
             case SaSoftLimit(direction="out"):
                 stats = self.datapath.sa_stats(event.handle, "out") or {}
-                self._execute(self.lifecycle.soft_limit(event.handle, stats.get("packets", 0),
+                self._run(self.lifecycle.soft_limit(event.handle, stats.get("packets", 0),
                                                         f"soft limit ({event.reason})"))
             case SaExpired():
-                self._execute(self.lifecycle.hard_limit(event.direction, event.handle, event.spi,
+                self._run(self.lifecycle.hard_limit(event.direction, event.handle, event.spi,
                                                         event.reason))
             case _:
                 log.warning("datapath: %s", event)
@@ -366,7 +366,7 @@ class Daemon:
                 why = f"IKE timeout: {event.reason}" if event.notify is None else event.reason
                 auth = event.local and event.notify == NotifyType.AUTHENTICATION_FAILED
                 if pair is not None:
-                    self._execute(self.opportunist.auth_failed(pair, why, now) if auth
+                    self._run(self.opportunist.auth_failed(pair, why, now) if auth
                                   else self.opportunist.negotiation_failed(pair, why, now))
                 else:
                     log.info("IKE with %s failed: %s", event.remote_addr, why)
@@ -376,12 +376,12 @@ class Daemon:
                 self.lifecycle.ike_gone(event.sa_id)
                 self.opportunist.ike_gone(event.sa_id, event.reason, now)
             case ike_events.IkeSaPeerMoved():
-                self._execute(self.admission.peer_moved(side.address, event.sa_id,
+                self._run(self.admission.peer_moved(side.address, event.sa_id,
                                                         event.remote_addr, event.remote_port))
             case ike_events.ChildSaFailed():
                 pair = self.lifecycle.pairs.get(event.sa_id)
                 if pair is not None:
-                    self._execute(self.opportunist.negotiation_failed(pair, event.reason, now))
+                    self._run(self.opportunist.negotiation_failed(pair, event.reason, now))
         self._apply()
         side.runner.transmit()
 
@@ -392,7 +392,7 @@ class Daemon:
         pair, narrowing, handle = installed
         initiator = pair in self.opportunist.negotiations
         self.lifecycle.child_installed(sa_id, pair, child.spi_in, ChildInfo.of(child, now))
-        self._execute(self.opportunist.tunnel_up(
+        self._run(self.opportunist.tunnel_up(
             pair, ipaddress.ip_address(child.remote_addr), sa_id, child.spi_in, child.spi_out,
             algorithm_name(child), child.udp_encap, initiator, now, narrowing, handle))
 
@@ -419,12 +419,12 @@ class Daemon:
 
     def _on_timer(self, now: float) -> None:
         self.keys.sweep(now)
-        self._execute(self.opportunist.tick(now) + self.lifecycle.tick(now))
+        self._run(self.opportunist.tick(now) + self.lifecycle.tick(now))
         self._apply()
 
     # ------------------------------------------------------------------ commands out
 
-    def _execute(self, commands) -> None:
+    def _run(self, commands) -> None:
         """Carry out what the pure parts decided."""
         now = self.loop.time()
         for command in commands:
@@ -442,7 +442,7 @@ class Daemon:
                 case CheckLiveness(sa_id=sa_id):
                     self._on_ike_sa(sa_id, lambda engine: engine.check_liveness(sa_id, now))
                 case SampleInbound():
-                    self._execute(self.lifecycle.inbound_sample(self._inbound_packets(), now))
+                    self._run(self.lifecycle.inbound_sample(self._inbound_packets(), now))
                 case FetchPeerKey():
                     self.loop.create_task(self._fetch_peer_key(command))
                 case ReplayInit(data=data, addr=addr, local_port=port):
@@ -472,7 +472,7 @@ class Daemon:
             self.datapath.update_eroutes(*changes)
         for line in self.opportunist.take_log():
             log.info("%s", line)
-        self._execute(self.routes.follow(self.opportunist.tunnels.values(),
+        self._run(self.routes.follow(self.opportunist.tunnels.values(),
                                          routes=self.steering is not None,
                                          inbound=self._inbound))
         self._wake.set()
@@ -487,7 +487,7 @@ class Daemon:
             log.exception("key lookup for %s", command.target)
             commands = self.opportunist.negotiation_failed(
                 command.pair, f"key lookup failed: {exc}", self.loop.time())
-        self._execute(commands)
+        self._run(commands)
         self._apply()
 
     async def _fetch_peer_key(self, command: FetchPeerKey) -> None:
@@ -502,12 +502,12 @@ class Daemon:
         except Exception:  # a key that fails late (e >= n): refused like no key
             log.exception("key lookup for %s", command.peer)
             commands = []
-        self._execute(commands)
+        self._run(commands)
 
     def _initiate(self, command: Initiate) -> None:
         side = self.sides.get(command.peer.version)
         if side is None:
-            self._execute(self.opportunist.negotiation_failed(
+            self._run(self.opportunist.negotiation_failed(
                 command.pair, f"no IPv{command.peer.version} address of ours", self.loop.time()))
             return
         sa_id = side.engine.initiate(
@@ -564,7 +564,7 @@ class Daemon:
             return False
         admitted, commands = self.admission.admit(side.address, data, addr, local_port,
                                                   self.loop.time())
-        self._execute(commands)
+        self._run(commands)
         return admitted
 
     # ------------------------------------------------------------------ the datapath's SAs
@@ -610,7 +610,7 @@ class Daemon:
     def _refuse_child(self, version: int, sa_id: int, child, why: str) -> None:
         """A CHILD SA oe will not install (Lifecycle.child_refused says what follows)."""
         self.counters["children_refused"] += 1
-        self._execute(self.lifecycle.child_refused(sa_id, child.spi_in, child.remote_addr, why,
+        self._run(self.lifecycle.child_refused(sa_id, child.spi_in, child.remote_addr, why,
                                                    self.loop.time()))
         return None
 

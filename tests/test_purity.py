@@ -14,6 +14,17 @@ IO_NAMES = {"cli.py", "net.py", "tun.py", "daemon.py", "loader.py", "fetcher.py"
             "routing.py", "inbound.py"}
 
 
+# The decisions the daemon carries out (docs/architecture.md section 3): pure by name, so
+# none of them can become I/O by accident.
+DECIDING = {"opportunist.py", "lifecycle.py", "admission.py", "peerkeys.py", "routeplan.py",
+            "commands.py", "status.py"}
+
+
+def test_the_deciding_modules_are_pure():
+    assert all((ROOT / name).exists() for name in DECIDING)
+    assert not DECIDING & IO_NAMES
+
+
 def pure_modules():
     return sorted(p for p in ROOT.rglob("*.py") if p.name not in IO_NAMES)
 
