@@ -62,7 +62,7 @@ from oe.ike.spis import SpiAllocator
 from oe.ike.ts import TrafficSelector
 from oe.opportunist import ANY_PORT, Limits, Opportunist, Pair, child_flow
 from oe.peerkeys import PeerKeys
-from oe.policygroups import SEMANTICS, prospective_table
+from oe.policygroups import prospective_table
 from oe.policygroups.loader import load_policy
 from oe.routeplan import RoutePlan
 from oe.status import ErouteStatus, LimitStatus, ShuntStatus, Status, child_sa_status
@@ -667,13 +667,10 @@ class Daemon:
                                         for s in self.sides.values()}:
             raise OeError(f"{peer} is this host's own address: nothing to negotiate")
         pair = Pair(source or ipaddress.ip_address(side.address), peer)
+        why = self.opportunist.initiation_refused(pair)
+        if why is not None:
+            raise OeError(why)
         group = self.opportunist.host_group(pair)
-        if group is None:
-            raise OeError(f"{peer} is in no policy group: not steered into oe, sent in clear")
-        outbound = SEMANTICS[group].outbound.value
-        if outbound != "%trap":
-            raise OeError(f"{peer} is in group {group} ({outbound}): oe does not negotiate "
-                          f"with it")
         self._run(self.opportunist.initiate(pair, self.loop.time()))
         self._apply()
         return f"initiating OE for {pair} (group {group})"

@@ -299,6 +299,16 @@ class Opportunist:
             self._drop_shunt(pair)
         return self.acquire(pair, now)
 
+    def initiation_refused(self, pair: Pair) -> str | None:
+        """Why `oe initiate` would negotiate nothing for `pair` (issue 15, 6), or None."""
+        group = self.host_group(pair)
+        if group is None:
+            return f"{pair.dst} is in no policy group: not steered into oe, sent in clear"
+        outbound = SEMANTICS[group].outbound.value
+        if outbound != "%trap":
+            return f"{pair.dst} is in group {group} ({outbound}): oe does not negotiate with it"
+        return None
+
     def key_found(self, pair: Pair, lookup, now: float) -> list[Command]:
         """The DNS answer for a FetchKey: an oe.dnskeys KeyLookup."""
         negotiation = self.negotiations.get(pair)
