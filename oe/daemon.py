@@ -4,18 +4,7 @@ parts and carries out the commands they return (oe.commands, one `match` in _run
 decision is made there: oe.opportunist (policy, shunts, tunnels), oe.lifecycle (rekey or
 retire, liveness, childless IKE SAs), oe.admission (the responder's door), oe.peerkeys (keys
 by TTL) and oe.routeplan (routes and the inbound table). It sleeps until the earliest of their
-timers (next_timer) or the next event.
-
-The packet's way (docs/architecture.md section 1):
-
-1. The kernel routes a packet for a trapping group's CIDR into the TUN (oe.routing).
-2. The datapath's outbound thread classifies it (oe.datapath) and, by its eroute: seals it on
-   an SA; on %trap raises an Acquire and holds it under a /32 %hold; passes, drops or rejects.
-3. Acquire -> Opportunist -> FetchKey (oe.dnskeys, async) -> Initiate (oe.ike) -> the CHILD SA
-   goes into the datapath and the table now says SA where it said %hold: the held packets leave
-   encrypted. A failure turns the %hold into the group's failure shunt, with its reason.
-4. Inbound ESP is opened by the datapath's inbound thread and written to the TUN; IKE on 4500
-   comes up as an event, IKE on 500 arrives on our own socket.
+timers (next_timer) or the next event. The packet's way: docs/architecture.md section 1.
 
 Rule 1: only this process changes policy, shunts, SAs and their timers (Hannum's PF_KEY
 critique). Rule 2: everything installed in the system (TUN, routes, rule, sockets, control
@@ -40,36 +29,26 @@ from oe import config as oeconfig
 from oe import control, hostkey, inbound, net, routing, tun
 from oe.datapath import Datapath, esp_overhead
 from oe.dnskeys.fetcher import KeyFetcher
-from oe.dnskeys.choice import Target
 from oe.admission import Admission
-from oe.commands import (
-    CheckLiveness, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer, Initiate, Log,
-    RefuseInClear, RekeyChild, ReplayInit, SampleInbound, Steer,
-)
-from oe.dpevents import Acquire, IkeMessage, SaExpired, SaSoftLimit
+from oe.commands import Steer
 from oe.errors import OeError
+from oe.executor import Executor
 from oe.eroute import ErouteTable
-from oe.ike import events as ike_events
-from oe.ike.auth import Identity, PeerKey
-from oe.ike.constants import (
-    HALF_OPEN_COOKIE_THRESHOLD, NON_ESP_MARKER, NAT_T_PORT, NotifyType,
-)
-from oe.lifecycle import ChildInfo, Lifecycle, SaTimes, algorithm_name
+from oe.ike.constants import HALF_OPEN_COOKIE_THRESHOLD, NAT_T_PORT
+from oe.lifecycle import Lifecycle, SaTimes
 from oe.logsafe import printable
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
 from oe.ike.spis import SpiAllocator
-from oe.ike.ts import TrafficSelector
 from oe.opportunist import ANY_PORT, Limits, Opportunist, Pair, child_flow
 from oe.peerkeys import PeerKeys
 from oe.policygroups import prospective_table
 from oe.policygroups.loader import load_policy
 from oe.routeplan import RoutePlan
-from oe.status import ErouteStatus, LimitStatus, ShuntStatus, Status, child_sa_status
+from oe.status import LimitStatus, Status, build_status
 
 log = logging.getLogger("oe")
 
-TIMER_SLACK = 0.01  # seconds the timer loop waits at least, so a due timer cannot spin it
 
 
 class StartError(OeError):
@@ -86,7 +65,10 @@ class _IkeSide:
     runner: IkeRunner
 
 
-class Daemon:
+class Daemon(Executor):
+    """The process: start, stop, control socket, the datapath's SAs; its reactions to events
+    are oe.executor's."""
+
     def __init__(self, confdir: Path, rundir: Path) -> None:
         self.confdir = confdir
         self.rundir = rundir
@@ -304,269 +286,6 @@ class Daemon:
             pass
         log.info("oe stopped")
 
-    # ------------------------------------------------------------------ events in
-
-    def _datapath_events(self) -> None:
-        for event in self.datapath.read_events():
-            try:
-                self._datapath_event(event)
-            except Exception:  # one event's bug must not lose the rest of the batch
-                log.exception("datapath event %s", event)
-        self._apply()
-
-    def _datapath_event(self, event) -> None:
-        now = self.loop.time()
-        match event:
-            case Acquire():
-                self._run(self.opportunist.acquire(Pair(event.src, event.dst), now,
-                                                       event.proto, event.sport, event.dport))
-            case IkeMessage():
-                side = self.sides.get(event.src.version)
-                if side is not None:
-                    side.runner.receive(NON_ESP_MARKER + event.data,
-                                        (str(event.src), event.sport), NAT_T_PORT)
-            case SaSoftLimit(direction="out"):
-                stats = self.datapath.sa_stats(event.handle, "out") or {}
-                self._run(self.lifecycle.soft_limit(event.handle, stats.get("packets", 0),
-                                                        f"soft limit ({event.reason})"))
-            case SaExpired():
-                self._run(self.lifecycle.hard_limit(event.direction, event.handle, event.spi,
-                                                        event.reason))
-            case _:
-                log.warning("datapath: %s", event)
-
-    def _ike_event(self, version: int, event) -> None:
-        now = self.loop.time()
-        side = self.sides[version]
-        self.lifecycle.heard(version, event.sa_id)
-        match event:
-            case ike_events.ChildSaEstablished():
-                self._child_established(version, event.sa_id, event.child, now)
-            case ike_events.ChildSaRekeyed():
-                installed = self._install_child(version, event.sa_id, event.child)
-                pair = self.lifecycle.pairs.get(event.sa_id)
-                if pair is not None and installed is not None:
-                    self.lifecycle.child_rekeyed(event.child.spi_in, ChildInfo.of(event.child, now))
-                    self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out,
-                                                    now, sa_out=installed[2],
-                                                    narrowing=installed[1])
-            case ike_events.ChildSaDeleted():
-                self.datapath.del_sa(event.spi_in, "in")
-                handle = self.sa_out.pop((version, event.sa_id, event.spi_out), None)
-                if handle is not None:
-                    self.datapath.del_sa(handle, "out")
-                self.lifecycle.child_deleted(event.spi_in, handle)
-                pair = self.lifecycle.pairs.get(event.sa_id)
-                if pair is not None:
-                    self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
-            case ike_events.IkeSaEstablished():
-                self.lifecycle.ike_established(version, event.sa_id, now)
-            case ike_events.IkeSaFailed():
-                pair = self.lifecycle.ike_gone(event.sa_id)
-                why = f"IKE timeout: {event.reason}" if event.notify is None else event.reason
-                auth = event.local and event.notify == NotifyType.AUTHENTICATION_FAILED
-                if pair is not None:
-                    self._run(self.opportunist.auth_failed(pair, why, now) if auth
-                                  else self.opportunist.negotiation_failed(pair, why, now))
-                else:
-                    log.info("IKE with %s failed: %s", event.remote_addr, why)
-                    if auth:  # the key we hold may be stale: ask DNS afresh next time
-                        self.admission.auth_failed(event.remote_addr)
-            case ike_events.IkeSaDeleted():
-                self.lifecycle.ike_gone(event.sa_id)
-                self.opportunist.ike_gone(event.sa_id, event.reason, now)
-            case ike_events.IkeSaPeerMoved():
-                self._run(self.admission.peer_moved(side.address, event.sa_id,
-                                                        event.remote_addr, event.remote_port))
-            case ike_events.ChildSaFailed():
-                pair = self.lifecycle.pairs.get(event.sa_id)
-                if pair is not None:
-                    self._run(self.opportunist.negotiation_failed(pair, event.reason, now))
-        self._apply()
-        side.runner.transmit()
-
-    def _child_established(self, version: int, sa_id: int, child, now: float) -> None:
-        installed = self._install_child(version, sa_id, child)
-        if installed is None:
-            return
-        pair, narrowing, handle = installed
-        initiator = pair in self.opportunist.negotiations
-        self.lifecycle.child_installed(sa_id, pair, child.spi_in, ChildInfo.of(child, now))
-        self._run(self.opportunist.tunnel_up(
-            pair, ipaddress.ip_address(child.remote_addr), sa_id, child.spi_in, child.spi_out,
-            algorithm_name(child), child.udp_encap, initiator, now, narrowing, handle))
-
-    async def _timers(self) -> None:
-        """Sleep until the earliest timer of the pure parts (shunt expiry, rate-limited
-        acquires, key TTLs, liveness samples, childless IKE SAs) or until an event moved it."""
-        while True:
-            now = self.loop.time()
-            deadline = self._next_timer()
-            if deadline is not None and deadline <= now:
-                self._on_timer(now)
-                deadline = self._next_timer()
-            self._wake.clear()
-            timeout = None if deadline is None else max(deadline - now, TIMER_SLACK)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
-
-    def _next_timer(self) -> float | None:
-        times = [t for t in (self.opportunist.next_timer(), self.lifecycle.next_timer(),
-                             self.keys.next_timer()) if t is not None]
-        return min(times) if times else None
-
-    def _on_timer(self, now: float) -> None:
-        self.keys.sweep(now)
-        self._run(self.opportunist.tick(now) + self.lifecycle.tick(now))
-        self._apply()
-
-    # ------------------------------------------------------------------ commands out
-
-    def _run(self, commands) -> None:
-        """Carry out what the pure parts decided."""
-        now = self.loop.time()
-        for command in commands:
-            match command:
-                case FetchKey():
-                    self.loop.create_task(self._fetch(command))
-                case Initiate():
-                    self._initiate(command)
-                case DeleteIke(sa_id=sa_id):
-                    self._on_ike_sa(sa_id, lambda engine: engine.delete_ike(sa_id, now))
-                case DeleteChild(sa_id=sa_id, spi_in=spi_in):
-                    self._on_ike_sa(sa_id, lambda engine: engine.delete_child(sa_id, spi_in, now))
-                case RekeyChild(sa_id=sa_id, spi_in=spi_in):
-                    self._on_ike_sa(sa_id, lambda engine: engine.rekey_child(sa_id, spi_in, now))
-                case CheckLiveness(sa_id=sa_id):
-                    self._on_ike_sa(sa_id, lambda engine: engine.check_liveness(sa_id, now))
-                case SampleInbound():
-                    self._run(self.lifecycle.inbound_sample(self._inbound_packets(), now))
-                case FetchPeerKey():
-                    self.loop.create_task(self._fetch_peer_key(command))
-                case ReplayInit(data=data, addr=addr, local_port=port):
-                    side = self.sides.get(ipaddress.ip_address(addr[0]).version)
-                    if side is not None:
-                        side.runner.receive(data, addr, port)
-                case FollowPeer():
-                    self._follow_peer(command)
-                case Steer():
-                    # Synchronously: a responder's route must be in place before its IKE_AUTH
-                    # response leaves, or its first replies would go around the TUN in clear.
-                    self._netlink.submit(self._steer, command).result()
-                case RefuseInClear(add=add, remove=remove):
-                    self._netlink.submit(self._update_inbound, set(add), set(remove))
-                case Log(line=line):
-                    log.info("%s", line)
-                case _:
-                    raise TypeError(f"not a command: {command!r}")
-
-    def _apply(self) -> None:
-        """Hand the datapath what changed in the table, write the decisions to the log, follow
-        the tunnels with routes and the inbound table, and let the timers look again."""
-        changes = self.opportunist.take_changes()
-        if changes is None:
-            self.datapath.replace_eroutes(self.opportunist.table())
-        else:
-            self.datapath.update_eroutes(*changes)
-        for line in self.opportunist.take_log():
-            log.info("%s", line)
-        self._run(self.routes.follow(self.opportunist.tunnels.values(),
-                                         routes=self.steering is not None,
-                                         inbound=self._inbound))
-        self._wake.set()
-
-    async def _fetch(self, command: FetchKey) -> None:
-        """Every lookup ends in a decision, whatever it raises: a %hold never stays."""
-        try:
-            lookup = await self.fetcher.fetch(command.target, refresh=command.refresh)
-            self.keys.keep(lookup, self.loop.time())
-            commands = self.opportunist.key_found(command.pair, lookup, self.loop.time())
-        except Exception as exc:  # a bug in a lookup must not leave the %hold for ever
-            log.exception("key lookup for %s", command.target)
-            commands = self.opportunist.negotiation_failed(
-                command.pair, f"key lookup failed: {exc}", self.loop.time())
-        self._run(commands)
-        self._apply()
-
-    async def _fetch_peer_key(self, command: FetchPeerKey) -> None:
-        """The responder's lookup: whatever it raises, the peer's slot is freed."""
-        lookup = None
-        try:
-            lookup = await self.fetcher.fetch(Target.parse(command.peer), refresh=command.refresh)
-        except Exception:  # a bug in a lookup refuses this peer, and frees its slot
-            log.exception("key lookup for %s", command.peer)
-        try:
-            commands = self.admission.key_fetched(command.peer, lookup, self.loop.time())
-        except Exception:  # a key that fails late (e >= n): refused like no key
-            log.exception("key lookup for %s", command.peer)
-            commands = []
-        self._run(commands)
-
-    def _initiate(self, command: Initiate) -> None:
-        side = self.sides.get(command.peer.version)
-        if side is None:
-            self._run(self.opportunist.negotiation_failed(
-                command.pair, f"no IPv{command.peer.version} address of ours", self.loop.time()))
-            return
-        sa_id = side.engine.initiate(
-            str(command.peer), self.loop.time(),
-            local_ts=[TrafficSelector.host(str(command.pair.src))],
-            remote_ts=[TrafficSelector.host(str(command.pair.dst))])
-        self.lifecycle.initiated(side.version, sa_id, command.pair)
-        side.runner.transmit()
-
-    def _on_ike_sa(self, sa_id: int, act) -> None:
-        """Start an exchange on the engine that holds IKE SA `sa_id` and send it; one already
-        gone (its peer deleted it meanwhile) is skipped."""
-        side = self.sides.get(self.lifecycle.family(sa_id))
-        if side is None:
-            return
-        try:
-            act(side.engine)
-        except OeError:
-            return
-        side.runner.transmit()
-
-    def _inbound_packets(self) -> dict[int, int]:
-        """Inbound packets of every tunnel's CHILD SA, by inbound SPI."""
-        return {t.spi_in: (self.datapath.sa_stats(t.spi_in, "in") or {}).get("packets", 0)
-                for t in self.opportunist.tunnels.values()}
-
-    def _follow_peer(self, command: FollowPeer) -> None:
-        """Point the SAs of a moved peer's IKE SA at its new address (RFC 7296 2.23)."""
-        version = self.lifecycle.family(command.sa_id)
-        side = self.sides.get(version)
-        if side is None:
-            return
-        for child in side.engine.children(command.sa_id):
-            handle = self.sa_out.get((version, command.sa_id, child.spi_out))
-            for ref, direction in ((handle, "out"), (child.spi_in, "in")):
-                if ref is not None:
-                    self.datapath.move_sa(ref, direction, command.address, command.port)
-
-    # ------------------------------------------------------------------ IKE engine hooks
-
-    def _cookie_required(self, addr) -> bool:
-        return self.admission.cookie_required(addr[0], self.loop.time())
-
-    def _lookup_key(self, identity: Identity) -> PeerKey | None:
-        return self.keys.get(identity, self.loop.time())
-
-    def _ts_allowed(self, version: int, peer_id: Identity, local_ts, remote_ts) -> bool:
-        return self.admission.selectors_allowed(self.sides[version].address, remote_ts)
-
-    def _admit_init(self, data: bytes, addr, local_port: int) -> bool:
-        """An IKE_SA_INIT from a peer: True when the runner may hand it to the engine now."""
-        side = self.sides.get(ipaddress.ip_address(addr[0]).version)
-        if side is None:
-            return False
-        admitted, commands = self.admission.admit(side.address, data, addr, local_port,
-                                                  self.loop.time())
-        self._run(commands)
-        return admitted
-
     # ------------------------------------------------------------------ the datapath's SAs
 
     def _install_child(self, version: int, sa_id: int, child):
@@ -678,30 +397,22 @@ class Daemon:
     def status(self) -> Status:
         """What `oe status` shows (oe.status renders it)."""
         table = self.datapath.classifier.table
-        counters = self.datapath.classifier.counters()
-        now = self.loop.time()
-        eroutes = [ErouteStatus(**eroute.as_json(packets, nbytes))
-                   for eroute, (packets, nbytes) in zip(table.entries, counters)]
-        sas = []
-        for tunnel in self.opportunist.tunnels.values():
-            stats_in = self.datapath.sa_stats(tunnel.spi_in, "in") or {}
-            stats_out = self.datapath.sa_stats(tunnel.sa_out, "out") or {}
-            sas.append(child_sa_status(tunnel, self.lifecycle, stats_in, stats_out, now))
-        shunts = [ShuntStatus(str(s.pair.src), str(s.pair.dst), str(s.action), s.group, s.reason,
-                              None if s.expires is None else round(s.expires - now, 1))
-                  for s in self.opportunist.shunts.values()]
+        sa_stats = {t.spi_in: (self.datapath.sa_stats(t.spi_in, "in") or {},
+                               self.datapath.sa_stats(t.sa_out, "out") or {})
+                    for t in self.opportunist.tunnels.values()}
         datapath = self.datapath.stats()
         ike: dict[str, int] = {}
         for side in self.sides.values():
             for name, value in side.engine.stats().items():
                 ike[name] = ike.get(name, 0) + value
-        return Status(daemon=True, eroutes=eroutes, sas=sas, shunts=shunts,
-                      ike_sas=[],  # the integrator wires IkeEngine.ike_sas() here
-                      datapath=datapath, ike=ike, limits=self._limits_status(datapath, ike),
-                      counters={**self.admission.counters, **self.counters,
-                                **self.lifecycle.counters,
-                                "cleartext_dropped": inbound.dropped(),
-                                "key_refreshes": self.fetcher.stats.refreshes})
+        return build_status(
+            zip(table.entries, self.datapath.classifier.counters()), self.opportunist,
+            self.lifecycle, sa_stats, self.loop.time(),
+            ike_sas=[],  # the integrator wires IkeEngine.ike_sas() here
+            datapath=datapath, ike=ike, limits=self._limits_status(datapath, ike),
+            counters={**self.admission.counters, **self.counters, **self.lifecycle.counters,
+                      "cleartext_dropped": inbound.dropped(),
+                      "key_refreshes": self.fetcher.stats.refreshes})
 
     def _limits_status(self, datapath: dict, ike: dict) -> dict[str, LimitStatus]:
         """Each [limits] cap: its maximum, what is in use now, and how many were dropped."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from oe.eroute import SaAction
 
@@ -125,6 +125,23 @@ class Status:
                    limits=None if limits is None else {
                        name: LimitStatus(**row) for name, row in limits.items()},
                    counters=data.get("counters"))
+
+
+def build_status(eroutes: Iterable, opportunist, lifecycle,
+                 sa_stats: dict[int, tuple[dict, dict]], now: float, **daemon_only) -> Status:
+    """A running daemon's status: (eroute, (packets, bytes)) of the datapath's table, the
+    opportunist's tunnels and shunts, the lifecycle's CHILD SA details and the datapath's
+    counters of each tunnel's SAs (inbound SPI -> (inbound stats, outbound stats))."""
+    return Status(
+        daemon=True,
+        eroutes=[ErouteStatus(**eroute.as_json(packets, nbytes))
+                 for eroute, (packets, nbytes) in eroutes],
+        sas=[child_sa_status(t, lifecycle, *sa_stats.get(t.spi_in, ({}, {})), now)
+             for t in opportunist.tunnels.values()],
+        shunts=[ShuntStatus(str(s.pair.src), str(s.pair.dst), str(s.action), s.group, s.reason,
+                            None if s.expires is None else round(s.expires - now, 1))
+                for s in opportunist.shunts.values()],
+        **daemon_only)
 
 
 def child_sa_status(tunnel, lifecycle, stats_in: dict, stats_out: dict,
@@ -276,5 +293,5 @@ def render_brief(status: Status) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ChildSaStatus", "ErouteStatus", "LimitStatus", "ShuntStatus", "Status",
+__all__ = ["build_status", "child_sa_status", "ChildSaStatus", "ErouteStatus", "LimitStatus", "ShuntStatus", "Status",
            "klips_line", "render", "render_brief"]
