@@ -293,5 +293,5 @@ def render_brief(status: Status) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["build_status", "child_sa_status", "ChildSaStatus", "ErouteStatus", "LimitStatus", "ShuntStatus", "Status",
-           "klips_line", "render", "render_brief"]
+__all__ = ["build_status", "child_sa_status", "ChildSaStatus", "ErouteStatus", "LimitStatus",
+           "ShuntStatus", "Status", "klips_line", "render", "render_brief"]
