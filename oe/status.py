@@ -36,7 +36,9 @@ class ErouteStatus:
 
 @dataclass
 class ChildSaStatus:
-    """One tunnel: the CHILD SA pair it uses now."""
+    """One tunnel: the CHILD SA pair it uses now. Its counters are that SA pair's (a rekey
+    starts them afresh); the SA eroute's counters in `eroutes` span the tunnel's life and equal
+    the outbound ones until the first rekey."""
 
     src: str
     dst: str
