@@ -217,6 +217,9 @@ MUTANTS = [
     m("esp-inner-source-port-unchecked", ESP,
       "        if info.sport < sa.ts_sport_lo or info.sport > sa.ts_sport_hi:\n",
       "        if False:\n", "test_datapath_selectors.py", "test_esp.py"),
+    m("dp-recheck-counted", "oe/datapath.pyx",
+      "            if nbytes:  # a held packet's recheck",
+      "            if True:  # a held packet's recheck", "test_counters.py"),
     m("dp-keymat-reinstalled", LOOPS, "        if digest in self._keys:\n", "        if False:\n",
       "test_datapath.py"),
     # The OE decisions and the daemon's bounds (issue 10, 3-12 and its review)
