@@ -330,7 +330,7 @@ class Daemon(Executor):
         """A CHILD SA oe will not install (Lifecycle.child_refused says what follows)."""
         self.counters["children_refused"] += 1
         self._run(self.lifecycle.child_refused(sa_id, child.spi_in, child.remote_addr, why,
-                                                   self.loop.time()))
+                                               self.loop.time()))
         return None
 
     # ------------------------------------------------------------------ control

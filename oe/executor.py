@@ -55,7 +55,7 @@ class Executor:
         match event:
             case Acquire():
                 self._run(self.opportunist.acquire(Pair(event.src, event.dst), now,
-                                                       event.proto, event.sport, event.dport))
+                                                   event.proto, event.sport, event.dport))
             case IkeMessage():
                 side = self.sides.get(event.src.version)
                 if side is not None:
@@ -64,10 +64,10 @@ class Executor:
             case SaSoftLimit(direction="out"):
                 stats = self.datapath.sa_stats(event.handle, "out") or {}
                 self._run(self.lifecycle.soft_limit(event.handle, stats.get("packets", 0),
-                                                        f"soft limit ({event.reason})"))
+                                                    f"soft limit ({event.reason})"))
             case SaExpired():
                 self._run(self.lifecycle.hard_limit(event.direction, event.handle, event.spi,
-                                                        event.reason))
+                                                    event.reason))
             case _:
                 log.warning("datapath: %s", event)
 
@@ -103,7 +103,7 @@ class Executor:
                 auth = event.local and event.notify == NotifyType.AUTHENTICATION_FAILED
                 if pair is not None:
                     self._run(self.opportunist.auth_failed(pair, why, now) if auth
-                                  else self.opportunist.negotiation_failed(pair, why, now))
+                              else self.opportunist.negotiation_failed(pair, why, now))
                 else:
                     log.info("IKE with %s failed: %s", event.remote_addr, why)
                     if auth:  # the key we hold may be stale: ask DNS afresh next time
@@ -113,7 +113,7 @@ class Executor:
                 self.opportunist.ike_gone(event.sa_id, event.reason, now)
             case ike_events.IkeSaPeerMoved():
                 self._run(self.admission.peer_moved(side.address, event.sa_id,
-                                                        event.remote_addr, event.remote_port))
+                                                    event.remote_addr, event.remote_port))
             case ike_events.ChildSaFailed():
                 pair = self.lifecycle.pairs.get(event.sa_id)
                 if pair is not None:
@@ -139,7 +139,10 @@ class Executor:
             now = self.loop.time()
             deadline = self._next_timer()
             if deadline is not None and deadline <= now:
-                self._on_timer(now)
+                try:
+                    self._on_timer(now)
+                except Exception:  # a bug in one timer must not stop all of them
+                    log.exception("timer")
                 deadline = self._next_timer()
             self._wake.clear()
             timeout = None if deadline is None else max(deadline - now, TIMER_SLACK)
@@ -209,8 +212,7 @@ class Executor:
         for line in self.opportunist.take_log():
             log.info("%s", line)
         self._run(self.routes.follow(self.opportunist.tunnels.values(),
-                                         routes=self.steering is not None,
-                                         inbound=self._inbound))
+                                     routes=self.steering is not None, inbound=self._inbound))
         self._wake.set()
 
     async def _fetch(self, command: FetchKey) -> None:

@@ -467,3 +467,28 @@ def test_the_daemon_sleeps_until_the_earliest_timer(confdir, tmp_path):
         assert pair not in d.opportunist.shunts
         task.cancel()
     asyncio.run(run())
+
+
+def test_a_timer_that_raises_does_not_stop_the_timers(confdir, tmp_path, caplog):
+    """One timer's bug is logged; the next deadline still fires (the shunt still expires)."""
+    (confdir / "oe.conf").write_text("shunt_lifetime = 0.2\n[limits]\nlookups = 8\n")
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        tick, calls = d.opportunist.tick, []
+
+        def buggy(now):
+            calls.append(now)
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+            return tick(now)
+        d.opportunist.tick = buggy
+        task = d.loop.create_task(d._timers())
+        pair = Pair.of(ME, PEER)
+        d.opportunist.acquire(pair, d.loop.time())
+        d.opportunist.negotiation_failed(pair, "no key", d.loop.time())
+        d._apply()
+        await asyncio.sleep(0.5)
+        assert len(calls) >= 2 and pair not in d.opportunist.shunts
+        task.cancel()
+    asyncio.run(run())
