@@ -407,9 +407,9 @@ class Daemon(Executor):
                 ike[name] = ike.get(name, 0) + value
         return build_status(
             zip(table.entries, self.datapath.classifier.counters()), self.opportunist,
-            self.lifecycle, sa_stats, self.loop.time(),
-            ike_sas=[],  # the integrator wires IkeEngine.ike_sas() here
-            datapath=datapath, ike=ike, limits=self._limits_status(datapath, ike),
+            self.lifecycle, sa_stats,
+            [info for side in self.sides.values() for info in side.engine.ike_sas()],
+            self.loop.time(), datapath=datapath, ike=ike, limits=self._limits_status(datapath, ike),
             counters={**self.admission.counters, **self.counters, **self.lifecycle.counters,
                       "cleartext_dropped": inbound.dropped(),
                       "key_refreshes": self.fetcher.stats.refreshes})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 
 from oe.eroute import SaAction
 
@@ -74,6 +74,41 @@ class ChildSaStatus:
 
 
 @dataclass
+class IkeSaStatus:
+    """One IKE SA (from oe.ike's IkeSaInfo, IkeEngine.ike_sas())."""
+
+    sa_id: int
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    initiator: bool
+    spi_i: str
+    spi_r: str
+    state: str
+    encryption: str | None
+    integrity: str | None
+    prf: str | None
+    dh_group: str | None
+    age: float | None
+    """Seconds since it was established (None: not yet)."""
+    last_heard: float | None
+    """Seconds since the peer's last authentic message (None: none yet)."""
+    child_sas: int
+
+    @classmethod
+    def of(cls, info, now: float) -> "IkeSaStatus":
+        return cls(info.sa_id, info.local_addr, info.local_port, info.remote_addr,
+                   info.remote_port, info.initiator, info.spi_i.hex(), info.spi_r.hex(),
+                   info.state, info.encryption, info.integrity, info.prf, info.dh_group,
+                   _ago(info.established_at, now), _ago(info.last_heard, now), info.child_sas)
+
+
+def _ago(when: float | None, now: float) -> float | None:
+    return None if when is None else round(now - when, 1)
+
+
+@dataclass
 class ShuntStatus:
     """A bare shunt: a %hold while negotiating, or a failure shunt with its reason."""
 
@@ -100,8 +135,8 @@ class Status:
     eroutes: list[ErouteStatus]
     sas: list[ChildSaStatus] = field(default_factory=list)
     shunts: list[ShuntStatus] = field(default_factory=list)
-    ike_sas: list[Any] | None = None
-    """The IKE SAs (oe.ike's IkeSaInfo, from IkeEngine.ike_sas()), when a daemon runs."""
+    ike_sas: list[IkeSaStatus] | None = None
+    """The IKE SAs, when a daemon runs."""
     datapath: dict[str, int] | None = None
     ike: dict[str, int] | None = None
     limits: dict[str, LimitStatus] | None = None
@@ -122,7 +157,9 @@ class Status:
                    eroutes=[ErouteStatus(**row) for row in data["eroutes"]],
                    sas=[ChildSaStatus(**row) for row in data.get("sas", [])],
                    shunts=[ShuntStatus(**row) for row in data.get("shunts", [])],
-                   ike_sas=data.get("ike_sas"), datapath=data.get("datapath"),
+                   ike_sas=None if data.get("ike_sas") is None else [
+                       IkeSaStatus(**row) for row in data["ike_sas"]],
+                   datapath=data.get("datapath"),
                    ike=data.get("ike"),
                    limits=None if limits is None else {
                        name: LimitStatus(**row) for name, row in limits.items()},
@@ -130,11 +167,14 @@ class Status:
 
 
 def build_status(eroutes: Iterable, opportunist, lifecycle,
-                 sa_stats: dict[int, tuple[dict, dict]], now: float, **daemon_only) -> Status:
+                 sa_stats: dict[int, tuple[dict, dict]], ike_sas: Iterable, now: float,
+                 **daemon_only) -> Status:
     """A running daemon's status: (eroute, (packets, bytes)) of the datapath's table, the
-    opportunist's tunnels and shunts, the lifecycle's CHILD SA details and the datapath's
-    counters of each tunnel's SAs (inbound SPI -> (inbound stats, outbound stats))."""
+    opportunist's tunnels and shunts, the lifecycle's CHILD SA details, the datapath's
+    counters of each tunnel's SAs (inbound SPI -> (inbound stats, outbound stats)) and the
+    engines' IkeSaInfo rows."""
     return Status(
+        ike_sas=[IkeSaStatus.of(info, now) for info in ike_sas],
         daemon=True,
         eroutes=[ErouteStatus(**eroute.as_json(packets, nbytes))
                  for eroute, (packets, nbytes) in eroutes],
@@ -241,9 +281,8 @@ def render(status: Status, confdir: str = "") -> str:
         lines.append(_child_details(sa))
     if status.ike_sas:
         lines.append("\nIKE SAs:")
-        for ike_sa in status.ike_sas:
-            row = _jsonable(ike_sa)
-            lines.append("  " + " ".join(f"{k}={v}" for k, v in row.items()))
+    for ike in status.ike_sas or []:
+        lines.append(_ike_line(ike))
     if status.shunts:
         lines.append("\nShunts:")
     for shunt in status.shunts:
@@ -256,6 +295,21 @@ def render(status: Status, confdir: str = "") -> str:
             + (f" ({row.dropped} dropped)" if row.dropped else "")
             for name, row in status.limits.items()))
     return "\n".join(lines)
+
+
+def _ike_line(ike: IkeSaStatus) -> str:
+    """strongSwan's `ipsec statusall` in one line: who, state, role, SPIs, suite, times."""
+    algorithms = (ike.encryption, None if ike.integrity == "NONE" else ike.integrity, ike.prf,
+                  ike.dh_group)
+    suite = "/".join(a for a in algorithms if a) or "-"
+    times = [] if ike.age is None else [f"established {_seconds(ike.age)} ago"]
+    if ike.last_heard is not None:
+        times.append(f"last heard {_seconds(ike.last_heard)} ago")
+    return (f"#{ike.sa_id:<4} {ike.local_addr}[{ike.local_port}] <-> "
+            f"{ike.remote_addr}[{ike.remote_port}]  {ike.state} "
+            f"{'initiator' if ike.initiator else 'responder'}  {ike.spi_i}_i {ike.spi_r}_r  "
+            f"{suite}  " + ", ".join(times + [f"{ike.child_sas} CHILD SA"
+                                               + ("" if ike.child_sas == 1 else "s")]))
 
 
 def _bytes(n: int) -> str:
@@ -295,5 +349,5 @@ def render_brief(status: Status) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["build_status", "child_sa_status", "ChildSaStatus", "ErouteStatus", "LimitStatus",
-           "ShuntStatus", "Status", "klips_line", "render", "render_brief"]
+__all__ = ["build_status", "child_sa_status", "ChildSaStatus", "ErouteStatus", "IkeSaStatus",
+           "LimitStatus", "ShuntStatus", "Status", "klips_line", "render", "render_brief"]

@@ -415,7 +415,7 @@ class StatusDatapath(RecordingDatapath):
 def test_status_shows_each_child_sa_with_algorithms_pfs_and_times(confdir, tmp_path):
     """Issue 15: a CHILD SA in `oe status` as an IPsec user expects it: algorithms with the PFS
     group, rekey and expiry, last use; one structure for --json, the text and --brief."""
-    from oe.ike.events import ChildSaEstablished
+    from oe.ike.events import ChildSaEstablished, IkeSaInfo
     from oe.status import Status, render, render_brief
     import dataclasses
 
@@ -426,6 +426,10 @@ def test_status_shows_each_child_sa_with_algorithms_pfs_and_times(confdir, tmp_p
         engine = RecordingEngine()
         engine.stats = lambda: {"half_open_dropped": 0}
         engine.half_open = lambda: 0
+        engine.ike_sas = lambda: [IkeSaInfo(
+            9, ME, 500, PEER, 500, True, b"\x01" * 8, b"\x02" * 8, "ESTABLISHED",
+            "AES_GCM_16_128", "NONE", "PRF_HMAC_SHA2_256", "CURVE25519", d.loop.now - 5,
+            d.loop.now - 1, 1)]
         d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
         d.fetcher.stats = type("S", (), {"refreshes": 0})()
         child = dataclasses.replace(_child(ME, PEER), dh=31)
@@ -440,7 +444,9 @@ def test_status_shows_each_child_sa_with_algorithms_pfs_and_times(confdir, tmp_p
         assert sa.expires_in == lifetime - 100 and sa.last_used == 0
         assert (sa.packets_in, sa.bytes_out) == (3, 500)
         data = status.to_json()
-        assert Status.from_json(data) == status and data["ike_sas"] == []
+        assert Status.from_json(data) == status
+        assert data["ike_sas"][0]["spi_i"] == "01" * 8 and data["ike_sas"][0]["age"] == 5
+        assert data["ike_sas"][0]["last_heard"] == 1
         assert data["counters"]["children_refused"] == 0 and "ike_init_dropped" in \
             data["counters"] and data["limits"]["lookups"]["max"] == 8
         assert "PFS CURVE25519, rekey in" in render(status)

@@ -3,7 +3,8 @@
 import json
 
 from oe.status import (
-    ChildSaStatus, ErouteStatus, LimitStatus, ShuntStatus, Status, render, render_brief,
+    ChildSaStatus, ErouteStatus, IkeSaStatus, LimitStatus, ShuntStatus, Status, render,
+    render_brief,
 )
 
 
@@ -23,7 +24,10 @@ def sample() -> Status:
         sas=[sa],
         shunts=[ShuntStatus("192.0.2.10", "203.0.113.7", "%pass", "private-or-clear",
                             "no key", 880.0)],
-        ike_sas=[], datapath={"holds": 0}, ike={"half_open": 0},
+        ike_sas=[IkeSaStatus(3, "192.0.2.10", 500, "198.51.100.2", 500, True, "0102030405060708",
+                             "1112131415161718", "ESTABLISHED", "AES_GCM_16_128", "NONE",
+                             "PRF_HMAC_SHA2_256", "CURVE25519", 12.5, 1.5, 1)],
+        datapath={"holds": 0}, ike={"half_open": 0},
         limits={"holds": LimitStatus(128, 0, 2)}, counters={"children_refused": 0})
 
 
@@ -53,6 +57,9 @@ def test_the_text_view_shows_each_child_sa_with_its_algorithms_and_times():
     assert "    IKE SA #3: AES_GCM_16_128, PFS CURVE25519, rekey in 3287.5s, " \
            "expires in 3587.5s, last used 1.5s ago" in lines
     assert "%pass    192.0.2.10 -> 203.0.113.7  private-or-clear: no key (880s left)" in lines
+    assert "#3    192.0.2.10[500] <-> 198.51.100.2[500]  ESTABLISHED initiator  " \
+           "0102030405060708_i 1112131415161718_r  AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE25519  " \
+           "established 12.5s ago, last heard 1.5s ago, 1 CHILD SA" in lines
     assert lines[-1] == "Limits: holds 0/128 (2 dropped)"
 
 
