@@ -322,7 +322,8 @@ def _bytes(n: int) -> str:
 
 def render_brief(status: Status) -> str:
     """`oe status --brief`, in the spirit of `wg show`: one line per peer (the tunnels' peers,
-    then the destinations of bare shunts): peer, state, SAs, algorithm, last use, bytes."""
+    then peers with an IKE SA but no tunnel, then the destinations of bare shunts): peer,
+    state, SAs, algorithm, last use, bytes."""
     lines: list[str] = []
     peers: dict[str, list[ChildSaStatus]] = {}
     for sa in status.sas:
@@ -337,6 +338,12 @@ def render_brief(status: Status) -> str:
         lines.append(f"{peer:<24} up     {len(sas)} SA{'s' if len(sas) != 1 else ''}  "
                      f"{algorithms}{' PFS ' + pfs if pfs else ''} {sas[0].encap}  {last}  "
                      f"rx {_bytes(received)} tx {_bytes(sent)}")
+    for ike in status.ike_sas or []:
+        if ike.remote_addr in peers:
+            continue
+        peers[ike.remote_addr] = []
+        lines.append(f"{ike.remote_addr:<24} ike    0 SAs  {ike.state} "
+                     f"{'initiator' if ike.initiator else 'responder'}")
     for shunt in status.shunts:
         if shunt.dst in peers:
             continue

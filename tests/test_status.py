@@ -70,3 +70,7 @@ def test_brief_is_one_line_per_peer():
         "last used 1.5s ago  rx 2.0 KiB tx 4.0 KiB",
         "203.0.113.7              %pass  0 SAs  private-or-clear: no key, 880s left"]
     assert render_brief(Status(daemon=True, eroutes=[])) == "no peers"
+    half = sample()
+    half.ike_sas[0].remote_addr, half.ike_sas[0].state = "198.51.100.9", "EXPECT_AUTH_RESPONSE"
+    assert "198.51.100.9             ike    0 SAs  EXPECT_AUTH_RESPONSE initiator" in \
+        render_brief(half).splitlines()
