@@ -61,6 +61,7 @@ RECORDS, ROUTING, INBOUND = "oe/dnskeys/records.py", "oe/routing.py", "oe/inboun
 ESP, REPLAY, SAS = "oe/dp/esp.pyx", "oe/dp/replay.pxd", "oe/dp/sa.pyx"
 DATAPATH = "oe/datapath.pyx"
 OPP, DAEMON = "oe/opportunist.py", "oe/daemon.py"
+ADMISSION, LIFECYCLE, KEYS = "oe/admission.py", "oe/lifecycle.py", "oe/peerkeys.py"
 TS_ALLOWED = ("            if ts.start != ts.end or "
               "self.opportunist.inbound_allowed(local, peer) is not None:")
 
@@ -142,12 +143,12 @@ MUTANTS = [
     m("ts-intersect-any-protocol", TSPY,
       "        if self.protocol and other.protocol and self.protocol != other.protocol:\n",
       "        if False:\n", *SELECTORS),
-    # The daemon's glue: its selector policy and what it installs
-    m("daemon-ts-range-allowed", "oe/daemon.py", TS_ALLOWED,
+    # The daemon's glue: its selector policy (oe.admission decides) and what it installs
+    m("daemon-ts-range-allowed", ADMISSION, TS_ALLOWED,
       "            if self.opportunist.inbound_allowed(local, peer) is not None:",
-      "test_daemon.py"),
-    m("daemon-ts-policy-ignored", "oe/daemon.py", TS_ALLOWED, "            if ts.start != ts.end:",
-      "test_daemon.py"),
+      "test_daemon.py", "test_admission.py"),
+    m("daemon-ts-policy-ignored", ADMISSION, TS_ALLOWED, "            if ts.start != ts.end:",
+      "test_daemon.py", "test_admission.py"),
     m("daemon-sa-in-any-port", "oe/daemon.py",
       "                                        sport=remote_ports, dport=local_ports,\n", "",
       "test_daemon.py"),
@@ -217,6 +218,9 @@ MUTANTS = [
     m("esp-inner-source-port-unchecked", SAS,
       "        if info.sport < sa.ts_sport_lo or info.sport > sa.ts_sport_hi:\n",
       "        if False:\n", "test_datapath_selectors.py", "test_esp.py"),
+    m("dp-recheck-counted", "oe/dp/classifier.pyx",
+      "            if nbytes:  # a held packet's recheck",
+      "            if True:  # a held packet's recheck", "test_counters.py"),
     m("dp-keymat-reinstalled", DATAPATH, "        if digest in self._keys:\n", "        if False:\n",
       "test_datapath.py"),
     # The OE decisions and the daemon's bounds (issue 10, 3-12 and its review)
@@ -227,20 +231,31 @@ MUTANTS = [
     m("oe-port-range-widened", OPP,
       "        elif ts.start_port == ts.end_port and ts.start_port != 0:\n",
       "        elif ts.start_port != 0:\n", "test_opportunist.py"),
-    m("daemon-keys-never-expire", DAEMON,
-      "        if entry is None or entry[1] <= self.loop.time():\n",
-      "        if entry is None:\n", "test_daemon.py"),
-    m("daemon-lookups-unbounded", DAEMON,
-      "            if len(self.pending_init) >= self.config.limits.lookups:\n",
-      "            if False:\n", "test_daemon.py"),
-    m("daemon-moved-peer-unchecked", DAEMON,
-      "            if why is not None:  # never let a peer point our ESP",
-      "            if False:  # never let a peer point our ESP", "test_daemon.py"),
-    m("daemon-childless-kept", DAEMON, "            if now - since < CHILDLESS_GRACE:\n",
-      "            if True:\n", "test_daemon.py"),
-    m("daemon-refused-child-leaves-hold", DAEMON,
-      "            self._run(self.opportunist.negotiation_failed(pair, f\"CHILD SA refused: {why}\", "
-      "now))\n", "            pass\n", "test_daemon.py"),
+    # The daemon's decisions, now in oe.peerkeys, oe.admission and oe.lifecycle (issue 11, 3)
+    m("daemon-keys-never-expire", KEYS, "        if entry is None or entry[1] <= now:\n",
+      "        if entry is None:\n", "test_daemon.py", "test_admission.py"),
+    m("daemon-lookups-unbounded", ADMISSION, "            if len(self.pending) >= self.lookups:\n",
+      "            if False:\n", "test_daemon.py", "test_admission.py"),
+    m("daemon-moved-peer-unchecked", ADMISSION,
+      "        if why is not None:  # never let a peer point our ESP",
+      "        if False:  # never let a peer point our ESP", "test_daemon.py", "test_admission.py"),
+    m("daemon-childless-kept", LIFECYCLE, "            if now - since < CHILDLESS_GRACE:\n",
+      "            if True:\n", "test_daemon.py", "test_lifecycle.py"),
+    m("daemon-refused-child-leaves-hold", LIFECYCLE,
+      "            commands += self.opportunist.negotiation_failed(pair, f\"CHILD SA refused: "
+      "{why}\", now)\n", "            pass\n", "test_daemon.py", "test_lifecycle.py"),
+    m("lifecycle-idle-sa-rekeyed", LIFECYCLE,
+      "        recently = packets != self._used.get(sa_out, 0)\n", "        recently = True\n",
+      "test_lifecycle.py"),
+    m("lifecycle-busy-peers-probed", LIFECYCLE,
+      "            if count == seen.get(tunnel.spi_in):\n", "            if True:\n",
+      "test_lifecycle.py"),
+    m("routeplan-cleartext-of-peers-kept", "oe/routeplan.py",
+      "        if refused != self.refused and inbound:\n", "        if False:\n",
+      "test_routeplan.py"),
+    m("daemon-timers-never-fire", "oe/executor.py",
+      "            if deadline is not None and deadline <= now:\n", "            if False:\n",
+      "test_daemon.py"),
     m("daemon-log-unescaped", "oe/logs.py",
       "        record.msg = printable(record.getMessage(), limit=LOG_LINE_MAX)\n",
       "        record.msg = record.getMessage()\n", "test_daemon.py"),

@@ -510,7 +510,8 @@ cdef class Classifier:
 
     cdef Verdict classify(self, int version, const uint8_t *src, const uint8_t *dst, int proto,
                           int sport, int dport, size_t nbytes) noexcept nogil:
-        """Classify one packet and count it; callable from native threads without the GIL."""
+        """Classify one packet and count it (unless `nbytes` is 0: a lookup, not a packet);
+        callable from native threads without the GIL."""
         cdef Verdict v
         cdef int32_t id
         cdef CEntry *e
@@ -522,8 +523,9 @@ cdef class Classifier:
             v.sa = 0
         else:
             e = &self._table.entries[id]
-            oe_add64(&e.packets, 1)
-            oe_add64(&e.nbytes, nbytes)
+            if nbytes:  # a held packet's recheck (nbytes 0) is no packet: counts agree with SAs
+                oe_add64(&e.packets, 1)
+                oe_add64(&e.nbytes, nbytes)
             v.action = e.action
             v.sa = e.sa
         oe_rw_unlock(&self._lock)
