@@ -7,7 +7,7 @@ import ipaddress
 from scapy.layers.inet import ICMP, IP
 from scapy.packet import raw
 
-from oe.datapath import Datapath
+from oe.datapath import Datapath, Direction, SaSpec
 from oe.eroute import Eroute, ErouteTable, SaAction, Selector, Shunt
 
 ME, PEER = "192.0.2.1", "198.51.100.2"
@@ -27,7 +27,7 @@ def test_held_packets_are_counted_once_on_the_sa_eroute():
     pair = selector(PEER + "/32", ME + "/32")
     dp.update_eroutes(add=[Eroute(pair, Shunt.HOLD, None, "private-or-clear")])
     assert dp.release_holds() == []                      # rechecked, still held
-    handle = dp.add_sa(0x5000, "out", KEY, local=ME, peer=PEER)
+    handle = dp.add_sa(SaSpec(spi=0x5000, direction=Direction.OUT, key=KEY, local=ME, peer=PEER))
     sa = Eroute(pair, SaAction(ipaddress.ip_address(PEER), 0x5000, handle), None,
                 "private-or-clear")
     dp.update_eroutes(add=[sa])
