@@ -28,3 +28,9 @@ def test_pure_module_imports_no_io(path):
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert not imported & IO_MODULES, f"{path.name} imports {imported & IO_MODULES}"
+
+
+def test_the_path_mtu_search_and_ike_fragmentation_are_checked_as_pure():
+    """Issue 17's sans-IO parts: the datapath and IKE engine feed them time and events."""
+    names = {str(p.relative_to(ROOT)) for p in pure_modules()}
+    assert {"pmtu.py", "ike/fragment.py"} <= names
