@@ -91,6 +91,21 @@ MUTANTS = [
       "            except IntegrityError:\n"
       "                return self.host.count(\"forged_dropped\")\n",
       "            enc = msg.payloads[0]\n", "test_ike_message_ids.py"),
+    # IKE fragmentation (RFC 7383): each fragment checked before it is kept (2.6), SKF only
+    # where SK is due, never in IKE_SA_INIT (2.5.3)
+    m("ike-fragment-kept-unchecked", IKE_SA,
+      "        enc, inner = self._decrypt(msg)\n",
+      "        enc = msg.payloads[0]\n"
+      "        inner = enc.body if isinstance(enc, EncryptedFragment) else self._decrypt(msg)[1]\n",
+      "test_ike_fragmentation.py"),
+    m("ike-fragment-where-cleartext-is-due", IKE_SA,
+      "        if take is not None and not take.protected and header.next_payload == "
+      "PayloadType.SKF:\n", "        if False:\n", "test_ike_fragmentation.py"),
+    m("ike-fragmented-sa-init-request-taken", ENGINE,
+      "            if header.spi_r == bytes(8) and header.message_id == 0 and header.from_initiator \\\n"
+      "                    and header.next_payload != PayloadType.SKF:\n",
+      "            if header.spi_r == bytes(8) and header.message_id == 0 and header.from_initiator:\n",
+      "test_ike_fragmentation.py"),
     m("ike-cookie-not-checked", ENGINE,
       "            if not (isinstance(got, Notify) and got.notify_type == NotifyType.COOKIE\n"
       "                    and hmac.compare_digest(got.data, want)):\n",
