@@ -4,6 +4,7 @@ must cross the same 1280 path; negotiate IKEV2_FRAGMENTATION_SUPPORTED and fragm
 interoperating with charon (which supports it)."
 
     [ns oei<pid>] oe 203.0.113.1 --veth, MTU 1280, IP fragments dropped-- 203.0.113.2 charon [ns oec<pid>]
+                     2001:db8:5::1                                     2001:db8:5::2
 
 Both RSA keys have 4096 bits and one side of the CHILD SA has 41 selectors, so the IKE_AUTH
 messages do not fit 1280 bytes: sent whole, the kernel cuts them into IP fragments, which
@@ -21,16 +22,18 @@ import struct
 
 import pytest
 import test_ike_interop
-from test_ike_interop import Topology, run
+from test_ike_interop import ADDRS, Topology, run
 
 pytestmark = [*test_ike_interop.pytestmark,
               pytest.mark.skipif(not shutil.which("nft"), reason="nftables not installed")]
 
 MTU = 1280
 IKE, ESP = "aes128-sha256-x25519", "aes128gcm16"
-OE_NETS = [f"198.51.100.{n}" for n in range(1, 41)]
-CHARON_NETS = [f"192.0.2.{n}" for n in range(1, 41)]
-"""Selectors beyond the two hosts: 40 more on each side (16 bytes each in a TS payload)."""
+NETS = {4: ([f"198.51.100.{n}" for n in range(1, 41)], [f"192.0.2.{n}" for n in range(1, 41)]),
+        6: ([f"2001:db8:6::{n:x}" for n in range(1, 41)],
+            [f"2001:db8:7::{n:x}" for n in range(1, 41)])}
+"""Selectors beyond the two hosts, oe's and charon's: 40 more on each side (16 or 40 bytes
+each in a TS payload)."""
 
 
 class SmallLink(Topology):
@@ -56,14 +59,17 @@ class SmallLink(Topology):
 
 def hosts(addrs: list[str]) -> str:
     """charon's spelling of a list of host selectors."""
-    return ",".join(f"{a}/32" for a in addrs)
+    return ",".join(f"{a}/{128 if ':' in a else 32}" for a in addrs)
 
 
-@pytest.fixture
-def small_link(tmp_path):
-    t = SmallLink(tmp_path, IKE, ESP, key_bits=4096, charon_kw={
-        "local_ts": hosts(["203.0.113.2", *CHARON_NETS]),
-        "remote_ts": hosts(["203.0.113.1", *OE_NETS])})
+@pytest.fixture(params=[4, 6], ids=["ipv4", "ipv6"])
+def small_link(tmp_path, request):
+    family = request.param
+    oe_addr, charon_addr, _ = ADDRS[family]
+    oe_nets, charon_nets = NETS[family]
+    t = SmallLink(tmp_path, IKE, ESP, family=family, key_bits=4096, charon_kw={
+        "local_ts": hosts([charon_addr, *charon_nets]),
+        "remote_ts": hosts([oe_addr, *oe_nets])})
     try:
         t.up()
         yield t
@@ -76,16 +82,19 @@ def ike_auth(packets: list, oe_addr: str) -> list[tuple[bool, int, int, int]]:
     IKE_AUTH datagram; (.., 0, 0) for a whole SK message. A datagram the kernel cut into IP
     fragments shows as its first fragment only, with the size it had before the cut."""
     from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import IPv6
 
     out = []
     for p in packets:
-        if not p.haslayer(IP) or not p.haslayer(UDP):
+        ip = p[IP] if p.haslayer(IP) else p[IPv6] if p.haslayer(IPv6) else None
+        if ip is None or not p.haslayer(UDP):
             continue
         ike = bytes(p[UDP].payload)
         if ike[:4] != bytes(4) or len(ike) < 4 + 28 + 8 or ike[4 + 18] != 35:
             continue  # not IKE behind the non-ESP marker, or not IKE_AUTH
         numbers = struct.unpack_from("!HH", ike, 4 + 28 + 4) if ike[4 + 16] == 53 else (0, 0)
-        out.append((p[IP].src == oe_addr, 20 + p[UDP].len, *numbers))
+        header = 20 if isinstance(ip, IP) else 40
+        out.append((ip.src == oe_addr, header + p[UDP].len, *numbers))
     return out
 
 
@@ -95,7 +104,7 @@ def test_ike_auth_with_4096_bit_keys_crosses_a_1280_link_as_fragments(small_link
     assert t.oe is not None
     t.restart_capture(f"ike-{oe_role}.pcap")
     if oe_role == "initiator":
-        t.oe.command("initiate", local_ts=[t.oe_addr, *OE_NETS])
+        t.oe.command("initiate", local_ts=[t.oe_addr, *NETS[4 if "." in t.oe_addr else 6][0]])
     else:
         t.swanctl("--initiate", "--child", "hh")
     try:
@@ -103,7 +112,7 @@ def test_ike_auth_with_4096_bit_keys_crosses_a_1280_link_as_fragments(small_link
         child = t.oe.expect("ChildSaEstablished")["child"]
     finally:
         auth = ike_auth(t.captured(), t.oe_addr)
-        print(f"\noe {oe_role}: IKE_AUTH datagrams (from oe, IP size, number, total): {auth}; "
+        print(f"\noe {oe_role}, {t.oe_addr}: IKE_AUTH datagrams (from oe, IP size, number, total): {auth}; "
               f"IP fragments dropped: {t.fragments_dropped()}")
     sas = t.swanctl("--list-sas")
     assert "ESTABLISHED" in sas and "INSTALLED" in sas, sas
