@@ -3,8 +3,9 @@ IP fragments. Issue 17: "IKE_AUTH with 4096-bit keys, certificates later, or man
 must cross the same 1280 path; negotiate IKEV2_FRAGMENTATION_SUPPORTED and fragment,
 interoperating with charon (which supports it)."
 
-    [ns oei<pid>] oe 203.0.113.1 --veth, MTU 1280, IP fragments dropped-- 203.0.113.2 charon [ns oec<pid>]
-                     2001:db8:5::1                                     2001:db8:5::2
+    [ns oei<pid>] oe 203.0.113.1 --veth, MTU 1280-- 203.0.113.2 charon [ns oec<pid>]
+                     2001:db8:5::1   IP fragments   2001:db8:5::2
+                                      dropped
 
 Both RSA keys have 4096 bits and one side of the CHILD SA has 41 selectors, so the IKE_AUTH
 messages do not fit 1280 bytes: sent whole, the kernel cuts them into IP fragments, which
@@ -45,7 +46,8 @@ class SmallLink(Topology):
         for ns, dev in ((self.ns_oe, self.veth_oe), (self.ns_charon, self.veth_charon)):
             run("ip", "-n", ns, "link", "set", dev, "mtu", str(MTU))
             for rule in ("add table inet oefrag",
-                         "add chain inet oefrag pre { type filter hook prerouting priority -450 ; }",
+                         "add chain inet oefrag pre "
+                         "{ type filter hook prerouting priority -450 ; }",
                          "add rule inet oefrag pre ip frag-off & 0x3fff != 0 counter drop",
                          "add rule inet oefrag pre exthdr frag exists counter drop"):
                 run("ip", "netns", "exec", ns, "nft", rule)
@@ -112,7 +114,8 @@ def test_ike_auth_with_4096_bit_keys_crosses_a_1280_link_as_fragments(small_link
         child = t.oe.expect("ChildSaEstablished")["child"]
     finally:
         auth = ike_auth(t.captured(), t.oe_addr)
-        print(f"\noe {oe_role}, {t.oe_addr}: IKE_AUTH datagrams (from oe, IP size, number, total): {auth}; "
+        print(f"\noe {oe_role}, {t.oe_addr}: IKE_AUTH datagrams "
+              f"(from oe, IP size, number, total): {auth}; "
               f"IP fragments dropped: {t.fragments_dropped()}")
     sas = t.swanctl("--list-sas")
     assert "ESTABLISHED" in sas and "INSTALLED" in sas, sas
