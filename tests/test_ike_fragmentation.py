@@ -99,13 +99,22 @@ def test_ike_auth_crosses_as_fragments_both_ways():
 
 
 def test_ike_sa_init_is_never_fragmented():
-    """RFC 7383 2.5.3: even when it is larger than the fragment size."""
-    a, b, link = big_pair(cfg_a={"fragment_size": 200}, cfg_b={"fragment_size": 200})
+    """RFC 7383 2.5.3: even when it is larger than the fragment size (MODP-3072's KE)."""
+    modp = {"ike_proposals": ("aes128-sha256-modp3072",)}
+    a, b, link = big_pair(cfg_a=modp, cfg_b=modp)
     a.initiate(ADDR_B, 0)
     [request] = link.transfer(a)
     [response] = link.transfer(b)
     assert not is_fragment(request) and not is_fragment(response)
-    assert datagram_size(len(request), 4, False) > 200
+    assert datagram_size(len(request), 4, False) > FRAG
+    assert datagram_size(len(response), 4, False) > FRAG
+    link.roundtrip(a)
+    assert_established(a, b)
+
+
+def test_a_fragment_size_below_576_is_refused():
+    with pytest.raises(ValueError, match="fragment_size 575"):
+        big_pair(cfg_a={"fragment_size": 575})
 
 
 def test_a_peer_without_the_notify_gets_unfragmented_messages():

@@ -63,7 +63,7 @@ from oe.ike.constants import (
 from oe.ike.crypto import Rng
 from oe.ike.errors import IkeError, LocalProtocolError
 from oe.ike.events import ChildSa, Event, IkeSaInfo
-from oe.ike.fragment import Counters
+from oe.ike.fragment import MIN_FRAGMENT_SIZE, Counters
 from oe.ike.ike_sa import Child, IkeSa, Responder, State, Task
 from oe.ike.message import KE, SA, Header, Message, Nonce, Notify, parse_message
 from oe.ike.proposals import Suite
@@ -143,6 +143,8 @@ class IkeEngine:
         self._cookie_secret = rng(32)
         config.ike_suites()  # fail early on a bad proposal string
         config.esp_suites()
+        if config.fragment_size < MIN_FRAGMENT_SIZE:
+            raise ValueError(f"fragment_size {config.fragment_size} is below {MIN_FRAGMENT_SIZE}")
 
     # --- the five verbs -------------------------------------------------------------------
 

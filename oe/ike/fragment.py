@@ -42,6 +42,10 @@ SKF_HEADER_LEN = 8
 """Generic payload header (4) + Fragment Number (2) + Total Fragments (2), RFC 7383 2.5."""
 FRAGMENT_SIZE = 1280
 """charon's default `fragment_size`: the whole IP datagram of a fragment."""
+MIN_FRAGMENT_SIZE = 576
+"""The smallest `fragment_size` oe takes: the IPv4 datagram every host accepts (RFC 791), where
+RFC 7383 2.5.1 lets IPv4 senders start; below it a 10000-byte message needs more fragments
+than a peer accepts."""
 MAX_FRAGMENTS = 255
 MAX_MESSAGE = 10000
 """Reassembly limits, charon's (MAX_FRAGMENTS in message.c, PACKET_MAX_DEFAULT)."""

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Callable, Protocol
 
+from oe.ike import fragment
 from oe.ike.auth import Identity, PeerKey
 from oe.ike.config import Addr, IkeConfig, KeyLookup, TsPolicy
-from oe.ike import fragment
 from oe.ike.constants import NAT_KEEPALIVE, NAT_T_PORT, ExchangeType, NotifyType, PayloadType
 from oe.ike.crypto import Rng
 from oe.ike.errors import IkeError, IntegrityError
