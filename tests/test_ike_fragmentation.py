@@ -223,10 +223,16 @@ def test_a_retransmitted_fragmented_request_gets_the_cached_fragmented_response(
     assert_established(a, b)
 
 
-def test_later_exchanges_are_fragmented_too():
+@pytest.mark.parametrize("rekeyed", [False, True], ids=["first IKE SA", "rekeyed IKE SA"])
+def test_later_exchanges_are_fragmented_too(rekeyed):
+    """CREATE_CHILD_SA with many selectors, on the IKE SA or on its successor, which keeps
+    what IKE_SA_INIT settled."""
     a, b, link = big_pair()
     sid = up_to_auth(link)
     link.roundtrip(a)
+    if rekeyed:
+        a.rekey_ike(sid, 0.5)
+        link.roundtrip(a)
     events(a), events(b)
     many = [TrafficSelector.host(ADDR_A)] + [TrafficSelector.host(f"192.0.2.{n}")
                                              for n in range(1, 60)]
