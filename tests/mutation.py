@@ -78,8 +78,8 @@ MUTANTS = [
       "        if take is Take.REFUSED:\n",
       "        if False:\n", "test_ike_message_ids.py"),
     m("ike-response-without-integrity", IKE_SA,
-      "        if take is Take.PROTECTED:\n            try:\n                msg = self._open(",
-      "        if False:\n            try:\n                msg = self._open(", *IKE_FAST),
+      "        if take is Take.PROTECTED:\n            try:\n                opened = self._open(",
+      "        if False:\n            try:\n                opened = self._open(", *IKE_FAST),
     m("ike-response-any-message-id", IKE_SA,
       "        if req is None or (header.message_id, header.exchange) != (req.message_id,\n"
       "                                                                   req.exchange):\n",
@@ -89,12 +89,23 @@ MUTANTS = [
       "            return self.host.count(\"unexpected_dropped\")\n", "",
       "test_ike_message_ids.py"),
     m("ike-retransmit-without-integrity", IKE_SA,
-      "            try:\n                self._open(header, msg)\n"
+      "            try:\n                enc, _ = self._decrypt(msg)\n"
       "            except IntegrityError:\n"
-      "                return self.host.count(\"forged_dropped\")\n"
-      "            except IkeError:\n"
-      "                return self.host.count(\"unexpected_dropped\")\n", "",
-      "test_ike_message_ids.py"),
+      "                return self.host.count(\"forged_dropped\")\n",
+      "            enc = msg.payloads[0]\n", "test_ike_message_ids.py"),
+    # IKE fragmentation (RFC 7383): each fragment checked before it is kept (2.6), SKF only
+    # where SK is due, never in IKE_SA_INIT (2.5.3)
+    m("ike-fragment-kept-unchecked", IKE_SA,
+      "        enc, inner = self._decrypt(msg)\n",
+      "        enc = msg.payloads[0]\n"
+      "        inner = enc.body if isinstance(enc, EncryptedFragment) else self._decrypt(msg)[1]\n",
+      "test_ike_fragmentation.py"),
+    m("ike-fragment-where-cleartext-is-due", IKE_SA,
+      "        if take is not None and not take.protected and header.next_payload == "
+      "PayloadType.SKF:\n", "        if False:\n", "test_ike_fragmentation.py"),
+    m("ike-fragmented-sa-init-request-taken", ENGINE,
+      "                    and header.next_payload != PayloadType.SKF:\n",
+      "                    and True:\n", "test_ike_fragmentation.py"),
     m("ike-cookie-not-checked", ENGINE,
       "            if not (isinstance(got, Notify) and got.notify_type == NotifyType.COOKIE\n"
       "                    and hmac.compare_digest(got.data, want)):\n",
