@@ -403,6 +403,7 @@ class Daemon(Executor):
         limits = self.config.limits
         return {"ike_proposals": self.config.ike.proposals,
                 "esp_proposals": self.config.ike.esp_proposals,
+                "fragment_size": self.config.ike.fragment_size,
                 "half_open_max": limits.half_open,
                 # COOKIEs begin well before the cap, whatever the cap is (RFC 7296 2.6)
                 "cookie_threshold": min(HALF_OPEN_COOKIE_THRESHOLD, limits.half_open // 2)}
