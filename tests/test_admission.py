@@ -129,3 +129,41 @@ def test_the_refusals_kept_are_bounded_the_oldest_forgotten_first():
         a.key_fetched(peer, no_key(peer), 0.0)
     assert a.admit(ME, b"x", (peers[0], 500), 500, 1.0)[1] == [FetchPeerKey(peers[0])]
     assert a.admit(ME, b"x", (peers[1], 500), 500, 1.0)[1] == [refusal(b"x", peers[1])]
+
+
+def test_after_an_auth_failure_the_key_is_forgotten_and_fetched_afresh(host_key):
+    a, keys = door(private_or_clear="0.0.0.0/0\n")
+    keys.keep(lookup(host_key, PEER), 0.0)
+    a.auth_failed(PEER)
+    assert keys.get(Identity.from_address(PEER), 1.0) is None
+    assert a.admit(ME, b"x", (PEER, 500), 500, 1.0) == (False, [FetchPeerKey(PEER, True)])
+
+
+def test_keys_live_by_their_ttl_and_are_swept(host_key):
+    keys = PeerKeys()
+    keys.keep(lookup(host_key, PEER, expires=600.0), 0.0)
+    peer = Identity.from_address(PEER)
+    assert keys.get(peer, 599.0) is not None and keys.get(peer, 601.0) is None
+    assert keys.get(Identity.fqdn(PEER), 1.0) is None    # an ID_FQDN is not the address
+    assert keys.next_timer() == KEY_GRACE
+    keys.sweep(KEY_GRACE)
+    assert len(keys) == 1
+    keys.sweep(601.0)
+    assert len(keys) == 0 and keys.next_timer() is None
+    keys.keep(lookup(host_key, PEER, expires=0.0), 1000.0)    # TTL 0: still for its negotiation
+    assert keys.get(peer, 1000.0 + KEY_GRACE - 1) is not None
+
+
+def test_a_peer_moves_only_where_policy_takes_oe():
+    a, _ = door(private_or_clear="0.0.0.0/0\n", block="203.0.113.0/24\n")
+    assert a.peer_moved(ME, 7, "198.51.100.9", 4500) == [
+        FollowPeer(7, "198.51.100.9", 4500), Log("peer moved to 198.51.100.9 port 4500 (NAT)")]
+    assert a.peer_moved(ME, 7, "203.0.113.5", 4500)[-1] == DeleteIke(7)
+
+
+def test_responder_selectors_are_single_hosts_of_an_oe_group():
+    a, _ = door(private_or_clear="0.0.0.0/0\n", clear="203.0.113.0/24\n")
+    ip = ipaddress.ip_address
+    assert a.selectors_allowed(ME, (TrafficSelector.host(PEER, 6, 22),))
+    assert not a.selectors_allowed(ME, (TrafficSelector(ip(PEER), ip("198.51.100.3")),))
+    assert not a.selectors_allowed(ME, (TrafficSelector.host("203.0.113.5"),))
