@@ -548,3 +548,25 @@ def test_a_responder_whose_lookup_fails_refuses_at_once_and_looks_up_once(confdi
         assert len(d.fetcher.asked) == 1 and len(runner.sent) == 2
         assert d.admission.counters["ike_init_refused"] == 2
     asyncio.run(run())
+
+
+def test_a_refusal_ends_only_the_exchange_whose_spi_it_names():
+    """RFC 7296 2.21.1: an unprotected refusal is taken at once (oe.ike.engine refuse_init),
+    so it must name our IKE_SA_INIT: one for another SPIi is dropped, and only an IKE_SA_INIT
+    request is ever answered so."""
+    alice, bob = make_engine(PEER, "a", {}, 8), make_engine(ME, "b", {}, 7)
+    sa_id = alice.initiate(ME, 0.0)
+    (init, _, _), = alice.datagrams_to_send(0.0)
+    bob.refuse_init(bytes([init[0] ^ 1]) + init[1:], (PEER, 500), 500,
+                    NotifyType.AUTHENTICATION_FAILED)
+    (forged, _, _), = bob.datagrams_to_send(0.0)
+    alice.receive_datagram(forged, (ME, 500), 0.1)
+    assert events(alice) == [] and alice.stats()["unexpected_dropped"] == 1
+    bob.refuse_init(forged, (PEER, 500), 500, NotifyType.AUTHENTICATION_FAILED)
+    assert bob.datagrams_to_send(0.1) == []
+    bob.refuse_init(init, (PEER, 500), 500, NotifyType.AUTHENTICATION_FAILED)
+    (answer, _, _), = bob.datagrams_to_send(0.2)
+    alice.receive_datagram(answer, (ME, 500), 0.3)
+    failed, = events(alice)
+    assert failed.sa_id == sa_id and failed.notify == NotifyType.AUTHENTICATION_FAILED
+    assert failed.reason == "peer answered AUTHENTICATION_FAILED"
