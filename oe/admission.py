@@ -37,8 +37,9 @@ one says what happened, and is what the IKE_AUTH would end in without the key (s
 REFUSAL_HOLD = 10.0
 """Seconds a failed lookup refuses its peer without a new one (at most the negative answer's
 TTL when DNS gave one, RFC 2308 5; a lookup that got no answer has none and is held this
-long, as is an answer of TTL 0, which looks the same here): long enough for a peer's retransmits (RFC 7296 2.1) and a prompt retry, short enough
-that a nameserver back from an outage lets peers in soon. Never above 60 s."""
+long, as is an answer of TTL 0, which looks the same here): long enough for a peer's
+retransmits (RFC 7296 2.1) and a prompt retry, short enough that a nameserver back from an
+outage lets peers in soon. Never above 60 s."""
 
 REFUSALS_PER_LOOKUP = 16
 """Refused peers remembered per `[limits] lookups`, the oldest forgotten first."""
