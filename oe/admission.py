@@ -12,7 +12,7 @@ A lookup that ends without a usable key (no answer within the budget, no key, a 
 record) answers the waiting IKE_SA_INIT at once with an unprotected error notify (REFUSAL),
 and the peer is refused so, without a new lookup, for REFUSAL_HOLD: a silent nameserver of
 ours costs a peer one lookup budget, not its whole retransmit budget, and its retransmits do
-not start a lookup each (issue 15, 8; README: Troubleshooting).
+not start a lookup each (issue 15, 8; README: Commands, "When our nameserver is down").
 """
 
 from __future__ import annotations

@@ -99,6 +99,9 @@ MUTANTS = [
       "            if not (isinstance(got, Notify) and got.notify_type == NotifyType.COOKIE\n"
       "                    and hmac.compare_digest(got.data, want)):\n",
       "            if False:\n", "test_ike_admission.py"),
+    m("ike-refusal-answers-anything", ENGINE,
+      "                data[19] & 0x20 or data[8:16] != bytes(8):\n", "                False:\n",
+      "test_daemon.py"),
     m("ike-admission-hook-ignored", ENGINE,
       "        if self.admit_init is not None and not self.admit_init(data, addr, local_port):\n",
       "        if False:\n", "test_ike_admission.py"),
