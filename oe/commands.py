@@ -91,6 +91,17 @@ class ReplayInit:
 
 
 @dataclass(frozen=True)
+class RefuseInit:
+    """Answer a peer's IKE_SA_INIT with an unprotected error `notify` and keep no state (RFC
+    7296 2.21.1): the initiator's exchange ends at once instead of retransmitting."""
+
+    data: bytes
+    addr: tuple
+    local_port: int
+    notify: int
+
+
+@dataclass(frozen=True)
 class FollowPeer:
     """A NAT'd peer moved (RFC 7296 2.23) and policy allows the new address: point the IKE
     SA's ESP there."""
@@ -127,8 +138,9 @@ class Log:
 
 
 Command = Union[FetchKey, Initiate, DeleteIke, DeleteChild, RekeyChild, CheckLiveness,
-                SampleInbound, FetchPeerKey, ReplayInit, FollowPeer, Steer, RefuseInClear, Log]
+                SampleInbound, FetchPeerKey, ReplayInit, RefuseInit, FollowPeer, Steer,
+                RefuseInClear, Log]
 
 __all__ = ["FetchKey", "Initiate", "DeleteIke", "DeleteChild", "RekeyChild", "CheckLiveness",
-           "SampleInbound", "FetchPeerKey", "ReplayInit", "FollowPeer", "Steer",
+           "SampleInbound", "FetchPeerKey", "ReplayInit", "RefuseInit", "FollowPeer", "Steer",
            "RefuseInClear", "Log", "Command"]

@@ -20,7 +20,7 @@ import logging
 
 from oe.commands import (
     CheckLiveness, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer, Initiate, Log,
-    RefuseInClear, RekeyChild, ReplayInit, SampleInbound, Steer,
+    RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, Steer,
 )
 from oe.dnskeys.choice import Target
 from oe.dpevents import Acquire, IkeMessage, SaExpired, SaSoftLimit
@@ -188,6 +188,11 @@ class Executor:
                     side = self.sides.get(ipaddress.ip_address(addr[0]).version)
                     if side is not None:
                         side.runner.receive(data, addr, port)
+                case RefuseInit(data=data, addr=addr, local_port=port, notify=notify):
+                    side = self.sides.get(ipaddress.ip_address(addr[0]).version)
+                    if side is not None:
+                        side.engine.refuse_init(data, addr, port, notify)
+                        side.runner.transmit()
                 case FollowPeer():
                     self._follow_peer(command)
                 case Steer():
@@ -239,7 +244,7 @@ class Executor:
             commands = self.admission.key_fetched(command.peer, lookup, self.loop.time())
         except Exception:  # a key that fails late (e >= n): refused like no key
             log.exception("key lookup for %s", command.peer)
-            commands = []
+            commands = self.admission.key_fetched(command.peer, None, self.loop.time())
         self._run(commands)
 
     def _initiate(self, command: Initiate) -> None:

@@ -5,11 +5,12 @@ import ipaddress
 import pytest
 
 from oe import hostkey
-from oe.admission import Admission
-from oe.commands import DeleteIke, FetchPeerKey, FollowPeer, Log, ReplayInit
+from oe.admission import REFUSAL_HOLD, REFUSALS_PER_LOOKUP, Admission
+from oe.commands import DeleteIke, FetchPeerKey, FollowPeer, Log, RefuseInit, ReplayInit
 from oe.dnskeys.choice import KeyLookup, Target, Verdict
 from oe.dnskeys.records import KeyRecord, decode_rsa_blob
 from oe.ike.auth import Identity
+from oe.ike.constants import NotifyType
 from oe.ike.ts import TrafficSelector
 from oe.opportunist import Opportunist
 from oe.peerkeys import KEY_GRACE, PeerKeys
@@ -76,9 +77,58 @@ def test_the_key_answers_the_waiting_message_and_frees_the_slot(host_key):
     a.admit(ME, b"init", ("198.51.100.3", 500), 500, 0.0)
     assert a.key_fetched("198.51.100.3", KeyLookup(Target.parse("198.51.100.3"),
                                                    Verdict.NOT_CAPABLE, error="no key"), 1.0) \
-        == [Log("refused IKE from 198.51.100.3: no key")]
+        == [refusal(b"init", "198.51.100.3"),
+            Log("refused IKE from 198.51.100.3: no key (answered AUTHENTICATION_FAILED, "
+                "for 10 s)")]
     a.admit(ME, b"init", ("198.51.100.4", 500), 500, 0.0)
-    assert a.key_fetched("198.51.100.4", None, 1.0) == [] and a.pending == {}
+    assert a.key_fetched("198.51.100.4", None, 1.0)[0] == refusal(b"init", "198.51.100.4")
+    assert a.pending == {}
+
+
+def refusal(data, peer):
+    return RefuseInit(data, (peer, 500), 500, NotifyType.AUTHENTICATION_FAILED)
+
+
+def no_key(peer, error="DNS timeout: no answer", expires=0.0):
+    return KeyLookup(Target.parse(peer), Verdict.NOT_CAPABLE, error=error, expires=expires)
+
+
+def test_a_failed_lookup_answers_at_once_and_retransmits_start_no_new_lookup():
+    """Issue 15, 8: the waiting IKE_SA_INIT is answered with an error as soon as its lookup
+    fails, and the peer's retransmits and new IKE_SA_INITs get the same answer without a new
+    lookup for REFUSAL_HOLD; counted each time, logged once."""
+    a, _ = door(private_or_clear="0.0.0.0/0\n")
+    assert a.admit(ME, b"init", (PEER, 500), 500, 0.0) == (False, [FetchPeerKey(PEER)])
+    out = a.key_fetched(PEER, no_key(PEER, expires=3.0), 3.0)        # timed out after 3 s
+    assert out[0] == refusal(b"init", PEER) and len(out) == 2 and isinstance(out[1], Log)
+    assert a.admit(ME, b"init", (PEER, 500), 500, 3.5) == (False, [refusal(b"init", PEER)])
+    assert a.admit(ME, b"new", (PEER, 4500), 4500, 12.9) == (
+        False, [RefuseInit(b"new", (PEER, 4500), 4500, NotifyType.AUTHENTICATION_FAILED)])
+    assert a.counters["ike_init_refused"] == 3 and a.pending == {}
+    assert a.admit(ME, b"init", (PEER, 500), 500, 3.0 + REFUSAL_HOLD) == (
+        False, [FetchPeerKey(PEER)])                                  # the hold is over
+
+
+def test_a_refusal_lives_no_longer_than_the_negative_answer(host_key):
+    a, keys = door(private_or_clear="0.0.0.0/0\n")
+    a.admit(ME, b"init", (PEER, 500), 500, 0.0)
+    a.key_fetched(PEER, no_key(PEER, error="no key published", expires=4.0), 1.0)  # TTL 3 s
+    assert a.admit(ME, b"init", (PEER, 500), 500, 3.9)[1] == [refusal(b"init", PEER)]
+    assert a.admit(ME, b"init", (PEER, 500), 500, 4.0)[1] == [FetchPeerKey(PEER)]
+    a.key_fetched(PEER, no_key(PEER), 5.0)
+    keys.keep(lookup(host_key, PEER), 6.0)        # our own lookup found its key meanwhile
+    assert a.admit(ME, b"init", (PEER, 500), 500, 6.0) == (True, [])
+    assert a.admit(ME, b"init", (PEER, 500), 500, 6.5) == (True, [])
+
+
+def test_the_refusals_kept_are_bounded_the_oldest_forgotten_first():
+    a, _ = door(lookups=2, private_or_clear="0.0.0.0/0\n")
+    peers = [f"203.0.113.{i + 1}" for i in range(2 * REFUSALS_PER_LOOKUP + 1)]
+    for peer in peers:
+        a.admit(ME, b"x", (peer, 500), 500, 0.0)
+        a.key_fetched(peer, no_key(peer), 0.0)
+    assert a.admit(ME, b"x", (peers[0], 500), 500, 1.0)[1] == [FetchPeerKey(peers[0])]
+    assert a.admit(ME, b"x", (peers[1], 500), 500, 1.0)[1] == [refusal(b"x", peers[1])]
 
 
 def test_after_an_auth_failure_the_key_is_forgotten_and_fetched_afresh(host_key):

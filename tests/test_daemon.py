@@ -498,3 +498,75 @@ def test_a_timer_that_raises_does_not_stop_the_timers(confdir, tmp_path, caplog)
         assert len(calls) >= 2 and pair not in d.opportunist.shunts
         task.cancel()
     asyncio.run(run())
+
+
+class EngineRunner:
+    """In-process stand-in for IkeRunner: the daemon's engine, its clock, what it sent."""
+
+    def __init__(self, engine, clock):
+        self.engine, self.clock, self.sent = engine, clock, []
+
+    def receive(self, data, addr, local_port):
+        self.engine.receive_datagram(data, addr, self.clock(), local_port=local_port)
+        self.transmit()
+
+    def transmit(self):
+        self.sent += self.engine.datagrams_to_send(self.clock())
+
+
+def test_a_responder_whose_lookup_fails_refuses_at_once_and_looks_up_once(confdir, tmp_path):
+    """Issue 15, 8: while only the responder's nameserver is silent, the initiator learns
+    within one lookup budget (an unprotected AUTHENTICATION_FAILED, RFC 7296 2.21.1, which
+    ends its IKE_SA_INIT at once), and its retransmits get the same answer without a second
+    lookup."""
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.loop = ClockLoop(d.loop)
+        d.fetcher = StallingFetcher(lambda t: KeyLookup(
+            t, Verdict.NOT_CAPABLE, error=f"DNS timeout: no answer for {t.name}",
+            expires=d.loop.now))
+        bob = make_engine(ME, "b", {}, 7, admit_init=d._admit_init,
+                          cookie_required=d._cookie_required)
+        runner = EngineRunner(bob, d.loop.time)
+        d.sides[4] = oedaemon._IkeSide(4, ME, engine=bob, runner=runner)
+        alice = make_engine(PEER, "a", {}, 8)
+        sa_id = alice.initiate(ME, d.loop.now)
+        (init, _, _), = alice.datagrams_to_send(d.loop.now)
+        runner.receive(init, (PEER, 500), 500)
+        await asyncio.sleep(0)
+        assert len(d.fetcher.asked) == 1 and runner.sent == []      # waits for the key
+        d.loop.now += 3.0
+        d.fetcher.release.set()
+        await asyncio.sleep(0.01)
+        (answer, to, _), = runner.sent
+        assert to == (PEER, 500)
+        alice.receive_datagram(answer, (ME, 500), d.loop.now)
+        failed, = [e for e in events(alice) if e.sa_id == sa_id]
+        assert failed.notify == NotifyType.AUTHENTICATION_FAILED and not failed.local
+        runner.receive(init, (PEER, 500), 500)                      # a late retransmit
+        await asyncio.sleep(0.01)
+        assert len(d.fetcher.asked) == 1 and len(runner.sent) == 2
+        assert d.admission.counters["ike_init_refused"] == 2
+    asyncio.run(run())
+
+
+def test_a_refusal_ends_only_the_exchange_whose_spi_it_names():
+    """RFC 7296 2.21.1: an unprotected refusal is taken at once (oe.ike.engine refuse_init),
+    so it must name our IKE_SA_INIT: one for another SPIi is dropped, and only an IKE_SA_INIT
+    request is ever answered so."""
+    alice, bob = make_engine(PEER, "a", {}, 8), make_engine(ME, "b", {}, 7)
+    sa_id = alice.initiate(ME, 0.0)
+    (init, _, _), = alice.datagrams_to_send(0.0)
+    bob.refuse_init(bytes([init[0] ^ 1]) + init[1:], (PEER, 500), 500,
+                    NotifyType.AUTHENTICATION_FAILED)
+    (forged, _, _), = bob.datagrams_to_send(0.0)
+    alice.receive_datagram(forged, (ME, 500), 0.1)
+    assert events(alice) == [] and alice.stats()["unexpected_dropped"] == 1
+    bob.refuse_init(forged, (PEER, 500), 500, NotifyType.AUTHENTICATION_FAILED)
+    assert bob.datagrams_to_send(0.1) == []
+    bob.refuse_init(init, (PEER, 500), 500, NotifyType.AUTHENTICATION_FAILED)
+    (answer, _, _), = bob.datagrams_to_send(0.2)
+    alice.receive_datagram(answer, (ME, 500), 0.3)
+    failed, = events(alice)
+    assert failed.sa_id == sa_id and failed.notify == NotifyType.AUTHENTICATION_FAILED
+    assert failed.reason == "peer answered AUTHENTICATION_FAILED"

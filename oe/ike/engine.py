@@ -348,16 +348,30 @@ class IkeEngine:
 
     # --- IKE_SA_INIT, responder -----------------------------------------------------------
 
+    def refuse_init(self, data: bytes, addr: Addr, local_port: int, notify: int,
+                    notify_data: bytes = b"") -> None:
+        """Answer the IKE_SA_INIT request ``data`` (without the non-ESP marker) from ``addr``
+        with an unprotected error notify, creating no IKE SA (section 2.21.1); anything but
+        an IKE_SA_INIT request is ignored. The daemon refuses so a peer whose key it could
+        not look up (oe.admission), so that the peer's exchange ends at once.
+
+        Our own initiator, given such an answer, fails at once too (ike_init's error_notify):
+        section 2.21.1 lets it wait for a genuine answer instead, but one forged by someone on
+        the path gains nothing that dropping our IKE_SA_INIT would not (the same failure
+        shunt, only sooner), and no one off the path knows our SPIi.
+        """
+        if len(data) < HEADER_LEN or data[18] != ExchangeType.IKE_SA_INIT or \
+                data[19] & 0x20 or data[8:16] != bytes(8):
+            return
+        reply = Message(data[:8], bytes(8), ExchangeType.IKE_SA_INIT, 0, True, False,
+                        (Notify(notify, notify_data),)).encode()
+        self.transmit(reply, addr, local_port)
+
     def _answer_unparsable(self, data: bytes, e: IkeError, addr: Addr, local_port: int) -> None:
         """Answer an IKE_SA_INIT request with an unsupported critical payload (section 2.5);
         drop everything else that does not parse (we cannot authenticate it)."""
-        if e.notify != NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD or len(data) < HEADER_LEN:
-            return
-        if data[18] != ExchangeType.IKE_SA_INIT or data[19] & 0x20 or data[8:16] != bytes(8):
-            return
-        reply = Message(data[:8], bytes(8), ExchangeType.IKE_SA_INIT, 0, True, False,
-                        (Notify(e.notify, e.data),)).encode()
-        self.transmit(reply, addr, local_port)
+        if e.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD:
+            self.refuse_init(data, addr, local_port, e.notify, e.data)
 
     def _cookie(self, spi_i: bytes, nonce_i: bytes, addr: Addr) -> bytes:
         """Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>) (section 2.6)."""
