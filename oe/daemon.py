@@ -160,7 +160,7 @@ class Daemon:
         path_mtu = min([await self._in_netlink(net.address_mtu, a) for a in addresses.values()])
         mtu = path_mtu - esp_overhead(6 if 6 in addresses else 4, "udp")
         await self._in_netlink(tun.set_up, self.config.tun_name, mtu)
-        self.datapath = Datapath(max_holds=self.config.limits.holds)
+        self.datapath = Datapath(max_holds=self.config.limits.holds, df=self.config.esp.df)
         self.datapath.replace_eroutes(self.opportunist.table())
         self.opportunist.take_changes()  # the whole table is in
         fds = {}
@@ -620,6 +620,9 @@ class Daemon:
         common = dict(local=child.local_addr, peer=child.remote_addr, encap=encap,
                       local_port=child.local_port or NAT_T_PORT,
                       peer_port=child.remote_port or NAT_T_PORT, esn=child.esn, proto=proto)
+        # --- path MTU (issue 17, docs/pmtu.md): the SA starts from the route's MTU to the peer
+        common["path_mtu"] = net.route_mtu(child.remote_addr, self.config.bypass_mark)
+        # --- end path MTU
         key = (version, sa_id, child.spi_out)
         if key in self.sa_out:
             return self._refuse_child(version, sa_id, child,

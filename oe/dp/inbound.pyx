@@ -25,6 +25,7 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
     cdef PktInfo info
     cdef uint8_t *inner
     cdef int length
+    cdef uint32_t mtu = c.tun_mtu
     if encap == ENCAP_UDP and _nat_t_control(c, data, n, family, src, sport):
         return
     if n < ESP_HDR:
@@ -32,11 +33,12 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
         return
     inner = batch_slot(c, b) + HEADROOM
     oe_rd_lock(&c.sas.lock)
-    length = _open_locked(c, ctxi, data, n, &inner, &info, now)
+    length = _open_locked(c, ctxi, data, n, &inner, &info, &mtu, now)
     oe_rw_unlock(&c.sas.lock)
     if length < 0:
         return
-    if mss_clamp(inner, &info, c.tun_mtu):
+    # The SYN's answer goes back over our path to the peer: the SA's MTU, not the TUN's.
+    if mss_clamp(inner, &info, mtu):
         count(c.counters, C_MSS_CLAMPED)
     batch_commit(b, OUT_TUN, info.version, NULL, 0, inner, <uint32_t>length)
     count(c.counters, C_ESP_IN)
@@ -67,9 +69,10 @@ cdef bint _nat_t_control(DpCore *c, const uint8_t *data, size_t n, int family,
 
 
 cdef int _open_locked(DpCore *c, int ctxi, const uint8_t *data, size_t n, uint8_t **inner,
-                      PktInfo *info, double now) noexcept nogil:
+                      PktInfo *info, uint32_t *mtu, double now) noexcept nogil:
     """Open the ESP packet under its SA (the SA read lock held) into *inner, which a rebuilt
-    transport header may move; the inner packet's length, or -1 (counted)."""
+    transport header may move, and give the SA's inner MTU; the inner packet's length, or -1
+    (counted)."""
     cdef EspSa *sa = sa_find(&c.sas.inb, oe_rd32(data))
     cdef int r, nh
     cdef uint64_t seq
@@ -104,6 +107,8 @@ cdef int _open_locked(DpCore *c, int ctxi, const uint8_t *data, size_t n, uint8_
         count(c.counters, C_POLICY)
         return -1
     sa_account(&c.events, sa, length, seq, now)
+    if sa.mtu < mtu[0]:
+        mtu[0] = sa.mtu
     return <int>length
 
 

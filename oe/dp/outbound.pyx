@@ -4,7 +4,8 @@
 1. parse the IP header (IPv4 options and fragments pass untouched);
 2. a pair with a hold is queued at once (so a trap raises one acquire, never one per packet);
 3. classify on the compiled eroute table, then by action:
-   SA      -> MSS clamp, too-big check (ICMP back if DF), seal, batch
+   SA      -> too-big check (ICMP back if DF), MSS clamp, fragment (IPv4 without DF), seal
+              with the outer DF by policy (RFC 4301 8.1), batch
    %trap   -> new hold + one Acquire event;  %hold -> queue
    %pass   -> raw socket (bypass mark) in clear;  %drop -> discard
    %reject -> ICMP administratively prohibited written back into the TUN
@@ -13,7 +14,7 @@ Holds: when the eroutes change, every hold is reclassified; a pair no longer %tr
 its queue sent, in order, under the new verdict (hold_recheck).
 """
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
@@ -26,10 +27,15 @@ from oe.dp.esp cimport esp_seal
 from oe.dp.events cimport EV_ACQUIRE, DpEvent, ev_push
 from oe.dp.holds cimport (HOLD_BUCKETS, HeldPkt, Hold, hold_create, hold_enqueue, hold_find,
                           hold_forget, hold_free, hold_remove)
-from oe.dp.packet cimport PktInfo, addr_len, icmp_error, is_link_chatter, mss_clamp, parse_ip
+from oe.dp.core cimport DF_CLEAR, DF_SET
+from oe.dp.packet cimport (PROTO_ESP, PROTO_UDP, PktInfo, addr_len, icmp_error, is_link_chatter, mss_clamp,
+                           oe_csum_add, oe_csum_fold, oe_rd16, oe_wr16, parse_ip)
 from oe.dp.sa cimport ENCAP_UDP, EspSa, sa_account, sa_admit, sa_find, sa_fire
 from oe.dp.sync cimport (oe_add64, oe_load_int, oe_mutex_lock, oe_mutex_unlock, oe_rd_lock,
                          oe_rw_unlock, oe_swap_int)
+
+cdef enum:
+    IPV6_MIN_MTU = 1280         # RFC 8200 5
 
 
 cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t n, OutBatch *b,
@@ -87,34 +93,141 @@ cdef uint32_t _seal_locked(DpCore *c, int ctxi, uint32_t handle, uint8_t *pkt, s
     """The SA part of _send_esp (the SA read lock held); the SA's MTU if the packet is too big
     for it and may not be fragmented, else 0."""
     cdef EspSa *sa = sa_find(&c.sas.out, handle)
-    cdef uint8_t *slot
-    cdef uint64_t seq
-    cdef int r
     if sa == NULL:
         count(c.counters, C_NO_SA)
         return 0
     if n > sa.mtu and info.df:
-        return sa.mtu
-    if not sa_admit(&c.events, sa, n, now):
-        oe_add64(&sa.err_expired, 1)
-        count(c.counters, C_EXPIRED)
+        if info.version == 4:
+            return sa.mtu
+        if n > IPV6_MIN_MTU:
+            return sa.mtu if sa.mtu > IPV6_MIN_MTU else IPV6_MIN_MTU
+        # RFC 8200 5, RFC 4459 3: every IPv6 path carries 1280 bytes and no sender may be told
+        # less, so such a packet goes in an outer packet the path may fragment (outer IPv4).
+        _seal_one(c, ctxi, sa, pkt, n, False, b, now)
         return 0
     if mss_clamp(pkt, info, sa.mtu):
         count(c.counters, C_MSS_CLAMPED)
+    if n > sa.mtu:
+        _seal_fragments(c, ctxi, sa, pkt, n, info, b, now)
+    else:
+        _seal_one(c, ctxi, sa, pkt, n, _outer_df(c, info), b, now)
+    return 0
+
+
+cdef inline bint _outer_df(const DpCore *c, const PktInfo *info) noexcept nogil:
+    """RFC 4301 8.1: the outer DF bit by the policy (IPv6 inner packets count as DF)."""
+    if c.df_policy == DF_SET:
+        return True
+    if c.df_policy == DF_CLEAR:
+        return False
+    return info.df
+
+
+cdef bint _seal_one(DpCore *c, int ctxi, EspSa *sa, const uint8_t *pkt, size_t n, bint df,
+                    OutBatch *b, double now) noexcept nogil:
+    """Seal one inner packet and batch it; False if the SA refused it (counted).
+
+    Linux sets the outer IPv4 DF bit per socket (IP_MTU_DISCOVER), not per packet: the ESP and
+    UDP sockets set it; without it oe builds the outer header itself and sends it on the clear
+    raw socket (IP_HDRINCL, the bypass mark), which the kernel leaves unfragmented."""
+    cdef uint8_t *slot
+    cdef uint64_t seq
+    cdef int r
+    cdef int hdr = 0
+    if not sa_admit(&c.events, sa, n, now):
+        oe_add64(&sa.err_expired, 1)
+        count(c.counters, C_EXPIRED)
+        return False
+    if sa.family == 4 and not df:
+        hdr = 20 + (8 if sa.encap == ENCAP_UDP else 0)
     slot = batch_slot(c, b)
-    r = esp_seal(sa, ctxi, pkt, n, slot, SLOT, &seq)
+    r = esp_seal(sa, ctxi, pkt, n, slot + hdr, SLOT - hdr, &seq)
     if r < 0:
         if -r == R_SEQUENCE:
             sa_fire(&c.events, sa, 1, R_SEQUENCE)
         oe_add64(&sa.err_expired, 1)
         count(c.counters, C_EXPIRED)
-        return 0
+        return False
     sa_account(&c.events, sa, n, seq, now)
-    # Raw sockets take no port (IPv6 refuses any but the protocol's).
-    batch_commit(b, OUT_UDP if sa.encap == ENCAP_UDP else OUT_RAW, sa.family, sa.peer,
-                 sa.peer_port if sa.encap == ENCAP_UDP else 0, slot, r)
+    if hdr:
+        _outer_ipv4(sa, slot, hdr, r)
+        batch_commit(b, OUT_PASS, 4, sa.peer, 0, slot, hdr + r)
+    else:
+        # Raw sockets take no port (IPv6 refuses any but the protocol's).
+        batch_commit(b, OUT_UDP if sa.encap == ENCAP_UDP else OUT_RAW, sa.family, sa.peer,
+                     sa.peer_port if sa.encap == ENCAP_UDP else 0, slot, r)
     count(c.counters, C_ESP_OUT)
-    return 0
+    return True
+
+
+cdef void _outer_ipv4(const EspSa *sa, uint8_t *out, int hdr, int esp_len) noexcept nogil:
+    """The outer IPv4 header without DF (and the UDP header, RFC 3948 2.1: checksum 0) in
+    front of the ESP packet; the kernel fills in the identification (IP_HDRINCL, id 0)."""
+    memset(out, 0, hdr)
+    out[0] = 0x45
+    oe_wr16(out + 2, <uint16_t>(hdr + esp_len))
+    out[8] = 64
+    out[9] = PROTO_UDP if hdr == 28 else PROTO_ESP
+    memcpy(out + 12, sa.local, 4)
+    memcpy(out + 16, sa.peer, 4)
+    oe_wr16(out + 10, ~oe_csum_fold(oe_csum_add(0, out, 20)))
+    if hdr == 28:
+        oe_wr16(out + 20, sa.local_port)
+        oe_wr16(out + 22, sa.peer_port)
+        oe_wr16(out + 24, <uint16_t>(8 + esp_len))
+
+
+cdef void _seal_fragments(DpCore *c, int ctxi, EspSa *sa, uint8_t *pkt, size_t n,
+                          const PktInfo *info, OutBatch *b, double now) noexcept nogil:
+    """An inner IPv4 packet without DF too big for the SA: fragmented before encryption (RFC
+    4301 8.1, RFC 791), each fragment its own ESP packet, so no outer fragment crosses the
+    path. In place: each fragment's header is written just before its data, over data sent."""
+    cdef uint8_t head[60]
+    cdef int hlen = info.hlen
+    cdef uint16_t field = oe_rd16(pkt + 6)
+    cdef size_t step = (sa.mtu - hlen) & ~(<size_t>7)
+    cdef size_t data = n - hlen
+    cdef size_t off = 0, piece
+    cdef uint8_t *frag
+    cdef bint last
+    memcpy(head, pkt, hlen)
+    while off < data:
+        piece = step if data - off > step else data - off
+        last = off + piece == data
+        frag = pkt + off
+        memcpy(frag, head, hlen)
+        oe_wr16(frag + 2, <uint16_t>(hlen + piece))
+        oe_wr16(frag + 6, <uint16_t>(((field & 0x1FFF) + off // 8)
+                                     | (0x2000 if not last or field & 0x2000 else 0)))
+        frag[10] = 0
+        frag[11] = 0
+        oe_wr16(frag + 10, ~oe_csum_fold(oe_csum_add(0, frag, hlen)))
+        if not _seal_one(c, ctxi, sa, frag, hlen + piece, _outer_df(c, info), b, now):
+            return
+        if off == 0:
+            _keep_copied_options(head, hlen)
+        off += piece
+
+
+cdef void _keep_copied_options(uint8_t *head, int hlen) noexcept nogil:
+    """RFC 791: fragments after the first carry only the options whose copied flag is set;
+    the others become NOPs (the header keeps its length)."""
+    cdef int i = 20, kind, olen
+    while i < hlen:
+        kind = head[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= hlen:
+            break
+        olen = head[i + 1]
+        if olen < 2 or i + olen > hlen:
+            break
+        if not kind & 0x80:
+            memset(head + i, 1, olen)
+        i += olen
 
 
 cdef void _send_clear(DpCore *c, const uint8_t *pkt, size_t n, const PktInfo *info,

@@ -17,6 +17,7 @@ cdef enum:
     PROTO_ICMP = 1
     PROTO_TCP = 6
     PROTO_UDP = 17
+    PROTO_ESP = 50
     PROTO_ICMPV6 = 58
     PROTO_SCTP = 132
 

@@ -149,9 +149,10 @@ def test_tcp_survives_the_path_mtu_shrinking_while_it_runs(path):
     assert transfer.ok, report(path, transfer)
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "every outer ESP packet carries DF whatever the "
-                   "inner packet said, so non-DF traffic too big for the path is lost")
-@pytest.mark.parametrize("family", [4, 6], ids=["v4", "v6"])
+@pytest.mark.parametrize("family", [4, pytest.param(6, marks=pytest.mark.xfail(
+    strict=True, reason=ISSUE + "IPv6 has no DF to clear: the host's fragments of the ping "
+    "fill the TUN's MTU, their outer IPv6 packets exceed the 1280 link and oe does not know "
+    "it (no probing yet)"))], ids=["v4", "v6"])
 def test_non_df_ping_crosses(path, family):
     """`ping -M dont -s 1400` through oe arrives, as it does with plain routing (the control
     above): the inner packet did not forbid fragmentation (RFC 4301 8.1)."""
