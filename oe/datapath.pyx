@@ -14,17 +14,19 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-from oe.dp.batch cimport OutBatch, api_batch, batch_flush, batch_free
+from oe.dp.batch cimport (OUT_PASS, OutBatch, api_batch, batch_commit, batch_flush, batch_free,
+                          batch_new, batch_slot)
 from oe.dp.classifier cimport Classifier as CClassifier
-from oe.dp.codes cimport (C_MALFORMED, C_SA_REFUSED, C_TUN_READ, C_UNKNOWN_SPI, R_EXPIRED,
-                          R_MALFORMED, R_SEQUENCE, R_UNKNOWN_SPI, count)
+from oe.dp.codes cimport (C_MALFORMED, C_PMTU_PROBES, C_SA_REFUSED, C_TUN_READ,
+                          C_UNKNOWN_SPI, R_EXPIRED, R_MALFORMED, R_SEQUENCE, R_UNKNOWN_SPI,
+                          count)
 from oe.dp.core cimport DpCore
 from oe.dp.esp cimport ESP_HDR, aead_context, esp_open, esp_seal, fetch_ciphers
-from oe.dp.events cimport EV_ACQUIRE, EV_IKE, EV_REPLAY, DpEvent, ev_free, ev_init, ev_pop
+from oe.dp.events cimport EV_ACQUIRE, EV_IKE, EV_PROBE_ACK, EV_REPLAY, DpEvent, ev_free, ev_init, ev_pop
 from oe.dp.holds cimport HOLD_BUCKETS, Hold, holds_free, holds_init
 from oe.dp.inbound cimport dp_inbound
 from oe.dp.loop cimport LOOP_IN, LOOP_OUT, LoopThread, loop_join, loop_sockets, loop_start
-from oe.dp.outbound cimport dp_outbound, hold_recheck
+from oe.dp.outbound cimport dp_outbound, dp_probe, hold_recheck
 from oe.dp.packet cimport oe_rd32
 from oe.dp.posix cimport (EFD_CLOEXEC, EFD_NONBLOCK, eventfd, sys_close, sys_read,
                           sys_write)
@@ -41,8 +43,8 @@ from oe.dp.codes import COUNTER_NAMES, REASONS
 from oe.dp.esp import EspError, esp_overhead, gcm_decrypt, gcm_encrypt
 from oe.dp.replay import ReplayWindow
 from oe.dp.saspec import ANY_PORT, DF_POLICIES, Direction, Encap, SaSpec, ts_range
-from oe.dpevents import (Acquire, AuthFailure, IkeMessage, ReplayFailure, SaExpired,
-                         SaSoftLimit)
+from oe.dpevents import (Acquire, AuthFailure, IkeMessage, PathMtuProbeAcked, ReplayFailure,
+                         SaExpired, SaSoftLimit)
 
 __all__ = ["ANY_PORT", "COUNTER_NAMES", "DF_POLICIES", "FLOW_RECORD_SIZE", "REASONS", "Classifier",
            "Datapath",
@@ -381,6 +383,8 @@ cdef class Datapath:
         if e.kind == EV_ACQUIRE:
             return Acquire(src=_address(e.src, e.version), dst=_address(e.dst, e.version),
                            proto=e.proto, sport=e.sport, dport=e.dport)
+        if e.kind == EV_PROBE_ACK:
+            return PathMtuProbeAcked(peer=_address(e.src, e.version), size=e.count)
         if e.kind == EV_IKE:
             data = (<char *>e.data)[:e.length]
             free(e.data)
@@ -442,6 +446,41 @@ cdef class Datapath:
         if r < 0:
             raise EspError(REASONS[-r])
         return oe_rd32(<const uint8_t *><const char *>data), nh, bytes(out[:r])
+
+    def probe(self, peer, int size):
+        """Send a path MTU probe of `size` bytes (the outer IP packet) to `peer` on its newest
+        outbound SA, with DF (docs/pmtu.md); the peer's answer comes back as a
+        PathMtuProbeAcked event. The packet, sent on the clear raw socket when the loops run;
+        None if there is no tunnel mode SA to the peer or the size cannot carry a probe."""
+        cdef bytes peer_b = ipaddress.ip_address(peer).packed
+        cdef int family = 4 if len(peer_b) == 4 else 6
+        cdef OutBatch *b
+        cdef int r, fd = self.c.fds[4 if family == 4 else 5]
+        if not 0 < size <= 65535:
+            raise ValueError(f"a probe of {size} bytes")
+        plain = bytearray(size)
+        out = bytearray(size)
+        cdef uint8_t[::1] pv = plain
+        cdef uint8_t[::1] ov = out
+        with nogil:
+            oe_rd_lock(&self.c.sas.lock)
+        r = dp_probe(self.c, CTX_API, <const uint8_t *><const char *>peer_b, family, size,
+                     &pv[0], &ov[0], size)
+        oe_rw_unlock(&self.c.sas.lock)
+        if r <= 0:
+            return None
+        count(self.c.counters, C_PMTU_PROBES)
+        if fd >= 0:            # the loops run: out on the clear raw socket (IP_HDRINCL)
+            b = batch_new(False)
+            if b == NULL:
+                raise MemoryError()
+            memcpy(batch_slot(self.c, b), &ov[0], r)
+            batch_commit(b, OUT_PASS, family, <const uint8_t *><const char *>peer_b, 0,
+                         b.arena, r)
+            with nogil:
+                batch_flush(self.c, b)
+            batch_free(b)
+        return bytes(out[:r])
 
     def outbound(self, packet, now=None) -> list:
         """Process one packet as if read from the TUN: [(kind, address, port, bytes)].

@@ -91,4 +91,16 @@ class IkeMessage:
     """The IKE message, from its header on."""
 
 
-DatapathEvent = Union[Acquire, SaSoftLimit, SaExpired, ReplayFailure, AuthFailure, IkeMessage]
+@dataclass(frozen=True)
+class PathMtuProbeAcked:
+    """The peer answered a path MTU probe (Datapath.probe(), docs/pmtu.md): an ESP packet of
+    `size` bytes crossed the path to it (RFC 8899 4.1: the acknowledgement of a probe)."""
+
+    peer: IPAddress
+    """The peer's (outer) address."""
+    size: int
+    """The probe's size: the outer IP packet, as Datapath.probe() was asked for."""
+
+
+DatapathEvent = Union[Acquire, SaSoftLimit, SaExpired, ReplayFailure, AuthFailure, IkeMessage,
+                      PathMtuProbeAcked]

@@ -7,6 +7,8 @@ socket with the header oe built ("pass", peer, 0, IPv4 header + [UDP header] + E
 sets DF per socket, not per packet.
 """
 
+import ipaddress
+
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
@@ -197,3 +199,64 @@ def test_route_mtu_asks_the_kernel_and_falls_back_to_the_default():
     from oe.net import route_mtu
     assert route_mtu("127.0.0.1", 0) == route_mtu("::1", 0) == 65535   # lo: 65536
     assert route_mtu("0.0.0.0", 0, default=1400) in (1400, 65535)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("encap", ["udp", "esp"])
+def test_a_probe_is_a_padded_echo_request_whose_reply_is_consumed_as_its_ack(family, encap):
+    """DPLPMTUD for ESP with any RFC 4303 peer (docs/pmtu.md): the probe is an ESP packet of
+    the size asked for, with DF, whose inner packet is a small ICMP echo request padded with
+    TFC padding (RFC 4303 2.7); the peer trims the padding and its stack answers; the reply is
+    the acknowledgement, consumed by the datapath and raised as an event."""
+    from oe.dpevents import PathMtuProbeAcked
+    me, peer_addr, key_back = (ME, PEER, KEY6) if family == 4 else (ME6, PEER6, KEY6)
+    dp = Datapath()
+    dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=me, peer=peer_addr,
+                     encap=encap))
+    dp.add_sa(SaSpec(spi=0x7000, direction="in", key=key_back, local=me, peer=peer_addr,
+                     encap=encap))
+    peer = Datapath()
+    peer.add_sa(SaSpec(spi=SPI_OUT, direction="in", key=KEY, local=peer_addr, peer=me,
+                       encap=encap))
+    back = peer.add_sa(SaSpec(spi=0x7000, direction="out", key=key_back, local=peer_addr,
+                              peer=me, encap=encap))
+    assert dp.probe("192.0.2.99" if family == 4 else "2001:db8::99", 1400) is None
+    wire = dp.probe(peer_addr, 1400)
+    outer = IP(wire) if family == 4 else IPv6(wire)
+    assert len(wire) == 1400
+    if family == 4:
+        assert outer.flags.DF and outer.len == 1400
+    esp = raw(outer[UDP].payload) if encap == "udp" else raw(outer.payload)
+    if family == 6 and encap == "udp":
+        check = outer.copy()
+        del check[UDP].chksum
+        assert IPv6(raw(check))[UDP].chksum == outer[UDP].chksum
+    [(kind, _, _, inner)] = peer.inbound(esp, me, encap=encap)
+    request = IP(inner) if family == 4 else IPv6(inner)
+    assert kind == "tun" and len(inner) < 100 and (request.src, request.dst) == (me, peer_addr)
+    echo = request.payload
+    assert echo.type == (8 if family == 4 else 128)
+    check = request.copy()
+    if family == 4:
+        del check.payload.chksum
+    else:
+        del check.payload.cksum
+    rebuilt = (IP if family == 4 else IPv6)(raw(check)).payload
+    assert (rebuilt.cksum if family == 6 else rebuilt.chksum) == \
+        (echo.cksum if family == 6 else echo.chksum)
+    # The peer's stack answers with an echo reply of the same identifier, sequence and data.
+    if family == 4:
+        reply = IP(src=peer_addr, dst=me) / ICMP(type=0, id=echo.id, seq=echo.seq) / echo.load
+    else:
+        from scapy.layers.inet6 import ICMPv6EchoReply
+        reply = IPv6(src=peer_addr, dst=me) / ICMPv6EchoReply(id=echo.id, seq=echo.seq,
+                                                               data=echo.data)
+    assert dp.inbound(peer.seal(back, raw(reply)), peer_addr, encap=encap) == []
+    assert dp.read_events() == [PathMtuProbeAcked(peer=ipaddress.ip_address(peer_addr),
+                                                  size=1400)]
+    stats = dp.stats()
+    assert (stats["pmtu_probes"], stats["pmtu_acks"], stats["tun_write"]) == (1, 1, 0)
+    if family == 4:     # any other echo reply goes to the TUN as before
+        other = IP(src=peer_addr, dst=me) / ICMP(type=0, id=echo.id, seq=echo.seq) / (b"x" * 8)
+        assert [k for k, *_ in dp.inbound(peer.seal(back, raw(other)), peer_addr,
+                                          encap=encap)] == ["tun"]

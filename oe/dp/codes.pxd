@@ -57,6 +57,8 @@ cdef enum:
     C_DUMMY
     C_HOLDS_EVICTED
     C_SA_REFUSED
+    C_PMTU_PROBES
+    C_PMTU_ACKS
     NCOUNTERS
 
 

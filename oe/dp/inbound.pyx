@@ -9,11 +9,12 @@ from libc.string cimport memcpy, memset
 
 from oe.dp.batch cimport HEADROOM, OUT_TUN, SLOT, batch_commit, batch_slot
 from oe.dp.codes cimport (C_DUMMY, C_ESP_IN, C_EXPIRED, C_IKE, C_KEEPALIVES, C_MALFORMED,
-                          C_MSS_CLAMPED, C_POLICY, C_UNKNOWN_SPI, count)
+                          C_MSS_CLAMPED, C_PMTU_ACKS, C_POLICY, C_UNKNOWN_SPI, count)
 from oe.dp.esp cimport ESP_HDR, NH_IPV4, NH_IPV6, NH_NONE, esp_open
-from oe.dp.events cimport EV_IKE, DpEvent, ev_push
-from oe.dp.packet cimport (PktInfo, addr_len, mss_clamp, oe_csum_add, oe_csum_fold, oe_rd32,
-                           oe_wr16, parse_ip)
+from oe.dp.events cimport EV_IKE, EV_PROBE_ACK, DpEvent, ev_push
+from oe.dp.packet cimport (PROBE_ECHO, PROBE_ID, PROBE_MAGIC_HI, PROBE_MAGIC_LO, PROTO_ICMP,
+                           PROTO_ICMPV6, PktInfo, addr_len, mss_clamp, oe_csum_add,
+                           oe_csum_fold, oe_rd16, oe_rd32, oe_wr16, parse_ip)
 from oe.dp.sa cimport (ENCAP_UDP, EspSa, sa_account, sa_admit, sa_find, sa_refused,
                        ts_allows)
 from oe.dp.sync cimport oe_add64, oe_rd_lock, oe_rw_unlock
@@ -37,11 +38,37 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
     oe_rw_unlock(&c.sas.lock)
     if length < 0:
         return
+    if _probe_ack(c, inner, &info, family, src):
+        return
     # The SYN's answer goes back over our path to the peer: the SA's MTU, not the TUN's.
     if mss_clamp(inner, &info, mtu):
         count(c.counters, C_MSS_CLAMPED)
     batch_commit(b, OUT_TUN, info.version, NULL, 0, inner, <uint32_t>length)
     count(c.counters, C_ESP_IN)
+
+
+cdef bint _probe_ack(DpCore *c, const uint8_t *p, const PktInfo *info, int family,
+                     const uint8_t *src) noexcept nogil:
+    """The echo reply to one of our path MTU probes (outbound.pyx, dp_probe): taken here, not
+    written to the TUN, and raised as the probe's acknowledgement (its size). True if it was."""
+    cdef const uint8_t *icmp = p + info.l4off
+    cdef DpEvent e
+    if info.total != info.l4off + PROBE_ECHO or not info.first_fragment:
+        return False
+    if not ((info.proto == PROTO_ICMP and icmp[0] == 0)
+            or (info.proto == PROTO_ICMPV6 and icmp[0] == 129)):
+        return False
+    if (oe_rd16(icmp + 4) != PROBE_ID or oe_rd32(icmp + 8) != PROBE_MAGIC_HI
+            or oe_rd32(icmp + 12) != PROBE_MAGIC_LO):
+        return False
+    memset(&e, 0, sizeof(DpEvent))
+    e.kind = EV_PROBE_ACK
+    e.version = family
+    memcpy(e.src, src, addr_len(family))
+    e.count = oe_rd16(icmp + 6)
+    count(c.counters, C_PMTU_ACKS)
+    ev_push(&c.events, c.counters, &e)
+    return True
 
 
 cdef bint _nat_t_control(DpCore *c, const uint8_t *data, size_t n, int family,

@@ -16,23 +16,25 @@ its queue sent, in order, under the new verdict (hold_recheck).
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from oe.dp.batch cimport OUT_PASS, OUT_RAW, OUT_TUN, OUT_UDP, SLOT, batch_commit, batch_slot
 from oe.dp.classifier cimport ACT_DROP, ACT_HOLD, ACT_PASS, ACT_REJECT, ACT_SA, ACT_TRAP, Verdict
 from oe.dp.codes cimport (C_ACQUIRES, C_DROPPED, C_ESP_OUT, C_EXPIRED, C_HOLD_DISCARDED,
                           C_HOLD_RELEASED, C_MALFORMED, C_MSS_CLAMPED, C_NO_POLICY, C_NO_SA,
                           C_PASSED, C_REJECTED, C_TOO_BIG, R_SEQUENCE, count, count_n)
-from oe.dp.esp cimport esp_seal
+from oe.dp.esp cimport ESP_HDR, ESP_ICV, ESP_IV, ESP_TRAILER, esp_seal
 from oe.dp.events cimport EV_ACQUIRE, DpEvent, ev_push
 from oe.dp.holds cimport (HOLD_BUCKETS, HeldPkt, Hold, hold_create, hold_enqueue, hold_find,
                           hold_forget, hold_free, hold_remove)
 from oe.dp.core cimport DF_CLEAR, DF_SET
-from oe.dp.packet cimport (PROTO_ESP, PROTO_UDP, PktInfo, addr_len, icmp_error, is_link_chatter, mss_clamp,
-                           oe_csum_add, oe_csum_fold, oe_rd16, oe_wr16, parse_ip)
-from oe.dp.sa cimport ENCAP_UDP, EspSa, sa_account, sa_admit, sa_find, sa_fire
-from oe.dp.sync cimport (oe_add64, oe_load_int, oe_mutex_lock, oe_mutex_unlock, oe_rd_lock,
-                         oe_rw_unlock, oe_swap_int)
+from oe.dp.packet cimport (PROBE_ECHO, PROBE_ID, PROBE_MAGIC_HI, PROBE_MAGIC_LO, PROTO_ICMP,
+                           PROTO_ICMPV6, PktInfo, addr_len, icmp_error, is_link_chatter,
+                           mss_clamp, oe_csum_add, oe_csum_fold, oe_rd16, oe_wr16, oe_wr32,
+                           outer_ip, parse_ip)
+from oe.dp.sa cimport ENCAP_UDP, EspSa, SaTable, sa_account, sa_admit, sa_find, sa_fire
+from oe.dp.sync cimport (oe_add64, oe_load_int, oe_mutex_lock, oe_mutex_unlock, oe_now,
+                         oe_rd_lock, oe_rw_unlock, oe_swap_int)
 
 cdef enum:
     IPV6_MIN_MTU = 1280         # RFC 8200 5
@@ -150,7 +152,8 @@ cdef bint _seal_one(DpCore *c, int ctxi, EspSa *sa, const uint8_t *pkt, size_t n
         return False
     sa_account(&c.events, sa, n, seq, now)
     if hdr:
-        _outer_ipv4(sa, slot, hdr, r)
+        outer_ip(slot, 4, sa.local, sa.peer, sa.encap == ENCAP_UDP, sa.local_port, sa.peer_port,
+                 r, False)
         batch_commit(b, OUT_PASS, 4, sa.peer, 0, slot, hdr + r)
     else:
         # Raw sockets take no port (IPv6 refuses any but the protocol's).
@@ -158,23 +161,6 @@ cdef bint _seal_one(DpCore *c, int ctxi, EspSa *sa, const uint8_t *pkt, size_t n
                      sa.peer_port if sa.encap == ENCAP_UDP else 0, slot, r)
     count(c.counters, C_ESP_OUT)
     return True
-
-
-cdef void _outer_ipv4(const EspSa *sa, uint8_t *out, int hdr, int esp_len) noexcept nogil:
-    """The outer IPv4 header without DF (and the UDP header, RFC 3948 2.1: checksum 0) in
-    front of the ESP packet; the kernel fills in the identification (IP_HDRINCL, id 0)."""
-    memset(out, 0, hdr)
-    out[0] = 0x45
-    oe_wr16(out + 2, <uint16_t>(hdr + esp_len))
-    out[8] = 64
-    out[9] = PROTO_UDP if hdr == 28 else PROTO_ESP
-    memcpy(out + 12, sa.local, 4)
-    memcpy(out + 16, sa.peer, 4)
-    oe_wr16(out + 10, ~oe_csum_fold(oe_csum_add(0, out, 20)))
-    if hdr == 28:
-        oe_wr16(out + 20, sa.local_port)
-        oe_wr16(out + 22, sa.peer_port)
-        oe_wr16(out + 24, <uint16_t>(8 + esp_len))
 
 
 cdef void _seal_fragments(DpCore *c, int ctxi, EspSa *sa, uint8_t *pkt, size_t n,
@@ -228,6 +214,75 @@ cdef void _keep_copied_options(uint8_t *head, int hlen) noexcept nogil:
         if not kind & 0x80:
             memset(head + i, 1, olen)
         i += olen
+
+
+# ------------------------------------------------------------------- path MTU probes
+
+cdef int dp_probe(DpCore *c, int ctxi, const uint8_t *peer, int family, int size,
+                  uint8_t *plain, uint8_t *out, size_t cap) noexcept nogil:
+    """A path MTU probe of `size` outer bytes to `peer` (docs/pmtu.md) on its newest tunnel
+    mode outbound SA, with DF: an ICMP echo request from the SA's inner source to its inner
+    destination, padded with TFC padding (RFC 4303 2.4, 2.7) so the ESP packet has the size;
+    the peer's stack answers it through its SA (inbound.pyx takes the reply as the ack).
+    `plain` holds size bytes. The outer packet's length (at most size), or 0: no SA, too small."""
+    cdef EspSa *sa = NULL
+    cdef EspSa *s
+    cdef uint32_t i
+    cdef int hdr, room, plen, r
+    cdef uint64_t seq
+    cdef SaTable *t = &c.sas.out
+    for i in range(t.cap):
+        s = t.slots[i]
+        if (s != NULL and s.family == family and s.tunnel and memcmp(s.peer, peer,
+                addr_len(family)) == 0 and (sa == NULL or s.handle > sa.handle)):
+            sa = s
+    if sa == NULL:
+        return 0
+    hdr = (20 if family == 4 else 40) + (8 if sa.encap == ENCAP_UDP else 0)
+    room = (size - hdr - ESP_HDR - ESP_IV - ESP_ICV) & ~3    # payload, padding, trailer
+    plen = room - ESP_TRAILER
+    if plen < (20 if sa.ts_version == 4 else 40) + PROBE_ECHO or <size_t>size > cap:
+        return 0
+    _probe_request(plain, plen, sa, size)
+    r = esp_seal(sa, ctxi, plain, plen, out + hdr, cap - hdr, &seq)
+    if r < 0:
+        return 0
+    sa_account(&c.events, sa, plen, seq, oe_now())
+    return outer_ip(out, family, sa.local, sa.peer, sa.encap == ENCAP_UDP, sa.local_port,
+                    sa.peer_port, r, True) + r
+
+
+cdef void _probe_request(uint8_t *p, int plen, const EspSa *sa, int size) noexcept nogil:
+    """The probe's inner packet: an echo request (PROBE_ID, sequence = size), then zeros."""
+    cdef int hl = 20 if sa.ts_version == 4 else 40
+    cdef uint8_t *icmp = p + hl
+    cdef uint64_t s
+    memset(p, 0, plen)
+    if sa.ts_version == 4:
+        p[0] = 0x45
+        oe_wr16(p + 2, <uint16_t>(hl + PROBE_ECHO))
+        p[8] = 64
+        p[9] = PROTO_ICMP
+        memcpy(p + 12, sa.ts_src_lo, 4)
+        memcpy(p + 16, sa.ts_dst_lo, 4)
+        oe_wr16(p + 10, ~oe_csum_fold(oe_csum_add(0, p, 20)))
+        icmp[0] = 8
+    else:
+        p[0] = 0x60
+        oe_wr16(p + 4, PROBE_ECHO)
+        p[6] = PROTO_ICMPV6
+        p[7] = 64
+        memcpy(p + 8, sa.ts_src_lo, 16)
+        memcpy(p + 24, sa.ts_dst_lo, 16)
+        icmp[0] = 128
+    oe_wr16(icmp + 4, PROBE_ID)
+    oe_wr16(icmp + 6, <uint16_t>size)
+    oe_wr32(icmp + 8, PROBE_MAGIC_HI)
+    oe_wr32(icmp + 12, PROBE_MAGIC_LO)
+    s = 0
+    if sa.ts_version == 6:      # RFC 4443 2.3: the pseudo-header (RFC 8200 8.1)
+        s = oe_csum_add(0, p + 8, 32) + PROBE_ECHO + PROTO_ICMPV6
+    oe_wr16(icmp + 2, ~oe_csum_fold(oe_csum_add(s, icmp, PROBE_ECHO)))
 
 
 cdef void _send_clear(DpCore *c, const uint8_t *pkt, size_t n, const PktInfo *info,

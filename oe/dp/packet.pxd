@@ -20,6 +20,12 @@ cdef enum:
     PROTO_ESP = 50
     PROTO_ICMPV6 = 58
     PROTO_SCTP = 132
+    # A path MTU probe's inner packet (outbound.pyx, docs/pmtu.md): an ICMP echo request of
+    # this identifier, the probe's size as its sequence number, these 8 bytes as its data.
+    PROBE_ID = 0x4F45
+    PROBE_MAGIC_HI = 0x6F652D70     # "oe-p"
+    PROBE_MAGIC_LO = 0x6D747521     # "mtu!"
+    PROBE_ECHO = 16                 # ICMP header and data
 
 
 cdef struct PktInfo:
@@ -55,5 +61,7 @@ cdef inline bint shift_back(uint32_t hole, uint32_t j, uint32_t home) noexcept n
 cdef int parse_ip(const uint8_t *p, size_t n, PktInfo *info) noexcept nogil
 cdef int icmp_error(uint8_t *out, const uint8_t *pkt, const PktInfo *info, int type4, int code4,
                     int type6, int code6, uint32_t mtu) noexcept nogil
+cdef int outer_ip(uint8_t *out, int family, const uint8_t *src, const uint8_t *dst, bint udp,
+                  uint16_t sport, uint16_t dport, int esp_len, bint df) noexcept nogil
 cdef bint mss_clamp(uint8_t *pkt, const PktInfo *info, uint32_t mtu) noexcept nogil
 cdef bint is_link_chatter(const PktInfo *info) noexcept nogil
