@@ -226,7 +226,8 @@ def cmd_status(args) -> int:
         role = "initiator" if sa["initiator"] else "responder"
         print(f"{sa['said']:<28} {sa['src']} -> {sa['dst']}  {sa['algorithm']} {sa['encap']}  "
               f"in {sa['bytes_in']}B/{sa['packets_in']}p out {sa['bytes_out']}B/"
-              f"{sa['packets_out']}p  age {sa['age']:g}s  {role}")
+              f"{sa['packets_out']}p  age {sa['age']:g}s  {role}"
+              + (f"  pmtu {sa['path_mtu']} ({sa['path_mtu_source']})" if "path_mtu" in sa else ""))
     if status["shunts"]:
         print("\nShunts:")
     for shunt in status["shunts"]:

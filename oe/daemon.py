@@ -37,7 +37,7 @@ from oe import check, control, hostkey, inbound, logs, net, routing, tun
 from oe.datapath import Datapath, Direction, Encap, SaSpec, esp_overhead
 from oe.dnskeys.fetcher import KeyFetcher
 from oe.dnskeys.choice import Target
-from oe.dpevents import Acquire, IkeMessage, SaExpired, SaSoftLimit
+from oe.dpevents import Acquire, IkeMessage, PathMtuProbeAcked, SaExpired, SaSoftLimit
 from oe.errors import OeError
 from oe.eroute import ErouteTable, SaAction
 from oe.ike import events as ike_events
@@ -50,6 +50,7 @@ from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
 from oe.ike.spis import SpiAllocator
 from oe.ike.ts import TrafficSelector
+from oe.pmtu import PathMtuDriver
 from oe.opportunist import (
     ANY_PORT, DeleteChild, DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair, child_flow,
 )
@@ -59,6 +60,7 @@ from oe.policygroups.loader import load_policy
 log = logging.getLogger("oe")
 
 HOUSEKEEPING = 1.0  # seconds between lifetime, liveness and shunt checks
+PMTU_TICK = 0.5  # longest wait between path MTU timer checks (issue 17)
 KEY_GRACE = 30.0  # seconds a key is kept at least: a TTL of 0 must not fail its own negotiation
 CHILDLESS_GRACE = 30.0  # seconds an IKE SA may live without a CHILD SA before we delete it
 
@@ -104,6 +106,7 @@ class Daemon:
         # (family, sa_id) -> since when an IKE SA has carried no CHILD SA of ours
         self._childless: dict[tuple[int, int], float] = {}
         self.datapath: Datapath | None = None
+        self.pmtu = PathMtuDriver()  # path MTU per peer (issue 17): _pmtu_tick
         self.steering: routing.Steering | None = None
         self._routed_peers: set[str] = set()
         self._refused_in_clear: set = set()  # SA peers whose cleartext the inbound table drops
@@ -161,6 +164,7 @@ class Daemon:
         mtu = path_mtu - esp_overhead(6 if 6 in addresses else 4, "udp")
         await self._in_netlink(tun.set_up, self.config.tun_name, mtu)
         self.datapath = Datapath(max_holds=self.config.limits.holds, df=self.config.esp.df)
+        self._pmtu_tick()  # path MTU (issue 17)
         self.datapath.replace_eroutes(self.opportunist.table())
         self.opportunist.take_changes()  # the whole table is in
         fds = {}
@@ -202,6 +206,21 @@ class Daemon:
         suffix = "4" if version == 4 else "6"
         return {f"udp{suffix}": nat_t.fileno(), f"esp{suffix}": esp.fileno(),
                 f"pass{suffix}": clear.fileno()}
+
+    # --- path MTU (issue 17, docs/pmtu.md) -----------------------------------------------
+
+    def _pmtu_tick(self) -> None:
+        """Probes due, path MTUs changed: oe.pmtu.PathMtuDriver; again when it asks."""
+        now = self.loop.time()
+        due = None
+        try:
+            due = self.pmtu.tick(self.datapath, now)
+        except Exception:  # a bug here must not stop the probing for good
+            log.exception("path MTU")
+        delay = PMTU_TICK if due is None else min(max(due - now, 0.01), PMTU_TICK)
+        self.loop.call_later(delay, self._pmtu_tick)
+
+    # --- end path MTU
 
     def _in_netlink(self, fn, *args):
         return self.loop.run_in_executor(self._netlink, fn, *args)
@@ -337,6 +356,8 @@ class Daemon:
             self._rekey_or_retire(event.handle, f"soft limit ({event.reason})")
         elif isinstance(event, SaExpired):
             self._expire(event)
+        elif isinstance(event, PathMtuProbeAcked):  # path MTU (issue 17)
+            self.pmtu.on_probe_acked(self.datapath, str(event.peer), event.size, now)
         else:
             log.warning("datapath: %s", event)
 
@@ -620,8 +641,11 @@ class Daemon:
         common = dict(local=child.local_addr, peer=child.remote_addr, encap=encap,
                       local_port=child.local_port or NAT_T_PORT,
                       peer_port=child.remote_port or NAT_T_PORT, esn=child.esn, proto=proto)
-        # --- path MTU (issue 17, docs/pmtu.md): the SA starts from the route's MTU to the peer
-        common["path_mtu"] = net.route_mtu(child.remote_addr, self.config.bypass_mark)
+        # --- path MTU (issue 17, docs/pmtu.md): the peer's path as searched so far (at first
+        # the base size, RFC 8899 5.1.2), below the route's MTU
+        common["path_mtu"] = self.pmtu.install(
+            str(child.remote_addr), ipaddress.ip_address(child.remote_addr).version,
+            net.route_mtu(child.remote_addr, self.config.bypass_mark), self.loop.time())
         # --- end path MTU
         key = (version, sa_id, child.spi_out)
         if key in self.sa_out:
@@ -844,6 +868,7 @@ class Daemon:
                 "packets_out": stats_out.get("packets", 0),
                 "age": round(now - tunnel.created, 1),
                 "initiator": tunnel.initiator,
+                **self.pmtu.status(str(tunnel.peer)),  # path MTU (issue 17)
             })
         shunts = [{"src": str(s.pair.src), "dst": str(s.pair.dst), "said": str(s.action),
                    "group": s.group, "reason": s.reason,

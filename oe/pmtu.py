@@ -371,3 +371,44 @@ def fragment_outer(inner_mtu: int, inner_family: int, inner_len: int, df: bool) 
     if inner_family == 6:
         return inner_len <= IPV6_MIN_MTU
     return not df
+
+
+class PathMtuDriver:
+    """Paths wired to a datapath, for the daemon (docs/pmtu.md): `install()` when it adds a
+    peer's SAs (they start at the path's current MTU), `on_probe_acked()` for each
+    PathMtuProbeAcked event, `tick()` at the time it returns. Probes go out through
+    `datapath.probe(peer, size)`; each change of a peer's path MTU goes to its SAs through
+    `datapath.set_path_mtu(peer, mtu)`. No clock and no socket of its own."""
+
+    def __init__(self, timers: Timers | None = None) -> None:
+        self.paths = Paths(timers)
+
+    def install(self, peer: str, family: int, route_mtu: int, now: float) -> int:
+        """The path MTU a new SA to `peer` starts with (tracking the peer from now on)."""
+        return self.paths.track(peer, family, route_mtu, now).mtu
+
+    def forget(self, peer: str) -> None:
+        self.paths.forget(peer)
+
+    def on_probe_acked(self, datapath, peer: str, size: int, now: float) -> None:
+        path = self.paths.get(peer)
+        if path is not None:
+            path.on_probe_acked(now, size)
+            self.tick(datapath, now)     # the next round at once
+
+    def tick(self, datapath, now: float) -> float | None:
+        """Timers due, probes to send, changes to push; when to tick next (None: nothing)."""
+        self.paths.handle_timer(now)
+        for peer, size in self.paths.probes_to_send(now):
+            datapath.probe(peer, size)
+        for peer, path in self.paths.changed():
+            datapath.set_path_mtu(peer, path.mtu)
+        return self.paths.next_timer()
+
+    def status(self, peer: str) -> dict:
+        """What `oe status` shows of the peer's path, per SA; {} for a peer not tracked."""
+        path = self.paths.get(peer)
+        if path is None:
+            return {}
+        return {"path_mtu": path.mtu, "path_mtu_source": path.source.value,
+                "pmtu_state": path.state.value}

@@ -303,3 +303,49 @@ def test_paths_share_one_search_per_peer_and_report_changes_once():
     paths.forget("192.0.2.10")
     assert paths.get("192.0.2.10") is None
     assert {peer for peer, _ in paths.probes_to_send(1.1)} == {"2001:db8::20"}   # next round
+
+
+class FakeDatapath:
+    """A datapath whose path to each peer carries `mtu` bytes, its peer answering every probe
+    that fits (the ack raised as the real one raises PathMtuProbeAcked)."""
+
+    def __init__(self, mtu: int):
+        self.mtu = mtu
+        self.acks: list[tuple[str, int]] = []
+        self.set: list[tuple[str, int]] = []
+
+    def probe(self, peer: str, size: int):
+        if size <= self.mtu:
+            self.acks.append((peer, size))
+        return b"x" * size
+
+    def set_path_mtu(self, peer: str, mtu: int) -> int:
+        self.set.append((peer, mtu))
+        return 2
+
+
+def test_the_driver_starts_sas_at_the_base_and_pushes_what_the_probes_find():
+    """docs/pmtu.md: the daemon installs a peer's SAs with the path's current MTU (the base,
+    RFC 8899 5.1.2), ticks the probes out and hands the acks back; each change of the path
+    MTU goes to the datapath's SAs of that peer, once."""
+    from oe.pmtu import PathMtuDriver
+    dp = FakeDatapath(1280)
+    driver = PathMtuDriver()
+    assert driver.install("203.0.113.20", 4, 1500, 0.0) == BASE_PLPMTU[4]
+    assert driver.status("203.0.113.20") == {"path_mtu": 1200, "path_mtu_source": "base",
+                                             "pmtu_state": "base"}
+    now = 0.0
+    for _ in range(20):
+        due = driver.tick(dp, now)
+        while dp.acks:
+            peer, size = dp.acks.pop(0)
+            driver.on_probe_acked(dp, peer, size, now + RTT)
+        now = min(due, now + 1.0) if due is not None else now + 1.0
+    assert driver.status("203.0.113.20") == {"path_mtu": 1280, "path_mtu_source": "probe",
+                                             "pmtu_state": "search complete"}
+    assert dp.set[-1] == ("203.0.113.20", 1280)
+    assert len(dp.set) == len(set(dp.set))
+    assert driver.status("198.51.100.1") == {}
+    driver.on_probe_acked(dp, "198.51.100.1", 1400, now)    # no such peer: nothing
+    driver.forget("203.0.113.20")
+    assert driver.status("203.0.113.20") == {}
