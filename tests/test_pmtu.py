@@ -349,3 +349,17 @@ def test_the_driver_starts_sas_at_the_base_and_pushes_what_the_probes_find():
     driver.on_probe_acked(dp, "198.51.100.1", 1400, now)    # no such peer: nothing
     driver.forget("203.0.113.20")
     assert driver.status("203.0.113.20") == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([4, 6]), st.integers(1280, 1500), st.integers(1200, 1500))
+def test_with_a_step_every_probe_is_a_multiple_and_the_largest_one_is_found(family, route, hop):
+    """ESP packets come in steps of 4 bytes (RFC 4303 2.4: the payload and trailer are aligned
+    to 4): a probe size between two steps would be sent one step smaller and its ack would
+    overstate the path, so the search probes steps only and finds the largest step that fits."""
+    hop = max(hop, BASE_PLPMTU[family])     # an IPv6 path carries 1280 (RFC 8200 5)
+    pm = PathMtu(family, route, 0.0, step=4)
+    path = Path(pm, hop)
+    path.until(complete(pm))
+    assert all(size % 4 == 0 for size in path.sent)
+    assert pm.mtu == max(min(hop, route) // 4 * 4, pm.base)
