@@ -260,3 +260,35 @@ def test_a_probe_is_a_padded_echo_request_whose_reply_is_consumed_as_its_ack(fam
         other = IP(src=peer_addr, dst=me) / ICMP(type=0, id=echo.id, seq=echo.seq) / (b"x" * 8)
         assert [k for k, *_ in dp.inbound(peer.seal(back, raw(other)), peer_addr,
                                           encap=encap)] == ["tun"]
+
+
+@pytest.mark.parametrize("encap", ["udp", "esp"])
+def test_ipv6_minimum_mtu_packets_go_in_outer_ipv6_fragments_oe_makes(encap):
+    """RFC 8200 5, RFC 4459 3: a 1280-byte IPv6 packet must cross a 1280 path, so its ESP
+    packet (larger) is fragmented by oe at the source, in IPv6 fragments that fit the SA's
+    path MTU (the kernel does not know the path: its ICMP was black-holed)."""
+    from scapy.layers.inet6 import IPv6ExtHdrFragment, defragment6
+    dp = Datapath()
+    handle = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=ME6, peer=PEER6,
+                              path_mtu=1280, encap=encap))
+    dp.replace_eroutes(ErouteTable([sa_eroute(PEER6 + "/128", handle, peer=PEER6)]))
+    peer = Datapath()
+    peer.add_sa(SaSpec(spi=SPI_OUT, direction="in", key=KEY, local=PEER6, peer=ME6,
+                       encap=encap))
+    inner = raw(IPv6(src=ME6, dst=PEER6) / UDP(sport=1, dport=2) / (b"m" * 1232))
+    sent = dp.outbound(inner)
+    assert [kind for kind, *_ in sent] == ["pass", "pass"]
+    frags = [IPv6(data) for _, _, _, data in sent]
+    assert all(len(raw(f)) <= 1280 and IPv6ExtHdrFragment in f for f in frags)
+    assert len({f[IPv6ExtHdrFragment].id for f in frags}) == 1
+    whole = defragment6(frags)
+    assert (whole.src, whole.dst) == (ME6, PEER6)
+    esp = raw(whole[UDP].payload) if encap == "udp" else raw(whole.payload)
+    if encap == "udp":
+        check = whole.copy()
+        del check[UDP].chksum
+        assert IPv6(raw(check))[UDP].chksum == whole[UDP].chksum
+    assert peer.open(esp)[2][:len(inner)] == inner
+    # What fits goes whole, on the ESP socket as ever.
+    small = raw(IPv6(src=ME6, dst=PEER6) / UDP(sport=1, dport=2) / (b"s" * 100))
+    assert [kind for kind, *_ in dp.outbound(small)] == [encap]

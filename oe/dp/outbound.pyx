@@ -131,19 +131,30 @@ cdef bint _seal_one(DpCore *c, int ctxi, EspSa *sa, const uint8_t *pkt, size_t n
 
     Linux sets the outer IPv4 DF bit per socket (IP_MTU_DISCOVER), not per packet: the ESP and
     UDP sockets set it; without it oe builds the outer header itself and sends it on the clear
-    raw socket (IP_HDRINCL, the bypass mark), which the kernel leaves unfragmented."""
-    cdef uint8_t *slot
+    raw socket (IP_HDRINCL, the bypass mark), which the kernel leaves unfragmented. An outer
+    IPv6 packet without "DF" (an inner IPv6 packet of up to 1280 bytes, RFC 8200 5) that does
+    not fit the path is cut into IPv6 fragments here: the kernel does not know the path."""
+    cdef uint8_t whole[1536]    # such an IPv6 packet: at most 1280 bytes inside
+    cdef uint8_t *buf
+    cdef size_t cap = SLOT
     cdef uint64_t seq
     cdef int r
     cdef int hdr = 0
+    cdef bint udp = sa.encap == ENCAP_UDP
+    cdef bint outer6 = sa.family == 6 and not df and n <= IPV6_MIN_MTU
     if not sa_admit(&c.events, sa, n, now):
         oe_add64(&sa.err_expired, 1)
         count(c.counters, C_EXPIRED)
         return False
     if sa.family == 4 and not df:
-        hdr = 20 + (8 if sa.encap == ENCAP_UDP else 0)
-    slot = batch_slot(c, b)
-    r = esp_seal(sa, ctxi, pkt, n, slot + hdr, SLOT - hdr, &seq)
+        hdr = 20 + (8 if udp else 0)
+    elif outer6:
+        hdr = 40 + (8 if udp else 0)
+        buf = whole
+        cap = sizeof(whole)
+    if not outer6:
+        buf = batch_slot(c, b)
+    r = esp_seal(sa, ctxi, pkt, n, buf + hdr, cap - hdr, &seq)
     if r < 0:
         if -r == R_SEQUENCE:
             sa_fire(&c.events, sa, 1, R_SEQUENCE)
@@ -151,16 +162,45 @@ cdef bint _seal_one(DpCore *c, int ctxi, EspSa *sa, const uint8_t *pkt, size_t n
         count(c.counters, C_EXPIRED)
         return False
     sa_account(&c.events, sa, n, seq, now)
-    if hdr:
-        outer_ip(slot, 4, sa.local, sa.peer, sa.encap == ENCAP_UDP, sa.local_port, sa.peer_port,
-                 r, False)
-        batch_commit(b, OUT_PASS, 4, sa.peer, 0, slot, hdr + r)
+    if outer6 and <uint32_t>(hdr + r) > sa.path_mtu:
+        outer_ip(buf, 6, sa.local, sa.peer, udp, sa.local_port, sa.peer_port, r, False)
+        _outer_fragments(c, b, sa, buf, hdr + r, <uint32_t>seq ^ sa.spi)
+    elif outer6:                # it fits whole: out on the ESP socket as ever
+        buf = batch_slot(c, b)
+        memcpy(buf, whole + hdr, r)
+        batch_commit(b, OUT_UDP if udp else OUT_RAW, 6, sa.peer, sa.peer_port if udp else 0,
+                     buf, r)
+    elif hdr:
+        outer_ip(buf, 4, sa.local, sa.peer, udp, sa.local_port, sa.peer_port, r, False)
+        batch_commit(b, OUT_PASS, 4, sa.peer, 0, buf, hdr + r)
     else:
         # Raw sockets take no port (IPv6 refuses any but the protocol's).
-        batch_commit(b, OUT_UDP if sa.encap == ENCAP_UDP else OUT_RAW, sa.family, sa.peer,
-                     sa.peer_port if sa.encap == ENCAP_UDP else 0, slot, r)
+        batch_commit(b, OUT_UDP if udp else OUT_RAW, sa.family, sa.peer,
+                     sa.peer_port if udp else 0, buf, r)
     count(c.counters, C_ESP_OUT)
     return True
+
+
+cdef void _outer_fragments(DpCore *c, OutBatch *b, const EspSa *sa, const uint8_t *pkt,
+                           int total, uint32_t ident) noexcept nogil:
+    """Cut an outer IPv6 packet into fragments that fit the SA's path MTU (RFC 8200 4.5),
+    each sent whole on the clear raw socket; the peer's kernel reassembles them."""
+    cdef int chunk = (<int>sa.path_mtu - 48) & ~7
+    cdef int off = 0, piece
+    cdef uint8_t *slot
+    while off < total - 40:
+        piece = chunk if total - 40 - off > chunk else total - 40 - off
+        slot = batch_slot(c, b)
+        memcpy(slot, pkt, 40)
+        oe_wr16(slot + 4, <uint16_t>(8 + piece))
+        slot[6] = 44                            # Fragment header
+        slot[40] = pkt[6]
+        slot[41] = 0
+        oe_wr16(slot + 42, <uint16_t>(off | (1 if off + piece < total - 40 else 0)))
+        oe_wr32(slot + 44, ident)
+        memcpy(slot + 48, pkt + 40 + off, piece)
+        batch_commit(b, OUT_PASS, 6, sa.peer, 0, slot, 48 + piece)
+        off += piece
 
 
 cdef void _seal_fragments(DpCore *c, int ctxi, EspSa *sa, uint8_t *pkt, size_t n,
