@@ -37,7 +37,8 @@ from oe import check, control, hostkey, inbound, logs, net, routing, tun
 from oe.datapath import Datapath, Direction, Encap, SaSpec, esp_overhead
 from oe.dnskeys.fetcher import KeyFetcher
 from oe.dnskeys.choice import Target
-from oe.dpevents import Acquire, IkeMessage, PathMtuProbeAcked, SaExpired, SaSoftLimit
+from oe.dpevents import (Acquire, IkeMessage, PathMtuProbeAcked, PathMtuTooBig, SaExpired,
+                         SaSoftLimit)
 from oe.errors import OeError
 from oe.eroute import ErouteTable, SaAction
 from oe.ike import events as ike_events
@@ -358,6 +359,8 @@ class Daemon:
             self._expire(event)
         elif isinstance(event, PathMtuProbeAcked):  # path MTU (issue 17)
             self.pmtu.on_probe_acked(self.datapath, str(event.peer), event.size, now)
+        elif isinstance(event, PathMtuTooBig):  # path MTU (issue 17)
+            self.pmtu.on_too_big(self.datapath, str(event.peer), event.mtu, event.local, now)
         else:
             log.warning("datapath: %s", event)
 

@@ -406,6 +406,18 @@ class PathMtuDriver:
             path.on_probe_acked(now, size)
             self.tick(datapath, now)     # the next round at once
 
+    def on_too_big(self, datapath, peer: str, mtu: int, local: bool, now: float) -> None:
+        """A datagram to `peer` was too big (ICMP from the path, or the local route): RFC
+        8899 4.6.2's checks are PathMtu's; a change goes to the SAs at once."""
+        path = self.paths.get(peer)
+        if path is None:
+            return
+        if local:
+            path.on_local_mtu(now, mtu)
+        else:
+            path.on_packet_too_big(now, mtu)
+        self.tick(datapath, now)
+
     def tick(self, datapath, now: float) -> float | None:
         """Timers due, probes to send, changes to push; when to tick next (None: nothing)."""
         self.paths.handle_timer(now)

@@ -363,3 +363,25 @@ def test_with_a_step_every_probe_is_a_multiple_and_the_largest_one_is_found(fami
     path.until(complete(pm))
     assert all(size % 4 == 0 for size in path.sent)
     assert pm.mtu == max(min(hop, route) // 4 * 4, pm.base)
+
+
+def test_the_driver_takes_a_validated_too_big_and_the_local_route():
+    """ICMP about the outer path (IP_RECVERR, matched to an SA by the datapath) lowers the
+    path MTU at once when RFC 8899 4.6.2 allows it; EMSGSIZE sets the ceiling."""
+    from oe.pmtu import PathMtuDriver
+    dp = FakeDatapath(1500)
+    driver = PathMtuDriver()
+    driver.install("192.0.2.1", 4, 1500, 0.0)
+    driver.on_probe_acked(dp, "192.0.2.1", 1200, 0.01)     # base confirmed: searching
+    while dp.acks:
+        driver.on_probe_acked(dp, *dp.acks.pop(0), 0.02)
+    assert driver.status("192.0.2.1")["path_mtu"] == 1500
+    driver.on_too_big(dp, "192.0.2.1", 1100, False, 1.0)     # below the base: ignored
+    assert driver.status("192.0.2.1")["path_mtu"] == 1500
+    driver.on_too_big(dp, "192.0.2.1", 1280, False, 1.0)
+    assert driver.status("192.0.2.1")["path_mtu"] == 1280
+    assert driver.status("192.0.2.1")["path_mtu_source"] == "icmp"
+    assert dp.set[-1] == ("192.0.2.1", 1280)
+    driver.on_too_big(dp, "192.0.2.1", 1240, True, 1.1)
+    assert driver.status("192.0.2.1")["path_mtu"] == 1240
+    driver.on_too_big(dp, "198.51.100.9", 1240, False, 1.2)  # no such peer: nothing

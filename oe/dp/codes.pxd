@@ -59,6 +59,8 @@ cdef enum:
     C_SA_REFUSED
     C_PMTU_PROBES
     C_PMTU_ACKS
+    C_PMTU_TOO_BIG
+    C_PMTU_TOO_BIG_IGNORED
     NCOUNTERS
 
 

@@ -193,19 +193,22 @@ def test_df_ping_too_big_gets_icmp_from_oe_with_the_learned_mtu(path):
     assert " 0% packet loss" in fits.stdout, fits.stdout
 
 
-@pytest.mark.parametrize("black_hole", [pytest.param(False, marks=pytest.mark.xfail(
-    strict=True, reason=ISSUE + "oe reads no ICMP about the outer path (no IP_RECVERR): with "
-    "ICMP allowed it learns 1280 by probing as well, and says so")), True],
-    ids=["icmp", "probed"])
+@pytest.mark.parametrize("black_hole", [False, True], ids=["icmp", "probed"])
 def test_status_shows_the_learned_path_mtu(path, black_hole):
     """After traffic too big for the path, each SA of a's shows the path MTU it learned, and how:
-    from ICMP about the outer path, or by probing where ICMP is black-holed."""
+    by probing where ICMP is black-holed; where it is not, the routers' fragmentation-needed
+    about the probes reaches oe too (IP_RECVERR, matched to the SA by its SPI) and bounds the
+    search at once, which the probe of 1280 then confirms (RFC 8899 4.6.2: a PTB is a hint)."""
     path.black_hole(black_hole)
     ping(path, "a", D, "-s", "1300", count=6)
     assert wait_for(lambda: searched(path, "a", D, 1280), 20), path.status("a")["sas"]
-    [sa] = [sa for sa in path.status("a")["sas"] if sa["dst"] == D]
+    status = path.status("a")
+    [sa] = [sa for sa in status["sas"] if sa["dst"] == D]
     assert sa.get("path_mtu") == 1280, sa
-    assert sa.get("path_mtu_source") == ("probe" if black_hole else "icmp"), sa
+    assert sa.get("path_mtu_source") == "probe", sa
+    told = status["datapath"]["pmtu_too_big"]
+    assert told == 0 if black_hole else told >= 1, status["datapath"]
+    assert status["datapath"]["pmtu_too_big_ignored"] == 0, status["datapath"]
 
 
 def test_addresses_are_documentation_ranges():
