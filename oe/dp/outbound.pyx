@@ -31,7 +31,7 @@ from oe.dp.core cimport DF_CLEAR, DF_SET
 from oe.dp.packet cimport (PROBE_ECHO, PROBE_ID, PROBE_MAGIC_HI, PROBE_MAGIC_LO, PROTO_ICMP,
                            PROTO_ICMPV6, PktInfo, addr_len, icmp_error, is_link_chatter,
                            mss_clamp, oe_csum_add, oe_csum_fold, oe_rd16, oe_wr16, oe_wr32,
-                           outer_ip, parse_ip)
+                           option_len, outer_ip, parse_ip)
 from oe.dp.sa cimport ENCAP_UDP, EspSa, SaTable, sa_account, sa_admit, sa_find, sa_fire
 from oe.dp.sync cimport (oe_add64, oe_load_int, oe_mutex_lock, oe_mutex_unlock, oe_now,
                          oe_rd_lock, oe_rw_unlock, oe_swap_int)
@@ -238,20 +238,12 @@ cdef void _seal_fragments(DpCore *c, int ctxi, EspSa *sa, uint8_t *pkt, size_t n
 cdef void _keep_copied_options(uint8_t *head, int hlen) noexcept nogil:
     """RFC 791: fragments after the first carry only the options whose copied flag is set;
     the others become NOPs (the header keeps its length)."""
-    cdef int i = 20, kind, olen
+    cdef int i = 20, olen
     while i < hlen:
-        kind = head[i]
-        if kind == 0:
+        olen = option_len(head, i, hlen)
+        if olen == 0:
             break
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= hlen:
-            break
-        olen = head[i + 1]
-        if olen < 2 or i + olen > hlen:
-            break
-        if not kind & 0x80:
+        if not head[i] & 0x80:
             memset(head + i, 1, olen)
         i += olen
 

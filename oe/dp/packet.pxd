@@ -58,6 +58,18 @@ cdef inline bint shift_back(uint32_t hole, uint32_t j, uint32_t home) noexcept n
     return (j > hole and (home <= hole or home > j)) or (j < hole and (home <= hole and home > j))
 
 
+cdef inline int option_len(const uint8_t *p, int i, int end) noexcept nogil:
+    """Length of the IPv4 or TCP option at p[i] (RFC 791 3.1, RFC 9293 3.1): 1 for a NOP, 0 at
+    the end of the list or for an option that does not fit."""
+    if p[i] == 0:
+        return 0
+    if p[i] == 1:
+        return 1
+    if i + 1 >= end or p[i + 1] < 2 or i + p[i + 1] > end:
+        return 0
+    return p[i + 1]
+
+
 cdef int parse_ip(const uint8_t *p, size_t n, PktInfo *info) noexcept nogil
 cdef int icmp_error(uint8_t *out, const uint8_t *pkt, const PktInfo *info, int type4, int code4,
                     int type6, int code6, uint32_t mtu) noexcept nogil

@@ -147,7 +147,7 @@ cdef bint mss_clamp(uint8_t *pkt, const PktInfo *info, uint32_t mtu) noexcept no
     """Lower the MSS option of a TCP SYN to fit `mtu` (RFC 879, RFC 6691); True if changed."""
     cdef int off = info.hlen
     cdef uint8_t *tcp
-    cdef int doff, i, kind, olen
+    cdef int doff, i, olen
     cdef uint32_t mss, limit, s
     if info.proto != PROTO_TCP or not info.first_fragment:
         return False
@@ -164,18 +164,10 @@ cdef bint mss_clamp(uint8_t *pkt, const PktInfo *info, uint32_t mtu) noexcept no
     limit = mtu - (40 if info.version == 4 else 60)
     i = 20
     while i < doff:
-        kind = tcp[i]
-        if kind == 0:
+        olen = option_len(tcp, i, doff)
+        if olen == 0:
             break
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= doff:
-            break
-        olen = tcp[i + 1]
-        if olen < 2 or i + olen > doff:
-            break
-        if kind == 2 and olen == 4:
+        if tcp[i] == 2 and olen == 4:
             mss = oe_rd16(tcp + i + 2)
             if mss <= limit:
                 return False
