@@ -14,8 +14,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-from oe.dp.batch cimport (OUT_PASS, OutBatch, api_batch, batch_commit, batch_flush, batch_free,
-                          batch_new, batch_slot)
+from oe.dp.batch cimport OutBatch, api_batch, batch_flush, batch_free, send_clear
 from oe.dp.classifier cimport Classifier as CClassifier
 from oe.dp.codes cimport (C_MALFORMED, C_PMTU_PROBES, C_SA_REFUSED, C_TUN_READ,
                           C_UNKNOWN_SPI, R_EXPIRED, R_MALFORMED, R_SEQUENCE, R_UNKNOWN_SPI,
@@ -458,8 +457,7 @@ cdef class Datapath:
         None if there is no tunnel mode SA to the peer or the size cannot carry a probe."""
         cdef bytes peer_b = ipaddress.ip_address(peer).packed
         cdef int family = 4 if len(peer_b) == 4 else 6
-        cdef OutBatch *b
-        cdef int r, fd = self.c.fds[4 if family == 4 else 5]
+        cdef int r
         if not 0 < size <= 65535:
             raise ValueError(f"a probe of {size} bytes")
         plain = bytearray(size)
@@ -474,16 +472,10 @@ cdef class Datapath:
         if r <= 0:
             return None
         count(self.c.counters, C_PMTU_PROBES)
-        if fd >= 0:            # the loops run: out on the clear raw socket (IP_HDRINCL)
-            b = batch_new(False)
-            if b == NULL:
-                raise MemoryError()
-            memcpy(batch_slot(self.c, b), &ov[0], r)
-            batch_commit(b, OUT_PASS, family, <const uint8_t *><const char *>peer_b, 0,
-                         b.arena, r)
-            with nogil:
-                batch_flush(self.c, b)
-            batch_free(b)
+        cdef bytes addr = peer_b + bytes(16 - len(peer_b))
+        cdef const uint8_t *to = <const uint8_t *><const char *>addr
+        with nogil:             # the clear raw socket (IP_HDRINCL), if the loops run
+            send_clear(self.c, family, to, &ov[0], r)
         return bytes(out[:r])
 
     def outbound(self, packet, now=None) -> list:
