@@ -427,6 +427,10 @@ class PathMtuDriver:
             datapath.set_path_mtu(peer, path.mtu)
         return self.paths.next_timer()
 
+    def next_timer(self) -> float | None:
+        """When tick() is due next (for a daemon that joins every part's next_timer)."""
+        return self.paths.next_timer()
+
     def status(self, peer: str) -> dict:
         """What `oe status` shows of the peer's path, per SA; {} for a peer not tracked."""
         path = self.paths.get(peer)

@@ -337,6 +337,7 @@ def test_the_driver_starts_sas_at_the_base_and_pushes_what_the_probes_find():
     now = 0.0
     for _ in range(20):
         due = driver.tick(dp, now)
+        assert due == driver.next_timer()
         while dp.acks:
             peer, size = dp.acks.pop(0)
             driver.on_probe_acked(dp, peer, size, now + RTT)
