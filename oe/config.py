@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oe.dp.saspec import DF_POLICIES
 from oe.errors import OeError
 from oe.ike.constants import ProtocolId
 from oe.ike.fragment import FRAGMENT_SIZE, MIN_FRAGMENT_SIZE
@@ -87,6 +88,13 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class EspConfig:
+    df: str = "copy"
+    """The outer IPv4 header's DF bit (RFC 4301 8.1): "copy" the inner packet's, "set" or
+    "clear" it. With copy, inner packets without DF cross a smaller link as with plain routing."""
+
+
+@dataclass(frozen=True)
 class Config:
     tun_name: str = "oe0"
     """Name of the TUN device that trapped traffic is routed into."""
@@ -110,6 +118,8 @@ class Config:
     """[dns] table."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     """[limits] table."""
+    esp: EspConfig = field(default_factory=EspConfig)
+    """[esp] table."""
 
 
 def parse(text: str, origin: str = "oe.conf") -> Config:
@@ -254,6 +264,8 @@ def _values(config: Config) -> list[Problem]:
                                    f"({dns.query_timeout:g} s)")
     if config.log_level not in LOG_LEVELS:
         bad("log_level", f"{config.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    if config.esp.df not in DF_POLICIES:
+        bad("[esp] df", f"{config.esp.df!r}: expected one of {', '.join(DF_POLICIES)}")
     return found
 
 
@@ -328,6 +340,7 @@ def _type_name(hint) -> str:
 # The datapath's hold cap is fixed when it starts, too.
 RESTART_KEYS = ("tun_name", "addresses", "route_table", "rule_priority", "bypass_mark",
                 "[limits] holds")
+RESTART_KEYS += ("[esp] df",)  # the datapath's DF policy too (issue 17)
 
 
 @dataclass(frozen=True)

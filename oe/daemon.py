@@ -43,6 +43,7 @@ from oe.ike.sa import IkeConfig, IkeEngine
 from oe.ike.spis import SpiAllocator
 from oe.opportunist import ANY_PORT, Limits, Opportunist, Pair, child_flow
 from oe.peerkeys import PeerKeys
+from oe.pmtu import PathMtuDriver
 from oe.policygroups import prospective_table
 from oe.policygroups.loader import load_policy
 from oe.routeplan import RoutePlan
@@ -91,6 +92,7 @@ class Daemon(Executor):
         self.sides: dict[int, _IkeSide] = {}
         self.counters = {"children_refused": 0}
         self.datapath: Datapath | None = None
+        self.pmtu = PathMtuDriver()  # each peer's path MTU search (issue 17, docs/pmtu.md)
         self.steering: routing.Steering | None = None
         self._inbound = False  # the inbound table is installed
         self._wake = asyncio.Event()  # an event may have moved the earliest timer
@@ -145,7 +147,7 @@ class Daemon(Executor):
         path_mtu = min([await self._in_netlink(net.address_mtu, a) for a in addresses.values()])
         mtu = path_mtu - esp_overhead(6 if 6 in addresses else 4, "udp")
         await self._in_netlink(tun.set_up, self.config.tun_name, mtu)
-        self.datapath = Datapath(max_holds=self.config.limits.holds)
+        self.datapath = Datapath(max_holds=self.config.limits.holds, df=self.config.esp.df)
         self.datapath.replace_eroutes(self.opportunist.table())
         self.opportunist.take_changes()  # the whole table is in
         fds = {}
@@ -303,6 +305,11 @@ class Daemon(Executor):
         common = dict(local=child.local_addr, peer=child.remote_addr, encap=encap,
                       local_port=child.local_port or NAT_T_PORT,
                       peer_port=child.remote_port or NAT_T_PORT, esn=child.esn, proto=proto)
+        # the peer's path as searched so far (at first the base size, RFC 8899 5.1.2), below
+        # the route's MTU
+        common["path_mtu"] = self.pmtu.install(
+            str(child.remote_addr), ipaddress.ip_address(child.remote_addr).version,
+            net.route_mtu(child.remote_addr, self.config.bypass_mark), self.loop.time())
         key = (version, sa_id, child.spi_out)
         if key in self.sa_out:
             return self._refuse_child(version, sa_id, child,
@@ -442,7 +449,7 @@ class Daemon(Executor):
                 ike[name] = ike.get(name, 0) + value
         return build_status(
             zip(table.entries, self.datapath.classifier.counters()), self.opportunist,
-            self.lifecycle, sa_stats,
+            self.lifecycle, sa_stats, self.pmtu,
             [info for side in self.sides.values() for info in side.engine.ike_sas()],
             self.loop.time(), datapath=datapath, ike=ike, limits=self._limits_status(datapath, ike),
             counters={**self.admission.counters, **self.counters, **self.lifecycle.counters,

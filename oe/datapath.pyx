@@ -14,17 +14,19 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-from oe.dp.batch cimport OutBatch, api_batch, batch_flush, batch_free
+from oe.dp.batch cimport OutBatch, api_batch, batch_flush, batch_free, send_clear
 from oe.dp.classifier cimport Classifier as CClassifier
-from oe.dp.codes cimport (C_MALFORMED, C_SA_REFUSED, C_TUN_READ, C_UNKNOWN_SPI, R_EXPIRED,
-                          R_MALFORMED, R_SEQUENCE, R_UNKNOWN_SPI, count)
+from oe.dp.codes cimport (C_MALFORMED, C_PMTU_PROBES, C_SA_REFUSED, C_TUN_READ,
+                          C_UNKNOWN_SPI, R_EXPIRED, R_MALFORMED, R_SEQUENCE, R_UNKNOWN_SPI,
+                          count)
 from oe.dp.core cimport DpCore
 from oe.dp.esp cimport ESP_HDR, aead_context, esp_open, esp_seal, fetch_ciphers
-from oe.dp.events cimport EV_ACQUIRE, EV_IKE, EV_REPLAY, DpEvent, ev_free, ev_init, ev_pop
+from oe.dp.events cimport (EV_ACQUIRE, EV_IKE, EV_PATH_MTU, EV_PROBE_ACK, EV_REPLAY, DpEvent,
+                           ev_free, ev_init, ev_pop)
 from oe.dp.holds cimport HOLD_BUCKETS, Hold, holds_free, holds_init
 from oe.dp.inbound cimport dp_inbound
 from oe.dp.loop cimport LOOP_IN, LOOP_OUT, LoopThread, loop_join, loop_sockets, loop_start
-from oe.dp.outbound cimport dp_outbound, hold_recheck
+from oe.dp.outbound cimport dp_outbound, dp_probe, hold_recheck
 from oe.dp.packet cimport oe_rd32
 from oe.dp.posix cimport (EFD_CLOEXEC, EFD_NONBLOCK, eventfd, sys_close, sys_read,
                           sys_write)
@@ -40,11 +42,12 @@ from oe.dp.classifier import FLOW_RECORD_SIZE, Classifier
 from oe.dp.codes import COUNTER_NAMES, REASONS
 from oe.dp.esp import EspError, esp_overhead, gcm_decrypt, gcm_encrypt
 from oe.dp.replay import ReplayWindow
-from oe.dp.saspec import ANY_PORT, Direction, Encap, SaSpec, ts_range
-from oe.dpevents import (Acquire, AuthFailure, IkeMessage, ReplayFailure, SaExpired,
-                         SaSoftLimit)
+from oe.dp.saspec import ANY_PORT, DF_POLICIES, Direction, Encap, SaSpec, ts_range
+from oe.dpevents import (Acquire, AuthFailure, IkeMessage, PathMtuProbeAcked, PathMtuTooBig,
+                         ReplayFailure, SaExpired, SaSoftLimit)
 
-__all__ = ["ANY_PORT", "COUNTER_NAMES", "FLOW_RECORD_SIZE", "REASONS", "Classifier", "Datapath",
+__all__ = ["ANY_PORT", "COUNTER_NAMES", "DF_POLICIES", "FLOW_RECORD_SIZE", "REASONS", "Classifier",
+           "Datapath",
            "Direction", "Encap", "EspError", "ReplayWindow", "SaSpec", "esp_overhead",
            "gcm_decrypt", "gcm_encrypt"]
 
@@ -67,8 +70,10 @@ cdef class Datapath:
     def __cinit__(self, *, uint64_t replay_window=4096, uint32_t hold_packets=64,
                   uint32_t hold_bytes=256 * 1024, double hold_timeout=60.0,
                   uint32_t max_holds=1024, uint64_t max_hold_total=32 * 1024 * 1024,
-                  CClassifier classifier=None):
+                  CClassifier classifier=None, str df="copy"):
         fetch_ciphers()
+        if df not in DF_POLICIES:
+            raise ValueError(f"df is one of {', '.join(DF_POLICIES)} (RFC 4301 8.1), not {df!r}")
         if replay_window < 1 or replay_window > 0x7FFFFFFF:
             raise ValueError("the replay window is 1 to 2^31 - 1 packets")
         if max_holds < 1:
@@ -86,6 +91,7 @@ cdef class Datapath:
         if self.c.wake_fds[0] < 0 or self.c.wake_fds[1] < 0:
             raise OSError("eventfd failed")
         self.c.replay_window = replay_window
+        self.c.df_policy = DF_POLICIES.index(df)
         self.c.holds.hold_packets = hold_packets
         self.c.holds.hold_bytes = hold_bytes
         self.c.holds.timeout = hold_timeout
@@ -119,6 +125,11 @@ cdef class Datapath:
         sys_write(self.c.wake_fds[0], &one, 8)
         sys_write(self.c.wake_fds[1], &one, 8)
 
+    @property
+    def df(self) -> str:
+        """The outer IPv4 DF policy (RFC 4301 8.1): "copy", "set" or "clear"."""
+        return DF_POLICIES[self.c.df_policy]
+
     cdef SaTable *_table(self, direction) except NULL:
         return &self.c.sas.inb if Direction(direction) is Direction.IN else &self.c.sas.out
 
@@ -145,9 +156,7 @@ cdef class Datapath:
         cdef bint inbound = spec.direction is Direction.IN
         cdef bytes key = spec.key
         window = self.c.replay_window if spec.replay_window is None else spec.replay_window
-        mtu = spec.path_mtu - esp_overhead(spec.family, spec.encap, spec.tunnel)
-        if mtu < 68:
-            raise ValueError(f"path MTU {spec.path_mtu} leaves no room for ESP")
+        mtu = _inner_mtu(spec.path_mtu, spec.family, spec.encap, spec.tunnel)
         digest = hashlib.sha256(key).digest()
         if inbound and sa_find(&self.c.sas.inb, spec.spi) != NULL:
             self._refuse(f"inbound SPI {spec.spi:08x} is already installed")
@@ -168,6 +177,7 @@ cdef class Datapath:
             for k in range(NCTX):
                 sa.ctx[k] = aead_context(key, not inbound)
             _fill_sa(sa, spec, t0)
+            sa.path_mtu = spec.path_mtu
             sa.mtu = mtu
         except BaseException:
             sa_free(sa)
@@ -204,6 +214,39 @@ cdef class Datapath:
             sa.peer_port = peer_port
         oe_rw_unlock(&self.c.sas.lock)
         return sa != NULL
+
+    def set_path_mtu(self, handle_or_peer, int path_mtu) -> int:
+        """The path MTU to a peer changed (learned, probed: docs/pmtu.md): set it on one
+        outbound SA (by its handle) or on every SA, both directions, to a peer (by its
+        address). The inner MTU follows: the too-big sent to local senders and the MSS clamp
+        (RFC 4301 8.2.1). How many SAs changed; ValueError if no ESP fits in it."""
+        cdef EspSa *sa
+        cdef SaTable *table
+        cdef uint32_t i
+        cdef int k, changed = 0
+        cdef bytes peer_b = None
+        cdef uint32_t handle = 0
+        if isinstance(handle_or_peer, int):
+            handle = handle_or_peer
+        else:
+            peer_b = ipaddress.ip_address(handle_or_peer).packed
+        with nogil:
+            oe_wr_lock(&self.c.sas.lock)
+        try:
+            for k in range(2):
+                table = &self.c.sas.out if k == 0 else &self.c.sas.inb
+                for i in range(table.cap):
+                    sa = table.slots[i]
+                    if sa == NULL or not (sa.handle == handle and k == 0 if peer_b is None
+                                          else _address(sa.peer, sa.family).packed == peer_b):
+                        continue
+                    sa.mtu = _inner_mtu(path_mtu, sa.family,
+                                        "udp" if sa.encap == ENCAP_UDP else "esp", sa.tunnel)
+                    sa.path_mtu = path_mtu
+                    changed += 1
+        finally:
+            oe_rw_unlock(&self.c.sas.lock)
+        return changed
 
     def del_sa(self, uint32_t handle, direction) -> bool:
         """Remove an SA by its handle; True if it existed. Packets in flight finish under the
@@ -340,6 +383,11 @@ cdef class Datapath:
         if e.kind == EV_ACQUIRE:
             return Acquire(src=_address(e.src, e.version), dst=_address(e.dst, e.version),
                            proto=e.proto, sport=e.sport, dport=e.dport)
+        if e.kind == EV_PATH_MTU:
+            return PathMtuTooBig(peer=_address(e.src, e.version), mtu=e.count,
+                                 local=bool(e.reason))
+        if e.kind == EV_PROBE_ACK:
+            return PathMtuProbeAcked(peer=_address(e.src, e.version), size=e.count)
         if e.kind == EV_IKE:
             data = (<char *>e.data)[:e.length]
             free(e.data)
@@ -401,6 +449,34 @@ cdef class Datapath:
         if r < 0:
             raise EspError(REASONS[-r])
         return oe_rd32(<const uint8_t *><const char *>data), nh, bytes(out[:r])
+
+    def probe(self, peer, int size):
+        """Send a path MTU probe of `size` bytes (the outer IP packet) to `peer` on its newest
+        outbound SA, with DF (docs/pmtu.md); the peer's answer comes back as a
+        PathMtuProbeAcked event. The packet, sent on the clear raw socket when the loops run;
+        None if there is no tunnel mode SA to the peer or the size cannot carry a probe."""
+        cdef bytes peer_b = ipaddress.ip_address(peer).packed
+        cdef int family = 4 if len(peer_b) == 4 else 6
+        cdef int r
+        if not 0 < size <= 65535:
+            raise ValueError(f"a probe of {size} bytes")
+        plain = bytearray(size)
+        out = bytearray(size)
+        cdef uint8_t[::1] pv = plain
+        cdef uint8_t[::1] ov = out
+        with nogil:
+            oe_rd_lock(&self.c.sas.lock)
+        r = dp_probe(self.c, CTX_API, <const uint8_t *><const char *>peer_b, family, size,
+                     &pv[0], &ov[0], size)
+        oe_rw_unlock(&self.c.sas.lock)
+        if r <= 0:
+            return None
+        count(self.c.counters, C_PMTU_PROBES)
+        cdef bytes addr = peer_b + bytes(16 - len(peer_b))
+        cdef const uint8_t *to = <const uint8_t *><const char *>addr
+        with nogil:             # the clear raw socket (IP_HDRINCL), if the loops run
+            send_clear(self.c, family, to, &ov[0], r)
+        return bytes(out[:r])
 
     def outbound(self, packet, now=None) -> list:
         """Process one packet as if read from the TUN: [(kind, address, port, bytes)].
@@ -563,6 +639,14 @@ cdef void _fill_sa(EspSa *sa, object spec, double t0) except *:
     sa.hard_time = t0 + spec.hard_time if spec.hard_time > 0 else 0.0
 
 
+def _inner_mtu(int path_mtu, int family, encap, bint tunnel) -> int:
+    """The largest inner packet an SA carries in a path MTU; ValueError if none fits."""
+    cdef int mtu = path_mtu - esp_overhead(family, encap, tunnel)
+    if mtu < 68 or path_mtu > 65535:
+        raise ValueError(f"path MTU {path_mtu} leaves no room for ESP")
+    return mtu
+
+
 cdef object _address(const uint8_t *packed, int version):
     return ipaddress.ip_address((<char *>packed)[:4 if version == 4 else 16])
 
@@ -582,6 +666,7 @@ cdef dict _sa_dict(EspSa *sa):
         "mode": "tunnel" if sa.tunnel else "transport",
         "encap": Encap.UDP if sa.encap == ENCAP_UDP else Encap.ESP,
         "esn": bool(sa.esn),
+        "path_mtu": sa.path_mtu,
         "mtu": sa.mtu,
         "packets": oe_load64(&sa.packets),
         "bytes": oe_load64(&sa.nbytes),

@@ -91,4 +91,30 @@ class IkeMessage:
     """The IKE message, from its header on."""
 
 
-DatapathEvent = Union[Acquire, SaSoftLimit, SaExpired, ReplayFailure, AuthFailure, IkeMessage]
+@dataclass(frozen=True)
+class PathMtuProbeAcked:
+    """The peer answered a path MTU probe (Datapath.probe(), docs/pmtu.md): an ESP packet of
+    `size` bytes crossed the path to it (RFC 8899 4.1: the acknowledgement of a probe)."""
+
+    peer: IPAddress
+    """The peer's (outer) address."""
+    size: int
+    """The probe's size: the outer IP packet, as Datapath.probe() was asked for."""
+
+
+@dataclass(frozen=True)
+class PathMtuTooBig:
+    """A datagram of ours to `peer` was too big for the path (IP_RECVERR): an ICMP
+    fragmentation-needed or packet-too-big naming `mtu`, or the kernel's own refusal (`local`).
+    Matched to one of our outbound SAs to that peer by the SPI it quotes (RFC 8899 4.6.1)."""
+
+    peer: IPAddress
+    """The peer's (outer) address: the destination of the datagram."""
+    mtu: int
+    """The MTU the ICMP or the kernel named."""
+    local: bool
+    """True: the local route refused it (EMSGSIZE); False: an ICMP from the path."""
+
+
+DatapathEvent = Union[Acquire, SaSoftLimit, SaExpired, ReplayFailure, AuthFailure, IkeMessage,
+                      PathMtuProbeAcked, PathMtuTooBig]

@@ -23,7 +23,8 @@ from oe.commands import (
     RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, Steer,
 )
 from oe.dnskeys.choice import Target
-from oe.dpevents import Acquire, IkeMessage, SaExpired, SaSoftLimit
+from oe.dpevents import (Acquire, IkeMessage, PathMtuProbeAcked, PathMtuTooBig, SaExpired,
+                         SaSoftLimit)
 from oe.errors import OeError
 from oe.ike import events as ike_events
 from oe.ike.auth import Identity, PeerKey
@@ -68,6 +69,10 @@ class Executor:
             case SaExpired():
                 self._run(self.lifecycle.hard_limit(event.direction, event.handle, event.spi,
                                                     event.reason))
+            case PathMtuProbeAcked():  # the peer answered a probe (docs/pmtu.md)
+                self.pmtu.on_probe_acked(self.datapath, str(event.peer), event.size, now)
+            case PathMtuTooBig():  # ICMP about the outer path, its quoted SPI ours
+                self.pmtu.on_too_big(self.datapath, str(event.peer), event.mtu, event.local, now)
             case _:
                 log.warning("datapath: %s", event)
 
@@ -153,11 +158,12 @@ class Executor:
 
     def _next_timer(self) -> float | None:
         times = [t for t in (self.opportunist.next_timer(), self.lifecycle.next_timer(),
-                             self.keys.next_timer()) if t is not None]
+                             self.keys.next_timer(), self.pmtu.next_timer()) if t is not None]
         return min(times) if times else None
 
     def _on_timer(self, now: float) -> None:
         self.keys.sweep(now)
+        self.pmtu.tick(self.datapath, now)  # probes due, path MTUs changed (RFC 8899)
         self._run(self.opportunist.tick(now) + self.lifecycle.tick(now))
         self._apply()
 

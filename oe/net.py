@@ -81,3 +81,27 @@ def address_mtu(address: str, default: int = 1500) -> int:
             for link in ipr.get_links(message["index"]):
                 return link.get_attr("IFLA_MTU") or default
     return default
+
+
+# issue 17: the start of an SA's path MTU
+IP_MTU, IPV6_MTU = 14, 24       # linux/in.h, linux/in6.h: the connected route's path MTU
+MAX_MTU = 65535
+
+
+def route_mtu(peer: str, mark: int, default: int = 1500) -> int:
+    """The path MTU the kernel has for the route our ESP to `peer` takes (the bypass `mark`
+    skips oe's own table): the interface's MTU, or less if the kernel learned it. No packet is
+    sent (a connected UDP socket only looks the route up); `default` if there is no route."""
+    address = ipaddress.ip_address(peer)
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            sock.connect((str(address), 9))
+            if address.version == 4:
+                mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+            else:
+                mtu = sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+        except OSError:
+            return default
+    return min(mtu, MAX_MTU)        # loopback's 65536 is no IP packet size

@@ -42,6 +42,8 @@ MIN_PLPMTU = {4: 576, 6: 1280}
 reassembly minimum, RFC 791). ERROR keeps the base size rather than this: an ESP packet of 576
 bytes carries barely 500, and ERROR means not even the base size is answered."""
 IPV6_MIN_MTU = 1280
+ESP_STEP = 4
+"""ESP packets grow in steps of 4 bytes (RFC 4303 2.4): the search's granularity for ESP."""
 
 
 class State(enum.Enum):
@@ -100,9 +102,12 @@ class PathMtu:
     now: float
     timers: Timers = field(default_factory=Timers)
     probes_per_round: int = 4
+    step: int = 1
+    """Sizes are multiples of this: 4 for ESP (RFC 4303 2.4 aligns its payload and trailer),
+    whose probe of a size between two steps would go out one step smaller."""
 
     def __post_init__(self) -> None:
-        self.max = max(self.route_mtu, MIN_PLPMTU[self.family])
+        self.max = self._down(max(self.route_mtu, MIN_PLPMTU[self.family]))
         self.base = min(BASE_PLPMTU[self.family], self.max)
         self.mtu = self.base
         self.source = Source.BASE
@@ -161,7 +166,7 @@ class PathMtu:
             self.counters.ptb_ignored += 1
             return False
         self.counters.ptb_accepted += 1
-        self._high = min(self._high, mtu)
+        self._high = min(self._high, self._down(mtu))
         self._in_flight = {s for s in self._in_flight if s <= mtu}
         if mtu < self.mtu:
             self._set(mtu, Source.ICMP)
@@ -173,7 +178,7 @@ class PathMtu:
     def on_local_mtu(self, now: float, mtu: int) -> None:
         """The route's MTU changed, or a send failed with EMSGSIZE naming it: local and
         trusted, it sets the ceiling (and the base, if the route itself is smaller)."""
-        mtu = max(mtu, MIN_PLPMTU[self.family])
+        mtu = self._down(max(mtu, MIN_PLPMTU[self.family]))
         raised = mtu > self.max
         self.max = mtu
         self.base = min(BASE_PLPMTU[self.family], mtu)
@@ -217,7 +222,11 @@ class PathMtu:
         if span <= 0:
             return []
         n = min(self.probes_per_round, span)
-        return sorted({low + (span * i) // n for i in range(1, n + 1)})
+        return sorted({size for i in range(1, n + 1)
+                       if (size := self._down(low + (span * i) // n)) > low})
+
+    def _down(self, size: int) -> int:
+        return size - size % self.step
 
     def _end_round(self, now: float) -> None:
         lost = self._in_flight
@@ -236,7 +245,7 @@ class PathMtu:
             return
         larger = [s for s in lost if s > self.mtu]
         if larger:   # lost while a smaller one arrived: the size is what failed
-            self._high = min(self._high, min(larger) - 1)
+            self._high = min(self._high, self._down(min(larger) - 1))
         if self._high <= self.mtu:
             self._complete(now)
         else:
@@ -267,7 +276,7 @@ class PathMtu:
         self._wake = now + self.timers.confirm
 
     def _set(self, mtu: int, source: Source) -> None:
-        self.mtu = max(self.base, min(mtu, self.max))
+        self.mtu = max(self.base, min(self._down(mtu), self.max))
         self.source = source
 
 
@@ -275,15 +284,16 @@ class Paths:
     """Every peer's PathMtu, for the daemon: one timer, one list of probes, and the peers whose
     path MTU changed since it last asked (to push into the datapath's SAs and the status)."""
 
-    def __init__(self, timers: Timers | None = None) -> None:
+    def __init__(self, timers: Timers | None = None, step: int = 1) -> None:
         self.timers = timers or Timers()
+        self.step = step
         self._paths: dict[str, PathMtu] = {}
         self._told: dict[str, int] = {}
 
     def track(self, peer: str, family: int, route_mtu: int, now: float) -> PathMtu:
         """The peer's PathMtu, made on first use (its first SA); later SAs share it."""
         if peer not in self._paths:
-            self._paths[peer] = PathMtu(family, route_mtu, now, self.timers)
+            self._paths[peer] = PathMtu(family, route_mtu, now, self.timers, step=self.step)
         return self._paths[peer]
 
     def forget(self, peer: str) -> None:
@@ -371,3 +381,60 @@ def fragment_outer(inner_mtu: int, inner_family: int, inner_len: int, df: bool) 
     if inner_family == 6:
         return inner_len <= IPV6_MIN_MTU
     return not df
+
+
+class PathMtuDriver:
+    """Paths wired to a datapath, for the daemon (docs/pmtu.md): `install()` when it adds a
+    peer's SAs (they start at the path's current MTU), `on_probe_acked()` for each
+    PathMtuProbeAcked event, `tick()` at the time it returns. Probes go out through
+    `datapath.probe(peer, size)`; each change of a peer's path MTU goes to its SAs through
+    `datapath.set_path_mtu(peer, mtu)`. No clock and no socket of its own."""
+
+    def __init__(self, timers: Timers | None = None) -> None:
+        self.paths = Paths(timers, step=ESP_STEP)
+
+    def install(self, peer: str, family: int, route_mtu: int, now: float) -> int:
+        """The path MTU a new SA to `peer` starts with (tracking the peer from now on)."""
+        return self.paths.track(peer, family, route_mtu, now).mtu
+
+    def forget(self, peer: str) -> None:
+        self.paths.forget(peer)
+
+    def on_probe_acked(self, datapath, peer: str, size: int, now: float) -> None:
+        path = self.paths.get(peer)
+        if path is not None:
+            path.on_probe_acked(now, size)
+            self.tick(datapath, now)     # the next round at once
+
+    def on_too_big(self, datapath, peer: str, mtu: int, local: bool, now: float) -> None:
+        """A datagram to `peer` was too big (ICMP from the path, or the local route): RFC
+        8899 4.6.2's checks are PathMtu's; a change goes to the SAs at once."""
+        path = self.paths.get(peer)
+        if path is None:
+            return
+        if local:
+            path.on_local_mtu(now, mtu)
+        else:
+            path.on_packet_too_big(now, mtu)
+        self.tick(datapath, now)
+
+    def tick(self, datapath, now: float) -> float | None:
+        """Timers due, probes to send, changes to push; when to tick next (None: nothing)."""
+        self.paths.handle_timer(now)
+        for peer, size in self.paths.probes_to_send(now):
+            datapath.probe(peer, size)
+        for peer, path in self.paths.changed():
+            datapath.set_path_mtu(peer, path.mtu)
+        return self.paths.next_timer()
+
+    def next_timer(self) -> float | None:
+        """When tick() is due next (for a daemon that joins every part's next_timer)."""
+        return self.paths.next_timer()
+
+    def status(self, peer: str) -> dict:
+        """What `oe status` shows of the peer's path, per SA; {} for a peer not tracked."""
+        path = self.paths.get(peer)
+        if path is None:
+            return {}
+        return {"path_mtu": path.mtu, "path_mtu_source": path.source.value,
+                "pmtu_state": path.state.value}

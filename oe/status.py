@@ -71,6 +71,12 @@ class ChildSaStatus:
     """Seconds until the hard lifetime."""
     last_used: float | None = None
     """Seconds since a packet was last seen on it either way (counter samples), None: never."""
+    path_mtu: int | None = None
+    """The largest outer packet known to reach the peer (docs/pmtu.md), None: not tracked."""
+    path_mtu_source: str | None = None
+    """How it was learned: base, route, icmp or probe."""
+    pmtu_state: str | None = None
+    """The RFC 8899 search state of the peer's path."""
 
 
 @dataclass
@@ -167,18 +173,19 @@ class Status:
 
 
 def build_status(eroutes: Iterable, opportunist, lifecycle,
-                 sa_stats: dict[int, tuple[dict, dict]], ike_sas: Iterable, now: float,
+                 sa_stats: dict[int, tuple[dict, dict]], pmtu, ike_sas: Iterable, now: float,
                  **daemon_only) -> Status:
     """A running daemon's status: (eroute, (packets, bytes)) of the datapath's table, the
     opportunist's tunnels and shunts, the lifecycle's CHILD SA details, the datapath's
-    counters of each tunnel's SAs (inbound SPI -> (inbound stats, outbound stats)) and the
-    engines' IkeSaInfo rows."""
+    counters of each tunnel's SAs (inbound SPI -> (inbound stats, outbound stats)), each
+    peer's path MTU (oe.pmtu.PathMtuDriver) and the engines' IkeSaInfo rows."""
     return Status(
         ike_sas=[IkeSaStatus.of(info, now) for info in ike_sas],
         daemon=True,
         eroutes=[ErouteStatus(**eroute.as_json(packets, nbytes))
                  for eroute, (packets, nbytes) in eroutes],
-        sas=[child_sa_status(t, lifecycle, *sa_stats.get(t.spi_in, ({}, {})), now)
+        sas=[child_sa_status(t, lifecycle, *sa_stats.get(t.spi_in, ({}, {})), now,
+                             **pmtu.status(str(t.peer)))
              for t in opportunist.tunnels.values()],
         shunts=[ShuntStatus(str(s.pair.src), str(s.pair.dst), str(s.action), s.group, s.reason,
                             None if s.expires is None else round(s.expires - now, 1))
@@ -187,7 +194,7 @@ def build_status(eroutes: Iterable, opportunist, lifecycle,
 
 
 def child_sa_status(tunnel, lifecycle, stats_in: dict, stats_out: dict,
-                    now: float) -> ChildSaStatus:
+                    now: float, **path) -> ChildSaStatus:
     """One tunnel (oe.opportunist Tunnel) as status shows it, with its CHILD SA's algorithms
     and times (oe.lifecycle) and the datapath's counters of its two SAs."""
     packets_in, packets_out = stats_in.get("packets", 0), stats_out.get("packets", 0)
@@ -207,7 +214,7 @@ def child_sa_status(tunnel, lifecycle, stats_in: dict, stats_out: dict,
         dh_group=info.dh_group if info else None, esn=info.esn if info else False,
         rekey_in=None if info is None else round(info.installed + times.soft - now, 1),
         expires_in=None if info is None else round(info.installed + times.lifetime - now, 1),
-        last_used=None if used is None else round(now - used, 1))
+        last_used=None if used is None else round(now - used, 1), **path)
 
 
 def _jsonable(value):
@@ -260,6 +267,8 @@ def _child_details(sa: ChildSaStatus) -> str:
         parts.append(f"expires in {_seconds(sa.expires_in)}")
     parts.append("never used" if sa.last_used is None else
                  f"last used {_seconds(sa.last_used)} ago")
+    if sa.path_mtu is not None:
+        parts.append(f"pmtu {sa.path_mtu} ({sa.path_mtu_source})")
     return f"    IKE SA #{sa.sa_id}: " + ", ".join(parts)
 
 

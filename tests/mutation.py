@@ -60,6 +60,7 @@ SELECTORS = ("test_ike_selectors.py", "test_ike_peer_keys.py", "test_ike_engine.
 RECORDS, ROUTING, INBOUND = "oe/dnskeys/records.py", "oe/routing.py", "oe/inbound.py"
 ESP, REPLAY, SAS = "oe/dp/esp.pyx", "oe/dp/replay.pxd", "oe/dp/sa.pyx"
 DATAPATH = "oe/datapath.pyx"
+OUTBOUND, INBOUND_DP = "oe/dp/outbound.pyx", "oe/dp/inbound.pyx"
 OPP, DAEMON = "oe/opportunist.py", "oe/daemon.py"
 ADMISSION, LIFECYCLE, KEYS = "oe/admission.py", "oe/lifecycle.py", "oe/peerkeys.py"
 TS_ALLOWED = ("            if ts.start != ts.end or "
@@ -237,6 +238,28 @@ MUTANTS = [
       "            if True:  # a held packet's recheck", "test_counters.py"),
     m("dp-keymat-reinstalled", DATAPATH, "        if digest in self._keys:\n", "        if False:\n",
       "test_datapath.py"),
+    # Path MTU (issue 17): the outer DF bit, the MTU told to local senders, the MSS clamp, the
+    # probes' acknowledgement and the search's steps
+    m("dp-df-not-copied", OUTBOUND, "    return info.df\n", "    return True\n",
+      "test_datapath_pmtu.py"),
+    m("dp-fragments-lose-more-fragments", OUTBOUND,
+      "(0x2000 if not last or field & 0x2000 else 0)", "(0x2000 if not last else 0)",
+      "test_datapath_pmtu.py"),
+    m("dp-too-big-names-the-tun-mtu", OUTBOUND,
+      "        if info.version == 4:\n            return sa.mtu\n",
+      "        if info.version == 4:\n            return c.tun_mtu\n",
+      "test_datapath.py", "test_datapath_pmtu.py"),
+    m("dp-ipv6-told-below-1280", OUTBOUND,
+      "            return sa.mtu if sa.mtu > IPV6_MIN_MTU else IPV6_MIN_MTU\n",
+      "            return sa.mtu\n", "test_datapath_pmtu.py"),
+    m("dp-inbound-clamp-ignores-the-sa", INBOUND_DP, "    if sa.mtu < mtu[0]:\n",
+      "    if False:\n", "test_datapath_pmtu.py"),
+    m("dp-any-echo-reply-taken-as-probe-ack", INBOUND_DP,
+      "    if (oe_rd16(icmp + 4) != PROBE_ID or oe_rd32(icmp + 8) != PROBE_MAGIC_HI\n"
+      "            or oe_rd32(icmp + 12) != PROBE_MAGIC_LO):\n",
+      "    if oe_rd16(icmp + 4) != PROBE_ID:\n", "test_datapath_pmtu.py"),
+    m("pmtu-probes-between-esp-steps", "oe/pmtu.py", "        return size - size % self.step\n",
+      "        return size\n", "test_pmtu.py"),
     # The OE decisions and the daemon's bounds (issue 10, 3-12 and its review)
     m("oe-shunts-uncapped", OPP, "        while self._failures > self.limits.max_shunts:\n",
       "        while False:\n", "test_opportunist.py"),

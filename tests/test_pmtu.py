@@ -303,3 +303,86 @@ def test_paths_share_one_search_per_peer_and_report_changes_once():
     paths.forget("192.0.2.10")
     assert paths.get("192.0.2.10") is None
     assert {peer for peer, _ in paths.probes_to_send(1.1)} == {"2001:db8::20"}   # next round
+
+
+class FakeDatapath:
+    """A datapath whose path to each peer carries `mtu` bytes, its peer answering every probe
+    that fits (the ack raised as the real one raises PathMtuProbeAcked)."""
+
+    def __init__(self, mtu: int):
+        self.mtu = mtu
+        self.acks: list[tuple[str, int]] = []
+        self.set: list[tuple[str, int]] = []
+
+    def probe(self, peer: str, size: int):
+        if size <= self.mtu:
+            self.acks.append((peer, size))
+        return b"x" * size
+
+    def set_path_mtu(self, peer: str, mtu: int) -> int:
+        self.set.append((peer, mtu))
+        return 2
+
+
+def test_the_driver_starts_sas_at_the_base_and_pushes_what_the_probes_find():
+    """docs/pmtu.md: the daemon installs a peer's SAs with the path's current MTU (the base,
+    RFC 8899 5.1.2), ticks the probes out and hands the acks back; each change of the path
+    MTU goes to the datapath's SAs of that peer, once."""
+    from oe.pmtu import PathMtuDriver
+    dp = FakeDatapath(1280)
+    driver = PathMtuDriver()
+    assert driver.install("203.0.113.20", 4, 1500, 0.0) == BASE_PLPMTU[4]
+    assert driver.status("203.0.113.20") == {"path_mtu": 1200, "path_mtu_source": "base",
+                                             "pmtu_state": "base"}
+    now = 0.0
+    for _ in range(20):
+        due = driver.tick(dp, now)
+        assert due == driver.next_timer()
+        while dp.acks:
+            peer, size = dp.acks.pop(0)
+            driver.on_probe_acked(dp, peer, size, now + RTT)
+        now = min(due, now + 1.0) if due is not None else now + 1.0
+    assert driver.status("203.0.113.20") == {"path_mtu": 1280, "path_mtu_source": "probe",
+                                             "pmtu_state": "search complete"}
+    assert dp.set[-1] == ("203.0.113.20", 1280)
+    assert len(dp.set) == len(set(dp.set))
+    assert driver.status("198.51.100.1") == {}
+    driver.on_probe_acked(dp, "198.51.100.1", 1400, now)    # no such peer: nothing
+    driver.forget("203.0.113.20")
+    assert driver.status("203.0.113.20") == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([4, 6]), st.integers(1280, 1500), st.integers(1200, 1500))
+def test_with_a_step_every_probe_is_a_multiple_and_the_largest_one_is_found(family, route, hop):
+    """ESP packets come in steps of 4 bytes (RFC 4303 2.4: the payload and trailer are aligned
+    to 4): a probe size between two steps would be sent one step smaller and its ack would
+    overstate the path, so the search probes steps only and finds the largest step that fits."""
+    hop = max(hop, BASE_PLPMTU[family])     # an IPv6 path carries 1280 (RFC 8200 5)
+    pm = PathMtu(family, route, 0.0, step=4)
+    path = Path(pm, hop)
+    path.until(complete(pm))
+    assert all(size % 4 == 0 for size in path.sent)
+    assert pm.mtu == max(min(hop, route) // 4 * 4, pm.base)
+
+
+def test_the_driver_takes_a_validated_too_big_and_the_local_route():
+    """ICMP about the outer path (IP_RECVERR, matched to an SA by the datapath) lowers the
+    path MTU at once when RFC 8899 4.6.2 allows it; EMSGSIZE sets the ceiling."""
+    from oe.pmtu import PathMtuDriver
+    dp = FakeDatapath(1500)
+    driver = PathMtuDriver()
+    driver.install("192.0.2.1", 4, 1500, 0.0)
+    driver.on_probe_acked(dp, "192.0.2.1", 1200, 0.01)     # base confirmed: searching
+    while dp.acks:
+        driver.on_probe_acked(dp, *dp.acks.pop(0), 0.02)
+    assert driver.status("192.0.2.1")["path_mtu"] == 1500
+    driver.on_too_big(dp, "192.0.2.1", 1100, False, 1.0)     # below the base: ignored
+    assert driver.status("192.0.2.1")["path_mtu"] == 1500
+    driver.on_too_big(dp, "192.0.2.1", 1280, False, 1.0)
+    assert driver.status("192.0.2.1")["path_mtu"] == 1280
+    assert driver.status("192.0.2.1")["path_mtu_source"] == "icmp"
+    assert dp.set[-1] == ("192.0.2.1", 1280)
+    driver.on_too_big(dp, "192.0.2.1", 1240, True, 1.1)
+    assert driver.status("192.0.2.1")["path_mtu"] == 1240
+    driver.on_too_big(dp, "198.51.100.9", 1240, False, 1.2)  # no such peer: nothing

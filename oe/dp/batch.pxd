@@ -38,6 +38,8 @@ cdef struct OutBatch:
 
 
 cdef void batch_flush(DpCore *c, OutBatch *b) noexcept nogil
+cdef void send_clear(DpCore *c, int family, const uint8_t *addr, uint8_t *data,
+                     uint32_t length) noexcept nogil
 cdef OutBatch *batch_new(bint scratch) noexcept nogil
 cdef void batch_free(OutBatch *b) noexcept nogil
 cdef OutBatch *api_batch(list result) except NULL

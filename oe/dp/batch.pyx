@@ -107,6 +107,18 @@ cdef void batch_flush(DpCore *c, OutBatch *b) noexcept nogil:
     b.n = 0
 
 
+cdef void send_clear(DpCore *c, int family, const uint8_t *addr, uint8_t *data,
+                     uint32_t length) noexcept nogil:
+    """One packet with its IP header on the clear raw socket of its family, outside any batch
+    (a path MTU probe from the API thread); a failure is counted."""
+    cdef uint8_t addrs[1][16]
+    cdef uint16_t port = 0
+    cdef int fd = c.fds[OUT_PASS * 2 + (0 if family == 4 else 1)]
+    memcpy(addrs[0], addr, 16)
+    if fd >= 0 and dp_sendmany(fd, family, &data, &length, addrs, &port, 1) < 1:
+        count(c.counters, C_SEND_ERRORS)
+
+
 cdef void _flush_to_list(OutBatch *b) noexcept:
     cdef int i
     cdef OutItem *it

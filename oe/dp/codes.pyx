@@ -14,6 +14,7 @@ COUNTER_NAMES = (
     "malformed", "replay", "authentication", "padding", "policy", "expired", "keepalives", "ike",
     "tun_write", "too_big", "mss_clamped", "send_errors", "events_lost_acquire",
     "events_lost_ike", "events_lost_replay", "events_lost_auth", "dummy", "holds_evicted",
-    "sa_refused",
+    "sa_refused", "pmtu_probes", "pmtu_acks", "pmtu_too_big",
+    "pmtu_too_big_ignored",
 )
 assert len(COUNTER_NAMES) == NCOUNTERS

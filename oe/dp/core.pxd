@@ -9,6 +9,11 @@ from oe.dp.events cimport EventQueue
 from oe.dp.holds cimport HoldTable
 from oe.dp.sa cimport SaDb
 
+cdef enum:
+    DF_COPY = 0                 # the outer IPv4 DF bit (RFC 4301 8.1): the inner packet's,
+    DF_SET = 1                  # ... always set (the sockets' default),
+    DF_CLEAR = 2                # ... never set
+
 
 cdef struct DpCore:
     EventQueue events
@@ -17,6 +22,7 @@ cdef struct DpCore:
     # configuration and loops
     uint64_t replay_window
     uint32_t tun_mtu
+    int df_policy               # DF_*: the outer IPv4 DF bit, RFC 4301 8.1
     int running
     int wake_fds[2]             # one eventfd per loop thread: stop, hold recheck
     int tun_fd

@@ -9,11 +9,12 @@ from libc.string cimport memcpy, memset
 
 from oe.dp.batch cimport HEADROOM, OUT_TUN, SLOT, batch_commit, batch_slot
 from oe.dp.codes cimport (C_DUMMY, C_ESP_IN, C_EXPIRED, C_IKE, C_KEEPALIVES, C_MALFORMED,
-                          C_MSS_CLAMPED, C_POLICY, C_UNKNOWN_SPI, count)
+                          C_MSS_CLAMPED, C_PMTU_ACKS, C_POLICY, C_UNKNOWN_SPI, count)
 from oe.dp.esp cimport ESP_HDR, NH_IPV4, NH_IPV6, NH_NONE, esp_open
-from oe.dp.events cimport EV_IKE, DpEvent, ev_push
-from oe.dp.packet cimport (PktInfo, addr_len, mss_clamp, oe_csum_add, oe_csum_fold, oe_rd32,
-                           oe_wr16, parse_ip)
+from oe.dp.events cimport EV_IKE, EV_PROBE_ACK, DpEvent, ev_push
+from oe.dp.packet cimport (PROBE_ECHO, PROBE_ID, PROBE_MAGIC_HI, PROBE_MAGIC_LO, PROTO_ICMP,
+                           PROTO_ICMPV6, PktInfo, addr_len, mss_clamp, oe_csum_add,
+                           oe_csum_fold, oe_rd16, oe_rd32, oe_wr16, parse_ip)
 from oe.dp.sa cimport (ENCAP_UDP, EspSa, sa_account, sa_admit, sa_find, sa_refused,
                        ts_allows)
 from oe.dp.sync cimport oe_add64, oe_rd_lock, oe_rw_unlock
@@ -25,6 +26,7 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
     cdef PktInfo info
     cdef uint8_t *inner
     cdef int length
+    cdef uint32_t mtu = c.tun_mtu
     if encap == ENCAP_UDP and _nat_t_control(c, data, n, family, src, sport):
         return
     if n < ESP_HDR:
@@ -32,14 +34,41 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
         return
     inner = batch_slot(c, b) + HEADROOM
     oe_rd_lock(&c.sas.lock)
-    length = _open_locked(c, ctxi, data, n, &inner, &info, now)
+    length = _open_locked(c, ctxi, data, n, &inner, &info, &mtu, now)
     oe_rw_unlock(&c.sas.lock)
     if length < 0:
         return
-    if mss_clamp(inner, &info, c.tun_mtu):
+    if _probe_ack(c, inner, &info, family, src):
+        return
+    # The SYN's answer goes back over our path to the peer: the SA's MTU, not the TUN's.
+    if mss_clamp(inner, &info, mtu):
         count(c.counters, C_MSS_CLAMPED)
     batch_commit(b, OUT_TUN, info.version, NULL, 0, inner, <uint32_t>length)
     count(c.counters, C_ESP_IN)
+
+
+cdef bint _probe_ack(DpCore *c, const uint8_t *p, const PktInfo *info, int family,
+                     const uint8_t *src) noexcept nogil:
+    """The echo reply to one of our path MTU probes (outbound.pyx, dp_probe): taken here, not
+    written to the TUN, and raised as the probe's acknowledgement (its size). True if it was."""
+    cdef const uint8_t *icmp = p + info.l4off
+    cdef DpEvent e
+    if info.total != info.l4off + PROBE_ECHO or not info.first_fragment:
+        return False
+    if not ((info.proto == PROTO_ICMP and icmp[0] == 0)
+            or (info.proto == PROTO_ICMPV6 and icmp[0] == 129)):
+        return False
+    if (oe_rd16(icmp + 4) != PROBE_ID or oe_rd32(icmp + 8) != PROBE_MAGIC_HI
+            or oe_rd32(icmp + 12) != PROBE_MAGIC_LO):
+        return False
+    memset(&e, 0, sizeof(DpEvent))
+    e.kind = EV_PROBE_ACK
+    e.version = family
+    memcpy(e.src, src, addr_len(family))
+    e.count = oe_rd16(icmp + 6)
+    count(c.counters, C_PMTU_ACKS)
+    ev_push(&c.events, c.counters, &e)
+    return True
 
 
 cdef bint _nat_t_control(DpCore *c, const uint8_t *data, size_t n, int family,
@@ -67,9 +96,10 @@ cdef bint _nat_t_control(DpCore *c, const uint8_t *data, size_t n, int family,
 
 
 cdef int _open_locked(DpCore *c, int ctxi, const uint8_t *data, size_t n, uint8_t **inner,
-                      PktInfo *info, double now) noexcept nogil:
+                      PktInfo *info, uint32_t *mtu, double now) noexcept nogil:
     """Open the ESP packet under its SA (the SA read lock held) into *inner, which a rebuilt
-    transport header may move; the inner packet's length, or -1 (counted)."""
+    transport header may move, and give the SA's inner MTU; the inner packet's length, or -1
+    (counted)."""
     cdef EspSa *sa = sa_find(&c.sas.inb, oe_rd32(data))
     cdef int r, nh
     cdef uint64_t seq
@@ -104,6 +134,8 @@ cdef int _open_locked(DpCore *c, int ctxi, const uint8_t *data, size_t n, uint8_
         count(c.counters, C_POLICY)
         return -1
     sa_account(&c.events, sa, length, seq, now)
+    if sa.mtu < mtu[0]:
+        mtu[0] = sa.mtu
     return <int>length
 
 

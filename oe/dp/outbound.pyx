@@ -4,7 +4,8 @@
 1. parse the IP header (IPv4 options and fragments pass untouched);
 2. a pair with a hold is queued at once (so a trap raises one acquire, never one per packet);
 3. classify on the compiled eroute table, then by action:
-   SA      -> MSS clamp, too-big check (ICMP back if DF), seal, batch
+   SA      -> too-big check (ICMP back if DF), MSS clamp, fragment (IPv4 without DF), seal
+              with the outer DF by policy (RFC 4301 8.1), batch
    %trap   -> new hold + one Acquire event;  %hold -> queue
    %pass   -> raw socket (bypass mark) in clear;  %drop -> discard
    %reject -> ICMP administratively prohibited written back into the TUN
@@ -13,23 +14,30 @@ Holds: when the eroutes change, every hold is reclassified; a pair no longer %tr
 its queue sent, in order, under the new verdict (hold_recheck).
 """
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from oe.dp.batch cimport OUT_PASS, OUT_RAW, OUT_TUN, OUT_UDP, SLOT, batch_commit, batch_slot
 from oe.dp.classifier cimport ACT_DROP, ACT_HOLD, ACT_PASS, ACT_REJECT, ACT_SA, ACT_TRAP, Verdict
 from oe.dp.codes cimport (C_ACQUIRES, C_DROPPED, C_ESP_OUT, C_EXPIRED, C_HOLD_DISCARDED,
                           C_HOLD_RELEASED, C_MALFORMED, C_MSS_CLAMPED, C_NO_POLICY, C_NO_SA,
                           C_PASSED, C_REJECTED, C_TOO_BIG, R_SEQUENCE, count, count_n)
-from oe.dp.esp cimport esp_seal
+from oe.dp.esp cimport ESP_HDR, ESP_ICV, ESP_IV, ESP_TRAILER, esp_seal
 from oe.dp.events cimport EV_ACQUIRE, DpEvent, ev_push
 from oe.dp.holds cimport (HOLD_BUCKETS, HeldPkt, Hold, hold_create, hold_enqueue, hold_find,
                           hold_forget, hold_free, hold_remove)
-from oe.dp.packet cimport PktInfo, addr_len, icmp_error, is_link_chatter, mss_clamp, parse_ip
-from oe.dp.sa cimport ENCAP_UDP, EspSa, sa_account, sa_admit, sa_find, sa_fire
-from oe.dp.sync cimport (oe_add64, oe_load_int, oe_mutex_lock, oe_mutex_unlock, oe_rd_lock,
-                         oe_rw_unlock, oe_swap_int)
+from oe.dp.core cimport DF_CLEAR, DF_SET
+from oe.dp.packet cimport (PROBE_ECHO, PROBE_ID, PROBE_MAGIC_HI, PROBE_MAGIC_LO, PROTO_ICMP,
+                           PROTO_ICMPV6, PktInfo, addr_len, icmp_error, is_link_chatter,
+                           mss_clamp, oe_csum_add, oe_csum_fold, oe_rd16, oe_wr16, oe_wr32,
+                           option_len, outer_ip, parse_ip)
+from oe.dp.sa cimport ENCAP_UDP, EspSa, SaTable, sa_account, sa_admit, sa_find, sa_fire
+from oe.dp.sync cimport (oe_add64, oe_load_int, oe_mutex_lock, oe_mutex_unlock, oe_now,
+                         oe_rd_lock, oe_rw_unlock, oe_swap_int)
+
+cdef enum:
+    IPV6_MIN_MTU = 1280         # RFC 8200 5
 
 
 cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t n, OutBatch *b,
@@ -87,34 +95,226 @@ cdef uint32_t _seal_locked(DpCore *c, int ctxi, uint32_t handle, uint8_t *pkt, s
     """The SA part of _send_esp (the SA read lock held); the SA's MTU if the packet is too big
     for it and may not be fragmented, else 0."""
     cdef EspSa *sa = sa_find(&c.sas.out, handle)
-    cdef uint8_t *slot
-    cdef uint64_t seq
-    cdef int r
     if sa == NULL:
         count(c.counters, C_NO_SA)
         return 0
     if n > sa.mtu and info.df:
-        return sa.mtu
-    if not sa_admit(&c.events, sa, n, now):
-        oe_add64(&sa.err_expired, 1)
-        count(c.counters, C_EXPIRED)
+        if info.version == 4:
+            return sa.mtu
+        if n > IPV6_MIN_MTU:
+            return sa.mtu if sa.mtu > IPV6_MIN_MTU else IPV6_MIN_MTU
+        # RFC 8200 5, RFC 4459 3: every IPv6 path carries 1280 bytes and no sender may be told
+        # less, so such a packet goes in an outer packet the path may fragment (outer IPv4).
+        _seal_one(c, ctxi, sa, pkt, n, False, b, now)
         return 0
     if mss_clamp(pkt, info, sa.mtu):
         count(c.counters, C_MSS_CLAMPED)
-    slot = batch_slot(c, b)
-    r = esp_seal(sa, ctxi, pkt, n, slot, SLOT, &seq)
+    if n > sa.mtu:
+        _seal_fragments(c, ctxi, sa, pkt, n, info, b, now)
+    else:
+        _seal_one(c, ctxi, sa, pkt, n, _outer_df(c, info), b, now)
+    return 0
+
+
+cdef inline bint _outer_df(const DpCore *c, const PktInfo *info) noexcept nogil:
+    """RFC 4301 8.1: the outer DF bit by the policy (IPv6 inner packets count as DF)."""
+    if c.df_policy == DF_SET:
+        return True
+    if c.df_policy == DF_CLEAR:
+        return False
+    return info.df
+
+
+cdef bint _seal_one(DpCore *c, int ctxi, EspSa *sa, const uint8_t *pkt, size_t n, bint df,
+                    OutBatch *b, double now) noexcept nogil:
+    """Seal one inner packet and batch it; False if the SA refused it (counted).
+
+    Linux sets the outer IPv4 DF bit per socket (IP_MTU_DISCOVER), not per packet: the ESP and
+    UDP sockets set it; without it oe builds the outer header itself and sends it on the clear
+    raw socket (IP_HDRINCL, the bypass mark), which the kernel leaves unfragmented. An outer
+    IPv6 packet without "DF" (an inner IPv6 packet of up to 1280 bytes, RFC 8200 5) that does
+    not fit the path is cut into IPv6 fragments here: the kernel does not know the path."""
+    cdef uint8_t whole[1536]    # such an IPv6 packet: at most 1280 bytes inside
+    cdef uint8_t *buf
+    cdef size_t cap = SLOT
+    cdef uint64_t seq
+    cdef int r
+    cdef int hdr = 0
+    cdef bint udp = sa.encap == ENCAP_UDP
+    cdef bint outer6 = sa.family == 6 and not df and n <= IPV6_MIN_MTU
+    if not sa_admit(&c.events, sa, n, now):
+        oe_add64(&sa.err_expired, 1)
+        count(c.counters, C_EXPIRED)
+        return False
+    if sa.family == 4 and not df:
+        hdr = 20 + (8 if udp else 0)
+    elif outer6:
+        hdr = 40 + (8 if udp else 0)
+        buf = whole
+        cap = sizeof(whole)
+    if not outer6:
+        buf = batch_slot(c, b)
+    r = esp_seal(sa, ctxi, pkt, n, buf + hdr, cap - hdr, &seq)
     if r < 0:
         if -r == R_SEQUENCE:
             sa_fire(&c.events, sa, 1, R_SEQUENCE)
         oe_add64(&sa.err_expired, 1)
         count(c.counters, C_EXPIRED)
-        return 0
+        return False
     sa_account(&c.events, sa, n, seq, now)
-    # Raw sockets take no port (IPv6 refuses any but the protocol's).
-    batch_commit(b, OUT_UDP if sa.encap == ENCAP_UDP else OUT_RAW, sa.family, sa.peer,
-                 sa.peer_port if sa.encap == ENCAP_UDP else 0, slot, r)
+    if outer6 and <uint32_t>(hdr + r) > sa.path_mtu:
+        outer_ip(buf, 6, sa.local, sa.peer, udp, sa.local_port, sa.peer_port, r, False)
+        _outer_fragments(c, b, sa, buf, hdr + r, <uint32_t>seq ^ sa.spi)
+    elif outer6:                # it fits whole: out on the ESP socket as ever
+        buf = batch_slot(c, b)
+        memcpy(buf, whole + hdr, r)
+        batch_commit(b, OUT_UDP if udp else OUT_RAW, 6, sa.peer, sa.peer_port if udp else 0,
+                     buf, r)
+    elif hdr:
+        outer_ip(buf, 4, sa.local, sa.peer, udp, sa.local_port, sa.peer_port, r, False)
+        batch_commit(b, OUT_PASS, 4, sa.peer, 0, buf, hdr + r)
+    else:
+        # Raw sockets take no port (IPv6 refuses any but the protocol's).
+        batch_commit(b, OUT_UDP if udp else OUT_RAW, sa.family, sa.peer,
+                     sa.peer_port if udp else 0, buf, r)
     count(c.counters, C_ESP_OUT)
-    return 0
+    return True
+
+
+cdef void _outer_fragments(DpCore *c, OutBatch *b, const EspSa *sa, const uint8_t *pkt,
+                           int total, uint32_t ident) noexcept nogil:
+    """Cut an outer IPv6 packet into fragments that fit the SA's path MTU (RFC 8200 4.5),
+    each sent whole on the clear raw socket; the peer's kernel reassembles them."""
+    cdef int chunk = (<int>sa.path_mtu - 48) & ~7
+    cdef int off = 0, piece
+    cdef uint8_t *slot
+    while off < total - 40:
+        piece = chunk if total - 40 - off > chunk else total - 40 - off
+        slot = batch_slot(c, b)
+        memcpy(slot, pkt, 40)
+        oe_wr16(slot + 4, <uint16_t>(8 + piece))
+        slot[6] = 44                            # Fragment header
+        slot[40] = pkt[6]
+        slot[41] = 0
+        oe_wr16(slot + 42, <uint16_t>(off | (1 if off + piece < total - 40 else 0)))
+        oe_wr32(slot + 44, ident)
+        memcpy(slot + 48, pkt + 40 + off, piece)
+        batch_commit(b, OUT_PASS, 6, sa.peer, 0, slot, 48 + piece)
+        off += piece
+
+
+cdef void _seal_fragments(DpCore *c, int ctxi, EspSa *sa, uint8_t *pkt, size_t n,
+                          const PktInfo *info, OutBatch *b, double now) noexcept nogil:
+    """An inner IPv4 packet without DF too big for the SA: fragmented before encryption (RFC
+    4301 8.1, RFC 791), each fragment its own ESP packet, so no outer fragment crosses the
+    path. In place: each fragment's header is written just before its data, over data sent."""
+    cdef uint8_t head[60]
+    cdef int hlen = info.hlen
+    cdef uint16_t field = oe_rd16(pkt + 6)
+    cdef size_t step = (sa.mtu - hlen) & ~(<size_t>7)
+    cdef size_t data = n - hlen
+    cdef size_t off = 0, piece
+    cdef uint8_t *frag
+    cdef bint last
+    memcpy(head, pkt, hlen)
+    while off < data:
+        piece = step if data - off > step else data - off
+        last = off + piece == data
+        frag = pkt + off
+        memcpy(frag, head, hlen)
+        oe_wr16(frag + 2, <uint16_t>(hlen + piece))
+        oe_wr16(frag + 6, <uint16_t>(((field & 0x1FFF) + off // 8)
+                                     | (0x2000 if not last or field & 0x2000 else 0)))
+        frag[10] = 0
+        frag[11] = 0
+        oe_wr16(frag + 10, ~oe_csum_fold(oe_csum_add(0, frag, hlen)))
+        if not _seal_one(c, ctxi, sa, frag, hlen + piece, _outer_df(c, info), b, now):
+            return
+        if off == 0:
+            _keep_copied_options(head, hlen)
+        off += piece
+
+
+cdef void _keep_copied_options(uint8_t *head, int hlen) noexcept nogil:
+    """RFC 791: fragments after the first carry only the options whose copied flag is set;
+    the others become NOPs (the header keeps its length)."""
+    cdef int i = 20, olen
+    while i < hlen:
+        olen = option_len(head, i, hlen)
+        if olen == 0:
+            break
+        if not head[i] & 0x80:
+            memset(head + i, 1, olen)
+        i += olen
+
+
+# ------------------------------------------------------------------- path MTU probes
+
+cdef int dp_probe(DpCore *c, int ctxi, const uint8_t *peer, int family, int size,
+                  uint8_t *plain, uint8_t *out, size_t cap) noexcept nogil:
+    """A path MTU probe of `size` outer bytes to `peer` (docs/pmtu.md) on its newest tunnel
+    mode outbound SA, with DF: an ICMP echo request from the SA's inner source to its inner
+    destination, padded with TFC padding (RFC 4303 2.4, 2.7) so the ESP packet has the size;
+    the peer's stack answers it through its SA (inbound.pyx takes the reply as the ack).
+    `plain` holds size bytes. The outer packet's length (at most size), or 0: no SA, too small."""
+    cdef EspSa *sa = NULL
+    cdef EspSa *s
+    cdef uint32_t i
+    cdef int hdr, room, plen, r
+    cdef uint64_t seq
+    cdef SaTable *t = &c.sas.out
+    for i in range(t.cap):
+        s = t.slots[i]
+        if (s != NULL and s.family == family and s.tunnel and memcmp(s.peer, peer,
+                addr_len(family)) == 0 and (sa == NULL or s.handle > sa.handle)):
+            sa = s
+    if sa == NULL:
+        return 0
+    hdr = (20 if family == 4 else 40) + (8 if sa.encap == ENCAP_UDP else 0)
+    room = (size - hdr - ESP_HDR - ESP_IV - ESP_ICV) & ~3    # payload, padding, trailer
+    plen = room - ESP_TRAILER
+    if plen < (20 if sa.ts_version == 4 else 40) + PROBE_ECHO or <size_t>size > cap:
+        return 0
+    _probe_request(plain, plen, sa, size)
+    r = esp_seal(sa, ctxi, plain, plen, out + hdr, cap - hdr, &seq)
+    if r < 0:
+        return 0
+    sa_account(&c.events, sa, plen, seq, oe_now())
+    return outer_ip(out, family, sa.local, sa.peer, sa.encap == ENCAP_UDP, sa.local_port,
+                    sa.peer_port, r, True) + r
+
+
+cdef void _probe_request(uint8_t *p, int plen, const EspSa *sa, int size) noexcept nogil:
+    """The probe's inner packet: an echo request (PROBE_ID, sequence = size), then zeros."""
+    cdef int hl = 20 if sa.ts_version == 4 else 40
+    cdef uint8_t *icmp = p + hl
+    cdef uint64_t s
+    memset(p, 0, plen)
+    if sa.ts_version == 4:
+        p[0] = 0x45
+        oe_wr16(p + 2, <uint16_t>(hl + PROBE_ECHO))
+        p[8] = 64
+        p[9] = PROTO_ICMP
+        memcpy(p + 12, sa.ts_src_lo, 4)
+        memcpy(p + 16, sa.ts_dst_lo, 4)
+        oe_wr16(p + 10, ~oe_csum_fold(oe_csum_add(0, p, 20)))
+        icmp[0] = 8
+    else:
+        p[0] = 0x60
+        oe_wr16(p + 4, PROBE_ECHO)
+        p[6] = PROTO_ICMPV6
+        p[7] = 64
+        memcpy(p + 8, sa.ts_src_lo, 16)
+        memcpy(p + 24, sa.ts_dst_lo, 16)
+        icmp[0] = 128
+    oe_wr16(icmp + 4, PROBE_ID)
+    oe_wr16(icmp + 6, <uint16_t>size)
+    oe_wr32(icmp + 8, PROBE_MAGIC_HI)
+    oe_wr32(icmp + 12, PROBE_MAGIC_LO)
+    s = 0
+    if sa.ts_version == 6:      # RFC 4443 2.3: the pseudo-header (RFC 8200 8.1)
+        s = oe_csum_add(0, p + 8, 32) + PROBE_ECHO + PROTO_ICMPV6
+    oe_wr16(icmp + 2, ~oe_csum_fold(oe_csum_add(s, icmp, PROBE_ECHO)))
 
 
 cdef void _send_clear(DpCore *c, const uint8_t *pkt, size_t n, const PktInfo *info,

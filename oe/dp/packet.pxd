@@ -17,8 +17,15 @@ cdef enum:
     PROTO_ICMP = 1
     PROTO_TCP = 6
     PROTO_UDP = 17
+    PROTO_ESP = 50
     PROTO_ICMPV6 = 58
     PROTO_SCTP = 132
+    # A path MTU probe's inner packet (outbound.pyx, docs/pmtu.md): an ICMP echo request of
+    # this identifier, the probe's size as its sequence number, these 8 bytes as its data.
+    PROBE_ID = 0x4F45
+    PROBE_MAGIC_HI = 0x6F652D70     # "oe-p"
+    PROBE_MAGIC_LO = 0x6D747521     # "mtu!"
+    PROBE_ECHO = 16                 # ICMP header and data
 
 
 cdef struct PktInfo:
@@ -51,8 +58,22 @@ cdef inline bint shift_back(uint32_t hole, uint32_t j, uint32_t home) noexcept n
     return (j > hole and (home <= hole or home > j)) or (j < hole and (home <= hole and home > j))
 
 
+cdef inline int option_len(const uint8_t *p, int i, int end) noexcept nogil:
+    """Length of the IPv4 or TCP option at p[i] (RFC 791 3.1, RFC 9293 3.1): 1 for a NOP, 0 at
+    the end of the list or for an option that does not fit."""
+    if p[i] == 0:
+        return 0
+    if p[i] == 1:
+        return 1
+    if i + 1 >= end or p[i + 1] < 2 or i + p[i + 1] > end:
+        return 0
+    return p[i + 1]
+
+
 cdef int parse_ip(const uint8_t *p, size_t n, PktInfo *info) noexcept nogil
 cdef int icmp_error(uint8_t *out, const uint8_t *pkt, const PktInfo *info, int type4, int code4,
                     int type6, int code6, uint32_t mtu) noexcept nogil
+cdef int outer_ip(uint8_t *out, int family, const uint8_t *src, const uint8_t *dst, bint udp,
+                  uint16_t sport, uint16_t dport, int esp_len, bint df) noexcept nogil
 cdef bint mss_clamp(uint8_t *pkt, const PktInfo *info, uint32_t mtu) noexcept nogil
 cdef bint is_link_chatter(const PktInfo *info) noexcept nogil

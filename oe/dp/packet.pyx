@@ -103,11 +103,51 @@ cdef int icmp_error(uint8_t *out, const uint8_t *pkt, const PktInfo *info, int t
     return <int>total
 
 
+cdef int outer_ip(uint8_t *out, int family, const uint8_t *src, const uint8_t *dst, bint udp,
+                  uint16_t sport, uint16_t dport, int esp_len, bint df) noexcept nogil:
+    """The outer IP header, and the UDP header (RFC 3948 2.1) if `udp`, of an ESP packet of
+    esp_len bytes already in place after them; their length. For a raw socket with IP_HDRINCL:
+    the kernel fills in the IPv4 identification (0 here) and never fragments the packet."""
+    cdef int hl = 20 if family == 4 else 40
+    cdef int hdr = hl + (8 if udp else 0)
+    cdef uint8_t *u = out + hl
+    cdef uint64_t s
+    cdef uint16_t sum16
+    memset(out, 0, hdr)
+    if family == 4:
+        out[0] = 0x45
+        oe_wr16(out + 2, <uint16_t>(hdr + esp_len))
+        if df:
+            out[6] = 0x40
+        out[8] = 64
+        out[9] = PROTO_UDP if udp else PROTO_ESP
+        memcpy(out + 12, src, 4)
+        memcpy(out + 16, dst, 4)
+        oe_wr16(out + 10, ~oe_csum_fold(oe_csum_add(0, out, 20)))
+    else:
+        out[0] = 0x60
+        oe_wr16(out + 4, <uint16_t>(hdr - 40 + esp_len))
+        out[6] = PROTO_UDP if udp else PROTO_ESP
+        out[7] = 64
+        memcpy(out + 8, src, 16)
+        memcpy(out + 24, dst, 16)
+    if udp:
+        oe_wr16(u, sport)
+        oe_wr16(u + 2, dport)
+        oe_wr16(u + 4, <uint16_t>(8 + esp_len))
+        if family == 6:         # RFC 8200 8.1: no zero UDP checksum over IPv6
+            s = oe_csum_add(0, out + 8, 32)
+            s += <uint32_t>(8 + esp_len) + PROTO_UDP
+            sum16 = ~oe_csum_fold(oe_csum_add(s, u, 8 + esp_len))
+            oe_wr16(u + 6, sum16 if sum16 else 0xFFFF)
+    return hdr
+
+
 cdef bint mss_clamp(uint8_t *pkt, const PktInfo *info, uint32_t mtu) noexcept nogil:
     """Lower the MSS option of a TCP SYN to fit `mtu` (RFC 879, RFC 6691); True if changed."""
     cdef int off = info.hlen
     cdef uint8_t *tcp
-    cdef int doff, i, kind, olen
+    cdef int doff, i, olen
     cdef uint32_t mss, limit, s
     if info.proto != PROTO_TCP or not info.first_fragment:
         return False
@@ -124,18 +164,10 @@ cdef bint mss_clamp(uint8_t *pkt, const PktInfo *info, uint32_t mtu) noexcept no
     limit = mtu - (40 if info.version == 4 else 60)
     i = 20
     while i < doff:
-        kind = tcp[i]
-        if kind == 0:
+        olen = option_len(tcp, i, doff)
+        if olen == 0:
             break
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= doff:
-            break
-        olen = tcp[i + 1]
-        if olen < 2 or i + olen > doff:
-            break
-        if kind == 2 and olen == 4:
+        if tcp[i] == 2 and olen == 4:
             mss = oe_rd16(tcp + i + 2)
             if mss <= limit:
                 return False

@@ -62,7 +62,8 @@ cdef struct EspSa:
     uint64_t hard_packets
     double soft_time
     double hard_time
-    uint32_t mtu                # largest inner packet that fits the path (outbound)
+    uint32_t path_mtu           # outer: the path MTU to the peer (Datapath.set_path_mtu)
+    uint32_t mtu                # largest inner packet that fits it: too-big, MSS clamp
     uint64_t packets
     uint64_t nbytes
     uint64_t err_replay

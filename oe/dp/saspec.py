@@ -17,6 +17,9 @@ TsAddresses = str | Address | ipaddress.IPv4Network | ipaddress.IPv6Network | tu
 
 ANY_PORT = (0, 65535)
 NAT_T_PORT = 4500               # RFC 3948
+# The outer IPv4 DF policies (RFC 4301 8.1), in the order of DF_COPY, DF_SET, DF_CLEAR
+# (core.pxd): copy the inner packet's DF bit, set it, clear it.
+DF_POLICIES = ("copy", "set", "clear")
 
 
 class Direction(StrEnum):

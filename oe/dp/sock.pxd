@@ -12,4 +12,6 @@ cdef extern from "sock.h" nogil:
                     uint8_t (*addrs)[16], uint16_t *ports, uint16_t *segs, int n)
     void dp_udp_gro(int fd)
     void dp_deepen(int fd, int nbytes)
-    int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready)
+    int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready, unsigned *errs)
+    void dp_recverr_on(int fd, int family)
+    int dp_recverr(int fd, int family, uint8_t *dst, uint32_t *spi, uint32_t *mtu, int *local)

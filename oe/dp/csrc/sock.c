@@ -5,6 +5,7 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <linux/errqueue.h>
 #include <sys/socket.h>
 
 #include "sock.h"
@@ -200,14 +201,64 @@ void dp_deepen(int fd, int bytes) {
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
 }
 
-/* Wait for any of n fds to be readable; sets bit i of *ready for fd i. */
-int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready) {
+/* IP_RECVERR / IPV6_RECVERR: ICMP errors about what the socket sent (and the kernel's own)
+   are queued for dp_recverr(), so oe learns the path MTU to its peers (RFC 1191, RFC 8201). */
+void dp_recverr_on(int fd, int family) {
+    int one = 1;
+    if (family == 4)
+        setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof(one));
+    else
+        setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof(one));
+}
+
+/* Take one error from the socket's error queue. 1: a datagram of ours to *dst was too big,
+   the MTU named in *mtu, *local if the kernel itself said so (else an ICMP), the first four
+   bytes of the datagram (an SPI) in *spi; -1: an error about something else; 0: none left. */
+int dp_recverr(int fd, int family, uint8_t *dst, uint32_t *spi, uint32_t *mtu, int *local) {
+    uint8_t data[16];
+    union { char buf[512]; struct cmsghdr align; } ctrl;
+    dp_sockaddr sa;
+    struct iovec iov = { data, sizeof(data) };
+    struct msghdr m;
+    struct cmsghdr *cm;
+    struct sock_extended_err *ee = NULL;
+    ssize_t r;
+    memset(&m, 0, sizeof(m));
+    m.msg_name = &sa;
+    m.msg_namelen = sizeof(sa);
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = ctrl.buf;
+    m.msg_controllen = sizeof(ctrl.buf);
+    r = recvmsg(fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT);
+    if (r < 0) return 0;
+    for (cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm))
+        if ((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR)
+            || (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR))
+            ee = (struct sock_extended_err *)CMSG_DATA(cm);
+    if (ee == NULL || ee->ee_errno != EMSGSIZE || r < 4) return -1;
+    *local = ee->ee_origin == SO_EE_ORIGIN_LOCAL;
+    *mtu = ee->ee_info;
+    *spi = ((uint32_t)data[0] << 24) | ((uint32_t)data[1] << 16) | ((uint32_t)data[2] << 8)
+           | data[3];
+    memset(dst, 0, 16);
+    if (family == 4) memcpy(dst, &sa.v4.sin_addr, 4);
+    else memcpy(dst, &sa.v6.sin6_addr, 16);
+    return 1;
+}
+
+/* Wait for any of n fds to be readable; sets bit i of *ready for fd i, and of *errs if its
+   error queue holds something. */
+int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready, unsigned *errs) {
     struct pollfd p[8];
     int i, r;
     for (i = 0; i < n; i++) { p[i].fd = fds[i]; p[i].events = POLLIN; p[i].revents = 0; }
     r = poll(p, n, timeout_ms);
     *ready = 0;
-    for (i = 0; i < n && r > 0; i++)
+    *errs = 0;
+    for (i = 0; i < n && r > 0; i++) {
         if (p[i].revents & (POLLIN | POLLERR | POLLHUP)) *ready |= 1u << i;
+        if (p[i].revents & POLLERR) *errs |= 1u << i;
+    }
     return r;
 }
