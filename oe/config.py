@@ -38,6 +38,14 @@ class DnsConfig:
     """Directory of master files for keysource = "zonefiles"."""
     allow_unsigned_delegation: bool = False
     """Accept a gateway other than the target from answers without DNSSEC (RFC 4322 3.2.4.1)."""
+    dnssec: str = "validate"
+    """"validate": answers are checked by libunbound from trust_anchors and carry their state
+    (secure, insecure, bogus); "off": no validation, every answer counts as unsigned."""
+    trust_anchors: tuple[str, ...] = ()
+    """Files of DS or DNSKEY records (zone-file format), relative to the configuration
+    directory; empty: the root key of dns-root-data (/usr/share/dns/root.key) when present."""
+    require_dnssec: bool = False
+    """Only keys from DNSSEC-secure answers count; insecure answers are no key."""
     min_key_bits: int = 2048
     """RSA keys shorter than this are refused."""
     cache_size: int = 4096
@@ -109,6 +117,7 @@ def parse(text: str, origin: str = "oe.conf") -> Config:
         raise ConfigError(f"{origin}: {exc}") from None
     config = _build(Config, data, origin, "")
     _check_reserved(config, origin)
+    _check_dnssec(config.dns, origin)
     return config
 
 
@@ -140,6 +149,17 @@ def _check_reserved(config: Config, origin: str) -> None:
             raise ConfigError(f"{origin}: {key}: {value} is reserved ({reserved[value]})")
         if value > U32_MAX:
             raise ConfigError(f"{origin}: {key}: expected at most {U32_MAX}, got {value}")
+
+
+DNSSEC_MODES = ("validate", "off")
+
+
+def _check_dnssec(dns: DnsConfig, origin: str) -> None:
+    if dns.dnssec not in DNSSEC_MODES:
+        raise ConfigError(f'{origin}: [dns] dnssec: expected "validate" or "off", '
+                          f"got {dns.dnssec!r}")
+    if dns.require_dnssec and dns.dnssec == "off":
+        raise ConfigError(f'{origin}: [dns] require_dnssec: true needs dnssec = "validate"')
 
 
 NON_EMPTY = {"proposals", "esp_proposals"}  # without one, no negotiation can succeed

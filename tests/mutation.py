@@ -170,8 +170,7 @@ MUTANTS = [
     m("dns-txt-nul", RECORDS, "    if b\"\\0\" in raw:\n", "    if False:\n",
       "test_dnskeys_records.py"),
     m("dns-unsigned-delegation", "oe/dnskeys/choice.py",
-      "        if not (target.is_self(record.gateway) or dnssec_validated\n"
-      "                or allow_unsigned_delegation):\n", "        if False:\n",
+      "        if not (target.is_self(record.gateway) or delegation):\n", "        if False:\n",
       "test_dnskeys_records.py"),
     # The fail-closed prohibit routes (docs/architecture.md section 1)
     m("route-no-prohibit", ROUTING,
