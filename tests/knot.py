@@ -3,6 +3,9 @@
     with Knotd(workdir, {"113.0.203.in-addr.arpa": text, ...}) as knot:
         ... query 127.0.0.1 or ::1 at knot.port ...
 
+    with Knotd(workdir, zones, signing={"test.example": NSEC3}) as knot:
+        anchor = knot.anchor("test.example")   # its DS, for a validator's trust anchor
+
 oe.knotd runs it in the foreground as our child, with its own config, zone copies, database
 and control socket in `workdir`; it is stopped by its pid. Nothing outside `workdir` is touched.
 """
@@ -53,8 +56,10 @@ def has_ipv6_loopback() -> bool:
 class Knotd(ServedZones):
     """oe.knotd's server on a free loopback port, 127.0.0.1 and (where there is one) ::1."""
 
-    def __init__(self, workdir: Path, zones: dict[str, str]):
-        super().__init__(workdir, zones, listen=[])
+    def __init__(self, workdir: Path, zones: dict[str, str],
+                 signing: dict[str, str] | None = None):
+        """signing: origin -> oe.knotd.NSEC or NSEC3 for the zones knotd signs itself."""
+        super().__init__(workdir, zones, listen=[], signing=signing)
         self.port = 0
 
     def start(self, wait: float = 15.0, ready=None) -> None:
@@ -69,6 +74,13 @@ class Knotd(ServedZones):
             except KnotdError:
                 continue
         raise KnotdError(f"knotd did not come up; its log:\n{self.log}")
+
+    def served(self, origin: str) -> str:
+        """The zone as knotd serves it (signed, for a signed zone), in zone-file format."""
+        out = subprocess.run([KNOTC, "-s", str(self.workdir / "knot.sock"), "zone-read",
+                              origin], check=True, capture_output=True, text=True, timeout=15)
+        # knotc prefixes each record with "[origin.] "
+        return "".join(line.split("] ", 1)[1] + "\n" for line in out.stdout.splitlines())
 
     def replace_zone(self, origin: str, text: str) -> None:
         """Serve `text` (with a higher SOA serial) for `origin` from now on: the zone file is

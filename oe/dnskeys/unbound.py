@@ -1,0 +1,175 @@
+"""A validating key source: libunbound (Debian's python3-unbound), as Libreswan and strongSwan use.
+
+RFC 4322 3.2: keys in DNS resist passive attacks only; DNSSEC secures OE against an active one,
+and 3.2.4.1 lets a record delegate to another gateway only from a validated answer. So each
+Answer carries libunbound's verdict: "secure", "insecure" (no anchor covers the name, or an
+unsigned delegation is proven) or "bogus" (with libunbound's why_bogus); oe.dnskeys.choice says
+what each means. We do not validate by hand: libunbound proves denial of existence (NSEC, NSEC3)
+and insecure delegations, and is the validator the other IPsec implementations trust.
+
+The context (one per source):
+  - the nameservers of oe.conf are its forwarders (`set_fwd`), else those of /etc/resolv.conf;
+    the validator asks them for DNSKEY and DS as well, so they must serve (or recurse for) the
+    chain from the anchors down;
+  - the trust anchors are files of DS or DNSKEY records in zone-file format (default: the root
+    key of dns-root-data when present); without any, every answer is insecure;
+  - RFC 6303 local zones: libunbound answers NXDOMAIN by itself for the reverse zones of private
+    and documentation ranges (10/8, 192.168/16, 192.0.2/24, 2001:db8::/32, ...), so OE inside a
+    LAN, or in the test and demo worlds, would find no key. We set `unblock-lan-zones: yes` (ask
+    the forwarders for them like any zone) with `insecure-lan-zones: yes` (no chain of trust is
+    expected for them from the root: the public tree has none, AS112 serves them unsigned, and
+    a LAN server's own copy would otherwise be bogus under the root anchor, which denies every
+    peer). A trust anchor configured for such a zone overrides insecure-lan-zones, so a signed
+    LAN zone (the demo, the tests) validates secure. We chose this over a `transparent` local
+    zone per served zone because oe does not know which zones its peers' keys live in.
+
+Asynchronous: `resolve_async` with libunbound's threads (`set_async`), its pipe `get_fd()`
+watched by the asyncio loop and `process()` run when it is readable, which calls back in the
+loop. libunbound keeps its own timeouts and retries; `lifetime` bounds what we wait, and a query
+nobody waits for any more is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.zonefile
+import unbound
+
+from oe.dnskeys.choice import BOGUS, INSECURE, SECURE
+from oe.dnskeys.fetcher import Answer, DnsKeyError
+
+ROOT_KEY = Path("/usr/share/dns/root.key")
+"""The root zone's trust anchor from Debian's dns-root-data."""
+
+# RFC 6303 zones: asked of the forwarders, insecure unless an anchor covers them (docstring).
+LAN_ZONE_OPTIONS = (("unblock-lan-zones:", "yes"), ("insecure-lan-zones:", "yes"))
+
+NOERROR, NXDOMAIN = 0, 3
+
+
+def read_anchors(paths: Sequence[Path]) -> list[dns.rrset.RRset]:
+    """The DS and DNSKEY RRsets in `paths`; DnsKeyError (one line) for a file that is missing,
+    unparsable, or holds anything else or nothing."""
+    anchors: list[dns.rrset.RRset] = []
+    for path in paths:
+        try:
+            text = path.read_text()
+            rrsets = dns.zonefile.read_rrsets(text, rdclass=None, default_ttl=0,
+                                              relativize=False)
+        except OSError as exc:
+            raise DnsKeyError(f"trust anchor {path}: {exc.strerror}") from None
+        except (UnicodeDecodeError, dns.exception.DNSException) as exc:
+            raise DnsKeyError(f"trust anchor {path}: {exc}") from None
+        other = [r for r in rrsets if r.rdtype not in (dns.rdatatype.DS, dns.rdatatype.DNSKEY)]
+        if other or not rrsets:
+            what = (f"{other[0].name} {dns.rdatatype.to_text(other[0].rdtype)}" if other
+                    else "nothing")
+            raise DnsKeyError(f"trust anchor {path}: expected DS or DNSKEY records, found "
+                              f"{what}")
+        anchors += rrsets
+    return anchors
+
+
+def anchor_paths(trust_anchors: Sequence[str], confdir: Path) -> list[Path]:
+    """oe.conf's trust_anchors (relative ones from confdir), or the root key when present."""
+    if trust_anchors:
+        return [confdir / p for p in trust_anchors]
+    return [ROOT_KEY] if ROOT_KEY.exists() else []
+
+
+class UnboundSource:
+    """Answers validated by libunbound, each with its DNSSEC state."""
+
+    def __init__(self, nameservers: Sequence[str], port: int,
+                 anchors: Sequence[dns.rrset.RRset]):
+        self.nameservers = list(nameservers)
+        """Where queries go (none: the resolvers of /etc/resolv.conf)."""
+        self.ctx = unbound.ub_ctx()
+        self._check(self.ctx.set_async(True), "threads")
+        for option, value in LAN_ZONE_OPTIONS:
+            self._check(self.ctx.set_option(option, value), option)
+        if self.nameservers:
+            for address in self.nameservers:
+                self._check(self.ctx.set_fwd(f"{address}@{port}"), f"forwarder {address}")
+        else:
+            self._check(self.ctx.resolvconf("/etc/resolv.conf"), "/etc/resolv.conf")
+        for rrset in anchors:
+            for rdata in rrset:
+                self._check(self.ctx.add_ta(f"{rrset.name} IN {rrset.rdtype.name} {rdata}"),
+                            f"trust anchor {rrset.name}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_config(cls, nameservers: Sequence[str], port: int, trust_anchors: Sequence[str],
+                    confdir: Path) -> UnboundSource:
+        """For oe.conf [dns] with dnssec = "validate" (anchors read now: errors at start)."""
+        return cls(nameservers, port, read_anchors(anchor_paths(trust_anchors, confdir)))
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise DnsKeyError(f"libunbound: {what}: {unbound.ub_strerror(status)}")
+
+    def _watch(self) -> None:
+        """Have the running loop call process() whenever libunbound has answers for us."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.ctx.get_fd())
+        loop.add_reader(self.ctx.get_fd(), self.ctx.process)
+        self._loop = loop
+
+    def close(self) -> None:
+        """Stop watching libunbound's pipe (the context itself goes with the object)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.ctx.get_fd())
+        self._loop = None
+
+    async def query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType,
+                    lifetime: float) -> Answer:
+        self._watch()
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def done(_data, status: int, result) -> None:
+            # Read the result here: python3-unbound frees it when this returns.
+            if not future.done():
+                future.set_result(answer_of(rdtype, result) if status == 0 else
+                                  Answer((), 0, f"libunbound: {unbound.ub_strerror(status)}"))
+
+        status, async_id = self.ctx.resolve_async(name.to_text(), None, done, int(rdtype),
+                                                  unbound.RR_CLASS_IN)
+        if status != 0:
+            return Answer((), 0, f"libunbound: {unbound.ub_strerror(status)}")
+        try:
+            async with asyncio.timeout(lifetime):
+                return await future
+        except TimeoutError:
+            return Answer((), 0, f"no answer within {lifetime:g} s")
+        finally:
+            if not future.done():  # nobody waits for it any more
+                self.ctx.cancel(async_id)
+
+
+def answer_of(rdtype: dns.rdatatype.RdataType, result) -> Answer:
+    """An Answer from a ub_result: its data parsed by dnspython, its DNSSEC state."""
+    if result.bogus:
+        # Whatever data came with it, none may be used (RFC 4033 5: "bogus").
+        return Answer((), 0, security=BOGUS,
+                      why_bogus=result.why_bogus or "no reason given by libunbound")
+    security = SECURE if result.secure else INSECURE
+    if result.rcode not in (NOERROR, NXDOMAIN):
+        return Answer((), 0, result.rcode_str, security=security)
+    rdatas = tuple(dns.rdata.from_wire(dns.rdataclass.IN, rdtype, raw, 0, len(raw))
+                   for raw in (result.data.raw if result.havedata else ()))
+    return Answer(rdatas, max(result.ttl, 0), nxdomain=result.rcode == NXDOMAIN,
+                  security=security)

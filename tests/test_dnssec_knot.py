@@ -1,0 +1,217 @@
+"""Validation by libunbound of zones knotd signs (issue 12, item 6): secure, insecure (no anchor;
+an unsigned child with its DS absence proven), bogus (wrong anchor; tampered, expired or missing
+signatures), NXDOMAIN proven by NSEC and NSEC3, delegation from secure and insecure answers,
+require_dnssec both ways. The queries go through the validator as a forwarding client of knotd
+(`set_fwd`), as oe asks its nameservers."""
+
+import asyncio
+import time
+from pathlib import Path
+
+import dns.dnssec
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.zone
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from knot import Knotd, committed_zones
+from oe.config import DnsConfig
+from oe.dnskeys import Verdict
+from oe.dnskeys.choice import BOGUS, INSECURE, SECURE
+from oe.dnskeys.fetcher import DnsKeyError, KeyFetcher
+from oe.dnskeys.unbound import UnboundSource, read_anchors
+from oe.knotd import NSEC, NSEC3
+
+SIGNED = {"113.0.203.in-addr.arpa": NSEC, "test.example": NSEC3, "signed.example": NSEC}
+ZONES = [*SIGNED, "unsigned.signed.example"]
+NO_DELEGATION = "and the answer is not DNSSEC-validated (RFC 4322 3.2.4.1"
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory):
+    """knotd signing zonefiles/' zones (and serving the unsigned child), and their DS anchors."""
+    zones = committed_zones()
+    with Knotd(tmp_path_factory.mktemp("signer"), {o: zones[o] for o in ZONES},
+               signing=SIGNED) as knot:
+        yield knot
+
+
+@pytest.fixture(scope="module")
+def anchors(signer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("anchors") / "anchors.ds"
+    path.write_text("".join(signer.anchor(origin) for origin in SIGNED))
+    return path
+
+
+def fetch(knot, anchor_files, target, **settings):
+    """The KeyLookup oe makes for `target`, validating from `anchor_files` through knotd."""
+    config = DnsConfig(nameservers=("127.0.0.1",), port=knot.port, **settings)
+    source = UnboundSource(["127.0.0.1"], knot.port, read_anchors(anchor_files))
+
+    async def run():
+        try:
+            return await KeyFetcher(config, source).fetch(target)
+        finally:
+            source.close()
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("target, source, gateway", [
+    ("203.0.113.1", "IPSECKEY", "203.0.113.1"),          # NSEC-signed reverse zone
+    ("host1.test.example", "IPSECKEY", "@host1.test.example"),  # NSEC3-signed
+    ("host.signed.example", "IPSECKEY", "@host.signed.example"),
+])
+def test_secure_key_is_used(signer, anchors, target, source, gateway):
+    lookup = fetch(signer, [anchors], target)
+    data = lookup.as_json()
+    assert (data["verdict"], data["dnssec"], data["source"], data["gateway"]) == \
+        ("key", SECURE, source, gateway)
+
+
+@pytest.mark.parametrize("target, gateway", [("203.0.113.7", "203.0.113.99"),
+                                             ("client.signed.example", "@gw.signed.example")])
+def test_delegation_from_a_secure_answer_is_accepted(signer, anchors, target, gateway):
+    lookup = fetch(signer, [anchors], target)
+    assert (lookup.verdict, lookup.dnssec) == (Verdict.KEY, SECURE)
+    assert lookup.as_json()["gateway"] == gateway and lookup.delegated_for is not None
+
+
+@pytest.mark.parametrize("target, name", [
+    ("203.0.113.250", "250.113.0.203.in-addr.arpa."),    # NSEC proves it
+    ("nohost.test.example", "nohost.test.example."),      # NSEC3 proves it
+])
+def test_nxdomain_proven_is_secure_and_no_key(signer, anchors, target, name):
+    lookup = fetch(signer, [anchors], target)
+    assert (lookup.verdict, lookup.dnssec) == (Verdict.NOT_CAPABLE, SECURE)
+    assert lookup.error == (f"no IPSECKEY, TXT X-IPsec-Server or KEY record at {name} "
+                            f"(the name does not exist)")
+
+
+def test_unsigned_child_without_ds_is_proven_insecure(signer, anchors):
+    # What knotd serves: no DS at the cut, and a signed NSEC there whose type bitmap lacks DS.
+    query = dns.message.make_query("unsigned.signed.example.", "DS", want_dnssec=True)
+    response = dns.query.udp(query, "127.0.0.1", port=signer.port, timeout=2)
+    assert response.rcode() == dns.rcode.NOERROR and not response.answer
+    nsec = [r for r in response.authority if r.rdtype == dns.rdatatype.NSEC]
+    assert nsec and nsec[0].name == dns.name.from_text("unsigned.signed.example.")
+    assert "NS" in nsec[0][0].to_text().split() and "DS" not in nsec[0][0].to_text().split()
+    assert any(r.rdtype == dns.rdatatype.RRSIG for r in response.authority)
+    lookup = fetch(signer, [anchors], "host.unsigned.signed.example")
+    assert (lookup.verdict, lookup.dnssec, lookup.record.kind) == (Verdict.KEY, INSECURE,
+                                                                   "IPSECKEY")
+    # ... and with require_dnssec it counts as no key (private-or-clear goes clear).
+    lookup = fetch(signer, [anchors], "host.unsigned.signed.example", require_dnssec=True)
+    assert (lookup.verdict, lookup.dnssec, lookup.key) == (Verdict.NOT_CAPABLE, INSECURE, None)
+    assert "require_dnssec = true" in lookup.error
+    # require_dnssec leaves secure keys alone.
+    assert fetch(signer, [anchors], "host.signed.example",
+                 require_dnssec=True).verdict is Verdict.KEY
+
+
+def test_delegation_from_an_insecure_answer_is_refused(signer, anchors):
+    lookup = fetch(signer, [anchors], "client.unsigned.signed.example")
+    assert (lookup.verdict, lookup.dnssec) == (Verdict.DENY, INSECURE)
+    assert NO_DELEGATION in lookup.error
+    accepted = fetch(signer, [anchors], "client.unsigned.signed.example",
+                     allow_unsigned_delegation=True)
+    assert (accepted.verdict, accepted.dnssec) == (Verdict.KEY, INSECURE)
+
+
+def test_without_an_anchor_everything_is_insecure(signer):
+    lookup = fetch(signer, [], "203.0.113.1")
+    assert (lookup.verdict, lookup.dnssec) == (Verdict.KEY, INSECURE)
+    assert fetch(signer, [], "203.0.113.7").verdict is Verdict.DENY  # delegation refused
+    assert fetch(signer, [], "203.0.113.1", require_dnssec=True).verdict is Verdict.NOT_CAPABLE
+
+
+def test_wrong_anchor_is_bogus_and_denies(signer, tmp_path):
+    """A DS for a key the zone does not have: no chain of trust, whatever the records say."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    dnskey = dns.dnssec.make_dnskey(key.public_key(), dns.dnssec.Algorithm.ECDSAP256SHA256,
+                                    flags=257)
+    origin = dns.name.from_text("signed.example.")
+    wrong = tmp_path / "wrong.ds"
+    wrong.write_text(f"{origin} IN DS {dns.dnssec.make_ds(origin, dnskey, 'SHA256')}\n")
+    for target in ("host.signed.example", "nohost.signed.example"):  # a denial too
+        lookup = fetch(signer, [wrong], target, allow_unsigned_delegation=True)
+        assert (lookup.verdict, lookup.dnssec, lookup.key) == (Verdict.DENY, BOGUS, None)
+        assert lookup.error.startswith(f"DNSSEC validation failed for {target}.: ")
+        assert "validation failure" in lookup.error  # libunbound's why_bogus
+
+
+def sign_expired(text: str, origin: str) -> tuple[str, str]:
+    """`text` signed by dnspython with a new key whose signatures expired yesterday, and the DS
+    of that key: well-formed, but bogus (RFC 4035 5.3.1)."""
+    zone = dns.zone.from_text(text, origin=origin, relativize=False)
+    key = ec.generate_private_key(ec.SECP256R1())
+    dnskey = dns.dnssec.make_dnskey(key.public_key(), dns.dnssec.Algorithm.ECDSAP256SHA256,
+                                    flags=257)
+    now = int(time.time())
+    dns.dnssec.sign_zone(zone, keys=[(key, dnskey)], inception=now - 2 * 86400,
+                         expiration=now - 86400)
+    name = dns.name.from_text(origin)
+    return zone.to_text(), f"{name} IN DS {dns.dnssec.make_ds(name, dnskey, 'SHA256')}\n"
+
+
+@pytest.fixture(scope="module")
+def forger(signer, anchors, tmp_path_factory):
+    """A second knotd serving, for signed names, what an attacker could: knotd's signed zone
+    with one record replaced (signatures kept), the zone without any signature, and a zone whose
+    signatures expired. Returns it and the anchors (the real DS, and the expired zone's)."""
+    zones = committed_zones()
+    tampered = signer.served("113.0.203.in-addr.arpa").replace(
+        "1.113.0.203.in-addr.arpa. 600 IPSECKEY 10 0 2 . AwEAAfEj8",
+        "1.113.0.203.in-addr.arpa. 600 IPSECKEY 10 0 2 . AwEAAbvSC", 1)
+    assert tampered != signer.served("113.0.203.in-addr.arpa")
+    expired, expired_ds = sign_expired(zones["signed.example"], "signed.example")
+    path = tmp_path_factory.mktemp("forger-anchors") / "anchors.ds"
+    path.write_text(anchors.read_text().replace(signer.anchor("signed.example"), "")
+                    + expired_ds)
+    with Knotd(tmp_path_factory.mktemp("forger"),
+               {"113.0.203.in-addr.arpa": tampered, "test.example": zones["test.example"],
+                "signed.example": expired}) as knot:
+        yield knot, path
+
+
+@pytest.mark.parametrize("target, why", [
+    ("203.0.113.1", "signature verification failed"),  # a record replaced, RRSIG kept
+    ("host1.test.example", "no DNSKEY rrset"),  # a signed zone served unsigned
+    ("host.signed.example", "signature expired"),
+])
+def test_forged_answers_for_signed_names_are_bogus_and_deny(forger, target, why):
+    knot, anchor_file = forger
+    for settings in ({}, {"allow_unsigned_delegation": True}):
+        lookup = fetch(knot, [anchor_file], target, **settings)
+        assert (lookup.verdict, lookup.dnssec, lookup.key) == (Verdict.DENY, BOGUS, None)
+        assert lookup.error.startswith("DNSSEC validation failed for ")
+        assert why in lookup.error
+
+
+@pytest.mark.parametrize("content, error", [
+    (None, "No such file or directory"),
+    ("not a record\n", "trust anchor"),
+    ("signed.example. IN A 192.0.2.1\n", "expected DS or DNSKEY records, found signed.example. A"),
+    ("", "expected DS or DNSKEY records, found nothing"),
+])
+def test_bad_anchor_files_are_one_line_errors(tmp_path, content, error):
+    path = tmp_path / "anchor"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DnsKeyError) as info:
+        UnboundSource.from_config(("127.0.0.1",), 53, [str(path)], Path("/"))
+    assert error in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith(f"trust anchor {path}: ")
+
+
+def test_default_anchor_is_the_root_key(monkeypatch, tmp_path):
+    from oe.dnskeys import unbound
+    assert unbound.anchor_paths((), tmp_path) == (
+        [unbound.ROOT_KEY] if unbound.ROOT_KEY.exists() else [])
+    assert unbound.anchor_paths(("a.ds", "/b.ds"), tmp_path) == [tmp_path / "a.ds",
+                                                                   Path("/b.ds")]
+    monkeypatch.setattr(unbound, "ROOT_KEY", tmp_path / "absent.key")
+    assert unbound.anchor_paths((), tmp_path) == []
