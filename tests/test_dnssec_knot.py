@@ -5,6 +5,7 @@ require_dnssec both ways. The queries go through the validator as a forwarding c
 (`set_fwd`), as oe asks its nameservers."""
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -19,6 +20,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from knot import Knotd, committed_zones
+
+pytest.importorskip("unbound", reason="python3-unbound is not importable: make the venv from "
+                                      "Debian's /usr/bin/python3 --system-site-packages "
+                                      "(make venv)")
 from oe.config import DnsConfig
 from oe.dnskeys import Verdict
 from oe.dnskeys.choice import BOGUS, INSECURE, SECURE
@@ -215,3 +220,52 @@ def test_default_anchor_is_the_root_key(monkeypatch, tmp_path):
                                                                    Path("/b.ds")]
     monkeypatch.setattr(unbound, "ROOT_KEY", tmp_path / "absent.key")
     assert unbound.anchor_paths((), tmp_path) == []
+
+
+def test_lookups_run_at_once_are_coalesced_and_cached_with_their_state(signer, anchors):
+    config = DnsConfig(nameservers=("127.0.0.1",), port=signer.port)
+    source = UnboundSource(["127.0.0.1"], signer.port, read_anchors([anchors]))
+    fetcher = KeyFetcher(config, source)
+    targets = [f"203.0.113.{n}" for n in (1, 2, 3, 7, 9, 250)] * 3
+
+    async def run():
+        try:
+            first = await asyncio.gather(*(fetcher.fetch(t) for t in targets))
+            again = await fetcher.fetch("203.0.113.1")
+            return first, again
+        finally:
+            source.close()
+    first, again = asyncio.run(run())
+    assert {lookup.dnssec for lookup in first} == {SECURE}
+    assert fetcher.stats.queries == 6 * 3 and fetcher.stats.coalesced == 12 * 3
+    assert (again.verdict, again.dnssec) == (Verdict.KEY, SECURE)  # from the cache
+    assert fetcher.stats.cache_hits == 3
+
+
+def test_a_silent_nameserver_costs_the_budget_and_no_more(tmp_path):
+    """libunbound keeps retrying; the lookup ends at the budget and its queries are cancelled."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        config = DnsConfig(nameservers=("127.0.0.1",), port=port, total_timeout=0.5)
+        source = UnboundSource(["127.0.0.1"], port, [])
+
+        async def run():
+            try:
+                start = time.monotonic()
+                lookup = await KeyFetcher(config, source).fetch("203.0.113.1")
+                return lookup, time.monotonic() - start
+            finally:
+                source.close()
+        lookup, took = asyncio.run(run())
+    assert lookup.verdict is Verdict.NOT_CAPABLE and 0.5 <= took < 1.5
+    assert lookup.error == ("DNS timeout: no answer for 1.113.0.203.in-addr.arpa. within the "
+                            "0.5 s budget")
+
+
+def test_without_libunbound_the_source_is_a_one_line_error(monkeypatch):
+    from oe.dnskeys import unbound
+    monkeypatch.setattr(unbound, "unbound", None)
+    with pytest.raises(DnsKeyError) as info:
+        UnboundSource(["127.0.0.1"], 53, [])
+    assert "python3-unbound" in str(info.value) and "\n" not in str(info.value)

@@ -8,9 +8,10 @@ what each means. We do not validate by hand: libunbound proves denial of existen
 and insecure delegations, and is the validator the other IPsec implementations trust.
 
 The context (one per source):
-  - the nameservers of oe.conf are its forwarders (`set_fwd`), else those of /etc/resolv.conf;
-    the validator asks them for DNSKEY and DS as well, so they must serve (or recurse for) the
-    chain from the anchors down;
+  - the nameservers of oe.conf are its forwarders (`set_fwd`), else those of /etc/resolv.conf
+    (read by dnspython, so `nameservers` always says where queries go: they are exempt from
+    trapping); the validator asks them for DNSKEY and DS as well, so they must serve (or
+    recurse for) the chain from the anchors down;
   - the trust anchors are files of DS or DNSKEY records in zone-file format (default: the root
     key of dns-root-data when present); without any, every answer is insecure;
   - RFC 6303 local zones: libunbound answers NXDOMAIN by itself for the reverse zones of private
@@ -40,9 +41,14 @@ import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.resolver
 import dns.rrset
 import dns.zonefile
-import unbound
+
+try:
+    import unbound
+except ImportError:  # not Debian's python, or a venv without --system-site-packages
+    unbound = None
 
 from oe.dnskeys.choice import BOGUS, INSECURE, SECURE
 from oe.dnskeys.fetcher import Answer, DnsKeyError
@@ -91,17 +97,25 @@ class UnboundSource:
 
     def __init__(self, nameservers: Sequence[str], port: int,
                  anchors: Sequence[dns.rrset.RRset]):
+        if unbound is None:
+            raise DnsKeyError('[dns] dnssec = "validate" needs libunbound\'s python module: '
+                              "apt install python3-unbound, and run oe with Debian's python "
+                              "(a venv made with --system-site-packages)")
+        if not nameservers:
+            try:
+                nameservers = [str(ns) for ns in dns.resolver.Resolver().nameservers]
+                port = 53
+            except dns.exception.DNSException as exc:
+                raise DnsKeyError(f"no nameservers in oe.conf [dns] and none usable in "
+                                  f"/etc/resolv.conf: {exc}") from None
         self.nameservers = list(nameservers)
-        """Where queries go (none: the resolvers of /etc/resolv.conf)."""
+        """Where queries go: oe.conf's nameservers, else those of /etc/resolv.conf."""
         self.ctx = unbound.ub_ctx()
         self._check(self.ctx.set_async(True), "threads")
         for option, value in LAN_ZONE_OPTIONS:
             self._check(self.ctx.set_option(option, value), option)
-        if self.nameservers:
-            for address in self.nameservers:
-                self._check(self.ctx.set_fwd(f"{address}@{port}"), f"forwarder {address}")
-        else:
-            self._check(self.ctx.resolvconf("/etc/resolv.conf"), "/etc/resolv.conf")
+        for address in self.nameservers:
+            self._check(self.ctx.set_fwd(f"{address}@{port}"), f"forwarder {address}")
         for rrset in anchors:
             for rdata in rrset:
                 self._check(self.ctx.add_ta(f"{rrset.name} IN {rrset.rdtype.name} {rdata}"),
