@@ -11,6 +11,8 @@ Zones named in `signing` are signed by knotd itself (`dnssec-signing: on`, RFC 4
 KSK and a ZSK (ECDSA P-256) made at the first start and kept in workdir's KASP database, and
 denial of existence by NSEC or NSEC3 (RFC 5155) as the policy names. `anchor(origin)` gives
 the DS of the served KSK as a trust anchor in zone-file format (what the parent would publish).
+Both read the served zone through knotd's control socket (knotc), which works from outside the
+namespace knotd listens in.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ import dns.message
 import dns.name
 import dns.query
 import dns.rcode
+import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 
 from oe.errors import OeError
 
 KNOTD = "/usr/sbin/knotd"
+KNOTC = "/usr/sbin/knotc"
 NSEC, NSEC3 = "nsec", "nsec3"
 SIGNING_POLICIES = (NSEC, NSEC3)
 """Values of Knotd's `signing`: the knotd policy (id) a signed zone uses."""
@@ -114,20 +119,41 @@ class Knotd:
                              f"{', '.join(SIGNING_POLICIES)}")
         return f"    dnssec-signing: on\n    dnssec-policy: {policy}\n"
 
-    def _ask(self, origin: str, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
-        address, port = self.listen[0]
-        query = dns.message.make_query(origin + ".", rdtype, want_dnssec=True)
-        return dns.query.udp(query, address, timeout=0.2, port=port)
+    def served(self, origin: str, *selection: str) -> str:
+        """The zone as knotd serves it (signed, for a signed zone), in zone-file format;
+        `selection`: an owner and a type, as knotc zone-read takes them ("@", "DNSKEY")."""
+        try:
+            out = subprocess.run([KNOTC, "-s", str(self.workdir / "knot.sock"), "zone-read",
+                                  origin, *selection], check=True, capture_output=True,
+                                 text=True, timeout=15)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise KnotdError(f"knotc zone-read {origin}: {exc}") from None
+        # knotc prefixes each record with "[origin.] "
+        return "".join(line.split("] ", 1)[1] + "\n" for line in out.stdout.splitlines())
+
+    def signed(self) -> bool:
+        """Does knotd serve a DNSKEY at the apex of every zone it is to sign?"""
+        try:
+            return all(" DNSKEY " in self.served(origin, "@", "DNSKEY")
+                       for origin in self.signing)
+        except KnotdError:
+            return False
 
     def anchor(self, origin: str) -> str:
         """The DS (SHA-256) of `origin`'s served KSK: a trust anchor line in zone-file format."""
         name = dns.name.from_text(origin)
-        response = self._ask(origin, dns.rdatatype.DNSKEY)
-        ksks = [k for rrset in response.answer if rrset.rdtype == dns.rdatatype.DNSKEY
-                for k in rrset if k.flags == KSK_FLAGS]
+        ksks = [dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.DNSKEY,
+                                    line.split(" DNSKEY ", 1)[1])
+                for line in self.served(origin, "@", "DNSKEY").splitlines()]
+        ksks = [k for k in ksks if k.flags == KSK_FLAGS]
         if not ksks:
             raise KnotdError(f"{origin}: knotd serves no KSK (is it signed?)")
         return "".join(f"{name} IN DS {dns.dnssec.make_ds(name, k, 'SHA256')}\n" for k in ksks)
+
+    def _ask(self, origin: str, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+        address, port = self.listen[0]
+        query = dns.message.make_query(origin + ".", rdtype, want_dnssec=True)
+        return dns.query.udp(query, address, timeout=0.2, port=port)
 
     def answers(self) -> bool:
         """Every zone's SOA is served (asked of the first listen address), signed if it is to

@@ -17,9 +17,7 @@ import subprocess
 from pathlib import Path
 
 from oe.knotd import Knotd as ServedZones
-from oe.knotd import KnotdError
-
-KNOTC = "/usr/sbin/knotc"
+from oe.knotd import KNOTC, KnotdError
 ZONEFILES = Path(__file__).resolve().parent.parent / "zonefiles"
 
 
@@ -74,13 +72,6 @@ class Knotd(ServedZones):
             except KnotdError:
                 continue
         raise KnotdError(f"knotd did not come up; its log:\n{self.log}")
-
-    def served(self, origin: str) -> str:
-        """The zone as knotd serves it (signed, for a signed zone), in zone-file format."""
-        out = subprocess.run([KNOTC, "-s", str(self.workdir / "knot.sock"), "zone-read",
-                              origin], check=True, capture_output=True, text=True, timeout=15)
-        # knotc prefixes each record with "[origin.] "
-        return "".join(line.split("] ", 1)[1] + "\n" for line in out.stdout.splitlines())
 
     def replace_zone(self, origin: str, text: str) -> None:
         """Serve `text` (with a higher SOA serial) for `origin` from now on: the zone file is
