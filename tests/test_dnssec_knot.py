@@ -269,3 +269,35 @@ def test_without_libunbound_the_source_is_a_one_line_error(monkeypatch):
     with pytest.raises(DnsKeyError) as info:
         UnboundSource(["127.0.0.1"], 53, [])
     assert "python3-unbound" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_flush_forgets_what_libunbound_cached(tmp_path):
+    """KeyFetcher's refresh (a key that just failed to authenticate) must reach the nameserver:
+    libunbound caches answers itself, so the source is flushed as well."""
+    zones = committed_zones()
+    with Knotd(tmp_path / "knot", {"signed.example": zones["signed.example"]},
+               signing={"signed.example": NSEC}) as knot:
+        anchor = tmp_path / "anchor.ds"
+        anchor.write_text(knot.anchor("signed.example"))
+        config = DnsConfig(nameservers=("127.0.0.1",), port=knot.port)
+        source = UnboundSource(["127.0.0.1"], knot.port, read_anchors([anchor]))
+        fetcher = KeyFetcher(config, source)
+        k1 = "AwEAAfEj8"
+        k3 = zones["signed.example"].split("client\tIPSECKEY\t10 3 2 gw.signed.example. ")[1][:9]
+
+        async def run():
+            try:
+                before = await fetcher.fetch("host.signed.example")
+                knot.replace_zone("signed.example", zones["signed.example"].replace(
+                    " 1 3600 600", " 2 3600 600").replace(
+                    "host.signed.example. " + k1, "host.signed.example. " + k3))
+                cached = await fetcher.fetch("host.signed.example", refresh=True)
+                source.flush()
+                fresh = await fetcher.fetch("host.signed.example", refresh=True)
+                return before, cached, fresh
+            finally:
+                source.close()
+        before, cached, fresh = asyncio.run(run())
+    assert (before.key_id, before.dnssec) == (k1, SECURE)
+    assert cached.key_id == k1  # libunbound's cache answered
+    assert (fresh.key_id, fresh.dnssec) == (k3, SECURE)

@@ -40,6 +40,7 @@ import dns.exception
 import dns.name
 import dns.rdata
 import dns.rdataclass
+import dns.rcode
 import dns.rdatatype
 import dns.resolver
 import dns.rrset
@@ -110,17 +111,27 @@ class UnboundSource:
                                   f"/etc/resolv.conf: {exc}") from None
         self.nameservers = list(nameservers)
         """Where queries go: oe.conf's nameservers, else those of /etc/resolv.conf."""
-        self.ctx = unbound.ub_ctx()
-        self._check(self.ctx.set_async(True), "threads")
-        for option, value in LAN_ZONE_OPTIONS:
-            self._check(self.ctx.set_option(option, value), option)
-        for address in self.nameservers:
-            self._check(self.ctx.set_fwd(f"{address}@{port}"), f"forwarder {address}")
-        for rrset in anchors:
-            for rdata in rrset:
-                self._check(self.ctx.add_ta(f"{rrset.name} IN {rrset.rdtype.name} {rdata}"),
-                            f"trust anchor {rrset.name}")
+        self._port, self._anchors = port, list(anchors)
+        self.ctx = self._context()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watched: dict[int, object] = {}
+        """Contexts whose pipe the loop watches, by fd: the current one, and flushed ones
+        with queries under way."""
+        self._pending: dict[int, int] = {}
+        """Queries under way, by context fd."""
+
+    def _context(self):
+        ctx = unbound.ub_ctx()
+        self._check(ctx.set_async(True), "threads")
+        for option, value in LAN_ZONE_OPTIONS:
+            self._check(ctx.set_option(option, value), option)
+        for address in self.nameservers:
+            self._check(ctx.set_fwd(f"{address}@{self._port}"), f"forwarder {address}")
+        for rrset in self._anchors:
+            for rdata in rrset:
+                self._check(ctx.add_ta(f"{rrset.name} IN {rrset.rdtype.name} {rdata}"),
+                            f"trust anchor {rrset.name}")
+        return ctx
 
     @classmethod
     def from_config(cls, nameservers: Sequence[str], port: int, trust_anchors: Sequence[str],
@@ -133,37 +144,54 @@ class UnboundSource:
         if status != 0:
             raise DnsKeyError(f"libunbound: {what}: {unbound.ub_strerror(status)}")
 
-    def _watch(self) -> None:
+    def flush(self) -> None:
+        """Forget libunbound's cache, validated keys included: for KeyFetcher's refresh (a key
+        that just failed to authenticate must be asked for again). libunbound cannot flush one
+        name, so a new context takes over; the old one lives until its queries are answered."""
+        old = self.ctx
+        self.ctx = self._context()
+        if not self._pending.get(old.get_fd()):
+            self._unwatch(old.get_fd())
+
+    def _watch(self, ctx) -> None:
         """Have the running loop call process() whenever libunbound has answers for us."""
         loop = asyncio.get_running_loop()
-        if self._loop is loop:
-            return
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self.ctx.get_fd())
-        loop.add_reader(self.ctx.get_fd(), self.ctx.process)
-        self._loop = loop
+        if self._loop is not loop:
+            self.close()
+            self._loop = loop
+        if ctx.get_fd() not in self._watched:
+            loop.add_reader(ctx.get_fd(), ctx.process)
+            self._watched[ctx.get_fd()] = ctx
+
+    def _unwatch(self, fd: int) -> None:
+        if self._watched.pop(fd, None) is not None and not self._loop.is_closed():
+            self._loop.remove_reader(fd)
 
     def close(self) -> None:
-        """Stop watching libunbound's pipe (the context itself goes with the object)."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self.ctx.get_fd())
+        """Stop watching libunbound's pipes (the contexts go with the object)."""
+        for fd in list(self._watched):
+            self._unwatch(fd)
         self._loop = None
 
     async def query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType,
                     lifetime: float) -> Answer:
-        self._watch()
+        ctx = self.ctx
+        self._watch(ctx)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
+        via = ", ".join(self.nameservers)
 
         def done(_data, status: int, result) -> None:
             # Read the result here: python3-unbound frees it when this returns.
             if not future.done():
-                future.set_result(answer_of(rdtype, result) if status == 0 else
+                future.set_result(answer_of(rdtype, result, via) if status == 0 else
                                   Answer((), 0, f"libunbound: {unbound.ub_strerror(status)}"))
 
-        status, async_id = self.ctx.resolve_async(name.to_text(), None, done, int(rdtype),
-                                                  unbound.RR_CLASS_IN)
+        status, async_id = ctx.resolve_async(name.to_text(), None, done, int(rdtype),
+                                             unbound.RR_CLASS_IN)
         if status != 0:
             return Answer((), 0, f"libunbound: {unbound.ub_strerror(status)}")
+        fd = ctx.get_fd()
+        self._pending[fd] = self._pending.get(fd, 0) + 1
         try:
             async with asyncio.timeout(lifetime):
                 return await future
@@ -171,18 +199,26 @@ class UnboundSource:
             return Answer((), 0, f"no answer within {lifetime:g} s")
         finally:
             if not future.done():  # nobody waits for it any more
-                self.ctx.cancel(async_id)
+                ctx.cancel(async_id)
+            self._pending[fd] -= 1
+            if not self._pending[fd]:
+                del self._pending[fd]
+                if ctx is not self.ctx:  # flushed meanwhile
+                    self._unwatch(fd)
 
 
-def answer_of(rdtype: dns.rdatatype.RdataType, result) -> Answer:
-    """An Answer from a ub_result: its data parsed by dnspython, its DNSSEC state."""
+def answer_of(rdtype: dns.rdatatype.RdataType, result, via: str) -> Answer:
+    """An Answer from a ub_result (asked of the nameservers `via`): its data parsed by
+    dnspython, its DNSSEC state."""
     if result.bogus:
         # Whatever data came with it, none may be used (RFC 4033 5: "bogus").
         return Answer((), 0, security=BOGUS,
                       why_bogus=result.why_bogus or "no reason given by libunbound")
     security = SECURE if result.secure else INSECURE
     if result.rcode not in (NOERROR, NXDOMAIN):
-        return Answer((), 0, result.rcode_str, security=security)
+        # libunbound reports a nameserver's REFUSED, or none answering, as SERVFAIL.
+        return Answer((), 0, f"{dns.rcode.to_text(result.rcode)} through {via}",
+                      security=security)
     rdatas = tuple(dns.rdata.from_wire(dns.rdataclass.IN, rdtype, raw, 0, len(raw))
                    for raw in (result.data.raw if result.havedata else ()))
     return Answer(rdatas, max(result.ttl, 0), nxdomain=result.rcode == NXDOMAIN,
