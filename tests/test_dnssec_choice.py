@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from oe import hostkey
 from oe.config import ConfigError, parse
-from oe.dnskeys.choice import BOGUS, INSECURE, OFF, SECURE, Target, Verdict, choose, weakest
+from oe.dnskeys.choice import (BOGUS, INSECURE, OFF, SECURE, Target, Verdict, check_own,
+                               choose, dnssec_advice, weakest)
 from oe.dnskeys.records import IPSECKEY
 
 V4 = Target.parse("192.0.2.7")
@@ -112,3 +113,31 @@ def test_dnssec_settings_defaults_and_values():
             dns_config.allow_unsigned_delegation) == ("validate", (), False, False)
     dns_config = parse('[dns]\ndnssec = "off"\ntrust_anchors = ["a.key", "/b.ds"]\n').dns
     assert (dns_config.dnssec, dns_config.trust_anchors) == ("off", ("a.key", "/b.ds"))
+
+
+@pytest.mark.parametrize("why, fix", [
+    ("validation failure <x IPSECKEY IN>: signature expired from 192.0.2.53",
+     "re-sign the zone: its signatures have expired"),
+    ("validation failure <x IPSECKEY IN>: signature before inception date from 192.0.2.53",
+     "the signatures are not valid yet: check the signer's clock"),
+    ("validation failure <x IPSECKEY IN>: no DNSKEY rrset for trust anchor x. while building "
+     "chain of trust", "publish the zone's DS at its parent (`keymgr ZONE ds` prints it), or "
+     "give peers that DS as a trust anchor"),
+    ("validation failure <x IPSECKEY IN>: ECDSA signature verification failed from 192.0.2.53",
+     "the records changed after they were signed: sign the zone again"),
+    ("something new", "check the zone with `kdig +dnssec` and a validator"),
+])
+def test_check_own_says_how_to_fix_a_bogus_record(blob, why, fix):
+    problems = check_own(pick(blob, dnssec=BOGUS, why_bogus=why), blob)
+    assert problems == [f"peers would refuse our record: DNSSEC validation failed for "
+                        f"7.2.0.192.in-addr.arpa.: {why}; {fix}"]
+
+
+def test_advice_for_an_insecure_own_record(blob):
+    assert dnssec_advice(pick(blob, dnssec=SECURE)) is None
+    assert dnssec_advice(pick(blob, dnssec=OFF)) is None
+    assert dnssec_advice(pick(blob, dnssec=INSECURE)) == (
+        "7.2.0.192.in-addr.arpa. is not DNSSEC-secure from the configured trust anchors: peers "
+        "with require_dnssec = true will not use our key; sign the zone and publish its DS at "
+        "its parent (or give peers that DS as a trust anchor)")
+    assert check_own(pick(blob, dnssec=INSECURE), blob) == []  # most peers use it

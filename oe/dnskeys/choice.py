@@ -270,7 +270,8 @@ def check_own(lookup: KeyLookup, own_blob: bytes) -> list[str]:
     if lookup.verdict is Verdict.NOT_CAPABLE:
         return [f"DNS publishes no key for {target.text}: {lookup.error}"]
     if lookup.verdict is Verdict.DENY:
-        return [f"peers would refuse our record: {lookup.error}"]
+        fix = f"; {_bogus_fix(lookup.error)}" if lookup.dnssec == BOGUS else ""
+        return [f"peers would refuse our record: {lookup.error}{fix}"]
     problems = []
     if not target.is_self(lookup.gateway):
         problems.append(f"{lookup.record.kind} at {target.name} names gateway "
@@ -283,3 +284,28 @@ def check_own(lookup: KeyLookup, own_blob: bytes) -> list[str]:
                 f"({records.fingerprint(record.blob)}) but hostkey.pem has key id {ours} "
                 f"({records.fingerprint(own_blob)})")
     return problems
+
+
+# What to do about libunbound's why_bogus, by the words its reasons use; first match wins.
+BOGUS_FIXES = (
+    ("expired", "re-sign the zone: its signatures have expired"),
+    ("before inception", "the signatures are not valid yet: check the signer's clock"),
+    ("chain of trust", "publish the zone's DS at its parent (`keymgr ZONE ds` prints it), or "
+                       "give peers that DS as a trust anchor"),
+    ("verification failed", "the records changed after they were signed: sign the zone again"),
+)
+
+
+def _bogus_fix(error: str) -> str:
+    return next((fix for words, fix in BOGUS_FIXES if words in error),
+                "check the zone with `kdig +dnssec` and a validator")
+
+
+def dnssec_advice(lookup: KeyLookup) -> str | None:
+    """For `oe verify`: what an insecure own record costs and how to make it secure; None when
+    it is secure, bogus (check_own says that) or not validated."""
+    if lookup.dnssec != INSECURE:
+        return None
+    return (f"{lookup.target.name} is not DNSSEC-secure from the configured trust anchors: "
+            f"peers with require_dnssec = true will not use our key; sign the zone and publish "
+            f"its DS at its parent (or give peers that DS as a trust anchor)")
