@@ -6,6 +6,7 @@ require_dnssec both ways. The queries go through the validator as a forwarding c
 
 import asyncio
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -301,3 +302,57 @@ def test_flush_forgets_what_libunbound_cached(tmp_path):
     assert (before.key_id, before.dnssec) == (k1, SECURE)
     assert cached.key_id == k1  # libunbound's cache answered
     assert (fresh.key_id, fresh.dnssec) == (k3, SECURE)
+
+
+class Relay:
+    """A forwarder between the validator and knotd, over UDP: it passes answers on as they
+    are, or (strip=True) as a resolver that knows nothing of DNSSEC would, without RRSIGs."""
+
+    def __init__(self, upstream_port: int, strip: bool):
+        self.upstream, self.strip = upstream_port, strip
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.running = True
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def serve(self) -> None:
+        while self.running:
+            try:
+                query, client = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            answer = dns.query.udp(dns.message.from_wire(query), "127.0.0.1",
+                                   port=self.upstream, timeout=2)
+            if self.strip:
+                for section in (answer.answer, answer.authority):
+                    section[:] = [r for r in section if r.rdtype != dns.rdatatype.RRSIG]
+            self.sock.sendto(answer.to_wire(), client)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("strip, verdict, state", [(False, Verdict.KEY, SECURE),
+                                                   (True, Verdict.DENY, BOGUS)])
+def test_validating_through_a_forwarder(signer, anchors, strip, verdict, state):
+    """oe asks a forwarder, not knotd: the chain still validates end to end, and a forwarder
+    that drops the signatures (or an attacker in its place) makes the answer bogus."""
+    with Relay(signer.port, strip) as relay:
+        config = DnsConfig(nameservers=("127.0.0.1",), port=relay.port)
+        source = UnboundSource(["127.0.0.1"], relay.port, read_anchors([anchors]))
+
+        async def run():
+            try:
+                return await KeyFetcher(config, source).fetch("host.signed.example")
+            finally:
+                source.close()
+        lookup = asyncio.run(run())
+    assert (lookup.verdict, lookup.dnssec) == (verdict, state)
