@@ -26,8 +26,9 @@ The context (one per source):
 
 Asynchronous: `resolve_async` with libunbound's threads (`set_async`), its pipe `get_fd()`
 watched by the asyncio loop and `process()` run when it is readable, which calls back in the
-loop. libunbound keeps its own timeouts and retries; `lifetime` bounds what we wait, and a query
-nobody waits for any more is cancelled.
+loop. libunbound keeps its own timeouts and retries per nameserver (oe.conf's query_timeout
+is dnspython's and not used here); `lifetime`, and above it KeyFetcher's total budget, bound
+what we wait, and a query nobody waits for any more is cancelled.
 """
 
 from __future__ import annotations
