@@ -282,19 +282,19 @@ def test_flush_forgets_what_libunbound_cached(tmp_path):
         anchor.write_text(knot.anchor("signed.example"))
         config = DnsConfig(nameservers=("127.0.0.1",), port=knot.port)
         source = UnboundSource(["127.0.0.1"], knot.port, read_anchors([anchor]))
-        fetcher = KeyFetcher(config, source)
         k1 = "AwEAAfEj8"
         k3 = zones["signed.example"].split("client\tIPSECKEY\t10 3 2 gw.signed.example. ")[1][:9]
 
         async def run():
+            # A new KeyFetcher each time: its own cache is not what this is about.
             try:
-                before = await fetcher.fetch("host.signed.example")
+                before = await KeyFetcher(config, source).fetch("host.signed.example")
                 knot.replace_zone("signed.example", zones["signed.example"].replace(
                     " 1 3600 600", " 2 3600 600").replace(
                     "host.signed.example. " + k1, "host.signed.example. " + k3))
-                cached = await fetcher.fetch("host.signed.example", refresh=True)
+                cached = await KeyFetcher(config, source).fetch("host.signed.example")
                 source.flush()
-                fresh = await fetcher.fetch("host.signed.example", refresh=True)
+                fresh = await KeyFetcher(config, source).fetch("host.signed.example")
                 return before, cached, fresh
             finally:
                 source.close()
