@@ -16,10 +16,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from oe import control, dnskeys, hostkey, net
+from oe import check, control, dnskeys, hostkey, logs, net
 from oe.config import load as load_config
 from oe.dnskeys import records as dnsrecords
-from oe.dnskeys.fetcher import KeyFetcher
+from oe.dnskeys.fetcher import KeyFetcher, unanswered
 from oe.config import DEFAULT_CONFDIR, DEFAULT_RUNDIR
 from oe.eroute import (
     PORT_PROTOCOLS, PROTOCOL_NAMES, Eroute, ErouteTable, Selector, port_number, protocol_number,
@@ -244,7 +244,44 @@ def cmd_status(args) -> int:
 # ---------------------------------------------------------------- the daemon
 
 
+def _checks(args, on_host: bool) -> check.Report:
+    """oe check's findings; the host's part only where the files allow it (issue 15)."""
+    report = check.files(args.confdir)
+    if on_host and report.config is not None:
+        report.problems += check.host(report.config, running=_oe_runs_here(args.rundir),
+                                      origin=report.origin)
+    return report
+
+
+def _oe_runs_here(rundir: Path) -> bool:
+    try:
+        control.lock_namespace(rundir).close()
+    except control.InstanceError:
+        return True
+    return False
+
+
+def _refuse(problems: list[str]) -> int:
+    for problem in problems:
+        print(f"oe: {problem}", file=sys.stderr)
+    return 2
+
+
+def cmd_check(args) -> int:
+    report = _checks(args, on_host=True)
+    if report.problems:
+        return _refuse(report.problems)
+    print(check.summary(report))
+    return 0
+
+
 def cmd_start(args) -> int:
+    report = _checks(args, on_host=True)  # before anything is touched, or forked (--daemon)
+    if report.problems:
+        return _refuse(report.problems)
+    logs.set_level(report.config.log_level)
+    if args.log_level or args.verbose:
+        logs.pin_level(args.log_level or "debug")
     from oe import daemon  # the daemon's imports (datapath threads, pyroute2) only when needed
 
     return daemon.start(args.confdir, args.rundir, background=args.daemon)
@@ -393,6 +430,8 @@ def cmd_verify(args) -> int:
     config = load_config(args.confdir)
     fetcher = KeyFetcher.from_config(config.dns, args.confdir)
     lookup = asyncio.run(fetcher.fetch(_own_address(args)))
+    if unanswered(lookup):  # issue 15, 8: no answer is not "no key published"
+        raise OeError(f"cannot verify: {lookup.error}")
     problems = dnskeys.check_own(lookup, blob)
     if args.json:
         _print_json({**lookup.as_json(), "hostkey_key_id": dnsrecords.key_id(blob),
@@ -439,7 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("start", help="run the OE daemon (in the foreground unless --daemon)")
     p.add_argument("--daemon", action="store_true",
                    help="detach once running; log to <rundir>/oe.log")
+    p.add_argument("--log-level", choices=list(logs.LEVELS),
+                   help="least level logged (default: oe.conf's log_level, info)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
     p.set_defaults(func=cmd_start)
+    p = sub.add_parser("check", help="check oe.conf, policies, host key and this host as oe "
+                                     "start would: one line per problem")
+    p.set_defaults(func=cmd_check)
     p = sub.add_parser("stop", help="stop the daemon: DELETE every SA, remove routes and TUN "
                                     "(a private group's stay failed closed)")
     p.add_argument("--flush", action="store_true",

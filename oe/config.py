@@ -7,12 +7,16 @@ value of the wrong type, is an error naming the file and the key, and nothing is
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from oe.errors import OeError
+from oe.ike.constants import ProtocolId
+from oe.ike.proposals import parse_proposal
 
 DEFAULT_CONFDIR = Path("/etc/oe")
 DEFAULT_RUNDIR = Path("/run/oe")
@@ -101,6 +105,9 @@ class Config:
     """Priority of the rule that sends unmarked packets through that table."""
     bypass_mark: int = 0x4F45
     """Firewall mark of oe's own IKE, ESP and %pass packets: they skip oe's table ("OE")."""
+    log_level: str = "info"
+    """Least level logged: "debug", "info", "warning" or "error" (`oe start --log-level`
+    overrides it; `oe reload` applies a new one)."""
     ike: IkeSettings = field(default_factory=IkeSettings)
     """[ike] table."""
     dns: DnsConfig = field(default_factory=DnsConfig)
@@ -111,26 +118,66 @@ class Config:
 
 def parse(text: str, origin: str = "oe.conf") -> Config:
     """Parse oe.conf text; raise ConfigError naming `origin` and the key at fault."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{origin}: {exc}") from None
-    config = _build(Config, data, origin, "")
-    _check_reserved(config, origin)
-    _check_dnssec(config.dns, origin)
+    config, problems = examine(text)
+    if problems:
+        raise ConfigError(problems[0].text(origin, line=False))
     return config
 
 
 def load(confdir: Path) -> Config:
     """Read <confdir>/oe.conf; a missing file means all defaults."""
+    return parse(*read(confdir))
+
+
+def read(confdir: Path) -> tuple[str, str]:
+    """(text, path) of <confdir>/oe.conf; a missing file is an empty one."""
     path = confdir / "oe.conf"
     try:
-        text = path.read_text()
+        return path.read_text(), str(path)
     except FileNotFoundError:
-        return Config()
+        return "", str(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    return parse(text, str(path))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in oe.conf: the key (as "[table] key"), what is wrong, and the line."""
+
+    key: str
+    message: str
+    line: int | None = None
+
+    def text(self, origin: str, line: bool = True) -> str:
+        where = f"{origin}:{self.line}" if line and self.line else origin
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+def examine(text: str) -> tuple[Config, list[Problem]]:
+    """Every problem of oe.conf `text` (types, ranges, names), and the configuration with the
+    defaults in place of the values at fault; `oe check` lists them all, parse() the first."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return Config(), [Problem("", str(exc), getattr(exc, "lineno", None))]
+    problems: list[Problem] = []
+    config = _build(Config, data, "", problems)
+    problems += _values(config)
+    lines = _key_lines(text)
+    return config, [dataclasses.replace(p, line=lines.get(p.key)) for p in problems]
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """"[table] key" -> the line that sets it (TOML as oe.conf writes it: one key a line)."""
+    lines, table = {}, ""
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.split("#", 1)[0].strip()
+        if header := re.fullmatch(r"\[\s*([A-Za-z0-9_-]+)\s*\]", stripped):
+            table = f"[{header[1]}] "
+            lines.setdefault(table.strip(), number)
+        elif key := re.match(r"([A-Za-z0-9_-]+)\s*=", stripped):
+            lines.setdefault(f"{table}{key[1]}", number)
+    return lines
 
 
 # Routing tables and a rule priority the kernel and the host own (linux/rtnetlink.h rt_class_t,
@@ -139,53 +186,122 @@ def load(confdir: Path) -> Config:
 RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
 RESERVED_PRIORITIES = {0: "the local table's rule"}
 U32_MAX = 0xFFFFFFFF
+IFNAMSIZ = 16  # linux/if.h: an interface name and its NUL
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DNSSEC_MODES = ("validate", "off")
+POSITIVE = {"shunt_lifetime", "sa_lifetime", "dpd_delay", "query_timeout", "total_timeout",
+            "holds", "shunts", "half_open", "lookups", "queued_acquires", "cache_size"}
 
 
-def _check_reserved(config: Config, origin: str) -> None:
+def _values(config: Config) -> list[Problem]:
+    """What the types allow but oe cannot run with (issue 15: each was a traceback or worse)."""
+    found: list[Problem] = []
+
+    def bad(key: str, message: str) -> None:
+        found.append(Problem(key, message))
+
     for key, reserved in (("route_table", RESERVED_TABLES),
                           ("rule_priority", RESERVED_PRIORITIES)):
         value = getattr(config, key)
         if value in reserved:
-            raise ConfigError(f"{origin}: {key}: {value} is reserved ({reserved[value]})")
-        if value > U32_MAX:
-            raise ConfigError(f"{origin}: {key}: expected at most {U32_MAX}, got {value}")
-
-
-DNSSEC_MODES = ("validate", "off")
-
-
-def _check_dnssec(dns: DnsConfig, origin: str) -> None:
+            bad(key, f"{value} is reserved ({reserved[value]})")
+        elif value > U32_MAX:
+            bad(key, f"expected at most {U32_MAX}, got {value}")
+    if not 0 < config.bypass_mark <= U32_MAX:
+        bad("bypass_mark", f"expected 1 to {U32_MAX}: without a mark oe's own packets would be "
+                           f"trapped again")
+    if not 0 < len(config.tun_name) < IFNAMSIZ or re.search(r"[\s/:]", config.tun_name) \
+            or config.tun_name in (".", ".."):
+        bad("tun_name", f"{config.tun_name!r} is no interface name (1 to {IFNAMSIZ - 1} "
+                        f"characters, no blank, '/' or ':')")
+    families: dict[int, str] = {}
+    for text in config.addresses:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            bad("addresses", f"{text!r} is not an IPv4 or IPv6 address")
+            continue
+        if address.is_loopback or address.is_multicast or address.is_unspecified:
+            bad("addresses", f"{text} cannot carry IKE to peers (loopback, multicast or "
+                             f"unspecified)")
+        elif address.version in families:
+            bad("addresses", f"{families[address.version]} and {text}: one address per family")
+        families.setdefault(address.version, text)
+    for table, settings in (("", config), ("[ike] ", config.ike), ("[dns] ", config.dns),
+                            ("[limits] ", config.limits)):
+        for name in POSITIVE & {f.name for f in dataclasses.fields(settings)}:
+            if getattr(settings, name) == 0:
+                bad(f"{table}{name}", "expected a number > 0")
+    ike = config.ike
+    if ike.rekey_margin >= ike.sa_lifetime:
+        bad("[ike] rekey_margin", f"{ike.rekey_margin:g} s is not shorter than sa_lifetime "
+                                  f"{ike.sa_lifetime:g} s")
+    for key, protocol, proposals in (("[ike] proposals", ProtocolId.IKE, ike.proposals),
+                                     ("[ike] esp_proposals", ProtocolId.ESP, ike.esp_proposals)):
+        for proposal in proposals:
+            try:
+                parse_proposal(proposal, protocol)
+            except ValueError as exc:
+                bad(key, str(exc))
+    dns = config.dns
+    for server in dns.nameservers:
+        if not (_is_address(server) or server.startswith("https://")):
+            bad("[dns] nameservers", f"{server!r} is not an IP address (nor a DNS-over-HTTPS "
+                                     f"URL): oe must know its nameservers' addresses to exempt "
+                                     f"them from trapping")
+    if not 0 < dns.port <= 65535:
+        bad("[dns] port", f"expected 1 to 65535, got {dns.port}")
+    if dns.total_timeout < dns.query_timeout:
+        bad("[dns] total_timeout", f"{dns.total_timeout:g} s is shorter than one query "
+                                   f"({dns.query_timeout:g} s)")
     if dns.dnssec not in DNSSEC_MODES:
-        raise ConfigError(f'{origin}: [dns] dnssec: expected "validate" or "off", '
-                          f"got {dns.dnssec!r}")
+        bad("[dns] dnssec", f'expected "validate" or "off", got {dns.dnssec!r}')
     if dns.require_dnssec and dns.dnssec == "off":
-        raise ConfigError(f'{origin}: [dns] require_dnssec: true needs dnssec = "validate"')
+        bad("[dns] require_dnssec", 'true needs dnssec = "validate"')
+    if config.log_level not in LOG_LEVELS:
+        bad("log_level", f"{config.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    return found
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 NON_EMPTY = {"proposals", "esp_proposals"}  # without one, no negotiation can succeed
 
 
-def _build(cls: type, data: dict, origin: str, table: str):
+def _build(cls: type, data: dict, table: str, problems: list[Problem]):
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     values = {}
     for key, value in data.items():
-        where = f"{origin}: {table}{key}"
+        where = f"{table}{key}"
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key")
+            problems.append(Problem(where, "unknown key"))
+            continue
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: expected a table [{key}]")
-            values[key] = _build(hint, value, origin, f"[{key}] ")
-        else:
-            values[key] = _convert(hint, value, where)
+                problems.append(Problem(where, f"expected a table [{key}]"))
+                continue
+            values[key] = _build(hint, value, f"[{key}] ", problems)
+            continue
+        try:
+            values[key] = _convert(hint, value)
+        except ValueError as exc:
+            problems.append(Problem(where, str(exc)))
+            continue
         if key in NON_EMPTY and not values[key]:
-            raise ConfigError(f"{where}: expected at least one proposal")
+            problems.append(Problem(where, "expected at least one proposal"))
+            del values[key]
     return cls(**values)
 
 
-def _convert(hint, value, where: str):
+def _convert(hint, value):
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:
@@ -201,9 +317,9 @@ def _convert(hint, value, where: str):
     else:  # pragma: no cover - a field type this loader does not know is a programming error
         raise TypeError(f"unsupported config type {hint!r}")
     if not ok:
-        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+        raise ValueError(f"expected {_type_name(hint)}, got {value!r}")
     if hint in (int, float) and value < 0:  # no count, size or duration here is negative
-        raise ConfigError(f"{where}: expected a number >= 0, got {value!r}")
+        raise ValueError(f"expected a number >= 0, got {value!r}")
     return value
 
 
@@ -213,5 +329,53 @@ def _type_name(hint) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
 
 
-__all__ = ["Config", "DnsConfig", "IkeSettings", "LimitsConfig", "ConfigError", "parse", "load",
-           "DEFAULT_CONFDIR", "DEFAULT_RUNDIR"]
+# What `oe reload` cannot change in a running daemon: the TUN, the routing table and rule, the
+# mark its sockets carry and the addresses they are bound to are set up once, at start.
+# The datapath's hold cap is fixed when it starts, too.
+RESTART_KEYS = ("tun_name", "addresses", "route_table", "rule_priority", "bypass_mark",
+                "[limits] holds")
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What `oe reload` makes of a new oe.conf (changes(old, new))."""
+
+    config: Config
+    """The configuration to run with: the new one, but the restart-only keys as they were."""
+    applied: tuple[str, ...]
+    """Keys whose new value takes effect now ("shunt_lifetime", "[ike] proposals"...)."""
+    kept: tuple[str, ...]
+    """Keys whose new value needs a restart, and is not applied at all."""
+
+
+def changes(old: Config, new: Config) -> Changes:
+    """Split the difference of two configurations into what applies at runtime and what
+    needs a restart; the latter keep their old value, so nothing is half applied."""
+    kept = tuple(k for k in _differences(old, new) if k in RESTART_KEYS)
+    config = new
+    for key in kept:
+        config = _with(config, key.replace("[", "").replace("] ", ".").split("."), old)
+    return Changes(config, tuple(_differences(old, config)), kept)
+
+
+def _with(config, path: list[str], old):
+    """`config` with the value at `path` (["limits", "holds"]) taken from `old`."""
+    name, *rest = path
+    value = _with(getattr(config, name), rest, getattr(old, name)) if rest else getattr(old, name)
+    return dataclasses.replace(config, **{name: value})
+
+
+def _differences(old, new, table: str = "") -> list[str]:
+    found = []
+    for f in dataclasses.fields(old):
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(before):
+            found += _differences(before, after, f"[{f.name}] ")
+        elif before != after:
+            found.append(f"{table}{f.name}")
+    return found
+
+
+__all__ = ["Config", "DnsConfig", "IkeSettings", "LimitsConfig", "ConfigError", "Problem",
+           "Changes", "parse", "load", "read", "examine", "changes", "DEFAULT_CONFDIR",
+           "DEFAULT_RUNDIR"]

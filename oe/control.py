@@ -188,6 +188,23 @@ def udp_ports_in_use(ports: tuple[int, ...]) -> list[int]:
     return sorted(bound.intersection(ports))
 
 
+def notify(*states: str) -> bool:
+    """sd_notify(3) without libsystemd: one datagram of "KEY=value" lines to $NOTIFY_SOCKET
+    (a path, or "@name" in the abstract namespace), when systemd runs us as Type=notify.
+    False if there is no such socket or it cannot be reached (never fatal)."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address.startswith(("/", "@")):
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto("\n".join(states).encode(), address)
+        except OSError:
+            return False
+    return True
+
+
 def daemon_running(rundir: Path) -> bool:
     """Whether something listens on the control socket."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

@@ -21,6 +21,7 @@ start-up.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import itertools
 import logging
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oe import config as oeconfig
-from oe import control, hostkey, inbound, net, routing, tun
+from oe import check, control, hostkey, inbound, logs, net, routing, tun
 from oe.datapath import Datapath, esp_overhead
 from oe.dnskeys.fetcher import KeyFetcher
 from oe.dnskeys.choice import Target
@@ -44,7 +45,7 @@ from oe.ike.auth import Identity, PeerKey
 from oe.ike.constants import (
     HALF_OPEN_COOKIE_THRESHOLD, NON_ESP_MARKER, NAT_T_PORT, NotifyType,
 )
-from oe.logsafe import printable
+from oe.logs import log_to
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
 from oe.ike.spis import SpiAllocator
@@ -136,6 +137,7 @@ class Daemon:
                 s.address for s in self.sides.values()), len(self.opportunist.base),
                 self.config.route_table)
             await self.stopping.wait()
+            control.notify("STOPPING=1")
         finally:
             await self._shutdown()
 
@@ -176,6 +178,9 @@ class Daemon:
         self.loop.add_signal_handler(
             signal.SIGHUP, lambda: self.loop.create_task(self._reload_logged()))
         self._housekeeping = self.loop.create_task(self._housekeep())
+        # Type=notify (contrib/oe.service): ready once routes, datapath and control socket are up
+        control.notify("READY=1", f"STATUS=OE on {', '.join(addresses.values())}",
+                       f"MAINPID={os.getpid()}")
 
     def _open_side(self, version: int, address: str) -> dict[str, int]:
         family = socket.AF_INET if version == 4 else socket.AF_INET6
@@ -185,13 +190,7 @@ class Daemon:
                              mark)
         clear = net.raw_socket(family, socket.IPPROTO_RAW, mark)
         self.sockets += [nat_t, esp, clear]
-        ike = IkeConfig(local_addr=address, private_key=self.key,
-                        ike_proposals=self.config.ike.proposals,
-                        esp_proposals=self.config.ike.esp_proposals,
-                        half_open_max=self.config.limits.half_open,
-                        # COOKIEs begin well before the cap, whatever the cap is (RFC 7296 2.6)
-                        cookie_threshold=min(HALF_OPEN_COOKIE_THRESHOLD,
-                                             self.config.limits.half_open // 2))
+        ike = IkeConfig(local_addr=address, private_key=self.key, **self._ike_terms())
         engine = IkeEngine(ike, rng=os.urandom, lookup_key=self._lookup_key,
                            ts_policy=lambda peer_id, local_ts, remote_ts, v=version:
                            self._ts_allowed(v, peer_id, local_ts, remote_ts),
@@ -741,24 +740,57 @@ class Daemon:
         raise OeError(f"unknown control command '{command}'")
 
     async def reload(self) -> str:
-        """Re-read policy and oe.conf; a bad file changes nothing (the error names it)."""
-        policy = load_policy(self.confdir)
-        oeconfig.load(self.confdir)  # validate; settings that need a restart are not applied
-        for warning in policy.warnings:
+        """Re-read policy, oe.conf and the host key, with `oe check`'s file checks; a bad
+        file changes nothing (the error names it). What can change at runtime is applied;
+        settings that need a restart keep their old value and are named (issue 15, 5)."""
+        report = check.files(self.confdir)
+        if report.problems:
+            more = len(report.problems) - 1
+            raise OeError(report.problems[0] + (f" (and {more} more: `oe check` lists them)"
+                                                if more else ""))
+        diff = oeconfig.changes(self.config, report.config)
+        for warning in report.policy.warnings:
             log.warning("%s", warning)
-        base = prospective_table(policy)
-        # first what can fail (one nft transaction): a refusal leaves everything as it was
-        await self._in_netlink(self._install_inbound, base)
+        base = prospective_table(report.policy)
+        old = self.config, self.fetcher
+        self.config = diff.config
+        if diff.config.dns != old[0].dns:  # new nameservers are exempt from trapping, too
+            self.fetcher = KeyFetcher.from_config(diff.config.dns, self.confdir)
+        try:  # first what can fail (one nft transaction): a refusal leaves all as it was
+            await self._in_netlink(self._install_inbound, base)
+        except OeError:
+            self.config, self.fetcher = old
+            raise
+        self.key = report.key
+        self.opportunist.limits = _limits(self.config)
+        for side in self.sides.values():  # new negotiations and rekeys take the new terms
+            side.engine.config = dataclasses.replace(side.engine.config, private_key=self.key,
+                                                     **self._ike_terms())
+        logs.set_level(self.config.log_level)
         self._run(self.opportunist.reload(base, self.loop.time()))
         await self._install_routes()
         self._apply()
-        return f"reloaded: {len(self.opportunist.base)} policy entries"
+        reply = f"reloaded: {len(self.opportunist.base)} policy entries"
+        if diff.applied:
+            reply += f"; applied: {', '.join(diff.applied)}"
+        if diff.kept:
+            reply += f"; kept: {', '.join(diff.kept)} changes need a restart"
+        return reply
 
     async def _reload_logged(self) -> None:
         try:
             log.info("%s", await self.reload())
         except OeError as exc:
             log.error("reload refused: %s", exc)
+
+    def _ike_terms(self) -> dict:
+        """What oe.conf says of IKE negotiations (IkeConfig fields), at start and reload."""
+        limits = self.config.limits
+        return {"ike_proposals": self.config.ike.proposals,
+                "esp_proposals": self.config.ike.esp_proposals,
+                "half_open_max": limits.half_open,
+                # COOKIEs begin well before the cap, whatever the cap is (RFC 7296 2.6)
+                "cookie_threshold": min(HALF_OPEN_COOKIE_THRESHOLD, limits.half_open // 2)}
 
     def initiate(self, dst: str, src: str | None) -> str:
         """`oe initiate`: start negotiating, or say why nothing will happen (issue 15, 6)."""
@@ -889,30 +921,6 @@ def start(confdir: Path, rundir: Path, background: bool = False) -> int:
     log_to(logging.StreamHandler())
     asyncio.run(daemon.run())
     return 0
-
-
-class _Printable(logging.Formatter):
-    """Escape what peers and DNS put into log lines (IDs, reasons, names): no control
-    character reaches the log, so none can forge a line or drive a terminal. A traceback's
-    lines (an exception's text may come from a peer too) are escaped and indented, so none
-    of them can pass for a line of its own."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.msg = printable(record.getMessage(), limit=LOG_LINE_MAX)
-        record.args = ()
-        head, *rest = super().format(record).split("\n")
-        return "\n".join([head] + ["    " + printable(line, LOG_LINE_MAX) for line in rest])
-
-
-LOG_LINE_MAX = 2000
-
-
-def log_to(handler: logging.Handler) -> None:
-    """The daemon's log: one escaped line per message, with time and pid."""
-    handler.setFormatter(_Printable("%(asctime)s oe[%(process)d]: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
 
 
 def _detach(daemon: Daemon, rundir: Path) -> int:

@@ -97,6 +97,20 @@ def load(path: Path) -> rsa.RSAPrivateKey:
     return key
 
 
+def load_own(path: Path) -> rsa.RSAPrivateKey:
+    """The host key as `oe start` and `oe reload` use it: what keygen would make, so at least
+    MIN_BITS, and readable by its owner only (a key others can read speaks for anyone)."""
+    key = load(path)
+    if key.key_size < MIN_BITS:
+        raise HostKeyError(f"{path}: RSA {key.key_size} bits is below the minimum of "
+                           f"{MIN_BITS} (make a new one with `oe keygen --force`)")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise HostKeyError(f"{path}: mode {mode:04o} lets others read the host key "
+                           f"(chmod 600 {path})")
+    return key
+
+
 def public_blob(key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> bytes:
     """The RFC 3110 blob of the public half, as DNS publishes it."""
     public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key

@@ -52,7 +52,9 @@ def m(name: str, path: str, anchor: str, replacement: str, *tests: str,
     return Mutant(name, path, anchor, replacement, tuple(f"tests/{t}" for t in tests), root)
 
 
-SA, TSPY = "oe/ike/sa.py", "oe/ike/ts.py"
+IKE_SA, ENGINE, TSPY = "oe/ike/ike_sa.py", "oe/ike/engine.py", "oe/ike/ts.py"
+IKE_AUTH, CHILD_CREATE = "oe/ike/tasks/ike_auth.py", "oe/ike/tasks/child_create.py"
+COMMON = "oe/ike/tasks/common.py"
 IKE_FAST = ("test_ike_forgery.py", "test_ike_message_ids.py", "test_ike_engine.py")
 SELECTORS = ("test_ike_selectors.py", "test_ike_peer_keys.py", "test_ike_engine.py")
 RECORDS, ROUTING, INBOUND = "oe/dnskeys/records.py", "oe/routing.py", "oe/inbound.py"
@@ -63,81 +65,79 @@ TS_ALLOWED = ("            if ts.start != ts.end or "
 
 MUTANTS = [
     # IKE message handling: the legality table and the one gate (RFC 7296 2.3, 3.14)
-    m("ike-accept-auth-response-cleartext", SA,
+    m("ike-accept-auth-response-cleartext", IKE_SA,
       "(State.EXPECT_AUTH_RESPONSE, _X.IKE_AUTH, True): Take.PROTECTED,",
       "(State.EXPECT_AUTH_RESPONSE, _X.IKE_AUTH, True): Take.CLEARTEXT,",
       "test_ike_forgery.py", "test_ike_fuzz.py"),
-    m("ike-accept-established-cleartext", SA,
+    m("ike-accept-established-cleartext", IKE_SA,
       "    **{(state, exchange, response): Take.PROTECTED\n",
       "    **{(state, exchange, response): Take.CLEARTEXT\n", *IKE_FAST),
-    m("ike-accept-refused-handled", SA,
+    m("ike-accept-refused-handled", IKE_SA,
       "        if take is Take.REFUSED:\n",
       "        if False:\n", "test_ike_message_ids.py"),
-    m("ike-response-without-integrity", SA,
+    m("ike-response-without-integrity", IKE_SA,
       "        if take is Take.PROTECTED:\n            try:\n                msg = self._open(",
       "        if False:\n            try:\n                msg = self._open(", *IKE_FAST),
-    m("ike-response-any-message-id", SA,
+    m("ike-response-any-message-id", IKE_SA,
       "        if req is None or (header.message_id, header.exchange) != (req.message_id,\n"
       "                                                                   req.exchange):\n",
       "        if req is None:\n", "test_ike_message_ids.py", "test_ike_forgery.py"),
-    m("ike-request-message-id-window", SA,
+    m("ike-request-message-id-window", IKE_SA,
       "        if header.message_id != self.expected_message_id:\n"
-      "            return self.engine._count(\"unexpected_dropped\")\n", "",
+      "            return self.host.count(\"unexpected_dropped\")\n", "",
       "test_ike_message_ids.py"),
-    m("ike-retransmit-without-integrity", SA,
+    m("ike-retransmit-without-integrity", IKE_SA,
       "            try:\n                self._open(header, msg)\n"
       "            except IntegrityError:\n"
-      "                return self.engine._count(\"forged_dropped\")\n"
+      "                return self.host.count(\"forged_dropped\")\n"
       "            except IkeError:\n"
-      "                return self.engine._count(\"unexpected_dropped\")\n", "",
+      "                return self.host.count(\"unexpected_dropped\")\n", "",
       "test_ike_message_ids.py"),
-    m("ike-cookie-not-checked", SA,
+    m("ike-cookie-not-checked", ENGINE,
       "            if not (isinstance(got, Notify) and got.notify_type == NotifyType.COOKIE\n"
       "                    and hmac.compare_digest(got.data, want)):\n",
       "            if False:\n", "test_ike_admission.py"),
-    m("ike-admission-hook-ignored", SA,
+    m("ike-admission-hook-ignored", ENGINE,
       "        if self.admit_init is not None and not self.admit_init(data, addr, local_port):\n",
       "        if False:\n", "test_ike_admission.py"),
-    m("ike-half-open-unbounded", SA,
+    m("ike-half-open-unbounded", ENGINE,
       "        if len(self._half_open) >= self.config.half_open_max:\n", "        if False:\n",
       "test_ike_admission.py"),
-    m("ike-child-sas-unbounded", SA,
-      "        elif len(self.children) >= CHILD_SAS_MAX:\n", "        elif False:\n",
+    m("ike-child-sas-unbounded", CHILD_CREATE,
+      "    elif len(sa.children) >= CHILD_SAS_MAX:\n", "    elif False:\n",
       "test_ike_engine.py"),
     # AUTH verification (RFC 7296 2.15, docs/architecture.md section 3)
-    m("auth-signature-not-verified", SA,
-      "            _auth.verify(key, auth.method, auth.data, octets, "
-      "sha1_allowed=not self.peer_hashes)\n", "            pass\n", *IKE_FAST),
-    m("auth-sha1-always-allowed", SA,
-      "sha1_allowed=not self.peer_hashes)", "sha1_allowed=True)", "test_ike_auth_method.py"),
-    m("auth-any-peer-id", SA,
-      "        if self.initiator and self.expected_peer_id not in (None, peer):\n",
-      "        if False:\n", *IKE_FAST),
-    m("auth-fqdn-spelled-as-address", SA,
-      "        if peer.id_type == IdType.ID_FQDN and _is_address_literal(peer.data):\n",
-      "        if False:\n", "test_ike_peer_keys.py"),
-    m("auth-key-not-for-that-address", SA,
-      "                peer.address() not in found.addresses):\n", "                False):\n",
+    m("auth-signature-not-verified", IKE_AUTH,
+      "        _auth.verify(key, auth.method, auth.data, octets, "
+      "sha1_allowed=not sa.peer_hashes)\n", "        pass\n", *IKE_FAST),
+    m("auth-sha1-always-allowed", IKE_AUTH,
+      "sha1_allowed=not sa.peer_hashes)", "sha1_allowed=True)", "test_ike_auth_method.py"),
+    m("auth-any-peer-id", IKE_AUTH,
+      "    if sa.initiator and expected_peer_id not in (None, peer):\n",
+      "    if False:\n", *IKE_FAST),
+    m("auth-fqdn-spelled-as-address", IKE_AUTH,
+      "    if peer.id_type == IdType.ID_FQDN and _is_address_literal(peer.data):\n",
+      "    if False:\n", "test_ike_peer_keys.py"),
+    m("auth-key-not-for-that-address", IKE_AUTH,
+      "            peer.address() not in found.addresses):\n", "            False):\n",
       "test_ike_peer_keys.py"),
     # Selector narrowing (RFC 7296 2.9)
-    m("ts-responder-keeps-wide-tsi", SA,
-      "remote = narrow([TrafficSelector.from_wire(w) for w in tsi.selectors], self._vouched())",
-      "remote = [TrafficSelector.from_wire(w) for w in tsi.selectors]", *SELECTORS),
-    m("ts-responder-keeps-wide-tsr", SA,
-      "        local = narrow([TrafficSelector.from_wire(w) for w in tsr.selectors],\n"
-      "                       [TrafficSelector.host(self.config.local_addr)])\n",
-      "        local = [TrafficSelector.from_wire(w) for w in tsr.selectors]\n", *SELECTORS),
-    m("ts-responder-empty-narrowing", SA,
-      "        if not remote or not local:\n", "        if False:\n", *SELECTORS),
-    m("ts-policy-ignored", SA,
-      "        if policy is not None and not policy(self.peer_id, tuple(local), tuple(remote)):\n",
-      "        if False:\n", *SELECTORS),
-    m("ts-initiator-takes-widened", SA,
-      "            raise IkeError(NotifyType.TS_UNACCEPTABLE, "
-      "\"responder widened the traffic selectors\")\n", "            pass\n", *SELECTORS),
-    m("ts-initiator-tsr-not-vouched", SA,
-      "        if not all(any(t.is_subset_of(v) for v in vouched) for t in remote):\n",
-      "        if False:\n", *SELECTORS),
+    m("ts-responder-keeps-wide-tsi", COMMON,
+      "    remote = narrow(tsi, vouched(sa))\n", "    remote = tsi\n", *SELECTORS),
+    m("ts-responder-keeps-wide-tsr", COMMON,
+      "    local = narrow(tsr, [TrafficSelector.host(sa.config.local_addr)])\n",
+      "    local = tsr\n", *SELECTORS),
+    m("ts-responder-empty-narrowing", COMMON,
+      "    if not remote or not local:\n", "    if False:\n", *SELECTORS),
+    m("ts-policy-ignored", COMMON,
+      "    if policy is not None and not policy(sa.peer_id, tuple(local), tuple(remote)):\n",
+      "    if False:\n", *SELECTORS),
+    m("ts-initiator-takes-widened", COMMON,
+      "        raise IkeError(NotifyType.TS_UNACCEPTABLE, "
+      "\"responder widened the traffic selectors\")\n", "        pass\n", *SELECTORS),
+    m("ts-initiator-tsr-not-vouched", COMMON,
+      "    if not all(any(t.is_subset_of(v) for v in vouched_ts) for t in remote):\n",
+      "    if False:\n", *SELECTORS),
     m("ts-intersect-any-protocol", TSPY,
       "        if self.protocol and other.protocol and self.protocol != other.protocol:\n",
       "        if False:\n", *SELECTORS),
@@ -255,9 +255,16 @@ MUTANTS = [
     m("daemon-refused-child-leaves-hold", DAEMON,
       "            self._run(self.opportunist.negotiation_failed(pair, f\"CHILD SA refused: {why}\", "
       "now))\n", "            pass\n", "test_daemon.py"),
-    m("daemon-log-unescaped", DAEMON,
+    m("daemon-log-unescaped", "oe/logs.py",
       "        record.msg = printable(record.getMessage(), limit=LOG_LINE_MAX)\n",
       "        record.msg = record.getMessage()\n", "test_daemon.py"),
+    m("hostkey-short-accepted", "oe/hostkey.py", "    if key.key_size < MIN_BITS:\n",
+      "    if False:\n", "test_check.py"),
+    m("hostkey-exposed-accepted", "oe/hostkey.py", "    if mode & 0o077:\n", "    if False:\n",
+      "test_check.py"),
+    m("reload-half-applies-restart-settings", "oe/config.py",
+      "    kept = tuple(k for k in _differences(old, new) if k in RESTART_KEYS)\n",
+      "    kept = ()\n", "test_config.py", "test_reload.py"),
 ]
 
 

@@ -45,6 +45,23 @@ def test_values_are_read_and_converted(tmp_path):
     ("route_table = 4294967296", "oe.conf: route_table: expected at most 4294967295"),
     ("rule_priority = 0", "oe.conf: rule_priority: 0 is reserved (the local table's rule)"),
     ("rule_priority = 4294967296", "oe.conf: rule_priority: expected at most 4294967295"),
+    # issue 15: each of these was a traceback at `oe start` (or in oe.log with --daemon)
+    ('[dns]\nnameservers = ["dns.google"]', "[dns] nameservers: 'dns.google' is not an IP "
+                                            "address"),
+    ('[ike]\nproposals = ["bogus"]', "[ike] proposals: unknown algorithm 'bogus'"),
+    ('[ike]\nesp_proposals = ["aes128gcm16-bogus"]', "[ike] esp_proposals: unknown algorithm"),
+    ('addresses = ["192.0.2.300"]', "addresses: '192.0.2.300' is not an IPv4 or IPv6 address"),
+    ('addresses = ["127.0.0.1"]', "addresses: 127.0.0.1 cannot carry IKE"),
+    ('addresses = ["192.0.2.1", "192.0.2.2"]', "one address per family"),
+    ('tun_name = "a/b"', "tun_name: 'a/b' is no interface name"),
+    ('tun_name = "a-name-too-long-x"', "is no interface name"),
+    ("bypass_mark = 0", "bypass_mark: expected 1 to 4294967295"),
+    ("shunt_lifetime = 0", "shunt_lifetime: expected a number > 0"),
+    ("[limits]\nholds = 0", "[limits] holds: expected a number > 0"),
+    ("[ike]\nrekey_margin = 3600", "[ike] rekey_margin: 3600 s is not shorter than sa_lifetime"),
+    ("[dns]\nport = 70000", "[dns] port: expected 1 to 65535"),
+    ("[dns]\ntotal_timeout = 0.5", "[dns] total_timeout: 0.5 s is shorter than one query"),
+    ('log_level = "loud"', "log_level: 'loud': expected one of debug, info, warning, error"),
 ])
 def test_errors_name_the_key(text, message):
     with pytest.raises(ConfigError) as info:
@@ -58,3 +75,33 @@ def test_the_example_config_in_contrib_loads_and_matches_the_defaults():
 
     example = Path(__file__).resolve().parent.parent / "contrib" / "etc-oe"
     assert config.load(example) == Config()
+
+
+
+def test_examine_lists_every_problem_with_its_line():
+    text = ('tun_name = "oe0"\nshunt_lifetime = 0\n\n[ike]\n# ours\nproposals = ["bogus"]\n'
+            '[dns]\nnameservers = ["dns.google", "192.0.2.53"]\nfoo = 1\n')
+    conf, problems = config.examine(text)
+    assert [p.text("oe.conf") for p in problems] == [
+        "oe.conf:9: [dns] foo: unknown key",
+        "oe.conf:2: shunt_lifetime: expected a number > 0",
+        "oe.conf:6: [ike] proposals: unknown algorithm 'bogus' in proposal 'bogus'",
+        "oe.conf:8: [dns] nameservers: 'dns.google' is not an IP address (nor a DNS-over-HTTPS "
+        "URL): oe must know its nameservers' addresses to exempt them from trapping"]
+    assert conf.tun_name == "oe0"
+
+
+def test_changes_apply_what_runs_and_keep_what_needs_a_restart():
+    """issue 15, 5: `oe reload` applied none of oe.conf and said nothing of what it kept."""
+    old = config.parse('shunt_lifetime = 900\n[limits]\nshunts = 10\n')
+    new = config.parse('shunt_lifetime = 60\ntun_name = "oe9"\nroute_table = 100\n'
+                       '[limits]\nshunts = 20\nholds = 5\n[ike]\nproposals = ["aes256gcm16-prfsha384-ecp256"]\n'
+                       '[dns]\nnameservers = ["192.0.2.53"]\n')
+    diff = config.changes(old, new)
+    assert diff.applied == ("shunt_lifetime", "[ike] proposals", "[dns] nameservers",
+                            "[limits] shunts")
+    assert diff.kept == ("tun_name", "route_table", "[limits] holds")
+    assert diff.config.shunt_lifetime == 60 and diff.config.limits.shunts == 20
+    assert (diff.config.tun_name, diff.config.route_table) == ("oe0", 4322)
+    assert diff.config.limits.holds == 1024
+    assert config.changes(old, old) == config.Changes(old, (), ())

@@ -248,7 +248,8 @@ def test_a_silent_nameserver_costs_the_budget_and_no_more(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         port = silent.getsockname()[1]
-        config = DnsConfig(nameservers=("127.0.0.1",), port=port, total_timeout=0.5)
+        config = DnsConfig(nameservers=("127.0.0.1",), port=port, query_timeout=0.2,
+                           total_timeout=0.5)
         source = UnboundSource(["127.0.0.1"], port, [])
 
         async def run():
@@ -260,8 +261,8 @@ def test_a_silent_nameserver_costs_the_budget_and_no_more(tmp_path):
                 source.close()
         lookup, took = asyncio.run(run())
     assert lookup.verdict is Verdict.NOT_CAPABLE and 0.5 <= took < 1.5
-    assert lookup.error == ("DNS timeout: no answer for 1.113.0.203.in-addr.arpa. within the "
-                            "0.5 s budget")
+    assert lookup.error == (f"DNS timeout: no answer for 1.113.0.203.in-addr.arpa. from "
+                            f"127.0.0.1 port {port} within the 0.5 s budget (0.2 s per query)")
 
 
 def test_without_libunbound_the_source_is_a_one_line_error(monkeypatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ike_helpers import ADDR_B, Link, events, ike_pair
 
-from oe.ike import sa as sa_mod
+from oe.ike.tasks import ike_init
 from oe.ike.constants import AuthMethod, NotifyType
 from oe.ike.events import IkeSaEstablished, IkeSaFailed
 from oe.ike.message import Auth, parse_message
@@ -19,14 +19,14 @@ def test_method_1_from_a_peer_that_announced_hash_algorithms_is_refused(monkeypa
     link = Link(a, b)
     a.initiate(ADDR_B, 0)
     [sa_a] = a._sas.values()
-    real_hashes = sa_mod.IkeSa._hashes_of
-    monkeypatch.setattr(sa_mod.IkeSa, "_hashes_of", staticmethod(lambda msg: set()))
+    real_hashes = ike_init.hashes_of
+    monkeypatch.setattr(ike_init, "hashes_of", lambda msg: set())
     link.transfer(a)                                    # B reads no hash algorithms from A
-    monkeypatch.setattr(sa_mod.IkeSa, "_hashes_of", staticmethod(real_hashes))
+    monkeypatch.setattr(ike_init, "hashes_of", real_hashes)
     link.transfer(b)                                    # A reads B's: SHA2-256 and more
     link.transfer(a)                                    # IKE_AUTH -->
     [answer] = link.transfer(b)                         # <-- IKE_AUTH, signed with method 1
-    sa_a._raw = answer
+    sa_a.datagram = answer
     header, msg = parse_message(answer)
     assert sa_a._open(header, msg).first(Auth).method == AuthMethod.RSA_SIG
     [failed] = events(a)

@@ -540,19 +540,19 @@ def test_fqdn_identity():
 def test_method_1_with_a_peer_that_does_not_announce_hash_algorithms(monkeypatch):
     """A peer without SIGNATURE_HASH_ALGORITHMS gets AUTH method 1 (RSA, SHA-1) and its own
     method 1 signature is accepted (RFC 7427 section 4)."""
-    from oe.ike import sa as sa_mod
+    from oe.ike.tasks import ike_init
     from oe.ike.message import Auth, Notify
 
     a, b = ike_pair()
     link = Link(a, b)
-    real_notify, real_hashes = sa_mod._hash_algorithms_notify, sa_mod.IkeSa._hashes_of
-    monkeypatch.setattr(sa_mod, "_hash_algorithms_notify", lambda: Notify(40001, b""))
+    real_notify, real_hashes = ike_init.hash_algorithms_notify, ike_init.hashes_of
+    monkeypatch.setattr(ike_init, "hash_algorithms_notify", lambda: Notify(40001, b""))
     a.initiate(ADDR_B, 0)  # A plays the legacy peer: no notify ...
-    monkeypatch.setattr(sa_mod, "_hash_algorithms_notify", real_notify)
+    monkeypatch.setattr(ike_init, "hash_algorithms_notify", real_notify)
     link.transfer(a)
-    monkeypatch.setattr(sa_mod.IkeSa, "_hashes_of", staticmethod(lambda msg: set()))
+    monkeypatch.setattr(ike_init, "hashes_of", lambda msg: set())
     link.transfer(b)  # ... and ignores B's, so it signs with method 1
-    monkeypatch.setattr(sa_mod.IkeSa, "_hashes_of", staticmethod(real_hashes))
+    monkeypatch.setattr(ike_init, "hashes_of", real_hashes)
     [auth_req] = link.transfer(a)
     link.transfer(b)
     assert [type(e) for e in events(a)] == [IkeSaEstablished, ChildSaEstablished]
@@ -560,7 +560,7 @@ def test_method_1_with_a_peer_that_does_not_announce_hash_algorithms(monkeypatch
     sa_b = b._by_id[1]
     from oe.ike.message import parse_message
     header, msg = parse_message(auth_req)
-    sa_b._raw = auth_req
+    sa_b.datagram = auth_req
     inner = sa_b._open(header, msg)
     assert inner.first(Auth).method == 1
 
@@ -773,7 +773,7 @@ def test_a_peer_cannot_make_us_hold_unbounded_child_sas():
     """Review of issue 10: an authenticated peer asking for CHILD SA after CHILD SA (no
     REKEY_SA) gets N(NO_ADDITIONAL_SAS) past CHILD_SAS_MAX, and we hold no more SPIs."""
     from oe.ike import events as E
-    from oe.ike.sa import CHILD_SAS_MAX
+    from oe.ike.constants import CHILD_SAS_MAX
     from oe.ike.ts import TrafficSelector
     a, b = ike_pair()
     link = Link(a, b)

@@ -178,16 +178,16 @@ def test_an_exchange_handler_run_twice_reports_its_child_sa_once():
     a, b = link.a, link.b
     a.rekey_child(sid, child.spi_in, 0)
     sa = a._by_id[sid]
-    handler = sa.request.handler
+    task = sa.request.task
     [(request, _, _)] = a.datagrams_to_send(0)
     b.receive_datagram(request, (ADDR_A, 500), 0)
     [(answer, _, _)] = b.datagrams_to_send(0)
     header, msg = parse_message(answer)
-    sa._raw = answer
+    sa.datagram = answer
     inner = sa._open(header, msg)
     a.receive_datagram(answer, (ADDR_B, 500), 0)
     assert [type(e) for e in events(a)] == [ChildSaRekeyed]
-    handler(inner, 0.1)
+    task.process_i(sa, inner, 0.1)
     assert not [e for e in events(a) if isinstance(e, (ChildSaRekeyed, ChildSaEstablished))]
 
 

@@ -248,6 +248,7 @@ def test_authentic_ike_auth_with_random_payloads_is_answered(kind, payloads, wit
     random payloads (optionally after a real IDi and AUTH): one answer, then either an
     established IKE SA or a failure event, never an exception."""
     from oe.ike.message import ID, Auth, Header, encode_payloads
+    from oe.ike.tasks.ike_auth import auth_payload
 
     a, b = ike_pair(seed=13, cfg_a=SUITES[kind], cfg_b=SUITES[kind])
     link = Link(a, b)
@@ -258,7 +259,7 @@ def test_authentic_ike_auth_with_random_payloads_is_answered(kind, payloads, wit
     sa = a._by_id[sid]
     if with_real_auth:
         idi = ID(True, sa.config.identity.id_type, sa.config.identity.data)
-        payloads = [idi, sa._auth_payload(idi)] + [p for p in payloads
+        payloads = [idi, auth_payload(sa, idi)] + [p for p in payloads
                                                    if not isinstance(p, (ID, Auth))]
     header = Header(sa.spi_i, sa.spi_r, 0, 35, 0x08, 1, 0).encode()
     first, inner = encode_payloads(payloads)

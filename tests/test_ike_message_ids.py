@@ -17,7 +17,7 @@ from ike_helpers import ADDR_B, established_pair, events
 from oe.ike.constants import ExchangeType, NotifyType, ProtocolId
 from oe.ike.events import ChildSaDeleted
 from oe.ike.message import Delete, Notify, parse_message
-from oe.ike.sa import State
+from oe.ike.ike_sa import State
 
 
 def established():
@@ -141,7 +141,7 @@ def test_authentic_ike_auth_request_on_an_established_sa_is_refused():
     request = sa_b._encode(ExchangeType.IKE_AUTH, [], False, 0)
     [(answer, _, _)] = deliver(link, request)
     header, msg = parse_message(answer)
-    sa_b._raw = answer
+    sa_b.datagram = answer
     [notify] = sa_b._open(header, msg).payloads
     assert isinstance(notify, Notify) and notify.notify_type == NotifyType.INVALID_SYNTAX
     assert events(link.a) == []

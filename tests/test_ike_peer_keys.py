@@ -107,17 +107,17 @@ def test_address_id_needs_a_key_that_vouches_for_that_address():
 def test_initiator_refuses_a_tsr_the_responders_key_does_not_vouch_for(monkeypatch):
     """A offers TSr = 198.51.100.0/24 to B; B (its key vouches for 198.51.100.2 only) narrows
     it to 198.51.100.3. A refuses the CHILD SA (TS_UNACCEPTABLE) and deletes it."""
-    from oe.ike.sa import IkeSa
+    from oe.ike.tasks import common
 
     a = initiator(ADDR_A, "a")
     b = b_knows({Identity.from_address(ADDR_A): vouch("a", ADDR_A)})
     link = Link(a, b)
-    real = IkeSa._narrow_as_responder
+    real = common.narrow_as_responder
 
     def lying(self, msg):
         local, remote = real(self, msg)
         return (TrafficSelector.host(ADDR_M),), remote
-    monkeypatch.setattr(IkeSa, "_narrow_as_responder", lying)
+    monkeypatch.setattr(common, "narrow_as_responder", lying)
     a.initiate(ADDR_B, 0, remote_ts=[NET])
     link.roundtrip(a)
     ea = events(a)

@@ -13,7 +13,7 @@ from ike_helpers import ADDR_A, ADDR_B, Link, events, ike_pair
 
 from oe.ike.constants import NotifyType
 from oe.ike.events import ChildSaEstablished, ChildSaFailed, IkeSaEstablished
-from oe.ike.sa import IkeSa
+from oe.ike.tasks import common
 from oe.ike.ts import TrafficSelector
 
 NET = TrafficSelector(ipaddress.ip_address("198.51.100.0"), ipaddress.ip_address("198.51.100.255"))
@@ -81,12 +81,12 @@ def test_initiator_refuses_a_responder_that_widens(monkeypatch, what):
     catch it (section 2.9: the responder may only narrow). A refuses the CHILD SA and
     deletes it at B."""
     tsi, tsr = WIDER[what]
-    real = IkeSa._narrow_as_responder
+    real = common.narrow_as_responder
 
     def widening(self, msg):
         local, remote = real(self, msg)
         return (tsr or local), (tsi or remote)
-    monkeypatch.setattr(IkeSa, "_narrow_as_responder", widening)
+    monkeypatch.setattr(common, "narrow_as_responder", widening)
     offer_r = TrafficSelector.host(ADDR_B, 6, 443)
     a, b, ea, eb = negotiate(local_ts=[HOST_A], remote_ts=[offer_r])
     assert [type(e) for e in ea] == [IkeSaEstablished, ChildSaFailed]

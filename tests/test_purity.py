@@ -11,7 +11,7 @@ IO_MODULES = {"socket", "asyncio", "time", "select", "selectors", "subprocess", 
 # daemon, runner, cli; routing and inbound talk to the kernel).
 IO_NAMES = {"cli.py", "net.py", "tun.py", "daemon.py", "loader.py", "fetcher.py", "runner.py",
             "hostkey.py", "__main__.py", "demo.py", "control.py", "knotd.py", "netns.py",
-            "routing.py", "inbound.py", "unbound.py"}
+            "routing.py", "inbound.py", "check.py", "unbound.py"}
 
 
 def pure_modules():
@@ -28,3 +28,9 @@ def test_pure_module_imports_no_io(path):
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert not imported & IO_MODULES, f"{path.name} imports {imported & IO_MODULES}"
+
+
+def test_the_path_mtu_search_and_ike_fragmentation_are_checked_as_pure():
+    """Issue 17's sans-IO parts: the datapath and IKE engine feed them time and events."""
+    names = {str(p.relative_to(ROOT)) for p in pure_modules()}
+    assert {"pmtu.py", "ike/fragment.py"} <= names

@@ -41,6 +41,7 @@ from oe.dnskeys.records import KINDS
 from oe.errors import OeError
 
 KEYSOURCES = ("dns", "zonefiles")
+TIMEOUT, FAILED = "DNS timeout", "DNS lookup"  # how the reasons of unanswered lookups begin
 EDNS_PAYLOAD = 1232  # DNS flag day 2020: fits unfragmented; longer answers retry over TCP
 
 
@@ -60,6 +61,8 @@ class Answer:
     """Why there is no answer (timeout, SERVFAIL...); such answers are never cached."""
     nxdomain: bool = False
     """The name does not exist (RCODE NXDOMAIN), as opposed to NODATA."""
+    silent: tuple[str, ...] = ()
+    """The nameservers that did not answer in time (a timeout), as "192.0.2.53 port 5353"."""
     security: str = OFF
     """Its DNSSEC state, one of oe.dnskeys.choice.DNSSEC_STATES ("off": not validated)."""
     why_bogus: str | None = None
@@ -97,6 +100,12 @@ class DnsSource:
         self.resolver.timeout = query_timeout
         self.resolver.use_edns(0, 0, EDNS_PAYLOAD)
 
+    def nameservers(self) -> list[str]:
+        """The nameservers asked, as messages name them ("192.0.2.53", "::1 port 5353")."""
+        port = self.resolver.port
+        return [_server_text(ns if "@" in ns or ns.startswith("https://") else f"{ns}@{port}")
+                for ns in map(str, self.resolver.nameservers)]
+
     async def query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType,
                     lifetime: float) -> Answer:
         try:
@@ -104,8 +113,11 @@ class DnsSource:
                                                  lifetime=lifetime, search=False)
         except dns.resolver.NXDOMAIN as exc:
             return Answer((), negative_ttl(exc.response(name)), nxdomain=True)
-        except dns.resolver.LifetimeTimeout:
-            return Answer((), 0, f"no answer within {lifetime:g} s")
+        except dns.resolver.LifetimeTimeout as exc:
+            silent = tuple(dict.fromkeys(_server_text(e[0]) for e in exc.kwargs.get("errors")
+                                         or () if isinstance(e[3], dns.exception.Timeout)))
+            return Answer((), 0, f"no answer within {lifetime:g} s",
+                          silent=silent or tuple(self.nameservers()))
         except dns.resolver.NoNameservers as exc:
             return Answer((), 0, _nameserver_errors(exc))
         except dns.exception.DNSException as exc:
@@ -113,6 +125,15 @@ class DnsSource:
         if answer.rrset is None:
             return Answer((), negative_ttl(answer.response))
         return Answer(tuple(answer.rrset), answer.chaining_result.minimum_ttl)
+
+
+def _server_text(server: str) -> str:
+    """dnspython's "Do53:192.0.2.53@5353" as "192.0.2.53 port 5353" (no port if 53)."""
+    address = server.removeprefix("Do53:")
+    if "@" in address and not address.startswith("https://"):
+        address, port = address.rsplit("@", 1)
+        return address if port == "53" else f"{address} port {port}"
+    return address
 
 
 def _nameserver_errors(exc: dns.resolver.NoNameservers) -> str:
@@ -178,6 +199,11 @@ def make_source(config: DnsConfig, confdir: Path) -> Source:
                       f"{', '.join(repr(k) for k in KEYSOURCES)}")
 
 
+def unanswered(lookup: KeyLookup) -> bool:
+    """Whether DNS did not answer (timeout, SERVFAIL...), as opposed to answering "no key"."""
+    return lookup.error is not None and lookup.error.startswith((TIMEOUT, FAILED))
+
+
 @dataclass
 class FetcherStats:
     """Counters for `oe status` and the tests."""
@@ -211,7 +237,8 @@ class KeyFetcher:
         self._inflight: dict[tuple[dns.name.Name, int], asyncio.Task[Answer]] = {}
 
     def nameservers(self) -> list[str]:
-        """Addresses of the nameservers asked (none for zone files): exempt from trapping."""
+        """Addresses of the nameservers asked (none for zone files): exempt from trapping.
+        (DnsSource.nameservers() names them for messages, with their port.)"""
         resolver = getattr(self.source, "resolver", None)
         return [str(ns) for ns in resolver.nameservers] if resolver is not None else []
 
@@ -238,18 +265,19 @@ class KeyFetcher:
             self.stats.refreshes += 1
             for rdtype in rdtypes:
                 self._cache.pop((target.name, int(rdtype)), None)
-        try:
-            async with asyncio.timeout(budget):
+        try:  # the source keeps the budget; this only ends a source that does not
+            async with asyncio.timeout(budget + self.config.query_timeout):
                 entries = await asyncio.gather(*(self._answer(target.name, t) for t in rdtypes))
         except TimeoutError:
-            return self._stamped(not_capable(target, f"DNS timeout: no answer for "
-                                                     f"{target.name} within the {budget:g} s "
-                                                     f"budget"))
+            return self._timed_out(target, self._source_servers())
         answers = [entry.answer for entry in entries]
+        silent = tuple(dict.fromkeys(s for a in answers for s in a.silent))
+        if silent:
+            return self._timed_out(target, silent)
         for kind, answer in zip(KINDS, answers):
             if answer.error is not None:
                 # RFC 4322 3.2: a DNS timeout means "not OE capable", like no record.
-                return self._stamped(not_capable(target, f"DNS lookup of {kind} at "
+                return self._stamped(not_capable(target, f"{FAILED} of {kind} at "
                                                          f"{target.name} failed: {answer.error}"))
         lookup = choose(target, {kind: a.rdatas for kind, a in zip(KINDS, answers)},
                         min_key_bits=self.config.min_key_bits,
@@ -260,6 +288,17 @@ class KeyFetcher:
                         name_exists=not all(a.nxdomain for a in answers),
                         ttl=min(a.ttl for a in answers))
         return replace(lookup, expires=min(entry.expires for entry in entries))
+
+    def _timed_out(self, target: Target, silent) -> KeyLookup:
+        """Issue 15, 8: say which nameservers were silent, and the timeouts that applied."""
+        servers = f" from {', '.join(silent)}" if silent else ""
+        return self._stamped(not_capable(
+            target, f"{TIMEOUT}: no answer for {target.name}{servers} within the "
+                    f"{self.config.total_timeout:g} s budget ({self.config.query_timeout:g} s "
+                    f"per query)"))
+
+    def _source_servers(self) -> list[str]:
+        return self.source.nameservers() if isinstance(self.source, DnsSource) else []
 
     def _stamped(self, lookup: KeyLookup) -> KeyLookup:
         """A lookup from no cacheable answer: stale from now on."""
@@ -290,8 +329,8 @@ class KeyFetcher:
     async def _query(self, key: tuple[dns.name.Name, int], name: dns.name.Name,
                      rdtype: dns.rdatatype.RdataType) -> _Entry:
         self.stats.queries += 1
-        # The callers' budget ends first; this lifetime only stops a query nobody waits for.
-        lifetime = self.config.total_timeout + self.config.query_timeout
+        # The budget: dnspython then says which nameservers were silent (LifetimeTimeout).
+        lifetime = self.config.total_timeout
         answer = await self.source.query(name, rdtype, lifetime)
         # The TTL counts from when the answer came (RFC 1035 3.2.1); errors are not cached.
         entry = _Entry(answer, self.clock() + (answer.ttl if answer.error is None else 0))

@@ -9,7 +9,7 @@ and insecure delegations, and is the validator the other IPsec implementations t
 
 The context (one per source):
   - the nameservers of oe.conf are its forwarders (`set_fwd`), else those of /etc/resolv.conf
-    (read by dnspython, so `nameservers` always says where queries go: they are exempt from
+    (read by dnspython, so `addresses` always says where queries go: they are exempt from
     trapping); the validator asks them for DNSKEY and DS as well, so they must serve (or
     recurse for) the chain from the anchors down;
   - the trust anchors are files of DS or DNSKEY records in zone-file format (default: the root
@@ -110,7 +110,7 @@ class UnboundSource:
             except dns.exception.DNSException as exc:
                 raise DnsKeyError(f"no nameservers in oe.conf [dns] and none usable in "
                                   f"/etc/resolv.conf: {exc}") from None
-        self.nameservers = list(nameservers)
+        self.addresses = list(nameservers)
         """Where queries go: oe.conf's nameservers, else those of /etc/resolv.conf."""
         self._port, self._anchors = port, list(anchors)
         self.ctx = self._context()
@@ -126,7 +126,7 @@ class UnboundSource:
         self._check(ctx.set_async(True), "threads")
         for option, value in LAN_ZONE_OPTIONS:
             self._check(ctx.set_option(option, value), option)
-        for address in self.nameservers:
+        for address in self.addresses:
             self._check(ctx.set_fwd(f"{address}@{self._port}"), f"forwarder {address}")
         for rrset in self._anchors:
             for rdata in rrset:
@@ -139,6 +139,11 @@ class UnboundSource:
                     confdir: Path) -> UnboundSource:
         """For oe.conf [dns] with dnssec = "validate" (anchors read now: errors at start)."""
         return cls(nameservers, port, read_anchors(anchor_paths(trust_anchors, confdir)))
+
+    def nameservers(self) -> list[str]:
+        """The nameservers asked, as messages name them ("192.0.2.53", "::1 port 5353")."""
+        suffix = "" if self._port == 53 else f" port {self._port}"
+        return [f"{address}{suffix}" for address in self.addresses]
 
     @staticmethod
     def _check(status: int, what: str) -> None:
@@ -179,7 +184,7 @@ class UnboundSource:
         ctx = self.ctx
         self._watch(ctx)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        via = ", ".join(self.nameservers)
+        via = ", ".join(self.nameservers())
 
         def done(_data, status: int, result) -> None:
             # Read the result here: python3-unbound frees it when this returns.
@@ -196,8 +201,9 @@ class UnboundSource:
         try:
             async with asyncio.timeout(lifetime):
                 return await future
-        except TimeoutError:
-            return Answer((), 0, f"no answer within {lifetime:g} s")
+        except TimeoutError:  # which forwarder was silent, libunbound does not say
+            return Answer((), 0, f"no answer within {lifetime:g} s",
+                          silent=tuple(self.nameservers()))
         finally:
             if not future.done():  # nobody waits for it any more
                 ctx.cancel(async_id)

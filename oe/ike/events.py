@@ -155,3 +155,36 @@ class IkeSaFailed:
 
 Event = (IkeSaEstablished | ChildSaEstablished | ChildSaRekeyed | ChildSaDeleted | ChildSaFailed
          | IkeSaRekeyed | IkeSaPeerMoved | IkeSaDeleted | IkeSaFailed)
+
+
+@dataclass(frozen=True)
+class IkeSaInfo:
+    """One IKE SA as ``IkeEngine.ike_sas()`` shows it (for status views): a snapshot, not an
+    event. Algorithm names are those of the IANA IKEv2 registries (RFC 7296 section 3.3.2)."""
+
+    sa_id: int
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    initiator: bool
+    """We were the initiator of this IKE SA (of its rekey, for a rekeyed one)."""
+    spi_i: bytes
+    spi_r: bytes
+    """All zero until the responder's IKE_SA_INIT answer arrived."""
+    state: str
+    """What the IKE SA waits for: EXPECT_SA_INIT_RESPONSE, EXPECT_AUTH_RESPONSE,
+    EXPECT_AUTH_REQUEST (half-open), ESTABLISHED."""
+    encryption: str | None
+    """E.g. ``AES_GCM_16_128``; None before IKE_SA_INIT settled it."""
+    integrity: str | None
+    """E.g. ``HMAC_SHA2_256_128``, ``NONE`` with an AEAD cipher; None before IKE_SA_INIT."""
+    prf: str | None
+    dh_group: str | None
+    """E.g. ``CURVE25519``."""
+    established_at: float | None
+    """When IKE_AUTH (or the rekey that made this IKE SA) completed; None before."""
+    last_heard: float | None
+    """When the last authentic message from the peer arrived; None if none yet."""
+    child_sas: int
+    """How many CHILD SAs it holds."""

@@ -195,3 +195,21 @@ def accept(answer: tuple[Proposal, ...], ours: list[Suite], protocol: int,
     ):
         raise IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "answer is not a single choice")
     return choose(answer, ours, protocol, ignore_dh)
+
+
+def prefer_group(suites: list[Suite], group: int) -> list[Suite]:
+    """Our suites with those of ``group`` first, so that the responder can take the KE we
+    send with them instead of answering INVALID_KE_PAYLOAD (sections 1.2, 1.3)."""
+    return [s for s in suites if s.dh == group] + [s for s in suites if s.dh != group]
+
+
+def choose_for_ke(offered: tuple[Proposal, ...], suites: list[Suite], protocol: int,
+                  ke_group: int | None) -> tuple[Proposal, Suite]:
+    """choose(), preferring what the initiator's KE already fits: a different group than its
+    KE would cost a round trip through INVALID_KE_PAYLOAD (section 1.2)."""
+    if ke_group is not None:
+        try:
+            return choose(offered, [s for s in suites if s.dh == ke_group], protocol)
+        except IkeError:
+            pass
+    return choose(offered, suites, protocol)

@@ -191,3 +191,63 @@ def test_stop_fails_closed_and_flush_removes_it_on_purpose(world):
     assert stopped.returncode == 0, stopped.stderr
     assert state(world, "carol") == {"rules4": "", "rules6": "", "table4": "", "table6": "",
                                      "nft": ""}
+
+
+@pytest.mark.parametrize("conf, message", [
+    ('[dns]\nnameservers = ["dns.google"]\n', "[dns] nameservers: 'dns.google' is not an IP"),
+    ('[ike]\nproposals = ["bogus"]\n', "[ike] proposals: unknown algorithm 'bogus'"),
+    ('addresses = ["192.0.2.300"]\n', "addresses: '192.0.2.300' is not an IPv4 or IPv6"),
+    (f'addresses = ["{ALICE}"]\n', f"addresses: {ALICE} is not an address of this host"),
+])
+def test_a_bad_value_is_one_line_at_start_and_nothing_in_the_log(world, tmp_path, conf, message):
+    """Internal errors (issue 15): before, `oe start --daemon` said "oe exited while starting;
+    see oe.log", and oe.log held a traceback (ValueError, OSError 99)."""
+    confdir, rundir = tmp_path / "conf", tmp_path / "run"
+    shutil.copytree(world.confdir("carol"), confdir)
+    world_conf = (confdir / "oe.conf").read_text()  # names the world's nameserver
+    (confdir / "oe.conf").write_text(conf if "[dns]" in conf else conf + world_conf)
+    proc = oe(world, "carol", "start", "--daemon", confdir=confdir, rundir=rundir)
+    stop_detached(world, "carol", rundir)
+    assert proc.returncode == 2 and message in one_line(proc), proc.stdout + proc.stderr
+    assert not (rundir / "oe.log").exists()
+    assert not state(world, "carol")["rules4"]
+
+
+def test_readiness_is_notified_once_routes_and_datapath_are_up(world, tmp_path):
+    """contrib/oe.service is Type=notify: READY=1 only when oe serves (its rule and TUN in
+    place), STOPPING=1 when it begins to stop. systemd is not PID 1 here, so the test plays
+    its part: a datagram socket at $NOTIFY_SOCKET (sd_notify(3))."""
+    import socket
+
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(30)
+        proc = world.world.spawn(world.hosts["carol"], *demo.OE, "--confdir",
+                                 str(world.confdir("carol")), "--rundir",
+                                 str(world.rundir("carol")), "start", log="oe.log",
+                                 env={**os.environ, "NOTIFY_SOCKET": str(path)})
+        world.daemons["carol"] = proc
+        try:
+            ready = sock.recv(4096).decode().splitlines()
+            assert ready[0] == "READY=1" and f"MAINPID={proc.pid}" in ready, ready
+            assert state(world, "carol")["rules4"] and state(world, "carol")["nft"]
+            assert oe(world, "carol", "status").returncode == 0
+        finally:
+            demo.stop_oe(world, "carol")
+            oe(world, "carol", "flush")
+        assert sock.recv(4096) == b"STOPPING=1"
+
+
+def test_check_names_a_rule_of_someone_else_at_our_priority(world):
+    """`oe check`: a rule at rule_priority that is not oe's would be deleted with oe's."""
+    carol = world.hosts["carol"]
+    assert oe(world, "carol", "check").returncode == 0
+    world.world.run(carol, "ip", "rule", "add", "priority", "4322", "lookup", "100")
+    try:
+        proc = oe(world, "carol", "check")
+        assert proc.returncode == 2 and one_line(proc) == (
+            f"oe: {world.confdir('carol')}/oe.conf: rule_priority: 4322 is taken by a rule of "
+            f"table 100 (`ip rule`): choose a free one")
+    finally:
+        world.world.run(carol, "ip", "rule", "del", "priority", "4322", "lookup", "100")

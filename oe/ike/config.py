@@ -1,0 +1,65 @@
+"""What one host negotiates with (``IkeConfig``) and the shapes of the engine's hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from oe.ike.auth import Identity, PeerKey
+from oe.ike.constants import (
+    HALF_OPEN_COOKIE_THRESHOLD,
+    HALF_OPEN_LIFETIME,
+    HALF_OPEN_MAX,
+    NAT_KEEPALIVE_INTERVAL,
+    RETRANSMIT_BUDGET,
+    RETRANSMIT_TIMEOUT,
+    ProtocolId,
+)
+from oe.ike.proposals import Suite, parse_proposal
+from oe.ike.ts import TrafficSelector
+
+Addr = tuple[str, int]
+KeyLookup = Callable[[Identity], PeerKey | None]
+TsPolicy = Callable[[Identity, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]], bool]
+AdmitInit = Callable[[bytes, Addr, int], bool]
+CookieRequired = Callable[[Addr], bool]
+
+
+@dataclass(frozen=True)
+class IkeConfig:
+    """What one host negotiates with; every peer gets the same (opportunistic) terms."""
+
+    local_addr: str
+    """Our address: the ID (unless ``local_id`` is set), NAT-D input and our selector."""
+    private_key: rsa.RSAPrivateKey
+    """Our RSA host key; its public half is what peers find in DNS."""
+    local_id: Identity | None = None
+    """Our IKE identity; None means ID_IPV4_ADDR / ID_IPV6_ADDR of ``local_addr``."""
+    ike_proposals: tuple[str, ...] = ("aes128-sha256-x25519",)
+    """IKE SA proposals, strongSwan syntax, in order of preference."""
+    esp_proposals: tuple[str, ...] = ("aes128gcm16",)
+    """CHILD SA proposals; a DH group here means PFS in CREATE_CHILD_SA."""
+    retransmit_timeout: float = RETRANSMIT_TIMEOUT
+    """Seconds before the first retransmission; doubled after each."""
+    retransmit_budget: float = RETRANSMIT_BUDGET
+    """Seconds after the first transmission at which a request is given up."""
+    cookie_threshold: int = HALF_OPEN_COOKIE_THRESHOLD
+    """Half-open responder SAs at or above which IKE_SA_INIT must carry a COOKIE (2.6)."""
+    half_open_max: int = HALF_OPEN_MAX
+    """Half-open responder SAs at which further IKE_SA_INIT requests are dropped (counted)."""
+    half_open_lifetime: float = HALF_OPEN_LIFETIME
+    """Seconds a responder waits for IKE_AUTH after IKE_SA_INIT."""
+    nat_keepalive_interval: float = NAT_KEEPALIVE_INTERVAL
+    """Seconds between NAT keepalives (RFC 3948 section 4) while we are behind a NAT."""
+
+    @property
+    def identity(self) -> Identity:
+        return self.local_id or Identity.from_address(self.local_addr)
+
+    def ike_suites(self) -> list[Suite]:
+        return [s for p in self.ike_proposals for s in parse_proposal(p, ProtocolId.IKE)]
+
+    def esp_suites(self) -> list[Suite]:
+        return [s for p in self.esp_proposals for s in parse_proposal(p, ProtocolId.ESP)]

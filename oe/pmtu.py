@@ -1,0 +1,373 @@
+"""Path MTU to one peer, searched by probing: DPLPMTUD (RFC 8899) for ESP, sans-IO.
+
+FreeS/WAN's BUGS list opened its serious bugs with TCP hanging through a tunnel when part of the
+path has a smaller MTU and its "must fragment" ICMP never gets back (issue 17). The peers find
+the path MTU between themselves instead: the datapath sends probes of chosen sizes to the peer
+(ESP with TFC padding, RFC 4303 2.7, or padded IKE INFORMATIONAL), the peer's acknowledgement
+says a size arrived, and silence within the probe timer says it did not.
+
+One PathMtu per peer (per outer source/destination pair), in outer IP packet sizes. It reads no
+clock: every input carries `now`, and `next_timer()` says when `handle_timer()` is due (the
+style of aioquic's QuicConnection). Inputs:
+
+- `probes_to_send(now)`: sizes the datapath is to probe now (each is then in flight);
+- `on_probe_acked(now, size)`: the peer acknowledged a probe of that size;
+- `on_packet_too_big(now, mtu)`: ICMP fragmentation-needed / packet-too-big about the outer
+  path, already matched to one of our packets by the caller (RFC 8899 4.6.1);
+- `on_local_mtu(now, mtu)`: the local route's MTU, or the MTU the kernel named with EMSGSIZE;
+- `on_black_hole_suspected(now)`: the datapath saw full-size packets go unanswered (e.g. an
+  inner TCP segment of the full size retransmitted), so the current size is confirmed again.
+
+States as RFC 8899 5.2: BASE (confirming the base size), SEARCHING, SEARCH_COMPLETE, ERROR
+(not even the base size gets through). The search sends a round of probes at once, the
+confirmed size as a control and up to `probes_per_round` sizes spread over the open range: a
+size lost while a smaller one in the same round was acknowledged bounds the range from above
+(the path was up; the size is what failed). Rounds end when all are answered or at the probe
+timer, so a 1280 hop in a 1500 world is found in about five rounds.
+
+`Paths` keeps every peer's PathMtu for the daemon; `EspOverhead`, `mss`, `too_big_mtu` and
+`fragment_outer` turn a path MTU into what the datapath applies per packet (docs/pmtu.md).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+BASE_PLPMTU = {4: 1200, 6: 1280}
+"""RFC 8899 5.1.2: BASE_PLPMTU 1200 for IPv4 (a size that is nearly always supported) and the
+IPv6 minimum link MTU 1280 (RFC 8200 5)."""
+MIN_PLPMTU = {4: 576, 6: 1280}
+"""The least a local route may claim (RFC 8899 5.1.2: MIN_PLPMTU; 576 is every IPv4 host's
+reassembly minimum, RFC 791). ERROR keeps the base size rather than this: an ESP packet of 576
+bytes carries barely 500, and ERROR means not even the base size is answered."""
+IPV6_MIN_MTU = 1280
+
+
+class State(enum.Enum):
+    BASE = "base"
+    SEARCHING = "searching"
+    SEARCH_COMPLETE = "search complete"
+    ERROR = "error"
+
+
+class Source(enum.Enum):
+    """How the current size was learned: what `oe status` shows beside the path MTU."""
+
+    BASE = "base"          # nothing confirmed yet: the base size (RFC 8899 5.1.2)
+    ROUTE = "route"        # the local route's MTU or EMSGSIZE from the kernel
+    ICMP = "icmp"          # a validated packet-too-big (RFC 8899 4.6.2)
+    PROBE = "probe"        # the peer acknowledged a probe of this size
+
+
+@dataclass(frozen=True)
+class Timers:
+    """RFC 8899 5.1.1's constants, with values for a tunnel whose peer answers in an RTT."""
+
+    probe: float = 1.0
+    """PROBE_TIMER: a probe unanswered this long is lost (RFC 8899: not under 1 s; its 15 s
+    suits Internet paths to strangers, not a peer that answers at once)."""
+    max_probes: int = 3
+    """MAX_PROBES: losses of the confirmed size in a row that make it a black hole."""
+    confirm: float = 10.0
+    """How often SEARCH_COMPLETE probes its own size, so a path that shrinks is noticed
+    without any other sign (RFC 8899 4.3, black hole detection)."""
+    raise_: float = 600.0
+    """PMTU_RAISE_TIMER: a completed search is tried again upwards this often."""
+
+
+@dataclass
+class Counters:
+    probes_sent: int = 0
+    probes_acked: int = 0
+    probes_lost: int = 0
+    ptb_accepted: int = 0
+    ptb_ignored: int = 0
+    acks_ignored: int = 0
+    black_holes: int = 0
+
+
+@dataclass
+class PathMtu:
+    """The path MTU to one peer; `mtu` is the largest outer packet known to get through.
+
+    Always base <= mtu <= max: `max` is the local route's MTU (nothing larger can leave), `base`
+    the floor the search never goes below (RFC 8899 4.6.2: a PTB below it is ignored).
+    """
+
+    family: int
+    route_mtu: int
+    now: float
+    timers: Timers = field(default_factory=Timers)
+    probes_per_round: int = 4
+
+    def __post_init__(self) -> None:
+        self.max = max(self.route_mtu, MIN_PLPMTU[self.family])
+        self.base = min(BASE_PLPMTU[self.family], self.max)
+        self.mtu = self.base
+        self.source = Source.BASE
+        self.counters = Counters()
+        self._high = self.max          # the search's upper end: not yet known to be too big
+        self._in_flight: set[int] = set()
+        self._round_due: float | None = None   # when the probes in flight are declared lost
+        self._want_round = True                 # probes_to_send() starts a round
+        self._acked_this_round = False
+        self._silent_rounds = 0                 # rounds in a row with nothing acknowledged
+        self._wake: float | None = None         # the next confirm, raise or ERROR retry
+        self._raise_at = self.now + self.timers.raise_
+        self.state = State.BASE
+
+    # ------------------------------------------------------------------ inputs
+
+    def probes_to_send(self, now: float) -> list[int]:
+        """Sizes to probe now; empty between rounds. Each is in flight until acknowledged or
+        the probe timer ends the round."""
+        if not self._want_round or self._in_flight:
+            return []
+        self._want_round = False
+        self._acked_this_round = False
+        if self.state in (State.BASE, State.ERROR):
+            sizes = [self.base]
+        else:
+            sizes = [self.mtu] + self._spread(self.mtu, self._high)
+        self._in_flight = set(sizes)
+        self._round_due = now + self.timers.probe
+        self.counters.probes_sent += len(sizes)
+        return sorted(self._in_flight)
+
+    def on_probe_acked(self, now: float, size: int) -> None:
+        if size not in self._in_flight:
+            self.counters.acks_ignored += 1   # late, duplicated or never sent: changes nothing
+            return
+        self._in_flight.discard(size)
+        self.counters.probes_acked += 1
+        self._acked_this_round = True
+        self._silent_rounds = 0
+        if size > self.mtu or (size == self.mtu and self.source is not Source.PROBE):
+            self._set(size, Source.PROBE)
+        if self.state in (State.BASE, State.ERROR):
+            self.state = State.SEARCHING
+            self._want_round = True
+            self._in_flight.clear()
+            self._round_due = None
+        elif not self._in_flight:
+            self._end_round(now)
+
+    def on_packet_too_big(self, now: float, mtu: int) -> bool:
+        """A validated PTB naming `mtu`: accepted only if base <= mtu < the size it is about
+        (RFC 8899 4.6.2: never raise, never below the base). True if it changed anything."""
+        largest = max(self._in_flight | {self.mtu})
+        if mtu < self.base or mtu >= largest:
+            self.counters.ptb_ignored += 1
+            return False
+        self.counters.ptb_accepted += 1
+        self._high = min(self._high, mtu)
+        self._in_flight = {s for s in self._in_flight if s <= mtu}
+        if mtu < self.mtu:
+            self._set(mtu, Source.ICMP)
+            self._search(now)   # confirm it (and find nothing larger) by probing
+        elif not self._in_flight:
+            self._end_round(now)
+        return True
+
+    def on_local_mtu(self, now: float, mtu: int) -> None:
+        """The route's MTU changed, or a send failed with EMSGSIZE naming it: local and
+        trusted, it sets the ceiling (and the base, if the route itself is smaller)."""
+        mtu = max(mtu, MIN_PLPMTU[self.family])
+        raised = mtu > self.max
+        self.max = mtu
+        self.base = min(BASE_PLPMTU[self.family], mtu)
+        self._high = min(self._high, mtu) if not raised else mtu
+        self._in_flight = {s for s in self._in_flight if s <= mtu}
+        if self.mtu > mtu:
+            self._set(mtu, Source.ROUTE)
+        elif self.mtu < self.base:   # a larger route raised the base too
+            self._set(self.base, Source.BASE)
+        if raised or self.state is State.SEARCHING:
+            self._search(now)
+
+    def on_black_hole_suspected(self, now: float) -> None:
+        """Full-size packets seem lost: confirm the current size now (RFC 8899 4.3)."""
+        if self.state is State.SEARCH_COMPLETE and not self._in_flight:
+            self._want_round = True
+            self._wake = None
+
+    def handle_timer(self, now: float) -> None:
+        if self._round_due is not None and now >= self._round_due:
+            self._end_round(now)
+        elif self._wake is not None and now >= self._wake:
+            self._wake = None
+            if self.state is State.SEARCH_COMPLETE and self.mtu < self.max \
+                    and now >= self._raise_at:
+                self._high = self.max   # PMTU_RAISE_TIMER: try upwards again
+                self.state = State.SEARCHING
+            self._want_round = True
+
+    def next_timer(self) -> float | None:
+        """When handle_timer() is due; None if nothing is pending."""
+        if self._round_due is not None:
+            return self._round_due
+        return self._wake
+
+    # ------------------------------------------------------------------ search
+
+    def _spread(self, low: int, high: int) -> list[int]:
+        """Up to probes_per_round sizes spread over (low, high], high always among them."""
+        span = high - low
+        if span <= 0:
+            return []
+        n = min(self.probes_per_round, span)
+        return sorted({low + (span * i) // n for i in range(1, n + 1)})
+
+    def _end_round(self, now: float) -> None:
+        lost = self._in_flight
+        self._in_flight = set()
+        self._round_due = None
+        self.counters.probes_lost += len(lost)
+        if not self._acked_this_round:
+            self._silent_rounds += 1
+            if self._silent_rounds < self.timers.max_probes:
+                self._want_round = True
+            elif self.state is State.SEARCHING or self.state is State.SEARCH_COMPLETE:
+                self._black_hole(now)
+            else:  # not even the base size: ERROR, tried again at the confirm interval
+                self.state = State.ERROR
+                self._wake = now + self.timers.confirm
+            return
+        larger = [s for s in lost if s > self.mtu]
+        if larger:   # lost while a smaller one arrived: the size is what failed
+            self._high = min(self._high, min(larger) - 1)
+        if self._high <= self.mtu:
+            self._complete(now)
+        else:
+            self.state = State.SEARCHING
+            self._want_round = True
+
+    def _black_hole(self, now: float) -> None:
+        """A size that used to work stops working: back to the base and search again
+        (RFC 8899 5.2: a black hole returns the PL to BASE)."""
+        self.counters.black_holes += 1
+        self._silent_rounds = 0
+        self._set(self.base, Source.BASE)
+        self._high = self.max
+        self.state = State.BASE
+        self._want_round = True
+
+    def _search(self, now: float) -> None:
+        self.state = State.SEARCHING
+        self._wake = None
+        if not self._in_flight:
+            self._want_round = True
+
+    def _complete(self, now: float) -> None:
+        if self.state is not State.SEARCH_COMPLETE:
+            self._raise_at = now + self.timers.raise_
+        self.state = State.SEARCH_COMPLETE
+        self._high = self.mtu
+        self._wake = now + self.timers.confirm
+
+    def _set(self, mtu: int, source: Source) -> None:
+        self.mtu = max(self.base, min(mtu, self.max))
+        self.source = source
+
+
+class Paths:
+    """Every peer's PathMtu, for the daemon: one timer, one list of probes, and the peers whose
+    path MTU changed since it last asked (to push into the datapath's SAs and the status)."""
+
+    def __init__(self, timers: Timers | None = None) -> None:
+        self.timers = timers or Timers()
+        self._paths: dict[str, PathMtu] = {}
+        self._told: dict[str, int] = {}
+
+    def track(self, peer: str, family: int, route_mtu: int, now: float) -> PathMtu:
+        """The peer's PathMtu, made on first use (its first SA); later SAs share it."""
+        if peer not in self._paths:
+            self._paths[peer] = PathMtu(family, route_mtu, now, self.timers)
+        return self._paths[peer]
+
+    def forget(self, peer: str) -> None:
+        """The peer's last SA is gone."""
+        self._paths.pop(peer, None)
+        self._told.pop(peer, None)
+
+    def get(self, peer: str) -> PathMtu | None:
+        return self._paths.get(peer)
+
+    def probes_to_send(self, now: float) -> list[tuple[str, int]]:
+        return [(peer, size) for peer, path in self._paths.items()
+                for size in path.probes_to_send(now)]
+
+    def handle_timer(self, now: float) -> None:
+        for path in self._paths.values():
+            timer = path.next_timer()
+            if timer is not None and timer <= now:
+                path.handle_timer(now)
+
+    def next_timer(self) -> float | None:
+        return min((t for t in (p.next_timer() for p in self._paths.values()) if t is not None),
+                   default=None)
+
+    def changed(self) -> list[tuple[str, PathMtu]]:
+        """Peers whose path MTU is not what the last call reported (new peers included)."""
+        out = [(peer, path) for peer, path in self._paths.items()
+               if self._told.get(peer) != path.mtu]
+        for peer, path in out:
+            self._told[peer] = path.mtu
+        return out
+
+
+# ---------------------------------------------------------------------- what the datapath needs
+
+
+@dataclass(frozen=True)
+class EspOverhead:
+    """What one ESP SA adds to an inner packet (RFC 4303 2, tunnel mode; RFC 3948 2.1 UDP)."""
+
+    outer_family: int
+    udp: bool
+    iv: int
+    """8 for AES-GCM (RFC 4106 3.1), 16 for AES-CBC (RFC 3602 3)."""
+    icv: int
+    """16 for AES-GCM-16; the integrity algorithm's truncated length otherwise."""
+    align: int = 4
+    """ESP pads payload + 2 trailer bytes to this (RFC 4303 2.4): 4, or the cipher's block."""
+
+    @property
+    def fixed(self) -> int:
+        """Every byte but the inner packet, its padding and the 2-byte trailer."""
+        return (20 if self.outer_family == 4 else 40) + (8 if self.udp else 0) + 8 + self.iv \
+            + self.icv
+
+    def inner_mtu(self, path_mtu: int) -> int:
+        """The largest inner packet whose ESP packet fits path_mtu: what MSS clamping and the
+        too-big sent to local senders use (RFC 4301 8.2.1: the SA's PMTU less its overhead)."""
+        room = path_mtu - self.fixed
+        return max(0, room - room % self.align - 2)
+
+    def outer_size(self, inner_len: int) -> int:
+        """The outer packet an inner packet of inner_len bytes becomes (padding included)."""
+        padded = -(-(inner_len + 2) // self.align) * self.align
+        return self.fixed + padded
+
+
+def mss(inner_mtu: int, inner_family: int) -> int:
+    """The TCP MSS that fits inner_mtu: less the IP and TCP headers (RFC 879, RFC 8200 8.3)."""
+    return inner_mtu - (40 if inner_family == 4 else 60)
+
+
+def too_big_mtu(inner_mtu: int, inner_family: int) -> int:
+    """The MTU to name in the ICMP too-big sent to a local sender. IPv6 may not be told less
+    than 1280 (RFC 8200 5): below that the outer packet is fragmented instead (RFC 4459 3)."""
+    return max(inner_mtu, IPV6_MIN_MTU) if inner_family == 6 else inner_mtu
+
+
+def fragment_outer(inner_mtu: int, inner_family: int, inner_len: int, df: bool) -> bool:
+    """Whether an inner packet that does not fit is carried in a fragmented outer packet
+    rather than refused with a too-big: IPv6 packets of up to 1280 bytes (which the sender
+    cannot make smaller) and IPv4 without DF whose fragments the tunnel does not make itself."""
+    if inner_len <= inner_mtu:
+        return False
+    if inner_family == 6:
+        return inner_len <= IPV6_MIN_MTU
+    return not df

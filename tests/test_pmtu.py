@@ -1,0 +1,305 @@
+"""oe.pmtu: the per-peer path MTU search (RFC 8899) driven by hand against simulated paths."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oe.pmtu import (BASE_PLPMTU, EspOverhead, PathMtu, Paths, Source, State, Timers,
+                     fragment_outer, mss, too_big_mtu)
+
+RTT = 0.02
+
+
+class Path:
+    """A path that carries packets up to `mtu` bytes and silently drops larger ones (ICMP
+    black-holed), to a peer that acknowledges every probe it receives after one RTT."""
+
+    def __init__(self, pm: PathMtu, mtu: int, now: float = 0.0):
+        self.pm, self.mtu, self.now = pm, mtu, now
+        self.acks: list[tuple[float, int]] = []
+        self.sent: list[int] = []
+
+    def step(self) -> None:
+        """Send what is due, then advance to the next ack or timer and deliver it."""
+        for size in self.pm.probes_to_send(self.now):
+            self.sent.append(size)
+            if size <= self.mtu:
+                self.acks.append((self.now + RTT, size))
+        due = [t for t in (self.pm.next_timer(),) if t is not None] + [t for t, _ in self.acks]
+        assert due, "nothing pending: the machine stalled"
+        self.now = max(self.now, min(due))
+        for t, size in [a for a in self.acks if a[0] <= self.now]:
+            self.acks.remove((t, size))
+            self.pm.on_probe_acked(self.now, size)
+        timer = self.pm.next_timer()
+        if timer is not None and timer <= self.now:
+            self.pm.handle_timer(self.now)
+
+    def until(self, done, limit: float = 60.0) -> float:
+        start = self.now
+        while not done():
+            assert self.now - start < limit, (self.pm.state, self.pm.mtu, self.now)
+            self.step()
+        return self.now - start
+
+
+def complete(pm):
+    return lambda: pm.state is State.SEARCH_COMPLETE
+
+
+def test_a_1500_path_is_confirmed_in_one_round():
+    pm = PathMtu(4, 1500, 0.0)
+    assert (pm.state, pm.mtu, pm.source) == (State.BASE, 1200, Source.BASE)
+    path = Path(pm, 1500)
+    took = path.until(complete(pm))
+    assert (pm.mtu, pm.source) == (1500, Source.PROBE)
+    assert took <= 2 * RTT + 1e-9      # base, then the round that includes 1500
+
+
+@pytest.mark.parametrize("family, hop", [(4, 1280), (4, 1400), (4, 1492), (6, 1280),
+                                         (6, 1453), (4, 1201), (4, 1200)])
+def test_a_black_holed_smaller_hop_is_found_exactly(family, hop):
+    pm = PathMtu(family, 1500, 0.0)
+    path = Path(pm, hop)
+    took = path.until(complete(pm))
+    assert (pm.mtu, pm.source) == (hop, Source.PROBE)
+    assert took <= 7 * pm.timers.probe          # a handful of rounds, not MAX_PROBES per size
+    assert pm.counters.black_holes == 0
+
+
+def test_ipv6_base_is_the_minimum_mtu_and_ipv4_base_1200():
+    assert PathMtu(6, 1500, 0.0).base == 1280 == BASE_PLPMTU[6]
+    assert PathMtu(4, 1500, 0.0).base == 1200
+    assert PathMtu(4, 1000, 0.0).base == 1000    # a route smaller than the base bounds it
+
+
+def test_nothing_answers_is_error_at_the_base_then_recovers():
+    pm = PathMtu(4, 1500, 0.0)
+    path = Path(pm, 0)                           # the peer is unreachable
+    path.until(lambda: pm.state is State.ERROR)
+    assert pm.mtu == pm.base and path.now == pytest.approx(3 * pm.timers.probe)
+    assert pm.next_timer() == pytest.approx(path.now + pm.timers.confirm)
+    path.mtu = 1500
+    path.until(complete(pm))
+    assert pm.mtu == 1500
+
+
+def test_black_hole_when_a_working_size_stops_working():
+    """Complete at 1500; the path shrinks to 1280 and the datapath reports full-size loss:
+    back to the base after MAX_PROBES lost confirmations, then the search finds 1280."""
+    pm = PathMtu(4, 1500, 0.0)
+    path = Path(pm, 1500)
+    path.until(complete(pm))
+    path.mtu = 1280
+    path.now += 1.0
+    pm.on_black_hole_suspected(path.now)
+    path.until(lambda: pm.state is State.BASE)
+    assert pm.mtu == pm.base and pm.counters.black_holes == 1
+    took = path.until(complete(pm))
+    assert pm.mtu == 1280 and took <= 8 * pm.timers.probe
+
+
+def test_the_confirm_timer_notices_a_shrunk_path_without_any_sign():
+    pm = PathMtu(4, 1500, 0.0)
+    path = Path(pm, 1500)
+    path.until(complete(pm))
+    path.mtu = 1280
+    took = path.until(lambda: pm.counters.black_holes == 1)
+    assert took <= pm.timers.confirm + pm.timers.max_probes * pm.timers.probe + RTT
+    path.until(complete(pm))
+    assert pm.mtu == 1280
+
+
+def test_the_raise_timer_finds_a_path_that_grew():
+    pm = PathMtu(4, 1500, 0.0, timers=Timers(raise_=60.0))
+    path = Path(pm, 1280)
+    path.until(complete(pm))
+    path.mtu = 1500
+    took = path.until(lambda: pm.mtu == 1500, limit=120)
+    assert 50 <= took <= 60 + 7 * pm.timers.probe
+    assert pm.state is State.SEARCH_COMPLETE and pm.counters.black_holes == 0
+
+
+def test_confirmations_keep_a_search_complete_at_the_top():
+    pm = PathMtu(4, 1500, 0.0)
+    path = Path(pm, 1500)
+    path.until(complete(pm))
+    sent = len(path.sent)
+    path.until(lambda: path.now > 35)
+    assert pm.state is State.SEARCH_COMPLETE and pm.mtu == 1500
+    assert path.sent[sent:] == [1500, 1500, 1500]      # one confirmation per confirm interval
+
+
+# ---------------------------------------------------------------- packet too big (RFC 8899 4.6)
+
+
+def test_ptb_below_the_base_or_not_below_the_size_it_is_about_is_ignored():
+    pm = PathMtu(4, 1500, 0.0)
+    Path(pm, 1500).until(complete(pm))
+    assert not pm.on_packet_too_big(1.0, 1199)       # below the base
+    assert not pm.on_packet_too_big(1.0, 1500)       # not smaller than anything we sent
+    assert not pm.on_packet_too_big(1.0, 9000)       # would raise: never
+    assert (pm.mtu, pm.counters.ptb_ignored, pm.counters.ptb_accepted) == (1500, 3, 0)
+
+
+def test_a_valid_ptb_lowers_at_once_and_is_then_confirmed_by_probe():
+    pm = PathMtu(4, 1500, 0.0)
+    path = Path(pm, 1500)
+    path.until(complete(pm))
+    path.mtu = 1400
+    assert pm.on_packet_too_big(path.now, 1400)
+    assert (pm.mtu, pm.source, pm.state) == (1400, Source.ICMP, State.SEARCHING)
+    path.until(complete(pm))
+    assert (pm.mtu, pm.source) == (1400, Source.PROBE)
+
+
+def test_a_ptb_about_a_probe_bounds_the_search():
+    pm = PathMtu(4, 1500, 0.0)
+    path = Path(pm, 1500)
+    path.step()                                        # base acknowledged: searching
+    probes = pm.probes_to_send(path.now)
+    assert probes[0] == pm.mtu == 1200 and probes[-1] == 1500
+    assert pm.on_packet_too_big(path.now, 1300)        # about the 1500 probe
+    assert pm.mtu == 1200 and max(pm.probes_to_send(path.now) or [0]) <= 1300
+
+
+# ---------------------------------------------------------------- local MTU and EMSGSIZE
+
+
+def test_emsgsize_or_a_smaller_route_lowers_at_once():
+    pm = PathMtu(4, 1500, 0.0)
+    path = Path(pm, 1500)
+    path.until(complete(pm))
+    pm.on_local_mtu(path.now, 1300)
+    assert (pm.mtu, pm.max, pm.source) == (1300, 1300, Source.ROUTE)
+    assert all(size <= 1300 for size in pm.probes_to_send(path.now))
+
+
+def test_a_larger_route_is_searched_upwards():
+    pm = PathMtu(4, 1400, 0.0)
+    path = Path(pm, 1500)
+    path.until(complete(pm))
+    assert pm.mtu == 1400
+    pm.on_local_mtu(path.now, 1500)
+    path.until(complete(pm))
+    assert pm.mtu == 1500
+
+
+def test_acks_never_sent_or_late_change_nothing():
+    pm = PathMtu(4, 1500, 0.0)
+    pm.on_probe_acked(0.0, 1500)
+    assert (pm.mtu, pm.state, pm.counters.acks_ignored) == (1200, State.BASE, 1)
+
+
+# ---------------------------------------------------------------- any inputs keep the invariant
+
+ops = st.lists(st.tuples(st.sampled_from(["probe", "ack", "ptb", "local", "suspect", "timer"]),
+                         st.integers(0, 10000), st.floats(0, 30)), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(family=st.sampled_from([4, 6]), route=st.integers(576, 9000), steps=ops)
+def test_any_inputs_keep_base_le_mtu_le_max_and_never_stall(family, route, steps):
+    pm = PathMtu(family, route, 0.0)
+    now = 0.0
+    for op, number, dt in steps:
+        now += dt
+        if op == "probe":
+            for size in pm.probes_to_send(now):
+                assert pm.base <= size <= pm.max
+        elif op == "ack":
+            pm.on_probe_acked(now, number)
+        elif op == "ptb":
+            pm.on_packet_too_big(now, number)
+        elif op == "local":
+            pm.on_local_mtu(now, number)
+        elif op == "suspect":
+            pm.on_black_hole_suspected(now)
+        else:
+            timer = pm.next_timer()
+            if timer is not None:
+                now = max(now, timer)
+                pm.handle_timer(now)
+        assert pm.base <= pm.mtu <= pm.max, (op, number, pm.base, pm.mtu, pm.max)
+        # never stalled: a timer is pending or a round is ready to go
+        assert pm.next_timer() is not None or copy.deepcopy(pm).probes_to_send(now)
+
+
+@settings(max_examples=100, deadline=None)
+@given(family=st.sampled_from([4, 6]), route=st.integers(1280, 9000), hop=st.integers(1280, 9000))
+def test_any_black_holed_hop_is_found_exactly(family, route, hop):
+    pm = PathMtu(family, route, 0.0)
+    Path(pm, hop).until(complete(pm), limit=30)
+    assert pm.mtu == min(route, hop)
+
+
+# ---------------------------------------------------------------- what the datapath derives
+
+GCM4 = EspOverhead(outer_family=4, udp=False, iv=8, icv=16)
+
+
+def test_inner_mtu_of_aes_gcm_over_ipv4_across_1280():
+    # 1280 = 20 (IP) + 8 (SPI, sequence) + 8 (IV) + 1226 + 2 (pad length, next header) + 16
+    assert GCM4.inner_mtu(1280) == 1226
+    assert GCM4.outer_size(1226) == 1280 and GCM4.outer_size(1227) > 1280
+    assert EspOverhead(6, True, 8, 16).inner_mtu(1280) == 1198
+    assert EspOverhead(4, False, 16, 12, align=16).inner_mtu(1500) == 1438
+
+
+@given(family=st.sampled_from([4, 6]), udp=st.booleans(), iv=st.sampled_from([8, 16]),
+       icv=st.sampled_from([12, 16]), align=st.sampled_from([4, 16]),
+       path=st.integers(200, 9000))
+def test_inner_mtu_is_the_largest_that_fits(family, udp, iv, icv, align, path):
+    overhead = EspOverhead(family, udp, iv, icv, align)
+    inner = overhead.inner_mtu(path)
+    assert overhead.outer_size(inner) <= path < overhead.outer_size(inner + 1)
+
+
+def test_mss_and_the_too_big_told_to_local_senders():
+    assert mss(1226, 4) == 1186 and mss(1226, 6) == 1166
+    assert too_big_mtu(1226, 4) == 1226
+    assert too_big_mtu(1206, 6) == 1280        # IPv6 is never told less (RFC 8200 5)
+    assert fragment_outer(1206, 6, 1280, df=True)      # ...so the outer packet is fragmented
+    assert not fragment_outer(1206, 6, 1281, df=True)
+    assert fragment_outer(1226, 4, 1400, df=False)
+    assert not fragment_outer(1226, 4, 1400, df=True)  # DF: told with too_big_mtu instead
+    assert not fragment_outer(1226, 4, 1226, df=True)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("encap", ["esp", "udp"])
+def test_the_datapaths_worst_case_overhead_agrees(family, encap):
+    """The TUN's MTU (route MTU less the datapath's worst-case esp_overhead, AES-GCM-16) fits
+    any SA at the route's MTU: the two counts of ESP's bytes must not drift apart."""
+    from oe.datapath import esp_overhead
+
+    overhead = EspOverhead(family, encap == "udp", iv=8, icv=16)
+    assert overhead.fixed + 2 + (overhead.align - 1) == esp_overhead(family, encap)
+    assert overhead.inner_mtu(1500) >= 1500 - esp_overhead(family, encap)
+
+
+def test_paths_share_one_search_per_peer_and_report_changes_once():
+    paths = Paths()
+    a = paths.track("192.0.2.10", 4, 1500, 0.0)
+    assert paths.track("192.0.2.10", 4, 1500, 5.0) is a          # a second SA: the same path
+    b = paths.track("2001:db8::20", 6, 1500, 0.0)
+    assert [peer for peer, _ in paths.changed()] == ["192.0.2.10", "2001:db8::20"]
+    assert paths.changed() == []
+    assert paths.probes_to_send(0.0) == [("192.0.2.10", 1200), ("2001:db8::20", 1280)]
+    assert paths.next_timer() == pytest.approx(a.timers.probe)
+    b.on_probe_acked(0.01, 1280)
+    assert paths.changed() == []                                  # acked, but still 1280
+    sizes = dict.fromkeys(s for peer, s in paths.probes_to_send(0.01) if peer == "2001:db8::20")
+    for size in sizes:
+        if size <= 1400:
+            b.on_probe_acked(0.02, size)
+    paths.handle_timer(1.1)                                       # the rest are lost
+    [(peer, path)] = [c for c in paths.changed() if c[0] == "2001:db8::20"]
+    assert path is b and b.mtu > 1280
+    paths.forget("192.0.2.10")
+    assert paths.get("192.0.2.10") is None
+    assert {peer for peer, _ in paths.probes_to_send(1.1)} == {"2001:db8::20"}   # next round
