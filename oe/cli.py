@@ -184,60 +184,21 @@ def cmd_trace(args) -> int:
     return 0
 
 
-def _eroute_side(network: str, port: int) -> str:
-    return f"{network}:{port}" if port else network
-
-
-def _klips_line(row: dict) -> str:
-    """KLIPS ipsec_rj_walker_procprint: "%-10d %-18s -> %-18s => %s%s"."""
-    said = row["said"] + (f":{row['proto']}" if row["proto"] else "")
-    return (f"{row['packets']:<10d} {_eroute_side(row['src'], row['sport']):<18} -> "
-            f"{_eroute_side(row['dst'], row['dport']):<18} => {said}")
-
-
-def _eroute_order(row: dict):
-    dst = ipaddress.ip_network(row["dst"])
-    src = ipaddress.ip_network(row["src"])
-    return (dst.version, dst.network_address, dst.prefixlen, src.prefixlen, row["proto"],
-            row["sport"], row["dport"])
-
-
 def cmd_status(args) -> int:
+    from oe.status import ErouteStatus, Status, render, render_brief
+
     if control.daemon_running(args.rundir):
-        status = {"daemon": True, **control.request(args.rundir, "status")}
+        status = Status.from_json({**control.request(args.rundir, "status"), "daemon": True})
     else:
         # No daemon: the prospective table, what `oe start` would install.
-        table = _load_table(args)
-        status = {"daemon": False, "eroutes": [e.as_json() for e in table.entries], "sas": [],
-                  "shunts": []}
-    status["eroutes"].sort(key=_eroute_order)
+        status = Status(daemon=False, eroutes=[ErouteStatus(**e.as_json())
+                                               for e in _load_table(args).entries])
     if args.json:
-        _print_json(status)
-        return 0
-    if not status["daemon"]:
-        print("no daemon running: prospective table from policy")
-        if not status["eroutes"]:
-            print(f"no policy: {args.confdir}/policies holds no entries")
-    for row in status["eroutes"]:
-        print(_klips_line(row))
-    if status["sas"]:
-        print("\nSAs:")
-    for sa in status["sas"]:
-        role = "initiator" if sa["initiator"] else "responder"
-        print(f"{sa['said']:<28} {sa['src']} -> {sa['dst']}  {sa['algorithm']} {sa['encap']}  "
-              f"in {sa['bytes_in']}B/{sa['packets_in']}p out {sa['bytes_out']}B/"
-              f"{sa['packets_out']}p  age {sa['age']:g}s  {role}")
-    if status["shunts"]:
-        print("\nShunts:")
-    for shunt in status["shunts"]:
-        left = "negotiating" if shunt["expires_in"] is None else f"{shunt['expires_in']:g}s left"
-        print(f"{shunt['said']:<8} {shunt['src']} -> {shunt['dst']}  {shunt['group'] or '-'}: "
-              f"{shunt['reason']} ({left})")
-    if status.get("limits"):
-        print("\nLimits: " + ", ".join(
-            f"{name} {row['in_use']}/{row['max']}"
-            + (f" ({row['dropped']} dropped)" if row["dropped"] else "")
-            for name, row in status["limits"].items()))
+        _print_json(status.to_json())
+    elif args.brief:
+        print(render_brief(status))
+    else:
+        print(render(status, str(args.confdir)))
     return 0
 
 
@@ -473,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="show the eroute table, SAs and shunts")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--brief", action="store_true",
+                   help="one line per peer: state, SAs, algorithm, last use, bytes")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("start", help="run the OE daemon (in the foreground unless --daemon)")

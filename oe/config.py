@@ -16,6 +16,7 @@ from pathlib import Path
 
 from oe.errors import OeError
 from oe.ike.constants import ProtocolId
+from oe.ike.fragment import FRAGMENT_SIZE, MIN_FRAGMENT_SIZE
 from oe.ike.proposals import parse_proposal
 
 DEFAULT_CONFDIR = Path("/etc/oe")
@@ -68,6 +69,9 @@ class IkeSettings:
     """Seconds before the end of its life an SA is rekeyed, if it carried traffic lately."""
     dpd_delay: float = 30.0
     """Seconds of silence from a peer after which a liveness check is sent (RFC 7296 2.4)."""
+    fragment_size: int = FRAGMENT_SIZE
+    """Largest IKE datagram (IP header included) before a protected message is sent as RFC 7383
+    fragments, when the peer supports them; charon's default, a path every IPv6 link carries."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,9 @@ def _values(config: Config) -> list[Problem]:
     if ike.rekey_margin >= ike.sa_lifetime:
         bad("[ike] rekey_margin", f"{ike.rekey_margin:g} s is not shorter than sa_lifetime "
                                   f"{ike.sa_lifetime:g} s")
+    if ike.fragment_size < MIN_FRAGMENT_SIZE:
+        bad("[ike] fragment_size", f"{ike.fragment_size} is below {MIN_FRAGMENT_SIZE}, the "
+                                   f"datagram every IPv4 host takes (RFC 791)")
     for key, protocol, proposals in (("[ike] proposals", ProtocolId.IKE, ike.proposals),
                                      ("[ike] esp_proposals", ProtocolId.ESP, ike.esp_proposals)):
         for proposal in proposals:

@@ -1,16 +1,10 @@
-"""`oe start`: the daemon. asyncio glue that owns the clock, the timers, the signals and the
-control socket, and reacts to events; every decision is made by oe.opportunist.
-
-The packet's way (docs/architecture.md section 1):
-
-1. The kernel routes a packet for a trapping group's CIDR into the TUN (oe.routing).
-2. The datapath's outbound thread classifies it (oe.datapath) and, by its eroute: seals it on
-   an SA; on %trap raises an Acquire and holds it under a /32 %hold; passes, drops or rejects.
-3. Acquire -> Opportunist -> FetchKey (oe.dnskeys, async) -> Initiate (oe.ike) -> the CHILD SA
-   goes into the datapath and the table now says SA where it said %hold: the held packets leave
-   encrypted. A failure turns the %hold into the group's failure shunt, with its reason.
-4. Inbound ESP is opened by the datapath's inbound thread and written to the TUN; IKE on 4500
-   comes up as an event, IKE on 500 arrives on our own socket.
+"""`oe start`: the daemon. asyncio glue that owns the clock, the timers, the signals, the
+sockets, the datapath, netlink and the control socket. It feeds what happens into the pure
+parts and carries out the commands they return (oe.commands, one `match` in _run); every
+decision is made there: oe.opportunist (policy, shunts, tunnels), oe.lifecycle (rekey or
+retire, liveness, childless IKE SAs), oe.admission (the responder's door), oe.peerkeys (keys
+by TTL) and oe.routeplan (routes and the inbound table). It sleeps until the earliest of their
+timers (next_timer) or the next event. The packet's way: docs/architecture.md section 1.
 
 Rule 1: only this process changes policy, shunts, SAs and their timers (Hannum's PF_KEY
 critique). Rule 2: everything installed in the system (TUN, routes, rule, sockets, control
@@ -34,33 +28,28 @@ from pathlib import Path
 
 from oe import config as oeconfig
 from oe import check, control, hostkey, inbound, logs, net, routing, tun
-from oe.datapath import Datapath, esp_overhead
+from oe.datapath import Datapath, Direction, Encap, SaSpec, esp_overhead
 from oe.dnskeys.fetcher import KeyFetcher
-from oe.dnskeys.choice import Target
-from oe.dpevents import Acquire, IkeMessage, SaExpired, SaSoftLimit
+from oe.admission import Admission
+from oe.commands import Steer
 from oe.errors import OeError
-from oe.eroute import ErouteTable, SaAction
-from oe.ike import events as ike_events
-from oe.ike.auth import Identity, PeerKey
-from oe.ike.constants import (
-    HALF_OPEN_COOKIE_THRESHOLD, NON_ESP_MARKER, NAT_T_PORT, NotifyType,
-)
+from oe.executor import Executor
+from oe.eroute import ErouteTable
+from oe.ike.constants import HALF_OPEN_COOKIE_THRESHOLD, NAT_T_PORT
+from oe.lifecycle import Lifecycle, SaTimes
 from oe.logs import log_to
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
 from oe.ike.spis import SpiAllocator
-from oe.ike.ts import TrafficSelector
-from oe.opportunist import (
-    ANY_PORT, DeleteChild, DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair, child_flow,
-)
-from oe.policygroups import SEMANTICS, prospective_table
+from oe.opportunist import ANY_PORT, Limits, Opportunist, Pair, child_flow
+from oe.peerkeys import PeerKeys
+from oe.policygroups import prospective_table
 from oe.policygroups.loader import load_policy
+from oe.routeplan import RoutePlan
+from oe.status import LimitStatus, Status, build_status
 
 log = logging.getLogger("oe")
 
-HOUSEKEEPING = 1.0  # seconds between lifetime, liveness and shunt checks
-KEY_GRACE = 30.0  # seconds a key is kept at least: a TTL of 0 must not fail its own negotiation
-CHILDLESS_GRACE = 30.0  # seconds an IKE SA may live without a CHILD SA before we delete it
 
 
 class StartError(OeError):
@@ -77,7 +66,10 @@ class _IkeSide:
     runner: IkeRunner
 
 
-class Daemon:
+class Daemon(Executor):
+    """The process: start, stop, control socket, the datapath's SAs; its reactions to events
+    are oe.executor's."""
+
     def __init__(self, confdir: Path, rundir: Path) -> None:
         self.confdir = confdir
         self.rundir = rundir
@@ -87,27 +79,21 @@ class Daemon:
             log.warning("%s", warning)
         self.key = hostkey.load(hostkey.hostkey_path(confdir))
         self.opportunist = Opportunist(prospective_table(policy), _limits(self.config))
+        self.keys = PeerKeys()
+        self.lifecycle = Lifecycle(self.opportunist, SaTimes(
+            self.config.ike.sa_lifetime, self.config.ike.rekey_margin, self.config.ike.dpd_delay))
+        self.admission = Admission(self.opportunist, self.keys, self.config.limits.lookups)
+        self.routes = RoutePlan()
         self.fetcher = KeyFetcher.from_config(self.config.dns, confdir)
-        # (ID type, ID data) -> (RSA public key, when its DNS answer expires): a key vouches
-        # for the identity it was published for and nothing else (an ID_FQDN "192.0.2.1" is
-        # not that address), and only while its TTL runs.
-        self.peer_keys: dict[Identity, tuple[PeerKey, float]] = {}
         # shared by the engines of both families: inbound SPIs and sa_ids unique on the host
         self.spis = SpiAllocator(os.urandom)
         self.sa_ids = itertools.count(1)
-        self._stale: set[str] = set()  # peers whose AUTH failed as responder: fetch afresh
         self.sides: dict[int, _IkeSide] = {}
-        self.sa_pairs: dict[tuple[int, int], Pair] = {}  # (family, sa_id) -> pair
-        # peer -> its newest IKE_SA_INIT, waiting for the peer's key; at most [limits] lookups
-        self.pending_init: dict[str, tuple[bytes, tuple, int]] = {}
-        self.counters = {"ike_init_dropped": 0, "children_refused": 0, "childless_deleted": 0}
-        # (family, sa_id) -> since when an IKE SA has carried no CHILD SA of ours
-        self._childless: dict[tuple[int, int], float] = {}
+        self.counters = {"children_refused": 0}
         self.datapath: Datapath | None = None
         self.steering: routing.Steering | None = None
-        self._routed_peers: set[str] = set()
-        self._refused_in_clear: set = set()  # SA peers whose cleartext the inbound table drops
         self._inbound = False  # the inbound table is installed
+        self._wake = asyncio.Event()  # an event may have moved the earliest timer
         # pyroute2's synchronous API runs an event loop of its own, so every netlink call runs
         # in this one thread, which also keeps route changes in order.
         self._netlink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oe-netlink")
@@ -117,7 +103,6 @@ class Daemon:
         self.flush_on_stop = False  # `oe stop --flush`: leave no fail-closed state
         self.namespace_lock: socket.socket | None = None  # held while running (oe.control)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.sa_used: dict[int, int] = {}  # outbound SA handle -> packets at its last soft limit
         # (version, IKE SA, outbound SPI) -> the datapath's handle: outbound SPIs are the
         # peers' choice, unique only within one IKE SA (issue 10, 1).
         self.sa_out: dict[tuple[int, int, int], int] = {}
@@ -177,7 +162,8 @@ class Daemon:
             self.loop.add_signal_handler(signum, self.stopping.set)
         self.loop.add_signal_handler(
             signal.SIGHUP, lambda: self.loop.create_task(self._reload_logged()))
-        self._housekeeping = self.loop.create_task(self._housekeep())
+        self.lifecycle.started(self.loop.time())
+        self._timer_task = self.loop.create_task(self._timers())
         # Type=notify (contrib/oe.service): ready once routes, datapath and control socket are up
         control.notify("READY=1", f"STATUS=OE on {', '.join(addresses.values())}",
                        f"MAINPID={os.getpid()}")
@@ -206,35 +192,20 @@ class Daemon:
     def _in_netlink(self, fn, *args):
         return self.loop.run_in_executor(self._netlink, fn, *args)
 
-    def _steer(self) -> None:
-        """(Re)install oe's routes and rule for the current policy and tunnels."""
-        trap, clear, exempt, private = self._route_sets()
+    def _steer(self, steer: Steer) -> None:
+        """(Re)install oe's routes and rule (in the netlink thread)."""
         self.steering = routing.install(
-            self.config.tun_name, trap, exempt, clear=clear, prohibit=private,
-            table=self.config.route_table, priority=self.config.rule_priority,
-            mark=self.config.bypass_mark)
-
-    def _route_sets(self) -> tuple[list[str], list[str], list[str], list[str]]:
-        """CIDRs to trap into the TUN, of the passing groups, never to trap (the nameservers),
-        and to fail closed (the private group's: prohibited beneath, see oe.routing)."""
-        trap, clear, private = sorted(self._routed_peers), [], []
-        for eroute in self.opportunist.base.entries:
-            if eroute.group is None:
-                continue
-            dst = str(eroute.selector.dst)
-            outbound = SEMANTICS[eroute.group].outbound.value
-            (trap if outbound in ("%trap", "%reject") else clear).append(dst)
-            if eroute.group == "private":
-                private.append(dst)
-        exempt = [str(ipaddress.ip_network(ns)) for ns in self._nameserver_addresses()]
-        return trap, clear, exempt, private
+            self.config.tun_name, list(steer.trap), list(steer.exempt), clear=list(steer.clear),
+            prohibit=list(steer.private), table=self.config.route_table,
+            priority=self.config.rule_priority, mark=self.config.bypass_mark)
 
     def _nameserver_addresses(self) -> list[str]:
         """The nameservers we ask, by address (a DoH/DoT URL has none to exempt)."""
         return [ns for ns in self.fetcher.nameservers() if _is_address(ns)]
 
     async def _install_routes(self) -> None:
-        await self._in_netlink(self._steer)
+        await self._in_netlink(self._steer, self.routes.steer(self.opportunist.base,
+                                                              self._nameserver_addresses()))
         for ns in self.fetcher.nameservers():
             if _is_address(ns) and ipaddress.ip_address(ns).is_loopback:
                 log.warning("nameserver %s is a local stub: the servers it forwards to are not "
@@ -249,7 +220,7 @@ class Daemon:
         policy = self.opportunist.base if base is None else base
         inbound.apply(inbound.ruleset(self.config.tun_name,
                                       inbound.protected(policy, self._nameserver_addresses()),
-                                      self._refused_in_clear))
+                                      set(self.routes.refused)))
         self._inbound = True
 
     def _update_inbound(self, add: set, remove: set) -> None:
@@ -267,7 +238,8 @@ class Daemon:
             self._netlink.shutdown(wait=True)
             return
         for side in self.sides.values():
-            for sa_id in {sa_id for (v, sa_id) in self.sa_pairs if v == side.version}:
+            for sa_id in [i for i in self.lifecycle.pairs
+                          if self.lifecycle.family(i) == side.version]:
                 try:
                     side.engine.delete_ike(sa_id, self.loop.time())
                 except OeError:
@@ -275,8 +247,8 @@ class Daemon:
             side.runner.transmit()
         if self.sides:
             await asyncio.sleep(0.2)  # let the DELETEs leave before the sockets close
-        if getattr(self, "_housekeeping", None) is not None:
-            self._housekeeping.cancel()
+        if getattr(self, "_timer_task", None) is not None:
+            self._timer_task.cancel()
         if getattr(self, "control", None) is not None:
             self.control.close()
         try:
@@ -313,295 +285,7 @@ class Daemon:
             pass
         log.info("oe stopped")
 
-    # ------------------------------------------------------------------ datapath events
-
-    def _datapath_events(self) -> None:
-        for event in self.datapath.read_events():
-            try:
-                self._datapath_event(event)
-            except Exception:  # one event's bug must not lose the rest of the batch
-                log.exception("datapath event %s", event)
-        self._apply()
-
-    def _datapath_event(self, event) -> None:
-        now = self.loop.time()
-        if isinstance(event, Acquire):
-            self._run(self.opportunist.acquire(Pair(event.src, event.dst), now, event.proto,
-                                               event.sport, event.dport))
-        elif isinstance(event, IkeMessage):
-            side = self.sides.get(event.src.version)
-            if side is not None:
-                side.runner.receive(NON_ESP_MARKER + event.data, (str(event.src), event.sport),
-                                    NAT_T_PORT)
-        elif isinstance(event, SaSoftLimit) and event.direction == "out":
-            self._rekey_or_retire(event.handle, f"soft limit ({event.reason})")
-        elif isinstance(event, SaExpired):
-            self._expire(event)
-        else:
-            log.warning("datapath: %s", event)
-
-    # ------------------------------------------------------------------ opportunist commands
-
-    def _run(self, commands) -> None:
-        for command in commands:
-            if isinstance(command, FetchKey):
-                self.loop.create_task(self._fetch(command))
-            elif isinstance(command, Initiate):
-                self._initiate(command)
-            elif isinstance(command, DeleteIke):
-                self._delete_ike(command.sa_id)
-            elif isinstance(command, DeleteChild):
-                self._delete_child(command.sa_id, command.spi_in)
-
-    def _apply(self) -> None:
-        """Hand the datapath what changed in the table and write the decisions to the log."""
-        changes = self.opportunist.take_changes()
-        if changes is None:
-            self.datapath.replace_eroutes(self.opportunist.table())
-        else:
-            self.datapath.update_eroutes(*changes)
-        for line in self.opportunist.take_log():
-            log.info("%s", line)
-        # A tunnel to a peer whose group passes (clear-or-private responder) needs a host route
-        # into the TUN, or replies would go around it in clear.
-        peers = {str(p.selector.dst) for p in self.opportunist.tunnels}
-        if peers != self._routed_peers and self.steering is not None:
-            # Synchronously: a responder's route must be in place before its IKE_AUTH
-            # response leaves, or its first replies would go around the TUN in clear.
-            self._routed_peers = peers
-            self._netlink.submit(self._steer).result()
-        # RFC 4301 5.2: from a peer we hold a host-to-host SA with, cleartext is refused.
-        refused = {t.pair.dst for t in self.opportunist.tunnels.values()
-                   if t.narrowing == (0, 0, 0)}
-        if refused != self._refused_in_clear and self._inbound:
-            add, remove = refused - self._refused_in_clear, self._refused_in_clear - refused
-            self._refused_in_clear = refused
-            self._netlink.submit(self._update_inbound, add, remove)
-
-    async def _fetch(self, command: FetchKey) -> None:
-        """Every lookup ends in a decision, whatever it raises: a %hold never stays."""
-        try:
-            lookup = await self.fetcher.fetch(command.target, refresh=command.refresh)
-            self._keep_key(lookup)
-            commands = self.opportunist.key_found(command.pair, lookup, self.loop.time())
-        except Exception as exc:  # a bug in a lookup must not leave the %hold for ever
-            log.exception("key lookup for %s", command.target)
-            commands = self.opportunist.negotiation_failed(
-                command.pair, f"key lookup failed: {exc}", self.loop.time())
-        self._run(commands)
-        self._apply()
-
-    def _initiate(self, command: Initiate) -> None:
-        side = self.sides.get(command.peer.version)
-        if side is None:
-            self._run(self.opportunist.negotiation_failed(
-                command.pair, f"no IPv{command.peer.version} address of ours", self.loop.time()))
-            return
-        sa_id = side.engine.initiate(
-            str(command.peer), self.loop.time(),
-            local_ts=[TrafficSelector.host(str(command.pair.src))],
-            remote_ts=[TrafficSelector.host(str(command.pair.dst))])
-        self.sa_pairs[(side.version, sa_id)] = command.pair
-        side.runner.transmit()
-
-    def _delete_ike(self, sa_id: int) -> None:
-        self._on_ike_sa(sa_id, lambda engine, now: engine.delete_ike(sa_id, now))
-
-    def _delete_child(self, sa_id: int, spi_in: int) -> None:
-        self._on_ike_sa(sa_id, lambda engine, now: engine.delete_child(sa_id, spi_in, now))
-
-    def _on_ike_sa(self, sa_id: int, act) -> None:
-        """Start an exchange on the engine that holds IKE SA `sa_id` and send it; one already
-        gone (its peer deleted it meanwhile) is skipped."""
-        for side in self.sides.values():
-            if (side.version, sa_id) in self.sa_pairs:
-                try:
-                    act(side.engine, self.loop.time())
-                except OeError:
-                    continue
-                side.runner.transmit()
-
-    def _reap_childless(self, now: float) -> None:
-        """Delete IKE SAs that have carried no CHILD SA of ours for CHILDLESS_GRACE: a peer
-        whose CHILD SAs we refuse must not pile up IKE SAs (each holds keys and state)."""
-        for (version, sa_id), since in list(self._childless.items()):
-            if now - since < CHILDLESS_GRACE:
-                continue
-            del self._childless[(version, sa_id)]
-            self.counters["childless_deleted"] += 1
-            side = self.sides[version]
-            try:
-                side.engine.delete_ike(sa_id, now)
-            except OeError:
-                continue
-            side.runner.transmit()
-
-    # ------------------------------------------------------------------ IKE
-
-    def _keep_key(self, lookup) -> None:
-        """Keep a looked-up key under the identity that signs with it (the gateway a
-        delegating record names, RFC 4322 3.2.4.1), for its TTL but at least long enough for
-        the negotiation it was fetched for."""
-        if lookup.key is None or lookup.delegated_for is not None:
-            return  # a delegating record's key is not the client's, nor vouched for by G
-        now = self.loop.time()
-        owner = _key_owner(lookup.identity)
-        key = lookup.key.public_key()
-        # A key vouches for the address whose record published it, and nothing else: a
-        # delegating record in D's zone lets the gateway speak for D, never for the gateway's
-        # own address (only its own zone can). Records of one key add up.
-        vouched = {lookup.target.address} - {None}
-        old = self.peer_keys.get(owner)
-        if old is not None and old[1] > now and old[0].public_key.public_numbers() == \
-                key.public_numbers():
-            vouched |= old[0].addresses
-        self.peer_keys[owner] = (PeerKey(key, frozenset(vouched)),
-                                 max(lookup.expires, now + KEY_GRACE))
-
-    def _cookie_required(self, addr) -> bool:
-        """Under load, a COOKIE round trip (RFC 7296 2.6) before any DNS work for a peer
-        whose key we do not hold: once half of [limits] lookups are busy, a spoofed source
-        never gets as far as _admit_init. Below that, lookups need no extra round trip (the
-        first packet's wait), and their number is bounded all the same."""
-        return len(self.pending_init) >= self.config.limits.lookups // 2 and \
-            self._lookup_key(_address_id(addr[0])) is None
-
-    def _lookup_key(self, identity: Identity) -> PeerKey | None:
-        entry = self.peer_keys.get(identity)
-        if entry is None or entry[1] <= self.loop.time():
-            return None
-        return entry[0]
-
-    def _ts_allowed(self, version: int, peer_id: Identity, local_ts, remote_ts) -> bool:
-        local = ipaddress.ip_address(self.sides[version].address)
-        for ts in remote_ts:
-            peer = ipaddress.ip_address(ts.start)
-            if ts.start != ts.end or self.opportunist.inbound_allowed(local, peer) is not None:
-                return False
-        return True
-
-    def _admit_init(self, data: bytes, addr, local_port: int) -> bool:
-        """An IKE_SA_INIT from a peer: refuse it by policy, or fetch its key before answering.
-
-        Returns True when the runner may hand it to the engine now. The peer's ID is its
-        address (RFC 4322), so the key is looked up by the source address while the message
-        waits (only the newest retransmission). Spoofed sources cost at most [limits] lookups
-        DNS fetches at once; beyond, IKE_SA_INITs from unknown peers are dropped and counted.
-        """
-        peer = ipaddress.ip_address(addr[0])
-        side = self.sides.get(peer.version)
-        if side is None:
-            return False
-        why = self.opportunist.inbound_allowed(ipaddress.ip_address(side.address), peer)
-        if why is not None:
-            log.info("refused IKE from %s: %s", peer, why)
-            return False
-        known = self._lookup_key(_address_id(str(peer)))
-        if known is not None and peer in known.addresses:
-            return True
-        if str(peer) not in self.pending_init:
-            if len(self.pending_init) >= self.config.limits.lookups:
-                self.counters["ike_init_dropped"] += 1
-                return False
-            self.loop.create_task(self._fetch_for_responder(side, str(peer)))
-        self.pending_init[str(peer)] = (data, addr, local_port)
-        return False
-
-    async def _fetch_for_responder(self, side: _IkeSide, peer: str) -> None:
-        try:
-            refresh = peer in self._stale
-            self._stale.discard(peer)
-            lookup = await self.fetcher.fetch(Target.parse(peer), refresh=refresh)
-            if lookup.key is None:
-                log.info("refused IKE from %s: %s", peer, lookup.error)
-                return
-            self._keep_key(lookup)
-        except Exception:  # a bug in a lookup refuses this peer, and frees its slot
-            log.exception("key lookup for %s", peer)
-            return
-        finally:
-            waiting = self.pending_init.pop(peer, None)
-        if waiting is not None:
-            side.runner.receive(*waiting)
-
-    def _ike_event(self, version: int, event) -> None:
-        now = self.loop.time()
-        side = self.sides[version]
-        if isinstance(event, ike_events.ChildSaEstablished):
-            child = event.child
-            installed = self._install_child(version, event.sa_id, child)
-            if installed is not None:
-                self._childless.pop((version, event.sa_id), None)
-                pair, narrowing, handle = installed
-                self.sa_pairs[(version, event.sa_id)] = pair
-                initiator = self._initiated(version, event.sa_id)
-                self._run(self.opportunist.tunnel_up(
-                    pair, ipaddress.ip_address(child.remote_addr), event.sa_id, child.spi_in,
-                    child.spi_out, _algorithm(child), child.udp_encap, initiator, now,
-                    narrowing, handle))
-        elif isinstance(event, ike_events.ChildSaRekeyed):
-            installed = self._install_child(version, event.sa_id, event.child)
-            pair = self.sa_pairs.get((version, event.sa_id))
-            if pair is not None and installed is not None:
-                self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out, now,
-                                                sa_out=installed[2], narrowing=installed[1])
-        elif isinstance(event, ike_events.ChildSaDeleted):
-            self.datapath.del_sa(event.spi_in, "in")
-            handle = self.sa_out.pop((version, event.sa_id, event.spi_out), None)
-            if handle is not None:
-                self.datapath.del_sa(handle, "out")
-                self.sa_used.pop(handle, None)
-            pair = self.sa_pairs.get((version, event.sa_id))
-            if pair is not None:
-                self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
-        elif isinstance(event, ike_events.IkeSaEstablished):
-            self._childless[(version, event.sa_id)] = now
-        elif isinstance(event, ike_events.IkeSaFailed):
-            self._childless.pop((version, event.sa_id), None)
-            pair = self.sa_pairs.pop((version, event.sa_id), None)
-            why = f"IKE timeout: {event.reason}" if event.notify is None else event.reason
-            auth = event.local and event.notify == NotifyType.AUTHENTICATION_FAILED
-            if pair is not None:
-                self._run(self.opportunist.auth_failed(pair, why, now) if auth
-                          else self.opportunist.negotiation_failed(pair, why, now))
-            else:
-                log.info("IKE with %s failed: %s", event.remote_addr, why)
-                if auth:  # the key we hold may be stale: ask DNS afresh next time
-                    self.peer_keys.pop(_address_id(event.remote_addr), None)
-                    self._stale.add(event.remote_addr)
-        elif isinstance(event, ike_events.IkeSaDeleted):
-            self._childless.pop((version, event.sa_id), None)
-            self.sa_pairs.pop((version, event.sa_id), None)
-            self.opportunist.ike_gone(event.sa_id, event.reason, now)
-        elif isinstance(event, ike_events.IkeSaPeerMoved):
-            why = self.opportunist.inbound_allowed(ipaddress.ip_address(side.address),
-                                                   ipaddress.ip_address(event.remote_addr))
-            if why is not None:  # never let a peer point our ESP at an address policy refuses
-                log.info("peer moved to %s, deleting its IKE SA: %s", event.remote_addr, why)
-                try:
-                    side.engine.delete_ike(event.sa_id, now)
-                except OeError:
-                    pass  # the same message ended it
-                self._apply()
-                side.runner.transmit()
-                return
-            for child in side.engine.children(event.sa_id):
-                handle = self.sa_out.get((version, event.sa_id, child.spi_out))
-                for ref, direction in ((handle, "out"), (child.spi_in, "in")):
-                    if ref is not None:
-                        self.datapath.move_sa(ref, direction, event.remote_addr,
-                                              event.remote_port)
-            log.info("peer moved to %s port %d (NAT)", event.remote_addr, event.remote_port)
-        elif isinstance(event, ike_events.ChildSaFailed):
-            pair = self.sa_pairs.get((version, event.sa_id))
-            if pair is not None:
-                self._run(self.opportunist.negotiation_failed(pair, event.reason, now))
-        self._apply()
-        side.runner.transmit()
-
-    def _initiated(self, version: int, sa_id: int) -> bool:
-        pair = self.sa_pairs.get((version, sa_id))
-        return pair is not None and pair in self.opportunist.negotiations
+    # ------------------------------------------------------------------ the datapath's SAs
 
     def _install_child(self, version: int, sa_id: int, child):
         """Put both SAs of a CHILD SA into the datapath with exactly the negotiated selectors
@@ -614,9 +298,8 @@ class Daemon:
             return self._refuse_child(version, sa_id, child, f"selectors oe cannot enforce: {exc}")
         local_ports = (sport, sport) if sport else ANY_PORT
         remote_ports = (dport, dport) if dport else ANY_PORT
-        encap = "udp" if child.udp_encap else "esp"
-        lifetime = self.config.ike.sa_lifetime
-        soft = max(lifetime - self.config.ike.rekey_margin, lifetime / 2)
+        encap = Encap.UDP if child.udp_encap else Encap.ESP
+        lifetime, soft = self.lifecycle.times.lifetime, self.lifecycle.times.soft
         common = dict(local=child.local_addr, peer=child.remote_addr, encap=encap,
                       local_port=child.local_port or NAT_T_PORT,
                       peer_port=child.remote_port or NAT_T_PORT, esn=child.esn, proto=proto)
@@ -625,17 +308,19 @@ class Daemon:
             return self._refuse_child(version, sa_id, child,
                                       f"outbound SPI {child.spi_out:08x} already in use")
         try:
-            self.datapath.add_sa(child.spi_in, "in", child.key_in,
-                                 src_ts=str(pair.dst), dst_ts=str(pair.src),
-                                 sport=remote_ports, dport=local_ports,
-                                 hard_time=lifetime + 60, **common)
+            self.datapath.add_sa(SaSpec(spi=child.spi_in, direction=Direction.IN,
+                                        key=child.key_in,
+                                        src_ts=str(pair.dst), dst_ts=str(pair.src),
+                                        sport=remote_ports, dport=local_ports,
+                                        hard_time=lifetime + 60, **common))
         except ValueError as e:
             return self._refuse_child(version, sa_id, child, str(e))
         try:
-            handle = self.datapath.add_sa(child.spi_out, "out", child.key_out,
-                                          src_ts=str(pair.src), dst_ts=str(pair.dst),
-                                          sport=local_ports, dport=remote_ports,
-                                          soft_time=soft, hard_time=lifetime, **common)
+            handle = self.datapath.add_sa(SaSpec(spi=child.spi_out, direction=Direction.OUT,
+                                                 key=child.key_out, src_ts=str(pair.src),
+                                                 dst_ts=str(pair.dst), sport=local_ports,
+                                                 dport=remote_ports, soft_time=soft,
+                                                 hard_time=lifetime, **common))
         except ValueError as e:
             self.datapath.del_sa(child.spi_in, "in")
             return self._refuse_child(version, sa_id, child, str(e))
@@ -643,87 +328,17 @@ class Daemon:
         return pair, (proto, sport, dport), handle
 
     def _refuse_child(self, version: int, sa_id: int, child, why: str) -> None:
-        """A CHILD SA oe will not install: delete it, and end our negotiation for its pair in
-        the failure shunt (a %hold must never stay)."""
+        """A CHILD SA oe will not install (Lifecycle.child_refused says what follows)."""
         self.counters["children_refused"] += 1
-        log.info("refused CHILD SA %08x with %s: %s", child.spi_in, child.remote_addr, why)
-        now = self.loop.time()
-        try:
-            self.sides[version].engine.delete_child(sa_id, child.spi_in, now)
-        except OeError:
-            pass  # already gone with its IKE SA
-        pair = self.sa_pairs.get((version, sa_id))
-        if pair is not None:
-            self._run(self.opportunist.negotiation_failed(pair, f"CHILD SA refused: {why}", now))
+        self._run(self.lifecycle.child_refused(sa_id, child.spi_in, child.remote_addr, why,
+                                               self.loop.time()))
         return None
-
-    def _tunnel_by_sa_out(self, handle: int):
-        for tunnel in self.opportunist.tunnels.values():
-            if tunnel.sa_out == handle:
-                return tunnel
-        return None
-
-    def _rekey_or_retire(self, handle: int, why: str) -> None:
-        """FreeS/WAN's OE rule: rekey only if the SA was used lately; idle ones go away."""
-        tunnel = self._tunnel_by_sa_out(handle)
-        if tunnel is None:
-            return
-        side = self.sides[tunnel.peer.version]
-        stats = self.datapath.sa_stats(handle, "out") or {}
-        used = stats.get("packets", 0)
-        recently = used != self.sa_used.get(handle, 0)
-        self.sa_used[handle] = used
-        try:
-            if recently:
-                side.engine.rekey_child(tunnel.sa_id, tunnel.spi_in, self.loop.time())
-            else:
-                log.info("OE to %s idle, deleting at %s", tunnel.pair.dst, why)
-                side.engine.delete_ike(tunnel.sa_id, self.loop.time())
-        except OeError:
-            return
-        side.runner.transmit()
-
-    def _expire(self, event: SaExpired) -> None:
-        for tunnel in list(self.opportunist.tunnels.values()):
-            if (event.direction == "out" and tunnel.sa_out == event.handle) or (
-                    event.direction == "in" and tunnel.spi_in == event.handle):
-                log.info("SA %x %s expired (%s)", event.spi, event.direction, event.reason)
-                self._delete_ike(tunnel.sa_id)
-
-    async def _housekeep(self) -> None:
-        """Shunt expiry, rate-limited acquires, liveness checks of quiet peers."""
-        last_in: dict[int, int] = {}
-        next_dpd = self.loop.time() + self.config.ike.dpd_delay
-        next_sweep = self.loop.time() + KEY_GRACE
-        while True:
-            await asyncio.sleep(HOUSEKEEPING)
-            now = self.loop.time()
-            self._run(self.opportunist.tick(now))
-            self._reap_childless(now)
-            if now >= next_sweep:  # keys past their TTL go (a peer that returns is asked again)
-                next_sweep = now + KEY_GRACE
-                self.peer_keys = {i: e for i, e in self.peer_keys.items() if e[1] > now}
-            if now >= next_dpd:
-                next_dpd = now + self.config.ike.dpd_delay
-                seen, last_in = last_in, {}  # only live SAs are remembered
-                for tunnel in list(self.opportunist.tunnels.values()):
-                    stats = self.datapath.sa_stats(tunnel.spi_in, "in") or {}
-                    packets = stats.get("packets", 0)
-                    last_in[tunnel.spi_in] = packets
-                    if packets == seen.get(tunnel.spi_in):
-                        side = self.sides[tunnel.peer.version]
-                        try:
-                            side.engine.check_liveness(tunnel.sa_id, now)
-                        except OeError:
-                            continue
-                        side.runner.transmit()
-            self._apply()
 
     # ------------------------------------------------------------------ control
 
     async def _control(self, command: str, args: dict):
         if command == "status":
-            return self.status()
+            return self.status().to_json()
         if command == "stop":
             self.flush_on_stop = bool(args.get("flush"))
             self.stopping.set()
@@ -788,6 +403,7 @@ class Daemon:
         limits = self.config.limits
         return {"ike_proposals": self.config.ike.proposals,
                 "esp_proposals": self.config.ike.esp_proposals,
+                "fragment_size": self.config.ike.fragment_size,
                 "half_open_max": limits.half_open,
                 # COOKIEs begin well before the cap, whatever the cap is (RFC 7296 2.6)
                 "cookie_threshold": min(HALF_OPEN_COOKIE_THRESHOLD, limits.half_open // 2)}
@@ -805,56 +421,35 @@ class Daemon:
                                         for s in self.sides.values()}:
             raise OeError(f"{peer} is this host's own address: nothing to negotiate")
         pair = Pair(source or ipaddress.ip_address(side.address), peer)
+        why = self.opportunist.initiation_refused(pair)
+        if why is not None:
+            raise OeError(why)
         group = self.opportunist.host_group(pair)
-        if group is None:
-            raise OeError(f"{peer} is in no policy group: not steered into oe, sent in clear")
-        outbound = SEMANTICS[group].outbound.value
-        if outbound != "%trap":
-            raise OeError(f"{peer} is in group {group} ({outbound}): oe does not negotiate "
-                          f"with it")
         self._run(self.opportunist.initiate(pair, self.loop.time()))
         self._apply()
         return f"initiating OE for {pair} (group {group})"
 
-    def status(self) -> dict:
+    def status(self) -> Status:
+        """What `oe status` shows (oe.status renders it)."""
         table = self.datapath.classifier.table
-        counters = self.datapath.classifier.counters()
-        now = self.loop.time()
-        eroutes = [eroute.as_json(packets, nbytes)
-                   for eroute, (packets, nbytes) in zip(table.entries, counters)]
-        sas = []
-        for tunnel in self.opportunist.tunnels.values():
-            stats_in = self.datapath.sa_stats(tunnel.spi_in, "in") or {}
-            stats_out = self.datapath.sa_stats(tunnel.sa_out, "out") or {}
-            sas.append({
-                "src": str(tunnel.pair.src), "dst": str(tunnel.pair.dst),
-                "peer": str(tunnel.peer), "spi_in": f"{tunnel.spi_in:08x}",
-                "spi_out": f"{tunnel.spi_out:08x}", "said": str(SaAction(tunnel.peer,
-                                                                          tunnel.spi_out,
-                                                                          tunnel.sa_out)),
-                "algorithm": tunnel.algorithm,
-                "encap": "ESP-in-UDP" if tunnel.udp_encap else "ESP",
-                "bytes_in": stats_in.get("bytes", 0), "bytes_out": stats_out.get("bytes", 0),
-                "packets_in": stats_in.get("packets", 0),
-                "packets_out": stats_out.get("packets", 0),
-                "age": round(now - tunnel.created, 1),
-                "initiator": tunnel.initiator,
-            })
-        shunts = [{"src": str(s.pair.src), "dst": str(s.pair.dst), "said": str(s.action),
-                   "group": s.group, "reason": s.reason,
-                   "expires_in": None if s.expires is None else round(s.expires - now, 1)}
-                  for s in self.opportunist.shunts.values()]
+        sa_stats = {t.spi_in: (self.datapath.sa_stats(t.spi_in, "in") or {},
+                               self.datapath.sa_stats(t.sa_out, "out") or {})
+                    for t in self.opportunist.tunnels.values()}
         datapath = self.datapath.stats()
         ike: dict[str, int] = {}
         for side in self.sides.values():
             for name, value in side.engine.stats().items():
                 ike[name] = ike.get(name, 0) + value
-        return {"eroutes": eroutes, "sas": sas, "shunts": shunts, "datapath": datapath,
-                "ike": ike, "limits": self._limits_status(datapath, ike),
-                "counters": {**self.counters, "cleartext_dropped": inbound.dropped(),
-                             "key_refreshes": self.fetcher.stats.refreshes}}
+        return build_status(
+            zip(table.entries, self.datapath.classifier.counters()), self.opportunist,
+            self.lifecycle, sa_stats,
+            [info for side in self.sides.values() for info in side.engine.ike_sas()],
+            self.loop.time(), datapath=datapath, ike=ike, limits=self._limits_status(datapath, ike),
+            counters={**self.admission.counters, **self.counters, **self.lifecycle.counters,
+                      "cleartext_dropped": inbound.dropped(),
+                      "key_refreshes": self.fetcher.stats.refreshes})
 
-    def _limits_status(self, datapath: dict, ike: dict) -> dict:
+    def _limits_status(self, datapath: dict, ike: dict) -> dict[str, LimitStatus]:
         """Each [limits] cap: its maximum, what is in use now, and how many were dropped."""
         caps = self.config.limits
         oe = self.opportunist
@@ -863,10 +458,11 @@ class Daemon:
             "holds": (caps.holds, datapath["holds"], datapath["holds_evicted"]),
             "shunts": (caps.shunts, oe.failure_shunts, oe.counters["shunts_dropped"]),
             "half_open": (caps.half_open, half_open, ike.get("half_open_dropped", 0)),
-            "lookups": (caps.lookups, len(self.pending_init), self.counters["ike_init_dropped"]),
+            "lookups": (caps.lookups, len(self.admission.pending),
+                        self.admission.counters["ike_init_dropped"]),
             "queued_acquires": (caps.queued_acquires, oe.queued, oe.counters["acquires_dropped"]),
         }
-        return {name: {"max": cap, "in_use": used, "dropped": dropped}
+        return {name: LimitStatus(cap, used, dropped)
                 for name, (cap, used, dropped) in rows.items()}
 
 
@@ -885,26 +481,9 @@ def _is_address(text: str) -> bool:
     return True
 
 
-def _address_id(address: str) -> Identity:
-    """The IKE ID a host's key from its reverse zone vouches for (RFC 4322: ID = address)."""
-    return Identity.from_address(address)
-
-
-def _key_owner(identity) -> Identity:
-    """The IKE ID of a KeyLookup's identity: an address, or a name (ID_FQDN, lower case)."""
-    if isinstance(identity, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return Identity.from_address(str(identity))
-    return Identity.fqdn(identity.to_text(omit_final_dot=True).lower())
-
-
 def _limits(config: oeconfig.Config) -> Limits:
     return Limits(shunt_lifetime=config.shunt_lifetime, pending_max=config.limits.queued_acquires,
                   max_shunts=config.limits.shunts)
-
-
-def _algorithm(child) -> str:
-    name = {20: "AES_GCM_16"}.get(child.encr, f"ENCR_{child.encr}")
-    return f"{name}_{child.key_bits}" + ("_ESN" if child.esn else "")
 
 
 def start(confdir: Path, rundir: Path, background: bool = False) -> int:

@@ -1,708 +1,596 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The per-packet engine: compiled eroute classifier, ESP, replay window, TUN/UDP loops.
+"""The per-packet engine's Python face: class Datapath, and what the rest of oe imports.
 
-Classifier: theory of operation
--------------------------------
-The reference model (oe/eroute.py) scans a list sorted by priority, where priority is
-(srcbits << 16) | (dstbits << 8) | narrowing. Here the same order is kept as a tuple-space
-search (Srinivasan et al.): entries are grouped by (version, srcbits, dstbits), groups are tried
-from the most specific down, and inside a group one hash probe on the masked (src, dst) finds the
-run of entries with exactly that prefix pair, ordered by narrowing (dport > sport > proto). The
-first entry of the first group that matches is the answer the reference model gives, because
-distinct selectors never tie (see oe/eroute.py). An exact-flow cache in front answers repeated
-5-tuples with one probe.
-
-Updates are incremental (issue 10, 6): entries live in a slab with stable ids, each group keeps
-a hash table of runs (linked lists, most narrowed first), and groups are kept in lookup order,
-so adding or removing an eroute touches one group, whatever the size of the table.
-
-Concurrency: readers hold the read lock for one lookup; an update (a batch of removals and
-additions) runs entirely under the write lock, so a reader sees the table before or after it,
-never a mixture. Under the read lock only counters (relaxed atomics) and the flow cache change:
-a seqlock per slot (a torn slot is detected and ignored, never used) and a generation number
-that every update bumps, so no answer cached before an update is used after it.
+Its parts are in oe/dp/ (docs/architecture.md, section 4): the classifier, the SA table and its
+accounting, ESP, the replay window, holds, events, output batches, the outbound and inbound
+pipelines and the loop threads, with the Linux socket and TUN offload code in oe/dp/csrc/.
 """
 
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp, memcpy, memmove, memset
-
+import hashlib
 import ipaddress
 
-from oe.eroute import ErouteTable, SaAction, Shunt
+from cpython.ref cimport PyObject
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_rwlock_t:
-        pass
-    int pthread_rwlock_init(pthread_rwlock_t *lock, void *attr)
-    int pthread_rwlock_destroy(pthread_rwlock_t *lock)
-    int pthread_rwlock_rdlock(pthread_rwlock_t *lock)
-    int pthread_rwlock_wrlock(pthread_rwlock_t *lock)
-    int pthread_rwlock_unlock(pthread_rwlock_t *lock)
+from oe.dp.batch cimport OutBatch, api_batch, batch_flush, batch_free
+from oe.dp.classifier cimport Classifier as CClassifier
+from oe.dp.codes cimport (C_MALFORMED, C_SA_REFUSED, C_TUN_READ, C_UNKNOWN_SPI, R_EXPIRED,
+                          R_MALFORMED, R_SEQUENCE, R_UNKNOWN_SPI, count)
+from oe.dp.core cimport DpCore
+from oe.dp.esp cimport ESP_HDR, aead_context, esp_open, esp_seal, fetch_ciphers
+from oe.dp.events cimport EV_ACQUIRE, EV_IKE, EV_REPLAY, DpEvent, ev_free, ev_init, ev_pop
+from oe.dp.holds cimport HOLD_BUCKETS, Hold, holds_free, holds_init
+from oe.dp.inbound cimport dp_inbound
+from oe.dp.loop cimport LOOP_IN, LOOP_OUT, LoopThread, loop_join, loop_sockets, loop_start
+from oe.dp.outbound cimport dp_outbound, hold_recheck
+from oe.dp.packet cimport oe_rd32
+from oe.dp.posix cimport (EFD_CLOEXEC, EFD_NONBLOCK, eventfd, sys_close, sys_read,
+                          sys_write)
+from oe.dp.replay cimport replay_init
+from oe.dp.sa cimport (CTX_API, DIR_IN, DIR_OUT, ENCAP_RAW, ENCAP_UDP, FIRED_HARD, FIRED_SOFT,
+                       NCTX, PENDING_AUTH, PENDING_HARD, PENDING_REPLAY, PENDING_SOFT, EspSa,
+                       SaTable, sa_account, sa_admit, sa_db_free, sa_db_init, sa_find, sa_fire,
+                       sa_free, sa_refused, sa_sweep, sa_table_put, sa_table_remove)
+from oe.dp.sync cimport (oe_and32, oe_load64, oe_mutex_lock, oe_mutex_unlock, oe_now,
+                         oe_rd_lock, oe_rw_unlock, oe_store_int, oe_swap_int, oe_wr_lock)
 
-cdef extern from *:
-    """
-    static inline void oe_add64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
-    static inline uint64_t oe_load64(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
-    static inline uint32_t oe_load_acq32(uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-    static inline void oe_store_rel32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-    static inline int oe_cas32(uint32_t *p, uint32_t expect, uint32_t v) {
-        return __atomic_compare_exchange_n(p, &expect, v, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
-    }
-    static inline void oe_fence_acq(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
-    static inline void oe_fence_rel(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
-    """
-    void oe_add64(uint64_t *p, uint64_t v) nogil
-    uint64_t oe_load64(uint64_t *p) nogil
-    uint32_t oe_load_acq32(uint32_t *p) nogil
-    void oe_store_rel32(uint32_t *p, uint32_t v) nogil
-    bint oe_cas32(uint32_t *p, uint32_t expect, uint32_t v) nogil
-    void oe_fence_acq() nogil
-    void oe_fence_rel() nogil
+from oe.dp.classifier import FLOW_RECORD_SIZE, Classifier
+from oe.dp.codes import COUNTER_NAMES, REASONS
+from oe.dp.esp import EspError, esp_overhead, gcm_decrypt, gcm_encrypt
+from oe.dp.replay import ReplayWindow
+from oe.dp.saspec import ANY_PORT, Direction, Encap, SaSpec, ts_range
+from oe.dpevents import (Acquire, AuthFailure, IkeMessage, ReplayFailure, SaExpired,
+                         SaSoftLimit)
 
-
-# ------------------------------------------------------------------------- the classifier
-
-cdef enum:
-    ACT_NONE = 0
-    ACT_TRAP = 1
-    ACT_HOLD = 2
-    ACT_PASS = 3
-    ACT_DROP = 4
-    ACT_REJECT = 5
-    ACT_SA = 6
-
-_ACTION_CODES = {
-    Shunt.TRAP: ACT_TRAP, Shunt.HOLD: ACT_HOLD, Shunt.PASS: ACT_PASS,
-    Shunt.DROP: ACT_DROP, Shunt.REJECT: ACT_REJECT,
-}
-
-cdef enum:
-    FLOW_CACHE_SLOTS = 4096  # a power of two
-    OP_REMOVE = 0
-    OP_SET = 1               # same selector, new action
-    OP_INSERT = 2
-
-cdef struct Verdict:
-    int32_t entry       # entry id; -1 = no eroute matched
-    int action          # ACT_*
-    uint32_t sa         # for ACT_SA: the outbound SA's handle (Datapath.add_sa)
-
-cdef struct CEntry:
-    uint8_t src[16]     # prefixes, host bits cleared
-    uint8_t dst[16]
-    uint8_t version
-    uint8_t src_len
-    uint8_t dst_len
-    uint8_t proto
-    uint16_t sport
-    uint16_t dport
-    uint8_t action
-    uint32_t sa
-    int32_t next        # next entry of the run (same prefix pair, narrowing desc); free list
-    uint64_t packets
-    uint64_t nbytes
-
-cdef struct CGroup:
-    uint8_t version
-    uint8_t src_len
-    uint8_t dst_len
-    uint8_t src_mask[16]
-    uint8_t dst_mask[16]
-    uint32_t nslots     # a power of two
-    uint32_t nruns
-    int32_t *slots      # head entry of a run with one (src, dst); -1 = empty
-
-cdef struct FlowSlot:
-    uint32_t seq        # seqlock: odd while being written
-    uint32_t gen        # CTable.gen when filled: older answers are ignored
-    uint8_t version
-    uint8_t proto
-    uint16_t sport
-    uint16_t dport
-    uint8_t src[16]
-    uint8_t dst[16]
-    int32_t entry       # entry id, -1 = no match
-
-cdef struct CTable:
-    int32_t cap         # entries allocated
-    int32_t used        # entries[0:used] were handed out at some point
-    int32_t free_head   # freed entries, linked by next
-    CEntry *entries
-    int ngroups
-    int ngroups4        # groups[0:ngroups4] are IPv4, the rest IPv6
-    int gcap
-    CGroup *groups      # in lookup order: most specific first
-    uint32_t gen        # bumped by every update: invalidates the flow cache at once
-    FlowSlot *cache
-
-cdef struct ClsOp:
-    int kind            # OP_*
-    int32_t entry       # OP_REMOVE, OP_SET: the entry; OP_INSERT: set to the new entry
-    CEntry e            # OP_SET: action and sa; OP_INSERT: everything
+__all__ = ["ANY_PORT", "COUNTER_NAMES", "FLOW_RECORD_SIZE", "REASONS", "Classifier", "Datapath",
+           "Direction", "Encap", "EspError", "ReplayWindow", "SaSpec", "esp_overhead",
+           "gcm_decrypt", "gcm_encrypt"]
 
 
-cdef inline uint32_t _hash(const uint8_t *src, const uint8_t *dst, int alen) noexcept nogil:
-    # FNV-1a over the masked addresses: cheap and good enough for a per-group hash table.
-    cdef uint32_t h = 2166136261u
-    cdef int i
-    for i in range(alen):
-        h = (h ^ src[i]) * 16777619u
-    for i in range(alen):
-        h = (h ^ dst[i]) * 16777619u
-    return h
+cdef class Datapath:
+    """ESP SAs, holds, events and the native loops around one compiled Classifier.
 
-
-cdef inline int _alen(int version) noexcept nogil:
-    return 4 if version == 4 else 16
-
-
-cdef inline int _narrowing(const CEntry *e) noexcept nogil:
-    # oe/eroute.py Selector.priority, low byte: dport (4) > sport (2) > proto (1).
-    return (4 if e.dport else 0) | (2 if e.sport else 0) | (1 if e.proto else 0)
-
-
-cdef inline bint _entry_matches(const CEntry *e, int proto, int sport, int dport) noexcept nogil:
-    return ((e.proto == 0 or e.proto == proto)
-            and (e.sport == 0 or e.sport == sport)
-            and (e.dport == 0 or e.dport == dport))
-
-
-cdef int32_t _search(const CTable *t, int version, const uint8_t *src, const uint8_t *dst,
-                     int proto, int sport, int dport) noexcept nogil:
-    """Entry id of the most specific matching entry, or -1."""
-    cdef int alen = _alen(version)
-    cdef uint8_t msrc[16]
-    cdef uint8_t mdst[16]
-    cdef int g, i
-    cdef int32_t id
-    cdef uint32_t slot
-    cdef const CGroup *grp
-    cdef const CEntry *e
-    cdef int first = 0 if version == 4 else t.ngroups4
-    cdef int last = t.ngroups4 if version == 4 else t.ngroups
-    for g in range(first, last):
-        grp = &t.groups[g]
-        for i in range(alen):
-            msrc[i] = src[i] & grp.src_mask[i]
-            mdst[i] = dst[i] & grp.dst_mask[i]
-        slot = _hash(msrc, mdst, alen) & (grp.nslots - 1)
-        while True:
-            id = grp.slots[slot]
-            if id < 0:
-                break
-            e = &t.entries[id]
-            if memcmp(e.src, msrc, alen) == 0 and memcmp(e.dst, mdst, alen) == 0:
-                # The run: entries with this prefix pair, most narrowed first.
-                while id >= 0:
-                    e = &t.entries[id]
-                    if _entry_matches(e, proto, sport, dport):
-                        return id
-                    id = e.next
-                break
-            slot = (slot + 1) & (grp.nslots - 1)
-    return -1
-
-
-cdef inline uint32_t _flow_hash(int version, const uint8_t *src, const uint8_t *dst, int proto,
-                                int sport, int dport) noexcept nogil:
-    cdef uint32_t h = _hash(src, dst, _alen(version))
-    h = (h ^ <uint32_t>proto) * 16777619u
-    h = (h ^ <uint32_t>sport) * 16777619u
-    h = (h ^ <uint32_t>dport) * 16777619u
-    return h ^ (h >> 15)
-
-
-cdef int32_t _lookup(CTable *t, int version, const uint8_t *src, const uint8_t *dst,
-                     int proto, int sport, int dport) noexcept nogil:
-    """_search behind the exact-flow cache; the caller holds the read lock, so t.gen is
-    stable here, and readers race only with each other, on a slot (the seqlock)."""
-    cdef int alen = _alen(version)
-    cdef FlowSlot *s = &t.cache[_flow_hash(version, src, dst, proto, sport, dport)
-                                & (FLOW_CACHE_SLOTS - 1)]
-    cdef uint32_t seq = oe_load_acq32(&s.seq)
-    cdef FlowSlot copy
-    cdef int32_t id
-    if seq != 0 and (seq & 1) == 0:
-        memcpy(&copy, s, sizeof(FlowSlot))
-        oe_fence_acq()
-        if (oe_load_acq32(&s.seq) == seq and copy.gen == t.gen and copy.version == version
-                and copy.proto == proto and copy.sport == sport and copy.dport == dport
-                and memcmp(copy.src, src, alen) == 0 and memcmp(copy.dst, dst, alen) == 0):
-            return copy.entry
-    id = _search(t, version, src, dst, proto, sport, dport)
-    # Fill the slot only if no other thread is writing it; losing the race just skips caching.
-    seq = oe_load_acq32(&s.seq)
-    if (seq & 1) == 0 and oe_cas32(&s.seq, seq, seq + 1):
-        s.gen = t.gen
-        s.version = version
-        s.proto = proto
-        s.sport = sport
-        s.dport = dport
-        memset(s.src, 0, 16)
-        memset(s.dst, 0, 16)
-        memcpy(s.src, src, alen)
-        memcpy(s.dst, dst, alen)
-        s.entry = id
-        oe_fence_rel()
-        oe_store_rel32(&s.seq, seq + 2)
-    return id
-
-
-cdef void _make_mask(uint8_t *mask, int bits) noexcept nogil:
-    cdef int i
-    memset(mask, 0, 16)
-    for i in range(16):
-        if bits >= 8:
-            mask[i] = 0xff
-            bits -= 8
-        elif bits > 0:
-            mask[i] = <uint8_t>((0xff << (8 - bits)) & 0xff)
-            bits = 0
-
-
-# Updates run under the write lock, so no reader sees a table half-changed; each costs a few
-# probes in one group plus the scan of the group list (bounded by the distinct prefix-length
-# pairs, not by the number of entries); hash tables and the entry array grow by doubling.
-
-cdef int _group_index(const CTable *t, int version, int src_len, int dst_len,
-                      bint *found) noexcept nogil:
-    """Where the group is, or where it would go in lookup order."""
-    cdef int g = 0
-    cdef const CGroup *grp
-    found[0] = False
-    while g < t.ngroups:
-        grp = &t.groups[g]
-        if grp.version == version and grp.src_len == src_len and grp.dst_len == dst_len:
-            found[0] = True
-            return g
-        if (grp.version > version or (grp.version == version and (
-                grp.src_len < src_len or (grp.src_len == src_len and grp.dst_len < dst_len)))):
-            return g
-        g += 1
-    return g
-
-
-cdef int _group_add(CTable *t, int g, const CEntry *e) noexcept nogil:
-    """A new, empty group at position g; -1: no memory."""
-    cdef CGroup *groups
-    cdef int32_t *slots = <int32_t *>malloc(4 * sizeof(int32_t))
-    if slots == NULL:
-        return -1
-    if t.ngroups == t.gcap:
-        groups = <CGroup *>realloc(t.groups, (t.gcap * 2 if t.gcap else 8) * sizeof(CGroup))
-        if groups == NULL:
-            free(slots)
-            return -1
-        t.groups = groups
-        t.gcap = t.gcap * 2 if t.gcap else 8
-    memmove(&t.groups[g + 1], &t.groups[g], (t.ngroups - g) * sizeof(CGroup))
-    memset(&t.groups[g], 0, sizeof(CGroup))
-    t.groups[g].version = e.version
-    t.groups[g].src_len = e.src_len
-    t.groups[g].dst_len = e.dst_len
-    _make_mask(t.groups[g].src_mask, e.src_len)
-    _make_mask(t.groups[g].dst_mask, e.dst_len)
-    t.groups[g].nslots = 4
-    t.groups[g].slots = slots
-    memset(slots, 0xff, 4 * sizeof(int32_t))
-    t.ngroups += 1
-    if e.version == 4:
-        t.ngroups4 += 1
-    return 0
-
-
-cdef void _group_drop(CTable *t, int g) noexcept nogil:
-    if t.groups[g].version == 4:
-        t.ngroups4 -= 1
-    free(t.groups[g].slots)
-    memmove(&t.groups[g], &t.groups[g + 1], (t.ngroups - g - 1) * sizeof(CGroup))
-    t.ngroups -= 1
-
-
-cdef uint32_t _run_slot(const CTable *t, const CGroup *grp, const CEntry *e) noexcept nogil:
-    """The slot of e's run in grp, or the empty slot where it would go."""
-    cdef int alen = _alen(e.version)
-    cdef uint32_t slot = _hash(e.src, e.dst, alen) & (grp.nslots - 1)
-    cdef const CEntry *head
-    while grp.slots[slot] >= 0:
-        head = &t.entries[grp.slots[slot]]
-        if memcmp(head.src, e.src, alen) == 0 and memcmp(head.dst, e.dst, alen) == 0:
-            break
-        slot = (slot + 1) & (grp.nslots - 1)
-    return slot
-
-
-cdef int _group_grow(CTable *t, CGroup *grp) noexcept nogil:
-    cdef uint32_t n = grp.nslots * 2
-    cdef int32_t *old = grp.slots
-    cdef uint32_t old_n = grp.nslots, i, slot
-    cdef int32_t *slots = <int32_t *>malloc(n * sizeof(int32_t))
-    if slots == NULL:
-        return -1
-    memset(slots, 0xff, n * sizeof(int32_t))
-    grp.slots = slots
-    grp.nslots = n
-    for i in range(old_n):
-        if old[i] >= 0:
-            slot = _run_slot(t, grp, &t.entries[old[i]])
-            slots[slot] = old[i]
-    free(old)
-    return 0
-
-
-cdef void _slot_remove(const CTable *t, CGroup *grp, uint32_t i) noexcept nogil:
-    """Empty slot i (backward-shift deletion keeps probe chains intact)."""
-    cdef uint32_t j = i, home
-    cdef uint32_t mask = grp.nslots - 1
-    cdef const CEntry *e
-    grp.slots[i] = -1
-    while True:
-        j = (j + 1) & mask
-        if grp.slots[j] < 0:
-            return
-        e = &t.entries[grp.slots[j]]
-        home = _hash(e.src, e.dst, _alen(e.version)) & mask
-        if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
-            grp.slots[i] = grp.slots[j]
-            grp.slots[j] = -1
-            i = j
-
-
-cdef int32_t _entry_insert(CTable *t, const CEntry *tmpl) noexcept nogil:
-    """Add an entry (its selector is not in the table); its id, or -1: no memory."""
-    cdef bint found
-    cdef int g = _group_index(t, tmpl.version, tmpl.src_len, tmpl.dst_len, &found)
-    cdef CGroup *grp
-    cdef CEntry *entries
-    cdef int32_t id, prev, cur
-    cdef uint32_t slot
-    if t.free_head < 0 and t.used == t.cap:
-        entries = <CEntry *>realloc(t.entries, (t.cap * 2 if t.cap else 64) * sizeof(CEntry))
-        if entries == NULL:
-            return -1
-        t.entries = entries
-        t.cap = t.cap * 2 if t.cap else 64
-    if not found and _group_add(t, g, tmpl) < 0:
-        return -1
-    grp = &t.groups[g]
-    if (grp.nruns + 1) * 2 > grp.nslots and _group_grow(t, grp) < 0:
-        if grp.nruns == 0:
-            _group_drop(t, g)
-        return -1
-    if t.free_head >= 0:
-        id = t.free_head
-        t.free_head = t.entries[id].next
-    else:
-        id = t.used
-        t.used += 1
-    t.entries[id] = tmpl[0]
-    t.entries[id].packets = 0
-    t.entries[id].nbytes = 0
-    slot = _run_slot(t, grp, tmpl)
-    cur = grp.slots[slot]
-    if cur < 0:
-        t.entries[id].next = -1
-        grp.slots[slot] = id
-        grp.nruns += 1
-        return id
-    # Into the run, after every entry at least as narrowed (distinct selectors never tie).
-    prev = -1
-    while cur >= 0 and _narrowing(&t.entries[cur]) >= _narrowing(tmpl):
-        prev = cur
-        cur = t.entries[cur].next
-    t.entries[id].next = cur
-    if prev < 0:
-        grp.slots[slot] = id
-    else:
-        t.entries[prev].next = id
-    return id
-
-
-cdef void _entry_remove(CTable *t, int32_t id) noexcept nogil:
-    cdef CEntry *e = &t.entries[id]
-    cdef bint found
-    cdef int g = _group_index(t, e.version, e.src_len, e.dst_len, &found)
-    cdef CGroup *grp = &t.groups[g]
-    cdef uint32_t slot = _run_slot(t, grp, e)
-    cdef int32_t cur = grp.slots[slot]
-    if cur == id:
-        if e.next >= 0:
-            grp.slots[slot] = e.next
-        else:
-            _slot_remove(t, grp, slot)
-            grp.nruns -= 1
-            if grp.nruns == 0:
-                _group_drop(t, g)
-    else:
-        while t.entries[cur].next != id:
-            cur = t.entries[cur].next
-        t.entries[cur].next = e.next
-    e.next = t.free_head
-    t.free_head = id
-
-
-cdef int _apply(CTable *t, ClsOp *ops, int n) noexcept nogil:
-    """Apply ops in order (write lock held); how many were applied (< n: out of memory)."""
-    cdef int k
-    for k in range(n):
-        if ops[k].kind == OP_REMOVE:
-            _entry_remove(t, ops[k].entry)
-        elif ops[k].kind == OP_SET:
-            t.entries[ops[k].entry].action = ops[k].e.action
-            t.entries[ops[k].entry].sa = ops[k].e.sa
-        else:
-            ops[k].entry = _entry_insert(t, &ops[k].e)
-            if ops[k].entry < 0:
-                return k
-    t.gen += 1
-    if t.gen == 0:                  # wrapped: no slot may carry an old generation that matches
-        memset(t.cache, 0, FLOW_CACHE_SLOTS * sizeof(FlowSlot))
-    return n
-
-
-cdef void _free_table(CTable *t) noexcept nogil:
-    cdef int g
-    if t == NULL:
-        return
-    for g in range(t.ngroups):
-        free(t.groups[g].slots)
-    free(t.groups)
-    free(t.entries)
-    free(t.cache)
-    free(t)
-
-
-cdef void _put_address(uint8_t *out, bytes packed):
-    memset(out, 0, 16)
-    memcpy(out, <const char *>packed, len(packed))
-
-
-cdef void _fill_entry(CEntry *e, eroute) except *:
-    """The compiled form of an oe.eroute.Eroute."""
-    sel = eroute.selector
-    memset(e, 0, sizeof(CEntry))
-    _put_address(e.src, sel.src.network_address.packed)
-    _put_address(e.dst, sel.dst.network_address.packed)
-    e.version = sel.version
-    e.src_len = sel.src.prefixlen
-    e.dst_len = sel.dst.prefixlen
-    e.proto = sel.proto
-    e.sport = sel.sport
-    e.dport = sel.dport
-    e.next = -1
-    if isinstance(eroute.action, SaAction):
-        e.action = ACT_SA
-        e.sa = eroute.action.handle
-    else:
-        e.action = _ACTION_CODES[eroute.action]
-
-
-cdef bytes _packed(address):
-    if isinstance(address, (bytes, bytearray)):
-        if len(address) not in (4, 16):
-            raise ValueError(f"an address is 4 or 16 bytes, not {len(address)}")
-        return bytes(address)
-    return ipaddress.ip_address(address).packed
-
-
-# Record layout of lookup_many(): version, proto, sport (big endian), dport (big endian),
-# 2 bytes padding, src (16 bytes, IPv4 in the first 4), dst (16 bytes).
-cdef enum:
-    RECORD_SIZE = 40
-FLOW_RECORD_SIZE = RECORD_SIZE
-
-
-cdef class Classifier:
-    """The compiled eroute classifier used per packet; agrees with oe.eroute.ErouteTable.
-
-    Updated in place (update(), replace()): the cost of a change does not grow with the
-    number of eroutes. Entry ids are stable while an eroute stays; `table`, lookup() and
-    counters() speak in positions of the ErouteTable view, built when first asked for.
+    Without start() every packet function works from Python (tests, tools); start() runs the
+    outbound (TUN) and inbound (sockets) threads, which release the GIL for good.
     """
 
-    cdef CTable *_table
-    cdef pthread_rwlock_t _lock
-    cdef dict _eroutes      # selector -> (Eroute, entry id): what is compiled into _table
-    cdef object _view       # the ErouteTable of _eroutes, or None until asked for
-    cdef int32_t *_position # entry id -> position in _view.entries (-1: none)
-    cdef uint32_t _position_gen # CTable.gen _position was built for
+    cdef DpCore *c
+    cdef readonly CClassifier classifier
+    cdef LoopThread _threads[2]
+    cdef int _nthreads
+    cdef uint32_t _next_handle  # outbound handles: 1, 2, ... never reused
+    cdef dict _keys             # SHA-256 of each live SA's KEYMAT -> (direction, handle)
+    cdef dict _digests          # and back
 
-    def __cinit__(self):
-        pthread_rwlock_init(&self._lock, NULL)
-        self._table = <CTable *>calloc(1, sizeof(CTable))
-        if self._table == NULL:
+    def __cinit__(self, *, uint64_t replay_window=4096, uint32_t hold_packets=64,
+                  uint32_t hold_bytes=256 * 1024, double hold_timeout=60.0,
+                  uint32_t max_holds=1024, uint64_t max_hold_total=32 * 1024 * 1024,
+                  CClassifier classifier=None):
+        fetch_ciphers()
+        if replay_window < 1 or replay_window > 0x7FFFFFFF:
+            raise ValueError("the replay window is 1 to 2^31 - 1 packets")
+        if max_holds < 1:
+            raise ValueError("max_holds is at least 1 (a %trap needs its hold)")
+        self.c = <DpCore *>calloc(1, sizeof(DpCore))
+        if self.c == NULL:
             raise MemoryError()
-        self._table.free_head = -1
-        self._table.cache = <FlowSlot *>calloc(FLOW_CACHE_SLOTS, sizeof(FlowSlot))
-        if self._table.cache == NULL:
-            raise MemoryError()
-        self._eroutes = {}
-        self._view = None
+        self.c.wake_fds[0] = self.c.wake_fds[1] = -1
+        if ev_init(&self.c.events) < 0:
+            raise OSError("no memory or no eventfd for the event queue")
+        holds_init(&self.c.holds)
+        sa_db_init(&self.c.sas)
+        self.c.wake_fds[0] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.c.wake_fds[1] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.c.wake_fds[0] < 0 or self.c.wake_fds[1] < 0:
+            raise OSError("eventfd failed")
+        self.c.replay_window = replay_window
+        self.c.holds.hold_packets = hold_packets
+        self.c.holds.hold_bytes = hold_bytes
+        self.c.holds.timeout = hold_timeout
+        self.c.holds.max_holds = max_holds
+        self.c.holds.max_total = max_hold_total
+        self.c.tun_mtu = 1400
+        self.c.tun_fd = -1
+        self._next_handle = 1
+        self._keys = {}
+        self._digests = {}
+        for k in range(6):
+            self.c.fds[k] = -1
+        self.classifier = classifier if classifier is not None else Classifier()
 
     def __dealloc__(self):
-        _free_table(self._table)
-        free(self._position)
-        pthread_rwlock_destroy(&self._lock)
-
-    def __init__(self, table=None):
-        if table is not None:
-            self.replace(table)
-
-    @property
-    def table(self):
-        """The ErouteTable currently in force."""
-        if self._view is None:
-            self._view = ErouteTable(e for e, _ in self._eroutes.values())
-        return self._view
-
-    def replace(self, table) -> None:
-        """Swap in `table` atomically; eroutes kept (same selector) keep their counters."""
-        new = {e.selector: e for e in table.entries}
-        self.update([e for s, e in new.items() if self._eroutes.get(s, (None,))[0] != e],
-                    [s for s in self._eroutes if s not in new])
-        self._view = table          # its order, for lookup() positions
-        free(self._position)
-        self._position = NULL
-
-    def update(self, add=(), remove=()) -> None:
-        """Atomically remove the eroutes of the selectors `remove` (absent ones are ignored),
-        then add the Eroutes `add` (replacing any with the same selector; counters stay).
-
-        Readers (the loop threads, without the GIL) see the table before or after, never
-        between; the flow cache is invalidated at once (a generation number per slot).
-        """
-        cdef list ops = []
-        cdef int n, k, done
-        cdef ClsOp *cops
-        added = {}
-        for eroute in add:
-            added[eroute.selector] = eroute
-        for sel in set(remove):
-            if sel in self._eroutes and sel not in added:
-                ops.append((OP_REMOVE, sel, None))
-        for sel, eroute in added.items():
-            ops.append((OP_SET if sel in self._eroutes else OP_INSERT, sel, eroute))
-        n = len(ops)
-        if n == 0:
+        cdef int k
+        if self.c == NULL:
             return
-        cops = <ClsOp *>calloc(n, sizeof(ClsOp))
-        if cops == NULL:
+        self.stop()
+        sa_db_free(&self.c.sas)
+        holds_free(&self.c.holds)
+        ev_free(&self.c.events)
+        for k in range(2):
+            if self.c.wake_fds[k] >= 0:
+                sys_close(self.c.wake_fds[k])
+        free(self.c)
+        self.c = NULL
+
+    cdef void _wake(self) noexcept:
+        cdef uint64_t one = 1
+        sys_write(self.c.wake_fds[0], &one, 8)
+        sys_write(self.c.wake_fds[1], &one, 8)
+
+    cdef SaTable *_table(self, direction) except NULL:
+        return &self.c.sas.inb if Direction(direction) is Direction.IN else &self.c.sas.out
+
+    # ------------------------------------------------------------------------- SAs
+
+    def add_sa(self, spec: SaSpec, *, now: float | None = None) -> int:
+        """Install the SA `spec` describes; its handle, for del_sa(), sa_stats(), move_sa()
+        and SaAction.
+
+        Inbound SAs are found by the SPI we chose, so an inbound handle is its SPI. Outbound
+        SPIs are the peer's choice, and two peers may pick the same one: an outbound SA gets a
+        fresh local handle, never reused (issue 10, 1). Refused (ValueError, counted as
+        sa_refused), never replaced: an inbound SPI already in use, and a KEYMAT some live SA
+        already has (re-installing a key would restart its sequence numbers, hence its GCM
+        nonces: RFC 4106 3.1). Lifetimes are counted from `now` (CLOCK_MONOTONIC, default: the
+        clock).
+        """
+        cdef EspSa *sa
+        cdef int k
+        cdef uint32_t handle
+        cdef double t0 = oe_now() if now is None else now
+        if not isinstance(spec, SaSpec):
+            raise TypeError("add_sa takes an SaSpec")
+        cdef bint inbound = spec.direction is Direction.IN
+        cdef bytes key = spec.key
+        window = self.c.replay_window if spec.replay_window is None else spec.replay_window
+        mtu = spec.path_mtu - esp_overhead(spec.family, spec.encap, spec.tunnel)
+        if mtu < 68:
+            raise ValueError(f"path MTU {spec.path_mtu} leaves no room for ESP")
+        digest = hashlib.sha256(key).digest()
+        if inbound and sa_find(&self.c.sas.inb, spec.spi) != NULL:
+            self._refuse(f"inbound SPI {spec.spi:08x} is already installed")
+        if digest in self._keys:
+            used = self._keys[digest]
+            self._refuse(f"this KEYMAT is already installed ({used[0]}bound SA {used[1]:#x}): "
+                         "re-installing it would repeat GCM nonces")
+        if not inbound and self._next_handle == 0xFFFFFFFF:
+            self._refuse("no outbound SA handle left")
+        handle = spec.spi if inbound else self._next_handle
+        sa = <EspSa *>calloc(1, sizeof(EspSa))
+        if sa == NULL:
             raise MemoryError()
         try:
-            for k, (kind, sel, eroute) in enumerate(ops):
-                cops[k].kind = kind
-                if kind != OP_INSERT:
-                    cops[k].entry = self._eroutes[sel][1]
-                if kind != OP_REMOVE:
-                    _fill_entry(&cops[k].e, eroute)
-            with nogil:
-                pthread_rwlock_wrlock(&self._lock)
-                done = _apply(self._table, cops, n)
-                pthread_rwlock_unlock(&self._lock)
-            for k in range(done):
-                kind, sel, eroute = ops[k]
-                if kind == OP_REMOVE:
-                    del self._eroutes[sel]
-                else:
-                    self._eroutes[sel] = (eroute, cops[k].entry)
-        finally:
-            free(cops)
-            self._view = None
-        if done < n:
-            raise MemoryError("the classifier could not grow; the update was cut short")
-
-    cdef int _positions(self) except -1:
-        """Map entry ids to positions in `table` (for lookup(), lookup_many(), counters())."""
-        cdef int32_t *position
-        cdef int32_t n = self._table.used
-        if self._position != NULL and self._position_gen == self._table.gen:
-            return 0
-        table = self.table
-        position = <int32_t *>malloc((n if n else 1) * sizeof(int32_t))
-        if position == NULL:
+            sa.handle = handle
+            if replay_init(&sa.replay, window) != 0:
+                raise MemoryError()
+            for k in range(NCTX):
+                sa.ctx[k] = aead_context(key, not inbound)
+            _fill_sa(sa, spec, t0)
+            sa.mtu = mtu
+        except BaseException:
+            sa_free(sa)
+            raise
+        with nogil:
+            oe_wr_lock(&self.c.sas.lock)
+            k = sa_table_put(&self.c.sas.inb if inbound else &self.c.sas.out, sa)
+            oe_rw_unlock(&self.c.sas.lock)
+        if k != 0:
+            sa_free(sa)
             raise MemoryError()
-        memset(position, 0xff, (n if n else 1) * sizeof(int32_t))
-        for i, eroute in enumerate(table.entries):
-            position[self._eroutes[eroute.selector][1]] = i
-        free(self._position)
-        self._position = position
-        self._position_gen = self._table.gen
-        return 0
+        if not inbound:
+            self._next_handle += 1
+        self._keys[digest] = (str(spec.direction), handle)
+        self._digests[spec.direction, handle] = digest
+        return handle
 
-    cdef Verdict classify(self, int version, const uint8_t *src, const uint8_t *dst, int proto,
-                          int sport, int dport, size_t nbytes) noexcept nogil:
-        """Classify one packet and count it; callable from native threads without the GIL."""
-        cdef Verdict v
-        cdef int32_t id
-        cdef CEntry *e
-        pthread_rwlock_rdlock(&self._lock)
-        id = _lookup(self._table, version, src, dst, proto, sport, dport)
-        v.entry = id
-        if id < 0:
-            v.action = ACT_NONE
-            v.sa = 0
-        else:
-            e = &self._table.entries[id]
-            oe_add64(&e.packets, 1)
-            oe_add64(&e.nbytes, nbytes)
-            v.action = e.action
-            v.sa = e.sa
-        pthread_rwlock_unlock(&self._lock)
-        return v
+    cdef _refuse(self, str why):
+        count(self.c.counters, C_SA_REFUSED)
+        raise ValueError(f"add_sa refused: {why}")
 
-    def lookup(self, src, dst, int proto=0, int sport=0, int dport=0, nbytes=None):
-        """Index of the matching eroute in `table`, or None. Counts the packet if nbytes is given."""
-        cdef bytes s = _packed(src)
-        cdef bytes d = _packed(dst)
-        cdef int32_t id
-        cdef int version = 4 if len(s) == 4 else 6
-        if len(s) != len(d):
-            raise ValueError("source and destination are not of one address family")
-        self._positions()
-        if nbytes is not None:
-            id = self.classify(version, <const uint8_t *><const char *>s,
-                               <const uint8_t *><const char *>d, proto, sport, dport,
-                               nbytes).entry
-        else:
-            pthread_rwlock_rdlock(&self._lock)
-            id = _lookup(self._table, version, <const uint8_t *><const char *>s,
-                         <const uint8_t *><const char *>d, proto, sport, dport)
-            pthread_rwlock_unlock(&self._lock)
-        return None if id < 0 else self._position[id]
+    def move_sa(self, uint32_t handle, direction, peer, int peer_port) -> bool:
+        """The peer's NAT mapping changed (RFC 7296 2.23): send to / accept from its new
+        address and port. Keys, sequence numbers and the replay window stay as they are; an
+        SA is never re-added for this, which would restart its IVs under the same key."""
+        cdef EspSa *sa
+        cdef bytes peer_b = ipaddress.ip_address(peer).packed
+        cdef SaTable *table = self._table(direction)
+        with nogil:
+            oe_wr_lock(&self.c.sas.lock)
+        sa = sa_find(table, handle)
+        if sa != NULL and len(peer_b) == (4 if sa.family == 4 else 16):
+            memcpy(sa.peer, <const char *>peer_b, len(peer_b))
+            sa.peer_port = peer_port
+        oe_rw_unlock(&self.c.sas.lock)
+        return sa != NULL
 
-    def lookup_many(self, const uint8_t[::1] records not None, int32_t[::1] out not None) -> None:
-        """Classify packed FLOW_RECORD_SIZE-byte records in C; write each index (-1: none)."""
-        cdef Py_ssize_t n = records.shape[0] // RECORD_SIZE
-        cdef Py_ssize_t k
-        cdef const uint8_t *r
-        cdef int32_t id
-        if out.shape[0] < n:
-            raise ValueError("out is shorter than the number of records")
-        self._positions()
-        # With the GIL held throughout: no update() can start, and _position stays valid.
-        pthread_rwlock_rdlock(&self._lock)
-        for k in range(n):
-            r = &records[k * RECORD_SIZE]
-            id = _lookup(self._table, r[0], r + 8, r + 24, r[1],
-                         (r[2] << 8) | r[3], (r[4] << 8) | r[5])
-            out[k] = -1 if id < 0 else self._position[id]
-        pthread_rwlock_unlock(&self._lock)
+    def del_sa(self, uint32_t handle, direction) -> bool:
+        """Remove an SA by its handle; True if it existed. Packets in flight finish under the
+        read lock."""
+        cdef EspSa *sa
+        cdef SaTable *table = self._table(direction)
+        with nogil:
+            oe_wr_lock(&self.c.sas.lock)
+            sa = sa_table_remove(table, handle)
+            oe_rw_unlock(&self.c.sas.lock)
+        if sa != NULL:
+            del self._keys[self._digests.pop((Direction(direction), handle))]
+        sa_free(sa)
+        return sa != NULL
 
-    def counters(self) -> list:
-        """(packets, bytes) for each eroute of `table`, in its order."""
-        cdef CEntry *e
-        ids = [self._eroutes[eroute.selector][1] for eroute in self.table.entries]
+    def sa_stats(self, uint32_t handle, direction) -> dict | None:
+        """Counters of one SA (by its handle), or None."""
+        cdef EspSa *sa
+        cdef SaTable *table = self._table(direction)
+        with nogil:
+            oe_rd_lock(&self.c.sas.lock)
+        try:
+            sa = sa_find(table, handle)
+            return None if sa == NULL else _sa_dict(sa)
+        finally:
+            oe_rw_unlock(&self.c.sas.lock)
+
+    def sas(self) -> list:
+        """Every SA with its counters."""
+        with nogil:
+            oe_rd_lock(&self.c.sas.lock)
+        try:
+            return _table_dicts(&self.c.sas.out) + _table_dicts(&self.c.sas.inb)
+        finally:
+            oe_rw_unlock(&self.c.sas.lock)
+
+    def check_lifetimes(self, now=None) -> None:
+        """Fire time-based soft/hard events due at `now` (the loops do this twice a second)."""
+        sa_sweep(&self.c.events, &self.c.sas, oe_now() if now is None else now)
+
+    # ------------------------------------------------------------------ eroutes and holds
+
+    def replace_eroutes(self, table) -> None:
+        """Swap in an oe.eroute.ErouteTable atomically; holds it no longer traps are released.
+        Costs in proportion to the table (it is compared with the one in force)."""
+        self.classifier.replace(table)
+        oe_store_int(&self.c.holds.recheck, 1)
+        self._wake()
+
+    def update_eroutes(self, add=(), remove=()) -> None:
+        """Atomically remove the eroutes of the selectors `remove`, then add the Eroutes `add`
+        (replacing any of the same selector): the cost of one change does not grow with the
+        table (issue 10, 6). Holds the table no longer traps are released."""
+        self.classifier.update(add, remove)
+        oe_store_int(&self.c.holds.recheck, 1)
+        self._wake()
+
+    def release_holds(self, now=None) -> list:
+        """Without the loops: recheck holds now and return what their release produced."""
+        cdef double t = oe_now() if now is None else now
         result = []
-        pthread_rwlock_rdlock(&self._lock)
-        for i in ids:
-            e = &self._table.entries[<int32_t>i]
-            result.append((oe_load64(&e.packets), oe_load64(&e.nbytes)))
-        pthread_rwlock_unlock(&self._lock)
+        cdef OutBatch *b = api_batch(result)
+        try:
+            hold_recheck(self.c, self.classifier, CTX_API, b, t, True)
+            batch_flush(self.c, b)
+        finally:
+            batch_free(b)
         return result
 
+    def holds(self) -> list:
+        """(src, dst, packets queued) for every %hold the datapath keeps."""
+        cdef Hold *h
+        cdef int k
+        result = []
+        oe_mutex_lock(&self.c.holds.lock)
+        try:
+            for k in range(HOLD_BUCKETS):
+                h = self.c.holds.buckets[k]
+                while h != NULL:
+                    result.append((_address(h.src, h.version), _address(h.dst, h.version),
+                                   h.npkts))
+                    h = h.next
+        finally:
+            oe_mutex_unlock(&self.c.holds.lock)
+        return result
 
-# The ESP datapath (issue 6): replay window, ESP seal/open, holds, loops and the Python API.
-include "replay.pxi"
-include "esp.pxi"
-include "loops.pxi"
+    # ---------------------------------------------------------------------- events
+
+    @property
+    def events_fd(self) -> int:
+        """Readable when events are waiting (an eventfd: loop.add_reader(fd, ...))."""
+        return self.c.events.fd
+
+    def read_events(self) -> list:
+        """Drain the events (oe.dpevents dataclasses): lifetime events first, then the queue
+        oldest first."""
+        cdef uint64_t junk
+        cdef DpEvent e
+        sys_read(self.c.events.fd, &junk, 8)
+        result = (self._lifetime_events() if oe_swap_int(&self.c.events.lifetime_pending, 0)
+                  else [])
+        while ev_pop(&self.c.events, &e):
+            result.append(self._event(&e))
+        return result
+
+    cdef list _lifetime_events(self):
+        """Collect the soft / hard limit events SAs have raised (sa_fire), clearing them."""
+        cdef SaTable *table
+        cdef EspSa *sa
+        cdef uint32_t i, bits
+        cdef int k
+        result = []
+        with nogil:
+            oe_rd_lock(&self.c.sas.lock)
+        for k in range(2):
+            table = &self.c.sas.out if k == 0 else &self.c.sas.inb
+            for i in range(table.cap):
+                sa = table.slots[i]
+                if sa == NULL:
+                    continue
+                bits = oe_and32(&sa.pending, ~(<uint32_t>(PENDING_SOFT | PENDING_HARD)))
+                direction = Direction.IN if sa.direction == DIR_IN else Direction.OUT
+                if bits & PENDING_SOFT:
+                    result.append(SaSoftLimit(spi=sa.spi, direction=direction,
+                                              reason=REASONS[sa.soft_reason], handle=sa.handle))
+                if bits & PENDING_HARD:
+                    result.append(SaExpired(spi=sa.spi, direction=direction,
+                                            reason=REASONS[sa.hard_reason], handle=sa.handle))
+        oe_rw_unlock(&self.c.sas.lock)
+        return result
+
+    cdef object _event(self, DpEvent *e):
+        cdef EspSa *sa
+        if e.kind == EV_ACQUIRE:
+            return Acquire(src=_address(e.src, e.version), dst=_address(e.dst, e.version),
+                           proto=e.proto, sport=e.sport, dport=e.dport)
+        if e.kind == EV_IKE:
+            data = (<char *>e.data)[:e.length]
+            free(e.data)
+            return IkeMessage(src=_address(e.src, e.version), sport=e.sport, data=data)
+        # Failure events are coalesced: re-arm so the next failure raises a new one.
+        with nogil:
+            oe_rd_lock(&self.c.sas.lock)
+        sa = sa_find(&self.c.sas.inb, e.handle)
+        if sa != NULL:
+            oe_and32(&sa.pending,
+                     <uint32_t>~(PENDING_REPLAY if e.kind == EV_REPLAY else PENDING_AUTH))
+        oe_rw_unlock(&self.c.sas.lock)
+        if e.kind == EV_REPLAY:
+            return ReplayFailure(spi=e.spi, total=e.count)
+        return AuthFailure(spi=e.spi, total=e.count)
+
+    def stats(self) -> dict:
+        """Global counters by name, then the holds in place and their caps."""
+        result = {name: oe_load64(&self.c.counters[i]) for i, name in enumerate(COUNTER_NAMES)}
+        oe_mutex_lock(&self.c.holds.lock)
+        result.update(holds=self.c.holds.count, hold_total_bytes=self.c.holds.total,
+                      max_holds=self.c.holds.max_holds, max_hold_total=self.c.holds.max_total)
+        oe_mutex_unlock(&self.c.holds.lock)
+        return result
+
+    # ------------------------------------------------------ packet functions from Python
+
+    def seal(self, uint32_t handle, packet) -> bytes:
+        """ESP-encapsulate one IP packet on the outbound SA `handle` (no eroute, hold or MTU)."""
+        cdef bytes data = bytes(packet)
+        out = bytearray(len(data) + 64)
+        cdef uint8_t[::1] view = out
+        cdef uint64_t seq
+        cdef int r
+        with nogil:
+            oe_rd_lock(&self.c.sas.lock)
+        r = _seal_locked(self.c, handle, data, &view[0], len(out), &seq)
+        oe_rw_unlock(&self.c.sas.lock)
+        if r < 0:
+            raise EspError(REASONS[-r])
+        return bytes(out[:r])
+
+    def open(self, esp) -> tuple:
+        """Decapsulate one ESP packet: (spi, next header, payload); raise EspError if refused.
+
+        Counts like the loops, but does not check selectors (see inbound() for the full path).
+        """
+        cdef bytes data = bytes(esp)
+        out = bytearray(max(len(data), 16))
+        cdef uint8_t[::1] view = out
+        cdef int r, nh
+        if len(data) < ESP_HDR:
+            count(self.c.counters, C_MALFORMED)
+            raise EspError(REASONS[R_MALFORMED])
+        with nogil:
+            oe_rd_lock(&self.c.sas.lock)
+        r = _open_locked(self.c, data, &view[0], len(out), &nh)
+        oe_rw_unlock(&self.c.sas.lock)
+        if r < 0:
+            raise EspError(REASONS[-r])
+        return oe_rd32(<const uint8_t *><const char *>data), nh, bytes(out[:r])
+
+    def outbound(self, packet, now=None) -> list:
+        """Process one packet as if read from the TUN: [(kind, address, port, bytes)].
+
+        kind is "udp" (ESP-in-UDP to address:port), "esp" (raw ESP to address), "pass" (clear,
+        to address) or "tun" (an ICMP error written back to the host).
+        """
+        cdef bytearray buf = bytearray(packet)
+        cdef double t = oe_now() if now is None else now
+        if len(buf) == 0:
+            count(self.c.counters, C_MALFORMED)
+            return []
+        count(self.c.counters, C_TUN_READ)
+        cdef uint8_t[::1] view = buf
+        result = []
+        cdef OutBatch *b = api_batch(result)
+        try:
+            dp_outbound(self.c, self.classifier, CTX_API, &view[0], len(buf), b, False, t)
+            batch_flush(self.c, b)
+        finally:
+            batch_free(b)
+        return result
+
+    def inbound(self, data, src, int sport=4500, encap=Encap.UDP, now=None) -> list:
+        """Process one datagram as if received from `src` (UDP payload or raw ESP)."""
+        cdef bytes d = bytes(data)
+        cdef double t = oe_now() if now is None else now
+        cdef bytes srcb = ipaddress.ip_address(src).packed
+        cdef int fam = 4 if len(srcb) == 4 else 6
+        cdef bytes padded = srcb + bytes(16 - len(srcb))
+        cdef int how = ENCAP_UDP if Encap(encap) is Encap.UDP else ENCAP_RAW
+        result = []
+        cdef OutBatch *b = api_batch(result)
+        try:
+            dp_inbound(self.c, CTX_API, <const uint8_t *><const char *>d, len(d), fam,
+                       <const uint8_t *><const char *>padded, sport, how, b, t)
+            batch_flush(self.c, b)
+        finally:
+            batch_free(b)
+        return result
+
+    # ------------------------------------------------------------------------ loops
+
+    def start(self, int tun_fd, *, int udp4=-1, int udp6=-1, int esp4=-1, int esp6=-1,
+              int pass4=-1, int pass6=-1, int tun_mtu=1400, int threads=2,
+              bint vnet_hdr=True) -> None:
+        """Run the loops on these non-blocking file descriptors (owned by the caller).
+
+        threads=1: one thread does both directions; a packet and its answer then need one
+        thread wake-up fewer on each host. threads=2: one thread per direction.
+        vnet_hdr: the TUN was opened with offloads (oe.tun.open_tun(offload=True)): reads may
+        be TCP superframes, cut into segments here; writes coalesce segments of a flow.
+        """
+        cdef int k
+        if self._nthreads:
+            raise RuntimeError("the datapath is already running")
+        if threads not in (1, 2):
+            raise ValueError("threads is 1 or 2")
+        self.c.tun_fd = tun_fd
+        self.c.tun_mtu = tun_mtu
+        self.c.vnet = vnet_hdr
+        for k, fd in enumerate((udp4, udp6, esp4, esp6, pass4, pass6)):
+            self.c.fds[k] = fd
+        loop_sockets(self.c)
+        oe_store_int(&self.c.running, 1)
+        roles = [LOOP_OUT | LOOP_IN] if threads == 1 else [LOOP_OUT, LOOP_IN]
+        for k, role in enumerate(roles):
+            self._threads[k].core = self.c
+            self._threads[k].classifier = <PyObject *>self.classifier
+            self._threads[k].role = role
+            if loop_start(&self._threads[k]) != 0:
+                self.stop()
+                raise OSError("cannot start a datapath thread")
+            self._nthreads += 1
+
+    def stop(self) -> None:
+        """Stop the loops and wait for them."""
+        cdef int k
+        if not self._nthreads:
+            return
+        oe_store_int(&self.c.running, 0)
+        self._wake()
+        with nogil:
+            for k in range(self._nthreads):
+                loop_join(&self._threads[k])
+        self._nthreads = 0
+
+
+# ------------------------------------------------------------------------ helpers
+
+cdef int _seal_locked(DpCore *c, uint32_t handle, bytes data, uint8_t *out, size_t cap,
+                      uint64_t *seq) noexcept:
+    """Datapath.seal() under the SA read lock: the ESP length, or -R_*."""
+    cdef EspSa *sa = sa_find(&c.sas.out, handle)
+    cdef int r
+    if sa == NULL:
+        return -R_UNKNOWN_SPI
+    if not sa_admit(&c.events, sa, len(data), oe_now()):
+        return -R_EXPIRED
+    r = esp_seal(sa, CTX_API, <const uint8_t *><const char *>data, len(data), out, cap, seq)
+    if r == -R_SEQUENCE:
+        sa_fire(&c.events, sa, 1, R_SEQUENCE)
+    if r >= 0:
+        sa_account(&c.events, sa, len(data), seq[0], oe_now())
+    return r
+
+
+cdef int _open_locked(DpCore *c, bytes data, uint8_t *out, size_t cap, int *nh) noexcept:
+    """Datapath.open() under the SA read lock: the payload length, or -R_* (counted)."""
+    cdef EspSa *sa = sa_find(&c.sas.inb, oe_rd32(<const uint8_t *><const char *>data))
+    cdef uint64_t seq
+    cdef int r
+    if sa == NULL:
+        count(c.counters, C_UNKNOWN_SPI)
+        return -R_UNKNOWN_SPI
+    r = esp_open(sa, CTX_API, <const uint8_t *><const char *>data, len(data), out, cap, nh, &seq)
+    if r < 0:
+        sa_refused(&c.events, c.counters, sa, -r)
+    else:
+        sa_account(&c.events, sa, r, seq, oe_now())
+    return r
+
+
+cdef void _fill_sa(EspSa *sa, object spec, double t0) except *:
+    """Everything of an SA but its handle, keys, replay window and MTU, from its SaSpec."""
+    cdef bint inbound = spec.direction is Direction.IN
+    cdef bytes key = spec.key
+    local_b = spec.local.packed
+    peer_b = spec.peer.packed
+    ts_version, src_lo, src_hi = ts_range(spec.src_ts)
+    _, dst_lo, dst_hi = ts_range(spec.dst_ts)
+    sa.spi = spec.spi
+    sa.direction = DIR_IN if inbound else DIR_OUT
+    sa.tunnel = spec.tunnel
+    sa.esn = spec.esn
+    sa.encap = ENCAP_UDP if spec.encap is Encap.UDP else ENCAP_RAW
+    sa.family = spec.family
+    memcpy(sa.local, <const char *>local_b, len(local_b))
+    memcpy(sa.peer, <const char *>peer_b, len(peer_b))
+    sa.local_port = spec.local_port
+    sa.peer_port = spec.peer_port
+    memcpy(sa.salt, (<const char *>key) + len(key) - 4, 4)
+    if inbound:
+        sa.replay.top = spec.seq
+    else:
+        sa.seq = spec.seq
+    sa.ts_version = ts_version
+    memcpy(sa.ts_src_lo, <const char *>src_lo, len(src_lo))
+    memcpy(sa.ts_src_hi, <const char *>src_hi, len(src_hi))
+    memcpy(sa.ts_dst_lo, <const char *>dst_lo, len(dst_lo))
+    memcpy(sa.ts_dst_hi, <const char *>dst_hi, len(dst_hi))
+    sa.ts_proto = spec.proto
+    sa.ts_sport_lo, sa.ts_sport_hi = spec.sport
+    sa.ts_dport_lo, sa.ts_dport_hi = spec.dport
+    sa.soft_bytes = spec.soft_bytes
+    sa.hard_bytes = spec.hard_bytes
+    sa.soft_packets = spec.soft_packets
+    sa.hard_packets = spec.hard_packets
+    sa.soft_time = t0 + spec.soft_time if spec.soft_time > 0 else 0.0
+    sa.hard_time = t0 + spec.hard_time if spec.hard_time > 0 else 0.0
+
+
+cdef object _address(const uint8_t *packed, int version):
+    return ipaddress.ip_address((<char *>packed)[:4 if version == 4 else 16])
+
+
+cdef list _table_dicts(SaTable *t):
+    cdef uint32_t i
+    return [_sa_dict(t.slots[i]) for i in range(t.cap) if t.slots[i] != NULL]
+
+
+cdef dict _sa_dict(EspSa *sa):
+    return {
+        "handle": sa.handle,
+        "spi": sa.spi,
+        "direction": Direction.IN if sa.direction == DIR_IN else Direction.OUT,
+        "peer": _address(sa.peer, sa.family),
+        "local": _address(sa.local, sa.family),
+        "mode": "tunnel" if sa.tunnel else "transport",
+        "encap": Encap.UDP if sa.encap == ENCAP_UDP else Encap.ESP,
+        "esn": bool(sa.esn),
+        "mtu": sa.mtu,
+        "packets": oe_load64(&sa.packets),
+        "bytes": oe_load64(&sa.nbytes),
+        "seq": oe_load64(&sa.seq) if sa.direction == DIR_OUT else sa.replay.top,
+        "replay": oe_load64(&sa.err_replay),
+        "authentication": oe_load64(&sa.err_auth),
+        "policy": oe_load64(&sa.err_policy),
+        "malformed": oe_load64(&sa.err_malformed),
+        "expired": oe_load64(&sa.err_expired),
+        "soft_fired": bool(sa.fired & FIRED_SOFT),
+        "hard_fired": bool(sa.fired & FIRED_HARD),
+    }

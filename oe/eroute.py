@@ -1,7 +1,7 @@
 """The eroute table: (src, dst, proto, sport, dport) -> action, most specific first.
 
 This is the reference model: a sorted list scanned linearly, simple enough to trust. The compiled
-classifier in oe/datapath.pyx must agree with it on every lookup (tests/test_classifier.py).
+classifier in oe/dp/classifier.pyx must agree with it on every lookup (tests/test_classifier.py).
 
 Priority (FreeS/WAN pluto connections.h set_policy_prio): (srcbits << 16) | (dstbits << 8), then,
 in the low byte, narrowing: a destination port (4) beats a source port (2) beats a protocol (1).

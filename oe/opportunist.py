@@ -35,8 +35,8 @@ import heapq
 import ipaddress
 from collections import deque
 from dataclasses import dataclass
-from typing import Union
 
+from oe.commands import Command, DeleteChild, DeleteIke, FetchKey, Initiate
 from oe.eroute import Eroute, ErouteTable, IPAddress, SaAction, Selector, Shunt
 from oe.policygroups.groups import SEMANTICS
 
@@ -143,45 +143,6 @@ def child_flow(local_ts: tuple, remote_ts: tuple) -> tuple[Pair, tuple[int, int,
     if any(ports) and not protocol:
         raise ValueError(f"a port without a protocol in {local} or {remote}")
     return Pair(local.start, remote.start), (protocol, *ports)
-
-
-# Commands for the daemon --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FetchKey:
-    """Look up the public key of `target` in DNS, then call key_found(pair, lookup)."""
-
-    pair: Pair
-    target: str
-    refresh: bool = False
-    """Ask DNS again even if an answer is cached (after an authentication failure)."""
-
-
-@dataclass(frozen=True)
-class Initiate:
-    """Start IKE with `peer` for host-to-host selectors of `pair`."""
-
-    pair: Pair
-    peer: IPAddress
-
-
-@dataclass(frozen=True)
-class DeleteIke:
-    """Send DELETE for an IKE SA (its CHILD SAs go with it)."""
-
-    sa_id: int
-
-
-@dataclass(frozen=True)
-class DeleteChild:
-    """Send DELETE for one CHILD SA of an IKE SA (by our inbound SPI)."""
-
-    sa_id: int
-    spi_in: int
-
-
-Command = Union[FetchKey, Initiate, DeleteIke, DeleteChild]
 
 
 @dataclass(frozen=True)
@@ -337,6 +298,16 @@ class Opportunist:
         if shunt is not None and shunt.action is not Shunt.HOLD:
             self._drop_shunt(pair)
         return self.acquire(pair, now)
+
+    def initiation_refused(self, pair: Pair) -> str | None:
+        """Why `oe initiate` would negotiate nothing for `pair` (issue 15, 6), or None."""
+        group = self.host_group(pair)
+        if group is None:
+            return f"{pair.dst} is in no policy group: not steered into oe, sent in clear"
+        outbound = SEMANTICS[group].outbound.value
+        if outbound != "%trap":
+            return f"{pair.dst} is in group {group} ({outbound}): oe does not negotiate with it"
+        return None
 
     def key_found(self, pair: Pair, lookup, now: float) -> list[Command]:
         """The DNS answer for a FetchKey: an oe.dnskeys KeyLookup."""

@@ -16,9 +16,9 @@ ADDR_B = "198.51.100.2"
 
 
 @lru_cache(maxsize=None)
-def host_key(name: str) -> rsa.RSAPrivateKey:
-    """One RSA-2048 key per name, generated once per test run (never written to disk)."""
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def host_key(name: str, bits: int = 2048) -> rsa.RSAPrivateKey:
+    """One RSA key per name and size, generated once per test run (never written to disk)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
 def seeded_rng(seed: int):
@@ -29,13 +29,16 @@ def seeded_rng(seed: int):
 ENGINE_ARGS = ("ts_policy", "spis", "sa_ids", "cookie_required", "admit_init")
 
 
-def make_engine(addr: str, key_name: str, peers: dict[str, str], seed: int, **cfg) -> IkeEngine:
+def make_engine(addr: str, key_name: str, peers: dict[str, str], seed: int, key_bits: int = 2048,
+                **cfg) -> IkeEngine:
     """An engine at ``addr`` whose key lookup knows ``peers`` (address -> key name, each key
-    vouching for its address); ``cfg`` holds IkeConfig fields and IkeEngine keywords."""
-    known = {Identity.from_address(a): PeerKey(host_key(k).public_key(), frozenset({a}))
+    vouching for its address; every key of ``key_bits``); ``cfg`` holds IkeConfig fields and
+    IkeEngine keywords."""
+    known = {Identity.from_address(a): PeerKey(host_key(k, key_bits).public_key(),
+                                               frozenset({a}))
              for a, k in peers.items()}
     engine_args = {k: cfg.pop(k) for k in ENGINE_ARGS if k in cfg}
-    config = IkeConfig(local_addr=addr, private_key=host_key(key_name), **cfg)
+    config = IkeConfig(local_addr=addr, private_key=host_key(key_name, key_bits), **cfg)
     return IkeEngine(config, rng=seeded_rng(seed), lookup_key=known.get, **engine_args)
 
 

@@ -44,7 +44,7 @@ class Mutant:
 
     @property
     def compiled(self) -> bool:
-        return self.path.endswith((".pyx", ".pxi"))
+        return self.path.endswith((".pyx", ".pxi", ".pxd", ".c", ".h"))
 
 
 def m(name: str, path: str, anchor: str, replacement: str, *tests: str,
@@ -58,8 +58,10 @@ COMMON = "oe/ike/tasks/common.py"
 IKE_FAST = ("test_ike_forgery.py", "test_ike_message_ids.py", "test_ike_engine.py")
 SELECTORS = ("test_ike_selectors.py", "test_ike_peer_keys.py", "test_ike_engine.py")
 RECORDS, ROUTING, INBOUND = "oe/dnskeys/records.py", "oe/routing.py", "oe/inbound.py"
-ESP, REPLAY, LOOPS = "oe/esp.pxi", "oe/replay.pxi", "oe/loops.pxi"
+ESP, REPLAY, SAS = "oe/dp/esp.pyx", "oe/dp/replay.pxd", "oe/dp/sa.pyx"
+DATAPATH = "oe/datapath.pyx"
 OPP, DAEMON = "oe/opportunist.py", "oe/daemon.py"
+ADMISSION, LIFECYCLE, KEYS = "oe/admission.py", "oe/lifecycle.py", "oe/peerkeys.py"
 TS_ALLOWED = ("            if ts.start != ts.end or "
               "self.opportunist.inbound_allowed(local, peer) is not None:")
 
@@ -76,8 +78,8 @@ MUTANTS = [
       "        if take is Take.REFUSED:\n",
       "        if False:\n", "test_ike_message_ids.py"),
     m("ike-response-without-integrity", IKE_SA,
-      "        if take is Take.PROTECTED:\n            try:\n                msg = self._open(",
-      "        if False:\n            try:\n                msg = self._open(", *IKE_FAST),
+      "        if take is Take.PROTECTED:\n            try:\n                opened = self._open(",
+      "        if False:\n            try:\n                opened = self._open(", *IKE_FAST),
     m("ike-response-any-message-id", IKE_SA,
       "        if req is None or (header.message_id, header.exchange) != (req.message_id,\n"
       "                                                                   req.exchange):\n",
@@ -87,12 +89,23 @@ MUTANTS = [
       "            return self.host.count(\"unexpected_dropped\")\n", "",
       "test_ike_message_ids.py"),
     m("ike-retransmit-without-integrity", IKE_SA,
-      "            try:\n                self._open(header, msg)\n"
+      "            try:\n                enc, _ = self._decrypt(msg)\n"
       "            except IntegrityError:\n"
-      "                return self.host.count(\"forged_dropped\")\n"
-      "            except IkeError:\n"
-      "                return self.host.count(\"unexpected_dropped\")\n", "",
-      "test_ike_message_ids.py"),
+      "                return self.host.count(\"forged_dropped\")\n",
+      "            enc = msg.payloads[0]\n", "test_ike_message_ids.py"),
+    # IKE fragmentation (RFC 7383): each fragment checked before it is kept (2.6), SKF only
+    # where SK is due, never in IKE_SA_INIT (2.5.3)
+    m("ike-fragment-kept-unchecked", IKE_SA,
+      "        enc, inner = self._decrypt(msg)\n",
+      "        enc = msg.payloads[0]\n"
+      "        inner = enc.body if isinstance(enc, EncryptedFragment) else self._decrypt(msg)[1]\n",
+      "test_ike_fragmentation.py"),
+    m("ike-fragment-where-cleartext-is-due", IKE_SA,
+      "        if take is not None and not take.protected and header.next_payload == "
+      "PayloadType.SKF:\n", "        if False:\n", "test_ike_fragmentation.py"),
+    m("ike-fragmented-sa-init-request-taken", ENGINE,
+      "                    and header.next_payload != PayloadType.SKF:\n",
+      "                    and True:\n", "test_ike_fragmentation.py"),
     m("ike-cookie-not-checked", ENGINE,
       "            if not (isinstance(got, Notify) and got.notify_type == NotifyType.COOKIE\n"
       "                    and hmac.compare_digest(got.data, want)):\n",
@@ -141,14 +154,14 @@ MUTANTS = [
     m("ts-intersect-any-protocol", TSPY,
       "        if self.protocol and other.protocol and self.protocol != other.protocol:\n",
       "        if False:\n", *SELECTORS),
-    # The daemon's glue: its selector policy and what it installs
-    m("daemon-ts-range-allowed", "oe/daemon.py", TS_ALLOWED,
+    # The daemon's glue: its selector policy (oe.admission decides) and what it installs
+    m("daemon-ts-range-allowed", ADMISSION, TS_ALLOWED,
       "            if self.opportunist.inbound_allowed(local, peer) is not None:",
-      "test_daemon.py"),
-    m("daemon-ts-policy-ignored", "oe/daemon.py", TS_ALLOWED, "            if ts.start != ts.end:",
-      "test_daemon.py"),
+      "test_daemon.py", "test_admission.py"),
+    m("daemon-ts-policy-ignored", ADMISSION, TS_ALLOWED, "            if ts.start != ts.end:",
+      "test_daemon.py", "test_admission.py"),
     m("daemon-sa-in-any-port", "oe/daemon.py",
-      "                                 sport=remote_ports, dport=local_ports,\n", "",
+      "                                        sport=remote_ports, dport=local_ports,\n", "",
       "test_daemon.py"),
     m("daemon-sa-any-protocol", "oe/daemon.py",
       "esn=child.esn, proto=proto)", "esn=child.esn, proto=0)", "test_daemon.py"),
@@ -213,7 +226,7 @@ MUTANTS = [
     m("inbound-sa-peers-not-refused", INBOUND,
       "for name in (\"private\", \"peers\")),", "for name in (\"private\",)),",
       "netns/test_inbound_nft.py", root=True),
-    # The datapath (Cython: one rebuild each)
+    # The datapath (Cython and C in oe/dp/: one rebuild each)
     m("esp-replay-update-before-icv", ESP,
       "    if not replay_check(&sa.replay, seq):\n        return -R_REPLAY\n",
       "    if not replay_check(&sa.replay, seq):\n        return -R_REPLAY\n"
@@ -221,17 +234,20 @@ MUTANTS = [
     m("replay-window-unbounded", REPLAY,
       "    if r.top - seq >= r.window:\n        return False\n", "", "test_replay.py",
       "test_esp.py"),
-    m("esp-inner-destination-unchecked", ESP,
+    m("esp-inner-destination-unchecked", SAS,
       "    if memcmp(info.dst, sa.ts_dst_lo, alen) < 0 or "
       "memcmp(info.dst, sa.ts_dst_hi, alen) > 0:\n",
       "    if False:\n", "test_datapath_selectors.py", "test_esp.py"),
-    m("esp-inner-protocol-unchecked", ESP,
+    m("esp-inner-protocol-unchecked", SAS,
       "    if sa.ts_proto and info.proto != sa.ts_proto:\n", "    if False:\n",
       "test_datapath_selectors.py", "test_esp.py"),
-    m("esp-inner-source-port-unchecked", ESP,
+    m("esp-inner-source-port-unchecked", SAS,
       "        if info.sport < sa.ts_sport_lo or info.sport > sa.ts_sport_hi:\n",
       "        if False:\n", "test_datapath_selectors.py", "test_esp.py"),
-    m("dp-keymat-reinstalled", LOOPS, "        if digest in self._keys:\n", "        if False:\n",
+    m("dp-recheck-counted", "oe/dp/classifier.pyx",
+      "            if nbytes:  # a held packet's recheck",
+      "            if True:  # a held packet's recheck", "test_counters.py"),
+    m("dp-keymat-reinstalled", DATAPATH, "        if digest in self._keys:\n", "        if False:\n",
       "test_datapath.py"),
     # The OE decisions and the daemon's bounds (issue 10, 3-12 and its review)
     m("oe-shunts-uncapped", OPP, "        while self._failures > self.limits.max_shunts:\n",
@@ -241,20 +257,31 @@ MUTANTS = [
     m("oe-port-range-widened", OPP,
       "        elif ts.start_port == ts.end_port and ts.start_port != 0:\n",
       "        elif ts.start_port != 0:\n", "test_opportunist.py"),
-    m("daemon-keys-never-expire", DAEMON,
-      "        if entry is None or entry[1] <= self.loop.time():\n",
-      "        if entry is None:\n", "test_daemon.py"),
-    m("daemon-lookups-unbounded", DAEMON,
-      "            if len(self.pending_init) >= self.config.limits.lookups:\n",
-      "            if False:\n", "test_daemon.py"),
-    m("daemon-moved-peer-unchecked", DAEMON,
-      "            if why is not None:  # never let a peer point our ESP",
-      "            if False:  # never let a peer point our ESP", "test_daemon.py"),
-    m("daemon-childless-kept", DAEMON, "            if now - since < CHILDLESS_GRACE:\n",
-      "            if True:\n", "test_daemon.py"),
-    m("daemon-refused-child-leaves-hold", DAEMON,
-      "            self._run(self.opportunist.negotiation_failed(pair, f\"CHILD SA refused: {why}\", "
-      "now))\n", "            pass\n", "test_daemon.py"),
+    # The daemon's decisions, now in oe.peerkeys, oe.admission and oe.lifecycle (issue 11, 3)
+    m("daemon-keys-never-expire", KEYS, "        if entry is None or entry[1] <= now:\n",
+      "        if entry is None:\n", "test_daemon.py", "test_admission.py"),
+    m("daemon-lookups-unbounded", ADMISSION, "            if len(self.pending) >= self.lookups:\n",
+      "            if False:\n", "test_daemon.py", "test_admission.py"),
+    m("daemon-moved-peer-unchecked", ADMISSION,
+      "        if why is not None:  # never let a peer point our ESP",
+      "        if False:  # never let a peer point our ESP", "test_daemon.py", "test_admission.py"),
+    m("daemon-childless-kept", LIFECYCLE, "            if now - since < CHILDLESS_GRACE:\n",
+      "            if True:\n", "test_daemon.py", "test_lifecycle.py"),
+    m("daemon-refused-child-leaves-hold", LIFECYCLE,
+      "            commands += self.opportunist.negotiation_failed(pair, f\"CHILD SA refused: "
+      "{why}\", now)\n", "            pass\n", "test_daemon.py", "test_lifecycle.py"),
+    m("lifecycle-idle-sa-rekeyed", LIFECYCLE,
+      "        recently = packets != self._used.get(sa_out, 0)\n", "        recently = True\n",
+      "test_lifecycle.py"),
+    m("lifecycle-busy-peers-probed", LIFECYCLE,
+      "            if count == seen.get(tunnel.spi_in):\n", "            if True:\n",
+      "test_lifecycle.py"),
+    m("routeplan-cleartext-of-peers-kept", "oe/routeplan.py",
+      "        if refused != self.refused and inbound:\n", "        if False:\n",
+      "test_routeplan.py"),
+    m("daemon-timers-never-fire", "oe/executor.py",
+      "            if deadline is not None and deadline <= now:\n", "            if False:\n",
+      "test_daemon.py"),
     m("daemon-log-unescaped", "oe/logs.py",
       "        record.msg = printable(record.getMessage(), limit=LOG_LINE_MAX)\n",
       "        record.msg = record.getMessage()\n", "test_daemon.py"),
@@ -291,7 +318,12 @@ def build(tree: Path) -> None:
 
 def copy_tree() -> Path:
     tree = Path(tempfile.mkdtemp(prefix="oe-mutation-"))
-    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.c", "build")
+    skip = shutil.ignore_patterns("__pycache__", ".hypothesis", "build")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        # C that Cython generates from a .pyx beside it; the datapath's own C files are copied
+        generated = {n for n in names if n.endswith(".c") and n[:-2] + ".pyx" in names}
+        return skip(folder, names) | generated
     for name in COPIED:
         src = ROOT / name
         if src.is_dir():

@@ -164,3 +164,11 @@ def test_python_dash_m_oe_runs_without_traceback(tmp_path):
     assert proc.stderr == (f"oe: {tmp_path}/policies/block:1: host name 'example.org' is not "
                            "allowed: write an address or CIDR (names are not resolved when "
                            "policy loads)\n")
+
+
+def test_status_brief_without_daemon_says_so(tmp_path, capsys):
+    """`oe status --brief` (one line per peer, issue 15): none without a daemon, and it says so."""
+    code, out, _ = run(capsys, "--confdir", tmp_path, "--rundir", tmp_path / "run", "status",
+                       "--brief")
+    assert code == 0
+    assert out.splitlines() == ["no daemon running: no peers (oe start)"]

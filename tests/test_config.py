@@ -59,6 +59,7 @@ def test_values_are_read_and_converted(tmp_path):
     ("shunt_lifetime = 0", "shunt_lifetime: expected a number > 0"),
     ("[limits]\nholds = 0", "[limits] holds: expected a number > 0"),
     ("[ike]\nrekey_margin = 3600", "[ike] rekey_margin: 3600 s is not shorter than sa_lifetime"),
+    ("[ike]\nfragment_size = 575", "[ike] fragment_size: 575 is below 576"),
     ("[dns]\nport = 70000", "[dns] port: expected 1 to 65535"),
     ("[dns]\ntotal_timeout = 0.5", "[dns] total_timeout: 0.5 s is shorter than one query"),
     ('log_level = "loud"', "log_level: 'loud': expected one of debug, info, warning, error"),

@@ -17,6 +17,7 @@ from oe.ike.auth import Identity
 from oe.ike.constants import IdType, NotifyType
 from oe.ike.events import ChildSa, ChildSaEstablished, ChildSaFailed
 from oe.ike.ts import TrafficSelector
+from oe.lifecycle import CHILDLESS_GRACE
 from oe.opportunist import Pair
 
 ME = "192.0.2.10"
@@ -140,12 +141,12 @@ def test_spoofed_ike_sa_inits_cost_bounded_dns_work(confdir, tmp_path):
                 d._admit_init(bytes([copy]) * 300, (f"203.0.113.{i + 1}", 500), 500)
         await asyncio.sleep(0)
         assert len(d.fetcher.asked) <= 8
-        assert len(d.pending_init) <= 8
-        assert all(data == bytes([2]) * 300 for data, _, _ in d.pending_init.values())
-        assert d.counters["ike_init_dropped"] > 0
+        assert len(d.admission.pending) <= 8
+        assert all(data == bytes([2]) * 300 for data, _, _ in d.admission.pending.values())
+        assert d.admission.counters["ike_init_dropped"] > 0
         d.fetcher.release.set()
         await asyncio.sleep(0.01)
-        assert d.pending_init == {}
+        assert d.admission.pending == {}
     asyncio.run(run())
 
 
@@ -167,11 +168,11 @@ def test_the_sa_carries_exactly_the_negotiated_selectors(confdir, tmp_path):
         d = make_daemon(confdir, tmp_path)
         d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
         d._install_child(4, 1, _child(ME, PEER, protocol=6, rport=(22, 22)))
-        installs = {kw.get("direction", args[1] if len(args) > 1 else None): kw
+        installs = {args[0].direction: args[0]          # add_sa(SaSpec)
                     for name, args, kw in d.datapath.calls if name == "add_sa"}
-        assert installs["out"]["proto"] == 6 and tuple(installs["out"]["dport"]) == (22, 22)
-        assert tuple(installs["out"]["sport"]) == (0, 65535)
-        assert installs["in"]["proto"] == 6 and tuple(installs["in"]["sport"]) == (22, 22)
+        assert installs["out"].proto == 6 and tuple(installs["out"].dport) == (22, 22)
+        assert tuple(installs["out"].sport) == (0, 65535)
+        assert installs["in"].proto == 6 and tuple(installs["in"].sport) == (22, 22)
     asyncio.run(run())
 
 
@@ -281,7 +282,7 @@ def test_a_refused_child_sa_ends_the_negotiation(confdir, tmp_path):
         d.opportunist.acquire(pair, d.loop.time())
         _fetch_command(d, pair)
         d.opportunist.negotiations[pair].stage = "ike"
-        d.sa_pairs[(4, 9)] = pair
+        d.lifecycle.initiated(4, 9, pair)
         from oe.ike.events import ChildSaEstablished
         d._ike_event(4, ChildSaEstablished(9, _child(ME, PEER, 6, rport=(1000, 2000))))
         assert pair not in d.opportunist.negotiations
@@ -302,9 +303,9 @@ def test_an_ike_sa_without_a_child_sa_is_deleted_after_a_while(confdir, tmp_path
         d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
         d._ike_event(4, IkeSaEstablished(5, b"i" * 8, b"r" * 8, False, ME, PEER, 500, PEER,
                                          False))
-        d._reap_childless(d.loop.now + oedaemon.CHILDLESS_GRACE - 1)
+        d._on_timer(d.loop.now + CHILDLESS_GRACE - 1)
         assert "delete_ike" not in [c[0] for c in engine.calls]
-        d._reap_childless(d.loop.now + oedaemon.CHILDLESS_GRACE + 1)
+        d._on_timer(d.loop.now + CHILDLESS_GRACE + 1)
         assert ("delete_ike", 5) in [(c[0], c[1][0]) for c in engine.calls]
     asyncio.run(run())
 
@@ -391,4 +392,109 @@ def test_the_daemons_selector_policy_decides_in_the_engine(confdir, tmp_path):
         assert isinstance(got[PEER], ChildSaEstablished)
         assert isinstance(got["203.0.113.5"], ChildSaFailed)
         assert got["203.0.113.5"].notify == NotifyType.TS_UNACCEPTABLE
+    asyncio.run(run())
+
+
+class StatusDatapath(RecordingDatapath):
+    """A datapath with the counters status reads."""
+
+    class classifier:
+        table = type("T", (), {"entries": []})()
+
+        @staticmethod
+        def counters():
+            return []
+
+    def sa_stats(self, handle, direction):
+        return {"packets": 3, "bytes": 300} if direction == "in" else {"packets": 5, "bytes": 500}
+
+    def stats(self):
+        return {"holds": 0, "holds_evicted": 0}
+
+
+def test_status_shows_each_child_sa_with_algorithms_pfs_and_times(confdir, tmp_path):
+    """Issue 15: a CHILD SA in `oe status` as an IPsec user expects it: algorithms with the PFS
+    group, rekey and expiry, last use; one structure for --json, the text and --brief."""
+    from oe.ike.events import ChildSaEstablished, IkeSaInfo
+    from oe.status import Status, render, render_brief
+    import dataclasses
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.loop = ClockLoop(d.loop)
+        d.datapath = StatusDatapath()
+        engine = RecordingEngine()
+        engine.stats = lambda: {"half_open_dropped": 0}
+        engine.half_open = lambda: 0
+        engine.ike_sas = lambda: [IkeSaInfo(
+            9, ME, 500, PEER, 500, True, b"\x01" * 8, b"\x02" * 8, "ESTABLISHED",
+            "AES_GCM_16_128", "NONE", "PRF_HMAC_SHA2_256", "CURVE25519", d.loop.now - 5,
+            d.loop.now - 1, 1)]
+        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
+        d.fetcher.stats = type("S", (), {"refreshes": 0})()
+        child = dataclasses.replace(_child(ME, PEER), dh=31)
+        d._ike_event(4, ChildSaEstablished(9, child))
+        d.loop.now += 100
+        status = d.status()
+        [sa] = status.sas
+        assert (sa.sa_id, sa.encryption, sa.dh_group, sa.esn) == (9, "AES_GCM_16_128",
+                                                                  "CURVE25519", False)
+        lifetime, margin = d.config.ike.sa_lifetime, d.config.ike.rekey_margin
+        assert sa.rekey_in == max(lifetime - margin, lifetime / 2) - 100
+        assert sa.expires_in == lifetime - 100 and sa.last_used == 0
+        assert (sa.packets_in, sa.bytes_out) == (3, 500)
+        data = status.to_json()
+        assert Status.from_json(data) == status
+        assert data["ike_sas"][0]["spi_i"] == "01" * 8 and data["ike_sas"][0]["age"] == 5
+        assert data["ike_sas"][0]["last_heard"] == 1
+        assert data["counters"]["children_refused"] == 0 and "ike_init_dropped" in \
+            data["counters"] and data["limits"]["lookups"]["max"] == 8
+        assert "PFS CURVE25519, rekey in" in render(status)
+        assert render_brief(status).startswith(f"{PEER:<24} up     1 SA  AES_GCM_16_128 PFS")
+    asyncio.run(run())
+
+
+def test_the_daemon_sleeps_until_the_earliest_timer(confdir, tmp_path):
+    """Issue 11, 3: no 1 s poll: a failure shunt of 0.2 s goes after 0.2 s, woken by
+    next_timer(), and an idle daemon has nothing to wake for but its liveness sample."""
+    (confdir / "oe.conf").write_text("shunt_lifetime = 0.2\n[limits]\nlookups = 8\n")
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.lifecycle.started(d.loop.time())
+        assert d._next_timer() == pytest.approx(d.loop.time() + d.config.ike.dpd_delay, abs=1)
+        task = d.loop.create_task(d._timers())
+        pair = Pair.of(ME, PEER)
+        d.opportunist.acquire(pair, d.loop.time())
+        d.opportunist.negotiation_failed(pair, "no key", d.loop.time())
+        d._apply()
+        assert d._next_timer() == pytest.approx(d.loop.time() + 0.2, abs=0.05)
+        await asyncio.sleep(0.5)
+        assert pair not in d.opportunist.shunts
+        task.cancel()
+    asyncio.run(run())
+
+
+def test_a_timer_that_raises_does_not_stop_the_timers(confdir, tmp_path, caplog):
+    """One timer's bug is logged; the next deadline still fires (the shunt still expires)."""
+    (confdir / "oe.conf").write_text("shunt_lifetime = 0.2\n[limits]\nlookups = 8\n")
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        tick, calls = d.opportunist.tick, []
+
+        def buggy(now):
+            calls.append(now)
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+            return tick(now)
+        d.opportunist.tick = buggy
+        task = d.loop.create_task(d._timers())
+        pair = Pair.of(ME, PEER)
+        d.opportunist.acquire(pair, d.loop.time())
+        d.opportunist.negotiation_failed(pair, "no key", d.loop.time())
+        d._apply()
+        await asyncio.sleep(0.5)
+        assert len(calls) >= 2 and pair not in d.opportunist.shunts
+        task.cancel()
     asyncio.run(run())

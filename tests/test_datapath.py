@@ -14,7 +14,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6PacketTooBig, IPv6
 from scapy.packet import raw
 
-from oe.datapath import Datapath
+from oe.datapath import Datapath, SaSpec
 from oe.dpevents import Acquire, IkeMessage, ReplayFailure, SaExpired, SaSoftLimit
 from oe.eroute import Eroute, ErouteTable, SaAction, Selector, Shunt
 
@@ -48,7 +48,8 @@ def datapath(*eroutes, **kw):
 def peer_of(dp_out_key=KEY, mode_kw=None):
     """The other end: opens what we seal towards it."""
     peer = Datapath()
-    peer.add_sa(SPI_OUT, "in", dp_out_key, local=PEER, peer=ME, **(mode_kw or {}))
+    peer.add_sa(SaSpec(spi=SPI_OUT, direction="in", key=dp_out_key, local=PEER, peer=ME,
+                       **(mode_kw or {})))
     return peer
 
 
@@ -58,7 +59,7 @@ def ping(n=0, size=56, dst=PEER, src=ME, **ip):
 
 def test_sa_eroute_seals_towards_the_peer_on_4500():
     dp = Datapath()
-    handle = dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER)
+    handle = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=ME, peer=PEER))
     dp.replace_eroutes(ErouteTable([sa_eroute(PEER + "/32", handle)]))
     [(kind, address, port, esp)] = dp.outbound(ping())
     assert (kind, str(address), port) == ("udp", PEER, 4500)
@@ -68,7 +69,8 @@ def test_sa_eroute_seals_towards_the_peer_on_4500():
 
 def test_raw_esp_encapsulation():
     dp = Datapath()
-    handle = dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER, encap="esp")
+    handle = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=ME, peer=PEER,
+                              encap="esp"))
     dp.replace_eroutes(ErouteTable([sa_eroute(PEER + "/32", handle)]))
     [(kind, address, port, esp)] = dp.outbound(ping())
     assert (kind, str(address)) == ("esp", PEER)
@@ -107,7 +109,7 @@ def test_hold_released_in_order_when_the_sa_arrives():
     dp.replace_eroutes(ErouteTable([trap, hold]))               # the control plane's %hold
     assert dp.release_holds() == []
     assert dp.holds()[0][2] == 10
-    handle = dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER)
+    handle = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=ME, peer=PEER))
     dp.replace_eroutes(ErouteTable([trap, sa_eroute(PEER + "/32", handle, src=ME + "/32")]))
     released = dp.release_holds()
     peer = peer_of()
@@ -198,8 +200,10 @@ def test_reject_answers_icmp_administratively_prohibited():
 def test_df_packet_too_big_for_the_path_gets_fragmentation_needed():
     """FreeS/WAN's BUGS, Bantoft's ICMP black-hole proposal: PMTU discovery through the tunnel instead of a black hole."""
     dp = Datapath()
-    h4 = dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER, path_mtu=1400)
-    h6 = dp.add_sa(SPI_OUT + 1, "out", KEY6, local=ME6, peer=PEER6, path_mtu=1500)
+    h4 = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=ME, peer=PEER,
+                          path_mtu=1400))
+    h6 = dp.add_sa(SaSpec(spi=SPI_OUT + 1, direction="out", key=KEY6, local=ME6, peer=PEER6,
+                          path_mtu=1500))
     dp.replace_eroutes(ErouteTable([sa_eroute(PEER + "/32", h4),
                                     sa_eroute(PEER6 + "/128", h6, spi=SPI_OUT + 1, peer=PEER6)]))
     mtu = dp.sa_stats(h4, "out")["mtu"]
@@ -216,7 +220,7 @@ def test_df_packet_too_big_for_the_path_gets_fragmentation_needed():
 
 def test_tcp_syn_mss_is_clamped_to_the_tunnel():
     dp = Datapath()
-    handle = dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER)
+    handle = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=ME, peer=PEER))
     dp.replace_eroutes(ErouteTable([sa_eroute(PEER + "/32", handle)]))
     syn = raw(IP(src=ME, dst=PEER) / TCP(sport=40000, dport=80, flags="S",
                                           options=[("MSS", 1460), ("SAckOK", b"")]))
@@ -231,9 +235,9 @@ def test_tcp_syn_mss_is_clamped_to_the_tunnel():
 
 def test_inbound_through_the_sa_writes_the_inner_packet_to_the_tun():
     dp = Datapath()
-    dp.add_sa(SPI_IN, "in", KEY, local=ME, peer=PEER)
+    dp.add_sa(SaSpec(spi=SPI_IN, direction="in", key=KEY, local=ME, peer=PEER))
     sender = Datapath()
-    handle = sender.add_sa(SPI_IN, "out", KEY, local=PEER, peer=ME)
+    handle = sender.add_sa(SaSpec(spi=SPI_IN, direction="out", key=KEY, local=PEER, peer=ME))
     reply = ping(dst=ME, src=PEER)
     [(kind, address, port, packet)] = dp.inbound(sender.seal(handle, reply), PEER)
     assert (kind, address, packet) == ("tun", None, reply)
@@ -262,7 +266,7 @@ def test_random_packets_from_the_tun_never_crash(tail, version):
     dropped as malformed, never more; a valid header towards the SA's peer is sealed, whatever
     trails it, and opens to exactly that packet at the peer."""
     dp = Datapath()
-    handle = dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER)
+    handle = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=ME, peer=PEER))
     dp.replace_eroutes(ErouteTable([eroute("0.0.0.0/0", Shunt.REJECT),
                                     eroute("::/0", Shunt.REJECT), sa_eroute(PEER + "/32", handle)]))
     header = raw(IP(src=ME, dst=PEER)) if version == 4 else raw(IPv6(src=ME6, dst=PEER6))
@@ -285,9 +289,9 @@ def test_authentic_garbage_inside_esp_is_dropped(inner):
     """A peer that seals garbage gets it counted as malformed or outside the SA's selectors,
     not written to the TUN; only a packet from the peer to us would be (never garbage)."""
     dp = Datapath()
-    dp.add_sa(SPI_IN, "in", KEY, local=ME, peer=PEER)
+    dp.add_sa(SaSpec(spi=SPI_IN, direction="in", key=KEY, local=ME, peer=PEER))
     sender = Datapath()
-    handle = sender.add_sa(SPI_IN, "out", KEY, local=PEER, peer=ME)
+    handle = sender.add_sa(SaSpec(spi=SPI_IN, direction="out", key=KEY, local=PEER, peer=ME))
     sealed = sender.seal(handle, b"\x45" + inner.ljust(19, b"\0"))   # tunnel mode, IPv4 next header
     out, name = fate(dp, lambda: dp.inbound(sealed, PEER))
     assert name in ("malformed", "policy", "esp_in")
@@ -303,7 +307,8 @@ def test_packet_too_big_about_an_ipv6_fragment():
     """The Fragment header is skipped to find the ICMPv6 type (it is not an ICMPv6 error)."""
     from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6ExtHdrFragment, fragment6
     dp = Datapath()
-    handle = dp.add_sa(SPI_OUT, "out", KEY, local=ME6, peer=PEER6, path_mtu=1300)
+    handle = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=ME6, peer=PEER6,
+                              path_mtu=1300))
     dp.replace_eroutes(ErouteTable([sa_eroute(PEER6 + "/128", handle, peer=PEER6)]))
     big = IPv6(src=ME6, dst=PEER6) / IPv6ExtHdrFragment() / ICMPv6EchoRequest(data=b"e" * 3000)
     first = raw(fragment6(big, 1400)[0])
@@ -315,7 +320,8 @@ def test_move_sa_follows_the_peer_without_restarting_sequence_numbers():
     """A NAT rebinding moves an SA to the peer's new address and port; the next packet carries
     the next sequence number (re-adding the SA would repeat IVs under one key)."""
     dp = Datapath()
-    handle = dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER, encap="udp", peer_port=4500)
+    handle = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=ME, peer=PEER,
+                              encap="udp", peer_port=4500))
     dp.replace_eroutes(ErouteTable([sa_eroute(PEER + "/32", handle)]))
     [(_, _, port, first)] = dp.outbound(ping(1))
     assert port == 4500 and int.from_bytes(first[4:8], "big") == 1
@@ -337,8 +343,8 @@ def test_outbound_spi_collision_cannot_hijack_a_peers_traffic():
     traffic classified to V's eroute is still sealed with V's key and sent to V.
     Before: add_sa replaced V's SA silently; the packet went to 203.0.113.66 under M's key."""
     dp = Datapath()
-    to_v = dp.add_sa(SPI_OUT, "out", KEY_V, local=ME, peer=V)
-    to_m = dp.add_sa(SPI_OUT, "out", KEY_M, local=ME, peer=M)
+    to_v = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY_V, local=ME, peer=V))
+    to_m = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY_M, local=ME, peer=M))
     assert to_v != to_m
     dp.replace_eroutes(ErouteTable([sa_eroute(V + "/32", to_v, peer=V),
                                     sa_eroute(M + "/32", to_m, peer=M)]))
@@ -355,9 +361,9 @@ def test_outbound_spi_collision_cannot_hijack_a_peers_traffic():
 
 def test_handles_are_never_reused():
     dp = Datapath()
-    first = dp.add_sa(SPI_OUT, "out", KEY_V, local=ME, peer=V)
+    first = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY_V, local=ME, peer=V))
     dp.del_sa(first, "out")
-    second = dp.add_sa(SPI_OUT, "out", KEY_M, local=ME, peer=V)
+    second = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY_M, local=ME, peer=V))
     assert second != first and dp.sa_stats(first, "out") is None
 
 
@@ -366,14 +372,17 @@ def test_add_sa_refuses_duplicates_and_never_resets_a_live_counter():
     sequence number, so IVs repeated under one key (AES-GCM nonce reuse). Before: accepted,
     and the next packet carried IV 1 again."""
     dp = Datapath()
-    handle = dp.add_sa(SPI_OUT, "out", KEY_V, local=ME, peer=V)
+    handle = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY_V, local=ME, peer=V))
     dp.replace_eroutes(ErouteTable([sa_eroute(V + "/32", handle)]))
     first = dp.outbound(ping(dst=V))[0][3]
-    dp.add_sa(SPI_IN, "in", KEY_M, local=ME, peer=V)
+    dp.add_sa(SaSpec(spi=SPI_IN, direction="in", key=KEY_M, local=ME, peer=V))
     refusals = [
-        lambda: dp.add_sa(SPI_OUT, "out", KEY_V, local=ME, peer=V),        # same key, out
-        lambda: dp.add_sa(SPI_IN + 1, "in", KEY_V, local=ME, peer=V),      # same key, in
-        lambda: dp.add_sa(SPI_IN, "in", bytes(range(40, 60)), local=ME, peer=V),  # same SPI
+        lambda: dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY_V, local=ME,
+                                 peer=V)),                                 # same key, out
+        lambda: dp.add_sa(SaSpec(spi=SPI_IN + 1, direction="in", key=KEY_V, local=ME,
+                                 peer=V)),                                 # same key, in
+        lambda: dp.add_sa(SaSpec(spi=SPI_IN, direction="in", key=bytes(range(40, 60)), local=ME,
+                                 peer=V)),                                 # same SPI
     ]
     for refused in refusals:
         with pytest.raises(ValueError, match="add_sa refused"):
@@ -383,7 +392,7 @@ def test_add_sa_refuses_duplicates_and_never_resets_a_live_counter():
     assert int.from_bytes(second[8:16], "big") == int.from_bytes(first[8:16], "big") + 1
     # Once deleted, the SPI and the key may come back (a new negotiation's own SA).
     assert dp.del_sa(SPI_IN, "in")
-    dp.add_sa(SPI_IN, "in", KEY_M, local=ME, peer=V)
+    dp.add_sa(SaSpec(spi=SPI_IN, direction="in", key=KEY_M, local=ME, peer=V))
 
 
 def test_lifetime_events_are_never_lost_in_a_flood():
@@ -392,8 +401,10 @@ def test_lifetime_events_are_never_lost_in_a_flood():
     dropped events are counted by kind. Before: only IkeMessage events came out, the limits'
     events were dropped and, being marked fired, never raised again."""
     dp = Datapath()
-    handle = dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER, soft_packets=2, hard_packets=3)
-    dp.add_sa(SPI_IN, "in", KEY_M, local=ME, peer=PEER, soft_time=1.0, hard_time=2.0, now=0.0)
+    handle = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=ME, peer=PEER,
+                              soft_packets=2, hard_packets=3))
+    dp.add_sa(SaSpec(spi=SPI_IN, direction="in", key=KEY_M, local=ME, peer=PEER, soft_time=1.0,
+                     hard_time=2.0), now=0.0)
     dp.replace_eroutes(ErouteTable([sa_eroute(PEER + "/32", handle),
                                     eroute("203.0.113.0/24", Shunt.TRAP)]))
     for n in range(5000):
@@ -439,9 +450,9 @@ def test_a_lost_acquire_leaves_no_hold_behind():
 def test_failure_events_rearm_after_a_drop():
     """A coalesced replay/auth event lost to a full queue must not silence the SA for good."""
     dp = Datapath()
-    dp.add_sa(SPI_IN, "in", KEY, local=ME, peer=PEER)
+    dp.add_sa(SaSpec(spi=SPI_IN, direction="in", key=KEY, local=ME, peer=PEER))
     sender = Datapath()
-    handle = sender.add_sa(SPI_IN, "out", KEY, local=PEER, peer=ME)
+    handle = sender.add_sa(SaSpec(spi=SPI_IN, direction="out", key=KEY, local=PEER, peer=ME))
     esp = sender.seal(handle, ping(dst=ME, src=PEER))
     dp.inbound(esp, PEER)
     for n in range(4096):
@@ -491,7 +502,7 @@ def test_update_eroutes_is_incremental_and_releases_holds():
     hold = eroute(PEER + "/32", Shunt.HOLD, src=ME + "/32")
     dp.update_eroutes(add=[hold])
     assert dp.release_holds() == [] and len(dp.holds()) == 1
-    handle = dp.add_sa(SPI_OUT, "out", KEY, local=ME, peer=PEER)
+    handle = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=ME, peer=PEER))
     dp.update_eroutes(add=[sa_eroute(PEER + "/32", handle, src=ME + "/32")])   # replaces
     [(kind, _, _, esp)] = dp.release_holds()
     assert kind == "udp" and peer_of().open(esp)[2] == ping(1)
@@ -508,11 +519,12 @@ def test_sa_with_exactly_negotiated_selectors(inbound):
               sport=(1024, 65535), dport=(80, 80)) if inbound else dict(
               src_ts=("192.0.2.1", "192.0.2.3"), dst_ts="198.51.100.0/28", proto=6,
               sport=(80, 80), dport=(1024, 65535))
-    dp.add_sa(SPI_IN, "in" if inbound else "out", KEY, local=ME, peer=PEER, **kw)
+    dp.add_sa(SaSpec(spi=SPI_IN, direction="in" if inbound else "out", key=KEY, local=ME,
+                     peer=PEER, **kw))
     if not inbound:
         return
     sender = Datapath()
-    handle = sender.add_sa(SPI_IN, "out", KEY, local=PEER, peer=ME)
+    handle = sender.add_sa(SaSpec(spi=SPI_IN, direction="out", key=KEY, local=PEER, peer=ME))
 
     def arrives(src, dst, proto, sport=0, dport=0):
         l4 = TCP(sport=sport, dport=dport) if proto == "tcp" else UDP(sport=sport, dport=dport)
@@ -534,4 +546,4 @@ def test_sa_with_exactly_negotiated_selectors(inbound):
                                  dict(src_ts=("198.51.100.1", "2001:db8::1"))])
 def test_bad_selectors_are_refused(bad):
     with pytest.raises(ValueError):
-        Datapath().add_sa(SPI_IN, "in", KEY, local=ME, peer=PEER, **bad)
+        Datapath().add_sa(SaSpec(spi=SPI_IN, direction="in", key=KEY, local=ME, peer=PEER, **bad))

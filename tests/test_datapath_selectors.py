@@ -8,7 +8,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import raw
 
-from oe.datapath import Datapath
+from oe.datapath import Datapath, SaSpec
 
 SPI = 0x6000
 KEY = bytes(range(20))
@@ -25,11 +25,11 @@ class Sa:
         self.ip = IP if version == 4 else IPv6
         self.tunnel = tunnel
         self.dp = Datapath()
-        self.dp.add_sa(SPI, "in", KEY, local=self.me, peer=self.peer, tunnel=tunnel, proto=6,
-                       sport=(22, 22), dport=(1024, 2047))
+        self.dp.add_sa(SaSpec(spi=SPI, direction="in", key=KEY, local=self.me, peer=self.peer,
+                              tunnel=tunnel, proto=6, sport=(22, 22), dport=(1024, 2047)))
         self.sender = Datapath()
-        self.handle = self.sender.add_sa(SPI, "out", KEY, local=self.peer, peer=self.me,
-                                         tunnel=tunnel)
+        self.handle = self.sender.add_sa(SaSpec(spi=SPI, direction="out", key=KEY,
+                                                local=self.peer, peer=self.me, tunnel=tunnel))
 
     def arrives(self, l4, dst=None) -> bool:
         packet = raw(self.ip(src=self.peer, dst=dst or self.me) / l4 / b"data")

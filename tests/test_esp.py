@@ -12,7 +12,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.packet import raw
 
-from oe.datapath import Datapath, EspError, gcm_decrypt, gcm_encrypt
+from oe.datapath import Datapath, EspError, SaSpec, gcm_decrypt, gcm_encrypt
 from oe.dpevents import AuthFailure, ReplayFailure, SaExpired, SaSoftLimit
 
 LOCAL, PEER = "192.0.2.1", "198.51.100.2"
@@ -86,9 +86,10 @@ def pair(bits=128, esn=False, tunnel=True, seq=0, local=LOCAL, peer=PEER, **kw):
     """Our side (out SA + in SA with one key) and scapy's SA for the same key and SPI."""
     key = keymat(bits)
     sender, receiver = Datapath(), Datapath()
-    handle = sender.add_sa(SPI, "out", key, local=local, peer=peer, tunnel=tunnel, esn=esn,
-                           seq=seq, **kw)
-    receiver.add_sa(SPI, "in", key, local=peer, peer=local, tunnel=tunnel, esn=esn, seq=seq, **kw)
+    handle = sender.add_sa(SaSpec(spi=SPI, direction="out", key=key, local=local, peer=peer,
+                                  tunnel=tunnel, esn=esn, seq=seq, **kw))
+    receiver.add_sa(SaSpec(spi=SPI, direction="in", key=key, local=peer, peer=local,
+                           tunnel=tunnel, esn=esn, seq=seq, **kw))
     dp = Loopback(sender, handle, receiver)
     outer = IP if ipaddress.ip_address(local).version == 4 else IPv6
     sa = SecurityAssociation(ESP, spi=SPI, crypt_algo="AES-GCM", crypt_key=key,
@@ -207,7 +208,7 @@ def test_wrong_padding_is_refused():
     """RFC 4303 2.4: padding bytes are 1, 2, 3, ...; authentic packets with others are dropped."""
     key = keymat(128)
     dp = Datapath()
-    dp.add_sa(SPI, "in", key, local=PEER, peer=LOCAL)
+    dp.add_sa(SaSpec(spi=SPI, direction="in", key=key, local=PEER, peer=LOCAL))
     inner = raw(INNER[0])                       # 84 bytes: 2 bytes of padding
     header = SPI.to_bytes(4, "big") + (1).to_bytes(4, "big")
     iv = (1).to_bytes(8, "big")
@@ -260,14 +261,14 @@ def test_hard_packet_limit_stops_sending_and_soft_limit_warns():
 def test_byte_and_time_lifetimes():
     t0 = time.monotonic()                       # the datapath's clock is CLOCK_MONOTONIC
     dp = Datapath()
-    out = dp.add_sa(SPI, "out", keymat(128), local=LOCAL, peer=PEER, hard_bytes=200,
-                    soft_time=1000.0, hard_time=2000.0)
+    out = dp.add_sa(SaSpec(spi=SPI, direction="out", key=keymat(128), local=LOCAL, peer=PEER,
+                           hard_bytes=200, soft_time=1000.0, hard_time=2000.0))
     dp.seal(out, raw(INNER[0]))                 # 84 bytes
     dp.seal(out, raw(INNER[0]))                 # 168
     with pytest.raises(EspError, match="expired"):
         dp.seal(out, raw(INNER[0]))             # would pass 200
-    dp.add_sa(SPI + 1, "in", keymat(256), local=PEER, peer=LOCAL, soft_time=10.0,
-              hard_time=20.0, now=t0)
+    dp.add_sa(SaSpec(spi=SPI + 1, direction="in", key=keymat(256), local=PEER, peer=LOCAL,
+                     soft_time=10.0, hard_time=20.0), now=t0)
     dp.check_lifetimes(now=t0 + 11)
     dp.check_lifetimes(now=t0 + 12)             # fires once
     dp.check_lifetimes(now=t0 + 21)
@@ -315,9 +316,10 @@ def test_replay_failure_event():
 def test_bad_parameters_are_refused():
     dp = Datapath()
     with pytest.raises(ValueError):
-        dp.add_sa(7, "out", keymat(128), local=LOCAL, peer=PEER)       # reserved SPI
+        dp.add_sa(SaSpec(spi=7, direction="out", key=keymat(128), local=LOCAL,
+                         peer=PEER))                                        # reserved SPI
     with pytest.raises(ValueError):
-        dp.add_sa(SPI, "out", b"short", local=LOCAL, peer=PEER)
+        dp.add_sa(SaSpec(spi=SPI, direction="out", key=b"short", local=LOCAL, peer=PEER))
     with pytest.raises(ValueError):
-        dp.add_sa(SPI, "out", keymat(128), local=LOCAL, peer=PEER6)
+        dp.add_sa(SaSpec(spi=SPI, direction="out", key=keymat(128), local=LOCAL, peer=PEER6))
     assert dp.del_sa(SPI, "out") is False

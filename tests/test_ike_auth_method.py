@@ -28,7 +28,7 @@ def test_method_1_from_a_peer_that_announced_hash_algorithms_is_refused(monkeypa
     [answer] = link.transfer(b)                         # <-- IKE_AUTH, signed with method 1
     sa_a.datagram = answer
     header, msg = parse_message(answer)
-    assert sa_a._open(header, msg).first(Auth).method == AuthMethod.RSA_SIG
+    assert sa_a._open(header, msg, 0).first(Auth).method == AuthMethod.RSA_SIG
     [failed] = events(a)
     assert isinstance(failed, IkeSaFailed)
     assert failed.notify == NotifyType.AUTHENTICATION_FAILED and "SHA-1" in failed.reason

@@ -561,7 +561,7 @@ def test_method_1_with_a_peer_that_does_not_announce_hash_algorithms(monkeypatch
     from oe.ike.message import parse_message
     header, msg = parse_message(auth_req)
     sa_b.datagram = auth_req
-    inner = sa_b._open(header, msg)
+    inner = sa_b._open(header, msg, 0)
     assert inner.first(Auth).method == 1
 
 

@@ -184,7 +184,7 @@ def test_an_exchange_handler_run_twice_reports_its_child_sa_once():
     [(answer, _, _)] = b.datagrams_to_send(0)
     header, msg = parse_message(answer)
     sa.datagram = answer
-    inner = sa._open(header, msg)
+    inner = sa._open(header, msg, 0)
     a.receive_datagram(answer, (ADDR_B, 500), 0)
     assert [type(e) for e in events(a)] == [ChildSaRekeyed]
     task.process_i(sa, inner, 0.1)

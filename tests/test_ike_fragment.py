@@ -28,9 +28,9 @@ HEADER = Header(b"I" * 8, b"R" * 8, PayloadType.NONE, ExchangeType.IKE_AUTH, Fla
 
 
 def reference_seal(cipher: SkCipher, rng=random.Random(7).randbytes):
-    """RFC 7383 2.5.3 written out, for these tests only: what SkCipher.seal will do with the
-    fragment hook docs/pmtu.md describes (the SKF header, Fragment Number and Total Fragments
-    included, in the associated data or under the ICV)."""
+    """RFC 7383 2.5.3 written out, independently of SkCipher.seal(fragment=...), which must
+    agree with it (the SKF header, Fragment Number and Total Fragments included, in the
+    associated data or under the ICV)."""
     def seal(head: bytes, nxt: int, number: int, total: int, chunk: bytes) -> bytes:
         if cipher.is_aead:
             iv, plain = rng(8), chunk + b"\x00"
@@ -104,6 +104,18 @@ def test_an_ike_auth_with_a_certificate_crosses_1280_in_three_fragments():
 def test_more_than_charon_accepts_is_refused_when_splitting():
     with pytest.raises(ValueError):
         split_message(HEADER, PayloadType.CERT, bytes(MAX_FRAGMENTS + 1), 1, reference_seal(GCM))
+
+
+@pytest.mark.parametrize("cipher", [GCM, CBC], ids=["gcm", "cbc"])
+def test_skcipher_seals_a_fragment_as_the_reference_does(cipher):
+    """SkCipher.seal(fragment=...) is the hook reference_seal wrote out (RFC 7383 2.5.3)."""
+    head, chunk = HEADER.encode(), b"chunk" * 9
+    want = reference_seal(cipher, random.Random(3).randbytes)(head, PayloadType.CERT, 2, 3,
+                                                               chunk)
+    got = cipher.seal(head, PayloadType.CERT, chunk, random.Random(3).randbytes,
+                      fragment=(2, 3))
+    assert got == want
+    assert open_fragment(got, cipher)[1] == chunk
 
 
 # ---------------------------------------------------------------- parsing and authenticity

@@ -32,14 +32,16 @@ def established():
 def delete_child_request(sa_b, message_id: int) -> bytes:
     """INFORMATIONAL { D(ESP, B's inbound SPI) } -->, sealed with B's keys."""
     child = sa_b.children[0].sa
-    return sa_b._encode(ExchangeType.INFORMATIONAL,
-                        [Delete(ProtocolId.ESP, (child.spi_in.to_bytes(4, "big"),))],
-                        False, message_id)
+    [data] = sa_b._encode(ExchangeType.INFORMATIONAL,
+                          [Delete(ProtocolId.ESP, (child.spi_in.to_bytes(4, "big"),))],
+                          False, message_id)
+    return data
 
 
 def liveness_request(sa_b, message_id: int) -> bytes:
     """INFORMATIONAL { } -->, sealed with B's keys."""
-    return sa_b._encode(ExchangeType.INFORMATIONAL, [], False, message_id)
+    [data] = sa_b._encode(ExchangeType.INFORMATIONAL, [], False, message_id)
+    return data
 
 
 def deliver(link, data: bytes) -> list:
@@ -114,7 +116,7 @@ def test_a_response_not_to_our_request_in_flight_answers_nothing(wrong):
     link.a.receive_datagram(old, (ADDR_B, 500), link.now)
     real = in_flight(link, sid, sa_a)
     bad = old if wrong.startswith("an earlier") else sa_b._encode(
-        ExchangeType.INFORMATIONAL, [], True, sa_a.request.message_id + 1)
+        ExchangeType.INFORMATIONAL, [], True, sa_a.request.message_id + 1)[0]
     link.a.receive_datagram(bad, (ADDR_B, 500), link.now)
     assert sa_a.request is not None
     assert link.a.stats()["unexpected_dropped"] == 1
@@ -138,11 +140,11 @@ def test_authentic_ike_auth_request_on_an_established_sa_is_refused():
     """IKE_AUTH is over once the SA is up (section 1.2): B's authentic IKE_AUTH request is
     answered INVALID_SYNTAX and changes nothing, rather than re-running authentication."""
     link, sid, sa_a, sa_b = established()
-    request = sa_b._encode(ExchangeType.IKE_AUTH, [], False, 0)
+    [request] = sa_b._encode(ExchangeType.IKE_AUTH, [], False, 0)
     [(answer, _, _)] = deliver(link, request)
     header, msg = parse_message(answer)
     sa_b.datagram = answer
-    [notify] = sa_b._open(header, msg).payloads
+    [notify] = sa_b._open(header, msg, link.now).payloads
     assert isinstance(notify, Notify) and notify.notify_type == NotifyType.INVALID_SYNTAX
     assert events(link.a) == []
     assert sa_a.state is State.ESTABLISHED and len(link.a.children(sid)) == 1

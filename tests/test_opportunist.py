@@ -332,3 +332,13 @@ def test_an_authentication_failure_refetches_the_key_once():
     assert oe.auth_failed(pair, "AUTHENTICATION_FAILED", 2) == []
     assert fate(oe, "192.0.2.20") is Shunt.DROP
     assert oe.shunts[pair].reason == "AUTHENTICATION_FAILED"
+
+
+def test_initiate_is_refused_with_its_reason_outside_trapping_groups():
+    """Issue 15, 6 as the opportunist decides it: `oe initiate` says why nothing happens."""
+    oe = opportunist(private_or_clear="192.0.2.0/24\n", clear="198.51.100.0/24\n")
+    assert oe.initiation_refused(Pair.of(ME, "192.0.2.20")) is None
+    assert oe.initiation_refused(Pair.of(ME, "198.51.100.2")) == \
+        "198.51.100.2 is in group clear (%pass): oe does not negotiate with it"
+    assert oe.initiation_refused(Pair.of(ME, "203.0.113.1")) == \
+        "203.0.113.1 is in no policy group: not steered into oe, sent in clear"

@@ -8,10 +8,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "oe"
 IO_MODULES = {"socket", "asyncio", "time", "select", "selectors", "subprocess", "threading"}
 # Modules whose job is I/O, by name (docs/architecture.md: net, tun, fetcher, unbound, loader,
-# daemon, runner, cli; routing and inbound talk to the kernel).
-IO_NAMES = {"cli.py", "net.py", "tun.py", "daemon.py", "loader.py", "fetcher.py", "runner.py",
-            "hostkey.py", "__main__.py", "demo.py", "control.py", "knotd.py", "netns.py",
-            "routing.py", "inbound.py", "check.py", "unbound.py"}
+# daemon, executor, runner, cli; routing and inbound talk to the kernel).
+IO_NAMES = {"cli.py", "net.py", "tun.py", "daemon.py", "executor.py", "loader.py", "fetcher.py",
+            "runner.py", "hostkey.py", "__main__.py", "demo.py", "control.py", "knotd.py",
+            "netns.py", "routing.py", "inbound.py", "check.py", "unbound.py"}
+
+
+# The decisions the daemon carries out (docs/architecture.md section 3): pure by name, so
+# none of them can become I/O by accident.
+DECIDING = {"opportunist.py", "lifecycle.py", "admission.py", "peerkeys.py", "routeplan.py",
+            "commands.py", "status.py"}
+
+
+def test_the_deciding_modules_are_pure():
+    assert all((ROOT / name).exists() for name in DECIDING)
+    assert not DECIDING & IO_NAMES
 
 
 def pure_modules():

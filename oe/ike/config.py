@@ -17,6 +17,7 @@ from oe.ike.constants import (
     RETRANSMIT_TIMEOUT,
     ProtocolId,
 )
+from oe.ike.fragment import FRAGMENT_SIZE
 from oe.ike.proposals import Suite, parse_proposal
 from oe.ike.ts import TrafficSelector
 
@@ -53,6 +54,11 @@ class IkeConfig:
     """Seconds a responder waits for IKE_AUTH after IKE_SA_INIT."""
     nat_keepalive_interval: float = NAT_KEEPALIVE_INTERVAL
     """Seconds between NAT keepalives (RFC 3948 section 4) while we are behind a NAT."""
+    fragmentation: bool = True
+    """Announce IKEV2_FRAGMENTATION_SUPPORTED and fragment when the peer did too (RFC 7383);
+    False behaves as a peer without RFC 7383 (charon's ``fragmentation = no``)."""
+    fragment_size: int = FRAGMENT_SIZE
+    """The largest IP datagram of a protected message before it is sent as fragments."""
 
     @property
     def identity(self) -> Identity:

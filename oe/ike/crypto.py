@@ -162,8 +162,13 @@ class SkCipher:
             ]
         return _INTEG[IntegId(self.integ)][2]
 
-    def seal(self, header: bytes, first: int, inner: bytes, rng: Rng) -> bytes:
-        """Return the whole message: ``header`` (28 bytes, length patched) | SK payload."""
+    def seal(self, header: bytes, first: int, inner: bytes, rng: Rng,
+             fragment: tuple[int, int] | None = None) -> bytes:
+        """Return the whole message: ``header`` (28 bytes, length patched) | SK payload.
+
+        With ``fragment=(number, total)`` the payload is an Encrypted Fragment (SKF) carrying
+        ``inner`` as one chunk: its header grows by Fragment Number and Total Fragments, and
+        all 8 bytes are associated data as the SK header is (RFC 7383 2.5, 2.5.3)."""
         if self.is_aead:
             iv = rng(8)
             plain = inner + b"\x00"  # no padding needed, pad length 0 (RFC 5282 section 3)
@@ -173,9 +178,12 @@ class SkCipher:
             padlen = (-(len(inner) + 1)) % 16
             plain = inner + bytes(padlen) + bytes([padlen])
             body_len = len(iv) + len(plain) + self.icv_len
-        total = HEADER_LEN + 4 + body_len
-        head = header[:16] + bytes([PayloadType.SK]) + header[17:24] + struct.pack("!I", total)
-        sk_header = struct.pack("!BBH", first, 0, 4 + body_len)
+        ptype, numbers = PayloadType.SK, b""
+        if fragment is not None:
+            ptype, numbers = PayloadType.SKF, struct.pack("!HH", *fragment)
+        sk_len = 4 + len(numbers) + body_len
+        head = header[:16] + bytes([ptype]) + header[17:24] + struct.pack("!I", HEADER_LEN + sk_len)
+        sk_header = struct.pack("!BBH", first, 0, sk_len) + numbers
         if self.is_aead:
             key, salt = self.key[:-4], self.key[-4:]
             # RFC 5282 section 5.1: AAD = IKE header | SK payload header

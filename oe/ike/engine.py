@@ -34,6 +34,7 @@ import hmac
 import ipaddress
 import itertools
 from collections import deque
+from dataclasses import asdict
 from typing import Iterator
 
 from oe.ike.auth import Identity
@@ -56,11 +57,13 @@ from oe.ike.constants import (
     ExchangeType,
     IntegId,
     NotifyType,
+    PayloadType,
     PrfId,
 )
 from oe.ike.crypto import Rng
 from oe.ike.errors import IkeError, LocalProtocolError
 from oe.ike.events import ChildSa, Event, IkeSaInfo
+from oe.ike.fragment import MIN_FRAGMENT_SIZE, Counters
 from oe.ike.ike_sa import Child, IkeSa, Responder, State, Task
 from oe.ike.message import KE, SA, Header, Message, Nonce, Notify, parse_message
 from oe.ike.proposals import Suite
@@ -78,7 +81,10 @@ STATS = ("forged_dropped", "unexpected_dropped", "unparsable_dropped", "half_ope
 """IkeEngine.stats() keys: messages dropped as forged (cleartext where protection is due, or
 a failed integrity check), as unexpected (unknown SPI, no such request, out of order or out
 of place: mostly late retransmissions), as unparsable; IKE_SA_INIT requests dropped at the
-half-open cap; N(COOKIE) answers sent."""
+half-open cap; N(COOKIE) answers sent. ``stats()`` adds the IKE SAs' reassembly counts
+(RFC 7383) as ``fragment_<name>`` for each field of oe.ike.fragment.Counters: authentic
+fragments dropped as duplicates, out of range, stale, too large or timed out, and messages
+restarted or completed (forged fragments count as forged_dropped)."""
 
 
 def _algorithm_names(suite: Suite | None) -> dict[str, str | None]:
@@ -133,9 +139,12 @@ class IkeEngine:
         self._events: deque[Event] = deque()
         self._ids = sa_ids if sa_ids is not None else itertools.count(1)
         self._stats = dict.fromkeys(STATS, 0)
+        self.fragment_counters = Counters()
         self._cookie_secret = rng(32)
         config.ike_suites()  # fail early on a bad proposal string
         config.esp_suites()
+        if config.fragment_size < MIN_FRAGMENT_SIZE:
+            raise ValueError(f"fragment_size {config.fragment_size} is below {MIN_FRAGMENT_SIZE}")
 
     # --- the five verbs -------------------------------------------------------------------
 
@@ -157,7 +166,9 @@ class IkeEngine:
             self._answer_unparsable(data, e, addr, local_port)
             return
         if header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response:
-            if header.spi_r == bytes(8) and header.message_id == 0 and header.from_initiator:
+            # a fragment of IKE_SA_INIT does not exist (RFC 7383 2.5.3)
+            if header.spi_r == bytes(8) and header.message_id == 0 and header.from_initiator \
+                    and header.next_payload != PayloadType.SKF:
                 self._process_r_init(header, msg, data, addr, local_port, now)
             else:
                 self.count("unexpected_dropped")
@@ -190,8 +201,10 @@ class IkeEngine:
         return self._events.popleft() if self._events else None
 
     def stats(self) -> dict[str, int]:
-        """Counted drops and COOKIE answers since start; the keys are listed in ``STATS``."""
-        return dict(self._stats)
+        """Counted drops and COOKIE answers since start; the keys are listed in ``STATS``,
+        then the reassembly counts."""
+        return {**self._stats, **{f"fragment_{name}": n
+                                  for name, n in asdict(self.fragment_counters).items()}}
 
     # --- what the user starts -------------------------------------------------------------
 

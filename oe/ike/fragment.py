@@ -10,8 +10,8 @@ payload (SKF, type 53; RFC 7383 2.5):
 
 The IKE header and the whole 8-byte SKF header are the associated data (RFC 7383 2.5.3), so
 `SkCipher.open(datagram, 36, len - 36)` of oe.ike.crypto checks and decrypts a fragment as it
-is. Sealing needs the SKF header in the associated data, which `SkCipher.seal` does not take
-yet: `split_message` is given a `Seal` callable (see docs/pmtu.md for the hook it stands for).
+is, and `SkCipher.seal(..., fragment=(number, total))` seals one: `split_message` is given
+that as its `Seal` callable. oe.ike.ike_sa sends and reassembles with this module.
 
 Matched to strongSwan's charon (src/libcharon/encoding/message.c, sa/ike_sa.c):
 
@@ -31,18 +31,21 @@ Matched to strongSwan's charon (src/libcharon/encoding/message.c, sa/ike_sa.c):
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
 from oe.ike.constants import HEADER_LEN, PayloadType
 from oe.ike.errors import ParseError
-from oe.ike.message import Header, parse_header
+from oe.ike.message import EncryptedFragment, Header, parse_message
 
 SKF_HEADER_LEN = 8
 """Generic payload header (4) + Fragment Number (2) + Total Fragments (2), RFC 7383 2.5."""
 FRAGMENT_SIZE = 1280
 """charon's default `fragment_size`: the whole IP datagram of a fragment."""
+MIN_FRAGMENT_SIZE = 576
+"""The smallest `fragment_size` oe takes: the IPv4 datagram every host accepts (RFC 791), where
+RFC 7383 2.5.1 lets IPv4 senders start; below it a 10000-byte message needs more fragments
+than a peer accepts."""
 MAX_FRAGMENTS = 255
 MAX_MESSAGE = 10000
 """Reassembly limits, charon's (MAX_FRAGMENTS in message.c, PACKET_MAX_DEFAULT)."""
@@ -109,23 +112,26 @@ class Fragment:
     number: int
     total: int
 
+    @classmethod
+    def of(cls, header: Header, skf: EncryptedFragment) -> "Fragment":
+        """A parsed SKF payload's numbers; a first payload type named by a fragment other
+        than the first reads as none (charon ignores it)."""
+        return cls(header, skf.first if skf.number == 1 else PayloadType.NONE, skf.number,
+                   skf.total)
+
 
 def parse_fragment(data: bytes) -> Fragment:
     """Read the IKE header and the SKF header of a datagram whose first payload is SKF.
     Raises ParseError for anything else, or Fragment Number 0 or above Total Fragments (as
     charon's frag_verify). The SKF must be the only payload: oe sends no unprotected payload
     before it, nor does charon in IKE_AUTH or later."""
-    header = parse_header(data)
-    if header.next_payload != PayloadType.SKF:
+    header, msg = parse_message(data)
+    skf = msg.payloads[0] if len(msg.payloads) == 1 else None
+    if not isinstance(skf, EncryptedFragment):
         raise ParseError("not an Encrypted Fragment message")
-    if len(data) < HEADER_LEN + SKF_HEADER_LEN:
-        raise ParseError("SKF payload too short")
-    nxt, _flags, length, number, total = struct.unpack_from("!BBHHH", data, HEADER_LEN)
-    if HEADER_LEN + length != len(data):
-        raise ParseError("SKF payload length does not match the datagram")
-    if not 1 <= number <= total:
-        raise ParseError(f"fragment {number} of {total}")
-    return Fragment(header, nxt if number == 1 else PayloadType.NONE, number, total)
+    if not 1 <= skf.number <= skf.total:
+        raise ParseError(f"fragment {skf.number} of {skf.total}")
+    return Fragment.of(header, skf)
 
 
 def open_fragment(data: bytes, cipher) -> tuple[Fragment, bytes]:

@@ -24,7 +24,9 @@ Rule 1: a message changes state only after its integrity check passed. ``ACCEPT`
 message each state takes and how it must be protected; ``IkeSa.receive`` consults it before
 any handler runs. The only cleartext message an IKE SA takes is the answer to its own
 IKE_SA_INIT request (Message ID 0, in EXPECT_SA_INIT_RESPONSE); a request of ours is answered
-once, then forgotten, so no answer can be replayed. Rule 2: requests we send are retransmitted
+once, then forgotten, so no answer can be replayed. Encrypted Fragments (SKF, RFC 7383) are
+taken wherever SK is, each checked before it is kept, and the message they make up is then
+handled as if it had come whole. Rule 2: requests we send are retransmitted
 with exponential backoff until a budget runs out (section 2.1); requests we receive are
 answered once and the answer is replayed for retransmits (section 2.1, the responder's cache).
 Rule 3: at most one request of ours is in flight per IKE SA (window size 1, section 2.3);
@@ -40,9 +42,10 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Callable, Protocol
 
+from oe.ike import fragment
 from oe.ike.auth import Identity, PeerKey
 from oe.ike.config import Addr, IkeConfig, KeyLookup, TsPolicy
-from oe.ike.constants import NAT_KEEPALIVE, NAT_T_PORT, ExchangeType, NotifyType
+from oe.ike.constants import NAT_KEEPALIVE, NAT_T_PORT, ExchangeType, NotifyType, PayloadType
 from oe.ike.crypto import Rng
 from oe.ike.errors import IkeError, IntegrityError
 from oe.ike.events import (
@@ -59,6 +62,7 @@ from oe.ike.events import (
 from oe.ike.keymat import IkeKeys
 from oe.ike.message import (
     Encrypted,
+    EncryptedFragment,
     Header,
     Message,
     Notify,
@@ -88,6 +92,12 @@ class Take(Enum):
     """Handled only after its SK payload passed the integrity check (section 3.14)."""
     REFUSED = auto()
     """Out of place but authentic: after the integrity check, answered INVALID_SYNTAX (2.21)."""
+
+    @property
+    def protected(self) -> bool:
+        """Whether the message goes through the integrity check: then it may come as SK or,
+        cut in fragments, as SKF (RFC 7383 2.5.3: never in IKE_SA_INIT)."""
+        return self is not Take.CLEARTEXT
 
 
 _X = ExchangeType
@@ -132,6 +142,8 @@ class Host(Protocol):
     config: IkeConfig
     rng: Rng
     spis: SpiAllocator
+    fragment_counters: fragment.Counters
+    """What the IKE SAs' reassemblers dropped and completed, counted together."""
     lookup_key: KeyLookup
     ts_policy: TsPolicy | None
 
@@ -172,7 +184,9 @@ class Request:
 
     message_id: int
     exchange: int
-    datagram: bytes
+    datagrams: list[bytes]
+    """The request as sent: one datagram, or every fragment (all are retransmitted, RFC 7383
+    2.6)."""
     task: Task
     first_sent: float
     next_retransmit: float
@@ -226,7 +240,7 @@ class IkeSa:
         self.request: Request | None = None
         # tasks waiting for the one in flight; an IKE SA rekey hands the queue to the new SA
         self.queue: deque[Task] = deque()
-        self.last_response: tuple[int, bytes] | None = None
+        self.last_response: tuple[int, list[bytes]] | None = None
         self.retired_at = 0.0  # when a rekey replaced this IKE SA
         self.datagram = b""  # the datagram being processed (AUTH and the ICV cover it whole)
         self._source: tuple[Addr, int] = (peer, local_port)  # ... and where it came from
@@ -238,6 +252,9 @@ class IkeSa:
         self.successor: IkeSa | None = None  # the IKE SA that replaced this one (2.18)
         self.early_deletes: set[int] = set()  # unknown SPIs the peer deleted meanwhile
         self.init_addr: Addr = peer  # where a responder's IKE_SA_INIT request came from
+        # both sent IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 2.3); kept across rekeys
+        self.fragmentation = False
+        self.reassembler = fragment.Reassembler(counters=host.fragment_counters)
 
     # --- small helpers --------------------------------------------------------------------
 
@@ -263,27 +280,53 @@ class IkeSa:
         self.host.transmit(data, (self.peer_addr, self.peer_port), self.local_port)
 
     def _encode(self, exchange: int, payloads: list[Payload], response: bool,
-                message_id: int) -> bytes:
+                message_id: int) -> list[bytes]:
+        """The datagrams of one message: one, or its fragments when it would not fit the
+        fragment size and both sides support RFC 7383 (never IKE_SA_INIT, 2.5.3)."""
         if exchange == ExchangeType.IKE_SA_INIT:
-            return Message(self.spi_i, self.spi_r, exchange, message_id, response,
-                           self.initiator, tuple(payloads)).encode()
+            return [Message(self.spi_i, self.spi_r, exchange, message_id, response,
+                            self.initiator, tuple(payloads)).encode()]
         assert self.keys is not None
         flags = Message(b"", b"", exchange, message_id, response, self.initiator).flags
-        header = Header(self.spi_i, self.spi_r, 0, exchange, flags, message_id, 0).encode()
+        header = Header(self.spi_i, self.spi_r, 0, exchange, flags, message_id, 0)
         first, inner = encode_payloads(payloads)
-        return self.keys.cipher(self.initiator).seal(header, first, inner, self.host.rng)
+        cipher, rng = self.keys.cipher(self.initiator), self.host.rng
+        data = cipher.seal(header.encode(), first, inner, rng)
+        family = 6 if ":" in self.peer_addr else 4
+        nat_t = self.local_port == NAT_T_PORT
+        size = self.config.fragment_size
+        if not self.fragmentation or fragment.datagram_size(len(data), family, nat_t) <= size:
+            return [data]
+        chunk = fragment.chunk_size(fragment.Geometry.of(cipher), family, nat_t, size)
+        return fragment.split_message(
+            header, first, inner, chunk,
+            lambda head, nxt, number, total, part: cipher.seal(head, nxt, part, rng,
+                                                               fragment=(number, total)))
 
-    def _open(self, header: Header, msg: Message) -> Message:
-        """Check and decrypt an SK-protected message (section 3.14). Raises IntegrityError for
-        anything that fails before the integrity check, ParseError/IkeError after it."""
+    def _decrypt(self, msg: Message) -> tuple[Encrypted | EncryptedFragment, bytes]:
+        """Check and decrypt the one SK or SKF payload of the datagram being processed
+        (section 3.14; RFC 7383 2.6: each fragment before it is kept). Raises IntegrityError."""
         enc = msg.payloads[0] if len(msg.payloads) == 1 else None
-        if self.keys is None or not isinstance(enc, Encrypted):
-            raise IntegrityError("expected exactly one SK payload")
+        if self.keys is None or not isinstance(enc, (Encrypted, EncryptedFragment)):
+            raise IntegrityError("expected exactly one SK or SKF payload")
         raw = self.datagram
-        inner = self.keys.cipher(not self.initiator).open(
+        return enc, self.keys.cipher(not self.initiator).open(
             raw, len(raw) - len(enc.body), len(enc.body)
         )
-        payloads = parse_payloads(enc.first, inner)
+
+    def _open(self, header: Header, msg: Message, now: float) -> Message | None:
+        """Check and decrypt an SK-protected message (section 3.14), or one fragment of it:
+        None while fragments are missing (RFC 7383 2.6). Raises IntegrityError for anything
+        that fails before the integrity check, ParseError/IkeError after it."""
+        enc, inner = self._decrypt(msg)
+        first = enc.first
+        if isinstance(enc, EncryptedFragment):
+            whole = self.reassembler.add(now, (header.message_id, header.is_response),
+                                         fragment.Fragment.of(header, enc), inner)
+            if whole is None:
+                return None
+            first, inner = whole
+        payloads = parse_payloads(first, inner)
         return Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.is_response,
                        msg.from_initiator, tuple(payloads))
 
@@ -300,16 +343,18 @@ class IkeSa:
             self.queue.append(task)
 
     def send_request(self, task: Task, exchange: int, payloads: list[Payload], now: float,
-                     spi_in: int | None = None) -> bytes:
-        """Send a request of ``task``'s, whose answer goes to ``task.process_i``."""
+                     spi_in: int | None = None) -> list[bytes]:
+        """Send a request of ``task``'s, whose answer goes to ``task.process_i``; returns its
+        datagrams."""
         msgid = self.next_message_id
         self.next_message_id += 1
-        data = self._encode(exchange, payloads, False, msgid)
-        self.request = Request(msgid, exchange, data, task, now,
+        datagrams = self._encode(exchange, payloads, False, msgid)
+        self.request = Request(msgid, exchange, datagrams, task, now,
                                now + self.config.retransmit_timeout,
                                self.config.retransmit_timeout, spi_in)
-        self.send(data)
-        return data
+        for data in datagrams:
+            self.send(data)
+        return datagrams
 
     def request_done(self, now: float) -> None:
         self.request = None
@@ -328,9 +373,13 @@ class IkeSa:
             timers.append(self.retired_at + self.config.retransmit_budget)
         if self.next_keepalive is not None and self.state == State.ESTABLISHED:
             timers.append(self.next_keepalive)
+        reassembly = self.reassembler.next_timer()
+        if reassembly is not None:
+            timers.append(reassembly)
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
+        self.reassembler.expire(now)
         if self.state == State.EXPECT_AUTH_REQUEST and (
                 now >= self.created + self.config.half_open_lifetime):
             self.host.remove(self)  # half-open and never authenticated: nobody to tell
@@ -352,7 +401,8 @@ class IkeSa:
         elif now >= req.next_retransmit:
             req.interval *= 2
             req.next_retransmit = now + req.interval
-            self.send(req.datagram)
+            for data in req.datagrams:
+                self.send(data)
 
     def _fail_dead(self, reason: str) -> None:
         if self.state in (State.ESTABLISHED, State.REKEYED):
@@ -368,6 +418,9 @@ class IkeSa:
         this state, as a request or as the answer to our request in flight, and, unless it
         is our IKE_SA_INIT's answer, it passed the integrity check."""
         take = ACCEPT.get((self.state, header.exchange, header.is_response))
+        if take is not None and not take.protected and header.next_payload == PayloadType.SKF:
+            # RFC 7383 2.5.3: fragments only where SK is due; before the keys, forged
+            return self.host.count("forged_dropped")
         if take is None:
             # cleartext with a protected exchange's Message ID can only be forged; the rest
             # is late (a duplicate IKE_SA_INIT answer) or stray
@@ -388,7 +441,7 @@ class IkeSa:
             return self.host.count("unexpected_dropped")  # late retransmit: section 2.3
         if take is Take.PROTECTED:
             try:
-                msg = self._open(header, msg)
+                opened = self._open(header, msg, now)
             except IntegrityError:
                 return self.host.count("forged_dropped")
             except IkeError as e:  # authentic but malformed answer: the exchange failed
@@ -396,6 +449,9 @@ class IkeSa:
                 self.request = None
                 self.release_spi(req.spi_in)
                 return self._exchange_failed(e.notify, f"malformed response: {e.reason}", now)
+            if opened is None:
+                return  # an authentic fragment, kept until the others arrive
+            msg = opened
             self._peer_moved(addr, local_port)
         self.last_heard = now
         self.request = None  # answered: a replay of this or any answer finds no request
@@ -408,19 +464,22 @@ class IkeSa:
                          local_port: int, now: float) -> None:
         if self.last_response is not None and header.message_id == self.last_response[0]:
             try:
-                self._open(header, msg)
+                enc, _ = self._decrypt(msg)
             except IntegrityError:
                 return self.host.count("forged_dropped")
-            except IkeError:
-                return self.host.count("unexpected_dropped")
-            # retransmitted request: replay our answer, to where this copy came from (2.11)
+            # retransmitted request: replay our answer, to where this copy came from (2.11),
+            # every fragment of it, once per retransmission: on its first fragment (RFC 7383
+            # 2.6.1, as charon)
             self.last_heard = now
-            self.host.transmit(self.last_response[1], addr, local_port)
+            if isinstance(enc, EncryptedFragment) and enc.number != 1:
+                return
+            for data in self.last_response[1]:
+                self.host.transmit(data, addr, local_port)
             return
         if header.message_id != self.expected_message_id:
             return self.host.count("unexpected_dropped")
         try:
-            msg = self._open(header, msg)
+            opened = self._open(header, msg, now)
         except IntegrityError:
             return self.host.count("forged_dropped")
         except IkeError as e:
@@ -429,6 +488,9 @@ class IkeSa:
             if self.state == State.EXPECT_AUTH_REQUEST:
                 self.fail(e.notify, e.reason, local=True)
             return
+        if opened is None:
+            return  # an authentic fragment, kept until the others arrive
+        msg = opened
         self.last_heard = now
         self._peer_moved(addr, local_port)
         if take is Take.REFUSED:
@@ -449,11 +511,12 @@ class IkeSa:
 
     def respond(self, exchange: int, message_id: int, payloads: list[Payload]) -> None:
         """Answer the request being processed, to the address and port it came from (2.11)."""
-        data = self._encode(exchange, payloads, True, message_id)
-        self.last_response = (message_id, data)
+        datagrams = self._encode(exchange, payloads, True, message_id)
+        self.last_response = (message_id, datagrams)
         self.expected_message_id = message_id + 1
         addr, local_port = self._source
-        self.host.transmit(data, addr, local_port)
+        for data in datagrams:
+            self.host.transmit(data, addr, local_port)
 
     # --- failures and deletion ------------------------------------------------------------
 

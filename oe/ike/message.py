@@ -142,6 +142,18 @@ class Encrypted:
 
 
 @dataclass(frozen=True)
+class EncryptedFragment:
+    """The Encrypted Fragment payload (SKF, RFC 7383 2.5) before decryption: one chunk of an
+    SK payload's inner chain; ``first`` names the first inner payload in fragment 1 only."""
+
+    first: int
+    number: int
+    total: int
+    body: bytes
+    type = PayloadType.SKF
+
+
+@dataclass(frozen=True)
 class Opaque:
     """A payload we carry but do not interpret (VENDOR_ID, CERTREQ, ...)."""
 
@@ -154,7 +166,8 @@ class Opaque:
         return self.payload_type
 
 
-Payload = Union[SA, KE, Nonce, ID, Auth, Notify, Delete, TS, Encrypted, Opaque]
+Payload = Union[SA, KE, Nonce, ID, Auth, Notify, Delete, TS, Encrypted, EncryptedFragment,
+                Opaque]
 
 
 # --- codecs per payload -------------------------------------------------------------------
@@ -333,7 +346,8 @@ def push_payload(p: Payload) -> bytes:
 
 
 def parse_payloads(first: int, data: bytes) -> list[Payload]:
-    """Read a payload chain starting with type ``first``; an SK payload must come last."""
+    """Read a payload chain starting with type ``first``; an SK or SKF payload must come
+    last (RFC 7383 2.5)."""
     payloads: list[Payload] = []
     ptype = first
     pos = 0
@@ -344,10 +358,15 @@ def parse_payloads(first: int, data: bytes) -> list[Payload]:
         if plen < 4 or pos + plen > len(data):
             raise ParseError("bad payload length")
         body = data[pos + 4 : pos + plen]
-        if ptype == PayloadType.SK:
+        if ptype in (PayloadType.SK, PayloadType.SKF):
             if pos + plen != len(data):
                 raise ParseError("SK payload is not the last payload")
-            payloads.append(Encrypted(nxt, body))
+            if ptype == PayloadType.SK:
+                payloads.append(Encrypted(nxt, body))
+            else:
+                _need(body, 4, "SKF")
+                number, total = struct.unpack_from("!HH", body)
+                payloads.append(EncryptedFragment(nxt, number, total, body[4:]))
             return payloads
         p = pull_payload(ptype, bool(flags & CRITICAL), body)
         if p is not None:

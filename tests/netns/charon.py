@@ -22,6 +22,7 @@ STRONGSWAN_CONF = """charon {{
   retransmit_timeout = 1.0
   retransmit_tries = 3
   rsa_pss = {rsa_pss}
+  fragment_size = {fragment_size}
   filelog {{
     log {{
       path = {d}/charon.log
@@ -99,9 +100,12 @@ class Charon:
                  peer_key: rsa.RSAPrivateKey | rsa.RSAPublicKey,
                  ike: str = "aes128-sha256-x25519", esp: str = "aes128gcm16",
                  start_action: str = "none", dpd: str = "0s", rsa_pss: bool = False,
-                 remote_addrs: str | None = None, remote_ts: str | None = None) -> None:
+                 remote_addrs: str | None = None, remote_ts: str | None = None,
+                 local_ts: str | None = None, fragment_size: int = 1280) -> None:
         """remote_addrs: where IKE may come from (default `peer`; "%any" behind a NAT);
-        remote_ts: the peer's traffic selector when it differs from its address (NAT)."""
+        remote_ts: the peer's traffic selector when it differs from its address (NAT), or
+        several, comma-separated; local_ts: ours, when not just our address;
+        fragment_size: the largest IP datagram of an IKE fragment (charon's default 1280)."""
         self.ns = ns
         self.d = workdir
         sw = self.d / "swanctl"
@@ -114,11 +118,12 @@ class Charon:
         (sw / "pubkey/peer.pub").write_bytes(peer_public.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         (self.d / "strongswan.conf").write_text(STRONGSWAN_CONF.format(
-            d=self.d, rsa_pss="yes" if rsa_pss else "no"))
+            d=self.d, rsa_pss="yes" if rsa_pss else "no", fragment_size=fragment_size))
         (sw / "swanctl.conf").write_text(SWANCTL_CONF.format(
             me=me, peer=peer, ike=ike, esp=esp, start_action=start_action, dpd=dpd,
             remote_addrs=remote_addrs or peer,
-            child_extra=f"\n        remote_ts = {remote_ts}" if remote_ts else ""))
+            child_extra=(f"\n        remote_ts = {remote_ts}" if remote_ts else "")
+            + (f"\n        local_ts = {local_ts}" if local_ts else "")))
         self.process: subprocess.Popen | None = None
 
     def _mounts(self) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from oe import net, routing, tun  # noqa: E402
-from oe.datapath import Datapath  # noqa: E402
+from oe.datapath import Datapath, SaSpec  # noqa: E402
 from oe.eroute import Eroute, ErouteTable, SaAction, Selector, Shunt  # noqa: E402
 
 
@@ -51,11 +51,12 @@ def table_of(rows: list, handles: dict) -> ErouteTable:
 
 
 def add_sa(dp: Datapath, sa: dict, handles: dict) -> None:
-    sa = dict(sa)
-    spi, direction = sa.pop("spi"), sa.pop("direction")
-    handle = dp.add_sa(spi, direction, bytes.fromhex(sa.pop("key")), **sa)
-    if direction == "out":
-        handles[spi, ipaddress.ip_address(sa["peer"])] = handle
+    """{"spi", "direction", "key" (hex), ...}: the fields of an SaSpec, as JSON."""
+    pairs = {k: tuple(v) for k, v in sa.items() if isinstance(v, list)}   # JSON has no tuples
+    spec = SaSpec(**{**sa, **pairs, "key": bytes.fromhex(sa["key"])})
+    handle = dp.add_sa(spec)
+    if spec.direction == "out":
+        handles[spec.spi, spec.peer] = handle
 
 
 def say(obj: dict) -> None:

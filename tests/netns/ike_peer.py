@@ -3,7 +3,8 @@
 It runs IkeEngine behind IkeRunner on UDP 500/4500, prints every engine event as one JSON line
 on stdout (keys as hex), and obeys JSON commands on stdin:
 
-  {"cmd": "initiate"}            start IKE_SA_INIT towards the peer
+  {"cmd": "initiate"}            start IKE_SA_INIT towards the peer; "local_ts": [addresses]
+                                 proposes those hosts as TSi instead of our address
   {"cmd": "rekey_child"}         CREATE_CHILD_SA with N(REKEY_SA) for the newest CHILD SA
   {"cmd": "rekey_ike"}           CREATE_CHILD_SA rekeying the IKE SA
   {"cmd": "delete_child"}        INFORMATIONAL { D(ESP) } for the newest CHILD SA
@@ -33,6 +34,7 @@ from oe.ike.auth import Identity, PeerKey
 from oe.ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaRekeyed, IkeSaEstablished
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
+from oe.ike.ts import TrafficSelector
 
 
 def jsonable(value):
@@ -104,7 +106,8 @@ async def main() -> None:
             if name == "quit":
                 break
             if name == "initiate":
-                state["sa_id"] = engine.initiate(args.peer, now)
+                local_ts = [TrafficSelector.host(a) for a in cmd.get("local_ts", [])]
+                state["sa_id"] = engine.initiate(args.peer, now, local_ts=local_ts or None)
             elif name == "rekey_child":
                 engine.rekey_child(state["sa_id"], state["children"][-1].spi_in, now)
             elif name == "rekey_ike":

@@ -118,7 +118,9 @@ class Topology:
     def __init__(self, tmp: Path, ike: str, esp: str, oe_ike: str | None = None,
                  family: int = 4, dpd: str = "0s", seed: int | None = None,
                  oe_esp: str | None = None, oe_args: tuple[str, ...] = (),
-                 nat: bool = False, rsa_pss: bool = False) -> None:
+                 nat: bool = False, rsa_pss: bool = False, key_bits: int = 2048,
+                 charon_kw: dict | None = None) -> None:
+        """key_bits: both RSA keys' size; charon_kw: more keywords for Charon."""
         pid = os.getpid()
         self.tmp = tmp
         self.ns_oe, self.ns_charon = f"oei{pid}", f"oec{pid}"
@@ -137,6 +139,8 @@ class Topology:
         self.pcap = tmp / "esp.pcap"
         self.nat = nat
         self.rsa_pss = rsa_pss
+        self.key_bits = key_bits
+        self.charon_kw = charon_kw or {}
         self.ns_nat = f"oen{pid}"
         if nat:  # oe on a private side, behind a NAT that also changes ports (below)
             self.oe_addr = NAT_INSIDE
@@ -148,8 +152,8 @@ class Topology:
             self._nat_network()
         else:
             self._network()
-        oe_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        charon_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        oe_key = rsa.generate_private_key(public_exponent=65537, key_size=self.key_bits)
+        charon_key = rsa.generate_private_key(public_exponent=65537, key_size=self.key_bits)
         (self.tmp / "oe.pem").write_bytes(pem_private(oe_key))
         (self.tmp / "charon.pub").write_bytes(pem_public(charon_key))
         self.charon = Charon(
@@ -157,7 +161,7 @@ class Topology:
             peer_key=oe_key, ike=self.ike, esp=self.esp, dpd=self.dpd, rsa_pss=self.rsa_pss,
             # behind the NAT oe shows up from the NAT's address; its selector stays private
             remote_addrs="%any" if self.nat else None,
-            remote_ts=f"{self.oe_addr}/32" if self.nat else None)
+            **{"remote_ts": f"{self.oe_addr}/32" if self.nat else None, **self.charon_kw})
         self.charon.start(WAIT)
         self.oe = OePeer(self.ns_oe, [
             "--local", self.oe_addr, "--peer", self.charon_addr, "--key", str(self.tmp / "oe.pem"),

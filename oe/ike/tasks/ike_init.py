@@ -78,15 +78,22 @@ def hashes_of(msg: Message) -> set[int]:
     return out
 
 
+def fragmentation_notify(config: IkeConfig) -> list[Notify]:
+    """N(IKEV2_FRAGMENTATION_SUPPORTED), empty, unless configured off (RFC 7383 2.3)."""
+    return [Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)] if config.fragmentation else []
+
+
 def _settle(sa: IkeSa, msg: Message, suite: Suite, shared: bytes, our_port: int) -> None:
     """What both sides keep from IKE_SA_INIT: the suite, the keys, the peer's hash
-    algorithms and whether a NAT is in the way."""
+    algorithms, whether a NAT is in the way and whether both support fragmentation."""
     sa.suite = suite
     prf = Prf(suite.prf)
     sa.keys = ike_keys(suite, skeyseed(prf, sa.nonce_i, sa.nonce_r, shared), sa.nonce_i,
                        sa.nonce_r, sa.spi_i, sa.spi_r)
     sa.peer_hashes = hashes_of(msg)
     check_natd(sa, msg, our_port)
+    sa.fragmentation = sa.config.fragmentation and bool(
+        msg.notifies(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
 
 
 class IkeInit:
@@ -99,7 +106,8 @@ class IkeInit:
         self.restarts = 0  # IKE_SA_INIT repeated for a COOKIE or INVALID_KE_PAYLOAD
 
     def build_i(self, sa: IkeSa, now: float) -> None:
-        """IKE_SA_INIT { [N(COOKIE),] SA, KEi, Ni, N(NATD_S), N(NATD_D), N(HASH_ALG) } -->"""
+        """IKE_SA_INIT { [N(COOKIE),] SA, KEi, Ni, N(NATD_S), N(NATD_D), N(HASH_ALG),
+        N(FRAG_SUP) } -->"""
         suites = sa.config.ike_suites()
         if self.dh is None:
             self.dh = DhExchange(suites[0].dh, sa.host.rng)
@@ -114,9 +122,10 @@ class IkeInit:
             Nonce(sa.nonce_i),
             *natd_notifies(sa),
             hash_algorithms_notify(),
+            *fragmentation_notify(sa.config),
         ]
         sa.next_message_id = 0
-        sa.init_request = sa.send_request(self, ExchangeType.IKE_SA_INIT, payloads, now)
+        [sa.init_request] = sa.send_request(self, ExchangeType.IKE_SA_INIT, payloads, now)
 
     def process_i(self, sa: IkeSa, msg: Message, now: float) -> None:
         """<-- IKE_SA_INIT { SA, KEr, Nr, N(NATD_S), N(NATD_D), ... } (or COOKIE / INVALID_KE)"""
@@ -178,8 +187,9 @@ def process_r(config: IkeConfig, sa_p: SA, ke: KE) -> tuple[Proposal, Suite]:
 
 def build_r(sa: IkeSa, msg: Message, data: bytes, prop: Proposal, suite: Suite,
             dh: DhExchange, shared: bytes) -> None:
-    """<-- IKE_SA_INIT { SA, KEr, Nr, N(NATD_S), N(NATD_D), N(HASH_ALG) }, kept on the new
-    half-open ``sa`` for retransmits of the request (section 2.1)."""
+    """<-- IKE_SA_INIT { SA, KEr, Nr, N(NATD_S), N(NATD_D), N(HASH_ALG), [N(FRAG_SUP)] },
+    kept on the new half-open ``sa`` for retransmits of the request (section 2.1); the
+    fragmentation notify answers the initiator's (RFC 7383 2.3)."""
     nonce = msg.first(Nonce)
     assert nonce is not None and sa.state == State.EXPECT_AUTH_REQUEST
     sa.nonce_i = nonce.data
@@ -193,6 +203,7 @@ def build_r(sa: IkeSa, msg: Message, data: bytes, prop: Proposal, suite: Suite,
         Nonce(sa.nonce_r),
         *natd_notifies(sa),
         hash_algorithms_notify(),
+        *(fragmentation_notify(sa.config) if sa.fragmentation else []),
     ]
     sa.init_response = Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, 0, True, False,
                                tuple(payloads)).encode()

@@ -37,6 +37,7 @@ def _rekeyed_to(sa: IkeSa, we_initiated: bool, spi_i: bytes, spi_r: bytes, suite
     new.behind_nat, new.next_keepalive = sa.behind_nat, sa.next_keepalive
     new.peer_id, new.peer_key = sa.peer_id, sa.peer_key
     new.peer_hashes = sa.peer_hashes
+    new.fragmentation = sa.fragmentation  # what IKE_SA_INIT settled holds on (RFC 7383 2.3)
     # shared, so that exchanges still finishing on the old IKE SA update the new one's list
     new.children = sa.children
     new.queue = sa.queue

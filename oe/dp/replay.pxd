@@ -1,5 +1,4 @@
-# Included by oe/datapath.pyx.
-#
+# cython: language_level=3
 # Anti-replay window: RFC 4303 section 3.4.3 and Appendix A, laid out as RFC 6479 ("IPsec
 # Anti-Replay Algorithm without Bit Shifting"): a ring of 64-bit blocks where the bit for
 # sequence number s sits at block (s >> 6) mod nblocks, bit s & 63. Moving the window forward
@@ -9,6 +8,9 @@
 # Order of use on receive (RFC 4303 3.4.3): replay_check() on the clear sequence number, then
 # verify the ICV, and only then replay_update(), so forged packets never move the window.
 
+from libc.stdint cimport uint32_t, uint64_t
+
+
 cdef struct ReplayWin:
     uint64_t top        # highest sequence number accepted so far (64-bit: ESN)
     uint64_t window     # packets covered below and including top
@@ -16,23 +18,8 @@ cdef struct ReplayWin:
     uint64_t *bits
 
 
-cdef int replay_init(ReplayWin *r, uint64_t window) noexcept nogil:
-    cdef uint64_t need = (window + 63) // 64 + 1
-    cdef uint64_t n = 2
-    while n < need:
-        n <<= 1
-    r.bits = <uint64_t *>calloc(n, sizeof(uint64_t))
-    if r.bits == NULL:
-        return -1
-    r.top = 0
-    r.window = window
-    r.nblocks = n
-    return 0
-
-
-cdef void replay_free(ReplayWin *r) noexcept nogil:
-    free(r.bits)
-    r.bits = NULL
+cdef int replay_init(ReplayWin *r, uint64_t window) noexcept nogil
+cdef void replay_free(ReplayWin *r) noexcept nogil
 
 
 cdef inline bint replay_check(const ReplayWin *r, uint64_t seq) noexcept nogil:
@@ -81,38 +68,3 @@ cdef inline uint64_t replay_esn_seq(const ReplayWin *r, uint32_t seql) noexcept 
             return 0
         return ((<uint64_t>(th - 1)) << 32) | seql
     return ((<uint64_t>th) << 32) | seql
-
-
-cdef class ReplayWindow:
-    """A stand-alone window, for tests and tools; SAs embed the same C structure."""
-
-    cdef ReplayWin _w
-
-    def __cinit__(self, uint64_t window=4096):
-        if window < 1 or window > 0x7FFFFFFF:
-            raise ValueError("the replay window is 1 to 2^31 - 1 packets")
-        if replay_init(&self._w, window) != 0:
-            raise MemoryError()
-
-    def __dealloc__(self):
-        replay_free(&self._w)
-
-    @property
-    def top(self) -> int:
-        return self._w.top
-
-    def check(self, uint64_t seq) -> bool:
-        return replay_check(&self._w, seq)
-
-    def update(self, uint64_t seq) -> None:
-        replay_update(&self._w, seq)
-
-    def accept(self, uint64_t seq) -> bool:
-        """check() then update(): what receiving an authentic packet does."""
-        if not replay_check(&self._w, seq):
-            return False
-        replay_update(&self._w, seq)
-        return True
-
-    def esn_seq(self, uint32_t seql) -> int:
-        return replay_esn_seq(&self._w, seql)

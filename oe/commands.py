@@ -1,0 +1,134 @@
+"""What the pure parts ask the daemon to do (docs/architecture.md section 3).
+
+The opportunist, the SA lifecycle, the responder's admission and the route plan decide; they
+return these commands and the daemon carries them out, with one `match` on the type. A command
+says what to do, never how: the daemon owns the sockets, the engines, the datapath and netlink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+from oe.eroute import IPAddress
+
+if TYPE_CHECKING:
+    from oe.opportunist import Pair
+
+
+@dataclass(frozen=True)
+class FetchKey:
+    """Look up the public key of `target` in DNS, then call key_found(pair, lookup)."""
+
+    pair: "Pair"
+    target: str
+    refresh: bool = False
+    """Ask DNS again even if an answer is cached (after an authentication failure)."""
+
+
+@dataclass(frozen=True)
+class Initiate:
+    """Start IKE with `peer` for host-to-host selectors of `pair`."""
+
+    pair: "Pair"
+    peer: IPAddress
+
+
+@dataclass(frozen=True)
+class DeleteIke:
+    """Send DELETE for an IKE SA (its CHILD SAs go with it)."""
+
+    sa_id: int
+
+
+@dataclass(frozen=True)
+class DeleteChild:
+    """Send DELETE for one CHILD SA of an IKE SA (by our inbound SPI)."""
+
+    sa_id: int
+    spi_in: int
+
+
+@dataclass(frozen=True)
+class RekeyChild:
+    """Start a CREATE_CHILD_SA that replaces the CHILD SA with inbound SPI `spi_in` (RFC 7296
+    1.3.3)."""
+
+    sa_id: int
+    spi_in: int
+
+
+@dataclass(frozen=True)
+class CheckLiveness:
+    """Send an empty INFORMATIONAL request on the IKE SA (RFC 7296 2.4): no answer, and the
+    engine declares the peer dead."""
+
+    sa_id: int
+
+
+@dataclass(frozen=True)
+class SampleInbound:
+    """Read the inbound packet counter of every tunnel and hand them to
+    Lifecycle.inbound_sample (the liveness check's input)."""
+
+
+@dataclass(frozen=True)
+class FetchPeerKey:
+    """Look up the key of a peer whose IKE_SA_INIT waits (the responder), then call
+    Admission.key_fetched."""
+
+    peer: str
+    refresh: bool = False
+
+
+@dataclass(frozen=True)
+class ReplayInit:
+    """Hand a waiting IKE_SA_INIT to the IKE runner again: its peer's key is now known."""
+
+    data: bytes
+    addr: tuple
+    local_port: int
+
+
+@dataclass(frozen=True)
+class FollowPeer:
+    """A NAT'd peer moved (RFC 7296 2.23) and policy allows the new address: point the IKE
+    SA's ESP there."""
+
+    sa_id: int
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Steer:
+    """(Re)install oe's routes and rule: CIDRs to trap into the TUN, of passing groups, never
+    to trap (the nameservers), and to fail closed (prohibited beneath, oe.routing)."""
+
+    trap: tuple[str, ...]
+    clear: tuple[str, ...]
+    exempt: tuple[str, ...]
+    private: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RefuseInClear:
+    """Change the inbound table's set of peers whose cleartext is dropped (RFC 4301 5.2)."""
+
+    add: frozenset
+    remove: frozenset
+
+
+@dataclass(frozen=True)
+class Log:
+    """One decision line for the log."""
+
+    line: str
+
+
+Command = Union[FetchKey, Initiate, DeleteIke, DeleteChild, RekeyChild, CheckLiveness,
+                SampleInbound, FetchPeerKey, ReplayInit, FollowPeer, Steer, RefuseInClear, Log]
+
+__all__ = ["FetchKey", "Initiate", "DeleteIke", "DeleteChild", "RekeyChild", "CheckLiveness",
+           "SampleInbound", "FetchPeerKey", "ReplayInit", "FollowPeer", "Steer",
+           "RefuseInClear", "Log", "Command"]

@@ -1,0 +1,213 @@
+/* See sock.h. */
+#define _GNU_SOURCE             /* sendmmsg, recvmmsg */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
+#include <sys/socket.h>
+
+#include "sock.h"
+
+/* UDP segmentation offload (Linux 4.18+): one sendmsg() carries a run of equal-sized
+   datagrams to one peer, cut by the kernel (or the NIC); GRO (5.0+) hands such runs up as one
+   buffer. Both save the per-datagram route lookup and skb work. */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#define DP_GSO_MAX 65000
+
+typedef union { struct sockaddr_in v4; struct sockaddr_in6 v6; } dp_sockaddr;
+
+/* Fill a socket address from (addr, port); its length. */
+static socklen_t dp_address(dp_sockaddr *sa, int family, const uint8_t *addr, uint16_t port) {
+    memset(sa, 0, sizeof(*sa));
+    if (family == 4) {
+        sa->v4.sin_family = AF_INET;
+        sa->v4.sin_port = htons(port);
+        memcpy(&sa->v4.sin_addr, addr, 4);
+        return sizeof(struct sockaddr_in);
+    }
+    sa->v6.sin6_family = AF_INET6;
+    sa->v6.sin6_port = htons(port);
+    memcpy(&sa->v6.sin6_addr, addr, 16);
+    return sizeof(struct sockaddr_in6);
+}
+
+/* The socket buffer is full: wait a little for room instead of dropping. */
+static void dp_wait_writable(int fd) {
+    struct pollfd p = { fd, POLLOUT, 0 };
+    poll(&p, 1, 10);
+}
+
+/* sendmmsg() a run of datagrams to (addr, port) pairs; returns how many the kernel took. */
+int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*addrs)[16],
+                uint16_t *ports, int n) {
+    struct mmsghdr msgs[DP_BATCH];
+    struct iovec iov[DP_BATCH];
+    dp_sockaddr sa[DP_BATCH];
+    int i, sent = 0, ok = 0, r;
+    if (n > DP_BATCH) n = DP_BATCH;
+    memset(msgs, 0, sizeof(struct mmsghdr) * n);
+    for (i = 0; i < n; i++) {
+        iov[i].iov_base = bufs[i];
+        iov[i].iov_len = lens[i];
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &sa[i];
+        msgs[i].msg_hdr.msg_namelen = dp_address(&sa[i], family, addrs[i], ports[i]);
+    }
+    while (sent < n) {
+        r = sendmmsg(fd, msgs + sent, n - sent, 0);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == ENOBUFS) {
+                dp_wait_writable(fd);
+                continue;
+            }
+            sent++;             /* skip the datagram the kernel refused (e.g. EMSGSIZE) */
+            continue;
+        }
+        sent += r;
+        ok += r;
+    }
+    return ok;
+}
+
+/* One sendmsg() with UDP_SEGMENT: n datagrams of lens[0] bytes (the last may be shorter). */
+static int dp_send_gso(int fd, int family, uint8_t **bufs, uint32_t *lens, int n,
+                       const uint8_t *addr, uint16_t port) {
+    struct msghdr m;
+    struct iovec iov[DP_BATCH];
+    dp_sockaddr sa;
+    union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctrl;
+    struct cmsghdr *cm;
+    int i;
+    memset(&m, 0, sizeof(m));
+    memset(&ctrl, 0, sizeof(ctrl));
+    for (i = 0; i < n; i++) { iov[i].iov_base = bufs[i]; iov[i].iov_len = lens[i]; }
+    m.msg_namelen = dp_address(&sa, family, addr, port);
+    m.msg_name = &sa;
+    m.msg_iov = iov;
+    m.msg_iovlen = n;
+    m.msg_control = ctrl.buf;
+    m.msg_controllen = sizeof(ctrl.buf);
+    cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    *(uint16_t *)CMSG_DATA(cm) = (uint16_t)lens[0];
+    for (;;) {
+        if (sendmsg(fd, &m, 0) >= 0) return 0;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == ENOBUFS) {
+            dp_wait_writable(fd);
+            continue;
+        }
+        return -errno;
+    }
+}
+
+/* Send a run of datagrams: equal-sized ones to one peer together (GSO), others with
+   sendmmsg(); what GSO refuses goes out one by one. *gso drops to 0 for good if the kernel or
+   the device cannot do it at all. */
+int dp_sendrun(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*addrs)[16],
+               uint16_t *ports, int n, int *gso) {
+    int i = 0, j, r, ok = 0;
+    uint32_t total;
+    while (i < n) {
+        j = i + 1;
+        total = lens[i];
+        while (*gso && j < n && j - i < DP_BATCH && ports[j] == ports[i]
+               && memcmp(addrs[j], addrs[i], 16) == 0 && lens[j] <= lens[i]
+               && total + lens[j] <= DP_GSO_MAX) {
+            total += lens[j];
+            j++;
+            if (lens[j - 1] < lens[i]) break;      /* only the last may be shorter */
+        }
+        if (j - i >= 2) {
+            r = dp_send_gso(fd, family, bufs + i, lens + i, j - i, addrs[i], ports[i]);
+            if (r == 0) { ok += j - i; i = j; continue; }
+            /* EIO: the device cannot checksum (wireguard-go's test); the others: no GSO in
+               this kernel. EINVAL (e.g. datagrams over the path MTU) only for this run. */
+            if (r == -EIO || r == -ENOPROTOOPT || r == -EOPNOTSUPP)
+                *gso = 0;
+        }
+        ok += dp_sendmany(fd, family, bufs + i, lens + i, addrs + i, ports + i, j - i);
+        i = j;
+    }
+    return ok;
+}
+
+void dp_udp_gro(int fd) {
+    int one = 1;
+    setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one));
+}
+
+/* recvmmsg() up to n datagrams; fills lengths, source (addr, port) and, for UDP GRO buffers
+   holding several datagrams, their size (segs[i], else 0). */
+int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
+                uint8_t (*addrs)[16], uint16_t *ports, uint16_t *segs, int n) {
+    struct mmsghdr msgs[DP_BATCH];
+    struct iovec iov[DP_BATCH];
+    dp_sockaddr sa[DP_BATCH];
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctrl[DP_BATCH];
+    struct cmsghdr *cm;
+    int i, r;
+    if (n > DP_BATCH) n = DP_BATCH;
+    memset(msgs, 0, sizeof(struct mmsghdr) * n);
+    for (i = 0; i < n; i++) {
+        iov[i].iov_base = bufs[i];
+        iov[i].iov_len = size;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &sa[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(sa[i]);
+        msgs[i].msg_hdr.msg_control = ctrl[i].buf;
+        msgs[i].msg_hdr.msg_controllen = sizeof(ctrl[i].buf);
+    }
+    r = recvmmsg(fd, msgs, n, MSG_DONTWAIT, NULL);
+    for (i = 0; i < r; i++) {
+        lens[i] = msgs[i].msg_len;
+        segs[i] = 0;
+        for (cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm))
+            if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO)
+                segs[i] = (uint16_t)*(int *)CMSG_DATA(cm);
+        memset(addrs[i], 0, 16);
+        if (family == 4) {
+            memcpy(addrs[i], &sa[i].v4.sin_addr, 4);
+            ports[i] = ntohs(sa[i].v4.sin_port);
+        } else {
+            memcpy(addrs[i], &sa[i].v6.sin6_addr, 16);
+            ports[i] = ntohs(sa[i].v6.sin6_port);
+        }
+    }
+    return r;
+}
+
+/* Deep socket buffers: a burst the loop has not drained yet must not be dropped, or TCP inside
+   the tunnel takes it for congestion. FORCE variants need CAP_NET_ADMIN. */
+void dp_deepen(int fd, int bytes) {
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof(bytes)) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+}
+
+/* Wait for any of n fds to be readable; sets bit i of *ready for fd i. */
+int dp_wait(int *fds, int n, int timeout_ms, unsigned *ready) {
+    struct pollfd p[8];
+    int i, r;
+    for (i = 0; i < n; i++) { p[i].fd = fds[i]; p[i].events = POLLIN; p[i].revents = 0; }
+    r = poll(p, n, timeout_ms);
+    *ready = 0;
+    for (i = 0; i < n && r > 0; i++)
+        if (p[i].revents & (POLLIN | POLLERR | POLLHUP)) *ready |= 1u << i;
+    return r;
+}

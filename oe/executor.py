@@ -1,0 +1,309 @@
+"""The daemon's core: events in, commands out (docs/architecture.md section 3).
+
+Every event (the datapath's, an IKE engine's, a DNS answer, a timer) is handed to the pure part
+it concerns, with `now`; what comes back (oe.commands) is carried out by `_run`, one `match` on
+the command type. No decision is taken here: the opportunist, the lifecycle, the admission, the
+peer keys and the route plan take them. The timers are theirs too: `_timers` sleeps until the
+earliest `next_timer()` or until an event may have moved it.
+
+`Executor` is the half of oe.daemon.Daemon that reacts; the other half (oe/daemon.py) starts,
+stops, serves the control socket and installs SAs. Daemon provides the attributes used here:
+loop, opportunist, lifecycle, admission, keys, routes, fetcher, datapath, sides, sa_out,
+steering, _inbound, _netlink, _wake, and the methods _install_child, _steer, _update_inbound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+
+from oe.commands import (
+    CheckLiveness, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer, Initiate, Log,
+    RefuseInClear, RekeyChild, ReplayInit, SampleInbound, Steer,
+)
+from oe.dnskeys.choice import Target
+from oe.dpevents import Acquire, IkeMessage, SaExpired, SaSoftLimit
+from oe.errors import OeError
+from oe.ike import events as ike_events
+from oe.ike.auth import Identity, PeerKey
+from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT, NotifyType
+from oe.ike.ts import TrafficSelector
+from oe.lifecycle import ChildInfo, algorithm_name
+from oe.opportunist import Pair
+
+log = logging.getLogger("oe")
+
+TIMER_SLACK = 0.01  # seconds the timer loop waits at least, so a due timer cannot spin it
+
+
+class Executor:
+    """Feeds events to the pure parts and carries out their commands."""
+
+    # ------------------------------------------------------------------ events in
+
+    def _datapath_events(self) -> None:
+        for event in self.datapath.read_events():
+            try:
+                self._datapath_event(event)
+            except Exception:  # one event's bug must not lose the rest of the batch
+                log.exception("datapath event %s", event)
+        self._apply()
+
+    def _datapath_event(self, event) -> None:
+        now = self.loop.time()
+        match event:
+            case Acquire():
+                self._run(self.opportunist.acquire(Pair(event.src, event.dst), now,
+                                                   event.proto, event.sport, event.dport))
+            case IkeMessage():
+                side = self.sides.get(event.src.version)
+                if side is not None:
+                    side.runner.receive(NON_ESP_MARKER + event.data,
+                                        (str(event.src), event.sport), NAT_T_PORT)
+            case SaSoftLimit(direction="out"):
+                stats = self.datapath.sa_stats(event.handle, "out") or {}
+                self._run(self.lifecycle.soft_limit(event.handle, stats.get("packets", 0),
+                                                    f"soft limit ({event.reason})"))
+            case SaExpired():
+                self._run(self.lifecycle.hard_limit(event.direction, event.handle, event.spi,
+                                                    event.reason))
+            case _:
+                log.warning("datapath: %s", event)
+
+    def _ike_event(self, version: int, event) -> None:
+        now = self.loop.time()
+        side = self.sides[version]
+        self.lifecycle.heard(version, event.sa_id)
+        match event:
+            case ike_events.ChildSaEstablished():
+                self._child_established(version, event.sa_id, event.child, now)
+            case ike_events.ChildSaRekeyed():
+                installed = self._install_child(version, event.sa_id, event.child)
+                pair = self.lifecycle.pairs.get(event.sa_id)
+                if pair is not None and installed is not None:
+                    self.lifecycle.child_rekeyed(event.child.spi_in, ChildInfo.of(event.child, now))
+                    self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out,
+                                                    now, sa_out=installed[2],
+                                                    narrowing=installed[1])
+            case ike_events.ChildSaDeleted():
+                self.datapath.del_sa(event.spi_in, "in")
+                handle = self.sa_out.pop((version, event.sa_id, event.spi_out), None)
+                if handle is not None:
+                    self.datapath.del_sa(handle, "out")
+                self.lifecycle.child_deleted(event.spi_in, handle)
+                pair = self.lifecycle.pairs.get(event.sa_id)
+                if pair is not None:
+                    self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
+            case ike_events.IkeSaEstablished():
+                self.lifecycle.ike_established(version, event.sa_id, now)
+            case ike_events.IkeSaFailed():
+                pair = self.lifecycle.ike_gone(event.sa_id)
+                why = f"IKE timeout: {event.reason}" if event.notify is None else event.reason
+                auth = event.local and event.notify == NotifyType.AUTHENTICATION_FAILED
+                if pair is not None:
+                    self._run(self.opportunist.auth_failed(pair, why, now) if auth
+                              else self.opportunist.negotiation_failed(pair, why, now))
+                else:
+                    log.info("IKE with %s failed: %s", event.remote_addr, why)
+                    if auth:  # the key we hold may be stale: ask DNS afresh next time
+                        self.admission.auth_failed(event.remote_addr)
+            case ike_events.IkeSaDeleted():
+                self.lifecycle.ike_gone(event.sa_id)
+                self.opportunist.ike_gone(event.sa_id, event.reason, now)
+            case ike_events.IkeSaPeerMoved():
+                self._run(self.admission.peer_moved(side.address, event.sa_id,
+                                                    event.remote_addr, event.remote_port))
+            case ike_events.ChildSaFailed():
+                pair = self.lifecycle.pairs.get(event.sa_id)
+                if pair is not None:
+                    self._run(self.opportunist.negotiation_failed(pair, event.reason, now))
+        self._apply()
+        side.runner.transmit()
+
+    def _child_established(self, version: int, sa_id: int, child, now: float) -> None:
+        installed = self._install_child(version, sa_id, child)
+        if installed is None:
+            return
+        pair, narrowing, handle = installed
+        initiator = pair in self.opportunist.negotiations
+        self.lifecycle.child_installed(sa_id, pair, child.spi_in, ChildInfo.of(child, now))
+        self._run(self.opportunist.tunnel_up(
+            pair, ipaddress.ip_address(child.remote_addr), sa_id, child.spi_in, child.spi_out,
+            algorithm_name(child), child.udp_encap, initiator, now, narrowing, handle))
+
+    async def _timers(self) -> None:
+        """Sleep until the earliest timer of the pure parts (shunt expiry, rate-limited
+        acquires, key TTLs, liveness samples, childless IKE SAs) or until an event moved it."""
+        while True:
+            now = self.loop.time()
+            deadline = self._next_timer()
+            if deadline is not None and deadline <= now:
+                try:
+                    self._on_timer(now)
+                except Exception:  # a bug in one timer must not stop all of them
+                    log.exception("timer")
+                deadline = self._next_timer()
+            self._wake.clear()
+            timeout = None if deadline is None else max(deadline - now, TIMER_SLACK)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def _next_timer(self) -> float | None:
+        times = [t for t in (self.opportunist.next_timer(), self.lifecycle.next_timer(),
+                             self.keys.next_timer()) if t is not None]
+        return min(times) if times else None
+
+    def _on_timer(self, now: float) -> None:
+        self.keys.sweep(now)
+        self._run(self.opportunist.tick(now) + self.lifecycle.tick(now))
+        self._apply()
+
+    # ------------------------------------------------------------------ commands out
+
+    def _run(self, commands) -> None:
+        """Carry out what the pure parts decided."""
+        now = self.loop.time()
+        for command in commands:
+            match command:
+                case FetchKey():
+                    self.loop.create_task(self._fetch(command))
+                case Initiate():
+                    self._initiate(command)
+                case DeleteIke(sa_id=sa_id):
+                    self._on_ike_sa(sa_id, lambda engine: engine.delete_ike(sa_id, now))
+                case DeleteChild(sa_id=sa_id, spi_in=spi_in):
+                    self._on_ike_sa(sa_id, lambda engine: engine.delete_child(sa_id, spi_in, now))
+                case RekeyChild(sa_id=sa_id, spi_in=spi_in):
+                    self._on_ike_sa(sa_id, lambda engine: engine.rekey_child(sa_id, spi_in, now))
+                case CheckLiveness(sa_id=sa_id):
+                    self._on_ike_sa(sa_id, lambda engine: engine.check_liveness(sa_id, now))
+                case SampleInbound():
+                    self._run(self.lifecycle.inbound_sample(self._inbound_packets(), now))
+                case FetchPeerKey():
+                    self.loop.create_task(self._fetch_peer_key(command))
+                case ReplayInit(data=data, addr=addr, local_port=port):
+                    side = self.sides.get(ipaddress.ip_address(addr[0]).version)
+                    if side is not None:
+                        side.runner.receive(data, addr, port)
+                case FollowPeer():
+                    self._follow_peer(command)
+                case Steer():
+                    # Synchronously: a responder's route must be in place before its IKE_AUTH
+                    # response leaves, or its first replies would go around the TUN in clear.
+                    self._netlink.submit(self._steer, command).result()
+                case RefuseInClear(add=add, remove=remove):
+                    self._netlink.submit(self._update_inbound, set(add), set(remove))
+                case Log(line=line):
+                    log.info("%s", line)
+                case _:
+                    raise TypeError(f"not a command: {command!r}")
+
+    def _apply(self) -> None:
+        """Hand the datapath what changed in the table, write the decisions to the log, follow
+        the tunnels with routes and the inbound table, and let the timers look again."""
+        changes = self.opportunist.take_changes()
+        if changes is None:
+            self.datapath.replace_eroutes(self.opportunist.table())
+        else:
+            self.datapath.update_eroutes(*changes)
+        for line in self.opportunist.take_log():
+            log.info("%s", line)
+        self._run(self.routes.follow(self.opportunist.tunnels.values(),
+                                     routes=self.steering is not None, inbound=self._inbound))
+        self._wake.set()
+
+    async def _fetch(self, command: FetchKey) -> None:
+        """Every lookup ends in a decision, whatever it raises: a %hold never stays."""
+        try:
+            lookup = await self.fetcher.fetch(command.target, refresh=command.refresh)
+            self.keys.keep(lookup, self.loop.time())
+            commands = self.opportunist.key_found(command.pair, lookup, self.loop.time())
+        except Exception as exc:  # a bug in a lookup must not leave the %hold for ever
+            log.exception("key lookup for %s", command.target)
+            commands = self.opportunist.negotiation_failed(
+                command.pair, f"key lookup failed: {exc}", self.loop.time())
+        self._run(commands)
+        self._apply()
+
+    async def _fetch_peer_key(self, command: FetchPeerKey) -> None:
+        """The responder's lookup: whatever it raises, the peer's slot is freed."""
+        lookup = None
+        try:
+            lookup = await self.fetcher.fetch(Target.parse(command.peer), refresh=command.refresh)
+        except Exception:  # a bug in a lookup refuses this peer, and frees its slot
+            log.exception("key lookup for %s", command.peer)
+        try:
+            commands = self.admission.key_fetched(command.peer, lookup, self.loop.time())
+        except Exception:  # a key that fails late (e >= n): refused like no key
+            log.exception("key lookup for %s", command.peer)
+            commands = []
+        self._run(commands)
+
+    def _initiate(self, command: Initiate) -> None:
+        side = self.sides.get(command.peer.version)
+        if side is None:
+            self._run(self.opportunist.negotiation_failed(
+                command.pair, f"no IPv{command.peer.version} address of ours", self.loop.time()))
+            return
+        sa_id = side.engine.initiate(
+            str(command.peer), self.loop.time(),
+            local_ts=[TrafficSelector.host(str(command.pair.src))],
+            remote_ts=[TrafficSelector.host(str(command.pair.dst))])
+        self.lifecycle.initiated(side.version, sa_id, command.pair)
+        side.runner.transmit()
+
+    def _on_ike_sa(self, sa_id: int, act) -> None:
+        """Start an exchange on the engine that holds IKE SA `sa_id` and send it; one already
+        gone (its peer deleted it meanwhile) is skipped."""
+        side = self.sides.get(self.lifecycle.family(sa_id))
+        if side is None:
+            return
+        try:
+            act(side.engine)
+        except OeError:
+            return
+        side.runner.transmit()
+
+    def _inbound_packets(self) -> dict[int, int]:
+        """Inbound packets of every tunnel's CHILD SA, by inbound SPI."""
+        return {t.spi_in: (self.datapath.sa_stats(t.spi_in, "in") or {}).get("packets", 0)
+                for t in self.opportunist.tunnels.values()}
+
+    def _follow_peer(self, command: FollowPeer) -> None:
+        """Point the SAs of a moved peer's IKE SA at its new address (RFC 7296 2.23)."""
+        version = self.lifecycle.family(command.sa_id)
+        side = self.sides.get(version)
+        if side is None:
+            return
+        for child in side.engine.children(command.sa_id):
+            handle = self.sa_out.get((version, command.sa_id, child.spi_out))
+            for ref, direction in ((handle, "out"), (child.spi_in, "in")):
+                if ref is not None:
+                    self.datapath.move_sa(ref, direction, command.address, command.port)
+
+    # ------------------------------------------------------------------ IKE engine hooks
+
+    def _cookie_required(self, addr) -> bool:
+        return self.admission.cookie_required(addr[0], self.loop.time())
+
+    def _lookup_key(self, identity: Identity) -> PeerKey | None:
+        return self.keys.get(identity, self.loop.time())
+
+    def _ts_allowed(self, version: int, peer_id: Identity, local_ts, remote_ts) -> bool:
+        return self.admission.selectors_allowed(self.sides[version].address, remote_ts)
+
+    def _admit_init(self, data: bytes, addr, local_port: int) -> bool:
+        """An IKE_SA_INIT from a peer: True when the runner may hand it to the engine now."""
+        side = self.sides.get(ipaddress.ip_address(addr[0]).version)
+        if side is None:
+            return False
+        admitted, commands = self.admission.admit(side.address, data, addr, local_port,
+                                                  self.loop.time())
+        self._run(commands)
+        return admitted
+
+
+__all__ = ["Executor"]

@@ -1,0 +1,100 @@
+"""The lives of the opportunist's SAs (oe.lifecycle), driven in memory: rekey or retire at the
+soft limit, hard limits, liveness samples, childless IKE SAs, and the timer that wakes the
+daemon for them."""
+
+import ipaddress
+
+from oe.commands import CheckLiveness, DeleteChild, DeleteIke, Log, RekeyChild, SampleInbound
+from oe.eroute import Shunt
+from oe.lifecycle import CHILDLESS_GRACE, ChildInfo, Lifecycle, SaTimes
+from oe.opportunist import Opportunist, Pair
+from oe.policygroups import combine, parse_group, prospective_table
+
+ME = "192.0.2.10"
+PEER = "198.51.100.2"
+
+
+def world(times=SaTimes(lifetime=3600, rekey_margin=300, dpd_delay=30)):
+    policy = combine([parse_group("private-or-clear", "0.0.0.0/0\n", "policies/p-o-c")])
+    oe = Opportunist(prospective_table(policy))
+    return oe, Lifecycle(oe, times)
+
+
+def tunnel(oe, life, dst=PEER, sa_id=1, spi_in=0x1001, sa_out=7, now=0.0):
+    pair = Pair.of(ME, dst)
+    oe.tunnel_up(pair, ipaddress.ip_address(dst), sa_id, spi_in, 0xc0de, "AES_GCM_16_128",
+                 False, True, now, sa_out=sa_out)
+    life.child_installed(sa_id, pair, spi_in, ChildInfo(now, "AES_GCM_16_128", None, None, False))
+    return pair
+
+
+def test_soft_limit_rekeys_a_used_sa_and_retires_an_idle_one():
+    """FreeS/WAN's OE rule: rekey only what was used since the last soft limit."""
+    oe, life = world()
+    tunnel(oe, life)
+    assert life.soft_limit(7, packets=10, why="soft limit (time)") == [RekeyChild(1, 0x1001)]
+    assert life.soft_limit(7, packets=10, why="soft limit (time)") == [
+        Log(f"OE to {PEER} idle, deleting at soft limit (time)"), DeleteIke(1)]
+    assert life.soft_limit(99, packets=10, why="x") == []     # not a tunnel's SA now
+
+
+def test_a_hard_limit_ends_the_tunnels_ike_sa():
+    oe, life = world()
+    tunnel(oe, life)
+    assert life.hard_limit("in", 0x1001, 0x1001, "time") == [
+        Log("SA 1001 in expired (time)"), DeleteIke(1)]
+    assert life.hard_limit("out", 7, 0xc0de, "packets")[-1] == DeleteIke(1)
+    assert life.hard_limit("out", 8, 0xc0de, "packets") == []
+
+
+def test_childless_ike_sas_go_after_their_grace_and_wake_the_timer():
+    oe, life = world()
+    life.ike_established(4, 5, now=100.0)
+    life.ike_established(4, 6, now=101.0)
+    assert life.next_timer() == 100.0 + CHILDLESS_GRACE
+    assert life.tick(100.0 + CHILDLESS_GRACE - 1) == []
+    assert life.tick(100.0 + CHILDLESS_GRACE) == [DeleteIke(5)]
+    assert life.counters["childless_deleted"] == 1
+    life.child_installed(6, Pair.of(ME, PEER), 0x1001,
+                         ChildInfo(0, "AES_GCM_16_128", None, None, False))
+    assert life.tick(200.0) == [] and life.next_timer() is None     # it has a CHILD SA now
+    assert life.family(5) == 4 and life.ike_gone(5) is None and life.family(5) is None
+
+
+def test_a_tunnel_quiet_between_two_samples_gets_a_liveness_check():
+    """RFC 7296 2.4: only a peer we heard nothing from is asked whether it is alive."""
+    oe, life = world()
+    tunnel(oe, life, PEER, sa_id=1, spi_in=0x1001)
+    tunnel(oe, life, "198.51.100.3", sa_id=2, spi_in=0x2001, sa_out=8)
+    life.started(0.0)
+    assert life.next_timer() == 30.0
+    assert life.tick(29.0) == []
+    assert life.tick(30.0) == [SampleInbound()] and life.next_timer() == 60.0
+    assert life.inbound_sample({0x1001: 5, 0x2001: 9}, 30.0) == []   # nothing to compare yet
+    assert life.inbound_sample({0x1001: 5, 0x2001: 12}, 60.0) == [CheckLiveness(1)]
+
+
+def test_last_use_follows_the_counters():
+    oe, life = world()
+    tunnel(oe, life)
+    assert life.last_used(0x1001, 0, 0, now=5.0) is None             # never used
+    assert life.last_used(0x1001, 0, 3, now=6.0) == 6.0
+    assert life.last_used(0x1001, 0, 3, now=9.0) == 6.0              # nothing since
+    assert life.inbound_sample({0x1001: 2}, 10.0) == []
+    assert life.last_used(0x1001, 2, 3, now=11.0) == 10.0
+
+
+def test_a_refused_child_sa_is_deleted_and_ends_the_negotiation():
+    oe, life = world()
+    pair = Pair.of(ME, PEER)
+    oe.acquire(pair, 0.0)
+    life.initiated(4, 9, pair)
+    commands = life.child_refused(9, 0x1001, PEER, "port range 1000-2000", 1.0)
+    assert commands[:2] == [Log(f"refused CHILD SA 00001001 with {PEER}: port range 1000-2000"),
+                            DeleteChild(9, 0x1001)]
+    assert pair not in oe.negotiations and oe.shunts[pair].action is Shunt.PASS
+
+
+def test_rekey_time_is_the_margin_before_the_lifetime_but_at_most_half():
+    assert SaTimes(3600, 300).soft == 3300
+    assert SaTimes(600, 500).soft == 300
