@@ -78,8 +78,7 @@ def policy_conf(confdir: Path, nameserver: str, groups: dict[str, str], extra: s
     (confdir / "policies").mkdir(parents=True, exist_ok=True)
     for group, text in groups.items():
         (confdir / "policies" / group).write_text(text)
-    (confdir / "oe.conf").write_text(f'{extra}\n[dns]\nnameservers = ["{nameserver}"]\n'
-                                     f'trust_anchors = ["{ANCHORS}"]\n')
+    (confdir / "oe.conf").write_text(f'{extra}\n[dns]\nnameservers = ["{nameserver}"]\n')
 
 
 def build(workdir: Path, *, key_bits: int = 2048, keyed=("alice", "bob"),
@@ -108,7 +107,10 @@ def build(workdir: Path, *, key_bits: int = 2048, keyed=("alice", "bob"),
         knotd.start(ready=lambda: _serves(world, hosts["alice"]) and knotd.signed())
         anchors = "".join(knotd.anchor(origin) for origin in REVERSE_ZONES)
         for name in ("alice", "bob", "carol"):
-            (hosts[name].dir / "conf" / ANCHORS).write_text(anchors)
+            confdir = hosts[name].dir / "conf"
+            (confdir / ANCHORS).write_text(anchors)
+            with open(confdir / "oe.conf", "a") as conf:  # [dns], which policy_conf ends with
+                conf.write(f'trust_anchors = ["{ANCHORS}"]\n')
         return OeWorld(world, hosts, knotd)
     except BaseException:  # also Ctrl-C or SIGTERM while knotd starts: it is our child
         if knotd is not None:
