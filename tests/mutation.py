@@ -187,9 +187,24 @@ MUTANTS = [
     m("dns-txt-nul", RECORDS, "    if b\"\\0\" in raw:\n", "    if False:\n",
       "test_dnskeys_records.py"),
     m("dns-unsigned-delegation", "oe/dnskeys/choice.py",
-      "        if not (target.is_self(record.gateway) or dnssec_validated\n"
-      "                or allow_unsigned_delegation):\n", "        if False:\n",
+      "        if not (target.is_self(record.gateway) or delegation):\n", "        if False:\n",
       "test_dnskeys_records.py"),
+    # DNSSEC (issue 12): bogus denies, only secure answers delegate, require_dnssec holds
+    m("dnssec-bogus-used", "oe/dnskeys/choice.py", "    if dnssec == BOGUS:\n",
+      "    if False:\n", "test_dnssec_choice.py"),
+    m("dnssec-require-ignored", "oe/dnskeys/choice.py",
+      "    if require_dnssec and dnssec != SECURE:\n", "    if False:\n", "test_dnssec_choice.py"),
+    m("dnssec-insecure-delegates", "oe/dnskeys/choice.py",
+      "delegation=dnssec == SECURE or allow_unsigned_delegation,",
+      "delegation=dnssec != BOGUS or allow_unsigned_delegation,", "test_dnssec_choice.py"),
+    m("dnssec-strongest-counts", "oe/dnskeys/choice.py",
+      "    for state in (BOGUS, OFF, INSECURE):\n", "    for state in (INSECURE,):\n",
+      "test_dnssec_choice.py"),
+    m("dnssec-bogus-data-kept", "oe/dnskeys/unbound.py", "    if result.bogus:\n",
+      "    if False:\n", "test_dnssec_knot.py"),
+    m("dnssec-unbound-insecure-as-secure", "oe/dnskeys/unbound.py",
+      "    security = SECURE if result.secure else INSECURE\n", "    security = SECURE\n",
+      "test_dnssec_knot.py"),
     # The fail-closed prohibit routes (docs/architecture.md section 1)
     m("route-no-prohibit", ROUTING,
       "    planned += [(network, \"prohibit\") for network in "

@@ -3,6 +3,7 @@
 records  the RFC 3110 blob and the three record codecs (pure)
 choice   which record and key a target publishes, RFC 4322 3.2 (pure)
 fetcher  the DNS and zone-file I/O, cache and budget
+unbound  the validating source: libunbound, each answer secure, insecure or bogus
 """
 
 from oe.dnskeys.choice import KeyLookup, Target, Verdict, check_own, choose

@@ -36,7 +36,7 @@ import dns.resolver
 import dns.zone
 
 from oe.config import DnsConfig
-from oe.dnskeys.choice import KeyLookup, Target, choose, not_capable
+from oe.dnskeys.choice import OFF, KeyLookup, Target, choose, not_capable, weakest
 from oe.dnskeys.records import KINDS
 from oe.errors import OeError
 
@@ -63,6 +63,10 @@ class Answer:
     """The name does not exist (RCODE NXDOMAIN), as opposed to NODATA."""
     silent: tuple[str, ...] = ()
     """The nameservers that did not answer in time (a timeout), as "192.0.2.53 port 5353"."""
+    security: str = OFF
+    """Its DNSSEC state, one of oe.dnskeys.choice.DNSSEC_STATES ("off": not validated)."""
+    why_bogus: str | None = None
+    """The validator's reason for a "bogus" answer."""
 
 
 class Source(Protocol):
@@ -275,10 +279,12 @@ class KeyFetcher:
                 # RFC 4322 3.2: a DNS timeout means "not OE capable", like no record.
                 return self._stamped(not_capable(target, f"{FAILED} of {kind} at "
                                                          f"{target.name} failed: {answer.error}"))
-        # No DNSSEC validation here yet: every answer counts as unsigned (RFC 4322 3.2.4.1).
         lookup = choose(target, {kind: a.rdatas for kind, a in zip(KINDS, answers)},
                         min_key_bits=self.config.min_key_bits,
                         allow_unsigned_delegation=self.config.allow_unsigned_delegation,
+                        dnssec=weakest([a.security for a in answers]),
+                        why_bogus=next((a.why_bogus for a in answers if a.why_bogus), None),
+                        require_dnssec=self.config.require_dnssec,
                         name_exists=not all(a.nxdomain for a in answers),
                         ttl=min(a.ttl for a in answers))
         return replace(lookup, expires=min(entry.expires for entry in entries))
