@@ -53,7 +53,8 @@ def run(capsys, *argv):
 
 def write_conf(confdir, port):
     confdir.mkdir(parents=True, exist_ok=True)
-    (confdir / "oe.conf").write_text(f'[dns]\nnameservers = ["127.0.0.1"]\nport = {port}\n')
+    (confdir / "oe.conf").write_text(f'[dns]\nnameservers = ["127.0.0.1"]\nport = {port}\n'
+                                     'dnssec = "off"\n')
 
 
 @pytest.fixture(scope="module")

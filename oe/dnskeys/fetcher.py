@@ -190,6 +190,10 @@ class ZoneFileSource:
 def make_source(config: DnsConfig, confdir: Path) -> Source:
     """The key source oe.conf asks for; a relative zonefiles_dir is taken from confdir."""
     if config.keysource == "dns":
+        if config.dnssec == "validate":
+            from oe.dnskeys.unbound import UnboundSource  # it imports this module
+            return UnboundSource.from_config(config.nameservers, config.port,
+                                             config.trust_anchors, confdir)
         return DnsSource(config.nameservers, config.port, config.query_timeout)
     if config.keysource == "zonefiles":
         if not config.zonefiles_dir:
@@ -240,7 +244,9 @@ class KeyFetcher:
         """Addresses of the nameservers asked (none for zone files): exempt from trapping.
         (DnsSource.nameservers() names them for messages, with their port.)"""
         resolver = getattr(self.source, "resolver", None)
-        return [str(ns) for ns in resolver.nameservers] if resolver is not None else []
+        if resolver is None:
+            return list(getattr(self.source, "addresses", []))  # UnboundSource's forwarders
+        return [str(ns) for ns in resolver.nameservers]
 
     @classmethod
     def from_config(cls, config: DnsConfig, confdir: Path, *,
@@ -263,6 +269,8 @@ class KeyFetcher:
         rdtypes = [dns.rdatatype.from_text(kind) for kind in KINDS]
         if refresh:
             self.stats.refreshes += 1
+            if hasattr(self.source, "flush"):  # libunbound caches answers itself
+                self.source.flush()
             for rdtype in rdtypes:
                 self._cache.pop((target.name, int(rdtype)), None)
         try:  # the source keeps the budget; this only ends a source that does not
@@ -298,7 +306,7 @@ class KeyFetcher:
                     f"per query)"))
 
     def _source_servers(self) -> list[str]:
-        return self.source.nameservers() if isinstance(self.source, DnsSource) else []
+        return self.source.nameservers() if hasattr(self.source, "nameservers") else []
 
     def _stamped(self, lookup: KeyLookup) -> KeyLookup:
         """A lookup from no cacheable answer: stale from now on."""
