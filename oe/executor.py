@@ -32,6 +32,7 @@ from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT, NotifyType
 from oe.ike.ts import TrafficSelector
 from oe.lifecycle import ChildInfo, algorithm_name
 from oe.opportunist import Pair
+from oe.peerkeys import address_id
 
 log = logging.getLogger("oe")
 
@@ -87,7 +88,8 @@ class Executor:
                 installed = self._install_child(version, event.sa_id, event.child)
                 pair = self.lifecycle.pairs.get(event.sa_id)
                 if pair is not None and installed is not None:
-                    self.lifecycle.child_rekeyed(event.child.spi_in, ChildInfo.of(event.child, now))
+                    self.lifecycle.child_rekeyed(event.child.spi_in, ChildInfo.of(
+                        event.child, now, self._key_provenance(pair)))
                     self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out,
                                                     now, sa_out=installed[2],
                                                     narrowing=installed[1])
@@ -132,10 +134,19 @@ class Executor:
             return
         pair, narrowing, handle = installed
         initiator = pair in self.opportunist.negotiations
-        self.lifecycle.child_installed(sa_id, pair, child.spi_in, ChildInfo.of(child, now))
+        self.lifecycle.child_installed(sa_id, pair, child.spi_in,
+                                       ChildInfo.of(child, now, self._key_provenance(pair)))
         self._run(self.opportunist.tunnel_up(
             pair, ipaddress.ip_address(child.remote_addr), sa_id, child.spi_in, child.spi_out,
             algorithm_name(child), child.udp_encap, initiator, now, narrowing, handle))
+
+    def _key_provenance(self, pair: Pair) -> str | None:
+        """Where the peer's key came from (oe status): the key kept for its address (RFC 4322:
+        the ID is the address), or what its tunnel showed before a rekey."""
+        tunnel = self.opportunist.tunnels.get(pair)
+        before = self.lifecycle.children.get(tunnel.spi_in) if tunnel is not None else None
+        return self.keys.provenance(address_id(str(pair.dst))) or \
+            (before.key if before is not None else None)
 
     async def _timers(self) -> None:
         """Sleep until the earliest timer of the pure parts (shunt expiry, rate-limited

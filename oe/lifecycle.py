@@ -67,13 +67,15 @@ class ChildInfo:
     last_in: tuple[int, float | None] = (0, None)
     """(packets, when the count was last seen to grow)."""
     last_out: tuple[int, float | None] = (0, None)
+    key: str | None = None
+    """Where the peer's key came from: record kind and DNSSEC state (oe.peerkeys)."""
 
     @classmethod
-    def of(cls, child, now: float) -> "ChildInfo":
-        """From an oe.ike ChildSa installed at `now`."""
+    def of(cls, child, now: float, key: str | None = None) -> "ChildInfo":
+        """From an oe.ike ChildSa installed at `now`, its peer's key from `key`."""
         return cls(now, algorithm_name(child).removesuffix("_ESN"),
                    _name(IntegId, child.integ) if child.integ else None,
-                   _name(DhId, child.dh) if child.dh else None, child.esn)
+                   _name(DhId, child.dh) if child.dh else None, child.esn, key=key)
 
 
 class Lifecycle:

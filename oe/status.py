@@ -77,6 +77,9 @@ class ChildSaStatus:
     """How it was learned: base, route, icmp or probe."""
     pmtu_state: str | None = None
     """The RFC 8899 search state of the peer's path."""
+    key: str | None = None
+    """Where the peer's key came from: record kind and DNSSEC state, e.g. "IPSECKEY, dnssec
+    secure" (issue 12)."""
 
 
 @dataclass
@@ -214,7 +217,8 @@ def child_sa_status(tunnel, lifecycle, stats_in: dict, stats_out: dict,
         dh_group=info.dh_group if info else None, esn=info.esn if info else False,
         rekey_in=None if info is None else round(info.installed + times.soft - now, 1),
         expires_in=None if info is None else round(info.installed + times.lifetime - now, 1),
-        last_used=None if used is None else round(now - used, 1), **path)
+        last_used=None if used is None else round(now - used, 1),
+        key=info.key if info else None, **path)
 
 
 def _jsonable(value):
@@ -269,6 +273,8 @@ def _child_details(sa: ChildSaStatus) -> str:
                  f"last used {_seconds(sa.last_used)} ago")
     if sa.path_mtu is not None:
         parts.append(f"pmtu {sa.path_mtu} ({sa.path_mtu_source})")
+    if sa.key is not None:
+        parts.append(f"key {sa.key}")
     return f"    IKE SA #{sa.sa_id}: " + ", ".join(parts)
 
 

@@ -141,3 +141,9 @@ def test_advice_for_an_insecure_own_record(blob):
         "with require_dnssec = true will not use our key; sign the zone and publish its DS at "
         "its parent (or give peers that DS as a trust anchor)")
     assert check_own(pick(blob, dnssec=INSECURE), blob) == []  # most peers use it
+
+
+@pytest.mark.parametrize("state", [SECURE, INSECURE, OFF])
+def test_a_key_says_where_it_came_from(blob, state):
+    """`oe status` shows each SA's key provenance: the record kind and the DNSSEC state."""
+    assert pick(blob, dnssec=state).provenance == f"IPSECKEY, dnssec {state}"

@@ -141,6 +141,12 @@ class KeyLookup:
             return None
         return self.target
 
+    @property
+    def provenance(self) -> str | None:
+        """Where the key came from, for status and the decision log: record kind and DNSSEC
+        state (issue 12: say what was validated); None without a key."""
+        return None if self.record is None else f"{self.record.kind}, dnssec {self.dnssec}"
+
     def expired(self, now: float) -> bool:
         """Is the lookup stale at `now` (the fetcher's clock)? Then fetch again."""
         return now >= self.expires
