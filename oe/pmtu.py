@@ -209,7 +209,10 @@ class PathMtu:
             self._want_round = True
 
     def next_timer(self) -> float | None:
-        """When handle_timer() is due; None if nothing is pending."""
+        """When handle_timer() or probes_to_send() is due (0.0: at once, a round is wanted);
+        None if nothing is pending."""
+        if self._want_round and not self._in_flight:
+            return 0.0
         if self._round_due is not None:
             return self._round_due
         return self._wake

@@ -386,3 +386,22 @@ def test_the_driver_takes_a_validated_too_big_and_the_local_route():
     driver.on_too_big(dp, "192.0.2.1", 1240, True, 1.1)
     assert driver.status("192.0.2.1")["path_mtu"] == 1240
     driver.on_too_big(dp, "198.51.100.9", 1240, False, 1.2)  # no such peer: nothing
+
+
+def test_an_owner_that_ticks_only_when_next_timer_says_gets_every_round():
+    """The daemon calls tick() only when next_timer() is due (no polling): a wanted round must
+    be due at once, or a new path would sit at its base for good (seen: pmtu_probes 0)."""
+    paths = Paths()
+    paths.track("192.0.2.1", 4, 1500, 10.0)
+    now, sent = 10.0, []
+    while now < 30.0:
+        due = paths.next_timer()
+        assert due is not None, "nothing pending: the search stalled"
+        now = max(now, due)
+        paths.handle_timer(now)
+        for _peer, size in paths.probes_to_send(now):
+            sent.append(size)
+            if size <= 1400:
+                paths.get("192.0.2.1").on_probe_acked(now + RTT, size)
+    assert paths.get("192.0.2.1").state is State.SEARCH_COMPLETE
+    assert paths.get("192.0.2.1").mtu == 1400 and sent[0] == BASE_PLPMTU[4]
