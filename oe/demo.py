@@ -59,13 +59,15 @@ class OeWorld:
         self.world.close()
 
 
-def zone_texts(keys: dict[str, bytes], ttl: int = 60) -> dict[str, str]:
-    """Reverse zones with an IPSECKEY for each keyed host, at each of its addresses."""
+def zone_texts(keys: dict[str, bytes], ttl: int = 60, origins=REVERSE_ZONES,
+               addresses=ADDRESSES) -> dict[str, str]:
+    """Reverse zones (`origins`) with an IPSECKEY for each keyed host, at each of its
+    `addresses` (the demo's by default; other test worlds name their own)."""
     zones = {}
-    for origin in REVERSE_ZONES:
+    for origin in origins:
         text = soa_ns_header(origin, NS_NAME, ttl=ttl)
         for name, blob in keys.items():
-            for address in ADDRESSES[name]:
+            for address in addresses[name]:
                 owner = records.owner_for(address)
                 if owner.is_subdomain(dns.name.from_text(origin)):
                     text += "\n".join(records.publication(records.IPSECKEY, blob, owner)) + "\n"
