@@ -20,7 +20,7 @@ import logging
 
 from oe.commands import (
     CheckLiveness, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer, Initiate, Log,
-    RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, Steer,
+    RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey, Steer,
 )
 from oe.dnskeys.choice import Target
 from oe.dpevents import (Acquire, IkeMessage, PathMtuProbeAcked, PathMtuTooBig, SaExpired,
@@ -28,7 +28,7 @@ from oe.dpevents import (Acquire, IkeMessage, PathMtuProbeAcked, PathMtuTooBig, 
 from oe.errors import OeError
 from oe.ike import events as ike_events
 from oe.ike.auth import Identity, PeerKey
-from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT, NotifyType
+from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT
 from oe.ike.ts import TrafficSelector
 from oe.lifecycle import ChildInfo, algorithm_name
 from oe.opportunist import Pair
@@ -105,16 +105,8 @@ class Executor:
             case ike_events.IkeSaEstablished():
                 self.lifecycle.ike_established(version, event.sa_id, now)
             case ike_events.IkeSaFailed():
-                pair = self.lifecycle.ike_gone(event.sa_id)
-                why = f"IKE timeout: {event.reason}" if event.notify is None else event.reason
-                auth = event.local and event.notify == NotifyType.AUTHENTICATION_FAILED
-                if pair is not None:
-                    self._run(self.opportunist.auth_failed(pair, why, now) if auth
-                              else self.opportunist.negotiation_failed(pair, why, now))
-                else:
-                    log.info("IKE with %s failed: %s", event.remote_addr, why)
-                    if auth:  # the key we hold may be stale: ask DNS afresh next time
-                        self.admission.auth_failed(event.remote_addr)
+                self._run(self.lifecycle.ike_failed(event.sa_id, event.remote_addr, event.reason,
+                                                    event.notify, event.local, now))
             case ike_events.IkeSaDeleted():
                 self.lifecycle.ike_gone(event.sa_id)
                 self.opportunist.ike_gone(event.sa_id, event.reason, now)
@@ -218,6 +210,8 @@ class Executor:
                     self._netlink.submit(self._steer, command).result()
                 case RefuseInClear(add=add, remove=remove):
                     self._netlink.submit(self._update_inbound, set(add), set(remove))
+                case StaleKey(peer=peer):
+                    self.admission.auth_failed(peer)
                 case Log(line=line):
                     log.info("%s", line)
                 case _:
