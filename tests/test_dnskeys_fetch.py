@@ -15,7 +15,8 @@ import pytest
 from knot import ZONEFILES, Knotd, committed_zones, has_ipv6_loopback
 from oe.config import DnsConfig
 from oe.dnskeys import Verdict
-from oe.dnskeys.fetcher import DnsKeyError, KeyFetcher, make_source, negative_ttl, unanswered
+from oe.dnskeys.fetcher import (FAILURE_HOLD, DnsKeyError, KeyFetcher, make_source, negative_ttl,
+                                unanswered)
 
 # Key ids of the public test keys in zonefiles/113.0.203.in-addr.arpa.zone (K1-K4 there).
 K1, K2, K3, K4 = "AwEAAfEj8", "AwEAAbeg1", "AwEAAbvSC", "AwEAAfQrG"
@@ -305,6 +306,28 @@ def test_a_nameserver_that_never_answers_costs_the_budget_and_no_more(black_hole
     assert unanswered(lookup)
     assert elapsed < 0.6 + 2.0  # generous: the point is that it is not 3 x 5 s of retries
     assert fetcher.cached() == 0  # timeouts are not cached
+
+
+def test_an_unanswered_lookup_is_held_briefly_so_the_next_one_does_not_wait_again(black_hole):
+    """RFC 2308 section 7: a resolver may keep a server failure (at most 5 minutes). Issue 15,
+    8: a responder whose lookup of a peer just timed out looked the same name up again as
+    initiator, for the reply, and waited the whole budget a second time."""
+    clock = Clock()
+    config = DnsConfig(nameservers=("127.0.0.1",), port=black_hole, query_timeout=0.2,
+                       total_timeout=0.4, dnssec="off")
+    fetcher = KeyFetcher(config, make_source(config, Path("/")), clock=clock)
+    first = asyncio.run(fetcher.fetch("203.0.113.1"))
+    queries = fetcher.stats.queries
+    start = time.monotonic()
+    again = asyncio.run(fetcher.fetch("203.0.113.1"))
+    assert time.monotonic() - start < 0.1 and fetcher.stats.queries == queries
+    assert again.error == first.error + f" (held for {FAILURE_HOLD:g} s)" and unanswered(again)
+    clock.now += FAILURE_HOLD
+    asyncio.run(fetcher.fetch("203.0.113.1"))               # the hold is over: asked again
+    assert fetcher.stats.queries > queries
+    queries = fetcher.stats.queries
+    asyncio.run(fetcher.fetch("203.0.113.1", refresh=True))  # refresh asks whatever is held
+    assert fetcher.stats.queries > queries
 
 
 def test_the_per_query_timeout_moves_on_to_the_next_nameserver(knot, black_hole):

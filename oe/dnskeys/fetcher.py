@@ -42,6 +42,10 @@ from oe.errors import OeError
 
 KEYSOURCES = ("dns", "zonefiles")
 TIMEOUT, FAILED = "DNS timeout", "DNS lookup"  # how the reasons of unanswered lookups begin
+FAILURE_HOLD = 10.0
+"""Seconds an unanswered lookup (timeout, SERVFAIL) is answered from memory: the next lookup of
+the name (a responder's, then its own as initiator) does not wait the budget again. RFC 2308
+section 7 allows up to five minutes; refresh=True asks regardless."""
 EDNS_PAYLOAD = 1232  # DNS flag day 2020: fits unfragmented; longer answers retry over TCP
 
 
@@ -239,6 +243,8 @@ class KeyFetcher:
         self.stats = FetcherStats()
         self._cache: OrderedDict[tuple[dns.name.Name, int], _Entry] = OrderedDict()
         self._inflight: dict[tuple[dns.name.Name, int], asyncio.Task[Answer]] = {}
+        # name -> (until, lookup): unanswered lookups held for FAILURE_HOLD, LRU-bounded
+        self._failed: OrderedDict[dns.name.Name, tuple[float, KeyLookup]] = OrderedDict()
 
     def nameservers(self) -> list[str]:
         """Addresses of the nameservers asked (none for zone files): exempt from trapping.
@@ -258,14 +264,14 @@ class KeyFetcher:
         """The key `target` publishes, or why there is none (never raises for DNS trouble).
 
         refresh: ask the source again whatever the cache holds (a query already under way is
-        fresh enough and is joined); the new answers are cached as usual.
+        fresh enough and is joined); the new answers are cached as usual. An unanswered lookup
+        is held for FAILURE_HOLD seconds and given again meanwhile.
         """
         if isinstance(target, str):
             try:
                 target = Target.parse(target)
             except ValueError as exc:
                 raise DnsKeyError(str(exc)) from None
-        budget = self.config.total_timeout
         rdtypes = [dns.rdatatype.from_text(kind) for kind in KINDS]
         if refresh:
             self.stats.refreshes += 1
@@ -273,6 +279,24 @@ class KeyFetcher:
                 self.source.flush()
             for rdtype in rdtypes:
                 self._cache.pop((target.name, int(rdtype)), None)
+            self._failed.pop(target.name, None)
+        held = self._failed.get(target.name)
+        if held is not None and self.clock() < held[0]:
+            return replace(held[1], target=target, expires=self.clock())
+        lookup = await self._ask(target, rdtypes)
+        if unanswered(lookup):
+            self._failed[target.name] = (self.clock() + FAILURE_HOLD, replace(
+                lookup, error=f"{lookup.error} (held for {FAILURE_HOLD:g} s)"))
+            self._failed.move_to_end(target.name)
+            while len(self._failed) > self.config.cache_size:
+                self._failed.popitem(last=False)
+        else:
+            self._failed.pop(target.name, None)
+        return lookup
+
+    async def _ask(self, target: Target, rdtypes: list) -> KeyLookup:
+        """One lookup of the three kinds at `target`, within the budget."""
+        budget = self.config.total_timeout
         try:  # the source keeps the budget; this only ends a source that does not
             async with asyncio.timeout(budget + self.config.query_timeout):
                 entries = await asyncio.gather(*(self._answer(target.name, t) for t in rdtypes))
