@@ -224,6 +224,8 @@ class Executor:
             log.info("%s", line)
         self._run(self.routes.follow(self.opportunist.tunnels.values(),
                                      routes=self.steering is not None, inbound=self._inbound))
+        # a peer's path MTU search ends with its last tunnel (docs/pmtu.md)
+        self.pmtu.retain(str(t.peer) for t in self.opportunist.tunnels.values())
         self._wake.set()
 
     async def _fetch(self, command: FetchKey) -> None:

@@ -386,3 +386,27 @@ def test_the_driver_takes_a_validated_too_big_and_the_local_route():
     driver.on_too_big(dp, "192.0.2.1", 1240, True, 1.1)
     assert driver.status("192.0.2.1")["path_mtu"] == 1240
     driver.on_too_big(dp, "198.51.100.9", 1240, False, 1.2)  # no such peer: nothing
+
+
+def test_peers_whose_last_tunnel_went_are_forgotten_and_the_table_stays_bounded():
+    """docs/pmtu.md: a peer's search ends with its last tunnel (`retain`, from the daemon's
+    tunnels after each change), so peers coming and going leave nothing behind; and the table
+    is capped anyway (oldest forgotten), whatever makes many short-lived SAs."""
+    from oe.pmtu import MAX_PATHS, PathMtuDriver
+    dp = FakeDatapath(1500)
+    driver = PathMtuDriver()
+    for i in range(3000):
+        peer = f"2001:db8::{i:x}"
+        driver.install(peer, 6, 1500, float(i))
+        driver.tick(dp, float(i))
+        driver.retain({peer, "192.0.2.1"} if i % 2 else {peer})
+    assert len(driver.paths) == 1
+    driver.install("192.0.2.1", 4, 1500, 3000.0)
+    driver.retain(["192.0.2.1"])
+    assert driver.status("192.0.2.1")["path_mtu"] == BASE_PLPMTU[4]
+    assert len(driver.paths) == 1
+    for i in range(MAX_PATHS + 10):                 # nobody retains: the cap holds
+        driver.install(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 4, 1500, 1.0)
+    assert len(driver.paths) == MAX_PATHS
+    assert driver.status("10.0.0.0") == {} and driver.status("192.0.2.1") == {}
+    assert driver.status(f"10.0.{(MAX_PATHS + 9) >> 8 & 255}.{(MAX_PATHS + 9) & 255}")
