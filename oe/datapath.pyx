@@ -14,7 +14,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-from oe.dp.batch cimport OutBatch, api_batch, batch_flush, batch_free, send_clear
+from oe.dp.batch cimport OutBatch, api_batch, batch_flush, batch_free, path_mtu_error, send_clear
 from oe.dp.classifier cimport Classifier as CClassifier
 from oe.dp.codes cimport (C_MALFORMED, C_PMTU_PROBES, C_SA_REFUSED, C_TUN_READ,
                           C_UNKNOWN_SPI, R_EXPIRED, R_MALFORMED, R_SEQUENCE, R_UNKNOWN_SPI,
@@ -478,6 +478,17 @@ cdef class Datapath:
             send_clear(self.c, family, to, &ov[0], r)
         return bytes(out[:r])
 
+    def path_mtu_error(self, peer, int spi, int mtu, bint local=False) -> bool:
+        """One entry of a socket's error queue as the loops take it (IP_RECVERR, docs/pmtu.md):
+        a datagram to `peer` starting with `spi` was too big for a hop of `mtu` (an ICMP), or
+        for the local route (`local`, the kernel's EMSGSIZE: it quotes nothing). True if raised
+        as a PathMtuTooBig event; False if it names none of our outbound SAs to that peer
+        (counted `pmtu_too_big_ignored`)."""
+        cdef bytes peer_b = ipaddress.ip_address(peer).packed
+        cdef bytes dst = peer_b + bytes(16 - len(peer_b))
+        return path_mtu_error(self.c, 4 if len(peer_b) == 4 else 6,
+                              <const uint8_t *><const char *>dst, spi, mtu, local)
+
     def outbound(self, packet, now=None) -> list:
         """Process one packet as if read from the TUN: [(kind, address, port, bytes)].
 
@@ -676,6 +687,8 @@ cdef dict _sa_dict(EspSa *sa):
         "policy": oe_load64(&sa.err_policy),
         "malformed": oe_load64(&sa.err_malformed),
         "expired": oe_load64(&sa.err_expired),
+        "send_errors": oe_load64(&sa.err_send),
+        "emsgsize": oe_load64(&sa.err_emsgsize),
         "soft_fired": bool(sa.fired & FIRED_SOFT),
         "hard_fired": bool(sa.fired & FIRED_HARD),
     }

@@ -258,6 +258,16 @@ MUTANTS = [
       "    if (oe_rd16(icmp + 4) != PROBE_ID or oe_rd32(icmp + 8) != PROBE_MAGIC_HI\n"
       "            or oe_rd32(icmp + 12) != PROBE_MAGIC_LO):\n",
       "    if oe_rd16(icmp + 4) != PROBE_ID:\n", "test_datapath_pmtu.py"),
+    m("dp-too-big-about-any-spi-believed", "oe/dp/batch.pyx",
+      "(any_spi or sa.spi == spi)", "True", "test_datapath_pmtu.py"),
+    m("dp-send-failures-not-per-sa", "oe/dp/batch.pyx",
+      "                oe_add64(&sa.err_send, b.failed[i].errors)\n", "",
+      "test_datapath_pmtu.py"),
+    m("dp-refused-datagram-not-retried", "oe/dp/csrc/sock.c",
+      "            if (retried != sent) {\n", "            if (0) {\n",
+      "test_datapath_pmtu.py"),
+    m("pmtu-paths-uncapped", "oe/pmtu.py", "            if len(self._paths) >= MAX_PATHS:\n",
+      "            if False:\n", "test_pmtu.py"),
     m("pmtu-probes-between-esp-steps", "oe/pmtu.py", "        return size - size % self.step\n",
       "        return size\n", "test_pmtu.py"),
     # The OE decisions and the daemon's bounds (issue 10, 3-12 and its review)

@@ -71,6 +71,8 @@ cdef struct EspSa:
     uint64_t err_policy
     uint64_t err_malformed
     uint64_t err_expired
+    uint64_t err_send           # outbound datagrams the kernel refused (batch_settle)
+    uint64_t err_emsgsize       # ... of them as too big for the local route
     uint32_t fired              # FIRED_* (atomic)
     uint32_t pending            # PENDING_* (atomic)
     uint8_t soft_reason         # R_* of the soft / hard event, written before its PENDING_ bit
