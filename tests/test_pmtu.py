@@ -410,3 +410,19 @@ def test_peers_whose_last_tunnel_went_are_forgotten_and_the_table_stays_bounded(
     assert len(driver.paths) == MAX_PATHS
     assert driver.status("10.0.0.0") == {} and driver.status("192.0.2.1") == {}
     assert driver.status(f"10.0.{(MAX_PATHS + 9) >> 8 & 255}.{(MAX_PATHS + 9) & 255}")
+
+
+def test_a_round_waiting_to_start_is_due_at_once():
+    """The daemon sleeps until the earliest next_timer() of its parts and ticks the driver only
+    then: a new peer's first round (and any round an input asked for) must be due at once, or
+    its probes wait for some other part's timer and the path stays at the base."""
+    from oe.pmtu import PathMtuDriver
+    dp = FakeDatapath(1500)
+    driver = PathMtuDriver()
+    driver.install("192.0.2.1", 4, 1500, 5.0)
+    assert driver.next_timer() is not None and driver.next_timer() <= 5.0
+    driver.tick(dp, 5.0)
+    assert dp.acks == [("192.0.2.1", BASE_PLPMTU[4])]
+    assert driver.next_timer() == 5.0 + Timers().probe       # in flight: the probe timer
+    driver.on_probe_acked(dp, *dp.acks.pop(0), 5.02)           # the next round goes at once
+    assert dp.acks and driver.next_timer() == 5.02 + Timers().probe
