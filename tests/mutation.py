@@ -268,6 +268,9 @@ MUTANTS = [
       "test_datapath_pmtu.py"),
     m("pmtu-paths-uncapped", "oe/pmtu.py", "            if len(self._paths) >= MAX_PATHS:\n",
       "            if False:\n", "test_pmtu.py"),
+    m("pmtu-first-round-waits-for-another-timer", "oe/pmtu.py",
+      "        if self._want_round and not self._in_flight:\n            return self.now\n", "",
+      "test_pmtu.py"),
     m("pmtu-probes-between-esp-steps", "oe/pmtu.py", "        return size - size % self.step\n",
       "        return size\n", "test_pmtu.py"),
     # The OE decisions and the daemon's bounds (issue 10, 3-12 and its review)
