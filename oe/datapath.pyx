@@ -21,8 +21,8 @@ from oe.dp.codes cimport (C_MALFORMED, C_PMTU_PROBES, C_SA_REFUSED, C_TUN_READ,
                           count)
 from oe.dp.core cimport DpCore
 from oe.dp.esp cimport ESP_HDR, aead_context, esp_open, esp_seal, fetch_ciphers
-from oe.dp.events cimport (EV_ACQUIRE, EV_IKE, EV_PATH_MTU, EV_PROBE_ACK, EV_REPLAY, DpEvent,
-                           ev_free, ev_init, ev_pop)
+from oe.dp.events cimport (EV_ACQUIRE, EV_BLACK_HOLE, EV_IKE, EV_PATH_MTU, EV_PROBE_ACK,
+                           EV_REPLAY, DpEvent, ev_free, ev_init, ev_pop)
 from oe.dp.holds cimport HOLD_BUCKETS, Hold, holds_free, holds_init
 from oe.dp.inbound cimport dp_inbound
 from oe.dp.loop cimport LOOP_IN, LOOP_OUT, LoopThread, loop_join, loop_sockets, loop_start
@@ -43,8 +43,8 @@ from oe.dp.codes import COUNTER_NAMES, REASONS
 from oe.dp.esp import EspError, esp_overhead, gcm_decrypt, gcm_encrypt
 from oe.dp.replay import ReplayWindow
 from oe.dp.saspec import ANY_PORT, DF_POLICIES, Direction, Encap, SaSpec, ts_range
-from oe.dpevents import (Acquire, AuthFailure, IkeMessage, PathMtuProbeAcked, PathMtuTooBig,
-                         ReplayFailure, SaExpired, SaSoftLimit)
+from oe.dpevents import (Acquire, AuthFailure, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked,
+                         PathMtuTooBig, ReplayFailure, SaExpired, SaSoftLimit)
 
 __all__ = ["ANY_PORT", "COUNTER_NAMES", "DF_POLICIES", "FLOW_RECORD_SIZE", "REASONS", "Classifier",
            "Datapath",
@@ -386,6 +386,8 @@ cdef class Datapath:
         if e.kind == EV_PATH_MTU:
             return PathMtuTooBig(peer=_address(e.src, e.version), mtu=e.count,
                                  local=bool(e.reason))
+        if e.kind == EV_BLACK_HOLE:
+            return PathMtuBlackHole(peer=_address(e.src, e.version))
         if e.kind == EV_PROBE_ACK:
             return PathMtuProbeAcked(peer=_address(e.src, e.version), size=e.count)
         if e.kind == EV_IKE:

@@ -23,8 +23,8 @@ from oe.commands import (
     RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, Steer,
 )
 from oe.dnskeys.choice import Target
-from oe.dpevents import (Acquire, IkeMessage, PathMtuProbeAcked, PathMtuTooBig, SaExpired,
-                         SaSoftLimit)
+from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked, PathMtuTooBig,
+                         SaExpired, SaSoftLimit)
 from oe.errors import OeError
 from oe.ike import events as ike_events
 from oe.ike.auth import Identity, PeerKey
@@ -73,6 +73,8 @@ class Executor:
                 self.pmtu.on_probe_acked(self.datapath, str(event.peer), event.size, now)
             case PathMtuTooBig():  # ICMP about the outer path, its quoted SPI ours
                 self.pmtu.on_too_big(self.datapath, str(event.peer), event.mtu, event.local, now)
+            case PathMtuBlackHole():  # a large TCP segment sent again (RFC 8899 4.3)
+                self.pmtu.on_black_hole_suspected(self.datapath, str(event.peer), now)
             case _:
                 log.warning("datapath: %s", event)
 

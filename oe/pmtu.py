@@ -441,6 +441,14 @@ class PathMtuDriver:
             path.on_packet_too_big(now, mtu)
         self.tick(datapath, now)
 
+    def on_black_hole_suspected(self, datapath, peer: str, now: float) -> None:
+        """The datapath saw a large TCP segment sent again (PathMtuBlackHole): the path's
+        size is confirmed at once (RFC 8899 4.3), not at the next confirmation."""
+        path = self.paths.get(peer)
+        if path is not None:
+            path.on_black_hole_suspected(now)
+            self.tick(datapath, now)
+
     def tick(self, datapath, now: float) -> float | None:
         """Timers due, probes to send, changes to push; when to tick next (None: nothing)."""
         self.paths.handle_timer(now)

@@ -362,3 +362,33 @@ def test_datagrams_the_kernel_refuses_are_counted_on_their_sa_and_none_lost_to_a
     assert (stats[refused]["send_errors"], stats[refused]["emsgsize"]) == (3, 0)
     assert (stats[fine]["send_errors"], stats[fine]["packets"]) == (0, 3)
     assert dp.stats()["send_errors"] == 3
+
+
+def test_a_large_tcp_segment_sent_again_raises_a_suspected_black_hole():
+    """RFC 8899 4.3 / 5.2: the datapath's own evidence that large packets are lost: a TCP
+    segment whose ESP packet exceeds the base size (1200 outer, IPv4), sent again (its data at
+    or below what its flow already sent), raises PathMtuBlackHole for the SA's peer, at most
+    once a second; small segments sent again (loss the path MTU cannot explain) raise
+    nothing."""
+    from oe.dpevents import PathMtuBlackHole
+    dp, handle, _ = sealing()
+    mtu = dp.sa_stats(handle, "out")["mtu"]
+
+    def segment(seq, size, sport=40000):
+        return raw(IP(src=ME, dst=PEER, flags="DF") / TCP(sport=sport, dport=80, flags="A",
+                                                          seq=seq) / (b"d" * size))
+
+    full = mtu - 40
+    for k in range(4):
+        dp.outbound(segment(1000 + k * full, full), now=1.0)
+    dp.outbound(segment(7, full, sport=40001), now=1.0)              # another flow
+    dp.outbound(segment(5000, 100), now=1.5)                          # small, then again
+    dp.outbound(segment(5000, 100), now=1.6)
+    assert dp.read_events() == []
+    dp.outbound(segment(1000 + full, full), now=2.0)                  # sent again
+    assert dp.read_events() == [PathMtuBlackHole(peer=ipaddress.ip_address(PEER))]
+    dp.outbound(segment(1000, full), now=2.5)                         # within the second
+    assert dp.read_events() == []
+    dp.outbound(segment(7, full, sport=40001), now=3.1)
+    assert dp.read_events() == [PathMtuBlackHole(peer=ipaddress.ip_address(PEER))]
+    assert dp.stats()["pmtu_black_holes"] == 2

@@ -426,3 +426,22 @@ def test_a_round_waiting_to_start_is_due_at_once():
     assert driver.next_timer() == 5.0 + Timers().probe       # in flight: the probe timer
     driver.on_probe_acked(dp, *dp.acks.pop(0), 5.02)           # the next round goes at once
     assert dp.acks and driver.next_timer() == 5.02 + Timers().probe
+
+
+def test_the_driver_confirms_at_once_when_a_black_hole_is_suspected():
+    """A PathMtuBlackHole from the datapath (a large TCP segment retransmitted, RFC 8899 4.3):
+    a path at rest probes its size at once instead of at the next confirmation (10 s)."""
+    from oe.pmtu import PathMtuDriver
+    dp = FakeDatapath(1500)
+    driver = PathMtuDriver()
+    driver.install("192.0.2.1", 4, 1500, 0.0)
+    now = 0.0
+    while driver.status("192.0.2.1")["pmtu_state"] != "search complete":
+        driver.tick(dp, now)
+        while dp.acks:
+            driver.on_probe_acked(dp, *dp.acks.pop(0), now + RTT)
+        now += 1.0
+    assert driver.next_timer() > now + 5
+    driver.on_black_hole_suspected(dp, "192.0.2.1", now)
+    assert dp.acks == [("192.0.2.1", 1500)]
+    driver.on_black_hole_suspected(dp, "198.51.100.9", now)          # no such peer: nothing
