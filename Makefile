@@ -1,9 +1,12 @@
 # The two quick-start commands: `make demo` and `make test` (Debian 12, as root).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-APT    := python3 python3-venv python3-dev gcc libssl-dev make iproute2 iputils-ping procps \
-          knot knot-dnsutils strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-          libstrongswan-standard-plugins iperf3 tcpdump nftables
+# Debian's python: python3-unbound (libunbound, the DNSSEC validator) exists only for it, so the
+# venv is made from it with --system-site-packages, whatever python3 comes first on PATH.
+SYSPY  := /usr/bin/python3
+APT    := python3 python3-venv python3-dev python3-unbound dns-root-data gcc libssl-dev make \
+          iproute2 iputils-ping procps knot knot-dnsutils strongswan-charon strongswan-swanctl \
+          libcharon-extra-plugins libstrongswan-standard-plugins iperf3 tcpdump nftables
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: setup apt venv build test mutation demo walkthrough bench clean
@@ -18,7 +21,7 @@ apt:
 	@systemctl disable --now strongswan-starter strongswan knot >/dev/null 2>&1 || true
 
 venv:
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || $(SYSPY) -m venv --system-site-packages $(VENV)
 	@$(PY) -m pip install -q --upgrade pip setuptools wheel Cython
 	@$(PY) -m pip install -q -e '.[test]' --no-build-isolation
 

@@ -370,7 +370,8 @@ def _lookup_text(lookup: dnskeys.KeyLookup) -> list[str]:
             f"gateway  {data['gateway']}",
             f"key id   {data['key_id']}  ({data['bits']} bits, {data['sha256']})",
             f"ttl      {data['ttl']} s",
-            f"why      {data['why']}"]
+            f"why      {data['why']}",
+            f"dnssec   {data['dnssec']}"]
 
 
 def cmd_dnskey(args) -> int:
@@ -400,7 +401,10 @@ def cmd_verify(args) -> int:
     elif not problems:
         print(f"ok: {lookup.target.name} publishes hostkey.pem's key {lookup.key_id} "
               f"({lookup.key.bits} bits) in {lookup.record.kind}, gateway "
-              f"{dnsrecords.gateway_text(lookup.gateway)}")
+              f"{dnsrecords.gateway_text(lookup.gateway)} (dnssec {lookup.dnssec})")
+        advice = dnskeys.dnssec_advice(lookup)
+        if advice is not None:  # issue 12: what an unsigned own record costs, and the fix
+            print(f"note: {advice}")
     for problem in problems:
         print(f"oe: {problem}", file=sys.stderr)
     return 2 if problems else 0

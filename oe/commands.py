@@ -131,6 +131,14 @@ class RefuseInClear:
 
 
 @dataclass(frozen=True)
+class StaleKey:
+    """A peer's AUTH did not verify with the key we hold as responder: ask DNS afresh next
+    time (oe.admission)."""
+
+    peer: str
+
+
+@dataclass(frozen=True)
 class Log:
     """One decision line for the log."""
 
@@ -139,8 +147,8 @@ class Log:
 
 Command = Union[FetchKey, Initiate, DeleteIke, DeleteChild, RekeyChild, CheckLiveness,
                 SampleInbound, FetchPeerKey, ReplayInit, RefuseInit, FollowPeer, Steer,
-                RefuseInClear, Log]
+                RefuseInClear, StaleKey, Log]
 
 __all__ = ["FetchKey", "Initiate", "DeleteIke", "DeleteChild", "RekeyChild", "CheckLiveness",
            "SampleInbound", "FetchPeerKey", "ReplayInit", "RefuseInit", "FollowPeer", "Steer",
-           "RefuseInClear", "Log", "Command"]
+           "RefuseInClear", "StaleKey", "Log", "Command"]

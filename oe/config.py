@@ -44,6 +44,14 @@ class DnsConfig:
     """Directory of master files for keysource = "zonefiles"."""
     allow_unsigned_delegation: bool = False
     """Accept a gateway other than the target from answers without DNSSEC (RFC 4322 3.2.4.1)."""
+    dnssec: str = "validate"
+    """"validate": answers are checked by libunbound from trust_anchors and carry their state
+    (secure, insecure, bogus); "off": no validation, every answer counts as unsigned."""
+    trust_anchors: tuple[str, ...] = ()
+    """Files of DS or DNSKEY records (zone-file format), relative to the configuration
+    directory; empty: the root key of dns-root-data (/usr/share/dns/root.key) when present."""
+    require_dnssec: bool = False
+    """Only keys from DNSSEC-secure answers count; insecure answers are no key."""
     min_key_bits: int = 2048
     """RSA keys shorter than this are refused."""
     cache_size: int = 4096
@@ -194,6 +202,7 @@ RESERVED_PRIORITIES = {0: "the local table's rule"}
 U32_MAX = 0xFFFFFFFF
 IFNAMSIZ = 16  # linux/if.h: an interface name and its NUL
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DNSSEC_MODES = ("validate", "off")
 POSITIVE = {"shunt_lifetime", "sa_lifetime", "dpd_delay", "query_timeout", "total_timeout",
             "holds", "shunts", "half_open", "lookups", "queued_acquires", "cache_size"}
 
@@ -262,6 +271,10 @@ def _values(config: Config) -> list[Problem]:
     if dns.total_timeout < dns.query_timeout:
         bad("[dns] total_timeout", f"{dns.total_timeout:g} s is shorter than one query "
                                    f"({dns.query_timeout:g} s)")
+    if dns.dnssec not in DNSSEC_MODES:
+        bad("[dns] dnssec", f'expected "validate" or "off", got {dns.dnssec!r}')
+    if dns.require_dnssec and dns.dnssec == "off":
+        bad("[dns] require_dnssec", 'true needs dnssec = "validate"')
     if config.log_level not in LOG_LEVELS:
         bad("log_level", f"{config.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
     if config.esp.df not in DF_POLICIES:

@@ -383,6 +383,11 @@ class Daemon(Executor):
         except OeError:
             self.config, self.fetcher = old
             raise
+        close = getattr(old[1].source, "close", None)
+        if self.fetcher is not old[1] and close is not None:
+            # libunbound's pipe stays watched until the old fetcher's lookups are over
+            dns = old[0].dns
+            self.loop.call_later(dns.total_timeout + dns.query_timeout, close)
         self.key = report.key
         self.opportunist.limits = _limits(self.config)
         for side in self.sides.values():  # new negotiations and rekeys take the new terms

@@ -1,15 +1,19 @@
 """`oe demo`: a small OE world in network namespaces, shown working, then torn down.
 
-    dns    192.0.2.53  2001:db8::53   knotd serving the reverse zones, keys made afresh
+    dns    192.0.2.53  2001:db8::53   knotd serving and signing the reverse zones (DNSSEC),
+                                      host keys made afresh
     alice  192.0.2.10  2001:db8::10   oe, private-or-clear 0.0.0.0/0 and ::/0, key in DNS
     bob    192.0.2.20  2001:db8::20   oe, private-or-clear 0.0.0.0/0 and ::/0, key in DNS
     carol  192.0.2.30  2001:db8::30   no oe, no key: OE falls back to clear
 
-All on one bridge in a switch namespace, where tcpdump watches the wire.
+All on one bridge in a switch namespace, where tcpdump watches the wire. alice, bob and carol
+take the zones' DS records as their trust anchors (oe.conf [dns] trust_anchors), as a LAN
+without a signed path from the root would: their keys validate secure.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -20,7 +24,7 @@ import dns.name
 from oe import hostkey
 from oe.errors import OeError
 from oe.dnskeys import records
-from oe.knotd import Knotd, soa_ns_header
+from oe.knotd import NSEC, Knotd, soa_ns_header
 from oe.netns import Host, World
 
 ADDRESSES = {
@@ -32,6 +36,8 @@ ADDRESSES = {
 REVERSE_ZONES = ("2.0.192.in-addr.arpa",
                  "0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa")
 NS_NAME = "ns.oe.test"
+ANCHORS = "trust-anchors.ds"
+"""In each host's confdir: the DS of the zones knotd signs."""
 
 
 @dataclass
@@ -53,13 +59,15 @@ class OeWorld:
         self.world.close()
 
 
-def zone_texts(keys: dict[str, bytes], ttl: int = 60) -> dict[str, str]:
-    """Reverse zones with an IPSECKEY for each keyed host, at each of its addresses."""
+def zone_texts(keys: dict[str, bytes], ttl: int = 60, origins=REVERSE_ZONES,
+               addresses=ADDRESSES) -> dict[str, str]:
+    """Reverse zones (`origins`) with an IPSECKEY for each keyed host, at each of its
+    `addresses` (the demo's by default; other test worlds name their own)."""
     zones = {}
-    for origin in REVERSE_ZONES:
+    for origin in origins:
         text = soa_ns_header(origin, NS_NAME, ttl=ttl)
         for name, blob in keys.items():
-            for address in ADDRESSES[name]:
+            for address in addresses[name]:
                 owner = records.owner_for(address)
                 if owner.is_subdomain(dns.name.from_text(origin)):
                     text += "\n".join(records.publication(records.IPSECKEY, blob, owner)) + "\n"
@@ -96,8 +104,15 @@ def build(workdir: Path, *, key_bits: int = 2048, keyed=("alice", "bob"),
         dns_host = hosts["dns"]
         knotd = Knotd(dns_host.dir / "knot", zone_texts(blobs),
                       listen=[(ADDRESSES["dns"][0], 53), (ADDRESSES["dns"][1], 53)],
-                      prefix=("ip", "netns", "exec", dns_host.name))
-        knotd.start(ready=lambda: _serves(world, hosts["alice"]))
+                      prefix=("ip", "netns", "exec", dns_host.name),
+                      signing={origin: NSEC for origin in REVERSE_ZONES})
+        knotd.start(ready=lambda: _serves(world, hosts["alice"]) and knotd.signed())
+        anchors = "".join(knotd.anchor(origin) for origin in REVERSE_ZONES)
+        for name in ("alice", "bob", "carol"):
+            confdir = hosts[name].dir / "conf"
+            (confdir / ANCHORS).write_text(anchors)
+            with open(confdir / "oe.conf", "a") as conf:  # [dns], which policy_conf ends with
+                conf.write(f'trust_anchors = ["{ANCHORS}"]\n')
         return OeWorld(world, hosts, knotd)
     except BaseException:  # also Ctrl-C or SIGTERM while knotd starts: it is our child
         if knotd is not None:
@@ -258,6 +273,12 @@ def main(keep: bool = False) -> int:
                 start_oe(oe_world, name)
             say("oe running on alice and bob (private-or-clear 0.0.0.0/0 and ::/0); "
                 "their keys are in DNS as IPSECKEY, carol publishes none")
+            hosts = oe_world.hosts
+            found = json.loads(oe_cmd(oe_world, "alice", "dnskey", hosts["bob"].address,
+                                      "--json", check=False).stdout or "{}")
+            say(f"alice$ oe dnskey {hosts['bob'].address} --json: {found.get('source')} "
+                f"key id {found.get('key_id')}, dnssec: {found.get('dnssec')} (the zones are "
+                f"signed by knotd; alice's trust anchor is their DS)")
             capture, pcap = start_capture(oe_world)
             hosts, world = oe_world.hosts, oe_world.world
             bob, carol = hosts["bob"].address, hosts["carol"].address

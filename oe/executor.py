@@ -20,7 +20,7 @@ import logging
 
 from oe.commands import (
     CheckLiveness, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer, Initiate, Log,
-    RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, Steer,
+    RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey, Steer,
 )
 from oe.dnskeys.choice import Target
 from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked, PathMtuTooBig,
@@ -28,10 +28,11 @@ from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcke
 from oe.errors import OeError
 from oe.ike import events as ike_events
 from oe.ike.auth import Identity, PeerKey
-from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT, NotifyType
+from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT
 from oe.ike.ts import TrafficSelector
 from oe.lifecycle import ChildInfo, algorithm_name
 from oe.opportunist import Pair
+from oe.peerkeys import address_id
 
 log = logging.getLogger("oe")
 
@@ -89,7 +90,8 @@ class Executor:
                 installed = self._install_child(version, event.sa_id, event.child)
                 pair = self.lifecycle.pairs.get(event.sa_id)
                 if pair is not None and installed is not None:
-                    self.lifecycle.child_rekeyed(event.child.spi_in, ChildInfo.of(event.child, now))
+                    self.lifecycle.child_rekeyed(event.child.spi_in, ChildInfo.of(
+                        event.child, now, self._key_provenance(pair)))
                     self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out,
                                                     now, sa_out=installed[2],
                                                     narrowing=installed[1])
@@ -105,16 +107,8 @@ class Executor:
             case ike_events.IkeSaEstablished():
                 self.lifecycle.ike_established(version, event.sa_id, now)
             case ike_events.IkeSaFailed():
-                pair = self.lifecycle.ike_gone(event.sa_id)
-                why = f"IKE timeout: {event.reason}" if event.notify is None else event.reason
-                auth = event.local and event.notify == NotifyType.AUTHENTICATION_FAILED
-                if pair is not None:
-                    self._run(self.opportunist.auth_failed(pair, why, now) if auth
-                              else self.opportunist.negotiation_failed(pair, why, now))
-                else:
-                    log.info("IKE with %s failed: %s", event.remote_addr, why)
-                    if auth:  # the key we hold may be stale: ask DNS afresh next time
-                        self.admission.auth_failed(event.remote_addr)
+                self._run(self.lifecycle.ike_failed(event.sa_id, event.remote_addr, event.reason,
+                                                    event.notify, event.local, now))
             case ike_events.IkeSaDeleted():
                 self.lifecycle.ike_gone(event.sa_id)
                 self.opportunist.ike_gone(event.sa_id, event.reason, now)
@@ -134,10 +128,19 @@ class Executor:
             return
         pair, narrowing, handle = installed
         initiator = pair in self.opportunist.negotiations
-        self.lifecycle.child_installed(sa_id, pair, child.spi_in, ChildInfo.of(child, now))
+        self.lifecycle.child_installed(sa_id, pair, child.spi_in,
+                                       ChildInfo.of(child, now, self._key_provenance(pair)))
         self._run(self.opportunist.tunnel_up(
             pair, ipaddress.ip_address(child.remote_addr), sa_id, child.spi_in, child.spi_out,
             algorithm_name(child), child.udp_encap, initiator, now, narrowing, handle))
+
+    def _key_provenance(self, pair: Pair) -> str | None:
+        """Where the peer's key came from (oe status): the key kept for its address (RFC 4322:
+        the ID is the address), or what its tunnel showed before a rekey."""
+        tunnel = self.opportunist.tunnels.get(pair)
+        before = self.lifecycle.children.get(tunnel.spi_in) if tunnel is not None else None
+        return self.keys.provenance(address_id(str(pair.dst))) or \
+            (before.key if before is not None else None)
 
     async def _timers(self) -> None:
         """Sleep until the earliest timer of the pure parts (shunt expiry, rate-limited
@@ -209,6 +212,8 @@ class Executor:
                     self._netlink.submit(self._steer, command).result()
                 case RefuseInClear(add=add, remove=remove):
                     self._netlink.submit(self._update_inbound, set(add), set(remove))
+                case StaleKey(peer=peer):
+                    self.admission.auth_failed(peer)
                 case Log(line=line):
                     log.info("%s", line)
                 case _:

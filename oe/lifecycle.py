@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from oe.commands import CheckLiveness, Command, DeleteChild, DeleteIke, Log, RekeyChild, \
-    SampleInbound
-from oe.ike.constants import DhId, EncrId, IntegId
+    SampleInbound, StaleKey
+from oe.ike.constants import DhId, EncrId, IntegId, NotifyType
 from oe.opportunist import Opportunist, Pair, Tunnel
 
 CHILDLESS_GRACE = 30.0  # seconds an IKE SA may live without a CHILD SA before we delete it
@@ -67,13 +67,15 @@ class ChildInfo:
     last_in: tuple[int, float | None] = (0, None)
     """(packets, when the count was last seen to grow)."""
     last_out: tuple[int, float | None] = (0, None)
+    key: str | None = None
+    """Where the peer's key came from: record kind and DNSSEC state (oe.peerkeys)."""
 
     @classmethod
-    def of(cls, child, now: float) -> "ChildInfo":
-        """From an oe.ike ChildSa installed at `now`."""
+    def of(cls, child, now: float, key: str | None = None) -> "ChildInfo":
+        """From an oe.ike ChildSa installed at `now`, its peer's key from `key`."""
         return cls(now, algorithm_name(child).removesuffix("_ESN"),
                    _name(IntegId, child.integ) if child.integ else None,
-                   _name(DhId, child.dh) if child.dh else None, child.esn)
+                   _name(DhId, child.dh) if child.dh else None, child.esn, key=key)
 
 
 class Lifecycle:
@@ -110,6 +112,19 @@ class Lifecycle:
     def ike_established(self, version: int, sa_id: int, now: float) -> None:
         self._family[sa_id] = version
         self._childless[sa_id] = now
+
+    def ike_failed(self, sa_id: int, peer: str, reason: str, notify: int | None, local: bool,
+                   now: float) -> list[Command]:
+        """An IKE SA failed. Our own check of the peer's AUTH failing means the key we hold
+        may be stale (rotated within its TTL): the initiator fetches it afresh once, the
+        responder asks DNS afresh next time; anything else fails the negotiation."""
+        pair = self.ike_gone(sa_id)
+        why = f"IKE timeout: {reason}" if notify is None else reason
+        auth = local and notify == NotifyType.AUTHENTICATION_FAILED
+        if pair is not None:
+            return (self.opportunist.auth_failed(pair, why, now) if auth
+                    else self.opportunist.negotiation_failed(pair, why, now))
+        return [Log(f"IKE with {peer} failed: {why}")] + ([StaleKey(peer)] if auth else [])
 
     def ike_gone(self, sa_id: int) -> Pair | None:
         """The IKE SA was deleted or failed; returns the pair it was for."""

@@ -325,6 +325,8 @@ class Opportunist:
             return self._fail(pair, f"{pair.dst}'s record delegates to gateway {gateway}; "
                                     "oe does not negotiate with delegated gateways yet", now)
         negotiation.stage = "ike"
+        if lookup.provenance is not None:
+            self.log.append(f"key for {pair.dst} from {lookup.provenance}: initiating IKE")
         return [Initiate(pair, gateway)]
 
     def negotiation_failed(self, pair: Pair, reason: str, now: float) -> list[Command]:

@@ -34,6 +34,7 @@ class PeerKeys:
 
     def __init__(self) -> None:
         self._keys: dict[Identity, tuple[PeerKey, float]] = {}
+        self._provenance: dict[Identity, str] = {}  # the record and DNSSEC state of each key
         self._next_sweep: float | None = None
 
     def __len__(self) -> int:
@@ -56,6 +57,7 @@ class PeerKeys:
                 key.public_numbers():
             vouched |= old[0].addresses
         self._keys[owner] = (PeerKey(key, frozenset(vouched)), max(lookup.expires, now + KEY_GRACE))
+        self._provenance[owner] = lookup.provenance
         if self._next_sweep is None:
             self._next_sweep = now + KEY_GRACE
 
@@ -65,15 +67,21 @@ class PeerKeys:
             return None
         return entry[0]
 
+    def provenance(self, identity: Identity) -> str | None:
+        """The record kind and DNSSEC state of the key kept for `identity` (oe status)."""
+        return self._provenance.get(identity) if identity in self._keys else None
+
     def forget(self, identity: Identity) -> None:
         """The key failed to verify: ask DNS afresh next time."""
         self._keys.pop(identity, None)
+        self._provenance.pop(identity, None)
 
     def sweep(self, now: float) -> None:
         """Keys past their TTL go (a peer that returns is asked again)."""
         if self._next_sweep is None or now < self._next_sweep:
             return
         self._keys = {i: e for i, e in self._keys.items() if e[1] > now}
+        self._provenance = {i: p for i, p in self._provenance.items() if i in self._keys}
         self._next_sweep = now + KEY_GRACE if self._keys else None
 
     def next_timer(self) -> float | None:

@@ -213,12 +213,12 @@ class PathMtu:
             self._want_round = True
 
     def next_timer(self) -> float | None:
-        """When handle_timer() or probes_to_send() is due; None if nothing is pending. A round
-        that waits to start is due at once (its time is in the past: `now` at creation)."""
+        """When handle_timer() or probes_to_send() is due (0.0: at once, a round is wanted);
+        None if nothing is pending."""
+        if self._want_round and not self._in_flight:
+            return 0.0
         if self._round_due is not None:
             return self._round_due
-        if self._want_round and not self._in_flight:
-            return self.now
         return self._wake
 
     # ------------------------------------------------------------------ search

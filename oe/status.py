@@ -81,6 +81,9 @@ class ChildSaStatus:
     """Outbound datagrams the kernel refused to send (issue 17, 3: no silent loss)."""
     emsgsize: int = 0
     """... of them as too big for the local route (EMSGSIZE; it lowers the path MTU)."""
+    key: str | None = None
+    """Where the peer's key came from: record kind and DNSSEC state, e.g. "IPSECKEY, dnssec
+    secure" (issue 12)."""
 
 
 @dataclass
@@ -220,7 +223,7 @@ def child_sa_status(tunnel, lifecycle, stats_in: dict, stats_out: dict,
         expires_in=None if info is None else round(info.installed + times.lifetime - now, 1),
         last_used=None if used is None else round(now - used, 1),
         send_errors=stats_out.get("send_errors", 0), emsgsize=stats_out.get("emsgsize", 0),
-        **path)
+        key=info.key if info else None, **path)
 
 
 def _jsonable(value):
@@ -277,6 +280,8 @@ def _child_details(sa: ChildSaStatus) -> str:
         parts.append(f"pmtu {sa.path_mtu} ({sa.path_mtu_source})")
     if sa.send_errors:
         parts.append(f"{sa.send_errors} send errors ({sa.emsgsize} too big)")
+    if sa.key is not None:
+        parts.append(f"key {sa.key}")
     return f"    IKE SA #{sa.sa_id}: " + ", ".join(parts)
 
 

@@ -3,6 +3,9 @@
     with Knotd(workdir, {"113.0.203.in-addr.arpa": text, ...}) as knot:
         ... query 127.0.0.1 or ::1 at knot.port ...
 
+    with Knotd(workdir, zones, signing={"test.example": NSEC3}) as knot:
+        anchor = knot.anchor("test.example")   # its DS, for a validator's trust anchor
+
 oe.knotd runs it in the foreground as our child, with its own config, zone copies, database
 and control socket in `workdir`; it is stopped by its pid. Nothing outside `workdir` is touched.
 """
@@ -14,9 +17,7 @@ import subprocess
 from pathlib import Path
 
 from oe.knotd import Knotd as ServedZones
-from oe.knotd import KnotdError
-
-KNOTC = "/usr/sbin/knotc"
+from oe.knotd import KNOTC, KnotdError
 ZONEFILES = Path(__file__).resolve().parent.parent / "zonefiles"
 
 
@@ -53,8 +54,10 @@ def has_ipv6_loopback() -> bool:
 class Knotd(ServedZones):
     """oe.knotd's server on a free loopback port, 127.0.0.1 and (where there is one) ::1."""
 
-    def __init__(self, workdir: Path, zones: dict[str, str]):
-        super().__init__(workdir, zones, listen=[])
+    def __init__(self, workdir: Path, zones: dict[str, str],
+                 signing: dict[str, str] | None = None):
+        """signing: origin -> oe.knotd.NSEC or NSEC3 for the zones knotd signs itself."""
+        super().__init__(workdir, zones, listen=[], signing=signing)
         self.port = 0
 
     def start(self, wait: float = 15.0, ready=None) -> None:

@@ -1,6 +1,7 @@
 """The responder's door (oe.admission) and the key cache (oe.peerkeys), driven in memory."""
 
 import ipaddress
+from dataclasses import replace
 
 import pytest
 
@@ -13,7 +14,7 @@ from oe.ike.auth import Identity
 from oe.ike.constants import NotifyType
 from oe.ike.ts import TrafficSelector
 from oe.opportunist import Opportunist
-from oe.peerkeys import KEY_GRACE, PeerKeys
+from oe.peerkeys import KEY_GRACE, PeerKeys, address_id
 from oe.policygroups import combine, parse_group, prospective_table
 
 ME = "192.0.2.10"
@@ -167,3 +168,11 @@ def test_responder_selectors_are_single_hosts_of_an_oe_group():
     assert a.selectors_allowed(ME, (TrafficSelector.host(PEER, 6, 22),))
     assert not a.selectors_allowed(ME, (TrafficSelector(ip(PEER), ip("198.51.100.3")),))
     assert not a.selectors_allowed(ME, (TrafficSelector.host("203.0.113.5"),))
+
+
+def test_kept_keys_remember_their_provenance(host_key):
+    """Issue 12: status names the record and DNSSEC state of the key an SA's peer proved."""
+    keys = PeerKeys()
+    keys.keep(replace(lookup(host_key, PEER), dnssec="secure"), 0.0)
+    assert keys.provenance(address_id(PEER)) == "IPSECKEY, dnssec secure"
+    assert keys.provenance(address_id("203.0.113.99")) is None

@@ -53,7 +53,8 @@ def run(capsys, *argv):
 
 def write_conf(confdir, port):
     confdir.mkdir(parents=True, exist_ok=True)
-    (confdir / "oe.conf").write_text(f'[dns]\nnameservers = ["127.0.0.1"]\nport = {port}\n')
+    (confdir / "oe.conf").write_text(f'[dns]\nnameservers = ["127.0.0.1"]\nport = {port}\n'
+                                     'dnssec = "off"\n')
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,7 @@ def test_verify_finds_our_own_key(world, capsys, name, target):
     code, out, err = run(capsys, "--confdir", base / name, "verify", "--address", target)
     assert (code, err) == (0, "")
     assert out.startswith("ok: ") and key_ids[name] in out
+    assert out.rstrip().endswith("(dnssec off)")   # issue 12: what was validated, said
 
 
 def test_verify_says_which_key_dns_has_when_ours_changed(world, capsys, tmp_path):
@@ -153,6 +155,7 @@ def test_dnskey_text_output_says_why(zoneconf, capsys):
     assert lines["source"].startswith("IPSECKEY  10 1 2 203.0.113.5 AwEAAbeg1")
     assert lines["why"] == ("lowest precedence (10) of 3 IPSECKEY records; IPSECKEY is "
                             "preferred over TXT")
+    assert lines["dnssec"] == "off"          # zone files are not validated (issue 12)
 
 
 def test_dnskey_without_usable_key_exits_2_with_the_reason(zoneconf, capsys):

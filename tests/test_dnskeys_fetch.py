@@ -129,7 +129,7 @@ def knot(tmp_path_factory):
 
 
 def dns_fetcher(knot, nameserver="127.0.0.1", **config) -> KeyFetcher:
-    config = DnsConfig(nameservers=(nameserver,), port=knot.port, **config)
+    config = DnsConfig(nameservers=(nameserver,), port=knot.port, dnssec="off", **config)
     return KeyFetcher.from_config(config, Path("/nonexistent"))
 
 
@@ -213,7 +213,7 @@ class Clock:
 def clocked_fetcher(server) -> tuple[KeyFetcher, Clock]:
     """A fetcher asking `server` whose clock the test moves."""
     clock = Clock()
-    config = DnsConfig(nameservers=("127.0.0.1",), port=server.port)
+    config = DnsConfig(nameservers=("127.0.0.1",), port=server.port, dnssec="off")
     return KeyFetcher(config, make_source(config, Path("/")), clock=clock), clock
 
 
@@ -292,7 +292,7 @@ def black_hole():
 
 def test_a_nameserver_that_never_answers_costs_the_budget_and_no_more(black_hole):
     config = DnsConfig(nameservers=("127.0.0.1",), port=black_hole, query_timeout=0.2,
-                       total_timeout=0.6)
+                       total_timeout=0.6, dnssec="off")
     fetcher = KeyFetcher.from_config(config, Path("/"))
     start = time.monotonic()
     lookup = asyncio.run(fetcher.fetch("203.0.113.1"))
@@ -310,7 +310,7 @@ def test_a_nameserver_that_never_answers_costs_the_budget_and_no_more(black_hole
 def test_the_per_query_timeout_moves_on_to_the_next_nameserver(knot, black_hole):
     """First nameserver silent: after query_timeout dnspython asks the next, within budget."""
     config = DnsConfig(nameservers=("127.0.0.1",), port=black_hole, query_timeout=0.2,
-                       total_timeout=3.0)
+                       total_timeout=3.0, dnssec="off")
     fetcher = KeyFetcher.from_config(config, Path("/"))
     resolver = fetcher.source.resolver
     resolver.nameservers = [dns.nameserver.Do53Nameserver("127.0.0.1", black_hole),

@@ -373,7 +373,7 @@ def test_delegation_needs_dnssec_or_allow_unsigned_delegation(keys):
         "IPSECKEY at 7.2.0.192.in-addr.arpa. names gateway 192.0.2.99, not 192.0.2.7 itself, "
         "and the answer is not DNSSEC-validated (RFC 4322 3.2.4.1; allow_unsigned_delegation "
         "= true accepts it)")
-    for kw in ({"allow_unsigned_delegation": True}, {"dnssec_validated": True}):
+    for kw in ({"allow_unsigned_delegation": True}, {"dnssec": "secure"}):
         lookup = pick(V4, found, **kw)
         assert lookup.verdict is Verdict.KEY
         assert lookup.gateway == ipaddress.ip_address("192.0.2.99")

@@ -4,7 +4,10 @@ daemon for them."""
 
 import ipaddress
 
-from oe.commands import CheckLiveness, DeleteChild, DeleteIke, Log, RekeyChild, SampleInbound
+from oe.commands import (CheckLiveness, DeleteChild, DeleteIke, FetchKey, Log, RekeyChild,
+                         SampleInbound, StaleKey)
+from oe.dnskeys.choice import KeyLookup, Target, Verdict
+from oe.ike.constants import NotifyType
 from oe.eroute import Shunt
 from oe.lifecycle import CHILDLESS_GRACE, ChildInfo, Lifecycle, SaTimes
 from oe.opportunist import Opportunist, Pair
@@ -18,6 +21,10 @@ def world(times=SaTimes(lifetime=3600, rekey_margin=300, dpd_delay=30)):
     policy = combine([parse_group("private-or-clear", "0.0.0.0/0\n", "policies/p-o-c")])
     oe = Opportunist(prospective_table(policy))
     return oe, Lifecycle(oe, times)
+
+
+def lookup_of(dst):
+    return KeyLookup(Target.parse(dst), Verdict.KEY, gateway=ipaddress.ip_address(dst))
 
 
 def tunnel(oe, life, dst=PEER, sa_id=1, spi_in=0x1001, sa_out=7, now=0.0):
@@ -98,3 +105,27 @@ def test_a_refused_child_sa_is_deleted_and_ends_the_negotiation():
 def test_rekey_time_is_the_margin_before_the_lifetime_but_at_most_half():
     assert SaTimes(3600, 300).soft == 3300
     assert SaTimes(600, 500).soft == 300
+
+
+def test_a_failed_ike_sa_is_judged_here_not_in_the_daemon():
+    """Issue 11, 3: which failure it was (our check of the peer's AUTH, or anything else) is
+    decided in the pure part: ours fetches the key afresh once (the peer may have rotated it),
+    the rest fails the negotiation; a responder's failure marks the peer's key stale."""
+    oe, life = world()
+    pair = Pair.of(ME, PEER)
+    oe.acquire(pair, 0.0)
+    oe.key_found(pair, lookup_of(PEER), 0.1)
+    life.initiated(4, 1, pair)
+    assert life.ike_failed(1, PEER, "AUTH payload does not verify",
+                           NotifyType.AUTHENTICATION_FAILED, True, 1.0) == [
+        FetchKey(pair, PEER, refresh=True)]
+    life.initiated(4, 2, pair)
+    assert life.ike_failed(2, PEER, "no response", None, False, 2.0) == []
+    assert oe.shunts[pair].reason.startswith("IKE timeout: no response")
+    assert life.ike_failed(3, "203.0.113.9", "AUTH payload does not verify",
+                           NotifyType.AUTHENTICATION_FAILED, True, 3.0) == [
+        Log("IKE with 203.0.113.9 failed: AUTH payload does not verify"),
+        StaleKey("203.0.113.9")]
+    assert life.ike_failed(4, "203.0.113.9", "peer answered AUTHENTICATION_FAILED",
+                           NotifyType.AUTHENTICATION_FAILED, False, 3.0) == [
+        Log("IKE with 203.0.113.9 failed: peer answered AUTHENTICATION_FAILED")]

@@ -55,6 +55,20 @@ def test_key_then_tunnel_replaces_the_hold_with_the_sa():
     assert oe.take_log() == ["initiated OE to 192.0.2.20 via 192.0.2.20: ESP AES_GCM_16_128"]
 
 
+def test_the_decision_log_says_where_the_key_came_from():
+    """Issue 12: the decision line names the record and its DNSSEC state."""
+    from dataclasses import replace
+
+    from oe.dnskeys.records import KeyRecord
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    oe.acquire(pair, 0)
+    record = KeyRecord("IPSECKEY", Target.parse("192.0.2.20").name, 10,
+                       ipaddress.ip_address("192.0.2.20"), None, None, "")
+    oe.key_found(pair, replace(key("192.0.2.20"), record=record, dnssec="secure"), 0.2)
+    assert oe.take_log() == ["key for 192.0.2.20 from IPSECKEY, dnssec secure: initiating IKE"]
+
+
 def test_delegation_is_refused_cleanly_until_oe_has_the_gateway_role():
     """Defect 11: a record delegating to another gateway is refused with its reason, not
     tried (the gateway's own record must vouch for its key: the gateway role, issue 13)."""

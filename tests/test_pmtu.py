@@ -412,22 +412,6 @@ def test_peers_whose_last_tunnel_went_are_forgotten_and_the_table_stays_bounded(
     assert driver.status(f"10.0.{(MAX_PATHS + 9) >> 8 & 255}.{(MAX_PATHS + 9) & 255}")
 
 
-def test_a_round_waiting_to_start_is_due_at_once():
-    """The daemon sleeps until the earliest next_timer() of its parts and ticks the driver only
-    then: a new peer's first round (and any round an input asked for) must be due at once, or
-    its probes wait for some other part's timer and the path stays at the base."""
-    from oe.pmtu import PathMtuDriver
-    dp = FakeDatapath(1500)
-    driver = PathMtuDriver()
-    driver.install("192.0.2.1", 4, 1500, 5.0)
-    assert driver.next_timer() is not None and driver.next_timer() <= 5.0
-    driver.tick(dp, 5.0)
-    assert dp.acks == [("192.0.2.1", BASE_PLPMTU[4])]
-    assert driver.next_timer() == 5.0 + Timers().probe       # in flight: the probe timer
-    driver.on_probe_acked(dp, *dp.acks.pop(0), 5.02)           # the next round goes at once
-    assert dp.acks and driver.next_timer() == 5.02 + Timers().probe
-
-
 def test_the_driver_confirms_at_once_when_a_black_hole_is_suspected():
     """A PathMtuBlackHole from the datapath (a large TCP segment retransmitted, RFC 8899 4.3):
     a path at rest probes its size at once instead of at the next confirmation (10 s)."""
@@ -445,3 +429,20 @@ def test_the_driver_confirms_at_once_when_a_black_hole_is_suspected():
     driver.on_black_hole_suspected(dp, "192.0.2.1", now)
     assert dp.acks == [("192.0.2.1", 1500)]
     driver.on_black_hole_suspected(dp, "198.51.100.9", now)          # no such peer: nothing
+def test_an_owner_that_ticks_only_when_next_timer_says_gets_every_round():
+    """The daemon calls tick() only when next_timer() is due (no polling): a wanted round must
+    be due at once, or a new path would sit at its base for good (seen: pmtu_probes 0)."""
+    paths = Paths()
+    paths.track("192.0.2.1", 4, 1500, 10.0)
+    now, sent = 10.0, []
+    while now < 30.0:
+        due = paths.next_timer()
+        assert due is not None, "nothing pending: the search stalled"
+        now = max(now, due)
+        paths.handle_timer(now)
+        for _peer, size in paths.probes_to_send(now):
+            sent.append(size)
+            if size <= 1400:
+                paths.get("192.0.2.1").on_probe_acked(now + RTT, size)
+    assert paths.get("192.0.2.1").state is State.SEARCH_COMPLETE
+    assert paths.get("192.0.2.1").mtu == 1400 and sent[0] == BASE_PLPMTU[4]

@@ -7,11 +7,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "oe"
 IO_MODULES = {"socket", "asyncio", "time", "select", "selectors", "subprocess", "threading"}
-# Modules whose job is I/O, by name (docs/architecture.md: net, tun, fetcher, loader, daemon,
-# executor, runner, cli; routing and inbound talk to the kernel).
+# Modules whose job is I/O, by name (docs/architecture.md: net, tun, fetcher, unbound, loader,
+# daemon, executor, runner, cli; routing and inbound talk to the kernel).
 IO_NAMES = {"cli.py", "net.py", "tun.py", "daemon.py", "executor.py", "loader.py", "fetcher.py",
             "runner.py", "hostkey.py", "__main__.py", "demo.py", "control.py", "knotd.py",
-            "netns.py", "routing.py", "inbound.py", "check.py"}
+            "netns.py", "routing.py", "inbound.py", "check.py", "unbound.py"}
 
 
 # The decisions the daemon carries out (docs/architecture.md section 3): pure by name, so

@@ -14,7 +14,8 @@ def sample() -> Status:
         spi_out="0000c0de", said="esp.c0de@198.51.100.2", algorithm="AES_GCM_16_128",
         encap="ESP", bytes_in=2048, bytes_out=4096, packets_in=2, packets_out=4, age=12.5,
         initiator=True, sa_id=3, encryption="AES_GCM_16_128", integrity=None,
-        dh_group="CURVE25519", esn=False, rekey_in=3287.5, expires_in=3587.5, last_used=1.5)
+        dh_group="CURVE25519", esn=False, rekey_in=3287.5, expires_in=3587.5, last_used=1.5,
+        key="IPSECKEY, dnssec secure")
     return Status(
         daemon=True,
         eroutes=[ErouteStatus(4, 400, "192.0.2.10/32", "198.51.100.2/32", 0, 0, 0,
@@ -40,6 +41,7 @@ def test_json_keeps_todays_keys_and_reads_back_the_same():
                    "bytes_in", "bytes_out", "packets_in", "packets_out", "age", "initiator"}
     assert old_sa_keys < set(data["sas"][0])
     assert {"dh_group", "rekey_in", "expires_in", "last_used", "sa_id"} < set(data["sas"][0])
+    assert data["sas"][0]["key"] == "IPSECKEY, dnssec secure"   # issue 12: key provenance
     assert data["limits"] == {"holds": {"max": 128, "in_use": 0, "dropped": 2}}
     assert Status.from_json(data) == status
 
@@ -55,7 +57,7 @@ def test_the_text_view_shows_each_child_sa_with_its_algorithms_and_times():
     assert f"{'esp.c0de@198.51.100.2':<28} 192.0.2.10 -> 198.51.100.2  AES_GCM_16_128 ESP  " \
            "in 2048B/2p out 4096B/4p  age 12.5s  initiator" in lines
     assert "    IKE SA #3: AES_GCM_16_128, PFS CURVE25519, rekey in 3287.5s, " \
-           "expires in 3587.5s, last used 1.5s ago" in lines
+           "expires in 3587.5s, last used 1.5s ago, key IPSECKEY, dnssec secure" in lines
     assert "%pass    192.0.2.10 -> 203.0.113.7  private-or-clear: no key (880s left)" in lines
     assert "#3    192.0.2.10[500] <-> 198.51.100.2[500]  ESTABLISHED initiator  " \
            "0102030405060708_i 1112131415161718_r  AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE25519  " \

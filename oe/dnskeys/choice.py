@@ -12,6 +12,16 @@ naming no key (TXT without one, IPSECKEY algorithm 0) takes the KEY at the same 
 malformed record at the name denies the target (FreeS/WAN failed the whole lookup on one bad
 TXT); a well-formed record that cannot be used (short key, refused delegation) is skipped, and
 the target is denied with its reason only when nothing usable remains.
+
+The answers' DNSSEC state (issue 12; RFC 4322 3.2 and 3.2.4.1, Libreswan where it is silent):
+
+  secure    the key is used; a record delegating to another gateway is accepted
+  insecure  no anchor covers the name, or an unsigned delegation is proven: the key is used only
+  off       without delegation (unless allow_unsigned_delegation), and with require_dnssec it
+            counts as no key
+  bogus     the validator refused the answers (bad, expired or missing signatures, broken
+            chain): DENY whatever the group, with the validator's reason; a forged answer, or a
+            forged "no such name", must never decide
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dns.name
 import dns.rdata
@@ -27,6 +37,19 @@ import dns.rdata
 from oe.dnskeys import records
 from oe.dnskeys.records import KEY, KINDS, Gateway, KeyRecord, RecordError, RsaPublicKey
 from oe.logsafe import printable
+
+
+SECURE, INSECURE, BOGUS, OFF = "secure", "insecure", "bogus", "off"
+DNSSEC_STATES = (SECURE, INSECURE, BOGUS, OFF)
+"""The `oe dnskey --json` "dnssec" values; "off": no validation was asked for."""
+
+
+def weakest(states: Sequence[str]) -> str:
+    """The state of several answers taken together: the weakest of them."""
+    for state in (BOGUS, OFF, INSECURE):
+        if state in states:
+            return state
+    return SECURE
 
 
 class Verdict(enum.Enum):
@@ -95,6 +118,8 @@ class KeyLookup:
     """When the shortest-lived answer expires, on the fetcher's clock (time.monotonic, which is
     asyncio's loop.time()); set by KeyFetcher.fetch, 0.0 from choose() alone. A key must not
     authenticate an IKE SA begun after it: fetch again (RFC 1035 3.2.1, the TTL)."""
+    dnssec: str = OFF
+    """The DNSSEC state of the answers: one of DNSSEC_STATES."""
 
     @property
     def key_id(self) -> str | None:
@@ -115,6 +140,12 @@ class KeyLookup:
         if self.key is None or self.target.is_self(self.record.gateway):
             return None
         return self.target
+
+    @property
+    def provenance(self) -> str | None:
+        """Where the key came from, for status and the decision log: record kind and DNSSEC
+        state (issue 12: say what was validated); None without a key."""
+        return None if self.record is None else f"{self.record.kind}, dnssec {self.dnssec}"
 
     def expired(self, now: float) -> bool:
         """Is the lookup stale at `now` (the fetcher's clock)? Then fetch again."""
@@ -139,6 +170,7 @@ class KeyLookup:
             "ttl": self.ttl,
             "why": self.why,
             "error": self.error,
+            "dnssec": self.dnssec,
         }
 
 
@@ -148,10 +180,30 @@ def not_capable(target: Target, reason: str, ttl: int = 0) -> KeyLookup:
 
 
 def choose(target: Target, rdatas: Mapping[str, Sequence[dns.rdata.Rdata]], *,
-           min_key_bits: int, allow_unsigned_delegation: bool, dnssec_validated: bool = False,
+           min_key_bits: int, allow_unsigned_delegation: bool, dnssec: str = OFF,
+           why_bogus: str | None = None, require_dnssec: bool = False,
            name_exists: bool = True, ttl: int = 0) -> KeyLookup:
     """Pick the record and key for `target` from the rdata of each kind found at its name
-    (`name_exists` False: the answers were NXDOMAIN)."""
+    (`name_exists` False: the answers were NXDOMAIN), given the answers' DNSSEC state
+    (`why_bogus`: the validator's reason when it is BOGUS)."""
+    if dnssec == BOGUS:
+        reason = printable(why_bogus) if why_bogus else "the validator gave no reason"
+        return KeyLookup(target, Verdict.DENY, error=f"DNSSEC validation failed for "
+                                                     f"{target.name}: {reason}",
+                         why="DNSSEC bogus", ttl=ttl, dnssec=dnssec)
+    if require_dnssec and dnssec != SECURE:
+        return replace(not_capable(target, f"the answers for {target.name} are not "
+                                           f"DNSSEC-secure ({dnssec}) and require_dnssec = "
+                                           f"true: they count as no key", ttl), dnssec=dnssec)
+    lookup = _choose(target, rdatas, min_key_bits=min_key_bits,
+                     delegation=dnssec == SECURE or allow_unsigned_delegation,
+                     name_exists=name_exists, ttl=ttl)
+    return replace(lookup, dnssec=dnssec)
+
+
+def _choose(target: Target, rdatas: Mapping[str, Sequence[dns.rdata.Rdata]], *,
+            min_key_bits: int, delegation: bool, name_exists: bool, ttl: int) -> KeyLookup:
+    """choose() for answers that may be used (`delegation`: may name another gateway)."""
     decoded: list[KeyRecord] = []
     for kind in KINDS:
         for rdata in rdatas.get(kind, ()):
@@ -173,8 +225,7 @@ def choose(target: Target, rdatas: Mapping[str, Sequence[dns.rdata.Rdata]], *,
     skipped: list[str] = []
     for record in candidates:
         where = f"{record.kind} at {record.owner}"
-        if not (target.is_self(record.gateway) or dnssec_validated
-                or allow_unsigned_delegation):
+        if not (target.is_self(record.gateway) or delegation):
             skipped.append(
                 f"{where} names gateway {records.gateway_text(record.gateway)}, not "
                 f"{target.text} itself, and the answer is not DNSSEC-validated "
@@ -225,7 +276,8 @@ def check_own(lookup: KeyLookup, own_blob: bytes) -> list[str]:
     if lookup.verdict is Verdict.NOT_CAPABLE:
         return [f"DNS publishes no key for {target.text}: {lookup.error}"]
     if lookup.verdict is Verdict.DENY:
-        return [f"peers would refuse our record: {lookup.error}"]
+        fix = f"; {_bogus_fix(lookup.error)}" if lookup.dnssec == BOGUS else ""
+        return [f"peers would refuse our record: {lookup.error}{fix}"]
     problems = []
     if not target.is_self(lookup.gateway):
         problems.append(f"{lookup.record.kind} at {target.name} names gateway "
@@ -238,3 +290,28 @@ def check_own(lookup: KeyLookup, own_blob: bytes) -> list[str]:
                 f"({records.fingerprint(record.blob)}) but hostkey.pem has key id {ours} "
                 f"({records.fingerprint(own_blob)})")
     return problems
+
+
+# What to do about libunbound's why_bogus, by the words its reasons use; first match wins.
+BOGUS_FIXES = (
+    ("expired", "re-sign the zone: its signatures have expired"),
+    ("before inception", "the signatures are not valid yet: check the signer's clock"),
+    ("chain of trust", "publish the zone's DS at its parent (`keymgr ZONE ds` prints it), or "
+                       "give peers that DS as a trust anchor"),
+    ("verification failed", "the records changed after they were signed: sign the zone again"),
+)
+
+
+def _bogus_fix(error: str) -> str:
+    return next((fix for words, fix in BOGUS_FIXES if words in error),
+                "check the zone with `kdig +dnssec` and a validator")
+
+
+def dnssec_advice(lookup: KeyLookup) -> str | None:
+    """For `oe verify`: what an insecure own record costs and how to make it secure; None when
+    it is secure, bogus (check_own says that) or not validated."""
+    if lookup.dnssec != INSECURE:
+        return None
+    return (f"{lookup.target.name} is not DNSSEC-secure from the configured trust anchors: "
+            f"peers with require_dnssec = true will not use our key; sign the zone and publish "
+            f"its DS at its parent (or give peers that DS as a trust anchor)")

@@ -36,7 +36,7 @@ import dns.resolver
 import dns.zone
 
 from oe.config import DnsConfig
-from oe.dnskeys.choice import KeyLookup, Target, choose, not_capable
+from oe.dnskeys.choice import OFF, KeyLookup, Target, choose, not_capable, weakest
 from oe.dnskeys.records import KINDS
 from oe.errors import OeError
 
@@ -63,6 +63,10 @@ class Answer:
     """The name does not exist (RCODE NXDOMAIN), as opposed to NODATA."""
     silent: tuple[str, ...] = ()
     """The nameservers that did not answer in time (a timeout), as "192.0.2.53 port 5353"."""
+    security: str = OFF
+    """Its DNSSEC state, one of oe.dnskeys.choice.DNSSEC_STATES ("off": not validated)."""
+    why_bogus: str | None = None
+    """The validator's reason for a "bogus" answer."""
 
 
 class Source(Protocol):
@@ -186,6 +190,10 @@ class ZoneFileSource:
 def make_source(config: DnsConfig, confdir: Path) -> Source:
     """The key source oe.conf asks for; a relative zonefiles_dir is taken from confdir."""
     if config.keysource == "dns":
+        if config.dnssec == "validate":
+            from oe.dnskeys.unbound import UnboundSource  # it imports this module
+            return UnboundSource.from_config(config.nameservers, config.port,
+                                             config.trust_anchors, confdir)
         return DnsSource(config.nameservers, config.port, config.query_timeout)
     if config.keysource == "zonefiles":
         if not config.zonefiles_dir:
@@ -236,7 +244,9 @@ class KeyFetcher:
         """Addresses of the nameservers asked (none for zone files): exempt from trapping.
         (DnsSource.nameservers() names them for messages, with their port.)"""
         resolver = getattr(self.source, "resolver", None)
-        return [str(ns) for ns in resolver.nameservers] if resolver is not None else []
+        if resolver is None:
+            return list(getattr(self.source, "addresses", []))  # UnboundSource's forwarders
+        return [str(ns) for ns in resolver.nameservers]
 
     @classmethod
     def from_config(cls, config: DnsConfig, confdir: Path, *,
@@ -259,6 +269,8 @@ class KeyFetcher:
         rdtypes = [dns.rdatatype.from_text(kind) for kind in KINDS]
         if refresh:
             self.stats.refreshes += 1
+            if hasattr(self.source, "flush"):  # libunbound caches answers itself
+                self.source.flush()
             for rdtype in rdtypes:
                 self._cache.pop((target.name, int(rdtype)), None)
         try:  # the source keeps the budget; this only ends a source that does not
@@ -275,10 +287,12 @@ class KeyFetcher:
                 # RFC 4322 3.2: a DNS timeout means "not OE capable", like no record.
                 return self._stamped(not_capable(target, f"{FAILED} of {kind} at "
                                                          f"{target.name} failed: {answer.error}"))
-        # No DNSSEC validation here yet: every answer counts as unsigned (RFC 4322 3.2.4.1).
         lookup = choose(target, {kind: a.rdatas for kind, a in zip(KINDS, answers)},
                         min_key_bits=self.config.min_key_bits,
                         allow_unsigned_delegation=self.config.allow_unsigned_delegation,
+                        dnssec=weakest([a.security for a in answers]),
+                        why_bogus=next((a.why_bogus for a in answers if a.why_bogus), None),
+                        require_dnssec=self.config.require_dnssec,
                         name_exists=not all(a.nxdomain for a in answers),
                         ttl=min(a.ttl for a in answers))
         return replace(lookup, expires=min(entry.expires for entry in entries))
@@ -292,7 +306,7 @@ class KeyFetcher:
                     f"per query)"))
 
     def _source_servers(self) -> list[str]:
-        return self.source.nameservers() if isinstance(self.source, DnsSource) else []
+        return self.source.nameservers() if hasattr(self.source, "nameservers") else []
 
     def _stamped(self, lookup: KeyLookup) -> KeyLookup:
         """A lookup from no cacheable answer: stale from now on."""

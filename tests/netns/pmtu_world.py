@@ -23,11 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.name
-
 from oe import demo, hostkey
-from oe.dnskeys import records
-from oe.knotd import Knotd, soa_ns_header
+from oe.knotd import Knotd
 from oe.netns import Host, World, _ip, wait_for
 
 A, A6 = "192.0.2.10", "2001:db8:a::10"
@@ -180,16 +177,7 @@ def build(workdir: Path, oe_on=("a", "d")) -> PmtuWorld:
 
 def zone_texts(keys: dict[str, bytes]) -> dict[str, str]:
     """Reverse zones with an IPSECKEY for a and d at each of their addresses."""
-    zones = {}
-    for origin in ZONES:
-        text = soa_ns_header(origin, demo.NS_NAME, ttl=60)
-        for name, blob in keys.items():
-            for address in KEYED[name]:
-                owner = records.owner_for(address)
-                if owner.is_subdomain(dns.name.from_text(origin)):
-                    text += "\n".join(records.publication(records.IPSECKEY, blob, owner)) + "\n"
-        zones[origin] = text
-    return zones
+    return demo.zone_texts(keys, origins=ZONES, addresses=KEYED)
 
 
 def _serves(world: World, host: Host) -> bool:
