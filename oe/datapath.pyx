@@ -14,15 +14,15 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-from oe.dp.batch cimport OutBatch, api_batch, batch_flush, batch_free, send_clear
+from oe.dp.batch cimport OutBatch, api_batch, batch_flush, batch_free, path_mtu_error, send_clear
 from oe.dp.classifier cimport Classifier as CClassifier
 from oe.dp.codes cimport (C_MALFORMED, C_PMTU_PROBES, C_SA_REFUSED, C_TUN_READ,
                           C_UNKNOWN_SPI, R_EXPIRED, R_MALFORMED, R_SEQUENCE, R_UNKNOWN_SPI,
                           count)
 from oe.dp.core cimport DpCore
 from oe.dp.esp cimport ESP_HDR, aead_context, esp_open, esp_seal, fetch_ciphers
-from oe.dp.events cimport (EV_ACQUIRE, EV_IKE, EV_PATH_MTU, EV_PROBE_ACK, EV_REPLAY, DpEvent,
-                           ev_free, ev_init, ev_pop)
+from oe.dp.events cimport (EV_ACQUIRE, EV_BLACK_HOLE, EV_IKE, EV_PATH_MTU, EV_PROBE_ACK,
+                           EV_REPLAY, DpEvent, ev_free, ev_init, ev_pop)
 from oe.dp.holds cimport HOLD_BUCKETS, Hold, holds_free, holds_init
 from oe.dp.inbound cimport dp_inbound
 from oe.dp.loop cimport LOOP_IN, LOOP_OUT, LoopThread, loop_join, loop_sockets, loop_start
@@ -43,8 +43,8 @@ from oe.dp.codes import COUNTER_NAMES, REASONS
 from oe.dp.esp import EspError, esp_overhead, gcm_decrypt, gcm_encrypt
 from oe.dp.replay import ReplayWindow
 from oe.dp.saspec import ANY_PORT, DF_POLICIES, Direction, Encap, SaSpec, ts_range
-from oe.dpevents import (Acquire, AuthFailure, IkeMessage, PathMtuProbeAcked, PathMtuTooBig,
-                         ReplayFailure, SaExpired, SaSoftLimit)
+from oe.dpevents import (Acquire, AuthFailure, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked,
+                         PathMtuTooBig, ReplayFailure, SaExpired, SaSoftLimit)
 
 __all__ = ["ANY_PORT", "COUNTER_NAMES", "DF_POLICIES", "FLOW_RECORD_SIZE", "REASONS", "Classifier",
            "Datapath",
@@ -386,6 +386,8 @@ cdef class Datapath:
         if e.kind == EV_PATH_MTU:
             return PathMtuTooBig(peer=_address(e.src, e.version), mtu=e.count,
                                  local=bool(e.reason))
+        if e.kind == EV_BLACK_HOLE:
+            return PathMtuBlackHole(peer=_address(e.src, e.version))
         if e.kind == EV_PROBE_ACK:
             return PathMtuProbeAcked(peer=_address(e.src, e.version), size=e.count)
         if e.kind == EV_IKE:
@@ -477,6 +479,17 @@ cdef class Datapath:
         with nogil:             # the clear raw socket (IP_HDRINCL), if the loops run
             send_clear(self.c, family, to, &ov[0], r)
         return bytes(out[:r])
+
+    def path_mtu_error(self, peer, int spi, int mtu, bint local=False) -> bool:
+        """One entry of a socket's error queue as the loops take it (IP_RECVERR, docs/pmtu.md):
+        a datagram to `peer` starting with `spi` was too big for a hop of `mtu` (an ICMP), or
+        for the local route (`local`, the kernel's EMSGSIZE: it quotes nothing). True if raised
+        as a PathMtuTooBig event; False if it names none of our outbound SAs to that peer
+        (counted `pmtu_too_big_ignored`)."""
+        cdef bytes peer_b = ipaddress.ip_address(peer).packed
+        cdef bytes dst = peer_b + bytes(16 - len(peer_b))
+        return path_mtu_error(self.c, 4 if len(peer_b) == 4 else 6,
+                              <const uint8_t *><const char *>dst, spi, mtu, local)
 
     def outbound(self, packet, now=None) -> list:
         """Process one packet as if read from the TUN: [(kind, address, port, bytes)].
@@ -676,6 +689,8 @@ cdef dict _sa_dict(EspSa *sa):
         "policy": oe_load64(&sa.err_policy),
         "malformed": oe_load64(&sa.err_malformed),
         "expired": oe_load64(&sa.err_expired),
+        "send_errors": oe_load64(&sa.err_send),
+        "emsgsize": oe_load64(&sa.err_emsgsize),
         "soft_fired": bool(sa.fired & FIRED_SOFT),
         "hard_fired": bool(sa.fired & FIRED_HARD),
     }

@@ -116,5 +116,14 @@ class PathMtuTooBig:
     """True: the local route refused it (EMSGSIZE); False: an ICMP from the path."""
 
 
+@dataclass(frozen=True)
+class PathMtuBlackHole:
+    """Large packets to `peer` seem lost: a TCP segment whose ESP packet exceeds the base size
+    was sent again (RFC 8899 4.3: black hole detection); at most once a second per SA."""
+
+    peer: IPAddress
+    """The peer's (outer) address."""
+
+
 DatapathEvent = Union[Acquire, SaSoftLimit, SaExpired, ReplayFailure, AuthFailure, IkeMessage,
-                      PathMtuProbeAcked, PathMtuTooBig]
+                      PathMtuProbeAcked, PathMtuTooBig, PathMtuBlackHole]

@@ -23,8 +23,8 @@ from oe.commands import (
     RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey, Steer,
 )
 from oe.dnskeys.choice import Target
-from oe.dpevents import (Acquire, IkeMessage, PathMtuProbeAcked, PathMtuTooBig, SaExpired,
-                         SaSoftLimit)
+from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked, PathMtuTooBig,
+                         SaExpired, SaSoftLimit)
 from oe.errors import OeError
 from oe.ike import events as ike_events
 from oe.ike.auth import Identity, PeerKey
@@ -74,6 +74,8 @@ class Executor:
                 self.pmtu.on_probe_acked(self.datapath, str(event.peer), event.size, now)
             case PathMtuTooBig():  # ICMP about the outer path, its quoted SPI ours
                 self.pmtu.on_too_big(self.datapath, str(event.peer), event.mtu, event.local, now)
+            case PathMtuBlackHole():  # a large TCP segment sent again (RFC 8899 4.3)
+                self.pmtu.on_black_hole_suspected(self.datapath, str(event.peer), now)
             case _:
                 log.warning("datapath: %s", event)
 
@@ -229,6 +231,8 @@ class Executor:
             log.info("%s", line)
         self._run(self.routes.follow(self.opportunist.tunnels.values(),
                                      routes=self.steering is not None, inbound=self._inbound))
+        # a peer's path MTU search ends with its last tunnel (docs/pmtu.md)
+        self.pmtu.retain(str(t.peer) for t in self.opportunist.tunnels.values())
         self._wake.set()
 
     async def _fetch(self, command: FetchKey) -> None:

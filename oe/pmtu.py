@@ -32,6 +32,7 @@ timer, so a 1280 hop in a 1500 world is found in about five rounds.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 BASE_PLPMTU = {4: 1200, 6: 1280}
@@ -43,6 +44,9 @@ reassembly minimum, RFC 791). ERROR keeps the base size rather than this: an ESP
 bytes carries barely 500, and ERROR means not even the base size is answered."""
 IPV6_MIN_MTU = 1280
 ESP_STEP = 4
+MAX_PATHS = 4096
+"""Peers tracked at most: only authenticated peers get SAs, so this is generous; past it the
+oldest path is forgotten (its SAs keep their MTU; a new SA to that peer starts at the base)."""
 """ESP packets grow in steps of 4 bytes (RFC 4303 2.4): the search's granularity for ESP."""
 
 
@@ -296,6 +300,8 @@ class Paths:
     def track(self, peer: str, family: int, route_mtu: int, now: float) -> PathMtu:
         """The peer's PathMtu, made on first use (its first SA); later SAs share it."""
         if peer not in self._paths:
+            if len(self._paths) >= MAX_PATHS:
+                self.forget(next(iter(self._paths)))
             self._paths[peer] = PathMtu(family, route_mtu, now, self.timers, step=self.step)
         return self._paths[peer]
 
@@ -303,6 +309,15 @@ class Paths:
         """The peer's last SA is gone."""
         self._paths.pop(peer, None)
         self._told.pop(peer, None)
+
+    def retain(self, peers: Iterable[str]) -> None:
+        """Forget every peer not in `peers` (those with tunnels left)."""
+        keep = set(peers)
+        for peer in [p for p in self._paths if p not in keep]:
+            self.forget(peer)
+
+    def __len__(self) -> int:
+        return len(self._paths)
 
     def get(self, peer: str) -> PathMtu | None:
         return self._paths.get(peer)
@@ -403,6 +418,11 @@ class PathMtuDriver:
     def forget(self, peer: str) -> None:
         self.paths.forget(peer)
 
+    def retain(self, peers: Iterable[str]) -> None:
+        """The peers that still have tunnels: the others' searches end (tracked paths do not
+        accumulate as peers come and go)."""
+        self.paths.retain(peers)
+
     def on_probe_acked(self, datapath, peer: str, size: int, now: float) -> None:
         path = self.paths.get(peer)
         if path is not None:
@@ -420,6 +440,14 @@ class PathMtuDriver:
         else:
             path.on_packet_too_big(now, mtu)
         self.tick(datapath, now)
+
+    def on_black_hole_suspected(self, datapath, peer: str, now: float) -> None:
+        """The datapath saw a large TCP segment sent again (PathMtuBlackHole): the path's
+        size is confirmed at once (RFC 8899 4.3), not at the next confirmation."""
+        path = self.paths.get(peer)
+        if path is not None:
+            path.on_black_hole_suspected(now)
+            self.tick(datapath, now)
 
     def tick(self, datapath, now: float) -> float | None:
         """Timers due, probes to send, changes to push; when to tick next (None: nothing)."""

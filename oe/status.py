@@ -77,6 +77,10 @@ class ChildSaStatus:
     """How it was learned: base, route, icmp or probe."""
     pmtu_state: str | None = None
     """The RFC 8899 search state of the peer's path."""
+    send_errors: int = 0
+    """Outbound datagrams the kernel refused to send (issue 17, 3: no silent loss)."""
+    emsgsize: int = 0
+    """... of them as too big for the local route (EMSGSIZE; it lowers the path MTU)."""
     key: str | None = None
     """Where the peer's key came from: record kind and DNSSEC state, e.g. "IPSECKEY, dnssec
     secure" (issue 12)."""
@@ -218,6 +222,7 @@ def child_sa_status(tunnel, lifecycle, stats_in: dict, stats_out: dict,
         rekey_in=None if info is None else round(info.installed + times.soft - now, 1),
         expires_in=None if info is None else round(info.installed + times.lifetime - now, 1),
         last_used=None if used is None else round(now - used, 1),
+        send_errors=stats_out.get("send_errors", 0), emsgsize=stats_out.get("emsgsize", 0),
         key=info.key if info else None, **path)
 
 
@@ -273,6 +278,8 @@ def _child_details(sa: ChildSaStatus) -> str:
                  f"last used {_seconds(sa.last_used)} ago")
     if sa.path_mtu is not None:
         parts.append(f"pmtu {sa.path_mtu} ({sa.path_mtu_source})")
+    if sa.send_errors:
+        parts.append(f"{sa.send_errors} send errors ({sa.emsgsize} too big)")
     if sa.key is not None:
         parts.append(f"key {sa.key}")
     return f"    IKE SA #{sa.sa_id}: " + ", ".join(parts)

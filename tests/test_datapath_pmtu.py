@@ -292,3 +292,103 @@ def test_ipv6_minimum_mtu_packets_go_in_outer_ipv6_fragments_oe_makes(encap):
     # What fits goes whole, on the ESP socket as ever.
     small = raw(IPv6(src=ME6, dst=PEER6) / UDP(sport=1, dport=2) / (b"s" * 100))
     assert [kind for kind, *_ in dp.outbound(small)] == [encap]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_too_big_that_names_none_of_our_sas_to_that_peer_is_counted_and_ignored(family):
+    """RFC 8899 4.6.1: an ICMP too-big is believed only if the datagram it quotes is ours: its
+    SPI names one of our outbound SAs to that peer. Anything else (another SPI, an SPI of an SA
+    to another peer: spoofed or stale) is counted `pmtu_too_big_ignored` and raises nothing,
+    so no path MTU moves. The kernel's own refusal (EMSGSIZE, SO_EE_ORIGIN_LOCAL) quotes
+    nothing and is believed for any peer we have an SA to."""
+    from oe.dpevents import PathMtuTooBig
+    me, peer, other = (ME, PEER, "192.0.2.99") if family == 4 else (ME6, PEER6, "2001:db8::99")
+    dp = Datapath()
+    dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local=me, peer=peer))
+    dp.add_sa(SaSpec(spi=0x7000, direction="in", key=KEY6, local=me, peer=peer))
+    before = dp.sas()
+    assert dp.path_mtu_error(peer, SPI_OUT + 1, 1280) is False        # not our SPI
+    assert dp.path_mtu_error(peer, 0x7000, 1280) is False             # inbound, not outbound
+    assert dp.path_mtu_error(other, SPI_OUT, 1280) is False           # ours, to another peer
+    assert dp.path_mtu_error(other, 0, 1280, local=True) is False     # no SA to that peer
+    assert dp.stats()["pmtu_too_big_ignored"] == 4
+    assert dp.stats()["pmtu_too_big"] == 0
+    assert dp.read_events() == [] and dp.sas() == before
+    assert dp.path_mtu_error(peer, SPI_OUT, 1280) is True
+    assert dp.path_mtu_error(peer, 0, 1400, local=True) is True
+    assert dp.read_events() == [
+        PathMtuTooBig(peer=ipaddress.ip_address(peer), mtu=1280, local=False),
+        PathMtuTooBig(peer=ipaddress.ip_address(peer), mtu=1400, local=True)]
+    assert (dp.stats()["pmtu_too_big"], dp.stats()["pmtu_too_big_ignored"]) == (2, 4)
+
+
+def test_datagrams_the_kernel_refuses_are_counted_on_their_sa_and_none_lost_to_an_old_error():
+    """Issue 17, 3 (no silent loss): a datagram sendmmsg() refuses is counted on the SA it was
+    sealed under (`send_errors`; EMSGSIZE also as `emsgsize`, tests/netns/test_pmtu_netns.py),
+    not only globally. With IP_RECVERR an ICMP about an earlier datagram (here: port
+    unreachable from 127.0.0.1) fails the socket's next send once: that datagram is sent again,
+    not lost. The loops run on a socketpair as the TUN and one real UDP socket."""
+    import socket
+    import time
+    tun, tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()                                  # nobody listens: port unreachable
+    for s in (tun, udp):
+        s.setblocking(False)
+    dp = Datapath()
+    refused = dp.add_sa(SaSpec(spi=SPI_OUT, direction="out", key=KEY, local="127.0.0.1",
+                               peer="255.255.255.255"))     # no SO_BROADCAST: EACCES
+    fine = dp.add_sa(SaSpec(spi=SPI_OUT + 1, direction="out", key=KEY6, local="127.0.0.1",
+                            peer="127.0.0.1", peer_port=closed_port))
+    dp.replace_eroutes(ErouteTable([
+        sa_eroute(PEER + "/32", refused, peer="255.255.255.255"),
+        sa_eroute("203.0.113.7/32", fine, spi=SPI_OUT + 1, peer="127.0.0.1")]))
+    for n in range(3):      # queued first: one read, one sendmmsg (sizes apart: no GSO)
+        tun_peer.send(ping(n, size=56 + 100 * n, dst="203.0.113.7"))
+    for n in range(3):
+        tun_peer.send(ping(n))
+    dp.start(tun.fileno(), udp4=udp.fileno(), threads=1, vnet_hdr=False)
+    try:
+        time.sleep(0.2)
+    finally:
+        dp.stop()
+        for s in (tun, tun_peer, udp):
+            s.close()
+    stats = {sa["handle"]: sa for sa in dp.sas()}
+    assert (stats[refused]["send_errors"], stats[refused]["emsgsize"]) == (3, 0)
+    assert (stats[fine]["send_errors"], stats[fine]["packets"]) == (0, 3)
+    assert dp.stats()["send_errors"] == 3
+
+
+def test_a_large_tcp_segment_sent_again_raises_a_suspected_black_hole():
+    """RFC 8899 4.3 / 5.2: the datapath's own evidence that large packets are lost: a TCP
+    segment whose ESP packet exceeds the base size (1200 outer, IPv4), sent again (its data at
+    or below what its flow already sent), raises PathMtuBlackHole for the SA's peer, at most
+    once a second; small segments sent again (loss the path MTU cannot explain) raise
+    nothing."""
+    from oe.dpevents import PathMtuBlackHole
+    dp, handle, _ = sealing()
+    mtu = dp.sa_stats(handle, "out")["mtu"]
+
+    def segment(seq, size, sport=40000):
+        return raw(IP(src=ME, dst=PEER, flags="DF") / TCP(sport=sport, dport=80, flags="A",
+                                                          seq=seq) / (b"d" * size))
+
+    full = mtu - 40
+    for k in range(4):
+        dp.outbound(segment(1000 + k * full, full), now=1.0)
+    dp.outbound(segment(7, full, sport=40001), now=1.0)              # another flow
+    dp.outbound(segment(5000, 100), now=1.5)                          # small, then again
+    dp.outbound(segment(5000, 100), now=1.6)
+    assert dp.read_events() == []
+    dp.outbound(segment(1000 + full, full), now=2.0)                  # sent again
+    assert dp.read_events() == [PathMtuBlackHole(peer=ipaddress.ip_address(PEER))]
+    dp.outbound(segment(1000, full), now=2.5)                         # within the second
+    assert dp.read_events() == []
+    dp.outbound(segment(7, full, sport=40001), now=3.1)
+    assert dp.read_events() == [PathMtuBlackHole(peer=ipaddress.ip_address(PEER))]
+    assert dp.stats()["pmtu_black_holes"] == 2

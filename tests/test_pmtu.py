@@ -388,6 +388,47 @@ def test_the_driver_takes_a_validated_too_big_and_the_local_route():
     driver.on_too_big(dp, "198.51.100.9", 1240, False, 1.2)  # no such peer: nothing
 
 
+def test_peers_whose_last_tunnel_went_are_forgotten_and_the_table_stays_bounded():
+    """docs/pmtu.md: a peer's search ends with its last tunnel (`retain`, from the daemon's
+    tunnels after each change), so peers coming and going leave nothing behind; and the table
+    is capped anyway (oldest forgotten), whatever makes many short-lived SAs."""
+    from oe.pmtu import MAX_PATHS, PathMtuDriver
+    dp = FakeDatapath(1500)
+    driver = PathMtuDriver()
+    for i in range(3000):
+        peer = f"2001:db8::{i:x}"
+        driver.install(peer, 6, 1500, float(i))
+        driver.tick(dp, float(i))
+        driver.retain({peer, "192.0.2.1"} if i % 2 else {peer})
+    assert len(driver.paths) == 1
+    driver.install("192.0.2.1", 4, 1500, 3000.0)
+    driver.retain(["192.0.2.1"])
+    assert driver.status("192.0.2.1")["path_mtu"] == BASE_PLPMTU[4]
+    assert len(driver.paths) == 1
+    for i in range(MAX_PATHS + 10):                 # nobody retains: the cap holds
+        driver.install(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 4, 1500, 1.0)
+    assert len(driver.paths) == MAX_PATHS
+    assert driver.status("10.0.0.0") == {} and driver.status("192.0.2.1") == {}
+    assert driver.status(f"10.0.{(MAX_PATHS + 9) >> 8 & 255}.{(MAX_PATHS + 9) & 255}")
+
+
+def test_the_driver_confirms_at_once_when_a_black_hole_is_suspected():
+    """A PathMtuBlackHole from the datapath (a large TCP segment retransmitted, RFC 8899 4.3):
+    a path at rest probes its size at once instead of at the next confirmation (10 s)."""
+    from oe.pmtu import PathMtuDriver
+    dp = FakeDatapath(1500)
+    driver = PathMtuDriver()
+    driver.install("192.0.2.1", 4, 1500, 0.0)
+    now = 0.0
+    while driver.status("192.0.2.1")["pmtu_state"] != "search complete":
+        driver.tick(dp, now)
+        while dp.acks:
+            driver.on_probe_acked(dp, *dp.acks.pop(0), now + RTT)
+        now += 1.0
+    assert driver.next_timer() > now + 5
+    driver.on_black_hole_suspected(dp, "192.0.2.1", now)
+    assert dp.acks == [("192.0.2.1", 1500)]
+    driver.on_black_hole_suspected(dp, "198.51.100.9", now)          # no such peer: nothing
 def test_an_owner_that_ticks_only_when_next_timer_says_gets_every_round():
     """The daemon calls tick() only when next_timer() is due (no polling): a wanted round must
     be due at once, or a new path would sit at its base for good (seen: pmtu_probes 0)."""

@@ -76,3 +76,24 @@ def test_brief_is_one_line_per_peer():
     half.ike_sas[0].remote_addr, half.ike_sas[0].state = "198.51.100.9", "EXPECT_AUTH_RESPONSE"
     assert "198.51.100.9             ike    0 SAs  EXPECT_AUTH_RESPONSE initiator" in \
         render_brief(half).splitlines()
+
+
+def test_each_sa_shows_what_the_kernel_refused_to_send():
+    """Issue 17, 3 (no silent loss): per SA, the outbound datagrams the kernel refused
+    (`send_errors`) and of them those too big for the local route (`emsgsize`), from the
+    datapath's sa_stats; the text view names them only when there are any."""
+    import ipaddress
+    from types import SimpleNamespace
+    from oe.status import child_sa_status
+    peer = ipaddress.ip_address("198.51.100.2")
+    tunnel = SimpleNamespace(pair=SimpleNamespace(src="192.0.2.10", dst=peer), peer=peer,
+                             spi_in=0x1001, spi_out=0xC0DE, sa_out=1, algorithm="AES_GCM_16_128",
+                             udp_encap=False, created=0.0, initiator=True, sa_id=3)
+    lifecycle = SimpleNamespace(children={}, times=None, last_used=lambda *_: None)
+    sa = child_sa_status(tunnel, lifecycle, {"packets": 1},
+                         {"packets": 9, "send_errors": 3, "emsgsize": 2}, 10.0)
+    assert (sa.send_errors, sa.emsgsize) == (3, 2)
+    data = json.loads(json.dumps(Status(daemon=True, eroutes=[], sas=[sa]).to_json()))
+    assert (data["sas"][0]["send_errors"], data["sas"][0]["emsgsize"]) == (3, 2)
+    assert ", 3 send errors (2 too big)" in render(Status(daemon=True, eroutes=[], sas=[sa]))
+    assert "send errors" not in render(sample())

@@ -61,6 +61,7 @@ cdef enum:
     C_PMTU_ACKS
     C_PMTU_TOO_BIG
     C_PMTU_TOO_BIG_IGNORED
+    C_PMTU_BLACK_HOLES
     NCOUNTERS
 
 

@@ -15,6 +15,6 @@ COUNTER_NAMES = (
     "tun_write", "too_big", "mss_clamped", "send_errors", "events_lost_acquire",
     "events_lost_ike", "events_lost_replay", "events_lost_auth", "dummy", "holds_evicted",
     "sa_refused", "pmtu_probes", "pmtu_acks", "pmtu_too_big",
-    "pmtu_too_big_ignored",
+    "pmtu_too_big_ignored", "pmtu_black_holes",
 )
 assert len(COUNTER_NAMES) == NCOUNTERS

@@ -17,6 +17,7 @@ cdef enum:
     EV_PROBE_ACK = 7            # a path MTU probe's echo reply came back (count: its size)
     EV_PATH_MTU = 8             # a datagram to src was too big (count: the MTU named; reason:
                                 # 1 if the kernel said so, 0 an ICMP)
+    EV_BLACK_HOLE = 9           # large packets to src seem lost (a TCP segment sent again)
     EV_CAP = 4096               # events buffered for the control plane
     EV_IKE_CAP = EV_CAP // 2    # IKE-on-4500 (spoofable) never fills the queue for acquires
 

@@ -13,20 +13,17 @@ the GIL for good once started.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp, memcpy, memset
 
-from oe.dp.batch cimport BATCH, SLOT, OutBatch, batch_flush, batch_free, batch_new
+from oe.dp.batch cimport (BATCH, SLOT, OutBatch, batch_flush, batch_free, batch_new,
+                         batch_settle, drain_errors)
 from oe.dp.classifier cimport Classifier
-from oe.dp.codes cimport (C_MALFORMED, C_PMTU_TOO_BIG, C_PMTU_TOO_BIG_IGNORED, C_TUN_READ,
-                          count)
-from oe.dp.events cimport EV_PATH_MTU, DpEvent, ev_push
+from oe.dp.codes cimport C_MALFORMED, C_TUN_READ, count
 from oe.dp.inbound cimport dp_inbound
 from oe.dp.outbound cimport dp_outbound, hold_recheck
 from oe.dp.posix cimport sys_read
-from oe.dp.sa cimport CTX_LOOP, ENCAP_RAW, ENCAP_UDP, EspSa, sa_sweep
-from oe.dp.sock cimport (dp_deepen, dp_recverr, dp_recverr_on, dp_recvmany, dp_udp_gro,
-                         dp_wait)
-from oe.dp.sync cimport oe_load_int, oe_now, oe_rd_lock, oe_rw_unlock
+from oe.dp.sa cimport CTX_LOOP, ENCAP_RAW, ENCAP_UDP, sa_sweep
+from oe.dp.sock cimport dp_deepen, dp_recverr_on, dp_recvmany, dp_udp_gro, dp_wait
+from oe.dp.sync cimport oe_load_int, oe_now
 from oe.dp.vnet cimport (DP_F_NEEDS_CSUM, DP_GSO_ECN, DP_GSO_NONE, DP_GSO_TCPV4, DP_GSO_TCPV6,
                          DP_VNET_LEN, dp_finish_csum, dp_tso_segment)
 
@@ -62,7 +59,7 @@ cdef void loop_sockets(DpCore *c) noexcept nogil:
             dp_deepen(c.fds[k], SOCKET_BUFFER)
         if c.fds[k] >= 0 and k < 2:
             dp_udp_gro(c.fds[k])
-        if c.fds[k] >= 0 and k < 4:
+        if c.fds[k] >= 0:      # the clear ones too: the kernel's own EMSGSIZE (batch_settle)
             dp_recverr_on(c.fds[k], 4 if k % 2 == 0 else 6)
     c.udp_gso = 1
 
@@ -126,6 +123,7 @@ cdef void dp_loop(DpCore *c, Classifier cls, int role) noexcept nogil:
                     routine_errors(c, fds[i], which[i])
                 routine_receive(c, fds[i], which[i], lb, b, now)
         batch_flush(c, b)
+        batch_settle(c, b)
     batch_free(b)
     free(lb.arena)
     free(lb)
@@ -221,44 +219,9 @@ cdef void routine_receive(DpCore *c, int fd, int which, LoopBuffers *lb, OutBatc
 
 
 cdef void routine_errors(DpCore *c, int fd, int which) noexcept nogil:
-    """Drain the socket's error queue (IP_RECVERR): each "too big" about a datagram of ours
-    that names one of our outbound SAs to that peer (its SPI: RFC 8899 4.6.1's validation) is
-    raised for the path MTU search; anything else is counted and dropped."""
-    cdef int fam = 4 if which % 2 == 0 else 6
-    cdef uint8_t dst[16]
-    cdef uint32_t spi, mtu
-    cdef int local, r
-    cdef DpEvent e
-    r = dp_recverr(fd, fam, dst, &spi, &mtu, &local)
-    while r != 0:
-        if r < 0 or not _sa_to(c, fam, dst, spi):
-            count(c.counters, C_PMTU_TOO_BIG_IGNORED)
-        else:
-            memset(&e, 0, sizeof(DpEvent))
-            e.kind = EV_PATH_MTU
-            e.version = fam
-            memcpy(e.src, dst, 16)
-            e.count = mtu
-            e.reason = local
-            count(c.counters, C_PMTU_TOO_BIG)
-            ev_push(&c.events, c.counters, &e)
-        r = dp_recverr(fd, fam, dst, &spi, &mtu, &local)
-
-
-cdef bint _sa_to(DpCore *c, int fam, const uint8_t *dst, uint32_t spi) noexcept nogil:
-    """Is there an outbound SA with this SPI to this peer?"""
-    cdef uint32_t i
-    cdef EspSa *sa
-    cdef bint found = False
-    oe_rd_lock(&c.sas.lock)
-    for i in range(c.sas.out.cap):
-        sa = c.sas.out.slots[i]
-        if (sa != NULL and sa.spi == spi and sa.family == fam
-                and memcmp(sa.peer, dst, 4 if fam == 4 else 16) == 0):
-            found = True
-            break
-    oe_rw_unlock(&c.sas.lock)
-    return found
+    """The socket's error queue (IP_RECVERR): a "too big" about a datagram of ours that names
+    one of our outbound SAs to that peer is raised for the path MTU search (drain_errors)."""
+    drain_errors(c, fd, 4 if which % 2 == 0 else 6)
 
 
 cdef void datagram(DpCore *c, int which, int fam, uint8_t *data, uint32_t n, uint16_t seg,

@@ -14,7 +14,7 @@ Holds: when the eroutes change, every hold is reclassified; a pair no longer %tr
 its queue sent, in order, under the new verdict (hold_recheck).
 """
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free
 from libc.string cimport memcmp, memcpy, memset
 
@@ -22,22 +22,25 @@ from oe.dp.batch cimport OUT_PASS, OUT_RAW, OUT_TUN, OUT_UDP, SLOT, batch_commit
 from oe.dp.classifier cimport ACT_DROP, ACT_HOLD, ACT_PASS, ACT_REJECT, ACT_SA, ACT_TRAP, Verdict
 from oe.dp.codes cimport (C_ACQUIRES, C_DROPPED, C_ESP_OUT, C_EXPIRED, C_HOLD_DISCARDED,
                           C_HOLD_RELEASED, C_MALFORMED, C_MSS_CLAMPED, C_NO_POLICY, C_NO_SA,
-                          C_PASSED, C_REJECTED, C_TOO_BIG, R_SEQUENCE, count, count_n)
+                          C_PASSED, C_PMTU_BLACK_HOLES, C_REJECTED, C_TOO_BIG, R_SEQUENCE, count,
+                          count_n)
 from oe.dp.esp cimport ESP_HDR, ESP_ICV, ESP_IV, ESP_TRAILER, esp_seal
-from oe.dp.events cimport EV_ACQUIRE, DpEvent, ev_push
+from oe.dp.events cimport EV_ACQUIRE, EV_BLACK_HOLE, DpEvent, ev_push
 from oe.dp.holds cimport (HOLD_BUCKETS, HeldPkt, Hold, hold_create, hold_enqueue, hold_find,
                           hold_forget, hold_free, hold_remove)
 from oe.dp.core cimport DF_CLEAR, DF_SET
 from oe.dp.packet cimport (PROBE_ECHO, PROBE_ID, PROBE_MAGIC_HI, PROBE_MAGIC_LO, PROTO_ICMP,
-                           PROTO_ICMPV6, PktInfo, addr_len, icmp_error, is_link_chatter,
-                           mss_clamp, oe_csum_add, oe_csum_fold, oe_rd16, oe_wr16, oe_wr32,
-                           option_len, outer_ip, parse_ip)
+                           PROTO_ICMPV6, PROTO_TCP, PktInfo, addr_len, icmp_error,
+                           is_link_chatter, mss_clamp, oe_csum_add, oe_csum_fold, oe_rd16,
+                           oe_rd32, oe_wr16, oe_wr32, option_len, outer_ip, parse_ip)
 from oe.dp.sa cimport ENCAP_UDP, EspSa, SaTable, sa_account, sa_admit, sa_find, sa_fire
 from oe.dp.sync cimport (oe_add64, oe_load_int, oe_mutex_lock, oe_mutex_unlock, oe_now,
                          oe_rd_lock, oe_rw_unlock, oe_swap_int)
 
 cdef enum:
     IPV6_MIN_MTU = 1280         # RFC 8200 5
+    BASE_V4 = 1200              # RFC 8899 5.1.2's BASE_PLPMTU (oe.pmtu.BASE_PLPMTU)
+    BASE_V6 = 1280
 
 
 cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t n, OutBatch *b,
@@ -109,11 +112,51 @@ cdef uint32_t _seal_locked(DpCore *c, int ctxi, uint32_t handle, uint8_t *pkt, s
         return 0
     if mss_clamp(pkt, info, sa.mtu):
         count(c.counters, C_MSS_CLAMPED)
+    if info.proto == PROTO_TCP and info.first_fragment:
+        _watch_retransmission(c, sa, pkt, n, info, now)
     if n > sa.mtu:
         _seal_fragments(c, ctxi, sa, pkt, n, info, b, now)
     else:
         _seal_one(c, ctxi, sa, pkt, n, _outer_df(c, info), b, now)
     return 0
+
+
+cdef void _watch_retransmission(DpCore *c, EspSa *sa, const uint8_t *pkt, size_t n,
+                                const PktInfo *info, double now) noexcept nogil:
+    """RFC 8899 4.3 / 5.2: black hole evidence from the datapath itself. A TCP segment whose
+    ESP packet would exceed the base size (a size the path may have stopped carrying) that is
+    sent again, its data at or below what its flow already sent, raises PathMtuBlackHole for
+    the peer (once a second at most): the search confirms its size at once instead of at the
+    next confirmation. Small segments sent again say nothing about the path MTU."""
+    cdef const uint8_t *tcp = pkt + info.l4off
+    cdef uint32_t flow, end
+    cdef int k, alen = addr_len(info.version)
+    cdef size_t hl
+    cdef DpEvent e
+    if n + sa.path_mtu - sa.mtu <= <size_t>(BASE_V4 if sa.family == 4 else BASE_V6):
+        return
+    if n < <size_t>info.l4off + 20:
+        return
+    hl = (tcp[12] >> 4) * 4
+    if n <= info.l4off + hl:
+        return
+    end = oe_rd32(tcp + 4) + <uint32_t>(n - info.l4off - hl)
+    flow = ((<uint32_t>info.sport << 16) | info.dport) ^ oe_rd32(info.src + alen - 4) \
+        ^ oe_rd32(info.dst + alen - 4)
+    k = (flow ^ (flow >> 16)) & 3
+    if sa.bh_flow[k] != flow or <int32_t>(end - sa.bh_end[k]) > 0:
+        sa.bh_flow[k] = flow
+        sa.bh_end[k] = end
+        return
+    if now - sa.bh_raised < 1.0:
+        return
+    sa.bh_raised = now
+    memset(&e, 0, sizeof(DpEvent))
+    e.kind = EV_BLACK_HOLE
+    e.version = sa.family
+    memcpy(e.src, sa.peer, 16)
+    count(c.counters, C_PMTU_BLACK_HOLES)
+    ev_push(&c.events, c.counters, &e)
 
 
 cdef inline bint _outer_df(const DpCore *c, const PktInfo *info) noexcept nogil:
@@ -169,14 +212,14 @@ cdef bint _seal_one(DpCore *c, int ctxi, EspSa *sa, const uint8_t *pkt, size_t n
         buf = batch_slot(c, b)
         memcpy(buf, whole + hdr, r)
         batch_commit(b, OUT_UDP if udp else OUT_RAW, 6, sa.peer, sa.peer_port if udp else 0,
-                     buf, r)
+                     buf, r, sa.handle)
     elif hdr:
         outer_ip(buf, 4, sa.local, sa.peer, udp, sa.local_port, sa.peer_port, r, False)
-        batch_commit(b, OUT_PASS, 4, sa.peer, 0, buf, hdr + r)
+        batch_commit(b, OUT_PASS, 4, sa.peer, 0, buf, hdr + r, sa.handle)
     else:
         # Raw sockets take no port (IPv6 refuses any but the protocol's).
         batch_commit(b, OUT_UDP if udp else OUT_RAW, sa.family, sa.peer,
-                     sa.peer_port if udp else 0, buf, r)
+                     sa.peer_port if udp else 0, buf, r, sa.handle)
     count(c.counters, C_ESP_OUT)
     return True
 
@@ -199,7 +242,7 @@ cdef void _outer_fragments(DpCore *c, OutBatch *b, const EspSa *sa, const uint8_
         oe_wr16(slot + 42, <uint16_t>(off | (1 if off + piece < total - 40 else 0)))
         oe_wr32(slot + 44, ident)
         memcpy(slot + 48, pkt + 40 + off, piece)
-        batch_commit(b, OUT_PASS, 6, sa.peer, 0, slot, 48 + piece)
+        batch_commit(b, OUT_PASS, 6, sa.peer, 0, slot, 48 + piece, sa.handle)
         off += piece
 
 
@@ -321,7 +364,7 @@ cdef void _send_clear(DpCore *c, const uint8_t *pkt, size_t n, const PktInfo *in
                       OutBatch *b, int counter) noexcept nogil:
     cdef uint8_t *slot = batch_slot(c, b)
     memcpy(slot, pkt, n)
-    batch_commit(b, OUT_PASS, info.version, info.dst, 0, slot, n)
+    batch_commit(b, OUT_PASS, info.version, info.dst, 0, slot, n, 0)
     count(c.counters, counter)
 
 
@@ -332,7 +375,7 @@ cdef void _send_icmp(DpCore *c, const uint8_t *pkt, const PktInfo *info, OutBatc
     cdef uint8_t *slot = batch_slot(c, b)
     cdef int r = icmp_error(slot, pkt, info, type4, code4, type6, code6, mtu)
     if r > 0:
-        batch_commit(b, OUT_TUN, info.version, NULL, 0, slot, r)
+        batch_commit(b, OUT_TUN, info.version, NULL, 0, slot, r, 0)
     count(c.counters, counter)
 
 

@@ -71,6 +71,13 @@ cdef struct EspSa:
     uint64_t err_policy
     uint64_t err_malformed
     uint64_t err_expired
+    # Black hole evidence (RFC 8899 4.3), outbound loop only: per flow slot, the end of the
+    # data sent so far in large TCP segments; a large segment at or below it is sent again
+    uint32_t bh_flow[4]
+    uint32_t bh_end[4]
+    double bh_raised            # when PathMtuBlackHole was last raised (once a second)
+    uint64_t err_send           # outbound datagrams the kernel refused (batch_settle)
+    uint64_t err_emsgsize       # ... of them as too big for the local route
     uint32_t fired              # FIRED_* (atomic)
     uint32_t pending            # PENDING_* (atomic)
     uint8_t soft_reason         # R_* of the soft / hard event, written before its PENDING_ bit

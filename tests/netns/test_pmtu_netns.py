@@ -158,6 +158,33 @@ def test_tcp_survives_the_path_mtu_shrinking_while_it_runs(path):
     assert learned and transfer.ok, report(path, transfer)
 
 
+def sa_to(world, name, dst) -> dict:
+    [sa] = [sa for sa in world.status(name)["sas"] if sa["dst"] == dst]
+    return sa
+
+
+def test_a_local_link_that_shrinks_is_counted_and_learned_from_emsgsize(path):
+    """Issue 17, 3 (no silent loss): a's own link drops to 1280 after the search found 1500.
+    The outer packet of a non-DF ping, built by oe without DF (RFC 4301 8.1), is too big for
+    that link: the kernel refuses it (EMSGSIZE on the clear raw socket). oe counts it on the
+    SA (`send_errors`, `emsgsize`) and the error queue's MTU (the kernel's own, naming the
+    link) lowers the SA's path MTU at once; the next pings cross, fragmented before
+    encryption."""
+    path.place("none")
+    ping(path, "a", D, count=2)
+    assert wait_for(lambda: searched(path, "a", D, 1500), 20), str(sa_to(path, "a", D))
+    path.place("a")
+    shrunk = time.monotonic()
+    ping(path, "a", D, "-M", "dont", "-s", "1400", count=1)
+    assert wait_for(lambda: sa_to(path, "a", D)["path_mtu"] <= 1280, 5), sa_to(path, "a", D)
+    learned = time.monotonic() - shrunk
+    sa = sa_to(path, "a", D)
+    assert sa["send_errors"] >= 1 and sa["emsgsize"] >= 1, sa
+    proc = ping(path, "a", D, "-M", "dont", "-s", "1400", count=3)
+    print(f"pmtu emsgsize: a's SA at {sa['path_mtu']} {learned:.1f} s after its link shrank")
+    assert " 0% packet loss" in proc.stdout, proc.stdout + report(path)
+
+
 @pytest.mark.parametrize("family", [4, 6], ids=["v4", "v6"])
 def test_non_df_ping_crosses(path, family):
     """`ping -M dont -s 1400` through oe arrives, as it does with plain routing (the control

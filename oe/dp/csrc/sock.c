@@ -47,15 +47,19 @@ static void dp_wait_writable(int fd) {
     poll(&p, 1, 10);
 }
 
-/* sendmmsg() a run of datagrams to (addr, port) pairs; returns how many the kernel took. */
+/* sendmmsg() a run of datagrams to (addr, port) pairs; returns how many the kernel took.
+   errs[i]: 0, or the errno of the datagram the kernel refused (sendmmsg stops at the first
+   failure and reports it as the call's error when none went: that item is skipped, the rest
+   sent again). */
 int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*addrs)[16],
-                uint16_t *ports, int n) {
+                uint16_t *ports, int n, int *errs) {
     struct mmsghdr msgs[DP_BATCH];
     struct iovec iov[DP_BATCH];
     dp_sockaddr sa[DP_BATCH];
-    int i, sent = 0, ok = 0, r;
+    int i, sent = 0, ok = 0, r, retried = -1;
     if (n > DP_BATCH) n = DP_BATCH;
     memset(msgs, 0, sizeof(struct mmsghdr) * n);
+    memset(errs, 0, sizeof(int) * n);
     for (i = 0; i < n; i++) {
         iov[i].iov_base = bufs[i];
         iov[i].iov_len = lens[i];
@@ -72,7 +76,13 @@ int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*ad
                 dp_wait_writable(fd);
                 continue;
             }
-            sent++;             /* skip the datagram the kernel refused (e.g. EMSGSIZE) */
+            /* With IP_RECVERR an ICMP error about an earlier datagram also fails the socket's
+               next send, once (sk_err): a refused datagram is tried once more. */
+            if (retried != sent) {
+                retried = sent;
+                continue;
+            }
+            errs[sent++] = errno;   /* skip the datagram refused (e.g. EMSGSIZE): counted */
             continue;
         }
         sent += r;
@@ -119,7 +129,7 @@ static int dp_send_gso(int fd, int family, uint8_t **bufs, uint32_t *lens, int n
    sendmmsg(); what GSO refuses goes out one by one. *gso drops to 0 for good if the kernel or
    the device cannot do it at all. */
 int dp_sendrun(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*addrs)[16],
-               uint16_t *ports, int n, int *gso) {
+               uint16_t *ports, int n, int *gso, int *errs) {
     int i = 0, j, r, ok = 0;
     uint32_t total;
     while (i < n) {
@@ -134,13 +144,19 @@ int dp_sendrun(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*add
         }
         if (j - i >= 2) {
             r = dp_send_gso(fd, family, bufs + i, lens + i, j - i, addrs[i], ports[i]);
-            if (r == 0) { ok += j - i; i = j; continue; }
+            if (r == 0) {
+                memset(errs + i, 0, sizeof(int) * (j - i));
+                ok += j - i;
+                i = j;
+                continue;
+            }
             /* EIO: the device cannot checksum (wireguard-go's test); the others: no GSO in
                this kernel. EINVAL (e.g. datagrams over the path MTU) only for this run. */
             if (r == -EIO || r == -ENOPROTOOPT || r == -EOPNOTSUPP)
                 *gso = 0;
         }
-        ok += dp_sendmany(fd, family, bufs + i, lens + i, addrs + i, ports + i, j - i);
+        ok += dp_sendmany(fd, family, bufs + i, lens + i, addrs + i, ports + i, j - i,
+                          errs + i);
         i = j;
     }
     return ok;
@@ -213,7 +229,8 @@ void dp_recverr_on(int fd, int family) {
 
 /* Take one error from the socket's error queue. 1: a datagram of ours to *dst was too big,
    the MTU named in *mtu, *local if the kernel itself said so (else an ICMP), the first four
-   bytes of the datagram (an SPI) in *spi; -1: an error about something else; 0: none left. */
+   bytes of the datagram (an SPI) in *spi (0 for the kernel's own, which quotes nothing);
+   -1: an error about something else; 0: none left. */
 int dp_recverr(int fd, int family, uint8_t *dst, uint32_t *spi, uint32_t *mtu, int *local) {
     uint8_t data[16];
     union { char buf[512]; struct cmsghdr align; } ctrl;
@@ -236,11 +253,12 @@ int dp_recverr(int fd, int family, uint8_t *dst, uint32_t *spi, uint32_t *mtu, i
         if ((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR)
             || (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR))
             ee = (struct sock_extended_err *)CMSG_DATA(cm);
-    if (ee == NULL || ee->ee_errno != EMSGSIZE || r < 4) return -1;
+    if (ee == NULL || ee->ee_errno != EMSGSIZE) return -1;
     *local = ee->ee_origin == SO_EE_ORIGIN_LOCAL;
+    if (r < 4 && !*local) return -1;
     *mtu = ee->ee_info;
-    *spi = ((uint32_t)data[0] << 24) | ((uint32_t)data[1] << 16) | ((uint32_t)data[2] << 8)
-           | data[3];
+    *spi = r < 4 ? 0 : ((uint32_t)data[0] << 24) | ((uint32_t)data[1] << 16)
+                       | ((uint32_t)data[2] << 8) | data[3];
     memset(dst, 0, 16);
     if (family == 4) memcpy(dst, &sa.v4.sin_addr, 4);
     else memcpy(dst, &sa.v6.sin6_addr, 16);
