@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Union
 from oe.eroute import IPAddress
 
 if TYPE_CHECKING:
+    from oe.dnskeys.choice import KeyLookup
     from oe.opportunist import Pair
 
 
@@ -32,6 +33,11 @@ class Initiate:
 
     pair: "Pair"
     peer: IPAddress
+    local: IPAddress | None = None
+    """Our address, and so our ID, for the IKE SA; None: the pair's source (docs/gateway.md 1, 3)."""
+    peer_key: "KeyLookup | None" = None
+    """The key `peer` must prove when a record delegated the pair's far end to it (RFC 4322
+    3.2.4.1; docs/gateway.md 4.3); None: the engine asks for `peer`'s own key."""
 
 
 @dataclass(frozen=True)
