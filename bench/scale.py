@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,9 @@ from oe import demo  # noqa: E402
 
 NOKEY_NET = "2001:db8::1:0"
 PORT = 9
+SETTLE = 1.0
+"""Seconds a daemon gets after `oe start` before the first packet (charon is measured long
+after its start, too)."""
 
 SENDER = r"""
 import socket, sys, time, ipaddress, json
@@ -86,18 +90,77 @@ def ms(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------ latency
 
-def first_ping(world: demo.OeWorld) -> float:
-    """Seconds from alice's first ping to bob's (encrypted) reply, daemons started cold."""
+def capture(ns: str, iface: str, pcap: Path) -> subprocess.Popen:
+    """tcpdump on `iface` of namespace `ns` until SIGINT (promiscuous on the switch's bridge:
+    every host's frames)."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", iface,
+                             "--immediate-mode", "-U", "-n", "-w", str(pcap), "ip or ip6"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc.stderr.readline()  # "listening on ...": capturing from now on
+    return proc
+
+
+def first_ping(world: demo.OeWorld, work: Path) -> tuple[float, dict[str, float]]:
+    """Seconds from alice's first ping to bob's (encrypted) reply, daemons freshly started
+    (no key, no SA cached), and that time split into its parts as seen on the wire and on
+    alice's TUN (where the ping is trapped and its reply delivered)."""
     for name in ("alice", "bob"):
         demo.start_oe(world, name)
     try:
+        time.sleep(SETTLE)
         alice, bob = world.hosts["alice"], world.hosts["bob"]
+        wire, tun = work / "wire.pcap", work / "tun.pcap"
+        tcpdumps = [capture(world.world.switch, "br0", wire), capture(alice.name, "oe0", tun)]
         out = world.world.run(alice, "ping", "-c", "1", "-W", "10", bob.address,
                               check=False).stdout
-        return float(out.split("time=")[1].split()[0]) / 1e3 if "time=" in out else float("nan")
+        time.sleep(0.2)
+        for tcpdump in tcpdumps:
+            tcpdump.send_signal(signal.SIGINT)
+            tcpdump.wait(10)
+        rtt = float(out.split("time=")[1].split()[0]) / 1e3 if "time=" in out else float("nan")
+        return rtt, parts(wire, tun, alice.address, bob.address, world.hosts["dns"].address)
     finally:
         for name in ("alice", "bob"):
             demo.stop_oe(world, name)
+
+
+def parts(wire: Path, tun: Path, a: str, b: str, ns: str) -> dict[str, float]:
+    """The first ping's way: trapped on alice's TUN, alice's DNS, IKE_SA_INIT, IKE_AUTH (bob's
+    DNS lookups run beside them), the first ESP packet, the reply delivered to alice's TUN;
+    each part in seconds."""
+    from scapy.all import ICMP, IP, UDP, rdpcap  # scapy is slow to import
+
+    seen: dict[str, float] = {}
+    dns_a, dns_b = [], []
+    for packet in rdpcap(str(wire)):
+        if not packet.haslayer(IP):
+            continue
+        ip, t = packet[IP], float(packet.time)
+        if packet.haslayer(UDP) and ns in (ip.src, ip.dst):
+            (dns_a if a in (ip.src, ip.dst) else dns_b).append(t)
+        elif packet.haslayer(UDP) and packet[UDP].dport in (500, 4500):
+            ike = bytes(packet[UDP].payload)
+            ike = ike[4:] if packet[UDP].dport == 4500 else ike
+            exchange = {34: "init", 35: "auth"}.get(ike[18]) if len(ike) > 19 else None
+            if exchange:
+                seen.setdefault(f"{exchange}_{'r' if ike[19] & 0x20 else 'i'}", t)
+        elif ip.proto == 50:
+            seen.setdefault("esp" if ip.src == a else "esp_reply", t)
+    for packet in rdpcap(str(tun)):
+        if packet.haslayer(ICMP):
+            seen.setdefault("trap" if packet[ICMP].type == 8 else "delivered", float(packet.time))
+    dns_a = [t for t in dns_a if t < seen["init_i"]]
+    return {
+        "trapped -> first DNS query (alice)": min(dns_a) - seen["trap"],
+        "DNS lookups (alice, incl. DNSSEC chain)": max(dns_a) - min(dns_a),
+        "last DNS answer -> IKE_SA_INIT sent (validate, DH)": seen["init_i"] - max(dns_a),
+        "IKE_SA_INIT round trip (bob: DH)": seen["init_r"] - seen["init_i"],
+        "IKE_SA_INIT reply -> IKE_AUTH sent (DH, sign)": seen["auth_i"] - seen["init_r"],
+        "IKE_AUTH round trip (bob: verify, sign, install)": seen["auth_r"] - seen["auth_i"],
+        "  of which bob's DNS lookups of alice": (max(dns_b) - min(dns_b)) if dns_b else 0.0,
+        "IKE_AUTH reply -> first ESP (verify, install, release)": seen["esp"] - seen["auth_r"],
+        "first ESP -> reply delivered to alice's TUN": seen["delivered"] - seen["esp"],
+    }
 
 
 def charon_initiate(trials: int) -> list[float]:
@@ -129,14 +192,17 @@ def latency(trials: int) -> None:
     with tempfile.TemporaryDirectory(prefix="oe-scale-") as work:
         world = demo.build(Path(work))
         try:
-            oe_times = [first_ping(world) for _ in range(trials)]
+            runs = [first_ping(world, Path(work)) for _ in range(trials)]
         finally:
             world.close()
     swan_times = charon_initiate(trials)
+    oe_times = [rtt for rtt, _ in runs]
     oe_med, swan_med = statistics.median(oe_times), statistics.median(swan_times)
     print(f"first packet -> encrypted reply, oe (trap, 2 DNS lookups, IKEv2, SA, hold "
           f"released): median {ms(oe_med)}, min {ms(min(oe_times))}, max {ms(max(oe_times))} "
-          f"({trials} cold starts)")
+          f"({trials} fresh daemons)")
+    for name in runs[0][1]:
+        print(f"  {name:<56} median {ms(statistics.median(p[name] for _, p in runs)):>9}")
     print(f"swanctl --initiate between two charons (IKEv2 + CHILD SA, keys given): median "
           f"{ms(swan_med)}, min {ms(min(swan_times))}, max {ms(max(swan_times))}")
     print(f"oe/charon: x{oe_med / swan_med:.2f}")
