@@ -496,6 +496,8 @@ class Daemon(Executor):
             self.loop.time(), datapath=datapath, ike=ike, limits=self._limits_status(datapath, ike),
             counters={**self.admission.counters, **self.counters, **self.lifecycle.counters,
                       "cleartext_dropped": inbound.dropped(),
+                      **({"spoofed_dropped": inbound.dropped(inbound.SPOOFED)}
+                         if self.clients is not None else {}),
                       "key_refreshes": self.fetcher.stats.refreshes})
 
     def _limits_status(self, datapath: dict, ike: dict) -> dict[str, LimitStatus]:
