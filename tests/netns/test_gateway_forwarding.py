@@ -118,6 +118,18 @@ def test_a_gateway_forwards_for_its_clients_and_puts_it_back(world):
     in_dave(dave, "ping", "-c", "1", "-W", "1", "-I", SPOOF, BOB)
     assert status(made)["counters"]["spoofed_dropped"] == 1
 
+    # `oe reload` without [gateway]: forwarding and the forward chain go; with it, back
+    conf = made.confdir("alice") / "oe.conf"
+    gateway = conf.read_text()
+    conf.write_text(gateway.replace(f'[gateway]\nsubnets = ["{LAN}", "{LAN6}"]\n', ""))
+    assert "applied: [gateway] subnets" in demo.oe_cmd(made, "alice", "reload").stdout
+    assert sysctls(made, "alice") == before
+    table = made.world.run(made.hosts["alice"], "nft", "list", "table", "inet", "oe").stdout
+    assert "chain input" in table and "chain forward" not in table
+    conf.write_text(gateway)
+    demo.oe_cmd(made, "alice", "reload")
+    assert sysctls(made, "alice") == on
+
     # a crash leaves forwarding on; `oe flush` puts it back from the record in the run dir
     made.daemons["alice"].send_signal(signal.SIGKILL)
     made.daemons.pop("alice").wait(10)
