@@ -139,8 +139,7 @@ def forwarding(config: oeconfig.Config) -> list[str]:
         return []
     from oe import net, routing
 
-    lan = _lan(config)
-    wan = [name for name in net.interface_names(exclude=config.tun_name) if name not in lan]
+    lan, wan = net.gateway_interfaces(config.gateway.subnets, config.tun_name)
     families = {ipaddress.ip_network(s).version for s in config.gateway.subnets}
     return [f"would set {name} = {new} (now {old})" for name, old, new in
             routing.forwarding_changes(families, list(lan), config.tun_name, wan)]
