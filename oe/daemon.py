@@ -95,6 +95,7 @@ class Daemon(Executor):
         self.pmtu = PathMtuDriver()  # each peer's path MTU search (issue 17, docs/pmtu.md)
         self.steering: routing.Steering | None = None
         self._inbound = False  # the inbound table is installed
+        self.clients: inbound.Clients | None = None  # [gateway]: subnets, LAN (docs/gateway.md 2)
         self._wake = asyncio.Event()  # an event may have moved the earliest timer
         # pyroute2's synchronous API runs an event loop of its own, so every netlink call runs
         # in this one thread, which also keeps route changes in order.
@@ -156,6 +157,7 @@ class Daemon(Executor):
         await asyncio.gather(*(side.runner.start() for side in self.sides.values()))
         self.datapath.start(self.tun_fd, tun_mtu=mtu, **fds)
         self.loop.add_reader(self.datapath.events_fd, self._datapath_events)
+        self.clients = await self._in_netlink(self._gateway, self.config.gateway.subnets)
         await self._install_routes()
         await self._in_netlink(self._install_inbound)
         self.control = await control.serve(self.rundir, self._control)
@@ -206,28 +208,52 @@ class Daemon(Executor):
         return [ns for ns in self.fetcher.nameservers() if _is_address(ns)]
 
     async def _install_routes(self) -> None:
-        await self._in_netlink(self._steer, self.routes.steer(self.opportunist.base,
-                                                              self._nameserver_addresses()))
+        await self._in_netlink(self._steer, self.routes.steer(
+            self.opportunist.base, self._nameserver_addresses(), self.config.gateway.subnets))
         for ns in self.fetcher.nameservers():
             if _is_address(ns) and ipaddress.ip_address(ns).is_loopback:
                 log.warning("nameserver %s is a local stub: the servers it forwards to are not "
                             "exempt from trapping; list them in oe.conf [dns] nameservers or in "
                             "policies/clear", ns)
-        for name in routing.loosen_rp_filter(net.interface_names(exclude=self.config.tun_name)):
+        lan = self.clients.lan if self.clients is not None else ()  # stays strict (RFC 3704)
+        for name in routing.loosen_rp_filter([n for n in net.interface_names(
+                exclude=self.config.tun_name) if n not in lan]):
             log.info("set %s = 2 (loose): replies to trapped peers arrive on the real interface",
                      name)
 
     def _install_inbound(self, base: ErouteTable | None = None) -> None:
         """(Re)build the inbound cleartext policy for a policy (default: the current one)."""
         policy = self.opportunist.base if base is None else base
-        inbound.apply(inbound.ruleset(self.config.tun_name,
-                                      inbound.protected(policy, self._nameserver_addresses()),
-                                      set(self.routes.refused)))
+        exempt = [*self._nameserver_addresses(), *self.config.gateway.subnets]
+        inbound.apply(inbound.ruleset(self.config.tun_name, inbound.protected(policy, exempt),
+                                      set(self.routes.refused), self.clients))
         self._inbound = True
+
+    def _gateway(self, subnets: tuple[str, ...]) -> inbound.Clients | None:
+        """Forwarding for the clients behind us (docs/gateway.md 2): what an earlier run left
+        (a crash) or an older [gateway] turned on is put back first, from the record in the
+        run dir; then the interfaces leading to the subnets, the TUN and the WAN get it.
+        Subnets no interface leads to are refused, as `oe check` refuses them."""
+        tun = self.config.tun_name
+        lan, wan = net.gateway_interfaces(subnets, tun) if subnets else ((), [])
+        if subnets and not lan:
+            raise OeError(f"[gateway] subnets: no interface has a route into "
+                          f"{', '.join(subnets)}")
+        record = self.rundir / routing.FORWARDING_RECORD
+        for name in routing.restore_forwarding(record):
+            log.info("restored %s", name)
+        if not subnets:
+            return None
+        networks = tuple(ipaddress.ip_network(s) for s in subnets)
+        changed = routing.enable_forwarding({n.version for n in networks}, list(lan), tun, wan,
+                                            record)
+        for name, old in changed:
+            log.info("changed %s (was %s): forwarding for [gateway] subnets", name, old)
+        return inbound.Clients(networks, lan, routing.opened(changed, wan))
 
     def _update_inbound(self, add: set, remove: set) -> None:
         try:
-            inbound.apply(inbound.peers_update(add, remove))
+            inbound.apply(inbound.refused_update(add, remove))
         except OeError as exc:
             log.error("%s", exc)
 
@@ -270,6 +296,11 @@ class Daemon(Executor):
                 await self._in_netlink(inbound.stop, keep)
             except OeError as exc:
                 log.error("%s", exc)
+        try:  # what [gateway] turned on (docs/gateway.md 2)
+            for name in routing.restore_forwarding(self.rundir / routing.FORWARDING_RECORD):
+                log.info("restored %s", name)
+        except OeError as exc:
+            log.error("%s", exc)
         if self.datapath is not None:
             self.loop.remove_reader(self.datapath.events_fd)
             self.datapath.stop()
@@ -378,10 +409,15 @@ class Daemon(Executor):
         self.config = diff.config
         if diff.config.dns != old[0].dns:  # new nameservers are exempt from trapping, too
             self.fetcher = KeyFetcher.from_config(diff.config.dns, self.confdir)
+        clients = self.clients
         try:  # first what can fail (one nft transaction): a refusal leaves all as it was
+            if diff.config.gateway != old[0].gateway:
+                self.clients = await self._in_netlink(self._gateway, diff.config.gateway.subnets)
             await self._in_netlink(self._install_inbound, base)
         except OeError:
-            self.config, self.fetcher = old
+            if self.clients is not clients:  # the old subnets' forwarding back
+                await self._in_netlink(self._gateway, old[0].gateway.subnets)
+            self.config, self.fetcher, self.clients = *old, clients
             raise
         close = getattr(old[1].source, "close", None)
         if self.fetcher is not old[1] and close is not None:
@@ -459,6 +495,8 @@ class Daemon(Executor):
             self.loop.time(), datapath=datapath, ike=ike, limits=self._limits_status(datapath, ike),
             counters={**self.admission.counters, **self.counters, **self.lifecycle.counters,
                       "cleartext_dropped": inbound.dropped(),
+                      **({"spoofed_dropped": inbound.dropped(inbound.SPOOFED)}
+                         if self.clients is not None else {}),
                       "key_refreshes": self.fetcher.stats.refreshes})
 
     def _limits_status(self, datapath: dict, ike: dict) -> dict[str, LimitStatus]:
