@@ -28,7 +28,9 @@ once, then forgotten, so no answer can be replayed. Encrypted Fragments (SKF, RF
 taken wherever SK is, each checked before it is kept, and the message they make up is then
 handled as if it had come whole. Rule 2: requests we send are retransmitted
 with exponential backoff until a budget runs out (section 2.1); requests we receive are
-answered once and the answer is replayed for retransmits (section 2.1, the responder's cache).
+answered once and the answer is replayed for retransmits (section 2.1, the responder's cache);
+one whose CHILD SA must wait for DNS (the user's child_policy said Wait) is kept unanswered,
+its Message ID still expected and its copies ignored, until ``resume`` (docs/gateway.md 4.2).
 Rule 3: at most one request of ours is in flight per IKE SA (window size 1, section 2.3);
 further tasks wait in a queue. Rule 4: every inbound SPI comes from the host's
 ``SpiAllocator`` and goes back when its CHILD SA goes or its offer ends; a CHILD SA is
