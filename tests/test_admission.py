@@ -390,3 +390,38 @@ def test_offers_without_us_or_the_peer_and_no_client_host_are_refused_without_lo
         assert a.child_policy(sa, tsi, tsr, 0.0) == Refuse(
             "selectors are not host-to-host between us and the peer's key")
     assert a.fetching == {} and a.waiting == {}
+
+
+def test_an_fqdn_gateway_matches_a_peer_of_that_name_only(keys3):
+    """RFC 4322 3.3 step 3: the record must name the initiator, by address or identical FQDN.
+    An @FQDN record does not match an address ID (its addresses are not looked up here)."""
+    import dns.name
+
+    from oe.ike.auth import PeerKey
+    from oe.ike.childpolicy import Allow, AuthenticatedSa, Refuse
+    a, by_address = gateway_door(keys3)
+    by_name = AuthenticatedSa(6, ME, Identity.fqdn("gw.example"),
+                              PeerKey(keys3[1].public_key(), frozenset({GW})))
+    blob = hostkey.public_blob(keys3[1])
+    record = KeyRecord("IPSECKEY", Target.parse(CLIENT).name, 10,
+                       dns.name.from_text("GW.Example."), decode_rsa_blob(blob), blob, "")
+    named = KeyLookup(Target.parse(CLIENT), Verdict.KEY, record=record, key=record.key,
+                      blob=blob, gateway=record.gateway, records=(record,), dnssec="secure",
+                      expires=600.0)
+    assert answered(a, by_name, hosts(CLIENT), hosts(ME), {CLIENT: named}) == \
+        Allow(hosts(ME), hosts(CLIENT))
+    got = a.child_policy(by_address, hosts(CLIENT), hosts(ME), 1.0)
+    assert isinstance(got, Refuse) and got.reason.endswith(
+        f"record for {CLIENT} delegates to @GW.Example, not {GW}")
+
+
+def test_a_record_naming_the_peer_without_a_key_takes_the_key_the_peer_proved(keys3):
+    """FreeS/WAN: a gateway record without a key means the gateway's own key, which the
+    peer has just proved in IKE_AUTH."""
+    from oe.ike.childpolicy import Allow
+    a, sa = gateway_door(keys3)
+    keyless = record_for(CLIENT, GW, None)
+    chosen = delegating(CLIENT, GW, keys3[2], more=(keyless,))    # its KEY: another key
+    chosen = replace(chosen, record=keyless, records=(keyless,))
+    assert answered(a, sa, hosts(CLIENT), hosts(ME), {CLIENT: chosen}) == \
+        Allow(hosts(ME), hosts(CLIENT))
