@@ -167,14 +167,20 @@ void dp_udp_gro(int fd) {
     setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one));
 }
 
-/* recvmmsg() up to n datagrams; fills lengths, source (addr, port) and, for UDP GRO buffers
-   holding several datagrams, their size (segs[i], else 0). */
+/* recvmmsg() up to n datagrams; fills lengths, source (addr, port), destination (dsts, from
+   IP_PKTINFO / IPV6_PKTINFO on a wildcard socket, else zero) and, for UDP GRO buffers holding
+   several datagrams, their size (segs[i], else 0). */
 int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
-                uint8_t (*addrs)[16], uint16_t *ports, uint16_t *segs, int n) {
+                uint8_t (*addrs)[16], uint8_t (*dsts)[16], uint16_t *ports, uint16_t *segs,
+                int n) {
     struct mmsghdr msgs[DP_BATCH];
     struct iovec iov[DP_BATCH];
     dp_sockaddr sa[DP_BATCH];
-    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctrl[DP_BATCH];
+    /* room for both: a truncated control buffer would lose the GRO size */
+    union {
+        char buf[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct in6_pktinfo))];
+        struct cmsghdr align;
+    } ctrl[DP_BATCH];
     struct cmsghdr *cm;
     int i, r;
     if (n > DP_BATCH) n = DP_BATCH;
@@ -193,9 +199,15 @@ int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
     for (i = 0; i < r; i++) {
         lens[i] = msgs[i].msg_len;
         segs[i] = 0;
-        for (cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm))
+        memset(dsts[i], 0, 16);
+        for (cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm)) {
             if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO)
                 segs[i] = (uint16_t)*(int *)CMSG_DATA(cm);
+            else if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO)
+                memcpy(dsts[i], &((struct in_pktinfo *)CMSG_DATA(cm))->ipi_addr, 4);
+            else if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO)
+                memcpy(dsts[i], &((struct in6_pktinfo *)CMSG_DATA(cm))->ipi6_addr, 16);
+        }
         memset(addrs[i], 0, 16);
         if (family == 4) {
             memcpy(addrs[i], &sa[i].v4.sin_addr, 4);
