@@ -43,7 +43,7 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
     # The SYN's answer goes back over our path to the peer: the SA's MTU, not the TUN's.
     if mss_clamp(inner, &info, mtu):
         count(c.counters, C_MSS_CLAMPED)
-    batch_commit(b, OUT_TUN, info.version, NULL, 0, inner, <uint32_t>length, 0)
+    batch_commit(b, OUT_TUN, info.version, NULL, NULL, 0, inner, <uint32_t>length, 0)
     count(c.counters, C_ESP_IN)
 
 

@@ -6,7 +6,9 @@
 
 The peer initiates to each of the 500 addresses and demands that address as the responder's
 ID: every IKE_AUTH verifies, `oe status` lists 500 IKE SAs each on its own local address, and
-the daemon holds one UDP socket per port and family, not one per address.
+the daemon holds one UDP socket per port and family, not one per address. ESP then leaves
+from the address of each CHILD SA, not from the route's source (packet info on the datapath's
+sends).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from oe import control, demo, hostkey
 from oe.knotd import NSEC, Knotd
-from oe.netns import World
+from oe.netns import World, wait_for
 
 from test_ike_interop import OePeer
 
@@ -34,6 +36,8 @@ NET = ipaddress.ip_network("198.18.0.0/23")
 MANY = [str(a) for a in list(NET.hosts())[:500]]
 ZONES = ("2.0.192.in-addr.arpa", "0.18.198.in-addr.arpa", "1.18.198.in-addr.arpa")
 BATCH = 25  # initiations in flight at once: below the responder's COOKIE threshold
+ESP_SOURCES = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)\n"
+               "while True: print(s.recvfrom(65535)[1][0], flush=True)")
 
 
 def pem_public(key) -> bytes:
@@ -112,5 +116,23 @@ def test_ike_answered_on_each_of_500_addresses_with_its_own_id(world):
         print(f"daemon: {fds} open fds, UDP 500/4500 sockets: {len(bound)}")
         assert len(bound) == 2, sockets       # IPv4 500 and 4500, wildcard, whatever the count
         assert fds < 100, fds                 # one socket per address would be over 1000
+        esp_from_each_sa_address(world)
     finally:
         peer.stop()
+
+
+def esp_from_each_sa_address(world) -> None:
+    """A packet from one of srv's addresses to cli goes through that address's CHILD SA; its
+    ESP must leave from that address (cli would otherwise see all from srv's route source)."""
+    cli, srv = world.hosts["cli"], world.hosts["srv"]
+    listener = world.world.spawn(cli, sys.executable, "-c", ESP_SOURCES, log="esp.log")
+    time.sleep(0.3)
+    chosen = [MANY[0], MANY[250], MANY[-1]]
+    try:
+        for address in chosen:
+            world.world.run(srv, "ping", "-n", "-c", "1", "-W", "1", "-I", address, CLI,
+                            check=False)
+        assert wait_for(lambda: len((cli.dir / "esp.log").read_text().split()) >= 3, 5)
+    finally:
+        World.stop(listener)
+    assert (cli.dir / "esp.log").read_text().split() == chosen
