@@ -110,6 +110,8 @@ class ReplayInit:
     data: bytes
     addr: tuple
     local_port: int
+    local_addr: str
+    """The address of ours it was sent to (docs/gateway.md 1)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class RefuseInit:
     data: bytes
     addr: tuple
     local_port: int
+    local_addr: str
     notify: int
 
 

@@ -115,7 +115,7 @@ MUTANTS = [
       "                data[19] & 0x20 or data[8:16] != bytes(8):\n", "                False:\n",
       "test_daemon.py"),
     m("ike-admission-hook-ignored", ENGINE,
-      "        if self.admit_init is not None and not self.admit_init(data, addr, local_port):\n",
+      "        if self.admit_init is not None and not self.admit_init(data, addr, local[1], local[0]):\n",
       "        if False:\n", "test_ike_admission.py"),
     m("ike-half-open-unbounded", ENGINE,
       "        if len(self._half_open) >= self.config.half_open_max:\n", "        if False:\n",

@@ -150,8 +150,7 @@ def narrow_as_responder(sa: IkeSa, msg: Message) -> tuple[Selectors, Selectors]:
     a lookup first, IkeError(TS_UNACCEPTABLE) when refused (section 3.10.1)."""
     tsi, tsr = selectors_of(msg, "request")
     assert sa.peer_id is not None and sa.peer_key is not None
-    # our contacted address: the engine's one today, IkeSa.local_addr with docs/gateway.md 1
-    info = AuthenticatedSa(sa.sa_id, sa.config.local_addr, sa.peer_id, sa.peer_key)
+    info = AuthenticatedSa(sa.sa_id, sa.local_addr, sa.peer_id, sa.peer_key)
     verdict = (sa.host.child_policy or host_to_host)(info, tuple(tsi), tuple(tsr))
     if isinstance(verdict, Wait):
         raise AwaitingDns(verdict.lookups)
@@ -183,7 +182,7 @@ def make_child(sa: IkeSa, suite: Suite, spi_in: bytes, spi_out: bytes, nonce_i: 
         encr=suite.encr, key_bits=suite.key_bits, integ=suite.integ,
         esn=suite.esn == EsnId.ESN, key_in=key_in, key_out=key_out, integ_key_in=integ_in,
         integ_key_out=integ_out, local_ts=local_ts, remote_ts=remote_ts,
-        local_addr=sa.config.local_addr, remote_addr=sa.peer_addr, udp_encap=encap,
+        local_addr=sa.local_addr, remote_addr=sa.peer_addr, udp_encap=encap,
         local_port=sa.local_port if encap else 0,
         remote_port=sa.peer_port if encap else 0, dh=suite.dh,
     ), suite)
