@@ -241,8 +241,7 @@ class Daemon(Executor):
             self._netlink.shutdown(wait=True)
             return
         for side in self.sides.values():
-            for sa_id in [i for i in self.lifecycle.pairs
-                          if self.lifecycle.family(i) == side.version]:
+            for sa_id in self.lifecycle.ike_sas(side.version):
                 try:
                     side.engine.delete_ike(sa_id, self.loop.time())
                 except OeError:

@@ -145,6 +145,10 @@ class Lifecycle:
         """The IP version of the engine holding IKE SA `sa_id` (sa_ids are unique on the host)."""
         return self._family.get(sa_id)
 
+    def ike_sas(self, version: int) -> list[int]:
+        """Every IKE SA the engine of IP version `version` spoke of and that is not gone."""
+        return [sa_id for sa_id, v in self._family.items() if v == version]
+
     def heard(self, version: int, sa_id: int) -> None:
         """An engine spoke of IKE SA `sa_id`."""
         self._family[sa_id] = version
@@ -292,11 +296,10 @@ class Lifecycle:
 
     def _retire(self, tunnel: Tunnel) -> Command:
         """End a tunnel: its CHILD SA while its IKE SA carries other pairs or requests, else
-        the IKE SA (no use keeping it, RFC 4322's OE rule: a later packet traps again)."""
-        others = self.opportunist.tunnels_of(tunnel.sa_id) - {tunnel.pair}
-        if others or self._asked.get(tunnel.sa_id):
+        the IKE SA (no use keeping it, FreeS/WAN's OE rule: a later packet traps again)."""
+        if self._asked.get(tunnel.sa_id):
             return DeleteChild(tunnel.sa_id, tunnel.spi_in)
-        return DeleteIke(tunnel.sa_id)
+        return self.opportunist.delete_for(tunnel)
 
     def _tunnel_by_sa_out(self, handle: int) -> Tunnel | None:
         for tunnel in self.opportunist.tunnels.values():

@@ -179,6 +179,7 @@ def test_pairs_are_kept_per_child_sa():
     assert life.child_deleted(1, 0x2001, 8, now=7.0) == second
     assert life.next_timer() is None                                  # 0x3001 is still up
     life.heard(4, 1)
+    assert life.ike_sas(4) == [1] and life.ike_sas(6) == []          # what stop deletes
     assert life.child_deleted(1, 0x3001, None, now=8.0) == first
     assert life.next_timer() == 8.0 + CHILDLESS_GRACE                 # the last one went
 
@@ -246,3 +247,13 @@ def test_an_ike_sa_that_fails_or_goes_fails_every_pair_asked_of_it():
     assert life.ike_deleted(2, "DELETE from the peer", 4.0) == []
     assert third.pair not in oe.tunnels
     assert oe.shunts[fourth.pair].reason == "IKE SA gone: DELETE from the peer"
+
+
+def test_an_idle_last_tunnel_keeps_the_ike_sa_a_request_is_under_way_on():
+    oe, life = world()
+    first, second = via_gateway(oe, CLIENTS[0]), via_gateway(oe, CLIENTS[1])
+    life.initiated(4, 1, first)
+    life.ike_established(4, 1, now=1.0)
+    tunnel(oe, life, CLIENTS[0], sa_id=1, spi_in=0x1001, sa_out=7)
+    assert life.route_initiate(second) == [CreateChild(1, second.pair)]
+    assert life.soft_limit(7, packets=0, why="soft limit (time)")[-1] == DeleteChild(1, 0x1001)
