@@ -14,12 +14,14 @@ from ike_helpers import ADDR_A, ADDR_B, Link, events, host_key, make_engine
 
 from oe.ike.auth import PeerKey
 from oe.ike.constants import NotifyType
+from oe.ike.errors import IkeError
 from oe.ike.events import (ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaEstablished,
                            IkeSaFailed)
 from oe.ike.ts import TrafficSelector, narrow
 
 CLIENT = "198.51.100.20"      # behind B; its record names B and B's key
 CLIENT_2 = "198.51.100.30"
+NOT_A_CLIENT = "198.51.100.40"  # B refuses to answer for it
 host = TrafficSelector.host
 
 
@@ -30,6 +32,8 @@ def gateway_answers_for_its_clients(monkeypatch):
 
     def for_clients(sa, msg):
         tsi, tsr = common.selectors_of(msg, "request")
+        if tsr[0] == host(NOT_A_CLIENT):
+            raise IkeError(NotifyType.TS_UNACCEPTABLE, "not a client of B's")
         return tuple(tsr[:1]), tuple(narrow(tsi, common.vouched(sa)))  # (ours, theirs)
     monkeypatch.setattr(common, "narrow_as_responder", for_clients)
 
@@ -117,3 +121,19 @@ def test_vouch_needs_an_ike_sa_and_an_address():
     link.roundtrip(a)
     with pytest.raises(ValueError):
         a.vouch(sa_id, "not an address")
+
+
+def test_a_refused_request_is_named_by_its_selectors():
+    """ChildSaFailed carries the selectors of the request that failed, so the daemon fails
+    that client's negotiation and no other of the IKE SA (docs/gateway.md 5)."""
+    a, b, link = gateway_pair()
+    sa_id = a.initiate(ADDR_B, 0, remote_ts=[host(CLIENT)], peer_key=pinned("b", CLIENT))
+    link.roundtrip(a)
+    events(a)
+    a.vouch(sa_id, NOT_A_CLIENT)
+    a.create_child(sa_id, link.now, local_ts=[host(ADDR_A)], remote_ts=[host(NOT_A_CLIENT)])
+    link.roundtrip(a)
+    [failed] = events(a)
+    assert isinstance(failed, ChildSaFailed) and failed.notify == NotifyType.TS_UNACCEPTABLE
+    assert (failed.local_ts, failed.remote_ts) == ((host(ADDR_A),), (host(NOT_A_CLIENT),))
+    assert len(a.children(sa_id)) == 1
