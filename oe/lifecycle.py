@@ -165,6 +165,7 @@ class Lifecycle:
                 continue
             self._asked.setdefault(sa_id, {})[command.pair] = command
             if ours.established:
+                self._childless.pop(sa_id, None)  # until the request ends (child_failed)
                 return [CreateChild(sa_id, command.pair)]
             ours.queued.append(command.pair)
             return [Log(f"OE for {command.pair} waits for IKE SA {sa_id} with {command.peer}")]
@@ -253,6 +254,7 @@ class Lifecycle:
         command = self._asked.get(sa_id, {}).pop(pair, None) if pair is not None else None
         if command is None:
             return []
+        self._left(sa_id, now)
         if notify == NotifyType.NO_ADDITIONAL_SAS and sa_id in self._ours:
             self._ours[sa_id].full = True
             return [Log(f"IKE SA {sa_id} with {command.peer} takes no more CHILD SAs"), command]
@@ -266,12 +268,17 @@ class Lifecycle:
         self._seen_in.pop(spi_in, None)
         if sa_out is not None:
             self._used.pop(sa_out, None)
-        carried = self.pairs.get(sa_id, {})
-        pair = carried.pop(spi_in, None)
-        if not carried and sa_id in self._family and not self._asked.get(sa_id):
+        pair = self.pairs.get(sa_id, {}).pop(spi_in, None)
+        self._left(sa_id, now)
+        return pair
+
+    def _left(self, sa_id: int, now: float) -> None:
+        """A CHILD SA or a request left IKE SA `sa_id`: with no CHILD SA left, it is childless
+        from now (a request still under way ends within the retransmission budget, well
+        inside CHILDLESS_GRACE, and its CHILD SA ends the grace)."""
+        if not self.pairs.get(sa_id) and sa_id in self._family:
             self.pairs.pop(sa_id, None)
             self._childless.setdefault(sa_id, now)
-        return pair
 
     def soft_limit(self, sa_out: int, packets: int, why: str) -> list[Command]:
         """FreeS/WAN's OE rule: rekey only if the SA was used lately; idle ones go away."""
@@ -370,6 +377,7 @@ class Lifecycle:
             DeleteChild(sa_id, child.spi_in)]
         pair = _requested(child.local_ts, child.remote_ts)
         if pair is not None and self._asked.get(sa_id, {}).pop(pair, None) is not None:
+            self._left(sa_id, now)
             commands += self.opportunist.negotiation_failed(pair, f"CHILD SA refused: {why}", now)
         return commands
 

@@ -194,6 +194,7 @@ def test_an_ike_sa_with_the_same_terms_carries_further_pairs():
     assert life.route_initiate(second)[0].line.startswith("OE for")      # queued on 1
     assert life.ike_established(4, 1, now=1.0) == [CreateChild(1, second.pair)]
     assert life.route_initiate(third) == [CreateChild(1, third.pair)]
+    assert life.tick(1.0 + CHILDLESS_GRACE) == []          # requests under way: not childless
     other_key = via_gateway(oe, "198.51.100.40", blob=b"another key")
     assert life.route_initiate(other_key) == [other_key]
     elsewhere = Initiate(other_key.pair, other_key.peer, local=ipaddress.ip_address(
@@ -257,3 +258,21 @@ def test_an_idle_last_tunnel_keeps_the_ike_sa_a_request_is_under_way_on():
     tunnel(oe, life, CLIENTS[0], sa_id=1, spi_in=0x1001, sa_out=7)
     assert life.route_initiate(second) == [CreateChild(1, second.pair)]
     assert life.soft_limit(7, packets=0, why="soft limit (time)")[-1] == DeleteChild(1, 0x1001)
+
+
+def test_an_ike_sa_is_childless_from_its_last_child_sa_or_failed_request():
+    """The childless grace runs from the last CHILD SA's end; a request on the IKE SA stops
+    it, and its failure, with no CHILD SA left, starts it again."""
+    oe, life = world()
+    first, second = via_gateway(oe, CLIENTS[0]), via_gateway(oe, CLIENTS[1])
+    life.initiated(4, 1, first)
+    life.ike_established(4, 1, now=1.0)
+    tunnel(oe, life, CLIENTS[0], sa_id=1, spi_in=0x1001, sa_out=7)
+    life.child_deleted(1, 0x1001, 7, now=2.0)
+    assert life.next_timer() == 2.0 + CHILDLESS_GRACE
+    assert life.route_initiate(second) == [CreateChild(1, second.pair)]
+    assert life.next_timer() is None                                  # a request is under way
+    host = TrafficSelector.host
+    life.child_failed(1, (host(ME),), (host(CLIENTS[1]),), None, "no answer", 3.0)
+    assert life.next_timer() == 3.0 + CHILDLESS_GRACE
+    assert life.tick(3.0 + CHILDLESS_GRACE) == [DeleteIke(1)]
