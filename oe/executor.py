@@ -19,8 +19,9 @@ import ipaddress
 import logging
 
 from oe.commands import (
-    CheckLiveness, CreateChild, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer, Initiate, Log,
-    RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey, Steer,
+    CheckLiveness, CreateChild, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer,
+    Initiate, Log, RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey,
+    Steer,
 )
 from oe.dnskeys.choice import Target
 from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked, PathMtuTooBig,
@@ -104,7 +105,7 @@ class Executor:
                 pair = self.lifecycle.child_deleted(event.sa_id, event.spi_in, handle, now)
                 if pair is not None:
                     self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
-            case ike_events.IkeSaEstablished():  # CHILD SAs queued on it start (docs/gateway.md 5)
+            case ike_events.IkeSaEstablished():  # the CHILD SAs queued on it start
                 self._run(self.lifecycle.ike_established(version, event.sa_id, now))
             case ike_events.IkeSaFailed():
                 self._run(self.lifecycle.ike_failed(event.sa_id, event.remote_addr, event.reason,

@@ -221,8 +221,8 @@ def test_a_failed_child_sa_request_fails_its_own_pair_only():
     life.ike_established(4, 1, now=1.0)
     life.route_initiate(second), life.route_initiate(third)
     host = TrafficSelector.host
-    assert life.child_failed(1, (host(ME),), (host(CLIENTS[1]),),
-                             NotifyType.TS_UNACCEPTABLE, "peer answered TS_UNACCEPTABLE", 2.0) == []
+    assert life.child_failed(1, (host(ME),), (host(CLIENTS[1]),), NotifyType.TS_UNACCEPTABLE,
+                             "peer answered TS_UNACCEPTABLE", 2.0) == []
     assert oe.shunts[second.pair].reason == "peer answered TS_UNACCEPTABLE"
     assert first.pair in oe.negotiations and third.pair in oe.negotiations
     assert life.child_failed(1, (), (), None, "IKE rekey failed", 2.0) == []   # names no pair

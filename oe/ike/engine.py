@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 
 ``IkeEngine`` is driven like aioquic's QuicConnection, by three sources: the user
-(``initiate``, ``vouch``, ``create_child``, ``rekey_child``, ``rekey_ike``,
-``delete_child``, ``delete_ike``, ``check_liveness``), datagrams (``receive_datagram(data, addr, now,
+(``initiate``, ``vouch``, ``create_child``, ``rekey_child``, ``rekey_ike``, ``delete_child``,
+``delete_ike``, ``check_liveness``), datagrams (``receive_datagram(data, addr, now,
 local_port)``) and the timer (``handle_timer(now)``). It answers through
 ``datagrams_to_send(now)`` (each item is ``(data, (ip, port), local_port)``: which of our
 sockets, 500 or 4500, must send it), ``get_timer()`` and ``next_event()`` (oe.ike.events).
