@@ -332,8 +332,7 @@ MUTANTS = [
       "test_lifecycle.py"),
     # One IKE SA per gateway for all its clients (docs/gateway.md 4.3, 5)
     m("lifecycle-reuse-ignores-key", LIFECYCLE,
-      "    key = command.peer_key.blob if command.peer_key is not None else None\n",
-      "    key = None\n", "test_lifecycle.py"),
+      "    key = (lookup.key.e, lookup.key.n) if", "    key = None if", "test_lifecycle.py"),
     m("lifecycle-idle-child-takes-shared-ike", OPP,
       "        if self.tunnels_of(tunnel.sa_id) - {tunnel.pair}:\n", "        if False:\n",
       "test_lifecycle.py", "test_opportunist.py"),

@@ -9,6 +9,8 @@ child_policy does for its clients), so that only A's checks are under test.
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 import pytest
 from ike_helpers import ADDR_A, ADDR_B, Link, events, host_key, make_engine
 
@@ -58,6 +60,9 @@ def test_the_pinned_key_authenticates_the_gateway_for_its_client():
     ea = events(a)
     assert [type(e) for e in ea] == [IkeSaEstablished, ChildSaEstablished]
     assert ea[1].child.remote_ts == (host(CLIENT),) and a.children(sa_id)
+    # the events say which key each side proved, and for whom it speaks
+    assert ea[0].peer_key == pinned("b", CLIENT)
+    assert events(b)[0].peer_key.addresses == {ip_address(ADDR_A)}
 
 
 def test_a_pinned_key_the_gateway_does_not_hold_fails_auth():

@@ -7,6 +7,7 @@ import ipaddress
 from oe.commands import (CheckLiveness, CreateChild, DeleteChild, DeleteIke, FetchKey, Initiate,
                          Log, RekeyChild, SampleInbound, StaleKey)
 from oe.dnskeys.choice import KeyLookup, Target, Verdict
+from oe.dnskeys.records import RsaPublicKey
 from oe.ike.constants import NotifyType
 from oe.ike.events import ChildSa
 from oe.ike.ts import TrafficSelector
@@ -144,12 +145,15 @@ GATEWAY = "192.0.2.1"
 CLIENTS = ("198.51.100.10", "198.51.100.20", "198.51.100.30")
 
 
-def via_gateway(oe, dst, blob=b"gw-key"):
-    """The Initiate for our flow to `dst`, whose record delegates to GATEWAY with key `blob`."""
+GATEWAY_KEY = RsaPublicKey(65537, 0xC0FFEE << 2000 | 1)
+
+
+def via_gateway(oe, dst, key=GATEWAY_KEY):
+    """The Initiate for our flow to `dst`, whose record delegates to GATEWAY with `key`."""
     pair = Pair.of(ME, dst)
     oe.acquire(pair, 0.0)
     oe.negotiations[pair].stage = "ike"
-    lookup = KeyLookup(Target.parse(dst), Verdict.KEY, blob=blob,
+    lookup = KeyLookup(Target.parse(dst), Verdict.KEY, key=key,
                        gateway=ipaddress.ip_address(GATEWAY))
     return Initiate(pair, ipaddress.ip_address(GATEWAY), peer_key=lookup)
 
@@ -195,7 +199,7 @@ def test_an_ike_sa_with_the_same_terms_carries_further_pairs():
     assert life.ike_established(4, 1, now=1.0) == [CreateChild(1, second.pair)]
     assert life.route_initiate(third) == [CreateChild(1, third.pair)]
     assert life.tick(1.0 + CHILDLESS_GRACE) == []          # requests under way: not childless
-    other_key = via_gateway(oe, "198.51.100.40", blob=b"another key")
+    other_key = via_gateway(oe, "198.51.100.40", key=RsaPublicKey(65537, 0xBAD << 2000 | 1))
     assert life.route_initiate(other_key) == [other_key]
     elsewhere = Initiate(other_key.pair, other_key.peer, local=ipaddress.ip_address(
         "192.0.2.11"), peer_key=first.peer_key)
@@ -276,3 +280,20 @@ def test_an_ike_sa_is_childless_from_its_last_child_sa_or_failed_request():
     life.child_failed(1, (host(ME),), (host(CLIENTS[1]),), None, "no answer", 3.0)
     assert life.next_timer() == 3.0 + CHILDLESS_GRACE
     assert life.tick(3.0 + CHILDLESS_GRACE) == [DeleteIke(1)]
+
+
+def test_an_ike_sa_the_gateway_started_carries_our_pairs_to_its_clients():
+    """One IKE SA per gateway whichever side began it: an IKE SA the gateway started, from its
+    own address with the key our pair's record names, takes our CHILD SA for its client."""
+    oe, life = world()
+    first, other = via_gateway(oe, CLIENTS[0]), via_gateway(oe, CLIENTS[1], key=RsaPublicKey(
+        65537, 0xBAD << 2000 | 1))
+    terms = (ipaddress.ip_address(ME), ipaddress.ip_address(GATEWAY),
+             (GATEWAY_KEY.e, GATEWAY_KEY.n))
+    assert life.ike_established(4, 7, now=1.0, terms=terms) == []
+    assert life.route_initiate(first) == [CreateChild(7, first.pair)]
+    assert life.route_initiate(other) == [other]
+    life.ike_deleted(7, "DELETE", 2.0)
+    assert first.pair not in oe.negotiations                        # failed with IKE SA 7
+    third = via_gateway(oe, CLIENTS[2])
+    assert life.route_initiate(third) == [third]                    # IKE SA 7 is forgotten
