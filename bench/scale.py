@@ -1,9 +1,19 @@
 """Scale and latency of oe's control plane (issue 14), measured in one run. Not a test.
 
-    python bench/scale.py [--parts latency,nokey] [--trials 5] [--nokey 100,1000]
+    python bench/scale.py [--parts farm,latency,nokey] [--farm 100,1000,10000] [--trials 5]
+                          [--nokey 100,1000]
 
 Needs root (network namespaces), knotd, and strongSwan for the charon reference.
 
+farm     a peer farm: one oe daemon answering OE on N addresses of its own (2001:db8:2::/64,
+         one IPSECKEY each in a zone knotd signs) and an initiator daemon (alice) that sends
+         one UDP datagram to each of them at once: every datagram is trapped, its key looked
+         up, IKEv2 run and the datagram released into its SA. Figures per N: time until the
+         last datagram arrived (all SAs up), new peers per second, first-packet latency
+         (median, 99th percentile), RSS of both daemons and memory per peer, CPU seconds per
+         negotiation (both daemons), and the classifier's lookups per second over alice's
+         table with N SAs in it (in process, as bench/eroute.py). alice's [limits] are raised
+         to take N at once (acquire rate, holds, queued acquires).
 latency  `oe demo`'s world (knotd signing the reverse zones, alice and bob running oe with
          private-or-clear 0.0.0.0/0): alice's first ping to bob, i.e. trap, both DNS lookups,
          IKEv2, SA install and hold release, as ping reports its round trip; the daemons are
@@ -24,6 +34,7 @@ nokey    the same world; carol answers for 2001:db8::1:0/112 (a local route: eve
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import signal
@@ -37,12 +48,19 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import control  # noqa: E402  (bench/control.py)
+import eroute  # noqa: E402  (bench/eroute.py: lookups per second)
 import throughput  # noqa: E402  (bench/throughput.py: namespaces, charon)
-from oe import demo  # noqa: E402
+from oe import demo, hostkey  # noqa: E402
+from oe.knotd import NSEC, Knotd  # noqa: E402
+from oe.netns import World  # noqa: E402
 
 NOKEY_NET = "2001:db8::1:0"
+FARM_NET = ipaddress.ip_network("2001:db8:2::/64")
+FARM_ZONE = ".".join(FARM_NET.network_address.reverse_pointer.split(".")[16:])
+NS6 = "2001:db8::53"
 PORT = 9
 SETTLE = 1.0
 """Seconds a daemon gets after `oe start` before the first packet (charon is measured long
@@ -73,9 +91,9 @@ while len(delays) < count:
     if not select.select([s], [], [], timeout)[0]:
         break
     data, _ = s.recvfrom(64)
-    delays.append(time.time() - float(data))
+    delays.append((float(data), time.time()))
     deadline = deadline or time.time() + wait
-print(json.dumps(delays))
+print(json.dumps(delays))  # (sent, arrived) of each datagram
 """
 
 
@@ -86,6 +104,126 @@ def percentile(values: list[float], q: float) -> float:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
+
+
+# --------------------------------------------------------------------------------- farm
+
+def farm_world(work: Path, count: int) -> tuple[demo.OeWorld, list[str]]:
+    """dns, alice (initiator) and farm (the N peers) on one bridge; keys, signed zones,
+    anchors and oe.conf as `oe demo` makes them."""
+    world = World("oesf", work).open()
+    knotd = None
+    try:
+        hosts = {name: world.host(name, f"192.0.2.{octet}/24", f"2001:db8::{octet}/64")
+                 for name, octet in (("dns", 53), ("alice", 10), ("farm", 20))}
+        peers = [str(FARM_NET.network_address + 1 + n) for n in range(count)]
+        batch = work / "farm.batch"
+        batch.write_text("".join(f"address add {p}/128 dev eth0 nodad\n" for p in peers))
+        world.run(hosts["farm"], "ip", "-batch", str(batch), timeout=300)
+        world.run(hosts["alice"], "ip", "-6", "route", "add", str(FARM_NET), "via",
+                  "2001:db8::20")
+        blobs = {name: hostkey.public_blob(hostkey.keygen(
+                 hostkey.hostkey_path(hosts[name].dir / "conf"), force=True))
+                 for name in ("alice", "farm")}
+        origins = (demo.REVERSE_ZONES[1], FARM_ZONE)
+        zones = demo.zone_texts(blobs, origins=origins,
+                                addresses={"alice": ("2001:db8::10",), "farm": tuple(peers)})
+        knotd = Knotd(hosts["dns"].dir / "knot", zones, listen=[(NS6, 53)],
+                      prefix=("ip", "netns", "exec", hosts["dns"].name),
+                      signing={origin: NSEC for origin in origins})
+        knotd.start(wait=120, ready=knotd.signed)
+        anchors = "".join(knotd.anchor(origin) for origin in origins)
+        room = count + 100
+        limits = {"alice": f"[limits]\nacquire_rate = {room}.0\nacquire_burst = {room}\n"
+                           f"holds = {room}\nqueued_acquires = {room}\n",
+                  "farm": f"[limits]\nhalf_open = {room}\n"}
+        for name in ("alice", "farm"):
+            confdir = hosts[name].dir / "conf"
+            demo.policy_conf(confdir, NS6, {"private-or-clear": "::/0\n"}, limits[name])
+            (confdir / demo.ANCHORS).write_text(anchors)
+            with open(confdir / "oe.conf", "a") as conf:
+                conf.write(f'trust_anchors = ["{demo.ANCHORS}"]\n')
+        return demo.OeWorld(world, hosts, knotd), peers
+    except BaseException:
+        if knotd is not None:
+            knotd.stop()
+        world.close()
+        raise
+
+
+def rss(pid: int) -> int:
+    """Resident bytes of process `pid`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def classifier_rate(peers: list[str]) -> float:
+    """Lookups per second of the compiled classifier over alice's table with one /128 SA per
+    peer beside her policy (private-or-clear ::/0), packets to those peers."""
+    from oe.datapath import Classifier
+    from oe.eroute import Eroute, ErouteTable, SaAction, Selector, Shunt
+    from test_classifier import pack
+
+    me = ipaddress.ip_address("2001:db8::10")
+    entries = [Eroute(Selector(ipaddress.ip_network("::/0"), ipaddress.ip_network("::/0")),
+                      Shunt.TRAP)]
+    entries += [Eroute(Selector(ipaddress.ip_network(me), ipaddress.ip_network(peer)),
+                       SaAction(ipaddress.ip_address(peer), 0x1000 + n, n + 1))
+                for n, peer in enumerate(peers)]
+    classifier = Classifier(ErouteTable(entries))
+    packets = [(me, ipaddress.ip_address(peers[n % len(peers)]), 17, 4000, 9)
+               for n in range(200_000)]
+    blob, out = pack(packets), eroute.array.array("i", [0]) * len(packets)
+    return eroute.rate(lambda: classifier.lookup_many(blob, out), len(packets))
+
+
+def farm(counts: list[int]) -> None:
+    print(f"{'N':>7} {'all up':>9} {'peers/s':>8} {'first p50':>10} {'first p99':>10} "
+          f"{'RSS alice':>10} {'RSS farm':>9} {'per peer':>9} {'CPU/neg':>9} "
+          f"{'lookups/s':>12}")
+    for count in counts:
+        with tempfile.TemporaryDirectory(prefix="oe-farm-") as work:
+            world, peers = farm_world(Path(work), count)
+            try:
+                for name in ("alice", "farm"):
+                    demo.start_oe(world, name)
+                time.sleep(SETTLE)
+                pids = {name: world.daemons[name].pid for name in ("alice", "farm")}
+                before = {name: (rss(pid), cpu(pid)) for name, pid in pids.items()}
+                alice, farm_host = world.hosts["alice"], world.hosts["farm"]
+                receiver = subprocess.Popen(
+                    ["ip", "netns", "exec", farm_host.name, sys.executable, "-c", RECEIVER,
+                     str(PORT), str(count), "120"], stdout=subprocess.PIPE, text=True)
+                receiver.stdout.readline()
+                start = time.time()
+                world.world.run(alice, sys.executable, "-c", SENDER, peers[0], str(count),
+                                str(PORT))
+                out, _ = receiver.communicate(timeout=3600)
+                times = json.loads(out)
+                delays = [arrived - sent for sent, arrived in times]
+                took = max(arrived for _, arrived in times) - start if times else float("nan")
+                after = {name: (rss(pid), cpu(pid)) for name, pid in pids.items()}
+            finally:
+                for name in list(world.daemons):
+                    demo.stop_oe(world, name)
+                world.close()
+        grown = sum(after[n][0] - before[n][0] for n in pids)
+        spent = sum(after[n][1] - before[n][1] for n in pids)
+        print(f"{count:>7,} {took:>8.1f}s {len(delays) / took:>8.0f} "
+              f"{ms(percentile(delays, 0.5)):>10} {ms(percentile(delays, 0.99)):>10} "
+              f"{after['alice'][0] / 2**20:>8.0f}MB {after['farm'][0] / 2**20:>7.0f}MB "
+              f"{grown / count / 1024:>7.1f}kB {spent / count * 1e3:>7.2f}ms "
+              f"{classifier_rate(peers):>12,.0f}")
+        if len(delays) < count:
+            print(f"        ({count - len(delays)} datagrams never arrived)")
 
 
 # ------------------------------------------------------------------------------ latency
@@ -228,7 +366,7 @@ def burst(world: demo.OeWorld, count: int) -> tuple[list[float], float]:
                            timeout=90).stdout
     out, _ = receiver.communicate(timeout=120)
     keyed = float(ping.split("time=")[1].split()[0]) / 1e3 if "time=" in ping else float("nan")
-    return json.loads(out), keyed
+    return [arrived - sent for sent, arrived in json.loads(out)], keyed
 
 
 def nokey(counts: list[int]) -> None:
@@ -262,13 +400,16 @@ def nokey(counts: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="latency,nokey")
+    parser.add_argument("--parts", default="farm,latency,nokey")
+    parser.add_argument("--farm", default="100,1000,10000")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--nokey", default="100,1000")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/scale.py needs root (network namespaces)")
     parts = args.parts.split(",")
+    if "farm" in parts:
+        farm([int(n) for n in args.farm.split(",")])
     if "latency" in parts:
         latency(args.trials)
     if "nokey" in parts:

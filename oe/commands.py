@@ -158,6 +158,15 @@ class Steer:
 
 
 @dataclass(frozen=True)
+class Reroute:
+    """Tunnels' peers came or went: set these host routes in oe's table ("tun" into the TUN,
+    "throw" around it) and delete those, one route each, never the whole table again."""
+
+    replace: tuple[tuple[str, str], ...]
+    delete: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RefuseInClear:
     """Change the inbound table's set of peers whose cleartext is dropped (RFC 4301 5.2)."""
 
@@ -182,9 +191,10 @@ class Log:
 
 Command = Union[FetchKey, Initiate, CreateChild, DeleteIke, DeleteChild, RekeyChild,
                 CheckLiveness, SampleInbound, FetchPeerKey, FetchDelegation, ResumeChild,
-                ReplayInit, RefuseInit, FollowPeer, Steer, RefuseInClear, StaleKey, Log]
+                ReplayInit, RefuseInit, FollowPeer, Steer, Reroute, RefuseInClear, StaleKey,
+                Log]
 
 __all__ = ["FetchKey", "Initiate", "CreateChild", "DeleteIke", "DeleteChild", "RekeyChild",
            "CheckLiveness", "SampleInbound", "FetchPeerKey", "FetchDelegation", "ResumeChild",
-           "ReplayInit", "RefuseInit", "FollowPeer", "Steer", "RefuseInClear", "StaleKey", "Log",
-           "Command"]
+           "ReplayInit", "RefuseInit", "FollowPeer", "Steer", "Reroute", "RefuseInClear",
+           "StaleKey", "Log", "Command"]

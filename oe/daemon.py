@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from oe import check, control, hostkey, inbound, logs, net, routing, tun
 from oe.datapath import Datapath, Direction, Encap, SaSpec, esp_overhead
 from oe.dnskeys.fetcher import KeyFetcher
 from oe.admission import Admission
-from oe.commands import Steer
+from oe.commands import Reroute, Steer
 from oe.errors import OeError
 from oe.executor import Executor
 from oe.eroute import ErouteTable
@@ -102,6 +103,8 @@ class Daemon(Executor):
         # pyroute2's synchronous API runs an event loop of its own, so every netlink call runs
         # in this one thread, which also keeps route changes in order.
         self._netlink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oe-netlink")
+        self._refusals: tuple[set, set] | None = None  # queued for nft (Executor._refuse)
+        self._refusals_lock = threading.Lock()
         self.tun_fd = -1
         self.sockets: list[socket.socket] = []
         self.stopping = asyncio.Event()
@@ -207,6 +210,10 @@ class Daemon(Executor):
     def _in_netlink(self, fn, *args):
         return self.loop.run_in_executor(self._netlink, fn, *args)
 
+    def _reroute(self, command: Reroute) -> None:
+        """Tunnels' peers' host routes, one each (in the netlink thread)."""
+        routing.reroute(self.steering, self.config.tun_name, command.replace, command.delete)
+
     def _steer(self, steer: Steer) -> None:
         """(Re)install oe's routes and rule (in the netlink thread)."""
         self.steering = routing.install(
@@ -262,7 +269,10 @@ class Daemon(Executor):
             log.info("changed %s (was %s): forwarding for [gateway] subnets", name, old)
         return inbound.Clients(networks, lan, routing.opened(changed, wan))
 
-    def _update_inbound(self, add: set, remove: set) -> None:
+    def _update_inbound(self) -> None:
+        """The refused pairs queued since the last nft run, in one nft run (netlink thread)."""
+        with self._refusals_lock:
+            (add, remove), self._refusals = self._refusals, None
         try:
             inbound.apply(inbound.refused_update(add, remove))
         except OeError as exc:

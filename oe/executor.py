@@ -9,7 +9,8 @@ earliest `next_timer()` or until an event may have moved it.
 `Executor` is the half of oe.daemon.Daemon that reacts; the other half (oe/daemon.py) starts,
 stops, serves the control socket and installs SAs. Daemon provides the attributes used here:
 loop, opportunist, lifecycle, admission, keys, routes, fetcher, datapath, sides, sa_out,
-steering, _inbound, _netlink, _wake, and the methods _install_child, _steer, _update_inbound.
+steering, _inbound, _netlink, _refusals(_lock), _wake, and the methods _install_child, _steer,
+_reroute, _update_inbound.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from oe import net
 from oe.commands import (
     CheckLiveness, CreateChild, DeleteChild, DeleteIke, FetchDelegation, FetchKey, FetchPeerKey,
     FollowPeer, Initiate, Log, RefuseInClear, RefuseInit, RekeyChild, ReplayInit, ResumeChild,
-    SampleInbound, StaleKey, Steer,
+    Reroute, SampleInbound, StaleKey, Steer,
 )
 from oe.dnskeys.choice import Target
 from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked, PathMtuTooBig,
@@ -231,14 +232,38 @@ class Executor:
                     # Synchronously: a responder's route must be in place before its IKE_AUTH
                     # response leaves, or its first replies would go around the TUN in clear.
                     self._netlink.submit(self._steer, command).result()
+                case Reroute():
+                    # Synchronously, as Steer; one route per peer that came or went
+                    self._netlink.submit(self._reroute, command).result()
                 case RefuseInClear(add=add, remove=remove):
-                    self._netlink.submit(self._update_inbound, set(add), set(remove))
+                    self._refuse(add, remove)
                 case StaleKey(peer=peer):
                     self.admission.auth_failed(peer)
                 case Log(line=line):
                     log.info("%s", line)
                 case _:
                     raise TypeError(f"not a command: {command!r}")
+
+    def _refuse(self, add, remove) -> None:
+        """Queue a change of the refused pairs for nft, a process per run: changes that come
+        while a run is queued join it, so a burst of tunnels costs one run, not one each."""
+        with self._refusals_lock:
+            queued = self._refusals is not None
+            if not queued:
+                self._refusals = (set(), set())
+            adding, removing = self._refusals
+            for pair in add:  # a pair removed and added again while queued: no change
+                if pair in removing:
+                    removing.discard(pair)
+                else:
+                    adding.add(pair)
+            for pair in remove:
+                if pair in adding:
+                    adding.discard(pair)
+                else:
+                    removing.add(pair)
+        if not queued:
+            self._netlink.submit(self._update_inbound)
 
     def _apply(self) -> None:
         """Hand the datapath what changed in the table, write the decisions to the log, follow
@@ -250,7 +275,7 @@ class Executor:
             self.datapath.update_eroutes(*changes)
         for line in self.opportunist.take_log():
             log.info("%s", line)
-        self._run(self.routes.follow(self.opportunist.tunnels.values(),
+        self._run(self.routes.follow(self.opportunist.take_tunnel_changes(),
                                      routes=self.steering is not None, inbound=self._inbound))
         # a peer's path MTU search ends with its last tunnel (docs/pmtu.md)
         self.pmtu.retain(str(t.peer) for t in self.opportunist.tunnels.values())

@@ -185,6 +185,7 @@ class Opportunist:
         self._seq = 0
         self._base_at = {e.selector: e for e in base.entries}
         self._dirty: set[Selector] = set()
+        self._tunnels_changed: set[Pair] = set()  # for take_tunnel_changes (routes, inbound)
         self._whole_table = True  # the datapath needs the whole table (start, reload)
         self.negotiations: dict[Pair, _Negotiation] = {}
         self._pending: deque[Pair] = deque()
@@ -232,6 +233,14 @@ class Opportunist:
                 add.append(eroute)
         self._dirty.clear()
         return add, remove
+
+    def take_tunnel_changes(self) -> dict[Pair, Tunnel | None]:
+        """The pairs whose tunnel came, went or changed since the last call, with their
+        tunnel now (None: gone): what the route plan follows, at a cost per change, not per
+        tunnel standing (issue 14)."""
+        changes = {pair: self.tunnels.get(pair) for pair in self._tunnels_changed}
+        self._tunnels_changed.clear()
+        return changes
 
     def _eroute_at(self, selector: Selector) -> Eroute | None:
         """The eroute table() has for this selector: an SA, else a shunt, else policy."""
@@ -382,6 +391,7 @@ class Opportunist:
             tunnel.spi_in, tunnel.spi_out, tunnel.sa_out = spi_in, spi_out, sa_out
             tunnel.narrowing = narrowing
             self._dirty.add(tunnel.selector)
+            self._tunnels_changed.add(pair)
 
     def tunnel_down(self, pair: Pair, spi_in: int, reason: str, now: float) -> None:
         """The CHILD SA is gone: the pair falls back to its policy (%trap for OE groups)."""
@@ -495,10 +505,12 @@ class Opportunist:
         self.tunnels[tunnel.pair] = tunnel
         self._by_ike.setdefault(tunnel.sa_id, set()).add(tunnel.pair)
         self._dirty.add(tunnel.selector)
+        self._tunnels_changed.add(tunnel.pair)
 
     def _drop_tunnel(self, pair: Pair) -> None:
         tunnel = self.tunnels.pop(pair)
         self._dirty.add(tunnel.selector)
+        self._tunnels_changed.add(pair)
         carried = self._by_ike[tunnel.sa_id]
         carried.discard(pair)
         if not carried:

@@ -55,8 +55,9 @@ class Steering:
     table: int
     priority: int
     mark: int
-    routes: list[tuple[str, str]] = field(default_factory=list)
-    """(dst, "tun" | "throw" | "prohibit"); a prohibit route lies beneath, at FAIL_CLOSED_METRIC."""
+    routes: dict[tuple[str, str], None] = field(default_factory=dict)
+    """(dst, "tun" | "throw" | "prohibit"), in order; a prohibit route lies beneath, at
+    FAIL_CLOSED_METRIC. A dict: reroute() changes one route in constant time."""
     rules: list[int] = field(default_factory=list)  # address families with a rule
 
     @property
@@ -111,14 +112,13 @@ def install(tun_name: str, trap: list, exempt: list, *, table: int, priority: in
                     ipr.route("replace", type=kind, priority=FAIL_CLOSED_METRIC, **args)
                 else:
                     ipr.route("replace", type=kind, **args)
-                steering.routes.append((str(network), kind))
+                steering.routes[(str(network), kind)] = None
             _drop_stale(ipr, table, {_key(d, kind) for d, kind in steering.routes})
             families = {_family(n) for n, kind in routes if kind != "throw"}
             for family in (2, 10):
                 present = _has_rule(ipr, family, table, priority)
                 if family in families and not present:
-                    ipr.rule("add", family=family, table=table, priority=priority, fwmark=mark,
-                             fwmask=mark, flags=FIB_RULE_INVERT)
+                    _add_rule(ipr, steering, family)
                 elif family not in families and present:
                     ipr.rule("del", family=family, table=table, priority=priority)
             steering.rules = sorted(families)
@@ -126,6 +126,41 @@ def install(tun_name: str, trap: list, exempt: list, *, table: int, priority: in
             raise RoutingError(f"cannot install oe's routes in table {table}: {exc.args[-1]}") \
                 from None
     return steering
+
+
+def reroute(steering: Steering, tun_name: str, replace, delete) -> None:
+    """Tunnels' peers came or went (oe.routeplan): replace these (dst, "tun" | "throw") host
+    routes and delete those, one route each: the cost of an event, not of the table."""
+    with IPRoute() as ipr:
+        links = ipr.link_lookup(ifname=tun_name)
+        if not links:
+            raise RoutingError(f"no device {tun_name} to route into")
+        try:
+            for dst, kind in replace:
+                args = {"dst": dst, "table": steering.table,
+                        "family": _family(ipaddress.ip_network(dst))}
+                if kind == "tun":
+                    ipr.route("replace", oif=links[0], **args)
+                    if args["family"] not in steering.rules:  # a policy of passing groups only
+                        _add_rule(ipr, steering, args["family"])
+                        steering.rules = sorted({*steering.rules, args["family"]})
+                else:
+                    ipr.route("replace", type=kind, **args)
+                steering.routes.pop((dst, "throw" if kind == "tun" else "tun"), None)
+                steering.routes[(dst, kind)] = None
+            for dst in delete:
+                steering.routes.pop((dst, "tun"), None)
+                ipr.route("del", dst=dst, table=steering.table,
+                          family=_family(ipaddress.ip_network(dst)))
+        except NetlinkError as exc:
+            raise RoutingError(f"cannot change oe's routes in table {steering.table}: "
+                               f"{exc.args[-1]}") from None
+
+
+def _add_rule(ipr, steering: Steering, family: int) -> None:
+    """The rule "not fwmark BYPASS lookup TABLE" for one address family."""
+    ipr.rule("add", family=family, table=steering.table, priority=steering.priority,
+             fwmark=steering.mark, fwmask=steering.mark, flags=FIB_RULE_INVERT)
 
 
 def fail_closed(steering: Steering) -> list[str]:
