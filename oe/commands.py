@@ -25,6 +25,10 @@ class FetchKey:
     target: str
     refresh: bool = False
     """Ask DNS again even if an answer is cached (after an authentication failure)."""
+    role: str = "target"
+    """Whose record this is, handed back to key_found: "target" (the flow's far end) or
+    "client" (our client, the flow's source, whose record must delegate to us:
+    docs/gateway.md 3)."""
 
 
 @dataclass(frozen=True)

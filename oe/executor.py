@@ -239,8 +239,10 @@ class Executor:
         """Every lookup ends in a decision, whatever it raises: a %hold never stays."""
         try:
             lookup = await self.fetcher.fetch(command.target, refresh=command.refresh)
-            self.keys.keep(lookup, self.loop.time())
-            commands = self.opportunist.key_found(command.pair, lookup, self.loop.time())
+            if command.role == "target":  # a client's record carries our own key
+                self.keys.keep(lookup, self.loop.time())
+            commands = self.opportunist.key_found(command.pair, lookup, self.loop.time(),
+                                                  role=command.role)
         except Exception as exc:  # a bug in a lookup must not leave the %hold for ever
             log.exception("key lookup for %s", command.target)
             commands = self.opportunist.negotiation_failed(
