@@ -307,11 +307,15 @@ def _bogus_fix(error: str) -> str:
                 "check the zone with `kdig +dnssec` and a validator")
 
 
-def dnssec_advice(lookup: KeyLookup) -> str | None:
-    """For `oe verify`: what an insecure own record costs and how to make it secure; None when
-    it is secure, bogus (check_own says that) or not validated."""
+def dnssec_advice(lookup: KeyLookup, delegation: bool = False) -> str | None:
+    """For `oe verify`: what an insecure own record (or a client's delegating one, with
+    `delegation`) costs and how to make it secure; None when it is secure, bogus (check_own
+    says that) or not validated."""
     if lookup.dnssec != INSECURE:
         return None
+    cost = ("peers accept its delegation only with allow_unsigned_delegation = true "
+            "(RFC 4322 3.2.4.1)" if delegation else
+            "peers with require_dnssec = true will not use our key")
     return (f"{lookup.target.name} is not DNSSEC-secure from the configured trust anchors: "
-            f"peers with require_dnssec = true will not use our key; sign the zone and publish "
-            f"its DS at its parent (or give peers that DS as a trust anchor)")
+            f"{cost}; sign the zone and publish its DS at its parent (or give peers that DS as "
+            f"a trust anchor)")
