@@ -19,7 +19,7 @@ import ipaddress
 import logging
 
 from oe.commands import (
-    CheckLiveness, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer, Initiate, Log,
+    CheckLiveness, DeleteChild, DeleteIke, FetchGateway, FetchKey, FetchPeerKey, FollowPeer, Initiate, Log,
     RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey, Steer,
 )
 from oe.dnskeys.choice import Target
@@ -181,6 +181,8 @@ class Executor:
             match command:
                 case FetchKey():
                     self.loop.create_task(self._fetch(command))
+                case FetchGateway():
+                    self.loop.create_task(self._fetch_gateway(command))
                 case Initiate():
                     self._initiate(command)
                 case DeleteIke(sa_id=sa_id):
@@ -247,6 +249,21 @@ class Executor:
             log.exception("key lookup for %s", command.target)
             commands = self.opportunist.negotiation_failed(
                 command.pair, f"key lookup failed: {exc}", self.loop.time())
+        self._run(commands)
+        self._apply()
+
+    async def _fetch_gateway(self, command: FetchGateway) -> None:
+        """An @FQDN gateway's addresses: like _fetch, every lookup ends in a decision."""
+        try:
+            found = await self.fetcher.gateway(command.name, command.pair.dst.version,
+                                               command.dnssec)
+            commands = self.opportunist.gateway_found(command.pair, command.name, found,
+                                                      self.loop.time())
+        except Exception as exc:  # a bug in a lookup must not leave the %hold for ever
+            log.exception("address lookup for gateway %s", command.name)
+            commands = self.opportunist.negotiation_failed(
+                command.pair, f"address lookup for gateway {command.name} failed: {exc}",
+                self.loop.time())
         self._run(commands)
         self._apply()
 

@@ -37,12 +37,12 @@ from __future__ import annotations
 import heapq
 import ipaddress
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from collections.abc import Iterable
 
-from oe.commands import Command, DeleteChild, DeleteIke, FetchKey, Initiate
-from oe.dnskeys.choice import KeyLookup
+from oe.commands import Command, DeleteChild, DeleteIke, FetchGateway, FetchKey, Initiate
+from oe.dnskeys.choice import GatewayAddresses, KeyLookup
 from oe.dnskeys.delegation import check_client
 from oe.eroute import Eroute, ErouteTable, IPAddress, SaAction, Selector, Shunt
 from oe.policygroups.groups import SEMANTICS
@@ -204,6 +204,14 @@ class _Negotiation:
     """Our address the client's record names: our ID towards the target."""
     target: KeyLookup | None = None
     """The target's KeyLookup, once it is in (a client flow may still wait for the client's)."""
+    index: int = -1
+    """The target's candidate being tried (KeyLookup.candidates; docs/gateway.md 5)."""
+    addresses: list[IPAddress] = field(default_factory=list)
+    """The candidate's gateway addresses not tried yet (several for an @FQDN gateway)."""
+    gateway: IPAddress | None = None
+    """The address IKE is being tried with."""
+    tried: list[tuple[str, str]] = field(default_factory=list)
+    """(gateway, why it failed) for each gateway tried."""
 
 
 class Opportunist:
@@ -388,24 +396,75 @@ class Opportunist:
         return self._initiate(negotiation, now)
 
     def _initiate(self, negotiation: _Negotiation, now: float) -> list[Command]:
-        """Both answers are in and usable: IKE with the target's gateway."""
-        pair, lookup = negotiation.pair, negotiation.target
-        gateway = lookup.gateway if lookup.gateway is not None else pair.dst
-        if gateway != pair.dst:
-            # RFC 4322 3.2.4.1: the gateway's own record must vouch for the key D's record
-            # names; until oe has the gateway role (looking that record up), refuse cleanly.
-            return self._fail(pair, f"{pair.dst}'s record delegates to gateway {gateway}; "
-                                    "oe does not negotiate with delegated gateways yet", now)
-        negotiation.stage = "ike"
+        """Both answers are in and usable: IKE with the target's first gateway."""
+        lookup = negotiation.target
         if lookup.provenance is not None:
-            self.log.append(f"key for {pair.dst} from {lookup.provenance}: initiating IKE")
-        return [Initiate(pair, gateway, local=negotiation.local)]
+            self.log.append(f"key for {negotiation.pair.dst} from {lookup.provenance}: "
+                            f"initiating IKE")
+        return self._next_gateway(negotiation, now)
+
+    def _next_gateway(self, negotiation: _Negotiation, now: float) -> list[Command]:
+        """IKE with the next gateway of the target's records, in RFC 4322 3.2 order (an @FQDN
+        one once its addresses are in: FetchGateway); the failure shunt after the last."""
+        pair = negotiation.pair
+        candidates = negotiation.target.candidates or (None,)  # (None,): the lookup itself
+        while not negotiation.addresses:
+            negotiation.index += 1
+            if negotiation.index >= len(candidates):
+                return self._fail(pair, _all_failed(negotiation.tried), now)
+            gateway = self._attempt(negotiation).gateway
+            gateway = pair.dst if gateway is None else gateway
+            if not isinstance(gateway, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                negotiation.stage = "gateway"  # RFC 4025 2.3 gateway type 3: a name
+                return [FetchGateway(pair, gateway, negotiation.target.dnssec)]
+            negotiation.addresses.append(gateway)
+        gateway = negotiation.addresses.pop(0)
+        if gateway.version != pair.dst.version:
+            negotiation.tried.append((str(gateway), "not of the flow's address family"))
+            return self._next_gateway(negotiation, now)
+        if negotiation.tried:
+            failed, why = negotiation.tried[-1]
+            self.log.append(f"OE to {pair.dst}: gateway {failed} failed ({why}); trying "
+                            f"{gateway}")
+        negotiation.stage = "ike"
+        negotiation.gateway = gateway
+        # The target's own key, first choice: the engine asks for it by the peer's ID as ever.
+        # Any other: the record's key pins what the gateway must prove (RFC 4322 3.2.4.1).
+        own = negotiation.index == 0 and gateway == pair.dst
+        return [Initiate(pair, gateway, local=negotiation.local,
+                         peer_key=None if own else self._attempt(negotiation))]
+
+    def _attempt(self, negotiation: _Negotiation) -> KeyLookup:
+        """The target's lookup as if the candidate being tried had been chosen."""
+        lookup = negotiation.target
+        if not lookup.candidates:
+            return lookup
+        return lookup.for_candidate(lookup.candidates[negotiation.index])
+
+    def gateway_found(self, pair: Pair, name, found: GatewayAddresses,
+                      now: float) -> list[Command]:
+        """The addresses of an @FQDN gateway (FetchGateway), under the delegation rule: try
+        them in order; none usable moves on to the next record; bogus denies."""
+        negotiation = self.negotiations.get(pair)
+        if negotiation is None or negotiation.stage != "gateway":
+            return []
+        if found.deny:
+            return self._fail(pair, found.error, now, deny=True)
+        if found.error is not None:
+            negotiation.tried.append((str(name), found.error))
+        negotiation.addresses = list(found.addresses)
+        return self._next_gateway(negotiation, now)
 
     def negotiation_failed(self, pair: Pair, reason: str, now: float) -> list[Command]:
-        """IKE could not set up the CHILD SA we asked for."""
-        if pair not in self.negotiations:
+        """IKE could not set up the CHILD SA we asked for: the next gateway of the target's
+        records, if any (RFC 4322 3.2: fail only after all of them)."""
+        negotiation = self.negotiations.get(pair)
+        if negotiation is None:
             return []
-        return self._fail(pair, reason, now)
+        if negotiation.stage != "ike" or negotiation.target is None:
+            return self._fail(pair, reason, now)
+        negotiation.tried.append((str(negotiation.gateway), reason))
+        return self._next_gateway(negotiation, now)
 
     def auth_failed(self, pair: Pair, reason: str, now: float) -> list[Command]:
         """The peer's AUTH did not verify with the key we hold: it may have rotated its key
@@ -416,6 +475,8 @@ class Opportunist:
         negotiation.refreshed = True
         negotiation.stage = "dns"
         negotiation.target = None
+        negotiation.index -= 1  # the same gateway again, with the fresh answer
+        negotiation.addresses = []
         self.log.append(f"authentication of {pair.dst} failed ({reason}); fetching its key "
                         "afresh")
         return [FetchKey(pair, str(pair.dst), refresh=True)]
@@ -595,6 +656,13 @@ class Opportunist:
             self.counters["acquires_dropped"] += 1
             commands += self._fail(self._pending.popleft(), "too many negotiations waiting", now)
         return commands
+
+
+def _all_failed(tried: list[tuple[str, str]]) -> str:
+    """The failure shunt's reason: one gateway's own, or every gateway's."""
+    if len(tried) == 1:
+        return tried[0][1]
+    return f"all {len(tried)} gateways failed: " + "; ".join(f"{g}: {why}" for g, why in tried)
 
 
 def _foreign(source: IPAddress) -> str:

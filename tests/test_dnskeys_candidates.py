@@ -3,12 +3,17 @@ at most CANDIDATES_MAX, each under the delegation rule (docs/gateway.md 5)."""
 
 import ipaddress
 
+import dns.name
+import dns.rdata
+import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings, strategies as st
 
 from oe import hostkey
 from oe.dnskeys import records
-from oe.dnskeys.choice import CANDIDATES_MAX, SECURE, INSECURE, Target, Verdict, choose
+from oe.dnskeys.choice import (
+    BOGUS, CANDIDATES_MAX, INSECURE, OFF, SECURE, Target, Verdict, choose, gateway_addresses,
+)
 from oe.dnskeys.records import IPSECKEY, KEY, KINDS, TXT
 
 TARGET = Target.parse("198.51.100.7")
@@ -74,3 +79,39 @@ def test_a_candidate_as_a_lookup_carries_its_own_record_and_key():
     second = lookup.for_candidate(lookup.candidates[1])
     assert second.gateway == GATEWAYS[2] and second.blob == BLOBS[1]
     assert second.record.precedence == 20 and second.delegated_for == TARGET
+
+
+GW_NAME = dns.name.from_text("gw.example.")
+A_RDATAS = [dns.rdata.from_text("IN", "A", a) for a in ("192.0.2.1", "192.0.2.2")]
+
+
+def addresses(record_state=SECURE, address_state=SECURE, allow=False, **kw):
+    return gateway_addresses(GW_NAME, A_RDATAS, record_state=record_state,
+                             address_state=address_state, allow_unsigned_delegation=allow, **kw)
+
+
+def test_an_fqdn_gateways_addresses_are_used_when_record_and_addresses_are_secure():
+    assert addresses().addresses == tuple(ipaddress.ip_address(a)
+                                          for a in ("192.0.2.1", "192.0.2.2"))
+
+
+@pytest.mark.parametrize("record_state, address_state", [
+    (SECURE, INSECURE), (INSECURE, SECURE), (SECURE, OFF)])
+def test_an_fqdn_gateway_needs_the_weakest_state_secure_or_allow_unsigned(record_state,
+                                                                          address_state):
+    refused = addresses(record_state, address_state)
+    assert refused.addresses == () and not refused.deny
+    assert "allow_unsigned_delegation = true accepts them" in refused.error
+    assert addresses(record_state, address_state, allow=True).addresses
+
+
+def test_a_bogus_address_answer_denies_even_with_allow_unsigned():
+    found = addresses(address_state=BOGUS, allow=True, why_bogus="signature expired")
+    assert found.deny and found.addresses == ()
+    assert found.error == "DNSSEC validation failed for gateway gw.example.: signature expired"
+
+
+def test_no_answer_for_the_gateway_moves_on():
+    found = addresses(error="no answer within 3 s")
+    assert not found.deny and found.error == ("no addresses for gateway gw.example.: no answer "
+                                              "within 3 s")

@@ -296,6 +296,41 @@ def _choose(target: Target, rdatas: Mapping[str, Sequence[dns.rdata.Rdata]], *,
                      candidates=tuple(usable[:CANDIDATES_MAX]))
 
 
+@dataclass(frozen=True)
+class GatewayAddresses:
+    """An @FQDN gateway's addresses as far as the delegation rule lets them be used."""
+
+    addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    error: str | None = None
+    """Why none may be used (the next record is tried)."""
+    deny: bool = False
+    """A bogus answer: the target is denied, whatever the group."""
+
+
+def gateway_addresses(name: dns.name.Name, rdatas: Sequence[dns.rdata.Rdata], *,
+                      record_state: str, address_state: str, allow_unsigned_delegation: bool,
+                      why_bogus: str | None = None,
+                      error: str | None = None) -> GatewayAddresses:
+    """RFC 4322 3.2.4.1 for a gateway named by FQDN (RFC 4025 2.3 type 3): its A/AAAA answer
+    is part of the delegation, so the weakest of the record's and the addresses' DNSSEC states
+    decides (docs/gateway.md 5); bogus denies. At most CANDIDATES_MAX addresses."""
+    state = weakest([record_state, address_state])
+    if state == BOGUS:
+        reason = printable(why_bogus) if why_bogus else "the validator gave no reason"
+        return GatewayAddresses(error=f"DNSSEC validation failed for gateway {name}: {reason}",
+                                deny=True)
+    if error is not None:
+        return GatewayAddresses(error=f"no addresses for gateway {name}: {printable(error)}")
+    if state != SECURE and not allow_unsigned_delegation:
+        return GatewayAddresses(error=f"the addresses of gateway {name} are not "
+                                      f"DNSSEC-validated ({state}) (RFC 4322 3.2.4.1; "
+                                      f"allow_unsigned_delegation = true accepts them)")
+    addresses = tuple(ipaddress.ip_address(r.address) for r in rdatas)[:CANDIDATES_MAX]
+    if not addresses:
+        return GatewayAddresses(error=f"gateway {name} has no address of the flow's family")
+    return GatewayAddresses(addresses)
+
+
 def _why(record: KeyRecord, decoded: list[KeyRecord], via: str, skipped: list[str]) -> str:
     same = [r for r in decoded if r.kind == record.kind]
     others = sorted({r.kind for r in decoded} - {record.kind}, key=KINDS.index)
