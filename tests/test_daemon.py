@@ -3,6 +3,7 @@ for the datapath and the DNS fetcher (no root, no sockets). What it guards is wh
 itself decides: which key an identity gets, what it installs, and what hostile input costs."""
 
 import asyncio
+import dataclasses
 import ipaddress
 import os
 
@@ -569,3 +570,57 @@ def test_a_refusal_ends_only_the_exchange_whose_spi_it_names():
     failed, = events(alice)
     assert failed.sa_id == sa_id and failed.notify == NotifyType.AUTHENTICATION_FAILED
     assert failed.reason == "peer answered AUTHENTICATION_FAILED"
+
+
+def test_a_client_lookup_is_handed_back_with_its_role_and_its_key_never_kept(confdir, tmp_path,
+                                                                           host_key):
+    """docs/gateway.md 3: our client's record carries our own key; it is checked against
+    Ours, never kept as a peer's key, and the target's answer completes the negotiation."""
+    from oe.commands import FetchKey
+    from oe.opportunist import Ours
+    client, target = "198.51.100.7", PEER
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        blob = hostkey.public_blob(host_key)
+        d.opportunist.ours = Ours.of([ME], ["198.51.100.0/24"], blob)
+        d.fetcher = StallingFetcher(lambda t: dataclasses.replace(
+            _lookup(host_key, str(t), gateway=ME, expires=d.loop.time() + 600), blob=blob)
+                                    if str(t) == client else
+                                    _lookup(host_key, str(t), expires=d.loop.time() + 600))
+        d.fetcher.release.set()
+        pair = Pair.of(client, target)
+        d.opportunist.acquire(pair, d.loop.time())
+        negotiation = d.opportunist.negotiations[pair]
+        negotiation.stage = "dns"
+        await d._fetch(FetchKey(pair, client, role="client"))
+        assert d._lookup_key(Identity.from_address(ME)) is None
+        assert pair in d.opportunist.negotiations  # the client check passed
+        assert negotiation.local == ipaddress.ip_address(ME) and not negotiation.awaits_client
+    asyncio.run(run())
+
+
+def test_an_fqdn_gateway_lookup_ends_in_a_decision(confdir, tmp_path):
+    """A lookup that raises still fails the negotiation: a %hold never stays."""
+    import dns.name
+
+    from oe.commands import FetchGateway
+
+    class Broken:
+        async def gateway(self, *_):
+            raise RuntimeError("boom")
+
+        def nameservers(self):
+            return []
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.fetcher = Broken()
+        pair = Pair.of(ME, PEER)
+        d.opportunist.acquire(pair, d.loop.time())
+        d.opportunist.negotiations[pair].stage = "gateway"
+        await d._fetch_gateway(FetchGateway(pair, dns.name.from_text("gw.example."), "secure"))
+        assert pair not in d.opportunist.negotiations
+        assert "address lookup for gateway gw.example. failed: boom" in \
+            d.opportunist.shunts[pair].reason
+    asyncio.run(run())
