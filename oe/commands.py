@@ -168,10 +168,10 @@ class Log:
     line: str
 
 
-Command = Union[FetchKey, FetchGateway, Initiate, DeleteIke, DeleteChild, RekeyChild, CheckLiveness,
-                SampleInbound, FetchPeerKey, ReplayInit, RefuseInit, FollowPeer, Steer,
-                RefuseInClear, StaleKey, Log]
+Command = Union[FetchKey, FetchGateway, Initiate, DeleteIke, DeleteChild, RekeyChild,
+                CheckLiveness, SampleInbound, FetchPeerKey, ReplayInit, RefuseInit, FollowPeer,
+                Steer, RefuseInClear, StaleKey, Log]
 
-__all__ = ["FetchKey", "FetchGateway", "Initiate", "DeleteIke", "DeleteChild", "RekeyChild", "CheckLiveness",
-           "SampleInbound", "FetchPeerKey", "ReplayInit", "RefuseInit", "FollowPeer", "Steer",
-           "RefuseInClear", "StaleKey", "Log", "Command"]
+__all__ = ["FetchKey", "FetchGateway", "Initiate", "DeleteIke", "DeleteChild", "RekeyChild",
+           "CheckLiveness", "SampleInbound", "FetchPeerKey", "ReplayInit", "RefuseInit",
+           "FollowPeer", "Steer", "RefuseInClear", "StaleKey", "Log", "Command"]

@@ -19,8 +19,9 @@ import ipaddress
 import logging
 
 from oe.commands import (
-    CheckLiveness, DeleteChild, DeleteIke, FetchGateway, FetchKey, FetchPeerKey, FollowPeer, Initiate, Log,
-    RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey, Steer,
+    CheckLiveness, DeleteChild, DeleteIke, FetchGateway, FetchKey, FetchPeerKey, FollowPeer,
+    Initiate, Log, RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey,
+    Steer,
 )
 from oe.dnskeys.choice import Target
 from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked, PathMtuTooBig,

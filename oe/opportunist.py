@@ -375,7 +375,6 @@ class Opportunist:
             return []
         # RFC 4322 3.2: a malformed (or bogus) record denies whatever the group; no record
         # means not OE-capable, and the group's failure shunt applies.
-        deny = lookup.verdict.value == "deny"
         if role == "client":
             if not negotiation.awaits_client:
                 return []
@@ -383,16 +382,17 @@ class Opportunist:
             assert self.ours is not None  # only Ours makes client flows
             why = check_client(lookup, map(str, self.ours.addresses), self.ours.key_blob)
             if why is not None:
-                return self._fail(pair, why, now, deny=deny)
+                return self._fail(pair, why, now, deny=lookup.verdict.value == "deny")
             negotiation.local = lookup.gateway
         elif negotiation.target is not None:
             return []
-        elif lookup.error is not None:
-            return self._fail(pair, lookup.error, now, deny=deny)
         else:
             negotiation.target = lookup
         if negotiation.awaits_client or negotiation.target is None:
-            return []
+            return []  # pluto's order: our client's reason first, whichever answer came first
+        target = negotiation.target
+        if target.error is not None:
+            return self._fail(pair, target.error, now, deny=target.verdict.value == "deny")
         return self._initiate(negotiation, now)
 
     def _initiate(self, negotiation: _Negotiation, now: float) -> list[Command]:
