@@ -132,7 +132,7 @@ def cmd_trace(args) -> int:
     if args.src is not None:
         src = _address(args.src, "--src")
     else:
-        found = net.default_source(dst.version)
+        found = net.route_source(str(dst))  # what an application's packet would carry
         src = ipaddress.ip_address(found) if found else Selector.any_source(dst.version)[0]
     if src.version != dst.version:
         raise OeError(f"--src {src} and DST {dst} are not the same address family")
@@ -422,7 +422,8 @@ def _our_addresses(args, config) -> list[str]:
     (oe.conf addresses, else the host's global ones)."""
     if args.address is not None:
         return [str(_address(args.address, "--address"))]
-    return list(net.host_addresses(config.addresses, config.tun_name).values())
+    found = net.host_addresses(config.addresses, config.tun_name)
+    return [address for family in found.values() for address in family]
 
 
 def _verify_client(client, lookup: dnskeys.KeyLookup, ours: list[str], blob: bytes,

@@ -58,6 +58,16 @@ class Initiate:
 
 
 @dataclass(frozen=True)
+class CreateChild:
+    """Ask the established IKE SA `sa_id` for one more CHILD SA, with host selectors of `pair`
+    (RFC 7296 1.3.1): its peer proved the key `pair`'s Initiate named, so the IKE SA first
+    vouches for `pair.dst` (docs/gateway.md 4.3, 5)."""
+
+    sa_id: int
+    pair: "Pair"
+
+
+@dataclass(frozen=True)
 class DeleteIke:
     """Send DELETE for an IKE SA (its CHILD SAs go with it)."""
 
@@ -105,12 +115,30 @@ class FetchPeerKey:
 
 
 @dataclass(frozen=True)
+class FetchDelegation:
+    """Look up the record of a client a peer's CHILD SA request names (docs/gateway.md 4.2),
+    then call Admission.delegation_fetched."""
+
+    client: str
+
+
+@dataclass(frozen=True)
+class ResumeChild:
+    """Hand the CHILD SA request that waits on IKE SA `sa_id` to its engine again: the
+    lookups it waited for are in."""
+
+    sa_id: int
+
+
+@dataclass(frozen=True)
 class ReplayInit:
     """Hand a waiting IKE_SA_INIT to the IKE runner again: its peer's key is now known."""
 
     data: bytes
     addr: tuple
     local_port: int
+    local_addr: str
+    """The address of ours it was sent to (docs/gateway.md 1)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +149,7 @@ class RefuseInit:
     data: bytes
     addr: tuple
     local_port: int
+    local_addr: str
     notify: int
 
 
@@ -168,10 +197,12 @@ class Log:
     line: str
 
 
-Command = Union[FetchKey, FetchGateway, Initiate, DeleteIke, DeleteChild, RekeyChild,
-                CheckLiveness, SampleInbound, FetchPeerKey, ReplayInit, RefuseInit, FollowPeer,
-                Steer, RefuseInClear, StaleKey, Log]
+Command = Union[FetchKey, FetchGateway, Initiate, CreateChild, DeleteIke, DeleteChild,
+                RekeyChild, CheckLiveness, SampleInbound, FetchPeerKey, FetchDelegation,
+                ResumeChild, ReplayInit, RefuseInit, FollowPeer, Steer, RefuseInClear, StaleKey,
+                Log]
 
-__all__ = ["FetchKey", "FetchGateway", "Initiate", "DeleteIke", "DeleteChild", "RekeyChild",
-           "CheckLiveness", "SampleInbound", "FetchPeerKey", "ReplayInit", "RefuseInit",
-           "FollowPeer", "Steer", "RefuseInClear", "StaleKey", "Log", "Command"]
+__all__ = ["FetchKey", "FetchGateway", "Initiate", "CreateChild", "DeleteIke", "DeleteChild",
+           "RekeyChild", "CheckLiveness", "SampleInbound", "FetchPeerKey", "FetchDelegation",
+           "ResumeChild", "ReplayInit", "RefuseInit", "FollowPeer", "Steer", "RefuseInClear",
+           "StaleKey", "Log", "Command"]

@@ -59,10 +59,10 @@ class StartError(OeError):
 
 @dataclass
 class _IkeSide:
-    """One address family's IKE engine and its asyncio runner."""
+    """One address family's IKE engine (every address of ours in the family: its
+    ``config.local_addrs``) and its asyncio runner."""
 
     version: int
-    address: str
     engine: IkeEngine
     runner: IkeRunner
 
@@ -82,8 +82,10 @@ class Daemon(Executor):
         self.opportunist = Opportunist(prospective_table(policy), _limits(self.config))
         self.keys = PeerKeys()
         self.lifecycle = Lifecycle(self.opportunist, SaTimes(
-            self.config.ike.sa_lifetime, self.config.ike.rekey_margin, self.config.ike.dpd_delay))
-        self.admission = Admission(self.opportunist, self.keys, self.config.limits.lookups)
+            self.config.ike.sa_lifetime, self.config.ike.rekey_margin, self.config.ike.dpd_delay),
+            self.config.limits.children_per_ike)
+        self.admission = Admission(self.opportunist, self.keys, self.config.limits.lookups,
+                                   _gateway_subnets(self.config), hostkey.public_blob(self.key))
         self.routes = RoutePlan()
         self.fetcher = KeyFetcher.from_config(self.config.dns, confdir)
         # shared by the engines of both families: inbound SPIs and sa_ids unique on the host
@@ -121,9 +123,8 @@ class Daemon(Executor):
         try:
             await self._start()
             self.on_started()
-            log.info("oe started: %s, policy %d entries, table %d", ", ".join(
-                s.address for s in self.sides.values()), len(self.opportunist.base),
-                self.config.route_table)
+            log.info("oe started: %s, policy %d entries, table %d", self._addresses_text(),
+                     len(self.opportunist.base), self.config.route_table)
             await self.stopping.wait()
             control.notify("STOPPING=1")
         finally:
@@ -142,19 +143,20 @@ class Daemon(Executor):
                                            self.config.tun_name)
         if not addresses:
             raise StartError("no address to run IKE on: set addresses in oe.conf")
-        self.opportunist.ours = self._ours(addresses.values())
+        self.opportunist.ours = self._ours(a for family in addresses.values() for a in family)
         self.tun_fd = tun.open_tun(self.config.tun_name)
         # The TUN's MTU: the smallest path MTU of our interfaces minus the worst-case ESP
         # overhead (outer IPv6 + UDP encapsulation), so inner packets always fit.
-        path_mtu = min([await self._in_netlink(net.address_mtu, a) for a in addresses.values()])
+        path_mtu = min((await self._in_netlink(
+            net.address_mtus, [a for family in addresses.values() for a in family])).values())
         mtu = path_mtu - esp_overhead(6 if 6 in addresses else 4, "udp")
         await self._in_netlink(tun.set_up, self.config.tun_name, mtu)
         self.datapath = Datapath(max_holds=self.config.limits.holds, df=self.config.esp.df)
         self.datapath.replace_eroutes(self.opportunist.table())
         self.opportunist.take_changes()  # the whole table is in
         fds = {}
-        for version, address in sorted(addresses.items()):
-            fds.update(self._open_side(version, address))
+        for version, family in sorted(addresses.items()):
+            fds.update(self._open_side(version, family))
         await asyncio.gather(*(side.runner.start() for side in self.sides.values()))
         self.datapath.start(self.tun_fd, tun_mtu=mtu, **fds)
         self.loop.add_reader(self.datapath.events_fd, self._datapath_events)
@@ -170,26 +172,35 @@ class Daemon(Executor):
         self.lifecycle.started(self.loop.time())
         self._timer_task = self.loop.create_task(self._timers())
         # Type=notify (contrib/oe.service): ready once routes, datapath and control socket are up
-        control.notify("READY=1", f"STATUS=OE on {', '.join(addresses.values())}",
+        control.notify("READY=1", f"STATUS=OE on {self._addresses_text()}",
                        f"MAINPID={os.getpid()}")
 
-    def _open_side(self, version: int, address: str) -> dict[str, int]:
+    def _addresses_text(self) -> str:
+        """Our addresses for the log: each when few, else how many per family."""
+        families = [sorted(s.engine.config.local_addrs) for s in self.sides.values()]
+        if sum(map(len, families)) <= 4:
+            return ", ".join(a for family in families for a in family)
+        return ", ".join(f"{len(f)} IPv{v} addresses" for v, f in zip(self.sides, families))
+
+    def _open_side(self, version: int, addresses: tuple[str, ...]) -> dict[str, int]:
+        """The family's engine and runner on wildcard sockets (docs/gateway.md 1): however many
+        addresses, one UDP 500 and one UDP 4500 socket, whose packet info names ours."""
         family = socket.AF_INET if version == 4 else socket.AF_INET6
         mark = self.config.bypass_mark
-        nat_t = net.udp_socket(family, address, NAT_T_PORT, mark)
+        nat_t = net.udp_socket(family, None, NAT_T_PORT, mark)
         esp = net.raw_socket(family, socket.IPPROTO_ESP if hasattr(socket, "IPPROTO_ESP") else 50,
                              mark)
         clear = net.raw_socket(family, socket.IPPROTO_RAW, mark)
         self.sockets += [nat_t, esp, clear]
-        ike = IkeConfig(local_addr=address, private_key=self.key, **self._ike_terms())
+        ike = IkeConfig(local_addrs=frozenset(addresses), private_key=self.key,
+                        **self._ike_terms())
         engine = IkeEngine(ike, rng=os.urandom, lookup_key=self._lookup_key,
-                           ts_policy=lambda peer_id, local_ts, remote_ts, v=version:
-                           self._ts_allowed(v, peer_id, local_ts, remote_ts),
+                           child_policy=self._child_policy,
                            spis=self.spis, sa_ids=self.sa_ids,
                            cookie_required=self._cookie_required, admit_init=self._admit_init)
-        runner = IkeRunner(engine, address, lambda event, v=version: self._ike_event(v, event),
+        runner = IkeRunner(engine, family, lambda event, v=version: self._ike_event(v, event),
                            fwmark=mark, nat_t_socket=nat_t)
-        self.sides[version] = _IkeSide(version, address, engine, runner)
+        self.sides[version] = _IkeSide(version, engine, runner)
         suffix = "4" if version == 4 else "6"
         return {f"udp{suffix}": nat_t.fileno(), f"esp{suffix}": esp.fileno(),
                 f"pass{suffix}": clear.fileno()}
@@ -267,8 +278,7 @@ class Daemon(Executor):
             self._netlink.shutdown(wait=True)
             return
         for side in self.sides.values():
-            for sa_id in [i for i in self.lifecycle.pairs
-                          if self.lifecycle.family(i) == side.version]:
+            for sa_id in self.lifecycle.ike_sas(side.version):
                 try:
                     side.engine.delete_ike(sa_id, self.loop.time())
                 except OeError:
@@ -369,8 +379,7 @@ class Daemon(Executor):
     def _refuse_child(self, version: int, sa_id: int, child, why: str) -> None:
         """A CHILD SA oe will not install (Lifecycle.child_refused says what follows)."""
         self.counters["children_refused"] += 1
-        self._run(self.lifecycle.child_refused(sa_id, child.spi_in, child.remote_addr, why,
-                                               self.loop.time()))
+        self._run(self.lifecycle.child_refused(sa_id, child, why, self.loop.time()))
         return None
 
     # ------------------------------------------------------------------ control
@@ -427,6 +436,9 @@ class Daemon(Executor):
             self.loop.call_later(dns.total_timeout + dns.query_timeout, close)
         self.key = report.key
         self.opportunist.limits = _limits(self.config)
+        self.admission.subnets = _gateway_subnets(self.config)
+        self.admission.own_blob = hostkey.public_blob(self.key)
+        self.lifecycle.children_per_ike = self.config.limits.children_per_ike
         for side in self.sides.values():  # new negotiations and rekeys take the new terms
             side.engine.config = dataclasses.replace(side.engine.config, private_key=self.key,
                                                      **self._ike_terms())
@@ -461,6 +473,7 @@ class Daemon(Executor):
                 "esp_proposals": self.config.ike.esp_proposals,
                 "fragment_size": self.config.ike.fragment_size,
                 "half_open_max": limits.half_open,
+                "children_per_ike": limits.children_per_ike,
                 # COOKIEs begin well before the cap, whatever the cap is (RFC 7296 2.6)
                 "cookie_threshold": min(HALF_OPEN_COOKIE_THRESHOLD, limits.half_open // 2)}
 
@@ -473,10 +486,14 @@ class Daemon(Executor):
         side = self.sides.get(peer.version)
         if side is None:
             raise OeError(f"no IPv{peer.version} address of ours to initiate from")
-        if peer.is_loopback or peer in {ipaddress.ip_address(s.address)
-                                        for s in self.sides.values()}:
+        if peer.is_loopback or str(peer) in side.engine.config.local_addrs:
             raise OeError(f"{peer} is this host's own address: nothing to negotiate")
-        pair = Pair(source or ipaddress.ip_address(side.address), peer)
+        if source is None:  # what an application's packet would carry (docs/gateway.md 1)
+            routed = net.route_source(str(peer), self.config.bypass_mark)
+            if routed is None:
+                raise OeError(f"no route to {peer}")
+            source = ipaddress.ip_address(routed)
+        pair = Pair(source, peer)
         why = self.opportunist.initiation_refused(pair)
         if why is not None:
             raise OeError(why)
@@ -541,7 +558,13 @@ def _is_address(text: str) -> bool:
 
 def _limits(config: oeconfig.Config) -> Limits:
     return Limits(shunt_lifetime=config.shunt_lifetime, pending_max=config.limits.queued_acquires,
-                  max_shunts=config.limits.shunts)
+                  max_shunts=config.limits.shunts, acquire_rate=config.limits.acquire_rate,
+                  acquire_burst=config.limits.acquire_burst)
+
+
+def _gateway_subnets(config: oeconfig.Config) -> tuple:
+    """`[gateway] subnets` as networks: the clients the responder may answer for."""
+    return tuple(ipaddress.ip_network(n) for n in config.gateway.subnets)
 
 
 def start(confdir: Path, rundir: Path, background: bool = False) -> int:

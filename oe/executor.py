@@ -18,10 +18,11 @@ import asyncio
 import ipaddress
 import logging
 
+from oe import net
 from oe.commands import (
-    CheckLiveness, DeleteChild, DeleteIke, FetchGateway, FetchKey, FetchPeerKey, FollowPeer,
-    Initiate, Log, RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey,
-    Steer,
+    CheckLiveness, CreateChild, DeleteChild, DeleteIke, FetchDelegation, FetchGateway, FetchKey,
+    FetchPeerKey, FollowPeer, Initiate, Log, RefuseInClear, RefuseInit, RekeyChild, ReplayInit,
+    ResumeChild, SampleInbound, StaleKey, Steer,
 )
 from oe.dnskeys.choice import Target
 from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked, PathMtuTooBig,
@@ -29,9 +30,10 @@ from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcke
 from oe.errors import OeError
 from oe.ike import events as ike_events
 from oe.ike.auth import Identity, PeerKey
+from oe.ike.childpolicy import AuthenticatedSa, Selectors, TsVerdict
 from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT
 from oe.ike.ts import TrafficSelector
-from oe.lifecycle import ChildInfo, algorithm_name
+from oe.lifecycle import ChildInfo, algorithm_name, responded_terms
 from oe.opportunist import Pair
 from oe.peerkeys import address_id
 
@@ -63,7 +65,8 @@ class Executor:
                 side = self.sides.get(event.src.version)
                 if side is not None:
                     side.runner.receive(NON_ESP_MARKER + event.data,
-                                        (str(event.src), event.sport), NAT_T_PORT)
+                                        (str(event.src), event.sport), NAT_T_PORT,
+                                        str(event.dst))
             case SaSoftLimit(direction="out"):
                 stats = self.datapath.sa_stats(event.handle, "out") or {}
                 self._run(self.lifecycle.soft_limit(event.handle, stats.get("packets", 0),
@@ -89,10 +92,11 @@ class Executor:
                 self._child_established(version, event.sa_id, event.child, now)
             case ike_events.ChildSaRekeyed():
                 installed = self._install_child(version, event.sa_id, event.child)
-                pair = self.lifecycle.pairs.get(event.sa_id)
+                pair = self.lifecycle.pair_of(event.sa_id, event.old_spi_in)
                 if pair is not None and installed is not None:
-                    self.lifecycle.child_rekeyed(event.child.spi_in, ChildInfo.of(
-                        event.child, now, self._key_provenance(pair)))
+                    self.lifecycle.child_rekeyed(event.sa_id, event.old_spi_in,
+                                                 event.child.spi_in, ChildInfo.of(
+                                                     event.child, now, self._key_provenance(pair)))
                     self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out,
                                                     now, sa_out=installed[2],
                                                     narrowing=installed[1])
@@ -101,25 +105,29 @@ class Executor:
                 handle = self.sa_out.pop((version, event.sa_id, event.spi_out), None)
                 if handle is not None:
                     self.datapath.del_sa(handle, "out")
-                self.lifecycle.child_deleted(event.spi_in, handle)
-                pair = self.lifecycle.pairs.get(event.sa_id)
+                pair = self.lifecycle.child_deleted(event.sa_id, event.spi_in, handle, now)
                 if pair is not None:
                     self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
-            case ike_events.IkeSaEstablished():
-                self.lifecycle.ike_established(version, event.sa_id, now)
+            case ike_events.IkeSaEstablished():  # the CHILD SAs queued on it start
+                terms = None if event.initiator or event.peer_key is None else responded_terms(
+                    event.local_addr, event.remote_id, event.peer_key.public_key)
+                self._run(self.lifecycle.ike_established(version, event.sa_id, now, terms))
             case ike_events.IkeSaFailed():
                 self._run(self.lifecycle.ike_failed(event.sa_id, event.remote_addr, event.reason,
                                                     event.notify, event.local, now))
             case ike_events.IkeSaDeleted():
-                self.lifecycle.ike_gone(event.sa_id)
-                self.opportunist.ike_gone(event.sa_id, event.reason, now)
+                self._run(self.lifecycle.ike_deleted(event.sa_id, event.reason, now))
             case ike_events.IkeSaPeerMoved():
-                self._run(self.admission.peer_moved(side.address, event.sa_id,
+                self._run(self.admission.peer_moved(event.local_addr, event.sa_id,
                                                     event.remote_addr, event.remote_port))
-            case ike_events.ChildSaFailed():
-                pair = self.lifecycle.pairs.get(event.sa_id)
-                if pair is not None:
-                    self._run(self.opportunist.negotiation_failed(pair, event.reason, now))
+            case ike_events.ChildSaFailed():  # the request its selectors name (of several)
+                if not event.local_ts:  # the peer's request, refused (docs/gateway.md 4.1: why)
+                    log.info("IKE SA %d: CHILD SA failed: %s", event.sa_id, event.reason)
+                self._run(self.lifecycle.child_failed(event.sa_id, event.local_ts,
+                                                      event.remote_ts, event.notify,
+                                                      event.reason, now))
+            case ike_events.ChildAwaitsDns():
+                self._run(self.admission.delegation_wanted(event.sa_id, event.lookups))
         self._apply()
         side.runner.transmit()
 
@@ -184,8 +192,15 @@ class Executor:
                     self.loop.create_task(self._fetch(command))
                 case FetchGateway():
                     self.loop.create_task(self._fetch_gateway(command))
-                case Initiate():
-                    self._initiate(command)
+                case Initiate():  # on an IKE SA of the same terms if one has room
+                    for routed in self.lifecycle.route_initiate(command):
+                        if isinstance(routed, Initiate):
+                            self._initiate(routed)
+                        else:
+                            self._run([routed])
+                case CreateChild(sa_id=sa_id, pair=pair):
+                    self._on_ike_sa(sa_id, lambda engine: self._create_child(engine, sa_id,
+                                                                            pair, now))
                 case DeleteIke(sa_id=sa_id):
                     self._on_ike_sa(sa_id, lambda engine: engine.delete_ike(sa_id, now))
                 case DeleteChild(sa_id=sa_id, spi_in=spi_in):
@@ -198,14 +213,19 @@ class Executor:
                     self._run(self.lifecycle.inbound_sample(self._inbound_packets(), now))
                 case FetchPeerKey():
                     self.loop.create_task(self._fetch_peer_key(command))
-                case ReplayInit(data=data, addr=addr, local_port=port):
+                case FetchDelegation():
+                    self.loop.create_task(self._fetch_delegation(command))
+                case ResumeChild(sa_id=sa_id):
+                    self._on_ike_sa(sa_id, lambda engine: engine.resume(sa_id, now))
+                case ReplayInit(data=data, addr=addr, local_port=port, local_addr=local):
                     side = self.sides.get(ipaddress.ip_address(addr[0]).version)
                     if side is not None:
-                        side.runner.receive(data, addr, port)
-                case RefuseInit(data=data, addr=addr, local_port=port, notify=notify):
+                        side.runner.receive(data, addr, port, local)
+                case RefuseInit(data=data, addr=addr, local_port=port, local_addr=local,
+                                notify=notify):
                     side = self.sides.get(ipaddress.ip_address(addr[0]).version)
                     if side is not None:
-                        side.engine.refuse_init(data, addr, port, notify)
+                        side.engine.refuse_init(data, addr, port, local, notify)
                         side.runner.transmit()
                 case FollowPeer():
                     self._follow_peer(command)
@@ -282,18 +302,53 @@ class Executor:
             commands = self.admission.key_fetched(command.peer, None, self.loop.time())
         self._run(commands)
 
+    async def _fetch_delegation(self, command: FetchDelegation) -> None:
+        """A client's record for a waiting CHILD SA request, chosen as any key is (`choose`:
+        delegation only from secure answers or with allow_unsigned_delegation); whatever
+        the lookup raises, the slot is freed and the request refused."""
+        lookup = None
+        try:
+            lookup = await self.fetcher.fetch(Target.parse(command.client))
+        except Exception:
+            log.exception("delegation lookup for %s", command.client)
+        self._run(self.admission.delegation_fetched(command.client, lookup, self.loop.time()))
+
     def _initiate(self, command: Initiate) -> None:
         side = self.sides.get(command.peer.version)
         if side is None:
             self._run(self.opportunist.negotiation_failed(
                 command.pair, f"no IPv{command.peer.version} address of ours", self.loop.time()))
             return
+        local = self._local_for(command)
+        if local is None:
+            self._run(self.opportunist.negotiation_failed(
+                command.pair, f"no address of ours routes to {command.peer}", self.loop.time()))
+            return
         sa_id = side.engine.initiate(
             str(command.peer), self.loop.time(),
             local_ts=[TrafficSelector.host(str(command.pair.src))],
-            remote_ts=[TrafficSelector.host(str(command.pair.dst))])
-        self.lifecycle.initiated(side.version, sa_id, command.pair)
+            remote_ts=[TrafficSelector.host(str(command.pair.dst))], local_addr=local,
+            peer_key=_pinned(command))
+        self.lifecycle.initiated(side.version, sa_id, command)
         side.runner.transmit()
+
+    def _local_for(self, command: Initiate) -> str | None:
+        """Our address for the IKE SA (docs/gateway.md 1): the one asked for, else the pair's
+        source, when ours; else the source the kernel picks for the peer (`ip route get`)."""
+        ours = self.sides[command.peer.version].engine.config.local_addrs
+        wanted = str(command.local or command.pair.src)
+        if wanted in ours:
+            return wanted
+        routed = net.route_source(str(command.peer), self.config.bypass_mark)
+        return routed if routed in ours else None
+
+    def _create_child(self, engine, sa_id: int, pair: Pair, now: float) -> None:
+        """One more CHILD SA on an IKE SA whose peer proved the key the pair's record names
+        (Lifecycle.route_initiate): the IKE SA vouches for the pair's far end first
+        (docs/gateway.md 4.3)."""
+        engine.vouch(sa_id, str(pair.dst))
+        engine.create_child(sa_id, now, local_ts=[TrafficSelector.host(str(pair.src))],
+                            remote_ts=[TrafficSelector.host(str(pair.dst))])
 
     def _on_ike_sa(self, sa_id: int, act) -> None:
         """Start an exchange on the engine that holds IKE SA `sa_id` and send it; one already
@@ -332,18 +387,26 @@ class Executor:
     def _lookup_key(self, identity: Identity) -> PeerKey | None:
         return self.keys.get(identity, self.loop.time())
 
-    def _ts_allowed(self, version: int, peer_id: Identity, local_ts, remote_ts) -> bool:
-        return self.admission.selectors_allowed(self.sides[version].address, remote_ts)
+    def _child_policy(self, sa: AuthenticatedSa, tsi: Selectors, tsr: Selectors) -> TsVerdict:
+        return self.admission.child_policy(sa, tsi, tsr, self.loop.time())
 
-    def _admit_init(self, data: bytes, addr, local_port: int) -> bool:
-        """An IKE_SA_INIT from a peer: True when the runner may hand it to the engine now."""
-        side = self.sides.get(ipaddress.ip_address(addr[0]).version)
-        if side is None:
-            return False
-        admitted, commands = self.admission.admit(side.address, data, addr, local_port,
+    def _admit_init(self, data: bytes, addr, local_port: int, local_addr: str) -> bool:
+        """An IKE_SA_INIT from a peer to our `local_addr`: True when the runner may hand it
+        to the engine now."""
+        admitted, commands = self.admission.admit(local_addr, data, addr, local_port,
                                                   self.loop.time())
         self._run(commands)
         return admitted
+
+
+def _pinned(command: Initiate) -> PeerKey | None:
+    """The key a delegating record named, vouching for the pair's far end only, never for the
+    gateway's own address (RFC 4322 3.2.4.1, docs/gateway.md 4.3); None: the engine asks
+    lookup_key for the peer's own key."""
+    lookup = command.peer_key
+    if lookup is None or lookup.key is None:
+        return None
+    return PeerKey(lookup.key.public_key(), frozenset({command.pair.dst}))
 
 
 __all__ = ["Executor"]

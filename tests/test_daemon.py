@@ -11,10 +11,13 @@ import pytest
 from ike_helpers import Link, events, make_engine
 
 from oe import daemon as oedaemon, hostkey
+from oe.commands import Initiate
 from oe.dnskeys.choice import KeyLookup, Target, Verdict
-from oe.dnskeys.records import KeyRecord, decode_rsa_blob
+from oe.dnskeys.records import KeyRecord, RsaPublicKey, decode_rsa_blob
 from oe.eroute import Shunt
-from oe.ike.auth import Identity
+from oe.ike.auth import Identity, PeerKey
+from oe.ike.childpolicy import Allow, AuthenticatedSa, Refuse
+from oe.ike.config import IkeConfig
 from oe.ike.constants import IdType, NotifyType
 from oe.ike.events import ChildSa, ChildSaEstablished, ChildSaFailed
 from oe.ike.ts import TrafficSelector
@@ -136,14 +139,14 @@ def test_spoofed_ike_sa_inits_cost_bounded_dns_work(confdir, tmp_path):
     async def run():
         d = make_daemon(confdir, tmp_path)
         d.fetcher = StallingFetcher(lambda t: KeyLookup(t, Verdict.NOT_CAPABLE, error="none"))
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
+        d.sides[4] = oedaemon._IkeSide(4, engine=None, runner=None)
         for i in range(200):
             for copy in range(3):  # and retransmissions: only the newest waits
-                d._admit_init(bytes([copy]) * 300, (f"203.0.113.{i + 1}", 500), 500)
+                d._admit_init(bytes([copy]) * 300, (f"203.0.113.{i + 1}", 500), 500, ME)
         await asyncio.sleep(0)
         assert len(d.fetcher.asked) <= 8
         assert len(d.admission.pending) <= 8
-        assert all(data == bytes([2]) * 300 for data, _, _ in d.admission.pending.values())
+        assert all(data == bytes([2]) * 300 for data, _, _, _ in d.admission.pending.values())
         assert d.admission.counters["ike_init_dropped"] > 0
         d.fetcher.release.set()
         await asyncio.sleep(0.01)
@@ -167,7 +170,7 @@ def test_the_sa_carries_exactly_the_negotiated_selectors(confdir, tmp_path):
     datapath checks inbound packets against it), never as the whole host pair."""
     async def run():
         d = make_daemon(confdir, tmp_path)
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
+        d.sides[4] = oedaemon._IkeSide(4, engine=None, runner=None)
         d._install_child(4, 1, _child(ME, PEER, protocol=6, rport=(22, 22)))
         installs = {args[0].direction: args[0]          # add_sa(SaSpec)
                     for name, args, kw in d.datapath.calls if name == "add_sa"}
@@ -187,7 +190,7 @@ class NullRunner:
     def transmit(self):
         pass
 
-    def receive(self, data, addr, local_port):
+    def receive(self, data, addr, local_port, local_addr):
         pass
 
 
@@ -200,10 +203,10 @@ def test_a_peer_that_moves_is_checked_against_policy_again(confdir, tmp_path):
     async def run():
         d = make_daemon(confdir, tmp_path)
         engine = RecordingEngine()
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
-        d._ike_event(4, IkeSaPeerMoved(7, "198.51.100.9", 4500))
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
+        d._ike_event(4, IkeSaPeerMoved(7, "198.51.100.9", 4500, ME))
         assert [c[0] for c in engine.calls] == ["children"]     # followed
-        d._ike_event(4, IkeSaPeerMoved(7, "203.0.113.5", 4500))
+        d._ike_event(4, IkeSaPeerMoved(7, "203.0.113.5", 4500, ME))
         assert ("delete_ike", 7) in [(c[0], c[1][0]) for c in engine.calls]
     asyncio.run(run())
 
@@ -277,12 +280,12 @@ def test_a_refused_child_sa_ends_the_negotiation(confdir, tmp_path):
     async def run():
         d = make_daemon(confdir, tmp_path)
         engine = RecordingEngine()
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
         pair = Pair.of(ME, PEER)
         d.opportunist.acquire(pair, d.loop.time())
         _fetch_command(d, pair)
         d.opportunist.negotiations[pair].stage = "ike"
-        d.lifecycle.initiated(4, 9, pair)
+        d.lifecycle.initiated(4, 9, Initiate(pair, pair.dst))
         from oe.ike.events import ChildSaEstablished
         d._ike_event(4, ChildSaEstablished(9, _child(ME, PEER, 6, rport=(1000, 2000))))
         assert pair not in d.opportunist.negotiations
@@ -300,7 +303,7 @@ def test_an_ike_sa_without_a_child_sa_is_deleted_after_a_while(confdir, tmp_path
         d = make_daemon(confdir, tmp_path)
         d.loop = ClockLoop(d.loop)
         engine = RecordingEngine()
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
         d._ike_event(4, IkeSaEstablished(5, b"i" * 8, b"r" * 8, False, ME, PEER, 500, PEER,
                                          False))
         d._on_timer(d.loop.now + CHILDLESS_GRACE - 1)
@@ -320,7 +323,7 @@ def test_peer_supplied_text_is_escaped_in_the_log(confdir, tmp_path, caplog):
     try:
         async def run():
             d = make_daemon(confdir, tmp_path)
-            d.sides[4] = oedaemon._IkeSide(4, ME, engine=RecordingEngine(), runner=NullRunner())
+            d.sides[4] = oedaemon._IkeSide(4, engine=RecordingEngine(), runner=NullRunner())
             d._ike_event(4, IkeSaFailed(3, PEER, 24, "bad ID 'x\n2026 oe: forged\x1b[2J'", True))
         asyncio.run(run())
         try:
@@ -342,10 +345,10 @@ def test_unknown_peers_return_a_cookie_before_dns_work_under_load(confdir, tmp_p
         d = make_daemon(confdir, tmp_path)
         d.fetcher = StallingFetcher(lambda t: _lookup(host_key, str(t.address),
                                                       expires=d.loop.time() + 600))
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=NullRunner())
+        d.sides[4] = oedaemon._IkeSide(4, engine=None, runner=NullRunner())
         assert not d._cookie_required(("203.0.113.1", 500))
         for i in range(4):
-            d._admit_init(b"x", (f"203.0.113.{i + 1}", 500), 500)
+            d._admit_init(b"x", (f"203.0.113.{i + 1}", 500), 500, ME)
         assert d._cookie_required(("203.0.113.99", 500))
         d.fetcher.release.set()
         await asyncio.sleep(0.01)
@@ -353,23 +356,29 @@ def test_unknown_peers_return_a_cookie_before_dns_work_under_load(confdir, tmp_p
     asyncio.run(run())
 
 
-def test_responder_selectors_must_be_single_hosts_whose_group_takes_oe(confdir, tmp_path):
-    """The engine's ts_policy hook as the daemon answers it: every remote selector one host
-    whose policy group accepts OE inbound; a range, or one host of a clear group, refuses the
-    whole CHILD SA."""
+def test_responder_selectors_must_be_single_hosts_whose_group_takes_oe(confdir, tmp_path,
+                                                                      host_key):
+    """The engine's child_policy hook as the daemon answers it: the peer's side narrowed to
+    the hosts its key vouches for, whose policy group must accept OE inbound; a host of a
+    clear group refuses the whole CHILD SA."""
     (confdir / "policies" / "clear").write_text("203.0.113.0/24\n")
     ip = ipaddress.ip_address
 
+    def sa(*vouched):
+        return AuthenticatedSa(1, ME, Identity.from_address(vouched[0]),
+                               PeerKey(host_key.public_key(), frozenset(vouched)))
+
     async def run():
         d = make_daemon(confdir, tmp_path)
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
-        peer = Identity.from_address(PEER)
         local = (TrafficSelector.host(ME),)
-        assert d._ts_allowed(4, peer, local, (TrafficSelector.host(PEER, 6, 22),))
-        assert not d._ts_allowed(4, peer, local, (TrafficSelector(ip(PEER), ip("198.51.100.3")),))
-        assert not d._ts_allowed(4, peer, local, (TrafficSelector.host("203.0.113.5"),))
-        assert not d._ts_allowed(4, peer, local, (TrafficSelector.host(PEER),
-                                                  TrafficSelector.host("203.0.113.5")))
+        ssh = (TrafficSelector.host(PEER, 6, 22),)
+        assert d._child_policy(sa(PEER), ssh, local) == Allow(local, ssh)
+        assert d._child_policy(sa(PEER), (TrafficSelector(ip(PEER), ip("198.51.100.3")),),
+                               local) == Allow(local, (TrafficSelector.host(PEER),))
+        assert isinstance(d._child_policy(sa("203.0.113.5"), (TrafficSelector.host(
+            "203.0.113.5"),), local), Refuse)
+        wide = (TrafficSelector(ip("0.0.0.0"), ip("255.255.255.255")),)
+        assert isinstance(d._child_policy(sa(PEER, "203.0.113.5"), wide, local), Refuse)
     asyncio.run(run())
 
 
@@ -380,11 +389,10 @@ def test_the_daemons_selector_policy_decides_in_the_engine(confdir, tmp_path):
 
     async def run():
         d = make_daemon(confdir, tmp_path)
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
+        d.sides[4] = oedaemon._IkeSide(4, engine=None, runner=None)
         got = {}
         for peer in (PEER, "203.0.113.5"):
-            us = make_engine(ME, "b", {peer: "a"}, 2,
-                             ts_policy=lambda p, lts, rts: d._ts_allowed(4, p, lts, rts))
+            us = make_engine(ME, "b", {peer: "a"}, 2, child_policy=d._child_policy)
             them = make_engine(peer, "a", {ME: "b"}, 1)
             them.initiate(ME, 0)
             Link(them, us).roundtrip(them)
@@ -430,7 +438,7 @@ def test_status_shows_each_child_sa_with_algorithms_pfs_and_times(confdir, tmp_p
             9, ME, 500, PEER, 500, True, b"\x01" * 8, b"\x02" * 8, "ESTABLISHED",
             "AES_GCM_16_128", "NONE", "PRF_HMAC_SHA2_256", "CURVE25519", d.loop.now - 5,
             d.loop.now - 1, 1)]
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
         d.fetcher.stats = type("S", (), {"refreshes": 0})()
         child = dataclasses.replace(_child(ME, PEER), dh=31)
         d._ike_event(4, ChildSaEstablished(9, child))
@@ -506,8 +514,9 @@ class EngineRunner:
     def __init__(self, engine, clock):
         self.engine, self.clock, self.sent = engine, clock, []
 
-    def receive(self, data, addr, local_port):
-        self.engine.receive_datagram(data, addr, self.clock(), local_port=local_port)
+    def receive(self, data, addr, local_port, local_addr=ME):
+        self.engine.receive_datagram(data, addr, self.clock(), local_port=local_port,
+                                     local_addr=local_addr)
         self.transmit()
 
     def transmit(self):
@@ -528,17 +537,17 @@ def test_a_responder_whose_lookup_fails_refuses_at_once_and_looks_up_once(confdi
         bob = make_engine(ME, "b", {}, 7, admit_init=d._admit_init,
                           cookie_required=d._cookie_required)
         runner = EngineRunner(bob, d.loop.time)
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=bob, runner=runner)
+        d.sides[4] = oedaemon._IkeSide(4, engine=bob, runner=runner)
         alice = make_engine(PEER, "a", {}, 8)
         sa_id = alice.initiate(ME, d.loop.now)
-        (init, _, _), = alice.datagrams_to_send(d.loop.now)
+        (init, _, _, _), = alice.datagrams_to_send(d.loop.now)
         runner.receive(init, (PEER, 500), 500)
         await asyncio.sleep(0)
         assert len(d.fetcher.asked) == 1 and runner.sent == []      # waits for the key
         d.loop.now += 3.0
         d.fetcher.release.set()
         await asyncio.sleep(0.01)
-        (answer, to, _), = runner.sent
+        (answer, to, _, _), = runner.sent
         assert to == (PEER, 500)
         alice.receive_datagram(answer, (ME, 500), d.loop.now)
         failed, = [e for e in events(alice) if e.sa_id == sa_id]
@@ -556,20 +565,142 @@ def test_a_refusal_ends_only_the_exchange_whose_spi_it_names():
     request is ever answered so."""
     alice, bob = make_engine(PEER, "a", {}, 8), make_engine(ME, "b", {}, 7)
     sa_id = alice.initiate(ME, 0.0)
-    (init, _, _), = alice.datagrams_to_send(0.0)
-    bob.refuse_init(bytes([init[0] ^ 1]) + init[1:], (PEER, 500), 500,
+    (init, _, _, _), = alice.datagrams_to_send(0.0)
+    bob.refuse_init(bytes([init[0] ^ 1]) + init[1:], (PEER, 500), 500, ME,
                     NotifyType.AUTHENTICATION_FAILED)
-    (forged, _, _), = bob.datagrams_to_send(0.0)
+    (forged, _, _, _), = bob.datagrams_to_send(0.0)
     alice.receive_datagram(forged, (ME, 500), 0.1)
     assert events(alice) == [] and alice.stats()["unexpected_dropped"] == 1
-    bob.refuse_init(forged, (PEER, 500), 500, NotifyType.AUTHENTICATION_FAILED)
+    bob.refuse_init(forged, (PEER, 500), 500, ME, NotifyType.AUTHENTICATION_FAILED)
     assert bob.datagrams_to_send(0.1) == []
-    bob.refuse_init(init, (PEER, 500), 500, NotifyType.AUTHENTICATION_FAILED)
-    (answer, _, _), = bob.datagrams_to_send(0.2)
+    bob.refuse_init(init, (PEER, 500), 500, ME, NotifyType.AUTHENTICATION_FAILED)
+    (answer, _, _, _), = bob.datagrams_to_send(0.2)
     alice.receive_datagram(answer, (ME, 500), 0.3)
     failed, = events(alice)
     assert failed.sa_id == sa_id and failed.notify == NotifyType.AUTHENTICATION_FAILED
     assert failed.reason == "peer answered AUTHENTICATION_FAILED"
+
+
+def test_a_child_sa_for_his_client_waits_for_the_delegation_lookup_then_goes_on(
+        confdir, tmp_path):
+    """docs/gateway.md 4.2, the daemon's glue: the engine's Wait becomes a FetchDelegation
+    with the daemon's fetcher, its answer a ResumeChild, and the kept IKE_AUTH is answered
+    with the CHILD SA for the client whose secure record names the peer."""
+    from ike_helpers import host_key as test_key
+    from oe.ike.events import ChildAwaitsDns, IkeSaEstablished
+    gw, client = "192.0.2.66", "198.51.100.77"
+    blob = hostkey.public_blob(test_key("m", 2048).public_key())
+    record = KeyRecord("IPSECKEY", Target.parse(client).name, 10, ipaddress.ip_address(gw),
+                       decode_rsa_blob(blob), blob, "")
+    delegating = KeyLookup(Target.parse(client), Verdict.KEY, record=record, key=record.key,
+                           blob=blob, gateway=record.gateway, records=(record,),
+                           dnssec="secure", expires=1e9)
+
+    class Runner:
+        """Hands ChildAwaitsDns to the daemon and keeps the other events for the test."""
+
+        def __init__(self):
+            self.seen = []
+
+        def transmit(self):
+            while (event := us.next_event()) is not None:
+                if isinstance(event, ChildAwaitsDns):
+                    d._ike_event(4, event)
+                else:
+                    self.seen.append(event)
+
+    async def run():
+        nonlocal d, us
+        d = make_daemon(confdir, tmp_path)
+        d.fetcher = StallingFetcher(lambda target: delegating)
+        us = make_engine(ME, "b", {gw: "m"}, 2, child_policy=d._child_policy)
+        runner = Runner()
+        d.sides[4] = oedaemon._IkeSide(4, engine=us, runner=runner)
+        them = make_engine(gw, "m", {ME: "b"}, 1)
+        them.initiate(ME, 0, local_ts=[TrafficSelector.host(client)])
+        link = Link(them, us)
+        link.roundtrip(them)
+        runner.transmit()
+        await asyncio.sleep(0.01)
+        assert len(d.fetcher.asked) == 1 and client in d.fetcher.asked[0]
+        assert runner.seen == []
+        d.fetcher.release.set()
+        await asyncio.sleep(0.01)
+        assert [type(e) for e in runner.seen] == [IkeSaEstablished, ChildSaEstablished]
+        assert runner.seen[1].child.remote_ts == (TrafficSelector.host(client),)
+        link.roundtrip(us)
+        assert [type(e) for e in events(them)] == [IkeSaEstablished, ChildSaEstablished]
+        assert d.admission.fetching == {} and d.admission.waiting == {}
+    d = us = None
+
+
+def _delegating(client: str, gateway, host_key) -> KeyLookup:
+    """`client`'s record: `gateway` speaks for it with `host_key`'s key."""
+    numbers = host_key.public_key().public_numbers()
+    return KeyLookup(Target.parse(client), Verdict.KEY, key=RsaPublicKey(numbers.e, numbers.n),
+                     gateway=gateway)
+
+
+def test_the_clients_of_one_gateway_share_its_ike_sa(confdir, tmp_path, host_key):
+    """docs/gateway.md 4.3 and 5: every Initiate goes through Lifecycle.route_initiate. The
+    first starts an IKE SA with the delegating record's key pinned, vouching for its client
+    only (never the gateway's own address); the second waits for IKE_AUTH, then the IKE SA
+    vouches for its client and asks for one more CHILD SA."""
+    from oe.ike.events import IkeSaEstablished
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        engine = RecordingEngine()
+        engine.config = IkeConfig(local_addrs=frozenset({ME}), private_key=None)
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
+        gateway = ipaddress.ip_address("192.0.2.1")
+        commands = []
+        for client in ("198.51.100.10", "198.51.100.20"):
+            pair = Pair.of(ME, client)
+            d.opportunist.acquire(pair, d.loop.time())
+            d.opportunist.negotiations[pair].stage = "ike"
+            commands.append(Initiate(pair, gateway, peer_key=_delegating(client, gateway,
+                                                                         host_key)))
+        d._run(commands)
+        [(_, (peer, _), started)] = [c for c in engine.calls if c[0] == "initiate"]
+        assert peer == "192.0.2.1"
+        assert started["peer_key"].addresses == {ipaddress.ip_address("198.51.100.10")}
+        assert started["peer_key"].public_key.public_numbers() == \
+            host_key.public_key().public_numbers()
+        sa_id = len(engine.calls)
+        d._ike_event(4, IkeSaEstablished(sa_id, b"i" * 8, b"r" * 8, True, ME, "192.0.2.1", 500,
+                                         "192.0.2.1", False))
+        vouched, created = engine.calls[-2:]
+        assert vouched[:2] == ("vouch", (sa_id, "198.51.100.20"))
+        assert created[0] == "create_child" and created[1][0] == sa_id
+        assert created[2]["remote_ts"] == [TrafficSelector.host("198.51.100.20")]
+    asyncio.run(run())
+
+
+def test_an_ike_sa_the_gateway_started_carries_our_pair_to_its_client(confdir, tmp_path,
+                                                                      host_key):
+    """The gateway began the IKE SA (its own address ID, the key our pair's record names): our
+    CHILD SA for its client goes on it, no second IKE SA (docs/gateway.md 5)."""
+    from oe.ike.auth import PeerKey
+    from oe.ike.events import IkeSaEstablished
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        engine = RecordingEngine()
+        engine.config = IkeConfig(local_addrs=frozenset({ME}), private_key=None)
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
+        gateway = ipaddress.ip_address("192.0.2.1")
+        d._ike_event(4, IkeSaEstablished(
+            3, b"i" * 8, b"r" * 8, False, ME, "192.0.2.1", 500, "192.0.2.1", False,
+            peer_key=PeerKey(host_key.public_key(), frozenset({"192.0.2.1"}))))
+        pair = Pair.of(ME, "198.51.100.10")
+        d.opportunist.acquire(pair, d.loop.time())
+        d.opportunist.negotiations[pair].stage = "ike"
+        d._run([Initiate(pair, gateway, peer_key=_delegating("198.51.100.10", gateway,
+                                                             host_key))])
+        assert [c[0] for c in engine.calls] == ["vouch", "create_child"]
+        assert engine.calls[0][1] == (3, "198.51.100.10")
+    asyncio.run(run())
 
 
 def test_a_client_lookup_is_handed_back_with_its_role_and_its_key_never_kept(confdir, tmp_path,

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from oe.ike.auth import Identity, PeerKey
 from oe.ike.constants import (
+    CHILDREN_PER_IKE,
     HALF_OPEN_COOKIE_THRESHOLD,
     HALF_OPEN_LIFETIME,
     HALF_OPEN_MAX,
@@ -19,12 +20,10 @@ from oe.ike.constants import (
 )
 from oe.ike.fragment import FRAGMENT_SIZE
 from oe.ike.proposals import Suite, parse_proposal
-from oe.ike.ts import TrafficSelector
 
 Addr = tuple[str, int]
 KeyLookup = Callable[[Identity], PeerKey | None]
-TsPolicy = Callable[[Identity, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]], bool]
-AdmitInit = Callable[[bytes, Addr, int], bool]
+AdmitInit = Callable[[bytes, Addr, int, str], bool]
 CookieRequired = Callable[[Addr], bool]
 
 
@@ -32,12 +31,14 @@ CookieRequired = Callable[[Addr], bool]
 class IkeConfig:
     """What one host negotiates with; every peer gets the same (opportunistic) terms."""
 
-    local_addr: str
-    """Our address: the ID (unless ``local_id`` is set), NAT-D input and our selector."""
+    local_addrs: frozenset[str]
+    """Our addresses (one family): IKE is answered on each, each IKE SA keeps the one it was
+    contacted on or initiated from as its ID (unless ``local_id`` is set), NAT-D input and
+    selector; datagrams to any other address are dropped (docs/gateway.md section 1)."""
     private_key: rsa.RSAPrivateKey
     """Our RSA host key; its public half is what peers find in DNS."""
     local_id: Identity | None = None
-    """Our IKE identity; None means ID_IPV4_ADDR / ID_IPV6_ADDR of ``local_addr``."""
+    """Our IKE identity; None means ID_IPV4_ADDR / ID_IPV6_ADDR of the IKE SA's address."""
     ike_proposals: tuple[str, ...] = ("aes128-sha256-x25519",)
     """IKE SA proposals, strongSwan syntax, in order of preference."""
     esp_proposals: tuple[str, ...] = ("aes128gcm16",)
@@ -59,10 +60,9 @@ class IkeConfig:
     False behaves as a peer without RFC 7383 (charon's ``fragmentation = no``)."""
     fragment_size: int = FRAGMENT_SIZE
     """The largest IP datagram of a protected message before it is sent as fragments."""
-
-    @property
-    def identity(self) -> Identity:
-        return self.local_id or Identity.from_address(self.local_addr)
+    children_per_ike: int = CHILDREN_PER_IKE
+    """CHILD SAs one IKE SA may carry (a gateway's clients share one, docs/gateway.md 5); a
+    peer asking for more gets NO_ADDITIONAL_SAS (RFC 7296 1.3)."""
 
     def ike_suites(self) -> list[Suite]:
         return [s for p in self.ike_proposals for s in parse_proposal(p, ProtocolId.IKE)]

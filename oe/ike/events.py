@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from oe.ike.auth import PeerKey
 from oe.ike.ts import TrafficSelector
 
 
@@ -69,6 +70,8 @@ class IkeSaEstablished:
     """The peer's authenticated identity, printed (an address or a name; what the peer chose
     is escaped, so it is safe to log). Reasons in the other events escape it the same way."""
     nat_detected: bool
+    peer_key: PeerKey | None = None
+    """The key the peer proved, with the addresses it vouches for (its selectors' bounds)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,22 @@ class ChildSaFailed:
     notify: int | None
     """The notify type received or sent (e.g. TS_UNACCEPTABLE = 38), or None."""
     reason: str
+    local_ts: tuple[TrafficSelector, ...] = ()
+    """Our side's selectors of the CHILD SA we asked for (a rekey: the old SA's); empty when
+    the peer asked, or for an IKE SA rekey. With ``remote_ts`` it says which of several
+    requests on one IKE SA failed."""
+    remote_ts: tuple[TrafficSelector, ...] = ()
+    """The peer's side's selectors we asked for."""
+
+
+@dataclass(frozen=True)
+class ChildAwaitsDns:
+    """A CHILD SA request of the peer's waits, unanswered, for these DNS lookups (client
+    addresses whose delegation must be confirmed, docs/gateway.md 4.2); ``IkeEngine.resume``
+    handles it once they are in. Its retransmissions are ignored meanwhile."""
+
+    sa_id: int
+    lookups: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -129,6 +148,8 @@ class IkeSaPeerMoved:
     sa_id: int
     remote_addr: str
     remote_port: int
+    local_addr: str
+    """Our address on this IKE SA (it does not move)."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +175,7 @@ class IkeSaFailed:
 
 
 Event = (IkeSaEstablished | ChildSaEstablished | ChildSaRekeyed | ChildSaDeleted | ChildSaFailed
-         | IkeSaRekeyed | IkeSaPeerMoved | IkeSaDeleted | IkeSaFailed)
+         | ChildAwaitsDns | IkeSaRekeyed | IkeSaPeerMoved | IkeSaDeleted | IkeSaFailed)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,9 @@ once, then forgotten, so no answer can be replayed. Encrypted Fragments (SKF, RF
 taken wherever SK is, each checked before it is kept, and the message they make up is then
 handled as if it had come whole. Rule 2: requests we send are retransmitted
 with exponential backoff until a budget runs out (section 2.1); requests we receive are
-answered once and the answer is replayed for retransmits (section 2.1, the responder's cache).
+answered once and the answer is replayed for retransmits (section 2.1, the responder's cache);
+one whose CHILD SA must wait for DNS (the user's child_policy said Wait) is kept unanswered,
+its Message ID still expected and its copies ignored, until ``resume`` (docs/gateway.md 4.2).
 Rule 3: at most one request of ours is in flight per IKE SA (window size 1, section 2.3);
 further tasks wait in a queue. Rule 4: every inbound SPI comes from the host's
 ``SpiAllocator`` and goes back when its CHILD SA goes or its offer ends; a CHILD SA is
@@ -44,11 +46,13 @@ from typing import Callable, Protocol
 
 from oe.ike import fragment
 from oe.ike.auth import Identity, PeerKey
-from oe.ike.config import Addr, IkeConfig, KeyLookup, TsPolicy
+from oe.ike.childpolicy import AwaitingDns, ChildPolicy
+from oe.ike.config import Addr, IkeConfig, KeyLookup
 from oe.ike.constants import NAT_KEEPALIVE, NAT_T_PORT, ExchangeType, NotifyType, PayloadType
 from oe.ike.crypto import Rng
 from oe.ike.errors import IkeError, IntegrityError
 from oe.ike.events import (
+    ChildAwaitsDns,
     ChildSa,
     ChildSaDeleted,
     ChildSaEstablished,
@@ -131,6 +135,12 @@ class Task(Protocol):
     def process_i(self, sa: IkeSa, msg: Message, now: float) -> None: ...
 
 
+def requested_ts(task: Task) -> tuple[tuple, tuple]:
+    """The selectors a task of ours asked a CHILD SA for ((), () for an exchange that asks
+    for none): ChildSaFailed names the failed request by them."""
+    return getattr(task, "local_ts", ()), getattr(task, "remote_ts", ())
+
+
 Responder = Callable[["IkeSa", Message, float], None]
 """The responder half of an exchange: processes an authentic request and answers it with
 ``IkeSa.respond``."""
@@ -145,13 +155,16 @@ class Host(Protocol):
     fragment_counters: fragment.Counters
     """What the IKE SAs' reassemblers dropped and completed, counted together."""
     lookup_key: KeyLookup
-    ts_policy: TsPolicy | None
+    child_policy: ChildPolicy | None
+    """Decides the selectors of a CHILD SA the peer asks for (oe.ike.childpolicy); None:
+    host to host between the peer's vouched addresses and us."""
 
     def emit(self, event: Event) -> None:
         """Queue an event for the user (``next_event``)."""
 
-    def transmit(self, data: bytes, addr: Addr, local_port: int, ike: bool = True) -> None:
-        """Queue a datagram from our port ``local_port``; ``ike=False`` sends it as it is."""
+    def transmit(self, data: bytes, addr: Addr, local: Addr, ike: bool = True) -> None:
+        """Queue a datagram from our address and port ``local``; ``ike=False`` sends it as
+        it is."""
 
     def count(self, what: str) -> None:
         """Count a drop (one of the engine's ``STATS``)."""
@@ -213,14 +226,16 @@ class IkeSa:
     """One IKE SA: its keys, Message IDs, exchanges in flight and CHILD SAs."""
 
     def __init__(self, host: Host, sa_id: int, initiator: bool, spi_i: bytes, spi_r: bytes,
-                 peer: Addr, local_port: int, state: State, now: float) -> None:
+                 peer: Addr, local: Addr, state: State, now: float) -> None:
         self.host = host
         self.sa_id = sa_id
         self.initiator = initiator
         self.spi_i = spi_i
         self.spi_r = spi_r
         self.peer_addr, self.peer_port = peer
-        self.local_port = local_port
+        # our address for this IKE SA: where the peer reached us, or where we initiated from;
+        # our ID unless one is configured (docs/gateway.md section 1)
+        self.local_addr, self.local_port = local
         self.state = state
         self.created = now
         self.established_at: float | None = None
@@ -232,6 +247,9 @@ class IkeSa:
         self.next_keepalive: float | None = None
         self.peer_id: Identity | None = None
         self.peer_key: PeerKey | None = None  # the authenticated peer's key and its addresses
+        # the key an initiator was told the peer must prove, and the addresses it vouches for
+        # (docs/gateway.md 4.3); None: lookup_key answers for the peer's ID
+        self.pinned_key: PeerKey | None = None
         self.peer_hashes: set[int] = set()
         self.children: list[Child] = []
         self.pending_spis: set[int] = set()  # inbound SPIs offered that no CHILD SA took yet
@@ -241,9 +259,12 @@ class IkeSa:
         # tasks waiting for the one in flight; an IKE SA rekey hands the queue to the new SA
         self.queue: deque[Task] = deque()
         self.last_response: tuple[int, list[bytes]] | None = None
+        # the peer's request that waits for DNS, unanswered (docs/gateway.md 4.2): its
+        # exchange, the authentic message (whole, even if it came in fragments) and whence
+        self.deferred: tuple[int, Message, tuple[Addr, int]] | None = None
         self.retired_at = 0.0  # when a rekey replaced this IKE SA
         self.datagram = b""  # the datagram being processed (AUTH and the ICV cover it whole)
-        self._source: tuple[Addr, int] = (peer, local_port)  # ... and where it came from
+        self._source: tuple[Addr, int] = (peer, self.local_port)  # ... and where it came from
         # what IKE_SA_INIT settled and IKE_AUTH signs (section 2.15)
         self.nonce_i = b""
         self.nonce_r = b""
@@ -273,11 +294,17 @@ class IkeSa:
     def config(self) -> IkeConfig:
         return self.host.config
 
+    @property
+    def identity(self) -> Identity:
+        """Our ID on this IKE SA: the configured one, else the address the peer contacted."""
+        return self.config.local_id or Identity.from_address(self.local_addr)
+
     def emit(self, event: Event) -> None:
         self.host.emit(event)
 
     def send(self, data: bytes) -> None:
-        self.host.transmit(data, (self.peer_addr, self.peer_port), self.local_port)
+        self.host.transmit(data, (self.peer_addr, self.peer_port),
+                           (self.local_addr, self.local_port))
 
     def _encode(self, exchange: int, payloads: list[Payload], response: bool,
                 message_id: int) -> list[bytes]:
@@ -390,7 +417,8 @@ class IkeSa:
             return
         if self.next_keepalive is not None and now >= self.next_keepalive:
             # RFC 3948 section 2.3: one 0xFF octet, no non-ESP marker
-            self.host.transmit(NAT_KEEPALIVE, (self.peer_addr, self.peer_port), NAT_T_PORT,
+            self.host.transmit(NAT_KEEPALIVE, (self.peer_addr, self.peer_port),
+                               (self.local_addr, NAT_T_PORT),
                                ike=False)
             self.next_keepalive = now + self.config.nat_keepalive_interval
         req = self.request
@@ -448,7 +476,8 @@ class IkeSa:
                 self.last_heard = now
                 self.request = None
                 self.release_spi(req.spi_in)
-                return self._exchange_failed(e.notify, f"malformed response: {e.reason}", now)
+                return self._exchange_failed(e.notify, f"malformed response: {e.reason}", now,
+                                             req.task)
             if opened is None:
                 return  # an authentic fragment, kept until the others arrive
             msg = opened
@@ -474,8 +503,10 @@ class IkeSa:
             if isinstance(enc, EncryptedFragment) and enc.number != 1:
                 return
             for data in self.last_response[1]:
-                self.host.transmit(data, addr, local_port)
+                self.host.transmit(data, addr, (self.local_addr, local_port))
             return
+        if self.deferred is not None and header.message_id == self.deferred[1].message_id:
+            return  # a copy of the request that waits for DNS: it changes nothing (4.2)
         if header.message_id != self.expected_message_id:
             return self.host.count("unexpected_dropped")
         try:
@@ -496,7 +527,28 @@ class IkeSa:
         if take is Take.REFUSED:
             return self.respond(header.exchange, header.message_id,
                                 [Notify(NotifyType.INVALID_SYNTAX)])
-        self.host.responder(header.exchange)(self, msg, now)
+        self._handle_request(header.exchange, msg, now)
+
+    def _handle_request(self, exchange: int, msg: Message, now: float) -> None:
+        """Hand an authentic request to its responder; one whose CHILD SA must wait for DNS
+        is kept unanswered, its Message ID still expected (docs/gateway.md 4.2)."""
+        try:
+            self.host.responder(exchange)(self, msg, now)
+        except AwaitingDns as wait:
+            self.deferred = (exchange, msg, self._source)
+            self.emit(ChildAwaitsDns(self.sa_id, wait.lookups))
+
+    def resume(self, now: float) -> None:
+        """Handle the request kept while its lookups ran, if this state still takes it."""
+        if self.deferred is None:
+            return
+        exchange, msg, source = self.deferred
+        self.deferred = None
+        if msg.message_id != self.expected_message_id or \
+                ACCEPT.get((self.state, exchange, False)) is not Take.PROTECTED:
+            return
+        self._source = source
+        self._handle_request(exchange, msg, now)
 
     def _peer_moved(self, addr: Addr, local_port: int) -> None:
         """Follow the peer to a new address/port after an authentic, new message: during
@@ -507,7 +559,8 @@ class IkeSa:
             self.peer_addr, self.peer_port = addr
             self.local_port = local_port
             if moved and self.state == State.ESTABLISHED:
-                self.emit(IkeSaPeerMoved(self.sa_id, self.peer_addr, self.peer_port))
+                self.emit(IkeSaPeerMoved(self.sa_id, self.peer_addr, self.peer_port,
+                                          self.local_addr))
 
     def respond(self, exchange: int, message_id: int, payloads: list[Payload]) -> None:
         """Answer the request being processed, to the address and port it came from (2.11)."""
@@ -516,7 +569,7 @@ class IkeSa:
         self.expected_message_id = message_id + 1
         addr, local_port = self._source
         for data in datagrams:
-            self.host.transmit(data, addr, local_port)
+            self.host.transmit(data, addr, (self.local_addr, local_port))
 
     # --- failures and deletion ------------------------------------------------------------
 
@@ -524,11 +577,11 @@ class IkeSa:
         self.emit(IkeSaFailed(self.sa_id, self.peer_addr, notify, reason, local))
         self.host.remove(self)
 
-    def _exchange_failed(self, notify: int | None, reason: str, now: float) -> None:
+    def _exchange_failed(self, notify: int | None, reason: str, now: float, task: Task) -> None:
         if self.state in (State.EXPECT_SA_INIT_RESPONSE, State.EXPECT_AUTH_RESPONSE):
             self.fail(notify, reason, local=True)
         else:
-            self.emit(ChildSaFailed(self.sa_id, notify, reason))
+            self.emit(ChildSaFailed(self.sa_id, notify, reason, *requested_ts(task)))
             for c in self.children:
                 c.rekeying = False
             self.request_done(now)

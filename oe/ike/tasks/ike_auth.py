@@ -9,6 +9,7 @@ import ipaddress
 
 from oe.ike import auth as _auth
 from oe.ike.auth import Identity
+from oe.ike.childpolicy import AwaitingDns
 from oe.ike.constants import (
     AuthMethod,
     ExchangeType,
@@ -71,12 +72,17 @@ def verify_peer(sa: IkeSa, id_payload: ID | None, auth: Auth | None,
         # an address's key vouches for its address ID only, never for a name spelled
         # like it (a lookup keyed by the ID's text would hand it over)
         raise IkeError(fail, f"ID_FQDN {peer} is an address, not a name")
-    found = sa.host.lookup_key(peer)
-    if found is None:
-        raise IkeError(fail, f"no public key known for peer ID {peer}")
-    if peer.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR) and (
-            peer.address() not in found.addresses):
-        raise IkeError(fail, f"the key found for {peer} does not vouch for that address")
+    if sa.initiator and sa.pinned_key is not None:
+        # a key a delegating record named: it vouches for the client(s) it was pinned for,
+        # never for the gateway's own address (RFC 4322 3.2.4.1, docs/gateway.md 4.3)
+        found = sa.pinned_key
+    else:
+        found = sa.host.lookup_key(peer)
+        if found is None:
+            raise IkeError(fail, f"no public key known for peer ID {peer}")
+        if peer.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR) and (
+                peer.address() not in found.addresses):
+            raise IkeError(fail, f"the key found for {peer} does not vouch for that address")
     key = found.public_key
     octets = _octets(sa, not sa.initiator, id_payload.body)
     try:
@@ -94,8 +100,8 @@ def _established(sa: IkeSa, now: float) -> None:
     if sa.behind_nat:
         sa.next_keepalive = now + sa.config.nat_keepalive_interval
     sa.emit(IkeSaEstablished(
-        sa.sa_id, sa.spi_i, sa.spi_r, sa.initiator, sa.config.local_addr,
-        sa.peer_addr, sa.peer_port, str(sa.peer_id), sa.nat_detected,
+        sa.sa_id, sa.spi_i, sa.spi_r, sa.initiator, sa.local_addr,
+        sa.peer_addr, sa.peer_port, str(sa.peer_id), sa.nat_detected, sa.peer_key,
     ))
 
 
@@ -112,7 +118,7 @@ class IkeAuth:
 
     def build_i(self, sa: IkeSa, now: float) -> None:
         """IKE_AUTH { IDi, [IDr,] AUTH, SA, TSi, TSr } -->"""
-        idi = ID(True, sa.config.identity.id_type, sa.config.identity.data)
+        idi = ID(True, sa.identity.id_type, sa.identity.data)
         self.spi_in = sa.new_spi_in()
         payloads: list[Payload] = [idi]
         if self.expected_peer_id is not None:
@@ -148,14 +154,15 @@ class IkeAuth:
         if err is not None or sa_p is None:
             notify = err.notify_type if err is not None else None
             sa.emit(ChildSaFailed(sa.sa_id, notify,
-                                  f"peer answered {notify_name(notify or 0)} for the CHILD SA"))
+                                  f"peer answered {notify_name(notify or 0)} for the CHILD SA",
+                                  self.local_ts, self.remote_ts))
             return
         try:
             _, suite = accept(sa_p.proposals, sa.config.esp_suites(), ProtocolId.ESP,
                               ignore_dh=True)
             local_ts, remote_ts = common.check_narrowed(sa, msg, self.local_ts, self.remote_ts)
         except IkeError as e:
-            sa.emit(ChildSaFailed(sa.sa_id, e.notify, e.reason))
+            sa.emit(ChildSaFailed(sa.sa_id, e.notify, e.reason, self.local_ts, self.remote_ts))
             # section 2.9: the peer made a CHILD SA we cannot accept; delete it
             return sa.start(DeleteRefused(self.spi_in), now)
         sa.adopt(make_child(sa, suite, self.spi_in, sa_p.proposals[0].spi, sa.nonce_i,
@@ -171,21 +178,30 @@ def process_r(sa: IkeSa, msg: Message, now: float) -> None:
         # section 2.21.2: answer AUTHENTICATION_FAILED and forget the SA
         sa.respond(ExchangeType.IKE_AUTH, mid, [Notify(e.notify)])
         return sa.fail(e.notify, e.reason, local=True)
-    if msg.notifies(NotifyType.INITIAL_CONTACT):
-        # Section 2.4: the authenticated peer has no other IKE SA with us any more.
-        sa.host.initial_contact(sa)
-    idr = ID(False, sa.config.identity.id_type, sa.config.identity.data)
-    payloads: list[Payload] = [idr, auth_payload(sa, idr)]
     child: Child | None = None
     child_error: IkeError | None = None
     sa_p = msg.first(SA)
+    chosen = None
     if sa_p is None:
         child_error = IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "IKE_AUTH request without SA")
     else:
         try:
-            prop, suite = choose(sa_p.proposals, sa.config.esp_suites(), ProtocolId.ESP,
-                                 ignore_dh=True)
-            local_ts, remote_ts = common.narrow_as_responder(sa, msg)
+            chosen = choose(sa_p.proposals, sa.config.esp_suites(), ProtocolId.ESP,
+                            ignore_dh=True), common.narrow_as_responder(sa, msg)
+        except IkeError as e:
+            child_error = e
+        except AwaitingDns:
+            # docs/gateway.md 4.2: the request waits for DNS and must have changed nothing
+            sa.peer_id = sa.peer_key = None
+            raise
+    if msg.notifies(NotifyType.INITIAL_CONTACT):
+        # Section 2.4: the authenticated peer has no other IKE SA with us any more.
+        sa.host.initial_contact(sa)
+    idr = ID(False, sa.identity.id_type, sa.identity.data)
+    payloads: list[Payload] = [idr, auth_payload(sa, idr)]
+    if chosen is not None:
+        (prop, suite), (local_ts, remote_ts) = chosen
+        try:
             spi_in = sa.new_spi_in()
             child = make_child(sa, suite, spi_in, prop.spi, sa.nonce_i, sa.nonce_r, b"",
                                local_ts, remote_ts, we_initiated=False)
@@ -195,7 +211,8 @@ def process_r(sa: IkeSa, msg: Message, now: float) -> None:
             ]
         except IkeError as e:
             child_error = e
-            payloads.append(Notify(e.notify))
+    if child is None and child_error is not None and sa_p is not None:
+        payloads.append(Notify(child_error.notify))
     sa.respond(ExchangeType.IKE_AUTH, mid, payloads)
     _established(sa, now)
     if child is not None:
