@@ -14,13 +14,17 @@ reads a clock or a socket itself.
          role="client") and FetchKey(dst)   3): the client's record must delegate to us
       -> src neither: %drop                 spoofed or misrouted
     key_found(pair, lookup, role)
-      -> usable key(s): Initiate(gateway)   the daemon starts IKE (oe.ike)
+      -> usable key(s): Initiate(gateway)   the daemon starts IKE (oe.ike) with the first
+                                            gateway of the target's records (RFC 4322 3.2)
+      -> an @FQDN gateway: FetchGateway     its addresses, then gateway_found
       -> no key / refused: failure shunt    private-or-clear: %pass, private: %drop
       -> malformed record: %drop            RFC 4322: malformed means deny, whatever the group
     tunnel_up(...)                          CHILD SA established (either side initiated) and
       -> the SA eroute replaces the %hold      in the datapath: held packets go out encrypted
     negotiation_failed(pair, reason)        IKE timeout, AUTHENTICATION_FAILED, ...
-      -> the failure shunt, with the reason, for shunt_lifetime seconds
+      -> the next gateway: Initiate         while the target's records name more
+      -> the failure shunt, with every      after the last, for shunt_lifetime seconds
+         gateway's reason
     tunnel_down(...)                        DELETE, dead peer, idle: the %trap is back
 
 Rule 1: at most one negotiation per (src, dst) at a time; a second acquire for a pair that is
