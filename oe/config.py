@@ -103,6 +103,14 @@ class EspConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    subnets: tuple[str, ...] = ()
+    """Networks of the clients behind this host ("our clients", FreeS/WAN): oe traps their
+    forwarded traffic like its own and enables forwarding for them (docs/gateway.md 2);
+    empty: oe is a host, and leaves every forwarding sysctl alone."""
+
+
+@dataclass(frozen=True)
 class Config:
     tun_name: str = "oe0"
     """Name of the TUN device that trapped traffic is routed into."""
@@ -128,6 +136,8 @@ class Config:
     """[limits] table."""
     esp: EspConfig = field(default_factory=EspConfig)
     """[esp] table."""
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    """[gateway] table."""
 
 
 def parse(text: str, origin: str = "oe.conf") -> Config:
@@ -203,6 +213,7 @@ U32_MAX = 0xFFFFFFFF
 IFNAMSIZ = 16  # linux/if.h: an interface name and its NUL
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DNSSEC_MODES = ("validate", "off")
+SUBNETS_MAX = 256  # [gateway] subnets: each is a route, an nft element and a sysctl plan
 POSITIVE = {"shunt_lifetime", "sa_lifetime", "dpd_delay", "query_timeout", "total_timeout",
             "holds", "shunts", "half_open", "lookups", "queued_acquires", "cache_size"}
 
@@ -275,10 +286,32 @@ def _values(config: Config) -> list[Problem]:
         bad("[dns] dnssec", f'expected "validate" or "off", got {dns.dnssec!r}')
     if dns.require_dnssec and dns.dnssec == "off":
         bad("[dns] require_dnssec", 'true needs dnssec = "validate"')
+    found += [Problem("[gateway] subnets", m)
+              for m in _subnet_problems(config.gateway.subnets, dns.nameservers)]
     if config.log_level not in LOG_LEVELS:
         bad("log_level", f"{config.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
     if config.esp.df not in DF_POLICIES:
         bad("[esp] df", f"{config.esp.df!r}: expected one of {', '.join(DF_POLICIES)}")
+    return found
+
+
+def _subnet_problems(subnets: tuple[str, ...], nameservers: tuple[str, ...]) -> list[str]:
+    """What is wrong with [gateway] subnets: each a network without host bits, none the
+    whole address space (an open relay), none holding a nameserver we ask (nameservers are
+    exempt from all oe does, clients are what it acts for: no address is both), not too many."""
+    found = [f"{len(subnets)} subnets, at most {SUBNETS_MAX}"] if len(subnets) > SUBNETS_MAX \
+        else []
+    servers = [ipaddress.ip_address(s) for s in nameservers if _is_address(s)]
+    for text in subnets[:SUBNETS_MAX]:
+        try:
+            network = ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            found.append(f"{text!r} has host bits set" if "host bits" in str(exc)
+                         else f"{text!r} is not an IPv4 or IPv6 network")
+            continue
+        if network.prefixlen == 0:
+            found.append(f"{network} is everything: oe would forward for the whole internet")
+        found += [f"{network} holds the nameserver {s}" for s in servers if s in network]
     return found
 
 
@@ -396,6 +429,6 @@ def _differences(old, new, table: str = "") -> list[str]:
     return found
 
 
-__all__ = ["Config", "DnsConfig", "IkeSettings", "LimitsConfig", "ConfigError", "Problem",
+__all__ = ["Config", "DnsConfig", "GatewayConfig", "IkeSettings", "LimitsConfig", "ConfigError", "Problem",
            "Changes", "parse", "load", "read", "examine", "changes", "DEFAULT_CONFDIR",
            "DEFAULT_RUNDIR"]

@@ -95,6 +95,7 @@ class Daemon(Executor):
         self.pmtu = PathMtuDriver()  # each peer's path MTU search (issue 17, docs/pmtu.md)
         self.steering: routing.Steering | None = None
         self._inbound = False  # the inbound table is installed
+        self.clients: inbound.Clients | None = None  # [gateway]: subnets, LAN (docs/gateway.md 2)
         self._wake = asyncio.Event()  # an event may have moved the earliest timer
         # pyroute2's synchronous API runs an event loop of its own, so every netlink call runs
         # in this one thread, which also keeps route changes in order.
@@ -156,6 +157,7 @@ class Daemon(Executor):
         await asyncio.gather(*(side.runner.start() for side in self.sides.values()))
         self.datapath.start(self.tun_fd, tun_mtu=mtu, **fds)
         self.loop.add_reader(self.datapath.events_fd, self._datapath_events)
+        self.clients = await self._in_netlink(self._gateway, self.config.gateway.subnets)
         await self._install_routes()
         await self._in_netlink(self._install_inbound)
         self.control = await control.serve(self.rundir, self._control)
@@ -206,8 +208,8 @@ class Daemon(Executor):
         return [ns for ns in self.fetcher.nameservers() if _is_address(ns)]
 
     async def _install_routes(self) -> None:
-        await self._in_netlink(self._steer, self.routes.steer(self.opportunist.base,
-                                                              self._nameserver_addresses()))
+        await self._in_netlink(self._steer, self.routes.steer(
+            self.opportunist.base, self._nameserver_addresses(), self.config.gateway.subnets))
         for ns in self.fetcher.nameservers():
             if _is_address(ns) and ipaddress.ip_address(ns).is_loopback:
                 log.warning("nameserver %s is a local stub: the servers it forwards to are not "
@@ -220,14 +222,25 @@ class Daemon(Executor):
     def _install_inbound(self, base: ErouteTable | None = None) -> None:
         """(Re)build the inbound cleartext policy for a policy (default: the current one)."""
         policy = self.opportunist.base if base is None else base
-        inbound.apply(inbound.ruleset(self.config.tun_name,
-                                      inbound.protected(policy, self._nameserver_addresses()),
-                                      set(self.routes.refused)))
+        exempt = [*self._nameserver_addresses(), *self.config.gateway.subnets]
+        inbound.apply(inbound.ruleset(self.config.tun_name, inbound.protected(policy, exempt),
+                                      set(self.routes.refused), self.clients))
         self._inbound = True
+
+    def _gateway(self, subnets: tuple[str, ...]) -> inbound.Clients | None:
+        """The clients behind us, for the forward chain: [gateway] subnets and the interfaces
+        that lead to them (none: refused, as `oe check` does)."""
+        if not subnets:
+            return None
+        lan = net.interfaces_for(subnets, self.config.tun_name)
+        if not lan:
+            raise OeError(f"[gateway] subnets: no interface has a route into "
+                          f"{', '.join(subnets)}")
+        return inbound.Clients(tuple(ipaddress.ip_network(s) for s in subnets), lan)
 
     def _update_inbound(self, add: set, remove: set) -> None:
         try:
-            inbound.apply(inbound.peers_update(add, remove))
+            inbound.apply(inbound.refused_update(add, remove))
         except OeError as exc:
             log.error("%s", exc)
 
@@ -378,10 +391,12 @@ class Daemon(Executor):
         self.config = diff.config
         if diff.config.dns != old[0].dns:  # new nameservers are exempt from trapping, too
             self.fetcher = KeyFetcher.from_config(diff.config.dns, self.confdir)
+        clients = self.clients
         try:  # first what can fail (one nft transaction): a refusal leaves all as it was
+            self.clients = await self._in_netlink(self._gateway, diff.config.gateway.subnets)
             await self._in_netlink(self._install_inbound, base)
         except OeError:
-            self.config, self.fetcher = old
+            self.config, self.fetcher, self.clients = *old, clients
             raise
         close = getattr(old[1].source, "close", None)
         if self.fetcher is not old[1] and close is not None:

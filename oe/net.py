@@ -105,3 +105,32 @@ def route_mtu(peer: str, mark: int, default: int = 1500) -> int:
         except OSError:
             return default
     return min(mtu, MAX_MTU)        # loopback's 65536 is no IP packet size
+
+
+# issue 13: the interfaces our clients are on (docs/gateway.md 2)
+RT_TABLE_MAIN = 254  # linux/rtnetlink.h
+
+
+def interfaces_for(subnets: tuple[str, ...], exclude: str = "") -> tuple[str, ...]:
+    """The interfaces whose routes in the main table lead into `subnets` (connected, or via a
+    router on the LAN), default routes and `exclude` (the TUN) left out; sorted by name."""
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        routes = [(f"{route.get_attr('RTA_DST')}/{route['dst_len']}", names.get(oif, ""))
+                  for family in (socket.AF_INET, socket.AF_INET6)
+                  for route in ipr.get_routes(family=family, table=RT_TABLE_MAIN)
+                  if route["dst_len"] and (oif := route.get_attr("RTA_OIF")) is not None]
+    return leading_into(routes, subnets, exclude)
+
+
+def leading_into(routes, subnets: tuple[str, ...], exclude: str = "") -> tuple[str, ...]:
+    """The interfaces of `routes` ((prefix, interface) pairs) whose prefix overlaps a subnet:
+    a /64 link inside a /48 subnet counts, and so does a /16 route holding a /24 one."""
+    networks = [ipaddress.ip_network(s) for s in subnets]
+    found = set()
+    for prefix, name in routes:
+        route = ipaddress.ip_network(prefix, strict=False)
+        if name and name != exclude and any(n.version == route.version and n.overlaps(route)
+                                            for n in networks):
+            found.add(name)
+    return tuple(sorted(found))

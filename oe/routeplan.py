@@ -4,9 +4,14 @@ The kernel's side (oe.routing, oe.inbound) installs what this module decides:
 - trap into the TUN every CIDR of a trapping group, and a host route to every tunnel's peer: a
   peer whose group passes (a clear-or-private responder) would otherwise get its replies around
   the TUN, in clear;
-- exempt the nameservers we ask by address (their answers must never wait for OE);
+- exempt the nameservers we ask by address (their answers must never wait for OE), and our
+  clients' subnets: the gateway's own traffic to its LAN, LAN-to-LAN forwarding and the
+  decrypted packets for a client take the main table (docs/gateway.md 2). A client's
+  forwarded packet C -> T still meets the trap: the rule has no `iif`, so table 4322 routes it
+  into the TUN, where groups apply by destination with C as source;
 - prohibit the private group's CIDRs beneath, so a dead daemon fails closed;
-- refuse cleartext from every peer we hold a host-to-host SA with (RFC 4301 5.2).
+- refuse cleartext on every pair we hold a host-to-host SA for (RFC 4301 5.2): T's cleartext
+  to the SA's own end (us, or our client C), not to our other addresses or clients.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from oe.eroute import ErouteTable
 from oe.opportunist import Tunnel
 from oe.policygroups.groups import SEMANTICS
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 
 class RoutePlan:
     """The routed peers and refused-in-clear peers installed last."""
@@ -26,15 +33,18 @@ class RoutePlan:
     def __init__(self) -> None:
         self._base: ErouteTable | None = None
         self._nameservers: tuple[str, ...] = ()
+        self._subnets: tuple[str, ...] = ()
         self.peers: frozenset[str] = frozenset()
         """Tunnels' peers (/32 or /128) routed into the TUN."""
-        self.refused: frozenset = frozenset()
-        """Peers whose cleartext the inbound table drops."""
+        self.refused: frozenset[tuple[Address, Address]] = frozenset()
+        """(source, destination) pairs whose cleartext the inbound table drops: (T, C) for a
+        tunnel C <-> T, C our address or our client's."""
 
-    def steer(self, base: ErouteTable, nameservers: Iterable[str]) -> Steer:
+    def steer(self, base: ErouteTable, nameservers: Iterable[str],
+              subnets: Iterable[str] = ()) -> Steer:
         """The whole set of routes for this policy and the tunnels routed last; later
-        changes (follow) keep this policy and these nameservers."""
-        self._base, self._nameservers = base, tuple(nameservers)
+        changes (follow) keep this policy, these nameservers and our clients' subnets."""
+        self._base, self._nameservers, self._subnets = base, tuple(nameservers), tuple(subnets)
         trap, clear, private = sorted(self.peers), [], []
         for eroute in base.entries:
             if eroute.group is None:
@@ -44,7 +54,7 @@ class RoutePlan:
             (trap if outbound in ("%trap", "%reject") else clear).append(dst)
             if eroute.group == "private":
                 private.append(dst)
-        exempt = [str(ipaddress.ip_network(ns)) for ns in self._nameservers]
+        exempt = [str(ipaddress.ip_network(n)) for n in (*self._nameservers, *self._subnets)]
         return Steer(tuple(trap), tuple(clear), tuple(exempt), tuple(private))
 
     def follow(self, tunnels: Iterable[Tunnel], routes: bool, inbound: bool) -> list[Command]:
@@ -55,8 +65,9 @@ class RoutePlan:
         peers = frozenset(str(t.pair.selector.dst) for t in tunnels)
         if peers != self.peers and routes and self._base is not None:
             self.peers = peers
-            commands.append(self.steer(self._base, self._nameservers))
-        refused = frozenset(t.pair.dst for t in tunnels if t.narrowing == (0, 0, 0))
+            commands.append(self.steer(self._base, self._nameservers, self._subnets))
+        refused = frozenset((t.pair.dst, t.pair.src) for t in tunnels
+                            if t.narrowing == (0, 0, 0))
         if refused != self.refused and inbound:
             add, remove = refused - self.refused, self.refused - refused
             self.refused = refused

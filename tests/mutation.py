@@ -228,8 +228,24 @@ MUTANTS = [
       "        \"    meta l4proto udp accept\",\n",
       "netns/test_inbound_nft.py", root=True),
     m("inbound-sa-peers-not-refused", INBOUND,
-      "for name in (\"private\", \"peers\")),", "for name in (\"private\",)),",
+      "        *(f\"    {ip} saddr . {ip} daddr @refused{family} counter name {COUNTER} drop\"\n",
+      "        *(f\"    # refused{family} not checked\"\n",
       "netns/test_inbound_nft.py", root=True),
+    # The forward chain of a gateway (issue 13, docs/gateway.md 2)
+    m("forward-lan-sources-not-filtered", INBOUND,
+      "                      f\"    iifname {lan} {ip} saddr != @subnets{family} \"\n"
+      "                      f\"counter name {SPOOFED} drop\"]\n",
+      "                      f\"    iifname {lan} {ip} saddr != @subnets{family} \"\n"
+      "                      f\"counter name {SPOOFED}\"]\n",
+      "netns/test_forward_nft.py", root=True),
+    m("forward-refused-pairs-pass", INBOUND,
+      "        rules += [f\"    {ip} saddr . {ip} daddr @refused{family} counter name {COUNTER} "
+      "drop\",\n",
+      "        rules += [f\"    {ip} saddr . {ip} daddr @refused{family} counter name {COUNTER}\",\n",
+      "netns/test_forward_nft.py", root=True),
+    m("forward-transit-open", INBOUND,
+      "            rules.append(f\"    iifname {opened} {ip} daddr != @subnets{family} drop\")\n",
+      "            pass\n", "netns/test_forward_nft.py", root=True),
     # The datapath (Cython and C in oe/dp/: one rebuild each)
     m("esp-replay-update-before-icv", ESP,
       "    if not replay_check(&sa.replay, seq):\n        return -R_REPLAY\n",

@@ -63,6 +63,17 @@ def test_values_are_read_and_converted(tmp_path):
     ("[dns]\nport = 70000", "[dns] port: expected 1 to 65535"),
     ("[dns]\ntotal_timeout = 0.5", "[dns] total_timeout: 0.5 s is shorter than one query"),
     ('log_level = "loud"', "log_level: 'loud': expected one of debug, info, warning, error"),
+    # issue 13: the clients behind this gateway
+    ('[gateway]\nsubnets = ["198.51.100.1/24"]', "[gateway] subnets: '198.51.100.1/24' has host "
+                                                 "bits set"),
+    ('[gateway]\nsubnets = ["a.b.c.d/8"]', "[gateway] subnets: 'a.b.c.d/8' is not an IPv4 or "
+                                           "IPv6 network"),
+    ('[gateway]\nsubnets = ["0.0.0.0/0"]', "[gateway] subnets: 0.0.0.0/0 is everything"),
+    ('[gateway]\nsubnets = ["::/0"]', "[gateway] subnets: ::/0 is everything"),
+    ('[gateway]\nsubnets = ["192.0.2.0/24"]\n[dns]\nnameservers = ["192.0.2.53"]',
+     "[gateway] subnets: 192.0.2.0/24 holds the nameserver 192.0.2.53"),
+    ("[gateway]\nsubnets = [" + ", ".join(f'"10.0.{i % 256}.{i // 256 * 128}/25"' for i in range(257)) + "]",
+     "[gateway] subnets: 257 subnets, at most 256"),
 ])
 def test_errors_name_the_key(text, message):
     with pytest.raises(ConfigError) as info:
@@ -77,6 +88,17 @@ def test_the_example_config_in_contrib_loads_and_matches_the_defaults():
     example = Path(__file__).resolve().parent.parent / "contrib" / "etc-oe"
     assert config.load(example) == Config()
 
+
+
+def test_gateway_subnets_are_read_and_may_change_on_reload():
+    """issue 13: [gateway] subnets names the clients; reload re-plans routes, inbound table
+    and forwarding for them, so a change applies without a restart."""
+    conf = config.parse('[gateway]\nsubnets = ["198.51.100.0/24", "2001:db8:5::/48"]\n')
+    assert conf.gateway.subnets == ("198.51.100.0/24", "2001:db8:5::/48")
+    assert Config().gateway.subnets == ()
+    diff = config.changes(Config(), conf)
+    assert diff.applied == ("[gateway] subnets",) and diff.kept == ()
+    assert config.parse("[dns]\nallow_unsigned_delegation = true").dns.allow_unsigned_delegation
 
 
 def test_examine_lists_every_problem_with_its_line():

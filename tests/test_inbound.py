@@ -38,20 +38,74 @@ def test_nothing_private_nothing_protected():
     assert inbound.protected(table(private_or_clear="0.0.0.0/0\n"), []) == []
 
 
-def test_peer_updates_are_one_transaction_per_family():
-    a4, a6, b4 = (ipaddress.ip_address(a) for a in ("192.0.2.20", "2001:db8::20", "192.0.2.30"))
-    assert inbound.peers_update({a4, a6}, {b4}) == (
-        "delete element inet oe peers4 { 192.0.2.30 }\n"
-        "add element inet oe peers4 { 192.0.2.20 }\n"
-        "add element inet oe peers6 { 2001:db8::20 }\n")
-    assert inbound.peers_update(set(), set()) == ""
+def pair(src, dst):
+    return ipaddress.ip_address(src), ipaddress.ip_address(dst)
+
+
+def test_refused_pair_updates_are_one_transaction_per_family():
+    """The refused set holds (source . destination) pairs: a tunnel C <-> T refuses T's
+    cleartext to C only (issue 13, docs/gateway.md 2)."""
+    a4, a6, b4 = (pair("192.0.2.20", "192.0.2.10"), pair("2001:db8::20", "2001:db8::10"),
+                  pair("192.0.2.30", "198.51.100.10"))
+    assert inbound.refused_update({a4, a6}, {b4}) == (
+        "delete element inet oe refused4 { 192.0.2.30 . 198.51.100.10 }\n"
+        "add element inet oe refused4 { 192.0.2.20 . 192.0.2.10 }\n"
+        "add element inet oe refused6 { 2001:db8::20 . 2001:db8::10 }\n")
+    assert inbound.refused_update(set(), set()) == ""
+
+
+CLIENTS = inbound.Clients(subnets=tuple(nets("198.51.100.0/24", "2001:db8:5::/48")),
+                          lan=("lan0",), opened=("eth0",))
+
+
+def test_a_host_has_no_forward_chain():
+    """Without [gateway] subnets oe polices only what is addressed to it."""
+    assert "forward" not in inbound.ruleset("oe0", [], [])
+
+
+def test_the_forward_chain_polices_what_is_forwarded_for_the_clients():
+    """issue 13, docs/gateway.md 2 and 8: decrypted packets pass; a LAN source outside the
+    subnets is dropped (RFC 3704 ingress filtering), and so is one with no route back through
+    its interface; cleartext on a refused pair or from a private source to a client is
+    dropped (RFC 4301 5.2); what arrives on an interface oe opened goes only to clients."""
+    text = inbound.ruleset("oe0", nets("203.0.113.0/24"), [pair("192.0.2.30", "198.51.100.10")],
+                           CLIENTS)
+    chain = text[text.index("chain forward"):]
+    lines = [line.strip() for line in chain.splitlines()]
+    assert lines[1] == "type filter hook forward priority filter - 1; policy accept;"
+    assert lines[2] == 'iifname "oe0" accept'
+    assert ('iifname { "lan0" } ip saddr != @subnets4 counter name spoofed_dropped drop'
+            in lines)
+    assert ('iifname { "lan0" } ip6 saddr != @subnets6 counter name spoofed_dropped drop'
+            in lines)
+    assert ('iifname { "lan0" } meta nfproto ipv4 fib saddr . iif oif missing counter name '
+            'spoofed_dropped drop') in lines
+    assert "ip saddr . ip daddr @refused4 counter name cleartext_dropped drop" in lines
+    assert "ip daddr @subnets4 ip saddr @private4 counter name cleartext_dropped drop" in lines
+    assert 'iifname { "eth0" } ip daddr != @subnets4 drop' in lines
+    assert "elements = { 198.51.100.0/24 }" in text and "elements = { 2001:db8:5::/48 }" in text
+
+
+def test_the_forward_chain_polices_only_the_families_with_subnets():
+    """An IPv4-only gateway leaves IPv6 forwarding (set up by someone else, or none) alone."""
+    v4 = inbound.Clients(subnets=tuple(nets("198.51.100.0/24")), lan=("lan0",), opened=())
+    text = inbound.ruleset("oe0", [], [], v4)
+    assert "ip6 saddr != @subnets6" not in text and "ip saddr != @subnets4" in text
+    assert "nfproto ipv6" not in text
+    assert "ip daddr != @subnets4" not in text          # nothing opened: nothing to close
+
+
+def test_overlapping_subnets_make_one_interval():
+    overlapping = inbound.Clients(subnets=tuple(nets("198.51.100.0/24", "198.51.100.128/25")),
+                                  lan=("lan0",), opened=())
+    assert "elements = { 198.51.100.0/24 }" in inbound.ruleset("oe0", [], [], overlapping)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="needs root and nft")
 def test_nft_accepts_the_ruleset():
     script = inbound.ruleset("oe0", nets("192.0.2.0/26", "2001:db8::/64"),
-                             [ipaddress.ip_address("198.51.100.2")])
-    script += inbound.peers_update([ipaddress.ip_address("2001:db8:1::2")], [])
+                             [pair("198.51.100.2", "192.0.2.10")], CLIENTS)
+    script += inbound.refused_update([pair("2001:db8:1::2", "2001:db8::10")], [])
     ns = f"oe-inbound-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
@@ -60,7 +114,8 @@ def test_nft_accepts_the_ruleset():
         assert proc.returncode == 0, proc.stderr
         listed = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "oe"],
                                 capture_output=True, text=True, check=True).stdout
-        assert "198.51.100.2" in listed and "2001:db8:1::2" in listed and "drop" in listed
+        assert "198.51.100.2 . 192.0.2.10" in listed and "2001:db8:1::2" in listed
+        assert "chain forward" in listed and "drop" in listed
     finally:
         subprocess.run(["ip", "netns", "del", ns])
 

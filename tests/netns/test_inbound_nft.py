@@ -1,6 +1,6 @@
 """The inbound cleartext rules, checked by the kernel: oe.inbound's nft table loaded in a
 namespace, and cleartext UDP sent to it from each kind of source on the link. From a private
-source and from an SA peer only IKE (UDP 500, 4500) is taken in clear, IPv4 and IPv6; other
+source and from an SA peer (the refused pair: peer . us) only IKE (UDP 500, 4500) is taken in clear, IPv4 and IPv6; other
 sources are not touched (RFC 4301 section 5.2)."""
 
 import ipaddress
@@ -43,7 +43,8 @@ def test_cleartext_from_private_sources_and_sa_peers_is_ike_only(tmp_path):
         us = world.host("us", f"{US}/24", f"{US6}/64")
         them = world.host("them", *(f"{a}/24" if ":" not in a else f"{a}/64" for a in addrs))
         script = inbound.ruleset("oe0", [ipaddress.ip_network(a) for a in SOURCES["private"]],
-                                 [ipaddress.ip_address(a) for a in SOURCES["peer"]])
+                                 [(ipaddress.ip_address(a), ipaddress.ip_address(us_))
+                                  for a, us_ in zip(SOURCES["peer"], (US, US6))])
         world.run(us, "nft", "-f", "-", input=script)
         receiver = subprocess.Popen(["ip", "netns", "exec", us.name, sys.executable, "-c",
                                      RECEIVE, "3", *map(str, PORTS)],
