@@ -232,30 +232,36 @@ def start_capture(oe_world: OeWorld, host: str = "alice") -> tuple:
 
 def wire_summary(pcap: Path, a: str, b: str) -> dict[str, int]:
     """Packets between a and b on the wire, by kind: what OE must leave visible is IKE and ESP."""
-    from scapy.all import ESP, ICMP, IP, TCP, UDP, IPv6, rdpcap  # scapy is slow to import
+    from scapy.all import IP, IPv6, rdpcap  # scapy is slow to import
 
     kinds: dict[str, int] = {}
     for packet in rdpcap(str(pcap)):
         ip = packet.getlayer(IP) or packet.getlayer(IPv6)
         if ip is None or {ip.src, ip.dst} != {a, b}:
             continue
-        ports = {packet[UDP].sport, packet[UDP].dport} if packet.haslayer(UDP) else set()
-        if 500 in ports:
-            kind = "IKE (udp 500)"
-        elif 4500 in ports:
-            kind = "IKE or ESP-in-UDP (udp 4500)"
-        elif packet.haslayer(ESP):
-            kind = "ESP"
-        elif packet.haslayer(TCP):
-            kind = "TCP in clear"
-        elif ip.version == 6 and ip.nh == 58 and 133 <= bytes(ip.payload)[0] <= 137:
-            kind = "neighbour discovery"  # the link's own business (RFC 4861), never a flow's
-        elif packet.haslayer(ICMP) or (ip.version == 6 and ip.nh == 58):
-            kind = "ICMP in clear"
-        else:
-            kind = "other in clear"
+        kind = packet_kind(packet, ip)
         kinds[kind] = kinds.get(kind, 0) + 1
     return kinds
+
+
+def packet_kind(packet, ip) -> str:
+    """One captured packet's kind, as wire_summary counts it (`ip`: its IP or IPv6 layer)."""
+    from scapy.all import ESP, ICMP, TCP, UDP
+
+    ports = {packet[UDP].sport, packet[UDP].dport} if packet.haslayer(UDP) else set()
+    if 500 in ports:
+        return "IKE (udp 500)"
+    if 4500 in ports:
+        return "IKE or ESP-in-UDP (udp 4500)"
+    if packet.haslayer(ESP):
+        return "ESP"
+    if packet.haslayer(TCP):
+        return "TCP in clear"
+    if ip.version == 6 and ip.nh == 58 and 133 <= bytes(ip.payload)[0] <= 137:
+        return "neighbour discovery"  # the link's own business (RFC 4861), never a flow's
+    if packet.haslayer(ICMP) or (ip.version == 6 and ip.nh == 58):
+        return "ICMP in clear"
+    return "other in clear"
 
 
 def main(keep: bool = False) -> int:
