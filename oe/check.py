@@ -10,6 +10,7 @@ reload` what does not depend on the host (the daemon owns the table and rule by 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,9 @@ def host(config: oeconfig.Config, running: bool, origin: str = "oe.conf") -> lis
     here already) its table and rule are its own and are not looked at."""
     problems = [f"oe start needs {name} ({why})" for name, why in _missing_capabilities()]
     problems += [f"{origin}: addresses: {p}" for a in config.addresses if (p := _not_local(a))]
+    if config.gateway.subnets and not _lan(config):
+        problems.append(f"{origin}: [gateway] subnets: no interface has a route into "
+                        f"{', '.join(config.gateway.subnets)} (`ip route` lists them)")
     if not running:
         from oe import routing  # pyroute2: only where the host is looked at
 
@@ -122,11 +126,35 @@ def _foreign_rules(table: int, priority: int) -> list[str]:
             for t in sorted(set(rules)) if t != table][:1]
 
 
+def _lan(config: oeconfig.Config) -> tuple[str, ...]:
+    from oe import net  # pyroute2: only where the host is looked at
+
+    return net.interfaces_for(config.gateway.subnets, config.tun_name)
+
+
+def forwarding(config: oeconfig.Config) -> list[str]:
+    """The sysctls `oe start` would change for [gateway] subnets, one line each (none
+    without subnets: oe never touches forwarding then)."""
+    if not config.gateway.subnets:
+        return []
+    from oe import net, routing
+
+    lan = _lan(config)
+    wan = [name for name in net.interface_names(exclude=config.tun_name) if name not in lan]
+    families = {ipaddress.ip_network(s).version for s in config.gateway.subnets}
+    return [f"would set {name} = {new} (now {old})" for name, old, new in
+            routing.forwarding_changes(families, list(lan), config.tun_name, wan)]
+
+
 def summary(report: Report) -> str:
     config = report.config
-    return (f"ok: oe.conf ({len(config.addresses) or 'default'} addresses, table "
+    text = (f"ok: oe.conf ({len(config.addresses) or 'default'} addresses, table "
             f"{config.route_table}, rule {config.rule_priority}), {len(report.policy.entries)} "
             f"policy entries, host key RSA {report.key.key_size} bits")
+    if config.gateway.subnets:
+        text += (f"\ngateway for {', '.join(config.gateway.subnets)} on "
+                 f"{', '.join(_lan(config))}")
+    return "\n".join([text, *forwarding(config)])
 
 
 __all__ = ["Report", "files", "host", "summary"]

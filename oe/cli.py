@@ -277,9 +277,13 @@ def cmd_flush(args) -> int:
     with held:
         removed = routing.flush(config.route_table, config.rule_priority, config.tun_name)
         inbound.stop(keep_private=False)
+        # forwarding a crashed gateway left on (docs/gateway.md 8)
+        restored = routing.restore_forwarding(args.rundir / routing.FORWARDING_RECORD)
     print(f"removed rule {config.rule_priority}, {len(removed)} routes of table "
           f"{config.route_table} and nftables table {inbound.TABLE}: private destinations "
           f"are no longer failed closed")
+    if restored:
+        print(f"restored {', '.join(restored)}")
     return 0
 
 

@@ -215,7 +215,9 @@ class Daemon(Executor):
                 log.warning("nameserver %s is a local stub: the servers it forwards to are not "
                             "exempt from trapping; list them in oe.conf [dns] nameservers or in "
                             "policies/clear", ns)
-        for name in routing.loosen_rp_filter(net.interface_names(exclude=self.config.tun_name)):
+        lan = self.clients.lan if self.clients is not None else ()  # stays strict (RFC 3704)
+        for name in routing.loosen_rp_filter([n for n in net.interface_names(
+                exclude=self.config.tun_name) if n not in lan]):
             log.info("set %s = 2 (loose): replies to trapped peers arrive on the real interface",
                      name)
 
@@ -228,15 +230,27 @@ class Daemon(Executor):
         self._inbound = True
 
     def _gateway(self, subnets: tuple[str, ...]) -> inbound.Clients | None:
-        """The clients behind us, for the forward chain: [gateway] subnets and the interfaces
-        that lead to them (none: refused, as `oe check` does)."""
-        if not subnets:
-            return None
-        lan = net.interfaces_for(subnets, self.config.tun_name)
-        if not lan:
+        """Forwarding for the clients behind us (docs/gateway.md 2): what an earlier run left
+        (a crash) or an older [gateway] turned on is put back first, from the record in the
+        run dir; then the interfaces leading to the subnets, the TUN and the WAN get it.
+        Subnets no interface leads to are refused, as `oe check` refuses them."""
+        tun = self.config.tun_name
+        lan = net.interfaces_for(subnets, tun) if subnets else ()
+        if subnets and not lan:
             raise OeError(f"[gateway] subnets: no interface has a route into "
                           f"{', '.join(subnets)}")
-        return inbound.Clients(tuple(ipaddress.ip_network(s) for s in subnets), lan)
+        record = self.rundir / routing.FORWARDING_RECORD
+        for name in routing.restore_forwarding(record):
+            log.info("restored %s", name)
+        if not subnets:
+            return None
+        networks = tuple(ipaddress.ip_network(s) for s in subnets)
+        wan = [name for name in net.interface_names(exclude=tun) if name not in lan]
+        changed = routing.enable_forwarding({n.version for n in networks}, list(lan), tun, wan,
+                                            record)
+        for name, old in changed:
+            log.info("changed %s (was %s): forwarding for [gateway] subnets", name, old)
+        return inbound.Clients(networks, lan, routing.opened(changed, wan))
 
     def _update_inbound(self, add: set, remove: set) -> None:
         try:
@@ -283,6 +297,11 @@ class Daemon(Executor):
                 await self._in_netlink(inbound.stop, keep)
             except OeError as exc:
                 log.error("%s", exc)
+        try:  # what [gateway] turned on (docs/gateway.md 2)
+            for name in routing.restore_forwarding(self.rundir / routing.FORWARDING_RECORD):
+                log.info("restored %s", name)
+        except OeError as exc:
+            log.error("%s", exc)
         if self.datapath is not None:
             self.loop.remove_reader(self.datapath.events_fd)
             self.datapath.stop()
@@ -393,9 +412,12 @@ class Daemon(Executor):
             self.fetcher = KeyFetcher.from_config(diff.config.dns, self.confdir)
         clients = self.clients
         try:  # first what can fail (one nft transaction): a refusal leaves all as it was
-            self.clients = await self._in_netlink(self._gateway, diff.config.gateway.subnets)
+            if diff.config.gateway != old[0].gateway:
+                self.clients = await self._in_netlink(self._gateway, diff.config.gateway.subnets)
             await self._in_netlink(self._install_inbound, base)
         except OeError:
+            if self.clients is not clients:  # the old subnets' forwarding back
+                await self._in_netlink(self._gateway, old[0].gateway.subnets)
             self.config, self.fetcher, self.clients = *old, clients
             raise
         close = getattr(old[1].source, "close", None)
@@ -474,6 +496,8 @@ class Daemon(Executor):
             self.loop.time(), datapath=datapath, ike=ike, limits=self._limits_status(datapath, ike),
             counters={**self.admission.counters, **self.counters, **self.lifecycle.counters,
                       "cleartext_dropped": inbound.dropped(),
+                      **({"spoofed_dropped": inbound.dropped(inbound.SPOOFED)}
+                         if self.clients is not None else {}),
                       "key_refreshes": self.fetcher.stats.refreshes})
 
     def _limits_status(self, datapath: dict, ike: dict) -> dict[str, LimitStatus]:

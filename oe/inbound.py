@@ -203,9 +203,10 @@ def stop(keep_private: bool) -> None:
           else f"add table {TABLE}\ndelete table {TABLE}\n")
 
 
-def dropped() -> int:
-    """Packets refused so far (0 when there is no table)."""
-    proc = subprocess.run(["nft", "-j", "list", "counter", *TABLE.split(), COUNTER],
+def dropped(counter: str = COUNTER) -> int:
+    """Packets refused so far (0 when there is no table): in clear, or (SPOOFED) from a LAN
+    source that is not a client's."""
+    proc = subprocess.run(["nft", "-j", "list", "counter", *TABLE.split(), counter],
                           capture_output=True, text=True, timeout=10)
     if proc.returncode != 0:
         return 0

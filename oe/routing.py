@@ -24,6 +24,7 @@ daemon (`oe flush`: the fail-closed state removed on purpose).
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,19 +237,114 @@ def _drop_stale(ipr: IPRoute, table: int, wanted: set) -> None:
             _delete(ipr, table, family, network, route)
 
 
-def loosen_rp_filter(interfaces: list[str]) -> list[str]:
-    """Set strict reverse-path filtering (1) to loose (2) where it would drop our traffic.
+SYSCTL = Path("/proc/sys")
 
-    Replies for peers routed into the TUN arrive on the real interface; strict mode would drop
-    them. Returns the sysctl names changed, for the log.
+
+def _sysctl(root: Path, name: str) -> Path:
+    return root.joinpath(*name.split("."))
+
+
+def _read(root: Path, name: str) -> str | None:
+    try:
+        return _sysctl(root, name).read_text().strip()
+    except OSError:
+        return None
+
+
+FORWARDING_RECORD = "forwarding.json"
+"""In the run dir: the forwarding sysctls oe changed and their old values."""
+
+
+def forwarding_changes(families: set[int], lan: list[str], tun: str, wan: list[str],
+                       root: Path = SYSCTL) -> list[tuple[str, str, str]]:
+    """(sysctl, old, new) for what a gateway's clients need (docs/gateway.md 2), only for the
+    address `families` of [gateway] subnets, and only where the value differs.
+
+    Linux forwards by the flag of the packet's *input* device (IPv4 `ip_route_input_slow`
+    checks IN_DEV_FORWARD; IPv6 `force_forwarding`, Linux 6.17 on): the LAN for the clients'
+    packets, the TUN for decrypted ones, the WAN for the replies to flows of a passing group.
+    `all` stays as it was, so interfaces oe does not know of stay as they were; the forward
+    chain (oe.inbound) lets the WAN reach only the clients. A kernel without
+    `force_forwarding` forwards IPv6 only with `all.forwarding`, which also makes every
+    interface with accept_ra 1 drop its RA-learned routes: those get accept_ra 2 first.
     """
-    changed = []
-    for name in ["all", *interfaces]:
-        path = Path("/proc/sys/net/ipv4/conf") / name / "rp_filter"
+    wanted: list[tuple[str, str]] = []
+    devices = [*lan, tun, *wan]
+    if 4 in families:
+        wanted += [(f"net.ipv4.conf.{d}.forwarding", "1") for d in devices]
+    if 6 in families and _read(root, "net.ipv6.conf.all.force_forwarding") is not None:
+        wanted += [(f"net.ipv6.conf.{d}.force_forwarding", "1") for d in devices]
+    elif 6 in families:
+        wanted += [(f"net.ipv6.conf.{d}.accept_ra", "2") for d in wan
+                   if _read(root, f"net.ipv6.conf.{d}.accept_ra") == "1"]
+        wanted.append(("net.ipv6.conf.all.forwarding", "1"))
+    return [(name, old, new) for name, new in wanted
+            if (old := _read(root, name)) is not None and old != new]
+
+
+def enable_forwarding(families: set[int], lan: list[str], tun: str, wan: list[str],
+                      record: Path, root: Path = SYSCTL) -> list[tuple[str, str]]:
+    """Make forwarding_changes(), and return (sysctl, old value) of each. The old values are
+    written to `record` before anything changes, so a crash half-way is undone by
+    restore_forwarding() all the same."""
+    changes = forwarding_changes(families, lan, tun, wan, root)
+    if changes:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps([(name, old) for name, old, _ in changes]) + "\n")
+    for name, _, new in changes:
+        _sysctl(root, name).write_text(new)
+    return [(name, old) for name, old, _ in changes]
+
+
+def opened(changes: list[tuple[str, str]], wan: list[str]) -> tuple[str, ...]:
+    """The WAN interfaces oe turned forwarding on for: the forward chain lets them reach only
+    the clients (all of them when IPv6 forwarding had to be turned on for all)."""
+    if ("net.ipv6.conf.all.forwarding", "0") in changes:
+        return tuple(wan)
+    names = {name for name, _ in changes}
+    return tuple(d for d in wan if {f"net.ipv4.conf.{d}.forwarding",
+                                    f"net.ipv6.conf.{d}.force_forwarding"} & names)
+
+
+def restore_forwarding(record: Path, root: Path = SYSCTL) -> list[str]:
+    """Put back what enable_forwarding() recorded, in reverse (on stop, at the next start
+    after a crash, or by `oe flush`), and forget the record; returns the sysctls restored.
+    An interface gone since (the TUN) is skipped."""
+    try:
+        changes = json.loads(record.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise RoutingError(f"{record}: cannot read the forwarding sysctls to restore: {exc}") \
+            from None
+    restored = []
+    for name, old in reversed(changes):
         try:
-            if path.read_text().strip() == "1":
-                path.write_text("2")
-                changed.append(f"net.ipv4.conf.{name}.rp_filter")
+            _sysctl(root, name).write_text(str(old))
+            restored.append(name)
         except OSError:
             continue
+    record.unlink()
+    return restored
+
+
+def loosen_rp_filter(interfaces: list[str], root: Path = SYSCTL) -> list[str]:
+    """Make reverse-path filtering loose (2) on `interfaces` where it is strict.
+
+    Replies for peers routed into the TUN arrive on the real interface; strict mode would drop
+    them. The kernel applies max(all, interface), so an interface is strict when either is 1;
+    `all` itself is never changed: a gateway's LAN, not passed in, stays strict (RFC 3704,
+    docs/gateway.md 2). Returns the sysctl names changed, for the log.
+    """
+    changed = []
+    every = _read(root, "net.ipv4.conf.all.rp_filter") or "0"
+    for name in interfaces:
+        sysctl = f"net.ipv4.conf.{name}.rp_filter"
+        own = _read(root, sysctl)
+        if own is not None and max(own, every) == "1":
+            try:
+                _sysctl(root, sysctl).write_text("2")
+            except OSError:
+                continue
+            changed.append(sysctl)
     return changed

@@ -72,6 +72,16 @@ def test_every_problem_is_one_line_with_its_place(confdir, capsys, command):
     assert err[4:] == [f"oe: {pem}: mode 0644 lets others read the host key (chmod 600 {pem})"]
 
 
+@needs_root
+def test_subnets_no_interface_leads_to_are_refused(confdir, capsys):
+    """issue 13: forwarding for clients oe cannot find would be for nobody (docs/gateway.md 2);
+    the test's own namespace has no route into the benchmark range."""
+    (confdir / "oe.conf").write_text('[gateway]\nsubnets = ["198.18.250.0/24"]\n')
+    code, _, err = run(capsys, confdir, "start")
+    assert code == 2 and err == [f"oe: {confdir}/oe.conf: [gateway] subnets: no interface has "
+                                 f"a route into 198.18.250.0/24 (`ip route` lists them)"]
+
+
 def test_a_short_host_key_is_refused_as_keygen_refuses_it(confdir, capsys):
     short = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     hostkey.write(hostkey.hostkey_path(confdir), short, force=True)

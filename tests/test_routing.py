@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from oe.netns import World
+from oe import routing
 from oe.routing import ALWAYS_EXEMPT, plan
 
 
@@ -111,3 +112,82 @@ print(json.dumps({"left": left, "stopped": stopped, "gone": {dst: where(dst) for
 """)
     assert sorted(got["left"]) == ["192.0.2.20/32", "2001:db8::20/128"]
     assert got["stopped"] == got["gone"] == CLOSED
+
+
+def sysctls(root: Path, values: dict[str, str]) -> Path:
+    """A fake /proc/sys holding `values` ("net.ipv4.conf.eth0.forwarding": "0", ...)."""
+    for name, value in values.items():
+        path = root / name.replace(".", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{value}\n")
+    return root
+
+
+def read(root: Path, name: str) -> str:
+    return (root / name.replace(".", "/")).read_text().strip()
+
+
+HOST = {**{f"net.ipv4.conf.{i}.{k}": v for i in ("all", "eth0", "lan0", "oe0")
+           for k, v in (("forwarding", "0"), ("rp_filter", "1"))},
+        **{f"net.ipv6.conf.{i}.{k}": v for i in ("all", "eth0", "lan0", "oe0")
+           for k, v in (("forwarding", "0"), ("force_forwarding", "0"), ("accept_ra", "1"))}}
+
+
+def test_forwarding_is_enabled_per_input_interface_recorded_and_restored(tmp_path):
+    """issue 13, docs/gateway.md 2: Linux forwards by the *input* device's flag (IPv4
+    `forwarding`, IPv6 `force_forwarding`, both checked on 6.18): the LAN for the clients'
+    packets, the TUN for the decrypted ones, the WAN for replies in clear; `all` untouched.
+    The old values are recorded before anything changes, and restored from the record."""
+    root, record = sysctls(tmp_path / "sys", HOST), tmp_path / "run" / "forwarding.json"
+    changed = routing.enable_forwarding({4, 6}, ["lan0"], "oe0", ["eth0"], record, root=root)
+    assert changed == [(f"net.ipv{v}.conf.{i}.{k}", "0") for v, k in ((4, "forwarding"),
+                                                                      (6, "force_forwarding"))
+                       for i in ("lan0", "oe0", "eth0")]
+    assert all(read(root, name) == "1" for name, _ in changed)
+    assert read(root, "net.ipv4.conf.all.forwarding") == "0"
+    assert read(root, "net.ipv6.conf.all.forwarding") == "0"
+    assert read(root, "net.ipv6.conf.eth0.accept_ra") == "1"     # RAs still learned
+    assert routing.opened(changed, ["eth0"]) == ("eth0",)
+    assert routing.restore_forwarding(record, root=root) == [name for name, _ in changed][::-1]
+    assert all(read(root, name) == "0" for name, _ in changed) and not record.exists()
+    assert routing.restore_forwarding(record, root=root) == []    # nothing recorded: nothing
+
+
+def test_only_the_families_with_subnets_and_only_what_changes(tmp_path):
+    """An IPv4-only gateway leaves IPv6 alone; a flag already on is not recorded (restoring
+    it would not be ours to do), and an interface already forwarding is not `opened`."""
+    root = sysctls(tmp_path / "sys", {**HOST, "net.ipv4.conf.eth0.forwarding": "1"})
+    changed = routing.enable_forwarding({4}, ["lan0"], "oe0", ["eth0"], tmp_path / "r",
+                                        root=root)
+    assert [name for name, _ in changed] == ["net.ipv4.conf.lan0.forwarding",
+                                             "net.ipv4.conf.oe0.forwarding"]
+    assert routing.opened(changed, ["eth0"]) == ()
+    assert read(root, "net.ipv6.conf.lan0.force_forwarding") == "0"
+    assert routing.enable_forwarding(set(), ["lan0"], "oe0", ["eth0"], tmp_path / "r2",
+                                     root=root) == []
+
+
+def test_without_per_interface_ipv6_forwarding_all_forwards_and_ras_stay(tmp_path):
+    """Kernels before force_forwarding forward IPv6 only with all.forwarding, which would drop
+    the RA-learned default routes of an interface with accept_ra 1: raised to 2 first."""
+    old = {k: v for k, v in HOST.items() if "force_forwarding" not in k}
+    root = sysctls(tmp_path / "sys", old)
+    changed = routing.enable_forwarding({6}, ["lan0"], "oe0", ["eth0"], tmp_path / "r", root=root)
+    assert changed == [("net.ipv6.conf.eth0.accept_ra", "1"),
+                       ("net.ipv6.conf.all.forwarding", "0")]
+    assert read(root, "net.ipv6.conf.eth0.accept_ra") == "2"
+    assert routing.opened(changed, ["eth0"]) == ("eth0",)
+
+
+def test_rp_filter_is_loosened_only_where_strict_and_never_for_all(tmp_path):
+    """docs/gateway.md 2: the kernel uses max(all, interface); all = 2 would make the LAN
+    loose too (RFC 3704 ingress filtering gone). The WAN gets 2 where it is strict, by its own
+    value or by all's; the LAN is not passed in and stays strict."""
+    root = sysctls(tmp_path / "sys", {**HOST, "net.ipv4.conf.eth0.rp_filter": "0",
+                                      "net.ipv4.conf.oe0.rp_filter": "0"})
+    assert routing.loosen_rp_filter(["eth0"], root=root) == ["net.ipv4.conf.eth0.rp_filter"]
+    assert read(root, "net.ipv4.conf.eth0.rp_filter") == "2"
+    assert read(root, "net.ipv4.conf.all.rp_filter") == "1"
+    assert read(root, "net.ipv4.conf.lan0.rp_filter") == "1"
+    sysctls(root, {"net.ipv4.conf.all.rp_filter": "0"})
+    assert routing.loosen_rp_filter(["oe0"], root=root) == []          # 0 and 0: off already
