@@ -4,7 +4,8 @@ It runs IkeEngine behind IkeRunner on UDP 500/4500, prints every engine event as
 on stdout (keys as hex), and obeys JSON commands on stdin:
 
   {"cmd": "initiate"}            start IKE_SA_INIT towards the peer; "local_ts": [addresses]
-                                 proposes those hosts as TSi instead of our address
+                                 proposes those hosts as TSi instead of our address,
+                                 "remote_ts": [addresses] those as TSr instead of the peer's
   {"cmd": "rekey_child"}         CREATE_CHILD_SA with N(REKEY_SA) for the newest CHILD SA
   {"cmd": "rekey_ike"}           CREATE_CHILD_SA rekeying the IKE SA
   {"cmd": "delete_child"}        INFORMATIONAL { D(ESP) } for the newest CHILD SA
@@ -107,7 +108,9 @@ async def main() -> None:
                 break
             if name == "initiate":
                 local_ts = [TrafficSelector.host(a) for a in cmd.get("local_ts", [])]
-                state["sa_id"] = engine.initiate(args.peer, now, local_ts=local_ts or None)
+                remote_ts = [TrafficSelector.host(a) for a in cmd.get("remote_ts", [])]
+                state["sa_id"] = engine.initiate(args.peer, now, local_ts=local_ts or None,
+                                                 remote_ts=remote_ts or None)
             elif name == "rekey_child":
                 engine.rekey_child(state["sa_id"], state["children"][-1].spi_in, now)
             elif name == "rekey_ike":
