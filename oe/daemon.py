@@ -180,7 +180,7 @@ class Daemon(Executor):
                              mark)
         clear = net.raw_socket(family, socket.IPPROTO_RAW, mark)
         self.sockets += [nat_t, esp, clear]
-        ike = IkeConfig(local_addr=address, private_key=self.key, **self._ike_terms())
+        ike = IkeConfig(local_addrs=frozenset({address}), private_key=self.key, **self._ike_terms())
         engine = IkeEngine(ike, rng=os.urandom, lookup_key=self._lookup_key,
                            ts_policy=lambda peer_id, local_ts, remote_ts, v=version:
                            self._ts_allowed(v, peer_id, local_ts, remote_ts),

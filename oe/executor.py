@@ -202,7 +202,7 @@ class Executor:
                 case RefuseInit(data=data, addr=addr, local_port=port, notify=notify):
                     side = self.sides.get(ipaddress.ip_address(addr[0]).version)
                     if side is not None:
-                        side.engine.refuse_init(data, addr, port, notify)
+                        side.engine.refuse_init(data, addr, port, side.address, notify)
                         side.runner.transmit()
                 case FollowPeer():
                     self._follow_peer(command)
@@ -315,12 +315,10 @@ class Executor:
     def _ts_allowed(self, version: int, peer_id: Identity, local_ts, remote_ts) -> bool:
         return self.admission.selectors_allowed(self.sides[version].address, remote_ts)
 
-    def _admit_init(self, data: bytes, addr, local_port: int) -> bool:
-        """An IKE_SA_INIT from a peer: True when the runner may hand it to the engine now."""
-        side = self.sides.get(ipaddress.ip_address(addr[0]).version)
-        if side is None:
-            return False
-        admitted, commands = self.admission.admit(side.address, data, addr, local_port,
+    def _admit_init(self, data: bytes, addr, local_port: int, local_addr: str) -> bool:
+        """An IKE_SA_INIT from a peer to our `local_addr`: True when the runner may hand it
+        to the engine now."""
+        admitted, commands = self.admission.admit(local_addr, data, addr, local_port,
                                                   self.loop.time())
         self._run(commands)
         return admitted

@@ -178,6 +178,7 @@ class Opportunist:
         """Read-only outside this class: changes go through _put_shunt/_drop_shunt."""
         self.tunnels: dict[Pair, Tunnel] = {}
         """Read-only outside this class: changes go through _put_tunnel/_drop_tunnel."""
+        self._by_ike: dict[int, set[Pair]] = {}  # IKE SA -> the pairs of its tunnels
         self.counters = {"shunts_dropped": 0, "acquires_dropped": 0}
         self._failures = 0  # failure shunts in self.shunts (the rest are %holds)
         self._expiry: list[tuple[float, int, Pair]] = []  # heap; stale entries are skipped
@@ -353,11 +354,14 @@ class Opportunist:
                   sa_out: int = 0) -> list[Command]:
         """A CHILD SA for `pair` is in the datapath (we initiated, or the peer did and policy
         allowed it). A tunnel of another IKE SA for the pair is stale: the peer restarted and
-        negotiated afresh (what INITIAL_CONTACT says, RFC 7296 2.4), so that IKE SA goes."""
+        negotiated afresh (what INITIAL_CONTACT says, RFC 7296 2.4), so its CHILD SA goes, and
+        its IKE SA with it unless that carries other pairs' tunnels (a gateway's clients,
+        docs/gateway.md 5)."""
         commands: list[Command] = []
         old = self.tunnels.get(pair)
         if old is not None and old.sa_id != sa_id:
-            commands.append(DeleteIke(old.sa_id))
+            commands.append(DeleteChild(old.sa_id, old.spi_in)
+                            if self.tunnels_of(old.sa_id) - {pair} else DeleteIke(old.sa_id))
         elif old is not None and old.spi_in != spi_in:
             commands.append(DeleteChild(sa_id, old.spi_in))  # one SA per pair: no orphans
         self.negotiations.pop(pair, None)
@@ -389,10 +393,13 @@ class Opportunist:
         self.log.append(f"OE to {pair.dst} via {tunnel.peer} ended: {reason}")
 
     def ike_gone(self, sa_id: int, reason: str, now: float) -> None:
-        """An IKE SA died (dead peer, DELETE, failed): its tunnels end."""
-        for pair, tunnel in list(self.tunnels.items()):
-            if tunnel.sa_id == sa_id:
-                self.tunnel_down(pair, tunnel.spi_in, reason, now)
+        """An IKE SA died (dead peer, DELETE, failed): every tunnel it carried ends."""
+        for pair in self.tunnels_of(sa_id):
+            self.tunnel_down(pair, self.tunnels[pair].spi_in, reason, now)
+
+    def tunnels_of(self, sa_id: int) -> frozenset[Pair]:
+        """The pairs whose tunnels IKE SA `sa_id` carries."""
+        return frozenset(self._by_ike.get(sa_id, ()))
 
     def tick(self, now: float) -> list[Command]:
         """Expire failure shunts (the %trap returns) and start rate-limited acquires."""
@@ -477,14 +484,19 @@ class Opportunist:
         return True
 
     def _put_tunnel(self, tunnel: Tunnel) -> None:
-        old = self.tunnels.get(tunnel.pair)
-        if old is not None:
-            self._dirty.add(old.selector)
+        if tunnel.pair in self.tunnels:
+            self._drop_tunnel(tunnel.pair)
         self.tunnels[tunnel.pair] = tunnel
+        self._by_ike.setdefault(tunnel.sa_id, set()).add(tunnel.pair)
         self._dirty.add(tunnel.selector)
 
     def _drop_tunnel(self, pair: Pair) -> None:
-        self._dirty.add(self.tunnels.pop(pair).selector)
+        tunnel = self.tunnels.pop(pair)
+        self._dirty.add(tunnel.selector)
+        carried = self._by_ike[tunnel.sa_id]
+        carried.discard(pair)
+        if not carried:
+            del self._by_ike[tunnel.sa_id]
 
     def _fail(self, pair: Pair, why: str, now: float, deny: bool = False) -> list[Command]:
         negotiation = self.negotiations.pop(pair)

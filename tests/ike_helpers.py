@@ -33,12 +33,13 @@ def make_engine(addr: str, key_name: str, peers: dict[str, str], seed: int, key_
                 **cfg) -> IkeEngine:
     """An engine at ``addr`` whose key lookup knows ``peers`` (address -> key name, each key
     vouching for its address; every key of ``key_bits``); ``cfg`` holds IkeConfig fields and
-    IkeEngine keywords."""
+    IkeEngine keywords (``local_addrs`` replaces the one address ``addr``)."""
     known = {Identity.from_address(a): PeerKey(host_key(k, key_bits).public_key(),
                                                frozenset({a}))
              for a, k in peers.items()}
     engine_args = {k: cfg.pop(k) for k in ENGINE_ARGS if k in cfg}
-    config = IkeConfig(local_addr=addr, private_key=host_key(key_name, key_bits), **cfg)
+    cfg.setdefault("local_addrs", frozenset({addr}))
+    config = IkeConfig(private_key=host_key(key_name, key_bits), **cfg)
     return IkeEngine(config, rng=seeded_rng(seed), lookup_key=known.get, **engine_args)
 
 
@@ -62,18 +63,18 @@ class Link:
     def transfer(self, sender: IkeEngine, drop: bool = False) -> list[bytes]:
         receiver = self.b if sender is self.a else self.a
         sent = []
-        for data, addr, lport in sender.datagrams_to_send(self.now):
+        for data, addr, lport, laddr in sender.datagrams_to_send(self.now):
             sent.append(data)
             if drop:
                 continue
-            src = (sender.config.local_addr, lport)
-            dport = addr[1]
+            src = (laddr, lport)
+            dst = addr
             if self.nat and sender is self.a:
                 src = (self.nat, self.NAT_PORTS[lport])
             if self.nat and receiver is self.a:
                 assert addr[0] == self.nat, addr
-                dport = {v: k for k, v in self.NAT_PORTS.items()}[addr[1]]
-            receiver.receive_datagram(data, src, self.now, local_port=dport)
+                dst = (ADDR_A, {v: k for k, v in self.NAT_PORTS.items()}[addr[1]])
+            receiver.receive_datagram(data, src, self.now, local_port=dst[1], local_addr=dst[0])
         return sent
 
     def roundtrip(self, sender: IkeEngine) -> None:

@@ -138,7 +138,7 @@ def test_spoofed_ike_sa_inits_cost_bounded_dns_work(confdir, tmp_path):
         d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
         for i in range(200):
             for copy in range(3):  # and retransmissions: only the newest waits
-                d._admit_init(bytes([copy]) * 300, (f"203.0.113.{i + 1}", 500), 500)
+                d._admit_init(bytes([copy]) * 300, (f"203.0.113.{i + 1}", 500), 500, ME)
         await asyncio.sleep(0)
         assert len(d.fetcher.asked) <= 8
         assert len(d.admission.pending) <= 8
@@ -345,7 +345,7 @@ def test_unknown_peers_return_a_cookie_before_dns_work_under_load(confdir, tmp_p
         d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=NullRunner())
         assert not d._cookie_required(("203.0.113.1", 500))
         for i in range(4):
-            d._admit_init(b"x", (f"203.0.113.{i + 1}", 500), 500)
+            d._admit_init(b"x", (f"203.0.113.{i + 1}", 500), 500, ME)
         assert d._cookie_required(("203.0.113.99", 500))
         d.fetcher.release.set()
         await asyncio.sleep(0.01)
@@ -531,14 +531,14 @@ def test_a_responder_whose_lookup_fails_refuses_at_once_and_looks_up_once(confdi
         d.sides[4] = oedaemon._IkeSide(4, ME, engine=bob, runner=runner)
         alice = make_engine(PEER, "a", {}, 8)
         sa_id = alice.initiate(ME, d.loop.now)
-        (init, _, _), = alice.datagrams_to_send(d.loop.now)
+        (init, _, _, _), = alice.datagrams_to_send(d.loop.now)
         runner.receive(init, (PEER, 500), 500)
         await asyncio.sleep(0)
         assert len(d.fetcher.asked) == 1 and runner.sent == []      # waits for the key
         d.loop.now += 3.0
         d.fetcher.release.set()
         await asyncio.sleep(0.01)
-        (answer, to, _), = runner.sent
+        (answer, to, _, _), = runner.sent
         assert to == (PEER, 500)
         alice.receive_datagram(answer, (ME, 500), d.loop.now)
         failed, = [e for e in events(alice) if e.sa_id == sa_id]
@@ -556,16 +556,16 @@ def test_a_refusal_ends_only_the_exchange_whose_spi_it_names():
     request is ever answered so."""
     alice, bob = make_engine(PEER, "a", {}, 8), make_engine(ME, "b", {}, 7)
     sa_id = alice.initiate(ME, 0.0)
-    (init, _, _), = alice.datagrams_to_send(0.0)
-    bob.refuse_init(bytes([init[0] ^ 1]) + init[1:], (PEER, 500), 500,
+    (init, _, _, _), = alice.datagrams_to_send(0.0)
+    bob.refuse_init(bytes([init[0] ^ 1]) + init[1:], (PEER, 500), 500, ME,
                     NotifyType.AUTHENTICATION_FAILED)
-    (forged, _, _), = bob.datagrams_to_send(0.0)
+    (forged, _, _, _), = bob.datagrams_to_send(0.0)
     alice.receive_datagram(forged, (ME, 500), 0.1)
     assert events(alice) == [] and alice.stats()["unexpected_dropped"] == 1
-    bob.refuse_init(forged, (PEER, 500), 500, NotifyType.AUTHENTICATION_FAILED)
+    bob.refuse_init(forged, (PEER, 500), 500, ME, NotifyType.AUTHENTICATION_FAILED)
     assert bob.datagrams_to_send(0.1) == []
-    bob.refuse_init(init, (PEER, 500), 500, NotifyType.AUTHENTICATION_FAILED)
-    (answer, _, _), = bob.datagrams_to_send(0.2)
+    bob.refuse_init(init, (PEER, 500), 500, ME, NotifyType.AUTHENTICATION_FAILED)
+    (answer, _, _, _), = bob.datagrams_to_send(0.2)
     alice.receive_datagram(answer, (ME, 500), 0.3)
     failed, = events(alice)
     assert failed.sa_id == sa_id and failed.notify == NotifyType.AUTHENTICATION_FAILED

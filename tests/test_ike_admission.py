@@ -31,7 +31,7 @@ def guarded(admit=lambda data, addr, port: True):
         asked.append(addr)
         return True
 
-    def admit_init(data, addr, port):
+    def admit_init(data, addr, port, local):
         calls.append(addr)
         return admit(data, addr, port)
 
@@ -44,9 +44,9 @@ def test_spoofed_ike_sa_init_gets_only_a_cookie_and_is_not_admitted():
     admission call (no DNS work), no state."""
     a, b, asked, calls = guarded()
     a.initiate(ADDR_B, 0)
-    [(request, _, _)] = a.datagrams_to_send(0)
+    [(request, _, _, _)] = a.datagrams_to_send(0)
     b.receive_datagram(request, SPOOFED, 0)
-    [(answer, to, _)] = b.datagrams_to_send(0)
+    [(answer, to, _, _)] = b.datagrams_to_send(0)
     assert to == SPOOFED and cookie_of(answer) is not None
     assert len(parse_message(answer)[1].payloads) == 1
     assert asked == [SPOOFED] and calls == []
@@ -70,13 +70,13 @@ def test_a_cookie_for_another_source_is_not_accepted():
     source does not admit the same request from another."""
     a, b, asked, calls = guarded()
     a.initiate(ADDR_B, 0)
-    [(request, _, _)] = a.datagrams_to_send(0)
+    [(request, _, _, _)] = a.datagrams_to_send(0)
     b.receive_datagram(request, (ADDR_A, 500), 0)
-    [(answer, _, _)] = b.datagrams_to_send(0)
+    [(answer, _, _, _)] = b.datagrams_to_send(0)
     a.receive_datagram(answer, (ADDR_B, 500), 0)
-    [(with_cookie, _, _)] = a.datagrams_to_send(0)
+    [(with_cookie, _, _, _)] = a.datagrams_to_send(0)
     b.receive_datagram(with_cookie, SPOOFED, 0)
-    [(again, _, _)] = b.datagrams_to_send(0)
+    [(again, _, _, _)] = b.datagrams_to_send(0)
     assert cookie_of(again) is not None and calls == [] and b._sas == {}
 
 
@@ -89,7 +89,7 @@ def test_refused_admission_leaves_no_state_and_a_later_retry_is_taken():
     a.initiate(ADDR_B, 0)
     link.transfer(a)
     link.transfer(b)
-    [(with_cookie, _, _)] = a.datagrams_to_send(0)
+    [(with_cookie, _, _, _)] = a.datagrams_to_send(0)
     b.receive_datagram(with_cookie, (ADDR_A, 500), 0)
     assert b.datagrams_to_send(0) == [] and b._sas == {} and len(calls) == 1
     verdict[0] = True
@@ -115,7 +115,7 @@ def test_half_open_sas_are_capped_and_the_drops_counted():
     for i in range(4):
         x, _ = ike_pair(seed=50 + i)
         x.initiate(ADDR_B, 0)
-        [(request, _, _)] = x.datagrams_to_send(0)
+        [(request, _, _, _)] = x.datagrams_to_send(0)
         b.receive_datagram(request, (f"203.0.113.{i + 1}", 500), 0)
     assert b.half_open() == 2 and len(b.datagrams_to_send(0)) == 2
     assert b.stats()["half_open_dropped"] == 2
@@ -138,13 +138,13 @@ def test_a_duplicate_cookie_answer_does_not_end_the_negotiation():
     a, b, asked, calls = guarded()
     link = Link(a, b)
     a.initiate(ADDR_B, 0)
-    [(first, _, _)] = a.datagrams_to_send(0)
+    [(first, _, _, _)] = a.datagrams_to_send(0)
     link.advance(0.5)
-    [(again, _, _)] = a.datagrams_to_send(0.5)
+    [(again, _, _, _)] = a.datagrams_to_send(0.5)
     assert again == first
     for request in (first, again):
         b.receive_datagram(request, (ADDR_A, 500), 0.6)
-    [(cookie1, _, _), (cookie2, _, _)] = b.datagrams_to_send(0.6)
+    [(cookie1, _, _, _), (cookie2, _, _, _)] = b.datagrams_to_send(0.6)
     a.receive_datagram(cookie1, (ADDR_B, 500), 0.7)
     a.receive_datagram(cookie2, (ADDR_B, 500), 1.2)
     assert events(a) == []
@@ -159,7 +159,7 @@ def test_a_responder_that_never_settles_ends_the_negotiation():
     a.initiate(ADDR_B, 0)
     sent = 0
     while (out := a.datagrams_to_send(0)):
-        [(request, _, _)] = out
+        [(request, _, _, _)] = out
         sent += 1
         h = parse_header(request)
         a.receive_datagram(Message(h.spi_i, bytes(8), ExchangeType.IKE_SA_INIT, 0, True, False,

@@ -141,7 +141,7 @@ def test_nat_keepalives_from_the_side_behind_nat():
     establish(link)
     assert b.get_timer() is None and a.get_timer() == 20.0
     link.advance(20.0)
-    assert a.datagrams_to_send(link.now) == [(b"\xff", (ADDR_B, 4500), 4500)]
+    assert a.datagrams_to_send(link.now) == [(b"\xff", (ADDR_B, 4500), 4500, ADDR_A)]
     assert a.get_timer() == 40.0
 
 
@@ -404,7 +404,7 @@ def test_retransmitted_request_gets_cached_response_without_reprocessing():
     [resp] = link.transfer(b, drop=True)
     assert len(events(b)) == 1
     b.receive_datagram(req, (ADDR_A, 500), link.now)
-    [(again, _, _)] = b.datagrams_to_send(link.now)
+    [(again, _, _, _)] = b.datagrams_to_send(link.now)
     assert again == resp and events(b) == []
 
 
@@ -429,7 +429,7 @@ def test_malformed_protected_request_is_answered_invalid_syntax():
     # an inner chain whose first payload claims 200 bytes
     bad = sa.keys.cipher(True).seal(header, 41, b"\x00\x00\x00\xc8", a.rng)
     b.receive_datagram(bad, (ADDR_A, 500), link.now)
-    [(resp, _, _)] = b.datagrams_to_send(link.now)
+    [(resp, _, _, _)] = b.datagrams_to_send(link.now)
     peer = b._by_id[2 - 1]
     plain = peer.keys.cipher(False).open(resp, 28 + 4, len(resp) - 32)
     assert plain[4:8] == b"\x00\x00\x00\x07"  # Notify, protocol 0, INVALID_SYNTAX (7)
@@ -439,7 +439,7 @@ def test_unknown_critical_payload_in_ike_sa_init():
     """IKE_SA_INIT with an unknown critical payload: N(UNSUPPORTED_CRITICAL_PAYLOAD, type)."""
     a, b = ike_pair()
     a.initiate(ADDR_B, 0)
-    [(req, _, _)] = a.datagrams_to_send(0)
+    [(req, _, _, _)] = a.datagrams_to_send(0)
     # append payload type 200, critical, after the last one
     first, chain = req[16], bytearray(req[28:])
     pos, ptype = 0, first
@@ -449,7 +449,7 @@ def test_unknown_critical_payload_in_ike_sa_init():
     data = bytearray(req[:28]) + chain + bytes([0, 0x80, 0, 8, 1, 2, 3, 4])
     data[24:28] = len(data).to_bytes(4, "big")
     b.receive_datagram(bytes(data), (ADDR_A, 500), 0)
-    [(resp, _, _)] = b.datagrams_to_send(0)
+    [(resp, _, _, _)] = b.datagrams_to_send(0)
     assert resp[-3:] == b"\x00\x01\xc8"  # notify type 1, data = the payload type
     assert b._sas == {}
     del ptype
@@ -460,12 +460,12 @@ def test_unknown_noncritical_payload_and_status_notify_are_skipped():
 
     a, b = ike_pair()
     a.initiate(ADDR_B, 0)
-    [(req, _, _)] = a.datagrams_to_send(0)
+    [(req, _, _, _)] = a.datagrams_to_send(0)
     header, msg = m.parse_message(req)
     extra = m.Message(msg.spi_i, msg.spi_r, msg.exchange, 0, False, True,
                       msg.payloads + (m.Notify(40000, b"??"), m.Opaque(222, b"vendor stuff")))
     b.receive_datagram(extra.encode(), (ADDR_A, 500), 0)
-    [(resp, _, _)] = b.datagrams_to_send(0)
+    [(resp, _, _, _)] = b.datagrams_to_send(0)
     assert m.parse_message(resp)[1].first(m.SA) is not None
     del header
 
@@ -519,7 +519,7 @@ def test_fqdn_identity():
 
     name = Identity.fqdn("a.example.org")
     b_key = PeerKey(host_key("b").public_key(), frozenset({ADDR_B}))
-    a = IkeEngine(IkeConfig(local_addr=ADDR_A, private_key=host_key("a"), local_id=name),
+    a = IkeEngine(IkeConfig(local_addrs=frozenset({ADDR_A}), private_key=host_key("a"), local_id=name),
                   rng=seeded_rng(1), lookup_key={Identity.from_address(ADDR_B): b_key}.get)
     asked = []
 
@@ -527,7 +527,7 @@ def test_fqdn_identity():
         asked.append(ident)
         return PeerKey(host_key("a").public_key(), frozenset({ADDR_A})) if ident == name else None
 
-    b = IkeEngine(IkeConfig(local_addr=ADDR_B, private_key=host_key("b")), rng=seeded_rng(2),
+    b = IkeEngine(IkeConfig(local_addrs=frozenset({ADDR_B}), private_key=host_key("b")), rng=seeded_rng(2),
                   lookup_key=lookup)
     link = Link(a, b)
     a.initiate(ADDR_B, 0)
@@ -683,7 +683,7 @@ def test_late_ike_sa_init_retransmit_gets_the_same_answer_after_auth():
     link.roundtrip(a)
     assert b.half_open() == 0 and len(b._sas) == 1
     b.receive_datagram(init, (ADDR_A, 500), 1.0)
-    assert b.datagrams_to_send(1.0) == [(answer, (ADDR_A, 500), 500)]
+    assert b.datagrams_to_send(1.0) == [(answer, (ADDR_A, 500), 500, ADDR_B)]
     assert len(b._sas) == 1 and b.half_open() == 0
 
 
@@ -705,7 +705,7 @@ def test_unknown_critical_payload_in_a_protected_request():
     link, sa, header = next_informational(a, b)
     first, inner = encode_payloads([Opaque(222, b"??", critical=True)])
     b.receive_datagram(sa.keys.cipher(True).seal(header, first, inner, a.rng), (ADDR_A, 500), 0)
-    [(resp, _, _)] = b.datagrams_to_send(0)
+    [(resp, _, _, _)] = b.datagrams_to_send(0)
     plain = sa.keys.cipher(False).open(resp, 32, len(resp) - 32)
     [notify] = parse_payloads(resp[32 - 4], plain)
     assert notify == Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, b"\xde")
@@ -718,9 +718,9 @@ def test_request_from_another_source_is_answered_there_but_moves_nothing_without
     link = Link(a, b)
     sa, sb, _, _ = establish(link)
     a.check_liveness(sa, link.now)
-    [(req, _, _)] = a.datagrams_to_send(link.now)
+    [(req, _, _, _)] = a.datagrams_to_send(link.now)
     b.receive_datagram(req, ("198.51.100.99", 600), link.now)
-    [(_, to, _)] = b.datagrams_to_send(link.now)
+    [(_, to, _, _)] = b.datagrams_to_send(link.now)
     assert to == ("198.51.100.99", 600)
     assert (b._by_id[sb].peer_addr, b._by_id[sb].peer_port) == (ADDR_A, 500)
 
@@ -734,7 +734,7 @@ def test_nat_rebinding_moves_the_peer_and_says_so():
     link = Link(a, b, nat="203.0.113.77")
     sa, sb, _, _ = establish(link)
     a.check_liveness(sa, link.now)
-    [(req, _, _)] = a.datagrams_to_send(link.now)
+    [(req, _, _, _)] = a.datagrams_to_send(link.now)
     b.receive_datagram(req, ("203.0.113.77", 45000), link.now, local_port=4500)
     assert events(b) == [IkeSaPeerMoved(sb, "203.0.113.77", 45000)]
     assert b.datagrams_to_send(link.now)[0][1] == ("203.0.113.77", 45000)

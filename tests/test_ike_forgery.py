@@ -88,7 +88,7 @@ def test_forged_cleartext_response_to_a_protected_request_changes_nothing(what):
     link, sid, child = established_pair()
     a, b = link.a, link.b
     payloads = start(a, sid, child, what)
-    [(request, _, _)] = a.datagrams_to_send(0)
+    [(request, _, _, _)] = a.datagrams_to_send(0)
     before = state(a)
     forgery = forged_answer(request, payloads)
     for _ in range(2):  # a forgery, then its replay
@@ -117,7 +117,7 @@ def test_forged_cleartext_ike_auth_answer_changes_nothing():
     a.initiate(ADDR_B, 0)
     link.transfer(a)
     link.transfer(b)
-    [(auth_request, _, _)] = a.datagrams_to_send(0)
+    [(auth_request, _, _, _)] = a.datagrams_to_send(0)
     before = state(a)
     forgery = forged_answer(auth_request, (Notify(NotifyType.AUTHENTICATION_FAILED),))
     a.receive_datagram(forgery, (ADDR_B, 500), 0.1)
@@ -132,7 +132,7 @@ def test_cleartext_ike_sa_init_answer_needs_message_id_zero_and_our_spi():
     answer to our IKE_SA_INIT request."""
     a, b = ike_pair()
     a.initiate(ADDR_B, 0)
-    [(request, _, _)] = a.datagrams_to_send(0)
+    [(request, _, _, _)] = a.datagrams_to_send(0)
     h = parse_header(request)
     wrong_id = Message(h.spi_i, mallory(8), ExchangeType.IKE_SA_INIT, 1, True, False,
                        (Notify(NotifyType.NO_PROPOSAL_CHOSEN),)).encode()
@@ -179,9 +179,9 @@ def test_an_exchange_handler_run_twice_reports_its_child_sa_once():
     a.rekey_child(sid, child.spi_in, 0)
     sa = a._by_id[sid]
     task = sa.request.task
-    [(request, _, _)] = a.datagrams_to_send(0)
+    [(request, _, _, _)] = a.datagrams_to_send(0)
     b.receive_datagram(request, (ADDR_A, 500), 0)
-    [(answer, _, _)] = b.datagrams_to_send(0)
+    [(answer, _, _, _)] = b.datagrams_to_send(0)
     header, msg = parse_message(answer)
     sa.datagram = answer
     inner = sa._open(header, msg, 0)
@@ -216,7 +216,7 @@ def in_each_state():
     link = Link(a, b)
 
     def sent(engine):
-        [(data, _, _)] = engine.datagrams_to_send(0)
+        [(data, _, _, _)] = engine.datagrams_to_send(0)
         return data
 
     sid = a.initiate(ADDR_B, 0)

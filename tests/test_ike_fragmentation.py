@@ -36,7 +36,7 @@ def is_fragment(datagram: bytes) -> bool:
 
 def sent(engine) -> list[bytes]:
     """What `engine` has queued, taken from it without delivering it."""
-    return [d for d, _, _ in engine.datagrams_to_send(0)]
+    return [d for d, _, _, _ in engine.datagrams_to_send(0)]
 
 
 def deliver(receiver, datagrams: list[bytes], src: str, now: float = 0.0) -> None:
@@ -266,7 +266,7 @@ def test_fragments_fit_the_family(family):
         b = make_engine("2001:db8::2", "b", {"2001:db8::1": "a"}, 6, key_bits=4096,
                         fragment_size=FRAG)
         link = Link(a, b)
-    a.initiate(b.config.local_addr, 0)
+    a.initiate(ADDR_B if family == 4 else "2001:db8::2", 0)
     link.transfer(a)
     link.transfer(b)
     request = link.transfer(a)

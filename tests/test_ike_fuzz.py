@@ -31,7 +31,7 @@ def established(kind: str):
     events(a), events(b)
     child = a.children(sid)[0]
     a.rekey_child(sid, child.spi_in, 0)
-    [(request, _, _)] = a.datagrams_to_send(0)
+    [(request, _, _, _)] = a.datagrams_to_send(0)
     return b, request
 
 
@@ -96,11 +96,11 @@ def test_mutated_handshake_ends_defined(pos, value, cut):
     for i in range(6):
         sender = a if i % 2 == 0 else b
         receiver = b if sender is a else a
-        for data, addr, lport in sender.datagrams_to_send(link.now):
+        for data, addr, lport, laddr in sender.datagrams_to_send(link.now):
             if i == step:
                 data = mutate(data, pos // 4, value, cut)
-            src = (sender.config.local_addr, lport)
-            receiver.receive_datagram(data, src, link.now, local_port=addr[1])
+            receiver.receive_datagram(data, (laddr, lport), link.now, local_port=addr[1],
+                                      local_addr=addr[0])
     while (t := a.get_timer()) is not None and t < 100:
         link.advance(t - link.now)
         link.roundtrip(a)
@@ -172,7 +172,7 @@ class TwoPeers(RuleBasedStateMachine):
     @rule(side=st.sampled_from("ab"), port=st.integers(1, 3))
     def new_child(self, side, port):
         def act(e, sid, now):
-            me, peer = e.config.local_addr, (ADDR_B if e is self.a else ADDR_A)
+            me, peer = (ADDR_A, ADDR_B) if e is self.a else (ADDR_B, ADDR_A)
             e.create_child(sid, now, local_ts=[TrafficSelector.host(me, 17)],
                            remote_ts=[TrafficSelector.host(peer, 17, port)])
         self._do(side, act)
@@ -258,7 +258,7 @@ def test_authentic_ike_auth_with_random_payloads_is_answered(kind, payloads, wit
     a.datagrams_to_send(0)  # the real IKE_AUTH request, never delivered
     sa = a._by_id[sid]
     if with_real_auth:
-        idi = ID(True, sa.config.identity.id_type, sa.config.identity.data)
+        idi = ID(True, sa.identity.id_type, sa.identity.data)
         payloads = [idi, auth_payload(sa, idi)] + [p for p in payloads
                                                    if not isinstance(p, (ID, Auth))]
     header = Header(sa.spi_i, sa.spi_r, 0, 35, 0x08, 1, 0).encode()

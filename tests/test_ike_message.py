@@ -71,7 +71,7 @@ def test_our_ike_sa_init_reads_the_same_in_scapy():
 
     a, _ = ike_pair(cfg_a={"ike_proposals": ("aes256gcm16-prfsha384-ecp256",)})
     a.initiate(ADDR_B, 0)
-    [(data, _, _)] = a.datagrams_to_send(0)
+    [(data, _, _, _)] = a.datagrams_to_send(0)
     pkt = IKEv2(data)
     assert pkt.exch_type == 34 and pkt.length == len(data)
     layer, kinds = pkt.payload, []

@@ -91,9 +91,9 @@ def test_replay_of_the_last_request_gets_the_cached_answer_only():
     """The last request again (a retransmission, section 2.1): the same answer, taken once."""
     link, _, sa_a, sa_b = established()
     delete = delete_child_request(sa_b, 0)
-    [(answer, _, _)] = deliver(link, delete)
+    [(answer, _, _, _)] = deliver(link, delete)
     assert [type(e) for e in events(link.a)] == [ChildSaDeleted]
-    [(again, _, _)] = deliver(link, delete)
+    [(again, _, _, _)] = deliver(link, delete)
     assert again == answer and events(link.a) == [] and sa_a.expected_message_id == 1
 
 
@@ -101,7 +101,7 @@ def in_flight(link, sid, sa_a) -> bytes:
     """A starts a liveness check; B's answer, not yet delivered."""
     link.a.check_liveness(sid, link.now)
     link.transfer(link.a)
-    [(answer, _, _)] = link.b.datagrams_to_send(link.now)
+    [(answer, _, _, _)] = link.b.datagrams_to_send(link.now)
     assert sa_a.request is not None
     return answer
 
@@ -141,7 +141,7 @@ def test_authentic_ike_auth_request_on_an_established_sa_is_refused():
     answered INVALID_SYNTAX and changes nothing, rather than re-running authentication."""
     link, sid, sa_a, sa_b = established()
     [request] = sa_b._encode(ExchangeType.IKE_AUTH, [], False, 0)
-    [(answer, _, _)] = deliver(link, request)
+    [(answer, _, _, _)] = deliver(link, request)
     header, msg = parse_message(answer)
     sa_b.datagram = answer
     [notify] = sa_b._open(header, msg, link.now).payloads

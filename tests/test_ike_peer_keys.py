@@ -24,7 +24,7 @@ NET = TrafficSelector(ipaddress.ip_address("198.51.100.0"), ipaddress.ip_address
 
 
 def engine(addr: str, key: str, lookup, seed: int, local_id: Identity | None = None):
-    return IkeEngine(IkeConfig(local_addr=addr, private_key=host_key(key), local_id=local_id),
+    return IkeEngine(IkeConfig(local_addrs=frozenset({addr}), private_key=host_key(key), local_id=local_id),
                      rng=seeded_rng(seed), lookup_key=lookup)
 
 
@@ -68,7 +68,7 @@ def auth_from_a(m_id: Identity | None, vouched: tuple[str, ...], tsi: TrafficSel
     m.initiate(ADDR_B, 0, local_ts=[tsi])
     link.transfer(m)  # IKE_SA_INIT -->
     link.transfer(b)  # <-- IKE_SA_INIT
-    [(auth, _, _)] = m.datagrams_to_send(0)
+    [(auth, _, _, _)] = m.datagrams_to_send(0)
     b.receive_datagram(auth, (ADDR_A, 500), 0)
     return events(b)
 

@@ -33,7 +33,7 @@ def test_replay_of_charon_exchange(path):
     charon_id = Identity.from_address(rec["charon_addr"])
     charon_key = PeerKey(charon_pub, frozenset({rec["charon_addr"]}))
     engine = IkeEngine(
-        IkeConfig(local_addr=rec["oe_addr"], private_key=key, ike_proposals=(rec["ike"],),
+        IkeConfig(local_addrs=frozenset({rec["oe_addr"]}), private_key=key, ike_proposals=(rec["ike"],),
                   esp_proposals=(rec["esp"],)),
         rng=random.Random(rec["seed"]).randbytes,
         lookup_key=lambda ident: charon_key if ident == charon_id else None,
@@ -45,7 +45,7 @@ def test_replay_of_charon_exchange(path):
         data = bytes.fromhex(d["data"])
         now += 0.01
         if d["from_oe"]:
-            [(sent, addr, local_port)] = engine.datagrams_to_send(now)
+            [(sent, addr, local_port, _)] = engine.datagrams_to_send(now)
             assert sent == data  # what oe put on the wire in the recorded run
             assert (addr, local_port) == ((rec["charon_addr"], d["dport"]), d["sport"])
         else:

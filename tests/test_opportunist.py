@@ -356,3 +356,31 @@ def test_initiate_is_refused_with_its_reason_outside_trapping_groups():
         "198.51.100.2 is in group clear (%pass): oe does not negotiate with it"
     assert oe.initiation_refused(Pair.of(ME, "203.0.113.1")) == \
         "203.0.113.1 is in no policy group: not steered into oe, sent in clear"
+
+
+def test_a_stale_tunnel_of_a_shared_ike_sa_loses_its_child_sa_only():
+    """One IKE SA carries the CHILD SAs of several pairs (a gateway's clients, docs/gateway.md
+    5): the stale tunnel's CHILD SA goes, the IKE SA stays for the others; an IKE SA that
+    carries nothing else goes whole."""
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    gateway = ipaddress.ip_address("192.0.2.1")
+    first, second = Pair.of(ME, "198.51.100.10"), Pair.of(ME, "198.51.100.20")
+    oe.tunnel_up(first, gateway, 3, 0x11, 0x22, "x", False, True, 0, sa_out=1)
+    oe.tunnel_up(second, gateway, 3, 0x13, 0x24, "x", False, True, 0, sa_out=2)
+    assert oe.tunnel_up(first, gateway, 4, 0x55, 0x66, "x", False, False, 50, sa_out=3) == [
+        DeleteChild(3, 0x11)]
+    assert oe.tunnel_up(second, gateway, 4, 0x57, 0x68, "x", False, False, 50, sa_out=4) == [
+        DeleteIke(3)]
+    assert fate(oe, "198.51.100.10") == SaAction(gateway, 0x66, 3)
+
+
+def test_an_ike_sa_gone_ends_every_tunnel_it_carried_and_no_other():
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    gateway = ipaddress.ip_address("192.0.2.1")
+    for sa_id, last in ((3, 10), (3, 20), (4, 30)):
+        oe.tunnel_up(Pair.of(ME, f"198.51.100.{last}"), gateway, sa_id, last, last + 1, "x",
+                     False, True, 0, sa_out=last)
+    oe.ike_gone(3, "peer dead", 5)
+    assert fate(oe, "198.51.100.10") is Shunt.TRAP and fate(oe, "198.51.100.20") is Shunt.TRAP
+    assert fate(oe, "198.51.100.30") == SaAction(gateway, 31, 30)
+    assert oe.tunnels_of(3) == frozenset() and oe.tunnels_of(4) == {Pair.of(ME, "198.51.100.30")}

@@ -41,7 +41,7 @@ def reload(confdir, text: str | None = None, key=None, daemon=None):
         d.loop = asyncio.get_running_loop()
         d.datapath = Datapath()
         d.sides[4] = oedaemon._IkeSide(4, ME, SimpleNamespace(
-            config=IkeConfig(local_addr=ME, private_key=d.key, **d._ike_terms())), None)
+            config=IkeConfig(local_addrs=frozenset({ME}), private_key=d.key, **d._ike_terms())), None)
 
         async def nothing(*args):
             return None

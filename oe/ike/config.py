@@ -24,7 +24,7 @@ from oe.ike.ts import TrafficSelector
 Addr = tuple[str, int]
 KeyLookup = Callable[[Identity], PeerKey | None]
 TsPolicy = Callable[[Identity, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]], bool]
-AdmitInit = Callable[[bytes, Addr, int], bool]
+AdmitInit = Callable[[bytes, Addr, int, str], bool]
 CookieRequired = Callable[[Addr], bool]
 
 
@@ -32,12 +32,14 @@ CookieRequired = Callable[[Addr], bool]
 class IkeConfig:
     """What one host negotiates with; every peer gets the same (opportunistic) terms."""
 
-    local_addr: str
-    """Our address: the ID (unless ``local_id`` is set), NAT-D input and our selector."""
+    local_addrs: frozenset[str]
+    """Our addresses (one family): IKE is answered on each, each IKE SA keeps the one it was
+    contacted on or initiated from as its ID (unless ``local_id`` is set), NAT-D input and
+    selector; datagrams to any other address are dropped (docs/gateway.md section 1)."""
     private_key: rsa.RSAPrivateKey
     """Our RSA host key; its public half is what peers find in DNS."""
     local_id: Identity | None = None
-    """Our IKE identity; None means ID_IPV4_ADDR / ID_IPV6_ADDR of ``local_addr``."""
+    """Our IKE identity; None means ID_IPV4_ADDR / ID_IPV6_ADDR of the IKE SA's address."""
     ike_proposals: tuple[str, ...] = ("aes128-sha256-x25519",)
     """IKE SA proposals, strongSwan syntax, in order of preference."""
     esp_proposals: tuple[str, ...] = ("aes128gcm16",)
@@ -59,10 +61,6 @@ class IkeConfig:
     False behaves as a peer without RFC 7383 (charon's ``fragmentation = no``)."""
     fragment_size: int = FRAGMENT_SIZE
     """The largest IP datagram of a protected message before it is sent as fragments."""
-
-    @property
-    def identity(self) -> Identity:
-        return self.local_id or Identity.from_address(self.local_addr)
 
     def ike_suites(self) -> list[Suite]:
         return [s for p in self.ike_proposals for s in parse_proposal(p, ProtocolId.IKE)]

@@ -6,9 +6,11 @@ Theory of operation
 ``IkeEngine`` is driven like aioquic's QuicConnection, by three sources: the user
 (``initiate``, ``create_child``, ``rekey_child``, ``rekey_ike``, ``delete_child``,
 ``delete_ike``, ``check_liveness``), datagrams (``receive_datagram(data, addr, now,
-local_port)``) and the timer (``handle_timer(now)``). It answers through
-``datagrams_to_send(now)`` (each item is ``(data, (ip, port), local_port)``: which of our
-sockets, 500 or 4500, must send it), ``get_timer()`` and ``next_event()`` (oe.ike.events).
+local_port, local_addr)``) and the timer (``handle_timer(now)``). It answers through
+``datagrams_to_send(now)`` (each item is ``(data, (ip, port), local_port, local_addr)``:
+which of our ports, 500 or 4500, and which of our addresses must send it), ``get_timer()``
+and ``next_event()`` (oe.ike.events). One engine serves every address of a family
+(``IkeConfig.local_addrs``); each IKE SA keeps its own (docs/gateway.md section 1).
 It never reads a clock, never opens a socket and draws every random byte (SPIs, nonces, DH
 secrets, IVs) from the injected ``rng``.
 
@@ -77,10 +79,11 @@ from oe.ike.tasks.informational import DeleteChildren, DeleteIke, Liveness
 from oe.ike.ts import TrafficSelector
 
 STATS = ("forged_dropped", "unexpected_dropped", "unparsable_dropped", "half_open_dropped",
-         "cookies_sent")
+         "wrong_address_dropped", "cookies_sent")
 """IkeEngine.stats() keys: messages dropped as forged (cleartext where protection is due, or
 a failed integrity check), as unexpected (unknown SPI, no such request, out of order or out
-of place: mostly late retransmissions), as unparsable; IKE_SA_INIT requests dropped at the
+of place, or to another of our addresses than its IKE SA's: mostly late retransmissions), as
+unparsable, as sent to an address not in ``local_addrs``; IKE_SA_INIT requests dropped at the
 half-open cap; N(COOKIE) answers sent. ``stats()`` adds the IKE SAs' reassembly counts
 (RFC 7383) as ``fragment_<name>`` for each field of oe.ike.fragment.Counters: authentic
 fragments dropped as duplicates, out of range, stale, too large or timed out, and messages
@@ -111,8 +114,9 @@ class IkeEngine:
         unique across them; default: this engine's own count from 1.
     :param cookie_required: ``(addr) -> bool``: True demands a COOKIE round trip from that
         initiator even below ``config.cookie_threshold`` (section 2.6).
-    :param admit_init: ``(data, addr, local_port) -> bool``, asked for each IKE_SA_INIT
-        request that passed the COOKIE check and would create a responder SA; False drops it
+    :param admit_init: ``(data, addr, local_port, local_addr) -> bool``, asked for each
+        IKE_SA_INIT request that passed the COOKIE check and would create a responder SA
+        (``local_addr``: the address of ours it was sent to); False drops it
         (refused, or held while the peer's key is fetched: the caller may hand the same
         datagram to ``receive_datagram`` again later).
     """
@@ -135,7 +139,7 @@ class IkeEngine:
         self._by_init: dict[tuple[bytes, Addr], IkeSa] = {}
         self._half_open: set[IkeSa] = set()
         self._by_id: dict[int, IkeSa] = {}
-        self._out: list[tuple[bytes, Addr, int]] = []
+        self._out: list[tuple[bytes, Addr, int, str]] = []
         self._events: deque[Event] = deque()
         self._ids = sa_ids if sa_ids is not None else itertools.count(1)
         self._stats = dict.fromkeys(STATS, 0)
@@ -143,18 +147,24 @@ class IkeEngine:
         self._cookie_secret = rng(32)
         config.ike_suites()  # fail early on a bad proposal string
         config.esp_suites()
+        if not config.local_addrs:
+            raise ValueError("an IKE engine needs at least one local address")
         if config.fragment_size < MIN_FRAGMENT_SIZE:
             raise ValueError(f"fragment_size {config.fragment_size} is below {MIN_FRAGMENT_SIZE}")
 
     # --- the five verbs -------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float,
-                         local_port: int = IKE_PORT) -> None:
-        """Handle one UDP payload from ``addr`` that arrived on our port ``local_port``.
+                         local_port: int = IKE_PORT, local_addr: str | None = None) -> None:
+        """Handle one UDP payload from ``addr`` that arrived on our port ``local_port`` of
+        our address ``local_addr`` (None: the one address of an engine that has one).
 
         On 4500 the payload still carries the non-ESP marker (RFC 3948 section 2.2); NAT
         keepalives and ESP (no marker) are ignored here: the datapath owns ESP.
         """
+        local_addr = self._local(local_addr)
+        if local_addr not in self.config.local_addrs:
+            return self.count("wrong_address_dropped")
         if local_port == NAT_T_PORT:
             if data == NAT_KEEPALIVE or data[:4] != NON_ESP_MARKER:
                 return
@@ -163,13 +173,13 @@ class IkeEngine:
             header, msg = parse_message(data)
         except IkeError as e:
             self.count("unparsable_dropped")
-            self._answer_unparsable(data, e, addr, local_port)
+            self._answer_unparsable(data, e, addr, (local_addr, local_port))
             return
         if header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response:
             # a fragment of IKE_SA_INIT does not exist (RFC 7383 2.5.3)
             if header.spi_r == bytes(8) and header.message_id == 0 and header.from_initiator \
                     and header.next_payload != PayloadType.SKF:
-                self._process_r_init(header, msg, data, addr, local_port, now)
+                self._process_r_init(header, msg, data, addr, (local_addr, local_port), now)
             else:
                 self.count("unexpected_dropped")
             return
@@ -178,12 +188,14 @@ class IkeEngine:
         # both SPIs must be the IKE SA's, but for the answer to our IKE_SA_INIT, which
         # brings SPIr (section 3.1); section 2.21.4: INVALID_IKE_SPI is optional, we are silent
         if sa is None or sa.initiator == header.from_initiator or header.spi_i != sa.spi_i or (
-                sa.spi_r != bytes(8) and header.spi_r != sa.spi_r):
+                sa.spi_r != bytes(8) and header.spi_r != sa.spi_r) or (
+                local_addr != sa.local_addr):  # our address is fixed per IKE SA (no MOBIKE)
             return self.count("unexpected_dropped")
         sa.receive(header, msg, data, addr, local_port, now)
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr, int]]:
-        """Datagrams to send as ``(payload, (ip, port), local_port)``; the marker is included."""
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr, int, str]]:
+        """Datagrams to send as ``(payload, (ip, port), local_port, local_addr)``; the marker
+        is included."""
         out, self._out = self._out, []
         return out
 
@@ -210,23 +222,35 @@ class IkeEngine:
 
     def initiate(self, peer: str, now: float, *, local_ts: list[TrafficSelector] | None = None,
                  remote_ts: list[TrafficSelector] | None = None, peer_port: int = IKE_PORT,
-                 remote_id: Identity | None = None, any_remote_id: bool = False) -> int:
-        """Start IKE_SA_INIT towards ``peer``; returns the ``sa_id`` its events will carry.
+                 remote_id: Identity | None = None, any_remote_id: bool = False,
+                 local_addr: str | None = None) -> int:
+        """Start IKE_SA_INIT towards ``peer`` from our address ``local_addr`` (None: the one
+        address of an engine that has one); returns the ``sa_id`` its events will carry.
 
         The responder must authenticate as ``remote_id`` (default: the ID_IPV4_ADDR or
         ID_IPV6_ADDR of ``peer``), which is also sent as IDr; ``any_remote_id`` accepts
         whichever ID the key lookup vouches for and sends no IDr.
         """
+        local_addr = self._local(local_addr)
+        if local_addr not in self.config.local_addrs:
+            raise LocalProtocolError(f"{local_addr} is not one of our addresses")
         sa = IkeSa(self, next(self._ids), True, self.new_ike_spi(), bytes(8), (peer, peer_port),
-                   IKE_PORT, State.EXPECT_SA_INIT_RESPONSE, now)
+                   (local_addr, IKE_PORT), State.EXPECT_SA_INIT_RESPONSE, now)
         expected = None if any_remote_id else remote_id or Identity.from_address(peer)
         # strongSwan's initiator queue: IKE_SA_INIT, then IKE_AUTH with the first CHILD SA
         sa.queue.append(IkeAuth(
-            expected, tuple(local_ts or [TrafficSelector.host(self.config.local_addr)]),
+            expected, tuple(local_ts or [TrafficSelector.host(local_addr)]),
             tuple(remote_ts or [TrafficSelector.host(peer)])))
         self.add(sa)
         ike_init.IkeInit().build_i(sa, now)
         return sa.sa_id
+
+    def _local(self, local_addr: str | None) -> str:
+        if local_addr is not None:
+            return local_addr
+        if len(self.config.local_addrs) != 1:
+            raise LocalProtocolError("which of our addresses? the engine has several")
+        return next(iter(self.config.local_addrs))
 
     def _sa(self, sa_id: int) -> IkeSa:
         sa = self._by_id.get(sa_id)
@@ -279,7 +303,7 @@ class IkeEngine:
     def ike_sas(self) -> list[IkeSaInfo]:
         """Every IKE SA, by ``sa_id`` (the live one of a rekeyed pair), for status views."""
         return [IkeSaInfo(
-            sa_id=sa_id, local_addr=self.config.local_addr, local_port=sa.local_port,
+            sa_id=sa_id, local_addr=sa.local_addr, local_port=sa.local_port,
             remote_addr=sa.peer_addr, remote_port=sa.peer_port, initiator=sa.initiator,
             spi_i=sa.spi_i, spi_r=sa.spi_r, state=sa.state.name,
             established_at=sa.established_at, last_heard=sa.last_heard,
@@ -291,12 +315,14 @@ class IkeEngine:
     def emit(self, event: Event) -> None:
         self._events.append(event)
 
-    def transmit(self, data: bytes, addr: Addr, local_port: int, ike: bool = True) -> None:
-        """Queue a datagram; an IKE message to port 4500 gets the non-ESP marker (RFC 3948
-        section 2.2), a NAT keepalive (``ike=False``) goes as it is."""
+    def transmit(self, data: bytes, addr: Addr, local: Addr, ike: bool = True) -> None:
+        """Queue a datagram from our ``(address, port)``; an IKE message to port 4500 gets
+        the non-ESP marker (RFC 3948 section 2.2), a NAT keepalive (``ike=False``) goes as
+        it is."""
+        local_addr, local_port = local
         if ike and local_port == NAT_T_PORT:
             data = NON_ESP_MARKER + data
-        self._out.append((data, addr, local_port))
+        self._out.append((data, addr, local_port, local_addr))
 
     def count(self, what: str) -> None:
         self._stats[what] += 1
@@ -337,10 +363,11 @@ class IkeEngine:
                    for sa in self._by_id.values())
 
     def initial_contact(self, new: IkeSa) -> None:
-        """Forget, without DELETEs, every other IKE SA with the identity `new` authenticated."""
+        """Forget, without DELETEs, every other IKE SA between the same two identities (2.4:
+        with several addresses of ours, the peer's IKE SA with another of our IDs stays)."""
         for sa in list(self._by_id.values()):
-            if sa is not new and sa.peer_id == new.peer_id and sa.state in (
-                    State.ESTABLISHED, State.REKEYED):
+            if sa is not new and (sa.peer_id, sa.identity) == (new.peer_id, new.identity) \
+                    and sa.state in (State.ESTABLISHED, State.REKEYED):
                 sa.delete_local("the peer started afresh (INITIAL_CONTACT)")
 
     def responder(self, exchange: int) -> Responder:
@@ -348,11 +375,11 @@ class IkeEngine:
 
     # --- IKE_SA_INIT, responder -----------------------------------------------------------
 
-    def refuse_init(self, data: bytes, addr: Addr, local_port: int, notify: int,
-                    notify_data: bytes = b"") -> None:
+    def refuse_init(self, data: bytes, addr: Addr, local_port: int, local_addr: str,
+                    notify: int, notify_data: bytes = b"") -> None:
         """Answer the IKE_SA_INIT request ``data`` (without the non-ESP marker) from ``addr``
-        with an unprotected error notify, creating no IKE SA (section 2.21.1); anything but
-        an IKE_SA_INIT request is ignored. The daemon refuses so a peer whose key it could
+        to our ``(local_addr, local_port)`` with an unprotected error notify, creating no IKE
+        SA (section 2.21.1); anything but an IKE_SA_INIT request is ignored. The daemon refuses so a peer whose key it could
         not look up (oe.admission), so that the peer's exchange ends at once.
 
         Our own initiator, given such an answer, fails at once too (ike_init's error_notify):
@@ -365,13 +392,13 @@ class IkeEngine:
             return
         reply = Message(data[:8], bytes(8), ExchangeType.IKE_SA_INIT, 0, True, False,
                         (Notify(notify, notify_data),)).encode()
-        self.transmit(reply, addr, local_port)
+        self.transmit(reply, addr, (local_addr, local_port))
 
-    def _answer_unparsable(self, data: bytes, e: IkeError, addr: Addr, local_port: int) -> None:
+    def _answer_unparsable(self, data: bytes, e: IkeError, addr: Addr, local: Addr) -> None:
         """Answer an IKE_SA_INIT request with an unsupported critical payload (section 2.5);
         drop everything else that does not parse (we cannot authenticate it)."""
         if e.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD:
-            self.refuse_init(data, addr, local_port, e.notify, e.data)
+            self.refuse_init(data, addr, local[1], local[0], e.notify, e.data)
 
     def _cookie(self, spi_i: bytes, nonce_i: bytes, addr: Addr) -> bytes:
         """Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>) (section 2.6)."""
@@ -380,7 +407,7 @@ class IkeEngine:
             hashlib.sha256).digest()
 
     def _process_r_init(self, header: Header, msg: Message, data: bytes, addr: Addr,
-                        local_port: int, now: float) -> None:
+                        local: Addr, now: float) -> None:
         """IKE_SA_INIT { [N(COOKIE),] SA, KEi, Ni, N(NATD)... } --> answered, stateless on error
 
         Cheapest first: the half-open cap, then the COOKIE (section 2.6), then the proposal,
@@ -390,12 +417,12 @@ class IkeEngine:
         known = self._by_init.get((header.spi_i, addr))
         if known is not None:
             if known.init_request == data:  # retransmitted request: the same answer, same way
-                self.transmit(known.init_response, addr, local_port)
+                self.transmit(known.init_response, addr, local)
             return
 
         def refuse(notify: Notify) -> None:
             self.transmit(Message(header.spi_i, bytes(8), ExchangeType.IKE_SA_INIT, 0, True,
-                                  False, (notify,)).encode(), addr, local_port)
+                                  False, (notify,)).encode(), addr, local)
 
         sa_p, ke, nonce = msg.first(SA), msg.first(KE), msg.first(Nonce)
         if sa_p is None or ke is None or nonce is None:
@@ -415,7 +442,7 @@ class IkeEngine:
             prop, suite = ike_init.process_r(self.config, sa_p, ke)
         except IkeError as e:
             return refuse(Notify(e.notify, e.data))
-        if self.admit_init is not None and not self.admit_init(data, addr, local_port):
+        if self.admit_init is not None and not self.admit_init(data, addr, local[1], local[0]):
             return
         try:
             dh, shared = respond_ke(suite, ke, self.rng)
@@ -423,7 +450,7 @@ class IkeEngine:
             return refuse(Notify(e.notify))
         assert dh is not None
         sa = IkeSa(self, next(self._ids), False, header.spi_i, self.new_ike_spi(), addr,
-                   local_port, State.EXPECT_AUTH_REQUEST, now)
+                   local, State.EXPECT_AUTH_REQUEST, now)
         ike_init.build_r(sa, msg, data, prop, suite, dh, shared)
         self.add(sa)
         sa.init_addr = addr

@@ -150,8 +150,9 @@ class Host(Protocol):
     def emit(self, event: Event) -> None:
         """Queue an event for the user (``next_event``)."""
 
-    def transmit(self, data: bytes, addr: Addr, local_port: int, ike: bool = True) -> None:
-        """Queue a datagram from our port ``local_port``; ``ike=False`` sends it as it is."""
+    def transmit(self, data: bytes, addr: Addr, local: Addr, ike: bool = True) -> None:
+        """Queue a datagram from our address and port ``local``; ``ike=False`` sends it as
+        it is."""
 
     def count(self, what: str) -> None:
         """Count a drop (one of the engine's ``STATS``)."""
@@ -213,14 +214,16 @@ class IkeSa:
     """One IKE SA: its keys, Message IDs, exchanges in flight and CHILD SAs."""
 
     def __init__(self, host: Host, sa_id: int, initiator: bool, spi_i: bytes, spi_r: bytes,
-                 peer: Addr, local_port: int, state: State, now: float) -> None:
+                 peer: Addr, local: Addr, state: State, now: float) -> None:
         self.host = host
         self.sa_id = sa_id
         self.initiator = initiator
         self.spi_i = spi_i
         self.spi_r = spi_r
         self.peer_addr, self.peer_port = peer
-        self.local_port = local_port
+        # our address for this IKE SA: where the peer reached us, or where we initiated from;
+        # our ID unless one is configured (docs/gateway.md section 1)
+        self.local_addr, self.local_port = local
         self.state = state
         self.created = now
         self.established_at: float | None = None
@@ -243,7 +246,7 @@ class IkeSa:
         self.last_response: tuple[int, list[bytes]] | None = None
         self.retired_at = 0.0  # when a rekey replaced this IKE SA
         self.datagram = b""  # the datagram being processed (AUTH and the ICV cover it whole)
-        self._source: tuple[Addr, int] = (peer, local_port)  # ... and where it came from
+        self._source: tuple[Addr, int] = (peer, self.local_port)  # ... and where it came from
         # what IKE_SA_INIT settled and IKE_AUTH signs (section 2.15)
         self.nonce_i = b""
         self.nonce_r = b""
@@ -273,11 +276,17 @@ class IkeSa:
     def config(self) -> IkeConfig:
         return self.host.config
 
+    @property
+    def identity(self) -> Identity:
+        """Our ID on this IKE SA: the configured one, else the address the peer contacted."""
+        return self.config.local_id or Identity.from_address(self.local_addr)
+
     def emit(self, event: Event) -> None:
         self.host.emit(event)
 
     def send(self, data: bytes) -> None:
-        self.host.transmit(data, (self.peer_addr, self.peer_port), self.local_port)
+        self.host.transmit(data, (self.peer_addr, self.peer_port),
+                           (self.local_addr, self.local_port))
 
     def _encode(self, exchange: int, payloads: list[Payload], response: bool,
                 message_id: int) -> list[bytes]:
@@ -390,7 +399,8 @@ class IkeSa:
             return
         if self.next_keepalive is not None and now >= self.next_keepalive:
             # RFC 3948 section 2.3: one 0xFF octet, no non-ESP marker
-            self.host.transmit(NAT_KEEPALIVE, (self.peer_addr, self.peer_port), NAT_T_PORT,
+            self.host.transmit(NAT_KEEPALIVE, (self.peer_addr, self.peer_port),
+                               (self.local_addr, NAT_T_PORT),
                                ike=False)
             self.next_keepalive = now + self.config.nat_keepalive_interval
         req = self.request
@@ -474,7 +484,7 @@ class IkeSa:
             if isinstance(enc, EncryptedFragment) and enc.number != 1:
                 return
             for data in self.last_response[1]:
-                self.host.transmit(data, addr, local_port)
+                self.host.transmit(data, addr, (self.local_addr, local_port))
             return
         if header.message_id != self.expected_message_id:
             return self.host.count("unexpected_dropped")
@@ -516,7 +526,7 @@ class IkeSa:
         self.expected_message_id = message_id + 1
         addr, local_port = self._source
         for data in datagrams:
-            self.host.transmit(data, addr, local_port)
+            self.host.transmit(data, addr, (self.local_addr, local_port))
 
     # --- failures and deletion ------------------------------------------------------------
 

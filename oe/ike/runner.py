@@ -109,7 +109,8 @@ class IkeRunner:
 
     def receive(self, data: bytes, addr: Addr, local_port: int) -> None:
         """One IKE datagram (on 4500 with its non-ESP marker) for the engine."""
-        self.engine.receive_datagram(data, addr, self.now(), local_port=local_port)
+        self.engine.receive_datagram(data, addr, self.now(), local_port=local_port,
+                                     local_addr=self.local_addr)
         self.transmit()
 
     def _handle_timer(self) -> None:
@@ -127,7 +128,7 @@ class IkeRunner:
         """
         while (event := self.engine.next_event()) is not None:
             self.on_event(event)
-        for data, addr, local_port in self.engine.datagrams_to_send(self.now()):
+        for data, addr, local_port, _ in self.engine.datagrams_to_send(self.now()):
             self._send(data, addr, local_port)
         timer_at = self.engine.get_timer()
         if self._timer is not None and self._timer_at != timer_at:

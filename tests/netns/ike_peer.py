@@ -72,7 +72,7 @@ async def main() -> None:
     with open(args.peer_pub, "rb") as f:
         peer_pub = serialization.load_pem_public_key(f.read())
     peer_id = Identity.from_address(args.peer)
-    config = IkeConfig(local_addr=args.local, private_key=key, ike_proposals=(args.ike,),
+    config = IkeConfig(local_addrs=frozenset({args.local}), private_key=key, ike_proposals=(args.ike,),
                        esp_proposals=(args.esp,), cookie_threshold=args.cookie_threshold)
     rng = os.urandom if args.seed is None else random.Random(args.seed).randbytes
     peer_key = PeerKey(peer_pub, frozenset({args.peer}))

@@ -145,7 +145,7 @@ def narrow_as_responder(sa: IkeSa, msg: Message) -> tuple[Selectors, Selectors]:
     then the user's policy callback."""
     tsi, tsr = selectors_of(msg, "request")
     remote = narrow(tsi, vouched(sa))
-    local = narrow(tsr, [TrafficSelector.host(sa.config.local_addr)])
+    local = narrow(tsr, [TrafficSelector.host(sa.local_addr)])
     if not remote or not local:
         raise IkeError(NotifyType.TS_UNACCEPTABLE,
                        "selectors are not host-to-host between us and the peer's key")
@@ -173,7 +173,7 @@ def make_child(sa: IkeSa, suite: Suite, spi_in: bytes, spi_out: bytes, nonce_i: 
         encr=suite.encr, key_bits=suite.key_bits, integ=suite.integ,
         esn=suite.esn == EsnId.ESN, key_in=key_in, key_out=key_out, integ_key_in=integ_in,
         integ_key_out=integ_out, local_ts=local_ts, remote_ts=remote_ts,
-        local_addr=sa.config.local_addr, remote_addr=sa.peer_addr, udp_encap=encap,
+        local_addr=sa.local_addr, remote_addr=sa.peer_addr, udp_encap=encap,
         local_port=sa.local_port if encap else 0,
         remote_port=sa.peer_port if encap else 0, dh=suite.dh,
     ), suite)

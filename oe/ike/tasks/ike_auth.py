@@ -94,7 +94,7 @@ def _established(sa: IkeSa, now: float) -> None:
     if sa.behind_nat:
         sa.next_keepalive = now + sa.config.nat_keepalive_interval
     sa.emit(IkeSaEstablished(
-        sa.sa_id, sa.spi_i, sa.spi_r, sa.initiator, sa.config.local_addr,
+        sa.sa_id, sa.spi_i, sa.spi_r, sa.initiator, sa.local_addr,
         sa.peer_addr, sa.peer_port, str(sa.peer_id), sa.nat_detected,
     ))
 
@@ -112,7 +112,7 @@ class IkeAuth:
 
     def build_i(self, sa: IkeSa, now: float) -> None:
         """IKE_AUTH { IDi, [IDr,] AUTH, SA, TSi, TSr } -->"""
-        idi = ID(True, sa.config.identity.id_type, sa.config.identity.data)
+        idi = ID(True, sa.identity.id_type, sa.identity.data)
         self.spi_in = sa.new_spi_in()
         payloads: list[Payload] = [idi]
         if self.expected_peer_id is not None:
@@ -174,7 +174,7 @@ def process_r(sa: IkeSa, msg: Message, now: float) -> None:
     if msg.notifies(NotifyType.INITIAL_CONTACT):
         # Section 2.4: the authenticated peer has no other IKE SA with us any more.
         sa.host.initial_contact(sa)
-    idr = ID(False, sa.config.identity.id_type, sa.config.identity.data)
+    idr = ID(False, sa.identity.id_type, sa.identity.data)
     payloads: list[Payload] = [idr, auth_payload(sa, idr)]
     child: Child | None = None
     child_error: IkeError | None = None

@@ -42,7 +42,7 @@ def natd_notifies(sa: IkeSa) -> list[Notify]:
     """N(NATD_S_IP), N(NATD_D_IP) over the SPIs as in this message's header (2.23)."""
     return [
         Notify(NotifyType.NAT_DETECTION_SOURCE_IP,
-               natd_hash(sa.spi_i, sa.spi_r, sa.config.local_addr, sa.local_port)),
+               natd_hash(sa.spi_i, sa.spi_r, sa.local_addr, sa.local_port)),
         Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
                natd_hash(sa.spi_i, sa.spi_r, sa.peer_addr, sa.peer_port)),
     ]
@@ -57,7 +57,7 @@ def check_natd(sa: IkeSa, msg: Message, our_port: int) -> None:
         return
     spi_r = sa.spi_r if sa.initiator else bytes(8)
     peer_hash = natd_hash(sa.spi_i, spi_r, sa.peer_addr, sa.peer_port)
-    our_hash = natd_hash(sa.spi_i, spi_r, sa.config.local_addr, our_port)
+    our_hash = natd_hash(sa.spi_i, spi_r, sa.local_addr, our_port)
     peer_behind_nat = all(n.data != peer_hash for n in src)
     we_behind_nat = all(n.data != our_hash for n in dst)
     sa.nat_detected = peer_behind_nat or we_behind_nat

@@ -29,7 +29,7 @@ def _rekeyed_to(sa: IkeSa, we_initiated: bool, spi_i: bytes, spi_r: bytes, suite
     assert sa.keys is not None
     seed = rekey_skeyseed(sa.keys.prf, sa.keys.sk_d, shared, nonce_i, nonce_r)
     new = IkeSa(sa.host, sa.sa_id, we_initiated, spi_i, spi_r, (sa.peer_addr, sa.peer_port),
-                sa.local_port, State.ESTABLISHED, now)
+                (sa.local_addr, sa.local_port), State.ESTABLISHED, now)
     new.established_at = new.last_heard = now
     new.suite = suite
     new.keys = ike_keys(suite, seed, nonce_i, nonce_r, spi_i, spi_r)
