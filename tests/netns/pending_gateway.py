@@ -318,3 +318,27 @@ def test_10_forwarding_only_where_subnets_are_and_restored_on_stop(gw):
         assert gw.ping("a1", "b1", count=1).returncode != 0  # no oe, no forwarding
     finally:
         demo.start_oe(gw, "gw-a")
+
+
+# ---------------------------------------------------------------- the demo's gateway scene
+
+
+def test_demo_gateway_scene_dave_reaches_bob_through_alice(tmp_path):
+    """docs/gateway.md 7.3: dave (no oe) behind alice pings bob; both eroutes name the pair
+    dave <-> bob, and alice's wire shows none of dave's packets, only ESP and IKE."""
+    world = demo.build(tmp_path / "demo", gateway=True)
+    try:
+        for name in ("alice", "bob"):
+            demo.start_oe(world, name)
+        capture, pcap = demo.start_capture(world)
+        ok, text = demo.gateway_scene(world)
+        World.stop(capture)
+        assert ok, text
+        bob = demo.ADDRESSES["bob"][0]
+        assert demo.wire_summary(pcap, demo.DAVE, bob) == {}
+        kinds = demo.wire_summary(pcap, demo.ADDRESSES["alice"][0], bob)
+        assert kinds and not [k for k in kinds if "clear" in k], kinds
+    finally:
+        for name in list(world.daemons):
+            demo.stop_oe(world, name)
+        world.close()
