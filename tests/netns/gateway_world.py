@@ -36,19 +36,22 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dns.name
+import pytest
 
 from oe import demo, hostkey
 from oe.dnskeys import records
 from oe.knotd import NSEC, Knotd, soa_ns_header
 from oe.netns import Host, World, wait_for
 
-from charon import Charon
+from charon import CHARON, Charon
 
 DNS = "192.0.2.53"
 DEAD = "192.0.2.99"
@@ -68,6 +71,17 @@ SIGNED = ("2.0.192.in-addr.arpa", "100.51.198.in-addr.arpa", "101.51.198.in-addr
 UNSIGNED = "20.101.51.198.in-addr.arpa"
 POLICY = {"private-or-clear": "0.0.0.0/0\n"}
 OE = (sys.executable, "-m", "oe")
+TUNNEL_WAIT = 30
+"""Seconds for a negotiation to show in `oe status`: a bound for failures, never a measure."""
+
+
+NEEDS = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(not CHARON.exists() or not shutil.which("swanctl"),
+                       reason="strongSwan charon/swanctl not installed (make apt)"),
+    pytest.mark.skipif(not shutil.which("tcpdump"), reason="tcpdump not installed (make apt)"),
+]
+"""The gateway tests' pytestmark (they also need python3-unbound: importorskip)."""
 
 
 @dataclass
@@ -246,6 +260,17 @@ def build(workdir: Path, *, key_bits: int = 2048, start: tuple[str, ...] = OE_HO
         raise
 
 
+@pytest.fixture(scope="module", name="gw")
+def world_fixture(tmp_path_factory):
+    """One world for a test module, oe running on gw-a, gw-b and h; closed at its end (also
+    on failure, Ctrl-C and SIGTERM)."""
+    made = build(tmp_path_factory.mktemp("gw"))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
 # ---------------------------------------------------------------- looking at the world
 
 LOOKUP = """
@@ -308,5 +333,59 @@ def eroutes(gw: GatewayWorld, name: str) -> list[str]:
             for row in gw.status(name)["eroutes"]]
 
 
-def wait_eroute(gw: GatewayWorld, name: str, text: str, timeout: float = 15) -> bool:
-    return wait_for(lambda: any(text in line for line in eroutes(gw, name)), timeout, 0.3)
+# ---------------------------------------------------------------- what the tests ask
+
+def diagnose(gw: GatewayWorld, *names: str) -> str:
+    """What the oe hosts said: their log's last lines, shunts and eroutes (failure messages)."""
+    out = []
+    for name in names:
+        log = gw.log(name).strip().splitlines()[-12:]
+        try:
+            status = gw.status(name)
+            extra = [f"  shunt {s['src']} -> {s['dst']} {s['said']}: {s['reason']}"
+                     for s in status["shunts"]] + ["  eroute " + e for e in eroutes(gw, name)]
+        except Exception as exc:  # the daemon may be what failed
+            extra = [f"  no status: {exc}"]
+        out += [f"--- {name}"] + ["  " + line for line in log] + extra
+    return "\n".join(out)
+
+
+def tunnel(src: str, dst: str, peer: str) -> str:
+    """The eroute line of an ESP tunnel, as a regex: `C/32 -> T/32 => esp.<spi>@<peer>`."""
+    return rf"^{re.escape(src)}/32 -> {re.escape(dst)}/32 => esp\.[0-9a-f]+@{re.escape(peer)}$"
+
+
+def has_eroute(gw, name: str, pattern: str) -> bool:
+    return any(re.match(pattern, line) for line in eroutes(gw, name))
+
+
+def wait_eroute(gw, name: str, pattern: str, timeout: float = TUNNEL_WAIT) -> bool:
+    return wait_for(lambda: has_eroute(gw, name, pattern), timeout, 0.3)
+
+
+def bare(address: str) -> str:
+    return address.split("/")[0]
+
+
+def shunt(gw, name: str, src: str, dst: str) -> dict | None:
+    return next((s for s in gw.status(name)["shunts"] if bare(s["src"]) == src
+                 and bare(s["dst"]) == dst and s["expires_in"] is not None), None)
+
+
+def wait_shunt(gw, name: str, src: str, dst: str, timeout: float = TUNNEL_WAIT) -> dict | None:
+    wait_for(lambda: shunt(gw, name, src, dst) is not None, timeout, 0.3)
+    return shunt(gw, name, src, dst)
+
+
+def sa(gw, name: str, src: str, dst: str) -> dict | None:
+    return next((s for s in gw.status(name)["sas"] if bare(s["src"]) == src
+                 and bare(s["dst"]) == dst), None)
+
+
+def restart(gw, name: str) -> None:
+    demo.stop_oe(gw, name)
+    demo.start_oe(gw, name)
+
+
+def sysctl(gw, name: str, key: str) -> str:
+    return gw.run(name, "sysctl", "-n", key).stdout.strip()

@@ -4,9 +4,7 @@ client what the gateway tests rely on, with the DNSSEC state libunbound gives it
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 
 import pytest
 
@@ -14,13 +12,8 @@ from oe import hostkey
 from oe.dnskeys import records
 
 import gateway_world as gwd
-from charon import CHARON
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(not CHARON.exists() or not shutil.which("swanctl"),
-                       reason="strongSwan charon/swanctl not installed (make apt)"),
-]
+pytestmark = gwd.NEEDS
 pytest.importorskip("unbound", reason="python3-unbound is not importable: make the venv from "
                                       "Debian's /usr/bin/python3 --system-site-packages")
 
