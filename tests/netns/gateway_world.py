@@ -90,9 +90,9 @@ class GatewayWorld:
     demo.start_oe, oe_cmd and stop_oe drive it)."""
 
     world: World
-    hosts: dict[str, Host]
-    knotd: Knotd
-    keys: dict
+    hosts: dict[str, Host] = field(default_factory=dict)
+    knotd: Knotd | None = None
+    keys: dict = field(default_factory=dict)
     """Private keys by KEYED name."""
     daemons: dict[str, subprocess.Popen] = field(default_factory=dict)
     charon: Charon | None = None
@@ -162,7 +162,8 @@ class GatewayWorld:
                 pass
         if self.charon is not None:
             self.charon.stop()
-        self.knotd.stop()
+        if self.knotd is not None:
+            self.knotd.stop()
         self.world.close()
 
 
@@ -212,10 +213,11 @@ def build(workdir: Path, *, key_bits: int = 2048, start: tuple[str, ...] = OE_HO
     """Namespaces, links, routes, keys, zones and knotd; oe started on `start`. On any failure
     (or Ctrl-C, SIGTERM) everything made so far is torn down."""
     world = World("gw", workdir).open()
-    made = knotd = None
+    made = GatewayWorld(world)
     try:
-        hosts = {name: world.host(name, f"{address}/24") for name, address in INET.items()}
-        for gateway, (lan, subnet, address) in LANS.items():
+        hosts = made.hosts
+        hosts.update({name: world.host(name, f"{address}/24") for name, address in INET.items()})
+        for gateway, (lan, _subnet, address) in LANS.items():
             world.bridge(lan)
             world.attach(hosts[gateway], lan, f"{address}/24", ifname="eth1")
         for client, address in CLIENTS.items():
@@ -230,17 +232,17 @@ def build(workdir: Path, *, key_bits: int = 2048, start: tuple[str, ...] = OE_HO
                                     ("c", C_NET)):
                 if name != gateway:
                     world.route(hosts[name], f"{subnet} via {INET[gateway]}")
-        blobs, keys, confdirs = {}, {}, {}
+        blobs, keys, confdirs = {}, made.keys, {}
         for name in KEYED:
             confdirs[name] = (hosts[name].dir if name in hosts else workdir / name) / "conf"
             keys[name] = hostkey.keygen(hostkey.hostkey_path(confdirs[name]), bits=key_bits,
                                         force=True)
             blobs[name] = hostkey.public_blob(keys[name])
-        knotd = Knotd(hosts["dns"].dir / "knot", zone_texts(confdirs, blobs),
-                      listen=[(DNS, 53)], prefix=("ip", "netns", "exec", hosts["dns"].name),
-                      signing={origin: NSEC for origin in SIGNED})
+        knotd = made.knotd = Knotd(
+            hosts["dns"].dir / "knot", zone_texts(confdirs, blobs), listen=[(DNS, 53)],
+            prefix=("ip", "netns", "exec", hosts["dns"].name),
+            signing={origin: NSEC for origin in SIGNED})
         knotd.start(ready=lambda: demo._serves(world, hosts["h"]) and knotd.signed())
-        made = GatewayWorld(world, hosts, knotd, keys)
         anchors = "".join(knotd.anchor(origin) for origin in SIGNED)
         for name in (*OE_HOSTS, "m"):
             made.confdir(name).mkdir(parents=True, exist_ok=True)
@@ -251,12 +253,7 @@ def build(workdir: Path, *, key_bits: int = 2048, start: tuple[str, ...] = OE_HO
             demo.start_oe(made, name)
         return made
     except BaseException:  # also Ctrl-C or SIGTERM while knotd or oe start: ours to stop
-        if made is not None:
-            made.close()
-        else:
-            if knotd is not None:
-                knotd.stop()
-            world.close()
+        made.close()
         raise
 
 

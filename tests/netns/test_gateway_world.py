@@ -4,7 +4,9 @@ client what the gateway tests rely on, with the DNSSEC state libunbound gives it
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 
 import pytest
 
@@ -71,3 +73,29 @@ def test_b3_publishes_both_gateways_by_precedence(gw):
     served = gw.knotd.served("101.51.198.in-addr.arpa", "30", "IPSECKEY")
     assert sorted(re.findall(r"IPSECKEY\s+(\d+)\s+\d\s+\d\s+(\S+)", served)) == [
         ("10", gwd.DEAD), ("20", gwd.INET["gw-b"])], served
+
+
+def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, which becomes one) while knotd starts: namespaces and knotd go."""
+    from oe import demo
+    from oe.netns import wait_for
+
+    seen: dict = {}
+
+    def interrupted(world, host):
+        dns = f"{world.prefix}-dns"
+        wait_for(lambda: bool(pids_in(dns)), 20)
+        seen.update(prefix=world.prefix, knotd=pids_in(dns))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "_serves", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        gwd.build(tmp_path, start=())
+    assert seen["knotd"] and not any(os.path.exists(f"/proc/{pid}") for pid in seen["knotd"])
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"{seen['prefix']}-" not in listed
+
+
+def pids_in(namespace: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
