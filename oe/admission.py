@@ -52,8 +52,9 @@ class Admission:
         self.opportunist = opportunist
         self.keys = keys
         self.lookups = lookups
-        self.pending: dict[str, tuple[bytes, tuple, int]] = {}
-        """Peer -> its newest IKE_SA_INIT (data, addr, local port), waiting for its key."""
+        self.pending: dict[str, tuple[bytes, tuple, int, str]] = {}
+        """Peer -> its newest IKE_SA_INIT (data, addr, local port, local address), waiting
+        for its key."""
         self._stale: set[str] = set()  # peers whose AUTH failed as responder: fetch afresh
         self.refused: dict[str, float] = {}
         """Peer -> until when its IKE_SA_INITs are refused without a lookup (oldest first)."""
@@ -80,7 +81,7 @@ class Admission:
             return True, []
         if self.refused.get(str(peer), now) > now:
             self.counters["ike_init_refused"] += 1
-            return False, [RefuseInit(data, addr, local_port, REFUSAL)]
+            return False, [RefuseInit(data, addr, local_port, local, REFUSAL)]
         self.refused.pop(str(peer), None)
         commands: list[Command] = []
         if str(peer) not in self.pending:
@@ -90,7 +91,7 @@ class Admission:
             refresh = str(peer) in self._stale
             self._stale.discard(str(peer))
             commands.append(FetchPeerKey(str(peer), refresh))
-        self.pending[str(peer)] = (data, addr, local_port)
+        self.pending[str(peer)] = (data, addr, local_port, local)
         return False, commands
 
     def key_fetched(self, peer: str, lookup, now: float) -> list[Command]:

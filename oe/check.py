@@ -101,8 +101,9 @@ def _missing_capabilities() -> list[tuple[str, str]]:
 
 
 def _not_local(address: str) -> str | None:
-    """Whether `address` (valid: oe.config checked it) is one of this host's: binding to it
-    is what the daemon's IKE sockets will do."""
+    """Whether `address` (valid: oe.config checked it) is one of this host's: only then can
+    the daemon's IKE answer from it (its wildcard sockets send from the address the peer
+    contacted, docs/gateway.md 1)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:

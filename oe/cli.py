@@ -131,7 +131,7 @@ def cmd_trace(args) -> int:
     if args.src is not None:
         src = _address(args.src, "--src")
     else:
-        found = net.default_source(dst.version)
+        found = net.route_source(str(dst))  # what an application's packet would carry
         src = ipaddress.ip_address(found) if found else Selector.any_source(dst.version)[0]
     if src.version != dst.version:
         raise OeError(f"--src {src} and DST {dst} are not the same address family")

@@ -94,6 +94,8 @@ class ReplayInit:
     data: bytes
     addr: tuple
     local_port: int
+    local_addr: str
+    """The address of ours it was sent to (docs/gateway.md 1)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class RefuseInit:
     data: bytes
     addr: tuple
     local_port: int
+    local_addr: str
     notify: int
 
 

@@ -115,8 +115,9 @@ class Config:
     tun_name: str = "oe0"
     """Name of the TUN device that trapped traffic is routed into."""
     addresses: tuple[str, ...] = ()
-    """This host's addresses for IKE and ESP; empty: the source address of the default route,
-    else the first global address of the host, per address family."""
+    """This host's addresses for IKE and ESP, any number per family up to MAX_ADDRESSES;
+    empty: every global address of the host but temporary, deprecated and tentative ones
+    (docs/gateway.md 1)."""
     shunt_lifetime: float = 900.0
     """Seconds a failure shunt (%pass/%drop) lasts before OE is tried again."""
     route_table: int = 4322
@@ -211,6 +212,7 @@ RESERVED_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
 RESERVED_PRIORITIES = {0: "the local table's rule"}
 U32_MAX = 0xFFFFFFFF
 IFNAMSIZ = 16  # linux/if.h: an interface name and its NUL
+MAX_ADDRESSES = 4096  # one daemon, one wildcard socket per family and port (docs/gateway.md 1)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DNSSEC_MODES = ("validate", "off")
 SUBNETS_MAX = 256  # [gateway] subnets: each is a route, an nft element and a sysctl plan
@@ -239,7 +241,9 @@ def _values(config: Config) -> list[Problem]:
             or config.tun_name in (".", ".."):
         bad("tun_name", f"{config.tun_name!r} is no interface name (1 to {IFNAMSIZ - 1} "
                         f"characters, no blank, '/' or ':')")
-    families: dict[int, str] = {}
+    if len(config.addresses) > MAX_ADDRESSES:
+        bad("addresses", f"{len(config.addresses)} addresses, at most {MAX_ADDRESSES}")
+    seen: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for text in config.addresses:
         try:
             address = ipaddress.ip_address(text)
@@ -249,9 +253,9 @@ def _values(config: Config) -> list[Problem]:
         if address.is_loopback or address.is_multicast or address.is_unspecified:
             bad("addresses", f"{text} cannot carry IKE to peers (loopback, multicast or "
                              f"unspecified)")
-        elif address.version in families:
-            bad("addresses", f"{families[address.version]} and {text}: one address per family")
-        families.setdefault(address.version, text)
+        elif address in seen:
+            bad("addresses", f"{text} is listed twice")
+        seen.add(address)
     for table, settings in (("", config), ("[ike] ", config.ike), ("[dns] ", config.dns),
                             ("[limits] ", config.limits)):
         for name in POSITIVE & {f.name for f in dataclasses.fields(settings)}:

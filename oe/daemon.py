@@ -59,10 +59,10 @@ class StartError(OeError):
 
 @dataclass
 class _IkeSide:
-    """One address family's IKE engine and its asyncio runner."""
+    """One address family's IKE engine (every address of ours in the family: its
+    ``config.local_addrs``) and its asyncio runner."""
 
     version: int
-    address: str
     engine: IkeEngine
     runner: IkeRunner
 
@@ -121,9 +121,8 @@ class Daemon(Executor):
         try:
             await self._start()
             self.on_started()
-            log.info("oe started: %s, policy %d entries, table %d", ", ".join(
-                s.address for s in self.sides.values()), len(self.opportunist.base),
-                self.config.route_table)
+            log.info("oe started: %s, policy %d entries, table %d", self._addresses_text(),
+                     len(self.opportunist.base), self.config.route_table)
             await self.stopping.wait()
             control.notify("STOPPING=1")
         finally:
@@ -145,15 +144,16 @@ class Daemon(Executor):
         self.tun_fd = tun.open_tun(self.config.tun_name)
         # The TUN's MTU: the smallest path MTU of our interfaces minus the worst-case ESP
         # overhead (outer IPv6 + UDP encapsulation), so inner packets always fit.
-        path_mtu = min([await self._in_netlink(net.address_mtu, a) for a in addresses.values()])
+        path_mtu = min((await self._in_netlink(
+            net.address_mtus, [a for family in addresses.values() for a in family])).values())
         mtu = path_mtu - esp_overhead(6 if 6 in addresses else 4, "udp")
         await self._in_netlink(tun.set_up, self.config.tun_name, mtu)
         self.datapath = Datapath(max_holds=self.config.limits.holds, df=self.config.esp.df)
         self.datapath.replace_eroutes(self.opportunist.table())
         self.opportunist.take_changes()  # the whole table is in
         fds = {}
-        for version, address in sorted(addresses.items()):
-            fds.update(self._open_side(version, address))
+        for version, family in sorted(addresses.items()):
+            fds.update(self._open_side(version, family))
         await asyncio.gather(*(side.runner.start() for side in self.sides.values()))
         self.datapath.start(self.tun_fd, tun_mtu=mtu, **fds)
         self.loop.add_reader(self.datapath.events_fd, self._datapath_events)
@@ -169,26 +169,36 @@ class Daemon(Executor):
         self.lifecycle.started(self.loop.time())
         self._timer_task = self.loop.create_task(self._timers())
         # Type=notify (contrib/oe.service): ready once routes, datapath and control socket are up
-        control.notify("READY=1", f"STATUS=OE on {', '.join(addresses.values())}",
+        control.notify("READY=1", f"STATUS=OE on {self._addresses_text()}",
                        f"MAINPID={os.getpid()}")
 
-    def _open_side(self, version: int, address: str) -> dict[str, int]:
+    def _addresses_text(self) -> str:
+        """Our addresses for the log: each when few, else how many per family."""
+        families = [sorted(s.engine.config.local_addrs) for s in self.sides.values()]
+        if sum(map(len, families)) <= 4:
+            return ", ".join(a for family in families for a in family)
+        return ", ".join(f"{len(f)} IPv{v} addresses" for v, f in zip(self.sides, families))
+
+    def _open_side(self, version: int, addresses: tuple[str, ...]) -> dict[str, int]:
+        """The family's engine and runner on wildcard sockets (docs/gateway.md 1): however many
+        addresses, one UDP 500 and one UDP 4500 socket, whose packet info names ours."""
         family = socket.AF_INET if version == 4 else socket.AF_INET6
         mark = self.config.bypass_mark
-        nat_t = net.udp_socket(family, address, NAT_T_PORT, mark)
+        nat_t = net.udp_socket(family, None, NAT_T_PORT, mark)
         esp = net.raw_socket(family, socket.IPPROTO_ESP if hasattr(socket, "IPPROTO_ESP") else 50,
                              mark)
         clear = net.raw_socket(family, socket.IPPROTO_RAW, mark)
         self.sockets += [nat_t, esp, clear]
-        ike = IkeConfig(local_addrs=frozenset({address}), private_key=self.key, **self._ike_terms())
+        ike = IkeConfig(local_addrs=frozenset(addresses), private_key=self.key,
+                        **self._ike_terms())
         engine = IkeEngine(ike, rng=os.urandom, lookup_key=self._lookup_key,
                            ts_policy=lambda peer_id, local_ts, remote_ts, v=version:
                            self._ts_allowed(v, peer_id, local_ts, remote_ts),
                            spis=self.spis, sa_ids=self.sa_ids,
                            cookie_required=self._cookie_required, admit_init=self._admit_init)
-        runner = IkeRunner(engine, address, lambda event, v=version: self._ike_event(v, event),
+        runner = IkeRunner(engine, family, lambda event, v=version: self._ike_event(v, event),
                            fwmark=mark, nat_t_socket=nat_t)
-        self.sides[version] = _IkeSide(version, address, engine, runner)
+        self.sides[version] = _IkeSide(version, engine, runner)
         suffix = "4" if version == 4 else "6"
         return {f"udp{suffix}": nat_t.fileno(), f"esp{suffix}": esp.fileno(),
                 f"pass{suffix}": clear.fileno()}
@@ -466,10 +476,14 @@ class Daemon(Executor):
         side = self.sides.get(peer.version)
         if side is None:
             raise OeError(f"no IPv{peer.version} address of ours to initiate from")
-        if peer.is_loopback or peer in {ipaddress.ip_address(s.address)
-                                        for s in self.sides.values()}:
+        if peer.is_loopback or str(peer) in side.engine.config.local_addrs:
             raise OeError(f"{peer} is this host's own address: nothing to negotiate")
-        pair = Pair(source or ipaddress.ip_address(side.address), peer)
+        if source is None:  # what an application's packet would carry (docs/gateway.md 1)
+            routed = net.route_source(str(peer), self.config.bypass_mark)
+            if routed is None:
+                raise OeError(f"no route to {peer}")
+            source = ipaddress.ip_address(routed)
+        pair = Pair(source, peer)
         why = self.opportunist.initiation_refused(pair)
         if why is not None:
             raise OeError(why)

@@ -393,7 +393,8 @@ cdef class Datapath:
         if e.kind == EV_IKE:
             data = (<char *>e.data)[:e.length]
             free(e.data)
-            return IkeMessage(src=_address(e.src, e.version), sport=e.sport, data=data)
+            return IkeMessage(src=_address(e.src, e.version), sport=e.sport, data=data,
+                              dst=_address(e.dst, e.version))
         # Failure events are coalesced: re-arm so the next failure raises a new one.
         with nogil:
             oe_rd_lock(&self.c.sas.lock)
@@ -513,19 +514,23 @@ cdef class Datapath:
             batch_free(b)
         return result
 
-    def inbound(self, data, src, int sport=4500, encap=Encap.UDP, now=None) -> list:
-        """Process one datagram as if received from `src` (UDP payload or raw ESP)."""
+    def inbound(self, data, src, int sport=4500, encap=Encap.UDP, now=None, dst=None) -> list:
+        """Process one datagram as if received from `src` (UDP payload or raw ESP), sent to
+        our address `dst` (None: unspecified)."""
         cdef bytes d = bytes(data)
         cdef double t = oe_now() if now is None else now
         cdef bytes srcb = ipaddress.ip_address(src).packed
         cdef int fam = 4 if len(srcb) == 4 else 6
         cdef bytes padded = srcb + bytes(16 - len(srcb))
+        cdef bytes dstb = bytes(16) if dst is None else ipaddress.ip_address(dst).packed
+        cdef bytes dst_padded = dstb + bytes(16 - len(dstb))
         cdef int how = ENCAP_UDP if Encap(encap) is Encap.UDP else ENCAP_RAW
         result = []
         cdef OutBatch *b = api_batch(result)
         try:
             dp_inbound(self.c, CTX_API, <const uint8_t *><const char *>d, len(d), fam,
-                       <const uint8_t *><const char *>padded, sport, how, b, t)
+                       <const uint8_t *><const char *>padded,
+                       <const uint8_t *><const char *>dst_padded, sport, how, b, t)
             batch_flush(self.c, b)
         finally:
             batch_free(b)

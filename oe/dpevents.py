@@ -89,6 +89,8 @@ class IkeMessage:
     """Sender's UDP port."""
     data: bytes
     """The IKE message, from its header on."""
+    dst: IPAddress
+    """The address of ours it was sent to (packet info; unspecified if unknown)."""
 
 
 @dataclass(frozen=True)

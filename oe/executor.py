@@ -18,6 +18,7 @@ import asyncio
 import ipaddress
 import logging
 
+from oe import net
 from oe.commands import (
     CheckLiveness, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer, Initiate, Log,
     RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey, Steer,
@@ -62,7 +63,8 @@ class Executor:
                 side = self.sides.get(event.src.version)
                 if side is not None:
                     side.runner.receive(NON_ESP_MARKER + event.data,
-                                        (str(event.src), event.sport), NAT_T_PORT)
+                                        (str(event.src), event.sport), NAT_T_PORT,
+                                        str(event.dst))
             case SaSoftLimit(direction="out"):
                 stats = self.datapath.sa_stats(event.handle, "out") or {}
                 self._run(self.lifecycle.soft_limit(event.handle, stats.get("packets", 0),
@@ -113,7 +115,7 @@ class Executor:
                 self.lifecycle.ike_gone(event.sa_id)
                 self.opportunist.ike_gone(event.sa_id, event.reason, now)
             case ike_events.IkeSaPeerMoved():
-                self._run(self.admission.peer_moved(side.address, event.sa_id,
+                self._run(self.admission.peer_moved(event.local_addr, event.sa_id,
                                                     event.remote_addr, event.remote_port))
             case ike_events.ChildSaFailed():
                 pair = self.lifecycle.pairs.get(event.sa_id)
@@ -195,14 +197,15 @@ class Executor:
                     self._run(self.lifecycle.inbound_sample(self._inbound_packets(), now))
                 case FetchPeerKey():
                     self.loop.create_task(self._fetch_peer_key(command))
-                case ReplayInit(data=data, addr=addr, local_port=port):
+                case ReplayInit(data=data, addr=addr, local_port=port, local_addr=local):
                     side = self.sides.get(ipaddress.ip_address(addr[0]).version)
                     if side is not None:
-                        side.runner.receive(data, addr, port)
-                case RefuseInit(data=data, addr=addr, local_port=port, notify=notify):
+                        side.runner.receive(data, addr, port, local)
+                case RefuseInit(data=data, addr=addr, local_port=port, local_addr=local,
+                                notify=notify):
                     side = self.sides.get(ipaddress.ip_address(addr[0]).version)
                     if side is not None:
-                        side.engine.refuse_init(data, addr, port, side.address, notify)
+                        side.engine.refuse_init(data, addr, port, local, notify)
                         side.runner.transmit()
                 case FollowPeer():
                     self._follow_peer(command)
@@ -268,12 +271,27 @@ class Executor:
             self._run(self.opportunist.negotiation_failed(
                 command.pair, f"no IPv{command.peer.version} address of ours", self.loop.time()))
             return
+        local = self._local_for(command)
+        if local is None:
+            self._run(self.opportunist.negotiation_failed(
+                command.pair, f"no address of ours routes to {command.peer}", self.loop.time()))
+            return
         sa_id = side.engine.initiate(
             str(command.peer), self.loop.time(),
             local_ts=[TrafficSelector.host(str(command.pair.src))],
-            remote_ts=[TrafficSelector.host(str(command.pair.dst))])
+            remote_ts=[TrafficSelector.host(str(command.pair.dst))], local_addr=local)
         self.lifecycle.initiated(side.version, sa_id, command.pair)
         side.runner.transmit()
+
+    def _local_for(self, command: Initiate) -> str | None:
+        """Our address for the IKE SA (docs/gateway.md 1): the one asked for, else the pair's
+        source, when ours; else the source the kernel picks for the peer (`ip route get`)."""
+        ours = self.sides[command.peer.version].engine.config.local_addrs
+        wanted = str(command.local or command.pair.src)
+        if wanted in ours:
+            return wanted
+        routed = net.route_source(str(command.peer), self.config.bypass_mark)
+        return routed if routed in ours else None
 
     def _on_ike_sa(self, sa_id: int, act) -> None:
         """Start an exchange on the engine that holds IKE SA `sa_id` and send it; one already
@@ -313,7 +331,8 @@ class Executor:
         return self.keys.get(identity, self.loop.time())
 
     def _ts_allowed(self, version: int, peer_id: Identity, local_ts, remote_ts) -> bool:
-        return self.admission.selectors_allowed(self.sides[version].address, remote_ts)
+        # the responder's TSr is narrowed to one host, the address the peer contacted
+        return self.admission.selectors_allowed(str(local_ts[0].start), remote_ts)
 
     def _admit_init(self, data: bytes, addr, local_port: int, local_addr: str) -> bool:
         """An IKE_SA_INIT from a peer to our `local_addr`: True when the runner may hand it

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
+from typing import Iterable
 
 from pyroute2 import IPRoute
 
@@ -14,22 +16,45 @@ _PROBE = {4: ("203.0.113.1", socket.AF_INET), 6: ("2001:db8::1", socket.AF_INET6
 
 def default_source(version: int) -> str | None:
     """The address this host would send from on its default route, or None if it has none."""
-    address, family = _PROBE[version]
+    return route_source(_PROBE[version][0])
+
+
+def route_source(dst: str, mark: int | None = None) -> str | None:
+    """The source address the kernel picks for a packet to `dst` (`ip route get`), routed as
+    oe's own packets are when `mark` is the bypass mark; None without a route."""
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         try:
-            sock.connect((address, 9))
+            if mark is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            sock.connect((dst, 9))
         except OSError:
             return None
         return sock.getsockname()[0]
 
 
-def udp_socket(family: int, address: str, port: int, mark: int) -> socket.socket:
-    """A non-blocking UDP socket bound to address:port whose packets carry the bypass mark."""
+# RFC 3542 6.1 and Linux's IP_PKTINFO (linux/in.h): the destination of each datagram received
+# on a wildcard socket, and the source address of each one sent
+IP_PKTINFO = 8
+WILDCARD = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+
+
+def udp_socket(family: int, address: str | None, port: int, mark: int | None) -> socket.socket:
+    """A non-blocking UDP socket bound to address:port whose packets carry the bypass mark.
+    `address` None binds every address of the family (IPv6 only, for IPv6) and asks for
+    packet info: recvmsg() names each datagram's destination (`pktinfo_address`), sendmsg()
+    takes our source (`pktinfo`)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-        sock.bind((address, port))
+        if mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        if address is None and family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        elif address is None:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.bind((WILDCARD[family] if address is None else address, port))
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -49,38 +74,73 @@ def raw_socket(family: int, proto: int, mark: int) -> socket.socket:
     return sock
 
 
+PKTINFO_SPACE = socket.CMSG_SPACE(20)  # struct in6_pktinfo, the larger of the two
+
+
+def pktinfo(source: str) -> list[tuple[int, int, bytes]]:
+    """sendmsg()'s ancillary data sending from our address `source` (in_pktinfo.ipi_spec_dst,
+    in6_pktinfo.ipi6_addr)."""
+    packed = ipaddress.ip_address(source).packed
+    if len(packed) == 4:
+        return [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, packed, bytes(4)))]
+    return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, struct.pack("=16sI", packed, 0))]
+
+
+def pktinfo_address(ancdata: list[tuple[int, int, bytes]]) -> str | None:
+    """The destination address recvmsg()'s packet info names (the IP header's), or None."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            return str(ipaddress.IPv4Address(data[8:12]))
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
+            return str(ipaddress.IPv6Address(data[:16]))
+    return None
+
+
 def interface_names(exclude: str = "") -> list[str]:
     """Names of the host's interfaces, loopback and `exclude` left out."""
     return [name for _, name in socket.if_nameindex() if name not in ("lo", exclude)]
 
 
-def host_addresses(configured: tuple[str, ...], exclude: str = "") -> dict[int, str]:
-    """This host's address per family (4, 6): as configured, else the default route's source,
-    else the first global-scope address on an interface other than `exclude`."""
-    found: dict[int, str] = {}
-    for text in configured:
-        found.setdefault(ipaddress.ip_address(text).version, text)
-    for version in (4, 6):
-        if version not in found and (source := default_source(version)) is not None:
-            found[version] = source
-    if len(found) < 2:
+# linux/if_addr.h: addresses oe does not answer on. Temporary ones (RFC 8981) have no reverse
+# record; deprecated, tentative and failed ones must not be a new exchange's source.
+IFA_F_TEMPORARY, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE = 0x01, 0x08, 0x20, 0x40
+_UNUSABLE = IFA_F_TEMPORARY | IFA_F_DADFAILED | IFA_F_DEPRECATED | IFA_F_TENTATIVE
+
+
+def host_addresses(configured: tuple[str, ...], exclude: str = "") -> dict[int, tuple[str, ...]]:
+    """This host's addresses per family (4, 6): as configured, else every global-scope
+    address on an interface other than `exclude` but the unusable ones, in one netlink dump."""
+    if configured:
+        texts = [str(ipaddress.ip_address(t)) for t in configured]
+    else:
         with IPRoute() as ipr:
             skip = set(ipr.link_lookup(ifname=exclude)) if exclude else set()
+            texts = []
             for message in ipr.get_addr():
                 address = message.get_attr("IFA_ADDRESS")
-                if message["scope"] != 0 or message["index"] in skip or address is None:
-                    continue
-                found.setdefault(ipaddress.ip_address(address).version, address)
+                flags = message.get_attr("IFA_FLAGS") or message["flags"]
+                if message["scope"] == 0 and message["index"] not in skip and \
+                        address is not None and not flags & _UNUSABLE:
+                    texts.append(address)
+    found: dict[int, tuple[str, ...]] = {}
+    for text in dict.fromkeys(texts):
+        version = ipaddress.ip_address(text).version
+        found[version] = found.get(version, ()) + (text,)
     return found
 
 
-def address_mtu(address: str, default: int = 1500) -> int:
-    """The MTU of the interface that holds `address` (the path MTU we can know of)."""
+def address_mtus(addresses: Iterable[str], default: int = 1500) -> dict[str, int]:
+    """The MTU of the interface that holds each of `addresses` (the path MTU we can know of),
+    from one dump of addresses and one of links."""
+    wanted = {str(ipaddress.ip_address(a)) for a in addresses}
     with IPRoute() as ipr:
-        for message in ipr.get_addr(address=address):
-            for link in ipr.get_links(message["index"]):
-                return link.get_attr("IFLA_MTU") or default
-    return default
+        mtus = {link["index"]: link.get_attr("IFLA_MTU") for link in ipr.get_links()}
+        found = {}
+        for message in ipr.get_addr():
+            address = message.get_attr("IFA_ADDRESS")
+            if address in wanted:
+                found[address] = mtus.get(message["index"]) or default
+    return {a: found.get(a, default) for a in wanted}
 
 
 # issue 17: the start of an SA's path MTU

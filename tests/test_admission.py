@@ -72,7 +72,7 @@ def test_the_key_answers_the_waiting_message_and_frees_the_slot(host_key):
     a, keys = door(private_or_clear="0.0.0.0/0\n")
     a.admit(ME, b"init", (PEER, 500), 500, 0.0)
     assert a.key_fetched(PEER, lookup(host_key, PEER), 1.0) == [ReplayInit(b"init", (PEER, 500),
-                                                                           500)]
+                                                                           500, ME)]
     assert a.pending == {}
     assert a.admit(ME, b"again", (PEER, 500), 500, 2.0) == (True, [])
     a.admit(ME, b"init", ("198.51.100.3", 500), 500, 0.0)
@@ -87,7 +87,7 @@ def test_the_key_answers_the_waiting_message_and_frees_the_slot(host_key):
 
 
 def refusal(data, peer):
-    return RefuseInit(data, (peer, 500), 500, NotifyType.AUTHENTICATION_FAILED)
+    return RefuseInit(data, (peer, 500), 500, ME, NotifyType.AUTHENTICATION_FAILED)
 
 
 def no_key(peer, error="DNS timeout: no answer", expires=0.0):
@@ -104,7 +104,7 @@ def test_a_failed_lookup_answers_at_once_and_retransmits_start_no_new_lookup():
     assert out[0] == refusal(b"init", PEER) and len(out) == 2 and isinstance(out[1], Log)
     assert a.admit(ME, b"init", (PEER, 500), 500, 3.5) == (False, [refusal(b"init", PEER)])
     assert a.admit(ME, b"new", (PEER, 4500), 4500, 12.9) == (
-        False, [RefuseInit(b"new", (PEER, 4500), 4500, NotifyType.AUTHENTICATION_FAILED)])
+        False, [RefuseInit(b"new", (PEER, 4500), 4500, ME, NotifyType.AUTHENTICATION_FAILED)])
     assert a.counters["ike_init_refused"] == 3 and a.pending == {}
     assert a.admit(ME, b"init", (PEER, 500), 500, 3.0 + REFUSAL_HOLD) == (
         False, [FetchPeerKey(PEER)])                                  # the hold is over

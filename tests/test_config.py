@@ -52,7 +52,9 @@ def test_values_are_read_and_converted(tmp_path):
     ('[ike]\nesp_proposals = ["aes128gcm16-bogus"]', "[ike] esp_proposals: unknown algorithm"),
     ('addresses = ["192.0.2.300"]', "addresses: '192.0.2.300' is not an IPv4 or IPv6 address"),
     ('addresses = ["127.0.0.1"]', "addresses: 127.0.0.1 cannot carry IKE"),
-    ('addresses = ["192.0.2.1", "192.0.2.2"]', "one address per family"),
+    ('addresses = ["192.0.2.1", "192.0.2.1"]', "addresses: 192.0.2.1 is listed twice"),
+    ("addresses = [%s]" % ", ".join(f'"198.18.{i // 256}.{i % 256}"' for i in range(4097)),
+     "addresses: 4097 addresses, at most 4096"),
     ('tun_name = "a/b"', "tun_name: 'a/b' is no interface name"),
     ('tun_name = "a-name-too-long-x"', "is no interface name"),
     ("bypass_mark = 0", "bypass_mark: expected 1 to 4294967295"),
@@ -128,3 +130,9 @@ def test_changes_apply_what_runs_and_keep_what_needs_a_restart():
     assert (diff.config.tun_name, diff.config.route_table) == ("oe0", 4322)
     assert diff.config.limits.holds == 1024
     assert config.changes(old, old) == config.Changes(old, (), ())
+
+
+def test_many_addresses_per_family_are_one_host():
+    """docs/gateway.md 1: every listed address carries IKE, several per family."""
+    conf = config.parse('addresses = ["192.0.2.1", "192.0.2.2", "2001:db8::1"]')
+    assert conf.addresses == ("192.0.2.1", "192.0.2.2", "2001:db8::1")

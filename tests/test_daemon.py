@@ -135,14 +135,14 @@ def test_spoofed_ike_sa_inits_cost_bounded_dns_work(confdir, tmp_path):
     async def run():
         d = make_daemon(confdir, tmp_path)
         d.fetcher = StallingFetcher(lambda t: KeyLookup(t, Verdict.NOT_CAPABLE, error="none"))
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
+        d.sides[4] = oedaemon._IkeSide(4, engine=None, runner=None)
         for i in range(200):
             for copy in range(3):  # and retransmissions: only the newest waits
                 d._admit_init(bytes([copy]) * 300, (f"203.0.113.{i + 1}", 500), 500, ME)
         await asyncio.sleep(0)
         assert len(d.fetcher.asked) <= 8
         assert len(d.admission.pending) <= 8
-        assert all(data == bytes([2]) * 300 for data, _, _ in d.admission.pending.values())
+        assert all(data == bytes([2]) * 300 for data, _, _, _ in d.admission.pending.values())
         assert d.admission.counters["ike_init_dropped"] > 0
         d.fetcher.release.set()
         await asyncio.sleep(0.01)
@@ -166,7 +166,7 @@ def test_the_sa_carries_exactly_the_negotiated_selectors(confdir, tmp_path):
     datapath checks inbound packets against it), never as the whole host pair."""
     async def run():
         d = make_daemon(confdir, tmp_path)
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
+        d.sides[4] = oedaemon._IkeSide(4, engine=None, runner=None)
         d._install_child(4, 1, _child(ME, PEER, protocol=6, rport=(22, 22)))
         installs = {args[0].direction: args[0]          # add_sa(SaSpec)
                     for name, args, kw in d.datapath.calls if name == "add_sa"}
@@ -186,7 +186,7 @@ class NullRunner:
     def transmit(self):
         pass
 
-    def receive(self, data, addr, local_port):
+    def receive(self, data, addr, local_port, local_addr):
         pass
 
 
@@ -199,10 +199,10 @@ def test_a_peer_that_moves_is_checked_against_policy_again(confdir, tmp_path):
     async def run():
         d = make_daemon(confdir, tmp_path)
         engine = RecordingEngine()
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
-        d._ike_event(4, IkeSaPeerMoved(7, "198.51.100.9", 4500))
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
+        d._ike_event(4, IkeSaPeerMoved(7, "198.51.100.9", 4500, ME))
         assert [c[0] for c in engine.calls] == ["children"]     # followed
-        d._ike_event(4, IkeSaPeerMoved(7, "203.0.113.5", 4500))
+        d._ike_event(4, IkeSaPeerMoved(7, "203.0.113.5", 4500, ME))
         assert ("delete_ike", 7) in [(c[0], c[1][0]) for c in engine.calls]
     asyncio.run(run())
 
@@ -277,7 +277,7 @@ def test_a_refused_child_sa_ends_the_negotiation(confdir, tmp_path):
     async def run():
         d = make_daemon(confdir, tmp_path)
         engine = RecordingEngine()
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
         pair = Pair.of(ME, PEER)
         d.opportunist.acquire(pair, d.loop.time())
         _fetch_command(d, pair)
@@ -300,7 +300,7 @@ def test_an_ike_sa_without_a_child_sa_is_deleted_after_a_while(confdir, tmp_path
         d = make_daemon(confdir, tmp_path)
         d.loop = ClockLoop(d.loop)
         engine = RecordingEngine()
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
         d._ike_event(4, IkeSaEstablished(5, b"i" * 8, b"r" * 8, False, ME, PEER, 500, PEER,
                                          False))
         d._on_timer(d.loop.now + CHILDLESS_GRACE - 1)
@@ -320,7 +320,7 @@ def test_peer_supplied_text_is_escaped_in_the_log(confdir, tmp_path, caplog):
     try:
         async def run():
             d = make_daemon(confdir, tmp_path)
-            d.sides[4] = oedaemon._IkeSide(4, ME, engine=RecordingEngine(), runner=NullRunner())
+            d.sides[4] = oedaemon._IkeSide(4, engine=RecordingEngine(), runner=NullRunner())
             d._ike_event(4, IkeSaFailed(3, PEER, 24, "bad ID 'x\n2026 oe: forged\x1b[2J'", True))
         asyncio.run(run())
         try:
@@ -342,7 +342,7 @@ def test_unknown_peers_return_a_cookie_before_dns_work_under_load(confdir, tmp_p
         d = make_daemon(confdir, tmp_path)
         d.fetcher = StallingFetcher(lambda t: _lookup(host_key, str(t.address),
                                                       expires=d.loop.time() + 600))
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=NullRunner())
+        d.sides[4] = oedaemon._IkeSide(4, engine=None, runner=NullRunner())
         assert not d._cookie_required(("203.0.113.1", 500))
         for i in range(4):
             d._admit_init(b"x", (f"203.0.113.{i + 1}", 500), 500, ME)
@@ -362,7 +362,7 @@ def test_responder_selectors_must_be_single_hosts_whose_group_takes_oe(confdir, 
 
     async def run():
         d = make_daemon(confdir, tmp_path)
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
+        d.sides[4] = oedaemon._IkeSide(4, engine=None, runner=None)
         peer = Identity.from_address(PEER)
         local = (TrafficSelector.host(ME),)
         assert d._ts_allowed(4, peer, local, (TrafficSelector.host(PEER, 6, 22),))
@@ -380,7 +380,7 @@ def test_the_daemons_selector_policy_decides_in_the_engine(confdir, tmp_path):
 
     async def run():
         d = make_daemon(confdir, tmp_path)
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=None, runner=None)
+        d.sides[4] = oedaemon._IkeSide(4, engine=None, runner=None)
         got = {}
         for peer in (PEER, "203.0.113.5"):
             us = make_engine(ME, "b", {peer: "a"}, 2,
@@ -430,7 +430,7 @@ def test_status_shows_each_child_sa_with_algorithms_pfs_and_times(confdir, tmp_p
             9, ME, 500, PEER, 500, True, b"\x01" * 8, b"\x02" * 8, "ESTABLISHED",
             "AES_GCM_16_128", "NONE", "PRF_HMAC_SHA2_256", "CURVE25519", d.loop.now - 5,
             d.loop.now - 1, 1)]
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=engine, runner=NullRunner())
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
         d.fetcher.stats = type("S", (), {"refreshes": 0})()
         child = dataclasses.replace(_child(ME, PEER), dh=31)
         d._ike_event(4, ChildSaEstablished(9, child))
@@ -506,8 +506,9 @@ class EngineRunner:
     def __init__(self, engine, clock):
         self.engine, self.clock, self.sent = engine, clock, []
 
-    def receive(self, data, addr, local_port):
-        self.engine.receive_datagram(data, addr, self.clock(), local_port=local_port)
+    def receive(self, data, addr, local_port, local_addr=ME):
+        self.engine.receive_datagram(data, addr, self.clock(), local_port=local_port,
+                                     local_addr=local_addr)
         self.transmit()
 
     def transmit(self):
@@ -528,7 +529,7 @@ def test_a_responder_whose_lookup_fails_refuses_at_once_and_looks_up_once(confdi
         bob = make_engine(ME, "b", {}, 7, admit_init=d._admit_init,
                           cookie_required=d._cookie_required)
         runner = EngineRunner(bob, d.loop.time)
-        d.sides[4] = oedaemon._IkeSide(4, ME, engine=bob, runner=runner)
+        d.sides[4] = oedaemon._IkeSide(4, engine=bob, runner=runner)
         alice = make_engine(PEER, "a", {}, 8)
         sa_id = alice.initiate(ME, d.loop.now)
         (init, _, _, _), = alice.datagrams_to_send(d.loop.now)

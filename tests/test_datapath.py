@@ -551,3 +551,14 @@ def test_sa_with_exactly_negotiated_selectors(inbound):
 def test_bad_selectors_are_refused(bad):
     with pytest.raises(ValueError):
         Datapath().add_sa(SaSpec(spi=SPI_IN, direction="in", key=KEY, local=ME, peer=PEER, **bad))
+
+
+def test_ike_on_4500_keeps_the_address_of_ours_it_was_sent_to():
+    """docs/gateway.md 1: the wildcard 4500 socket's packet info reaches the IKE engine, which
+    answers from that address; an unknown destination is the unspecified address (the engine
+    drops it as not ours)."""
+    dp = Datapath()
+    dp.inbound(b"\0\0\0\0ike", PEER, 4500, dst=ME)
+    dp.inbound(b"\0\0\0\0ike", PEER, 4500)
+    assert [(str(e.src), str(e.dst), e.data) for e in dp.read_events()] == [
+        (PEER, ME, b"ike"), (PEER, "0.0.0.0", b"ike")]

@@ -736,7 +736,7 @@ def test_nat_rebinding_moves_the_peer_and_says_so():
     a.check_liveness(sa, link.now)
     [(req, _, _, _)] = a.datagrams_to_send(link.now)
     b.receive_datagram(req, ("203.0.113.77", 45000), link.now, local_port=4500)
-    assert events(b) == [IkeSaPeerMoved(sb, "203.0.113.77", 45000)]
+    assert events(b) == [IkeSaPeerMoved(sb, "203.0.113.77", 45000, ADDR_B)]
     assert b.datagrams_to_send(link.now)[0][1] == ("203.0.113.77", 45000)
 
 

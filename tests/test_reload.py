@@ -40,7 +40,7 @@ def reload(confdir, text: str | None = None, key=None, daemon=None):
         d = daemon or oedaemon.Daemon(confdir, confdir / "run")
         d.loop = asyncio.get_running_loop()
         d.datapath = Datapath()
-        d.sides[4] = oedaemon._IkeSide(4, ME, SimpleNamespace(
+        d.sides[4] = oedaemon._IkeSide(4, SimpleNamespace(
             config=IkeConfig(local_addrs=frozenset({ME}), private_key=d.key, **d._ike_terms())), None)
 
         async def nothing(*args):

@@ -27,6 +27,7 @@ cdef struct OutItem:
     uint8_t family
     uint16_t port
     uint8_t addr[16]
+    uint8_t src[16]             # our address to send from (packet info), zero: the kernel's
     uint32_t length
     uint32_t handle             # the outbound SA it was sealed under (0: none)
     uint8_t *data
@@ -68,15 +69,18 @@ cdef inline uint8_t *batch_slot(DpCore *c, OutBatch *b) noexcept nogil:
 
 
 cdef inline void batch_commit(OutBatch *b, int kind, int family, const uint8_t *addr,
-                              uint16_t port, uint8_t *data, uint32_t length,
-                              uint32_t handle) noexcept nogil:
+                              const uint8_t *src, uint16_t port, uint8_t *data,
+                              uint32_t length, uint32_t handle) noexcept nogil:
     cdef OutItem *it = &b.items[b.n]
     it.kind = kind
     it.family = family
     it.port = port
     memset(it.addr, 0, 16)
+    memset(it.src, 0, 16)
     if addr != NULL:
         memcpy(it.addr, addr, 4 if family == 4 else 16)
+    if src != NULL:
+        memcpy(it.src, src, 4 if family == 4 else 16)
     it.data = data
     it.length = length
     it.handle = handle

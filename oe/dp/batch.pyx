@@ -55,6 +55,7 @@ cdef void batch_flush(DpCore *c, OutBatch *b) noexcept nogil:
     cdef uint8_t *bufs[64]
     cdef uint32_t lens[64]
     cdef uint8_t addrs[64][16]
+    cdef uint8_t srcs[64][16]
     cdef uint16_t ports[64]
     cdef int errs[64]
     cdef int i, j, k, m, fd, kind, fam
@@ -98,15 +99,16 @@ cdef void batch_flush(DpCore *c, OutBatch *b) noexcept nogil:
             bufs[m] = b.items[k].data
             lens[m] = b.items[k].length
             memcpy(addrs[m], b.items[k].addr, 16)
+            memcpy(srcs[m], b.items[k].src, 16)
             ports[m] = b.items[k].port
             m += 1
         fd = c.fds[(kind * 2) + (0 if fam == 4 else 1)]
         if fd < 0:
             k = 0
         elif kind == OUT_UDP:
-            k = dp_sendrun(fd, fam, bufs, lens, addrs, ports, m, &c.udp_gso, errs)
+            k = dp_sendrun(fd, fam, bufs, lens, addrs, srcs, ports, m, &c.udp_gso, errs)
         else:
-            k = dp_sendmany(fd, fam, bufs, lens, addrs, ports, m, errs)
+            k = dp_sendmany(fd, fam, bufs, lens, addrs, srcs, ports, m, errs)
         if k < m:
             count_n(c.counters, C_SEND_ERRORS, m - k)
             for j in range(m if fd >= 0 else 0):
@@ -221,7 +223,7 @@ cdef void send_clear(DpCore *c, int family, const uint8_t *addr, uint8_t *data,
     cdef int err = 0
     cdef int fd = c.fds[OUT_PASS * 2 + (0 if family == 4 else 1)]
     memcpy(addrs[0], addr, 16)
-    if fd >= 0 and dp_sendmany(fd, family, &data, &length, addrs, &port, 1, &err) < 1:
+    if fd >= 0 and dp_sendmany(fd, family, &data, &length, addrs, NULL, &port, 1, &err) < 1:
         count(c.counters, C_SEND_ERRORS)
         if err == EMSGSIZE:
             drain_errors(c, fd, family)

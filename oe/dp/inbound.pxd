@@ -10,5 +10,6 @@ from oe.dp.core cimport DpCore
 
 
 cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int family,
-                     const uint8_t *src, uint16_t sport, int encap, OutBatch *b,
+                     const uint8_t *src, const uint8_t *dst, uint16_t sport, int encap,
+                     OutBatch *b,
                      double now) noexcept nogil

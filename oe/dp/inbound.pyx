@@ -21,13 +21,13 @@ from oe.dp.sync cimport oe_add64, oe_rd_lock, oe_rw_unlock
 
 
 cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int family,
-                     const uint8_t *src, uint16_t sport, int encap, OutBatch *b,
-                     double now) noexcept nogil:
+                     const uint8_t *src, const uint8_t *dst, uint16_t sport, int encap,
+                     OutBatch *b, double now) noexcept nogil:
     cdef PktInfo info
     cdef uint8_t *inner
     cdef int length
     cdef uint32_t mtu = c.tun_mtu
-    if encap == ENCAP_UDP and _nat_t_control(c, data, n, family, src, sport):
+    if encap == ENCAP_UDP and _nat_t_control(c, data, n, family, src, dst, sport):
         return
     if n < ESP_HDR:
         count(c.counters, C_MALFORMED)
@@ -43,7 +43,7 @@ cdef void dp_inbound(DpCore *c, int ctxi, const uint8_t *data, size_t n, int fam
     # The SYN's answer goes back over our path to the peer: the SA's MTU, not the TUN's.
     if mss_clamp(inner, &info, mtu):
         count(c.counters, C_MSS_CLAMPED)
-    batch_commit(b, OUT_TUN, info.version, NULL, 0, inner, <uint32_t>length, 0)
+    batch_commit(b, OUT_TUN, info.version, NULL, NULL, 0, inner, <uint32_t>length, 0)
     count(c.counters, C_ESP_IN)
 
 
@@ -72,8 +72,9 @@ cdef bint _probe_ack(DpCore *c, const uint8_t *p, const PktInfo *info, int famil
 
 
 cdef bint _nat_t_control(DpCore *c, const uint8_t *data, size_t n, int family,
-                         const uint8_t *src, uint16_t sport) noexcept nogil:
-    """A NAT-keepalive or an IKE message on the ESP-in-UDP port (taken: True), or ESP."""
+                         const uint8_t *src, const uint8_t *dst, uint16_t sport) noexcept nogil:
+    """A NAT-keepalive or an IKE message on the ESP-in-UDP port (taken: True), or ESP. An IKE
+    message keeps its destination: the engine answers from it (docs/gateway.md 1)."""
     cdef DpEvent e
     if n == 1 and data[0] == 0xFF:        # RFC 3948 2.3: NAT-keepalive
         count(c.counters, C_KEEPALIVES)
@@ -84,6 +85,7 @@ cdef bint _nat_t_control(DpCore *c, const uint8_t *data, size_t n, int family,
     e.kind = EV_IKE
     e.version = family
     memcpy(e.src, src, addr_len(family))
+    memcpy(e.dst, dst, addr_len(family))
     e.sport = sport
     e.length = <uint32_t>(n - 4)
     e.data = <uint8_t *>malloc(n - 4 if n > 4 else 1)

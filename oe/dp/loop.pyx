@@ -47,6 +47,7 @@ cdef struct LoopBuffers:
     uint8_t *bufs[64]
     uint32_t lens[64]
     uint8_t addrs[64][16]
+    uint8_t dsts[64][16]        # each datagram's destination (packet info), or zero
     uint16_t ports[64]
     uint16_t segs[64]
 
@@ -210,10 +211,11 @@ cdef void routine_receive(DpCore *c, int fd, int which, LoopBuffers *lb, OutBatc
     cdef int fam = 4 if which % 2 == 0 else 6
     cdef int r = BATCH, k
     while r == BATCH:
-        r = dp_recvmany(fd, fam, lb.bufs, SLOT, lb.lens, lb.addrs, lb.ports, lb.segs, BATCH)
+        r = dp_recvmany(fd, fam, lb.bufs, SLOT, lb.lens, lb.addrs, lb.dsts, lb.ports, lb.segs,
+                        BATCH)
         for k in range(r):
             datagram(c, which, fam, lb.bufs[k], lb.lens[k], lb.segs[k], lb.addrs[k],
-                     lb.ports[k], b, now)
+                     lb.dsts[k], lb.ports[k], b, now)
         if r > 0:
             batch_flush(c, b)
 
@@ -225,7 +227,8 @@ cdef void routine_errors(DpCore *c, int fd, int which) noexcept nogil:
 
 
 cdef void datagram(DpCore *c, int which, int fam, uint8_t *data, uint32_t n, uint16_t seg,
-                   const uint8_t *src, uint16_t sport, OutBatch *b, double now) noexcept nogil:
+                   const uint8_t *src, const uint8_t *dst, uint16_t sport, OutBatch *b,
+                   double now) noexcept nogil:
     """One received buffer: several ESP datagrams (UDP GRO), raw ESP over IPv4 (the socket
     hands over the IP header too; IPv6 does not), or one datagram."""
     cdef uint32_t off = 0, piece
@@ -233,11 +236,11 @@ cdef void datagram(DpCore *c, int which, int fam, uint8_t *data, uint32_t n, uin
     if seg and n > seg:
         while off < n:
             piece = min(<uint32_t>seg, n - off)
-            dp_inbound(c, CTX_LOOP, data + off, piece, fam, src, sport, ENCAP_UDP, b, now)
+            dp_inbound(c, CTX_LOOP, data + off, piece, fam, src, dst, sport, ENCAP_UDP, b, now)
             off += piece
     elif which == 2:
         hl = (data[0] & 0x0F) * 4 if n >= 20 else <int>n
-        dp_inbound(c, CTX_LOOP, data + hl, n - hl, 4, src, sport, ENCAP_RAW, b, now)
+        dp_inbound(c, CTX_LOOP, data + hl, n - hl, 4, src, dst, sport, ENCAP_RAW, b, now)
     else:
-        dp_inbound(c, CTX_LOOP, data, n, fam, src, sport, ENCAP_UDP if which < 2 else ENCAP_RAW,
-                   b, now)
+        dp_inbound(c, CTX_LOOP, data, n, fam, src, dst, sport,
+                   ENCAP_UDP if which < 2 else ENCAP_RAW, b, now)

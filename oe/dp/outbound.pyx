@@ -211,14 +211,15 @@ cdef bint _seal_one(DpCore *c, int ctxi, EspSa *sa, const uint8_t *pkt, size_t n
     elif outer6:                # it fits whole: out on the ESP socket as ever
         buf = batch_slot(c, b)
         memcpy(buf, whole + hdr, r)
-        batch_commit(b, OUT_UDP if udp else OUT_RAW, 6, sa.peer, sa.peer_port if udp else 0,
-                     buf, r, sa.handle)
+        batch_commit(b, OUT_UDP if udp else OUT_RAW, 6, sa.peer, sa.local,
+                     sa.peer_port if udp else 0, buf, r, sa.handle)
     elif hdr:
         outer_ip(buf, 4, sa.local, sa.peer, udp, sa.local_port, sa.peer_port, r, False)
-        batch_commit(b, OUT_PASS, 4, sa.peer, 0, buf, hdr + r, sa.handle)
+        batch_commit(b, OUT_PASS, 4, sa.peer, NULL, 0, buf, hdr + r, sa.handle)
     else:
-        # Raw sockets take no port (IPv6 refuses any but the protocol's).
-        batch_commit(b, OUT_UDP if udp else OUT_RAW, sa.family, sa.peer,
+        # Raw sockets take no port (IPv6 refuses any but the protocol's). Packet info sends
+        # from the SA's own address: the host may have many (docs/gateway.md 1).
+        batch_commit(b, OUT_UDP if udp else OUT_RAW, sa.family, sa.peer, sa.local,
                      sa.peer_port if udp else 0, buf, r, sa.handle)
     count(c.counters, C_ESP_OUT)
     return True
@@ -242,7 +243,7 @@ cdef void _outer_fragments(DpCore *c, OutBatch *b, const EspSa *sa, const uint8_
         oe_wr16(slot + 42, <uint16_t>(off | (1 if off + piece < total - 40 else 0)))
         oe_wr32(slot + 44, ident)
         memcpy(slot + 48, pkt + 40 + off, piece)
-        batch_commit(b, OUT_PASS, 6, sa.peer, 0, slot, 48 + piece, sa.handle)
+        batch_commit(b, OUT_PASS, 6, sa.peer, NULL, 0, slot, 48 + piece, sa.handle)
         off += piece
 
 
@@ -364,7 +365,7 @@ cdef void _send_clear(DpCore *c, const uint8_t *pkt, size_t n, const PktInfo *in
                       OutBatch *b, int counter) noexcept nogil:
     cdef uint8_t *slot = batch_slot(c, b)
     memcpy(slot, pkt, n)
-    batch_commit(b, OUT_PASS, info.version, info.dst, 0, slot, n, 0)
+    batch_commit(b, OUT_PASS, info.version, info.dst, NULL, 0, slot, n, 0)
     count(c.counters, counter)
 
 
@@ -375,7 +376,7 @@ cdef void _send_icmp(DpCore *c, const uint8_t *pkt, const PktInfo *info, OutBatc
     cdef uint8_t *slot = batch_slot(c, b)
     cdef int r = icmp_error(slot, pkt, info, type4, code4, type6, code6, mtu)
     if r > 0:
-        batch_commit(b, OUT_TUN, info.version, NULL, 0, slot, r, 0)
+        batch_commit(b, OUT_TUN, info.version, NULL, NULL, 0, slot, r, 0)
     count(c.counters, counter)
 
 

@@ -129,6 +129,8 @@ class IkeSaPeerMoved:
     sa_id: int
     remote_addr: str
     remote_port: int
+    local_addr: str
+    """Our address on this IKE SA (it does not move)."""
 
 
 @dataclass(frozen=True)

@@ -517,7 +517,8 @@ class IkeSa:
             self.peer_addr, self.peer_port = addr
             self.local_port = local_port
             if moved and self.state == State.ESTABLISHED:
-                self.emit(IkeSaPeerMoved(self.sa_id, self.peer_addr, self.peer_port))
+                self.emit(IkeSaPeerMoved(self.sa_id, self.peer_addr, self.peer_port,
+                                          self.local_addr))
 
     def respond(self, exchange: int, message_id: int, payloads: list[Payload]) -> None:
         """Answer the request being processed, to the address and port it came from (2.11)."""

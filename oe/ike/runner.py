@@ -4,6 +4,12 @@ It only drains and re-arms, as aioquic's QuicConnectionProtocol does: every inpu
 the engine, then ``transmit()`` sends what the engine produced, re-arms the single timer and
 hands the events to ``on_event``. ESP that arrives on 4500 (no non-ESP marker, RFC 3948 2.2)
 goes to ``on_esp``; the datapath owns it.
+
+One engine serves every address of a family, so its sockets are bound to the wildcard address
+with packet info (RFC 3542 6.1, Linux IP_PKTINFO): each datagram's destination goes into the
+engine with it, and each answer leaves from the address the engine names (docs/gateway.md 1).
+asyncio's DatagramTransport carries no ancillary data: the sockets are read with recvmsg()
+from ``loop.add_reader`` and written with sendmsg().
 """
 
 from __future__ import annotations
@@ -12,105 +18,105 @@ import asyncio
 import socket
 from typing import Callable
 
+from oe import net
 from oe.ike.constants import IKE_PORT, NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
 from oe.ike.events import Event
 from oe.ike.sa import IkeEngine
 
 Addr = tuple[str, int]
-
-
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, runner: "IkeRunner", local_port: int) -> None:
-        self.runner = runner
-        self.local_port = local_port
-
-    def datagram_received(self, data: bytes, addr: Addr) -> None:
-        self.runner._received(data, addr[:2], self.local_port)
-
-    def error_received(self, exc: Exception) -> None:  # ICMP errors: the retransmits cope
-        pass
+RECV_SIZE = 65535
 
 
 class IkeRunner:
-    """Owns the sockets and the timer of one IkeEngine.
+    """Owns the sockets and the timer of one IkeEngine (one address family).
 
     :param engine: the sans-IO engine.
-    :param local_addr: address to bind both sockets to.
+    :param family: ``socket.AF_INET`` or ``socket.AF_INET6``.
     :param on_event: called with every engine event, in order.
     :param on_esp: called with ``(esp_bytes, addr)`` for ESP-in-UDP arriving on 4500.
     :param fwmark: SO_MARK for both sockets (so oe's own IKE never loops into its TUN).
-    :param nat_t_socket: a bound UDP 4500 socket that someone else reads (the datapath, which
-        hands IKE up through ``receive``); the runner only sends on it.
+    :param nat_t_socket: a wildcard UDP 4500 socket that someone else reads (the datapath,
+        which hands IKE up through ``receive``); the runner only sends on it.
 
     Admission of new peers is the engine's (``IkeEngine(admit_init=...)``): it runs after
     the COOKIE check, so a spoofed source never reaches it.
     """
 
-    def __init__(self, engine: IkeEngine, local_addr: str, on_event: Callable[[Event], None],
+    def __init__(self, engine: IkeEngine, family: int, on_event: Callable[[Event], None],
                  on_esp: Callable[[bytes, Addr], None] | None = None,
                  fwmark: int | None = None, ports: tuple[int, int] = (IKE_PORT, NAT_T_PORT),
                  nat_t_socket: socket.socket | None = None) -> None:
         self.engine = engine
-        self.local_addr = local_addr
+        self.family = family
         self.on_event = on_event
         self.on_esp = on_esp
         self.fwmark = fwmark
         self.ports = ports
-        self.nat_t_socket = nat_t_socket
-        self.transports: dict[int, asyncio.DatagramTransport] = {}
+        self.sockets: dict[int, socket.socket] = {}
+        if nat_t_socket is not None:
+            self.sockets[NAT_T_PORT] = nat_t_socket
+        self._owned: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self.local_addr else socket.AF_INET
         for engine_port, port in zip((IKE_PORT, NAT_T_PORT), self.ports):
-            if engine_port == NAT_T_PORT and self.nat_t_socket is not None:
+            if engine_port in self.sockets:
                 continue
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.fwmark is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
-            sock.bind((self.local_addr, port))
-            transport, _ = await self._loop.create_datagram_endpoint(
-                lambda p=engine_port: _Endpoint(self, p), sock=sock)
-            self.transports[engine_port] = transport  # type: ignore[assignment]
+            sock = net.udp_socket(self.family, None, port, self.fwmark)
+            self.sockets[engine_port] = sock
+            self._owned.append(sock)
+            self._loop.add_reader(sock.fileno(), self._readable, sock, engine_port)
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        for t in self.transports.values():
-            t.close()
+        for sock in self._owned:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._owned = []
 
     def now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
 
-    def send_esp(self, esp: bytes, addr: Addr) -> None:
+    def send_esp(self, esp: bytes, addr: Addr, local_addr: str) -> None:
         """Send ESP-in-UDP from our 4500 socket (RFC 3948: no marker, the SPI comes first)."""
-        self._send(esp, addr, NAT_T_PORT)
+        self._send(esp, addr, NAT_T_PORT, local_addr)
 
-    def _send(self, data: bytes, addr: Addr, local_port: int) -> None:
-        if local_port == NAT_T_PORT and self.nat_t_socket is not None:
+    def _send(self, data: bytes, addr: Addr, local_port: int, local_addr: str) -> None:
+        try:
+            self.sockets[local_port].sendmsg([data], net.pktinfo(local_addr), 0, addr)
+        except OSError:  # a full buffer or an ICMP error: retransmission copes
+            pass
+
+    def _readable(self, sock: socket.socket, local_port: int) -> None:
+        """Drain the socket: each datagram with the address of ours it was sent to."""
+        while True:
             try:
-                self.nat_t_socket.sendto(data, addr)
-            except OSError:  # a full buffer or an ICMP error: retransmission copes
-                pass
-        else:
-            self.transports[local_port].sendto(data, addr)
+                data, ancdata, _, addr = sock.recvmsg(RECV_SIZE, net.PKTINFO_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an ICMP error queued for this socket: the retransmits cope
+                continue
+            local_addr = net.pktinfo_address(ancdata)
+            if local_addr is not None:
+                self._received(data, addr[:2], local_port, local_addr)
 
-    def _received(self, data: bytes, addr: Addr, local_port: int) -> None:
+    def _received(self, data: bytes, addr: Addr, local_port: int, local_addr: str) -> None:
         if local_port == NAT_T_PORT and data != NAT_KEEPALIVE and data[:4] != NON_ESP_MARKER:
             if self.on_esp is not None and len(data) >= 8:
                 self.on_esp(data, addr)
             return
-        self.receive(data, addr, local_port)
+        self.receive(data, addr, local_port, local_addr)
 
-    def receive(self, data: bytes, addr: Addr, local_port: int) -> None:
-        """One IKE datagram (on 4500 with its non-ESP marker) for the engine."""
+    def receive(self, data: bytes, addr: Addr, local_port: int, local_addr: str) -> None:
+        """One IKE datagram (on 4500 with its non-ESP marker) to our ``local_addr``."""
         self.engine.receive_datagram(data, addr, self.now(), local_port=local_port,
-                                     local_addr=self.local_addr)
+                                     local_addr=local_addr)
         self.transmit()
 
     def _handle_timer(self) -> None:
@@ -128,8 +134,8 @@ class IkeRunner:
         """
         while (event := self.engine.next_event()) is not None:
             self.on_event(event)
-        for data, addr, local_port, _ in self.engine.datagrams_to_send(self.now()):
-            self._send(data, addr, local_port)
+        for data, addr, local_port, local_addr in self.engine.datagrams_to_send(self.now()):
+            self._send(data, addr, local_port, local_addr)
         timer_at = self.engine.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()

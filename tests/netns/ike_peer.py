@@ -5,7 +5,9 @@ on stdout (keys as hex), and obeys JSON commands on stdin:
 
   {"cmd": "initiate"}            start IKE_SA_INIT towards the peer; "local_ts": [addresses]
                                  proposes those hosts as TSi instead of our address,
-                                 "remote_ts": [addresses] those as TSr instead of the peer's
+                                 "remote_ts": [addresses] those as TSr instead of the peer's;
+                                 "peer": another address of the peer's (in --peer-net), which
+                                 must authenticate as itself
   {"cmd": "rekey_child"}         CREATE_CHILD_SA with N(REKEY_SA) for the newest CHILD SA
   {"cmd": "rekey_ike"}           CREATE_CHILD_SA rekeying the IKE SA
   {"cmd": "delete_child"}        INFORMATIONAL { D(ESP) } for the newest CHILD SA
@@ -24,9 +26,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import os
 import random
+import socket
 import sys
 
 from cryptography.hazmat.primitives import serialization
@@ -65,6 +69,8 @@ async def main() -> None:
     ap.add_argument("--esp", default="aes128gcm16")
     ap.add_argument("--seed", type=int, help="draw randomness from random.Random(seed) (replays)")
     ap.add_argument("--cookie-threshold", type=int, default=32)
+    ap.add_argument("--peer-net", help="the peer's key vouches for each address in this network "
+                                       "too (a host with many addresses, docs/gateway.md 1)")
     args = ap.parse_args()
 
     with open(args.key, "rb") as f:
@@ -76,8 +82,17 @@ async def main() -> None:
                        esp_proposals=(args.esp,), cookie_threshold=args.cookie_threshold)
     rng = os.urandom if args.seed is None else random.Random(args.seed).randbytes
     peer_key = PeerKey(peer_pub, frozenset({args.peer}))
-    engine = IkeEngine(config, rng=rng,
-                       lookup_key=lambda ident: peer_key if ident == peer_id else None)
+    peer_net = ipaddress.ip_network(args.peer_net) if args.peer_net else None
+
+    def lookup_key(ident: Identity) -> PeerKey | None:
+        if ident == peer_id:
+            return peer_key
+        address = ident.address()
+        if peer_net is not None and address is not None and address in peer_net:
+            return PeerKey(peer_pub, frozenset({str(address)}))
+        return None
+
+    engine = IkeEngine(config, rng=rng, lookup_key=lookup_key)
     state: dict = {"sa_id": None, "children": []}
 
     def on_event(ev) -> None:
@@ -92,7 +107,8 @@ async def main() -> None:
     def on_esp(data: bytes, addr) -> None:
         emit({"event": "esp", "data": data.hex(), "from": list(addr)})
 
-    runner = IkeRunner(engine, args.local, on_event, on_esp)
+    family = socket.AF_INET6 if ":" in args.local else socket.AF_INET
+    runner = IkeRunner(engine, family, on_event, on_esp)
     await runner.start()
     emit({"event": "ready"})
 
@@ -109,7 +125,8 @@ async def main() -> None:
             if name == "initiate":
                 local_ts = [TrafficSelector.host(a) for a in cmd.get("local_ts", [])]
                 remote_ts = [TrafficSelector.host(a) for a in cmd.get("remote_ts", [])]
-                state["sa_id"] = engine.initiate(args.peer, now, local_ts=local_ts or None,
+                state["sa_id"] = engine.initiate(cmd.get("peer", args.peer), now,
+                                                 local_ts=local_ts or None,
                                                  remote_ts=remote_ts or None)
             elif name == "rekey_child":
                 engine.rekey_child(state["sa_id"], state["children"][-1].spi_in, now)
@@ -160,7 +177,8 @@ def send_ping(runner: IkeRunner, child, seq: int) -> None:
     echo = ICMPv6EchoRequest(id=0x4F45, seq=seq) if ip is IPv6 else ICMP(id=0x4F45, seq=seq)
     inner = ip(src=child.local_addr, dst=child.remote_addr) / echo / (b"oe-interop" * 4)
     pkt = sa.encrypt(inner)
-    runner.send_esp(bytes(pkt[UDP].payload), (child.remote_addr, child.remote_port or 4500))
+    runner.send_esp(bytes(pkt[UDP].payload), (child.remote_addr, child.remote_port or 4500),
+                    child.local_addr)
 
 
 if __name__ == "__main__":

@@ -41,21 +41,55 @@ static socklen_t dp_address(dp_sockaddr *sa, int family, const uint8_t *addr, ui
     return sizeof(struct sockaddr_in6);
 }
 
+/* Packet info naming our source address src (IP_PKTINFO ipi_spec_dst, IPV6_PKTINFO
+   ipi6_addr; RFC 3542 6.1), so a datagram leaves from the SA's own address of the host's many
+   (docs/gateway.md 1); an all-zero src adds nothing and the kernel picks. Returns the bytes
+   of control data written at cm. */
+#define DP_PKTINFO_SPACE CMSG_SPACE(sizeof(struct in6_pktinfo))
+static const uint8_t dp_zero[16];
+
+static size_t dp_pktinfo(struct cmsghdr *cm, int family, const uint8_t *src) {
+    if (src == NULL || memcmp(src, dp_zero, family == 4 ? 4 : 16) == 0)
+        return 0;
+    if (family == 4) {
+        struct in_pktinfo info;
+        memset(&info, 0, sizeof(info));
+        memcpy(&info.ipi_spec_dst, src, 4);
+        cm->cmsg_level = IPPROTO_IP;
+        cm->cmsg_type = IP_PKTINFO;
+        cm->cmsg_len = CMSG_LEN(sizeof(info));
+        memcpy(CMSG_DATA(cm), &info, sizeof(info));
+        return CMSG_SPACE(sizeof(info));
+    } else {
+        struct in6_pktinfo info;
+        memset(&info, 0, sizeof(info));
+        memcpy(&info.ipi6_addr, src, 16);
+        cm->cmsg_level = IPPROTO_IPV6;
+        cm->cmsg_type = IPV6_PKTINFO;
+        cm->cmsg_len = CMSG_LEN(sizeof(info));
+        memcpy(CMSG_DATA(cm), &info, sizeof(info));
+        return CMSG_SPACE(sizeof(info));
+    }
+}
+
 /* The socket buffer is full: wait a little for room instead of dropping. */
 static void dp_wait_writable(int fd) {
     struct pollfd p = { fd, POLLOUT, 0 };
     poll(&p, 1, 10);
 }
 
-/* sendmmsg() a run of datagrams to (addr, port) pairs; returns how many the kernel took.
+/* sendmmsg() a run of datagrams to (addr, port) pairs, each from srcs[i] (NULL or zero: the
+   kernel picks); returns how many the kernel took.
    errs[i]: 0, or the errno of the datagram the kernel refused (sendmmsg stops at the first
    failure and reports it as the call's error when none went: that item is skipped, the rest
    sent again). */
 int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*addrs)[16],
-                uint16_t *ports, int n, int *errs) {
+                uint8_t (*srcs)[16], uint16_t *ports, int n, int *errs) {
     struct mmsghdr msgs[DP_BATCH];
     struct iovec iov[DP_BATCH];
     dp_sockaddr sa[DP_BATCH];
+    union { char buf[DP_PKTINFO_SPACE]; struct cmsghdr align; } ctrl[DP_BATCH];
+    size_t len;
     int i, sent = 0, ok = 0, r, retried = -1;
     if (n > DP_BATCH) n = DP_BATCH;
     memset(msgs, 0, sizeof(struct mmsghdr) * n);
@@ -67,6 +101,12 @@ int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*ad
         msgs[i].msg_hdr.msg_iovlen = 1;
         msgs[i].msg_hdr.msg_name = &sa[i];
         msgs[i].msg_hdr.msg_namelen = dp_address(&sa[i], family, addrs[i], ports[i]);
+        memset(&ctrl[i], 0, sizeof(ctrl[i]));
+        len = dp_pktinfo((struct cmsghdr *)ctrl[i].buf, family, srcs ? srcs[i] : NULL);
+        if (len) {
+            msgs[i].msg_hdr.msg_control = ctrl[i].buf;
+            msgs[i].msg_hdr.msg_controllen = len;
+        }
     }
     while (sent < n) {
         r = sendmmsg(fd, msgs + sent, n - sent, 0);
@@ -93,11 +133,14 @@ int dp_sendmany(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*ad
 
 /* One sendmsg() with UDP_SEGMENT: n datagrams of lens[0] bytes (the last may be shorter). */
 static int dp_send_gso(int fd, int family, uint8_t **bufs, uint32_t *lens, int n,
-                       const uint8_t *addr, uint16_t port) {
+                       const uint8_t *addr, const uint8_t *src, uint16_t port) {
     struct msghdr m;
     struct iovec iov[DP_BATCH];
     dp_sockaddr sa;
-    union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctrl;
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t)) + DP_PKTINFO_SPACE];
+        struct cmsghdr align;
+    } ctrl;
     struct cmsghdr *cm;
     int i;
     memset(&m, 0, sizeof(m));
@@ -114,6 +157,8 @@ static int dp_send_gso(int fd, int family, uint8_t **bufs, uint32_t *lens, int n
     cm->cmsg_type = UDP_SEGMENT;
     cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
     *(uint16_t *)CMSG_DATA(cm) = (uint16_t)lens[0];
+    m.msg_controllen = CMSG_SPACE(sizeof(uint16_t)) +
+        dp_pktinfo((struct cmsghdr *)(ctrl.buf + CMSG_SPACE(sizeof(uint16_t))), family, src);
     for (;;) {
         if (sendmsg(fd, &m, 0) >= 0) return 0;
         if (errno == EINTR) continue;
@@ -129,21 +174,22 @@ static int dp_send_gso(int fd, int family, uint8_t **bufs, uint32_t *lens, int n
    sendmmsg(); what GSO refuses goes out one by one. *gso drops to 0 for good if the kernel or
    the device cannot do it at all. */
 int dp_sendrun(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*addrs)[16],
-               uint16_t *ports, int n, int *gso, int *errs) {
+               uint8_t (*srcs)[16], uint16_t *ports, int n, int *gso, int *errs) {
     int i = 0, j, r, ok = 0;
     uint32_t total;
     while (i < n) {
         j = i + 1;
         total = lens[i];
         while (*gso && j < n && j - i < DP_BATCH && ports[j] == ports[i]
-               && memcmp(addrs[j], addrs[i], 16) == 0 && lens[j] <= lens[i]
+               && memcmp(addrs[j], addrs[i], 16) == 0 && memcmp(srcs[j], srcs[i], 16) == 0
+               && lens[j] <= lens[i]
                && total + lens[j] <= DP_GSO_MAX) {
             total += lens[j];
             j++;
             if (lens[j - 1] < lens[i]) break;      /* only the last may be shorter */
         }
         if (j - i >= 2) {
-            r = dp_send_gso(fd, family, bufs + i, lens + i, j - i, addrs[i], ports[i]);
+            r = dp_send_gso(fd, family, bufs + i, lens + i, j - i, addrs[i], srcs[i], ports[i]);
             if (r == 0) {
                 memset(errs + i, 0, sizeof(int) * (j - i));
                 ok += j - i;
@@ -155,8 +201,8 @@ int dp_sendrun(int fd, int family, uint8_t **bufs, uint32_t *lens, uint8_t (*add
             if (r == -EIO || r == -ENOPROTOOPT || r == -EOPNOTSUPP)
                 *gso = 0;
         }
-        ok += dp_sendmany(fd, family, bufs + i, lens + i, addrs + i, ports + i, j - i,
-                          errs + i);
+        ok += dp_sendmany(fd, family, bufs + i, lens + i, addrs + i, srcs + i, ports + i,
+                          j - i, errs + i);
         i = j;
     }
     return ok;
@@ -167,14 +213,20 @@ void dp_udp_gro(int fd) {
     setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one));
 }
 
-/* recvmmsg() up to n datagrams; fills lengths, source (addr, port) and, for UDP GRO buffers
-   holding several datagrams, their size (segs[i], else 0). */
+/* recvmmsg() up to n datagrams; fills lengths, source (addr, port), destination (dsts, from
+   IP_PKTINFO / IPV6_PKTINFO on a wildcard socket, else zero) and, for UDP GRO buffers holding
+   several datagrams, their size (segs[i], else 0). */
 int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
-                uint8_t (*addrs)[16], uint16_t *ports, uint16_t *segs, int n) {
+                uint8_t (*addrs)[16], uint8_t (*dsts)[16], uint16_t *ports, uint16_t *segs,
+                int n) {
     struct mmsghdr msgs[DP_BATCH];
     struct iovec iov[DP_BATCH];
     dp_sockaddr sa[DP_BATCH];
-    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctrl[DP_BATCH];
+    /* room for both: a truncated control buffer would lose the GRO size */
+    union {
+        char buf[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct in6_pktinfo))];
+        struct cmsghdr align;
+    } ctrl[DP_BATCH];
     struct cmsghdr *cm;
     int i, r;
     if (n > DP_BATCH) n = DP_BATCH;
@@ -193,9 +245,15 @@ int dp_recvmany(int fd, int family, uint8_t **bufs, size_t size, uint32_t *lens,
     for (i = 0; i < r; i++) {
         lens[i] = msgs[i].msg_len;
         segs[i] = 0;
-        for (cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm))
+        memset(dsts[i], 0, 16);
+        for (cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm)) {
             if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO)
                 segs[i] = (uint16_t)*(int *)CMSG_DATA(cm);
+            else if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO)
+                memcpy(dsts[i], &((struct in_pktinfo *)CMSG_DATA(cm))->ipi_addr, 4);
+            else if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO)
+                memcpy(dsts[i], &((struct in6_pktinfo *)CMSG_DATA(cm))->ipi6_addr, 16);
+        }
         memset(addrs[i], 0, 16);
         if (family == 4) {
             memcpy(addrs[i], &sa[i].v4.sin_addr, 4);
