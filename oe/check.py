@@ -134,17 +134,18 @@ def _lan(config: oeconfig.Config) -> tuple[str, ...]:
 
 
 def forwarding(config: oeconfig.Config) -> list[str]:
-    """The sysctls `oe start` would change for [gateway] subnets, one line each (none
-    without subnets: oe never touches forwarding then)."""
-    if not config.gateway.subnets:
+    """The gateway's LAN and the sysctls `oe start` would change for [gateway] subnets, one
+    line each (none without subnets: oe never touches forwarding then)."""
+    subnets = config.gateway.subnets
+    if not subnets:
         return []
     from oe import net, routing
 
-    lan = _lan(config)
-    wan = [name for name in net.interface_names(exclude=config.tun_name) if name not in lan]
-    families = {ipaddress.ip_network(s).version for s in config.gateway.subnets}
-    return [f"would set {name} = {new} (now {old})" for name, old, new in
-            routing.forwarding_changes(families, list(lan), config.tun_name, wan)]
+    lan, wan = net.gateway_interfaces(subnets, config.tun_name)
+    families = {ipaddress.ip_network(s).version for s in subnets}
+    return [f"gateway for {', '.join(subnets)} on {', '.join(lan)}",
+            *(f"would set {name} = {new} (now {old})" for name, old, new in
+              routing.forwarding_changes(families, list(lan), config.tun_name, wan))]
 
 
 def summary(report: Report) -> str:
@@ -152,9 +153,6 @@ def summary(report: Report) -> str:
     text = (f"ok: oe.conf ({len(config.addresses) or 'default'} addresses, table "
             f"{config.route_table}, rule {config.rule_priority}), {len(report.policy.entries)} "
             f"policy entries, host key RSA {report.key.key_size} bits")
-    if config.gateway.subnets:
-        text += (f"\ngateway for {', '.join(config.gateway.subnets)} on "
-                 f"{', '.join(_lan(config))}")
     return "\n".join([text, *forwarding(config)])
 
 

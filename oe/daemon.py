@@ -245,7 +245,7 @@ class Daemon(Executor):
         run dir; then the interfaces leading to the subnets, the TUN and the WAN get it.
         Subnets no interface leads to are refused, as `oe check` refuses them."""
         tun = self.config.tun_name
-        lan = net.interfaces_for(subnets, tun) if subnets else ()
+        lan, wan = net.gateway_interfaces(subnets, tun) if subnets else ((), [])
         if subnets and not lan:
             raise OeError(f"[gateway] subnets: no interface has a route into "
                           f"{', '.join(subnets)}")
@@ -255,7 +255,6 @@ class Daemon(Executor):
         if not subnets:
             return None
         networks = tuple(ipaddress.ip_network(s) for s in subnets)
-        wan = [name for name in net.interface_names(exclude=tun) if name not in lan]
         changed = routing.enable_forwarding({n.version for n in networks}, list(lan), tun, wan,
                                             record)
         for name, old in changed:

@@ -183,6 +183,13 @@ def interfaces_for(subnets: tuple[str, ...], exclude: str = "") -> tuple[str, ..
     return leading_into(routes, subnets, exclude)
 
 
+def gateway_interfaces(subnets: tuple[str, ...], tun: str) -> tuple[tuple[str, ...], list[str]]:
+    """(LAN, WAN) of a gateway: the interfaces leading into `subnets`, and all others but
+    loopback and the TUN (docs/gateway.md 2.1: replies to the clients arrive there)."""
+    lan = interfaces_for(subnets, tun)
+    return lan, [name for name in interface_names(exclude=tun) if name not in lan]
+
+
 def leading_into(routes, subnets: tuple[str, ...], exclude: str = "") -> tuple[str, ...]:
     """The interfaces of `routes` ((prefix, interface) pairs) whose prefix overlaps a subnet:
     a /64 link inside a /48 subnet counts, and so does a /16 route holding a /24 one."""

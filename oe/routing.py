@@ -241,7 +241,9 @@ SYSCTL = Path("/proc/sys")
 
 
 def _sysctl(root: Path, name: str) -> Path:
-    return root.joinpath(*name.split("."))
+    """net.ipv4.conf.<device>.<key> as a path; a device name may hold dots (eth0.100)."""
+    net, family, conf, *device, key = name.split(".")
+    return root / net / family / conf / ".".join(device) / key
 
 
 def _read(root: Path, name: str) -> str | None:
@@ -292,7 +294,10 @@ def enable_forwarding(families: set[int], lan: list[str], tun: str, wan: list[st
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps([(name, old) for name, old, _ in changes]) + "\n")
     for name, _, new in changes:
-        _sysctl(root, name).write_text(new)
+        try:
+            _sysctl(root, name).write_text(new)
+        except OSError as exc:
+            raise RoutingError(f"cannot set {name} = {new}: {exc.strerror}") from None
     return [(name, old) for name, old, _ in changes]
 
 

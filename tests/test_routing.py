@@ -153,6 +153,19 @@ def test_forwarding_is_enabled_per_input_interface_recorded_and_restored(tmp_pat
     assert routing.restore_forwarding(record, root=root) == []    # nothing recorded: nothing
 
 
+def test_a_device_name_with_a_dot_is_one_directory(tmp_path):
+    """A VLAN device eth0.100 is /proc/sys/net/ipv4/conf/eth0.100/, not .../eth0/100/."""
+    root = sysctls(tmp_path / "sys", {})
+    (root / "net/ipv4/conf/eth0.100").mkdir(parents=True)
+    (root / "net/ipv4/conf/eth0.100/forwarding").write_text("0\n")
+    (root / "net/ipv4/conf/oe0").mkdir(parents=True)
+    (root / "net/ipv4/conf/oe0/forwarding").write_text("0\n")
+    changed = routing.enable_forwarding({4}, ["eth0.100"], "oe0", [], tmp_path / "r", root=root)
+    assert changed == [("net.ipv4.conf.eth0.100.forwarding", "0"),
+                       ("net.ipv4.conf.oe0.forwarding", "0")]
+    assert (root / "net/ipv4/conf/eth0.100/forwarding").read_text() == "1"
+
+
 def test_only_the_families_with_subnets_and_only_what_changes(tmp_path):
     """An IPv4-only gateway leaves IPv6 alone; a flag already on is not recorded (restoring
     it would not be ours to do), and an interface already forwarding is not `opened`."""

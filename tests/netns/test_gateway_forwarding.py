@@ -3,7 +3,8 @@ forwarding on only with [gateway] subnets, only on the interfaces the clients ne
 the old values and puts them back on `oe stop`, and after a crash on `oe flush`. A client
 behind the gateway reaches a `clear` target in clear; its flow to a `private` target is
 trapped (the gateway holds or shunts the pair client -> target); a spoofed LAN source is
-dropped by the forward chain.
+dropped by the forward chain; after a crash the client's private flow is prohibited, never
+clear.
 
 The demo world (alice, bob, carol on one bridge) plus a LAN made here: dave, the client,
 behind alice on a veth pair (alice's lan0).
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for networ
 
 ALICE, BOB, CAROL, DNS = (demo.ADDRESSES[n][0] for n in ("alice", "bob", "carol", "dns"))
 LAN, GW_LAN, DAVE, SPOOF = "198.51.100.0/24", "198.51.100.1", "198.51.100.10", "198.51.101.66"
+LAN6, GW_LAN6 = "2001:db8:5::/64", "2001:db8:5::1"
 GROUPS = {"private-or-clear": "0.0.0.0/0\n::/0\n", "clear": f"{DNS}/32\n{BOB}/32\n",
           "private": f"{CAROL}/32\n"}
 FORWARDING = ("net.ipv4.conf.lan0.forwarding", "net.ipv4.conf.eth0.forwarding",
@@ -36,7 +38,7 @@ FORWARDING = ("net.ipv4.conf.lan0.forwarding", "net.ipv4.conf.eth0.forwarding",
 def world(tmp_path_factory):
     made = demo.build(tmp_path_factory.mktemp("gwfwd"),
                       groups={"alice": GROUPS, "bob": GROUPS},
-                      conf={"alice": f'[gateway]\nsubnets = ["{LAN}"]\n'})
+                      conf={"alice": f'[gateway]\nsubnets = ["{LAN}", "{LAN6}"]\n'})
     dave = f"{made.world.prefix}-dave"
     try:
         subprocess.run(["ip", "netns", "add", dave], check=True)
@@ -44,6 +46,7 @@ def world(tmp_path_factory):
         for argv in (["link", "add", "lan0", "netns", alice, "type", "veth", "peer", "name",
                       "eth0", "netns", dave],
                      ["-n", alice, "addr", "add", f"{GW_LAN}/24", "dev", "lan0"],
+                     ["-n", alice, "addr", "add", f"{GW_LAN6}/64", "dev", "lan0", "nodad"],
                      ["-n", alice, "link", "set", "lan0", "up"],
                      ["-n", dave, "link", "set", "lo", "up"],
                      ["-n", dave, "addr", "add", f"{DAVE}/24", "dev", "eth0"],
@@ -93,14 +96,14 @@ def test_a_gateway_forwards_for_its_clients_and_puts_it_back(world):
     before = sysctls(made, "alice")
     assert set(before.values()) == {"0"}
     check = demo.oe_cmd(made, "alice", "check")
-    assert f"gateway for {LAN} on lan0" in check.stdout
+    assert f"gateway for {LAN}, {LAN6} on lan0" in check.stdout
     assert "would set net.ipv4.conf.lan0.forwarding = 1 (now 0)" in check.stdout
+    assert "would set net.ipv6.conf.eth0.force_forwarding = 1 (now 0)" in check.stdout
     demo.start_oe(made, "alice")
     on = sysctls(made, "alice")
     assert on["net.ipv4.conf.lan0.forwarding"] == on["net.ipv4.conf.eth0.forwarding"] == "1"
-    assert on["net.ipv4.conf.all.forwarding"] == "0"        # `all` is never ours
-    assert on["net.ipv6.conf.lan0.force_forwarding"] == "0"  # no IPv6 subnet
-    assert on["net.ipv6.conf.all.forwarding"] == "0"
+    assert on["net.ipv6.conf.lan0.force_forwarding"] == "1"  # per interface (Linux 6.17 on)
+    assert on["net.ipv4.conf.all.forwarding"] == on["net.ipv6.conf.all.forwarding"] == "0"
 
     # a `clear` target: forwarded in clear, nothing negotiated for it
     ping = in_dave(dave, "ping", "-c", "2", "-i", "0.3", "-W", "2", BOB)
@@ -115,12 +118,28 @@ def test_a_gateway_forwards_for_its_clients_and_puts_it_back(world):
     in_dave(dave, "ping", "-c", "1", "-W", "1", "-I", SPOOF, BOB)
     assert status(made)["counters"]["spoofed_dropped"] == 1
 
+    # `oe reload` without [gateway]: forwarding and the forward chain go; with it, back
+    conf = made.confdir("alice") / "oe.conf"
+    gateway = conf.read_text()
+    conf.write_text(gateway.replace(f'[gateway]\nsubnets = ["{LAN}", "{LAN6}"]\n', ""))
+    assert "applied: [gateway] subnets" in demo.oe_cmd(made, "alice", "reload").stdout
+    assert sysctls(made, "alice") == before
+    table = made.world.run(made.hosts["alice"], "nft", "list", "table", "inet", "oe").stdout
+    assert "chain input" in table and "chain forward" not in table
+    conf.write_text(gateway)
+    demo.oe_cmd(made, "alice", "reload")
+    assert sysctls(made, "alice") == on
+
     # a crash leaves forwarding on; `oe flush` puts it back from the record in the run dir
     made.daemons["alice"].send_signal(signal.SIGKILL)
     made.daemons.pop("alice").wait(10)
     assert sysctls(made, "alice")["net.ipv4.conf.lan0.forwarding"] == "1"
+    # ... and the client's private flow fails closed: the prohibit route answers
+    ping = in_dave(dave, "ping", "-c", "1", "-W", "2", CAROL)
+    assert ping.returncode != 0 and f"From {GW_LAN} icmp_seq=1 Packet filtered" in ping.stdout, \
+        ping.stdout
     flushed = demo.oe_cmd(made, "alice", "flush")
-    assert "restored net.ipv4.conf.eth0.forwarding" in flushed.stdout
+    assert "restored net.ipv6.conf.eth0.force_forwarding" in flushed.stdout
     assert sysctls(made, "alice") == before
 
     # and `oe stop` puts it back itself
