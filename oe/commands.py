@@ -41,6 +41,16 @@ class Initiate:
 
 
 @dataclass(frozen=True)
+class CreateChild:
+    """Ask the established IKE SA `sa_id` for one more CHILD SA, with host selectors of `pair`
+    (RFC 7296 1.3.1): its peer proved the key `pair`'s Initiate named, so the IKE SA first
+    vouches for `pair.dst` (docs/gateway.md 4.3, 5)."""
+
+    sa_id: int
+    pair: "Pair"
+
+
+@dataclass(frozen=True)
 class DeleteIke:
     """Send DELETE for an IKE SA (its CHILD SAs go with it)."""
 
@@ -154,10 +164,10 @@ class Log:
     line: str
 
 
-Command = Union[FetchKey, Initiate, DeleteIke, DeleteChild, RekeyChild, CheckLiveness,
-                SampleInbound, FetchPeerKey, ReplayInit, RefuseInit, FollowPeer, Steer,
-                RefuseInClear, StaleKey, Log]
+Command = Union[FetchKey, Initiate, CreateChild, DeleteIke, DeleteChild, RekeyChild,
+                CheckLiveness, SampleInbound, FetchPeerKey, ReplayInit, RefuseInit, FollowPeer,
+                Steer, RefuseInClear, StaleKey, Log]
 
-__all__ = ["FetchKey", "Initiate", "DeleteIke", "DeleteChild", "RekeyChild", "CheckLiveness",
-           "SampleInbound", "FetchPeerKey", "ReplayInit", "RefuseInit", "FollowPeer", "Steer",
-           "RefuseInClear", "StaleKey", "Log", "Command"]
+__all__ = ["FetchKey", "Initiate", "CreateChild", "DeleteIke", "DeleteChild", "RekeyChild",
+           "CheckLiveness", "SampleInbound", "FetchPeerKey", "ReplayInit", "RefuseInit",
+           "FollowPeer", "Steer", "RefuseInClear", "StaleKey", "Log", "Command"]

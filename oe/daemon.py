@@ -82,7 +82,8 @@ class Daemon(Executor):
         self.opportunist = Opportunist(prospective_table(policy), _limits(self.config))
         self.keys = PeerKeys()
         self.lifecycle = Lifecycle(self.opportunist, SaTimes(
-            self.config.ike.sa_lifetime, self.config.ike.rekey_margin, self.config.ike.dpd_delay))
+            self.config.ike.sa_lifetime, self.config.ike.rekey_margin, self.config.ike.dpd_delay),
+            self.config.limits.children_per_ike)
         self.admission = Admission(self.opportunist, self.keys, self.config.limits.lookups)
         self.routes = RoutePlan()
         self.fetcher = KeyFetcher.from_config(self.config.dns, confdir)
@@ -276,8 +277,7 @@ class Daemon(Executor):
             self._netlink.shutdown(wait=True)
             return
         for side in self.sides.values():
-            for sa_id in [i for i in self.lifecycle.pairs
-                          if self.lifecycle.family(i) == side.version]:
+            for sa_id in self.lifecycle.ike_sas(side.version):
                 try:
                     side.engine.delete_ike(sa_id, self.loop.time())
                 except OeError:
@@ -378,8 +378,7 @@ class Daemon(Executor):
     def _refuse_child(self, version: int, sa_id: int, child, why: str) -> None:
         """A CHILD SA oe will not install (Lifecycle.child_refused says what follows)."""
         self.counters["children_refused"] += 1
-        self._run(self.lifecycle.child_refused(sa_id, child.spi_in, child.remote_addr, why,
-                                               self.loop.time()))
+        self._run(self.lifecycle.child_refused(sa_id, child, why, self.loop.time()))
         return None
 
     # ------------------------------------------------------------------ control
@@ -436,6 +435,7 @@ class Daemon(Executor):
             self.loop.call_later(dns.total_timeout + dns.query_timeout, close)
         self.key = report.key
         self.opportunist.limits = _limits(self.config)
+        self.lifecycle.children_per_ike = self.config.limits.children_per_ike
         for side in self.sides.values():  # new negotiations and rekeys take the new terms
             side.engine.config = dataclasses.replace(side.engine.config, private_key=self.key,
                                                      **self._ike_terms())
@@ -463,6 +463,7 @@ class Daemon(Executor):
                 "esp_proposals": self.config.ike.esp_proposals,
                 "fragment_size": self.config.ike.fragment_size,
                 "half_open_max": limits.half_open,
+                "children_per_ike": limits.children_per_ike,
                 # COOKIEs begin well before the cap, whatever the cap is (RFC 7296 2.6)
                 "cookie_threshold": min(HALF_OPEN_COOKIE_THRESHOLD, limits.half_open // 2)}
 

@@ -20,8 +20,9 @@ import logging
 
 from oe import net
 from oe.commands import (
-    CheckLiveness, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer, Initiate, Log,
-    RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey, Steer,
+    CheckLiveness, CreateChild, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer,
+    Initiate, Log, RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey,
+    Steer,
 )
 from oe.dnskeys.choice import Target
 from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked, PathMtuTooBig,
@@ -90,10 +91,11 @@ class Executor:
                 self._child_established(version, event.sa_id, event.child, now)
             case ike_events.ChildSaRekeyed():
                 installed = self._install_child(version, event.sa_id, event.child)
-                pair = self.lifecycle.pairs.get(event.sa_id)
+                pair = self.lifecycle.pair_of(event.sa_id, event.old_spi_in)
                 if pair is not None and installed is not None:
-                    self.lifecycle.child_rekeyed(event.child.spi_in, ChildInfo.of(
-                        event.child, now, self._key_provenance(pair)))
+                    self.lifecycle.child_rekeyed(event.sa_id, event.old_spi_in,
+                                                 event.child.spi_in, ChildInfo.of(
+                                                     event.child, now, self._key_provenance(pair)))
                     self.opportunist.tunnel_rekeyed(pair, event.child.spi_in, event.child.spi_out,
                                                     now, sa_out=installed[2],
                                                     narrowing=installed[1])
@@ -102,25 +104,23 @@ class Executor:
                 handle = self.sa_out.pop((version, event.sa_id, event.spi_out), None)
                 if handle is not None:
                     self.datapath.del_sa(handle, "out")
-                self.lifecycle.child_deleted(event.spi_in, handle)
-                pair = self.lifecycle.pairs.get(event.sa_id)
+                pair = self.lifecycle.child_deleted(event.sa_id, event.spi_in, handle, now)
                 if pair is not None:
                     self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
-            case ike_events.IkeSaEstablished():
-                self.lifecycle.ike_established(version, event.sa_id, now)
+            case ike_events.IkeSaEstablished():  # CHILD SAs queued on it start (docs/gateway.md 5)
+                self._run(self.lifecycle.ike_established(version, event.sa_id, now))
             case ike_events.IkeSaFailed():
                 self._run(self.lifecycle.ike_failed(event.sa_id, event.remote_addr, event.reason,
                                                     event.notify, event.local, now))
             case ike_events.IkeSaDeleted():
-                self.lifecycle.ike_gone(event.sa_id)
-                self.opportunist.ike_gone(event.sa_id, event.reason, now)
+                self._run(self.lifecycle.ike_deleted(event.sa_id, event.reason, now))
             case ike_events.IkeSaPeerMoved():
                 self._run(self.admission.peer_moved(event.local_addr, event.sa_id,
                                                     event.remote_addr, event.remote_port))
-            case ike_events.ChildSaFailed():
-                pair = self.lifecycle.pairs.get(event.sa_id)
-                if pair is not None:
-                    self._run(self.opportunist.negotiation_failed(pair, event.reason, now))
+            case ike_events.ChildSaFailed():  # the request its selectors name (of several)
+                self._run(self.lifecycle.child_failed(event.sa_id, event.local_ts,
+                                                      event.remote_ts, event.notify,
+                                                      event.reason, now))
         self._apply()
         side.runner.transmit()
 
@@ -183,8 +183,15 @@ class Executor:
             match command:
                 case FetchKey():
                     self.loop.create_task(self._fetch(command))
-                case Initiate():
-                    self._initiate(command)
+                case Initiate():  # on an IKE SA of the same terms if one has room
+                    for routed in self.lifecycle.route_initiate(command):
+                        if isinstance(routed, Initiate):
+                            self._initiate(routed)
+                        else:
+                            self._run([routed])
+                case CreateChild(sa_id=sa_id, pair=pair):
+                    self._on_ike_sa(sa_id, lambda engine: self._create_child(engine, sa_id,
+                                                                            pair, now))
                 case DeleteIke(sa_id=sa_id):
                     self._on_ike_sa(sa_id, lambda engine: engine.delete_ike(sa_id, now))
                 case DeleteChild(sa_id=sa_id, spi_in=spi_in):
@@ -279,8 +286,9 @@ class Executor:
         sa_id = side.engine.initiate(
             str(command.peer), self.loop.time(),
             local_ts=[TrafficSelector.host(str(command.pair.src))],
-            remote_ts=[TrafficSelector.host(str(command.pair.dst))], local_addr=local)
-        self.lifecycle.initiated(side.version, sa_id, command.pair)
+            remote_ts=[TrafficSelector.host(str(command.pair.dst))], local_addr=local,
+            peer_key=_pinned(command))
+        self.lifecycle.initiated(side.version, sa_id, command)
         side.runner.transmit()
 
     def _local_for(self, command: Initiate) -> str | None:
@@ -292,6 +300,14 @@ class Executor:
             return wanted
         routed = net.route_source(str(command.peer), self.config.bypass_mark)
         return routed if routed in ours else None
+
+    def _create_child(self, engine, sa_id: int, pair: Pair, now: float) -> None:
+        """One more CHILD SA on an IKE SA whose peer proved the key the pair's record names
+        (Lifecycle.route_initiate): the IKE SA vouches for the pair's far end first
+        (docs/gateway.md 4.3)."""
+        engine.vouch(sa_id, str(pair.dst))
+        engine.create_child(sa_id, now, local_ts=[TrafficSelector.host(str(pair.src))],
+                            remote_ts=[TrafficSelector.host(str(pair.dst))])
 
     def _on_ike_sa(self, sa_id: int, act) -> None:
         """Start an exchange on the engine that holds IKE SA `sa_id` and send it; one already
@@ -341,6 +357,16 @@ class Executor:
                                                   self.loop.time())
         self._run(commands)
         return admitted
+
+
+def _pinned(command: Initiate) -> PeerKey | None:
+    """The key a delegating record named, vouching for the pair's far end only, never for the
+    gateway's own address (RFC 4322 3.2.4.1, docs/gateway.md 4.3); None: the engine asks
+    lookup_key for the peer's own key."""
+    lookup = command.peer_key
+    if lookup is None or lookup.key is None:
+        return None
+    return PeerKey(lookup.key.public_key(), frozenset({command.pair.dst}))
 
 
 __all__ = ["Executor"]

@@ -4,24 +4,29 @@ sans-IO.
 - Lifetimes: a CHILD SA is rekeyed `rekey_margin` before its hard lifetime (at half of it at the
   latest); the datapath fires the soft and hard limits, this module decides what they mean.
 - Rekey or retire (FreeS/WAN's OE rule): at the soft limit an SA used since the last one is
-  rekeyed; an idle one goes, with its IKE SA, and a later packet trips the %trap again.
+  rekeyed; an idle one goes, with its IKE SA unless that carries other pairs' CHILD SAs, and a
+  later packet trips the %trap again.
+- One IKE SA per (our address, peer, key) (docs/gateway.md 5): route_initiate puts the CHILD
+  SA of a further pair on an IKE SA we initiated on the same terms (a gateway's clients), so
+  the bookkeeping is per CHILD SA: which pair each carries, which requests are under way.
 - Liveness (RFC 7296 2.4): every `dpd_delay` the daemon samples the tunnels' inbound packet
   counters (SampleInbound); a tunnel that received nothing since the last sample gets a
   CheckLiveness, and the engine declares a peer dead that does not answer.
 - Childless IKE SAs: an IKE SA that carries no CHILD SA of ours for CHILDLESS_GRACE is deleted,
   so a key holder whose CHILD SAs we refuse cannot pile IKE SAs up (each holds keys and state).
 
-It also knows which engine (address family) holds each IKE SA, and which host pair an IKE SA
-was started or installed for, so the daemon can carry out commands that name an IKE SA only.
+It also knows which engine (address family) holds each IKE SA, and which host pair each CHILD
+SA was asked or installed for, so the daemon can carry out commands that name an IKE SA only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from oe.commands import CheckLiveness, Command, DeleteChild, DeleteIke, Log, RekeyChild, \
-    SampleInbound, StaleKey
-from oe.ike.constants import DhId, EncrId, IntegId, NotifyType
+from oe.commands import CheckLiveness, Command, CreateChild, DeleteChild, DeleteIke, Initiate, \
+    Log, RekeyChild, SampleInbound, StaleKey
+from oe.eroute import IPAddress
+from oe.ike.constants import CHILDREN_PER_IKE, DhId, EncrId, IntegId, NotifyType
 from oe.opportunist import Opportunist, Pair, Tunnel
 
 CHILDLESS_GRACE = 30.0  # seconds an IKE SA may live without a CHILD SA before we delete it
@@ -78,14 +83,53 @@ class ChildInfo:
                    _name(DhId, child.dh) if child.dh else None, child.esn, key=key)
 
 
+Terms = tuple[IPAddress, IPAddress, bytes | None]
+"""What an IKE SA we initiated was set up with: our address (our ID), the peer's address, and
+the key the peer had to prove (the blob a delegating record named; None: its own key)."""
+
+
+@dataclass
+class _Initiated:
+    """An IKE SA we initiated, as route_initiate sees it."""
+
+    terms: Terms
+    established: bool = False
+    full: bool = False
+    """The peer answered NO_ADDITIONAL_SAS (RFC 7296 1.3): ask it for no more."""
+    queued: list[Pair] = field(default_factory=list)
+    """Pairs whose CHILD SA waits for IKE_AUTH to finish (CREATE_CHILD_SA needs it done)."""
+
+
+def terms_of(command: Initiate) -> Terms:
+    """The terms an Initiate asks for: our address (default: the pair's source), the peer,
+    and the key it must prove."""
+    local = command.local if command.local is not None else command.pair.src
+    key = command.peer_key.blob if command.peer_key is not None else None
+    return local, command.peer, key
+
+
+def _requested(local_ts: tuple, remote_ts: tuple) -> Pair | None:
+    """The pair a CHILD SA request was for: we ask with host selectors of the pair, and a
+    responder may only narrow them (RFC 7296 2.9)."""
+    if not local_ts or not remote_ts:
+        return None
+    return Pair(local_ts[0].start, remote_ts[0].start)
+
+
 class Lifecycle:
     """IKE SA bookkeeping and the timers of the opportunist's tunnels."""
 
-    def __init__(self, opportunist: Opportunist, times: SaTimes = SaTimes()) -> None:
+    def __init__(self, opportunist: Opportunist, times: SaTimes = SaTimes(),
+                 children_per_ike: int = CHILDREN_PER_IKE) -> None:
         self.opportunist = opportunist
         self.times = times
-        self.pairs: dict[int, Pair] = {}
-        """IKE SA -> the host pair we initiated it for or installed a CHILD SA of."""
+        self.children_per_ike = children_per_ike
+        self.pairs: dict[int, dict[int, Pair]] = {}
+        """IKE SA -> inbound SPI of each of its CHILD SAs -> the host pair it carries."""
+        self._asked: dict[int, dict[Pair, Initiate]] = {}
+        """IKE SA -> pairs we asked it for a CHILD SA (or queued on it) not installed yet."""
+        self._ours: dict[int, _Initiated] = {}  # IKE SAs we initiated
+        self._by_terms: dict[Terms, list[int]] = {}  # ... by their terms
         self._family: dict[int, int] = {}  # IKE SA -> IP version of the engine holding it
         self._childless: dict[int, float] = {}  # IKE SA -> since when it carries no CHILD SA
         self._used: dict[int, int] = {}  # outbound SA handle -> packets at its last soft limit
@@ -101,52 +145,133 @@ class Lifecycle:
         """The IP version of the engine holding IKE SA `sa_id` (sa_ids are unique on the host)."""
         return self._family.get(sa_id)
 
+    def ike_sas(self, version: int) -> list[int]:
+        """Every IKE SA the engine of IP version `version` spoke of and that is not gone."""
+        return [sa_id for sa_id, v in self._family.items() if v == version]
+
     def heard(self, version: int, sa_id: int) -> None:
         """An engine spoke of IKE SA `sa_id`."""
         self._family[sa_id] = version
 
-    def initiated(self, version: int, sa_id: int, pair: Pair) -> None:
-        self._family[sa_id] = version
-        self.pairs[sa_id] = pair
+    def route_initiate(self, command: Initiate) -> list[Command]:
+        """One IKE SA per (our address, peer, key) carries the CHILD SAs of all pairs that
+        reach the peer on those terms (a gateway's clients, docs/gateway.md 5): an established
+        one is asked for one more CHILD SA, one still in IKE_AUTH takes the pair in its queue,
+        and only when none has room does `command` start a new IKE SA."""
+        for sa_id in self._by_terms.get(terms_of(command), ()):
+            ours = self._ours[sa_id]
+            carried = len(self.pairs.get(sa_id, ())) + len(self._asked.get(sa_id, ()))
+            if ours.full or carried >= self.children_per_ike:
+                continue
+            self._asked.setdefault(sa_id, {})[command.pair] = command
+            if ours.established:
+                return [CreateChild(sa_id, command.pair)]
+            ours.queued.append(command.pair)
+            return [Log(f"OE for {command.pair} waits for IKE SA {sa_id} with {command.peer}")]
+        return [command]
 
-    def ike_established(self, version: int, sa_id: int, now: float) -> None:
+    def initiated(self, version: int, sa_id: int, command: Initiate) -> None:
+        """The engine started IKE SA `sa_id` for `command` (route_initiate found none)."""
+        self._family[sa_id] = version
+        self._asked[sa_id] = {command.pair: command}
+        terms = terms_of(command)
+        self._ours[sa_id] = _Initiated(terms)
+        self._by_terms.setdefault(terms, []).append(sa_id)
+
+    def ike_established(self, version: int, sa_id: int, now: float) -> list[Command]:
+        """IKE_AUTH finished: the pairs queued on the IKE SA ask for their CHILD SAs."""
         self._family[sa_id] = version
         self._childless[sa_id] = now
+        ours = self._ours.get(sa_id)
+        if ours is None:
+            return []
+        ours.established = True
+        queued, ours.queued = ours.queued, []
+        return [CreateChild(sa_id, pair) for pair in queued]
 
     def ike_failed(self, sa_id: int, peer: str, reason: str, notify: int | None, local: bool,
                    now: float) -> list[Command]:
         """An IKE SA failed. Our own check of the peer's AUTH failing means the key we hold
         may be stale (rotated within its TTL): the initiator fetches it afresh once, the
-        responder asks DNS afresh next time; anything else fails the negotiation."""
-        pair = self.ike_gone(sa_id)
+        responder asks DNS afresh next time; anything else fails the negotiations it
+        carried."""
+        pairs = self.ike_gone(sa_id)
         why = f"IKE timeout: {reason}" if notify is None else reason
         auth = local and notify == NotifyType.AUTHENTICATION_FAILED
-        if pair is not None:
-            return (self.opportunist.auth_failed(pair, why, now) if auth
-                    else self.opportunist.negotiation_failed(pair, why, now))
-        return [Log(f"IKE with {peer} failed: {why}")] + ([StaleKey(peer)] if auth else [])
+        if not pairs:
+            return [Log(f"IKE with {peer} failed: {why}")] + ([StaleKey(peer)] if auth else [])
+        judge = self.opportunist.auth_failed if auth else self.opportunist.negotiation_failed
+        return [c for pair in pairs for c in judge(pair, why, now)]
 
-    def ike_gone(self, sa_id: int) -> Pair | None:
-        """The IKE SA was deleted or failed; returns the pair it was for."""
+    def ike_deleted(self, sa_id: int, reason: str, now: float) -> list[Command]:
+        """An established IKE SA is gone: every tunnel it carried ends, and the CHILD SAs still
+        asked of it fail."""
+        self.opportunist.ike_gone(sa_id, reason, now)
+        return [c for pair in self.ike_gone(sa_id)
+                for c in self.opportunist.negotiation_failed(pair, f"IKE SA gone: {reason}", now)]
+
+    def ike_gone(self, sa_id: int) -> list[Pair]:
+        """Forget IKE SA `sa_id`; returns the pairs whose CHILD SAs were asked of it and not
+        installed."""
         self._childless.pop(sa_id, None)
         self._family.pop(sa_id, None)
-        return self.pairs.pop(sa_id, None)
+        self.pairs.pop(sa_id, None)
+        ours = self._ours.pop(sa_id, None)
+        if ours is not None:
+            same = self._by_terms[ours.terms]
+            same.remove(sa_id)
+            if not same:
+                del self._by_terms[ours.terms]
+        return list(self._asked.pop(sa_id, {}))
 
     # --- CHILD SAs ------------------------------------------------------------------------
 
+    def pair_of(self, sa_id: int, spi_in: int) -> Pair | None:
+        """The pair the CHILD SA with inbound SPI `spi_in` of IKE SA `sa_id` carries."""
+        return self.pairs.get(sa_id, {}).get(spi_in)
+
     def child_installed(self, sa_id: int, pair: Pair, spi_in: int, info: ChildInfo) -> None:
         self._childless.pop(sa_id, None)
-        self.pairs[sa_id] = pair
+        self.pairs.setdefault(sa_id, {})[spi_in] = pair
+        self._asked.get(sa_id, {}).pop(pair, None)
         self.children[spi_in] = info
 
-    def child_rekeyed(self, spi_in: int, info: ChildInfo) -> None:
+    def child_rekeyed(self, sa_id: int, old_spi_in: int, spi_in: int, info: ChildInfo) -> None:
+        """The CHILD SA `old_spi_in` has a successor, for the same pair (until DELETE, both)."""
+        pair = self.pair_of(sa_id, old_spi_in)
+        if pair is not None:
+            self.pairs[sa_id][spi_in] = pair
         self.children[spi_in] = info
 
-    def child_deleted(self, spi_in: int, sa_out: int | None) -> None:
+    def child_failed(self, sa_id: int, local_ts: tuple, remote_ts: tuple, notify: int | None,
+                     reason: str, now: float) -> list[Command]:
+        """A CHILD SA request with these selectors failed (oe.ike ChildSaFailed): the
+        negotiation of its pair fails, the IKE SA's other pairs go on. A peer with no room
+        for more (NO_ADDITIONAL_SAS, RFC 7296 1.3) gets no more requests: the pair's Initiate
+        goes again and is routed to another IKE SA or starts one."""
+        pair = _requested(local_ts, remote_ts)
+        command = self._asked.get(sa_id, {}).pop(pair, None) if pair is not None else None
+        if command is None:
+            return []
+        if notify == NotifyType.NO_ADDITIONAL_SAS and sa_id in self._ours:
+            self._ours[sa_id].full = True
+            return [Log(f"IKE SA {sa_id} with {command.peer} takes no more CHILD SAs"), command]
+        return self.opportunist.negotiation_failed(pair, reason, now)
+
+    def child_deleted(self, sa_id: int, spi_in: int, sa_out: int | None,
+                      now: float) -> Pair | None:
+        """The CHILD SA is gone; returns its pair. The last one of an IKE SA starts the
+        childless grace (CHILDLESS_GRACE)."""
         self.children.pop(spi_in, None)
         self._seen_in.pop(spi_in, None)
         if sa_out is not None:
             self._used.pop(sa_out, None)
+        carried = self.pairs.get(sa_id, {})
+        pair = carried.pop(spi_in, None)
+        if not carried and sa_id in self._family and not self._asked.get(sa_id):
+            self.pairs.pop(sa_id, None)
+            self._childless.setdefault(sa_id, now)
+        return pair
 
     def soft_limit(self, sa_out: int, packets: int, why: str) -> list[Command]:
         """FreeS/WAN's OE rule: rekey only if the SA was used lately; idle ones go away."""
@@ -157,17 +282,24 @@ class Lifecycle:
         self._used[sa_out] = packets
         if recently:
             return [RekeyChild(tunnel.sa_id, tunnel.spi_in)]
-        return [Log(f"OE to {tunnel.pair.dst} idle, deleting at {why}"), DeleteIke(tunnel.sa_id)]
+        return [Log(f"OE to {tunnel.pair.dst} idle, deleting at {why}"), self._retire(tunnel)]
 
     def hard_limit(self, direction: str, handle: int, spi: int, reason: str) -> list[Command]:
-        """An SA of a tunnel expired: its IKE SA goes (the %trap is back)."""
+        """An SA of a tunnel expired: its CHILD SA goes (the %trap is back)."""
         commands: list[Command] = []
         for tunnel in list(self.opportunist.tunnels.values()):
             if (direction == "out" and tunnel.sa_out == handle) or (
                     direction == "in" and tunnel.spi_in == handle):
                 commands += [Log(f"SA {spi:x} {direction} expired ({reason})"),
-                             DeleteIke(tunnel.sa_id)]
+                             self._retire(tunnel)]
         return commands
+
+    def _retire(self, tunnel: Tunnel) -> Command:
+        """End a tunnel: its CHILD SA while its IKE SA carries other pairs or requests, else
+        the IKE SA (no use keeping it, FreeS/WAN's OE rule: a later packet traps again)."""
+        if self._asked.get(tunnel.sa_id):
+            return DeleteChild(tunnel.sa_id, tunnel.spi_in)
+        return self.opportunist.delete_for(tunnel)
 
     def _tunnel_by_sa_out(self, handle: int) -> Tunnel | None:
         for tunnel in self.opportunist.tunnels.values():
@@ -230,14 +362,14 @@ class Lifecycle:
             times.append(next(iter(self._childless.values())) + CHILDLESS_GRACE)
         return min(times) if times else None
 
-    def child_refused(self, sa_id: int, spi_in: int, remote: str, why: str,
-                      now: float) -> list[Command]:
-        """A CHILD SA oe will not install: delete it, and end our negotiation for its pair in
-        the failure shunt (a %hold must never stay)."""
-        commands: list[Command] = [Log(f"refused CHILD SA {spi_in:08x} with {remote}: {why}"),
-                                   DeleteChild(sa_id, spi_in)]
-        pair = self.pairs.get(sa_id)
-        if pair is not None:
+    def child_refused(self, sa_id: int, child, why: str, now: float) -> list[Command]:
+        """A CHILD SA (oe.ike ChildSa) oe will not install: delete it, and end our negotiation
+        for the pair it was asked for in the failure shunt (a %hold must never stay)."""
+        commands: list[Command] = [
+            Log(f"refused CHILD SA {child.spi_in:08x} with {child.remote_addr}: {why}"),
+            DeleteChild(sa_id, child.spi_in)]
+        pair = _requested(child.local_ts, child.remote_ts)
+        if pair is not None and self._asked.get(sa_id, {}).pop(pair, None) is not None:
             commands += self.opportunist.negotiation_failed(pair, f"CHILD SA refused: {why}", now)
         return commands
 
@@ -248,4 +380,5 @@ def _grown(last: tuple[int, float | None], packets: int, now: float) -> tuple[in
     return packets, now
 
 
-__all__ = ["CHILDLESS_GRACE", "ChildInfo", "Lifecycle", "SaTimes", "algorithm_name"]
+__all__ = ["CHILDLESS_GRACE", "ChildInfo", "Lifecycle", "SaTimes", "Terms", "algorithm_name",
+           "terms_of"]

@@ -360,8 +360,7 @@ class Opportunist:
         commands: list[Command] = []
         old = self.tunnels.get(pair)
         if old is not None and old.sa_id != sa_id:
-            commands.append(DeleteChild(old.sa_id, old.spi_in)
-                            if self.tunnels_of(old.sa_id) - {pair} else DeleteIke(old.sa_id))
+            commands.append(self.delete_for(old))
         elif old is not None and old.spi_in != spi_in:
             commands.append(DeleteChild(sa_id, old.spi_in))  # one SA per pair: no orphans
         self.negotiations.pop(pair, None)
@@ -401,6 +400,13 @@ class Opportunist:
         """The pairs whose tunnels IKE SA `sa_id` carries."""
         return frozenset(self._by_ike.get(sa_id, ()))
 
+    def delete_for(self, tunnel: Tunnel) -> Command:
+        """What ends `tunnel`: its CHILD SA while its IKE SA carries other pairs' tunnels (a
+        gateway's clients, docs/gateway.md 5), else the IKE SA."""
+        if self.tunnels_of(tunnel.sa_id) - {tunnel.pair}:
+            return DeleteChild(tunnel.sa_id, tunnel.spi_in)
+        return DeleteIke(tunnel.sa_id)
+
     def tick(self, now: float) -> list[Command]:
         """Expire failure shunts (the %trap returns) and start rate-limited acquires."""
         while self._expiry and self._expiry[0][0] <= now:
@@ -427,7 +433,7 @@ class Opportunist:
                 self._drop_tunnel(pair)
                 self.log.append(f"OE to {pair.dst} via {tunnel.peer} ended: policy now "
                                 f"{group or 'none'}")
-                commands.append(DeleteIke(tunnel.sa_id))
+                commands.append(self.delete_for(tunnel))
         for pair, shunt in list(self.shunts.items()):
             entry = self.policy_entry(pair, *shunt.narrowing)
             if entry is None or entry.group != shunt.group:

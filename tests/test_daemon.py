@@ -5,11 +5,13 @@ itself decides: which key an identity gets, what it installs, and what hostile i
 import asyncio
 import ipaddress
 import os
+from types import SimpleNamespace
 
 import pytest
 from ike_helpers import Link, events, make_engine
 
 from oe import daemon as oedaemon, hostkey
+from oe.commands import Initiate
 from oe.dnskeys.choice import KeyLookup, Target, Verdict
 from oe.dnskeys.records import KeyRecord, decode_rsa_blob
 from oe.eroute import Shunt
@@ -282,7 +284,7 @@ def test_a_refused_child_sa_ends_the_negotiation(confdir, tmp_path):
         d.opportunist.acquire(pair, d.loop.time())
         _fetch_command(d, pair)
         d.opportunist.negotiations[pair].stage = "ike"
-        d.lifecycle.initiated(4, 9, pair)
+        d.lifecycle.initiated(4, 9, Initiate(pair, pair.dst))
         from oe.ike.events import ChildSaEstablished
         d._ike_event(4, ChildSaEstablished(9, _child(ME, PEER, 6, rport=(1000, 2000))))
         assert pair not in d.opportunist.negotiations
@@ -571,3 +573,50 @@ def test_a_refusal_ends_only_the_exchange_whose_spi_it_names():
     failed, = events(alice)
     assert failed.sa_id == sa_id and failed.notify == NotifyType.AUTHENTICATION_FAILED
     assert failed.reason == "peer answered AUTHENTICATION_FAILED"
+
+
+class _RecordKey:
+    """A record's key as oe.dnskeys hands it over."""
+
+    def __init__(self, private):
+        self.private = private
+
+    def public_key(self):
+        return self.private.public_key()
+
+
+def test_the_clients_of_one_gateway_share_its_ike_sa(confdir, tmp_path, host_key):
+    """docs/gateway.md 4.3 and 5: every Initiate goes through Lifecycle.route_initiate. The
+    first starts an IKE SA with the delegating record's key pinned, vouching for its client
+    only (never the gateway's own address); the second waits for IKE_AUTH, then the IKE SA
+    vouches for its client and asks for one more CHILD SA."""
+    from oe.ike.events import IkeSaEstablished
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        engine = RecordingEngine()
+        engine.config = SimpleNamespace(local_addrs=frozenset({ME}))  # docs/gateway.md 1
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
+        gateway = ipaddress.ip_address("192.0.2.1")
+        commands = []
+        for client in ("198.51.100.10", "198.51.100.20"):
+            pair = Pair.of(ME, client)
+            d.opportunist.acquire(pair, d.loop.time())
+            d.opportunist.negotiations[pair].stage = "ike"
+            lookup = KeyLookup(Target.parse(client), Verdict.KEY, key=_RecordKey(host_key),
+                               blob=b"gateway's key", gateway=gateway)
+            commands.append(Initiate(pair, gateway, peer_key=lookup))
+        d._run(commands)
+        [(_, (peer, _), started)] = [c for c in engine.calls if c[0] == "initiate"]
+        assert peer == "192.0.2.1"
+        assert started["peer_key"].addresses == {ipaddress.ip_address("198.51.100.10")}
+        assert started["peer_key"].public_key.public_numbers() == \
+            host_key.public_key().public_numbers()
+        sa_id = len(engine.calls)
+        d._ike_event(4, IkeSaEstablished(sa_id, b"i" * 8, b"r" * 8, True, ME, "192.0.2.1", 500,
+                                         "192.0.2.1", False))
+        vouched, created = engine.calls[-2:]
+        assert vouched[:2] == ("vouch", (sa_id, "198.51.100.20"))
+        assert created[0] == "create_child" and created[1][0] == sa_id
+        assert created[2]["remote_ts"] == [TrafficSelector.host("198.51.100.20")]
+    asyncio.run(run())

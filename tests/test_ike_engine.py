@@ -771,11 +771,11 @@ def test_initial_contact_retires_the_ike_sa_of_a_peers_earlier_life():
 
 def test_a_peer_cannot_make_us_hold_unbounded_child_sas():
     """Review of issue 10: an authenticated peer asking for CHILD SA after CHILD SA (no
-    REKEY_SA) gets N(NO_ADDITIONAL_SAS) past CHILD_SAS_MAX, and we hold no more SPIs."""
+    REKEY_SA) gets N(NO_ADDITIONAL_SAS) past children_per_ike, and we hold no more SPIs."""
     from oe.ike import events as E
-    from oe.ike.constants import CHILD_SAS_MAX
     from oe.ike.ts import TrafficSelector
-    a, b = ike_pair()
+    CHILD_SAS_MAX = 16
+    a, b = ike_pair(cfg_a={"children_per_ike": CHILD_SAS_MAX})
     link = Link(a, b)
     sa_id = a.initiate(ADDR_B, 0.0)
     link.roundtrip(a)

@@ -384,3 +384,14 @@ def test_an_ike_sa_gone_ends_every_tunnel_it_carried_and_no_other():
     assert fate(oe, "198.51.100.10") is Shunt.TRAP and fate(oe, "198.51.100.20") is Shunt.TRAP
     assert fate(oe, "198.51.100.30") == SaAction(gateway, 31, 30)
     assert oe.tunnels_of(3) == frozenset() and oe.tunnels_of(4) == {Pair.of(ME, "198.51.100.30")}
+
+
+def test_reload_ending_one_client_of_a_shared_ike_sa_deletes_its_child_sa_only():
+    oe = opportunist(private_or_clear="0.0.0.0/0\n")
+    gateway = ipaddress.ip_address("192.0.2.1")
+    keep, end = Pair.of(ME, "192.0.2.20"), Pair.of(ME, "198.51.100.20")
+    oe.tunnel_up(keep, gateway, 1, 0x11, 0x12, "x", False, True, 0)
+    oe.tunnel_up(end, gateway, 1, 0x21, 0x22, "x", False, True, 0)
+    new = opportunist(private_or_clear="0.0.0.0/0\n", clear="198.51.100.0/24\n").base
+    assert oe.reload(new, 10) == [DeleteChild(1, 0x21)]
+    assert set(oe.tunnels) == {keep}

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from oe.ike.auth import Identity, PeerKey
 from oe.ike.constants import (
+    CHILDREN_PER_IKE,
     HALF_OPEN_COOKIE_THRESHOLD,
     HALF_OPEN_LIFETIME,
     HALF_OPEN_MAX,
@@ -61,6 +62,9 @@ class IkeConfig:
     False behaves as a peer without RFC 7383 (charon's ``fragmentation = no``)."""
     fragment_size: int = FRAGMENT_SIZE
     """The largest IP datagram of a protected message before it is sent as fragments."""
+    children_per_ike: int = CHILDREN_PER_IKE
+    """CHILD SAs one IKE SA may carry (a gateway's clients share one, docs/gateway.md 5); a
+    peer asking for more gets NO_ADDITIONAL_SAS (RFC 7296 1.3)."""
 
     def ike_suites(self) -> list[Suite]:
         return [s for p in self.ike_proposals for s in parse_proposal(p, ProtocolId.IKE)]

@@ -39,7 +39,7 @@ from collections import deque
 from dataclasses import asdict
 from typing import Iterator
 
-from oe.ike.auth import Identity
+from oe.ike.auth import Identity, PeerKey
 from oe.ike.config import (
     Addr,
     AdmitInit,
@@ -223,19 +223,23 @@ class IkeEngine:
     def initiate(self, peer: str, now: float, *, local_ts: list[TrafficSelector] | None = None,
                  remote_ts: list[TrafficSelector] | None = None, peer_port: int = IKE_PORT,
                  remote_id: Identity | None = None, any_remote_id: bool = False,
-                 local_addr: str | None = None) -> int:
+                 local_addr: str | None = None, peer_key: PeerKey | None = None) -> int:
         """Start IKE_SA_INIT towards ``peer`` from our address ``local_addr`` (None: the one
         address of an engine that has one); returns the ``sa_id`` its events will carry.
 
         The responder must authenticate as ``remote_id`` (default: the ID_IPV4_ADDR or
         ID_IPV6_ADDR of ``peer``), which is also sent as IDr; ``any_remote_id`` accepts
-        whichever ID the key lookup vouches for and sends no IDr.
+        whichever ID the key lookup vouches for and sends no IDr. ``peer_key`` pins the key
+        the responder must prove (a delegating record's, RFC 4322 3.2.4.1) instead of asking
+        ``lookup_key``; its addresses, the clients it was named for and not the gateway's
+        own, are what the responder's selectors may hold (``vouch`` adds more).
         """
         local_addr = self._local(local_addr)
         if local_addr not in self.config.local_addrs:
             raise LocalProtocolError(f"{local_addr} is not one of our addresses")
         sa = IkeSa(self, next(self._ids), True, self.new_ike_spi(), bytes(8), (peer, peer_port),
                    (local_addr, IKE_PORT), State.EXPECT_SA_INIT_RESPONSE, now)
+        sa.pinned_key = peer_key
         expected = None if any_remote_id else remote_id or Identity.from_address(peer)
         # strongSwan's initiator queue: IKE_SA_INIT, then IKE_AUTH with the first CHILD SA
         sa.queue.append(IkeAuth(
@@ -277,6 +281,15 @@ class IkeEngine:
                      remote_ts: list[TrafficSelector]) -> None:
         """CREATE_CHILD_SA for one more CHILD SA with these selectors (e.g. one protocol)."""
         self._start(sa_id, CreateChild(None, tuple(local_ts), tuple(remote_ts)), now)
+
+    def vouch(self, sa_id: int, address: str) -> None:
+        """The established IKE SA's peer may also speak for ``address``: the caller found that
+        address's record naming this peer with the key it proved (a further client of a
+        gateway, docs/gateway.md 4.3). Raises ValueError for what is not an address."""
+        sa = self._sa(sa_id)
+        assert sa.peer_key is not None
+        sa.peer_key = PeerKey(sa.peer_key.public_key,
+                              sa.peer_key.addresses | {ipaddress.ip_address(address)})
 
     def rekey_ike(self, sa_id: int, now: float) -> None:
         self._start(sa_id, RekeyIke(), now)

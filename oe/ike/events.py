@@ -108,6 +108,12 @@ class ChildSaFailed:
     notify: int | None
     """The notify type received or sent (e.g. TS_UNACCEPTABLE = 38), or None."""
     reason: str
+    local_ts: tuple[TrafficSelector, ...] = ()
+    """Our side's selectors of the CHILD SA we asked for (a rekey: the old SA's); empty when
+    the peer asked, or for an IKE SA rekey. With ``remote_ts`` it says which of several
+    requests on one IKE SA failed."""
+    remote_ts: tuple[TrafficSelector, ...] = ()
+    """The peer's side's selectors we asked for."""
 
 
 @dataclass(frozen=True)

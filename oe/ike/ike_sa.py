@@ -131,6 +131,12 @@ class Task(Protocol):
     def process_i(self, sa: IkeSa, msg: Message, now: float) -> None: ...
 
 
+def requested_ts(task: Task) -> tuple[tuple, tuple]:
+    """The selectors a task of ours asked a CHILD SA for ((), () for an exchange that asks
+    for none): ChildSaFailed names the failed request by them."""
+    return getattr(task, "local_ts", ()), getattr(task, "remote_ts", ())
+
+
 Responder = Callable[["IkeSa", Message, float], None]
 """The responder half of an exchange: processes an authentic request and answers it with
 ``IkeSa.respond``."""
@@ -235,6 +241,9 @@ class IkeSa:
         self.next_keepalive: float | None = None
         self.peer_id: Identity | None = None
         self.peer_key: PeerKey | None = None  # the authenticated peer's key and its addresses
+        # the key an initiator was told the peer must prove, and the addresses it vouches for
+        # (docs/gateway.md 4.3); None: lookup_key answers for the peer's ID
+        self.pinned_key: PeerKey | None = None
         self.peer_hashes: set[int] = set()
         self.children: list[Child] = []
         self.pending_spis: set[int] = set()  # inbound SPIs offered that no CHILD SA took yet
@@ -458,7 +467,8 @@ class IkeSa:
                 self.last_heard = now
                 self.request = None
                 self.release_spi(req.spi_in)
-                return self._exchange_failed(e.notify, f"malformed response: {e.reason}", now)
+                return self._exchange_failed(e.notify, f"malformed response: {e.reason}", now,
+                                             req.task)
             if opened is None:
                 return  # an authentic fragment, kept until the others arrive
             msg = opened
@@ -535,11 +545,11 @@ class IkeSa:
         self.emit(IkeSaFailed(self.sa_id, self.peer_addr, notify, reason, local))
         self.host.remove(self)
 
-    def _exchange_failed(self, notify: int | None, reason: str, now: float) -> None:
+    def _exchange_failed(self, notify: int | None, reason: str, now: float, task: Task) -> None:
         if self.state in (State.EXPECT_SA_INIT_RESPONSE, State.EXPECT_AUTH_RESPONSE):
             self.fail(notify, reason, local=True)
         else:
-            self.emit(ChildSaFailed(self.sa_id, notify, reason))
+            self.emit(ChildSaFailed(self.sa_id, notify, reason, *requested_ts(task)))
             for c in self.children:
                 c.rekeying = False
             self.request_done(now)

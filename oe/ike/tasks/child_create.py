@@ -13,7 +13,6 @@ Collisions (found by the hypothesis state machine in tests/test_ike_fuzz.py):
 from __future__ import annotations
 
 from oe.ike.constants import (
-    CHILD_SAS_MAX,
     NONCE_LEN,
     ExchangeType,
     NotifyType,
@@ -97,12 +96,13 @@ class CreateChild:
         try:
             new = self._child_from_response(sa, msg)
         except IkeError as e:
-            sa.emit(ChildSaFailed(sa.sa_id, e.notify, e.reason))
+            sa.emit(ChildSaFailed(sa.sa_id, e.notify, e.reason, self.local_ts, self.remote_ts))
             return
         if new.sa.spi_out in sa.early_deletes:
             # the peer answered, lost the answer, then deleted the SA before our
             # retransmission fetched that answer again: it never comes to life
-            sa.emit(ChildSaFailed(sa.sa_id, None, "deleted by peer before it was up"))
+            sa.emit(ChildSaFailed(sa.sa_id, None, "deleted by peer before it was up",
+                                  self.local_ts, self.remote_ts))
             return
         if not sa.adopt(new, old) or old is None:
             return
@@ -140,7 +140,7 @@ def process_r(sa: IkeSa, msg: Message, sa_p: SA, nonce: Nonce, ke: KE | None,
             return sa.respond(ExchangeType.CREATE_CHILD_SA, mid,
                               [Notify(NotifyType.CHILD_SA_NOT_FOUND, protocol=rekey.protocol,
                                       spi=rekey.spi)])
-    elif len(sa.children) >= CHILD_SAS_MAX:
+    elif len(sa.children) >= sa.config.children_per_ike:
         # section 1.3: an authenticated peer still cannot make us hold SAs without bound
         return sa.respond(ExchangeType.CREATE_CHILD_SA, mid,
                           [Notify(NotifyType.NO_ADDITIONAL_SAS)])

@@ -9,7 +9,7 @@ from oe.ike.constants import ERROR_NOTIFY_MAX, EsnId, NotifyType, notify_name
 from oe.ike.crypto import DhExchange, Prf, Rng
 from oe.ike.errors import IkeError
 from oe.ike.events import ChildSa, ChildSaFailed
-from oe.ike.ike_sa import Child, IkeSa
+from oe.ike.ike_sa import Child, IkeSa, requested_ts
 from oe.ike.keymat import IkeKeys, child_keymat, derive_ike_keys
 from oe.ike.message import ID, KE, TS, Message, Notify
 from oe.ike.proposals import Suite
@@ -54,7 +54,8 @@ def error_answer(sa: IkeSa, task: KeTask, msg: Message, suites: list[Suite], now
             task.group = want
             task.build_i(sa, now)
             return True
-    sa.emit(ChildSaFailed(sa.sa_id, err.notify_type, f"{failed}{notify_name(err.notify_type)}"))
+    sa.emit(ChildSaFailed(sa.sa_id, err.notify_type, f"{failed}{notify_name(err.notify_type)}",
+                          *requested_ts(task)))
     return True
 
 

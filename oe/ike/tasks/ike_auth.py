@@ -71,12 +71,17 @@ def verify_peer(sa: IkeSa, id_payload: ID | None, auth: Auth | None,
         # an address's key vouches for its address ID only, never for a name spelled
         # like it (a lookup keyed by the ID's text would hand it over)
         raise IkeError(fail, f"ID_FQDN {peer} is an address, not a name")
-    found = sa.host.lookup_key(peer)
-    if found is None:
-        raise IkeError(fail, f"no public key known for peer ID {peer}")
-    if peer.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR) and (
-            peer.address() not in found.addresses):
-        raise IkeError(fail, f"the key found for {peer} does not vouch for that address")
+    if sa.initiator and sa.pinned_key is not None:
+        # a key a delegating record named: it vouches for the client(s) it was pinned for,
+        # never for the gateway's own address (RFC 4322 3.2.4.1, docs/gateway.md 4.3)
+        found = sa.pinned_key
+    else:
+        found = sa.host.lookup_key(peer)
+        if found is None:
+            raise IkeError(fail, f"no public key known for peer ID {peer}")
+        if peer.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR) and (
+                peer.address() not in found.addresses):
+            raise IkeError(fail, f"the key found for {peer} does not vouch for that address")
     key = found.public_key
     octets = _octets(sa, not sa.initiator, id_payload.body)
     try:
@@ -148,14 +153,15 @@ class IkeAuth:
         if err is not None or sa_p is None:
             notify = err.notify_type if err is not None else None
             sa.emit(ChildSaFailed(sa.sa_id, notify,
-                                  f"peer answered {notify_name(notify or 0)} for the CHILD SA"))
+                                  f"peer answered {notify_name(notify or 0)} for the CHILD SA",
+                                  self.local_ts, self.remote_ts))
             return
         try:
             _, suite = accept(sa_p.proposals, sa.config.esp_suites(), ProtocolId.ESP,
                               ignore_dh=True)
             local_ts, remote_ts = common.check_narrowed(sa, msg, self.local_ts, self.remote_ts)
         except IkeError as e:
-            sa.emit(ChildSaFailed(sa.sa_id, e.notify, e.reason))
+            sa.emit(ChildSaFailed(sa.sa_id, e.notify, e.reason, self.local_ts, self.remote_ts))
             # section 2.9: the peer made a CHILD SA we cannot accept; delete it
             return sa.start(DeleteRefused(self.spi_in), now)
         sa.adopt(make_child(sa, suite, self.spi_in, sa_p.proposals[0].spi, sa.nonce_i,
