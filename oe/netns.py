@@ -108,8 +108,15 @@ class Host:
 class World:
     """Namespaces joined by a bridge; torn down completely by close()."""
 
+    _prefixes: set[str] = set()
+    """Prefixes of this process's worlds not closed yet: two worlds at once (a test's own
+    beside a module's) must not share namespace names."""
+
     def __init__(self, prefix: str, workdir: Path) -> None:
-        self.prefix = f"{prefix}{os.getpid() % 100000}"
+        base = self.prefix = f"{prefix}{os.getpid() % 100000}"
+        while self.prefix in World._prefixes:
+            self.prefix = f"{base}w{len(World._prefixes)}"
+        World._prefixes.add(self.prefix)
         self.workdir = workdir
         self.switch = f"{self.prefix}-sw"
         self.hosts: dict[str, Host] = {}
@@ -220,6 +227,7 @@ class World:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         self._namespaces.clear()
         self._processes.clear()
+        World._prefixes.discard(self.prefix)
         if self._opened:
             self._opened = False
             _sigterm.release()

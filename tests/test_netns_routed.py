@@ -58,3 +58,12 @@ def test_failed_attach_or_route_cleans_up(tmp_path):
             world.route(world.host("a", "192.0.2.10/24"), "default via 198.51.100.1")
     # (only this world's namespaces: other test runs may make theirs meanwhile)
     assert not {ns for ns in namespaces() if ns.startswith(f"{prefixes[0]}-")}
+
+
+def test_two_worlds_of_one_process_at_once_do_not_share_names(tmp_path):
+    with World("oert", tmp_path / "1") as first, World("oert", tmp_path / "2") as second:
+        assert first.prefix != second.prefix
+        first.host("a", "192.0.2.10/24")
+        second.host("a", "192.0.2.10/24")
+        prefixes = (first.prefix, second.prefix)
+    assert not {ns for ns in namespaces() if ns.startswith(prefixes)}
