@@ -98,6 +98,22 @@ class FetchPeerKey:
 
 
 @dataclass(frozen=True)
+class FetchDelegation:
+    """Look up the record of a client a peer's CHILD SA request names (docs/gateway.md 4.2),
+    then call Admission.delegation_fetched."""
+
+    client: str
+
+
+@dataclass(frozen=True)
+class ResumeChild:
+    """Hand the CHILD SA request that waits on IKE SA `sa_id` to its engine again: the
+    lookups it waited for are in."""
+
+    sa_id: int
+
+
+@dataclass(frozen=True)
 class ReplayInit:
     """Hand a waiting IKE_SA_INIT to the IKE runner again: its peer's key is now known."""
 
@@ -165,9 +181,10 @@ class Log:
 
 
 Command = Union[FetchKey, Initiate, CreateChild, DeleteIke, DeleteChild, RekeyChild,
-                CheckLiveness, SampleInbound, FetchPeerKey, ReplayInit, RefuseInit, FollowPeer,
-                Steer, RefuseInClear, StaleKey, Log]
+                CheckLiveness, SampleInbound, FetchPeerKey, FetchDelegation, ResumeChild,
+                ReplayInit, RefuseInit, FollowPeer, Steer, RefuseInClear, StaleKey, Log]
 
 __all__ = ["FetchKey", "Initiate", "CreateChild", "DeleteIke", "DeleteChild", "RekeyChild",
-           "CheckLiveness", "SampleInbound", "FetchPeerKey", "ReplayInit", "RefuseInit",
-           "FollowPeer", "Steer", "RefuseInClear", "StaleKey", "Log", "Command"]
+           "CheckLiveness", "SampleInbound", "FetchPeerKey", "FetchDelegation", "ResumeChild",
+           "ReplayInit", "RefuseInit", "FollowPeer", "Steer", "RefuseInClear", "StaleKey", "Log",
+           "Command"]

@@ -84,7 +84,8 @@ class Daemon(Executor):
         self.lifecycle = Lifecycle(self.opportunist, SaTimes(
             self.config.ike.sa_lifetime, self.config.ike.rekey_margin, self.config.ike.dpd_delay),
             self.config.limits.children_per_ike)
-        self.admission = Admission(self.opportunist, self.keys, self.config.limits.lookups)
+        self.admission = Admission(self.opportunist, self.keys, self.config.limits.lookups,
+                                   _gateway_subnets(self.config), hostkey.public_blob(self.key))
         self.routes = RoutePlan()
         self.fetcher = KeyFetcher.from_config(self.config.dns, confdir)
         # shared by the engines of both families: inbound SPIs and sa_ids unique on the host
@@ -193,8 +194,7 @@ class Daemon(Executor):
         ike = IkeConfig(local_addrs=frozenset(addresses), private_key=self.key,
                         **self._ike_terms())
         engine = IkeEngine(ike, rng=os.urandom, lookup_key=self._lookup_key,
-                           ts_policy=lambda peer_id, local_ts, remote_ts, v=version:
-                           self._ts_allowed(v, peer_id, local_ts, remote_ts),
+                           child_policy=self._child_policy,
                            spis=self.spis, sa_ids=self.sa_ids,
                            cookie_required=self._cookie_required, admit_init=self._admit_init)
         runner = IkeRunner(engine, family, lambda event, v=version: self._ike_event(v, event),
@@ -436,6 +436,8 @@ class Daemon(Executor):
         self.key = report.key
         self.opportunist.limits = _limits(self.config)
         self.lifecycle.children_per_ike = self.config.limits.children_per_ike
+        self.admission.subnets = _gateway_subnets(self.config)
+        self.admission.own_blob = hostkey.public_blob(self.key)
         for side in self.sides.values():  # new negotiations and rekeys take the new terms
             side.engine.config = dataclasses.replace(side.engine.config, private_key=self.key,
                                                      **self._ike_terms())
@@ -549,6 +551,13 @@ def _is_address(text: str) -> bool:
 def _limits(config: oeconfig.Config) -> Limits:
     return Limits(shunt_lifetime=config.shunt_lifetime, pending_max=config.limits.queued_acquires,
                   max_shunts=config.limits.shunts)
+
+
+def _gateway_subnets(config: oeconfig.Config) -> tuple:
+    """`[gateway] subnets` (GatewayConfig.subnets, docs/gateway.md 2) as networks: the
+    clients the responder may answer for; none while oe.conf has no such key."""
+    gateway = getattr(config, "gateway", None)
+    return tuple(ipaddress.ip_network(n) for n in getattr(gateway, "subnets", ()))
 
 
 def start(confdir: Path, rundir: Path, background: bool = False) -> int:

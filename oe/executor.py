@@ -20,9 +20,9 @@ import logging
 
 from oe import net
 from oe.commands import (
-    CheckLiveness, CreateChild, DeleteChild, DeleteIke, FetchKey, FetchPeerKey, FollowPeer,
-    Initiate, Log, RefuseInClear, RefuseInit, RekeyChild, ReplayInit, SampleInbound, StaleKey,
-    Steer,
+    CheckLiveness, CreateChild, DeleteChild, DeleteIke, FetchDelegation, FetchKey, FetchPeerKey,
+    FollowPeer, Initiate, Log, RefuseInClear, RefuseInit, RekeyChild, ReplayInit, ResumeChild,
+    SampleInbound, StaleKey, Steer,
 )
 from oe.dnskeys.choice import Target
 from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked, PathMtuTooBig,
@@ -30,6 +30,7 @@ from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcke
 from oe.errors import OeError
 from oe.ike import events as ike_events
 from oe.ike.auth import Identity, PeerKey
+from oe.ike.childpolicy import AuthenticatedSa, Selectors, TsVerdict
 from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT
 from oe.ike.ts import TrafficSelector
 from oe.lifecycle import ChildInfo, algorithm_name
@@ -118,9 +119,14 @@ class Executor:
                 self._run(self.admission.peer_moved(event.local_addr, event.sa_id,
                                                     event.remote_addr, event.remote_port))
             case ike_events.ChildSaFailed():  # the request its selectors name (of several)
-                self._run(self.lifecycle.child_failed(event.sa_id, event.local_ts,
-                                                      event.remote_ts, event.notify,
-                                                      event.reason, now))
+                commands = self.lifecycle.child_failed(event.sa_id, event.local_ts,
+                                                       event.remote_ts, event.notify,
+                                                       event.reason, now)
+                if not commands:  # e.g. the peer's request, refused (docs/gateway.md 4.1: say why)
+                    log.info("IKE SA %d: CHILD SA failed: %s", event.sa_id, event.reason)
+                self._run(commands)
+            case ike_events.ChildAwaitsDns():
+                self._run(self.admission.delegation_wanted(event.sa_id, event.lookups))
         self._apply()
         side.runner.transmit()
 
@@ -204,6 +210,10 @@ class Executor:
                     self._run(self.lifecycle.inbound_sample(self._inbound_packets(), now))
                 case FetchPeerKey():
                     self.loop.create_task(self._fetch_peer_key(command))
+                case FetchDelegation():
+                    self.loop.create_task(self._fetch_delegation(command))
+                case ResumeChild(sa_id=sa_id):
+                    self._on_ike_sa(sa_id, lambda engine: engine.resume(sa_id, now))
                 case ReplayInit(data=data, addr=addr, local_port=port, local_addr=local):
                     side = self.sides.get(ipaddress.ip_address(addr[0]).version)
                     if side is not None:
@@ -271,6 +281,17 @@ class Executor:
             log.exception("key lookup for %s", command.peer)
             commands = self.admission.key_fetched(command.peer, None, self.loop.time())
         self._run(commands)
+
+    async def _fetch_delegation(self, command: FetchDelegation) -> None:
+        """A client's record for a waiting CHILD SA request, chosen as any key is (`choose`:
+        delegation only from secure answers or with allow_unsigned_delegation); whatever
+        the lookup raises, the slot is freed and the request refused."""
+        lookup = None
+        try:
+            lookup = await self.fetcher.fetch(Target.parse(command.client))
+        except Exception:
+            log.exception("delegation lookup for %s", command.client)
+        self._run(self.admission.delegation_fetched(command.client, lookup, self.loop.time()))
 
     def _initiate(self, command: Initiate) -> None:
         side = self.sides.get(command.peer.version)
@@ -346,9 +367,8 @@ class Executor:
     def _lookup_key(self, identity: Identity) -> PeerKey | None:
         return self.keys.get(identity, self.loop.time())
 
-    def _ts_allowed(self, version: int, peer_id: Identity, local_ts, remote_ts) -> bool:
-        # the responder's TSr is narrowed to one host, the address the peer contacted
-        return self.admission.selectors_allowed(str(local_ts[0].start), remote_ts)
+    def _child_policy(self, sa: AuthenticatedSa, tsi: Selectors, tsr: Selectors) -> TsVerdict:
+        return self.admission.child_policy(sa, tsi, tsr, self.loop.time())
 
     def _admit_init(self, data: bytes, addr, local_port: int, local_addr: str) -> bool:
         """An IKE_SA_INIT from a peer to our `local_addr`: True when the runner may hand it

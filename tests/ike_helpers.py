@@ -26,7 +26,7 @@ def seeded_rng(seed: int):
     return lambda n: r.randbytes(n)
 
 
-ENGINE_ARGS = ("ts_policy", "spis", "sa_ids", "cookie_required", "admit_init")
+ENGINE_ARGS = ("child_policy", "spis", "sa_ids", "cookie_required", "admit_init")
 
 
 def make_engine(addr: str, key_name: str, peers: dict[str, str], seed: int, key_bits: int = 2048,

@@ -162,12 +162,24 @@ def test_a_peer_moves_only_where_policy_takes_oe():
     assert a.peer_moved(ME, 7, "203.0.113.5", 4500)[-1] == DeleteIke(7)
 
 
-def test_responder_selectors_are_single_hosts_of_an_oe_group():
+def test_responder_selectors_narrow_to_vouched_hosts_of_an_oe_group(host_key):
+    """The peer's side narrows to the hosts its key vouches for (a range to the one host);
+    a peer in a group that refuses OE gets no CHILD SA."""
+    from oe.ike.auth import PeerKey
+    from oe.ike.childpolicy import Allow, AuthenticatedSa, Refuse
     a, _ = door(private_or_clear="0.0.0.0/0\n", clear="203.0.113.0/24\n")
     ip = ipaddress.ip_address
-    assert a.selectors_allowed(ME, (TrafficSelector.host(PEER, 6, 22),))
-    assert not a.selectors_allowed(ME, (TrafficSelector(ip(PEER), ip("198.51.100.3")),))
-    assert not a.selectors_allowed(ME, (TrafficSelector.host("203.0.113.5"),))
+    us = (TrafficSelector.host(ME),)
+
+    def sa(peer):
+        return AuthenticatedSa(1, ME, Identity.from_address(peer),
+                               PeerKey(host_key.public_key(), frozenset({peer})))
+    ssh = (TrafficSelector.host(PEER, 6, 22),)
+    assert a.child_policy(sa(PEER), ssh, us, 0.0) == Allow(us, ssh)
+    assert a.child_policy(sa(PEER), (TrafficSelector(ip(PEER), ip("198.51.100.3")),), us,
+                          0.0) == Allow(us, (TrafficSelector.host(PEER),))
+    clear = (TrafficSelector.host("203.0.113.5"),)
+    assert isinstance(a.child_policy(sa("203.0.113.5"), clear, us, 0.0), Refuse)
 
 
 def test_kept_keys_remember_their_provenance(host_key):
@@ -176,3 +188,240 @@ def test_kept_keys_remember_their_provenance(host_key):
     keys.keep(replace(lookup(host_key, PEER), dnssec="secure"), 0.0)
     assert keys.provenance(address_id(PEER)) == "IPSECKEY, dnssec secure"
     assert keys.provenance(address_id("203.0.113.99")) is None
+
+
+# --- the responder for a client (docs/gateway.md 4.1, 4.2) -------------------------------
+
+GW = "192.0.2.66"                      # the peer P: a gateway with a valid key of its own
+CLIENT = "198.51.100.77"               # his client S (TSi)
+OURS = "203.0.113.10"                  # our client T (TSr), in [gateway] subnets
+SUBNETS = ("203.0.113.0/24",)
+
+
+def record_for(owner, gateway, key_of, kind="IPSECKEY", precedence=10):
+    """A KeyRecord at `owner` naming `gateway` (None: itself) with `key_of`'s key (None: no
+    key)."""
+    blob = hostkey.public_blob(key_of) if key_of is not None else None
+    return KeyRecord(kind, Target.parse(owner).name, precedence,
+                     ipaddress.ip_address(gateway) if gateway is not None else None,
+                     decode_rsa_blob(blob) if blob is not None else None, blob, "")
+
+
+def delegating(owner, gateway, key_of, dnssec="secure", expires=600.0, more=()):
+    """A lookup as choose() makes it for a record at `owner` naming `gateway`."""
+    record = record_for(owner, gateway, key_of)
+    return KeyLookup(Target.parse(owner), Verdict.KEY, record=record, key=record.key,
+                     blob=record.blob, gateway=record.gateway or ipaddress.ip_address(owner),
+                     records=(record, *more), dnssec=dnssec, expires=expires)
+
+
+@pytest.fixture(scope="module")
+def keys3():
+    """Our key, the peer gateway's, and a third party's."""
+    return hostkey.generate(2048), hostkey.generate(2048), hostkey.generate(2048)
+
+
+def gateway_door(keys3, lookups=8):
+    from oe.ike.childpolicy import AuthenticatedSa
+    from oe.ike.auth import PeerKey
+    a, _ = door(lookups=lookups, private_or_clear="0.0.0.0/0\n")
+    a.subnets = tuple(ipaddress.ip_network(n) for n in SUBNETS)
+    a.own_blob = hostkey.public_blob(keys3[0])
+    sa = AuthenticatedSa(5, ME, Identity.from_address(GW),
+                         PeerKey(keys3[1].public_key(), frozenset({GW})))
+    return a, sa
+
+
+def hosts(*addrs):
+    return tuple(TrafficSelector.host(x) for x in addrs)
+
+
+def answered(a, sa, tsi, tsr, lookups, now=0.0):
+    """child_policy waits for `lookups` (client -> KeyLookup or None), which are fetched and
+    resume the request; then it decides."""
+    from oe.commands import FetchDelegation, ResumeChild
+    from oe.ike.childpolicy import Wait
+    waiting = a.child_policy(sa, tsi, tsr, now)
+    assert waiting == Wait(tuple(lookups))
+    assert a.delegation_wanted(sa.sa_id, waiting.lookups) == [FetchDelegation(c) for c in lookups]
+    resumed = []
+    for client, lookup in lookups.items():
+        resumed += a.delegation_fetched(client, lookup, now)
+    assert resumed == [ResumeChild(sa.sa_id)]
+    return a.child_policy(sa, tsi, tsr, now)
+
+
+def test_the_peers_own_address_and_ours_need_no_lookup(keys3):
+    from oe.ike.childpolicy import Allow
+    a, sa = gateway_door(keys3)
+    assert a.child_policy(sa, hosts(GW), hosts(ME), 0.0) == Allow(hosts(ME), hosts(GW))
+    # wide offers narrow to the peer's vouched address and to us, as before
+    wide = (TrafficSelector(ipaddress.ip_address("0.0.0.0"),
+                            ipaddress.ip_address("255.255.255.255")),)
+    assert a.child_policy(sa, wide, wide, 0.0) == Allow(hosts(ME), hosts(GW))
+
+
+def test_his_client_is_taken_when_its_record_delegates_to_the_peer_with_its_key(keys3):
+    from oe.ike.childpolicy import Allow
+    a, sa = gateway_door(keys3)
+    tsi = (TrafficSelector.host(CLIENT), TrafficSelector(ipaddress.ip_address("198.51.100.0"),
+                                                         ipaddress.ip_address("198.51.100.255")))
+    got = answered(a, sa, tsi, hosts(ME), {CLIENT: delegating(CLIENT, GW, keys3[1])})
+    assert got == Allow(hosts(ME), hosts(CLIENT))     # the first selector only (RFC 7296 2.9)
+    assert a.child_policy(sa, tsi, hosts(ME), 1.0) == got                  # held: no lookup
+
+
+def test_his_client_delegating_elsewhere_is_refused_with_pluto_s_words(keys3):
+    """The compromised gateway: a valid key of its own, but S's record names another one."""
+    from oe.ike.childpolicy import Refuse
+    a, sa = gateway_door(keys3)
+    got = answered(a, sa, hosts(CLIENT), hosts(ME),
+                   {CLIENT: delegating(CLIENT, "192.0.2.99", keys3[2])})
+    assert got == Refuse(f"gateway {GW} wants connection with {CLIENT} as his client, but DNS "
+                         f"fails to confirm delegation: record for {CLIENT} delegates to "
+                         f"192.0.2.99, not {GW}")
+
+
+def test_his_client_naming_the_peer_with_another_key_is_refused(keys3):
+    from oe.ike.childpolicy import Refuse
+    a, sa = gateway_door(keys3)
+    got = answered(a, sa, hosts(CLIENT), hosts(ME), {CLIENT: delegating(CLIENT, GW, keys3[2])})
+    assert isinstance(got, Refuse) and f"names {GW} with another key" in got.reason
+
+
+def test_his_client_naming_itself_or_without_a_record_is_refused(keys3):
+    from oe.ike.childpolicy import Refuse
+    a, sa = gateway_door(keys3)
+    got = answered(a, sa, hosts(CLIENT), hosts(ME), {CLIENT: delegating(CLIENT, None, keys3[2])})
+    assert isinstance(got, Refuse) and f"delegates to {CLIENT}, not {GW}" in got.reason
+    other = "198.51.100.78"
+    got = answered(a, sa, hosts(other), hosts(ME), {other: no_key(other, error="no record")})
+    assert got == Refuse(f"gateway {GW} wants connection with {other} as his client, but DNS "
+                         f"fails to confirm delegation: no record")
+
+
+def test_an_unsigned_record_delegates_only_if_choose_let_it(keys3):
+    """choose() skips an insecure delegating record unless allow_unsigned_delegation: the
+    lookup then has only the client's own record chosen, and a delegating record beside it
+    in `records` does not count."""
+    from oe.ike.childpolicy import Allow, Refuse
+    a, sa = gateway_door(keys3)
+    beside = record_for(CLIENT, GW, keys3[1], precedence=20)
+    insecure = delegating(CLIENT, None, keys3[2], dnssec="insecure", more=(beside,))
+    assert isinstance(answered(a, sa, hosts(CLIENT), hosts(ME), {CLIENT: insecure}), Refuse)
+    secure = "198.51.100.79"
+    chosen_self = delegating(secure, None, keys3[2], more=(record_for(secure, GW, keys3[1], 20),))
+    assert answered(a, sa, hosts(secure), hosts(ME), {secure: chosen_self}) == \
+        Allow(hosts(ME), hosts(secure))          # RFC 4322 3.2: any record naming the peer
+
+
+def test_our_client_is_taken_only_in_our_subnets_delegating_to_us_with_our_key(keys3):
+    from oe.ike.childpolicy import Allow, Refuse
+    a, sa = gateway_door(keys3)
+    assert answered(a, sa, hosts(GW), hosts(OURS), {OURS: delegating(OURS, ME, keys3[0])}) == \
+        Allow(hosts(OURS), hosts(GW))
+    t2 = "203.0.113.11"
+    got = answered(a, sa, hosts(GW), hosts(t2), {t2: delegating(t2, ME, keys3[1])})
+    assert got == Refuse(f"gateway {GW} wants connection with {t2} as our client, but DNS fails "
+                         f"to confirm delegation: record for our client {t2} has wrong key")
+    t3 = "203.0.113.12"
+    got = answered(a, sa, hosts(GW), hosts(t3), {t3: delegating(t3, "203.0.113.1", keys3[0])})
+    assert got.reason.endswith(f"record for our client {t3} delegates to 203.0.113.1, not us")
+    outside = "192.0.2.200"                   # a valid delegation, but not a client of ours
+    got = a.child_policy(sa, hosts(GW), hosts(outside), 0.0)
+    assert got == Refuse(f"gateway {GW} wants connection with {outside} as our client, but DNS "
+                         f"fails to confirm delegation: {outside} is not in [gateway] subnets")
+
+
+def test_both_clients_wait_together_and_policy_judges_the_narrowed_pair(keys3):
+    from oe.ike.childpolicy import Allow, Refuse
+    a, sa = gateway_door(keys3)
+    got = answered(a, sa, hosts(CLIENT), hosts(OURS), {
+        OURS: delegating(OURS, ME, keys3[0]), CLIENT: delegating(CLIENT, GW, keys3[1])})
+    assert got == Allow(hosts(OURS), hosts(CLIENT))
+    a.opportunist = door(private_or_clear="0.0.0.0/0\n", clear=f"{CLIENT}/32\n")[0].opportunist
+    got = a.child_policy(sa, hosts(CLIENT), hosts(OURS), 0.0)
+    assert isinstance(got, Refuse) and "refuses OE" in got.reason
+
+
+def test_delegation_lookups_share_the_lookup_budget_and_beyond_it_refuse(keys3):
+    from oe.ike.childpolicy import Refuse, Wait
+    a, sa = gateway_door(keys3, lookups=2)
+    assert a.admit(ME, b"init", (PEER, 500), 500, 0.0)[1] == [FetchPeerKey(PEER)]
+    assert a.child_policy(sa, hosts(CLIENT), hosts(ME), 0.0) == Wait((CLIENT,))
+    got = a.child_policy(sa, hosts("198.51.100.90"), hosts(ME), 0.0)
+    assert isinstance(got, Refuse) and "no DNS lookup free" in got.reason
+    assert a.counters["child_lookups_refused"] == 1
+    # a second request for a client already being looked up waits on the same lookup
+    assert a.child_policy(replace(sa, sa_id=6), hosts(CLIENT), hosts(ME), 0.0) == Wait((CLIENT,))
+    assert a.admit(ME, b"x", ("198.51.100.3", 500), 500, 0.0) == (False, [])  # budget full
+
+
+def test_a_failed_delegation_lookup_is_held_no_longer_than_its_negative_answer(keys3):
+    from oe.ike.childpolicy import Refuse, Wait
+    a, sa = gateway_door(keys3)
+    got = answered(a, sa, hosts(CLIENT), hosts(ME), {CLIENT: None})       # no answer at all
+    assert isinstance(got, Refuse) and "lookup failed" in got.reason
+    assert isinstance(a.child_policy(sa, hosts(CLIENT), hosts(ME), REFUSAL_HOLD - 0.1), Refuse)
+    assert a.child_policy(sa, hosts(CLIENT), hosts(ME), REFUSAL_HOLD) == Wait((CLIENT,))
+    short = "198.51.100.81"
+    answered(a, sa, hosts(short), hosts(ME), {short: no_key(short, expires=3.0)})
+    assert a.child_policy(sa, hosts(short), hosts(ME), 3.0) == Wait((short,))
+
+
+def test_delegations_are_bounded_oldest_first(keys3):
+    from oe.delegations import Delegations
+    store = Delegations(3)
+    for i in range(5):
+        store.keep(f"198.51.100.{i}", no_key(f"198.51.100.{i}"), 10.0)
+    assert len(store) == 3 and store.get("198.51.100.0", 0.0) is None
+    assert store.get("198.51.100.4", 0.0) is not None and store.get("198.51.100.4", 10.0) is None
+    assert len(store) == 2                                            # expired lazily
+    a, _ = gateway_door(keys3, lookups=2)
+    assert a.delegations.capacity == REFUSALS_PER_LOOKUP * 2
+
+
+def test_offers_without_us_or_the_peer_and_no_client_host_are_refused_without_lookup(keys3):
+    from oe.ike.childpolicy import Refuse
+    a, sa = gateway_door(keys3)
+    elsewhere = (TrafficSelector(ipaddress.ip_address("10.0.0.0"),
+                                 ipaddress.ip_address("10.0.0.255")),)
+    for tsi, tsr in ((elsewhere, hosts(ME)), (hosts(GW), elsewhere)):
+        assert a.child_policy(sa, tsi, tsr, 0.0) == Refuse(
+            "selectors are not host-to-host between us and the peer's key")
+    assert a.fetching == {} and a.waiting == {}
+
+
+def test_an_fqdn_gateway_matches_a_peer_of_that_name_only(keys3):
+    """RFC 4322 3.3 step 3: the record must name the initiator, by address or identical FQDN.
+    An @FQDN record does not match an address ID (its addresses are not looked up here)."""
+    import dns.name
+
+    from oe.ike.auth import PeerKey
+    from oe.ike.childpolicy import Allow, AuthenticatedSa, Refuse
+    a, by_address = gateway_door(keys3)
+    by_name = AuthenticatedSa(6, ME, Identity.fqdn("gw.example"),
+                              PeerKey(keys3[1].public_key(), frozenset({GW})))
+    blob = hostkey.public_blob(keys3[1])
+    record = KeyRecord("IPSECKEY", Target.parse(CLIENT).name, 10,
+                       dns.name.from_text("GW.Example."), decode_rsa_blob(blob), blob, "")
+    named = KeyLookup(Target.parse(CLIENT), Verdict.KEY, record=record, key=record.key,
+                      blob=blob, gateway=record.gateway, records=(record,), dnssec="secure",
+                      expires=600.0)
+    assert answered(a, by_name, hosts(CLIENT), hosts(ME), {CLIENT: named}) == \
+        Allow(hosts(ME), hosts(CLIENT))
+    got = a.child_policy(by_address, hosts(CLIENT), hosts(ME), 1.0)
+    assert isinstance(got, Refuse) and got.reason.endswith(
+        f"record for {CLIENT} delegates to @GW.Example, not {GW}")
+
+
+def test_a_record_naming_the_peer_without_a_key_takes_the_key_the_peer_proved(keys3):
+    """FreeS/WAN: a gateway record without a key means the gateway's own key, which the
+    peer has just proved in IKE_AUTH."""
+    from oe.ike.childpolicy import Allow
+    a, sa = gateway_door(keys3)
+    keyless = record_for(CLIENT, GW, None)
+    chosen = delegating(CLIENT, GW, keys3[2], more=(keyless,))    # its KEY: another key
+    chosen = replace(chosen, record=keyless, records=(keyless,))
+    assert answered(a, sa, hosts(CLIENT), hosts(ME), {CLIENT: chosen}) == \
+        Allow(hosts(ME), hosts(CLIENT))

@@ -15,7 +15,8 @@ from oe.commands import Initiate
 from oe.dnskeys.choice import KeyLookup, Target, Verdict
 from oe.dnskeys.records import KeyRecord, decode_rsa_blob
 from oe.eroute import Shunt
-from oe.ike.auth import Identity
+from oe.ike.auth import Identity, PeerKey
+from oe.ike.childpolicy import Allow, AuthenticatedSa, Refuse
 from oe.ike.constants import IdType, NotifyType
 from oe.ike.events import ChildSa, ChildSaEstablished, ChildSaFailed
 from oe.ike.ts import TrafficSelector
@@ -355,23 +356,29 @@ def test_unknown_peers_return_a_cookie_before_dns_work_under_load(confdir, tmp_p
     asyncio.run(run())
 
 
-def test_responder_selectors_must_be_single_hosts_whose_group_takes_oe(confdir, tmp_path):
-    """The engine's ts_policy hook as the daemon answers it: every remote selector one host
-    whose policy group accepts OE inbound; a range, or one host of a clear group, refuses the
-    whole CHILD SA."""
+def test_responder_selectors_must_be_single_hosts_whose_group_takes_oe(confdir, tmp_path,
+                                                                      host_key):
+    """The engine's child_policy hook as the daemon answers it: the peer's side narrowed to
+    the hosts its key vouches for, whose policy group must accept OE inbound; a host of a
+    clear group refuses the whole CHILD SA."""
     (confdir / "policies" / "clear").write_text("203.0.113.0/24\n")
     ip = ipaddress.ip_address
 
+    def sa(*vouched):
+        return AuthenticatedSa(1, ME, Identity.from_address(vouched[0]),
+                               PeerKey(host_key.public_key(), frozenset(vouched)))
+
     async def run():
         d = make_daemon(confdir, tmp_path)
-        d.sides[4] = oedaemon._IkeSide(4, engine=None, runner=None)
-        peer = Identity.from_address(PEER)
         local = (TrafficSelector.host(ME),)
-        assert d._ts_allowed(4, peer, local, (TrafficSelector.host(PEER, 6, 22),))
-        assert not d._ts_allowed(4, peer, local, (TrafficSelector(ip(PEER), ip("198.51.100.3")),))
-        assert not d._ts_allowed(4, peer, local, (TrafficSelector.host("203.0.113.5"),))
-        assert not d._ts_allowed(4, peer, local, (TrafficSelector.host(PEER),
-                                                  TrafficSelector.host("203.0.113.5")))
+        ssh = (TrafficSelector.host(PEER, 6, 22),)
+        assert d._child_policy(sa(PEER), ssh, local) == Allow(local, ssh)
+        assert d._child_policy(sa(PEER), (TrafficSelector(ip(PEER), ip("198.51.100.3")),),
+                               local) == Allow(local, (TrafficSelector.host(PEER),))
+        assert isinstance(d._child_policy(sa("203.0.113.5"), (TrafficSelector.host(
+            "203.0.113.5"),), local), Refuse)
+        wide = (TrafficSelector(ip("0.0.0.0"), ip("255.255.255.255")),)
+        assert isinstance(d._child_policy(sa(PEER, "203.0.113.5"), wide, local), Refuse)
     asyncio.run(run())
 
 
@@ -385,8 +392,7 @@ def test_the_daemons_selector_policy_decides_in_the_engine(confdir, tmp_path):
         d.sides[4] = oedaemon._IkeSide(4, engine=None, runner=None)
         got = {}
         for peer in (PEER, "203.0.113.5"):
-            us = make_engine(ME, "b", {peer: "a"}, 2,
-                             ts_policy=lambda p, lts, rts: d._ts_allowed(4, p, lts, rts))
+            us = make_engine(ME, "b", {peer: "a"}, 2, child_policy=d._child_policy)
             them = make_engine(peer, "a", {ME: "b"}, 1)
             them.initiate(ME, 0)
             Link(them, us).roundtrip(them)
@@ -619,4 +625,57 @@ def test_the_clients_of_one_gateway_share_its_ike_sa(confdir, tmp_path, host_key
         assert vouched[:2] == ("vouch", (sa_id, "198.51.100.20"))
         assert created[0] == "create_child" and created[1][0] == sa_id
         assert created[2]["remote_ts"] == [TrafficSelector.host("198.51.100.20")]
+
+
+def test_a_child_sa_for_his_client_waits_for_the_delegation_lookup_then_goes_on(
+        confdir, tmp_path):
+    """docs/gateway.md 4.2, the daemon's glue: the engine's Wait becomes a FetchDelegation
+    with the daemon's fetcher, its answer a ResumeChild, and the kept IKE_AUTH is answered
+    with the CHILD SA for the client whose secure record names the peer."""
+    from ike_helpers import host_key as test_key
+    from oe.ike.events import ChildAwaitsDns, IkeSaEstablished
+    gw, client = "192.0.2.66", "198.51.100.77"
+    blob = hostkey.public_blob(test_key("m", 2048).public_key())
+    record = KeyRecord("IPSECKEY", Target.parse(client).name, 10, ipaddress.ip_address(gw),
+                       decode_rsa_blob(blob), blob, "")
+    delegating = KeyLookup(Target.parse(client), Verdict.KEY, record=record, key=record.key,
+                           blob=blob, gateway=record.gateway, records=(record,),
+                           dnssec="secure", expires=1e9)
+
+    class Runner:
+        """Hands ChildAwaitsDns to the daemon and keeps the other events for the test."""
+
+        def __init__(self):
+            self.seen = []
+
+        def transmit(self):
+            while (event := us.next_event()) is not None:
+                if isinstance(event, ChildAwaitsDns):
+                    d._ike_event(4, event)
+                else:
+                    self.seen.append(event)
+
+    async def run():
+        nonlocal d, us
+        d = make_daemon(confdir, tmp_path)
+        d.fetcher = StallingFetcher(lambda target: delegating)
+        us = make_engine(ME, "b", {gw: "m"}, 2, child_policy=d._child_policy)
+        runner = Runner()
+        d.sides[4] = oedaemon._IkeSide(4, engine=us, runner=runner)
+        them = make_engine(gw, "m", {ME: "b"}, 1)
+        them.initiate(ME, 0, local_ts=[TrafficSelector.host(client)])
+        link = Link(them, us)
+        link.roundtrip(them)
+        runner.transmit()
+        await asyncio.sleep(0.01)
+        assert len(d.fetcher.asked) == 1 and client in d.fetcher.asked[0]
+        assert runner.seen == []
+        d.fetcher.release.set()
+        await asyncio.sleep(0.01)
+        assert [type(e) for e in runner.seen] == [IkeSaEstablished, ChildSaEstablished]
+        assert runner.seen[1].child.remote_ts == (TrafficSelector.host(client),)
+        link.roundtrip(us)
+        assert [type(e) for e in events(them)] == [IkeSaEstablished, ChildSaEstablished]
+        assert d.admission.fetching == {} and d.admission.waiting == {}
+    d = us = None
     asyncio.run(run())

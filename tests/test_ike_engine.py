@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from ike_helpers import ADDR_A, ADDR_B, Link, events, ike_pair, make_engine
 
+from oe.ike.childpolicy import Refuse
 from oe.ike.constants import DhId, EncrId, ExchangeType, NotifyType
 from oe.ike.errors import LocalProtocolError
 from oe.ike.events import (
@@ -238,9 +239,9 @@ def test_initiator_rejects_responder_with_wrong_key():
     assert fa.notify == NotifyType.AUTHENTICATION_FAILED and fa.local
 
 
-def test_ts_policy_refusal_gives_ts_unacceptable():
+def test_child_policy_refusal_gives_ts_unacceptable():
     """The IKE SA comes up, the CHILD SA fails with TS_UNACCEPTABLE on both sides."""
-    a, b = ike_pair(cfg_b={"ts_policy": lambda peer, local, remote: False})
+    a, b = ike_pair(cfg_b={"child_policy": lambda sa, tsi, tsr: Refuse("no")})
     link = Link(a, b)
     a.initiate(ADDR_B, 0)
     link.roundtrip(a)

@@ -1,7 +1,7 @@
 """Traffic selector narrowing (RFC 7296 section 2.9) in the ordinary OE case, address IDs:
 the responder narrows a TSi wider than the peer to the peer's address, and its TSr to itself;
 the initiator refuses an answer wider than its offer (TSi or TSr, addresses, protocol or
-ports); the responder's ts_policy sees the narrowed selectors and decides per CHILD SA.
+ports); the responder's child_policy sees the offered selectors and decides per CHILD SA.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import ipaddress
 import pytest
 from ike_helpers import ADDR_A, ADDR_B, Link, events, ike_pair
 
+from oe.ike.childpolicy import Refuse, host_to_host
 from oe.ike.constants import NotifyType
 from oe.ike.events import ChildSaEstablished, ChildSaFailed, IkeSaEstablished
 from oe.ike.tasks import common
@@ -102,18 +103,22 @@ def test_selectors_of_two_protocols_have_no_intersection():
     assert not HOST_B.is_subset_of(tcp)
 
 
-def test_ts_policy_sees_the_narrowed_selectors_and_decides_per_child():
-    """B's ts_policy gets the authenticated peer ID and the selectors after narrowing; it
-    takes tcp/22 and refuses the rest, CHILD SA by CHILD SA on one IKE SA."""
+def test_child_policy_sees_the_offer_and_decides_per_child():
+    """B's child_policy gets the authenticated peer and the selectors as offered; it takes
+    tcp/22 (narrowed host to host) and refuses the rest, CHILD SA by CHILD SA on one IKE SA."""
     seen = []
 
-    def policy(peer, local, remote):
-        seen.append((str(peer), local, remote))
-        return all(t.protocol == 6 and (t.start_port, t.end_port) == (22, 22) for t in local)
+    def policy(sa, tsi, tsr):
+        seen.append((str(sa.peer_id), tsr, tsi))
+        verdict = host_to_host(sa, tsi, tsr)
+        if all(t.protocol == 6 and (t.start_port, t.end_port) == (22, 22) for t in tsr):
+            return verdict
+        return Refuse("ssh only")
     ssh = TrafficSelector.host(ADDR_B, 6, 22)
-    a, b, ea, eb = negotiate({"ts_policy": policy}, local_ts=[NET], remote_ts=[ssh])
+    a, b, ea, eb = negotiate({"child_policy": policy}, local_ts=[NET], remote_ts=[ssh])
     assert [type(e) for e in eb] == [IkeSaEstablished, ChildSaEstablished]
-    assert seen == [(ADDR_A, (ssh,), (HOST_A,))]
+    assert seen == [(ADDR_A, (ssh,), (NET,))]
+    assert b.children(eb[0].sa_id)[0].remote_ts == (HOST_A,)
     link = Link(a, b)
     a.create_child(ea[0].sa_id, 0, local_ts=[HOST_A], remote_ts=[HOST_B])
     link.roundtrip(a)

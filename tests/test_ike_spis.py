@@ -11,6 +11,7 @@ import itertools
 
 from ike_helpers import ADDR_A, ADDR_B, Link, events, make_engine
 
+from oe.ike.childpolicy import Refuse
 from oe.ike.spis import SpiAllocator
 
 A6, B6 = "2001:db8::1", "2001:db8::2"
@@ -94,7 +95,7 @@ def test_spi_of_a_refused_child_is_released():
     """The responder refuses the CHILD SA of IKE_AUTH (TS_UNACCEPTABLE): the SPI the
     initiator offered for it is free again."""
     link = pair(ADDR_A, ADDR_B, seed=9)
-    link.b.ts_policy = lambda peer, local, remote: False
+    link.b.child_policy = lambda sa, tsi, tsr: Refuse("refused")
     link.a.initiate(ADDR_B, 0)
     link.roundtrip(link.a)
     assert len(link.a.spis) == 0 and len(link.b.spis) == 0

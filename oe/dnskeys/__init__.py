@@ -2,6 +2,8 @@
 
 records  the RFC 3110 blob and the three record codecs (pure)
 choice   which record and key a target publishes, RFC 4322 3.2 (pure)
+delegation  does a client's record delegate to a gateway: pluto's "our client" and "his
+         client" checks, RFC 4322 3.3 (pure)
 fetcher  the DNS and zone-file I/O, cache and budget
 unbound  the validating source: libunbound, each answer secure, insecure or bogus
 """

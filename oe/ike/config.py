@@ -20,11 +20,9 @@ from oe.ike.constants import (
 )
 from oe.ike.fragment import FRAGMENT_SIZE
 from oe.ike.proposals import Suite, parse_proposal
-from oe.ike.ts import TrafficSelector
 
 Addr = tuple[str, int]
 KeyLookup = Callable[[Identity], PeerKey | None]
-TsPolicy = Callable[[Identity, tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]], bool]
 AdmitInit = Callable[[bytes, Addr, int, str], bool]
 CookieRequired = Callable[[Addr], bool]
 

@@ -5,7 +5,7 @@ Theory of operation
 
 ``IkeEngine`` is driven like aioquic's QuicConnection, by three sources: the user
 (``initiate``, ``create_child``, ``rekey_child``, ``rekey_ike``, ``delete_child``,
-``delete_ike``, ``check_liveness``), datagrams (``receive_datagram(data, addr, now,
+``delete_ike``, ``check_liveness``, ``resume``), datagrams (``receive_datagram(data, addr, now,
 local_port, local_addr)``) and the timer (``handle_timer(now)``). It answers through
 ``datagrams_to_send(now)`` (each item is ``(data, (ip, port), local_port, local_addr)``:
 which of our ports, 500 or 4500, and which of our addresses must send it), ``get_timer()``
@@ -46,8 +46,8 @@ from oe.ike.config import (
     CookieRequired,
     IkeConfig,
     KeyLookup,
-    TsPolicy,
 )
+from oe.ike.childpolicy import ChildPolicy
 from oe.ike.constants import (
     HEADER_LEN,
     IKE_PORT,
@@ -106,8 +106,11 @@ class IkeEngine:
     :param rng: ``rng(n)`` returns n random bytes (``os.urandom`` in the daemon).
     :param lookup_key: maps a peer's ID, by type and data, to a ``PeerKey`` (its RSA public
         key and the addresses that key vouches for), or None.
-    :param ts_policy: optional ``(peer_id, local_ts, remote_ts) -> bool``; False answers
-        TS_UNACCEPTABLE.
+    :param child_policy: optional ``(AuthenticatedSa, tsi, tsr) -> Allow | Refuse | Wait``
+        (oe.ike.childpolicy), asked for each CHILD SA the peer requests with the selectors
+        as offered: Refuse answers TS_UNACCEPTABLE, Wait keeps the request unanswered
+        (``ChildAwaitsDns``) until ``resume``; default: host to host between the peer's
+        vouched addresses and us.
     :param spis: the host's inbound SPI allocator, shared by its engines; default: one of
         this engine's own, drawing from ``rng``.
     :param sa_ids: where ``sa_id`` values come from, shared by the host's engines so ids are
@@ -122,14 +125,14 @@ class IkeEngine:
     """
 
     def __init__(self, config: IkeConfig, *, rng: Rng, lookup_key: KeyLookup,
-                 ts_policy: TsPolicy | None = None, spis: SpiAllocator | None = None,
+                 child_policy: ChildPolicy | None = None, spis: SpiAllocator | None = None,
                  sa_ids: Iterator[int] | None = None,
                  cookie_required: CookieRequired | None = None,
                  admit_init: AdmitInit | None = None) -> None:
         self.config = config
         self.rng = rng
         self.lookup_key = lookup_key
-        self.ts_policy = ts_policy
+        self.child_policy = child_policy
         self.spis = spis if spis is not None else SpiAllocator(rng)
         self.cookie_required = cookie_required
         self.admit_init = admit_init
@@ -290,6 +293,11 @@ class IkeEngine:
         assert sa.peer_key is not None
         sa.peer_key = PeerKey(sa.peer_key.public_key,
                               sa.peer_key.addresses | {ipaddress.ip_address(address)})
+    def resume(self, sa_id: int, now: float) -> None:
+        """Handle again the peer's request that waits on IKE SA ``sa_id`` for DNS
+        (``ChildAwaitsDns``); nothing if none waits or the IKE SA is gone."""
+        for sa in [sa for sa in self._sas.values() if sa.sa_id == sa_id]:
+            sa.resume(now)
 
     def rekey_ike(self, sa_id: int, now: float) -> None:
         self._start(sa_id, RekeyIke(), now)

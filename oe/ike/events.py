@@ -117,6 +117,16 @@ class ChildSaFailed:
 
 
 @dataclass(frozen=True)
+class ChildAwaitsDns:
+    """A CHILD SA request of the peer's waits, unanswered, for these DNS lookups (client
+    addresses whose delegation must be confirmed, docs/gateway.md 4.2); ``IkeEngine.resume``
+    handles it once they are in. Its retransmissions are ignored meanwhile."""
+
+    sa_id: int
+    lookups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class IkeSaRekeyed:
     """The IKE SA was replaced by a new one with fresh SPIs and keys (RFC 7296 section 2.18)."""
 
@@ -162,7 +172,7 @@ class IkeSaFailed:
 
 
 Event = (IkeSaEstablished | ChildSaEstablished | ChildSaRekeyed | ChildSaDeleted | ChildSaFailed
-         | IkeSaRekeyed | IkeSaPeerMoved | IkeSaDeleted | IkeSaFailed)
+         | ChildAwaitsDns | IkeSaRekeyed | IkeSaPeerMoved | IkeSaDeleted | IkeSaFailed)
 
 
 @dataclass(frozen=True)

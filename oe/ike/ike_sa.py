@@ -28,7 +28,9 @@ once, then forgotten, so no answer can be replayed. Encrypted Fragments (SKF, RF
 taken wherever SK is, each checked before it is kept, and the message they make up is then
 handled as if it had come whole. Rule 2: requests we send are retransmitted
 with exponential backoff until a budget runs out (section 2.1); requests we receive are
-answered once and the answer is replayed for retransmits (section 2.1, the responder's cache).
+answered once and the answer is replayed for retransmits (section 2.1, the responder's cache);
+one whose CHILD SA must wait for DNS (the user's child_policy said Wait) is kept unanswered,
+its Message ID still expected and its copies ignored, until ``resume`` (docs/gateway.md 4.2).
 Rule 3: at most one request of ours is in flight per IKE SA (window size 1, section 2.3);
 further tasks wait in a queue. Rule 4: every inbound SPI comes from the host's
 ``SpiAllocator`` and goes back when its CHILD SA goes or its offer ends; a CHILD SA is
@@ -44,11 +46,13 @@ from typing import Callable, Protocol
 
 from oe.ike import fragment
 from oe.ike.auth import Identity, PeerKey
-from oe.ike.config import Addr, IkeConfig, KeyLookup, TsPolicy
+from oe.ike.childpolicy import AwaitingDns, ChildPolicy
+from oe.ike.config import Addr, IkeConfig, KeyLookup
 from oe.ike.constants import NAT_KEEPALIVE, NAT_T_PORT, ExchangeType, NotifyType, PayloadType
 from oe.ike.crypto import Rng
 from oe.ike.errors import IkeError, IntegrityError
 from oe.ike.events import (
+    ChildAwaitsDns,
     ChildSa,
     ChildSaDeleted,
     ChildSaEstablished,
@@ -151,7 +155,9 @@ class Host(Protocol):
     fragment_counters: fragment.Counters
     """What the IKE SAs' reassemblers dropped and completed, counted together."""
     lookup_key: KeyLookup
-    ts_policy: TsPolicy | None
+    child_policy: ChildPolicy | None
+    """Decides the selectors of a CHILD SA the peer asks for (oe.ike.childpolicy); None:
+    host to host between the peer's vouched addresses and us."""
 
     def emit(self, event: Event) -> None:
         """Queue an event for the user (``next_event``)."""
@@ -253,6 +259,9 @@ class IkeSa:
         # tasks waiting for the one in flight; an IKE SA rekey hands the queue to the new SA
         self.queue: deque[Task] = deque()
         self.last_response: tuple[int, list[bytes]] | None = None
+        # the peer's request that waits for DNS, unanswered (docs/gateway.md 4.2): its
+        # exchange, the authentic message (whole, even if it came in fragments) and whence
+        self.deferred: tuple[int, Message, tuple[Addr, int]] | None = None
         self.retired_at = 0.0  # when a rekey replaced this IKE SA
         self.datagram = b""  # the datagram being processed (AUTH and the ICV cover it whole)
         self._source: tuple[Addr, int] = (peer, self.local_port)  # ... and where it came from
@@ -496,6 +505,8 @@ class IkeSa:
             for data in self.last_response[1]:
                 self.host.transmit(data, addr, (self.local_addr, local_port))
             return
+        if self.deferred is not None and header.message_id == self.deferred[1].message_id:
+            return  # a copy of the request that waits for DNS: it changes nothing (4.2)
         if header.message_id != self.expected_message_id:
             return self.host.count("unexpected_dropped")
         try:
@@ -516,7 +527,28 @@ class IkeSa:
         if take is Take.REFUSED:
             return self.respond(header.exchange, header.message_id,
                                 [Notify(NotifyType.INVALID_SYNTAX)])
-        self.host.responder(header.exchange)(self, msg, now)
+        self._handle_request(header.exchange, msg, now)
+
+    def _handle_request(self, exchange: int, msg: Message, now: float) -> None:
+        """Hand an authentic request to its responder; one whose CHILD SA must wait for DNS
+        is kept unanswered, its Message ID still expected (docs/gateway.md 4.2)."""
+        try:
+            self.host.responder(exchange)(self, msg, now)
+        except AwaitingDns as wait:
+            self.deferred = (exchange, msg, self._source)
+            self.emit(ChildAwaitsDns(self.sa_id, wait.lookups))
+
+    def resume(self, now: float) -> None:
+        """Handle the request kept while its lookups ran, if this state still takes it."""
+        if self.deferred is None:
+            return
+        exchange, msg, source = self.deferred
+        self.deferred = None
+        if msg.message_id != self.expected_message_id or \
+                ACCEPT.get((self.state, exchange, False)) is not Take.PROTECTED:
+            return
+        self._source = source
+        self._handle_request(exchange, msg, now)
 
     def _peer_moved(self, addr: Addr, local_port: int) -> None:
         """Follow the peer to a new address/port after an authentic, new message: during

@@ -148,8 +148,9 @@ def process_r(sa: IkeSa, msg: Message, sa_p: SA, nonce: Nonce, ke: KE | None,
         prop, suite = choose_for_ke(sa_p.proposals, sa.config.esp_suites(), ProtocolId.ESP,
                                     ke.group if ke is not None else None)
         sa.check_peer_spi(prop.spi)
-        dh, shared = respond_ke(suite, ke, sa.host.rng)
+        # before the DH work: a request that waits for DNS costs nothing (docs/gateway.md 4.2)
         local_ts, remote_ts = common.narrow_as_responder(sa, msg)
+        dh, shared = respond_ke(suite, ke, sa.host.rng)
     except IkeError as e:
         sa.respond(ExchangeType.CREATE_CHILD_SA, mid, [Notify(e.notify, e.data)])
         if e.notify != NotifyType.INVALID_KE_PAYLOAD:  # that one is retried (1.3)

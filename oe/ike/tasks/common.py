@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from oe.ike.childpolicy import AuthenticatedSa, AwaitingDns, Refuse, Wait, host_to_host
 from oe.ike.constants import ERROR_NOTIFY_MAX, EsnId, NotifyType, notify_name
 from oe.ike.crypto import DhExchange, Prf, Rng
 from oe.ike.errors import IkeError
@@ -13,7 +14,7 @@ from oe.ike.ike_sa import Child, IkeSa, requested_ts
 from oe.ike.keymat import IkeKeys, child_keymat, derive_ike_keys
 from oe.ike.message import ID, KE, TS, Message, Notify
 from oe.ike.proposals import Suite
-from oe.ike.ts import TrafficSelector, narrow
+from oe.ike.ts import TrafficSelector
 
 Selectors = tuple[TrafficSelector, ...]
 
@@ -124,14 +125,17 @@ def vouched(sa: IkeSa) -> list[TrafficSelector]:
                                                   key=lambda a: (a.version, a))]
 
 
+def _inside(narrowed: Selectors, offered: Selectors) -> bool:
+    """Each selector inside one of the offered ones (section 2.9: narrowing, never widening)."""
+    return all(any(t.is_subset_of(o) for o in offered) for t in narrowed)
+
+
 def check_narrowed(sa: IkeSa, msg: Message, ours_l: Selectors,
                    ours_r: Selectors) -> tuple[Selectors, Selectors]:
     """The responder's TS must lie inside what we offered (section 2.9)."""
     tsi, tsr = selectors_of(msg, "response")
     local, remote = tuple(tsi), tuple(tsr)
-    if not all(any(t.is_subset_of(o) for o in ours_l) for t in local) or not all(
-        any(t.is_subset_of(o) for o in ours_r) for t in remote
-    ):
+    if not _inside(local, ours_l) or not _inside(remote, ours_r):
         raise IkeError(NotifyType.TS_UNACCEPTABLE, "responder widened the traffic selectors")
     vouched_ts = vouched(sa)
     if not all(any(t.is_subset_of(v) for v in vouched_ts) for t in remote):
@@ -141,20 +145,25 @@ def check_narrowed(sa: IkeSa, msg: Message, ours_l: Selectors,
 
 
 def narrow_as_responder(sa: IkeSa, msg: Message) -> tuple[Selectors, Selectors]:
-    """TSi narrowed to the addresses the peer's key vouches for, never to the outer
-    source (which the initiator may change during IKE_AUTH), TSr to us (section 2.9);
-    then the user's policy callback."""
+    """(local, remote) selectors of the CHILD SA the peer asks for, as the user's
+    child_policy narrows them (docs/gateway.md 4.1; without one: host to host between the
+    addresses the peer's key vouches for and us). Raises AwaitingDns when the decision needs
+    a lookup first, IkeError(TS_UNACCEPTABLE) when refused (section 3.10.1)."""
     tsi, tsr = selectors_of(msg, "request")
-    remote = narrow(tsi, vouched(sa))
-    local = narrow(tsr, [TrafficSelector.host(sa.local_addr)])
-    if not remote or not local:
+    assert sa.peer_id is not None and sa.peer_key is not None
+    info = AuthenticatedSa(sa.sa_id, sa.local_addr, sa.peer_id, sa.peer_key)
+    verdict = (sa.host.child_policy or host_to_host)(info, tuple(tsi), tuple(tsr))
+    if isinstance(verdict, Wait):
+        raise AwaitingDns(verdict.lookups)
+    if isinstance(verdict, Refuse):
+        raise IkeError(NotifyType.TS_UNACCEPTABLE, verdict.reason)
+    local, remote = verdict.local_ts, verdict.remote_ts
+    if not local or not remote:
         raise IkeError(NotifyType.TS_UNACCEPTABLE,
                        "selectors are not host-to-host between us and the peer's key")
-    policy = sa.host.ts_policy
-    assert sa.peer_id is not None
-    if policy is not None and not policy(sa.peer_id, tuple(local), tuple(remote)):
-        raise IkeError(NotifyType.TS_UNACCEPTABLE, "policy refuses the traffic selectors")
-    return tuple(local), tuple(remote)
+    if not _inside(local, tuple(tsr)) or not _inside(remote, tuple(tsi)):
+        raise IkeError(NotifyType.TS_UNACCEPTABLE, "policy widened the traffic selectors")
+    return local, remote
 
 
 def make_child(sa: IkeSa, suite: Suite, spi_in: bytes, spi_out: bytes, nonce_i: bytes,

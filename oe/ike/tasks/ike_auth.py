@@ -9,6 +9,7 @@ import ipaddress
 
 from oe.ike import auth as _auth
 from oe.ike.auth import Identity
+from oe.ike.childpolicy import AwaitingDns
 from oe.ike.constants import (
     AuthMethod,
     ExchangeType,
@@ -177,21 +178,30 @@ def process_r(sa: IkeSa, msg: Message, now: float) -> None:
         # section 2.21.2: answer AUTHENTICATION_FAILED and forget the SA
         sa.respond(ExchangeType.IKE_AUTH, mid, [Notify(e.notify)])
         return sa.fail(e.notify, e.reason, local=True)
+    child: Child | None = None
+    child_error: IkeError | None = None
+    sa_p = msg.first(SA)
+    chosen = None
+    if sa_p is None:
+        child_error = IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "IKE_AUTH request without SA")
+    else:
+        try:
+            chosen = choose(sa_p.proposals, sa.config.esp_suites(), ProtocolId.ESP,
+                            ignore_dh=True), common.narrow_as_responder(sa, msg)
+        except IkeError as e:
+            child_error = e
+        except AwaitingDns:
+            # docs/gateway.md 4.2: the request waits for DNS and must have changed nothing
+            sa.peer_id = sa.peer_key = None
+            raise
     if msg.notifies(NotifyType.INITIAL_CONTACT):
         # Section 2.4: the authenticated peer has no other IKE SA with us any more.
         sa.host.initial_contact(sa)
     idr = ID(False, sa.identity.id_type, sa.identity.data)
     payloads: list[Payload] = [idr, auth_payload(sa, idr)]
-    child: Child | None = None
-    child_error: IkeError | None = None
-    sa_p = msg.first(SA)
-    if sa_p is None:
-        child_error = IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "IKE_AUTH request without SA")
-    else:
+    if chosen is not None:
+        (prop, suite), (local_ts, remote_ts) = chosen
         try:
-            prop, suite = choose(sa_p.proposals, sa.config.esp_suites(), ProtocolId.ESP,
-                                 ignore_dh=True)
-            local_ts, remote_ts = common.narrow_as_responder(sa, msg)
             spi_in = sa.new_spi_in()
             child = make_child(sa, suite, spi_in, prop.spi, sa.nonce_i, sa.nonce_r, b"",
                                local_ts, remote_ts, we_initiated=False)
@@ -201,7 +211,8 @@ def process_r(sa: IkeSa, msg: Message, now: float) -> None:
             ]
         except IkeError as e:
             child_error = e
-            payloads.append(Notify(e.notify))
+    if child is None and child_error is not None and sa_p is not None:
+        payloads.append(Notify(child_error.notify))
     sa.respond(ExchangeType.IKE_AUTH, mid, payloads)
     _established(sa, now)
     if child is not None:
