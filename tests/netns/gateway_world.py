@@ -61,7 +61,7 @@ LANS = {"gw-a": ("lan-a", "198.51.100.0/24", "198.51.100.1"),
         "gw-b": ("lan-b", "198.51.101.0/24", "198.51.101.1")}
 CLIENTS = {"a1": "198.51.100.10", "a2": "198.51.100.20", "a3": "198.51.100.30",
            "b1": "198.51.101.10", "b2": "198.51.101.20", "b3": "198.51.101.30"}
-C_NET, C_CLIENT = "198.51.102.0/24", "198.51.102.5"
+C_NET, C_CLIENT, C_HALF = "198.51.102.0/24", "198.51.102.5", "198.51.102.128/25"
 GW_B_NAME = "gw-b.oe.example"
 OE_HOSTS = ("gw-a", "gw-b", "h")
 KEYED = ("gw-a", "gw-b", "h", "c", "m", "wrong")
@@ -134,12 +134,14 @@ class GatewayWorld:
             conf.write(f'trust_anchors = ["{demo.ANCHORS}"]\n{extra_dns}')
 
     def start_charon(self) -> Charon:
-        """charon on c as the gateway of 198.51.102.0/24 towards gw-a for a1: TSi
-        198.51.102.5/32 first (the host oe can check), then the subnet (charon's native way)."""
+        """charon on c as the gateway of its subnet towards gw-a for a1: TSi 198.51.102.5/32
+        first (the host oe can check), then 198.51.102.128/25 (a subnet, charon's native way;
+        not the /24: charon drops a selector that another of its own contains, and the host
+        would be gone)."""
         c = self.hosts["c"]
         self.charon = Charon(c.name, c.dir / "charon", me=INET["c"], peer=INET["gw-a"],
                              key=self.keys["c"], peer_key=self.keys["gw-a"],
-                             local_ts=f"{C_CLIENT}/32,{C_NET}",
+                             local_ts=f"{C_CLIENT}/32,{C_HALF}",
                              remote_ts=f"{CLIENTS['a1']}/32")
         self.charon.start()
         return self.charon
