@@ -400,8 +400,9 @@ class IkeEngine:
                     notify: int, notify_data: bytes = b"") -> None:
         """Answer the IKE_SA_INIT request ``data`` (without the non-ESP marker) from ``addr``
         to our ``(local_addr, local_port)`` with an unprotected error notify, creating no IKE
-        SA (section 2.21.1); anything but an IKE_SA_INIT request is ignored. The daemon refuses so a peer whose key it could
-        not look up (oe.admission), so that the peer's exchange ends at once.
+        SA (section 2.21.1); anything but an IKE_SA_INIT request is ignored. The daemon
+        refuses so a peer whose key it could not look up (oe.admission), so that the peer's
+        exchange ends at once.
 
         Our own initiator, given such an answer, fails at once too (ike_init's error_notify):
         section 2.21.1 lets it wait for a genuine answer instead, but one forged by someone on

@@ -78,8 +78,9 @@ async def main() -> None:
     with open(args.peer_pub, "rb") as f:
         peer_pub = serialization.load_pem_public_key(f.read())
     peer_id = Identity.from_address(args.peer)
-    config = IkeConfig(local_addrs=frozenset({args.local}), private_key=key, ike_proposals=(args.ike,),
-                       esp_proposals=(args.esp,), cookie_threshold=args.cookie_threshold)
+    config = IkeConfig(local_addrs=frozenset({args.local}), private_key=key,
+                       ike_proposals=(args.ike,), esp_proposals=(args.esp,),
+                       cookie_threshold=args.cookie_threshold)
     rng = os.urandom if args.seed is None else random.Random(args.seed).randbytes
     peer_key = PeerKey(peer_pub, frozenset({args.peer}))
     peer_net = ipaddress.ip_network(args.peer_net) if args.peer_net else None

@@ -49,27 +49,20 @@ static socklen_t dp_address(dp_sockaddr *sa, int family, const uint8_t *addr, ui
 static const uint8_t dp_zero[16];
 
 static size_t dp_pktinfo(struct cmsghdr *cm, int family, const uint8_t *src) {
+    union { struct in_pktinfo v4; struct in6_pktinfo v6; } info;
+    size_t size = family == 4 ? sizeof(info.v4) : sizeof(info.v6);
     if (src == NULL || memcmp(src, dp_zero, family == 4 ? 4 : 16) == 0)
         return 0;
-    if (family == 4) {
-        struct in_pktinfo info;
-        memset(&info, 0, sizeof(info));
-        memcpy(&info.ipi_spec_dst, src, 4);
-        cm->cmsg_level = IPPROTO_IP;
-        cm->cmsg_type = IP_PKTINFO;
-        cm->cmsg_len = CMSG_LEN(sizeof(info));
-        memcpy(CMSG_DATA(cm), &info, sizeof(info));
-        return CMSG_SPACE(sizeof(info));
-    } else {
-        struct in6_pktinfo info;
-        memset(&info, 0, sizeof(info));
-        memcpy(&info.ipi6_addr, src, 16);
-        cm->cmsg_level = IPPROTO_IPV6;
-        cm->cmsg_type = IPV6_PKTINFO;
-        cm->cmsg_len = CMSG_LEN(sizeof(info));
-        memcpy(CMSG_DATA(cm), &info, sizeof(info));
-        return CMSG_SPACE(sizeof(info));
-    }
+    memset(&info, 0, sizeof(info));
+    if (family == 4)
+        memcpy(&info.v4.ipi_spec_dst, src, 4);
+    else
+        memcpy(&info.v6.ipi6_addr, src, 16);
+    cm->cmsg_level = family == 4 ? IPPROTO_IP : IPPROTO_IPV6;
+    cm->cmsg_type = family == 4 ? IP_PKTINFO : IPV6_PKTINFO;
+    cm->cmsg_len = CMSG_LEN(size);
+    memcpy(CMSG_DATA(cm), &info, size);
+    return CMSG_SPACE(size);
 }
 
 /* The socket buffer is full: wait a little for room instead of dropping. */
