@@ -33,7 +33,7 @@ from oe.ike.auth import Identity, PeerKey
 from oe.ike.childpolicy import AuthenticatedSa, Selectors, TsVerdict
 from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT
 from oe.ike.ts import TrafficSelector
-from oe.lifecycle import ChildInfo, algorithm_name
+from oe.lifecycle import ChildInfo, algorithm_name, responded_terms
 from oe.opportunist import Pair
 from oe.peerkeys import address_id
 
@@ -108,8 +108,10 @@ class Executor:
                 pair = self.lifecycle.child_deleted(event.sa_id, event.spi_in, handle, now)
                 if pair is not None:
                     self.opportunist.tunnel_down(pair, event.spi_in, event.reason, now)
-            case ike_events.IkeSaEstablished():  # CHILD SAs queued on it start (docs/gateway.md 5)
-                self._run(self.lifecycle.ike_established(version, event.sa_id, now))
+            case ike_events.IkeSaEstablished():  # the CHILD SAs queued on it start
+                terms = None if event.initiator or event.peer_key is None else responded_terms(
+                    event.local_addr, event.remote_id, event.peer_key.public_key)
+                self._run(self.lifecycle.ike_established(version, event.sa_id, now, terms))
             case ike_events.IkeSaFailed():
                 self._run(self.lifecycle.ike_failed(event.sa_id, event.remote_addr, event.reason,
                                                     event.notify, event.local, now))

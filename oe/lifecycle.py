@@ -21,6 +21,7 @@ SA was asked or installed for, so the daemon can carry out commands that name an
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from oe.commands import CheckLiveness, Command, CreateChild, DeleteChild, DeleteIke, Initiate, \
@@ -83,14 +84,15 @@ class ChildInfo:
                    _name(DhId, child.dh) if child.dh else None, child.esn, key=key)
 
 
-Terms = tuple[IPAddress, IPAddress, bytes | None]
-"""What an IKE SA we initiated was set up with: our address (our ID), the peer's address, and
-the key the peer had to prove (the blob a delegating record named; None: its own key)."""
+Terms = tuple[IPAddress, IPAddress, tuple[int, int] | None]
+"""What an IKE SA was set up with: our address (our ID), the peer's (its ID), and the key the
+peer proved as RSA (e, n) (None: the key lookup_key held for the peer's own ID, when we
+initiated without a pinned key)."""
 
 
 @dataclass
-class _Initiated:
-    """An IKE SA we initiated, as route_initiate sees it."""
+class _Shared:
+    """An IKE SA further pairs' CHILD SAs may go on, as route_initiate sees it."""
 
     terms: Terms
     established: bool = False
@@ -104,8 +106,22 @@ def terms_of(command: Initiate) -> Terms:
     """The terms an Initiate asks for: our address (default: the pair's source), the peer,
     and the key it must prove."""
     local = command.local if command.local is not None else command.pair.src
-    key = command.peer_key.blob if command.peer_key is not None else None
+    lookup = command.peer_key
+    key = (lookup.key.e, lookup.key.n) if lookup is not None and lookup.key is not None \
+        else None
     return local, command.peer, key
+
+
+def responded_terms(local_addr: str, remote_id: str, public_key) -> Terms | None:
+    """The terms of an IKE SA the peer started: our contacted address, the peer's address ID
+    and the key it proved; None for a peer with another kind of ID (an Initiate names an
+    address)."""
+    try:
+        peer = ipaddress.ip_address(remote_id)
+    except ValueError:
+        return None
+    numbers = public_key.public_numbers()
+    return ipaddress.ip_address(local_addr), peer, (numbers.e, numbers.n)
 
 
 def _requested(local_ts: tuple, remote_ts: tuple) -> Pair | None:
@@ -128,7 +144,7 @@ class Lifecycle:
         """IKE SA -> inbound SPI of each of its CHILD SAs -> the host pair it carries."""
         self._asked: dict[int, dict[Pair, Initiate]] = {}
         """IKE SA -> pairs we asked it for a CHILD SA (or queued on it) not installed yet."""
-        self._ours: dict[int, _Initiated] = {}  # IKE SAs we initiated
+        self._shared: dict[int, _Shared] = {}  # IKE SAs we initiated or whose terms we know
         self._by_terms: dict[Terms, list[int]] = {}  # ... by their terms
         self._family: dict[int, int] = {}  # IKE SA -> IP version of the engine holding it
         self._childless: dict[int, float] = {}  # IKE SA -> since when it carries no CHILD SA
@@ -159,14 +175,15 @@ class Lifecycle:
         one is asked for one more CHILD SA, one still in IKE_AUTH takes the pair in its queue,
         and only when none has room does `command` start a new IKE SA."""
         for sa_id in self._by_terms.get(terms_of(command), ()):
-            ours = self._ours[sa_id]
+            shared = self._shared[sa_id]
             carried = len(self.pairs.get(sa_id, ())) + len(self._asked.get(sa_id, ()))
-            if ours.full or carried >= self.children_per_ike:
+            if shared.full or carried >= self.children_per_ike:
                 continue
             self._asked.setdefault(sa_id, {})[command.pair] = command
-            if ours.established:
+            if shared.established:
+                self._childless.pop(sa_id, None)  # until the request ends (child_failed)
                 return [CreateChild(sa_id, command.pair)]
-            ours.queued.append(command.pair)
+            shared.queued.append(command.pair)
             return [Log(f"OE for {command.pair} waits for IKE SA {sa_id} with {command.peer}")]
         return [command]
 
@@ -174,19 +191,26 @@ class Lifecycle:
         """The engine started IKE SA `sa_id` for `command` (route_initiate found none)."""
         self._family[sa_id] = version
         self._asked[sa_id] = {command.pair: command}
-        terms = terms_of(command)
-        self._ours[sa_id] = _Initiated(terms)
-        self._by_terms.setdefault(terms, []).append(sa_id)
+        self._share(sa_id, terms_of(command))
 
-    def ike_established(self, version: int, sa_id: int, now: float) -> list[Command]:
-        """IKE_AUTH finished: the pairs queued on the IKE SA ask for their CHILD SAs."""
+    def _share(self, sa_id: int, terms: Terms) -> _Shared:
+        shared = self._shared[sa_id] = _Shared(terms)
+        self._by_terms.setdefault(terms, []).append(sa_id)
+        return shared
+
+    def ike_established(self, version: int, sa_id: int, now: float,
+                        terms: Terms | None = None) -> list[Command]:
+        """IKE_AUTH finished: the pairs queued on the IKE SA ask for their CHILD SAs. An IKE
+        SA the peer started, on `terms` (responded_terms), may carry ours from now on."""
         self._family[sa_id] = version
         self._childless[sa_id] = now
-        ours = self._ours.get(sa_id)
-        if ours is None:
+        shared = self._shared.get(sa_id)
+        if shared is None and terms is not None:
+            shared = self._share(sa_id, terms)
+        if shared is None:
             return []
-        ours.established = True
-        queued, ours.queued = ours.queued, []
+        shared.established = True
+        queued, shared.queued = shared.queued, []
         return [CreateChild(sa_id, pair) for pair in queued]
 
     def ike_failed(self, sa_id: int, peer: str, reason: str, notify: int | None, local: bool,
@@ -216,12 +240,12 @@ class Lifecycle:
         self._childless.pop(sa_id, None)
         self._family.pop(sa_id, None)
         self.pairs.pop(sa_id, None)
-        ours = self._ours.pop(sa_id, None)
-        if ours is not None:
-            same = self._by_terms[ours.terms]
+        shared = self._shared.pop(sa_id, None)
+        if shared is not None:
+            same = self._by_terms[shared.terms]
             same.remove(sa_id)
             if not same:
-                del self._by_terms[ours.terms]
+                del self._by_terms[shared.terms]
         return list(self._asked.pop(sa_id, {}))
 
     # --- CHILD SAs ------------------------------------------------------------------------
@@ -253,8 +277,9 @@ class Lifecycle:
         command = self._asked.get(sa_id, {}).pop(pair, None) if pair is not None else None
         if command is None:
             return []
-        if notify == NotifyType.NO_ADDITIONAL_SAS and sa_id in self._ours:
-            self._ours[sa_id].full = True
+        self._left(sa_id, now)
+        if notify == NotifyType.NO_ADDITIONAL_SAS and sa_id in self._shared:
+            self._shared[sa_id].full = True
             return [Log(f"IKE SA {sa_id} with {command.peer} takes no more CHILD SAs"), command]
         return self.opportunist.negotiation_failed(pair, reason, now)
 
@@ -266,12 +291,17 @@ class Lifecycle:
         self._seen_in.pop(spi_in, None)
         if sa_out is not None:
             self._used.pop(sa_out, None)
-        carried = self.pairs.get(sa_id, {})
-        pair = carried.pop(spi_in, None)
-        if not carried and sa_id in self._family and not self._asked.get(sa_id):
+        pair = self.pairs.get(sa_id, {}).pop(spi_in, None)
+        self._left(sa_id, now)
+        return pair
+
+    def _left(self, sa_id: int, now: float) -> None:
+        """A CHILD SA or a request left IKE SA `sa_id`: with no CHILD SA left, it is childless
+        from now (a request still under way ends within the retransmission budget, well
+        inside CHILDLESS_GRACE, and its CHILD SA ends the grace)."""
+        if not self.pairs.get(sa_id) and sa_id in self._family:
             self.pairs.pop(sa_id, None)
             self._childless.setdefault(sa_id, now)
-        return pair
 
     def soft_limit(self, sa_out: int, packets: int, why: str) -> list[Command]:
         """FreeS/WAN's OE rule: rekey only if the SA was used lately; idle ones go away."""
@@ -370,6 +400,7 @@ class Lifecycle:
             DeleteChild(sa_id, child.spi_in)]
         pair = _requested(child.local_ts, child.remote_ts)
         if pair is not None and self._asked.get(sa_id, {}).pop(pair, None) is not None:
+            self._left(sa_id, now)
             commands += self.opportunist.negotiation_failed(pair, f"CHILD SA refused: {why}", now)
         return commands
 
@@ -381,4 +412,4 @@ def _grown(last: tuple[int, float | None], packets: int, now: float) -> tuple[in
 
 
 __all__ = ["CHILDLESS_GRACE", "ChildInfo", "Lifecycle", "SaTimes", "Terms", "algorithm_name",
-           "terms_of"]
+           "responded_terms", "terms_of"]

@@ -13,7 +13,7 @@ from ike_helpers import Link, events, make_engine
 from oe import daemon as oedaemon, hostkey
 from oe.commands import Initiate
 from oe.dnskeys.choice import KeyLookup, Target, Verdict
-from oe.dnskeys.records import KeyRecord, decode_rsa_blob
+from oe.dnskeys.records import KeyRecord, RsaPublicKey, decode_rsa_blob
 from oe.eroute import Shunt
 from oe.ike.auth import Identity, PeerKey
 from oe.ike.childpolicy import Allow, AuthenticatedSa, Refuse
@@ -581,14 +581,11 @@ def test_a_refusal_ends_only_the_exchange_whose_spi_it_names():
     assert failed.reason == "peer answered AUTHENTICATION_FAILED"
 
 
-class _RecordKey:
-    """A record's key as oe.dnskeys hands it over."""
-
-    def __init__(self, private):
-        self.private = private
-
-    def public_key(self):
-        return self.private.public_key()
+def _delegating(client: str, gateway, host_key) -> KeyLookup:
+    """`client`'s record: `gateway` speaks for it with `host_key`'s key."""
+    numbers = host_key.public_key().public_numbers()
+    return KeyLookup(Target.parse(client), Verdict.KEY, key=RsaPublicKey(numbers.e, numbers.n),
+                     gateway=gateway)
 
 
 def test_the_clients_of_one_gateway_share_its_ike_sa(confdir, tmp_path, host_key):
@@ -609,9 +606,8 @@ def test_the_clients_of_one_gateway_share_its_ike_sa(confdir, tmp_path, host_key
             pair = Pair.of(ME, client)
             d.opportunist.acquire(pair, d.loop.time())
             d.opportunist.negotiations[pair].stage = "ike"
-            lookup = KeyLookup(Target.parse(client), Verdict.KEY, key=_RecordKey(host_key),
-                               blob=b"gateway's key", gateway=gateway)
-            commands.append(Initiate(pair, gateway, peer_key=lookup))
+            commands.append(Initiate(pair, gateway, peer_key=_delegating(client, gateway,
+                                                                         host_key)))
         d._run(commands)
         [(_, (peer, _), started)] = [c for c in engine.calls if c[0] == "initiate"]
         assert peer == "192.0.2.1"
@@ -678,4 +674,30 @@ def test_a_child_sa_for_his_client_waits_for_the_delegation_lookup_then_goes_on(
         assert [type(e) for e in events(them)] == [IkeSaEstablished, ChildSaEstablished]
         assert d.admission.fetching == {} and d.admission.waiting == {}
     d = us = None
+    asyncio.run(run())
+
+
+def test_an_ike_sa_the_gateway_started_carries_our_pair_to_its_client(confdir, tmp_path,
+                                                                      host_key):
+    """The gateway began the IKE SA (its own address ID, the key our pair's record names): our
+    CHILD SA for its client goes on it, no second IKE SA (docs/gateway.md 5)."""
+    from oe.ike.auth import PeerKey
+    from oe.ike.events import IkeSaEstablished
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        engine = RecordingEngine()
+        engine.config = SimpleNamespace(local_addrs=frozenset({ME}))  # docs/gateway.md 1
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
+        gateway = ipaddress.ip_address("192.0.2.1")
+        d._ike_event(4, IkeSaEstablished(
+            3, b"i" * 8, b"r" * 8, False, ME, "192.0.2.1", 500, "192.0.2.1", False,
+            peer_key=PeerKey(host_key.public_key(), frozenset({"192.0.2.1"}))))
+        pair = Pair.of(ME, "198.51.100.10")
+        d.opportunist.acquire(pair, d.loop.time())
+        d.opportunist.negotiations[pair].stage = "ike"
+        d._run([Initiate(pair, gateway, peer_key=_delegating("198.51.100.10", gateway,
+                                                             host_key))])
+        assert [c[0] for c in engine.calls] == ["vouch", "create_child"]
+        assert engine.calls[0][1] == (3, "198.51.100.10")
     asyncio.run(run())

@@ -9,12 +9,14 @@ child_policy does for its clients), so that only A's checks are under test.
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 import pytest
 from ike_helpers import ADDR_A, ADDR_B, Link, events, host_key, make_engine
 
 from oe.ike.auth import PeerKey
 from oe.ike.constants import NotifyType
-from oe.ike.errors import IkeError
+from oe.ike.errors import IkeError, LocalProtocolError
 from oe.ike.events import (ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaEstablished,
                            IkeSaFailed)
 from oe.ike.ts import TrafficSelector, narrow
@@ -58,6 +60,9 @@ def test_the_pinned_key_authenticates_the_gateway_for_its_client():
     ea = events(a)
     assert [type(e) for e in ea] == [IkeSaEstablished, ChildSaEstablished]
     assert ea[1].child.remote_ts == (host(CLIENT),) and a.children(sa_id)
+    # the events say which key each side proved, and for whom it speaks
+    assert ea[0].peer_key == pinned("b", CLIENT)
+    assert events(b)[0].peer_key.addresses == {ip_address(ADDR_A)}
 
 
 def test_a_pinned_key_the_gateway_does_not_hold_fails_auth():
@@ -84,35 +89,47 @@ def test_a_pinned_ike_sa_does_not_speak_for_the_gateways_own_address():
     assert ea[1].remote_ts == (host(ADDR_B),) and ea[1].local_ts == (host(ADDR_A),)
     a.create_child(sa_id, link.now, local_ts=[host(ADDR_A)], remote_ts=[host(ADDR_B)])
     link.roundtrip(a)
-    [refused] = [e for e in events(a) if not isinstance(e, ChildSaDeleted)]
+    [refused] = events(a)
     assert isinstance(refused, ChildSaFailed) and refused.remote_ts == (host(ADDR_B),)
-    a.vouch(sa_id, CLIENT_2)
-    a.create_child(sa_id, link.now, local_ts=[host(ADDR_A)], remote_ts=[host(CLIENT_2)])
-    link.roundtrip(a)
-    [up] = events(a)
+    [b_sa] = b.ike_sas()
+    assert b.children(b_sa.sa_id) == []       # A deleted what B made (RFC 7296 2.9), twice
+    [up] = join(a, link, sa_id, CLIENT_2)
     assert isinstance(up, ChildSaEstablished) and up.child.remote_ts == (host(CLIENT_2),)
 
 
-def test_two_clients_on_one_ike_sa_deleting_one_keeps_the_other():
-    a, b, link = gateway_pair()
+def client_ike_sa(a_knows_b: bool = False):
+    """A's IKE SA with gateway B, pinned to B's key for CLIENT, with CLIENT's CHILD SA; events
+    taken: (A, B, link, A's sa_id)."""
+    a, b, link = gateway_pair(a_knows_b)
     sa_id = a.initiate(ADDR_B, 0, remote_ts=[host(CLIENT)], peer_key=pinned("b", CLIENT))
     link.roundtrip(a)
-    a.vouch(sa_id, CLIENT_2)
-    a.create_child(sa_id, link.now, local_ts=[host(ADDR_A)], remote_ts=[host(CLIENT_2)])
+    events(a), events(b)
+    return a, b, link, sa_id
+
+
+def join(a, link, sa_id: int, address: str) -> list:
+    """The caller vouches for `address` on the IKE SA and asks for its CHILD SA: A's events."""
+    a.vouch(sa_id, address)
+    a.create_child(sa_id, link.now, local_ts=[host(ADDR_A)], remote_ts=[host(address)])
     link.roundtrip(a)
+    return events(a)
+
+
+def test_two_clients_on_one_ike_sa_deleting_one_keeps_the_other():
+    a, b, link, sa_id = client_ike_sa()
+    join(a, link, sa_id, CLIENT_2)
     first, second = a.children(sa_id)
     assert {first.remote_ts, second.remote_ts} == {(host(CLIENT),), (host(CLIENT_2),)}
-    events(a), events(b)
+    events(b)
     a.delete_child(sa_id, first.spi_in, link.now)
     link.roundtrip(a)
     assert [type(e) for e in events(a)] == [ChildSaDeleted]
-    assert a.children(sa_id) == [second] and len(b.children(next(iter(
-        i.sa_id for i in b.ike_sas())))) == 1
+    [b_sa] = b.ike_sas()
+    assert a.children(sa_id) == [second] and len(b.children(b_sa.sa_id)) == 1
 
 
-def test_vouch_needs_an_ike_sa_and_an_address():
+def test_vouch_needs_an_established_ike_sa_and_an_address():
     a, b, link = gateway_pair()
-    from oe.ike.errors import LocalProtocolError
     with pytest.raises(LocalProtocolError):
         a.vouch(42, CLIENT)
     sa_id = a.initiate(ADDR_B, 0, remote_ts=[host(CLIENT)], peer_key=pinned("b", CLIENT))
@@ -126,14 +143,15 @@ def test_vouch_needs_an_ike_sa_and_an_address():
 def test_a_refused_request_is_named_by_its_selectors():
     """ChildSaFailed carries the selectors of the request that failed, so the daemon fails
     that client's negotiation and no other of the IKE SA (docs/gateway.md 5)."""
-    a, b, link = gateway_pair()
-    sa_id = a.initiate(ADDR_B, 0, remote_ts=[host(CLIENT)], peer_key=pinned("b", CLIENT))
-    link.roundtrip(a)
-    events(a)
-    a.vouch(sa_id, NOT_A_CLIENT)
-    a.create_child(sa_id, link.now, local_ts=[host(ADDR_A)], remote_ts=[host(NOT_A_CLIENT)])
-    link.roundtrip(a)
-    [failed] = events(a)
+    a, b, link, sa_id = client_ike_sa()
+    [failed] = join(a, link, sa_id, NOT_A_CLIENT)
     assert isinstance(failed, ChildSaFailed) and failed.notify == NotifyType.TS_UNACCEPTABLE
     assert (failed.local_ts, failed.remote_ts) == ((host(ADDR_A),), (host(NOT_A_CLIENT),))
     assert len(a.children(sa_id)) == 1
+
+
+def test_the_gateways_own_address_once_vouched_gets_a_child_sa():
+    """Its own record vouching for it (the caller's to check), the gateway's address may join."""
+    a, b, link, sa_id = client_ike_sa()
+    [up] = join(a, link, sa_id, ADDR_B)
+    assert isinstance(up, ChildSaEstablished) and up.child.remote_ts == (host(ADDR_B),)

@@ -7,6 +7,7 @@ import ipaddress
 from oe.commands import (CheckLiveness, CreateChild, DeleteChild, DeleteIke, FetchKey, Initiate,
                          Log, RekeyChild, SampleInbound, StaleKey)
 from oe.dnskeys.choice import KeyLookup, Target, Verdict
+from oe.dnskeys.records import RsaPublicKey
 from oe.ike.constants import NotifyType
 from oe.ike.events import ChildSa
 from oe.ike.ts import TrafficSelector
@@ -144,12 +145,15 @@ GATEWAY = "192.0.2.1"
 CLIENTS = ("198.51.100.10", "198.51.100.20", "198.51.100.30")
 
 
-def via_gateway(oe, dst, blob=b"gw-key"):
-    """The Initiate for our flow to `dst`, whose record delegates to GATEWAY with key `blob`."""
+GATEWAY_KEY = RsaPublicKey(65537, 0xC0FFEE << 2000 | 1)
+
+
+def via_gateway(oe, dst, key=GATEWAY_KEY):
+    """The Initiate for our flow to `dst`, whose record delegates to GATEWAY with `key`."""
     pair = Pair.of(ME, dst)
     oe.acquire(pair, 0.0)
     oe.negotiations[pair].stage = "ike"
-    lookup = KeyLookup(Target.parse(dst), Verdict.KEY, blob=blob,
+    lookup = KeyLookup(Target.parse(dst), Verdict.KEY, key=key,
                        gateway=ipaddress.ip_address(GATEWAY))
     return Initiate(pair, ipaddress.ip_address(GATEWAY), peer_key=lookup)
 
@@ -194,7 +198,8 @@ def test_an_ike_sa_with_the_same_terms_carries_further_pairs():
     assert life.route_initiate(second)[0].line.startswith("OE for")      # queued on 1
     assert life.ike_established(4, 1, now=1.0) == [CreateChild(1, second.pair)]
     assert life.route_initiate(third) == [CreateChild(1, third.pair)]
-    other_key = via_gateway(oe, "198.51.100.40", blob=b"another key")
+    assert life.tick(1.0 + CHILDLESS_GRACE) == []          # requests under way: not childless
+    other_key = via_gateway(oe, "198.51.100.40", key=RsaPublicKey(65537, 0xBAD << 2000 | 1))
     assert life.route_initiate(other_key) == [other_key]
     elsewhere = Initiate(other_key.pair, other_key.peer, local=ipaddress.ip_address(
         "192.0.2.11"), peer_key=first.peer_key)
@@ -220,8 +225,8 @@ def test_a_failed_child_sa_request_fails_its_own_pair_only():
     life.ike_established(4, 1, now=1.0)
     life.route_initiate(second), life.route_initiate(third)
     host = TrafficSelector.host
-    assert life.child_failed(1, (host(ME),), (host(CLIENTS[1]),),
-                             NotifyType.TS_UNACCEPTABLE, "peer answered TS_UNACCEPTABLE", 2.0) == []
+    assert life.child_failed(1, (host(ME),), (host(CLIENTS[1]),), NotifyType.TS_UNACCEPTABLE,
+                             "peer answered TS_UNACCEPTABLE", 2.0) == []
     assert oe.shunts[second.pair].reason == "peer answered TS_UNACCEPTABLE"
     assert first.pair in oe.negotiations and third.pair in oe.negotiations
     assert life.child_failed(1, (), (), None, "IKE rekey failed", 2.0) == []   # names no pair
@@ -257,3 +262,38 @@ def test_an_idle_last_tunnel_keeps_the_ike_sa_a_request_is_under_way_on():
     tunnel(oe, life, CLIENTS[0], sa_id=1, spi_in=0x1001, sa_out=7)
     assert life.route_initiate(second) == [CreateChild(1, second.pair)]
     assert life.soft_limit(7, packets=0, why="soft limit (time)")[-1] == DeleteChild(1, 0x1001)
+
+
+def test_an_ike_sa_is_childless_from_its_last_child_sa_or_failed_request():
+    """The childless grace runs from the last CHILD SA's end; a request on the IKE SA stops
+    it, and its failure, with no CHILD SA left, starts it again."""
+    oe, life = world()
+    first, second = via_gateway(oe, CLIENTS[0]), via_gateway(oe, CLIENTS[1])
+    life.initiated(4, 1, first)
+    life.ike_established(4, 1, now=1.0)
+    tunnel(oe, life, CLIENTS[0], sa_id=1, spi_in=0x1001, sa_out=7)
+    life.child_deleted(1, 0x1001, 7, now=2.0)
+    assert life.next_timer() == 2.0 + CHILDLESS_GRACE
+    assert life.route_initiate(second) == [CreateChild(1, second.pair)]
+    assert life.next_timer() is None                                  # a request is under way
+    host = TrafficSelector.host
+    life.child_failed(1, (host(ME),), (host(CLIENTS[1]),), None, "no answer", 3.0)
+    assert life.next_timer() == 3.0 + CHILDLESS_GRACE
+    assert life.tick(3.0 + CHILDLESS_GRACE) == [DeleteIke(1)]
+
+
+def test_an_ike_sa_the_gateway_started_carries_our_pairs_to_its_clients():
+    """One IKE SA per gateway whichever side began it: an IKE SA the gateway started, from its
+    own address with the key our pair's record names, takes our CHILD SA for its client."""
+    oe, life = world()
+    first, other = via_gateway(oe, CLIENTS[0]), via_gateway(oe, CLIENTS[1], key=RsaPublicKey(
+        65537, 0xBAD << 2000 | 1))
+    terms = (ipaddress.ip_address(ME), ipaddress.ip_address(GATEWAY),
+             (GATEWAY_KEY.e, GATEWAY_KEY.n))
+    assert life.ike_established(4, 7, now=1.0, terms=terms) == []
+    assert life.route_initiate(first) == [CreateChild(7, first.pair)]
+    assert life.route_initiate(other) == [other]
+    life.ike_deleted(7, "DELETE", 2.0)
+    assert first.pair not in oe.negotiations                        # failed with IKE SA 7
+    third = via_gateway(oe, CLIENTS[2])
+    assert life.route_initiate(third) == [third]                    # IKE SA 7 is forgotten

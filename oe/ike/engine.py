@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 
 ``IkeEngine`` is driven like aioquic's QuicConnection, by three sources: the user
-(``initiate``, ``create_child``, ``rekey_child``, ``rekey_ike``, ``delete_child``,
+(``initiate``, ``vouch``, ``create_child``, ``rekey_child``, ``rekey_ike``, ``delete_child``,
 ``delete_ike``, ``check_liveness``, ``resume``), datagrams (``receive_datagram(data, addr, now,
 local_port, local_addr)``) and the timer (``handle_timer(now)``). It answers through
 ``datagrams_to_send(now)`` (each item is ``(data, (ip, port), local_port, local_addr)``:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from oe.ike.auth import PeerKey
 from oe.ike.ts import TrafficSelector
 
 
@@ -69,6 +70,8 @@ class IkeSaEstablished:
     """The peer's authenticated identity, printed (an address or a name; what the peer chose
     is escaped, so it is safe to log). Reasons in the other events escape it the same way."""
     nat_detected: bool
+    peer_key: PeerKey | None = None
+    """The key the peer proved, with the addresses it vouches for (its selectors' bounds)."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from oe.ike.tasks.common import (
     respond_ke,
     ts_payloads,
 )
-from oe.ike.tasks.informational import DeleteChildren
+from oe.ike.tasks.informational import DeleteChildren, DeleteRefused
 
 
 def _rekey_collision(old: Child) -> list[Child]:
@@ -97,6 +97,9 @@ class CreateChild:
             new = self._child_from_response(sa, msg)
         except IkeError as e:
             sa.emit(ChildSaFailed(sa.sa_id, e.notify, e.reason, self.local_ts, self.remote_ts))
+            if msg.first(SA) is not None:
+                # section 2.9: the peer made a CHILD SA we cannot accept; delete it
+                sa.start(DeleteRefused(self.spi_in), now)
             return
         if new.sa.spi_out in sa.early_deletes:
             # the peer answered, lost the answer, then deleted the SA before our

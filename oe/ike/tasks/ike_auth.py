@@ -101,7 +101,7 @@ def _established(sa: IkeSa, now: float) -> None:
         sa.next_keepalive = now + sa.config.nat_keepalive_interval
     sa.emit(IkeSaEstablished(
         sa.sa_id, sa.spi_i, sa.spi_r, sa.initiator, sa.local_addr,
-        sa.peer_addr, sa.peer_port, str(sa.peer_id), sa.nat_detected,
+        sa.peer_addr, sa.peer_port, str(sa.peer_id), sa.nat_detected, sa.peer_key,
     ))
 
 
