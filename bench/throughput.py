@@ -1,19 +1,29 @@
-"""Tunnel throughput and latency: plain veth, oe's datapath, strongSwan kernel-libipsec.
+"""Tunnel throughput and latency: plain veth, oe (its datapath alone and the whole product),
+strongSwan kernel-libipsec and wireguard-go.
 
-Not a test: prints figures measured in this run and the ratios oe/strongSwan and oe/plain.
-Needs root, iperf3 and strongSwan (charon, swanctl, libcharon-extra-plugins). Usage:
+Not a test: prints figures measured in this run and the ratios of oe to each reference.
+Needs root, iperf3, strongSwan (charon, swanctl, libcharon-extra-plugins) and, for `wg`,
+wireguard-go and wireguard-tools (bookworm-backports' wireguard-go has the TUN and UDP
+offloads: the one to measure against; not a project dependency). Usage:
 
-    python bench/throughput.py [--seconds 8] [--only plain,oe,swan]
+    python bench/throughput.py [--seconds 8] [--only plain,oe,oed,swan,wg]
 
 Each setup is two fresh network namespaces joined by one veth pair (unique names, removed at
 the end), 198.51.100.1 <-> 198.51.100.2:
   plain  the veth alone;
-  oe     tests/netns/esp_node.py in each namespace: AES-128-GCM, ESP-in-UDP 4500, static keys;
+  oe     tests/netns/esp_node.py in each namespace: AES-128-GCM, ESP-in-UDP 4500, static keys
+         (the datapath alone);
+  oed    the product: `oe start` on alice and bob of `oe demo`'s world (knotd with signed
+         zones, private-or-clear 0.0.0.0/0), the SA negotiated by OE on the first packet (IKEv2,
+         keys from DNS, DNSSEC-validated); alice and bob meet through a bridge, not one veth;
   swan   charon 5.9 with kernel-libipsec in each namespace (a TUN, userspace ESP, always
          ESP-in-UDP), IKEv2 with raw RSA keys and esp_proposals = aes128gcm16, as in
-         shared/anchors/swan-pair.sh, initiated explicitly (5.9.8 raises no acquires).
-Measured in each: iperf3 TCP, one stream; iperf3 UDP, 1400-byte datagrams, unlimited rate
-with a 4 MiB socket buffer (what arrives counts); ping RTT (50 pings, 20 ms apart).
+         shared/anchors/swan-pair.sh, initiated explicitly (5.9.8 raises no acquires);
+  wg     wireguard-go in each namespace as in shared/anchors/wg-pair.sh (ChaCha20-Poly1305,
+         TUN mtu 1420), measured between the tunnel addresses 203.0.113.1 -> 203.0.113.2.
+Measured in each: iperf3 TCP, one stream and 4 parallel streams; iperf3 UDP, 1400-byte
+datagrams, unlimited rate with a 4 MiB socket buffer (what arrives counts); ping RTT (50 pings,
+20 ms apart).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ sys.path.insert(0, str(NODE.parent))
 
 from charon import Charon  # noqa: E402  (tests/netns/charon.py: charon in a namespace)
 A, B = "198.51.100.1", "198.51.100.2"
+WG_A, WG_B = "203.0.113.1", "203.0.113.2"
 TAG = f"{os.getpid() % 100000}"
 
 
@@ -88,7 +99,7 @@ def processes():
 @contextmanager
 def plain():
     with namespaces("p") as (a, b):
-        yield a, b
+        yield a, b, B
 
 
 @contextmanager
@@ -113,7 +124,26 @@ def oe():
             procs.append(proc)
             if "ready" not in proc.stdout.readline():
                 raise RuntimeError(f"esp_node did not start in {ns}")
-        yield a, b
+        yield a, b, B
+
+
+@contextmanager
+def oe_daemons():
+    """`oe demo`'s world with oe started on alice and bob; the first ping negotiates the SA."""
+    from oe import demo
+
+    with tempfile.TemporaryDirectory(prefix="oe-bench-") as work:
+        world = demo.build(Path(work))
+        try:
+            for name in ("alice", "bob"):
+                demo.start_oe(world, name)
+            alice, bob = world.hosts["alice"], world.hosts["bob"]
+            in_ns(alice.name, "ping", "-c", "2", "-W", "5", bob.address, check=False)
+            yield alice.name, bob.name, bob.address
+        finally:
+            for name in list(world.daemons):
+                demo.stop_oe(world, name)
+            world.close()
 
 
 @contextmanager
@@ -130,24 +160,55 @@ def swan():
                 charons.append(charon)
                 charon.start()
             charons[0].swanctl("--initiate", "--child", "hh")
-            yield a, b
+            yield a, b, B
         finally:
             for charon in charons:
                 charon.stop()
 
 
-SETUPS = {"plain": plain, "oe": oe, "swan": swan}
-TITLES = {"plain": "plain veth", "oe": "oe AES-128-GCM", "swan": "strongSwan libipsec"}
+@contextmanager
+def wg():
+    """wireguard-go in each namespace (as shared/anchors/wg-pair.sh), peers on the veth."""
+    keys = [sh("wg", "genkey").stdout.strip() for _ in range(2)]
+    pubs = [sh("wg", "pubkey", input=key).stdout.strip() for key in keys]
+    with namespaces("w") as (a, b), processes() as procs:
+        sides = ((a, keys[0], pubs[1], B, WG_A), (b, keys[1], pubs[0], A, WG_B))
+        for i, (ns, key, peer_pub, peer, inner) in enumerate(sides):
+            # wireguard-go's UAPI socket is named by the device, not per namespace: unique names
+            dev = f"wg{'ab'[i]}{TAG}"
+            procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "wireguard-go", dev],
+                                          env={**os.environ, "WG_PROCESS_FOREGROUND": "1"},
+                                          stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+            for _ in range(50):
+                if sh("ip", "-n", ns, "link", "show", dev, check=False).returncode == 0:
+                    break
+                time.sleep(0.1)
+            in_ns(ns, "wg", "set", dev, "private-key", "/dev/stdin", "listen-port", "51820",
+                  "peer", peer_pub, "endpoint", f"{peer}:51820", "allowed-ips", "203.0.113.0/24",
+                  input=key)
+            sh("ip", "-n", ns, "addr", "add", f"{inner}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "mtu", "1420", "up")
+        yield a, b, WG_B
+
+
+SETUPS = {"plain": plain, "oe": oe, "oed": oe_daemons, "swan": swan, "wg": wg}
+TITLES = {"plain": "plain veth", "oe": "oe datapath (static keys)",
+          "oed": "oe daemons (OE, IKEv2)", "swan": "strongSwan libipsec",
+          "wg": "wireguard-go"}
+REFERENCES = ("swan", "wg", "plain")
 
 
 # ---------------------------------------------------------------------------- measures
 
-def iperf(a: str, b: str, seconds: int, udp: bool) -> tuple[float, str]:
-    server = subprocess.Popen(["ip", "netns", "exec", b, "iperf3", "-s", "-1", "-B", B],
+def iperf(a: str, b: str, server_addr: str, seconds: int, udp: bool,
+          streams: int = 1) -> tuple[float, str]:
+    server = subprocess.Popen(["ip", "netns", "exec", b, "iperf3", "-s", "-1", "-B",
+                               server_addr],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
-        args = ["iperf3", "-c", B, "-t", str(seconds), "-J"]
+        args = ["iperf3", "-c", server_addr, "-t", str(seconds), "-J", "-P", str(streams)]
         if udp:
             # A deep receive buffer, so the count is what the tunnel delivers rather than
             # what a busy iperf3 server found time to read.
@@ -167,9 +228,9 @@ def iperf(a: str, b: str, seconds: int, udp: bool) -> tuple[float, str]:
         server.wait(timeout=seconds + 30) if server.poll() is None else None
 
 
-def ping_rtt(a: str) -> float:
-    in_ns(a, "ping", "-c", "3", "-W", "2", B, check=False)                # warm up (ARP, SAs)
-    result = in_ns(a, "ping", "-c", "50", "-i", "0.02", "-W", "2", B, check=False)
+def ping_rtt(a: str, server_addr: str) -> float:
+    in_ns(a, "ping", "-c", "3", "-W", "2", server_addr, check=False)      # warm up (ARP, SAs)
+    result = in_ns(a, "ping", "-c", "50", "-i", "0.02", "-W", "2", server_addr, check=False)
     for line in result.stdout.splitlines():
         if "min/avg/max" in line:
             return float(line.split("=")[1].split("/")[1])
@@ -177,17 +238,19 @@ def ping_rtt(a: str) -> float:
 
 
 def measure(name: str, seconds: int) -> dict:
-    with SETUPS[name]() as (a, b):
-        rtt = ping_rtt(a)
-        tcp, tcp_note = iperf(a, b, seconds, udp=False)
-        udp, udp_note = iperf(a, b, seconds, udp=True)
-    return {"tcp": tcp, "tcp_note": tcp_note, "udp": udp, "udp_note": udp_note, "rtt": rtt}
+    with SETUPS[name]() as (a, b, server_addr):
+        rtt = ping_rtt(a, server_addr)
+        tcp, tcp_note = iperf(a, b, server_addr, seconds, udp=False)
+        tcp4, tcp4_note = iperf(a, b, server_addr, seconds, udp=False, streams=4)
+        udp, udp_note = iperf(a, b, server_addr, seconds, udp=True)
+    return {"tcp": tcp, "tcp_note": tcp_note, "tcp4": tcp4, "tcp4_note": tcp4_note,
+            "udp": udp, "udp_note": udp_note, "rtt": rtt}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--only", default="plain,oe,swan")
+    parser.add_argument("--only", default="plain,oe,oed,swan,wg")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/throughput.py needs root (network namespaces)")
@@ -195,18 +258,22 @@ def main() -> None:
     for name in args.only.split(","):
         print(f"measuring {TITLES[name]} ...", file=sys.stderr, flush=True)
         results[name] = measure(name, args.seconds)
-    print(f"{'setup':<22}{'TCP Mbit/s':>12}  {'':<18}{'UDP 1400 B Mbit/s':>19}  {'':<12}"
-          f"{'ping RTT ms':>12}")
+    print(f"{'setup':<27}{'TCP Mbit/s':>11} {'':<17}{'TCP x4':>8} {'':<17}"
+          f"{'UDP 1400 B':>11} {'':<12}{'RTT ms':>8}")
     for name, r in results.items():
-        print(f"{TITLES[name]:<22}{r['tcp']:>12.0f}  {r['tcp_note']:<18}{r['udp']:>19.0f}  "
-              f"{r['udp_note']:<12}{r['rtt']:>12.3f}")
-    if "oe" in results:
-        oe_r = results["oe"]
-        for ref in ("swan", "plain"):
-            if ref in results:
-                r = results[ref]
-                print(f"oe/{ref}: TCP x{oe_r['tcp'] / r['tcp']:.2f}, UDP x{oe_r['udp'] / r['udp']:.2f}, "
-                      f"RTT {oe_r['rtt'] - r['rtt']:+.3f} ms")
+        print(f"{TITLES[name]:<27}{r['tcp']:>11.0f} {r['tcp_note']:<17}{r['tcp4']:>8.0f} "
+              f"{r['tcp4_note']:<17}{r['udp']:>11.0f} {r['udp_note']:<12}{r['rtt']:>8.3f}")
+    for mine in ("oe", "oed"):
+        for ref in REFERENCES:
+            if mine in results and ref in results:
+                m, r = results[mine], results[ref]
+                print(f"{mine}/{ref}: TCP x{ratio(m['tcp'], r['tcp'])}, "
+                      f"TCP x4 x{ratio(m['tcp4'], r['tcp4'])}, UDP x{ratio(m['udp'], r['udp'])}, "
+                      f"RTT {m['rtt'] - r['rtt']:+.3f} ms")
+
+
+def ratio(mine: float, ref: float) -> str:
+    return f"{mine / ref:.2f}" if ref else "-"
 
 
 if __name__ == "__main__":

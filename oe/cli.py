@@ -19,6 +19,7 @@ from pathlib import Path
 from oe import check, control, dnskeys, hostkey, logs, net
 from oe.config import load as load_config
 from oe.dnskeys import records as dnsrecords
+from oe.dnskeys.delegation import check_client
 from oe.dnskeys.fetcher import KeyFetcher, unanswered
 from oe.config import DEFAULT_CONFDIR, DEFAULT_RUNDIR
 from oe.eroute import (
@@ -395,6 +396,8 @@ def cmd_verify(args) -> int:
     blob = hostkey.public_blob(hostkey.load(hostkey.hostkey_path(args.confdir)))
     config = load_config(args.confdir)
     fetcher = KeyFetcher.from_config(config.dns, args.confdir)
+    if args.client:
+        return _verify_clients(args, config, fetcher, blob)
     lookup = asyncio.run(fetcher.fetch(_own_address(args)))
     if unanswered(lookup):  # issue 15, 8: no answer is not "no key published"
         raise OeError(f"cannot verify: {lookup.error}")
@@ -412,6 +415,58 @@ def cmd_verify(args) -> int:
     for problem in problems:
         print(f"oe: {problem}", file=sys.stderr)
     return 2 if problems else 0
+
+
+def _our_addresses(args, config) -> list[str]:
+    """The addresses a client's record may name as its gateway: --address, else the daemon's
+    (oe.conf addresses, else the host's global ones)."""
+    if args.address is not None:
+        return [str(_address(args.address, "--address"))]
+    return list(net.host_addresses(config.addresses, config.tun_name).values())
+
+
+def _verify_client(client, lookup: dnskeys.KeyLookup, ours: list[str], blob: bytes,
+                   subnets: tuple[str, ...]) -> tuple[bool, list[str]]:
+    """Whether `client` lies in [gateway] subnets, and what is wrong with its record as our
+    client's (docs/gateway.md 3, 6); [] if all right."""
+    if unanswered(lookup):  # issue 15, 8: no answer is not "no record delegates us"
+        problems = [f"cannot verify {client}: {lookup.error}"]
+    else:
+        why = check_client(lookup, ours, blob)
+        problems = [] if why is None else [why]
+    in_subnets = any(client in ipaddress.ip_network(s) for s in subnets)
+    if not in_subnets:
+        problems.append(f"{client} is not in [gateway] subnets: oe will not act for it")
+    return in_subnets, problems
+
+
+def _verify_clients(args, config, fetcher: KeyFetcher, blob: bytes) -> int:
+    """`oe verify --client C`: C's record delegates to one of our addresses with our key."""
+    clients = [_address(c, "--client") for c in args.client]
+    ours = _our_addresses(args, config)
+
+    async def fetch_all():
+        return await asyncio.gather(*(fetcher.fetch(str(c)) for c in clients))
+
+    results, failed = [], False
+    for client, lookup in zip(clients, asyncio.run(fetch_all())):
+        in_subnets, problems = _verify_client(client, lookup, ours, blob,
+                                              config.gateway.subnets)
+        failed = failed or bool(problems)
+        results.append({**lookup.as_json(), "client": str(client), "in_subnets": in_subnets,
+                        "hostkey_key_id": dnsrecords.key_id(blob), "problems": problems})
+        if not args.json and not problems:
+            print(f"ok: {lookup.target.name} delegates to "
+                  f"{dnsrecords.gateway_text(lookup.gateway)} with hostkey.pem's key "
+                  f"{lookup.key_id} (dnssec {lookup.dnssec})")
+            advice = dnskeys.dnssec_advice(lookup, delegation=True)
+            if advice is not None:
+                print(f"note: {advice}")
+        for problem in problems:
+            print(f"oe: {problem}", file=sys.stderr)
+    if args.json:
+        _print_json(results)
+    return 2 if failed else 0
 
 
 # ---------------------------------------------------------------- the parser
@@ -502,8 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dnskey)
 
-    p = sub.add_parser("verify", help="check that DNS publishes hostkey.pem for our address")
-    p.add_argument("--address", help="our address (default: on the default route)")
+    p = sub.add_parser("verify", help="check that DNS publishes hostkey.pem for our address, "
+                                      "or that a client's record delegates to us")
+    p.add_argument("--address", help="our address (default: on the default route; with "
+                                     "--client: the daemon's addresses)")
+    p.add_argument("--client", action="append", metavar="C",
+                   help="check C's record instead: it names us as gateway with hostkey.pem's "
+                        "key, and C is in [gateway] subnets (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Union
 from oe.eroute import IPAddress
 
 if TYPE_CHECKING:
+    import dns.name
+
     from oe.dnskeys.choice import KeyLookup
     from oe.opportunist import Pair
 
@@ -25,6 +27,21 @@ class FetchKey:
     target: str
     refresh: bool = False
     """Ask DNS again even if an answer is cached (after an authentication failure)."""
+    role: str = "target"
+    """Whose record this is, handed back to key_found: "target" (the flow's far end) or
+    "client" (our client, the flow's source, whose record must delegate to us:
+    docs/gateway.md 3)."""
+
+
+@dataclass(frozen=True)
+class FetchGateway:
+    """Look up the addresses of an @FQDN gateway a record of the pair's target names (RFC 4025
+    2.3 type 3) in the pair's address family, then call gateway_found (docs/gateway.md 5)."""
+
+    pair: "Pair"
+    name: "dns.name.Name"
+    dnssec: str
+    """The DNSSEC state of the record that names it: the weaker state decides (choice.weakest)."""
 
 
 @dataclass(frozen=True)
@@ -180,11 +197,12 @@ class Log:
     line: str
 
 
-Command = Union[FetchKey, Initiate, CreateChild, DeleteIke, DeleteChild, RekeyChild,
-                CheckLiveness, SampleInbound, FetchPeerKey, FetchDelegation, ResumeChild,
-                ReplayInit, RefuseInit, FollowPeer, Steer, RefuseInClear, StaleKey, Log]
+Command = Union[FetchKey, FetchGateway, Initiate, CreateChild, DeleteIke, DeleteChild,
+                RekeyChild, CheckLiveness, SampleInbound, FetchPeerKey, FetchDelegation,
+                ResumeChild, ReplayInit, RefuseInit, FollowPeer, Steer, RefuseInClear, StaleKey,
+                Log]
 
-__all__ = ["FetchKey", "Initiate", "CreateChild", "DeleteIke", "DeleteChild", "RekeyChild",
-           "CheckLiveness", "SampleInbound", "FetchPeerKey", "FetchDelegation", "ResumeChild",
-           "ReplayInit", "RefuseInit", "FollowPeer", "Steer", "RefuseInClear", "StaleKey", "Log",
-           "Command"]
+__all__ = ["FetchKey", "FetchGateway", "Initiate", "CreateChild", "DeleteIke", "DeleteChild",
+           "RekeyChild", "CheckLiveness", "SampleInbound", "FetchPeerKey", "FetchDelegation",
+           "ResumeChild", "ReplayInit", "RefuseInit", "FollowPeer", "Steer", "RefuseInClear",
+           "StaleKey", "Log", "Command"]

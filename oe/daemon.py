@@ -41,7 +41,7 @@ from oe.logs import log_to
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
 from oe.ike.spis import SpiAllocator
-from oe.opportunist import ANY_PORT, Limits, Opportunist, Pair, child_flow
+from oe.opportunist import ANY_PORT, Limits, Opportunist, Ours, Pair, child_flow
 from oe.peerkeys import PeerKeys
 from oe.pmtu import PathMtuDriver
 from oe.policygroups import prospective_table
@@ -143,6 +143,7 @@ class Daemon(Executor):
                                            self.config.tun_name)
         if not addresses:
             raise StartError("no address to run IKE on: set addresses in oe.conf")
+        self.opportunist.ours = self._ours([a for family in addresses.values() for a in family])
         self.tun_fd = tun.open_tun(self.config.tun_name)
         # The TUN's MTU: the smallest path MTU of our interfaces minus the worst-case ESP
         # overhead (outer IPv6 + UDP encapsulation), so inner packets always fit.
@@ -442,7 +443,9 @@ class Daemon(Executor):
             side.engine.config = dataclasses.replace(side.engine.config, private_key=self.key,
                                                      **self._ike_terms())
         logs.set_level(self.config.log_level)
-        self._run(self.opportunist.reload(base, self.loop.time()))
+        ours = self.opportunist.ours  # new subnets, new key (None: not started)
+        ours = ours and self._ours(ours.addresses)
+        self._run(self.opportunist.reload(base, self.loop.time(), ours=ours))
         await self._install_routes()
         self._apply()
         reply = f"reloaded: {len(self.opportunist.base)} policy entries"
@@ -457,6 +460,11 @@ class Daemon(Executor):
             log.info("%s", await self.reload())
         except OeError as exc:
             log.error("reload refused: %s", exc)
+
+    def _ours(self, addresses) -> Ours:
+        """What the opportunist checks our clients' records against (docs/gateway.md 3)."""
+        return Ours.of(addresses, self.config.gateway.subnets,
+                       hostkey.public_blob(self.key))
 
     def _ike_terms(self) -> dict:
         """What oe.conf says of IKE negotiations (IkeConfig fields), at start and reload."""

@@ -20,9 +20,9 @@ import logging
 
 from oe import net
 from oe.commands import (
-    CheckLiveness, CreateChild, DeleteChild, DeleteIke, FetchDelegation, FetchKey, FetchPeerKey,
-    FollowPeer, Initiate, Log, RefuseInClear, RefuseInit, RekeyChild, ReplayInit, ResumeChild,
-    SampleInbound, StaleKey, Steer,
+    CheckLiveness, CreateChild, DeleteChild, DeleteIke, FetchDelegation, FetchGateway, FetchKey,
+    FetchPeerKey, FollowPeer, Initiate, Log, RefuseInClear, RefuseInit, RekeyChild, ReplayInit,
+    ResumeChild, SampleInbound, StaleKey, Steer,
 )
 from oe.dnskeys.choice import Target
 from oe.dpevents import (Acquire, IkeMessage, PathMtuBlackHole, PathMtuProbeAcked, PathMtuTooBig,
@@ -191,6 +191,8 @@ class Executor:
             match command:
                 case FetchKey():
                     self.loop.create_task(self._fetch(command))
+                case FetchGateway():
+                    self.loop.create_task(self._fetch_gateway(command))
                 case Initiate():  # on an IKE SA of the same terms if one has room
                     for routed in self.lifecycle.route_initiate(command):
                         if isinstance(routed, Initiate):
@@ -261,12 +263,29 @@ class Executor:
         """Every lookup ends in a decision, whatever it raises: a %hold never stays."""
         try:
             lookup = await self.fetcher.fetch(command.target, refresh=command.refresh)
-            self.keys.keep(lookup, self.loop.time())
-            commands = self.opportunist.key_found(command.pair, lookup, self.loop.time())
+            if command.role == "target":  # a client's record carries our own key
+                self.keys.keep(lookup, self.loop.time())
+            commands = self.opportunist.key_found(command.pair, lookup, self.loop.time(),
+                                                  role=command.role)
         except Exception as exc:  # a bug in a lookup must not leave the %hold for ever
             log.exception("key lookup for %s", command.target)
             commands = self.opportunist.negotiation_failed(
                 command.pair, f"key lookup failed: {exc}", self.loop.time())
+        self._run(commands)
+        self._apply()
+
+    async def _fetch_gateway(self, command: FetchGateway) -> None:
+        """An @FQDN gateway's addresses: like _fetch, every lookup ends in a decision."""
+        try:
+            found = await self.fetcher.gateway(command.name, command.pair.dst.version,
+                                               command.dnssec)
+            commands = self.opportunist.gateway_found(command.pair, command.name, found,
+                                                      self.loop.time())
+        except Exception as exc:  # a bug in a lookup must not leave the %hold for ever
+            log.exception("address lookup for gateway %s", command.name)
+            commands = self.opportunist.negotiation_failed(
+                command.pair, f"address lookup for gateway {command.name} failed: {exc}",
+                self.loop.time())
         self._run(commands)
         self._apply()
 

@@ -9,9 +9,12 @@ reads a clock or a socket itself.
 
     acquire(src, dst)                       the datapath trapped a packet, put a /32 %hold
       -> policy: the most specific group    not trapping any more (reload)? drop the hold
-      -> FetchKey(dst)                      the daemon asks DNS (oe.dnskeys)
-    key_found(pair, lookup)
-      -> usable key: Initiate(gateway)      the daemon starts IKE (oe.ike)
+      -> src ours: FetchKey(dst)            the daemon asks DNS (oe.dnskeys)
+      -> src our client: FetchKey(src,      a gateway for the hosts behind it (docs/gateway.md
+         role="client") and FetchKey(dst)   3): the client's record must delegate to us
+      -> src neither: %drop                 spoofed or misrouted
+    key_found(pair, lookup, role)
+      -> usable key(s): Initiate(gateway)   the daemon starts IKE (oe.ike)
       -> no key / refused: failure shunt    private-or-clear: %pass, private: %drop
       -> malformed record: %drop            RFC 4322: malformed means deny, whatever the group
     tunnel_up(...)                          CHILD SA established (either side initiated) and
@@ -34,9 +37,13 @@ from __future__ import annotations
 import heapq
 import ipaddress
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from oe.commands import Command, DeleteChild, DeleteIke, FetchKey, Initiate
+from collections.abc import Iterable
+
+from oe.commands import Command, DeleteChild, DeleteIke, FetchGateway, FetchKey, Initiate
+from oe.dnskeys.choice import GatewayAddresses, KeyLookup
+from oe.dnskeys.delegation import check_client
 from oe.eroute import Eroute, ErouteTable, IPAddress, SaAction, Selector, Shunt
 from oe.policygroups.groups import SEMANTICS
 
@@ -159,6 +166,31 @@ class Limits:
     """Failure shunts at once; beyond this the oldest is dropped and its %trap returns."""
 
 
+@dataclass(frozen=True)
+class Ours:
+    """What a gateway checks its clients' records against (docs/gateway.md 3): our addresses,
+    the subnets of the hosts we act for ([gateway] subnets) and our public key's RFC 3110
+    blob."""
+
+    addresses: frozenset[IPAddress] = frozenset()
+    subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    key_blob: bytes | None = None
+
+    @classmethod
+    def of(cls, addresses: Iterable[str], subnets: Iterable[str],
+           key_blob: bytes | None) -> "Ours":
+        return cls(frozenset(ipaddress.ip_address(a) for a in addresses),
+                   tuple(ipaddress.ip_network(s) for s in subnets), key_blob)
+
+    def role(self, source: IPAddress) -> str | None:
+        """"host" for one of our addresses, "client" inside our subnets, else None."""
+        if source in self.addresses:
+            return "host"
+        if any(source in subnet for subnet in self.subnets):
+            return "client"
+        return None
+
+
 @dataclass
 class _Negotiation:
     pair: Pair
@@ -166,14 +198,32 @@ class _Negotiation:
     stage: str  # "queued", "dns", "ike"
     narrowing: tuple[int, int, int] = (0, 0, 0)
     refreshed: bool = False  # the key was fetched afresh after an authentication failure
+    awaits_client: bool = False
+    """A client flow whose client's record has not been checked yet (docs/gateway.md 3)."""
+    local: IPAddress | None = None
+    """Our address the client's record names: our ID towards the target."""
+    target: KeyLookup | None = None
+    """The target's KeyLookup, once it is in (a client flow may still wait for the client's)."""
+    index: int = -1
+    """The target's candidate being tried (KeyLookup.candidates; docs/gateway.md 5)."""
+    addresses: list[IPAddress] = field(default_factory=list)
+    """The candidate's gateway addresses not tried yet (several for an @FQDN gateway)."""
+    gateway: IPAddress | None = None
+    """The address IKE is being tried with."""
+    tried: list[tuple[str, str]] = field(default_factory=list)
+    """(gateway, why it failed) for each gateway tried."""
 
 
 class Opportunist:
     """Policy, bare shunts and tunnels of one host, and what to do when things happen."""
 
-    def __init__(self, base: ErouteTable, limits: Limits = Limits()) -> None:
+    def __init__(self, base: ErouteTable, limits: Limits = Limits(),
+                 ours: Ours | None = None) -> None:
         self.base = base
         self.limits = limits
+        self.ours = ours
+        """Our addresses, subnets and key (the daemon sets them once it has its addresses;
+        reload replaces them); None: every source is taken as ours, no flow is a client's."""
         self.shunts: dict[Pair, BareShunt] = {}
         """Read-only outside this class: changes go through _put_shunt/_drop_shunt."""
         self.tunnels: dict[Pair, Tunnel] = {}
@@ -289,9 +339,17 @@ class Opportunist:
         narrowing = (sel.proto, sel.sport, sel.dport)
         self._put_shunt(BareShunt(pair, Shunt.HOLD, "negotiating", entry.group, now, None,
                                   narrowing))
-        self.negotiations[pair] = _Negotiation(pair, entry.group, "queued", narrowing)
+        negotiation = _Negotiation(pair, entry.group, "queued", narrowing)
+        self.negotiations[pair] = negotiation
+        role = self._source_role(pair.src)
+        if role is None:
+            return self._fail(pair, _foreign(pair.src), now, deny=True)
+        negotiation.awaits_client = role == "client"
         self._pending.append(pair)
         return self._start_pending(now)
+
+    def _source_role(self, source: IPAddress) -> str | None:
+        return "host" if self.ours is None else self.ours.role(source)
 
     def initiate(self, pair: Pair, now: float) -> list[Command]:
         """`oe initiate`: forget a failure shunt and try at once."""
@@ -310,31 +368,104 @@ class Opportunist:
             return f"{pair.dst} is in group {group} ({outbound}): oe does not negotiate with it"
         return None
 
-    def key_found(self, pair: Pair, lookup, now: float) -> list[Command]:
-        """The DNS answer for a FetchKey: an oe.dnskeys KeyLookup."""
+    def key_found(self, pair: Pair, lookup, now: float, role: str = "target") -> list[Command]:
+        """The DNS answer for a FetchKey of this `role`: an oe.dnskeys KeyLookup. A client
+        flow decides once both its answers are in; a late or duplicate answer is dropped."""
         negotiation = self.negotiations.get(pair)
         if negotiation is None or negotiation.stage != "dns":
             return []
-        if lookup.error is not None:
-            # RFC 4322 3.2: a malformed record denies whatever the group; no record means the
-            # peer is not OE-capable and the group's failure shunt applies.
-            return self._fail(pair, lookup.error, now, deny=lookup.verdict.value == "deny")
-        gateway = lookup.gateway if lookup.gateway is not None else pair.dst
-        if gateway != pair.dst:
-            # RFC 4322 3.2.4.1: the gateway's own record must vouch for the key D's record
-            # names; until oe has the gateway role (looking that record up), refuse cleanly.
-            return self._fail(pair, f"{pair.dst}'s record delegates to gateway {gateway}; "
-                                    "oe does not negotiate with delegated gateways yet", now)
-        negotiation.stage = "ike"
+        # RFC 4322 3.2: a malformed (or bogus) record denies whatever the group; no record
+        # means not OE-capable, and the group's failure shunt applies.
+        deny = lookup.verdict.value == "deny"
+        if role == "client":
+            if not negotiation.awaits_client:
+                return []
+            negotiation.awaits_client = False
+            assert self.ours is not None  # only Ours makes client flows
+            why = check_client(lookup, map(str, self.ours.addresses), self.ours.key_blob)
+            if why is not None:
+                return self._fail(pair, why, now, deny=deny)
+            negotiation.local = lookup.gateway
+        elif negotiation.target is not None:
+            return []
+        elif lookup.error is not None:
+            return self._fail(pair, lookup.error, now, deny=deny)
+        else:
+            negotiation.target = lookup
+        if negotiation.awaits_client or negotiation.target is None:
+            return []
+        return self._initiate(negotiation, now)
+
+    def _initiate(self, negotiation: _Negotiation, now: float) -> list[Command]:
+        """Both answers are in and usable: IKE with the target's first gateway."""
+        lookup = negotiation.target
         if lookup.provenance is not None:
-            self.log.append(f"key for {pair.dst} from {lookup.provenance}: initiating IKE")
-        return [Initiate(pair, gateway)]
+            self.log.append(f"key for {negotiation.pair.dst} from {lookup.provenance}: "
+                            f"initiating IKE")
+        return self._next_gateway(negotiation, now)
+
+    def _next_gateway(self, negotiation: _Negotiation, now: float) -> list[Command]:
+        """IKE with the next gateway of the target's records, in RFC 4322 3.2 order (an @FQDN
+        one once its addresses are in: FetchGateway); the failure shunt after the last."""
+        pair = negotiation.pair
+        candidates = negotiation.target.candidates or (None,)  # (None,): the lookup itself
+        while not negotiation.addresses:
+            negotiation.index += 1
+            if negotiation.index >= len(candidates):
+                return self._fail(pair, _all_failed(negotiation.tried), now)
+            gateway = self._attempt(negotiation).gateway
+            gateway = pair.dst if gateway is None else gateway
+            if not isinstance(gateway, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                negotiation.stage = "gateway"  # RFC 4025 2.3 gateway type 3: a name
+                return [FetchGateway(pair, gateway, negotiation.target.dnssec)]
+            negotiation.addresses.append(gateway)
+        gateway = negotiation.addresses.pop(0)
+        if gateway.version != pair.dst.version:
+            negotiation.tried.append((str(gateway), "not of the flow's address family"))
+            return self._next_gateway(negotiation, now)
+        if negotiation.tried:
+            failed, why = negotiation.tried[-1]
+            self.log.append(f"OE to {pair.dst}: gateway {failed} failed ({why}); trying "
+                            f"{gateway}")
+        negotiation.stage = "ike"
+        negotiation.gateway = gateway
+        # The target's own key, first choice: the engine asks for it by the peer's ID as ever.
+        # Any other: the record's key pins what the gateway must prove (RFC 4322 3.2.4.1).
+        own = negotiation.index == 0 and gateway == pair.dst
+        return [Initiate(pair, gateway, local=negotiation.local,
+                         peer_key=None if own else self._attempt(negotiation))]
+
+    def _attempt(self, negotiation: _Negotiation) -> KeyLookup:
+        """The target's lookup as if the candidate being tried had been chosen."""
+        lookup = negotiation.target
+        if not lookup.candidates:
+            return lookup
+        return lookup.for_candidate(lookup.candidates[negotiation.index])
+
+    def gateway_found(self, pair: Pair, name, found: GatewayAddresses,
+                      now: float) -> list[Command]:
+        """The addresses of an @FQDN gateway (FetchGateway), under the delegation rule: try
+        them in order; none usable moves on to the next record; bogus denies."""
+        negotiation = self.negotiations.get(pair)
+        if negotiation is None or negotiation.stage != "gateway":
+            return []
+        if found.deny:
+            return self._fail(pair, found.error, now, deny=True)
+        if found.error is not None:
+            negotiation.tried.append((str(name), found.error))
+        negotiation.addresses = list(found.addresses)
+        return self._next_gateway(negotiation, now)
 
     def negotiation_failed(self, pair: Pair, reason: str, now: float) -> list[Command]:
-        """IKE could not set up the CHILD SA we asked for."""
-        if pair not in self.negotiations:
+        """IKE could not set up the CHILD SA we asked for: the next gateway of the target's
+        records, if any (RFC 4322 3.2: fail only after all of them)."""
+        negotiation = self.negotiations.get(pair)
+        if negotiation is None:
             return []
-        return self._fail(pair, reason, now)
+        if negotiation.stage != "ike" or negotiation.target is None:
+            return self._fail(pair, reason, now)
+        negotiation.tried.append((str(negotiation.gateway), reason))
+        return self._next_gateway(negotiation, now)
 
     def auth_failed(self, pair: Pair, reason: str, now: float) -> list[Command]:
         """The peer's AUTH did not verify with the key we hold: it may have rotated its key
@@ -344,6 +475,9 @@ class Opportunist:
             return self.negotiation_failed(pair, reason, now)
         negotiation.refreshed = True
         negotiation.stage = "dns"
+        negotiation.target = None
+        negotiation.index -= 1  # the same gateway again, with the fresh answer
+        negotiation.addresses = []
         self.log.append(f"authentication of {pair.dst} failed ({reason}); fetching its key "
                         "afresh")
         return [FetchKey(pair, str(pair.dst), refresh=True)]
@@ -421,8 +555,14 @@ class Opportunist:
             times.append(self._tokens_at + (1 - self._tokens) / self.limits.acquire_rate)
         return min(times) if times else None
 
-    def reload(self, base: ErouteTable, now: float) -> list[Command]:
-        """New policy: tunnels and shunts that no longer fit it go; the rest stay."""
+    def reload(self, base: ErouteTable, now: float, ours: Ours | None = None) -> list[Command]:
+        """New policy (and our addresses, subnets and key, when given): tunnels and shunts
+        that no longer fit it go; the rest stay. A negotiation for a source that is no longer
+        ours nor a client's fails (docs/gateway.md 3)."""
+        if ours is not None:
+            self.ours = ours
+            for pair in [p for p in self.negotiations if ours.role(p.src) is None]:
+                self._fail(pair, _foreign(pair.src), now, deny=True)
         self.base = base
         self._base_at = {e.selector: e for e in base.entries}
         self._whole_table = True
@@ -527,6 +667,8 @@ class Opportunist:
                 continue
             self._tokens -= 1
             negotiation.stage = "dns"
+            if negotiation.awaits_client:  # one token for both lookups of a client flow
+                commands.append(FetchKey(pair, str(pair.src), role="client"))
             commands.append(FetchKey(pair, str(pair.dst)))
         while len(self._pending) > self.limits.pending_max:
             self.counters["acquires_dropped"] += 1
@@ -534,8 +676,19 @@ class Opportunist:
         return commands
 
 
+def _all_failed(tried: list[tuple[str, str]]) -> str:
+    """The failure shunt's reason: one gateway's own, or every gateway's."""
+    if len(tried) == 1:
+        return tried[0][1]
+    return f"all {len(tried)} gateways failed: " + "; ".join(f"{g}: {why}" for g, why in tried)
+
+
+def _foreign(source: IPAddress) -> str:
+    return f"source {source} is not an address of oe's nor a client"
+
+
 __all__ = [
-    "Pair", "BareShunt", "Tunnel", "child_flow", "FetchKey", "Initiate", "DeleteIke",
+    "Ours", "Pair", "BareShunt", "Tunnel", "child_flow", "FetchKey", "Initiate", "DeleteIke",
     "DeleteChild",
     "Command", "Limits", "Opportunist",
 ]

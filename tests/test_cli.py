@@ -172,3 +172,115 @@ def test_status_brief_without_daemon_says_so(tmp_path, capsys):
                        "--brief")
     assert code == 0
     assert out.splitlines() == ["no daemon running: no peers (oe start)"]
+
+
+# ------------------------------------------------ oe verify --client (docs/gateway.md 6)
+
+GW = "192.0.2.10"
+CLIENT = "198.51.100.7"
+
+
+@pytest.fixture(scope="module")
+def gateway_blob(tmp_path_factory):
+    """A gateway's confdir: its host key and [gateway] subnets; the key's RFC 3110 blob."""
+    from oe import hostkey
+    confdir = tmp_path_factory.mktemp("gateway")
+    key = hostkey.keygen(hostkey.hostkey_path(confdir), 2048)
+    (confdir / "oe.conf").write_text('[gateway]\nsubnets = ["198.51.100.0/24"]\n')
+    return confdir, hostkey.public_blob(key)
+
+
+def client_lookup(client, blob, gateway=GW, dnssec="secure", allow_unsigned=False):
+    """What the fetcher makes of one IPSECKEY at the client's reverse name."""
+    import base64
+
+    import dns.rdata
+    from oe.dnskeys.choice import Target, choose
+    text = f"10 1 2 {gateway} {base64.b64encode(blob).decode()}"
+    rdata = dns.rdata.from_text("IN", "IPSECKEY", text)
+    return choose(Target.parse(client), {"IPSECKEY": [rdata]}, min_key_bits=2048,
+                  allow_unsigned_delegation=allow_unsigned, dnssec=dnssec)
+
+
+@pytest.fixture
+def stub_fetcher(monkeypatch):
+    """oe verify's fetcher answers from a dict: address -> KeyLookup."""
+    from oe import cli
+    answers = {}
+
+    class Stub:
+        async def fetch(self, target, refresh=False):
+            return answers[str(target)]
+
+    monkeypatch.setattr(cli.KeyFetcher, "from_config", classmethod(lambda *a, **k: Stub()))
+    return answers
+
+
+def verify_client(capsys, confdir, *clients, json_out=False):
+    argv = ["--confdir", confdir, "verify", "--address", GW]
+    for client in clients:
+        argv += ["--client", client]
+    return run(capsys, *argv, *(["--json"] if json_out else []))
+
+
+def test_verify_client_ok_names_the_gateway_key_and_dnssec_state(gateway_blob, stub_fetcher,
+                                                                 capsys):
+    from oe.dnskeys import records
+    confdir, blob = gateway_blob
+    stub_fetcher[CLIENT] = client_lookup(CLIENT, blob)
+    code, out, err = verify_client(capsys, confdir, CLIENT)
+    assert (code, err) == (0, "")
+    assert out == (f"ok: 7.100.51.198.in-addr.arpa. delegates to {GW} with hostkey.pem's key "
+                   f"{records.key_id(blob)} (dnssec secure)\n")
+    # accepted only through allow_unsigned_delegation: said, with the fix
+    stub_fetcher[CLIENT] = client_lookup(CLIENT, blob, dnssec="insecure", allow_unsigned=True)
+    code, out, err = verify_client(capsys, confdir, CLIENT)
+    assert code == 0 and "(dnssec insecure)\nnote: 7.100.51.198.in-addr.arpa. is not " \
+        "DNSSEC-secure from the configured trust anchors: peers accept its delegation only " \
+        "with allow_unsigned_delegation = true (RFC 4322 3.2.4.1); sign the zone" in out
+
+
+def test_verify_client_problems_each_on_stderr_with_exit_2(gateway_blob, stub_fetcher, capsys):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from oe import hostkey
+    from oe.dnskeys.choice import Target, not_capable
+    confdir, blob = gateway_blob
+    other = hostkey.public_blob(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    stub_fetcher.update({
+        "198.51.100.1": client_lookup("198.51.100.1", blob, gateway="192.0.2.99"),
+        "198.51.100.2": client_lookup("198.51.100.2", other),
+        "198.51.100.3": not_capable(Target.parse("198.51.100.3"), "no IPSECKEY record"),
+        "198.51.100.4": client_lookup("198.51.100.4", blob, dnssec="insecure"),
+        "198.51.100.5": not_capable(Target.parse("198.51.100.5"), "DNS timeout: no answer"),
+        "203.0.113.5": client_lookup("203.0.113.5", blob),
+    })
+    code, out, err = verify_client(capsys, confdir, *stub_fetcher)
+    assert (code, out) == (2, "")  # "ok" only for a client without a problem
+    lines = err.splitlines()
+    assert lines[:4] == [
+        "oe: record for our client 198.51.100.1 delegates to 192.0.2.99, not us",
+        "oe: record for our client 198.51.100.2 has wrong key",
+        "oe: no record for our client 198.51.100.3 delegates us: no IPSECKEY record",
+        "oe: no record for our client 198.51.100.4 delegates us: IPSECKEY at "
+        "4.100.51.198.in-addr.arpa. names gateway 192.0.2.10, not 198.51.100.4 itself, and the "
+        "answer is not DNSSEC-validated (RFC 4322 3.2.4.1; allow_unsigned_delegation = true "
+        "accepts it)"]
+    assert lines[4:] == [
+        "oe: cannot verify 198.51.100.5: DNS timeout: no answer",
+        "oe: 203.0.113.5 is not in [gateway] subnets: oe will not act for it"]
+
+
+def test_verify_client_json_adds_client_and_in_subnets(gateway_blob, stub_fetcher, capsys):
+    confdir, blob = gateway_blob
+    stub_fetcher[CLIENT] = client_lookup(CLIENT, blob)
+    stub_fetcher["203.0.113.5"] = client_lookup("203.0.113.5", blob, gateway="192.0.2.99")
+    code, out, err = verify_client(capsys, confdir, CLIENT, "203.0.113.5", json_out=True)
+    assert code == 2
+    results = json.loads(out)
+    assert [(r["client"], r["in_subnets"], r["gateway"], r["dnssec"]) for r in results] == [
+        (CLIENT, True, GW, "secure"), ("203.0.113.5", False, "192.0.2.99", "secure")]
+    assert results[0]["problems"] == [] and results[0]["key_id"] == results[0]["hostkey_key_id"]
+    assert results[1]["problems"] == [
+        "record for our client 203.0.113.5 delegates to 192.0.2.99, not us",
+        "203.0.113.5 is not in [gateway] subnets: oe will not act for it"]

@@ -3,6 +3,7 @@ for the datapath and the DNS fetcher (no root, no sockets). What it guards is wh
 itself decides: which key an identity gets, what it installs, and what hostile input costs."""
 
 import asyncio
+import dataclasses
 import ipaddress
 import os
 from types import SimpleNamespace
@@ -256,8 +257,8 @@ def test_cached_peer_keys_expire_with_their_dns_ttl(confdir, tmp_path, host_key)
 def test_a_delegated_key_is_never_kept_for_the_client_nor_the_gateway(confdir, tmp_path,
                                                                       host_key):
     """Defect 11: the key in D's record that names gateway G is not D's (D does not sign with
-    it), and D's zone cannot vouch for G: the delegation is refused with its reason, and the key
-    is kept under neither identity."""
+    it), and D's zone cannot vouch for G: the key is kept under neither identity (the Initiate
+    carries it pinned for G instead, docs/gateway.md 5)."""
     gateway = "198.51.100.1"
 
     async def run():
@@ -270,7 +271,6 @@ def test_a_delegated_key_is_never_kept_for_the_client_nor_the_gateway(confdir, t
         await d._fetch(_fetch_command(d, pair))
         assert d._lookup_key(Identity.from_address(PEER)) is None
         assert d._lookup_key(Identity.from_address(gateway)) is None
-        assert "delegates to gateway" in d.opportunist.shunts[pair].reason
     asyncio.run(run())
 
 
@@ -700,4 +700,58 @@ def test_an_ike_sa_the_gateway_started_carries_our_pair_to_its_client(confdir, t
                                                              host_key))])
         assert [c[0] for c in engine.calls] == ["vouch", "create_child"]
         assert engine.calls[0][1] == (3, "198.51.100.10")
+    asyncio.run(run())
+
+
+def test_a_client_lookup_is_handed_back_with_its_role_and_its_key_never_kept(confdir, tmp_path,
+                                                                           host_key):
+    """docs/gateway.md 3: our client's record carries our own key; it is checked against
+    Ours, never kept as a peer's key, and the target's answer completes the negotiation."""
+    from oe.commands import FetchKey
+    from oe.opportunist import Ours
+    client, target = "198.51.100.7", PEER
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        blob = hostkey.public_blob(host_key)
+        d.opportunist.ours = Ours.of([ME], ["198.51.100.0/24"], blob)
+        d.fetcher = StallingFetcher(lambda t: dataclasses.replace(
+            _lookup(host_key, str(t), gateway=ME, expires=d.loop.time() + 600), blob=blob)
+                                    if str(t) == client else
+                                    _lookup(host_key, str(t), expires=d.loop.time() + 600))
+        d.fetcher.release.set()
+        pair = Pair.of(client, target)
+        d.opportunist.acquire(pair, d.loop.time())
+        negotiation = d.opportunist.negotiations[pair]
+        negotiation.stage = "dns"
+        await d._fetch(FetchKey(pair, client, role="client"))
+        assert d._lookup_key(Identity.from_address(ME)) is None
+        assert pair in d.opportunist.negotiations  # the client check passed
+        assert negotiation.local == ipaddress.ip_address(ME) and not negotiation.awaits_client
+    asyncio.run(run())
+
+
+def test_an_fqdn_gateway_lookup_ends_in_a_decision(confdir, tmp_path):
+    """A lookup that raises still fails the negotiation: a %hold never stays."""
+    import dns.name
+
+    from oe.commands import FetchGateway
+
+    class Broken:
+        async def gateway(self, *_):
+            raise RuntimeError("boom")
+
+        def nameservers(self):
+            return []
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        d.fetcher = Broken()
+        pair = Pair.of(ME, PEER)
+        d.opportunist.acquire(pair, d.loop.time())
+        d.opportunist.negotiations[pair].stage = "gateway"
+        await d._fetch_gateway(FetchGateway(pair, dns.name.from_text("gw.example."), "secure"))
+        assert pair not in d.opportunist.negotiations
+        assert "address lookup for gateway gw.example. failed: boom" in \
+            d.opportunist.shunts[pair].reason
     asyncio.run(run())

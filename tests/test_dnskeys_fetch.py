@@ -461,3 +461,16 @@ def test_a_zero_ttl_answer_expires_at_once_and_is_not_cached(rotating):
     assert (lookup.key_id, lookup.ttl, lookup.expires) == (K3, 0, 1000.0)
     assert lookup.expired(clock.now)  # good for the negotiation under way, not for the next
     assert fetcher.cached() == 0
+
+
+def test_an_fqdn_gateways_addresses_come_through_the_same_source_and_rule():
+    """docs/gateway.md 5: A/AAAA of an @FQDN gateway, under the delegation rule (zone files
+    are not validated: "off", so only allow_unsigned_delegation lets them be used)."""
+    import dns.name
+    name = dns.name.from_text("gw.test.example.")
+    found = asyncio.run(zone_fetcher(allow_unsigned_delegation=True).gateway(name, 4, "off"))
+    assert [str(a) for a in found.addresses] == ["203.0.113.99"] and found.error is None
+    refused = asyncio.run(zone_fetcher().gateway(name, 4, "off"))
+    assert refused.addresses == () and "allow_unsigned_delegation" in refused.error
+    none6 = asyncio.run(zone_fetcher(allow_unsigned_delegation=True).gateway(name, 6, "off"))
+    assert none6.error == "gateway gw.test.example. has no address of the flow's family"

@@ -69,15 +69,17 @@ def test_the_decision_log_says_where_the_key_came_from():
     assert oe.take_log() == ["key for 192.0.2.20 from IPSECKEY, dnssec secure: initiating IKE"]
 
 
-def test_delegation_is_refused_cleanly_until_oe_has_the_gateway_role():
-    """Defect 11: a record delegating to another gateway is refused with its reason, not
-    tried (the gateway's own record must vouch for its key: the gateway role, issue 13)."""
+def test_a_delegating_record_sends_ike_to_its_gateway_with_its_key():
+    """Issue 13 (docs/gateway.md 5): the gateway a record names is tried with the key that
+    record carries (RFC 4322 3.2.4.1: D's record vouches for G's key for D only); before,
+    such a record was refused (defect 11)."""
     oe = opportunist(private="198.51.100.0/24\n")
     pair = Pair.of(ME, "198.51.100.7")
     oe.acquire(pair, 0)
-    assert oe.key_found(pair, key("198.51.100.7", gateway="198.51.100.1"), 0) == []
-    assert fate(oe, "198.51.100.7") is Shunt.DROP
-    assert "delegates to gateway 198.51.100.1" in oe.shunts[pair].reason
+    lookup = key("198.51.100.7", gateway="198.51.100.1")
+    assert oe.key_found(pair, lookup, 0) == [
+        Initiate(pair, ipaddress.ip_address("198.51.100.1"), peer_key=lookup)]
+    assert fate(oe, "198.51.100.7") is Shunt.HOLD
 
 
 @pytest.mark.parametrize("group, verdict, expected", [

@@ -52,6 +52,11 @@ def weakest(states: Sequence[str]) -> str:
     return SECURE
 
 
+CANDIDATES_MAX = 8
+"""Gateways tried for one target at most (docs/gateway.md 5): a record set cannot make one flow
+start more IKE negotiations than this."""
+
+
 class Verdict(enum.Enum):
     KEY = "key"
     NOT_CAPABLE = "not-capable"
@@ -94,6 +99,25 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One usable record of a target: a gateway to try and the key it must prove (RFC 4322
+    3.2: several records, tried in order until one works)."""
+
+    record: KeyRecord
+    gateway: Gateway
+    key: RsaPublicKey
+    blob: bytes
+
+    @property
+    def kind(self) -> str:
+        return self.record.kind
+
+    @property
+    def precedence(self) -> int:
+        return self.record.precedence
+
+
+@dataclass(frozen=True)
 class KeyLookup:
     """What DNS says about one target's key, and why."""
 
@@ -120,6 +144,14 @@ class KeyLookup:
     authenticate an IKE SA begun after it: fetch again (RFC 1035 3.2.1, the TTL)."""
     dnssec: str = OFF
     """The DNSSEC state of the answers: one of DNSSEC_STATES."""
+    candidates: tuple[Candidate, ...] = ()
+    """Every usable record, the chosen one first, in the order to try them (IPSECKEY, TXT,
+    KEY; lower precedence first), one per (gateway, key), at most CANDIDATES_MAX."""
+
+    def for_candidate(self, candidate: Candidate) -> KeyLookup:
+        """This lookup as if `candidate` had been chosen: what trying its gateway needs."""
+        return replace(self, record=candidate.record, key=candidate.key, blob=candidate.blob,
+                       gateway=candidate.gateway)
 
     @property
     def key_id(self) -> str | None:
@@ -223,6 +255,8 @@ def _choose(target: Target, rdatas: Mapping[str, Sequence[dns.rdata.Rdata]], *,
     candidates = sorted(decoded, key=lambda r: (KINDS.index(r.kind), r.precedence))
     key_records = [r for r in candidates if r.kind == KEY]
     skipped: list[str] = []
+    usable: list[Candidate] = []
+    why = ""
     for record in candidates:
         where = f"{record.kind} at {record.owner}"
         if not (target.is_self(record.gateway) or delegation):
@@ -233,22 +267,68 @@ def _choose(target: Target, rdatas: Mapping[str, Sequence[dns.rdata.Rdata]], *,
             continue
         key, blob, via = record.key, record.blob, ""
         if key is None:
-            usable = [k for k in key_records if k.key.bits >= min_key_bits]
-            if not usable:
+            keyed = [k for k in key_records if k.key.bits >= min_key_bits]
+            if not keyed:
                 skipped.append(f"{where} carries no key and there is no usable KEY record at "
                                f"{record.owner}")
                 continue
-            key, blob, via = usable[0].key, usable[0].blob, "; key from the KEY record"
+            key, blob, via = keyed[0].key, keyed[0].blob, "; key from the KEY record"
         if key.bits < min_key_bits:
             skipped.append(f"{where}: RSA key of {key.bits} bits is shorter than "
                            f"min_key_bits {min_key_bits}")
             continue
-        return KeyLookup(target, Verdict.KEY, record, key, blob,
-                         record.gateway if record.gateway is not None else target.self_gateway,
-                         why=_why(record, decoded, via, skipped), records=tuple(decoded),
-                         ttl=ttl)
-    return KeyLookup(target, Verdict.DENY, error=skipped[0], records=tuple(decoded), ttl=ttl,
-                     why="; ".join(skipped))
+        gateway = record.gateway if record.gateway is not None else target.self_gateway
+        if any((c.gateway, c.blob) == (gateway, blob) for c in usable):
+            continue  # the same gateway with the same key: one try is enough
+        if not usable:
+            why = _why(record, decoded, via, skipped)
+        usable.append(Candidate(record, gateway, key, blob))
+    if not usable:
+        return KeyLookup(target, Verdict.DENY, error=skipped[0], records=tuple(decoded),
+                         ttl=ttl, why="; ".join(skipped))
+    ignored = len(usable) - CANDIDATES_MAX
+    if ignored > 0:
+        why += (f"; {ignored} more usable records ignored (at most {CANDIDATES_MAX} gateways "
+                f"are tried)")
+    best = usable[0]
+    return KeyLookup(target, Verdict.KEY, best.record, best.key, best.blob, best.gateway,
+                     why=why, records=tuple(decoded), ttl=ttl,
+                     candidates=tuple(usable[:CANDIDATES_MAX]))
+
+
+@dataclass(frozen=True)
+class GatewayAddresses:
+    """An @FQDN gateway's addresses as far as the delegation rule lets them be used."""
+
+    addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    error: str | None = None
+    """Why none may be used (the next record is tried)."""
+    deny: bool = False
+    """A bogus answer: the target is denied, whatever the group."""
+
+
+def gateway_addresses(name: dns.name.Name, rdatas: Sequence[dns.rdata.Rdata], *,
+                      record_state: str, address_state: str, allow_unsigned_delegation: bool,
+                      why_bogus: str | None = None,
+                      error: str | None = None) -> GatewayAddresses:
+    """RFC 4322 3.2.4.1 for a gateway named by FQDN (RFC 4025 2.3 type 3): its A/AAAA answer
+    is part of the delegation, so the weakest of the record's and the addresses' DNSSEC states
+    decides (docs/gateway.md 5); bogus denies. At most CANDIDATES_MAX addresses."""
+    state = weakest([record_state, address_state])
+    if state == BOGUS:
+        reason = printable(why_bogus) if why_bogus else "the validator gave no reason"
+        return GatewayAddresses(error=f"DNSSEC validation failed for gateway {name}: {reason}",
+                                deny=True)
+    if error is not None:
+        return GatewayAddresses(error=f"no addresses for gateway {name}: {printable(error)}")
+    if state != SECURE and not allow_unsigned_delegation:
+        return GatewayAddresses(error=f"the addresses of gateway {name} are not "
+                                      f"DNSSEC-validated ({state}) (RFC 4322 3.2.4.1; "
+                                      f"allow_unsigned_delegation = true accepts them)")
+    addresses = tuple(ipaddress.ip_address(r.address) for r in rdatas)[:CANDIDATES_MAX]
+    if not addresses:
+        return GatewayAddresses(error=f"gateway {name} has no address of the flow's family")
+    return GatewayAddresses(addresses)
 
 
 def _why(record: KeyRecord, decoded: list[KeyRecord], via: str, skipped: list[str]) -> str:
@@ -307,11 +387,15 @@ def _bogus_fix(error: str) -> str:
                 "check the zone with `kdig +dnssec` and a validator")
 
 
-def dnssec_advice(lookup: KeyLookup) -> str | None:
-    """For `oe verify`: what an insecure own record costs and how to make it secure; None when
-    it is secure, bogus (check_own says that) or not validated."""
+def dnssec_advice(lookup: KeyLookup, delegation: bool = False) -> str | None:
+    """For `oe verify`: what an insecure own record (or a client's delegating one, with
+    `delegation`) costs and how to make it secure; None when it is secure, bogus (check_own
+    says that) or not validated."""
     if lookup.dnssec != INSECURE:
         return None
+    cost = ("peers accept its delegation only with allow_unsigned_delegation = true "
+            "(RFC 4322 3.2.4.1)" if delegation else
+            "peers with require_dnssec = true will not use our key")
     return (f"{lookup.target.name} is not DNSSEC-secure from the configured trust anchors: "
-            f"peers with require_dnssec = true will not use our key; sign the zone and publish "
-            f"its DS at its parent (or give peers that DS as a trust anchor)")
+            f"{cost}; sign the zone and publish its DS at its parent (or give peers that DS as "
+            f"a trust anchor)")

@@ -36,7 +36,9 @@ import dns.resolver
 import dns.zone
 
 from oe.config import DnsConfig
-from oe.dnskeys.choice import OFF, KeyLookup, Target, choose, not_capable, weakest
+from oe.dnskeys.choice import (
+    OFF, GatewayAddresses, KeyLookup, Target, choose, gateway_addresses, not_capable, weakest,
+)
 from oe.dnskeys.records import KINDS
 from oe.errors import OeError
 
@@ -320,6 +322,22 @@ class KeyFetcher:
                         name_exists=not all(a.nxdomain for a in answers),
                         ttl=min(a.ttl for a in answers))
         return replace(lookup, expires=min(entry.expires for entry in entries))
+
+    async def gateway(self, name: dns.name.Name, version: int,
+                      record_state: str) -> GatewayAddresses:
+        """The A (version 4) or AAAA addresses of an @FQDN gateway, through the same source,
+        cache and budget as keys, as the delegation rule lets them be used (docs/gateway.md
+        5); `record_state`: the DNSSEC state of the record that names the gateway."""
+        rdtype = dns.rdatatype.A if version == 4 else dns.rdatatype.AAAA
+        try:
+            async with asyncio.timeout(self.config.total_timeout + self.config.query_timeout):
+                answer = (await self._answer(name, rdtype)).answer
+        except TimeoutError:
+            answer = Answer((), 0, f"no answer within {self.config.total_timeout:g} s")
+        return gateway_addresses(
+            name, answer.rdatas, record_state=record_state, address_state=answer.security,
+            allow_unsigned_delegation=self.config.allow_unsigned_delegation,
+            why_bogus=answer.why_bogus, error=answer.error)
 
     def _timed_out(self, target: Target, silent) -> KeyLookup:
         """Issue 15, 8: say which nameservers were silent, and the timeouts that applied."""

@@ -11,6 +11,10 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
+# cryptography loads its OpenSSL backend lazily, on the first x25519 or ECP key: load it with
+# this module instead, so that the first negotiation does not pay for it (2-6 ms on each side,
+# bench/scale.py's latency split).
+import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization as _ser
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
