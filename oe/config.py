@@ -93,6 +93,10 @@ class LimitsConfig:
     beyond, their IKE_SA_INITs are dropped, and past half of it a COOKIE is asked first."""
     queued_acquires: int = 1024
     """Acquires waiting for the acquire rate limit; beyond, the oldest gets its failure shunt."""
+    acquire_rate: float = 20.0
+    """Negotiations (key lookup, then IKE) started per second at most, across all peers."""
+    acquire_burst: int = 40
+    """Negotiations that may start at once before `acquire_rate` applies."""
     children_per_ike: int = 256
     """CHILD SAs one IKE SA carries at most: a peer asking for more gets NO_ADDITIONAL_SAS
     (RFC 7296 1.3); ours beyond it start another IKE SA with the same gateway (a gateway's
@@ -222,7 +226,7 @@ DNSSEC_MODES = ("validate", "off")
 SUBNETS_MAX = 256  # [gateway] subnets: each is a route, an nft element and a sysctl plan
 POSITIVE = {"shunt_lifetime", "sa_lifetime", "dpd_delay", "query_timeout", "total_timeout",
             "holds", "shunts", "half_open", "lookups", "queued_acquires", "cache_size",
-            "children_per_ike"}
+            "children_per_ike", "acquire_rate", "acquire_burst"}
 
 
 def _values(config: Config) -> list[Problem]:

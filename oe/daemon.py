@@ -143,7 +143,7 @@ class Daemon(Executor):
                                            self.config.tun_name)
         if not addresses:
             raise StartError("no address to run IKE on: set addresses in oe.conf")
-        self.opportunist.ours = self._ours([a for family in addresses.values() for a in family])
+        self.opportunist.ours = self._ours(a for family in addresses.values() for a in family)
         self.tun_fd = tun.open_tun(self.config.tun_name)
         # The TUN's MTU: the smallest path MTU of our interfaces minus the worst-case ESP
         # overhead (outer IPv6 + UDP encapsulation), so inner packets always fit.
@@ -436,9 +436,9 @@ class Daemon(Executor):
             self.loop.call_later(dns.total_timeout + dns.query_timeout, close)
         self.key = report.key
         self.opportunist.limits = _limits(self.config)
-        self.lifecycle.children_per_ike = self.config.limits.children_per_ike
         self.admission.subnets = _gateway_subnets(self.config)
         self.admission.own_blob = hostkey.public_blob(self.key)
+        self.lifecycle.children_per_ike = self.config.limits.children_per_ike
         for side in self.sides.values():  # new negotiations and rekeys take the new terms
             side.engine.config = dataclasses.replace(side.engine.config, private_key=self.key,
                                                      **self._ike_terms())
@@ -558,14 +558,13 @@ def _is_address(text: str) -> bool:
 
 def _limits(config: oeconfig.Config) -> Limits:
     return Limits(shunt_lifetime=config.shunt_lifetime, pending_max=config.limits.queued_acquires,
-                  max_shunts=config.limits.shunts)
+                  max_shunts=config.limits.shunts, acquire_rate=config.limits.acquire_rate,
+                  acquire_burst=config.limits.acquire_burst)
 
 
 def _gateway_subnets(config: oeconfig.Config) -> tuple:
-    """`[gateway] subnets` (GatewayConfig.subnets, docs/gateway.md 2) as networks: the
-    clients the responder may answer for; none while oe.conf has no such key."""
-    gateway = getattr(config, "gateway", None)
-    return tuple(ipaddress.ip_network(n) for n in getattr(gateway, "subnets", ()))
+    """`[gateway] subnets` as networks: the clients the responder may answer for."""
+    return tuple(ipaddress.ip_network(n) for n in config.gateway.subnets)
 
 
 def start(confdir: Path, rundir: Path, background: bool = False) -> int:

@@ -121,12 +121,11 @@ class Executor:
                 self._run(self.admission.peer_moved(event.local_addr, event.sa_id,
                                                     event.remote_addr, event.remote_port))
             case ike_events.ChildSaFailed():  # the request its selectors name (of several)
-                commands = self.lifecycle.child_failed(event.sa_id, event.local_ts,
-                                                       event.remote_ts, event.notify,
-                                                       event.reason, now)
-                if not commands:  # e.g. the peer's request, refused (docs/gateway.md 4.1: say why)
+                if not event.local_ts:  # the peer's request, refused (docs/gateway.md 4.1: why)
                     log.info("IKE SA %d: CHILD SA failed: %s", event.sa_id, event.reason)
-                self._run(commands)
+                self._run(self.lifecycle.child_failed(event.sa_id, event.local_ts,
+                                                      event.remote_ts, event.notify,
+                                                      event.reason, now))
             case ike_events.ChildAwaitsDns():
                 self._run(self.admission.delegation_wanted(event.sa_id, event.lookups))
         self._apply()

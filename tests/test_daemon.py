@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import ipaddress
 import os
-from types import SimpleNamespace
 
 import pytest
 from ike_helpers import Link, events, make_engine
@@ -18,6 +17,7 @@ from oe.dnskeys.records import KeyRecord, RsaPublicKey, decode_rsa_blob
 from oe.eroute import Shunt
 from oe.ike.auth import Identity, PeerKey
 from oe.ike.childpolicy import Allow, AuthenticatedSa, Refuse
+from oe.ike.config import IkeConfig
 from oe.ike.constants import IdType, NotifyType
 from oe.ike.events import ChildSa, ChildSaEstablished, ChildSaFailed
 from oe.ike.ts import TrafficSelector
@@ -581,48 +581,6 @@ def test_a_refusal_ends_only_the_exchange_whose_spi_it_names():
     assert failed.reason == "peer answered AUTHENTICATION_FAILED"
 
 
-def _delegating(client: str, gateway, host_key) -> KeyLookup:
-    """`client`'s record: `gateway` speaks for it with `host_key`'s key."""
-    numbers = host_key.public_key().public_numbers()
-    return KeyLookup(Target.parse(client), Verdict.KEY, key=RsaPublicKey(numbers.e, numbers.n),
-                     gateway=gateway)
-
-
-def test_the_clients_of_one_gateway_share_its_ike_sa(confdir, tmp_path, host_key):
-    """docs/gateway.md 4.3 and 5: every Initiate goes through Lifecycle.route_initiate. The
-    first starts an IKE SA with the delegating record's key pinned, vouching for its client
-    only (never the gateway's own address); the second waits for IKE_AUTH, then the IKE SA
-    vouches for its client and asks for one more CHILD SA."""
-    from oe.ike.events import IkeSaEstablished
-
-    async def run():
-        d = make_daemon(confdir, tmp_path)
-        engine = RecordingEngine()
-        engine.config = SimpleNamespace(local_addrs=frozenset({ME}))  # docs/gateway.md 1
-        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
-        gateway = ipaddress.ip_address("192.0.2.1")
-        commands = []
-        for client in ("198.51.100.10", "198.51.100.20"):
-            pair = Pair.of(ME, client)
-            d.opportunist.acquire(pair, d.loop.time())
-            d.opportunist.negotiations[pair].stage = "ike"
-            commands.append(Initiate(pair, gateway, peer_key=_delegating(client, gateway,
-                                                                         host_key)))
-        d._run(commands)
-        [(_, (peer, _), started)] = [c for c in engine.calls if c[0] == "initiate"]
-        assert peer == "192.0.2.1"
-        assert started["peer_key"].addresses == {ipaddress.ip_address("198.51.100.10")}
-        assert started["peer_key"].public_key.public_numbers() == \
-            host_key.public_key().public_numbers()
-        sa_id = len(engine.calls)
-        d._ike_event(4, IkeSaEstablished(sa_id, b"i" * 8, b"r" * 8, True, ME, "192.0.2.1", 500,
-                                         "192.0.2.1", False))
-        vouched, created = engine.calls[-2:]
-        assert vouched[:2] == ("vouch", (sa_id, "198.51.100.20"))
-        assert created[0] == "create_child" and created[1][0] == sa_id
-        assert created[2]["remote_ts"] == [TrafficSelector.host("198.51.100.20")]
-
-
 def test_a_child_sa_for_his_client_waits_for_the_delegation_lookup_then_goes_on(
         confdir, tmp_path):
     """docs/gateway.md 4.2, the daemon's glue: the engine's Wait becomes a FetchDelegation
@@ -674,6 +632,48 @@ def test_a_child_sa_for_his_client_waits_for_the_delegation_lookup_then_goes_on(
         assert [type(e) for e in events(them)] == [IkeSaEstablished, ChildSaEstablished]
         assert d.admission.fetching == {} and d.admission.waiting == {}
     d = us = None
+
+
+def _delegating(client: str, gateway, host_key) -> KeyLookup:
+    """`client`'s record: `gateway` speaks for it with `host_key`'s key."""
+    numbers = host_key.public_key().public_numbers()
+    return KeyLookup(Target.parse(client), Verdict.KEY, key=RsaPublicKey(numbers.e, numbers.n),
+                     gateway=gateway)
+
+
+def test_the_clients_of_one_gateway_share_its_ike_sa(confdir, tmp_path, host_key):
+    """docs/gateway.md 4.3 and 5: every Initiate goes through Lifecycle.route_initiate. The
+    first starts an IKE SA with the delegating record's key pinned, vouching for its client
+    only (never the gateway's own address); the second waits for IKE_AUTH, then the IKE SA
+    vouches for its client and asks for one more CHILD SA."""
+    from oe.ike.events import IkeSaEstablished
+
+    async def run():
+        d = make_daemon(confdir, tmp_path)
+        engine = RecordingEngine()
+        engine.config = IkeConfig(local_addrs=frozenset({ME}), private_key=None)
+        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
+        gateway = ipaddress.ip_address("192.0.2.1")
+        commands = []
+        for client in ("198.51.100.10", "198.51.100.20"):
+            pair = Pair.of(ME, client)
+            d.opportunist.acquire(pair, d.loop.time())
+            d.opportunist.negotiations[pair].stage = "ike"
+            commands.append(Initiate(pair, gateway, peer_key=_delegating(client, gateway,
+                                                                         host_key)))
+        d._run(commands)
+        [(_, (peer, _), started)] = [c for c in engine.calls if c[0] == "initiate"]
+        assert peer == "192.0.2.1"
+        assert started["peer_key"].addresses == {ipaddress.ip_address("198.51.100.10")}
+        assert started["peer_key"].public_key.public_numbers() == \
+            host_key.public_key().public_numbers()
+        sa_id = len(engine.calls)
+        d._ike_event(4, IkeSaEstablished(sa_id, b"i" * 8, b"r" * 8, True, ME, "192.0.2.1", 500,
+                                         "192.0.2.1", False))
+        vouched, created = engine.calls[-2:]
+        assert vouched[:2] == ("vouch", (sa_id, "198.51.100.20"))
+        assert created[0] == "create_child" and created[1][0] == sa_id
+        assert created[2]["remote_ts"] == [TrafficSelector.host("198.51.100.20")]
     asyncio.run(run())
 
 
@@ -687,7 +687,7 @@ def test_an_ike_sa_the_gateway_started_carries_our_pair_to_its_client(confdir, t
     async def run():
         d = make_daemon(confdir, tmp_path)
         engine = RecordingEngine()
-        engine.config = SimpleNamespace(local_addrs=frozenset({ME}))  # docs/gateway.md 1
+        engine.config = IkeConfig(local_addrs=frozenset({ME}), private_key=None)
         d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
         gateway = ipaddress.ip_address("192.0.2.1")
         d._ike_event(4, IkeSaEstablished(

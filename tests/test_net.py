@@ -1,7 +1,6 @@
-"""oe.net: address discovery (docs/gateway.md 1: every usable global address of the host, per
-family, from one netlink dump; packet info built and read back) and the pure helpers of the
-gateway's LAN (docs/gateway.md 2); the rest is netlink and sockets, met in the namespace
-tests."""
+"""oe.net's pure parts: address discovery (docs/gateway.md 1: every usable global address of
+the host, per family, from one netlink dump; packet info built and read back) and the LAN a
+gateway's subnets lead into (docs/gateway.md 2)."""
 
 from __future__ import annotations
 

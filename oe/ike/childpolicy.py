@@ -24,8 +24,7 @@ class AuthenticatedSa:
 
     sa_id: int
     local_addr: str
-    """The address of ours the peer contacted (our ID). Today the engine's one address;
-    per IKE SA once docs/gateway.md 1 lands (`IkeSa.local_addr`)."""
+    """The address of ours the peer contacted (our ID: `IkeSa.local_addr`)."""
     peer_id: Identity
     peer_key: PeerKey
     """The key the peer proved, with the addresses it vouches for."""

@@ -285,6 +285,12 @@ class IkeEngine:
         """CREATE_CHILD_SA for one more CHILD SA with these selectors (e.g. one protocol)."""
         self._start(sa_id, CreateChild(None, tuple(local_ts), tuple(remote_ts)), now)
 
+    def resume(self, sa_id: int, now: float) -> None:
+        """Handle again the peer's request that waits on IKE SA ``sa_id`` for DNS
+        (``ChildAwaitsDns``); nothing if none waits or the IKE SA is gone."""
+        for sa in [sa for sa in self._sas.values() if sa.sa_id == sa_id]:
+            sa.resume(now)
+
     def vouch(self, sa_id: int, address: str) -> None:
         """The established IKE SA's peer may also speak for ``address``: the caller found that
         address's record naming this peer with the key it proved (a further client of a
@@ -293,11 +299,6 @@ class IkeEngine:
         assert sa.peer_key is not None
         sa.peer_key = PeerKey(sa.peer_key.public_key,
                               sa.peer_key.addresses | {ipaddress.ip_address(address)})
-    def resume(self, sa_id: int, now: float) -> None:
-        """Handle again the peer's request that waits on IKE SA ``sa_id`` for DNS
-        (``ChildAwaitsDns``); nothing if none waits or the IKE SA is gone."""
-        for sa in [sa for sa in self._sas.values() if sa.sa_id == sa_id]:
-            sa.resume(now)
 
     def rekey_ike(self, sa_id: int, now: float) -> None:
         self._start(sa_id, RekeyIke(), now)
