@@ -422,7 +422,8 @@ def _our_addresses(args, config) -> list[str]:
     (oe.conf addresses, else the host's global ones)."""
     if args.address is not None:
         return [str(_address(args.address, "--address"))]
-    return list(net.host_addresses(config.addresses, config.tun_name).values())
+    found = net.host_addresses(config.addresses, config.tun_name)
+    return [address for family in found.values() for address in family]
 
 
 def _verify_client(client, lookup: dnskeys.KeyLookup, ours: list[str], blob: bytes,

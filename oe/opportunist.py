@@ -14,13 +14,17 @@ reads a clock or a socket itself.
          role="client") and FetchKey(dst)   3): the client's record must delegate to us
       -> src neither: %drop                 spoofed or misrouted
     key_found(pair, lookup, role)
-      -> usable key(s): Initiate(gateway)   the daemon starts IKE (oe.ike)
+      -> usable key(s): Initiate(gateway)   the daemon starts IKE (oe.ike) with the first
+                                            gateway of the target's records (RFC 4322 3.2)
+      -> an @FQDN gateway: FetchGateway     its addresses, then gateway_found
       -> no key / refused: failure shunt    private-or-clear: %pass, private: %drop
       -> malformed record: %drop            RFC 4322: malformed means deny, whatever the group
     tunnel_up(...)                          CHILD SA established (either side initiated) and
       -> the SA eroute replaces the %hold      in the datapath: held packets go out encrypted
     negotiation_failed(pair, reason)        IKE timeout, AUTHENTICATION_FAILED, ...
-      -> the failure shunt, with the reason, for shunt_lifetime seconds
+      -> the next gateway: Initiate         while the target's records name more
+      -> the failure shunt, with every      after the last, for shunt_lifetime seconds
+         gateway's reason
     tunnel_down(...)                        DELETE, dead peer, idle: the %trap is back
 
 Rule 1: at most one negotiation per (src, dst) at a time; a second acquire for a pair that is
@@ -376,7 +380,6 @@ class Opportunist:
             return []
         # RFC 4322 3.2: a malformed (or bogus) record denies whatever the group; no record
         # means not OE-capable, and the group's failure shunt applies.
-        deny = lookup.verdict.value == "deny"
         if role == "client":
             if not negotiation.awaits_client:
                 return []
@@ -384,16 +387,17 @@ class Opportunist:
             assert self.ours is not None  # only Ours makes client flows
             why = check_client(lookup, map(str, self.ours.addresses), self.ours.key_blob)
             if why is not None:
-                return self._fail(pair, why, now, deny=deny)
+                return self._fail(pair, why, now, deny=lookup.verdict.value == "deny")
             negotiation.local = lookup.gateway
         elif negotiation.target is not None:
             return []
-        elif lookup.error is not None:
-            return self._fail(pair, lookup.error, now, deny=deny)
         else:
             negotiation.target = lookup
         if negotiation.awaits_client or negotiation.target is None:
-            return []
+            return []  # pluto's order: our client's reason first, whichever answer came first
+        target = negotiation.target
+        if target.error is not None:
+            return self._fail(pair, target.error, now, deny=target.verdict.value == "deny")
         return self._initiate(negotiation, now)
 
     def _initiate(self, negotiation: _Negotiation, now: float) -> list[Command]:

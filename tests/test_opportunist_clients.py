@@ -99,13 +99,28 @@ def test_each_client_check_failure_is_the_failure_shunt_with_its_reason(lookup, 
     assert oe.key_found(pair, target_key(T), 1.1) == []  # the target's answer comes too late
 
 
-def test_a_target_without_a_key_fails_the_client_flow_before_the_client_answer():
+@pytest.mark.parametrize("client_ok, reason", [
+    (True, "no record"), (False, f"record for our client {C} delegates to {C}, not us")])
+def test_the_clients_reason_comes_first_whichever_answer_came_first(client_ok, reason):
+    """pluto's order (our client, then his): a target without a key waits for the client's
+    answer, so the shunt's reason does not depend on which DNS answer was faster."""
     oe = opportunist()
     pair = Pair.of(C, T)
     oe.acquire(pair, 0)
     assert oe.key_found(pair, not_capable(Target.parse(T), "no record"), 0.1) == []
-    assert fate(oe, C, T) is Shunt.PASS and oe.shunts[pair].reason == "no record"
-    assert oe.key_found(pair, client_record(), 0.2, role="client") == []
+    assert fate(oe, C, T) is Shunt.HOLD
+    client = client_record() if client_ok else client_record(gateway=C)
+    assert oe.key_found(pair, client, 0.2, role="client") == []
+    assert fate(oe, C, T) is Shunt.PASS and oe.shunts[pair].reason == reason
+
+
+def test_a_malformed_target_record_denies_once_the_client_is_checked():
+    oe = opportunist()
+    pair = Pair.of(C, T)
+    oe.acquire(pair, 0)
+    oe.key_found(pair, KeyLookup(Target.parse(T), Verdict.DENY, error="malformed"), 0.1)
+    oe.key_found(pair, client_record(), 0.2, role="client")
+    assert fate(oe, C, T) is Shunt.DROP and oe.shunts[pair].reason == "malformed"
 
 
 def test_a_source_neither_ours_nor_a_client_is_dropped_without_a_lookup():

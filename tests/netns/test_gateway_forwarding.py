@@ -113,6 +113,10 @@ def test_a_gateway_forwards_for_its_clients_and_puts_it_back(world):
     assert wait_for(lambda: any((s["src"], s["dst"]) == (DAVE, CAROL)
                                 for s in status(made)["shunts"]), 10), status(made)["shunts"]
     assert not any(s["dst"] == BOB for s in status(made)["shunts"])
+    # ... after the client check (docs/gateway.md 3): dave publishes no record delegating to alice
+    reasons = [s["reason"] for s in status(made)["shunts"]
+               if (s["src"], s["dst"]) == (DAVE, CAROL)]
+    assert reasons[0].startswith(f"no record for our client {DAVE} delegates us"), reasons
     # a spoofed LAN source: dropped by the forward chain (RFC 3704)
     assert status(made)["counters"]["spoofed_dropped"] == 0
     in_dave(dave, "ping", "-c", "1", "-W", "1", "-I", SPOOF, BOB)
