@@ -5,6 +5,7 @@ charon host with a client subnet, a compromised gateway and knotd with the clien
    a1 .10 (delegates to gw-a, secure)             b1 .10 (@gw-b.oe.example, secure)
    a2 .20 (its record names a2 itself)            b2 .20 (delegation in an unsigned zone)
    a3 .30 (delegates to gw-a, wrong key)          b3 .30 (10: 192.0.2.99 dead; 20: gw-b)
+   a4 .40 (delegates to gw-a, secure, TXT)        b4 .40 (delegates to gw-b, secure)
         |                                              |
       gw-a (oe) 192.0.2.1 ──────── inet br0 ──────── gw-b (oe) 192.0.2.2
                h (oe) 192.0.2.10    c (charon) 192.0.2.20, lo 198.51.102.5
@@ -14,8 +15,11 @@ charon host with a client subnet, a compromised gateway and knotd with the clien
 Zones, all signed by knotd (NSEC) with their DS as the oe hosts' trust anchors, except one:
   2.0.192.in-addr.arpa      IPSECKEY of gw-a, gw-b, h, c and m, each naming itself
   100.51.198.in-addr.arpa   a1 -> 192.0.2.1 with gw-a's key; a2 -> 198.51.100.20 with gw-a's
-                            key; a3 -> 192.0.2.1 with another key (TXT X-IPsec-Server)
-  101.51.198.in-addr.arpa   b1 -> @gw-b.oe.example with gw-b's key; b3 -> precedence 10
+                            key; a3 -> 192.0.2.1 with another key (TXT X-IPsec-Server);
+                            a4 -> 192.0.2.1 with gw-a's key (TXT X-IPsec-Server)
+  101.51.198.in-addr.arpa   b1 -> @gw-b.oe.example with gw-b's key; b4 -> 192.0.2.2 with
+                            gw-b's key (the plain case, 7.2's tests 1, 3 and 9 beside the
+                            FQDN one); b3 -> precedence 10
                             192.0.2.99 and 20 192.0.2.2, both with gw-b's key; 20 NS: b2's
                             name is delegated, without DS, to
   20.101.51.198.in-addr.arpa  (unsigned) b2 -> 192.0.2.2 with gw-b's key: proven insecure
@@ -60,7 +64,8 @@ INET = {"gw-a": "192.0.2.1", "gw-b": "192.0.2.2", "h": "192.0.2.10", "c": "192.0
 LANS = {"gw-a": ("lan-a", "198.51.100.0/24", "198.51.100.1"),
         "gw-b": ("lan-b", "198.51.101.0/24", "198.51.101.1")}
 CLIENTS = {"a1": "198.51.100.10", "a2": "198.51.100.20", "a3": "198.51.100.30",
-           "b1": "198.51.101.10", "b2": "198.51.101.20", "b3": "198.51.101.30"}
+           "a4": "198.51.100.40", "b1": "198.51.101.10", "b2": "198.51.101.20",
+           "b3": "198.51.101.30", "b4": "198.51.101.40"}
 C_NET, C_CLIENT, C_HALF = "198.51.102.0/24", "198.51.102.5", "198.51.102.128/25"
 GW_B_NAME = "gw-b.oe.example"
 OE_HOSTS = ("gw-a", "gw-b", "h")
@@ -192,11 +197,13 @@ def zone_texts(confdirs: dict[str, Path], blobs: dict[str, bytes]) -> dict[str, 
         soa_ns_header("100.51.198.in-addr.arpa", demo.NS_NAME, ttl=60)
         + showhostkey(gw_a, CLIENTS["a1"], INET["gw-a"])
         + showhostkey(gw_a, CLIENTS["a2"], CLIENTS["a2"])
-        + showhostkey(confdirs["wrong"], CLIENTS["a3"], INET["gw-a"], kind="--txt"))
+        + showhostkey(confdirs["wrong"], CLIENTS["a3"], INET["gw-a"], kind="--txt")
+        + showhostkey(gw_a, CLIENTS["a4"], INET["gw-a"], kind="--txt"))
     b2_owner = records.owner_for(CLIENTS["b2"]).to_text()
     zones["101.51.198.in-addr.arpa"] = (
         soa_ns_header("101.51.198.in-addr.arpa", demo.NS_NAME, ttl=60)
         + showhostkey(gw_b, CLIENTS["b1"], "@" + GW_B_NAME)
+        + showhostkey(gw_b, CLIENTS["b4"], INET["gw-b"])
         + showhostkey(gw_b, CLIENTS["b3"], DEAD, precedence=10)
         + showhostkey(gw_b, CLIENTS["b3"], INET["gw-b"], precedence=20)
         + f"{b2_owner} NS {demo.NS_NAME}.\n")  # no DS: the child is proven unsigned

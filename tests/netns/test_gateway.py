@@ -1,14 +1,17 @@
 """oe as a DNS-keyed gateway (issue 13), end to end in the gateway world of docs/gateway.md 7.1
 (tests/netns/gateway_world.py): clients behind two oe gateways, an oe host, charon with a
-subnet, knotd with the clients' delegating records. The tests of docs/gateway.md 7.2 that pass
-on this branch; the others wait in tests/netns/pending_gateway.py, which says what each needs.
+subnet, a compromised gateway, knotd with the clients' delegating records. The tests of
+docs/gateway.md 7.2 that pass on this branch; the others wait in
+tests/netns/pending_gateway.py, which says what each needs.
 
-One world for the module (oe on gw-a, gw-b and h); each test uses its own pair of hosts where
-it can, and puts back what it changes (oe.conf, a stopped daemon).
+One world for the module (oe on gw-a, gw-b and h), the tests in the order of 7.2's value; each
+uses its own pair of hosts where it can, and puts back what it changes (oe.conf, a stopped
+daemon). Every assertion's message carries the oe hosts' log tail, shunts and eroutes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 import pytest
@@ -18,8 +21,8 @@ from oe import demo
 from oe.netns import World, wait_for
 
 import gateway_world as gwd
-from gateway_world import (diagnose, has_eroute, sysctl, tunnel, wait_eroute,
-                           world_fixture)  # noqa: F401 (world_fixture: gw)
+from gateway_world import (diagnose, has_eroute, restart, sa, sysctl, tunnel, wait_eroute,
+                           wait_shunt, world_fixture)  # noqa: F401 (world_fixture: gw)
 from charon import pem_private
 from test_ike_interop import OePeer
 
@@ -27,10 +30,25 @@ pytestmark = gwd.NEEDS
 pytest.importorskip("unbound", reason="python3-unbound is not importable: make the venv from "
                                       "Debian's /usr/bin/python3 --system-site-packages")
 
-A1, A2 = gwd.CLIENTS["a1"], gwd.CLIENTS["a2"]
-B1 = gwd.CLIENTS["b1"]
-GW_A, H, C, M = (gwd.INET[n] for n in ("gw-a", "h", "c", "m"))
+A1, A2, A3, A4 = (gwd.CLIENTS[n] for n in ("a1", "a2", "a3", "a4"))
+B1, B2, B4 = (gwd.CLIENTS[n] for n in ("b1", "b2", "b4"))
+GW_A, GW_B, H, C, M = (gwd.INET[n] for n in ("gw-a", "gw-b", "h", "c", "m"))
 TS_UNACCEPTABLE = 38  # RFC 7296 3.10.1
+
+
+# ---------------------------------------------------------------- 1. client <-> client
+
+
+def test_1_client_to_client_through_both_gateways(gw):
+    """a1 -> b4: gw-a negotiates for a1 with gw-b, which b4's secure record names, and gw-b
+    answers for b4 (its client); TCP data arrives whole."""
+    ok, what = demo.tcp_transfer(gw, "a1", "b4", 1 << 20)
+    assert ok, what + "\n" + diagnose(gw, "gw-a", "gw-b")
+    assert has_eroute(gw, "gw-a", tunnel(A1, B4, GW_B)), diagnose(gw, "gw-a")
+    assert has_eroute(gw, "gw-b", tunnel(B4, A1, GW_A)), diagnose(gw, "gw-b")
+    child = sa(gw, "gw-a", A1, B4)
+    assert (child["peer"], child["initiator"]) == (GW_B, True)
+    assert sa(gw, "gw-b", B4, A1)["initiator"] is False
 
 
 # ---------------------------------------------------------------- 2. client <-> host
@@ -42,6 +60,95 @@ def test_2_client_to_host_gateway_initiates_for_its_client(gw):
     assert has_eroute(gw, "h", tunnel(H, A1, GW_A)), diagnose(gw, "h")
     [ike] = [i for i in gw.status("h")["ike_sas"] if i["remote_addr"] == GW_A]
     assert ike["initiator"] is False and ike["local_addr"] == H
+
+
+def test_2_host_to_client_gateway_answers_for_its_client(gw):
+    restart(gw, "h")  # its DELETEs end gw-a's tunnel for (a1, h): h must negotiate afresh
+    assert wait_for(lambda: sa(gw, "gw-a", A1, H) is None, 10), diagnose(gw, "gw-a")
+    assert gw.ping("h", "a1").returncode == 0, diagnose(gw, "h", "gw-a")
+    assert has_eroute(gw, "h", tunnel(H, A1, GW_A)), diagnose(gw, "h")
+    child = sa(gw, "gw-a", A1, H)
+    assert child is not None and child["initiator"] is False, diagnose(gw, "gw-a")
+
+
+# ---------------------------------------------------------------- 5. refused clients
+
+
+@pytest.mark.parametrize("client, reason", [
+    ("a3", f"record for our client {A3} has wrong key"),
+    ("a2", f"record for our client {A2} delegates to {A2}, not us"),
+])
+def test_5_client_whose_record_does_not_delegate_to_us_is_refused(gw, client, reason):
+    gw.ping(client, "b1", count=2)
+    found = wait_shunt(gw, "gw-a", gwd.CLIENTS[client], B1)
+    assert found is not None and reason in found["reason"], diagnose(gw, "gw-a")
+    assert sa(gw, "gw-a", gwd.CLIENTS[client], B1) is None
+    assert reason in gw.log("gw-a")
+
+
+# ---------------------------------------------------------------- 6. unsigned delegation
+
+
+def test_6_unsigned_delegation_is_refused_unless_allowed(gw):
+    gw.ping("b2", "a1", count=2)
+    found = wait_shunt(gw, "gw-b", B2, A1)
+    assert found is not None and "allow_unsigned_delegation" in found["reason"], \
+        diagnose(gw, "gw-b")
+    assert sa(gw, "gw-b", B2, A1) is None
+    try:
+        # Both ends read b2's insecure record: gw-b for its client, gw-a for the TSi.
+        for name in ("gw-a", "gw-b"):
+            gw.write_conf(name, "allow_unsigned_delegation = true\n")
+            demo.oe_cmd(gw, name, "reload")
+        # --wait 0: `oe initiate` waits for any outcome towards A1, whatever its source
+        out = demo.oe_cmd(gw, "gw-b", "initiate", A1, "--src", B2, "--wait", "0", check=False)
+        assert out.returncode == 0, out.stdout + out.stderr + diagnose(gw, "gw-b", "gw-a")
+        assert wait_eroute(gw, "gw-b", tunnel(B2, A1, GW_A)), diagnose(gw, "gw-b", "gw-a")
+        assert gw.ping("b2", "a1").returncode == 0, diagnose(gw, "gw-b", "gw-a")
+    finally:
+        for name in ("gw-a", "gw-b"):
+            gw.write_conf(name)
+            demo.oe_cmd(gw, name, "reload", check=False)
+
+
+# ---------------------------------------------------------------- 9. what the wires show
+
+
+def test_9_only_ike_esp_and_dns_cross_the_internet(gw):
+    inet = {name: gw.hosts[name].port for name in ("gw-a", "gw-b", "h")}
+    lans = {"lan-a": gw.hosts["gw-a"].ports["eth1"], "lan-b": gw.hosts["gw-b"].ports["eth1"]}
+    captures = {label: gw.capture(port, label) for label, port in {**inet, **lans}.items()}
+    spoofed = "198.51.200.1"
+    try:
+        ok, what = demo.tcp_transfer(gw, "a1", "b4", 256 << 10, port=5002)
+        assert ok, what + diagnose(gw, "gw-a", "gw-b")
+        assert gw.ping("a1", "h").returncode == 0, diagnose(gw, "gw-a", "h")
+        # a1 claims a source outside lan-a: gw-a's forward chain drops it (RFC 3704)
+        gw.run("a1", "ip", "addr", "add", f"{spoofed}/32", "dev", "eth0")
+        gw.ping("a1", "b4", count=2, source=spoofed)
+    finally:
+        gw.run("a1", "ip", "addr", "del", f"{spoofed}/32", "dev", "eth0", check=False)
+        for proc, _pcap in captures.values():
+            World.stop(proc)
+    allowed = {"IKE (udp 500)", "IKE or ESP-in-UDP (udp 4500)", "ESP"}
+    link = {"neighbour discovery"}  # IPv6 link-local chatter of the veths (RFC 4861)
+    lan_nets = {"lan-a": ipaddress.ip_network(gwd.LANS["gw-a"][1]),
+                "lan-b": ipaddress.ip_network(gwd.LANS["gw-b"][1])}
+    for label, (_proc, pcap) in captures.items():
+        kinds = gwd.wire_kinds(pcap)
+        assert kinds, f"nothing captured on {label}"
+        for (a, b, kind), count in kinds.items():
+            where = f"{label}: {count} {kind} between {a} and {b}"
+            assert spoofed not in (a, b) or label == "lan-a", where
+            if spoofed in (a, b):
+                continue  # a1's own wire: the forward chain drops it behind gw-a's eth1
+            if label in inet:
+                assert kind in allowed | link or (kind == "DNS" and gwd.DNS in (a, b)), where
+            else:  # inside a LAN: clear, but always to or from one of its own clients
+                assert kind not in allowed and (kind in link or any(
+                    ipaddress.ip_address(x) in lan_nets[label] for x in (a, b))), where
+    assert any(spoofed in (a, b) for a, b, _k in gwd.wire_kinds(captures["lan-a"][1])), \
+        "the spoofed packets were not even sent"
 
 
 # ---------------------------------------------------------------- 8. compromised gateway
@@ -98,6 +205,32 @@ def test_4_charon_as_gateway_for_its_subnet(gw):
                      listed), listed
 
 
+# ---------------------------------------------------------------- 3. one IKE SA, many children
+
+
+def test_3_one_ike_sa_between_gateways_carries_every_client_pair(gw):
+    """a1 -> b4, then a4 -> b4: one IKE SA between gw-a and gw-b carries both pairs' CHILD
+    SAs (docs/gateway.md 5), on both gateways."""
+    for src in ("a1", "a4"):
+        assert gw.ping(src, "b4", count=2).returncode == 0, diagnose(gw, "gw-a", "gw-b")
+    assert_one_ike_sa_carries(gw, (A1, B4), (A4, B4))
+
+
+def test_3_both_sides_initiate_for_one_pair_at_once(gw):
+    """a4 -> h and h -> a4 at the same moment (a pair without a tunnel yet): gw-a starts a
+    CHILD SA for its client, h one for a4 through gw-a; they must settle on one tunnel, not
+    delete each other's in turn."""
+    both = [gw.world.spawn(gw.hosts[src], "ping", "-c", "5", "-i", "0.3", "-W", "3",
+                           gw.address(dst)) for src, dst in (("a4", "h"), ("h", "a4"))]
+    try:
+        assert all(proc.wait(30) == 0 for proc in both), diagnose(gw, "gw-a", "h")
+    finally:
+        for proc in both:
+            World.stop(proc)
+    assert gw.log("gw-a").count(f"OE to {H} via {H} ended: deleted by peer") <= 1, \
+        diagnose(gw, "gw-a", "h")
+
+
 # ---------------------------------------------------------------- 10. forwarding
 
 
@@ -139,3 +272,18 @@ def test_demo_gateway_scene_dave_reaches_bob_through_alice(tmp_path):
         for name in list(world.daemons):
             demo.stop_oe(world, name)
         world.close()
+
+
+def assert_one_ike_sa_carries(gw, *pairs) -> None:
+    for name, peer in (("gw-a", GW_B), ("gw-b", GW_A)):
+        ikes = [i for i in gw.status(name)["ike_sas"] if i["remote_addr"] == peer
+                and i["state"] == "ESTABLISHED"]
+        assert len(ikes) == 1 and ikes[0]["child_sas"] >= len(pairs), (ikes, diagnose(gw, name))
+    assert {sa(gw, "gw-a", src, dst)["sa_id"] for src, dst in pairs} == \
+        {ikes_of(gw, "gw-a", GW_B)}
+
+
+def ikes_of(gw, name: str, peer: str) -> int:
+    [ike] = [i for i in gw.status(name)["ike_sas"] if i["remote_addr"] == peer
+             and i["state"] == "ESTABLISHED"]
+    return ike["sa_id"]

@@ -57,7 +57,10 @@ def test_dns_answers_what_the_gateway_tests_rely_on(gw):
     assert seen(a["a2"]) == ("key", "secure", a["a2"], key_id(gw, "gw-a"))
     assert seen(a["a3"]) == ("key", "secure", b["gw-a"], key_id(gw, "wrong"))
     assert found[a["a3"]]["source"] == "TXT"
+    assert seen(a["a4"]) == ("key", "secure", b["gw-a"], key_id(gw, "gw-a"))
+    assert found[a["a4"]]["source"] == "TXT"
     assert seen(a["b1"]) == ("key", "secure", "@" + gwd.GW_B_NAME, key_id(gw, "gw-b"))
+    assert seen(a["b4"]) == ("key", "secure", b["gw-b"], key_id(gw, "gw-b"))
     # b2: its zone is an unsigned child of a signed one, proven insecure: no delegation
     assert found[a["b2"]]["verdict"] == "deny" and found[a["b2"]]["dnssec"] == "insecure"
     assert "allow_unsigned_delegation" in found[a["b2"]]["error"]
