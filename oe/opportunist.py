@@ -561,8 +561,8 @@ class Opportunist:
 
     def reload(self, base: ErouteTable, now: float, ours: Ours | None = None) -> list[Command]:
         """New policy (and our addresses, subnets and key, when given): tunnels and shunts
-        that no longer fit it go; the rest stay. A negotiation for a source that is no longer
-        ours nor a client's fails (docs/gateway.md 3)."""
+        that no longer fit it go; the rest stay. A negotiation or tunnel for a source that is
+        no longer ours nor a client's ends too (docs/gateway.md 3)."""
         if ours is not None:
             self.ours = ours
             for pair in [p for p in self.negotiations if ours.role(p.src) is None]:
@@ -573,11 +573,15 @@ class Opportunist:
         commands: list[Command] = []
         for pair, tunnel in list(self.tunnels.items()):
             group = self.host_group(pair)
-            if group is None or not SEMANTICS[group].inbound_oe:
-                self._drop_tunnel(pair)
-                self.log.append(f"OE to {pair.dst} via {tunnel.peer} ended: policy now "
-                                f"{group or 'none'}")
-                commands.append(self.delete_for(tunnel))
+            if self._source_role(pair.src) is None:  # a subnet dropped: not our client now
+                why = f"{pair.src} is no longer an address of oe's nor a client"
+            elif group is None or not SEMANTICS[group].inbound_oe:
+                why = f"policy now {group or 'none'}"
+            else:
+                continue
+            self._drop_tunnel(pair)
+            self.log.append(f"OE to {pair.dst} via {tunnel.peer} ended: {why}")
+            commands.append(self.delete_for(tunnel))
         for pair, shunt in list(self.shunts.items()):
             entry = self.policy_entry(pair, *shunt.narrowing)
             if entry is None or entry.group != shunt.group:

@@ -8,7 +8,7 @@ import pytest
 
 from oe.dnskeys.choice import KeyLookup, Target, Verdict, not_capable
 from oe.eroute import Shunt
-from oe.opportunist import FetchKey, Initiate, Opportunist, Ours, Pair
+from oe.opportunist import DeleteChild, FetchKey, Initiate, Opportunist, Ours, Pair
 from oe.policygroups import combine, parse_group, prospective_table
 
 ME = "192.0.2.10"          # the gateway's address, and its ID
@@ -168,3 +168,19 @@ def test_an_authentication_failure_refetches_the_target_and_keeps_the_client_che
         FetchKey(pair, T, refresh=True)]
     assert oe.key_found(pair, target_key(T), 1.1) == [
         Initiate(pair, ipaddress.ip_address(T), local=ipaddress.ip_address(ME))]
+
+
+def test_reload_dropping_a_subnet_ends_that_clients_tunnels_only():
+    oe = opportunist()
+    client, other, host = Pair.of(C, T), Pair.of("198.51.102.7", T), Pair.of(ME, T2)
+    wider = Ours.of([ME, OTHER_ME], ["198.51.100.0/24", "198.51.102.0/24"], OUR_BLOB)
+    oe.reload(oe.base, 0, ours=wider)
+    oe.tunnel_up(client, client.dst, 1, 0x11, 0x12, "x", False, True, 0)
+    oe.tunnel_up(other, other.dst, 1, 0x21, 0x22, "x", False, True, 0)
+    oe.tunnel_up(host, host.dst, 2, 0x31, 0x32, "x", False, True, 0)
+    oe.take_log()
+    assert oe.reload(oe.base, 10, ours=Ours.of([ME, OTHER_ME], ["198.51.102.0/24"],
+                                               OUR_BLOB)) == [DeleteChild(1, 0x11)]
+    assert set(oe.tunnels) == {other, host}
+    assert oe.take_log() == [f"OE to {T} via {T} ended: {C} is no longer an address of oe's "
+                             f"nor a client"]
