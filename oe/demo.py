@@ -5,6 +5,9 @@
     alice  192.0.2.10  2001:db8::10   oe, private-or-clear 0.0.0.0/0 and ::/0, key in DNS
     bob    192.0.2.20  2001:db8::20   oe, private-or-clear 0.0.0.0/0 and ::/0, key in DNS
     carol  192.0.2.30  2001:db8::30   no oe, no key: OE falls back to clear
+    dave   198.51.100.10               no oe, on alice's LAN (alice 198.51.100.1): alice is its
+                                      gateway ([gateway] subnets), named with alice's key in
+                                      dave's reverse record (with `build(gateway=True)`)
 
 All on one bridge in a switch namespace, where tcpdump watches the wire. alice, bob and carol
 take the zones' DS records as their trust anchors (oe.conf [dns] trust_anchors), as a LAN
@@ -35,6 +38,8 @@ ADDRESSES = {
 }
 REVERSE_ZONES = ("2.0.192.in-addr.arpa",
                  "0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa")
+LAN, LAN_GATEWAY, DAVE = "198.51.100.0/24", "198.51.100.1", "198.51.100.10"
+LAN_ZONE = "100.51.198.in-addr.arpa"
 NS_NAME = "ns.oe.test"
 ANCHORS = "trust-anchors.ds"
 """In each host's confdir: the DS of the zones knotd signs."""
@@ -85,29 +90,42 @@ def policy_conf(confdir: Path, nameserver: str, groups: dict[str, str], extra: s
 
 def build(workdir: Path, *, key_bits: int = 2048, keyed=("alice", "bob"),
           groups: dict[str, dict[str, str]] | None = None,
-          conf: dict[str, str] | None = None) -> OeWorld:
-    """Namespaces, addresses, host keys, zones and knotd; the daemons are started by the caller."""
+          conf: dict[str, str] | None = None, gateway: bool = False) -> OeWorld:
+    """Namespaces, addresses, host keys, zones and knotd; the daemons are started by the caller.
+    gateway: dave on a LAN behind alice, alice's [gateway] subnets, dave's delegating record."""
     world = World("oe", workdir).open()
     knotd = None
     try:
         hosts = {name: world.host(name, f"{v4}/24", f"{v6}/64")
                  for name, (v4, v6) in ADDRESSES.items()}
+        if gateway:
+            _lan(world, hosts)
         blobs = {}
         for name in keyed:
             confdir = hosts[name].dir / "conf"
             key = hostkey.keygen(hostkey.hostkey_path(confdir), bits=key_bits, force=True)
             blobs[name] = hostkey.public_blob(key)
         for name in ("alice", "bob", "carol"):
+            extra = (conf or {}).get(name, "")
+            if gateway and name == "alice":
+                extra += f'\n[gateway]\nsubnets = ["{LAN}"]\n'
             policy_conf(hosts[name].dir / "conf", ADDRESSES["dns"][0],
                         (groups or {}).get(name, {"private-or-clear": "0.0.0.0/0\n::/0\n"}),
-                        (conf or {}).get(name, ""))
+                        extra)
+        zones = zone_texts(blobs)
+        if gateway:
+            # dave's record, as `oe showhostkey --ipseckey --owner DAVE --gateway ALICE` on
+            # alice prints it (the README's gateway set-up)
+            zones[LAN_ZONE] = soa_ns_header(LAN_ZONE, NS_NAME, ttl=60) + "\n".join(
+                records.publication(records.IPSECKEY, blobs["alice"], records.owner_for(DAVE),
+                                    records.parse_gateway(ADDRESSES["alice"][0]))) + "\n"
         dns_host = hosts["dns"]
-        knotd = Knotd(dns_host.dir / "knot", zone_texts(blobs),
+        knotd = Knotd(dns_host.dir / "knot", zones,
                       listen=[(ADDRESSES["dns"][0], 53), (ADDRESSES["dns"][1], 53)],
                       prefix=("ip", "netns", "exec", dns_host.name),
-                      signing={origin: NSEC for origin in REVERSE_ZONES})
+                      signing={origin: NSEC for origin in zones})
         knotd.start(ready=lambda: _serves(world, hosts["alice"]) and knotd.signed())
-        anchors = "".join(knotd.anchor(origin) for origin in REVERSE_ZONES)
+        anchors = "".join(knotd.anchor(origin) for origin in zones)
         for name in ("alice", "bob", "carol"):
             confdir = hosts[name].dir / "conf"
             (confdir / ANCHORS).write_text(anchors)
@@ -119,6 +137,17 @@ def build(workdir: Path, *, key_bits: int = 2048, keyed=("alice", "bob"),
             knotd.stop()
         world.close()
         raise
+
+
+def _lan(world: World, hosts: dict[str, Host]) -> None:
+    """dave behind alice: a LAN bridge, alice's eth1 on it, dave's default route via alice;
+    bob and carol route the LAN's prefix to alice (as the internet would)."""
+    world.bridge("lan")
+    world.attach(hosts["alice"], "lan", f"{LAN_GATEWAY}/24", ifname="eth1")
+    hosts["dave"] = world.host("dave", f"{DAVE}/24", bridge="lan")
+    world.route(hosts["dave"], f"default via {LAN_GATEWAY}")
+    for name in ("bob", "carol"):
+        world.route(hosts[name], f"{LAN} via {ADDRESSES['alice'][0]}")
 
 
 def _serves(world: World, host: Host) -> bool:
@@ -232,30 +261,36 @@ def start_capture(oe_world: OeWorld, host: str = "alice") -> tuple:
 
 def wire_summary(pcap: Path, a: str, b: str) -> dict[str, int]:
     """Packets between a and b on the wire, by kind: what OE must leave visible is IKE and ESP."""
-    from scapy.all import ESP, ICMP, IP, TCP, UDP, IPv6, rdpcap  # scapy is slow to import
+    from scapy.all import IP, IPv6, rdpcap  # scapy is slow to import
 
     kinds: dict[str, int] = {}
     for packet in rdpcap(str(pcap)):
         ip = packet.getlayer(IP) or packet.getlayer(IPv6)
         if ip is None or {ip.src, ip.dst} != {a, b}:
             continue
-        ports = {packet[UDP].sport, packet[UDP].dport} if packet.haslayer(UDP) else set()
-        if 500 in ports:
-            kind = "IKE (udp 500)"
-        elif 4500 in ports:
-            kind = "IKE or ESP-in-UDP (udp 4500)"
-        elif packet.haslayer(ESP):
-            kind = "ESP"
-        elif packet.haslayer(TCP):
-            kind = "TCP in clear"
-        elif ip.version == 6 and ip.nh == 58 and 133 <= bytes(ip.payload)[0] <= 137:
-            kind = "neighbour discovery"  # the link's own business (RFC 4861), never a flow's
-        elif packet.haslayer(ICMP) or (ip.version == 6 and ip.nh == 58):
-            kind = "ICMP in clear"
-        else:
-            kind = "other in clear"
+        kind = packet_kind(packet, ip)
         kinds[kind] = kinds.get(kind, 0) + 1
     return kinds
+
+
+def packet_kind(packet, ip) -> str:
+    """One captured packet's kind, as wire_summary counts it (`ip`: its IP or IPv6 layer)."""
+    from scapy.all import ESP, ICMP, TCP, UDP
+
+    ports = {packet[UDP].sport, packet[UDP].dport} if packet.haslayer(UDP) else set()
+    if 500 in ports:
+        return "IKE (udp 500)"
+    if 4500 in ports:
+        return "IKE or ESP-in-UDP (udp 4500)"
+    if packet.haslayer(ESP):
+        return "ESP"
+    if packet.haslayer(TCP):
+        return "TCP in clear"
+    if ip.version == 6 and ip.nh == 58 and 133 <= bytes(ip.payload)[0] <= 137:
+        return "neighbour discovery"  # the link's own business (RFC 4861), never a flow's
+    if packet.haslayer(ICMP) or (ip.version == 6 and ip.nh == 58):
+        return "ICMP in clear"
+    return "other in clear"
 
 
 def main(keep: bool = False) -> int:
@@ -266,8 +301,9 @@ def main(keep: bool = False) -> int:
     if os.geteuid() != 0:
         raise OeError("oe demo needs root (network namespaces)")
     with tempfile.TemporaryDirectory(prefix="oe-demo-") as tmp:
-        say("building the world: dns (knotd), alice, bob, carol in network namespaces")
-        oe_world = build(Path(tmp))
+        say("building the world: dns (knotd), alice, bob, carol in network namespaces, "
+            "dave on a LAN behind alice")
+        oe_world = build(Path(tmp), gateway=True)
         try:
             for name in ("alice", "bob"):
                 start_oe(oe_world, name)
@@ -295,23 +331,30 @@ def main(keep: bool = False) -> int:
                               check=False)
             say(f"alice$ ping {carol}   (no key in DNS: private-or-clear falls back to clear)\n"
                 + indent(shown.stdout.strip().splitlines()[-2:]))
+            gateway_ok, scene = gateway_scene(oe_world)
+            say(scene)
             for name in ("alice", "bob"):
                 say(f"{name}$ oe status\n" + indent(oe_cmd(oe_world, name, "status")
                                                       .stdout.rstrip().splitlines()))
             World.stop(capture)
             wire = wire_summary(pcap, hosts["alice"].address, bob)
             wire6 = wire_summary(pcap, hosts["alice"].address6(), bob6)
-            for label, kinds in (("IPv4", wire), ("IPv6", wire6)):
-                say(f"on the wire between alice and bob, {label}: " + ", ".join(
-                    f"{n} {k}" for k, n in sorted(kinds.items())))
-            clear = sum(n for kinds in (wire, wire6) for k, n in kinds.items() if "clear" in k)
+            # dave's own packets must never show on alice's wire: only alice's ESP for it
+            dave = wire_summary(pcap, DAVE, bob)
+            for label, kinds in (("alice and bob, IPv4", wire), ("alice and bob, IPv6", wire6),
+                                 ("dave and bob", dave)):
+                say(f"on the wire between {label}: " + (", ".join(
+                    f"{n} {k}" for k, n in sorted(kinds.items())) or "nothing"))
+            clear = sum(n for kinds in (wire, wire6, dave) for k, n in kinds.items()
+                        if "clear" in k)
             verdict = "encrypted: only IKE and ESP" if ok and not clear else "NOT ENCRYPTED"
-            say(f"verdict: {verdict}")
+            say(f"verdict: {verdict}" + ("" if gateway_ok else "; dave did NOT reach bob "
+                                          "through alice"))
             if keep:
                 say(f"the world stays up (namespaces {world.prefix}-*); Ctrl-C or SIGTERM ends it")
                 import signal
                 signal.pause()
-            return 0 if ok and not clear else 1
+            return 0 if ok and gateway_ok and not clear else 1
         except KeyboardInterrupt:
             say("interrupted: tearing down")
             return 130
@@ -320,6 +363,26 @@ def main(keep: bool = False) -> int:
                 stop_oe(oe_world, name)
             oe_world.close()
             say("world torn down")
+
+
+def gateway_scene(oe_world: OeWorld) -> tuple[bool, str]:
+    """dave (no oe) pings bob; alice, its gateway, negotiates with bob for it: the ping's
+    outcome and the tunnel's eroute on alice and on bob (docs/gateway.md 7.3)."""
+    world, hosts = oe_world.world, oe_world.hosts
+    bob = hosts["bob"].address
+    shown = world.run(hosts["dave"], "ping", "-c", "3", "-i", "0.3", "-W", "3", bob, check=False)
+    lines = [f"dave$ ping {bob}   (dave runs no oe; alice is its gateway, named in dave's "
+             f"record): " + (shown.stdout.strip().splitlines() or ["no output"])[-2]]
+    found = {}
+    for name, src, dst in (("alice", DAVE, bob), ("bob", bob, DAVE)):
+        status = json.loads(oe_cmd(oe_world, name, "status", "--json", check=False).stdout
+                            or "{}")
+        row = next((e for e in status.get("eroutes", []) if e["src"] == f"{src}/32"
+                    and e["dst"] == f"{dst}/32" and e["said"].startswith("esp")), None)
+        found[name] = row
+        lines.append(f"   {name + ':':<6} " + (f"{row['src']} -> {row['dst']} => {row['said']}"
+                                               if row else f"no tunnel {src} -> {dst}"))
+    return shown.returncode == 0 and all(found.values()), "\n".join(lines)
 
 
 def say(text: str) -> None:

@@ -1,7 +1,8 @@
 """Small worlds of network namespaces, for `oe demo` and the end-to-end tests.
 
-A World is a switch namespace holding a bridge, and hosts (namespaces) each joined to it by a
-veth pair, with addresses from the documentation ranges. Everything it makes carries the
+A World is a switch namespace holding bridges (br0 and any `bridge(name)` adds), and hosts
+(namespaces) each joined to a bridge by a veth pair (eth0; `attach` adds eth1, ... on another
+bridge: a router), with addresses from the documentation ranges. Everything it makes carries the
 world's unique prefix; `close()` stops the processes it started (by pid) and deletes its
 namespaces, and nothing of the machine's own interfaces, routes or rules is touched. While a
 world is open, SIGTERM interrupts its owner as Ctrl-C does (KeyboardInterrupt), so the `with`
@@ -10,6 +11,13 @@ block or `finally` that closes the world runs then too.
     with World("oedemo") as world:
         alice = world.host("alice", "192.0.2.10/24", "2001:db8::10/64")
         world.run(alice, "ping", "-c1", "192.0.2.20")
+
+    with World("oegw") as world:                      # a LAN behind a router
+        world.bridge("lan")
+        gw = world.host("gw", "192.0.2.1/24")
+        world.attach(gw, "lan", "198.51.100.1/24")    # gw's eth1
+        a1 = world.host("a1", "198.51.100.10/24", bridge="lan")
+        world.route(a1, "default via 198.51.100.1")
 """
 
 from __future__ import annotations
@@ -83,7 +91,9 @@ class Host:
     dir: Path
     """A directory for this host's files (config, run dir, logs)."""
     port: str = ""
-    """Its veth's other end on the bridge, in the switch namespace: where to watch its wire."""
+    """Its eth0's other end on the bridge, in the switch namespace: where to watch its wire."""
+    ports: dict[str, str] = field(default_factory=dict)
+    """Each interface's other end on its bridge, by interface name (eth0 too)."""
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -98,14 +108,23 @@ class Host:
 class World:
     """Namespaces joined by a bridge; torn down completely by close()."""
 
+    _prefixes: set[str] = set()
+    """Prefixes of this process's worlds not closed yet: two worlds at once (a test's own
+    beside a module's) must not share namespace names."""
+
     def __init__(self, prefix: str, workdir: Path) -> None:
-        self.prefix = f"{prefix}{os.getpid() % 100000}"
+        base = self.prefix = f"{prefix}{os.getpid() % 100000}"
+        while self.prefix in World._prefixes:
+            self.prefix = f"{base}w{len(World._prefixes)}"
+        World._prefixes.add(self.prefix)
         self.workdir = workdir
         self.switch = f"{self.prefix}-sw"
         self.hosts: dict[str, Host] = {}
         self._namespaces: list[str] = []
         self._processes: list[subprocess.Popen] = []
         self._opened = False
+        self._links = 0
+        """veth pairs made: numbers their outer ends, unique in the switch namespace."""
 
     def open(self) -> "World":
         """The switch namespace and its bridge; on any failure, nothing is left behind."""
@@ -115,8 +134,7 @@ class World:
             _sigterm.hold()
         try:
             self._add_namespace(self.switch)
-            _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-            _ip("-n", self.switch, "link", "set", "br0", "up")
+            self.bridge("br0")
         except BaseException:
             self.close()
             raise
@@ -127,22 +145,46 @@ class World:
         self._namespaces.append(name)  # before anything else can fail: close() deletes it
         _ip("-n", name, "link", "set", "lo", "up")
 
-    def host(self, short: str, *addresses: str, mtu: int = 1500) -> Host:
+    def bridge(self, name: str) -> str:
+        """Another bridge in the switch namespace (a LAN); hosts join it by `bridge=` or
+        `attach`. It goes with the switch namespace on close()."""
+        _ip("-n", self.switch, "link", "add", name, "type", "bridge")
+        _ip("-n", self.switch, "link", "set", name, "up")
+        return name
+
+    def host(self, short: str, *addresses: str, mtu: int = 1500, bridge: str = "br0") -> Host:
         """A namespace with eth0 on the bridge and these addresses (CIDR notation)."""
         name = f"{self.prefix}-{short}"
         self._add_namespace(name)
-        outer = f"v{len(self.hosts)}{self.prefix}"[:15]
-        _ip("link", "add", outer, "netns", self.switch, "type", "veth", "peer", "name", "eth0",
-            "netns", name)
-        _ip("-n", self.switch, "link", "set", outer, "master", "br0", "mtu", str(mtu), "up")
-        for address in addresses:
-            extra = ["nodad"] if ":" in address else []
-            _ip("-n", name, "addr", "add", address, "dev", "eth0", *extra)
-        _ip("-n", name, "link", "set", "eth0", "mtu", str(mtu), "up")
-        host = Host(name, short, tuple(addresses), self.workdir / short, outer)
+        host = Host(name, short, (), self.workdir / short)
         host.dir.mkdir(parents=True, exist_ok=True)
         self.hosts[short] = host
+        host.port = self.attach(host, bridge, *addresses, ifname="eth0", mtu=mtu)
         return host
+
+    def attach(self, host: Host, bridge: str, *addresses: str, ifname: str = "eth1",
+               mtu: int = 1500) -> str:
+        """A further interface `ifname` of the host on `bridge`, with these addresses (CIDR
+        notation, appended to host.addresses); returns its other end's name on the bridge."""
+        outer = f"v{self._links}{self.prefix}"[:15]
+        self._links += 1
+        _ip("link", "add", outer, "netns", self.switch, "type", "veth", "peer", "name", ifname,
+            "netns", host.name)
+        _ip("-n", self.switch, "link", "set", outer, "master", bridge, "mtu", str(mtu), "up")
+        for address in addresses:
+            extra = ["nodad"] if ":" in address else []
+            _ip("-n", host.name, "addr", "add", address, "dev", ifname, *extra)
+        _ip("-n", host.name, "link", "set", ifname, "mtu", str(mtu), "up")
+        host.addresses += tuple(addresses)
+        host.ports[ifname] = outer
+        return outer
+
+    def route(self, host: Host, route: str) -> None:
+        """`ip route add <route>` in the host's namespace ("default via 198.51.100.1",
+        "198.51.101.0/24 via 192.0.2.2"); the family follows from the addresses named."""
+        words = route.split()
+        family = "-6" if any(":" in word for word in words) else "-4"
+        _ip("-n", host.name, family, "route", "add", *words)
 
     def run(self, host: Host, *argv: str, check: bool = True, timeout: float = 60,
             **kwargs) -> subprocess.CompletedProcess:
@@ -185,6 +227,7 @@ class World:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         self._namespaces.clear()
         self._processes.clear()
+        World._prefixes.discard(self.prefix)
         if self._opened:
             self._opened = False
             _sigterm.release()

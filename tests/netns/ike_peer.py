@@ -4,9 +4,10 @@ It runs IkeEngine behind IkeRunner on UDP 500/4500, prints every engine event as
 on stdout (keys as hex), and obeys JSON commands on stdin:
 
   {"cmd": "initiate"}            start IKE_SA_INIT towards the peer; "local_ts": [addresses]
-                                 proposes those hosts as TSi instead of our address; "peer":
-                                 another address of the peer's (in --peer-net), which must
-                                 authenticate as itself
+                                 proposes those hosts as TSi instead of our address,
+                                 "remote_ts": [addresses] those as TSr instead of the peer's;
+                                 "peer": another address of the peer's (in --peer-net), which
+                                 must authenticate as itself
   {"cmd": "rekey_child"}         CREATE_CHILD_SA with N(REKEY_SA) for the newest CHILD SA
   {"cmd": "rekey_ike"}           CREATE_CHILD_SA rekeying the IKE SA
   {"cmd": "delete_child"}        INFORMATIONAL { D(ESP) } for the newest CHILD SA
@@ -124,8 +125,10 @@ async def main() -> None:
                 break
             if name == "initiate":
                 local_ts = [TrafficSelector.host(a) for a in cmd.get("local_ts", [])]
+                remote_ts = [TrafficSelector.host(a) for a in cmd.get("remote_ts", [])]
                 state["sa_id"] = engine.initiate(cmd.get("peer", args.peer), now,
-                                                 local_ts=local_ts or None)
+                                                 local_ts=local_ts or None,
+                                                 remote_ts=remote_ts or None)
             elif name == "rekey_child":
                 engine.rekey_child(state["sa_id"], state["children"][-1].spi_in, now)
             elif name == "rekey_ike":
