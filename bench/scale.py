@@ -62,6 +62,9 @@ FARM_NET = ipaddress.ip_network("2001:db8:2::/64")
 FARM_ZONE = ".".join(FARM_NET.network_address.reverse_pointer.split(".")[16:])
 NS6 = "2001:db8::53"
 PORT = 9
+SEND_RATE = 2000
+"""New destinations per second the sender meets (faster, and the TUN's 500-packet queue
+drops the first packets before oe sees them)."""
 SETTLE = 1.0
 """Seconds a daemon gets after `oe start` before the first packet (charon is measured long
 after its start, too)."""
@@ -69,9 +72,12 @@ after its start, too)."""
 SENDER = r"""
 import socket, sys, time, ipaddress, json
 base, count, port = ipaddress.ip_address(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+rate = float(sys.argv[4])  # datagrams per second: the TUN's queue holds 500
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+start = time.time()
 for i in range(count):
+    time.sleep(max(0.0, start + i / rate - time.time()))
     s.sendto(str(time.time()).encode(), (str(base + i), port))
 print(json.dumps({"sent": count}))
 """
@@ -205,12 +211,13 @@ def farm(counts: list[int]) -> None:
                 receiver.stdout.readline()
                 start = time.time()
                 world.world.run(alice, sys.executable, "-c", SENDER, peers[0], str(count),
-                                str(PORT))
+                                str(PORT), str(SEND_RATE), timeout=600)
                 out, _ = receiver.communicate(timeout=3600)
                 times = json.loads(out)
                 delays = [arrived - sent for sent, arrived in times]
                 took = max(arrived for _, arrived in times) - start if times else float("nan")
                 after = {name: (rss(pid), cpu(pid)) for name, pid in pids.items()}
+                status = json.loads(demo.oe_cmd(world, "alice", "status", "--json").stdout)
             finally:
                 for name in list(world.daemons):
                     demo.stop_oe(world, name)
@@ -223,7 +230,9 @@ def farm(counts: list[int]) -> None:
               f"{grown / count / 1024:>7.1f}kB {spent / count * 1e3:>7.2f}ms "
               f"{classifier_rate(peers):>12,.0f}")
         if len(delays) < count:
-            print(f"        ({count - len(delays)} datagrams never arrived)")
+            print(f"        ({count - len(delays)} datagrams never arrived; alice holds "
+                  f"{len(status.get('sas', []))} SAs and {len(status.get('shunts', []))} "
+                  f"shunts)")
 
 
 # ------------------------------------------------------------------------------ latency
@@ -361,7 +370,8 @@ def burst(world: demo.OeWorld, count: int) -> tuple[list[float], float]:
                                  RECEIVER, str(PORT), str(count), "5"],
                                 stdout=subprocess.PIPE, text=True)
     receiver.stdout.readline()
-    world.world.run(alice, sys.executable, "-c", SENDER, NOKEY_NET, str(count), str(PORT))
+    world.world.run(alice, sys.executable, "-c", SENDER, NOKEY_NET, str(count), str(PORT),
+                    str(SEND_RATE), timeout=600)
     ping = world.world.run(alice, "ping", "-c", "1", "-W", "60", bob.address, check=False,
                            timeout=90).stdout
     out, _ = receiver.communicate(timeout=120)

@@ -509,6 +509,13 @@ class Opportunist:
         if old is not None and old.sa_id != sa_id:
             commands.append(self.delete_for(old))
         elif old is not None and old.spi_in != spi_in:
+            if old.initiator != initiator and \
+                    min(old.spi_in, old.spi_out) < min(spi_in, spi_out):
+                # Both ends asked for the pair at once; each learns of the other's CHILD SA
+                # after its own, so both keep the one with the lower SPIs, which both see
+                # (RFC 7296 2.8 settles a rekey collision alike, by nonces).
+                self.negotiations.pop(pair, None)
+                return [DeleteChild(sa_id, spi_in)]
             commands.append(DeleteChild(sa_id, old.spi_in))  # one SA per pair: no orphans
         self.negotiations.pop(pair, None)
         self._drop_shunt(pair)

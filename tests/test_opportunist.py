@@ -312,13 +312,14 @@ def test_a_narrowed_tunnel_covers_only_its_port():
 
 
 def test_a_new_child_of_the_same_ike_sa_retires_the_old_one():
-    """Review of issue 10: a second CHILD SA for a pair on one IKE SA replaces the first; the
-    first is deleted, not left installed with nothing to rekey or expire it."""
+    """Review of issue 10: a second CHILD SA for a pair on one IKE SA leaves one of the two;
+    the other is deleted, not left installed with nothing to rekey or expire it (which one:
+    the lower SPIs stay, as both ends see them, test below)."""
     oe = opportunist(private_or_clear="0.0.0.0/0\n")
     pair = Pair.of(ME, "192.0.2.20")
-    oe.tunnel_up(pair, pair.dst, 3, 0x11, 0x22, "x", False, True, 0, sa_out=1)
-    assert oe.tunnel_up(pair, pair.dst, 3, 0x33, 0x44, "x", False, False, 1, sa_out=2) == [
-        DeleteChild(3, 0x11)]
+    oe.tunnel_up(pair, pair.dst, 3, 0x33, 0x44, "x", False, True, 0, sa_out=1)
+    assert oe.tunnel_up(pair, pair.dst, 3, 0x11, 0x22, "x", False, False, 1, sa_out=2) == [
+        DeleteChild(3, 0x33)]
 
 
 def test_a_rekey_that_narrows_moves_the_eroute_with_it():
@@ -397,3 +398,26 @@ def test_reload_ending_one_client_of_a_shared_ike_sa_deletes_its_child_sa_only()
     new = opportunist(private_or_clear="0.0.0.0/0\n", clear="198.51.100.0/24\n").base
     assert oe.reload(new, 10) == [DeleteChild(1, 0x21)]
     assert set(oe.tunnels) == {keep}
+
+
+def test_both_ends_asking_for_one_pair_at_once_keep_the_same_child_sa():
+    """issue 13 (two gateways whose clients talk both ways at once): each end initiates a
+    CHILD SA for the pair on their shared IKE SA, and each learns of the other's after its
+    own. Both must delete the same one (the one with the higher SPIs), not each the one it saw
+    first, or both go and the pair flaps for ever."""
+    peer = ipaddress.ip_address("192.0.2.20")
+    ours, theirs = (0x1001, 0x9009), (0x5005, 0x2002)  # (spi_in, spi_out) at our end
+    here = opportunist(private_or_clear="0.0.0.0/0\n")
+    pair = Pair.of(ME, "192.0.2.20")
+    here.tunnel_up(pair, peer, 1, *ours, "x", False, True, 0, sa_out=1)
+    assert here.tunnel_up(pair, peer, 1, *theirs, "x", False, False, 0, sa_out=2) == [
+        DeleteChild(1, 0x5005)]                   # ours has the lower SPIs: theirs goes
+    assert fate(here, "192.0.2.20") == SaAction(peer, 0x9009, 1)
+    there = opportunist(private_or_clear="0.0.0.0/0\n")  # the far end, SPIs mirrored
+    mirror = Pair.of("192.0.2.20", ME)
+    there.tunnel_up(mirror, peer, 1, 0x2002, 0x5005, "x", False, True, 0, sa_out=1)
+    assert there.tunnel_up(mirror, peer, 1, 0x9009, 0x1001, "x", False, False, 0,
+                           sa_out=2) == [DeleteChild(1, 0x2002)]     # the same CHILD SA
+    # one end replacing its own CHILD SA (or the peer its): the new one stays, as before
+    assert here.tunnel_up(pair, peer, 1, 0x7007, 0x8008, "x", False, True, 1, sa_out=3) == [
+        DeleteChild(1, 0x1001)]
