@@ -47,7 +47,7 @@ from collections.abc import Iterable
 
 from oe.commands import Command, DeleteChild, DeleteIke, FetchGateway, FetchKey, Initiate
 from oe.dnskeys.choice import GatewayAddresses, KeyLookup
-from oe.dnskeys.delegation import check_client
+from oe.dnskeys.delegation import check_client, client_gateway
 from oe.eroute import Eroute, ErouteTable, IPAddress, SaAction, Selector, Shunt
 from oe.policygroups.groups import SEMANTICS
 
@@ -394,10 +394,11 @@ class Opportunist:
                 return []
             negotiation.awaits_client = False
             assert self.ours is not None  # only Ours makes client flows
-            why = check_client(lookup, map(str, self.ours.addresses), self.ours.key_blob)
+            addresses = [str(a) for a in self.ours.addresses]
+            why = check_client(lookup, addresses, self.ours.key_blob)
             if why is not None:
                 return self._fail(pair, why, now, deny=lookup.verdict.value == "deny")
-            negotiation.local = lookup.gateway
+            negotiation.local = client_gateway(lookup, addresses, self.ours.key_blob)
         elif negotiation.target is not None:
             return []
         else:

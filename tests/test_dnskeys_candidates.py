@@ -115,3 +115,18 @@ def test_no_answer_for_the_gateway_moves_on():
     found = addresses(error="no answer within 3 s")
     assert not found.deny and found.error == ("no addresses for gateway gw.example.: no answer "
                                               "within 3 s")
+
+
+def test_our_client_may_name_us_in_any_of_its_records():
+    """RFC 4322 3.2 for the client check (docs/gateway.md 7.2, test 7): a client with a
+    precedence-10 record for a gateway that is down and a precedence-20 one for us is ours;
+    the gateway oe acts as is the one that record names."""
+    from oe.dnskeys.delegation import check_client, client_gateway
+    lookup = pick([(IPSECKEY, 10, 2, 0), (IPSECKEY, 20, 1, 1)])
+    assert check_client(lookup, [str(GATEWAYS[1])], BLOBS[1]) is None
+    assert client_gateway(lookup, [str(GATEWAYS[1])], BLOBS[1]) == GATEWAYS[1]
+    assert "has wrong key" in check_client(lookup, [str(GATEWAYS[1])], BLOBS[0])
+    assert "delegates to 192.0.2.2, not us" in check_client(lookup, ["192.0.2.9"], BLOBS[1])
+    # insecure: only the client's own records count, never a delegation
+    unsigned = pick([(IPSECKEY, 10, 2, 0), (IPSECKEY, 20, 1, 1)], dnssec=INSECURE)
+    assert check_client(unsigned, [str(GATEWAYS[1])], BLOBS[1]) is not None

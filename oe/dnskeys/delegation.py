@@ -17,25 +17,47 @@ import dns.name
 from oe.dnskeys import records
 from oe.dnskeys.choice import SECURE, KeyLookup, Verdict
 from oe.dnskeys.records import KeyRecord
+from oe.eroute import IPAddress
 from oe.ike.auth import Identity, PeerKey
 from oe.ike.constants import IdType
 
 
+def _tries(lookup: KeyLookup) -> list[tuple[object, bytes | None]]:
+    """(gateway, key blob) of each usable record, in RFC 4322 3.2 order."""
+    if lookup.candidates:
+        return [(c.gateway, c.blob) for c in lookup.candidates]
+    return [(lookup.gateway, lookup.blob)]
+
+
+def client_gateway(lookup: KeyLookup, local_addrs: Iterable[str],
+                   our_key_blob: bytes | None) -> IPAddress | None:
+    """The address of ours that one of our client's records names with our key (the first
+    such record in RFC 4322 3.2 order: the gateway we act as for it), else None."""
+    if lookup.verdict is not Verdict.KEY:
+        return None
+    ours = {ipaddress.ip_address(a) for a in local_addrs}
+    return next((gateway for gateway, blob in _tries(lookup)
+                 if gateway in ours and blob is not None and blob == our_key_blob), None)
+
+
 def check_client(lookup: KeyLookup, local_addrs: Iterable[str],
                  our_key_blob: bytes | None) -> str | None:
-    """Our client C: its chosen record must name one of `local_addrs` as gateway and carry
-    our key (docs/gateway.md 3, 4.1). None if so, else the reason, worded as pluto's."""
+    """Our client C: one of its usable records must name one of `local_addrs` as gateway and
+    carry our key (docs/gateway.md 3, 4.1; RFC 4322 3.2: records are tried in order, a
+    gateway that is down may come first). None if so, else the reason, worded as pluto's."""
     client = lookup.target.text
     if lookup.verdict is not Verdict.KEY:
         why = f": {lookup.error}" if lookup.error else ""
         return f"no record for our client {client} delegates us{why}"
+    local_addrs = list(local_addrs)
+    if client_gateway(lookup, local_addrs, our_key_blob) is not None:
+        return None
     ours = {ipaddress.ip_address(a) for a in local_addrs}
-    if lookup.gateway not in ours:
-        return (f"record for our client {client} delegates to "
-                f"{records.gateway_text(lookup.gateway)}, not us")
-    if lookup.blob is None or lookup.blob != our_key_blob:
+    tries = _tries(lookup)
+    if any(gateway in ours for gateway, _ in tries):
         return f"record for our client {client} has wrong key"
-    return None
+    return (f"record for our client {client} delegates to "
+            f"{records.gateway_text(tries[0][0])}, not us")
 
 
 def _usable(lookup: KeyLookup) -> tuple[KeyRecord, ...]:
@@ -82,4 +104,4 @@ def check_his_client(lookup: KeyLookup, peer_id: Identity, peer_key: PeerKey) ->
            f"(key id {named[0].key_id})"
 
 
-__all__ = ["check_client", "check_his_client"]
+__all__ = ["check_client", "check_his_client", "client_gateway"]
