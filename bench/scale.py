@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -229,10 +230,12 @@ def farm(counts: list[int]) -> None:
               f"{after['alice'][0] / 2**20:>8.0f}MB {after['farm'][0] / 2**20:>7.0f}MB "
               f"{grown / count / 1024:>7.1f}kB {spent / count * 1e3:>7.2f}ms "
               f"{classifier_rate(peers):>12,.0f}")
-        if len(delays) < count:
+        shunted = [shunt["reason"] for shunt in status.get("shunts", [])]
+        if len(delays) < count or shunted:
             print(f"        ({count - len(delays)} datagrams never arrived; alice holds "
-                  f"{len(status.get('sas', []))} SAs and {len(status.get('shunts', []))} "
-                  f"shunts)")
+                  f"{len(status.get('sas', []))} SAs and {len(shunted)} failure shunts"
+                  + "".join(f"; {n} x {why}" for why, n in Counter(shunted).most_common(3))
+                  + ")")
 
 
 # ------------------------------------------------------------------------------ latency

@@ -31,7 +31,7 @@ pytest.importorskip("unbound", reason="python3-unbound is not importable: make t
                                       "Debian's /usr/bin/python3 --system-site-packages")
 
 A1, A2, A3, A4 = (gwd.CLIENTS[n] for n in ("a1", "a2", "a3", "a4"))
-B1, B2, B4 = (gwd.CLIENTS[n] for n in ("b1", "b2", "b4"))
+B1, B2, B3, B4 = (gwd.CLIENTS[n] for n in ("b1", "b2", "b3", "b4"))
 GW_A, GW_B, H, C, M = (gwd.INET[n] for n in ("gw-a", "gw-b", "h", "c", "m"))
 TS_UNACCEPTABLE = 38  # RFC 7296 3.10.1
 
@@ -203,6 +203,40 @@ def test_4_charon_as_gateway_for_its_subnet(gw):
     listed = charon.swanctl("--list-sas").stdout
     assert re.search(rf"local\s+{re.escape(gwd.C_CLIENT)}/32\s+remote\s+{re.escape(A1)}/32",
                      listed), listed
+
+
+# ---------------------------------------------------------------- 3. both gateways at once
+
+
+def test_3_both_gateways_initiate_for_one_pair_at_once(gw):
+    """With an IKE SA between the gateways (a1 <-> b4), a4 -> b4 and b4 -> a4 at the same
+    moment (no tunnel for that pair yet: run before anything else uses it): gw-a and gw-b each
+    ask for a CHILD SA on that IKE SA; they must settle on one tunnel, not delete each other's
+    in turn (seen: "OE to 198.51.101.40 via 192.0.2.2 ended: deleted by peer" every ping)."""
+    assert gw.ping("a1", "b4", count=2).returncode == 0, diagnose(gw, "gw-a", "gw-b")
+    both = [gw.world.spawn(gw.hosts[src], "ping", "-c", "5", "-i", "0.3", "-W", "3",
+                           gwd.CLIENTS[dst]) for src, dst in (("a4", "b4"), ("b4", "a4"))]
+    try:
+        assert all(proc.wait(30) == 0 for proc in both), diagnose(gw, "gw-a", "gw-b")
+    finally:
+        for proc in both:
+            World.stop(proc)
+    assert gw.log("gw-a").count(f"OE to {B4} via {GW_B} ended: deleted by peer") <= 1, \
+        diagnose(gw, "gw-a", "gw-b")
+
+
+# ---------------------------------------------------------------- 7. fallback by precedence
+
+
+def test_7_dead_first_gateway_then_the_next_by_precedence(gw):
+    """b3's records: precedence 10 names 192.0.2.99 (nobody), 20 names gw-b."""
+    pinger = gw.world.spawn(gw.hosts["a1"], "ping", "-c", "60", "-i", "0.5", B3)
+    try:
+        assert wait_eroute(gw, "gw-a", tunnel(A1, B3, GW_B), 60), diagnose(gw, "gw-a")
+    finally:
+        World.stop(pinger)
+    assert gwd.DEAD in gw.log("gw-a")
+    assert gw.ping("a1", "b3").returncode == 0
 
 
 # ---------------------------------------------------------------- 3. one IKE SA, many children
