@@ -1,7 +1,7 @@
 """Scale and latency of oe's control plane (issue 14), measured in one run. Not a test.
 
-    python bench/scale.py [--parts farm,latency,nokey] [--farm 100,1000,10000] [--trials 5]
-                          [--nokey 100,1000]
+    python bench/scale.py [--parts farm,latency,nokey] [--farm 100,1000,10000] [--rate 50]
+                          [--trials 5] [--nokey 100,1000]
 
 Needs root (network namespaces), knotd, and strongSwan for the charon reference.
 
@@ -12,8 +12,10 @@ farm     a peer farm: one oe daemon answering OE on N addresses of its own (2001
          last datagram arrived (all SAs up), new peers per second, first-packet latency
          (median, 99th percentile), RSS of both daemons and memory per peer, CPU seconds per
          negotiation (both daemons), and the classifier's lookups per second over alice's
-         table with N SAs in it (in process, as bench/eroute.py). alice's [limits] are raised
-         to take N at once (acquire rate, holds, queued acquires).
+         table with N SAs in it (in process, as bench/eroute.py). alice's [limits] hold N
+         packets and queued acquires; her acquire rate (--rate, default 50 negotiations per
+         second, burst as many) is what two daemons on 2 cores sustain: all N at once
+         overloads both and ends in IKE retransmission timeouts.
 latency  `oe demo`'s world (knotd signing the reverse zones, alice and bob running oe with
          private-or-clear 0.0.0.0/0): alice's first ping to bob, i.e. trap, both DNS lookups,
          IKEv2, SA install and hold release, as ping reports its round trip; the daemons are
@@ -115,7 +117,7 @@ def ms(seconds: float) -> str:
 
 # --------------------------------------------------------------------------------- farm
 
-def farm_world(work: Path, count: int) -> tuple[demo.OeWorld, list[str]]:
+def farm_world(work: Path, count: int, rate: int = 50) -> tuple[demo.OeWorld, list[str]]:
     """dns, alice (initiator) and farm (the N peers) on one bridge; keys, signed zones,
     anchors and oe.conf as `oe demo` makes them."""
     world = World("oesf", work).open()
@@ -141,7 +143,7 @@ def farm_world(work: Path, count: int) -> tuple[demo.OeWorld, list[str]]:
         knotd.start(wait=120, ready=knotd.signed)
         anchors = "".join(knotd.anchor(origin) for origin in origins)
         room = count + 100
-        limits = {"alice": f"[limits]\nacquire_rate = {room}.0\nacquire_burst = {room}\n"
+        limits = {"alice": f"[limits]\nacquire_rate = {rate}.0\nacquire_burst = {rate}\n"
                            f"holds = {room}\nqueued_acquires = {room}\n",
                   "farm": f"[limits]\nhalf_open = {room}\n"}
         for name in ("alice", "farm"):
@@ -192,13 +194,13 @@ def classifier_rate(peers: list[str]) -> float:
     return eroute.rate(lambda: classifier.lookup_many(blob, out), len(packets))
 
 
-def farm(counts: list[int]) -> None:
+def farm(counts: list[int], rate: int) -> None:
     print(f"{'N':>7} {'all up':>9} {'peers/s':>8} {'first p50':>10} {'first p99':>10} "
           f"{'RSS alice':>10} {'RSS farm':>9} {'per peer':>9} {'CPU/neg':>9} "
           f"{'lookups/s':>12}")
     for count in counts:
         with tempfile.TemporaryDirectory(prefix="oe-farm-") as work:
-            world, peers = farm_world(Path(work), count)
+            world, peers = farm_world(Path(work), count, rate)
             try:
                 for name in ("alice", "farm"):
                     demo.start_oe(world, name)
@@ -208,7 +210,8 @@ def farm(counts: list[int]) -> None:
                 alice, farm_host = world.hosts["alice"], world.hosts["farm"]
                 receiver = subprocess.Popen(
                     ["ip", "netns", "exec", farm_host.name, sys.executable, "-c", RECEIVER,
-                     str(PORT), str(count), "120"], stdout=subprocess.PIPE, text=True)
+                     str(PORT), str(count), str(count / rate + 60)],
+                    stdout=subprocess.PIPE, text=True)
                 receiver.stdout.readline()
                 start = time.time()
                 world.world.run(alice, sys.executable, "-c", SENDER, peers[0], str(count),
@@ -415,6 +418,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="farm,latency,nokey")
     parser.add_argument("--farm", default="100,1000,10000")
+    parser.add_argument("--rate", type=int, default=50,
+                        help="alice's [limits] acquire_rate and acquire_burst in the farm")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--nokey", default="100,1000")
     args = parser.parse_args()
@@ -422,7 +427,7 @@ def main() -> None:
         sys.exit("bench/scale.py needs root (network namespaces)")
     parts = args.parts.split(",")
     if "farm" in parts:
-        farm([int(n) for n in args.farm.split(",")])
+        farm([int(n) for n in args.farm.split(",")], args.rate)
     if "latency" in parts:
         latency(args.trials)
     if "nokey" in parts:
