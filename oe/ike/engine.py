@@ -447,8 +447,11 @@ class IkeEngine:
         """Forget, without DELETEs, every other IKE SA between the same two identities (2.4:
         with several addresses of ours, the peer's IKE SA with another of our IDs stays)."""
         for sa in list(self._by_id.values()):
-            if sa is not new and (sa.peer_id, sa.identity) == (new.peer_id, new.identity) \
-                    and sa.state in (State.ESTABLISHED, State.REKEYED):
+            # cheapest test first: this runs over every IKE SA for each IKE_AUTH (identity
+            # builds an Identity from the address)
+            if sa.peer_id == new.peer_id and sa is not new \
+                    and sa.state in (State.ESTABLISHED, State.REKEYED) \
+                    and sa.identity == new.identity:
                 sa.delete_local("the peer started afresh (INITIAL_CONTACT)")
 
     def responder(self, exchange: int) -> Responder:
