@@ -447,8 +447,7 @@ class IkeEngine:
         """Forget, without DELETEs, every other IKE SA between the same two identities (2.4:
         with several addresses of ours, the peer's IKE SA with another of our IDs stays)."""
         for sa in list(self._by_id.values()):
-            # cheapest test first: this runs over every IKE SA for each IKE_AUTH (identity
-            # builds an Identity from the address)
+            # cheapest test first: this runs over every IKE SA for each IKE_AUTH
             if sa.peer_id == new.peer_id and sa is not new \
                     and sa.state in (State.ESTABLISHED, State.REKEYED) \
                     and sa.identity == new.identity:

@@ -40,6 +40,7 @@ reported once, on an SPI still on offer.
 from __future__ import annotations
 
 from collections import deque
+from functools import cached_property
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Callable, Protocol
@@ -322,7 +323,13 @@ class IkeSa:
     @property
     def identity(self) -> Identity:
         """Our ID on this IKE SA: the configured one, else the address the peer contacted."""
-        return self.config.local_id or Identity.from_address(self.local_addr)
+        return self.config.local_id or self._address_id
+
+    @cached_property
+    def _address_id(self) -> Identity:
+        """The ID of our address, which is fixed per IKE SA (no MOBIKE): built once, as the
+        engine compares it for every IKE SA on each INITIAL_CONTACT (section 2.4)."""
+        return Identity.from_address(self.local_addr)
 
     def emit(self, event: Event) -> None:
         self.host.emit(event)
