@@ -120,6 +120,12 @@ MUTANTS = [
     m("ike-half-open-unbounded", ENGINE,
       "        if len(self._half_open) >= self.config.half_open_max:\n", "        if False:\n",
       "test_ike_admission.py"),
+    # the timer heap (issue 14): whatever moves an IKE SA's timer files it again
+    m("ike-timer-fragment-not-refiled", ENGINE,
+      "        self.touch(sa)  # its reassembler may keep a fragment\n", "", "test_ike_timers.py"),
+    m("ike-timer-request-not-refiled", IKE_SA,
+      "    request: Request | None = _TimerInput()  # type: ignore[assignment]\n", "",
+      "test_ike_timers.py"),
     m("ike-child-sas-unbounded", CHILD_CREATE,
       "    elif len(sa.children) >= sa.config.children_per_ike:\n", "    elif False:\n",
       "test_ike_engine.py"),

@@ -51,3 +51,39 @@ def test_answers_leave_from_the_address_contacted_and_others_are_dropped():
             peer.close()
             runner.close()
     asyncio.run(run())
+
+
+class _Burst:
+    """An engine stand-in with many events queued at once (a timer that failed 2,000
+    negotiations, issue 14) and one datagram."""
+
+    def __init__(self, n: int) -> None:
+        self.events = list(range(n))
+        self.out = [(b"x", ("127.0.0.1", 9), 500, "127.0.0.1")]
+
+    def next_event(self):
+        return self.events.pop(0) if self.events else None
+
+    def datagrams_to_send(self, now):
+        out, self.out = self.out, []
+        return out
+
+    def get_timer(self):
+        return None
+
+
+def test_an_event_handler_that_transmits_again_does_not_recurse():
+    """The daemon's event handler calls transmit() itself (to send what it started): with
+    thousands of events at once, that must not nest a call per event (RecursionError took
+    the rest of the events with it), and every event still comes once, in order."""
+    async def run():
+        seen: list[int] = []
+        runner = IkeRunner(_Burst(5000), socket.AF_INET,
+                           lambda event: (seen.append(event), runner.transmit()))
+        runner._loop = asyncio.get_running_loop()
+        sent = []
+        runner._send = lambda *datagram: sent.append(datagram)
+        runner.transmit()
+        assert seen == list(range(5000)) and len(sent) == 1
+
+    asyncio.run(run())

@@ -27,11 +27,19 @@ responder SA, and only after the half-open cap, the COOKIE check (section 2.6), 
 and KE check and the user's admission hook, in that order. Every other message goes, by our
 SPI, to its IKE SA's gate (oe.ike.ike_sa). SA ids come from one iterator shared by the
 host's engines (IPv4 and IPv6), so an id names one IKE SA across both.
+
+Timers cost O(log N) per event with N IKE SAs (issue 14): each IKE SA is filed in a heap
+under its ``IkeSa.get_timer()``, stale entries skipped when they come up (lazy invalidation).
+Whatever may move an IKE SA's timer marks it touched (``touch``): a datagram or a timer
+handed to it, its being added or removed, and any assignment to what ``get_timer`` reads
+(oe.ike.ike_sa's timer inputs); ``get_timer`` and ``handle_timer`` file the touched IKE SAs
+again before they read the heap, so no entry point needs to remember to.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import ipaddress
 import itertools
@@ -129,7 +137,7 @@ class IkeEngine:
                  sa_ids: Iterator[int] | None = None,
                  cookie_required: CookieRequired | None = None,
                  admit_init: AdmitInit | None = None) -> None:
-        self.config = config
+        self._config = config
         self.rng = rng
         self.lookup_key = lookup_key
         self.child_policy = child_policy
@@ -142,6 +150,13 @@ class IkeEngine:
         self._by_init: dict[tuple[bytes, Addr], IkeSa] = {}
         self._half_open: set[IkeSa] = set()
         self._by_id: dict[int, IkeSa] = {}
+        # the timer heap: (when, rank, seq, sa), live while it is _filed[sa]; rank is the
+        # order in which the IKE SAs were added (handle_timer visits due ones in that order)
+        self._timers: list[tuple[float, int, int, IkeSa]] = []
+        self._filed: dict[IkeSa, tuple[float, int, int, IkeSa]] = {}
+        self._rank: dict[IkeSa, int] = {}
+        self._touched: set[IkeSa] = set()
+        self._seq = itertools.count()
         self._out: list[tuple[bytes, Addr, int, str]] = []
         self._events: deque[Event] = deque()
         self._ids = sa_ids if sa_ids is not None else itertools.count(1)
@@ -194,6 +209,7 @@ class IkeEngine:
                 sa.spi_r != bytes(8) and header.spi_r != sa.spi_r) or (
                 local_addr != sa.local_addr):  # our address is fixed per IKE SA (no MOBIKE)
             return self.count("unexpected_dropped")
+        self.touch(sa)  # its reassembler may keep a fragment
         sa.receive(header, msg, data, addr, local_port, now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr, int, str]]:
@@ -203,14 +219,51 @@ class IkeEngine:
         return out
 
     def handle_timer(self, now: float) -> None:
-        for sa in list(self._sas.values()):
-            t = sa.get_timer()
-            if t is not None and t <= now:
-                sa.handle_timer(now)
+        """Hand ``now`` to each IKE SA whose timer is due, in the order they were added."""
+        self._refile()
+        due = []
+        while self._timers and self._timers[0][0] <= now:
+            entry = heapq.heappop(self._timers)
+            if self._filed.get(entry[3]) is entry:
+                del self._filed[entry[3]]
+                due.append(entry)
+        for *_, sa in sorted(due, key=lambda entry: entry[1]):
+            self.touch(sa)
+            sa.handle_timer(now)
 
     def get_timer(self) -> float | None:
-        timers = [t for t in (sa.get_timer() for sa in self._sas.values()) if t is not None]
-        return min(timers) if timers else None
+        self._refile()
+        timers = self._timers
+        while timers and self._filed.get(timers[0][3]) is not timers[0]:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def _refile(self) -> None:
+        """File each touched IKE SA under its timer now; a removed one under none."""
+        touched, self._touched = self._touched, set()
+        for sa in touched:
+            when = sa.get_timer() if sa in self._rank else None
+            entry = self._filed.get(sa)
+            if entry is not None and entry[0] == when:
+                continue
+            if when is None:
+                self._filed.pop(sa, None)
+                continue
+            entry = self._filed[sa] = (when, self._rank[sa], next(self._seq), sa)
+            heapq.heappush(self._timers, entry)
+        if len(self._timers) > 2 * len(self._filed) + 64:  # mostly stale entries: compact
+            self._timers = list(self._filed.values())
+            heapq.heapify(self._timers)
+
+    @property
+    def config(self) -> IkeConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: IkeConfig) -> None:
+        """New terms (a reload); new timeouts move every IKE SA's timer."""
+        self._config = config
+        self._touched.update(self._sas.values())
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -356,9 +409,14 @@ class IkeEngine:
             if int.from_bytes(spi, "big") > 255 and spi not in self._sas:
                 return spi
 
+    def touch(self, sa: IkeSa) -> None:
+        self._touched.add(sa)
+
     def add(self, sa: IkeSa) -> None:
         self._sas[sa.our_spi] = sa
         self._by_id[sa.sa_id] = sa
+        self._rank[sa] = next(self._seq)
+        self.touch(sa)
 
     def remove(self, sa: IkeSa) -> None:
         sa.state = State.DELETED
@@ -366,6 +424,7 @@ class IkeEngine:
         for spi in list(sa.pending_spis):
             sa.release_spi(spi)
         self._half_open.discard(sa)
+        self._rank.pop(sa, None)
         if self._sas.get(sa.our_spi) is sa:
             del self._sas[sa.our_spi]
         if self._by_id.get(sa.sa_id) is sa:
@@ -388,8 +447,10 @@ class IkeEngine:
         """Forget, without DELETEs, every other IKE SA between the same two identities (2.4:
         with several addresses of ours, the peer's IKE SA with another of our IDs stays)."""
         for sa in list(self._by_id.values()):
-            if sa is not new and (sa.peer_id, sa.identity) == (new.peer_id, new.identity) \
-                    and sa.state in (State.ESTABLISHED, State.REKEYED):
+            # cheapest test first: this runs over every IKE SA for each IKE_AUTH
+            if sa.peer_id == new.peer_id and sa is not new \
+                    and sa.state in (State.ESTABLISHED, State.REKEYED) \
+                    and sa.identity == new.identity:
                 sa.delete_local("the peer started afresh (INITIAL_CONTACT)")
 
     def responder(self, exchange: int) -> Responder:

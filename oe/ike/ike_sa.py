@@ -40,6 +40,7 @@ reported once, on an SPI still on offer.
 from __future__ import annotations
 
 from collections import deque
+from functools import cached_property
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Callable, Protocol
@@ -190,6 +191,9 @@ class Host(Protocol):
     def responder(self, exchange: int) -> Responder:
         """The responder half of ``exchange`` (oe.ike.tasks.RESPONDERS)."""
 
+    def touch(self, sa: IkeSa) -> None:
+        """``sa``'s timer may have moved: file it again before the timer is next read."""
+
 
 @dataclass
 class Request:
@@ -222,8 +226,30 @@ class Child:
     """The same for the peer's rekey of this SA, when both rekeyed it at once."""
 
 
+class _TimerInput:
+    """An attribute ``IkeSa.get_timer`` reads: each assignment, wherever it is made (a task,
+    the engine, another IKE SA), touches the IKE SA so its host files it under its new timer.
+    The other inputs change only while the host hands the IKE SA a datagram (the reassembler)
+    or a timer (the request's schedule), and then the host touches it itself."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, sa, owner=None):
+        return self if sa is None else sa.__dict__[self.slot]
+
+    def __set__(self, sa: IkeSa, value) -> None:
+        sa.__dict__[self.slot] = value
+        sa.host.touch(sa)
+
+
 class IkeSa:
     """One IKE SA: its keys, Message IDs, exchanges in flight and CHILD SAs."""
+
+    state: State = _TimerInput()  # type: ignore[assignment]
+    request: Request | None = _TimerInput()  # type: ignore[assignment]
+    retired_at: float = _TimerInput()  # type: ignore[assignment]
+    next_keepalive: float | None = _TimerInput()  # type: ignore[assignment]
 
     def __init__(self, host: Host, sa_id: int, initiator: bool, spi_i: bytes, spi_r: bytes,
                  peer: Addr, local: Addr, state: State, now: float) -> None:
@@ -297,7 +323,13 @@ class IkeSa:
     @property
     def identity(self) -> Identity:
         """Our ID on this IKE SA: the configured one, else the address the peer contacted."""
-        return self.config.local_id or Identity.from_address(self.local_addr)
+        return self.config.local_id or self._address_id
+
+    @cached_property
+    def _address_id(self) -> Identity:
+        """The ID of our address, which is fixed per IKE SA (no MOBIKE): built once, as the
+        engine compares it for every IKE SA on each INITIAL_CONTACT (section 2.4)."""
+        return Identity.from_address(self.local_addr)
 
     def emit(self, event: Event) -> None:
         self.host.emit(event)

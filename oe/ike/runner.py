@@ -59,6 +59,7 @@ class IkeRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._transmitting = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -130,10 +131,18 @@ class IkeRunner:
 
         Events first: a responder's CHILD SA must be in the datapath before the IKE_AUTH
         response leaves, or the initiator's first ESP packets (its held ones) would meet an
-        unknown SPI.
+        unknown SPI. An ``on_event`` that calls ``transmit`` again (to send what it started)
+        returns at once: this call drains what it would, so a burst of events (a timer that
+        failed thousands of negotiations) never nests one call per event.
         """
-        while (event := self.engine.next_event()) is not None:
-            self.on_event(event)
+        if self._transmitting:
+            return
+        self._transmitting = True
+        try:
+            while (event := self.engine.next_event()) is not None:
+                self.on_event(event)
+        finally:
+            self._transmitting = False
         for data, addr, local_port, local_addr in self.engine.datagrams_to_send(self.now()):
             self._send(data, addr, local_port, local_addr)
         timer_at = self.engine.get_timer()
