@@ -515,8 +515,9 @@ class PathMtuDriver:
                 if not self._tunnels[before]:
                     del self._tunnels[before]
                     self.paths.forget(before)
-        for peer in self._installed - self._tunnels.keys():
-            self.paths.forget(peer)
+        for peer in self._installed:
+            if peer not in self._tunnels:   # (a set less dict keys would copy every key)
+                self.paths.forget(peer)
         self._installed.clear()
 
     def on_probe_acked(self, datapath, peer: str, size: int, now: float) -> None:
