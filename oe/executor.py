@@ -277,10 +277,10 @@ class Executor:
             self.datapath.update_eroutes(*changes)
         for line in self.opportunist.take_log():
             log.info("%s", line)
-        self._run(self.routes.follow(self.opportunist.take_tunnel_changes(),
-                                     routes=self.steering is not None, inbound=self._inbound))
-        # a peer's path MTU search ends with its last tunnel (docs/pmtu.md)
-        self.pmtu.retain(str(t.peer) for t in self.opportunist.tunnels.values())
+        tunnels = self.opportunist.take_tunnel_changes()
+        self._run(self.routes.follow(tunnels, routes=self.steering is not None,
+                                     inbound=self._inbound))
+        self.pmtu.follow(tunnels)  # a search ends with the peer's last tunnel (docs/pmtu.md)
         self._wake.set()
 
     async def _fetch(self, command: FetchKey) -> None:

@@ -25,15 +25,24 @@ size lost while a smaller one in the same round was acknowledged bounds the rang
 (the path was up; the size is what failed). Rounds end when all are answered or at the probe
 timer, so a 1280 hop in a 1500 world is found in about five rounds.
 
-`Paths` keeps every peer's PathMtu for the daemon; `EspOverhead`, `mss`, `too_big_mtu` and
+`Paths` keeps every peer's PathMtu for the daemon, at a cost per event independent of the number
+of peers (issue 14): a heap of the paths' timers and the peers touched since it last looked.
+`EspOverhead`, `mss`, `too_big_mtu` and
 `fragment_outer` turn a path MTU into what the datapath applies per packet (docs/pmtu.md).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import functools
+import heapq
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from oe.opportunist import Pair, Tunnel
 
 BASE_PLPMTU = {4: 1200, 6: 1280}
 """RFC 8899 5.1.2: BASE_PLPMTU 1200 for IPv4 (a size that is nearly always supported) and the
@@ -93,6 +102,19 @@ class Counters:
     black_holes: int = 0
 
 
+def _input(method):
+    """An input of PathMtu: whatever it changed, the owner is told (`watch`), so its
+    bookkeeping looks at this path again, whoever called it."""
+    @functools.wraps(method)
+    def told(self, *args):
+        try:
+            return method(self, *args)
+        finally:
+            if self.watch is not None:
+                self.watch()
+    return told
+
+
 @dataclass
 class PathMtu:
     """The path MTU to one peer; `mtu` is the largest outer packet known to get through.
@@ -109,6 +131,9 @@ class PathMtu:
     step: int = 1
     """Sizes are multiples of this: 4 for ESP (RFC 4303 2.4 aligns its payload and trailer),
     whose probe of a size between two steps would go out one step smaller."""
+    watch: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    """Called after every input: the only way the path's state (mtu, next_timer, probes)
+    changes, as it reads no clock."""
 
     def __post_init__(self) -> None:
         self.max = self._down(max(self.route_mtu, MIN_PLPMTU[self.family]))
@@ -128,6 +153,7 @@ class PathMtu:
 
     # ------------------------------------------------------------------ inputs
 
+    @_input
     def probes_to_send(self, now: float) -> list[int]:
         """Sizes to probe now; empty between rounds. Each is in flight until acknowledged or
         the probe timer ends the round."""
@@ -144,6 +170,7 @@ class PathMtu:
         self.counters.probes_sent += len(sizes)
         return sorted(self._in_flight)
 
+    @_input
     def on_probe_acked(self, now: float, size: int) -> None:
         if size not in self._in_flight:
             self.counters.acks_ignored += 1   # late, duplicated or never sent: changes nothing
@@ -162,6 +189,7 @@ class PathMtu:
         elif not self._in_flight:
             self._end_round(now)
 
+    @_input
     def on_packet_too_big(self, now: float, mtu: int) -> bool:
         """A validated PTB naming `mtu`: accepted only if base <= mtu < the size it is about
         (RFC 8899 4.6.2: never raise, never below the base). True if it changed anything."""
@@ -179,6 +207,7 @@ class PathMtu:
             self._end_round(now)
         return True
 
+    @_input
     def on_local_mtu(self, now: float, mtu: int) -> None:
         """The route's MTU changed, or a send failed with EMSGSIZE naming it: local and
         trusted, it sets the ceiling (and the base, if the route itself is smaller)."""
@@ -195,12 +224,14 @@ class PathMtu:
         if raised or self.state is State.SEARCHING:
             self._search(now)
 
+    @_input
     def on_black_hole_suspected(self, now: float) -> None:
         """Full-size packets seem lost: confirm the current size now (RFC 8899 4.3)."""
         if self.state is State.SEARCH_COMPLETE and not self._in_flight:
             self._want_round = True
             self._wake = None
 
+    @_input
     def handle_timer(self, now: float) -> None:
         if self._round_due is not None and now >= self._round_due:
             self._end_round(now)
@@ -289,32 +320,42 @@ class PathMtu:
 
 class Paths:
     """Every peer's PathMtu, for the daemon: one timer, one list of probes, and the peers whose
-    path MTU changed since it last asked (to push into the datapath's SAs and the status)."""
+    path MTU changed since it last asked (to push into the datapath's SAs and the status).
+
+    Each call costs what changed, not the number of peers (issue 14): a path's state changes
+    only through its inputs, each of which touches the peer (PathMtu.watch), so probes and
+    changes are looked for among the touched peers only, and a heap holds each path's
+    next_timer, filed again when touched (stale entries are skipped: lazy deletion)."""
 
     def __init__(self, timers: Timers | None = None, step: int = 1) -> None:
         self.timers = timers or Timers()
         self.step = step
         self._paths: dict[str, PathMtu] = {}
         self._told: dict[str, int] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._filed: dict[str, float] = {}   # the peer's live heap entry: its next_timer
+        # touched since the heap, probes_to_send, changed last looked (dicts keep the order)
+        self._unfiled: dict[str, None] = {}
+        self._unprobed: dict[str, None] = {}
+        self._unreported: dict[str, None] = {}
 
     def track(self, peer: str, family: int, route_mtu: int, now: float) -> PathMtu:
         """The peer's PathMtu, made on first use (its first SA); later SAs share it."""
         if peer not in self._paths:
             if len(self._paths) >= MAX_PATHS:
                 self.forget(next(iter(self._paths)))
-            self._paths[peer] = PathMtu(family, route_mtu, now, self.timers, step=self.step)
+            self._paths[peer] = PathMtu(family, route_mtu, now, self.timers, step=self.step,
+                                        watch=functools.partial(self._touch, peer))
+            self._touch(peer)
         return self._paths[peer]
 
     def forget(self, peer: str) -> None:
         """The peer's last SA is gone."""
         self._paths.pop(peer, None)
         self._told.pop(peer, None)
-
-    def retain(self, peers: Iterable[str]) -> None:
-        """Forget every peer not in `peers` (those with tunnels left)."""
-        keep = set(peers)
-        for peer in [p for p in self._paths if p not in keep]:
-            self.forget(peer)
+        self._filed.pop(peer, None)
+        for touched in (self._unfiled, self._unprobed, self._unreported):
+            touched.pop(peer, None)
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -323,26 +364,61 @@ class Paths:
         return self._paths.get(peer)
 
     def probes_to_send(self, now: float) -> list[tuple[str, int]]:
-        return [(peer, size) for peer, path in self._paths.items()
-                for size in path.probes_to_send(now)]
+        touched, self._unprobed = self._unprobed, {}
+        out = []
+        for peer in touched:
+            path = self._paths.get(peer)
+            if path is not None:
+                out += [(peer, size) for size in path.probes_to_send(now)]
+                self._unprobed.pop(peer, None)   # asked just now: nothing more until touched
+        return out
 
     def handle_timer(self, now: float) -> None:
-        for path in self._paths.values():
-            timer = path.next_timer()
-            if timer is not None and timer <= now:
-                path.handle_timer(now)
+        self._file()
+        due: dict[str, None] = {}
+        while self._heap and self._heap[0][0] <= now:
+            timer, peer = heapq.heappop(self._heap)
+            if self._filed.get(peer) == timer:
+                del self._filed[peer]
+                due[peer] = None
+        for peer in due:   # each once, though its next timer may be due again at once
+            self._paths[peer].handle_timer(now)
 
     def next_timer(self) -> float | None:
-        return min((t for t in (p.next_timer() for p in self._paths.values()) if t is not None),
-                   default=None)
+        self._file()
+        while self._heap and self._filed.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
 
     def changed(self) -> list[tuple[str, PathMtu]]:
         """Peers whose path MTU is not what the last call reported (new peers included)."""
-        out = [(peer, path) for peer, path in self._paths.items()
-               if self._told.get(peer) != path.mtu]
+        touched, self._unreported = self._unreported, {}
+        out = [(peer, path) for peer in touched
+               if (path := self._paths.get(peer)) is not None and self._told.get(peer) != path.mtu]
         for peer, path in out:
             self._told[peer] = path.mtu
         return out
+
+    def _touch(self, peer: str) -> None:
+        self._unfiled[peer] = self._unprobed[peer] = self._unreported[peer] = None
+
+    def _file(self) -> None:
+        """The touched peers' timers into the heap; the heap rebuilt when stale entries
+        outnumber live ones (they are dropped only on reaching the top)."""
+        touched, self._unfiled = self._unfiled, {}
+        for peer in touched:
+            path = self._paths.get(peer)
+            timer = path.next_timer() if path is not None else None
+            if timer == self._filed.get(peer):
+                continue
+            if timer is None:
+                del self._filed[peer]
+            else:
+                self._filed[peer] = timer
+                heapq.heappush(self._heap, (timer, peer))
+        if len(self._heap) > 2 * len(self._filed) + 64:
+            self._heap = [(timer, peer) for peer, timer in self._filed.items()]
+            heapq.heapify(self._heap)
 
 
 # ---------------------------------------------------------------------- what the datapath needs
@@ -404,24 +480,45 @@ def fragment_outer(inner_mtu: int, inner_family: int, inner_len: int, df: bool) 
 class PathMtuDriver:
     """Paths wired to a datapath, for the daemon (docs/pmtu.md): `install()` when it adds a
     peer's SAs (they start at the path's current MTU), `on_probe_acked()` for each
-    PathMtuProbeAcked event, `tick()` at the time it returns. Probes go out through
-    `datapath.probe(peer, size)`; each change of a peer's path MTU goes to its SAs through
-    `datapath.set_path_mtu(peer, mtu)`. No clock and no socket of its own."""
+    PathMtuProbeAcked event, `follow()` with the tunnels each event changed, `tick()` at the
+    time it returns. Probes go out through `datapath.probe(peer, size)`; each change of a
+    peer's path MTU goes to its SAs through `datapath.set_path_mtu(peer, mtu)`. No clock and no
+    socket of its own. Every call costs the peers it concerns and the timers due, whatever the
+    number of peers (issue 14)."""
 
     def __init__(self, timers: Timers | None = None) -> None:
         self.paths = Paths(timers, step=ESP_STEP)
+        self._peer_of: dict[Pair, str] = {}   # a tunnel's pair -> its peer
+        self._tunnels = Counter[str]()            # peer -> tunnels through it
+        self._installed: set[str] = set()         # peers given an SA since the last follow()
 
     def install(self, peer: str, family: int, route_mtu: int, now: float) -> int:
         """The path MTU a new SA to `peer` starts with (tracking the peer from now on)."""
+        self._installed.add(peer)
         return self.paths.track(peer, family, route_mtu, now).mtu
 
     def forget(self, peer: str) -> None:
         self.paths.forget(peer)
 
-    def retain(self, peers: Iterable[str]) -> None:
-        """The peers that still have tunnels: the others' searches end (tracked paths do not
-        accumulate as peers come and go)."""
-        self.paths.retain(peers)
+    def follow(self, changes: Mapping[Pair, Tunnel | None]) -> None:
+        """The tunnels an event changed (Opportunist.take_tunnel_changes: per pair, its
+        tunnel now or None): a peer's search ends with its last tunnel, so tracked paths do
+        not accumulate as peers come and go; a peer given an SA that no tunnel took (a
+        refused CHILD SA) is forgotten too."""
+        for pair, tunnel in changes.items():
+            before = self._peer_of.pop(pair, None)   # counted when its tunnel came
+            if tunnel is not None:
+                self._peer_of[pair] = peer = str(tunnel.peer)
+                self._tunnels[peer] += 1
+            if before is not None:
+                self._tunnels[before] -= 1
+                if not self._tunnels[before]:
+                    del self._tunnels[before]
+                    self.paths.forget(before)
+        for peer in self._installed:
+            if peer not in self._tunnels:   # (a set less dict keys would copy every key)
+                self.paths.forget(peer)
+        self._installed.clear()
 
     def on_probe_acked(self, datapath, peer: str, size: int, now: float) -> None:
         path = self.paths.get(peer)

@@ -363,6 +363,17 @@ MUTANTS = [
       "test_pmtu.py"),
     m("pmtu-probes-between-esp-steps", "oe/pmtu.py", "        return size - size % self.step\n",
       "        return size\n", "test_pmtu.py"),
+    # The path MTU bookkeeping per event, not per peer (issue 14)
+    m("pmtu-input-untold", "oe/pmtu.py", "            if self.watch is not None:\n",
+      "            if False:\n", "test_pmtu.py"),
+    m("pmtu-timer-unfiled", "oe/pmtu.py",
+      "    def handle_timer(self, now: float) -> None:\n        self._file()\n",
+      "    def handle_timer(self, now: float) -> None:\n        pass\n", "test_pmtu.py"),
+    m("pmtu-gateway-forgotten-with-first-tunnel", "oe/pmtu.py",
+      "                self._tunnels[peer] += 1\n", "                self._tunnels[peer] = 1\n",
+      "test_pmtu.py"),
+    m("pmtu-refused-sa-kept", "oe/pmtu.py",
+      "        for peer in self._installed:\n", "        for peer in ():\n", "test_pmtu.py"),
     # The OE decisions and the daemon's bounds (issue 10, 3-12 and its review)
     m("oe-shunts-uncapped", OPP, "        while self._failures > self.limits.max_shunts:\n",
       "        while False:\n", "test_opportunist.py"),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
+from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oe.pmtu import (BASE_PLPMTU, EspOverhead, PathMtu, Paths, Source, State, Timers,
@@ -388,28 +390,221 @@ def test_the_driver_takes_a_validated_too_big_and_the_local_route():
     driver.on_too_big(dp, "198.51.100.9", 1240, False, 1.2)  # no such peer: nothing
 
 
+def tunnel(peer: str):
+    """What PathMtuDriver.follow reads of an oe.opportunist.Tunnel: its outer destination."""
+    return SimpleNamespace(peer=ipaddress.ip_address(peer))
+
+
 def test_peers_whose_last_tunnel_went_are_forgotten_and_the_table_stays_bounded():
-    """docs/pmtu.md: a peer's search ends with its last tunnel (`retain`, from the daemon's
-    tunnels after each change), so peers coming and going leave nothing behind; and the table
-    is capped anyway (oldest forgotten), whatever makes many short-lived SAs."""
+    """docs/pmtu.md: a peer's search ends with its last tunnel (`follow`, given the tunnels
+    each event changed), so peers coming and going leave nothing behind; and the table is
+    capped anyway (oldest forgotten), whatever makes many short-lived SAs."""
     from oe.pmtu import MAX_PATHS, PathMtuDriver
     dp = FakeDatapath(1500)
     driver = PathMtuDriver()
+    driver.install("192.0.2.1", 4, 1500, 0.0)
+    driver.follow({"stays": tunnel("192.0.2.1")})
     for i in range(3000):
         peer = f"2001:db8::{i:x}"
         driver.install(peer, 6, 1500, float(i))
         driver.tick(dp, float(i))
-        driver.retain({peer, "192.0.2.1"} if i % 2 else {peer})
-    assert len(driver.paths) == 1
-    driver.install("192.0.2.1", 4, 1500, 3000.0)
-    driver.retain(["192.0.2.1"])
-    assert driver.status("192.0.2.1")["path_mtu"] == BASE_PLPMTU[4]
-    assert len(driver.paths) == 1
-    for i in range(MAX_PATHS + 10):                 # nobody retains: the cap holds
+        driver.follow({i: tunnel(peer), i - 1: None})
+    assert len(driver.paths) == 2
+    driver.follow({2999: None})
+    assert len(driver.paths) == 1 and driver.status("192.0.2.1")["path_mtu"] == BASE_PLPMTU[4]
+    driver.follow({"stays": None})
+    assert len(driver.paths) == 0
+    for i in range(MAX_PATHS + 10):                 # nobody follows: the cap holds
         driver.install(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 4, 1500, 1.0)
     assert len(driver.paths) == MAX_PATHS
-    assert driver.status("10.0.0.0") == {} and driver.status("192.0.2.1") == {}
+    assert driver.status("10.0.0.0") == {}
     assert driver.status(f"10.0.{(MAX_PATHS + 9) >> 8 & 255}.{(MAX_PATHS + 9) & 255}")
+
+
+def test_a_peer_is_forgotten_with_the_last_of_its_tunnels_whatever_pair_they_carry():
+    """A gateway carries the tunnels of several pairs (docs/gateway.md): its path stays while
+    any does. A pair whose tunnel moves to another peer gives the old one back; an SA installed
+    for a tunnel that never stood (a refused CHILD SA) is forgotten at the next change, as
+    when the daemon kept only the peers of the tunnels standing."""
+    from oe.pmtu import PathMtuDriver
+    driver = PathMtuDriver()
+    for peer in ("192.0.2.1", "2001:db8::1", "198.51.100.7"):
+        driver.install(peer, 6 if ":" in peer else 4, 1500, 0.0)
+    driver.follow({"a": tunnel("192.0.2.1"), "b": tunnel("192.0.2.1"),
+                   "c": tunnel("2001:db8::1")})
+    assert driver.status("198.51.100.7") == {}               # installed, no tunnel came
+    assert len(driver.paths) == 2
+    driver.follow({"a": None})
+    assert driver.status("192.0.2.1")                        # b still goes through it
+    driver.follow({"c": tunnel("2001:db8::1")})              # rekeyed: the same peer
+    assert driver.status("2001:db8::1")
+    driver.follow({"b": tunnel("2001:db8::1")})              # b moved to another gateway
+    assert driver.status("192.0.2.1") == {} and driver.status("2001:db8::1")
+    driver.follow({"c": None})
+    assert driver.status("2001:db8::1")
+    driver.follow({"b": None, "gone already": None})
+    assert len(driver.paths) == 0
+
+
+class Spied(PathMtu):
+    """A PathMtu that counts how often its owner looks at it."""
+
+    looked = 0
+
+    def next_timer(self):
+        self.looked += 1
+        return super().next_timer()
+
+    def probes_to_send(self, now):
+        self.looked += 1
+        return super().probes_to_send(now)
+
+    def handle_timer(self, now):
+        self.looked += 1
+        return super().handle_timer(now)
+
+
+def test_one_peers_news_looks_at_that_peer_only(monkeypatch):
+    """Issue 14: with many peers, an ack, a too-big or a black hole costs that peer's path,
+    not every peer's (each event's cost independent of the number of peers)."""
+    import oe.pmtu
+    from oe.pmtu import PathMtuDriver
+    monkeypatch.setattr(oe.pmtu, "PathMtu", Spied)
+    dp = FakeDatapath(1400)
+    driver = PathMtuDriver()
+    peers = [f"2001:db8::{i:x}" for i in range(1000)]
+    for peer in peers:
+        driver.install(peer, 6, 1500, 0.0)
+    assert driver.tick(dp, 0.0) == 1.0                       # every base probe out
+    assert len(dp.acks) == 1000
+    for peer in peers:
+        driver.paths.get(peer).looked = 0
+    one = peers[500]
+    driver.on_probe_acked(dp, one, 1280, 0.01)               # base confirmed: a round
+    driver.on_too_big(dp, one, 1300, False, 0.02)
+    driver.on_too_big(dp, one, 1296, True, 0.03)
+    driver.on_black_hole_suspected(dp, one, 0.04)
+    assert driver.next_timer() == 1.0
+    assert [p for p in peers if driver.paths.get(p).looked] == [one]
+    assert {peer for peer, _ in dp.acks[1000:]} == {one}     # its next round went out
+
+
+class NaivePaths:
+    """Paths as it was before issue 14, every call looking at every path: the model the
+    bookkeeping must agree with."""
+
+    def __init__(self):
+        self.paths: dict[str, PathMtu] = {}
+        self.told: dict[str, int] = {}
+
+    def track(self, peer, family, route_mtu, now):
+        return self.paths.setdefault(peer, PathMtu(family, route_mtu, now, step=4))
+
+    def forget(self, peer):
+        self.paths.pop(peer, None)
+        self.told.pop(peer, None)
+
+    def probes_to_send(self, now):
+        return [(peer, size) for peer, path in self.paths.items()
+                for size in path.probes_to_send(now)]
+
+    def handle_timer(self, now):
+        for path in self.paths.values():
+            timer = path.next_timer()
+            if timer is not None and timer <= now:
+                path.handle_timer(now)
+
+    def next_timer(self):
+        return min((t for t in (p.next_timer() for p in self.paths.values()) if t is not None),
+                   default=None)
+
+    def changed(self):
+        out = [(peer, path) for peer, path in self.paths.items()
+               if self.told.get(peer) != path.mtu]
+        for peer, path in out:
+            self.told[peer] = path.mtu
+        return out
+
+
+PEERS = ["192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"]
+_peer = st.integers(0, len(PEERS) - 1)
+OPS = st.one_of(
+    st.tuples(st.just("track"), _peer, st.integers(1200, 1500)),
+    st.tuples(st.just("forget"), _peer),
+    st.tuples(st.just("wait"), st.sampled_from([0.0, 0.01, 0.5, 1.0, 1.5, 10.0, 600.0])),
+    st.tuples(st.just("ack"), _peer, st.integers(0, 8)),
+    st.tuples(st.just("ack"), _peer, st.integers(1200, 1500)),
+    st.tuples(st.just("ptb"), _peer, st.integers(1100, 1500)),
+    st.tuples(st.just("local"), _peer, st.integers(500, 1600)),
+    st.tuples(st.just("black hole"), _peer),
+    st.tuples(st.sampled_from(["timer", "probes", "changed", "next", "tick"])))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(OPS, max_size=80))
+@example([("track", 0, 1500), ("probes",), ("wait", 1.0), ("timer",)])  # round due unfiled
+def test_the_bookkeeping_gives_what_looking_at_every_path_gives(ops):
+    """Issue 14's heap of timers and set of touched peers against the model that looks at
+    every path each time: the same probes, changes and timers for any sequence of events
+    (the order across peers aside: each peer's output is its own)."""
+    paths, model = Paths(step=4), NaivePaths()
+    now, sent = 0.0, {peer: [] for peer in PEERS}
+
+    def both(name, *args):
+        ours, theirs = getattr(paths, name)(*args), getattr(model, name)(*args)
+        if name == "changed":
+            ours = [(peer, path.mtu) for peer, path in ours]
+            theirs = [(peer, path.mtu) for peer, path in theirs]
+        if isinstance(ours, list):
+            ours, theirs = sorted(ours), sorted(theirs)
+        assert ours == theirs, (name, args)
+        if name == "probes_to_send":
+            for peer, size in ours:
+                sent[peer].append(size)
+
+    for op in ops:
+        kind, args = op[0], op[1:]
+        peer = PEERS[args[0]] if args and kind != "wait" else None
+        pair = (paths.get(peer), model.paths.get(peer)) if peer else (None, None)
+        if kind == "track":
+            a = paths.track(peer, 6 if ":" in peer else 4, args[1], now)
+            b = model.track(peer, 6 if ":" in peer else 4, args[1], now)
+            assert (a.mtu, a.next_timer()) == (b.mtu, b.next_timer())
+        elif kind == "forget":
+            paths.forget(peer)
+            model.forget(peer)
+        elif kind == "wait":
+            now += args[0]
+        elif pair[0] is None:
+            assert kind not in ("ack", "ptb", "local", "black hole") or pair[1] is None
+        elif kind == "ack":
+            size = args[1] if args[1] >= 1200 or not sent[peer] else \
+                sent[peer][-1 - args[1] % len(sent[peer])]
+            for path in pair:
+                path.on_probe_acked(now, size)
+        elif kind == "ptb":
+            assert pair[0].on_packet_too_big(now, args[1]) == \
+                pair[1].on_packet_too_big(now, args[1])
+        elif kind == "local":
+            for path in pair:
+                path.on_local_mtu(now, args[1])
+        elif kind == "black hole":
+            for path in pair:
+                path.on_black_hole_suspected(now)
+        if kind == "timer":
+            both("handle_timer", now)
+        elif kind == "probes":
+            both("probes_to_send", now)
+        elif kind == "changed":
+            both("changed")
+        elif kind == "next":
+            both("next_timer")
+        elif kind == "tick":                              # as PathMtuDriver.tick does
+            for name, *rest in (("handle_timer", now), ("probes_to_send", now), ("changed",),
+                                ("next_timer",)):
+                both(name, *rest)
+    both("next_timer")
+    both("changed")
 
 
 def test_the_driver_confirms_at_once_when_a_black_hole_is_suspected():
