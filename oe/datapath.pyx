@@ -12,7 +12,7 @@ import ipaddress
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from oe.dp.batch cimport OutBatch, api_batch, batch_flush, batch_free, path_mtu_error, send_clear
 from oe.dp.classifier cimport Classifier as CClassifier
@@ -238,7 +238,7 @@ cdef class Datapath:
                 for i in range(table.cap):
                     sa = table.slots[i]
                     if sa == NULL or not (sa.handle == handle and k == 0 if peer_b is None
-                                          else _address(sa.peer, sa.family).packed == peer_b):
+                                          else _same_peer(sa, peer_b)):
                         continue
                     sa.mtu = _inner_mtu(path_mtu, sa.family,
                                         "udp" if sa.encap == ENCAP_UDP else "esp", sa.tunnel)
@@ -667,6 +667,13 @@ def _inner_mtu(int path_mtu, int family, encap, bint tunnel) -> int:
 
 cdef object _address(const uint8_t *packed, int version):
     return ipaddress.ip_address((<char *>packed)[:4 if version == 4 else 16])
+
+
+cdef bint _same_peer(EspSa *sa, bytes packed):
+    """The SA's peer is this packed address: bytes compared in place, no object per SA (a
+    path MTU change scans every SA, issue 14)."""
+    cdef Py_ssize_t size = 4 if sa.family == 4 else 16
+    return len(packed) == size and memcmp(sa.peer, <const char *>packed, size) == 0
 
 
 cdef list _table_dicts(SaTable *t):

@@ -23,6 +23,7 @@ daemon (`oe flush`: the fail-closed state removed on purpose).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 from dataclasses import dataclass, field
@@ -150,8 +151,12 @@ def reroute(steering: Steering, tun_name: str, replace, delete) -> None:
                 steering.routes[(dst, kind)] = None
             for dst in delete:
                 steering.routes.pop((dst, "tun"), None)
-                ipr.route("del", dst=dst, table=steering.table,
-                          family=_family(ipaddress.ip_network(dst)))
+                try:
+                    ipr.route("del", dst=dst, table=steering.table,
+                              family=_family(ipaddress.ip_network(dst)))
+                except NetlinkError as exc:
+                    if exc.code != errno.ESRCH:  # gone already: oe stop took the table first
+                        raise
         except NetlinkError as exc:
             raise RoutingError(f"cannot change oe's routes in table {steering.table}: "
                                f"{exc.args[-1]}") from None
