@@ -7,14 +7,15 @@ Needs root (network namespaces), knotd, and strongSwan for the charon reference.
 
 farm     a peer farm: one oe daemon answering OE on N addresses of its own (2001:db8:2::/64,
          one IPSECKEY each in a zone knotd signs) and an initiator daemon (alice) that sends
-         one UDP datagram to each of them at once: every datagram is trapped, its key looked
-         up, IKEv2 run and the datagram released into its SA. Figures per N: time until the
+         one UDP datagram to each of them, meeting --rate new peers per second: every
+         datagram is trapped, its key looked up, IKEv2 run and the datagram released into its
+         SA. Figures per N: time until the
          last datagram arrived (all SAs up), new peers per second, first-packet latency
          (median, 99th percentile), RSS of both daemons and memory per peer, CPU seconds per
          negotiation (both daemons), and the classifier's lookups per second over alice's
          table with N SAs in it (in process, as bench/eroute.py). alice's [limits] hold N
-         packets and queued acquires; her acquire rate (--rate, default 50 negotiations per
-         second, burst as many) is what two daemons on 2 cores sustain: all N at once
+         packets and queued acquires; her acquire rate is --rate too (default 50 negotiations
+         per second, burst as many), about what two daemons on 2 cores sustain: all N at once
          overloads both and ends in IKE retransmission timeouts.
 latency  `oe demo`'s world (knotd signing the reverse zones, alice and bob running oe with
          private-or-clear 0.0.0.0/0): alice's first ping to bob, i.e. trap, both DNS lookups,
@@ -215,7 +216,7 @@ def farm(counts: list[int], rate: int) -> None:
                 receiver.stdout.readline()
                 start = time.time()
                 world.world.run(alice, sys.executable, "-c", SENDER, peers[0], str(count),
-                                str(PORT), str(SEND_RATE), timeout=600)
+                                str(PORT), str(rate), timeout=count / rate + 600)
                 out, _ = receiver.communicate(timeout=3600)
                 times = json.loads(out)
                 delays = [arrived - sent for sent, arrived in times]
