@@ -150,6 +150,7 @@ class IkeEngine:
         self._by_init: dict[tuple[bytes, Addr], IkeSa] = {}
         self._half_open: set[IkeSa] = set()
         self._by_id: dict[int, IkeSa] = {}
+        self._by_peer: dict[Identity, set[IkeSa]] = {}  # authenticated IKE SAs by peer ID
         # the timer heap: (when, rank, seq, sa), live while it is _filed[sa]; rank is the
         # order in which the IKE SAs were added (handle_timer visits due ones in that order)
         self._timers: list[tuple[float, int, int, IkeSa]] = []
@@ -412,6 +413,18 @@ class IkeEngine:
     def touch(self, sa: IkeSa) -> None:
         self._touched.add(sa)
 
+    def identified(self, sa: IkeSa, before: Identity | None) -> None:
+        self._unindex(sa, before)
+        if sa.peer_id is not None:
+            self._by_peer.setdefault(sa.peer_id, set()).add(sa)
+
+    def _unindex(self, sa: IkeSa, peer_id: Identity | None) -> None:
+        peers = self._by_peer.get(peer_id) if peer_id is not None else None
+        if peers is not None:
+            peers.discard(sa)
+            if not peers:
+                del self._by_peer[peer_id]
+
     def add(self, sa: IkeSa) -> None:
         self._sas[sa.our_spi] = sa
         self._by_id[sa.sa_id] = sa
@@ -429,6 +442,7 @@ class IkeEngine:
             del self._sas[sa.our_spi]
         if self._by_id.get(sa.sa_id) is sa:
             del self._by_id[sa.sa_id]
+        self._unindex(sa, sa.peer_id)  # its peer_id stays, for its events
         key = (sa.spi_i, sa.init_addr)
         if self._by_init.get(key) is sa:
             del self._by_init[key]
@@ -446,10 +460,8 @@ class IkeEngine:
     def initial_contact(self, new: IkeSa) -> None:
         """Forget, without DELETEs, every other IKE SA between the same two identities (2.4:
         with several addresses of ours, the peer's IKE SA with another of our IDs stays)."""
-        for sa in list(self._by_id.values()):
-            # cheapest test first: this runs over every IKE SA for each IKE_AUTH
-            if sa.peer_id == new.peer_id and sa is not new \
-                    and sa.state in (State.ESTABLISHED, State.REKEYED) \
+        for sa in sorted(self._by_peer.get(new.peer_id, ()), key=lambda sa: sa.sa_id):
+            if sa is not new and sa.state in (State.ESTABLISHED, State.REKEYED) \
                     and sa.identity == new.identity:
                 sa.delete_local("the peer started afresh (INITIAL_CONTACT)")
 

@@ -194,6 +194,9 @@ class Host(Protocol):
     def touch(self, sa: IkeSa) -> None:
         """``sa``'s timer may have moved: file it again before the timer is next read."""
 
+    def identified(self, sa: IkeSa, before: Identity | None) -> None:
+        """``sa``'s peer ID changed from ``before`` (None: unknown) to ``sa.peer_id``."""
+
 
 @dataclass
 class Request:
@@ -243,6 +246,19 @@ class _TimerInput:
         sa.host.touch(sa)
 
 
+class _PeerId:
+    """``IkeSa.peer_id``: each assignment tells the host, which keeps its IKE SAs by peer ID
+    (INITIAL_CONTACT forgets a peer's others, section 2.4, without a walk over every IKE SA)."""
+
+    def __get__(self, sa, owner=None):
+        return self if sa is None else sa.__dict__["_peer_id"]
+
+    def __set__(self, sa: IkeSa, value: Identity | None) -> None:
+        before = sa.__dict__.get("_peer_id")
+        sa.__dict__["_peer_id"] = value
+        sa.host.identified(sa, before)
+
+
 class IkeSa:
     """One IKE SA: its keys, Message IDs, exchanges in flight and CHILD SAs."""
 
@@ -250,6 +266,7 @@ class IkeSa:
     request: Request | None = _TimerInput()  # type: ignore[assignment]
     retired_at: float = _TimerInput()  # type: ignore[assignment]
     next_keepalive: float | None = _TimerInput()  # type: ignore[assignment]
+    peer_id: Identity | None = _PeerId()  # type: ignore[assignment]
 
     def __init__(self, host: Host, sa_id: int, initiator: bool, spi_i: bytes, spi_r: bytes,
                  peer: Addr, local: Addr, state: State, now: float) -> None:
