@@ -94,9 +94,10 @@ class LimitsConfig:
     queued_acquires: int = 1024
     """Acquires waiting for the acquire rate limit; beyond, the oldest gets its failure shunt."""
     acquire_rate: float = 20.0
-    """Negotiations (key lookup, then IKE) started per second at most, across all peers."""
+    """IKE negotiations started per second at most, across all peers (key lookups are not
+    rationed by it: a burst of destinations without keys delays no keyed peer)."""
     acquire_burst: int = 40
-    """Negotiations that may start at once before `acquire_rate` applies."""
+    """IKE negotiations that may start at once before `acquire_rate` applies."""
     children_per_ike: int = 256
     """CHILD SAs one IKE SA carries at most: a peer asking for more gets NO_ADDITIONAL_SAS
     (RFC 7296 1.3); ours beyond it start another IKE SA with the same gateway (a gateway's

@@ -161,9 +161,12 @@ class Limits:
     shunt_lifetime: float = 900.0
     """Seconds a failure shunt lasts (FreeS/WAN SHUNT_PATIENCE)."""
     acquire_rate: float = 20.0
-    """Negotiations started per second at most, across all peers."""
+    """IKE negotiations started per second at most, across all peers (each costs a DH and an
+    RSA signature on both sides; key lookups are not rationed by it, issue 14)."""
     acquire_burst: int = 40
-    """Negotiations that may start at once before the rate applies."""
+    """IKE negotiations that may start at once before the rate applies."""
+    lookups_max: int = 256
+    """Key lookups of our own negotiations at once; further acquires wait their turn."""
     pending_max: int = 1024
     """Acquires waiting for the rate limit; beyond this the oldest gets its failure shunt."""
     max_shunts: int = 10_000
@@ -199,7 +202,7 @@ class Ours:
 class _Negotiation:
     pair: Pair
     group: str
-    stage: str  # "queued", "dns", "ike"
+    stage: str  # "queued" (for a lookup), "dns", "keyed" (for the IKE rate), "gateway", "ike"
     narrowing: tuple[int, int, int] = (0, 0, 0)
     refreshed: bool = False  # the key was fetched afresh after an authentication failure
     awaits_client: bool = False
@@ -242,7 +245,9 @@ class Opportunist:
         self._tunnels_changed: set[Pair] = set()  # for take_tunnel_changes (routes, inbound)
         self._whole_table = True  # the datapath needs the whole table (start, reload)
         self.negotiations: dict[Pair, _Negotiation] = {}
-        self._pending: deque[Pair] = deque()
+        self._pending: deque[Pair] = deque()  # waiting for a lookup's place
+        self._looking: set[Pair] = set()  # lookups under way (or ended: pruned when counted)
+        self._keyed: deque[Pair] = deque()  # keys found, waiting for the IKE rate
         self._tokens = float(limits.acquire_burst)
         self._tokens_at: float | None = None
         self.log: list[str] = []
@@ -267,8 +272,8 @@ class Opportunist:
 
     @property
     def queued(self) -> int:
-        """Acquires waiting for the rate limit."""
-        return len(self._pending)
+        """Acquires waiting: for a lookup's place, or, keyed, for the IKE rate."""
+        return len(self._pending) + len(self._keyed)
 
     def take_changes(self) -> tuple[list[Eroute], list[Selector]] | None:
         """What changed in table() since the last call: (eroutes to add or replace, selectors
@@ -411,7 +416,14 @@ class Opportunist:
         return self._initiate(negotiation, now)
 
     def _initiate(self, negotiation: _Negotiation, now: float) -> list[Command]:
-        """Both answers are in and usable: IKE with the target's first gateway."""
+        """Both answers are in and usable: IKE with the target's first gateway, now if the
+        IKE rate allows, else once it does (_start_pending)."""
+        self._refill(now)
+        if self._tokens < 1:
+            negotiation.stage = "keyed"
+            self._keyed.append(negotiation.pair)
+            return []
+        self._tokens -= 1
         lookup = negotiation.target
         if lookup.provenance is not None:
             self.log.append(f"key for {negotiation.pair.dst} from {lookup.provenance}: "
@@ -489,6 +501,7 @@ class Opportunist:
             return self.negotiation_failed(pair, reason, now)
         negotiation.refreshed = True
         negotiation.stage = "dns"
+        self._looking.add(pair)
         negotiation.target = None
         negotiation.index -= 1  # the same gateway again, with the fresh answer
         negotiation.addresses = []
@@ -573,8 +586,10 @@ class Opportunist:
         while self._expiry and not self._live(self._expiry[0]):
             heapq.heappop(self._expiry)
         times = [self._expiry[0][0]] if self._expiry else []
-        if self._pending and self._tokens_at is not None:
+        if self._keyed and self._tokens_at is not None:
             times.append(self._tokens_at + (1 - self._tokens) / self.limits.acquire_rate)
+        if self._pending and self._lookups() < self.limits.lookups_max:
+            times.append(0.0)  # a lookup ended: the next acquire's turn, at once
         return min(times) if times else None
 
     def reload(self, base: ErouteTable, now: float, ours: Ours | None = None) -> list[Command]:
@@ -682,25 +697,44 @@ class Opportunist:
                         f"{failure} for {self.limits.shunt_lifetime:g} s")
         return []
 
-    def _start_pending(self, now: float) -> list[Command]:
+    def _refill(self, now: float) -> None:
         if self._tokens_at is not None:
             self._tokens = min(float(self.limits.acquire_burst),
                                self._tokens + (now - self._tokens_at) * self.limits.acquire_rate)
         self._tokens_at = now
+
+    def _lookups(self) -> int:
+        """Lookups under way (those that ended leave the set here: at most lookups_max)."""
+        self._looking = {pair for pair in self._looking
+                         if (n := self.negotiations.get(pair)) is not None and n.stage == "dns"}
+        return len(self._looking)
+
+    def _start_pending(self, now: float) -> list[Command]:
+        """Keyed negotiations the IKE rate lets start, then lookups for as many waiting
+        acquires as there are lookup places."""
+        self._refill(now)
         commands: list[Command] = []
-        while self._pending and self._tokens >= 1:
+        while self._keyed and self._tokens >= 1:
+            negotiation = self.negotiations.get(self._keyed.popleft())
+            if negotiation is not None and negotiation.stage == "keyed":
+                commands += self._initiate(negotiation, now)
+        room = self.limits.lookups_max - self._lookups()
+        while self._pending and room > 0:
             pair = self._pending.popleft()
             negotiation = self.negotiations.get(pair)
             if negotiation is None or negotiation.stage != "queued":
                 continue
-            self._tokens -= 1
+            room -= 1
             negotiation.stage = "dns"
-            if negotiation.awaits_client:  # one token for both lookups of a client flow
+            self._looking.add(pair)
+            if negotiation.awaits_client:  # one place for both lookups of a client flow
                 commands.append(FetchKey(pair, str(pair.src), role="client"))
             commands.append(FetchKey(pair, str(pair.dst)))
-        while len(self._pending) > self.limits.pending_max:
-            self.counters["acquires_dropped"] += 1
-            commands += self._fail(self._pending.popleft(), "too many negotiations waiting", now)
+        while self.queued > self.limits.pending_max:  # stale entries count: a bound anyway
+            pair = (self._pending or self._keyed).popleft()
+            if pair in self.negotiations:
+                self.counters["acquires_dropped"] += 1
+                commands += self._fail(pair, "too many negotiations waiting", now)
         return commands
 
 

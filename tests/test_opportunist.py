@@ -149,15 +149,45 @@ def test_a_new_ike_sa_for_a_pair_replaces_a_stale_one():
     assert fate(oe, "192.0.2.20") == SaAction(peer, 0x66, 2)
 
 
-def test_acquires_are_rate_limited_not_dropped():
+def test_ike_negotiations_are_rate_limited_not_dropped():
+    """The rate limit rations what costs: IKE (a DH and an RSA signature each side). Key
+    lookups start at once, up to lookups_max; keyed peers past the burst wait their token."""
     oe = opportunist(Limits(acquire_rate=1.0, acquire_burst=2), private_or_clear="0.0.0.0/0\n")
     pairs = [Pair.of(ME, f"198.51.100.{i}") for i in range(1, 6)]
     started = [c for p in pairs for c in oe.acquire(p, 0.0)]
-    assert [c.pair for c in started] == pairs[:2]
+    assert [c.pair for c in started] == pairs               # every lookup at once
+    initiated = [c for p in pairs for c in oe.key_found(p, key(str(p.dst)), 0.0)]
+    assert [c.pair for c in initiated] == pairs[:2]
     assert all(fate(oe, str(p.dst)) is Shunt.HOLD for p in pairs)
-    assert oe.next_timer() == pytest.approx(1.0)
+    assert oe.queued == 3 and oe.next_timer() == pytest.approx(1.0)
     assert [c.pair for c in oe.tick(1.0)] == pairs[2:3]
     assert [c.pair for c in oe.tick(3.0)] == pairs[3:5]
+
+
+def test_a_burst_of_keyless_destinations_does_not_delay_a_keyed_peer():
+    """issue 14: after 400 destinations without keys (private-or-clear 0.0.0.0/0 meeting the
+    world), the next peer that publishes a key is negotiated at once, not behind them (18 s
+    measured before: the lookups had taken the negotiation rate)."""
+    oe = opportunist(Limits(acquire_rate=20.0, acquire_burst=40), private_or_clear="0.0.0.0/0\n")
+    keyless = [Pair.of(ME, f"10.0.{i // 250}.{i % 250 + 1}") for i in range(400)]
+    keyed = Pair.of(ME, "198.51.100.7")
+    fetched = [c.pair for p in [*keyless, keyed] for c in oe.acquire(p, 0.0)]
+    assert fetched == keyless[:256]                      # lookups_max at once
+    for p in keyless[:256]:                              # NXDOMAIN, a DNS round trip later
+        oe.key_found(p, not_capable(Target.parse(str(p.dst)), "no key"), 0.001)
+    assert oe.next_timer() == 0.0
+    assert [c.pair for c in oe.tick(0.001)] == [*keyless[256:], keyed]
+    assert [c.pair for c in oe.key_found(keyed, key("198.51.100.7"), 0.002)] == [keyed]
+
+
+def test_key_lookups_at_once_are_bounded():
+    oe = opportunist(Limits(lookups_max=3), private_or_clear="0.0.0.0/0\n")
+    pairs = [Pair.of(ME, f"198.51.100.{i}") for i in range(1, 6)]
+    assert [c.pair for p in pairs for c in oe.acquire(p, 0.0)] == pairs[:3]
+    oe.key_found(pairs[0], not_capable(Target.parse(str(pairs[0].dst)), "no key"), 0.1)
+    assert oe.next_timer() == 0.0                            # a lookup's place is free
+    assert [c.pair for c in oe.tick(0.1)] == pairs[3:4]
+    assert oe.next_timer() is None or oe.next_timer() > 0.1
 
 
 def test_inbound_oe_follows_the_group():
