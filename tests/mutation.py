@@ -122,7 +122,8 @@ MUTANTS = [
       "test_ike_admission.py"),
     # the timer heap (issue 14): whatever moves an IKE SA's timer files it again
     m("ike-initial-contact-unindexed", ENGINE,
-      "            self._by_peer.setdefault(sa.peer_id, set()).add(sa)\n", "            pass\n",
+      "            self._by_peer.setdefault((sa.peer_id, sa.identity), set()).add(sa)\n",
+      "            pass\n",
       "test_ike_engine.py", "test_ike_many_addresses.py"),
     m("ike-timer-fragment-not-refiled", ENGINE,
       "        self.touch(sa)  # its reassembler may keep a fragment\n", "", "test_ike_timers.py"),

@@ -150,7 +150,8 @@ class IkeEngine:
         self._by_init: dict[tuple[bytes, Addr], IkeSa] = {}
         self._half_open: set[IkeSa] = set()
         self._by_id: dict[int, IkeSa] = {}
-        self._by_peer: dict[Identity, set[IkeSa]] = {}  # authenticated IKE SAs by peer ID
+        # authenticated IKE SAs by (peer ID, our ID): whom INITIAL_CONTACT concerns (2.4)
+        self._by_peer: dict[tuple[Identity, Identity], set[IkeSa]] = {}
         # the timer heap: (when, rank, seq, sa), live while it is _filed[sa]; rank is the
         # order in which the IKE SAs were added (handle_timer visits due ones in that order)
         self._timers: list[tuple[float, int, int, IkeSa]] = []
@@ -416,14 +417,15 @@ class IkeEngine:
     def identified(self, sa: IkeSa, before: Identity | None) -> None:
         self._unindex(sa, before)
         if sa.peer_id is not None:
-            self._by_peer.setdefault(sa.peer_id, set()).add(sa)
+            self._by_peer.setdefault((sa.peer_id, sa.identity), set()).add(sa)
 
     def _unindex(self, sa: IkeSa, peer_id: Identity | None) -> None:
-        peers = self._by_peer.get(peer_id) if peer_id is not None else None
+        key = (peer_id, sa.identity)
+        peers = self._by_peer.get(key) if peer_id is not None else None
         if peers is not None:
             peers.discard(sa)
             if not peers:
-                del self._by_peer[peer_id]
+                del self._by_peer[key]
 
     def add(self, sa: IkeSa) -> None:
         self._sas[sa.our_spi] = sa
@@ -460,9 +462,9 @@ class IkeEngine:
     def initial_contact(self, new: IkeSa) -> None:
         """Forget, without DELETEs, every other IKE SA between the same two identities (2.4:
         with several addresses of ours, the peer's IKE SA with another of our IDs stays)."""
-        for sa in sorted(self._by_peer.get(new.peer_id, ()), key=lambda sa: sa.sa_id):
-            if sa is not new and sa.state in (State.ESTABLISHED, State.REKEYED) \
-                    and sa.identity == new.identity:
+        for sa in sorted(self._by_peer.get((new.peer_id, new.identity), ()),
+                         key=lambda sa: sa.sa_id):
+            if sa is not new and sa.state in (State.ESTABLISHED, State.REKEYED):
                 sa.delete_local("the peer started afresh (INITIAL_CONTACT)")
 
     def responder(self, exchange: int) -> Responder:
