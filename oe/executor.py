@@ -286,7 +286,10 @@ class Executor:
     async def _fetch(self, command: FetchKey) -> None:
         """Every lookup ends in a decision, whatever it raises: a %hold never stays."""
         try:
-            lookup = await self.fetcher.fetch(command.target, refresh=command.refresh)
+            if command.role == "client":  # its @FQDN gateways resolved, for check_client
+                lookup = await self.fetcher.client(Target.parse(command.target))
+            else:
+                lookup = await self.fetcher.fetch(command.target, refresh=command.refresh)
             if command.role == "target":  # a client's record carries our own key
                 self.keys.keep(lookup, self.loop.time())
             commands = self.opportunist.key_found(command.pair, lookup, self.loop.time(),
@@ -333,7 +336,7 @@ class Executor:
         the lookup raises, the slot is freed and the request refused."""
         lookup = None
         try:
-            lookup = await self.fetcher.fetch(Target.parse(command.client))
+            lookup = await self.fetcher.client(Target.parse(command.client))
         except Exception:
             log.exception("delegation lookup for %s", command.client)
         self._run(self.admission.delegation_fetched(command.client, lookup, self.loop.time()))

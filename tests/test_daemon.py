@@ -69,6 +69,9 @@ class StallingFetcher:
         await self.release.wait()
         return self.answer(target)
 
+    async def client(self, target):
+        return await self.fetch(target.text)
+
     def nameservers(self):
         return []
 

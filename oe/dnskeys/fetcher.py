@@ -323,6 +323,24 @@ class KeyFetcher:
                         ttl=min(a.ttl for a in answers))
         return replace(lookup, expires=min(entry.expires for entry in entries))
 
+    async def client(self, target: Target) -> KeyLookup:
+        """Our client's record (docs/gateway.md 3), with each gateway named by @FQDN resolved:
+        such a candidate becomes one per address the delegation rule lets it have, so the
+        client check compares addresses (a gateway recognises itself in a name only through
+        the name's secure addresses)."""
+        lookup = await self.fetch(target)
+        if not any(isinstance(c.gateway, dns.name.Name) for c in lookup.candidates):
+            return lookup
+        version = target.address.version if target.address is not None else 4
+        candidates = []
+        for candidate in lookup.candidates:
+            if isinstance(candidate.gateway, dns.name.Name):
+                found = await self.gateway(candidate.gateway, version, lookup.dnssec)
+                candidates += [replace(candidate, gateway=a) for a in found.addresses]
+            else:
+                candidates.append(candidate)
+        return replace(lookup, candidates=tuple(candidates))
+
     async def gateway(self, name: dns.name.Name, version: int,
                       record_state: str) -> GatewayAddresses:
         """The A (version 4) or AAAA addresses of an @FQDN gateway, through the same source,
