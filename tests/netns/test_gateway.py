@@ -1,8 +1,7 @@
 """oe as a DNS-keyed gateway (issue 13), end to end in the gateway world of docs/gateway.md 7.1
 (tests/netns/gateway_world.py): clients behind two oe gateways, an oe host, charon with a
 subnet, a compromised gateway, knotd with the clients' delegating records. The tests of
-docs/gateway.md 7.2 that pass on this branch; the others wait in
-tests/netns/pending_gateway.py, which says what each needs.
+docs/gateway.md 7.2.
 
 One world for the module (oe on gw-a, gw-b and h), the tests in the order of 7.2's value; each
 uses its own pair of hosts where it can, and puts back what it changes (oe.conf, a stopped
@@ -49,6 +48,14 @@ def test_1_client_to_client_through_both_gateways(gw):
     child = sa(gw, "gw-a", A1, B4)
     assert (child["peer"], child["initiator"]) == (GW_B, True)
     assert sa(gw, "gw-b", B4, A1)["initiator"] is False
+
+
+def test_1_fqdn_gateway_in_the_clients_record(gw):
+    """a1 -> b1, whose record names @gw-b.oe.example: gw-a resolves it (secure A) to go there,
+    and gw-b must recognise itself in that name for its client b1."""
+    assert gw.ping("a1", "b1").returncode == 0, diagnose(gw, "gw-a", "gw-b")
+    assert wait_eroute(gw, "gw-a", tunnel(A1, B1, GW_B)), diagnose(gw, "gw-a", "gw-b")
+    assert has_eroute(gw, "gw-b", tunnel(B1, A1, GW_A)), diagnose(gw, "gw-b")
 
 
 # ---------------------------------------------------------------- 2. client <-> host
