@@ -50,14 +50,6 @@ def test_1_client_to_client_through_both_gateways(gw):
     assert sa(gw, "gw-b", B4, A1)["initiator"] is False
 
 
-def test_1_fqdn_gateway_in_the_clients_record(gw):
-    """a1 -> b1, whose record names @gw-b.oe.example: gw-a resolves it (secure A) to go there,
-    and gw-b must recognise itself in that name for its client b1."""
-    assert gw.ping("a1", "b1").returncode == 0, diagnose(gw, "gw-a", "gw-b")
-    assert wait_eroute(gw, "gw-a", tunnel(A1, B1, GW_B)), diagnose(gw, "gw-a", "gw-b")
-    assert has_eroute(gw, "gw-b", tunnel(B1, A1, GW_A)), diagnose(gw, "gw-b")
-
-
 # ---------------------------------------------------------------- 2. client <-> host
 
 
@@ -270,6 +262,17 @@ def test_3_both_sides_initiate_for_one_pair_at_once(gw):
             World.stop(proc)
     assert gw.log("gw-a").count(f"OE to {H} via {H} ended: deleted by peer") <= 1, \
         diagnose(gw, "gw-a", "h")
+
+
+# ---------------------------------------------------------------- 1. an FQDN gateway
+
+
+def test_1_fqdn_gateway_in_the_clients_record(gw):
+    """a1 -> b1, whose record names @gw-b.oe.example: gw-a resolves it (secure A) to go there,
+    and gw-b must recognise itself in that name for its client b1."""
+    assert gw.ping("a1", "b1").returncode == 0, diagnose(gw, "gw-a", "gw-b")
+    assert wait_eroute(gw, "gw-a", tunnel(A1, B1, GW_B)), diagnose(gw, "gw-a", "gw-b")
+    assert has_eroute(gw, "gw-b", tunnel(B1, A1, GW_A)), diagnose(gw, "gw-b")
 
 
 # ---------------------------------------------------------------- 10. forwarding
