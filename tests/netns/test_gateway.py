@@ -319,15 +319,12 @@ def test_demo_gateway_scene_dave_reaches_bob_through_alice(tmp_path):
 
 
 def assert_one_ike_sa_carries(gw, *pairs) -> None:
+    """The pairs' CHILD SAs ride one IKE SA between the gateways, on both ends. (Other IKE
+    SAs between them may stand: gw-b negotiating for its client b1 towards a client whose
+    record gw-a refuses leaves one without CHILD SAs until the childless rule ends it.)"""
+    [carrier] = {sa(gw, "gw-a", src, dst)["sa_id"] for src, dst in pairs}
     for name, peer in (("gw-a", GW_B), ("gw-b", GW_A)):
         ikes = [i for i in gw.status(name)["ike_sas"] if i["remote_addr"] == peer
                 and i["state"] == "ESTABLISHED"]
-        assert len(ikes) == 1 and ikes[0]["child_sas"] >= len(pairs), (ikes, diagnose(gw, name))
-    assert {sa(gw, "gw-a", src, dst)["sa_id"] for src, dst in pairs} == \
-        {ikes_of(gw, "gw-a", GW_B)}
-
-
-def ikes_of(gw, name: str, peer: str) -> int:
-    [ike] = [i for i in gw.status(name)["ike_sas"] if i["remote_addr"] == peer
-             and i["state"] == "ESTABLISHED"]
-    return ike["sa_id"]
+        assert any(i["child_sas"] >= len(pairs) for i in ikes), (ikes, diagnose(gw, name))
+    assert carrier in {i["sa_id"] for i in gw.status("gw-a")["ike_sas"]}
