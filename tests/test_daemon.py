@@ -644,6 +644,14 @@ def _delegating(client: str, gateway, host_key) -> KeyLookup:
                      gateway=gateway)
 
 
+def recording_side(d) -> RecordingEngine:
+    """An IPv4 side of `d` whose engine records the calls, our address ME."""
+    engine = RecordingEngine()
+    engine.config = IkeConfig(local_addrs=frozenset({ME}), private_key=None)
+    d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
+    return engine
+
+
 def test_the_clients_of_one_gateway_share_its_ike_sa(confdir, tmp_path, host_key):
     """docs/gateway.md 4.3 and 5: every Initiate goes through Lifecycle.route_initiate. The
     first starts an IKE SA with the delegating record's key pinned, vouching for its client
@@ -653,9 +661,7 @@ def test_the_clients_of_one_gateway_share_its_ike_sa(confdir, tmp_path, host_key
 
     async def run():
         d = make_daemon(confdir, tmp_path)
-        engine = RecordingEngine()
-        engine.config = IkeConfig(local_addrs=frozenset({ME}), private_key=None)
-        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
+        engine = recording_side(d)
         gateway = ipaddress.ip_address("192.0.2.1")
         commands = []
         for client in ("198.51.100.10", "198.51.100.20"):
@@ -689,9 +695,7 @@ def test_an_ike_sa_the_gateway_started_carries_our_pair_to_its_client(confdir, t
 
     async def run():
         d = make_daemon(confdir, tmp_path)
-        engine = RecordingEngine()
-        engine.config = IkeConfig(local_addrs=frozenset({ME}), private_key=None)
-        d.sides[4] = oedaemon._IkeSide(4, engine=engine, runner=NullRunner())
+        engine = recording_side(d)
         gateway = ipaddress.ip_address("192.0.2.1")
         d._ike_event(4, IkeSaEstablished(
             3, b"i" * 8, b"r" * 8, False, ME, "192.0.2.1", 500, "192.0.2.1", False,

@@ -213,15 +213,7 @@ def test_3_both_gateways_initiate_for_one_pair_at_once(gw):
     ask for a CHILD SA on that IKE SA; they must settle on one tunnel, not delete each other's
     in turn (seen: "OE to 198.51.101.40 via 192.0.2.2 ended: deleted by peer" every ping)."""
     assert gw.ping("a1", "b4", count=2).returncode == 0, diagnose(gw, "gw-a", "gw-b")
-    both = [gw.world.spawn(gw.hosts[src], "ping", "-c", "5", "-i", "0.3", "-W", "3",
-                           gwd.CLIENTS[dst]) for src, dst in (("a4", "b4"), ("b4", "a4"))]
-    try:
-        assert all(proc.wait(30) == 0 for proc in both), diagnose(gw, "gw-a", "gw-b")
-    finally:
-        for proc in both:
-            World.stop(proc)
-    assert gw.log("gw-a").count(f"OE to {B4} via {GW_B} ended: deleted by peer") <= 1, \
-        diagnose(gw, "gw-a", "gw-b")
+    ping_both_ways_at_once(gw, "a4", "b4", "gw-b", f"OE to {B4} via {GW_B}")
 
 
 # ---------------------------------------------------------------- 7. fallback by precedence
@@ -253,15 +245,7 @@ def test_3_both_sides_initiate_for_one_pair_at_once(gw):
     """a4 -> h and h -> a4 at the same moment (a pair without a tunnel yet): gw-a starts a
     CHILD SA for its client, h one for a4 through gw-a; they must settle on one tunnel, not
     delete each other's in turn."""
-    both = [gw.world.spawn(gw.hosts[src], "ping", "-c", "5", "-i", "0.3", "-W", "3",
-                           gw.address(dst)) for src, dst in (("a4", "h"), ("h", "a4"))]
-    try:
-        assert all(proc.wait(30) == 0 for proc in both), diagnose(gw, "gw-a", "h")
-    finally:
-        for proc in both:
-            World.stop(proc)
-    assert gw.log("gw-a").count(f"OE to {H} via {H} ended: deleted by peer") <= 1, \
-        diagnose(gw, "gw-a", "h")
+    ping_both_ways_at_once(gw, "a4", "h", "h", f"OE to {H} via {H}")
 
 
 # ---------------------------------------------------------------- 1. an FQDN gateway
@@ -328,3 +312,17 @@ def assert_one_ike_sa_carries(gw, *pairs) -> None:
                 and i["state"] == "ESTABLISHED"]
         assert any(i["child_sas"] >= len(pairs) for i in ikes), (ikes, diagnose(gw, name))
     assert carrier in {i["sa_id"] for i in gw.status("gw-a")["ike_sas"]}
+
+
+def ping_both_ways_at_once(gw, a: str, b: str, other: str, tunnel_line: str) -> None:
+    """a pings b and b pings a at the same moment; each gets through, and gw-a's tunnel
+    (`tunnel_line`: "OE to X via G") is not deleted by the peer over and over."""
+    both = [gw.world.spawn(gw.hosts[src], "ping", "-c", "5", "-i", "0.3", "-W", "3",
+                           gw.address(dst)) for src, dst in ((a, b), (b, a))]
+    try:
+        assert all(proc.wait(30) == 0 for proc in both), diagnose(gw, "gw-a", other)
+    finally:
+        for proc in both:
+            World.stop(proc)
+    assert gw.log("gw-a").count(f"{tunnel_line} ended: deleted by peer") <= 1, \
+        diagnose(gw, "gw-a", other)
