@@ -98,6 +98,11 @@ class LimitsConfig:
     rationed by it: a burst of destinations without keys delays no keyed peer)."""
     acquire_burst: int = 40
     """IKE negotiations that may start at once before `acquire_rate` applies."""
+    acquire_lookups: int = 16
+    """DNS key lookups at once for our own trapped packets; further acquires wait for a place,
+    newest first. What a new acquire waits for is the lookups ahead of it, so keep it small;
+    raise it only for many new destinations per second over a slow resolver (it allows
+    acquire_lookups / round trip lookups per second)."""
     children_per_ike: int = 256
     """CHILD SAs one IKE SA carries at most: a peer asking for more gets NO_ADDITIONAL_SAS
     (RFC 7296 1.3); ours beyond it start another IKE SA with the same gateway (a gateway's
@@ -227,7 +232,7 @@ DNSSEC_MODES = ("validate", "off")
 SUBNETS_MAX = 256  # [gateway] subnets: each is a route, an nft element and a sysctl plan
 POSITIVE = {"shunt_lifetime", "sa_lifetime", "dpd_delay", "query_timeout", "total_timeout",
             "holds", "shunts", "half_open", "lookups", "queued_acquires", "cache_size",
-            "children_per_ike", "acquire_rate", "acquire_burst"}
+            "children_per_ike", "acquire_rate", "acquire_burst", "acquire_lookups"}
 
 
 def _values(config: Config) -> list[Problem]:

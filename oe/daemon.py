@@ -579,7 +579,8 @@ def _is_address(text: str) -> bool:
 def _limits(config: oeconfig.Config) -> Limits:
     return Limits(shunt_lifetime=config.shunt_lifetime, pending_max=config.limits.queued_acquires,
                   max_shunts=config.limits.shunts, acquire_rate=config.limits.acquire_rate,
-                  acquire_burst=config.limits.acquire_burst)
+                  acquire_burst=config.limits.acquire_burst,
+                  lookups_max=config.limits.acquire_lookups)
 
 
 def _gateway_subnets(config: oeconfig.Config) -> tuple:
