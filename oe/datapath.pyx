@@ -23,7 +23,7 @@ from oe.dp.core cimport DpCore
 from oe.dp.esp cimport ESP_HDR, aead_context, esp_open, esp_seal, fetch_ciphers
 from oe.dp.events cimport (EV_ACQUIRE, EV_BLACK_HOLE, EV_IKE, EV_PATH_MTU, EV_PROBE_ACK,
                            EV_REPLAY, DpEvent, ev_free, ev_init, ev_pop)
-from oe.dp.holds cimport HOLD_BUCKETS, Hold, holds_free, holds_init
+from oe.dp.holds cimport HOLD_BUCKETS, Hold, hold_mark, holds_free, holds_init
 from oe.dp.inbound cimport dp_inbound
 from oe.dp.loop cimport LOOP_IN, LOOP_OUT, LoopThread, loop_join, loop_sockets, loop_start
 from oe.dp.outbound cimport dp_outbound, dp_probe, hold_recheck
@@ -35,8 +35,8 @@ from oe.dp.sa cimport (CTX_API, DIR_IN, DIR_OUT, ENCAP_RAW, ENCAP_UDP, FIRED_HAR
                        NCTX, PENDING_AUTH, PENDING_HARD, PENDING_REPLAY, PENDING_SOFT, EspSa,
                        SaTable, sa_account, sa_admit, sa_db_free, sa_db_init, sa_find, sa_fire,
                        sa_free, sa_refused, sa_sweep, sa_table_put, sa_table_remove)
-from oe.dp.sync cimport (oe_and32, oe_load64, oe_mutex_lock, oe_mutex_unlock, oe_now,
-                         oe_rd_lock, oe_rw_unlock, oe_store_int, oe_swap_int, oe_wr_lock)
+from oe.dp.sync cimport (oe_and32, oe_load64, oe_load_int, oe_mutex_lock, oe_mutex_unlock,
+                         oe_now, oe_rd_lock, oe_rw_unlock, oe_store_int, oe_swap_int, oe_wr_lock)
 
 from oe.dp.classifier import FLOW_RECORD_SIZE, Classifier
 from oe.dp.codes import COUNTER_NAMES, REASONS
@@ -119,6 +119,40 @@ cdef class Datapath:
                 sys_close(self.c.wake_fds[k])
         free(self.c)
         self.c = NULL
+
+    cdef void _recheck_holds(self, selectors=None):
+        """Have the outbound loop (routine_housekeeping) recheck the holds of the pairs whose
+        host selectors changed, or every hold (`selectors` None, or one wider than a pair).
+        One wake-up per batch of work it has not yet taken: a burst of acquires changes the
+        table thousands of times a second, and each write to a sleeping thread's eventfd
+        costs a cross-CPU wake-up."""
+        cdef uint64_t one = 1
+        cdef uint8_t src[16]
+        cdef uint8_t dst[16]
+        cdef bint idle
+        pairs = [] if selectors is not None else None
+        for sel in selectors or ():
+            if sel.src.prefixlen != sel.src.max_prefixlen or \
+                    sel.dst.prefixlen != sel.dst.max_prefixlen:
+                pairs = None
+                break
+            pairs.append((sel.version, sel.src.network_address.packed,
+                          sel.dst.network_address.packed))
+        oe_mutex_lock(&self.c.holds.lock)
+        try:
+            idle = not self.c.holds.nmarked and not oe_load_int(&self.c.holds.recheck)
+            for version, s, d in pairs or ():
+                memcpy(src, <const char *>s, len(s))
+                memcpy(dst, <const char *>d, len(d))
+                if not hold_mark(&self.c.holds, version, src, dst):
+                    pairs = None
+                    break
+            if pairs is None:
+                oe_store_int(&self.c.holds.recheck, 1)
+            if idle and (self.c.holds.nmarked or oe_load_int(&self.c.holds.recheck)):
+                sys_write(self.c.wake_fds[0], &one, 8)
+        finally:
+            oe_mutex_unlock(&self.c.holds.lock)
 
     cdef void _wake(self) noexcept:
         cdef uint64_t one = 1
@@ -293,24 +327,23 @@ cdef class Datapath:
         """Swap in an oe.eroute.ErouteTable atomically; holds it no longer traps are released.
         Costs in proportion to the table (it is compared with the one in force)."""
         self.classifier.replace(table)
-        oe_store_int(&self.c.holds.recheck, 1)
-        self._wake()
+        self._recheck_holds()
 
     def update_eroutes(self, add=(), remove=()) -> None:
         """Atomically remove the eroutes of the selectors `remove`, then add the Eroutes `add`
         (replacing any of the same selector): the cost of one change does not grow with the
         table (issue 10, 6). Holds the table no longer traps are released."""
         self.classifier.update(add, remove)
-        oe_store_int(&self.c.holds.recheck, 1)
-        self._wake()
+        self._recheck_holds([eroute.selector for eroute in add] + list(remove))
 
-    def release_holds(self, now=None) -> list:
-        """Without the loops: recheck holds now and return what their release produced."""
+    def release_holds(self, now=None, every=True) -> list:
+        """Without the loops: recheck holds now and return what their release produced;
+        every=False: only those the loop would recheck after the eroute changes since."""
         cdef double t = oe_now() if now is None else now
         result = []
         cdef OutBatch *b = api_batch(result)
         try:
-            hold_recheck(self.c, self.classifier, CTX_API, b, t, True)
+            hold_recheck(self.c, self.classifier, CTX_API, b, t, every, every)
             batch_flush(self.c, b)
         finally:
             batch_free(b)

@@ -15,4 +15,4 @@ cdef void dp_outbound(DpCore *c, Classifier cls, int ctxi, uint8_t *pkt, size_t 
 cdef int dp_probe(DpCore *c, int ctxi, const uint8_t *peer, int family, int size,
                   uint8_t *plain, uint8_t *out, size_t cap) noexcept nogil
 cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double now,
-                       bint reclassify) noexcept nogil
+                       bint reclassify, bint sweep) noexcept nogil

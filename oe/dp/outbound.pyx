@@ -26,8 +26,8 @@ from oe.dp.codes cimport (C_ACQUIRES, C_DROPPED, C_ESP_OUT, C_EXPIRED, C_HOLD_DI
                           count_n)
 from oe.dp.esp cimport ESP_HDR, ESP_ICV, ESP_IV, ESP_TRAILER, esp_seal
 from oe.dp.events cimport EV_ACQUIRE, EV_BLACK_HOLE, DpEvent, ev_push
-from oe.dp.holds cimport (HOLD_BUCKETS, HeldPkt, Hold, hold_create, hold_enqueue, hold_find,
-                          hold_forget, hold_free, hold_remove)
+from oe.dp.holds cimport (HOLD_BUCKETS, HeldPkt, Hold, HoldPair, hold_create, hold_enqueue,
+                          hold_find, hold_forget, hold_free, hold_remove)
 from oe.dp.core cimport DF_CLEAR, DF_SET
 from oe.dp.packet cimport (PROBE_ECHO, PROBE_ID, PROBE_MAGIC_HI, PROBE_MAGIC_LO, PROTO_ICMP,
                            PROTO_ICMPV6, PROTO_TCP, PktInfo, addr_len, icmp_error,
@@ -35,7 +35,7 @@ from oe.dp.packet cimport (PROBE_ECHO, PROBE_ID, PROBE_MAGIC_HI, PROBE_MAGIC_LO,
                            oe_rd32, oe_wr16, oe_wr32, option_len, outer_ip, parse_ip)
 from oe.dp.sa cimport ENCAP_UDP, EspSa, SaTable, sa_account, sa_admit, sa_find, sa_fire
 from oe.dp.sync cimport (oe_add64, oe_load_int, oe_mutex_lock, oe_mutex_unlock, oe_now,
-                         oe_rd_lock, oe_rw_unlock, oe_swap_int)
+                         oe_rd_lock, oe_rw_unlock, oe_store_int, oe_swap_int)
 
 cdef enum:
     IPV6_MIN_MTU = 1280         # RFC 8200 5
@@ -446,20 +446,34 @@ cdef bint _acquire(DpCore *c, const PktInfo *info) noexcept nogil:
 
 
 cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double now,
-                       bint reclassify) noexcept nogil:
-    """Release, in order, every hold whose pair the eroute table no longer traps or holds.
+                       bint reclassify, bint sweep) noexcept nogil:
+    """Release, in order, the holds whose pair the eroute table no longer traps or holds.
 
-    Unless `reclassify` or the table changed since the last check, only holds past the hold
-    timeout go, so the periodic check adds nothing to the eroutes' packet counters.
+    Reclassified: every hold with `reclassify` or after a change of the table beyond single
+    pairs (holds.recheck), else the holds of the pairs whose eroutes changed (hold_mark): a
+    change costs the holds it concerns, not all of them (issue 14: a burst of acquires makes
+    thousands of changes a second). `sweep`: also every hold past the hold timeout goes; a
+    hold is never counted against an eroute unless it is reclassified.
     """
-    cdef Hold *released
+    cdef Hold *released = NULL
     cdef Hold *h
     cdef HeldPkt *p
     cdef HeldPkt *q
+    cdef HoldPair *m
+    cdef int k
     oe_mutex_lock(&c.holds.lock)
     if oe_swap_int(&c.holds.recheck, 0):
         reclassify = True
-    released = _take_released_locked(c, cls, now, reclassify)
+    if reclassify or sweep:
+        released = _take_released_locked(c, cls, now, reclassify)
+    if not reclassify:
+        for k in range(c.holds.nmarked):
+            m = &c.holds.marked[k]
+            h = hold_find(&c.holds, m.version, m.src, m.dst)
+            if h != NULL and _goes(c, cls, h, now, True):
+                hold_remove(&c.holds, h)
+                released = _taken_out(c, h, now, released)
+    oe_store_int(&c.holds.nmarked, 0)
     oe_mutex_unlock(&c.holds.lock)
     while released != NULL:
         h = released
@@ -474,35 +488,46 @@ cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double 
         free(h)
 
 
+cdef bint _goes(DpCore *c, Classifier cls, Hold *h, double now, bint reclassify) noexcept nogil:
+    """Whether the hold leaves the table: past the hold timeout, or (reclassified) no longer
+    trapped or held."""
+    cdef PktInfo info
+    cdef Verdict v
+    if now - h.created >= c.holds.timeout:
+        return True
+    if (not reclassify or h.head == NULL
+            or parse_ip(h.head.data, h.head.length, &info) != 0):
+        return False
+    v = cls.classify(info.version, info.src, info.dst, info.proto, info.sport, info.dport, 0)
+    return v.action != ACT_TRAP and v.action != ACT_HOLD
+
+
+cdef Hold *_taken_out(DpCore *c, Hold *h, double now, Hold *released) noexcept nogil:
+    """A hold out of the table: discarded if timed out, else onto the list of holds to
+    release (returned)."""
+    if now - h.created >= c.holds.timeout:
+        count_n(c.counters, C_HOLD_DISCARDED, h.npkts)
+        hold_free(h)
+        return released
+    h.next = released
+    return h
+
+
 cdef Hold *_take_released_locked(DpCore *c, Classifier cls, double now,
                                  bint reclassify) noexcept nogil:
     """Take out the holds to release (a list linked by next); discard the timed-out ones."""
     cdef Hold *released = NULL
     cdef Hold **link
     cdef Hold *h
-    cdef PktInfo info
-    cdef Verdict v
     cdef int k
-    cdef bint keep
     for k in range(HOLD_BUCKETS):
         link = &c.holds.buckets[k]
         while link[0] != NULL:
             h = link[0]
-            keep = now - h.created < c.holds.timeout
-            if (keep and reclassify and h.head != NULL
-                    and parse_ip(h.head.data, h.head.length, &info) == 0):
-                v = cls.classify(info.version, info.src, info.dst, info.proto, info.sport,
-                                 info.dport, 0)
-                keep = v.action == ACT_TRAP or v.action == ACT_HOLD
-            if keep:
+            if not _goes(c, cls, h, now, reclassify):
                 link = &h.next
                 continue
             link[0] = h.next
             hold_forget(&c.holds, h)
-            if now - h.created >= c.holds.timeout:
-                count_n(c.counters, C_HOLD_DISCARDED, h.npkts)
-                hold_free(h)
-                continue
-            h.next = released
-            released = h
+            released = _taken_out(c, h, now, released)
     return released
