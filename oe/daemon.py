@@ -494,6 +494,7 @@ class Daemon(Executor):
                 "fragment_size": self.config.ike.fragment_size,
                 "half_open_max": limits.half_open,
                 "children_per_ike": limits.children_per_ike,
+                "force_encap": self.config.esp.encapsulation == "udp",
                 # COOKIEs begin well before the cap, whatever the cap is (RFC 7296 2.6)
                 "cookie_threshold": min(HALF_OPEN_COOKIE_THRESHOLD, limits.half_open // 2)}
 
