@@ -7,9 +7,11 @@ wireguard-go and wireguard-tools (bookworm-backports' wireguard-go has the TUN a
 offloads: the one to measure against; not a project dependency). Usage:
 
     python bench/throughput.py [--seconds 8] [--only plain,oe,oeesp,oed,oedudp,swan,wg]
+                               [--bridge]
 
-Each setup is two fresh network namespaces joined by one veth pair (unique names, removed at
-the end), 198.51.100.1 <-> 198.51.100.2:
+Each setup is two fresh network namespaces joined by one veth pair (with --bridge, through a
+bridge in a third namespace, as in `oe demo`'s world; unique names, removed at the end),
+198.51.100.1 <-> 198.51.100.2:
   plain  the veth alone;
   oe     tests/netns/esp_node.py in each namespace: AES-128-GCM, ESP-in-UDP 4500, static keys
          (the datapath alone);
@@ -52,6 +54,8 @@ from charon import Charon  # noqa: E402  (tests/netns/charon.py: charon in a nam
 A, B = "198.51.100.1", "198.51.100.2"
 WG_A, WG_B = "203.0.113.1", "203.0.113.2"
 TAG = f"{os.getpid() % 100000}"
+BRIDGE = False
+"""--bridge: the two namespaces meet through a bridge in a third, as in `oe demo`'s world."""
 
 
 def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -64,13 +68,24 @@ def in_ns(ns: str, *args: str, **kw) -> subprocess.CompletedProcess:
 
 @contextmanager
 def namespaces(name: str):
-    """Two namespaces and a veth pair; yields (a, b)."""
-    a, b = f"tp{name}a{TAG}", f"tp{name}b{TAG}"
+    """Two namespaces and a veth pair (with BRIDGE, a veth pair from each to a bridge in a
+    third namespace); yields (a, b)."""
+    a, b, s = f"tp{name}a{TAG}", f"tp{name}b{TAG}", f"tp{name}s{TAG}"
     va, vb = f"tp{name}va{TAG}"[:15], f"tp{name}vb{TAG}"[:15]
     try:
         sh("ip", "netns", "add", a)
         sh("ip", "netns", "add", b)
-        sh("ip", "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb, "netns", b)
+        if BRIDGE:
+            sh("ip", "netns", "add", s)
+            sh("ip", "-n", s, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", s, "link", "set", "br0", "up")
+            for ns, dev, port in ((a, va, "pa"), (b, vb, "pb")):
+                sh("ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port,
+                   "netns", s)
+                sh("ip", "-n", s, "link", "set", port, "master", "br0", "up")
+        else:
+            sh("ip", "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb,
+               "netns", b)
         for ns, dev, addr in ((a, va, A), (b, vb, B)):
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
@@ -78,7 +93,7 @@ def namespaces(name: str):
             in_ns(ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2")
         yield a, b
     finally:
-        for ns in (a, b):
+        for ns in (a, b, s):
             sh("ip", "netns", "del", ns, check=False)
 
 
@@ -260,7 +275,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--only", default=",".join(SETUPS))
+    parser.add_argument("--bridge", action="store_true",
+                        help="join the namespaces through a bridge, as oed's world does")
     args = parser.parse_args()
+    global BRIDGE
+    BRIDGE = args.bridge
     if os.geteuid() != 0:
         sys.exit("bench/throughput.py needs root (network namespaces)")
     results = {}
