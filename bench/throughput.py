@@ -217,7 +217,7 @@ SETUPS = {"plain": plain, "oe": oe, "oeesp": functools.partial(oe, encap="esp"),
           "oed": oe_daemons, "oedudp": functools.partial(oe_daemons, encapsulation="udp"),
           "swan": swan, "wg": wg}
 TITLES = {"plain": "plain veth", "oe": "oe datapath (static keys)",
-          "oeesp": "oe datapath, raw ESP", "oed": "oe daemons (OE, IKEv2)",
+          "oeesp": "oe datapath, raw ESP", "oed": "oe daemons (OE), default",
           "oedudp": "oe daemons, encap udp", "swan": "strongSwan libipsec",
           "wg": "wireguard-go"}
 REFERENCES = ("swan", "wg", "plain")
