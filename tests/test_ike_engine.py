@@ -135,6 +135,22 @@ def test_nat_floats_to_4500_and_encapsulates():
     assert_pair(ca, cb)
 
 
+@pytest.mark.parametrize("forcing", ["initiator", "responder"])
+def test_forced_encapsulation_without_nat(forcing):
+    """force_encap on one side and no NAT: its NAT-D source hash matches no address (2.23),
+    so both float to 4500 and put ESP in UDP; neither sends keepalives (no one is behind a NAT,
+    as the other's hashes say)."""
+    force = {"force_encap": True}
+    a, b = ike_pair(cfg_a=force if forcing == "initiator" else None,
+                    cfg_b=force if forcing == "responder" else None)
+    link = Link(a, b)
+    _, _, ca, cb = establish(link)
+    assert ca.udp_encap and cb.udp_encap
+    assert (ca.local_port, ca.remote_port) == (cb.local_port, cb.remote_port) == (4500, 4500)
+    assert a.get_timer() is None and b.get_timer() is None
+    assert_pair(ca, cb)
+
+
 def test_nat_keepalives_from_the_side_behind_nat():
     """Only A (whose own NAT-D hash mismatched) sends 0xFF to 4500 every 20 s (RFC 3948 4)."""
     a, b = ike_pair()
