@@ -201,6 +201,29 @@ def test_route_mtu_asks_the_kernel_and_falls_back_to_the_default():
     assert route_mtu("0.0.0.0", 0, default=1400) in (1400, 65535)
 
 
+def test_route_mtu_asks_from_our_own_address(monkeypatch):
+    """Issue 14: the farm's host has 10,000 addresses, and a socket connected with no source
+    bound has the kernel choose one (RFC 6724 source selection walks every address: 850 µs per
+    SA there, 5.5 µs bound). The SA's own address is bound first."""
+    import socket
+
+    from oe import net
+    calls = []
+
+    class Recording(socket.socket):
+        def bind(self, address):
+            calls.append(("bind", address[0]))
+            super().bind(address)
+
+        def connect(self, address):
+            calls.append(("connect", address[0]))
+            super().connect(address)
+
+    monkeypatch.setattr(net.socket, "socket", Recording)
+    assert net.route_mtu("::1", 0, local="::1") == 65535
+    assert calls == [("bind", "::1"), ("connect", "::1")]
+
+
 @pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("encap", ["udp", "esp"])
 def test_a_probe_is_a_padded_echo_request_whose_reply_is_consumed_as_its_ack(family, encap):
