@@ -377,7 +377,8 @@ class Daemon(Executor):
         # the route's MTU
         common["path_mtu"] = self.pmtu.install(
             str(child.remote_addr), ipaddress.ip_address(child.remote_addr).version,
-            net.route_mtu(child.remote_addr, self.config.bypass_mark), self.loop.time())
+            net.route_mtu(child.remote_addr, self.config.bypass_mark, local=child.local_addr),
+            self.loop.time())
         key = (version, sa_id, child.spi_out)
         if key in self.sa_out:
             return self._refuse_child(version, sa_id, child,

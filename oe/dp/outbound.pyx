@@ -16,7 +16,7 @@ its queue sent, in order, under the new verdict (hold_recheck).
 
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcpy, memset
 
 from oe.dp.batch cimport OUT_PASS, OUT_RAW, OUT_TUN, OUT_UDP, SLOT, batch_commit, batch_slot
 from oe.dp.classifier cimport ACT_DROP, ACT_HOLD, ACT_PASS, ACT_REJECT, ACT_SA, ACT_TRAP, Verdict
@@ -33,7 +33,7 @@ from oe.dp.packet cimport (PROBE_ECHO, PROBE_ID, PROBE_MAGIC_HI, PROBE_MAGIC_LO,
                            PROTO_ICMPV6, PROTO_TCP, PktInfo, addr_len, icmp_error,
                            is_link_chatter, mss_clamp, oe_csum_add, oe_csum_fold, oe_rd16,
                            oe_rd32, oe_wr16, oe_wr32, option_len, outer_ip, parse_ip)
-from oe.dp.sa cimport ENCAP_UDP, EspSa, SaTable, sa_account, sa_admit, sa_find, sa_fire
+from oe.dp.sa cimport ENCAP_UDP, EspSa, sa_account, sa_admit, sa_find, sa_fire
 from oe.dp.sync cimport (oe_add64, oe_load_int, oe_mutex_lock, oe_mutex_unlock, oe_now,
                          oe_rd_lock, oe_rw_unlock, oe_store_int, oe_swap_int)
 
@@ -294,27 +294,17 @@ cdef void _keep_copied_options(uint8_t *head, int hlen) noexcept nogil:
 
 # ------------------------------------------------------------------- path MTU probes
 
-cdef int dp_probe(DpCore *c, int ctxi, const uint8_t *peer, int family, int size,
-                  uint8_t *plain, uint8_t *out, size_t cap) noexcept nogil:
-    """A path MTU probe of `size` outer bytes to `peer` (docs/pmtu.md) on its newest tunnel
-    mode outbound SA, with DF: an ICMP echo request from the SA's inner source to its inner
-    destination, padded with TFC padding (RFC 4303 2.4, 2.7) so the ESP packet has the size;
-    the peer's stack answers it through its SA (inbound.pyx takes the reply as the ack).
-    `plain` holds size bytes. The outer packet's length (at most size), or 0: no SA, too small."""
-    cdef EspSa *sa = NULL
-    cdef EspSa *s
-    cdef uint32_t i
+cdef int dp_probe(DpCore *c, int ctxi, EspSa *sa, int size, uint8_t *plain, uint8_t *out,
+                  size_t cap) noexcept nogil:
+    """A path MTU probe of `size` outer bytes to the peer (docs/pmtu.md) on its tunnel mode
+    outbound SA `sa` (its newest, which the caller found under the read lock), with DF: an
+    ICMP echo request from the SA's inner source to its inner destination, padded with TFC
+    padding (RFC 4303 2.4, 2.7) so the ESP packet has the size; the peer's stack answers it
+    through its SA (inbound.pyx takes the reply as the ack). `plain` holds size bytes. The
+    outer packet's length (at most size), or 0: too small."""
     cdef int hdr, room, plen, r
     cdef uint64_t seq
-    cdef SaTable *t = &c.sas.out
-    for i in range(t.cap):
-        s = t.slots[i]
-        if (s != NULL and s.family == family and s.tunnel and memcmp(s.peer, peer,
-                addr_len(family)) == 0 and (sa == NULL or s.handle > sa.handle)):
-            sa = s
-    if sa == NULL:
-        return 0
-    hdr = (20 if family == 4 else 40) + (8 if sa.encap == ENCAP_UDP else 0)
+    hdr = (20 if sa.family == 4 else 40) + (8 if sa.encap == ENCAP_UDP else 0)
     room = (size - hdr - ESP_HDR - ESP_IV - ESP_ICV) & ~3    # payload, padding, trailer
     plen = room - ESP_TRAILER
     if plen < (20 if sa.ts_version == 4 else 40) + PROBE_ECHO or <size_t>size > cap:
@@ -324,7 +314,7 @@ cdef int dp_probe(DpCore *c, int ctxi, const uint8_t *peer, int family, int size
     if r < 0:
         return 0
     sa_account(&c.events, sa, plen, seq, oe_now())
-    return outer_ip(out, family, sa.local, sa.peer, sa.encap == ENCAP_UDP, sa.local_port,
+    return outer_ip(out, sa.family, sa.local, sa.peer, sa.encap == ENCAP_UDP, sa.local_port,
                     sa.peer_port, r, True) + r
 
 
