@@ -40,7 +40,7 @@ from oe.ike.childpolicy import (
 )
 from oe.ike.constants import NotifyType
 from oe.opportunist import Opportunist
-from oe.peerkeys import PeerKeys, address_id
+from oe.peerkeys import KEY_GRACE, PeerKeys, address_id
 
 REFUSAL = NotifyType.AUTHENTICATION_FAILED
 """The answer to an IKE_SA_INIT whose peer has no key for us. RFC 7296 2.21.1: in IKE_SA_INIT
@@ -49,6 +49,12 @@ strongSwan's (ike_init.c process_i: every error type but COOKIE and INVALID_KE_P
 FAILED) give up at once, so either this or NO_PROPOSAL_CHOSEN would end the peer's wait. This
 one says what happened, and is what the IKE_AUTH would end in without the key (section
 2.21.2); NO_PROPOSAL_CHOSEN would send the peer's operator to compare proposals."""
+
+EXCHANGE_MARGIN = KEY_GRACE / 2
+"""Seconds a peer's key must still be valid to answer its IKE_SA_INIT with it; else DNS is
+asked first. The engine asks for the key again at IKE_AUTH, and a key that ran out in between
+failed the exchange (issue 14, the peer farm). A key just fetched lives KEY_GRACE at least,
+so the message that waited for it passes."""
 
 REFUSAL_HOLD = 10.0
 """Seconds a failed lookup refuses its peer without a new one (at most the negative answer's
@@ -115,7 +121,8 @@ class Admission:
         why = self.opportunist.inbound_allowed(ipaddress.ip_address(local), peer)
         if why is not None:
             return False, [Log(f"refused IKE from {peer}: {why}")]
-        known = self.keys.get(address_id(str(peer)), now)
+        # Taken only if it outlives the exchange: the engine asks for it again at IKE_AUTH.
+        known = self.keys.get(address_id(str(peer)), now + EXCHANGE_MARGIN)
         if known is not None and peer in known.addresses:
             self.refused.pop(str(peer), None)
             return True, []

@@ -140,6 +140,19 @@ def test_after_an_auth_failure_the_key_is_forgotten_and_fetched_afresh(host_key)
     assert a.admit(ME, b"x", (PEER, 500), 500, 1.0) == (False, [FetchPeerKey(PEER, True)])
 
 
+def test_a_key_about_to_expire_is_fetched_afresh_before_the_exchange(host_key):
+    """Issue 14 (seen at the peer farm, 44 AUTHENTICATION_FAILED in one run): a key admitted
+    at IKE_SA_INIT just before its TTL ran out was gone at the peer's IKE_AUTH. The door
+    takes a key only if it outlives the exchange (KEY_GRACE), else it asks DNS first."""
+    a, keys = door(private_or_clear="0.0.0.0/0\n")
+    keys.keep(lookup(host_key, PEER, expires=600.0), 0.0)
+    assert a.admit(ME, b"x", (PEER, 500), 500, 600.0 - KEY_GRACE - 1) == (True, [])
+    assert a.admit(ME, b"y", (PEER, 500), 500, 600.0 - 1) == (False, [FetchPeerKey(PEER)])
+    assert a.key_fetched(PEER, lookup(host_key, PEER, expires=600.0), 600.0) == [
+        ReplayInit(b"y", (PEER, 500), 500, ME)]                     # even a TTL of 0
+    assert a.admit(ME, b"y", (PEER, 500), 500, 600.0) == (True, [])    # the replay passes
+
+
 def test_keys_live_by_their_ttl_and_are_swept(host_key):
     keys = PeerKeys()
     keys.keep(lookup(host_key, PEER, expires=600.0), 0.0)
