@@ -72,8 +72,8 @@ def main() -> None:
         setups = {"plain veth": tp.plain,
                   "forwarder, 2 threads": lambda: forwarder(binary, 2),
                   "forwarder, 1 thread": lambda: forwarder(binary, 1),
-                  "oe datapath, 2 threads": lambda: tp.oe(2),
-                  "oe datapath, 1 thread": lambda: tp.oe(1)}
+                  "oe datapath, 2 threads": lambda: tp.oe(threads=2),
+                  "oe datapath, 1 thread": lambda: tp.oe(threads=1)}
         samples: dict[tuple[str, float], list[float]] = {}
         for _ in range(args.rounds):
             for name, setup in setups.items():
