@@ -6,16 +6,21 @@ Needs root, iperf3, strongSwan (charon, swanctl, libcharon-extra-plugins) and, f
 wireguard-go and wireguard-tools (bookworm-backports' wireguard-go has the TUN and UDP
 offloads: the one to measure against; not a project dependency). Usage:
 
-    python bench/throughput.py [--seconds 8] [--only plain,oe,oed,swan,wg]
+    python bench/throughput.py [--seconds 8] [--only plain,oe,oeesp,oed,oedudp,swan,wg]
+                               [--bridge]
 
-Each setup is two fresh network namespaces joined by one veth pair (unique names, removed at
-the end), 198.51.100.1 <-> 198.51.100.2:
+Each setup is two fresh network namespaces joined by one veth pair (with --bridge, through a
+bridge in a third namespace, as in `oe demo`'s world; unique names, removed at the end),
+198.51.100.1 <-> 198.51.100.2:
   plain  the veth alone;
   oe     tests/netns/esp_node.py in each namespace: AES-128-GCM, ESP-in-UDP 4500, static keys
          (the datapath alone);
+  oeesp  the same with raw ESP (IP protocol 50), what OE negotiates where no NAT is;
   oed    the product: `oe start` on alice and bob of `oe demo`'s world (knotd with signed
          zones, private-or-clear 0.0.0.0/0), the SA negotiated by OE on the first packet (IKEv2,
          keys from DNS, DNSSEC-validated); alice and bob meet through a bridge, not one veth;
+         no NAT, so raw ESP (oe.conf [esp] encapsulation = "auto", the default);
+  oedudp the product with [esp] encapsulation = "udp" on both: ESP-in-UDP as in `oe`;
   swan   charon 5.9 with kernel-libipsec in each namespace (a TUN, userspace ESP, always
          ESP-in-UDP), IKEv2 with raw RSA keys and esp_proposals = aes128gcm16, as in
          shared/anchors/swan-pair.sh, initiated explicitly (5.9.8 raises no acquires);
@@ -29,6 +34,7 @@ datagrams, unlimited rate with a 4 MiB socket buffer (what arrives counts); ping
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -48,6 +54,8 @@ from charon import Charon  # noqa: E402  (tests/netns/charon.py: charon in a nam
 A, B = "198.51.100.1", "198.51.100.2"
 WG_A, WG_B = "203.0.113.1", "203.0.113.2"
 TAG = f"{os.getpid() % 100000}"
+BRIDGE = False
+"""--bridge: the two namespaces meet through a bridge in a third, as in `oe demo`'s world."""
 
 
 def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -60,13 +68,24 @@ def in_ns(ns: str, *args: str, **kw) -> subprocess.CompletedProcess:
 
 @contextmanager
 def namespaces(name: str):
-    """Two namespaces and a veth pair; yields (a, b)."""
-    a, b = f"tp{name}a{TAG}", f"tp{name}b{TAG}"
+    """Two namespaces and a veth pair (with BRIDGE, a veth pair from each to a bridge in a
+    third namespace); yields (a, b)."""
+    a, b, s = f"tp{name}a{TAG}", f"tp{name}b{TAG}", f"tp{name}s{TAG}"
     va, vb = f"tp{name}va{TAG}"[:15], f"tp{name}vb{TAG}"[:15]
     try:
         sh("ip", "netns", "add", a)
         sh("ip", "netns", "add", b)
-        sh("ip", "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb, "netns", b)
+        if BRIDGE:
+            sh("ip", "netns", "add", s)
+            sh("ip", "-n", s, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", s, "link", "set", "br0", "up")
+            for ns, dev, port in ((a, va, "pa"), (b, vb, "pb")):
+                sh("ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port,
+                   "netns", s)
+                sh("ip", "-n", s, "link", "set", port, "master", "br0", "up")
+        else:
+            sh("ip", "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb,
+               "netns", b)
         for ns, dev, addr in ((a, va, A), (b, vb, B)):
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
@@ -74,7 +93,7 @@ def namespaces(name: str):
             in_ns(ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2")
         yield a, b
     finally:
-        for ns in (a, b):
+        for ns in (a, b, s):
             sh("ip", "netns", "del", ns, check=False)
 
 
@@ -103,7 +122,7 @@ def plain():
 
 
 @contextmanager
-def oe(threads: int = 2):
+def oe(encap: str = "udp", threads: int = 2):
     """The datapath alone; threads=1: one loop thread for both directions (bench/rtt_floor.py)."""
     key_ab, key_ba = os.urandom(20).hex(), os.urandom(20).hex()
     with namespaces("o") as (a, b), processes() as procs, tempfile.TemporaryDirectory() as work:
@@ -113,9 +132,9 @@ def oe(threads: int = 2):
                 "mtu": 1500 - 65, "threads": threads, "addresses": [me],
                 "trap": [f"{peer}/32"],
                 "sas": [{"spi": spi_out, "direction": "out", "key": out_key, "local": me,
-                         "peer": peer},
+                         "peer": peer, "encap": encap},
                         {"spi": spi_in, "direction": "in", "key": in_key, "local": me,
-                         "peer": peer}],
+                         "peer": peer, "encap": encap}],
                 "eroutes": [[f"{peer}/32", {"spi": spi_out, "peer": peer}]],
             }
             path = Path(work) / f"{ns}.json"
@@ -130,12 +149,14 @@ def oe(threads: int = 2):
 
 
 @contextmanager
-def oe_daemons():
-    """`oe demo`'s world with oe started on alice and bob; the first ping negotiates the SA."""
+def oe_daemons(encapsulation: str = "auto"):
+    """`oe demo`'s world with oe started on alice and bob; the first ping negotiates the SA
+    (encapsulation: oe.conf [esp] encapsulation on both)."""
     from oe import demo
 
+    conf = {name: f'[esp]\nencapsulation = "{encapsulation}"\n' for name in ("alice", "bob")}
     with tempfile.TemporaryDirectory(prefix="oe-bench-") as work:
-        world = demo.build(Path(work))
+        world = demo.build(Path(work), conf=conf)
         try:
             for name in ("alice", "bob"):
                 demo.start_oe(world, name)
@@ -194,9 +215,12 @@ def wg():
         yield a, b, WG_B
 
 
-SETUPS = {"plain": plain, "oe": oe, "oed": oe_daemons, "swan": swan, "wg": wg}
+SETUPS = {"plain": plain, "oe": oe, "oeesp": functools.partial(oe, encap="esp"),
+          "oed": oe_daemons, "oedudp": functools.partial(oe_daemons, encapsulation="udp"),
+          "swan": swan, "wg": wg}
 TITLES = {"plain": "plain veth", "oe": "oe datapath (static keys)",
-          "oed": "oe daemons (OE, IKEv2)", "swan": "strongSwan libipsec",
+          "oeesp": "oe datapath, raw ESP", "oed": "oe daemons (OE), default",
+          "oedudp": "oe daemons, encap udp", "swan": "strongSwan libipsec",
           "wg": "wireguard-go"}
 REFERENCES = ("swan", "wg", "plain")
 
@@ -252,8 +276,12 @@ def measure(name: str, seconds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--only", default="plain,oe,oed,swan,wg")
+    parser.add_argument("--only", default=",".join(SETUPS))
+    parser.add_argument("--bridge", action="store_true",
+                        help="join the namespaces through a bridge, as oed's world does")
     args = parser.parse_args()
+    global BRIDGE
+    BRIDGE = args.bridge
     if os.geteuid() != 0:
         sys.exit("bench/throughput.py needs root (network namespaces)")
     results = {}
@@ -265,8 +293,8 @@ def main() -> None:
     for name, r in results.items():
         print(f"{TITLES[name]:<27}{r['tcp']:>11.0f} {r['tcp_note']:<17}{r['tcp4']:>8.0f} "
               f"{r['tcp4_note']:<17}{r['udp']:>11.0f} {r['udp_note']:<12}{r['rtt']:>8.3f}")
-    for mine in ("oe", "oed"):
-        for ref in REFERENCES:
+    for mine in ("oe", "oeesp", "oed", "oedudp"):
+        for ref in REFERENCES + (("oe",) if mine != "oe" else ()):
             if mine in results and ref in results:
                 m, r = results[mine], results[ref]
                 print(f"{mine}/{ref}: TCP x{ratio(m['tcp'], r['tcp'])}, "

@@ -98,6 +98,11 @@ class LimitsConfig:
     rationed by it: a burst of destinations without keys delays no keyed peer)."""
     acquire_burst: int = 40
     """IKE negotiations that may start at once before `acquire_rate` applies."""
+    acquire_lookups: int = 16
+    """DNS key lookups at once for our own trapped packets; further acquires wait for a place,
+    newest first. What a new acquire waits for is the lookups ahead of it, so keep it small;
+    raise it only for many new destinations per second over a slow resolver (it allows
+    acquire_lookups / round trip lookups per second)."""
     children_per_ike: int = 256
     """CHILD SAs one IKE SA carries at most: a peer asking for more gets NO_ADDITIONAL_SAS
     (RFC 7296 1.3); ours beyond it start another IKE SA with the same gateway (a gateway's
@@ -109,6 +114,10 @@ class EspConfig:
     df: str = "copy"
     """The outer IPv4 header's DF bit (RFC 4301 8.1): "copy" the inner packet's, "set" or
     "clear" it. With copy, inner packets without DF cross a smaller link as with plain routing."""
+    encapsulation: str = "auto"
+    """ "auto": ESP in UDP only across a NAT (RFC 7296 2.23); "udp": always, as if a NAT were
+    in the way (IkeConfig.force_encap): faster with oe's user-space datapath (README: Tunnel
+    throughput), 8 bytes more per packet, and through firewalls that pass only UDP."""
 
 
 @dataclass(frozen=True)
@@ -224,10 +233,11 @@ IFNAMSIZ = 16  # linux/if.h: an interface name and its NUL
 MAX_ADDRESSES = 4096  # one daemon, one wildcard socket per family and port (docs/gateway.md 1)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DNSSEC_MODES = ("validate", "off")
+ENCAPSULATIONS = ("auto", "udp")  # [esp] encapsulation: ESP in UDP across a NAT, or always
 SUBNETS_MAX = 256  # [gateway] subnets: each is a route, an nft element and a sysctl plan
 POSITIVE = {"shunt_lifetime", "sa_lifetime", "dpd_delay", "query_timeout", "total_timeout",
             "holds", "shunts", "half_open", "lookups", "queued_acquires", "cache_size",
-            "children_per_ike", "acquire_rate", "acquire_burst"}
+            "children_per_ike", "acquire_rate", "acquire_burst", "acquire_lookups"}
 
 
 def _values(config: Config) -> list[Problem]:
@@ -306,6 +316,9 @@ def _values(config: Config) -> list[Problem]:
         bad("log_level", f"{config.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
     if config.esp.df not in DF_POLICIES:
         bad("[esp] df", f"{config.esp.df!r}: expected one of {', '.join(DF_POLICIES)}")
+    if config.esp.encapsulation not in ENCAPSULATIONS:
+        bad("[esp] encapsulation",
+            f"{config.esp.encapsulation!r}: expected one of {', '.join(ENCAPSULATIONS)}")
     return found
 
 

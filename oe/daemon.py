@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,13 @@ from oe.status import LimitStatus, Status, build_status
 
 log = logging.getLogger("oe")
 
+
+def tun_mtu(link_mtu: int, families: Iterable[int]) -> int:
+    """The TUN's MTU: the smallest MTU of our interfaces less ESP-in-UDP's worst case in the
+    family of outer header that leaves the most room. Each SA still has its own inner MTU: a
+    larger inner packet gets a too-big from the datapath and TCP's MSS is clamped to it
+    (docs/pmtu.md), so sizing for IPv6's 20 more bytes would only shrink IPv4's packets."""
+    return link_mtu - min(esp_overhead(family, "udp") for family in families)
 
 
 class StartError(OeError):
@@ -148,11 +156,9 @@ class Daemon(Executor):
             raise StartError("no address to run IKE on: set addresses in oe.conf")
         self.opportunist.ours = self._ours(a for family in addresses.values() for a in family)
         self.tun_fd = tun.open_tun(self.config.tun_name)
-        # The TUN's MTU: the smallest path MTU of our interfaces minus the worst-case ESP
-        # overhead (outer IPv6 + UDP encapsulation), so inner packets always fit.
         path_mtu = min((await self._in_netlink(
             net.address_mtus, [a for family in addresses.values() for a in family])).values())
-        mtu = path_mtu - esp_overhead(6 if 6 in addresses else 4, "udp")
+        mtu = tun_mtu(path_mtu, addresses)
         await self._in_netlink(tun.set_up, self.config.tun_name, mtu)
         self.datapath = Datapath(max_holds=self.config.limits.holds, df=self.config.esp.df)
         self.datapath.replace_eroutes(self.opportunist.table())
@@ -371,7 +377,8 @@ class Daemon(Executor):
         # the route's MTU
         common["path_mtu"] = self.pmtu.install(
             str(child.remote_addr), ipaddress.ip_address(child.remote_addr).version,
-            net.route_mtu(child.remote_addr, self.config.bypass_mark), self.loop.time())
+            net.route_mtu(child.remote_addr, self.config.bypass_mark, local=child.local_addr),
+            self.loop.time())
         key = (version, sa_id, child.spi_out)
         if key in self.sa_out:
             return self._refuse_child(version, sa_id, child,
@@ -494,6 +501,7 @@ class Daemon(Executor):
                 "fragment_size": self.config.ike.fragment_size,
                 "half_open_max": limits.half_open,
                 "children_per_ike": limits.children_per_ike,
+                "force_encap": self.config.esp.encapsulation == "udp",
                 # COOKIEs begin well before the cap, whatever the cap is (RFC 7296 2.6)
                 "cookie_threshold": min(HALF_OPEN_COOKIE_THRESHOLD, limits.half_open // 2)}
 
@@ -579,7 +587,8 @@ def _is_address(text: str) -> bool:
 def _limits(config: oeconfig.Config) -> Limits:
     return Limits(shunt_lifetime=config.shunt_lifetime, pending_max=config.limits.queued_acquires,
                   max_shunts=config.limits.shunts, acquire_rate=config.limits.acquire_rate,
-                  acquire_burst=config.limits.acquire_burst)
+                  acquire_burst=config.limits.acquire_burst,
+                  lookups_max=config.limits.acquire_lookups)
 
 
 def _gateway_subnets(config: oeconfig.Config) -> tuple:

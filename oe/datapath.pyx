@@ -12,7 +12,7 @@ import ipaddress
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcpy
 
 from oe.dp.batch cimport OutBatch, api_batch, batch_flush, batch_free, path_mtu_error, send_clear
 from oe.dp.classifier cimport Classifier as CClassifier
@@ -23,7 +23,7 @@ from oe.dp.core cimport DpCore
 from oe.dp.esp cimport ESP_HDR, aead_context, esp_open, esp_seal, fetch_ciphers
 from oe.dp.events cimport (EV_ACQUIRE, EV_BLACK_HOLE, EV_IKE, EV_PATH_MTU, EV_PROBE_ACK,
                            EV_REPLAY, DpEvent, ev_free, ev_init, ev_pop)
-from oe.dp.holds cimport HOLD_BUCKETS, Hold, holds_free, holds_init
+from oe.dp.holds cimport HOLD_BUCKETS, Hold, hold_mark, holds_free, holds_init
 from oe.dp.inbound cimport dp_inbound
 from oe.dp.loop cimport LOOP_IN, LOOP_OUT, LoopThread, loop_join, loop_sockets, loop_start
 from oe.dp.outbound cimport dp_outbound, dp_probe, hold_recheck
@@ -35,8 +35,8 @@ from oe.dp.sa cimport (CTX_API, DIR_IN, DIR_OUT, ENCAP_RAW, ENCAP_UDP, FIRED_HAR
                        NCTX, PENDING_AUTH, PENDING_HARD, PENDING_REPLAY, PENDING_SOFT, EspSa,
                        SaTable, sa_account, sa_admit, sa_db_free, sa_db_init, sa_find, sa_fire,
                        sa_free, sa_refused, sa_sweep, sa_table_put, sa_table_remove)
-from oe.dp.sync cimport (oe_and32, oe_load64, oe_mutex_lock, oe_mutex_unlock, oe_now,
-                         oe_rd_lock, oe_rw_unlock, oe_store_int, oe_swap_int, oe_wr_lock)
+from oe.dp.sync cimport (oe_and32, oe_load64, oe_load_int, oe_mutex_lock, oe_mutex_unlock,
+                         oe_now, oe_rd_lock, oe_rw_unlock, oe_store_int, oe_swap_int, oe_wr_lock)
 
 from oe.dp.classifier import FLOW_RECORD_SIZE, Classifier
 from oe.dp.codes import COUNTER_NAMES, REASONS
@@ -66,6 +66,8 @@ cdef class Datapath:
     cdef uint32_t _next_handle  # outbound handles: 1, 2, ... never reused
     cdef dict _keys             # SHA-256 of each live SA's KEYMAT -> (direction, handle)
     cdef dict _digests          # and back
+    cdef dict _by_peer          # packed peer address -> {(inbound, handle)}: a peer's SAs
+                                # without a walk of every slot (issue 14)
 
     def __cinit__(self, *, uint64_t replay_window=4096, uint32_t hold_packets=64,
                   uint32_t hold_bytes=256 * 1024, double hold_timeout=60.0,
@@ -102,6 +104,7 @@ cdef class Datapath:
         self._next_handle = 1
         self._keys = {}
         self._digests = {}
+        self._by_peer = {}
         for k in range(6):
             self.c.fds[k] = -1
         self.classifier = classifier if classifier is not None else Classifier()
@@ -119,6 +122,40 @@ cdef class Datapath:
                 sys_close(self.c.wake_fds[k])
         free(self.c)
         self.c = NULL
+
+    cdef void _recheck_holds(self, selectors=None):
+        """Have the outbound loop (routine_housekeeping) recheck the holds of the pairs whose
+        host selectors changed, or every hold (`selectors` None, or one wider than a pair).
+        One wake-up per batch of work it has not yet taken: a burst of acquires changes the
+        table thousands of times a second, and each write to a sleeping thread's eventfd
+        costs a cross-CPU wake-up."""
+        cdef uint64_t one = 1
+        cdef uint8_t src[16]
+        cdef uint8_t dst[16]
+        cdef bint idle
+        pairs = [] if selectors is not None else None
+        for sel in selectors or ():
+            if sel.src.prefixlen != sel.src.max_prefixlen or \
+                    sel.dst.prefixlen != sel.dst.max_prefixlen:
+                pairs = None
+                break
+            pairs.append((sel.version, sel.src.network_address.packed,
+                          sel.dst.network_address.packed))
+        oe_mutex_lock(&self.c.holds.lock)
+        try:
+            idle = not self.c.holds.nmarked and not oe_load_int(&self.c.holds.recheck)
+            for version, s, d in pairs or ():
+                memcpy(src, <const char *>s, len(s))
+                memcpy(dst, <const char *>d, len(d))
+                if not hold_mark(&self.c.holds, version, src, dst):
+                    pairs = None
+                    break
+            if pairs is None:
+                oe_store_int(&self.c.holds.recheck, 1)
+            if idle and (self.c.holds.nmarked or oe_load_int(&self.c.holds.recheck)):
+                sys_write(self.c.wake_fds[0], &one, 8)
+        finally:
+            oe_mutex_unlock(&self.c.holds.lock)
 
     cdef void _wake(self) noexcept:
         cdef uint64_t one = 1
@@ -193,6 +230,7 @@ cdef class Datapath:
             self._next_handle += 1
         self._keys[digest] = (str(spec.direction), handle)
         self._digests[spec.direction, handle] = digest
+        self._by_peer.setdefault(_peer_of(sa), set()).add((inbound, handle))
         return handle
 
     cdef _refuse(self, str why):
@@ -210,10 +248,21 @@ cdef class Datapath:
             oe_wr_lock(&self.c.sas.lock)
         sa = sa_find(table, handle)
         if sa != NULL and len(peer_b) == (4 if sa.family == 4 else 16):
+            self._unpeer(sa, table == &self.c.sas.inb)
             memcpy(sa.peer, <const char *>peer_b, len(peer_b))
             sa.peer_port = peer_port
+            self._by_peer.setdefault(peer_b, set()).add((table == &self.c.sas.inb, handle))
         oe_rw_unlock(&self.c.sas.lock)
         return sa != NULL
+
+    cdef void _unpeer(self, EspSa *sa, bint inbound):
+        """Forget the SA in its peer's set (it goes, or moves to another address)."""
+        peer_b = _peer_of(sa)
+        same = self._by_peer.get(peer_b)
+        if same is not None:
+            same.discard((inbound, sa.handle))
+            if not same:
+                del self._by_peer[peer_b]
 
     def set_path_mtu(self, handle_or_peer, int path_mtu) -> int:
         """The path MTU to a peer changed (learned, probed: docs/pmtu.md): set it on one
@@ -221,29 +270,22 @@ cdef class Datapath:
         address). The inner MTU follows: the too-big sent to local senders and the MSS clamp
         (RFC 4301 8.2.1). How many SAs changed; ValueError if no ESP fits in it."""
         cdef EspSa *sa
-        cdef SaTable *table
-        cdef uint32_t i
-        cdef int k, changed = 0
-        cdef bytes peer_b = None
-        cdef uint32_t handle = 0
+        cdef int changed = 0
         if isinstance(handle_or_peer, int):
-            handle = handle_or_peer
+            which = ((False, handle_or_peer),)
         else:
-            peer_b = ipaddress.ip_address(handle_or_peer).packed
+            which = self._by_peer.get(ipaddress.ip_address(handle_or_peer).packed, ())
         with nogil:
             oe_wr_lock(&self.c.sas.lock)
         try:
-            for k in range(2):
-                table = &self.c.sas.out if k == 0 else &self.c.sas.inb
-                for i in range(table.cap):
-                    sa = table.slots[i]
-                    if sa == NULL or not (sa.handle == handle and k == 0 if peer_b is None
-                                          else _same_peer(sa, peer_b)):
-                        continue
-                    sa.mtu = _inner_mtu(path_mtu, sa.family,
-                                        "udp" if sa.encap == ENCAP_UDP else "esp", sa.tunnel)
-                    sa.path_mtu = path_mtu
-                    changed += 1
+            for inbound, handle in which:
+                sa = sa_find(&self.c.sas.inb if inbound else &self.c.sas.out, handle)
+                if sa == NULL:
+                    continue
+                sa.mtu = _inner_mtu(path_mtu, sa.family,
+                                    "udp" if sa.encap == ENCAP_UDP else "esp", sa.tunnel)
+                sa.path_mtu = path_mtu
+                changed += 1
         finally:
             oe_rw_unlock(&self.c.sas.lock)
         return changed
@@ -259,6 +301,7 @@ cdef class Datapath:
             oe_rw_unlock(&self.c.sas.lock)
         if sa != NULL:
             del self._keys[self._digests.pop((Direction(direction), handle))]
+            self._unpeer(sa, table == &self.c.sas.inb)
         sa_free(sa)
         return sa != NULL
 
@@ -293,24 +336,23 @@ cdef class Datapath:
         """Swap in an oe.eroute.ErouteTable atomically; holds it no longer traps are released.
         Costs in proportion to the table (it is compared with the one in force)."""
         self.classifier.replace(table)
-        oe_store_int(&self.c.holds.recheck, 1)
-        self._wake()
+        self._recheck_holds()
 
     def update_eroutes(self, add=(), remove=()) -> None:
         """Atomically remove the eroutes of the selectors `remove`, then add the Eroutes `add`
         (replacing any of the same selector): the cost of one change does not grow with the
         table (issue 10, 6). Holds the table no longer traps are released."""
         self.classifier.update(add, remove)
-        oe_store_int(&self.c.holds.recheck, 1)
-        self._wake()
+        self._recheck_holds([eroute.selector for eroute in add] + list(remove))
 
-    def release_holds(self, now=None) -> list:
-        """Without the loops: recheck holds now and return what their release produced."""
+    def release_holds(self, now=None, every=True) -> list:
+        """Without the loops: recheck holds now and return what their release produced;
+        every=False: only those the loop would recheck after the eroute changes since."""
         cdef double t = oe_now() if now is None else now
         result = []
         cdef OutBatch *b = api_batch(result)
         try:
-            hold_recheck(self.c, self.classifier, CTX_API, b, t, True)
+            hold_recheck(self.c, self.classifier, CTX_API, b, t, every, every)
             batch_flush(self.c, b)
         finally:
             batch_free(b)
@@ -461,6 +503,8 @@ cdef class Datapath:
         cdef bytes peer_b = ipaddress.ip_address(peer).packed
         cdef int family = 4 if len(peer_b) == 4 else 6
         cdef int r
+        cdef EspSa *sa = NULL
+        cdef EspSa *s
         if not 0 < size <= 65535:
             raise ValueError(f"a probe of {size} bytes")
         plain = bytearray(size)
@@ -469,8 +513,11 @@ cdef class Datapath:
         cdef uint8_t[::1] ov = out
         with nogil:
             oe_rd_lock(&self.c.sas.lock)
-        r = dp_probe(self.c, CTX_API, <const uint8_t *><const char *>peer_b, family, size,
-                     &pv[0], &ov[0], size)
+        for inbound, handle in self._by_peer.get(peer_b, ()):   # its newest tunnel mode SA
+            s = NULL if inbound else sa_find(&self.c.sas.out, handle)
+            if s != NULL and s.tunnel and (sa == NULL or s.handle > sa.handle):
+                sa = s
+        r = 0 if sa == NULL else dp_probe(self.c, CTX_API, sa, size, &pv[0], &ov[0], size)
         oe_rw_unlock(&self.c.sas.lock)
         if r <= 0:
             return None
@@ -669,11 +716,9 @@ cdef object _address(const uint8_t *packed, int version):
     return ipaddress.ip_address((<char *>packed)[:4 if version == 4 else 16])
 
 
-cdef bint _same_peer(EspSa *sa, bytes packed):
-    """The SA's peer is this packed address: bytes compared in place, no object per SA (a
-    path MTU change scans every SA, issue 14)."""
-    cdef Py_ssize_t size = 4 if sa.family == 4 else 16
-    return len(packed) == size and memcmp(sa.peer, <const char *>packed, size) == 0
+cdef bytes _peer_of(EspSa *sa):
+    """The SA's peer, packed (the key of Datapath._by_peer)."""
+    return (<const char *>sa.peer)[:4 if sa.family == 4 else 16]
 
 
 cdef list _table_dicts(SaTable *t):

@@ -28,6 +28,8 @@ def _escape(char: str) -> str:
 def printable(text: str, limit: int = LIMIT) -> str:
     """`text` with non-printables as \\xNN, \\uNNNN or \\UNNNNNNNN, cut to at most `limit`
     characters (ending in "..." when cut; an escape is never cut in half). limit >= 3."""
+    if len(text) <= limit and text.isprintable():  # most lines: no walk per character
+        return text
     pieces: list[str] = []
     length = 0
     for char in text:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import struct
@@ -148,15 +149,20 @@ IP_MTU, IPV6_MTU = 14, 24       # linux/in.h, linux/in6.h: the connected route's
 MAX_MTU = 65535
 
 
-def route_mtu(peer: str, mark: int, default: int = 1500) -> int:
+def route_mtu(peer: str, mark: int, default: int = 1500, local: str | None = None) -> int:
     """The path MTU the kernel has for the route our ESP to `peer` takes (the bypass `mark`
     skips oe's own table): the interface's MTU, or less if the kernel learned it. No packet is
-    sent (a connected UDP socket only looks the route up); `default` if there is no route."""
+    sent (a connected UDP socket only looks the route up); `default` if there is no route.
+    `local`: our address the ESP leaves from, bound first, so the kernel does not choose a
+    source (RFC 6724 selection walks every address of the host: issue 14's farm has 10,000)."""
     address = ipaddress.ip_address(peer)
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            if local is not None:
+                with contextlib.suppress(OSError):  # not ours (any more): the kernel chooses
+                    sock.bind((str(local), 0))
             sock.connect((str(address), 9))
             if address.version == 4:
                 mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)

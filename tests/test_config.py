@@ -65,6 +65,7 @@ def test_values_are_read_and_converted(tmp_path):
     ("[dns]\nport = 70000", "[dns] port: expected 1 to 65535"),
     ("[dns]\ntotal_timeout = 0.5", "[dns] total_timeout: 0.5 s is shorter than one query"),
     ('log_level = "loud"', "log_level: 'loud': expected one of debug, info, warning, error"),
+    ('[esp]\nencapsulation = "tcp"', "[esp] encapsulation: 'tcp': expected one of auto, udp"),
     # issue 13: the clients behind this gateway
     ('[gateway]\nsubnets = ["198.51.100.1/24"]', "[gateway] subnets: '198.51.100.1/24' has host "
                                                  "bits set"),

@@ -762,3 +762,13 @@ def test_an_fqdn_gateway_lookup_ends_in_a_decision(confdir, tmp_path):
         assert "address lookup for gateway gw.example. failed: boom" in \
             d.opportunist.shunts[pair].reason
     asyncio.run(run())
+
+
+def test_the_tun_mtu_leaves_room_for_the_roomiest_family():
+    """A dual-stack host's TUN is sized for ESP-in-UDP over IPv4 (1435 on a 1500 link), not
+    over IPv6 (1415): an inner packet larger than its SA carries gets a too-big from the
+    datapath and TCP is clamped to the SA's MTU (docs/pmtu.md), so IPv6 loses nothing while
+    IPv4 keeps 20 bytes (README: Tunnel throughput, 1400-byte UDP datagrams whole)."""
+    assert oedaemon.tun_mtu(1500, {4, 6}) == 1435
+    assert oedaemon.tun_mtu(1500, {6}) == 1415
+    assert oedaemon.tun_mtu(1400, {4}) == 1335

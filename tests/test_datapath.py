@@ -514,6 +514,30 @@ def test_update_eroutes_is_incremental_and_releases_holds():
     assert set(dp.classifier.table.entries) == {trap}
 
 
+def test_an_eroute_change_rechecks_the_holds_of_its_pairs():
+    """issue 14: after a change of host eroutes the loop rechecks the holds of those pairs (a
+    burst of acquires changes the table thousands of times a second, each holding a pair);
+    a wider change, or more pairs than it marks, has every hold rechecked."""
+    trap = eroute("198.51.100.0/24", Shunt.TRAP)
+    dp = datapath(trap)
+    peers = [f"198.51.100.{n}" for n in range(1, 80)]
+    for peer in peers:
+        dp.outbound(raw(IP(src=ME, dst=peer) / UDP(sport=5, dport=53)))
+    dp.read_events()
+    assert dp.release_holds(every=False) == []          # the first table's own recheck
+    dp.update_eroutes(add=[eroute(peers[0] + "/32", Shunt.PASS, src=ME + "/32"),
+                           eroute(peers[1] + "/32", Shunt.HOLD, src=ME + "/32")])
+    assert [str(IP(p).dst) for _, _, _, p in dp.release_holds(every=False)] == peers[:1]
+    assert len(dp.holds()) == dp.stats()["holds"] == len(peers) - 1
+    dp.update_eroutes(add=[eroute("198.51.100.0/28", Shunt.PASS)])     # not one pair
+    assert len(dp.release_holds(every=False)) == 13                   # .3 to .15 (.2 held)
+    held = [peers[1]] + peers[15:]                                     # 65 pairs, 64 marks
+    dp.update_eroutes(add=[eroute(p + "/32", Shunt.PASS, src=ME + "/32") for p in held])
+    assert len(dp.release_holds(every=False)) == len(held)            # past the marks: all
+    assert dp.holds() == [] and dp.release_holds(every=False) == []
+    assert dp.stats()["holds"] == dp.stats()["hold_total_bytes"] == 0
+
+
 @pytest.mark.parametrize("inbound", [True, False])
 def test_sa_with_exactly_negotiated_selectors(inbound):
     """Issue 10, 12: add_sa takes address ranges (RFC 7296 3.13.1; CIDRs too), a protocol and

@@ -201,6 +201,29 @@ def test_route_mtu_asks_the_kernel_and_falls_back_to_the_default():
     assert route_mtu("0.0.0.0", 0, default=1400) in (1400, 65535)
 
 
+def test_route_mtu_asks_from_our_own_address(monkeypatch):
+    """Issue 14: the farm's host has 10,000 addresses, and a socket connected with no source
+    bound has the kernel choose one (RFC 6724 source selection walks every address: 850 µs per
+    SA there, 5.5 µs bound). The SA's own address is bound first."""
+    import socket
+
+    from oe import net
+    calls = []
+
+    class Recording(socket.socket):
+        def bind(self, address):
+            calls.append(("bind", address[0]))
+            super().bind(address)
+
+        def connect(self, address):
+            calls.append(("connect", address[0]))
+            super().connect(address)
+
+    monkeypatch.setattr(net.socket, "socket", Recording)
+    assert net.route_mtu("::1", 0, local="::1") == 65535
+    assert calls == [("bind", "::1"), ("connect", "::1")]
+
+
 @pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("encap", ["udp", "esp"])
 def test_a_probe_is_a_padded_echo_request_whose_reply_is_consumed_as_its_ack(family, encap):
@@ -392,3 +415,32 @@ def test_a_large_tcp_segment_sent_again_raises_a_suspected_black_hole():
     dp.outbound(segment(7, full, sport=40001), now=3.1)
     assert dp.read_events() == [PathMtuBlackHole(peer=ipaddress.ip_address(PEER))]
     assert dp.stats()["pmtu_black_holes"] == 2
+
+
+def test_a_probe_and_a_peers_path_mtu_cost_the_same_beside_20000_sas():
+    """Issue 14: with 10,000 peers, each path MTU probe and each change of a peer's path MTU
+    walked every SA's slot (13 probes per peer at the farm: O(N²) in all); they find the
+    peer's SAs by its address, in the same time beside 20,000 other SAs as beside none."""
+    import time
+
+    def cost(others: int) -> float:
+        dp, _, _ = sealing()
+        dp.add_sa(SaSpec(spi=0x7000, direction="in", key=KEY6, local=ME, peer=PEER))
+        base = ipaddress.ip_address("198.18.0.1")
+        for n in range(others):
+            peer = str(base + n)
+            dp.add_sa(SaSpec(spi=0x10000 + n, direction="out", key=n.to_bytes(20, "big"),
+                             local=ME, peer=peer))
+            dp.add_sa(SaSpec(spi=0x10000 + n, direction="in",
+                             key=(n + others).to_bytes(20, "big"), local=ME, peer=peer))
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for size in range(1300, 1400):
+                assert dp.probe(PEER, size) is not None
+                assert dp.set_path_mtu(PEER, size) == 2
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    small, large = cost(0), cost(20_000)
+    assert large < 3 * small, f"{large / small:.1f} times slower beside 20,000 SAs"

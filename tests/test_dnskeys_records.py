@@ -557,3 +557,14 @@ def test_any_wire_rdata_dnspython_accepts_gives_a_verdict_never_an_exception(kin
         lookup.key.public_key()
     else:
         assert lookup.error and lookup.error.isprintable()
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)))
+def test_reverse_names_are_dnspythons(address):
+    """owner_for builds reverse names from the address's bytes; dnspython's from_address (the
+    oracle) parses its text."""
+    import dns.reversename
+    assert records.reverse_name(address) == dns.reversename.from_address(str(address))
+    assert records.owner_for(str(address)).to_text() == \
+        dns.reversename.from_address(str(address)).to_text()

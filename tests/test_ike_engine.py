@@ -135,6 +135,22 @@ def test_nat_floats_to_4500_and_encapsulates():
     assert_pair(ca, cb)
 
 
+@pytest.mark.parametrize("forcing", ["initiator", "responder"])
+def test_forced_encapsulation_without_nat(forcing):
+    """force_encap on one side and no NAT: its NAT-D source hash matches no address (2.23),
+    so both float to 4500 and put ESP in UDP; neither sends keepalives (no one is behind a NAT,
+    as the other's hashes say)."""
+    force = {"force_encap": True}
+    a, b = ike_pair(cfg_a=force if forcing == "initiator" else None,
+                    cfg_b=force if forcing == "responder" else None)
+    link = Link(a, b)
+    _, _, ca, cb = establish(link)
+    assert ca.udp_encap and cb.udp_encap
+    assert (ca.local_port, ca.remote_port) == (cb.local_port, cb.remote_port) == (4500, 4500)
+    assert a.get_timer() is None and b.get_timer() is None
+    assert_pair(ca, cb)
+
+
 def test_nat_keepalives_from_the_side_behind_nat():
     """Only A (whose own NAT-D hash mismatched) sends 0xFF to 4500 every 20 s (RFC 3948 4)."""
     a, b = ike_pair()
@@ -790,3 +806,47 @@ def test_a_peer_cannot_make_us_hold_unbounded_child_sas():
     refused = [e for e in events(b) if isinstance(e, E.ChildSaFailed)]
     # the first CHILD SA came with IKE_AUTH: CHILD_SAS_MAX - 1 more were taken
     assert len(refused) == 21 and all(e.notify == NotifyType.NO_ADDITIONAL_SAS for e in refused)
+
+
+def test_established_with_follows_a_peer_that_moved():
+    """INITIAL_CONTACT's question (section 2.4), asked of the IKE SAs by peer address: an IKE
+    SA that followed its peer across a NAT (2.23) answers for the new address, not the old."""
+    a, b = ike_pair()
+    link = Link(a, b, nat="203.0.113.77")
+    sa, sb, _, _ = establish(link)
+    assert b.established_with("203.0.113.77", None)
+    a.check_liveness(sa, link.now)
+    [(req, _, _, _)] = a.datagrams_to_send(link.now)
+    b.receive_datagram(req, ("203.0.113.78", 45000), link.now, local_port=4500)
+    assert b.established_with("203.0.113.78", None)
+    assert not b.established_with("203.0.113.77", None)
+    assert not b.established_with("203.0.113.78", b._by_id[sb])
+
+
+def test_initial_contact_question_does_not_walk_every_ike_sa(monkeypatch):
+    """Issue 14: with 10,000 peers, A's IKE_AUTH asked every IKE SA whether it was with B
+    (section 2.4's INITIAL_CONTACT); the IKE SAs with other peers are not looked at."""
+    from oe.ike.ike_sa import IkeSa
+
+    a, b = ike_pair()
+    link = Link(a, b)
+    for n in range(200):  # half-open IKE SAs with 200 other peers
+        a.initiate(f"203.0.113.{n + 1}", link.now)
+    a.datagrams_to_send(link.now)
+    read = []
+
+    class Counted:  # reads of an IKE SA's peer address, by which SA
+        def __get__(self, sa, owner):
+            if sa is None:
+                return self
+            read.append(sa)
+            return sa.__dict__["peer_addr"]
+
+        def __set__(self, sa, value):
+            sa.__dict__["peer_addr"] = value
+
+    monkeypatch.setattr(IkeSa, "peer_addr", Counted(), raising=False)
+    a.initiate(ADDR_B, link.now)
+    link.roundtrip(a)
+    others = {sa for sa in read if sa.__dict__["peer_addr"] not in (ADDR_A, ADDR_B)}
+    assert len(others) == 0, f"{len(others)} IKE SAs with other peers looked at"

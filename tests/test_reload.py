@@ -68,6 +68,13 @@ def test_runtime_settings_apply_and_restart_settings_are_named(confdir):
     assert (d.config.tun_name, d.config.route_table) == ("oe0", 4322)   # not half applied
 
 
+def test_forced_udp_encapsulation_applies_to_new_ike_sas(confdir):
+    """[esp] encapsulation = "udp" (README: Tunnel throughput) reaches the engines on reload."""
+    d, reply = reload(confdir, '[esp]\nencapsulation = "udp"\n[dns]\nnameservers = ["192.0.2.53"]\n')
+    assert reply == "reloaded: 1 policy entries; applied: [esp] encapsulation"
+    assert d.sides[4].engine.config.force_encap
+
+
 def test_one_restart_setting_is_named_alone(confdir):
     _, reply = reload(confdir, 'tun_name = "oe9"\n[dns]\nnameservers = ["192.0.2.53"]\n')
     assert reply == "reloaded: 1 policy entries; kept: tun_name changes need a restart"

@@ -298,11 +298,8 @@ class KeyFetcher:
 
     async def _ask(self, target: Target, rdtypes: list) -> KeyLookup:
         """One lookup of the three kinds at `target`, within the budget."""
-        budget = self.config.total_timeout
-        try:  # the source keeps the budget; this only ends a source that does not
-            async with asyncio.timeout(budget + self.config.query_timeout):
-                entries = await asyncio.gather(*(self._answer(target.name, t) for t in rdtypes))
-        except TimeoutError:
+        entries = await self._within_budget([self._answer(target.name, t) for t in rdtypes])
+        if entries is None:
             return self._timed_out(target, self._source_servers())
         answers = [entry.answer for entry in entries]
         silent = tuple(dict.fromkeys(s for a in answers for s in a.silent))
@@ -347,11 +344,9 @@ class KeyFetcher:
         cache and budget as keys, as the delegation rule lets them be used (docs/gateway.md
         5); `record_state`: the DNSSEC state of the record that names the gateway."""
         rdtype = dns.rdatatype.A if version == 4 else dns.rdatatype.AAAA
-        try:
-            async with asyncio.timeout(self.config.total_timeout + self.config.query_timeout):
-                answer = (await self._answer(name, rdtype)).answer
-        except TimeoutError:
-            answer = Answer((), 0, f"no answer within {self.config.total_timeout:g} s")
+        entries = await self._within_budget([self._answer(name, rdtype)])
+        answer = entries[0].answer if entries is not None else \
+            Answer((), 0, f"no answer within {self.config.total_timeout:g} s")
         return gateway_addresses(
             name, answer.rdatas, record_state=record_state, address_state=answer.security,
             allow_unsigned_delegation=self.config.allow_unsigned_delegation,
@@ -372,8 +367,19 @@ class KeyFetcher:
         """A lookup from no cacheable answer: stale from now on."""
         return replace(lookup, expires=self.clock())
 
-    async def _answer(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> _Entry:
-        """The answer for (name, type) and when it expires, from the cache or the source."""
+    async def _within_budget(self, answers: list[asyncio.Future]) -> list[_Entry] | None:
+        """The entries of `answers` (from _answer), or None when the budget ran out first. The
+        source keeps the budget; this only ends a source that does not. asyncio.wait, unlike
+        a timeout around gather, never cancels them: a query under way is shared by every
+        caller of that name and type, and one caller out of budget must not end the others'.
+        No task per query either: a burst of new destinations makes thousands of them."""
+        _, pending = await asyncio.wait(
+            answers, timeout=self.config.total_timeout + self.config.query_timeout)
+        return None if pending else [answer.result() for answer in answers]
+
+    def _answer(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> asyncio.Future:
+        """The answer for (name, type) and when it expires (an _Entry), as a future: done at
+        once from the cache, else the source's query under way for it."""
         key = (name, int(rdtype))
         entry = self._cache.get(key)
         now = self.clock()
@@ -381,8 +387,10 @@ class KeyFetcher:
             if entry.expires > now:
                 self._cache.move_to_end(key)
                 self.stats.cache_hits += 1
-                return replace(entry, answer=replace(entry.answer,
-                                                     ttl=int(entry.expires - now)))
+                cached = asyncio.get_running_loop().create_future()
+                cached.set_result(replace(entry, answer=replace(entry.answer,
+                                                                ttl=int(entry.expires - now))))
+                return cached
             del self._cache[key]
         task = self._inflight.get(key)
         if task is None:
@@ -391,8 +399,7 @@ class KeyFetcher:
             task.add_done_callback(lambda _: self._inflight.pop(key, None))
         else:
             self.stats.coalesced += 1
-        # Shielded: one caller running out of budget must not cancel the others' query.
-        return await asyncio.shield(task)
+        return task
 
     async def _query(self, key: tuple[dns.name.Name, int], name: dns.name.Name,
                      rdtype: dns.rdatatype.RdataType) -> _Entry:

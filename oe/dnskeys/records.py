@@ -28,7 +28,6 @@ import dns.rdatatype
 import dns.rdtypes.ANY.KEY
 import dns.rdtypes.ANY.TXT
 import dns.rdtypes.IN.IPSECKEY
-import dns.reversename
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from oe.logsafe import printable
@@ -419,4 +418,17 @@ def owner_for(target: str) -> dns.name.Name:
         if name in ("", "."):
             raise ValueError(f"'{target}' is neither an address nor a domain name")
         return result
-    return dns.reversename.from_address(str(address))
+    return reverse_name(address)
+
+
+def reverse_name(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> dns.name.Name:
+    """The address's name under in-addr.arpa (RFC 1035 3.5) or ip6.arpa (RFC 3596 2.5), made
+    from its bytes: dns.reversename.from_address parses text, and a burst of new destinations
+    asks for thousands of these. An IPv4-mapped IPv6 address is its IPv4 address, as there."""
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.version == 4:
+        labels = [str(octet).encode() for octet in reversed(address.packed)] + [b"in-addr"]
+    else:
+        labels = [nibble.encode() for nibble in reversed(address.packed.hex())] + [b"ip6"]
+    return dns.name.Name(labels + [b"arpa", b""])

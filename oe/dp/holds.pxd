@@ -10,6 +10,7 @@ from oe.dp.sync cimport oe_mutex_t
 
 cdef enum:
     HOLD_BUCKETS = 256
+    HOLD_MARKS = 64             # pairs to recheck before "recheck every hold" is cheaper
 
 
 cdef struct HeldPkt:
@@ -32,6 +33,12 @@ cdef struct Hold:
     double created
 
 
+cdef struct HoldPair:
+    uint8_t version
+    uint8_t src[16]
+    uint8_t dst[16]
+
+
 cdef struct HoldTable:
     oe_mutex_t lock
     Hold *buckets[256]
@@ -39,6 +46,8 @@ cdef struct HoldTable:
     Hold *newest
     int count
     int recheck                 # the eroutes changed: reclassify every hold
+    HoldPair marked[64]         # the eroutes of these pairs changed: reclassify their holds
+    int nmarked
     uint32_t hold_packets       # per hold
     uint32_t hold_bytes
     uint32_t max_holds          # global caps: beyond them the oldest hold goes
@@ -58,3 +67,5 @@ cdef void hold_forget(HoldTable *t, Hold *h) noexcept nogil
 cdef void hold_enqueue(HoldTable *t, uint64_t *counters, Hold *h, const uint8_t *pkt,
                        size_t n) noexcept nogil
 cdef void hold_free(Hold *h) noexcept nogil
+cdef bint hold_mark(HoldTable *t, int version, const uint8_t *src,
+                    const uint8_t *dst) noexcept nogil

@@ -7,7 +7,7 @@ from libc.string cimport memcmp, memcpy
 
 from oe.dp.codes cimport C_HELD, C_HOLD_OVERFLOW, C_HOLDS_EVICTED, count, count_n
 from oe.dp.packet cimport addr_len, oe_pair_hash
-from oe.dp.sync cimport oe_mutex_destroy, oe_mutex_init
+from oe.dp.sync cimport oe_mutex_destroy, oe_mutex_init, oe_store_int
 
 
 cdef void holds_init(HoldTable *t) noexcept nogil:
@@ -151,3 +151,21 @@ cdef void hold_free(Hold *h) noexcept nogil:
         free(p)
         p = q
     free(h)
+
+
+cdef bint hold_mark(HoldTable *t, int version, const uint8_t *src,
+                    const uint8_t *dst) noexcept nogil:
+    """Have the pair's hold, if there is one, reclassified at the next recheck (lock held);
+    False when the marks are full: then recheck every hold."""
+    cdef int alen = addr_len(version)
+    cdef HoldPair *m
+    if hold_find(t, version, src, dst) == NULL:
+        return True             # nothing held for the pair: nothing to recheck
+    if t.nmarked == HOLD_MARKS:
+        return False
+    m = &t.marked[t.nmarked]
+    m.version = version
+    memcpy(m.src, src, alen)
+    memcpy(m.dst, dst, alen)
+    oe_store_int(&t.nmarked, t.nmarked + 1)  # the loops read it unlocked: is there work
+    return True

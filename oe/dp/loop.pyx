@@ -110,14 +110,17 @@ cdef void dp_loop(DpCore *c, Classifier cls, int role) noexcept nogil:
     while oe_load_int(&c.running):
         dp_wait(fds, nfds, 500, &ready, &errs)
         now = oe_now()
+        # The wake-up (last of fds) is taken before looking at the work it announces: taken
+        # after, it could swallow a wake-up for work posted in between (hold marks), which
+        # would then wait for the poll timeout.
+        if ready & (1u << (nfds - 1)):
+            sys_read(wake, &junk, 8)
         if role & LOOP_OUT:
             routine_housekeeping(c, cls, b, now)
-        for i in range(nfds):
+        for i in range(nfds - 1):
             if not (ready & (1u << i)):
                 continue
-            if which[i] == WAKE:
-                sys_read(wake, &junk, 8)
-            elif which[i] == TUN:
+            if which[i] == TUN:
                 routine_read_tun(c, cls, lb, b, now)
             else:
                 if errs & (1u << i):
@@ -152,8 +155,9 @@ cdef void routine_housekeeping(DpCore *c, Classifier cls, OutBatch *b,
                                double now) noexcept nogil:
     """Holds to release (the eroutes changed) or past their timeout; time lifetimes."""
     cdef bint due = now - c.last_sweep >= HOUSEKEEPING
-    if oe_load_int(&c.holds.recheck) or (c.holds.count > 0 and due):
-        hold_recheck(c, cls, CTX_LOOP, b, now, False)
+    if (oe_load_int(&c.holds.recheck) or oe_load_int(&c.holds.nmarked)
+            or (c.holds.count > 0 and due)):
+        hold_recheck(c, cls, CTX_LOOP, b, now, False, due)
     if due:
         sa_sweep(&c.events, &c.sas, now)
         c.last_sweep = now

@@ -16,7 +16,7 @@ its queue sent, in order, under the new verdict (hold_recheck).
 
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcpy, memset
 
 from oe.dp.batch cimport OUT_PASS, OUT_RAW, OUT_TUN, OUT_UDP, SLOT, batch_commit, batch_slot
 from oe.dp.classifier cimport ACT_DROP, ACT_HOLD, ACT_PASS, ACT_REJECT, ACT_SA, ACT_TRAP, Verdict
@@ -26,16 +26,16 @@ from oe.dp.codes cimport (C_ACQUIRES, C_DROPPED, C_ESP_OUT, C_EXPIRED, C_HOLD_DI
                           count_n)
 from oe.dp.esp cimport ESP_HDR, ESP_ICV, ESP_IV, ESP_TRAILER, esp_seal
 from oe.dp.events cimport EV_ACQUIRE, EV_BLACK_HOLE, DpEvent, ev_push
-from oe.dp.holds cimport (HOLD_BUCKETS, HeldPkt, Hold, hold_create, hold_enqueue, hold_find,
-                          hold_forget, hold_free, hold_remove)
+from oe.dp.holds cimport (HOLD_BUCKETS, HeldPkt, Hold, HoldPair, hold_create, hold_enqueue,
+                          hold_find, hold_forget, hold_free, hold_remove)
 from oe.dp.core cimport DF_CLEAR, DF_SET
 from oe.dp.packet cimport (PROBE_ECHO, PROBE_ID, PROBE_MAGIC_HI, PROBE_MAGIC_LO, PROTO_ICMP,
                            PROTO_ICMPV6, PROTO_TCP, PktInfo, addr_len, icmp_error,
                            is_link_chatter, mss_clamp, oe_csum_add, oe_csum_fold, oe_rd16,
                            oe_rd32, oe_wr16, oe_wr32, option_len, outer_ip, parse_ip)
-from oe.dp.sa cimport ENCAP_UDP, EspSa, SaTable, sa_account, sa_admit, sa_find, sa_fire
+from oe.dp.sa cimport ENCAP_UDP, EspSa, sa_account, sa_admit, sa_find, sa_fire
 from oe.dp.sync cimport (oe_add64, oe_load_int, oe_mutex_lock, oe_mutex_unlock, oe_now,
-                         oe_rd_lock, oe_rw_unlock, oe_swap_int)
+                         oe_rd_lock, oe_rw_unlock, oe_store_int, oe_swap_int)
 
 cdef enum:
     IPV6_MIN_MTU = 1280         # RFC 8200 5
@@ -294,27 +294,17 @@ cdef void _keep_copied_options(uint8_t *head, int hlen) noexcept nogil:
 
 # ------------------------------------------------------------------- path MTU probes
 
-cdef int dp_probe(DpCore *c, int ctxi, const uint8_t *peer, int family, int size,
-                  uint8_t *plain, uint8_t *out, size_t cap) noexcept nogil:
-    """A path MTU probe of `size` outer bytes to `peer` (docs/pmtu.md) on its newest tunnel
-    mode outbound SA, with DF: an ICMP echo request from the SA's inner source to its inner
-    destination, padded with TFC padding (RFC 4303 2.4, 2.7) so the ESP packet has the size;
-    the peer's stack answers it through its SA (inbound.pyx takes the reply as the ack).
-    `plain` holds size bytes. The outer packet's length (at most size), or 0: no SA, too small."""
-    cdef EspSa *sa = NULL
-    cdef EspSa *s
-    cdef uint32_t i
+cdef int dp_probe(DpCore *c, int ctxi, EspSa *sa, int size, uint8_t *plain, uint8_t *out,
+                  size_t cap) noexcept nogil:
+    """A path MTU probe of `size` outer bytes to the peer (docs/pmtu.md) on its tunnel mode
+    outbound SA `sa` (its newest, which the caller found under the read lock), with DF: an
+    ICMP echo request from the SA's inner source to its inner destination, padded with TFC
+    padding (RFC 4303 2.4, 2.7) so the ESP packet has the size; the peer's stack answers it
+    through its SA (inbound.pyx takes the reply as the ack). `plain` holds size bytes. The
+    outer packet's length (at most size), or 0: too small."""
     cdef int hdr, room, plen, r
     cdef uint64_t seq
-    cdef SaTable *t = &c.sas.out
-    for i in range(t.cap):
-        s = t.slots[i]
-        if (s != NULL and s.family == family and s.tunnel and memcmp(s.peer, peer,
-                addr_len(family)) == 0 and (sa == NULL or s.handle > sa.handle)):
-            sa = s
-    if sa == NULL:
-        return 0
-    hdr = (20 if family == 4 else 40) + (8 if sa.encap == ENCAP_UDP else 0)
+    hdr = (20 if sa.family == 4 else 40) + (8 if sa.encap == ENCAP_UDP else 0)
     room = (size - hdr - ESP_HDR - ESP_IV - ESP_ICV) & ~3    # payload, padding, trailer
     plen = room - ESP_TRAILER
     if plen < (20 if sa.ts_version == 4 else 40) + PROBE_ECHO or <size_t>size > cap:
@@ -324,7 +314,7 @@ cdef int dp_probe(DpCore *c, int ctxi, const uint8_t *peer, int family, int size
     if r < 0:
         return 0
     sa_account(&c.events, sa, plen, seq, oe_now())
-    return outer_ip(out, family, sa.local, sa.peer, sa.encap == ENCAP_UDP, sa.local_port,
+    return outer_ip(out, sa.family, sa.local, sa.peer, sa.encap == ENCAP_UDP, sa.local_port,
                     sa.peer_port, r, True) + r
 
 
@@ -446,20 +436,34 @@ cdef bint _acquire(DpCore *c, const PktInfo *info) noexcept nogil:
 
 
 cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double now,
-                       bint reclassify) noexcept nogil:
-    """Release, in order, every hold whose pair the eroute table no longer traps or holds.
+                       bint reclassify, bint sweep) noexcept nogil:
+    """Release, in order, the holds whose pair the eroute table no longer traps or holds.
 
-    Unless `reclassify` or the table changed since the last check, only holds past the hold
-    timeout go, so the periodic check adds nothing to the eroutes' packet counters.
+    Reclassified: every hold with `reclassify` or after a change of the table beyond single
+    pairs (holds.recheck), else the holds of the pairs whose eroutes changed (hold_mark): a
+    change costs the holds it concerns, not all of them (issue 14: a burst of acquires makes
+    thousands of changes a second). `sweep`: also every hold past the hold timeout goes; a
+    hold is never counted against an eroute unless it is reclassified.
     """
-    cdef Hold *released
+    cdef Hold *released = NULL
     cdef Hold *h
     cdef HeldPkt *p
     cdef HeldPkt *q
+    cdef HoldPair *m
+    cdef int k
     oe_mutex_lock(&c.holds.lock)
     if oe_swap_int(&c.holds.recheck, 0):
         reclassify = True
-    released = _take_released_locked(c, cls, now, reclassify)
+    if reclassify or sweep:
+        released = _take_released_locked(c, cls, now, reclassify)
+    if not reclassify:
+        for k in range(c.holds.nmarked):
+            m = &c.holds.marked[k]
+            h = hold_find(&c.holds, m.version, m.src, m.dst)
+            if h != NULL and _goes(c, cls, h, now, True):
+                hold_remove(&c.holds, h)
+                released = _taken_out(c, h, now, released)
+    oe_store_int(&c.holds.nmarked, 0)
     oe_mutex_unlock(&c.holds.lock)
     while released != NULL:
         h = released
@@ -474,35 +478,46 @@ cdef void hold_recheck(DpCore *c, Classifier cls, int ctxi, OutBatch *b, double 
         free(h)
 
 
+cdef bint _goes(DpCore *c, Classifier cls, Hold *h, double now, bint reclassify) noexcept nogil:
+    """Whether the hold leaves the table: past the hold timeout, or (reclassified) no longer
+    trapped or held."""
+    cdef PktInfo info
+    cdef Verdict v
+    if now - h.created >= c.holds.timeout:
+        return True
+    if (not reclassify or h.head == NULL
+            or parse_ip(h.head.data, h.head.length, &info) != 0):
+        return False
+    v = cls.classify(info.version, info.src, info.dst, info.proto, info.sport, info.dport, 0)
+    return v.action != ACT_TRAP and v.action != ACT_HOLD
+
+
+cdef Hold *_taken_out(DpCore *c, Hold *h, double now, Hold *released) noexcept nogil:
+    """A hold out of the table: discarded if timed out, else onto the list of holds to
+    release (returned)."""
+    if now - h.created >= c.holds.timeout:
+        count_n(c.counters, C_HOLD_DISCARDED, h.npkts)
+        hold_free(h)
+        return released
+    h.next = released
+    return h
+
+
 cdef Hold *_take_released_locked(DpCore *c, Classifier cls, double now,
                                  bint reclassify) noexcept nogil:
     """Take out the holds to release (a list linked by next); discard the timed-out ones."""
     cdef Hold *released = NULL
     cdef Hold **link
     cdef Hold *h
-    cdef PktInfo info
-    cdef Verdict v
     cdef int k
-    cdef bint keep
     for k in range(HOLD_BUCKETS):
         link = &c.holds.buckets[k]
         while link[0] != NULL:
             h = link[0]
-            keep = now - h.created < c.holds.timeout
-            if (keep and reclassify and h.head != NULL
-                    and parse_ip(h.head.data, h.head.length, &info) == 0):
-                v = cls.classify(info.version, info.src, info.dst, info.proto, info.sport,
-                                 info.dport, 0)
-                keep = v.action == ACT_TRAP or v.action == ACT_HOLD
-            if keep:
+            if not _goes(c, cls, h, now, reclassify):
                 link = &h.next
                 continue
             link[0] = h.next
             hold_forget(&c.holds, h)
-            if now - h.created >= c.holds.timeout:
-                count_n(c.counters, C_HOLD_DISCARDED, h.npkts)
-                hold_free(h)
-                continue
-            h.next = released
-            released = h
+            released = _taken_out(c, h, now, released)
     return released

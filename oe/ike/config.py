@@ -60,6 +60,11 @@ class IkeConfig:
     False behaves as a peer without RFC 7383 (charon's ``fragmentation = no``)."""
     fragment_size: int = FRAGMENT_SIZE
     """The largest IP datagram of a protected message before it is sent as fragments."""
+    force_encap: bool = False
+    """Put ESP in UDP (RFC 3948) even where no NAT is: our NAT_DETECTION_SOURCE_IP hash then
+    names no address, so the peer takes us to be behind a NAT and encapsulates too (section
+    2.23; strongSwan's ``encap = yes`` does the same). oe's datapath is in user space, where
+    ESP-in-UDP gets the kernel's UDP segmentation and coalescing (README: Tunnel throughput)."""
     children_per_ike: int = CHILDREN_PER_IKE
     """CHILD SAs one IKE SA may carry (a gateway's clients share one, docs/gateway.md 5); a
     peer asking for more gets NO_ADDITIONAL_SAS (RFC 7296 1.3)."""

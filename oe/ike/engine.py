@@ -152,6 +152,9 @@ class IkeEngine:
         self._by_id: dict[int, IkeSa] = {}
         # authenticated IKE SAs by (peer ID, our ID): whom INITIAL_CONTACT concerns (2.4)
         self._by_peer: dict[tuple[Identity, Identity], set[IkeSa]] = {}
+        # IKE SAs by the peer's address: what established_with asks (2.4), in the time of one
+        # peer's IKE SAs, not of every peer's (issue 14)
+        self._by_addr: dict[str, set[IkeSa]] = {}
         # the timer heap: (when, rank, seq, sa), live while it is _filed[sa]; rank is the
         # order in which the IKE SAs were added (handle_timer visits due ones in that order)
         self._timers: list[tuple[float, int, int, IkeSa]] = []
@@ -427,9 +430,21 @@ class IkeEngine:
             if not peers:
                 del self._by_peer[key]
 
+    def moved(self, sa: IkeSa, before: str) -> None:
+        self._unaddr(sa, before)
+        self._by_addr.setdefault(sa.peer_addr, set()).add(sa)
+
+    def _unaddr(self, sa: IkeSa, peer_addr: str) -> None:
+        same = self._by_addr.get(peer_addr)
+        if same is not None:
+            same.discard(sa)
+            if not same:
+                del self._by_addr[peer_addr]
+
     def add(self, sa: IkeSa) -> None:
         self._sas[sa.our_spi] = sa
         self._by_id[sa.sa_id] = sa
+        self._by_addr.setdefault(sa.peer_addr, set()).add(sa)
         self._rank[sa] = next(self._seq)
         self.touch(sa)
 
@@ -445,6 +460,7 @@ class IkeEngine:
         if self._by_id.get(sa.sa_id) is sa:
             del self._by_id[sa.sa_id]
         self._unindex(sa, sa.peer_id)  # its peer_id stays, for its events
+        self._unaddr(sa, sa.peer_addr)
         key = (sa.spi_i, sa.init_addr)
         if self._by_init.get(key) is sa:
             del self._by_init[key]
@@ -455,9 +471,8 @@ class IkeEngine:
 
     def established_with(self, peer_addr: str, besides: IkeSa) -> bool:
         """Whether an IKE SA other than `besides` is up with this peer."""
-        return any(sa is not besides and sa.peer_addr == peer_addr
-                   and sa.state in (State.ESTABLISHED, State.REKEYED)
-                   for sa in self._by_id.values())
+        return any(sa is not besides and sa.state in (State.ESTABLISHED, State.REKEYED)
+                   for sa in self._by_addr.get(peer_addr, ()))
 
     def initial_contact(self, new: IkeSa) -> None:
         """Forget, without DELETEs, every other IKE SA between the same two identities (2.4:

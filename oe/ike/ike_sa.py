@@ -182,6 +182,9 @@ class Host(Protocol):
     def established_with(self, peer_addr: str, besides: IkeSa) -> bool:
         """Whether another IKE SA is up with that peer (INITIAL_CONTACT, section 2.4)."""
 
+    def moved(self, sa: IkeSa, before: str) -> None:
+        """``sa`` follows its peer from the address ``before`` to ``sa.peer_addr`` (2.23)."""
+
     def initial_contact(self, sa: IkeSa) -> None:
         """The peer of ``sa`` started afresh: forget its other IKE SAs (section 2.4)."""
 
@@ -605,7 +608,10 @@ class IkeSa:
         without NAT a changed source means a spoofed replay, not a moved peer)."""
         if self.state == State.EXPECT_AUTH_REQUEST or self.nat_detected:
             moved = addr != (self.peer_addr, self.peer_port)
+            before = self.peer_addr
             self.peer_addr, self.peer_port = addr
+            if before != self.peer_addr:
+                self.host.moved(self, before)
             self.local_port = local_port
             if moved and self.state == State.ESTABLISHED:
                 self.emit(IkeSaPeerMoved(self.sa_id, self.peer_addr, self.peer_port,

@@ -109,6 +109,24 @@ def test_private_or_clear_both_sides_encrypt_both_ways(make_world):
     assert cleartext(demo.wire_summary(world.pcap, ALICE6, BOB6)) == {}
 
 
+@pytest.mark.parametrize("forcing", ["alice", "bob"])
+def test_forced_udp_encapsulation_on_one_side_puts_both_ways_in_udp(make_world, forcing):
+    """[esp] encapsulation = "udp" on either end, no NAT: both SAs are ESP-in-UDP (the other
+    end believes a NAT is in the way, RFC 7296 2.23), raw ESP never goes on the wire and
+    nothing in clear. The dual-stack TUN is sized for IPv4 (README: Tunnel throughput)."""
+    world = make_world(conf={forcing: '[esp]\nencapsulation = "udp"\n'})
+    ping(world, "alice", BOB)
+    ping(world, "bob", ALICE)
+    tun = world.world.run(world.hosts["alice"], "ip", "link", "show", "oe0").stdout
+    assert " mtu 1435 " in tun, tun
+    for name, peer in (("alice", BOB), ("bob", ALICE)):
+        [sa] = [sa for sa in status(world, name)["sas"] if sa["dst"] == peer]
+        assert sa["encap"] == "ESP-in-UDP", sa
+    kinds = wire(world, ALICE, BOB)
+    assert cleartext(kinds) == {} and "ESP" not in kinds, kinds
+    assert kinds.get("IKE or ESP-in-UDP (udp 4500)", 0) >= 6, kinds
+
+
 def test_fates_without_a_key_and_block(make_world):
     """private -> no key: dropped, nothing on the wire; p-o-c -> no key: clear; block: ICMP."""
     world = make_world(oe_on=("alice",), groups={

@@ -39,10 +39,13 @@ def natd_hash(spi_i: bytes, spi_r: bytes, addr: str, port: int) -> bytes:
 
 
 def natd_notifies(sa: IkeSa) -> list[Notify]:
-    """N(NATD_S_IP), N(NATD_D_IP) over the SPIs as in this message's header (2.23)."""
+    """N(NATD_S_IP), N(NATD_D_IP) over the SPIs as in this message's header (2.23). Forcing
+    ESP-in-UDP, our source hash covers port 0, which no datagram comes from: the peer sees
+    a NAT in front of us."""
+    our_port = 0 if sa.config.force_encap else sa.local_port
     return [
         Notify(NotifyType.NAT_DETECTION_SOURCE_IP,
-               natd_hash(sa.spi_i, sa.spi_r, sa.local_addr, sa.local_port)),
+               natd_hash(sa.spi_i, sa.spi_r, sa.local_addr, our_port)),
         Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
                natd_hash(sa.spi_i, sa.spi_r, sa.peer_addr, sa.peer_port)),
     ]
@@ -60,7 +63,7 @@ def check_natd(sa: IkeSa, msg: Message, our_port: int) -> None:
     our_hash = natd_hash(sa.spi_i, spi_r, sa.local_addr, our_port)
     peer_behind_nat = all(n.data != peer_hash for n in src)
     we_behind_nat = all(n.data != our_hash for n in dst)
-    sa.nat_detected = peer_behind_nat or we_behind_nat
+    sa.nat_detected = peer_behind_nat or we_behind_nat or sa.config.force_encap
     sa.behind_nat = we_behind_nat
 
 
