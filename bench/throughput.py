@@ -122,13 +122,15 @@ def plain():
 
 
 @contextmanager
-def oe(encap: str = "udp"):
+def oe(encap: str = "udp", threads: int = 2):
+    """The datapath alone; threads=1: one loop thread for both directions (bench/rtt_floor.py)."""
     key_ab, key_ba = os.urandom(20).hex(), os.urandom(20).hex()
     with namespaces("o") as (a, b), processes() as procs, tempfile.TemporaryDirectory() as work:
         for ns, me, peer, out_key, in_key in ((a, A, B, key_ab, key_ba), (b, B, A, key_ba, key_ab)):
             spi_out, spi_in = (0x1001, 0x2001) if ns == a else (0x2001, 0x1001)
             config = {
-                "mtu": 1500 - 65, "addresses": [me], "trap": [f"{peer}/32"],
+                "mtu": 1500 - 65, "threads": threads, "addresses": [me],
+                "trap": [f"{peer}/32"],
                 "sas": [{"spi": spi_out, "direction": "out", "key": out_key, "local": me,
                          "peer": peer, "encap": encap},
                         {"spi": spi_in, "direction": "in", "key": in_key, "local": me,
