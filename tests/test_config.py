@@ -1,5 +1,8 @@
 """oe.conf: defaults, typed values, and one-line errors naming the key."""
 
+import dataclasses
+import tomllib
+
 import pytest
 
 from oe import config
@@ -90,6 +93,14 @@ def test_the_example_config_in_contrib_loads_and_matches_the_defaults():
 
     example = Path(__file__).resolve().parent.parent / "contrib" / "etc-oe"
     assert config.load(example) == Config()
+    # ... and lists every key (a key left out would load as its default all the same)
+    listed = tomllib.loads((example / "oe.conf").read_text())
+    for field in dataclasses.fields(Config):
+        default = getattr(Config(), field.name)
+        if dataclasses.is_dataclass(default):
+            assert set(listed[field.name]) == {f.name for f in dataclasses.fields(default)}
+        else:
+            assert field.name in listed
 
 
 
