@@ -18,7 +18,8 @@ import time
 
 from oe.datapath import Datapath
 from oe.dnskeys.choice import Target, not_capable
-from oe.opportunist import Limits, Opportunist, Pair
+from oe.flows import Pair
+from oe.opportunist import Limits, Opportunist
 from oe.policygroups import combine, parse_group, prospective_table
 
 ME = ipaddress.ip_address("192.0.2.10")

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import dns.name
 
     from oe.dnskeys.choice import KeyLookup
-    from oe.opportunist import Pair
+    from oe.flows import Pair
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ from oe.logs import log_to
 from oe.ike.runner import IkeRunner
 from oe.ike.sa import IkeConfig, IkeEngine
 from oe.ike.spis import SpiAllocator
-from oe.opportunist import ANY_PORT, Limits, Opportunist, Ours, Pair, child_flow
+from oe.flows import ANY_PORT, Pair, child_flow
+from oe.opportunist import Limits, Opportunist, Ours
 from oe.peerkeys import PeerKeys
 from oe.pmtu import PathMtuDriver
 from oe.policygroups import prospective_table

@@ -35,7 +35,7 @@ from oe.ike.childpolicy import AuthenticatedSa, Selectors, TsVerdict
 from oe.ike.constants import NON_ESP_MARKER, NAT_T_PORT
 from oe.ike.ts import TrafficSelector
 from oe.lifecycle import ChildInfo, algorithm_name, responded_terms
-from oe.opportunist import Pair
+from oe.flows import Pair
 from oe.peerkeys import address_id
 
 log = logging.getLogger("oe")

@@ -28,7 +28,8 @@ from oe.commands import CheckLiveness, Command, CreateChild, DeleteChild, Delete
     Log, RekeyChild, SampleInbound, StaleKey
 from oe.eroute import IPAddress
 from oe.ike.constants import CHILDREN_PER_IKE, DhId, EncrId, IntegId, NotifyType
-from oe.opportunist import Opportunist, Pair, Tunnel
+from oe.flows import Pair, Tunnel
+from oe.opportunist import Opportunist
 
 CHILDLESS_GRACE = 30.0  # seconds an IKE SA may live without a CHILD SA before we delete it
 

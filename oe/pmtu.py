@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from oe.opportunist import Pair, Tunnel
+    from oe.flows import Pair, Tunnel
 
 BASE_PLPMTU = {4: 1200, 6: 1280}
 """RFC 8899 5.1.2: BASE_PLPMTU 1200 for IPv4 (a size that is nearly always supported) and the

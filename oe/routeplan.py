@@ -22,7 +22,7 @@ from typing import Iterable, Mapping
 
 from oe.commands import Command, RefuseInClear, Reroute, Steer
 from oe.eroute import ErouteTable
-from oe.opportunist import Pair, Tunnel
+from oe.flows import Pair, Tunnel
 from oe.policygroups.groups import SEMANTICS
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

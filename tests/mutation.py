@@ -402,7 +402,7 @@ MUTANTS = [
     m("choice-fqdn-gateway-bogus-used", "oe/dnskeys/choice.py",
       "    if state == BOGUS:\n", "    if False:\n",
       "test_dnskeys_candidates.py"),
-    m("oe-port-range-widened", OPP,
+    m("oe-port-range-widened", "oe/flows.py",
       "        elif ts.start_port == ts.end_port and ts.start_port != 0:\n",
       "        elif ts.start_port != 0:\n", "test_opportunist.py"),
     # The daemon's decisions, now in oe.peerkeys, oe.admission and oe.lifecycle (issue 11, 3)

@@ -22,7 +22,7 @@ from oe.ike.constants import IdType, NotifyType
 from oe.ike.events import ChildSa, ChildSaEstablished, ChildSaFailed
 from oe.ike.ts import TrafficSelector
 from oe.lifecycle import CHILDLESS_GRACE
-from oe.opportunist import Pair
+from oe.flows import Pair
 
 ME = "192.0.2.10"
 PEER = "198.51.100.2"
@@ -104,7 +104,7 @@ def test_an_fqdn_id_never_borrows_an_address_key(confdir, tmp_path, host_key):
 
 
 def _fetch_command(d, pair):
-    from oe.opportunist import FetchKey
+    from oe.commands import FetchKey
     negotiation = d.opportunist.negotiations[pair]
     negotiation.stage = "dns"
     return FetchKey(pair, str(pair.dst))

@@ -13,7 +13,8 @@ from oe.ike.events import ChildSa
 from oe.ike.ts import TrafficSelector
 from oe.eroute import Shunt
 from oe.lifecycle import CHILDLESS_GRACE, ChildInfo, Lifecycle, SaTimes
-from oe.opportunist import Opportunist, Pair
+from oe.flows import Pair
+from oe.opportunist import Opportunist
 from oe.policygroups import combine, parse_group, prospective_table
 
 ME = "192.0.2.10"

@@ -6,9 +6,9 @@ import pytest
 
 from oe.dnskeys.choice import KeyLookup, Target, Verdict, not_capable
 from oe.eroute import SaAction, Shunt
-from oe.opportunist import (
-    DeleteChild, DeleteIke, FetchKey, Initiate, Limits, Opportunist, Pair, child_flow,
-)
+from oe.commands import DeleteChild, DeleteIke, FetchKey, Initiate
+from oe.flows import Pair, child_flow
+from oe.opportunist import Limits, Opportunist
 from oe.policygroups import combine, parse_group, prospective_table
 
 ME = "192.0.2.10"

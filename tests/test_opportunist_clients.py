@@ -8,7 +8,9 @@ import pytest
 
 from oe.dnskeys.choice import KeyLookup, Target, Verdict, not_capable
 from oe.eroute import Shunt
-from oe.opportunist import DeleteChild, FetchKey, Initiate, Opportunist, Ours, Pair
+from oe.commands import DeleteChild, FetchKey, Initiate
+from oe.flows import Pair
+from oe.opportunist import Opportunist, Ours
 from oe.policygroups import combine, parse_group, prospective_table
 
 ME = "192.0.2.10"          # the gateway's address, and its ID

@@ -12,7 +12,9 @@ from oe.dnskeys import records
 from oe.dnskeys.choice import SECURE, GatewayAddresses, Target, choose
 from oe.eroute import SaAction, Shunt
 from oe.commands import FetchGateway
-from oe.opportunist import FetchKey, Initiate, Opportunist, Ours, Pair
+from oe.commands import FetchKey, Initiate
+from oe.flows import Pair
+from oe.opportunist import Opportunist, Ours
 from oe.policygroups import combine, parse_group, prospective_table
 
 ME, T = "192.0.2.10", "203.0.113.5"

@@ -3,7 +3,8 @@
 import ipaddress
 
 from oe.commands import RefuseInClear, Reroute
-from oe.opportunist import Opportunist, Pair
+from oe.flows import Pair
+from oe.opportunist import Opportunist
 from oe.policygroups import combine, parse_group, prospective_table
 from oe.routeplan import RoutePlan
 
