@@ -565,6 +565,8 @@ class Daemon(Executor):
             "lookups": (caps.lookups, len(self.admission.pending),
                         self.admission.counters["ike_init_dropped"]),
             "queued_acquires": (caps.queued_acquires, oe.queued, oe.counters["acquires_dropped"]),
+            # never dropped: past the cap an acquire waits, and queued_acquires bounds that
+            "acquire_lookups": (caps.acquire_lookups, oe.lookups, 0),
         }
         return {name: LimitStatus(cap, used, dropped)
                 for name, (cap, used, dropped) in rows.items()}

@@ -176,6 +176,11 @@ class Opportunist:
         return self._failures
 
     @property
+    def lookups(self) -> int:
+        """Key lookups under way for our own negotiations (at most Limits.lookups_max)."""
+        return len(self._looking)
+
+    @property
     def queued(self) -> int:
         """Acquires waiting: for a lookup's place, or, keyed, for the IKE rate."""
         return len(self._pending) + len(self._keyed)
@@ -492,7 +497,7 @@ class Opportunist:
         """Expire failure shunts (the %trap returns) and start rate-limited acquires."""
         while self._expiry and self._expiry[0][0] <= now:
             self._expire_oldest()
-        if self._pending and self._lookups() >= self.limits.lookups_max:
+        if self._pending and self.lookups >= self.limits.lookups_max:
             # Every lookup ends in key_found or negotiation_failed, which free its place at
             # once (_lookup_ended); this only guards the places against a path that does not.
             self._looking = {pair for pair in self._looking if (n := self.negotiations.get(
@@ -505,7 +510,7 @@ class Opportunist:
         times = [self._expiry[0][0]] if self._expiry else []
         if self._keyed and self._tokens_at is not None:
             times.append(self._tokens_at + (1 - self._tokens) / self.limits.acquire_rate)
-        if self._pending and self._lookups() < self.limits.lookups_max:
+        if self._pending and self.lookups < self.limits.lookups_max:
             times.append(0.0)  # a lookup ended: the next acquire's turn, at once
         return min(times) if times else None
 
@@ -620,10 +625,6 @@ class Opportunist:
                                self._tokens + (now - self._tokens_at) * self.limits.acquire_rate)
         self._tokens_at = now
 
-    def _lookups(self) -> int:
-        """Lookups under way: at most lookups_max."""
-        return len(self._looking)
-
     def _lookup_ended(self, pair: Pair) -> None:
         """An answer came (or the lookup raised): its place is free unless the negotiation
         still waits in DNS (a client flow's other answer)."""
@@ -640,7 +641,7 @@ class Opportunist:
             negotiation = self.negotiations.get(self._keyed.popleft())
             if negotiation is not None and negotiation.stage == "keyed":
                 commands += self._initiate(negotiation, now)
-        room = self.limits.lookups_max - self._lookups()
+        room = self.limits.lookups_max - self.lookups
         # Newest first (issue 14): a burst of new destinations (most without keys) must not
         # delay the acquire that came after it by the burst's whole cost; its own older
         # acquires are late already, and the oldest is the one the bound below ends.

@@ -460,6 +460,8 @@ def test_status_shows_each_child_sa_with_algorithms_pfs_and_times(confdir, tmp_p
         assert data["ike_sas"][0]["last_heard"] == 1
         assert data["counters"]["children_refused"] == 0 and "ike_init_dropped" in \
             data["counters"] and data["limits"]["lookups"]["max"] == 8
+        # our own lookups for trapped packets: a burst fills them (issue 14)
+        assert data["limits"]["acquire_lookups"] == {"max": 16, "in_use": 0, "dropped": 0}
         assert "PFS CURVE25519, rekey in" in render(status)
         assert render_brief(status).startswith(f"{PEER:<24} up     1 SA  AES_GCM_16_128 PFS")
     asyncio.run(run())

@@ -94,7 +94,7 @@ def test_cleartext_from_a_protected_source_is_dropped(world):
     status = json.loads(demo.oe_cmd(world, "alice", "status", "--json").stdout)
     assert status["counters"]["cleartext_dropped"] >= 15      # 5 each from bob, bob6, carol
     assert set(status["limits"]) == {"holds", "shunts", "half_open", "lookups",
-                                     "queued_acquires"}
+                                     "queued_acquires", "acquire_lookups"}
     assert status["limits"]["holds"] == {"max": 1024, "in_use": 0, "dropped": 0}
 
 
