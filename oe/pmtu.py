@@ -53,11 +53,11 @@ reassembly minimum, RFC 791). ERROR keeps the base size rather than this: an ESP
 bytes carries barely 500, and ERROR means not even the base size is answered."""
 IPV6_MIN_MTU = 1280
 ESP_STEP = 4
+"""ESP packets grow in steps of 4 bytes (RFC 4303 2.4): the search's granularity for ESP."""
 MAX_PATHS = 16_384
 """Peers tracked at most (a daemon serves 10,000 peers, issue 14; a path is a few hundred
 bytes): only authenticated peers get SAs, so this is generous; past it the
 oldest path is forgotten (its SAs keep their MTU; a new SA to that peer starts at the base)."""
-"""ESP packets grow in steps of 4 bytes (RFC 4303 2.4): the search's granularity for ESP."""
 
 
 class State(enum.Enum):

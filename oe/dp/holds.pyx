@@ -155,12 +155,11 @@ cdef void hold_free(Hold *h) noexcept nogil:
 
 cdef bint hold_mark(HoldTable *t, int version, const uint8_t *src,
                     const uint8_t *dst) noexcept nogil:
-    """Have the pair's hold, if there is one, reclassified at the next recheck (lock held);
-    False when the marks are full: then recheck every hold."""
+    """Have the pair's hold reclassified at the next recheck (lock held); False when the
+    marks are full: then recheck every hold. Marked even with no hold yet: the outbound loop
+    may have classified a packet of the pair under the old table and be about to hold it."""
     cdef int alen = addr_len(version)
     cdef HoldPair *m
-    if hold_find(t, version, src, dst) == NULL:
-        return True             # nothing held for the pair: nothing to recheck
     if t.nmarked == HOLD_MARKS:
         return False
     m = &t.marked[t.nmarked]
